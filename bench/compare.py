@@ -1,0 +1,49 @@
+"""Sinapse vs PyTorch on one benchmark, interleaved: A B A B ... on the same machine.
+
+    python3 bench/compare.py mlp [--pairs 5] [--sinapse target/release/sinapse]
+
+Runs `sinapse bench NAME --runs 1` and `python3 bench/pytorch_NAME.py --runs 1` alternately,
+reads the samples/s each prints on its last line, and prints every pair's ratio and the median
+ratio (Sinapse / PyTorch). Build first with `cargo build --release`; run with a Python that
+has torch installed.
+"""
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+LINE = re.compile(r"^(\w[\w-]*): (\d+) samples/s, test accuracy ([0-9.]+)$")
+
+
+def last_figures(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    m = LINE.match(out.strip().splitlines()[-1])
+    if not m:
+        sys.exit(f"unexpected output of {' '.join(cmd)}:\n{out}")
+    return float(m.group(2)), float(m.group(3))
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser()
+    p.add_argument("name", choices=["mlp", "cnn"])
+    p.add_argument("--pairs", type=int, default=5)
+    p.add_argument("--sinapse", default=os.path.join(here, "..", "target", "release", "sinapse"))
+    args = p.parse_args()
+    ours = [args.sinapse, "bench", args.name, "--runs", "1"]
+    theirs = [sys.executable, os.path.join(here, f"pytorch_{args.name}.py"), "--runs", "1"]
+    ratios = []
+    for i in range(args.pairs):
+        a, acc_a = last_figures(ours)
+        b, acc_b = last_figures(theirs)
+        ratios.append(a / b)
+        print(f"pair {i + 1}: sinapse {a:.0f} samples/s (acc {acc_a:.4f}), "
+              f"pytorch {b:.0f} samples/s (acc {acc_b:.4f}), ratio {a / b:.3f}")
+    print(f"{args.name}: median ratio sinapse/pytorch {statistics.median(ratios):.3f} "
+          f"over {args.pairs} pairs (min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()

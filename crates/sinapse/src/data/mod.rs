@@ -1,0 +1,4 @@
+//! Reading datasets.
+
+pub mod idx;
+pub mod mnist;

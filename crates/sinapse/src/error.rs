@@ -1,0 +1,108 @@
+//! One error type for the whole library.
+//!
+//! Every fallible function returns [`Result`]. A user's mistake (wrong shapes, a bad file, an
+//! index out of range, a NaN loss) comes back as an [`Error`] that names what went wrong and
+//! where; the library does not panic on it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in Sinapse.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two shapes that had to agree did not.
+    #[error("shape mismatch in {op}: {lhs:?} vs {rhs:?}")]
+    ShapeMismatch {
+        /// The operation that was called.
+        op: &'static str,
+        /// The first (left-hand) shape.
+        lhs: Vec<usize>,
+        /// The second (right-hand) shape.
+        rhs: Vec<usize>,
+    },
+    /// A buffer holds a different number of elements than its shape needs.
+    #[error("{op}: shape {shape:?} needs {expected} elements, got {got}")]
+    ElementCount {
+        /// The operation that was called.
+        op: &'static str,
+        /// The requested shape.
+        shape: Vec<usize>,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements supplied.
+        got: usize,
+    },
+    /// A dimension index past the tensor's rank.
+    #[error("{op}: dimension {dim} out of range for a tensor of rank {rank}")]
+    DimOutOfRange {
+        /// The operation that was called.
+        op: &'static str,
+        /// The dimension asked for.
+        dim: usize,
+        /// The tensor's rank.
+        rank: usize,
+    },
+    /// An index (a class label, a row number) outside `0..size`.
+    #[error("{op}: index {index} out of range for size {size}")]
+    IndexOutOfRange {
+        /// The operation that was called.
+        op: &'static str,
+        /// The offending index as given (indices travel as f32 values).
+        index: f64,
+        /// The valid range is `0..size`.
+        size: usize,
+    },
+    /// An argument that makes no sense for the operation (a zero step, an empty list, ...).
+    #[error("{op}: {msg}")]
+    InvalidArgument {
+        /// The operation that was called.
+        op: &'static str,
+        /// What was wrong.
+        msg: String,
+    },
+    /// `backward()` called on a tensor that is not a single value.
+    #[error("backward() needs a scalar loss, got a tensor of shape {shape:?}")]
+    BackwardNonScalar {
+        /// The shape of the tensor `backward()` was called on.
+        shape: Vec<usize>,
+    },
+    /// A loss or value that must be finite was NaN or infinite.
+    #[error("non-finite value {value} in {what}")]
+    NonFinite {
+        /// Where the value was seen (e.g. "loss at epoch 3, batch 17").
+        what: String,
+        /// The value itself.
+        value: f32,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents are not what its format requires.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it, and where.
+        msg: String,
+    },
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, msg: msg.into() }
+    }
+
+    /// Shorthand for [`Error::ShapeMismatch`].
+    pub(crate) fn shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {
+        Error::ShapeMismatch { op, lhs: lhs.to_vec(), rhs: rhs.to_vec() }
+    }
+}

@@ -1,0 +1,75 @@
+//! The fully connected layer.
+
+use super::{init, Mode, Module};
+use crate::{Error, Result, Rng, Tensor};
+
+/// A fully connected (dense) layer: `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of
+/// shape `[out]`, as in PyTorch's `nn.Linear`. Each output is the weighted sum of all inputs
+/// plus a bias: the course's neuron, `out` of them side by side.
+pub struct Linear {
+    /// Weights, `[out_features, in_features]`.
+    pub weight: Tensor,
+    /// Bias, `[out_features]`, if the layer has one.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// A layer with PyTorch's default initialisation, drawn from `rng`.
+    pub fn new(in_features: usize, out_features: usize, rng: &mut Rng) -> Result<Linear> {
+        let weight = init::pytorch_linear_uniform(&[out_features, in_features], in_features, rng)?;
+        let bias = init::pytorch_linear_uniform(&[out_features], in_features, rng)?;
+        Linear::from_tensors(weight, Some(bias))
+    }
+
+    /// A layer from given weights `[out, in]` and optional bias `[out]`; they become
+    /// trainable.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        if weight.rank() != 2 {
+            return Err(Error::invalid("Linear", format!("weight must be [out, in], got {:?}", weight.shape())));
+        }
+        if let Some(b) = &bias {
+            if b.shape() != [weight.shape()[0]] {
+                return Err(Error::shapes("Linear bias", b.shape(), &weight.shape()[..1]));
+            }
+        }
+        Ok(Linear { weight: weight.set_requires_grad(true), bias: bias.map(|b| b.set_requires_grad(true)) })
+    }
+
+    /// Number of inputs.
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    /// Number of outputs.
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        if x.rank() == 0 || x.shape()[x.rank() - 1] != self.in_features() {
+            return Err(Error::invalid(
+                "Linear",
+                format!("{} expects inputs [.., {}], got shape {:?}", self.describe(), self.in_features(), x.shape()),
+            ));
+        }
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            p.push(("bias".to_string(), b.clone()));
+        }
+        p
+    }
+
+    fn describe(&self) -> String {
+        format!("Linear({} -> {})", self.in_features(), self.out_features())
+    }
+}

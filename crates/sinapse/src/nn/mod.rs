@@ -1,0 +1,53 @@
+//! Neural-network building blocks: the [`Module`] trait, layers, and loss functions.
+//!
+//! A model is a [`Module`]: something with a `forward` pass and named parameters. Parameters
+//! are tensors with `requires_grad`, named as in PyTorch's `state_dict` (`0.weight`, `0.bias`,
+//! `2.weight`, ...), so a checkpoint's names say where each tensor belongs.
+
+mod activation;
+pub mod init;
+mod linear;
+pub mod loss;
+mod sequential;
+
+pub use activation::{LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Step, Tanh};
+pub use linear::Linear;
+pub use sequential::Sequential;
+
+use crate::{Result, Tensor};
+
+/// Whether a forward pass is for training or for evaluation.
+///
+/// Layers such as dropout behave differently in the two (dropout is the identity in `Eval`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: stochastic layers are active.
+    Train,
+    /// Evaluation and inference: every layer is deterministic.
+    Eval,
+}
+
+/// A layer or a whole model.
+pub trait Module: Send + Sync {
+    /// Computes the output for input `x`.
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The trainable tensors with their names (`"weight"`, `"bias"`; containers prefix their
+    /// children's names with the child's position, `"0.weight"`).
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    /// The trainable tensors, in the order of [`Module::named_parameters`].
+    fn parameters(&self) -> Vec<Tensor> {
+        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+    }
+
+    /// Total number of trainable scalars.
+    fn num_parameters(&self) -> usize {
+        self.parameters().iter().map(Tensor::elem_count).sum()
+    }
+
+    /// A short description for summaries, e.g. `Linear(784 -> 256)`.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,51 @@
+//! Matrix product, the arithmetic at the heart of every layer.
+//!
+//! `[.., m, k] x [.., k, n] -> [.., m, n]`; leading (batch) axes broadcast. For C = A·B the
+//! chain rule gives dL/dA = dL/dC · Bᵀ and dL/dB = Aᵀ · dL/dC.
+
+use super::grad_if;
+use crate::backend::cpu;
+use crate::tensor::broadcast_shape;
+use crate::{Error, Result, Tensor};
+
+impl Tensor {
+    /// Matrix product of the last two axes, batched over (broadcast) leading axes.
+    ///
+    /// A 1-D operand is treated as a row (left) or column (right) vector and that axis is
+    /// dropped from the result, as in NumPy and PyTorch.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        match (self.rank(), rhs.rank()) {
+            (0, _) | (_, 0) => Err(Error::shapes("matmul", self.shape(), rhs.shape())),
+            (1, 1) => self.unsqueeze(0)?.matmul(&rhs.unsqueeze(1)?)?.reshape(&[]),
+            (1, _) => {
+                let out = self.unsqueeze(0)?.matmul(rhs)?;
+                out.squeeze(out.rank() - 2)
+            }
+            (_, 1) => {
+                let out = self.matmul(&rhs.unsqueeze(1)?)?;
+                out.squeeze(out.rank() - 1)
+            }
+            _ => self.matmul_nd(rhs),
+        }
+    }
+
+    fn matmul_nd(&self, rhs: &Tensor) -> Result<Tensor> {
+        let (a, b) = (self.shape(), rhs.shape());
+        let (m, k) = (a[a.len() - 2], a[a.len() - 1]);
+        let (k2, n) = (b[b.len() - 2], b[b.len() - 1]);
+        if k != k2 {
+            return Err(Error::shapes("matmul", a, b));
+        }
+        let mut batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2])?;
+        let la = self.layout().broadcast_to(&[batch.as_slice(), &[m, k]].concat())?;
+        let lb = rhs.layout().broadcast_to(&[batch.as_slice(), &[k, n]].concat())?;
+        let data = super::with_data2(self, rhs, |da, _, db, _| cpu::matmul(da, &la, db, &lb, m, k, n));
+        batch.extend([m, n]);
+        Ok(Tensor::from_op(data, &batch, "matmul", &[self, rhs], |g, x, _| {
+            Ok(vec![
+                grad_if(&x[0], || g.matmul(&x[1].t()?)?.sum_to_shape(x[0].shape()))?,
+                grad_if(&x[1], || x[0].t()?.matmul(g)?.sum_to_shape(x[1].shape()))?,
+            ])
+        }))
+    }
+}

@@ -1,0 +1,164 @@
+//! Reductions: sum, mean, max, min, argmax, argmin over one axis or over all elements.
+//!
+//! `keepdim = true` keeps the reduced axis with size 1, so the result broadcasts against the
+//! input (`x.sub(&x.mean(1, true)?)` centres each row).
+
+use super::grad_if;
+use crate::backend::cpu::{self, Reduce};
+use crate::{Error, Result, Tensor};
+
+impl Tensor {
+    /// Runs a reduction kernel over axis `dim`; returns the values and the result's shape.
+    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: Reduce) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.layout().check_dim(op, dim)?;
+        let shape = self.shape();
+        let len = shape[dim];
+        if len == 0 && !matches!(kind, Reduce::Sum) {
+            return Err(Error::invalid(op, format!("axis {dim} of shape {shape:?} is empty")));
+        }
+        let outer: usize = shape[..dim].iter().product();
+        let inner: usize = shape[dim + 1..].iter().product();
+        let data = self.with_data(|d, l| {
+            if l.is_contiguous() {
+                cpu::reduce(&d[l.offset()..], outer, len, inner, kind)
+            } else {
+                cpu::reduce(&cpu::to_contiguous(d, l), outer, len, inner, kind)
+            }
+        });
+        let mut out_shape = shape.to_vec();
+        if keepdim {
+            out_shape[dim] = 1;
+        } else {
+            out_shape.remove(dim);
+        }
+        Ok((data, out_shape))
+    }
+
+    /// Sum over axis `dim`. Every input element gets the gradient of the sum it went into.
+    pub fn sum(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        let (data, shape) = self.reduce_dim("sum", dim, keepdim, Reduce::Sum)?;
+        Ok(Tensor::from_op(data, &shape, "sum", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || expand_back(g, dim, keepdim, x[0].shape()))?])
+        }))
+    }
+
+    /// Sum over several axes (given in any order).
+    pub fn sum_dims(&self, dims: &[usize], keepdim: bool) -> Result<Tensor> {
+        let mut sorted = dims.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut t = self.clone();
+        // Highest axis first, so the lower axis numbers stay valid when axes disappear.
+        for &d in sorted.iter().rev() {
+            t = t.sum(d, keepdim)?;
+        }
+        Ok(t)
+    }
+
+    /// Sum of all elements, as a scalar (rank 0).
+    pub fn sum_all(&self) -> Result<Tensor> {
+        let n = self.elem_count();
+        let data = self.with_data(|d, l| {
+            if l.is_contiguous() {
+                cpu::reduce(&d[l.offset()..], 1, n, 1, Reduce::Sum)
+            } else {
+                cpu::reduce(&cpu::to_contiguous(d, l), 1, n, 1, Reduce::Sum)
+            }
+        });
+        Ok(Tensor::from_op(data, &[], "sum_all", &[self], |g, x, _| {
+            Ok(vec![grad_if(&x[0], || g.broadcast_to(x[0].shape()))?])
+        }))
+    }
+
+    /// Mean over axis `dim`: the sum divided by the axis length.
+    pub fn mean(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        let n = self.dim(dim)?;
+        self.sum(dim, keepdim)?.mul_scalar(1.0 / n as f32)
+    }
+
+    /// Mean of all elements, as a scalar (NaN for an empty tensor, as in PyTorch).
+    pub fn mean_all(&self) -> Result<Tensor> {
+        let n = self.elem_count();
+        self.sum_all()?.mul_scalar(1.0 / n as f32)
+    }
+
+    /// Largest entry along axis `dim`. The gradient goes to the entries equal to the maximum,
+    /// shared evenly between ties.
+    pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.extreme("max", dim, keepdim, Reduce::Max)
+    }
+
+    /// Smallest entry along axis `dim`; gradient as for [`Tensor::max`].
+    pub fn min(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        self.extreme("min", dim, keepdim, Reduce::Min)
+    }
+
+    fn extreme(&self, op: &'static str, dim: usize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
+        let (data, shape) = self.reduce_dim(op, dim, keepdim, kind)?;
+        Ok(Tensor::from_op(data, &shape, op, &[self], move |g, x, y| {
+            Ok(vec![grad_if(&x[0], || {
+                let y = expand_back(y, dim, keepdim, x[0].shape())?;
+                let hit = x[0].eq(&y)?;
+                let ties = hit.sum(dim, true)?;
+                expand_back(g, dim, keepdim, x[0].shape())?.mul(&hit)?.div(&ties)
+            })?])
+        }))
+    }
+
+    /// Largest element of the whole tensor, as a scalar.
+    pub fn max_all(&self) -> Result<Tensor> {
+        self.flatten_all()?.max(0, false)
+    }
+
+    /// Smallest element of the whole tensor, as a scalar.
+    pub fn min_all(&self) -> Result<Tensor> {
+        self.flatten_all()?.min(0, false)
+    }
+
+    /// Index of the (first) largest entry along `dim`, as f32 values (exact below 2²⁴).
+    /// Not differentiable.
+    pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        let (data, shape) = self.reduce_dim("argmax", dim, keepdim, Reduce::ArgMax)?;
+        Tensor::from_vec(data, &shape)
+    }
+
+    /// Index of the (first) smallest entry along `dim`, as f32 values. Not differentiable.
+    pub fn argmin(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+        let (data, shape) = self.reduce_dim("argmin", dim, keepdim, Reduce::ArgMin)?;
+        Tensor::from_vec(data, &shape)
+    }
+
+    /// Sums a broadcast result back down to `shape`: over the leading axes that broadcasting
+    /// added and over the axes where `shape` has size 1. This is the gradient rule of
+    /// broadcasting, used by every binary op.
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        let err = || Error::shapes("sum_to_shape", self.shape(), shape);
+        if shape.len() > self.rank() {
+            return Err(err());
+        }
+        let extra = self.rank() - shape.len();
+        let mut t = self.clone();
+        for _ in 0..extra {
+            t = t.sum(0, false)?;
+        }
+        for (i, &d) in shape.iter().enumerate() {
+            if d == 1 && t.shape()[i] != 1 {
+                t = t.sum(i, true)?;
+            }
+        }
+        if t.shape() != shape {
+            return Err(err());
+        }
+        Ok(t)
+    }
+}
+
+/// Broadcasts a reduced tensor (the gradient of a reduction, or its result) back to the
+/// input's shape, re-inserting the reduced axis when `keepdim` removed it.
+fn expand_back(t: &Tensor, dim: usize, keepdim: bool, shape: &[usize]) -> Result<Tensor> {
+    let t = if keepdim { t.clone() } else { t.unsqueeze(dim)? };
+    t.broadcast_to(shape)
+}

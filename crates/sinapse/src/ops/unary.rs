@@ -1,0 +1,97 @@
+//! Elementwise operations on one tensor, and tensor-with-scalar arithmetic.
+
+use super::{grad_if, unary_op};
+use crate::{Error, Result, Tensor};
+
+impl Tensor {
+    /// `-x`. d/dx = -1.
+    pub fn neg(&self) -> Result<Tensor> {
+        self.affine(-1.0, 0.0)
+    }
+
+    /// `x + c`. d/dx = 1.
+    pub fn add_scalar(&self, c: f32) -> Result<Tensor> {
+        self.affine(1.0, c)
+    }
+
+    /// `x * c`. d/dx = c.
+    pub fn mul_scalar(&self, c: f32) -> Result<Tensor> {
+        self.affine(c, 0.0)
+    }
+
+    /// `x * mul + add`. d/dx = mul.
+    pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
+        Ok(unary_op(
+            self,
+            "affine",
+            move |x| x * mul + add,
+            move |g, x, _| Ok(vec![grad_if(&x[0], || g.mul_scalar(mul))?]),
+        ))
+    }
+
+    /// `e^x`. d/dx = e^x, the output itself.
+    pub fn exp(&self) -> Result<Tensor> {
+        Ok(unary_op(self, "exp", f32::exp, |g, x, y| Ok(vec![grad_if(&x[0], || g.mul(y))?])))
+    }
+
+    /// Natural logarithm. d/dx = 1/x.
+    pub fn log(&self) -> Result<Tensor> {
+        Ok(unary_op(self, "log", f32::ln, |g, x, _| Ok(vec![grad_if(&x[0], || g.div(&x[0]))?])))
+    }
+
+    /// Square root. d/dx = 1 / (2 sqrt(x)).
+    pub fn sqrt(&self) -> Result<Tensor> {
+        Ok(unary_op(self, "sqrt", f32::sqrt, |g, x, y| Ok(vec![grad_if(&x[0], || g.div(&y.mul_scalar(2.0)?))?])))
+    }
+
+    /// `x^p` for a constant exponent. d/dx = p x^(p-1).
+    pub fn powf(&self, p: f32) -> Result<Tensor> {
+        Ok(unary_op(
+            self,
+            "powf",
+            move |x| x.powf(p),
+            move |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].powf(p - 1.0)?.mul_scalar(p)?))?]),
+        ))
+    }
+
+    /// `|x|`. d/dx = sign(x), taken as 0 at 0.
+    pub fn abs(&self) -> Result<Tensor> {
+        Ok(unary_op(self, "abs", f32::abs, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].sign()?))?])))
+    }
+
+    /// -1, 0 or 1 by the sign of each element (0 for 0 and NaN). Not differentiable.
+    pub fn sign(&self) -> Result<Tensor> {
+        Ok(self.map1(|x| {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }))
+    }
+
+    /// Limits every element to `[min, max]`. The gradient passes where `min <= x <= max` and
+    /// is 0 where the value was clipped.
+    pub fn clamp(&self, min: f32, max: f32) -> Result<Tensor> {
+        if min > max || min.is_nan() || max.is_nan() {
+            return Err(Error::invalid("clamp", format!("needs min <= max, got [{min}, {max}]")));
+        }
+        Ok(unary_op(
+            self,
+            "clamp",
+            move |x| x.clamp(min, max),
+            move |g, x, _| {
+                Ok(vec![grad_if(&x[0], || g.map2(&x[0], move |g, v| if (min..=max).contains(&v) { g } else { 0.0 }))?])
+            },
+        ))
+    }
+}
+
+impl std::ops::Neg for &Tensor {
+    type Output = Result<Tensor>;
+    fn neg(self) -> Result<Tensor> {
+        Tensor::neg(self)
+    }
+}

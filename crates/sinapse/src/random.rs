@@ -1,0 +1,49 @@
+//! Seeded random numbers: every random draw in Sinapse comes from an [`Rng`] the caller owns,
+//! so the same seed gives the same numbers, and the same training run, every time.
+
+use rand::seq::SliceRandom;
+use rand::{Rng as _, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+
+/// A seeded pseudo-random generator (ChaCha12, through the `rand` crate).
+#[derive(Clone, Debug)]
+pub struct Rng(rand::rngs::StdRng);
+
+impl Rng {
+    /// A generator whose whole sequence is fixed by `seed`.
+    pub fn seed(seed: u64) -> Rng {
+        Rng(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    /// A uniform draw from `[low, high)`.
+    pub fn uniform(&mut self, low: f32, high: f32) -> f32 {
+        self.0.random_range(low..high)
+    }
+
+    /// A draw from the standard normal distribution N(0, 1).
+    pub fn standard_normal(&mut self) -> f32 {
+        StandardNormal.sample(&mut self.0)
+    }
+
+    /// A uniform integer in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
+    }
+
+    /// A uniform draw from `[0, 1)`.
+    pub fn unit(&mut self) -> f32 {
+        self.0.random::<f32>()
+    }
+
+    /// Shuffles `items` in place (Fisher-Yates, from `rand`).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        items.shuffle(&mut self.0);
+    }
+
+    /// `0..n` in random order.
+    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut p: Vec<usize> = (0..n).collect();
+        self.shuffle(&mut p);
+        p
+    }
+}

@@ -1,0 +1,225 @@
+//! Activations and losses against known values; layers; training that must work.
+
+mod common;
+
+use common::assert_close;
+use sinapse::data::mnist;
+use sinapse::nn::{self, loss, Mode, Module};
+use sinapse::optim::Sgd;
+use sinapse::train::{evaluate, train_classifier, SgdConfig};
+use sinapse::{Error, Rng, Tensor};
+
+fn t(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(data, shape).unwrap()
+}
+
+fn round3(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect()
+}
+
+#[test]
+fn softmax_matches_the_course_example() {
+    let y = t(&[1., 2., 3., 4., 5.], &[5]).softmax(0).unwrap().to_vec();
+    assert_eq!(round3(&y), vec![0.012, 0.032, 0.086, 0.234, 0.636]);
+    assert!((y.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn activations_are_stable_for_large_inputs() {
+    let big = t(&[1000., 1001.], &[2]);
+    let s = big.softmax(0).unwrap().to_vec();
+    assert_close(&s, &[0.26894142, 0.7310586], 1e-6);
+    let ls = big.log_softmax(0).unwrap().to_vec();
+    assert_close(&ls, &[-1.3132616, -0.31326166], 1e-5);
+    let tiny = t(&[-1000., 0.], &[2]).log_softmax(0).unwrap().to_vec();
+    assert!(tiny.iter().all(|v| v.is_finite()), "{tiny:?}");
+    assert_eq!(tiny[0], -1000.0);
+    let sig = t(&[-1000., 0., 1000.], &[3]).sigmoid().unwrap().to_vec();
+    assert_eq!(sig, vec![0.0, 0.5, 1.0]);
+    assert_eq!(t(&[-1000., 1000.], &[2]).tanh().unwrap().to_vec(), vec![-1.0, 1.0]);
+}
+
+#[test]
+fn activation_values() {
+    let x = t(&[-2., -0.5, 0., 0.5, 2.], &[5]);
+    assert_eq!(x.step().unwrap().to_vec(), vec![0., 0., 0., 1., 1.]);
+    assert_eq!(x.relu().unwrap().to_vec(), vec![0., 0., 0., 0.5, 2.]);
+    assert_eq!(x.leaky_relu(0.1).unwrap().to_vec(), vec![-0.2, -0.05, 0., 0.5, 2.]);
+    assert_close(&x.sigmoid().unwrap().to_vec(), &[0.11920292, 0.37754067, 0.5, 0.62245935, 0.8807971], 1e-6);
+    assert_close(&x.tanh().unwrap().to_vec(), &[-0.9640276, -0.46211717, 0., 0.46211717, 0.9640276], 1e-6);
+    // The step passes no gradient: its derivative is 0 wherever it exists.
+    let xg = x.set_requires_grad(true);
+    let g = xg.step().unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&xg).unwrap().to_vec(), vec![0.0; 5]);
+}
+
+#[test]
+fn loss_values_match_pytorch() {
+    // Reference values computed with torch.nn.functional (2.x), mean reduction.
+    let pred = t(&[0.5, -1.0, 2.0, 0.0], &[2, 2]);
+    let target = t(&[1.0, -1.0, 0.0, 0.5], &[2, 2]);
+    assert_close(&[loss::mse(&pred, &target).unwrap().to_scalar().unwrap()], &[(0.25 + 0.0 + 4.0 + 0.25) / 4.0], 1e-7);
+
+    let p = t(&[0.9, 0.2, 0.6], &[3]);
+    let y = t(&[1.0, 0.0, 1.0], &[3]);
+    let want = -((0.9f32).ln() + (0.8f32).ln() + (0.6f32).ln()) / 3.0;
+    assert_close(&[loss::binary_cross_entropy(&p, &y).unwrap().to_scalar().unwrap()], &[want], 1e-6);
+    // p = 0 with y = 1: log clamped at -100, as PyTorch.
+    let clamped = loss::binary_cross_entropy(&t(&[0.0], &[1]), &t(&[1.0], &[1])).unwrap();
+    assert_eq!(clamped.to_scalar().unwrap(), 100.0);
+    assert!(loss::binary_cross_entropy(&t(&[1.5], &[1]), &t(&[1.0], &[1])).is_err());
+
+    let logits = t(&[2.1972246, -1.3862944, 0.4054651], &[3]); // logit(0.9), logit(0.2), logit(0.6)
+    assert_close(&[loss::binary_cross_entropy_with_logits(&logits, &y).unwrap().to_scalar().unwrap()], &[want], 1e-5);
+    // Huge logits stay finite: the loss of a confident wrong answer is about |x|.
+    let far = loss::binary_cross_entropy_with_logits(&t(&[-500.0, 500.0], &[2]), &t(&[1.0, 0.0], &[2])).unwrap();
+    assert_close(&[far.to_scalar().unwrap()], &[500.0], 1e-3);
+
+    // F.cross_entropy(tensor([[1., 2., 3.], [1., 0., -1.]]), tensor([2, 0])) = 0.4076059
+    let ce_logits = t(&[1., 2., 3., 1., 0., -1.], &[2, 3]);
+    let classes = t(&[2., 0.], &[2]);
+    assert_close(&[loss::cross_entropy(&ce_logits, &classes).unwrap().to_scalar().unwrap()], &[0.4076059], 1e-6);
+    let one_hot = t(&[0., 0., 1., 1., 0., 0.], &[2, 3]);
+    assert_close(
+        &[loss::cross_entropy_with_probs(&ce_logits, &one_hot).unwrap().to_scalar().unwrap()],
+        &[0.4076059],
+        1e-6,
+    );
+    // Large logits: finite and exact.
+    let big = loss::cross_entropy(&t(&[1000., 0.], &[1, 2]), &t(&[1.], &[1])).unwrap();
+    assert_eq!(big.to_scalar().unwrap(), 1000.0);
+}
+
+#[test]
+fn loss_shape_errors_name_the_loss() {
+    let e = loss::mse(&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[3])).unwrap_err();
+    assert_eq!(e.to_string(), "shape mismatch in mse: [2, 3] vs [3]");
+    let e = loss::cross_entropy(&Tensor::zeros(&[2, 3]), &Tensor::zeros(&[3])).unwrap_err();
+    assert!(e.to_string().contains("cross_entropy"), "{e}");
+    let e = loss::cross_entropy(&Tensor::zeros(&[2, 3]), &t(&[0., 3.], &[2])).unwrap_err();
+    assert!(matches!(e, Error::IndexOutOfRange { size: 3, .. }), "{e}");
+}
+
+#[test]
+fn linear_layer() {
+    let w = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let b = t(&[0.5, -0.5], &[2]);
+    let layer = nn::Linear::from_tensors(w, Some(b)).unwrap();
+    let y = layer.forward(&t(&[1., 0., -1.], &[1, 3]), Mode::Eval).unwrap();
+    assert_eq!(y.to_vec(), vec![1. - 3. + 0.5, 4. - 6. - 0.5]);
+    assert_eq!(layer.num_parameters(), 8);
+    let names: Vec<String> = layer.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["weight", "bias"]);
+    let e = layer.forward(&Tensor::zeros(&[4, 5]), Mode::Eval).unwrap_err();
+    assert!(e.to_string().contains("Linear(3 -> 2) expects inputs [.., 3], got shape [4, 5]"), "{e}");
+
+    // PyTorch's default init: uniform in ±1/sqrt(fan_in), weight and bias.
+    let l = nn::Linear::new(400, 300, &mut Rng::seed(0)).unwrap();
+    let bound = 1.0 / 20.0;
+    let w = l.weight.to_vec();
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    let max = w.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(max > 0.99 * bound, "weights should fill the range, max {max}");
+    assert!(l.bias.as_ref().unwrap().to_vec().iter().all(|v| v.abs() <= bound));
+}
+
+#[test]
+fn sequential_names_parameters_like_pytorch() {
+    let mut rng = Rng::seed(0);
+    let model = nn::Sequential::new()
+        .add(nn::Linear::new(4, 3, &mut rng).unwrap())
+        .add(nn::Relu)
+        .add(nn::Linear::new(3, 2, &mut rng).unwrap());
+    let names: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["0.weight", "0.bias", "2.weight", "2.bias"]);
+    assert_eq!(model.num_parameters(), 4 * 3 + 3 + 3 * 2 + 2);
+    assert_eq!(model.describe(), "Sequential(Linear(4 -> 3), ReLU, Linear(3 -> 2))");
+}
+
+#[test]
+fn sgd_step_is_w_minus_lr_grad() {
+    let w = t(&[1.0, -2.0], &[2]).set_requires_grad(true);
+    // L = 3·w1 + w2²  =>  dL/dw = [3, 2·w2] = [3, -4]
+    let loss = w
+        .mul(&t(&[3.0, 0.0], &[2]))
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .add(&w.narrow(0, 1, 1).unwrap().powf(2.0).unwrap().sum_all().unwrap())
+        .unwrap();
+    let mut opt = Sgd::new(vec![w.clone()], 0.1);
+    opt.step(&loss.backward().unwrap()).unwrap();
+    assert_close(&w.to_vec(), &[1.0 - 0.3, -2.0 + 0.4], 1e-6);
+}
+
+#[test]
+fn an_mlp_learns_xor_where_the_perceptron_cannot() {
+    let x = t(&[0., 0., 0., 1., 1., 0., 1., 1.], &[4, 2]);
+    let y = t(&[0., 1., 1., 0.], &[4, 1]);
+    let mut rng = Rng::seed(1);
+    let model = nn::Sequential::new()
+        .add(nn::Linear::new(2, 4, &mut rng).unwrap())
+        .add(nn::Tanh)
+        .add(nn::Linear::new(4, 1, &mut rng).unwrap())
+        .add(nn::Sigmoid);
+    let mut opt = Sgd::new(model.parameters(), 1.0);
+    let first = loss::mse(&model.forward(&x, Mode::Train).unwrap(), &y).unwrap().to_scalar().unwrap();
+    for _ in 0..3000 {
+        let loss = loss::mse(&model.forward(&x, Mode::Train).unwrap(), &y).unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    }
+    let out = model.forward(&x, Mode::Eval).unwrap().to_vec();
+    let classes: Vec<f32> = out.iter().map(|&o| if o > 0.5 { 1.0 } else { 0.0 }).collect();
+    assert_eq!(classes, vec![0., 1., 1., 0.], "outputs {out:?}");
+    let last = loss::mse(&model.forward(&x, Mode::Eval).unwrap(), &y).unwrap().to_scalar().unwrap();
+    assert!(last < 0.01 && last < first / 10.0, "mse {first} -> {last}");
+}
+
+#[test]
+fn mnist_mlp_reaches_the_course_accuracy() {
+    // The bar: at least 0.91 test accuracy after 15 epochs (PyTorch: 0.920, 0.919).
+    let data = mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k")).unwrap();
+    assert_eq!(data.train.images.shape(), &[8004, 784]);
+    assert_eq!(data.test.images.shape(), &[1996, 784]);
+    let mut rng = Rng::seed(0);
+    let model = nn::Sequential::new()
+        .add(nn::Linear::new(784, 256, &mut rng).unwrap())
+        .add(nn::Relu)
+        .add(nn::Linear::new(256, 128, &mut rng).unwrap())
+        .add(nn::Relu)
+        .add(nn::Linear::new(128, 10, &mut rng).unwrap());
+    let cfg = SgdConfig { epochs: 15, batch_size: 128, lr: 0.1, seed: 0 };
+    let history = train_classifier(&model, &data.train.images, &data.train.labels, &cfg, |_| {}).unwrap();
+    assert!(history[14].loss < history[0].loss / 3.0);
+    let (_, acc) = evaluate(&model, &data.test.images, &data.test.labels, 500).unwrap();
+    assert!(acc >= 0.91, "test accuracy {acc}");
+}
+
+#[test]
+fn a_nan_loss_stops_training_with_its_epoch_and_batch() {
+    let x = t(&[1.0, f32::NAN, 0.0, 1.0], &[2, 2]);
+    let labels = t(&[0.0, 1.0], &[2]);
+    let model = nn::Linear::new(2, 2, &mut Rng::seed(0)).unwrap();
+    let cfg = SgdConfig { epochs: 3, batch_size: 2, lr: 0.1, seed: 0 };
+    let e = train_classifier(&model, &x, &labels, &cfg, |_| {}).unwrap_err();
+    assert_eq!(e.to_string(), "non-finite value NaN in loss at epoch 1, batch 1");
+}
+
+#[test]
+fn bad_mnist_files_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("sinapse-bad-idx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = dir.join("images");
+    let labels = dir.join("labels");
+    // 2 images of 2x2 but only 6 bytes of pixels.
+    std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6]).unwrap();
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 2, 1, 2]).unwrap();
+    let e = mnist::load_split(&images, &labels).err().unwrap().to_string();
+    assert!(e.contains("images") && e.contains("promises 8 bytes, file holds 6"), "{e}");
+    std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 9]).unwrap();
+    let e = mnist::load_split(&images, &labels).err().unwrap().to_string();
+    assert!(e.contains("2 labels for 1 images"), "{e}");
+    let e = mnist::load(dir.join("missing")).err().unwrap().to_string();
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,221 @@
+//! Forward values of tensor creation, views, elementwise ops, reductions, matmul and indexing,
+//! and the errors for bad arguments.
+
+mod common;
+
+use common::assert_close;
+use sinapse::{Error, Rng, Tensor};
+
+fn t(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(data, shape).unwrap()
+}
+
+#[test]
+fn creation() {
+    assert_eq!(Tensor::zeros(&[2, 2]).to_vec(), vec![0.0; 4]);
+    assert_eq!(Tensor::ones(&[3]).to_vec(), vec![1.0; 3]);
+    assert_eq!(Tensor::full(&[2], 7.5).to_vec(), vec![7.5, 7.5]);
+    assert_eq!(Tensor::arange(0.0, 1.0, 0.25).unwrap().to_vec(), vec![0.0, 0.25, 0.5, 0.75]);
+    assert_eq!(Tensor::arange(3.0, 0.0, -1.0).unwrap().to_vec(), vec![3.0, 2.0, 1.0]);
+    assert!(Tensor::arange(0.0, 1.0, 0.0).is_err());
+    assert_eq!(Tensor::scalar(2.0).shape(), &[] as &[usize]);
+    let err = Tensor::from_vec(vec![1.0, 2.0, 3.0], &[2, 2]).unwrap_err();
+    assert!(matches!(err, Error::ElementCount { expected: 4, got: 3, .. }), "{err}");
+}
+
+#[test]
+fn seeded_random_tensors_repeat_and_have_the_right_moments() {
+    let a = Tensor::rand_normal(&[10_000], 1.0, 2.0, &mut Rng::seed(42)).unwrap();
+    let b = Tensor::rand_normal(&[10_000], 1.0, 2.0, &mut Rng::seed(42)).unwrap();
+    assert_eq!(a.to_vec(), b.to_vec());
+    let mean = a.mean_all().unwrap().to_scalar().unwrap();
+    let var = a.add_scalar(-mean).unwrap().powf(2.0).unwrap().mean_all().unwrap().to_scalar().unwrap();
+    assert!((mean - 1.0).abs() < 0.06, "mean {mean}");
+    assert!((var.sqrt() - 2.0).abs() < 0.06, "std {}", var.sqrt());
+    let u = Tensor::rand_uniform(&[10_000], -2.0, 4.0, &mut Rng::seed(1)).unwrap();
+    assert!(u.to_vec().iter().all(|&v| (-2.0..4.0).contains(&v)));
+    assert!((u.mean_all().unwrap().to_scalar().unwrap() - 1.0).abs() < 0.06);
+    assert!(Tensor::rand_uniform(&[2], 1.0, 1.0, &mut Rng::seed(1)).is_err());
+}
+
+#[test]
+fn views_share_storage_and_reorder() {
+    let x = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    assert_eq!(x.t().unwrap().to_vec(), vec![1., 4., 2., 5., 3., 6.]);
+    assert_eq!(x.reshape(&[3, 2]).unwrap().to_vec(), vec![1., 2., 3., 4., 5., 6.]);
+    assert_eq!(x.narrow(1, 1, 2).unwrap().to_vec(), vec![2., 3., 5., 6.]);
+    assert_eq!(x.unsqueeze(0).unwrap().shape(), &[1, 2, 3]);
+    assert_eq!(x.unsqueeze(2).unwrap().squeeze(2).unwrap().shape(), &[2, 3]);
+    assert_eq!(
+        x.narrow(0, 1, 1).unwrap().broadcast_to(&[2, 2, 3]).unwrap().to_vec(),
+        vec![4., 5., 6., 4., 5., 6., 4., 5., 6., 4., 5., 6.]
+    );
+    let y = Tensor::arange(0.0, 24.0, 1.0).unwrap().reshape(&[2, 3, 4]).unwrap();
+    let p = y.permute(&[2, 0, 1]).unwrap();
+    assert_eq!(p.shape(), &[4, 2, 3]);
+    assert_eq!(&p.to_vec()[..6], &[0., 4., 8., 12., 16., 20.]);
+    assert!(!p.layout().is_contiguous());
+    assert!(p.contiguous().unwrap().layout().is_contiguous());
+    // A reshape of a non-contiguous view copies in logical order.
+    assert_eq!(x.t().unwrap().reshape(&[6]).unwrap().to_vec(), vec![1., 4., 2., 5., 3., 6.]);
+    assert_eq!(y.flatten(1, 2).unwrap().shape(), &[2, 12]);
+}
+
+#[test]
+fn view_errors_name_the_op() {
+    let x = Tensor::zeros(&[2, 3]);
+    let msg = |e: Error| e.to_string();
+    assert!(msg(x.reshape(&[4]).unwrap_err()).contains("reshape"));
+    assert!(msg(x.transpose(0, 2).unwrap_err()).contains("transpose"));
+    assert!(msg(x.narrow(1, 2, 2).unwrap_err()).contains("narrow"));
+    assert!(msg(x.squeeze(0).unwrap_err()).contains("squeeze"));
+    assert!(msg(x.permute(&[0, 0]).unwrap_err()).contains("permute"));
+    assert!(msg(x.broadcast_to(&[3, 3]).unwrap_err()).contains("broadcast_to"));
+}
+
+#[test]
+fn elementwise_with_broadcasting() {
+    let a = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let row = t(&[10., 20., 30.], &[3]);
+    let col = t(&[100., 200.], &[2, 1]);
+    assert_eq!(a.add(&row).unwrap().to_vec(), vec![11., 22., 33., 14., 25., 36.]);
+    assert_eq!(a.add(&col).unwrap().to_vec(), vec![101., 102., 103., 204., 205., 206.]);
+    assert_eq!(row.add(&col).unwrap().shape(), &[2, 3]);
+    assert_eq!(a.sub(&row).unwrap().to_vec(), vec![-9., -18., -27., -6., -15., -24.]);
+    assert_eq!(a.mul(&Tensor::scalar(2.0)).unwrap().to_vec(), vec![2., 4., 6., 8., 10., 12.]);
+    assert_eq!(a.div(&row).unwrap().to_vec()[0], 0.1);
+    assert_eq!((&a + &row).unwrap().to_vec(), a.add(&row).unwrap().to_vec());
+    let err = a.add(&t(&[1., 2.], &[2])).unwrap_err();
+    assert_eq!(err.to_string(), "shape mismatch in add: [2, 3] vs [2]");
+}
+
+#[test]
+fn unary_and_comparisons() {
+    let x = t(&[-2., -0.5, 0., 1., 4.], &[5]);
+    assert_close(&x.exp().unwrap().to_vec(), &[(-2f32).exp(), (-0.5f32).exp(), 1.0, 1f32.exp(), 4f32.exp()], 1e-6);
+    assert_close(&t(&[1., 4.], &[2]).log().unwrap().to_vec(), &[0.0, 4f32.ln()], 1e-6);
+    assert_eq!(t(&[4., 9.], &[2]).sqrt().unwrap().to_vec(), vec![2., 3.]);
+    assert_eq!(x.abs().unwrap().to_vec(), vec![2., 0.5, 0., 1., 4.]);
+    assert_eq!(x.neg().unwrap().to_vec(), vec![2., 0.5, -0., -1., -4.]);
+    assert_eq!(x.powf(2.0).unwrap().to_vec(), vec![4., 0.25, 0., 1., 16.]);
+    assert_eq!(x.clamp(-1.0, 1.0).unwrap().to_vec(), vec![-1., -0.5, 0., 1., 1.]);
+    assert!(x.clamp(1.0, -1.0).is_err());
+    let zero = Tensor::scalar(0.0);
+    assert_eq!(x.gt(&zero).unwrap().to_vec(), vec![0., 0., 0., 1., 1.]);
+    assert_eq!(x.ge(&zero).unwrap().to_vec(), vec![0., 0., 1., 1., 1.]);
+    assert_eq!(x.lt(&zero).unwrap().to_vec(), vec![1., 1., 0., 0., 0.]);
+    assert_eq!(x.le(&zero).unwrap().to_vec(), vec![1., 1., 1., 0., 0.]);
+    assert_eq!(x.eq(&zero).unwrap().to_vec(), vec![0., 0., 1., 0., 0.]);
+    assert_eq!(x.ne(&zero).unwrap().to_vec(), vec![1., 1., 0., 1., 1.]);
+    assert_eq!(x.maximum(&zero).unwrap().to_vec(), vec![0., 0., 0., 1., 4.]);
+    assert_eq!(x.minimum(&zero).unwrap().to_vec(), vec![-2., -0.5, 0., 0., 0.]);
+}
+
+#[test]
+fn max_of_two_splits_the_gradient_on_ties() {
+    let a = t(&[1.0, 2.0], &[2]).set_requires_grad(true);
+    let b = t(&[1.0, 3.0], &[2]).set_requires_grad(true);
+    let g = a.maximum(&b).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&a).unwrap().to_vec(), vec![0.5, 0.0]);
+    assert_eq!(g.get(&b).unwrap().to_vec(), vec![0.5, 1.0]);
+}
+
+#[test]
+fn reductions() {
+    let x = t(&[1., 5., 3., 4., 2., 6.], &[2, 3]);
+    assert_eq!(x.sum(0, false).unwrap().to_vec(), vec![5., 7., 9.]);
+    assert_eq!(x.sum(1, true).unwrap().shape(), &[2, 1]);
+    assert_eq!(x.sum(1, false).unwrap().to_vec(), vec![9., 12.]);
+    assert_eq!(x.mean(1, false).unwrap().to_vec(), vec![3., 4.]);
+    assert_eq!(x.max(1, false).unwrap().to_vec(), vec![5., 6.]);
+    assert_eq!(x.min(0, false).unwrap().to_vec(), vec![1., 2., 3.]);
+    assert_eq!(x.argmax(1, false).unwrap().to_vec(), vec![1., 2.]);
+    assert_eq!(x.argmin(1, false).unwrap().to_vec(), vec![0., 1.]);
+    assert_eq!(x.argmax(0, true).unwrap().shape(), &[1, 3]);
+    assert_eq!(x.sum_all().unwrap().to_scalar().unwrap(), 21.0);
+    assert_eq!(x.mean_all().unwrap().to_scalar().unwrap(), 3.5);
+    assert_eq!(x.max_all().unwrap().to_scalar().unwrap(), 6.0);
+    assert_eq!(x.min_all().unwrap().to_scalar().unwrap(), 1.0);
+    assert_eq!(x.t().unwrap().sum(1, false).unwrap().to_vec(), vec![5., 7., 9.]);
+    assert_eq!(x.sum_dims(&[0, 1], false).unwrap().to_vec(), vec![21.0]);
+    let y = Tensor::arange(0.0, 24.0, 1.0).unwrap().reshape(&[2, 3, 4]).unwrap();
+    assert_eq!(y.sum(1, false).unwrap().to_vec(), vec![12., 15., 18., 21., 48., 51., 54., 57.]);
+    assert!(x.sum(2, false).unwrap_err().to_string().contains("dimension 2 out of range"));
+    assert!(Tensor::zeros(&[0, 2]).max(0, false).is_err());
+    // NaN propagates through max, as a NaN loss must.
+    assert!(t(&[1.0, f32::NAN, 3.0], &[3]).max_all().unwrap().to_scalar().unwrap().is_nan());
+}
+
+#[test]
+fn matmul_values_and_errors() {
+    let a = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let b = t(&[7., 8., 9., 10., 11., 12.], &[3, 2]);
+    assert_eq!(a.matmul(&b).unwrap().to_vec(), vec![58., 64., 139., 154.]);
+    // Transposed operands read in place.
+    assert_eq!(b.t().unwrap().matmul(&a.t().unwrap()).unwrap().to_vec(), vec![58., 139., 64., 154.]);
+    // Batched, with the batch axis broadcast.
+    let batch = Tensor::stack(&[&a, &a.mul_scalar(2.0).unwrap()], 0).unwrap();
+    let out = batch.matmul(&b).unwrap();
+    assert_eq!(out.shape(), &[2, 2, 2]);
+    assert_eq!(out.to_vec(), vec![58., 64., 139., 154., 116., 128., 278., 308.]);
+    assert_eq!(a.matmul(&t(&[1., 1., 1.], &[3])).unwrap().to_vec(), vec![6., 15.]);
+    let err = a.matmul(&a).unwrap_err();
+    assert_eq!(err.to_string(), "shape mismatch in matmul: [2, 3] vs [2, 3]");
+    // A larger product against a plain triple loop (exercises gemm's blocking and threads).
+    let mut rng = Rng::seed(3);
+    let (m, k, n) = (67, 300, 45);
+    let x = Tensor::rand_uniform(&[m, k], -1.0, 1.0, &mut rng).unwrap();
+    let y = Tensor::rand_uniform(&[k, n], -1.0, 1.0, &mut rng).unwrap();
+    let (xv, yv) = (x.to_vec(), y.to_vec());
+    let mut want = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k).map(|p| xv[i * k + p] as f64 * yv[p * n + j] as f64).sum::<f64>() as f32;
+        }
+    }
+    assert_close(&x.matmul(&y).unwrap().to_vec(), &want, 1e-4);
+}
+
+#[test]
+fn indexing() {
+    let x = t(&[1., 2., 3., 4., 5., 6.], &[3, 2]);
+    let rows = t(&[2., 0.], &[2]);
+    assert_eq!(x.index_select(0, &rows).unwrap().to_vec(), vec![5., 6., 1., 2.]);
+    assert_eq!(x.index_select(1, &t(&[1.], &[1])).unwrap().to_vec(), vec![2., 4., 6.]);
+    let idx = t(&[1., 0., 0.], &[3, 1]);
+    assert_eq!(x.gather(1, &idx).unwrap().to_vec(), vec![2., 3., 5.]);
+    let c = Tensor::cat(&[&x, &x.narrow(0, 0, 1).unwrap()], 0).unwrap();
+    assert_eq!(c.shape(), &[4, 2]);
+    assert_eq!(c.to_vec(), vec![1., 2., 3., 4., 5., 6., 1., 2.]);
+    let s = Tensor::stack(&[&t(&[1., 2.], &[2]), &t(&[3., 4.], &[2])], 1).unwrap();
+    assert_eq!(s.to_vec(), vec![1., 3., 2., 4.]);
+    // Errors name the op and the offending index.
+    let e = x.index_select(0, &t(&[3.], &[1])).unwrap_err();
+    assert_eq!(e.to_string(), "index_select: index 3 out of range for size 3");
+    assert!(x.gather(1, &t(&[0.5, 0., 0.], &[3, 1])).unwrap_err().to_string().contains("index 0.5"));
+    assert!(x.gather(1, &t(&[-1., 0., 0.], &[3, 1])).is_err());
+    assert!(Tensor::cat(&[&x, &Tensor::zeros(&[1, 3])], 0).unwrap_err().to_string().contains("cat"));
+    assert!(Tensor::cat(&[], 0).is_err());
+    assert!(Tensor::stack(&[&x, &x.t().unwrap()], 0).is_err());
+}
+
+#[test]
+fn large_elementwise_ops_match_small_ones() {
+    // Above the parallel threshold the work is split across threads; results must not change.
+    let n = 200_000;
+    let x = Tensor::rand_uniform(&[n], -3.0, 3.0, &mut Rng::seed(5)).unwrap();
+    let y = x.exp().unwrap().add(&x).unwrap().to_vec();
+    let xv = x.to_vec();
+    for i in (0..n).step_by(9973) {
+        assert_eq!(y[i], xv[i].exp() + xv[i]);
+    }
+}
+
+#[test]
+fn debug_output_is_short_and_informative() {
+    let x = Tensor::ones(&[2]).set_requires_grad(true);
+    assert_eq!(format!("{x:?}"), "Tensor(shape=[2], data=[1.0, 1.0], requires_grad)");
+    let y = x.exp().unwrap();
+    assert!(format!("{y:?}").contains("grad_fn=exp"));
+    assert!(format!("{:?}", Tensor::zeros(&[100])).contains("..."));
+}
