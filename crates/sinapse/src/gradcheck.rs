@@ -149,7 +149,8 @@ mod tests {
     fn gradcheck_accepts_right_rules_and_catches_wrong_ones() {
         let x = Tensor::from_vec(vec![0.5, -1.25, 2.0], &[3]).unwrap().set_requires_grad(true);
         let run = |rule: fn(&Tensor, &Tensor) -> Result<Tensor>| {
-            gradcheck(|x| Ok(square_with_rule(&x[0], rule)), std::slice::from_ref(&x), GradcheckOptions::default()).unwrap()
+            gradcheck(|x| Ok(square_with_rule(&x[0], rule)), std::slice::from_ref(&x), GradcheckOptions::default())
+                .unwrap()
         };
         assert!(run(|g, x| g.mul(&x.mul_scalar(2.0)?)).passed());
         // Wrong sign, a missing term of the product rule, an off-by-a-little factor.
