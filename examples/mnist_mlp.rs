@@ -1,23 +1,23 @@
 //! An MLP on handwritten digits: 784-256-128-10 with ReLU, softmax cross-entropy and
-//! minibatch SGD (lr 0.1, batch 128), 15 epochs on the bundled MNIST subset.
+//! minibatch SGD (lr 0.1, batch 128), 15 epochs on the bundled MNIST subset. The training
+//! loop is written out: forward, loss, backward, step.
 //!
 //! Run: `cargo run --release --example mnist_mlp [DATA_DIR]`
 
 use std::time::Instant;
 
-use sinapse::data::mnist;
+use sinapse::data::{mnist, DataLoader};
 use sinapse::nn::{self, loss, Mode, Module};
-use sinapse::optim::Sgd;
-use sinapse::train::{batch_indices, correct_count, evaluate};
+use sinapse::optim::{Optimizer, Sgd};
+use sinapse::train::metrics::correct_count;
+use sinapse::train::{evaluate, LossKind, Task};
 use sinapse::{Result, Rng};
 
 fn main() -> Result<()> {
     let dir =
         std::env::args().nth(1).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k").into());
-    let data = mnist::load(&dir)?;
-    let (x, labels) = (&data.train.images, &data.train.labels);
-    let n = x.dim(0)?;
-    println!("{n} training images, {} test images", data.test.images.dim(0)?);
+    let mnist::Mnist { train, test } = mnist::load(&dir)?;
+    println!("{} training images, {} test images", train.len(), test.len());
 
     let mut rng = Rng::seed(0);
     let model = nn::Sequential::new()
@@ -27,27 +27,28 @@ fn main() -> Result<()> {
         .add(nn::Relu)
         .add(nn::Linear::new(128, 10, &mut rng)?);
     let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut loader = DataLoader::new(&train, 128)?.shuffle(0);
 
     for epoch in 1..=15 {
         let start = Instant::now();
         let (mut loss_sum, mut correct) = (0.0, 0);
-        for idx in batch_indices(n, 128, Some(&mut rng))? {
-            let xb = x.index_select(0, &idx)?; // a minibatch of images
-            let yb = labels.index_select(0, &idx)?;
-            let logits = model.forward(&xb, Mode::Train)?;
-            let loss = loss::cross_entropy(&logits, &yb)?;
-            opt.step(&loss.backward()?)?;
-            loss_sum += loss.to_scalar()? * idx.elem_count() as f32;
-            correct += correct_count(&logits, &yb)?;
+        for batch in loader.epoch()? {
+            let (x, y) = batch?; // a minibatch of images and their digits
+            let logits = model.forward(&x, Mode::Train)?; // forward pass
+            let loss = loss::cross_entropy(&logits, &y)?;
+            opt.step(&loss.backward()?)?; // backpropagation, then w <- w - lr * dL/dw
+            loss_sum += loss.to_scalar()? * x.shape()[0] as f32;
+            correct += correct_count(&logits, &y)?;
         }
         println!(
             "epoch {epoch:2}: loss {:.4}, train accuracy {:.4}, {:.2}s",
-            loss_sum / n as f32,
-            correct as f32 / n as f32,
+            loss_sum / train.len() as f32,
+            correct as f32 / train.len() as f32,
             start.elapsed().as_secs_f64()
         );
     }
-    let (_, acc) = evaluate(&model, &data.test.images, &data.test.labels, 1000)?;
-    println!("test accuracy: {acc:.4}");
+    let task = Task::Classification { classes: 10 };
+    let result = evaluate(&model, &test, &task, LossKind::CrossEntropy, 1000)?;
+    println!("test accuracy: {:.4}", result.metric());
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! Run: `cargo run --release --example xor`
 
 use sinapse::nn::{self, loss, Mode, Module};
-use sinapse::optim::Sgd;
+use sinapse::optim::{Optimizer, Sgd};
 use sinapse::perceptron::{format_weights, Gate, Perceptron, GATE_INPUTS};
 use sinapse::{Result, Rng, Tensor};
 

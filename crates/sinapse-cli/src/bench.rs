@@ -3,7 +3,9 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sinapse::data::mnist;
-use sinapse::train::{evaluate, train_classifier, SgdConfig};
+use sinapse::nn::Module;
+use sinapse::optim::Sgd;
+use sinapse::train::{evaluate, fit, FitConfig, LossKind, Silent, Task};
 use sinapse::Rng;
 
 /// Options of `sinapse bench`.
@@ -33,17 +35,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// `mlp`: 784-256-128-10 ReLU, softmax cross-entropy, SGD lr 0.1, batch 128 (last partial batch
 /// kept), 5 epochs, reshuffled each epoch with a fixed seed.
 fn mlp(args: &BenchArgs) -> Result<()> {
-    let dir = args.data.clone().unwrap_or_else(crate::default_mnist_dir);
-    let data = mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
-    let cfg = SgdConfig { epochs: 5, batch_size: 128, lr: 0.1, seed: 0 };
+    let dir = args.data.clone().unwrap_or_else(|| crate::repo_path("data/mnist-10k"));
+    let mnist::Mnist { train, test } =
+        mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
+    let task = Task::Classification { classes: 10 };
+    let cfg = FitConfig { epochs: 5, batch_size: 128, loss: LossKind::CrossEntropy, seed: 0, ..FitConfig::new(task) };
     let mut runs = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
         let model = crate::train::mnist_mlp(&mut Rng::seed(0))?;
-        let history = train_classifier(&model, &data.train.images, &data.train.labels, &cfg, |_| {})?;
-        let samples: usize = history.iter().map(|s| s.samples).sum();
-        let seconds: f64 = history.iter().map(|s| s.seconds).sum();
-        let (_, acc) = evaluate(&model, &data.test.images, &data.test.labels, 1000)?;
-        let rate = samples as f64 / seconds;
+        let mut opt = Sgd::new(model.parameters(), 0.1);
+        let history = fit(&model, &mut opt, &train, None, &cfg, &mut Silent)?;
+        let seconds: f64 = history.records.iter().map(|r| r.seconds).sum();
+        let rate = (train.len() * history.records.len()) as f64 / seconds;
+        let acc = evaluate(&model, &test, &task, cfg.loss, 1000)?.metric();
         println!("run {run}/{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.runs);
         runs.push((rate, acc));
     }

@@ -1,11 +1,21 @@
-//! `sinapse`: train models, run Rosenblatt's perceptron, and benchmark, from the command line.
+//! `sinapse`: train, evaluate and use models from TOML specs, run Rosenblatt's perceptron,
+//! check gradients, and benchmark, from the command line.
 #![warn(missing_docs)]
 
 mod bench;
+mod cv;
+mod eval;
+mod inspect;
 mod perceptron;
+mod plot;
+mod predict;
 mod train;
 
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sinapse::spec::ModelSpec;
 
 /// Sinapse: a deep-learning framework to learn from.
 #[derive(Parser)]
@@ -17,11 +27,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train the MNIST MLP (784-256-128-10, ReLU, SGD) on the bundled data and report test accuracy.
+    /// Train a model from a spec (default: the MNIST MLP), save it, its history and plots.
     Train(train::TrainArgs),
+    /// Evaluate a saved model on labelled data: metrics and confusion matrix.
+    Eval(eval::EvalArgs),
+    /// Predict with a saved model: a CSV of classes and probabilities, or values.
+    Predict(predict::PredictArgs),
+    /// Cross-validate a spec: k-fold or leave-one-out, per-fold scores and mean ± std.
+    Cv(cv::CvArgs),
+    /// Print a spec's model: layers, output shapes, parameter counts.
+    Summary(inspect::SummaryArgs),
+    /// Compare the model's backpropagated gradients with finite differences on one batch.
+    Gradcheck(inspect::GradcheckArgs),
     /// Rosenblatt's perceptron on a logic gate, optionally printing every step.
     Perceptron(perceptron::PerceptronArgs),
-    /// Run a benchmark of ../BENCHMARKS (mlp) and print samples/s and test accuracy.
+    /// Run a benchmark (mlp) and print samples/s and test accuracy.
     Bench(bench::BenchArgs),
 }
 
@@ -29,22 +49,36 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Cv(args) => cv::run(args),
+        Command::Summary(args) => inspect::summary(args),
+        Command::Gradcheck(args) => inspect::gradcheck(args),
         Command::Perceptron(args) => perceptron::run(args),
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // One line: the error and its causes, joined.
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
 }
 
-/// The bundled MNIST subset: `data/mnist-10k` under the current directory when it exists (the
-/// repository root), else the copy next to the sources this binary was built from.
-pub(crate) fn default_mnist_dir() -> std::path::PathBuf {
-    let local = std::path::PathBuf::from("data/mnist-10k");
-    if local.is_dir() {
+/// A path inside the repository this binary was built from: `rel` under the current
+/// directory when it exists there (running from the repository root), else next to the
+/// sources.
+pub(crate) fn repo_path(rel: &str) -> PathBuf {
+    let local = PathBuf::from(rel);
+    if local.exists() {
         local
     } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist-10k")
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
     }
+}
+
+/// Reads a spec; returns it with the folder its relative paths start from.
+pub(crate) fn load_spec(path: &Path) -> Result<(ModelSpec, PathBuf)> {
+    let spec = ModelSpec::from_file(path).with_context(|| format!("reading spec {}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok((spec, base))
 }

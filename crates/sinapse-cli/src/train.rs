@@ -1,32 +1,24 @@
-//! `sinapse train`: the default job, the MNIST MLP.
+//! `sinapse train [SPEC] [--out DIR]`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sinapse::data::mnist;
 use sinapse::nn::{self, Module};
-use sinapse::train::{evaluate, train_classifier, SgdConfig};
-use sinapse::Rng;
+use sinapse::train::{Evaluation, Metrics, ProgressReporter, Verbosity};
+use sinapse::{job, Rng};
 
 /// Options of `sinapse train`.
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Directory with the MNIST IDX files [default: the bundled data/mnist-10k].
+    /// The model spec (TOML) [default: models/mnist_mlp.toml].
+    spec: Option<PathBuf>,
+    /// Where to save the model directory [default: runs/<spec name>].
     #[arg(long)]
-    data: Option<PathBuf>,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 15)]
-    epochs: usize,
-    /// Learning rate of SGD.
-    #[arg(long, default_value_t = 0.1)]
-    lr: f32,
-    /// Minibatch size.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Seed of initialisation and shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    out: Option<PathBuf>,
+    /// Print only the final lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// The benchmark network: 784-256-128-10 with ReLU.
@@ -39,29 +31,77 @@ pub fn mnist_mlp(rng: &mut Rng) -> sinapse::Result<nn::Sequential> {
         .add(nn::Linear::new(128, 10, rng)?))
 }
 
+/// One line of metrics for an evaluation.
+pub fn describe(e: &Evaluation) -> String {
+    match &e.metrics {
+        Metrics::Classification(m) => format!(
+            "loss {:.4}, accuracy {:.4}, macro precision {:.4}, recall {:.4}, F1 {:.4}",
+            e.loss,
+            m.accuracy(),
+            m.macro_precision(),
+            m.macro_recall(),
+            m.macro_f1()
+        ),
+        Metrics::Regression(r) => format!("mse {:.6}, mae {:.6}, r2 {:.4}", r.mse, r.mae, r.r2),
+    }
+}
+
+/// The last line: `test accuracy: 0.NNNN` or `test mse: X`.
+pub fn final_line(prefix: &str, e: &Evaluation) -> String {
+    match &e.metrics {
+        Metrics::Classification(m) => format!("{prefix}accuracy: {:.4}", m.accuracy()),
+        Metrics::Regression(r) => format!("{prefix}mse: {:.6}", r.mse),
+    }
+}
+
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let dir = args.data.unwrap_or_else(crate::default_mnist_dir);
-    let data = mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
-    let mut rng = Rng::seed(args.seed);
-    let model = mnist_mlp(&mut rng)?;
-    println!(
-        "MNIST MLP {}: {} parameters, {} training / {} test images, SGD lr {} batch {}",
-        model.describe(),
-        model.num_parameters(),
-        data.train.images.dim(0)?,
-        data.test.images.dim(0)?,
-        args.lr,
-        args.batch_size
-    );
-    let cfg = SgdConfig { epochs: args.epochs, batch_size: args.batch_size, lr: args.lr, seed: args.seed };
-    train_classifier(&model, &data.train.images, &data.train.labels, &cfg, |s| {
-        println!(
-            "epoch {:>2}/{}: loss {:.4}, accuracy {:.4}, time {:.2}s",
-            s.epoch, cfg.epochs, s.loss, s.accuracy, s.seconds
-        );
-    })?;
-    let (_, acc) = evaluate(&model, &data.test.images, &data.test.labels, 1000)?;
-    println!("test accuracy: {acc:.4}");
+    let spec_path = args.spec.unwrap_or_else(|| crate::repo_path("models/mnist_mlp.toml"));
+    let (spec, base) = crate::load_spec(&spec_path)?;
+    let out = args.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
+    });
+    let verbosity = if args.quiet { Verbosity::Quiet } else { Verbosity::Normal };
+    let mut progress = ProgressReporter::new(verbosity);
+    if !args.quiet {
+        println!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
+    }
+    let outcome = job::train(&spec, &base, &mut progress)?;
+    if !args.quiet {
+        println!("model {}: {} parameters", outcome.model.model.describe(), outcome.model.model.num_parameters());
+        if let Some(best) = outcome.history.best_epoch {
+            let note = if outcome.history.restored_best { " (weights restored)" } else { "" };
+            let stop = if outcome.history.stopped_early { ", stopped early" } else { "" };
+            println!("best validation loss at epoch {best}{note}{stop}");
+        }
+        if let Some(v) = &outcome.validation {
+            println!("validation: {}", describe(v));
+        }
+    }
+    let history_csv = outcome.history.to_csv();
+    let for_plot = outcome.test.as_ref().or(outcome.validation.as_ref());
+    let classes = outcome.model.card.classes.clone();
+    outcome
+        .model
+        .save(&out, |dir| {
+            let write = |name: &str, text: &str| {
+                std::fs::write(dir.join(name), text)
+                    .map_err(|source| sinapse::Error::Io { path: dir.join(name), source })
+            };
+            write("history.csv", &history_csv)?;
+            crate::plot::curves(dir, &outcome.history)?;
+            if let Some(Evaluation { metrics: Metrics::Classification(m), .. }) = for_plot {
+                let names = classes.as_ref().map(|c| c.classes.clone());
+                crate::plot::confusion(&dir.join("confusion.png"), m, names.as_deref())?;
+                write("confusion.txt", &m.render(names.as_deref()))?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("saving the model to {}", out.display()))?;
+    println!("saved model, history.csv and plots to {}", out.display());
+    if let Some(t) = &outcome.test {
+        println!("test: {}", describe(t));
+        println!("{}", final_line("test ", t));
+    }
     Ok(())
 }

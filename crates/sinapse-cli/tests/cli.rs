@@ -53,25 +53,122 @@ fn bad_arguments_fail_with_one_line() {
         &["perceptron", "--gate", "nand"][..],
         &["perceptron", "--gate", "and", "--init", "1,2"],
         &["bench", "resnet"],
-        &["train", "--data", "no/such/dir", "--epochs", "1"],
+        &["train", "no/such/spec.toml"],
     ] {
         let (code, out, err) = sinapse(args);
         assert_eq!(code, 1, "{args:?}: {out}{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{err}");
     }
-    let (_, _, err) = sinapse(&["train", "--data", "no/such/dir", "--epochs", "1"]);
-    assert!(err.contains("no/such/dir") && err.contains("train-images-idx3-ubyte"), "{err}");
+    let (_, _, err) = sinapse(&["train", "no/such/spec.toml"]);
+    assert!(err.contains("no/such/spec.toml"), "{err}");
 }
 
 #[test]
 fn train_prints_epochs_then_test_accuracy() {
-    let (code, out, err) = sinapse(&["train", "--epochs", "2"]);
+    let out_dir = std::env::temp_dir().join(format!("sinapse-cli-train-{}", std::process::id()));
+    let (code, out, err) = sinapse(&["train", "--out", out_dir.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.trim_end().lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with("epoch  2/2: loss ")), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("epoch 15/15: loss ")), "{out}");
+    for f in ["model.toml", "model.safetensors", "history.csv", "loss.png", "accuracy.png", "confusion.png"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing in {}", out_dir.display());
+    }
     let last = lines.last().unwrap();
     let acc: f32 = last.strip_prefix("test accuracy: ").expect(last).parse().unwrap();
-    assert!(acc > 0.8, "{last}");
+    assert!(acc >= 0.91, "{last}");
     assert_eq!(last.len(), "test accuracy: 0.NNNN".len());
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sinapse-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn iris_train_eval_predict_round_trip() {
+    let dir = temp("iris");
+    let model = dir.join("model");
+    let (code, out, err) = sinapse(&["train", "models/iris.toml", "--out", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("val_loss") && out.contains("val_accuracy"), "{out}");
+    assert!(out.trim_end().lines().last().unwrap().starts_with("test accuracy: "), "{out}");
+    let history = std::fs::read_to_string(model.join("history.csv")).unwrap();
+    assert!(history.starts_with("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy"));
+
+    let (code, out, err) = sinapse(&["eval", model.to_str().unwrap(), "data/iris.csv"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("macro precision") && out.contains("virginica"), "{out}");
+    let acc: f32 = out.trim_end().lines().last().unwrap().strip_prefix("accuracy: ").unwrap().parse().unwrap();
+    assert!(acc > 0.9, "{out}");
+
+    let input = dir.join("new.csv");
+    std::fs::write(&input, "petal_width,sepal_length,sepal_width,petal_length\n0.2,5.1,3.5,1.4\n2.3,6.7,3.0,5.2\n")
+        .unwrap();
+    let preds = dir.join("preds.csv");
+    let (code, _, err) =
+        sinapse(&["predict", model.to_str().unwrap(), input.to_str().unwrap(), "--out", preds.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&preds).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "prediction,p_setosa,p_versicolor,p_virginica");
+    assert!(lines[1].starts_with("setosa,") && lines[2].starts_with("virginica,"), "{text}");
+    let probs: f32 = lines[1].split(',').skip(1).map(|p| p.parse::<f32>().unwrap()).sum();
+    assert!((probs - 1.0).abs() < 1e-4);
+
+    // A column missing from the input is named.
+    std::fs::write(&input, "sepal_length,sepal_width\n1,2\n").unwrap();
+    let (code, _, err) = sinapse(&["predict", model.to_str().unwrap(), input.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no column 'petal_length'"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cv_prints_folds_then_mean_and_std() {
+    let (code, out, err) = sinapse(&["cv", "models/iris.toml", "--folds", "5", "--stratified"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.trim_end().lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines[0].starts_with("fold 1/5: accuracy "), "{out}");
+    let last = lines[5];
+    assert!(
+        last.starts_with("accuracy: mean 0.") && last.contains(" ± 0.") && last.ends_with(" over 5 folds"),
+        "{last}"
+    );
+    let (code, _, err) = sinapse(&["cv", "models/iris.toml"]);
+    assert_eq!(code, 2, "clap requires --folds or --loo: {err}");
+}
+
+#[test]
+fn summary_and_gradcheck() {
+    let (code, out, err) = sinapse(&["summary", "models/mnist_mlp.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Output Shape") && out.contains("[-1, 256]") && out.contains("Total params: 235146"), "{out}");
+    let (code, out, err) = sinapse(&["gradcheck", "models/xor.toml"]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("largest relative error: ") && last.ends_with(" 0 of 22 outside tolerance"), "{out}");
+}
+
+#[test]
+fn spec_errors_name_the_offender_and_the_valid_choices() {
+    let dir = temp("badspec");
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/iris.toml")).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, spec.replace("type = \"relu\"", "type = \"swish\"")).unwrap();
+    let (code, _, err) = sinapse(&["train", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("swish") && err.contains("relu") && err.contains("leaky_relu") && err.contains("line "),
+        "{err}"
+    );
+    std::fs::write(&bad, spec.replace("batch_size = 16", "batch_size = 16\nbatchsize = 3")).unwrap();
+    let (_, _, err) = sinapse(&["summary", bad.to_str().unwrap()]);
+    assert!(err.contains("unknown field `batchsize`") && err.contains("batch_size"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -53,6 +53,25 @@ pub struct GradcheckReport {
 }
 
 impl GradcheckReport {
+    fn empty() -> GradcheckReport {
+        GradcheckReport { checked: 0, max_abs_error: 0.0, max_rel_error: 0.0, failures: Vec::new(), failure_count: 0 }
+    }
+
+    /// Adds one comparison of an analytic and a numerical derivative.
+    fn record(&mut self, opts: GradcheckOptions, input: usize, element: usize, analytic: f64, numeric: f64) {
+        let abs = (analytic - numeric).abs();
+        let rel = abs / analytic.abs().max(numeric.abs()).max(opts.atol);
+        self.checked += 1;
+        self.max_abs_error = self.max_abs_error.max(abs);
+        self.max_rel_error = self.max_rel_error.max(rel);
+        if abs.is_nan() || abs > opts.atol + opts.rtol * numeric.abs() {
+            self.failure_count += 1;
+            if self.failures.len() < 10 {
+                self.failures.push((input, element, analytic, numeric));
+            }
+        }
+    }
+
     /// True when every derivative was within tolerance.
     pub fn passed(&self) -> bool {
         self.failure_count == 0
@@ -118,21 +137,89 @@ pub fn gradcheck(
             let plus = (base[i] as f64 + opts.eps) as f32;
             let minus = (base[i] as f64 - opts.eps) as f32;
             let numeric = (eval(plus)? - eval(minus)?) / (plus as f64 - minus as f64);
-            let a = analytic[i] as f64;
-            let abs = (a - numeric).abs();
-            let rel = abs / a.abs().max(numeric.abs()).max(opts.atol);
-            report.checked += 1;
-            report.max_abs_error = report.max_abs_error.max(abs);
-            report.max_rel_error = report.max_rel_error.max(rel);
-            if abs.is_nan() || abs > opts.atol + opts.rtol * numeric.abs() {
-                report.failure_count += 1;
-                if report.failures.len() < 10 {
-                    report.failures.push((k, i, a, numeric));
-                }
-            }
+            report.record(opts, k, i, analytic[i] as f64, numeric);
         }
     }
     Ok(report)
+}
+
+/// The result of checking one parameter tensor in [`gradcheck_parameters`].
+#[derive(Clone, Debug)]
+pub struct ParamCheck {
+    /// The parameter's name (`0.weight`).
+    pub name: String,
+    /// The comparisons made (the worst, and the failures).
+    pub report: GradcheckReport,
+    /// Elements skipped because the loss has a kink (ReLU, abs, max) within the
+    /// finite-difference step there, so no difference quotient estimates a derivative.
+    pub kinks: usize,
+}
+
+/// Checks the gradients of a scalar `loss` with respect to named parameters, perturbing each
+/// checked element in place (and restoring it). Up to `per_tensor` elements of each tensor are
+/// checked, chosen at random by `seed` when the tensor is larger; all of them otherwise.
+///
+/// Networks with ReLU have kinks: a step of ±h can switch a unit on or off, and the difference
+/// quotient then measures no derivative. Each element is therefore estimated with steps h and
+/// h/2 and passes if either estimate matches. When neither does, the one-sided slopes on the
+/// two sides of the point tell a kink (they differ by a jump) from a wrong gradient rule (they
+/// agree with each other, and not with the rule); kinks are counted, not failed.
+pub fn gradcheck_parameters(
+    params: &[(String, Tensor)],
+    loss: impl Fn() -> Result<Tensor>,
+    per_tensor: usize,
+    opts: GradcheckOptions,
+) -> Result<Vec<ParamCheck>> {
+    let value = loss()?;
+    if value.elem_count() != 1 {
+        return Err(Error::BackwardNonScalar { shape: value.shape().to_vec() });
+    }
+    let grads = value.backward()?;
+    let mut rng = Rng::seed(opts.seed);
+    let _off = no_grad();
+    let mut out = Vec::with_capacity(params.len());
+    for (name, p) in params {
+        let analytic = grads.get(p).map_or_else(|| vec![0.0; p.elem_count()], Tensor::to_vec);
+        let base = p.to_vec();
+        let mut picks: Vec<usize> = (0..base.len()).collect();
+        if picks.len() > per_tensor {
+            rng.shuffle(&mut picks);
+            picks.truncate(per_tensor);
+            picks.sort_unstable();
+        }
+        let mut report = GradcheckReport::empty();
+        let mut kinks = 0;
+        for i in picks {
+            // The loss at x + k·h/2 for k = -2..=2, and the steps actually taken in f32.
+            let at = |k: f64| -> Result<(f64, f64)> {
+                let v = (base[i] as f64 + k * opts.eps / 2.0) as f32;
+                p.update_in_place("gradcheck_parameters", |d| d[i] = v)?;
+                let l = loss().and_then(|l| l.to_scalar());
+                p.update_in_place("gradcheck_parameters", |d| d[i] = base[i])?;
+                Ok((v as f64, l? as f64))
+            };
+            let [(xm2, lm2), (xm1, lm1), (_, l0), (xp1, lp1), (xp2, lp2)] =
+                [at(-2.0)?, at(-1.0)?, at(0.0)?, at(1.0)?, at(2.0)?];
+            let wide = (lp2 - lm2) / (xp2 - xm2);
+            let narrow = (lp1 - lm1) / (xp1 - xm1);
+            let a = analytic[i] as f64;
+            let tol = |n: f64| opts.atol + opts.rtol * n.abs();
+            let within = |n: f64| (a - n).abs() <= tol(n);
+            if !within(wide) && !within(narrow) {
+                // One-sided slopes: equal up to the curvature where the loss is smooth, apart by
+                // the jump in slope where a kink lies between them.
+                let right = (lp1 - l0) / (xp1 - base[i] as f64);
+                let left = (l0 - lm1) / (base[i] as f64 - xm1);
+                if (right - left).abs() > 4.0 * tol(narrow) {
+                    kinks += 1;
+                    continue;
+                }
+            }
+            report.record(opts, 0, i, a, if within(wide) && !within(narrow) { wide } else { narrow });
+        }
+        out.push(ParamCheck { name: name.clone(), report, kinks });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -157,5 +244,20 @@ mod tests {
         assert_eq!(run(|g, x| g.mul(&x.mul_scalar(-2.0)?)).failure_count, 3);
         assert_eq!(run(|g, x| g.mul(x)).failure_count, 3);
         assert_eq!(run(|g, x| g.mul(&x.mul_scalar(2.1)?)).failure_count, 3);
+    }
+
+    #[test]
+    fn parameter_check_tells_kinks_from_wrong_rules() {
+        let opts = GradcheckOptions::default();
+        // relu(w·1) at w = 0: the derivative jumps from 0 to 1 there.
+        let w = Tensor::from_vec(vec![0.0, 0.7], &[2]).unwrap().set_requires_grad(true);
+        let named = vec![("w".to_string(), w.clone())];
+        let checks = gradcheck_parameters(&named, || w.relu()?.sum_all(), 10, opts).unwrap();
+        assert_eq!(checks[0].kinks, 1);
+        assert!(checks[0].report.passed() && checks[0].report.checked == 1);
+        // A wrong rule at a smooth point is a failure, not a kink.
+        let bad = || square_with_rule(&w.add_scalar(1.0)?, |g, x| g.mul(x)).sum_all();
+        let checks = gradcheck_parameters(&named, bad, 10, opts).unwrap();
+        assert_eq!((checks[0].kinks, checks[0].report.failure_count), (0, 2));
     }
 }

@@ -15,7 +15,7 @@
 //! - [`data`]: reading MNIST's IDX files.
 //!
 //! ```
-//! use sinapse::{nn::{self, Module, Mode}, optim::Sgd, Rng, Tensor};
+//! use sinapse::{nn::{self, Module, Mode}, optim::{Optimizer, Sgd}, Rng, Tensor};
 //! let mut rng = Rng::seed(0);
 //! let model = nn::Sequential::new()
 //!     .add(nn::Linear::new(2, 8, &mut rng)?)
@@ -39,11 +39,13 @@ pub mod data;
 mod device;
 mod error;
 pub mod gradcheck;
+pub mod job;
 pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod perceptron;
 mod random;
+pub mod spec;
 pub mod tensor;
 pub mod train;
 

@@ -2,7 +2,7 @@
 //! so the same seed gives the same numbers, and the same training run, every time.
 
 use rand::seq::SliceRandom;
-use rand::{Rng as _, SeedableRng};
+use rand::{Rng as _, RngCore, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 
 /// A seeded pseudo-random generator (ChaCha12, through the `rand` crate).
@@ -13,6 +13,12 @@ impl Rng {
     /// A generator whose whole sequence is fixed by `seed`.
     pub fn seed(seed: u64) -> Rng {
         Rng(rand::rngs::StdRng::seed_from_u64(seed))
+    }
+
+    /// A new generator seeded from this one: for a component (a dropout layer) that needs its
+    /// own stream, still fixed by the original seed.
+    pub fn fork(&mut self) -> Rng {
+        Rng::seed(self.0.next_u64())
     }
 
     /// A uniform draw from `[low, high)`.

@@ -3,10 +3,12 @@
 mod common;
 
 use common::assert_close;
+use sinapse::data::idx::read_labelled_images;
 use sinapse::data::mnist;
+use sinapse::data::Dataset;
 use sinapse::nn::{self, loss, Mode, Module};
-use sinapse::optim::Sgd;
-use sinapse::train::{evaluate, train_classifier, SgdConfig};
+use sinapse::optim::{Optimizer, Sgd};
+use sinapse::train::{evaluate, fit, FitConfig, LossKind, Silent, Task};
 use sinapse::{Error, Rng, Tensor};
 
 fn t(data: &[f32], shape: &[usize]) -> Tensor {
@@ -178,9 +180,10 @@ fn an_mlp_learns_xor_where_the_perceptron_cannot() {
 #[test]
 fn mnist_mlp_reaches_the_course_accuracy() {
     // The bar: at least 0.91 test accuracy after 15 epochs (PyTorch: 0.920, 0.919).
-    let data = mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k")).unwrap();
-    assert_eq!(data.train.images.shape(), &[8004, 784]);
-    assert_eq!(data.test.images.shape(), &[1996, 784]);
+    let mnist::Mnist { train, test } =
+        mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k")).unwrap();
+    assert_eq!(train.x().shape(), &[8004, 784]);
+    assert_eq!(test.x().shape(), &[1996, 784]);
     let mut rng = Rng::seed(0);
     let model = nn::Sequential::new()
         .add(nn::Linear::new(784, 256, &mut rng).unwrap())
@@ -188,10 +191,12 @@ fn mnist_mlp_reaches_the_course_accuracy() {
         .add(nn::Linear::new(256, 128, &mut rng).unwrap())
         .add(nn::Relu)
         .add(nn::Linear::new(128, 10, &mut rng).unwrap());
-    let cfg = SgdConfig { epochs: 15, batch_size: 128, lr: 0.1, seed: 0 };
-    let history = train_classifier(&model, &data.train.images, &data.train.labels, &cfg, |_| {}).unwrap();
-    assert!(history[14].loss < history[0].loss / 3.0);
-    let (_, acc) = evaluate(&model, &data.test.images, &data.test.labels, 500).unwrap();
+    let task = Task::Classification { classes: 10 };
+    let cfg = FitConfig { epochs: 15, batch_size: 128, ..FitConfig::new(task) };
+    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let history = fit(&model, &mut opt, &train, None, &cfg, &mut Silent).unwrap();
+    assert!(history.records[14].train_loss < history.records[0].train_loss / 3.0);
+    let acc = evaluate(&model, &test, &task, LossKind::CrossEntropy, 500).unwrap().metric();
     assert!(acc >= 0.91, "test accuracy {acc}");
 }
 
@@ -200,8 +205,10 @@ fn a_nan_loss_stops_training_with_its_epoch_and_batch() {
     let x = t(&[1.0, f32::NAN, 0.0, 1.0], &[2, 2]);
     let labels = t(&[0.0, 1.0], &[2]);
     let model = nn::Linear::new(2, 2, &mut Rng::seed(0)).unwrap();
-    let cfg = SgdConfig { epochs: 3, batch_size: 2, lr: 0.1, seed: 0 };
-    let e = train_classifier(&model, &x, &labels, &cfg, |_| {}).unwrap_err();
+    let cfg = FitConfig { epochs: 3, batch_size: 2, ..FitConfig::new(Task::Classification { classes: 2 }) };
+    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let data = Dataset::new(x, labels).unwrap();
+    let e = fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap_err();
     assert_eq!(e.to_string(), "non-finite value NaN in loss at epoch 1, batch 1");
 }
 
@@ -214,10 +221,10 @@ fn bad_mnist_files_are_clear_errors() {
     // 2 images of 2x2 but only 6 bytes of pixels.
     std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6]).unwrap();
     std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 2, 1, 2]).unwrap();
-    let e = mnist::load_split(&images, &labels).err().unwrap().to_string();
+    let e = read_labelled_images(&images, &labels).err().unwrap().to_string();
     assert!(e.contains("images") && e.contains("promises 8 bytes, file holds 6"), "{e}");
     std::fs::write(&images, [0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 9]).unwrap();
-    let e = mnist::load_split(&images, &labels).err().unwrap().to_string();
+    let e = read_labelled_images(&images, &labels).err().unwrap().to_string();
     assert!(e.contains("2 labels for 1 images"), "{e}");
     let e = mnist::load(dir.join("missing")).err().unwrap().to_string();
     assert!(e.contains("train-images-idx3-ubyte"), "{e}");

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 
-use crate::{Error, Result};
+use super::Dataset;
+use crate::{Error, Result, Tensor};
 
 /// The contents of an IDX file of unsigned bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +89,30 @@ pub fn parse_idx(path: &Path, mut reader: impl Read, expect_rank: Option<usize>)
         return Err(fail(format!("IDX data longer than its header {dims:?} says ({expected} bytes)")));
     }
     Ok(IdxArray { dims, data })
+}
+
+/// Reads an images file (rank 2 or more) and its labels file (rank 1) as a dataset: images
+/// flattened to `[N, H·W]` with bytes scaled to [0, 1], labels `[N]` as class indices.
+pub fn read_labelled_images(images: &Path, labels: &Path) -> Result<Dataset> {
+    let img = read_idx(images, None)?;
+    let lab = read_idx(labels, Some(1))?;
+    if img.dims.len() < 2 {
+        return Err(Error::Format {
+            path: images.to_path_buf(),
+            msg: format!("images need rank 2 or more, the header says {:?}", img.dims),
+        });
+    }
+    let n = img.dims[0];
+    if lab.dims[0] != n {
+        return Err(Error::Format {
+            path: labels.to_path_buf(),
+            msg: format!("{} labels for {n} images in {}", lab.dims[0], images.display()),
+        });
+    }
+    let features: usize = img.dims[1..].iter().product();
+    let x = Tensor::from_vec(img.data.iter().map(|&p| p as f32 / 255.0).collect(), &[n, features])?;
+    let y = Tensor::from_vec(lab.data.iter().map(|&l| l as f32).collect(), &[n])?;
+    Dataset::new(x, y)
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.

@@ -1,4 +1,12 @@
-//! Reading datasets.
+//! Data: datasets and minibatches, file readers (IDX, CSV), preprocessing, and the splits
+//! used for validation.
 
+pub mod csv;
+mod dataset;
 pub mod idx;
 pub mod mnist;
+mod preprocess;
+pub mod split;
+
+pub use dataset::{batch_indices, DataLoader, Dataset};
+pub use preprocess::{one_hot, LabelMap, Scaler, Scaling};

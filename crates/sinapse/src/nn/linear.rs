@@ -1,6 +1,6 @@
 //! The fully connected layer.
 
-use super::{init, Mode, Module};
+use super::{Init, Mode, Module};
 use crate::{Error, Result, Rng, Tensor};
 
 /// A fully connected (dense) layer: `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of
@@ -16,8 +16,13 @@ pub struct Linear {
 impl Linear {
     /// A layer with PyTorch's default initialisation, drawn from `rng`.
     pub fn new(in_features: usize, out_features: usize, rng: &mut Rng) -> Result<Linear> {
-        let weight = init::pytorch_linear_uniform(&[out_features, in_features], in_features, rng)?;
-        let bias = init::pytorch_linear_uniform(&[out_features], in_features, rng)?;
+        Linear::with_init(in_features, out_features, Init::PytorchDefault, rng)
+    }
+
+    /// A layer with weights and bias drawn by `init`.
+    pub fn with_init(in_features: usize, out_features: usize, init: Init, rng: &mut Rng) -> Result<Linear> {
+        let weight = init.weight(&[out_features, in_features], in_features, out_features, rng)?;
+        let bias = init.bias(&[out_features], in_features, rng)?;
         Linear::from_tensors(weight, Some(bias))
     }
 

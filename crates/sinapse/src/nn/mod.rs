@@ -5,14 +5,19 @@
 //! `2.weight`, ...), so a checkpoint's names say where each tensor belongs.
 
 mod activation;
+mod dropout;
 pub mod init;
 mod linear;
 pub mod loss;
 mod sequential;
+mod summary;
 
 pub use activation::{LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Step, Tanh};
+pub use dropout::{Dropout, Flatten};
+pub use init::Init;
 pub use linear::Linear;
 pub use sequential::Sequential;
+pub use summary::{layer_summaries, summary, LayerSummary};
 
 use crate::{Result, Tensor};
 

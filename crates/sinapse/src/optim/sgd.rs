@@ -1,43 +1,79 @@
-//! Stochastic gradient descent.
+//! Stochastic gradient descent, with momentum, Nesterov momentum and weight decay.
 
-use super::update_param;
-use crate::{Gradients, Result, Tensor};
+use super::{check_hyper, for_each_param, state_for, Optimizer};
+use crate::{Error, Gradients, Result, Tensor};
 
-/// Plain (minibatch) gradient descent: `w ← w - lr · dL/dw` for every parameter.
+/// Minibatch gradient descent, as PyTorch's `torch.optim.SGD`:
 ///
-/// With the gradient of the loss on one minibatch this is SGD; on the whole training set it is
-/// full-batch gradient descent.
+/// ```text
+/// g ← g + weight_decay · w                     (L2 penalty)
+/// b ← g on the first step, then μ·b + g        (momentum buffer, when μ > 0)
+/// g ← g + μ·b (Nesterov)  or  g ← b            (when μ > 0)
+/// w ← w - lr · g
+/// ```
+///
+/// With μ = 0 and no decay this is the course's rule `w ← w - lr · dL/dw`: on one minibatch's
+/// gradient it is SGD, on the whole training set full-batch gradient descent.
 pub struct Sgd {
     params: Vec<Tensor>,
     lr: f32,
+    momentum: f32,
+    nesterov: bool,
+    weight_decay: f32,
+    buffers: Vec<Vec<f32>>,
 }
 
 impl Sgd {
-    /// An optimizer over `params` with learning rate `lr`.
+    /// Plain SGD over `params` with learning rate `lr`.
     pub fn new(params: Vec<Tensor>, lr: f32) -> Sgd {
-        Sgd { params, lr }
+        let n = params.len();
+        Sgd { params, lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, buffers: vec![Vec::new(); n] }
     }
 
-    /// The learning rate.
-    pub fn lr(&self) -> f32 {
+    /// SGD with all options, checked: `lr > 0`, `momentum >= 0`, `weight_decay >= 0`, and
+    /// Nesterov only with momentum.
+    pub fn with_options(params: Vec<Tensor>, lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) -> Result<Sgd> {
+        check_hyper("Sgd", "lr", lr, true)?;
+        check_hyper("Sgd", "momentum", momentum, false)?;
+        check_hyper("Sgd", "weight_decay", weight_decay, false)?;
+        if nesterov && momentum == 0.0 {
+            return Err(Error::invalid("Sgd", "Nesterov momentum needs momentum > 0"));
+        }
+        let mut s = Sgd::new(params, lr);
+        s.momentum = momentum;
+        s.nesterov = nesterov;
+        s.weight_decay = weight_decay;
+        Ok(s)
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let (lr, mu, nesterov, wd) = (self.lr, self.momentum, self.nesterov, self.weight_decay);
+        let buffers = &mut self.buffers;
+        for_each_param("Sgd::step", &self.params, grads, |w, g, i| {
+            if mu == 0.0 {
+                for (w, &g) in w.iter_mut().zip(g) {
+                    *w -= lr * (g + wd * *w);
+                }
+                return;
+            }
+            let first = buffers[i].is_empty();
+            let b = state_for(buffers, i, w.len());
+            for ((w, &g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
+                let g = g + wd * *w;
+                *b = if first { g } else { mu * *b + g };
+                let step = if nesterov { g + mu * *b } else { *b };
+                *w -= lr * step;
+            }
+        })
+    }
+
+    fn lr(&self) -> f32 {
         self.lr
     }
 
-    /// Sets the learning rate.
-    pub fn set_lr(&mut self, lr: f32) {
+    fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
-    }
-
-    /// One update of every parameter that has a gradient in `grads`.
-    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let lr = self.lr;
-        for p in &self.params {
-            if let Some(g) = grads.get(p) {
-                update_param("Sgd::step", p, g, |w, g| {
-                    w.iter_mut().zip(g).for_each(|(w, &g)| *w -= lr * g);
-                })?;
-            }
-        }
-        Ok(())
     }
 }

@@ -1,128 +1,409 @@
-//! Training a classifier: minibatches, the SGD loop, accuracy.
+//! Training: the fit loop, evaluation and prediction, metrics, progress, checkpoints.
 //!
-//! One epoch of minibatch SGD, as the course's MLPBACK: shuffle the training set; for each
-//! batch, forward, loss, backward (the chain rule through the whole network), and one
-//! gradient step `w ← w - lr·dL/dw`.
+//! [`fit`] is the course's training procedure: for each epoch, shuffle the training set and,
+//! batch by batch, run the forward pass, the loss, backpropagation and one optimizer step;
+//! then measure the loss (and accuracy) on validation data the model never trains on. Watching
+//! the two curves part ways is how overfitting shows; early stopping stops there and can put
+//! back the weights of the best validation epoch.
+
+pub mod checkpoint;
+pub mod metrics;
+mod progress;
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
+pub use metrics::{regression_metrics, ConfusionMatrix, RegressionMetrics};
+pub use progress::{ProgressReporter, Verbosity};
+
+use crate::data::{one_hot, DataLoader, Dataset};
 use crate::nn::{loss, Mode, Module};
-use crate::optim::Sgd;
-use crate::{no_grad, Error, Result, Rng, Tensor};
+use crate::optim::{clip_grad_norm, LrSchedule, Optimizer};
+use crate::{no_grad, Error, Result, Tensor};
 
-/// The row indices of each minibatch, as index tensors for [`Tensor::index_select`]. With an
-/// `rng` the order is shuffled; the last batch keeps the remainder (it may be smaller).
-pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>) -> Result<Vec<Tensor>> {
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_indices", "batch size must be at least 1"));
+/// What the model predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Task {
+    /// One of `classes` classes; targets are class indices `[N]`, outputs `[N, classes]`.
+    Classification {
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A number; targets are `[N]`, outputs `[N, 1]`.
+    Regression,
+}
+
+impl Task {
+    /// Number of model outputs the task needs.
+    pub fn outputs(&self) -> usize {
+        match self {
+            Task::Classification { classes } => *classes,
+            Task::Regression => 1,
+        }
     }
-    let order: Vec<usize> = match rng {
-        Some(rng) => rng.permutation(n),
-        None => (0..n).collect(),
-    };
-    order.chunks(batch_size).map(|c| Tensor::from_vec(c.iter().map(|&i| i as f32).collect(), &[c.len()])).collect()
-}
 
-/// Number of rows whose largest logit is at the label's class.
-pub fn correct_count(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let predicted = logits.argmax(logits.rank().saturating_sub(1), false)?;
-    Ok(predicted.eq(labels)?.sum_all()?.to_scalar()? as usize)
-}
-
-/// Fraction of rows whose largest logit is at the label's class.
-pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f32> {
-    let n = labels.elem_count().max(1);
-    Ok(correct_count(logits, labels)? as f32 / n as f32)
-}
-
-/// Mean cross-entropy and accuracy of `model` on `(x, labels)`, evaluated without gradients in
-/// batches of `batch_size`.
-pub fn evaluate(model: &dyn Module, x: &Tensor, labels: &Tensor, batch_size: usize) -> Result<(f32, f32)> {
-    let _off = no_grad();
-    let n = x.dim(0)?;
-    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-    for idx in batch_indices(n, batch_size, None)? {
-        let xb = x.index_select(0, &idx)?;
-        let yb = labels.index_select(0, &idx)?;
-        let logits = model.forward(&xb, Mode::Eval)?;
-        loss_sum += loss::cross_entropy(&logits, &yb)?.to_scalar()? as f64 * idx.elem_count() as f64;
-        correct += correct_count(&logits, &yb)?;
+    /// Name of the per-epoch metric: `accuracy` or `mae`.
+    pub fn metric_name(&self) -> &'static str {
+        match self {
+            Task::Classification { .. } => "accuracy",
+            Task::Regression => "mae",
+        }
     }
-    let n = n.max(1) as f64;
-    Ok(((loss_sum / n) as f32, (correct as f64 / n) as f32))
 }
 
-/// Settings of [`train_classifier`].
+/// The loss to minimise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossKind {
+    /// Softmax cross-entropy on logits against class indices (classification only).
+    CrossEntropy,
+    /// Mean squared error: against the values (regression) or one-hot rows (classification,
+    /// as the course trains XOR).
+    Mse,
+}
+
+impl LossKind {
+    /// Every loss's name, as written in a model spec.
+    pub const NAMES: [&'static str; 2] = ["cross_entropy", "mse"];
+
+    /// Checks that the loss fits the task.
+    pub fn check(&self, task: &Task) -> Result<()> {
+        if *self == LossKind::CrossEntropy && *task == Task::Regression {
+            return Err(Error::invalid("loss", "cross_entropy needs a classification task; use mse for regression"));
+        }
+        Ok(())
+    }
+
+    /// The loss of `outputs` against targets `y` (class indices or values, `[N]`).
+    pub fn compute(&self, task: &Task, outputs: &Tensor, y: &Tensor) -> Result<Tensor> {
+        match (self, task) {
+            (LossKind::CrossEntropy, _) => loss::cross_entropy(outputs, y),
+            (LossKind::Mse, Task::Classification { classes }) => loss::mse(outputs, &one_hot(y, *classes)?),
+            (LossKind::Mse, Task::Regression) => loss::mse(outputs, &y.reshape(&[y.elem_count(), 1])?),
+        }
+    }
+}
+
+/// Stop when the validation loss has not improved for `patience` epochs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before stopping.
+    pub patience: usize,
+    /// Put back the weights of the best epoch at the end.
+    #[serde(default = "yes")]
+    pub restore_best: bool,
+    /// Smallest decrease that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Settings of [`fit`].
 #[derive(Clone, Debug)]
-pub struct SgdConfig {
+pub struct FitConfig {
     /// Passes over the training set.
     pub epochs: usize,
     /// Samples per minibatch (the last batch of an epoch keeps the remainder).
     pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f32,
+    /// What the model predicts.
+    pub task: Task,
+    /// The loss.
+    pub loss: LossKind,
+    /// Learning-rate schedule, from the optimizer's rate at the start.
+    pub schedule: LrSchedule,
+    /// Early stopping (needs validation data).
+    pub early_stopping: Option<EarlyStopping>,
+    /// Clip the global gradient norm to this value.
+    pub clip_grad_norm: Option<f32>,
     /// Seed of the per-epoch shuffle.
     pub seed: u64,
 }
 
-/// What happened in one epoch.
-#[derive(Clone, Debug)]
-pub struct EpochStats {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's samples.
-    pub loss: f32,
-    /// Training accuracy over the epoch (measured on each batch before its update).
-    pub accuracy: f32,
-    /// Wall-clock seconds of the epoch's training loop (batching, forward, backward, update).
-    pub seconds: f64,
-    /// Samples seen.
-    pub samples: usize,
+impl FitConfig {
+    /// Defaults for a task: 10 epochs, batch 32, cross-entropy (classification) or MSE.
+    pub fn new(task: Task) -> FitConfig {
+        let loss = match task {
+            Task::Classification { .. } => LossKind::CrossEntropy,
+            Task::Regression => LossKind::Mse,
+        };
+        FitConfig {
+            epochs: 10,
+            batch_size: 32,
+            task,
+            loss,
+            schedule: LrSchedule::Constant,
+            early_stopping: None,
+            clip_grad_norm: None,
+            seed: 0,
+        }
+    }
 }
 
-/// Trains `model` as a classifier with softmax cross-entropy and minibatch SGD.
-///
-/// `x` is `[N, features]`, `labels` `[N]` class indices. Calls `on_epoch` after each epoch. A
-/// NaN or infinite loss stops training with an error naming the epoch and batch.
-pub fn train_classifier(
-    model: &dyn Module,
-    x: &Tensor,
-    labels: &Tensor,
-    cfg: &SgdConfig,
-    mut on_epoch: impl FnMut(&EpochStats),
-) -> Result<Vec<EpochStats>> {
-    let n = x.dim(0)?;
-    if labels.shape() != [n] {
-        return Err(Error::shapes("train_classifier (x rows vs labels)", x.shape(), labels.shape()));
+/// What one epoch measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Mean training loss over the epoch's samples.
+    pub train_loss: f32,
+    /// Training accuracy or MAE, measured on each batch before its update.
+    pub train_metric: f32,
+    /// Validation loss after the epoch.
+    pub val_loss: Option<f32>,
+    /// Validation accuracy or MAE after the epoch.
+    pub val_metric: Option<f32>,
+    /// Seconds of the training loop (batching, forward, backward, update), validation excluded.
+    pub seconds: f64,
+    /// Training samples per second.
+    pub samples_per_sec: f64,
+}
+
+/// Everything [`fit`] measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct History {
+    /// One record per epoch run.
+    pub records: Vec<EpochRecord>,
+    /// `accuracy` or `mae`.
+    pub metric: &'static str,
+    /// The epoch with the lowest validation loss, when there was validation data.
+    pub best_epoch: Option<usize>,
+    /// True when early stopping ended training before the last epoch.
+    pub stopped_early: bool,
+    /// True when the best epoch's weights were put back.
+    pub restored_best: bool,
+}
+
+impl History {
+    /// The history as CSV: `epoch,lr,train_loss,train_<metric>,val_loss,val_<metric>,seconds`.
+    pub fn to_csv(&self) -> String {
+        let m = self.metric;
+        let mut out = format!("epoch,lr,train_loss,train_{m},val_loss,val_{m},seconds,samples_per_sec\n");
+        let opt = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+        for r in &self.records {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{:.4},{:.0}\n",
+                r.epoch,
+                r.lr,
+                r.train_loss,
+                r.train_metric,
+                opt(r.val_loss),
+                opt(r.val_metric),
+                r.seconds,
+                r.samples_per_sec
+            ));
+        }
+        out
     }
-    let mut rng = Rng::seed(cfg.seed);
-    let mut opt = Sgd::new(model.parameters(), cfg.lr);
-    let mut history = Vec::with_capacity(cfg.epochs);
+}
+
+/// Hooks [`fit`] calls as training goes: progress bars, logs.
+pub trait Observer {
+    /// Before the first epoch, with the settings and the number of batches per epoch.
+    fn on_fit_start(&mut self, _cfg: &FitConfig, _batches: usize) {}
+    /// After every batch: its number (from 1) of `batches`, its size and its loss.
+    fn on_batch(&mut self, _epoch: usize, _batch: usize, _batches: usize, _size: usize, _loss: f32) {}
+    /// After every epoch.
+    fn on_epoch(&mut self, _record: &EpochRecord, _epochs: usize) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+
+impl Observer for Silent {}
+
+/// The per-batch metric sum: correct predictions (classification) or absolute error (regression).
+fn metric_sum(task: &Task, outputs: &Tensor, y: &Tensor) -> Result<f64> {
+    let _off = no_grad();
+    match task {
+        Task::Classification { .. } => Ok(metrics::correct_count(outputs, y)? as f64),
+        Task::Regression => Ok(outputs.flatten_all()?.sub(y)?.abs()?.sum_all()?.to_scalar()? as f64),
+    }
+}
+
+/// Trains `model` with `opt` on `train`, validating on `val` after every epoch.
+///
+/// A NaN or infinite loss stops training with an error naming the epoch and batch. Early
+/// stopping (in `cfg`) needs `val`.
+pub fn fit(
+    model: &dyn Module,
+    opt: &mut dyn Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    observer: &mut dyn Observer,
+) -> Result<History> {
+    cfg.loss.check(&cfg.task)?;
+    cfg.schedule.validate()?;
+    if cfg.epochs == 0 {
+        return Err(Error::invalid("fit", "epochs must be at least 1"));
+    }
+    if train.is_empty() {
+        return Err(Error::invalid("fit", "the training set is empty"));
+    }
+    if cfg.early_stopping.is_some() && val.is_none() {
+        return Err(Error::invalid("fit", "early stopping needs validation data"));
+    }
+    let params = model.parameters();
+    let base_lr = opt.lr();
+    let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed);
+    let batches = loader.len();
+    let mut history = History {
+        records: Vec::new(),
+        metric: cfg.task.metric_name(),
+        best_epoch: None,
+        stopped_early: false,
+        restored_best: false,
+    };
+    observer.on_fit_start(cfg, batches);
+    let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
+    let mut waited = 0;
     for epoch in 1..=cfg.epochs {
+        let lr = cfg.schedule.lr_at(base_lr, epoch - 1);
+        opt.set_lr(lr);
         let start = Instant::now();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        for (b, idx) in batch_indices(n, cfg.batch_size, Some(&mut rng))?.iter().enumerate() {
-            let xb = x.index_select(0, idx)?;
-            let yb = labels.index_select(0, idx)?;
-            let logits = model.forward(&xb, Mode::Train)?;
-            let loss = loss::cross_entropy(&logits, &yb)?;
+        let (mut loss_sum, mut metric) = (0.0f64, 0.0f64);
+        for (b, batch) in loader.epoch()?.enumerate() {
+            let (x, y) = batch?;
+            let outputs = model.forward(&x, Mode::Train)?;
+            let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
             let value = loss.to_scalar()?;
             if !value.is_finite() {
                 return Err(Error::NonFinite { what: format!("loss at epoch {epoch}, batch {}", b + 1), value });
             }
-            opt.step(&loss.backward()?)?;
-            loss_sum += value as f64 * idx.elem_count() as f64;
-            correct += correct_count(&logits, &yb)?;
+            let mut grads = loss.backward()?;
+            if let Some(max_norm) = cfg.clip_grad_norm {
+                clip_grad_norm(&params, &mut grads, max_norm)?;
+            }
+            opt.step(&grads)?;
+            let size = x.shape()[0];
+            loss_sum += value as f64 * size as f64;
+            metric += metric_sum(&cfg.task, &outputs, &y)?;
+            observer.on_batch(epoch, b + 1, batches, size, value);
         }
-        let stats = EpochStats {
-            epoch,
-            loss: (loss_sum / n.max(1) as f64) as f32,
-            accuracy: correct as f32 / n.max(1) as f32,
-            seconds: start.elapsed().as_secs_f64(),
-            samples: n,
+        let seconds = start.elapsed().as_secs_f64();
+        let n = train.len() as f64;
+        let (val_loss, val_metric) = match val {
+            Some(v) => {
+                let e = evaluate(model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?;
+                (Some(e.loss), Some(e.metric()))
+            }
+            None => (None, None),
         };
-        on_epoch(&stats);
-        history.push(stats);
+        let record = EpochRecord {
+            epoch,
+            lr,
+            train_loss: (loss_sum / n) as f32,
+            train_metric: (metric / n) as f32,
+            val_loss,
+            val_metric,
+            seconds,
+            samples_per_sec: n / seconds.max(1e-9),
+        };
+        observer.on_epoch(&record, cfg.epochs);
+        history.records.push(record);
+        if let Some(v) = val_loss {
+            let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
+            if best.as_ref().is_none_or(|(b, _)| v < b - min_delta) {
+                let snapshot =
+                    cfg.early_stopping.filter(|e| e.restore_best).map(|_| params.iter().map(Tensor::to_vec).collect());
+                best = Some((v, snapshot.unwrap_or_default()));
+                history.best_epoch = Some(epoch);
+                waited = 0;
+            } else {
+                waited += 1;
+            }
+            if let Some(es) = cfg.early_stopping {
+                if waited >= es.patience && epoch < cfg.epochs {
+                    history.stopped_early = true;
+                    break;
+                }
+            }
+        }
+    }
+    if let (Some(es), Some((_, weights))) = (cfg.early_stopping, &best) {
+        if es.restore_best && history.best_epoch != Some(history.records.len()) {
+            for (p, w) in params.iter().zip(weights) {
+                p.copy_from(&Tensor::from_slice(w, p.shape())?)?;
+            }
+            history.restored_best = true;
+        }
     }
     Ok(history)
+}
+
+/// Loss and metrics of a model on a dataset.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    /// Mean loss.
+    pub loss: f32,
+    /// The confusion matrix (classification) or regression metrics.
+    pub metrics: Metrics,
+}
+
+/// Task-specific metrics of an [`Evaluation`].
+#[derive(Clone, Debug)]
+pub enum Metrics {
+    /// Counts of true vs predicted classes, with accuracy and macro P/R/F1 derived from it.
+    Classification(ConfusionMatrix),
+    /// MSE, MAE, R².
+    Regression(RegressionMetrics),
+}
+
+impl Evaluation {
+    /// Accuracy (classification) or MAE (regression), the metric of the history.
+    pub fn metric(&self) -> f32 {
+        match &self.metrics {
+            Metrics::Classification(m) => m.accuracy() as f32,
+            Metrics::Regression(r) => r.mae as f32,
+        }
+    }
+}
+
+/// The model's outputs for inputs `x`, in evaluation mode and without gradients, computed in
+/// batches of `batch_size`.
+pub fn predict(model: &dyn Module, x: &Tensor, batch_size: usize) -> Result<Tensor> {
+    let _off = no_grad();
+    let n = x.dim(0)?;
+    let mut outs = Vec::new();
+    for idx in crate::data::batch_indices(n, batch_size, None, false)? {
+        outs.push(model.forward(&x.index_select(0, &idx)?, Mode::Eval)?);
+    }
+    if outs.is_empty() {
+        let probe = model.forward(&x.narrow(0, 0, 0)?, Mode::Eval)?;
+        return Ok(probe);
+    }
+    let refs: Vec<&Tensor> = outs.iter().collect();
+    Tensor::cat(&refs, 0)
+}
+
+/// Mean loss and metrics of `model` on `data`.
+pub fn evaluate(
+    model: &dyn Module,
+    data: &Dataset,
+    task: &Task,
+    loss: LossKind,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let outputs = predict(model, data.x(), batch_size)?;
+    let loss_value = {
+        let _off = no_grad();
+        loss.compute(task, &outputs, data.y())?.to_scalar()?
+    };
+    let metrics = match task {
+        Task::Classification { classes } => {
+            let predicted = outputs.argmax(1, false)?.to_vec().iter().map(|&p| p as usize).collect::<Vec<_>>();
+            let truth = data.y().to_vec().iter().map(|&t| t as usize).collect::<Vec<_>>();
+            Metrics::Classification(ConfusionMatrix::from_predictions(&predicted, &truth, *classes)?)
+        }
+        Task::Regression => Metrics::Regression(regression_metrics(&outputs.to_vec(), &data.y().to_vec())?),
+    };
+    Ok(Evaluation { loss: loss_value, metrics })
 }

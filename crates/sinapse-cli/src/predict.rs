@@ -1,0 +1,70 @@
+//! `sinapse predict MODEL INPUT.csv [--out FILE]`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sinapse::data::csv::read_features;
+use sinapse::spec::TrainedModel;
+use sinapse::train::checkpoint::write_atomically;
+use sinapse::train::Task;
+
+/// Options of `sinapse predict`.
+#[derive(Args)]
+pub struct PredictArgs {
+    /// A model directory saved by `sinapse train`.
+    model: PathBuf,
+    /// A CSV file with the model's feature columns (other columns are ignored).
+    input: PathBuf,
+    /// Write the predictions here instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs the command.
+pub fn run(args: PredictArgs) -> Result<()> {
+    let model = TrainedModel::load(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let x = read_features(&args.input, &model.card.feature_names)?;
+    let outputs = model.outputs(&x)?;
+    let mut csv = String::new();
+    match model.card.task {
+        Task::Classification { classes } => {
+            let names: Vec<String> = match &model.card.classes {
+                Some(c) => c.classes.clone(),
+                None => (0..classes).map(|c| c.to_string()).collect(),
+            };
+            // Probabilities: softmax of the logits, unless the model already ends in a
+            // probability layer (its rows then sum to 1 and stay as they are).
+            let probs = if ends_in_probabilities(&model) { outputs } else { outputs.softmax(1)? };
+            let header: Vec<String> = names.iter().map(|n| format!("p_{n}")).collect();
+            writeln!(csv, "prediction,{}", header.join(","))?;
+            for row in probs.to_vec2()? {
+                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                let cells: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
+                writeln!(csv, "{},{}", names[best], cells.join(","))?;
+            }
+        }
+        Task::Regression => {
+            writeln!(csv, "prediction")?;
+            for v in outputs.to_vec() {
+                writeln!(csv, "{v}")?;
+            }
+        }
+    }
+    match &args.out {
+        Some(path) => {
+            write_atomically(path, csv.as_bytes())?;
+            eprintln!("{} predictions written to {}", x.shape()[0], path.display());
+        }
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+/// True when the spec's last layer is a softmax or sigmoid (its outputs are already
+/// probabilities-like and are reported as they are).
+fn ends_in_probabilities(model: &TrainedModel) -> bool {
+    use sinapse::spec::LayerSpec;
+    matches!(model.card.spec.layers.last(), Some(LayerSpec::Softmax | LayerSpec::Sigmoid))
+}

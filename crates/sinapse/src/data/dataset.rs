@@ -1,0 +1,177 @@
+//! In-memory datasets and the minibatch loader.
+
+use crate::{Error, Result, Rng, Tensor};
+
+/// Inputs and targets held in memory; row `i` of `x` goes with row `i` of `y`.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    x: Tensor,
+    y: Tensor,
+}
+
+impl Dataset {
+    /// Pairs inputs `[N, ..]` with targets `[N, ..]` (class indices `[N]`, values `[N, k]`).
+    pub fn new(x: Tensor, y: Tensor) -> Result<Dataset> {
+        if x.rank() == 0 || y.rank() == 0 || x.shape()[0] != y.shape()[0] {
+            return Err(Error::shapes("Dataset (inputs vs targets, first axis)", x.shape(), y.shape()));
+        }
+        Ok(Dataset { x, y })
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.x.shape()[0]
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The inputs.
+    pub fn x(&self) -> &Tensor {
+        &self.x
+    }
+
+    /// The targets.
+    pub fn y(&self) -> &Tensor {
+        &self.y
+    }
+
+    /// The samples at `indices` (a 1-D index tensor), as a batch `(x, y)`.
+    pub fn batch(&self, indices: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.x.index_select(0, indices)?, self.y.index_select(0, indices)?))
+    }
+
+    /// A new dataset of the samples at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Result<Dataset> {
+        let idx = index_tensor(indices)?;
+        let (x, y) = self.batch(&idx)?;
+        Dataset::new(x, y)
+    }
+}
+
+fn index_tensor(indices: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(indices.iter().map(|&i| i as f32).collect(), &[indices.len()])
+}
+
+/// The row indices of each minibatch of one epoch, as index tensors for
+/// [`Tensor::index_select`]. With an `rng` the order is shuffled. The last batch keeps the
+/// remainder unless `drop_last`.
+pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>, drop_last: bool) -> Result<Vec<Tensor>> {
+    if batch_size == 0 {
+        return Err(Error::invalid("batch_indices", "batch size must be at least 1"));
+    }
+    let order: Vec<usize> = match rng {
+        Some(rng) => rng.permutation(n),
+        None => (0..n).collect(),
+    };
+    order.chunks(batch_size).filter(|c| !drop_last || c.len() == batch_size).map(index_tensor).collect()
+}
+
+/// Serves a [`Dataset`] in minibatches, reshuffled every epoch when shuffling is on (as
+/// PyTorch's `DataLoader(shuffle=True)` with a seeded generator).
+pub struct DataLoader<'a> {
+    data: &'a Dataset,
+    batch_size: usize,
+    rng: Option<Rng>,
+    drop_last: bool,
+}
+
+impl<'a> DataLoader<'a> {
+    /// Batches of `batch_size` in dataset order, last partial batch kept.
+    pub fn new(data: &'a Dataset, batch_size: usize) -> Result<DataLoader<'a>> {
+        if batch_size == 0 {
+            return Err(Error::invalid("DataLoader", "batch size must be at least 1"));
+        }
+        Ok(DataLoader { data, batch_size, rng: None, drop_last: false })
+    }
+
+    /// Shuffles every epoch, from a generator seeded with `seed`.
+    pub fn shuffle(mut self, seed: u64) -> Self {
+        self.rng = Some(Rng::seed(seed));
+        self
+    }
+
+    /// Drops the last batch of an epoch when it is smaller than the batch size.
+    pub fn drop_last(mut self, on: bool) -> Self {
+        self.drop_last = on;
+        self
+    }
+
+    /// Number of batches per epoch.
+    pub fn len(&self) -> usize {
+        let n = self.data.len();
+        if self.drop_last {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
+    }
+
+    /// True when an epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One epoch of batches `(x, y)`; each call draws a new order when shuffling.
+    pub fn epoch(&mut self) -> Result<impl Iterator<Item = Result<(Tensor, Tensor)>> + 'a> {
+        let data = self.data;
+        let batches = batch_indices(data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
+        Ok(batches.into_iter().map(move |idx| data.batch(&idx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Dataset {
+        let x = Tensor::arange(0.0, n as f32, 1.0).unwrap().reshape(&[n, 1]).unwrap();
+        let y = Tensor::arange(0.0, n as f32, 1.0).unwrap().mul_scalar(10.0).unwrap();
+        Dataset::new(x, y).unwrap()
+    }
+
+    #[test]
+    fn loader_covers_every_sample_once_per_epoch_and_reshuffles() {
+        let data = toy(10);
+        let mut loader = DataLoader::new(&data, 4).unwrap().shuffle(7);
+        assert_eq!(loader.len(), 3);
+        let mut epochs = Vec::new();
+        for _ in 0..2 {
+            let mut seen = Vec::new();
+            for b in loader.epoch().unwrap() {
+                let (x, y) = b.unwrap();
+                // Inputs and targets stay paired.
+                assert_eq!(x.flatten_all().unwrap().mul_scalar(10.0).unwrap().to_vec(), y.to_vec());
+                seen.extend(x.to_vec());
+            }
+            let mut sorted = seen.clone();
+            sorted.sort_by(f32::total_cmp);
+            assert_eq!(sorted, (0..10).map(|i| i as f32).collect::<Vec<_>>());
+            epochs.push(seen);
+        }
+        assert_ne!(epochs[0], epochs[1], "each epoch draws a new order");
+        // Same seed, same orders.
+        let mut again = DataLoader::new(&data, 4).unwrap().shuffle(7);
+        let first: Vec<f32> = again.epoch().unwrap().flat_map(|b| b.unwrap().0.to_vec()).collect();
+        assert_eq!(first, epochs[0]);
+    }
+
+    #[test]
+    fn drop_last_drops_only_the_short_batch() {
+        let data = toy(10);
+        let mut loader = DataLoader::new(&data, 4).unwrap().drop_last(true);
+        let sizes: Vec<usize> = loader.epoch().unwrap().map(|b| b.unwrap().0.shape()[0]).collect();
+        assert_eq!(sizes, vec![4, 4]);
+        let mut keep = DataLoader::new(&data, 4).unwrap();
+        let sizes: Vec<usize> = keep.epoch().unwrap().map(|b| b.unwrap().0.shape()[0]).collect();
+        assert_eq!(sizes, vec![4, 4, 2]);
+        assert!(DataLoader::new(&data, 0).is_err());
+    }
+
+    #[test]
+    fn mismatched_rows_are_an_error() {
+        assert!(Dataset::new(Tensor::zeros(&[3, 2]), Tensor::zeros(&[4])).is_err());
+    }
+}

@@ -1,0 +1,196 @@
+//! Preprocessing fitted on training data only: feature scaling, label mapping, one-hot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result, Tensor};
+
+/// Which feature scaling to fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scaling {
+    /// Features as they are.
+    #[default]
+    None,
+    /// Zero mean, unit variance per feature (scikit-learn's `StandardScaler`).
+    Standard,
+    /// Each feature mapped to [0, 1] by its training minimum and maximum.
+    MinMax,
+}
+
+/// A fitted feature scaling: the statistics of the training features, applied unchanged to
+/// validation, test and new data (fitting on them would leak information).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Scaler {
+    /// No scaling.
+    None,
+    /// `(x - mean) / std` per feature (population std; a constant feature gets std 1).
+    Standard {
+        /// Training mean per feature.
+        mean: Vec<f32>,
+        /// Training standard deviation per feature.
+        std: Vec<f32>,
+    },
+    /// `(x - min) / (max - min)` per feature (a constant feature gets range 1).
+    MinMax {
+        /// Training minimum per feature.
+        min: Vec<f32>,
+        /// Training maximum per feature.
+        max: Vec<f32>,
+    },
+}
+
+fn check_2d(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    match x.shape() {
+        &[n, f] => Ok((n, f)),
+        s => Err(Error::invalid(op, format!("expects features [N, F], got shape {s:?}"))),
+    }
+}
+
+impl Scaler {
+    /// Fits `kind` on training features `x` `[N, F]`.
+    pub fn fit(kind: Scaling, x: &Tensor) -> Result<Scaler> {
+        let (n, f) = check_2d("Scaler::fit", x)?;
+        if kind != Scaling::None && n == 0 {
+            return Err(Error::invalid("Scaler::fit", "cannot fit scaling on zero samples"));
+        }
+        let v = x.to_vec();
+        let column = |j: usize| v.iter().skip(j).step_by(f.max(1)).map(|&a| a as f64);
+        Ok(match kind {
+            Scaling::None => Scaler::None,
+            Scaling::Standard => {
+                let mean: Vec<f64> = (0..f).map(|j| column(j).sum::<f64>() / n as f64).collect();
+                let std = (0..f)
+                    .map(|j| {
+                        let var = column(j).map(|a| (a - mean[j]).powi(2)).sum::<f64>() / n as f64;
+                        if var > 0.0 {
+                            var.sqrt() as f32
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                Scaler::Standard { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+            }
+            Scaling::MinMax => {
+                let min: Vec<f32> = (0..f).map(|j| column(j).fold(f64::INFINITY, f64::min) as f32).collect();
+                let max = (0..f)
+                    .map(|j| {
+                        let m = column(j).fold(f64::NEG_INFINITY, f64::max) as f32;
+                        if m > min[j] {
+                            m
+                        } else {
+                            min[j] + 1.0
+                        }
+                    })
+                    .collect();
+                Scaler::MinMax { min, max }
+            }
+        })
+    }
+
+    /// Applies the fitted scaling to features `[N, F]` with the training data's F.
+    pub fn transform(&self, x: &Tensor) -> Result<Tensor> {
+        let (offset, scale) = match self {
+            Scaler::None => return Ok(x.clone()),
+            Scaler::Standard { mean, std } => (mean, std.clone()),
+            Scaler::MinMax { min, max } => (min, max.iter().zip(min).map(|(a, b)| a - b).collect()),
+        };
+        let (_, f) = check_2d("Scaler::transform", x)?;
+        if f != offset.len() {
+            return Err(Error::invalid("Scaler::transform", format!("fitted on {} features, got {f}", offset.len())));
+        }
+        let offset = Tensor::from_slice(offset, &[f])?;
+        let scale = Tensor::from_vec(scale, &[f])?;
+        x.sub(&offset)?.div(&scale)
+    }
+}
+
+/// The class names of a classification target, in index order: class `i` is `classes[i]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelMap {
+    /// Class names, index order.
+    pub classes: Vec<String>,
+}
+
+impl LabelMap {
+    /// A map from the distinct `labels`, sorted (numerically when every label is a number, so
+    /// "2" comes before "10"; else alphabetically).
+    pub fn from_labels<'a>(labels: impl IntoIterator<Item = &'a str>) -> LabelMap {
+        let mut classes: Vec<String> = labels.into_iter().map(str::to_string).collect();
+        classes.sort();
+        classes.dedup();
+        if classes.iter().all(|c| c.parse::<f64>().is_ok()) {
+            classes.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
+        }
+        LabelMap { classes }
+    }
+
+    /// The index of a class name.
+    pub fn index_of(&self, label: &str) -> Option<usize> {
+        self.classes.iter().position(|c| c == label)
+    }
+
+    /// Number of classes.
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// True when there are no classes.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+}
+
+/// Class indices `[N]` as one-hot rows `[N, num_classes]`.
+pub fn one_hot(classes: &Tensor, num_classes: usize) -> Result<Tensor> {
+    if classes.rank() != 1 {
+        return Err(Error::invalid("one_hot", format!("expects class indices [N], got shape {:?}", classes.shape())));
+    }
+    let n = classes.shape()[0];
+    let mut out = vec![0.0; n * num_classes];
+    for (i, c) in classes.to_vec().into_iter().enumerate() {
+        if !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < num_classes) {
+            return Err(Error::IndexOutOfRange { op: "one_hot", index: c as f64, size: num_classes });
+        }
+        out[i * num_classes + c as usize] = 1.0;
+    }
+    Tensor::from_vec(out, &[n, num_classes])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_scaling_uses_training_statistics() {
+        let train = Tensor::from_vec(vec![1., 10., 3., 10., 5., 10.], &[3, 2]).unwrap();
+        let s = Scaler::fit(Scaling::Standard, &train).unwrap();
+        let std = (8.0f32 / 3.0).sqrt();
+        assert_eq!(s, Scaler::Standard { mean: vec![3.0, 10.0], std: vec![std, 1.0] });
+        let out = s.transform(&Tensor::from_vec(vec![3.0 + std, 12.0], &[1, 2]).unwrap()).unwrap();
+        assert_eq!(out.to_vec(), vec![1.0, 2.0]);
+        assert!(s.transform(&Tensor::zeros(&[1, 3])).is_err());
+    }
+
+    #[test]
+    fn min_max_scaling() {
+        let train = Tensor::from_vec(vec![2., -1., 4., 1.], &[2, 2]).unwrap();
+        let s = Scaler::fit(Scaling::MinMax, &train).unwrap();
+        assert_eq!(s.transform(&train).unwrap().to_vec(), vec![0., 0., 1., 1.]);
+        assert_eq!(s.transform(&Tensor::from_vec(vec![3., 3.], &[1, 2]).unwrap()).unwrap().to_vec(), vec![0.5, 2.0]);
+    }
+
+    #[test]
+    fn labels_sort_numerically_when_numbers() {
+        assert_eq!(LabelMap::from_labels(["10", "2", "2", "1"]).classes, vec!["1", "2", "10"]);
+        assert_eq!(LabelMap::from_labels(["b", "a", "c", "a"]).classes, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn one_hot_rows() {
+        let c = Tensor::from_vec(vec![2., 0.], &[2]).unwrap();
+        assert_eq!(one_hot(&c, 3).unwrap().to_vec(), vec![0., 0., 1., 1., 0., 0.]);
+        assert!(one_hot(&c, 2).is_err());
+    }
+}

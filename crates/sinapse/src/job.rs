@@ -1,0 +1,188 @@
+//! Running a [`ModelSpec`] end to end: train (with holdout validation and a test set),
+//! cross-validate (k-fold, leave-one-out), and check the model's gradients. The `sinapse` CLI
+//! is a thin layer over these.
+
+use std::path::Path;
+
+use crate::data::{split, Dataset, Scaler};
+use crate::gradcheck::{gradcheck_parameters, GradcheckOptions, ParamCheck};
+use crate::nn::{Mode, Module, Sequential};
+use crate::spec::{class_indices, ModelCard, ModelSpec, RawData, TrainedModel, ValidationSpec};
+use crate::train::{evaluate, fit, Evaluation, History, Metrics, Observer, Task};
+use crate::{Error, Result, Rng};
+
+/// What [`train`] produced.
+pub struct JobOutcome {
+    /// The trained model with its card (ready to save).
+    pub model: TrainedModel,
+    /// Per-epoch losses and metrics.
+    pub history: History,
+    /// Final evaluation on the holdout validation part, if any.
+    pub validation: Option<Evaluation>,
+    /// Evaluation on the test set, if the spec has one.
+    pub test: Option<Evaluation>,
+}
+
+/// Fits the spec's scaling on `train` only and applies it to every part.
+fn scale(
+    spec: &ModelSpec,
+    train: &Dataset,
+    others: &[Option<&Dataset>],
+) -> Result<(Scaler, Dataset, Vec<Option<Dataset>>)> {
+    let scaler = Scaler::fit(spec.scaling(), train.x())?;
+    let apply = |d: &Dataset| -> Result<Dataset> { Dataset::new(scaler.transform(d.x())?, d.y().clone()) };
+    let train = apply(train)?;
+    let others = others.iter().map(|d| d.map(apply).transpose()).collect::<Result<Vec<_>>>()?;
+    Ok((scaler, train, others))
+}
+
+/// A fresh model and its optimizer, initialised from the spec's seed.
+fn fresh_model(spec: &ModelSpec, input_shape: &[usize], task: &Task) -> Result<Sequential> {
+    spec.build_model(input_shape, task, &mut Rng::seed(spec.seed))
+}
+
+/// Trains the job: splits off the holdout validation part when the spec asks for one, fits
+/// the scaling on the training part, trains a fresh model, and evaluates it on the validation
+/// and test sets. `base` is the spec's folder (data paths are relative to it).
+pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Result<JobOutcome> {
+    let raw = spec.load_data(base)?;
+    let (train_part, val_part) = match spec.validation {
+        Some(ValidationSpec::Holdout { train_fraction, stratified }) => {
+            let strata = if stratified { class_indices(&raw.train, &raw.task) } else { None };
+            let fold = split::holdout(raw.train.len(), train_fraction, strata.as_deref(), &mut Rng::seed(spec.seed))?;
+            (raw.train.subset(&fold.train)?, Some(raw.train.subset(&fold.test)?))
+        }
+        _ => (raw.train.clone(), None),
+    };
+    let (scaler, train, mut others) = scale(spec, &train_part, &[val_part.as_ref(), raw.test.as_ref()])?;
+    let test = others.pop().flatten();
+    let val = others.pop().flatten();
+    let input_shape = train.x().shape()[1..].to_vec();
+    let model = fresh_model(spec, &input_shape, &raw.task)?;
+    let mut opt = spec.optimizer.build(model.parameters())?;
+    let cfg = spec.fit_config(raw.task);
+    let history = fit(&model, opt.as_mut(), &train, val.as_ref(), &cfg, observer)?;
+    let eval = |d: &Dataset| evaluate(&model, d, &raw.task, cfg.loss, 1024);
+    let validation = val.as_ref().map(eval).transpose()?;
+    let test = test.as_ref().map(eval).transpose()?;
+    let card = ModelCard {
+        format: 1,
+        task: raw.task,
+        feature_names: raw.feature_names.clone(),
+        input_shape,
+        classes: raw.classes.clone(),
+        scaler,
+        spec: spec.clone(),
+    };
+    Ok(JobOutcome { model: TrainedModel { card, model }, history, validation, test })
+}
+
+/// How to cross-validate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CvMethod {
+    /// `k` folds, optionally stratified by class.
+    KFold {
+        /// Number of folds.
+        k: usize,
+        /// Keep class proportions in every fold.
+        stratified: bool,
+    },
+    /// One fold per sample.
+    LeaveOneOut,
+}
+
+/// One fold's result.
+pub struct FoldOutcome {
+    /// Training samples of the fold.
+    pub train_size: usize,
+    /// Test samples of the fold.
+    pub test_size: usize,
+    /// The fold's model on the fold's test part.
+    pub evaluation: Evaluation,
+}
+
+/// The folds of a cross-validation.
+pub struct CvOutcome {
+    /// Per-fold results, in fold order.
+    pub folds: Vec<FoldOutcome>,
+    /// `accuracy` (classification) or `mse` (regression).
+    pub metric: &'static str,
+}
+
+/// The score cross-validation reports per fold: accuracy, or MSE for regression.
+pub fn fold_score(e: &Evaluation) -> f64 {
+    match &e.metrics {
+        Metrics::Classification(m) => m.accuracy(),
+        Metrics::Regression(r) => r.mse,
+    }
+}
+
+impl CvOutcome {
+    /// Mean and (population) standard deviation of the per-fold scores.
+    pub fn mean_std(&self) -> (f64, f64) {
+        let scores: Vec<f64> = self.folds.iter().map(|f| fold_score(&f.evaluation)).collect();
+        let n = scores.len().max(1) as f64;
+        let mean = scores.iter().sum::<f64>() / n;
+        let var = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
+        (mean, var.sqrt())
+    }
+}
+
+/// Cross-validates the job on its training data: for each fold, a fresh model (same seed),
+/// scaling fitted on the fold's training part, trained without validation (early stopping is
+/// not used), and evaluated on the fold's test part. `on_fold` sees each fold as it finishes.
+pub fn cross_validate(
+    spec: &ModelSpec,
+    base: &Path,
+    method: CvMethod,
+    observer: &mut dyn Observer,
+    mut on_fold: impl FnMut(usize, usize, &FoldOutcome),
+) -> Result<CvOutcome> {
+    let RawData { train: data, task, .. } = spec.load_data(base)?;
+    let folds = match method {
+        CvMethod::KFold { k, stratified } => {
+            let strata = if stratified { class_indices(&data, &task) } else { None };
+            split::kfold(data.len(), k, strata.as_deref(), &mut Rng::seed(spec.seed))?
+        }
+        CvMethod::LeaveOneOut => split::leave_one_out(data.len())?,
+    };
+    let mut cfg = spec.fit_config(task);
+    cfg.early_stopping = None;
+    let mut outcomes = Vec::with_capacity(folds.len());
+    for (i, fold) in folds.iter().enumerate() {
+        let (_, train, test) = scale(spec, &data.subset(&fold.train)?, &[Some(&data.subset(&fold.test)?)])?;
+        let test =
+            test.into_iter().flatten().next().ok_or_else(|| Error::invalid("cross_validate", "empty test fold"))?;
+        let model = fresh_model(spec, &train.x().shape()[1..], &task)?;
+        let mut opt = spec.optimizer.build(model.parameters())?;
+        fit(&model, opt.as_mut(), &train, None, &cfg, observer)?;
+        let evaluation = evaluate(&model, &test, &task, cfg.loss, 1024)?;
+        let outcome = FoldOutcome { train_size: train.len(), test_size: test.len(), evaluation };
+        on_fold(i + 1, folds.len(), &outcome);
+        outcomes.push(outcome);
+    }
+    let metric = match task {
+        Task::Classification { .. } => "accuracy",
+        Task::Regression => "mse",
+    };
+    Ok(CvOutcome { folds: outcomes, metric })
+}
+
+/// Compares backpropagated and numerical gradients of a fresh model's parameters on the first
+/// `samples` training samples (evaluation mode, so dropout is off), checking up to
+/// `per_tensor` elements of each parameter.
+pub fn gradcheck(spec: &ModelSpec, base: &Path, samples: usize, per_tensor: usize) -> Result<Vec<ParamCheck>> {
+    let raw = spec.load_data(base)?;
+    let n = samples.clamp(1, raw.train.len().max(1));
+    let (_, train, _) = scale(spec, &raw.train, &[])?;
+    let batch = train.subset(&(0..n).collect::<Vec<_>>())?;
+    let model = fresh_model(spec, &train.x().shape()[1..], &raw.task)?;
+    let loss_kind = spec.loss_for(&raw.task);
+    let loss = || loss_kind.compute(&raw.task, &model.forward(batch.x(), Mode::Eval)?, batch.y());
+    gradcheck_parameters(
+        &model.named_parameters(),
+        loss,
+        per_tensor,
+        GradcheckOptions { seed: spec.seed, ..Default::default() },
+    )
+}

@@ -1,0 +1,154 @@
+//! Adam and AdamW.
+
+use super::{check_hyper, for_each_param, state_for, Optimizer};
+use crate::{Error, Gradients, Result, Tensor};
+
+/// Settings shared by [`Adam`] and [`AdamW`].
+#[derive(Clone, Copy, Debug)]
+pub struct AdamConfig {
+    /// Learning rate (PyTorch's default 1e-3).
+    pub lr: f32,
+    /// Decay of the first-moment estimate (0.9).
+    pub beta1: f32,
+    /// Decay of the second-moment estimate (0.999).
+    pub beta2: f32,
+    /// Added to the denominator for stability (1e-8).
+    pub eps: f32,
+    /// Weight decay: an L2 term in Adam, a decoupled shrink in AdamW.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+    }
+}
+
+impl AdamConfig {
+    fn check(&self, op: &'static str) -> Result<()> {
+        check_hyper(op, "lr", self.lr, true)?;
+        check_hyper(op, "eps", self.eps, false)?;
+        check_hyper(op, "weight_decay", self.weight_decay, false)?;
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(Error::invalid(op, format!("{name} must be in [0, 1), got {b}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The moment estimates and step count of one Adam-style optimizer.
+struct Moments {
+    cfg: AdamConfig,
+    decoupled: bool,
+    t: i32,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl Moments {
+    fn step(&mut self, op: &'static str, params: &[Tensor], grads: &Gradients) -> Result<()> {
+        self.t += 1;
+        let AdamConfig { lr, beta1, beta2, eps, weight_decay: wd } = self.cfg;
+        let bias1 = 1.0 - beta1.powi(self.t);
+        let bias2 = 1.0 - beta2.powi(self.t);
+        let (ms, vs, decoupled) = (&mut self.m, &mut self.v, self.decoupled);
+        for_each_param(op, params, grads, |w, g, i| {
+            let m = state_for(ms, i, w.len());
+            let v = state_for(vs, i, w.len());
+            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = if decoupled {
+                    *w *= 1.0 - lr * wd;
+                    g
+                } else {
+                    g + wd * *w
+                };
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                let m_hat = *m / bias1;
+                let v_hat = *v / bias2;
+                *w -= lr * m_hat / (v_hat.sqrt() + eps);
+            }
+        })
+    }
+}
+
+/// Adam (Kingma & Ba, 2015), as PyTorch's `torch.optim.Adam`:
+///
+/// ```text
+/// g ← g + weight_decay · w
+/// m ← β1·m + (1 - β1)·g          v ← β2·v + (1 - β2)·g²
+/// m̂ = m / (1 - β1^t)             v̂ = v / (1 - β2^t)
+/// w ← w - lr · m̂ / (√v̂ + eps)
+/// ```
+pub struct Adam {
+    params: Vec<Tensor>,
+    state: Moments,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults and learning rate `lr`.
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Adam> {
+        Adam::with_config(params, AdamConfig { lr, ..AdamConfig::default() })
+    }
+
+    /// Adam with every setting given.
+    pub fn with_config(params: Vec<Tensor>, cfg: AdamConfig) -> Result<Adam> {
+        cfg.check("Adam")?;
+        let n = params.len();
+        Ok(Adam {
+            params,
+            state: Moments { cfg, decoupled: false, t: 0, m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
+        })
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.state.step("Adam::step", &self.params, grads)
+    }
+    fn lr(&self) -> f32 {
+        self.state.cfg.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.state.cfg.lr = lr;
+    }
+}
+
+/// AdamW (Loshchilov & Hutter, 2019), as PyTorch's `torch.optim.AdamW`: Adam whose weight
+/// decay shrinks the weights directly, `w ← w·(1 - lr·weight_decay)`, instead of entering the
+/// gradient (PyTorch's default decay 0.01).
+pub struct AdamW {
+    params: Vec<Tensor>,
+    state: Moments,
+}
+
+impl AdamW {
+    /// AdamW with PyTorch's defaults (weight decay 0.01) and learning rate `lr`.
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<AdamW> {
+        AdamW::with_config(params, AdamConfig { lr, weight_decay: 0.01, ..AdamConfig::default() })
+    }
+
+    /// AdamW with every setting given.
+    pub fn with_config(params: Vec<Tensor>, cfg: AdamConfig) -> Result<AdamW> {
+        cfg.check("AdamW")?;
+        let n = params.len();
+        Ok(AdamW {
+            params,
+            state: Moments { cfg, decoupled: true, t: 0, m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
+        })
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.state.step("AdamW::step", &self.params, grads)
+    }
+    fn lr(&self) -> f32 {
+        self.state.cfg.lr
+    }
+    fn set_lr(&mut self, lr: f32) {
+        self.state.cfg.lr = lr;
+    }
+}

@@ -1,0 +1,89 @@
+//! RMSprop.
+
+use super::{check_hyper, for_each_param, state_for, Optimizer};
+use crate::{Error, Gradients, Result, Tensor};
+
+/// RMSprop (Hinton's lecture 6e), as PyTorch's `torch.optim.RMSprop`:
+///
+/// ```text
+/// g ← g + weight_decay · w
+/// v ← α·v + (1 - α)·g²
+/// b ← μ·b + g / (√v + eps);  w ← w - lr · b      (with momentum μ > 0)
+/// w ← w - lr · g / (√v + eps)                    (without)
+/// ```
+pub struct RmsProp {
+    params: Vec<Tensor>,
+    lr: f32,
+    alpha: f32,
+    eps: f32,
+    momentum: f32,
+    weight_decay: f32,
+    square_avg: Vec<Vec<f32>>,
+    buffers: Vec<Vec<f32>>,
+}
+
+impl RmsProp {
+    /// RMSprop with PyTorch's defaults (α = 0.99, eps = 1e-8, no momentum, no decay).
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<RmsProp> {
+        RmsProp::with_options(params, lr, 0.99, 1e-8, 0.0, 0.0)
+    }
+
+    /// RMSprop with every setting given.
+    pub fn with_options(
+        params: Vec<Tensor>,
+        lr: f32,
+        alpha: f32,
+        eps: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<RmsProp> {
+        check_hyper("RmsProp", "lr", lr, true)?;
+        check_hyper("RmsProp", "eps", eps, false)?;
+        check_hyper("RmsProp", "momentum", momentum, false)?;
+        check_hyper("RmsProp", "weight_decay", weight_decay, false)?;
+        if !(0.0..1.0).contains(&alpha) {
+            return Err(Error::invalid("RmsProp", format!("alpha must be in [0, 1), got {alpha}")));
+        }
+        let n = params.len();
+        Ok(RmsProp {
+            params,
+            lr,
+            alpha,
+            eps,
+            momentum,
+            weight_decay,
+            square_avg: vec![Vec::new(); n],
+            buffers: vec![Vec::new(); n],
+        })
+    }
+}
+
+impl Optimizer for RmsProp {
+    fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let (lr, alpha, eps, mu, wd) = (self.lr, self.alpha, self.eps, self.momentum, self.weight_decay);
+        let (avgs, bufs) = (&mut self.square_avg, &mut self.buffers);
+        for_each_param("RmsProp::step", &self.params, grads, |w, g, i| {
+            let v = state_for(avgs, i, w.len());
+            let b = state_for(bufs, i, if mu > 0.0 { w.len() } else { 0 });
+            for (j, (w, &g)) in w.iter_mut().zip(g).enumerate() {
+                let g = g + wd * *w;
+                v[j] = alpha * v[j] + (1.0 - alpha) * g * g;
+                let scaled = g / (v[j].sqrt() + eps);
+                if mu > 0.0 {
+                    b[j] = mu * b[j] + scaled;
+                    *w -= lr * b[j];
+                } else {
+                    *w -= lr * scaled;
+                }
+            }
+        })
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}

@@ -1,0 +1,207 @@
+//! Checkpoints: weights in the safetensors format under their `state_dict` names, and
+//! atomic writes, so an interrupted save never leaves a broken model behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::nn::Module;
+use crate::{Error, Result, Tensor};
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+/// The weights as safetensors bytes (f32, little-endian), one entry per name.
+pub fn weights_to_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
+        .collect();
+    let views = data
+        .iter()
+        .map(|(n, bytes, shape)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::invalid("save_weights", format!("tensor {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| Error::invalid("save_weights", e.to_string()))
+}
+
+/// Parses safetensors bytes into named f32 tensors (`path` is for error messages).
+pub fn weights_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let fail = |msg: String| Error::Format { path: path.to_path_buf(), msg };
+    let st = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(fail(format!("tensor {name} has dtype {:?}, only F32 is supported", view.dtype())));
+        }
+        let values: Vec<f32> =
+            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        out.push((name.clone(), Tensor::from_vec(values, view.shape())?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes the model's parameters to a safetensors file, atomically.
+pub fn save_weights(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    write_atomically(path, &weights_to_bytes(&model.named_parameters())?)
+}
+
+/// Reads a safetensors file.
+pub fn load_weights(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    weights_from_bytes(&bytes, path)
+}
+
+/// Copies `tensors` into the model's parameters by name. Every parameter must be present with
+/// its shape, and every tensor must belong to a parameter; otherwise nothing is changed and
+/// the error lists the missing, extra and mis-shaped names (`source` names the file).
+pub fn load_into(model: &dyn Module, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
+    let params = model.named_parameters();
+    let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let wanted: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut problems = Vec::new();
+    let mut missing: Vec<&str> = wanted.keys().filter(|n| !given.contains_key(*n)).copied().collect();
+    let mut extra: Vec<&str> = given.keys().filter(|n| !wanted.contains_key(*n)).copied().collect();
+    missing.sort_unstable();
+    extra.sort_unstable();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        problems.push(format!("unexpected {}", extra.join(", ")));
+    }
+    for (name, p) in &params {
+        if let Some(t) = given.get(name.as_str()) {
+            if t.shape() != p.shape() {
+                problems.push(format!("{name} has shape {:?}, the model needs {:?}", t.shape(), p.shape()));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Format {
+            path: source.to_path_buf(),
+            msg: format!("weights do not fit the model: {}", problems.join("; ")),
+        });
+    }
+    for (name, p) in &params {
+        p.copy_from(given[name.as_str()])?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
+/// readers see either the old file or the complete new one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = sibling(path, "tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Builds a directory through `fill` (called with a fresh temporary directory next to `dir`)
+/// and then puts it in place of `dir` by renames. If `fill` fails or the process dies, the
+/// old `dir` (if any) is untouched; at every moment `dir` is either the old complete directory
+/// or the new complete one (between the two renames the old one waits as `.NAME.old-PID`).
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(dir, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        let old = sibling(dir, "old");
+        std::fs::rename(dir, &old).map_err(io_err(dir))?;
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// `.NAME.KIND-PID` beside `path`.
+fn sibling(path: &Path, kind: &str) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Linear, Relu, Sequential};
+    use crate::Rng;
+
+    fn model(seed: u64) -> Sequential {
+        let mut rng = Rng::seed(seed);
+        Sequential::new().add(Linear::new(3, 4, &mut rng).unwrap()).add(Relu).add(Linear::new(4, 2, &mut rng).unwrap())
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sinapse-ckpt-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn weights_round_trip_by_name() {
+        let dir = temp("roundtrip");
+        let a = model(1);
+        save_weights(&a, dir.join("w.safetensors")).unwrap();
+        let b = model(2);
+        let loaded = load_weights(dir.join("w.safetensors")).unwrap();
+        let names: Vec<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["0.bias", "0.weight", "2.bias", "2.weight"]);
+        load_into(&b, &loaded, &dir).unwrap();
+        for ((_, pa), (_, pb)) in a.named_parameters().iter().zip(b.named_parameters()) {
+            assert_eq!(pa.to_vec(), pb.to_vec());
+        }
+    }
+
+    #[test]
+    fn loading_names_what_does_not_fit() {
+        let dir = temp("misfit");
+        let small = Sequential::new().add(Linear::new(3, 5, &mut Rng::seed(0)).unwrap());
+        save_weights(&small, dir.join("w.safetensors")).unwrap();
+        let target = model(0);
+        let before: Vec<Vec<f32>> = target.parameters().iter().map(Tensor::to_vec).collect();
+        let e = load_into(&target, &load_weights(dir.join("w.safetensors")).unwrap(), &dir).unwrap_err().to_string();
+        assert!(e.contains("missing 2.bias, 2.weight"), "{e}");
+        assert!(e.contains("0.weight has shape [5, 3], the model needs [4, 3]"), "{e}");
+        let after: Vec<Vec<f32>> = target.parameters().iter().map(Tensor::to_vec).collect();
+        assert_eq!(before, after, "a failed load changes nothing");
+        std::fs::write(dir.join("junk"), b"not safetensors").unwrap();
+        assert!(load_weights(dir.join("junk")).unwrap_err().to_string().contains("not a safetensors file"));
+    }
+
+    #[test]
+    fn a_failed_directory_write_keeps_the_old_directory() {
+        let root = temp("atomic");
+        let dir = root.join("model");
+        write_dir_atomically(&dir, |d| std::fs::write(d.join("a"), b"v1").map_err(io_err(d))).unwrap();
+        let failed = write_dir_atomically(&dir, |d| {
+            std::fs::write(d.join("a"), b"v2-partial").map_err(io_err(d))?;
+            Err(Error::invalid("test", "interrupted"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"v1");
+        write_dir_atomically(&dir, |d| std::fs::write(d.join("a"), b"v2").map_err(io_err(d))).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"v2");
+        let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+}

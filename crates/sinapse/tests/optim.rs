@@ -1,0 +1,120 @@
+//! Optimizers, schedules and clipping, one step at a time against the published update
+//! equations (PyTorch's documentation), with the numbers worked out by hand.
+
+use sinapse::optim::{clip_grad_norm, Adam, AdamConfig, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
+use sinapse::{Result, Tensor};
+
+/// A scalar parameter starting at 1.
+fn param() -> Tensor {
+    Tensor::from_vec(vec![1.0], &[1]).unwrap().set_requires_grad(true)
+}
+
+/// Runs `steps` steps on L = w² (dL/dw = 2w) or, with `constant`, on L = 2w (dL/dw = 2); returns w after each step.
+fn run(w: &Tensor, opt: &mut dyn Optimizer, steps: usize, constant: bool) -> Vec<f32> {
+    (0..steps)
+        .map(|_| {
+            let loss = if constant { w.mul_scalar(2.0) } else { w.mul(w) }.and_then(|l| l.sum_all()).unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            w.to_vec()[0]
+        })
+        .collect()
+}
+
+fn close(got: &[f32], want: &[f64]) {
+    for (g, w) in got.iter().zip(want) {
+        assert!((*g as f64 - w).abs() < 2e-6, "got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn sgd_plain_momentum_nesterov_and_weight_decay() -> Result<()> {
+    // Plain: w1 = 1 - 0.1·2 = 0.8, w2 = 0.8 - 0.1·1.6 = 0.64.
+    let w = param();
+    close(&run(&w, &mut Sgd::new(vec![w.clone()], 0.1), 2, false), &[0.8, 0.64]);
+    // Momentum 0.9: b1 = g1 = 2, w1 = 0.8; g2 = 1.6, b2 = 0.9·2 + 1.6 = 3.4, w2 = 0.8 - 0.34 = 0.46.
+    let w = param();
+    close(&run(&w, &mut Sgd::with_options(vec![w.clone()], 0.1, 0.9, false, 0.0)?, 2, false), &[0.8, 0.46]);
+    // Nesterov: b1 = 2, step = 2 + 0.9·2 = 3.8, w1 = 0.62; g2 = 1.24, b2 = 1.8 + 1.24 = 3.04,
+    // step = 1.24 + 0.9·3.04 = 3.976, w2 = 0.62 - 0.3976 = 0.2224.
+    let w = param();
+    close(&run(&w, &mut Sgd::with_options(vec![w.clone()], 0.1, 0.9, true, 0.0)?, 2, false), &[0.62, 0.2224]);
+    // Weight decay 0.1: g = 2w + 0.1w = 2.1w, w1 = 1 - 0.21 = 0.79, w2 = 0.79·0.79 = 0.6241.
+    let w = param();
+    close(&run(&w, &mut Sgd::with_options(vec![w.clone()], 0.1, 0.0, false, 0.1)?, 2, false), &[0.79, 0.6241]);
+    assert!(Sgd::with_options(vec![], 0.1, 0.0, true, 0.0).is_err(), "Nesterov needs momentum");
+    assert!(Sgd::with_options(vec![], -1.0, 0.0, false, 0.0).is_err());
+    Ok(())
+}
+
+#[test]
+fn adam_follows_kingma_and_ba() -> Result<()> {
+    // Step 1, g = 2: m = 0.2, v = 0.004, m̂ = 2, v̂ = 4, w = 1 - 0.1·2/2 = 0.9.
+    // Step 2, g = 1.8: m = 0.36, v = 0.007236, m̂ = 1.894737, v̂ = 3.619810, w = 0.800412.
+    let w = param();
+    let mut adam = Adam::new(vec![w.clone()], 0.1)?;
+    close(&run(&w, &mut adam, 3, false), &[0.9000000005, 0.8004122287, 0.7015862729]);
+    // L2 weight decay 0.5 enters the gradient: on L = 2w, g = 2 + 0.5w.
+    let w = param();
+    let cfg = AdamConfig { lr: 0.1, weight_decay: 0.5, ..AdamConfig::default() };
+    close(&run(&w, &mut Adam::with_config(vec![w.clone()], cfg)?, 2, true), &[0.9, 0.8000577575]);
+    let w = param();
+    close(&run(&w, &mut Adam::new(vec![w.clone()], 0.1)?, 2, true), &[0.9, 0.8]);
+    assert!(Adam::with_config(vec![], AdamConfig { beta1: 1.0, ..AdamConfig::default() }).is_err());
+    Ok(())
+}
+
+#[test]
+fn adamw_decays_the_weights_directly() -> Result<()> {
+    // Step 1: w ← 1·(1 - 0.1·0.1) = 0.99, then the Adam step of size lr = 0.1: w = 0.89.
+    // Step 2: g = 2·0.89 = 1.78, w ← 0.89·0.99, then the Adam step: w = 0.781572.
+    let w = param();
+    let cfg = AdamConfig { lr: 0.1, weight_decay: 0.1, ..AdamConfig::default() };
+    close(&run(&w, &mut AdamW::with_config(vec![w.clone()], cfg)?, 2, false), &[0.89, 0.7815718559]);
+    Ok(())
+}
+
+#[test]
+fn rmsprop_with_and_without_momentum() -> Result<()> {
+    // Step 1, g = 2: v = 0.01·4 = 0.04, w = 1 - 0.01·2/0.2 = 0.9.
+    // Step 2, g = 1.8: v = 0.0396 + 0.0324 = 0.072, w = 0.9 - 0.01·1.8/0.268328 = 0.832918.
+    let w = param();
+    close(&run(&w, &mut RmsProp::new(vec![w.clone()], 0.01)?, 2, false), &[0.900000005, 0.832917968]);
+    // Momentum 0.9: b2 = 0.9·10 + 1.8/0.268328 = 15.708204, w2 = 0.9 - 0.157082 = 0.742918.
+    let w = param();
+    let mut opt = RmsProp::with_options(vec![w.clone()], 0.01, 0.99, 1e-8, 0.9, 0.0)?;
+    close(&run(&w, &mut opt, 2, false), &[0.900000005, 0.742917972]);
+    Ok(())
+}
+
+#[test]
+fn schedules_match_their_formulas() {
+    let at = |s: LrSchedule| (0..6).map(|e| s.lr_at(1.0, e) as f64).collect::<Vec<_>>();
+    let approx = |got: Vec<f64>, want: &[f64]| {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+    };
+    approx(at(LrSchedule::Step { step_size: 2, gamma: 0.5 }), &[1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
+    approx(at(LrSchedule::Exponential { gamma: 0.9 }), &[1.0, 0.9, 0.81, 0.729, 0.6561, 0.59049]);
+    // 0.5·(1 + cos(π·e/4)): 1, 0.853553, 0.5, 0.146447, 0, then held at eta_min.
+    approx(at(LrSchedule::Cosine { t_max: 4, eta_min: 0.0 }), &[1.0, 0.8535534, 0.5, 0.1464466, 0.0, 0.0]);
+    approx(at(LrSchedule::Constant), &[1.0; 6]);
+    assert!(LrSchedule::Step { step_size: 0, gamma: 0.5 }.validate().is_err());
+    assert!(LrSchedule::Cosine { t_max: 0, eta_min: 0.0 }.validate().is_err());
+}
+
+#[test]
+fn clipping_scales_the_global_norm() {
+    let a = Tensor::from_vec(vec![1.0], &[1]).unwrap().set_requires_grad(true);
+    let b = Tensor::from_vec(vec![1.0], &[1]).unwrap().set_requires_grad(true);
+    // L = 3a + 4b: gradients 3 and 4, global norm 5.
+    let loss = a.mul_scalar(3.0).unwrap().add(&b.mul_scalar(4.0).unwrap()).unwrap().sum_all().unwrap();
+    let mut grads = loss.backward().unwrap();
+    let params = [a.clone(), b.clone()];
+    assert_eq!(clip_grad_norm(&params, &mut grads, 10.0).unwrap(), 5.0);
+    assert_eq!(grads.get(&a).unwrap().to_vec(), vec![3.0], "under the limit: unchanged");
+    assert_eq!(clip_grad_norm(&params, &mut grads, 1.0).unwrap(), 5.0);
+    let (ga, gb) = (grads.get(&a).unwrap().to_vec()[0], grads.get(&b).unwrap().to_vec()[0]);
+    assert!((ga - 0.6).abs() < 1e-6 && (gb - 0.8).abs() < 1e-6, "{ga} {gb}");
+    assert!(clip_grad_norm(&params, &mut grads, 0.0).is_err());
+}
