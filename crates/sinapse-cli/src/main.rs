@@ -17,6 +17,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sinapse::spec::ModelSpec;
 
+/// Training allocates and frees the same large buffers every step; glibc's malloc returns
+/// them to the system and page-faults them back in each time, mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sinapse: a deep-learning framework to learn from.
 #[derive(Parser)]
 #[command(name = "sinapse", version, about)]

@@ -172,3 +172,19 @@ fn spec_errors_name_the_offender_and_the_valid_choices() {
     assert!(err.contains("unknown field `batchsize`") && err.contains("batch_size"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn summary_shows_convolution_and_recurrent_shapes() {
+    let (code, out, err) = sinapse(&["summary", "models/mnist_cnn.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[-1, 16, 24, 24]") && out.contains("[-1, 32, 4, 4]") && out.contains("Total params: 18378"),
+        "{out}"
+    );
+    let (code, out, err) = sinapse(&["summary", "models/mnist_lstm.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("LSTM(28 -> 128") && out.contains("[-1, 28, 128]") && out.contains("Total params: 82186"),
+        "{out}"
+    );
+}

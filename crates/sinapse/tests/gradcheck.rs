@@ -192,3 +192,101 @@ fn a_small_mlp_end_to_end() {
         &params,
     );
 }
+
+#[test]
+fn convolution_edge_cases() {
+    // (input [N, C, H, W], weight [O, C, KH, KW], stride, padding, dilation)
+    type Case = ([usize; 4], [usize; 4], [usize; 2], [usize; 2], [usize; 2]);
+    let cases: [Case; 7] = [
+        ([2, 2, 5, 5], [3, 2, 3, 3], [1, 1], [0, 0], [1, 1]), // plain
+        ([1, 2, 6, 5], [2, 2, 3, 2], [2, 1], [1, 0], [1, 1]), // stride and padding per axis
+        ([1, 1, 7, 7], [2, 1, 3, 3], [1, 1], [2, 2], [2, 2]), // dilation with padding
+        ([1, 2, 5, 4], [2, 2, 2, 2], [3, 3], [0, 1], [1, 1]), // stride larger than the kernel
+        ([2, 3, 4, 4], [2, 3, 1, 1], [1, 1], [0, 0], [1, 1]), // 1x1 convolution
+        ([1, 2, 3, 3], [2, 2, 3, 3], [1, 1], [0, 0], [1, 1]), // kernel = input: one output
+        ([1, 1, 4, 4], [1, 1, 3, 3], [2, 2], [1, 1], [1, 1]), // windows half in the padding
+    ];
+    for (i, (xs, ws, stride, padding, dilation)) in cases.into_iter().enumerate() {
+        let seed = 300 + 3 * i as u64;
+        let (x, w, b) = (rand(&xs, seed), rand(&ws, seed + 1), rand(&[ws[0]], seed + 2));
+        let name =
+            format!("conv2d case {i}: x {xs:?} w {ws:?} stride {stride:?} padding {padding:?} dilation {dilation:?}");
+        check(&name, |t| t[0].conv2d(&t[1], Some(&t[2]), stride, padding, dilation), &[x.clone(), w.clone(), b]);
+        check(&format!("{name}, no bias"), |t| t[0].conv2d(&t[1], None, stride, padding, dilation), &[x, w]);
+    }
+    let (x, w) = (rand(&[2, 2, 9], 330), rand(&[3, 2, 3], 331));
+    check("conv1d stride 2 padding 1 dilation 2", |t| t[0].conv1d(&t[1], None, 2, 1, 2), &[x, w]);
+}
+
+#[test]
+fn pooling_edge_cases() {
+    for (i, (kernel, stride, padding)) in
+        [([2, 2], [2, 2], [0, 0]), ([3, 3], [2, 2], [1, 1]), ([3, 2], [1, 2], [1, 0]), ([2, 2], [3, 3], [0, 0])]
+            .into_iter()
+            .enumerate()
+    {
+        // Distinct values: no ties within the finite-difference step.
+        let x = distinct(&[2, 2, 5, 6], 340 + i as u64);
+        check(
+            &format!("max_pool2d {kernel:?} {stride:?} {padding:?}"),
+            |t| t[0].max_pool2d(kernel, stride, padding),
+            &[x.clone()],
+        );
+        check(
+            &format!("avg_pool2d {kernel:?} {stride:?} {padding:?}"),
+            |t| t[0].avg_pool2d(kernel, stride, padding),
+            &[x],
+        );
+    }
+}
+
+#[test]
+fn recurrent_cells_through_time() {
+    use sinapse::nn::{CellKind, Module, Recurrent, RecurrentState};
+    for kind in [CellKind::Rnn, CellKind::Lstm, CellKind::Gru] {
+        for (layers, batch_first) in [(1, true), (2, false)] {
+            let net = Recurrent::new(kind, 3, 4, layers, batch_first, &mut sinapse::Rng::seed(350)).unwrap();
+            let x = rand(if batch_first { &[2, 5, 3] } else { &[5, 2, 3] }, 351);
+            let h0 = rand(&[layers, 2, 4], 352);
+            let c0 = rand(&[layers, 2, 4], 353);
+            let inputs = [x, h0, c0];
+            let f = |t: &[Tensor]| {
+                let state = RecurrentState { h: t[1].clone(), c: (kind == CellKind::Lstm).then(|| t[2].clone()) };
+                let (out, last) = net.forward_with_state(&t[0], Some(&state))?;
+                // Output sequence and final states, all checked at once.
+                let mut parts = vec![out.flatten_all()?, last.h.flatten_all()?];
+                if let Some(c) = last.c {
+                    parts.push(c.flatten_all()?);
+                }
+                Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+            };
+            let name = format!("{kind:?} layers {layers} batch_first {batch_first}");
+            // The input sequence and the initial states...
+            let report = gradcheck(f, &inputs, GradcheckOptions::default()).unwrap();
+            assert!(report.passed(), "{name} (inputs): {report}");
+            // ...and every weight, perturbed in place in the layer.
+            let named = net.named_parameters();
+            let loss = || {
+                let state =
+                    RecurrentState { h: inputs[1].detach(), c: (kind == CellKind::Lstm).then(|| inputs[2].detach()) };
+                let (out, _) = net.forward_with_state(&inputs[0].detach(), Some(&state))?;
+                out.mul(&out)?.sum_all()
+            };
+            for c in sinapse::gradcheck::gradcheck_parameters(&named, loss, 12, GradcheckOptions::default()).unwrap() {
+                assert!(c.report.passed() && c.kinks == 0, "{name} {}: {}", c.name, c.report);
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_gradient_adds_into_looked_up_rows() {
+    use sinapse::nn::{Embedding, Mode, Module};
+    let emb = Embedding::new(5, 3, &mut sinapse::Rng::seed(360)).unwrap();
+    let idx = Tensor::from_vec(vec![1.0, 3.0, 1.0, 0.0], &[2, 2]).unwrap();
+    let named = emb.named_parameters();
+    let loss = || emb.forward(&idx, Mode::Train)?.powf(2.0)?.sum_all();
+    for c in sinapse::gradcheck::gradcheck_parameters(&named, loss, 15, GradcheckOptions::default()).unwrap() {
+        assert!(c.report.passed() && c.report.checked == 15, "{}", c.report);
+    }
+}

@@ -36,11 +36,7 @@ pub fn map(src: &[f32], layout: &Layout, f: impl Fn(f32) -> f32 + Sync) -> Vec<f
     if layout.is_contiguous() {
         let src = &src[layout.offset()..layout.offset() + n];
         if n >= PAR_MIN_ELEMS {
-            let mut out = vec![0.0; n];
-            out.par_chunks_mut(PAR_CHUNK)
-                .zip(src.par_chunks(PAR_CHUNK))
-                .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &x)| *o = f(x)));
-            return out;
+            return src.par_iter().with_min_len(PAR_CHUNK).map(|&x| f(x)).collect();
         }
         return src.iter().map(|&x| f(x)).collect();
     }
@@ -169,39 +165,50 @@ pub fn reduce(src: &[f32], outer: usize, len: usize, inner: usize, op: Reduce) -
     out
 }
 
+/// Matrix products below this many multiply-adds run on one thread each; a batch of them is
+/// spread over the threads instead (gemm's own threading starts near this size too).
+const SMALL_GEMM: usize = 48 * 48 * 256;
+
 /// Batched matrix product `[batch.., m, k] x [batch.., k, n] -> [batch.., m, n]`.
 ///
 /// `la` and `lb` are already broadcast to the output's batch shape; any strides work (a
-/// transposed operand is read in place), which is what makes `x·Wᵀ` free of copies.
+/// transposed operand is read in place), which is what makes `x·Wᵀ` free of copies. Large
+/// products use gemm's threads; a batch of small ones (convolution of many images, one per
+/// sample) runs one product per thread.
 pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize, n: usize) -> Vec<f32> {
     let batch_shape = &la.shape()[..la.rank() - 2];
     let batch: usize = batch_shape.iter().product();
-    let mut out = vec![0.0f32; batch * m * n];
     if m == 0 || n == 0 || k == 0 {
-        return out;
+        return vec![0.0f32; batch * m * n];
     }
-    let (ra, sa) = (la.rank(), la.strides());
-    let (rb, sb) = (lb.rank(), lb.strides());
-    let mut index = vec![0usize; batch_shape.len()];
-    for bi in 0..batch {
-        // Offsets of this batch entry in each operand.
+    // Storage offset of batch entry `bi` in a layout.
+    let batch_offset = |l: &Layout, bi: usize| {
         let mut rem = bi;
+        let mut off = l.offset();
         for (d, size) in batch_shape.iter().enumerate().rev() {
-            index[d] = rem % size;
+            off += (rem % size) * l.strides()[d];
             rem /= size;
         }
-        let oa = la.offset() + index.iter().zip(sa).map(|(i, s)| i * s).sum::<usize>();
-        let ob = lb.offset() + index.iter().zip(sb).map(|(i, s)| i * s).sum::<usize>();
-        let dst = &mut out[bi * m * n..(bi + 1) * m * n];
+        off
+    };
+    let (sa, sb) = (la.strides(), lb.strides());
+    let (ra, rb) = (la.rank(), lb.rank());
+    // The output is not zeroed first: gemm writes every element (it never reads `dst` when
+    // `read_dst` is false), so the buffer is only marked initialised once all products ran.
+    let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
+    let dst = SendPtr(out.as_mut_ptr());
+    let product = |bi: usize, parallelism: gemm::Parallelism| {
+        let (oa, ob) = (batch_offset(la, bi), batch_offset(lb, bi));
         // SAFETY: the layouts were checked against the storages when the tensors were made, so
-        // every (row, col) offset the strides produce lies inside `a` and `b`; `dst` is a fresh
-        // m x n row-major buffer. gemm computes dst = 0·dst + 1·(a·b) without reading dst.
+        // every (row, col) offset the strides produce lies inside `a` and `b`; the m x n block
+        // of entry `bi` lies inside the output's capacity and no two entries overlap. gemm
+        // computes dst = 0·dst + 1·(a·b) without reading dst.
         unsafe {
             gemm::gemm(
                 m,
                 n,
                 k,
-                dst.as_mut_ptr(),
+                dst.get().add(bi * m * n),
                 1,
                 n as isize,
                 false,
@@ -216,10 +223,244 @@ pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize
                 false,
                 false,
                 false,
-                gemm::Parallelism::Rayon(0),
+                parallelism,
             );
         }
+    };
+    if batch > 1 && m * n * k < SMALL_GEMM {
+        (0..batch).into_par_iter().for_each(|bi| product(bi, gemm::Parallelism::None));
+    } else {
+        (0..batch).for_each(|bi| product(bi, gemm::Parallelism::Rayon(0)));
     }
+    // SAFETY: every one of the batch·m·n elements was written by gemm above.
+    unsafe { out.set_len(batch * m * n) };
+    out
+}
+
+/// A raw pointer that may cross threads: each thread writes its own disjoint block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: only used by `matmul`, whose threads write disjoint blocks of one live buffer.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
+// same location.
+unsafe impl Sync for SendPtr {}
+
+/// Shape of a 2-D sliding window over an `[N, C, H, W]` input: kernel size, stride, zero
+/// padding on each side and dilation (spacing between kernel taps), per axis (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Kernel size.
+    pub kernel: [usize; 2],
+    /// Step between window positions.
+    pub stride: [usize; 2],
+    /// Padding added on both sides.
+    pub padding: [usize; 2],
+    /// Spacing between kernel taps (1: adjacent).
+    pub dilation: [usize; 2],
+}
+
+impl Window {
+    /// Output size along one axis: ⌊(in + 2·pad - dil·(k - 1) - 1) / stride⌋ + 1, or None when
+    /// the window does not fit.
+    pub fn output_size(&self, axis: usize, input: usize) -> Option<usize> {
+        let span = self.dilation[axis] * (self.kernel[axis].checked_sub(1)?) + 1;
+        let padded = input + 2 * self.padding[axis];
+        if self.stride[axis] == 0 || padded < span {
+            return None;
+        }
+        Some((padded - span) / self.stride[axis] + 1)
+    }
+}
+
+/// For output column `x` of a window tap at offset `tap` (= j·dilation - padding), the input
+/// column it reads: `x·stride + tap`, or None in the padding.
+#[inline]
+fn source_column(x: usize, stride: usize, tap: isize, width: usize) -> Option<usize> {
+    let ix = (x * stride) as isize + tap;
+    (0..width as isize).contains(&ix).then_some(ix as usize)
+}
+
+/// The output columns `x` whose tap reads inside an input row of `width`: `lo..hi`.
+fn valid_columns(out_width: usize, stride: usize, tap: isize, width: usize) -> std::ops::Range<usize> {
+    let lo = (0..out_width).find(|&x| source_column(x, stride, tap, width).is_some()).unwrap_or(out_width);
+    let hi = (lo..out_width).find(|&x| source_column(x, stride, tap, width).is_none()).unwrap_or(out_width);
+    lo..hi
+}
+
+/// Unfolds every window of a row-major `[N, C, H, W]` batch into one matrix
+/// `[C·KH·KW, N·OH·OW]`: row `(c, i, j)` holds tap `(i, j)` of channel `c`, column
+/// `(n, y, x)` an output position of image `n`. Taps in the padding read `pad_value`. A
+/// convolution of the whole batch is then one matrix product with the `[O, C·KH·KW]` filters.
+pub fn im2col(src: &[f32], [n, c, h, w]: [usize; 4], win: &Window, [oh, ow]: [usize; 2], pad_value: f32) -> Vec<f32> {
+    let [kh, kw] = win.kernel;
+    let l = oh * ow;
+    let mut out = vec![0.0f32; c * kh * kw * n * l];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(n * l).enumerate().for_each(|(row, dst)| {
+        let (ch, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
+        let tap_x = (j * win.dilation[1]) as isize - win.padding[1] as isize;
+        let xs = valid_columns(ow, win.stride[1], tap_x, w);
+        for b in 0..n {
+            let plane = &src[(b * c + ch) * h * w..][..h * w];
+            for y in 0..oh {
+                let d = &mut dst[(b * oh + y) * ow..][..ow];
+                let iy = (y * win.stride[0] + i * win.dilation[0]) as isize - win.padding[0] as isize;
+                if iy < 0 || iy >= h as isize || xs.is_empty() {
+                    d.fill(pad_value);
+                    continue;
+                }
+                let line = &plane[iy as usize * w..][..w];
+                d[..xs.start].fill(pad_value);
+                d[xs.end..].fill(pad_value);
+                let first = (xs.start * win.stride[1]) as isize + tap_x;
+                if win.stride[1] == 1 {
+                    d[xs.clone()].copy_from_slice(&line[first as usize..first as usize + xs.len()]);
+                } else {
+                    for (k, v) in d[xs.clone()].iter_mut().enumerate() {
+                        *v = line[first as usize + k * win.stride[1]];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The adjoint of [`im2col`]: adds every entry of the `[C·KH·KW, N·OH·OW]` matrix back onto
+/// the pixel it was read from (taps in the padding are dropped). This is the gradient of
+/// `im2col`.
+pub fn col2im(cols: &[f32], [n, c, h, w]: [usize; 4], win: &Window, [oh, ow]: [usize; 2]) -> Vec<f32> {
+    let [kh, kw] = win.kernel;
+    let l = oh * ow;
+    let mut out = vec![0.0f32; n * c * h * w];
+    if out.is_empty() {
+        return out;
+    }
+    // One task per image and channel: each writes only its own plane.
+    out.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
+        let (b, ch) = (plane_index / c, plane_index % c);
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = &cols[((ch * kh + i) * kw + j) * n * l..][..n * l];
+                let tap_x = (j * win.dilation[1]) as isize - win.padding[1] as isize;
+                let xs = valid_columns(ow, win.stride[1], tap_x, w);
+                for y in 0..oh {
+                    let iy = (y * win.stride[0] + i * win.dilation[0]) as isize - win.padding[0] as isize;
+                    if iy < 0 || iy >= h as isize || xs.is_empty() {
+                        continue;
+                    }
+                    let line = &mut plane[iy as usize * w..][..w];
+                    let src = &row[(b * oh + y) * ow..][..ow];
+                    let first = ((xs.start * win.stride[1]) as isize + tap_x) as usize;
+                    if win.stride[1] == 1 {
+                        let dst = &mut line[first..first + xs.len()];
+                        dst.iter_mut().zip(&src[xs.clone()]).for_each(|(d, &v)| *d += v);
+                    } else {
+                        for (k, &v) in src[xs.clone()].iter().enumerate() {
+                            line[first + k * win.stride[1]] += v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Max pooling of a row-major `[N, C, H, W]` batch (no dilation): the maximum of each window
+/// (padding never wins; a NaN wins) and the flat input index it came from, `[N, C, OH, OW]`
+/// each.
+#[allow(clippy::needless_range_loop)] // the index itself is a result (where the maximum was)
+pub fn max_pool(src: &[f32], [n, c, h, w]: [usize; 4], win: &Window, [oh, ow]: [usize; 2]) -> (Vec<f32>, Vec<usize>) {
+    let mut values = vec![0.0f32; n * c * oh * ow];
+    let mut argmax = vec![0usize; n * c * oh * ow];
+    let [kh, kw] = win.kernel;
+    let [sh, sw] = win.stride;
+    let [ph, pw] = win.padding.map(|p| p as isize);
+    values.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vals, args))| {
+        let base = p * h * w;
+        let plane = &src[base..base + h * w];
+        for y in 0..oh {
+            // The rows and columns of the window inside the image (padding is skipped; it is at
+            // most half the kernel, so every window holds at least one pixel).
+            let top = (y * sh) as isize - ph;
+            let (y0, y1) = (top.max(0) as usize, ((top + kh as isize) as usize).min(h));
+            for x in 0..ow {
+                let left = (x * sw) as isize - pw;
+                let (x0, x1) = (left.max(0) as usize, ((left + kw as isize) as usize).min(w));
+                let mut at = y0 * w + x0;
+                let mut best = plane[at];
+                for iy in y0..y1 {
+                    for k in iy * w + x0..iy * w + x1 {
+                        let v = plane[k];
+                        // Bitwise `|`/`&` and selects, not branches: which tap wins is random,
+                        // and mispredicted branches cost several times the comparisons.
+                        let wins = (v > best) | (v.is_nan() & !best.is_nan());
+                        best = if wins { v } else { best };
+                        at = if wins { k } else { at };
+                    }
+                }
+                vals[y * ow + x] = best;
+                args[y * ow + x] = base + at;
+            }
+        }
+    });
+    (values, argmax)
+}
+
+/// The `[O, N·L]` result of a convolution's matrix product, plus a bias per output channel,
+/// rearranged into the `[N, O, L]` layout of a batch of images.
+pub fn columns_to_images(y: &[f32], bias: Option<&[f32]>, o: usize, n: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * o * l];
+    out.par_chunks_mut(l.max(1)).enumerate().for_each(|(k, dst)| {
+        let (img, ch) = (k / o, k % o);
+        let src = &y[ch * n * l + img * l..][..l];
+        let b = bias.map_or(0.0, |b| b[ch]);
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b);
+    });
+    out
+}
+
+/// Sum over images and positions of an `[N, O, L]` batch: one value per channel `o`.
+pub fn channel_sums(g: &[f32], o: usize, n: usize, l: usize) -> Vec<f32> {
+    (0..o)
+        .into_par_iter()
+        .map(|ch| {
+            (0..n).map(|img| g[(img * o + ch) * l..][..l].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// The gradient of [`max_pool`]: each output's gradient added at the input position its
+/// maximum came from (`argmax`), planes in parallel. `[N, C, H, W]` input size.
+pub fn max_pool_backward(g: &[f32], argmax: &[usize], [n, c, h, w]: [usize; 4], outputs_per_plane: usize) -> Vec<f32> {
+    let mut dx = vec![0.0f32; n * c * h * w];
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
+        let range = p * outputs_per_plane..(p + 1) * outputs_per_plane;
+        for (&at, &v) in argmax[range.clone()].iter().zip(&g[range]) {
+            plane[at - p * h * w] += v;
+        }
+    });
+    dx
+}
+
+/// The inverse rearrangement of [`columns_to_images`] (without bias): `[N, O, L] -> [O, N·L]`.
+pub fn images_to_columns(g: &[f32], o: usize, n: usize, l: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * o * l];
+    out.par_chunks_mut(l.max(1)).enumerate().for_each(|(k, dst)| {
+        let (ch, img) = (k / n, k % n);
+        dst.copy_from_slice(&g[(img * o + ch) * l..][..l]);
+    });
     out
 }
 

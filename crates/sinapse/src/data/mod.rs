@@ -7,6 +7,7 @@ pub mod idx;
 pub mod mnist;
 mod preprocess;
 pub mod split;
+pub mod synthetic;
 
 pub use dataset::{batch_indices, DataLoader, Dataset};
 pub use preprocess::{one_hot, LabelMap, Scaler, Scaling};

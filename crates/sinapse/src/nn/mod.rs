@@ -5,17 +5,21 @@
 //! `2.weight`, ...), so a checkpoint's names say where each tensor belongs.
 
 mod activation;
+mod conv;
 mod dropout;
 pub mod init;
 mod linear;
 pub mod loss;
+mod recurrent;
 mod sequential;
 mod summary;
 
 pub use activation::{LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Step, Tanh};
+pub use conv::{Conv1d, Conv2d, Pool2d, PoolKind, Reshape};
 pub use dropout::{Dropout, Flatten};
 pub use init::Init;
 pub use linear::Linear;
+pub use recurrent::{CellKind, Embedding, LastStep, Recurrent, RecurrentState};
 pub use sequential::Sequential;
 pub use summary::{layer_summaries, summary, LayerSummary};
 

@@ -7,6 +7,7 @@
 
 pub mod activation;
 pub mod binary;
+pub mod conv;
 pub mod index;
 pub mod matmul;
 pub mod reduce;

@@ -1,0 +1,225 @@
+//! Convolutional layers and pooling.
+
+use super::{Init, Mode, Module};
+use crate::{Error, Result, Rng, Tensor};
+
+/// A 2-D convolution over `[N, C, H, W]` inputs, as PyTorch's `nn.Conv2d`: `weight`
+/// `[out, in, kh, kw]`, `bias` `[out]`, with stride, zero padding and dilation.
+///
+/// Each output channel slides one small filter over all input channels: the same few weights
+/// are reused at every position, which is why a convolution needs far fewer parameters than a
+/// dense layer on the same image.
+pub struct Conv2d {
+    /// Filters, `[out_channels, in_channels, kh, kw]`.
+    pub weight: Tensor,
+    /// Bias per output channel, `[out_channels]`.
+    pub bias: Option<Tensor>,
+    /// Step between window positions (height, width).
+    pub stride: [usize; 2],
+    /// Zero padding on each side (height, width).
+    pub padding: [usize; 2],
+    /// Spacing between kernel taps (height, width).
+    pub dilation: [usize; 2],
+}
+
+impl Conv2d {
+    /// A convolution with PyTorch's default initialisation (uniform in ±1/√(in·kh·kw)), stride
+    /// 1, no padding, no dilation, with bias.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: [usize; 2], rng: &mut Rng) -> Result<Conv2d> {
+        Conv2d::with_init(in_channels, out_channels, kernel, Init::PytorchDefault, rng)
+    }
+
+    /// A convolution with weights drawn by `init` (fan-in = in·kh·kw, fan-out = out·kh·kw).
+    pub fn with_init(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: [usize; 2],
+        init: Init,
+        rng: &mut Rng,
+    ) -> Result<Conv2d> {
+        if in_channels == 0 || out_channels == 0 || kernel.contains(&0) {
+            return Err(Error::invalid(
+                "Conv2d",
+                format!("channels and kernel must be positive, got {in_channels} -> {out_channels}, {kernel:?}"),
+            ));
+        }
+        let taps = kernel[0] * kernel[1];
+        let weight = init.weight(
+            &[out_channels, in_channels, kernel[0], kernel[1]],
+            in_channels * taps,
+            out_channels * taps,
+            rng,
+        )?;
+        let bias = init.bias(&[out_channels], in_channels * taps, rng)?;
+        Ok(Conv2d {
+            weight: weight.set_requires_grad(true),
+            bias: Some(bias.set_requires_grad(true)),
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+        })
+    }
+
+    /// Sets the stride (builder style).
+    pub fn stride(mut self, stride: [usize; 2]) -> Conv2d {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the zero padding (builder style).
+    pub fn padding(mut self, padding: [usize; 2]) -> Conv2d {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation (builder style).
+    pub fn dilation(mut self, dilation: [usize; 2]) -> Conv2d {
+        self.dilation = dilation;
+        self
+    }
+
+    /// Removes the bias (builder style).
+    pub fn without_bias(mut self) -> Conv2d {
+        self.bias = None;
+        self
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            p.push(("bias".to_string(), b.clone()));
+        }
+        p
+    }
+
+    fn describe(&self) -> String {
+        let s = self.weight.shape();
+        format!(
+            "Conv2d({} -> {}, kernel {}x{}, stride {:?}, padding {:?}, dilation {:?})",
+            s[1], s[0], s[2], s[3], self.stride, self.padding, self.dilation
+        )
+    }
+}
+
+/// A 1-D convolution over `[N, C, L]` inputs, as PyTorch's `nn.Conv1d`: `weight` `[out, in, k]`.
+pub struct Conv1d {
+    /// Filters, `[out_channels, in_channels, k]`.
+    pub weight: Tensor,
+    /// Bias per output channel.
+    pub bias: Option<Tensor>,
+    /// Step between window positions.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Spacing between kernel taps.
+    pub dilation: usize,
+}
+
+impl Conv1d {
+    /// A 1-D convolution with PyTorch's default initialisation, stride 1, no padding.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: usize, rng: &mut Rng) -> Result<Conv1d> {
+        let c = Conv2d::new(in_channels, out_channels, [1, kernel], rng)?;
+        Ok(Conv1d {
+            weight: c.weight.squeeze(2)?.set_requires_grad(true),
+            bias: c.bias,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        })
+    }
+}
+
+impl Module for Conv1d {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        x.conv1d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
+    }
+
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut p = vec![("weight".to_string(), self.weight.clone())];
+        if let Some(b) = &self.bias {
+            p.push(("bias".to_string(), b.clone()));
+        }
+        p
+    }
+
+    fn describe(&self) -> String {
+        let s = self.weight.shape();
+        format!(
+            "Conv1d({} -> {}, kernel {}, stride {}, padding {}, dilation {})",
+            s[1], s[0], s[2], self.stride, self.padding, self.dilation
+        )
+    }
+}
+
+/// Whether a [`Pool2d`] takes the maximum or the mean of each window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    /// `nn.MaxPool2d`.
+    Max,
+    /// `nn.AvgPool2d` (padding counted as zeros).
+    Avg,
+}
+
+/// Max or average pooling over `[N, C, H, W]` (PyTorch's `MaxPool2d` / `AvgPool2d`; the
+/// stride defaults to the kernel size).
+#[derive(Clone, Copy, Debug)]
+pub struct Pool2d {
+    /// Max or average.
+    pub kind: PoolKind,
+    /// Window size.
+    pub kernel: [usize; 2],
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// Padding on each side (at most half the kernel).
+    pub padding: [usize; 2],
+}
+
+impl Pool2d {
+    /// Max pooling with stride = kernel and no padding.
+    pub fn max(kernel: [usize; 2]) -> Pool2d {
+        Pool2d { kind: PoolKind::Max, kernel, stride: kernel, padding: [0, 0] }
+    }
+
+    /// Average pooling with stride = kernel and no padding.
+    pub fn avg(kernel: [usize; 2]) -> Pool2d {
+        Pool2d { kind: PoolKind::Avg, kernel, stride: kernel, padding: [0, 0] }
+    }
+}
+
+impl Module for Pool2d {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        match self.kind {
+            PoolKind::Max => x.max_pool2d(self.kernel, self.stride, self.padding),
+            PoolKind::Avg => x.avg_pool2d(self.kernel, self.stride, self.padding),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let name = if self.kind == PoolKind::Max { "MaxPool2d" } else { "AvgPool2d" };
+        format!("{name}(kernel {:?}, stride {:?}, padding {:?})", self.kernel, self.stride, self.padding)
+    }
+}
+
+/// Reshapes each sample, keeping the batch axis: `[N, ..] -> [N, shape..]` (e.g. MNIST rows
+/// of 784 pixels into `[1, 28, 28]` images).
+#[derive(Clone, Debug)]
+pub struct Reshape(pub Vec<usize>);
+
+impl Module for Reshape {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let mut shape = vec![n];
+        shape.extend_from_slice(&self.0);
+        x.reshape(&shape)
+    }
+
+    fn describe(&self) -> String {
+        format!("Reshape({:?})", self.0)
+    }
+}

@@ -1,0 +1,188 @@
+//! Convolution and pooling, built from one new primitive, `im2col`.
+//!
+//! `im2col` lays every k×k window of the batch out as a column of one matrix. Then
+//! - a convolution is a matrix product: weights `[out, in·k·k]` times columns
+//!   `[in·k·k, images·positions]`, so it runs on the fast gemm kernel and its gradients are
+//!   those of the matrix product;
+//! - average pooling is the mean of each column. Max pooling has its own kernel, which
+//!   remembers where each maximum came from so that its gradient goes straight there.
+//!
+//! The gradient of `im2col` is `col2im`: each column entry's gradient is added back onto the
+//! pixel it was read from (pixels shared by overlapping windows collect several).
+//!
+//! Output size per axis: ⌊(in + 2·padding - dilation·(kernel - 1) - 1) / stride⌋ + 1.
+
+use super::grad_if;
+use crate::backend::cpu::{self, Window};
+use crate::{Error, Result, Tensor};
+
+/// Reads an `[N, C, H, W]` shape, or fails naming `op`.
+fn nchw(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
+    match *x.shape() {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        ref s => Err(Error::invalid(op, format!("expects input [N, C, H, W], got shape {s:?}"))),
+    }
+}
+
+/// Checks a window against an input of height `h` and width `w`; returns the output size.
+fn output_size(op: &'static str, win: &Window, h: usize, w: usize) -> Result<[usize; 2]> {
+    if win.kernel.contains(&0) || win.stride.contains(&0) || win.dilation.contains(&0) {
+        return Err(Error::invalid(op, format!("kernel, stride and dilation must be at least 1, got {win:?}")));
+    }
+    match (win.output_size(0, h), win.output_size(1, w)) {
+        (Some(oh), Some(ow)) => Ok([oh, ow]),
+        _ => Err(Error::invalid(
+            op,
+            format!(
+                "a {:?} kernel (dilation {:?}) does not fit a {h}x{w} input padded by {:?}",
+                win.kernel, win.dilation, win.padding
+            ),
+        )),
+    }
+}
+
+impl Tensor {
+    /// Every window of an `[N, C, H, W]` batch as a column of one matrix:
+    /// `[C·KH·KW, N·OH·OW]`, columns ordered by image, then row, then column of the output.
+    /// Taps that fall in the padding read `pad_value`.
+    pub fn im2col(&self, win: Window, pad_value: f32) -> Result<Tensor> {
+        let dims = nchw("im2col", self)?;
+        let [n, c, h, w] = dims;
+        let out_hw = output_size("im2col", &win, h, w)?;
+        let src = self.contiguous()?;
+        let cols = src.with_data(|d, l| cpu::im2col(&d[l.offset()..], dims, &win, out_hw, pad_value));
+        let shape = [c * win.kernel[0] * win.kernel[1], n * out_hw[0] * out_hw[1]];
+        Ok(Tensor::from_op(cols, &shape, "im2col", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || {
+                let g = g.contiguous()?;
+                let img = g.with_data(|d, l| cpu::col2im(&d[l.offset()..], dims, &win, out_hw));
+                Tensor::from_vec(img, &dims)
+            })?])
+        }))
+    }
+
+    /// 2-D convolution (cross-correlation, as in PyTorch) of `[N, C, H, W]` with weights
+    /// `[O, C, KH, KW]` and an optional bias `[O]`: `[N, O, OH, OW]`.
+    pub fn conv2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Result<Tensor> {
+        let [n, c, h, w] = nchw("conv2d", self)?;
+        let [o, wc, kh, kw] = match *weight.shape() {
+            [o, wc, kh, kw] => [o, wc, kh, kw],
+            ref s => return Err(Error::invalid("conv2d", format!("weight must be [out, in, kh, kw], got {s:?}"))),
+        };
+        if wc != c {
+            return Err(Error::invalid(
+                "conv2d",
+                format!("input has {c} channels but the weight {:?} expects {wc}", weight.shape()),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.shape() != [o] {
+                return Err(Error::shapes("conv2d bias", b.shape(), &[o]));
+            }
+        }
+        let win = Window { kernel: [kh, kw], stride, padding, dilation };
+        let [oh, ow] = output_size("conv2d", &win, h, w)?;
+        let cols = self.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
+        let out = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?; // [O, N·OH·OW]
+        columns_to_images(&out, bias, [n, o, oh, ow])
+    }
+
+    /// 1-D convolution of `[N, C, L]` with weights `[O, C, K]`: the 2-D convolution of a
+    /// height-1 image.
+    pub fn conv1d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<Tensor> {
+        if self.rank() != 3 || weight.rank() != 3 {
+            return Err(Error::invalid(
+                "conv1d",
+                format!(
+                    "expects input [N, C, L] and weight [O, C, K], got {:?} and {:?}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        }
+        let out = self.unsqueeze(2)?.conv2d(&weight.unsqueeze(2)?, bias, [1, stride], [0, padding], [1, dilation])?;
+        out.squeeze(2)
+    }
+
+    /// Max pooling: the largest value of each window (padding never wins). The gradient goes
+    /// to the input element that was the maximum (the first one, on a tie, as in PyTorch).
+    pub fn max_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
+        let dims = nchw("max_pool2d", self)?;
+        let [n, c, h, w] = dims;
+        let win = pool_window("max_pool2d", kernel, stride, padding)?;
+        let out_hw = output_size("max_pool2d", &win, h, w)?;
+        let src = self.contiguous()?;
+        let (values, argmax) = src.with_data(|d, l| cpu::max_pool(&d[l.offset()..], dims, &win, out_hw));
+        Ok(Tensor::from_op(values, &[n, c, out_hw[0], out_hw[1]], "max_pool2d", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || {
+                let g = g.contiguous()?;
+                let per_plane = out_hw[0] * out_hw[1];
+                let dx = g.with_data(|d, l| cpu::max_pool_backward(&d[l.offset()..], &argmax, dims, per_plane));
+                Tensor::from_vec(dx, &dims)
+            })?])
+        }))
+    }
+
+    /// Average pooling: the mean of each window, padding counted as zeros (PyTorch's
+    /// `count_include_pad=True`). The gradient is spread evenly over the window.
+    pub fn avg_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
+        let [n, c, h, w] = nchw("avg_pool2d", self)?;
+        let win = pool_window("avg_pool2d", kernel, stride, padding)?;
+        let [oh, ow] = output_size("avg_pool2d", &win, h, w)?;
+        // Each channel as its own one-channel image: the columns are then exactly the windows.
+        let planes = self.reshape(&[n * c, 1, h, w])?;
+        let cols = planes.im2col(win, 0.0)?; // [KH·KW, N·C·OH·OW]
+        cols.mean(0, false)?.reshape(&[n, c, oh, ow])
+    }
+}
+
+/// `[O, N·OH·OW]` convolution results plus a bias per channel, as `[N, O, OH, OW]` images.
+/// Gradients: the images' gradient rearranged back, and its sum per channel for the bias.
+fn columns_to_images(y: &Tensor, bias: Option<&Tensor>, [n, o, oh, ow]: [usize; 4]) -> Result<Tensor> {
+    let l = oh * ow;
+    let y = y.contiguous()?;
+    let data = match bias {
+        Some(b) => super::with_data2(&y, b, |yd, yl, bd, bl| {
+            let bias = cpu::to_contiguous(bd, bl);
+            cpu::columns_to_images(&yd[yl.offset()..], Some(&bias), o, n, l)
+        }),
+        None => y.with_data(|d, lay| cpu::columns_to_images(&d[lay.offset()..], None, o, n, l)),
+    };
+    let inputs: Vec<&Tensor> = std::iter::once(&y).chain(bias).collect();
+    Ok(Tensor::from_op(data, &[n, o, oh, ow], "conv_bias", &inputs, move |g, x, _| {
+        let g = g.contiguous()?;
+        let mut grads = vec![grad_if(&x[0], || {
+            let cols = g.with_data(|d, lay| cpu::images_to_columns(&d[lay.offset()..], o, n, l));
+            Tensor::from_vec(cols, &[o, n * l])
+        })?];
+        if let Some(b) = x.get(1) {
+            grads.push(grad_if(b, || {
+                let sums = g.with_data(|d, lay| cpu::channel_sums(&d[lay.offset()..], o, n, l));
+                Tensor::from_vec(sums, &[o])
+            })?);
+        }
+        Ok(grads)
+    }))
+}
+
+/// A pooling window, checked: padding at most half the kernel, as PyTorch requires.
+fn pool_window(op: &'static str, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Window> {
+    if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+        return Err(Error::invalid(op, format!("padding {padding:?} must be at most half the kernel {kernel:?}")));
+    }
+    Ok(Window { kernel, stride, padding, dilation: [1, 1] })
+}

@@ -1,0 +1,165 @@
+//! Layers loaded from a PyTorch checkpoint (parameters under PyTorch's names, saved by
+//! `fixtures/make_torch_fixtures.py`) compute PyTorch's outputs and gradients.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use sinapse::nn::{CellKind, Conv1d, Conv2d, Embedding, Mode, Module, Pool2d, PoolKind, Recurrent, RecurrentState};
+use sinapse::train::checkpoint::{load_into, load_weights};
+use sinapse::{Rng, Tensor};
+
+struct Fixture(HashMap<String, Tensor>);
+
+impl Fixture {
+    fn load() -> Fixture {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_layers.safetensors");
+        Fixture(load_weights(path).unwrap().into_iter().collect())
+    }
+
+    fn get(&self, name: &str) -> Tensor {
+        self.0.get(name).unwrap_or_else(|| panic!("fixture has no {name}")).clone()
+    }
+
+    /// The layer's parameters under their PyTorch names (without the `prefix.`).
+    fn params(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let p = format!("{prefix}.");
+        let data = ["input", "output", "upstream", "grad.", "indices"];
+        self.0
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(&p).map(|n| (n.to_string(), v.clone())))
+            .filter(|(n, _)| !data.iter().any(|d| n.starts_with(d)))
+            .collect()
+    }
+
+    /// Loads the parameters into `layer` by name (every name and shape must match).
+    fn load_into(&self, prefix: &str, layer: &dyn Module) {
+        load_into(layer, &self.params(prefix), Path::new(prefix)).unwrap();
+    }
+
+    /// Compares outputs, then backpropagates Σ output_i · upstream_i and compares the
+    /// gradients of every parameter and of the inputs PyTorch recorded.
+    fn check(&self, prefix: &str, layer: &dyn Module, inputs: &[Tensor], outputs: &[Tensor]) {
+        let mut loss = Tensor::scalar(0.0);
+        for (i, out) in outputs.iter().enumerate() {
+            close(&format!("{prefix}.output{i}"), out, &self.get(&format!("{prefix}.output{i}")));
+            loss = loss.add(&out.mul(&self.get(&format!("{prefix}.upstream{i}"))).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        for (name, p) in layer.named_parameters() {
+            close(
+                &format!("{prefix}.grad.{name}"),
+                grads.get(&p).unwrap(),
+                &self.get(&format!("{prefix}.grad.{name}")),
+            );
+        }
+        for (i, x) in inputs.iter().enumerate() {
+            if let Some(want) = self.0.get(&format!("{prefix}.grad.input{i}")) {
+                close(&format!("{prefix}.grad.input{i}"), grads.get(x).unwrap(), want);
+            }
+        }
+    }
+}
+
+fn close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shapes");
+    for (i, (g, w)) in got.to_vec().iter().zip(want.to_vec()).enumerate() {
+        assert!((g - w).abs() <= 1e-5 + 1e-4 * w.abs(), "{what}[{i}]: sinapse {g}, pytorch {w}");
+    }
+}
+
+fn input(f: &Fixture, name: &str) -> Tensor {
+    f.get(name).set_requires_grad(true)
+}
+
+#[test]
+fn conv2d_with_stride_padding_and_dilation() {
+    let f = Fixture::load();
+    let conv = Conv2d::new(2, 3, [3, 2], &mut Rng::seed(0)).unwrap().stride([2, 1]).padding([1, 1]).dilation([1, 2]);
+    f.load_into("conv2d", &conv);
+    let x = input(&f, "conv2d.input0");
+    let y = conv.forward(&x, Mode::Eval).unwrap();
+    f.check("conv2d", &conv, &[x], &[y]);
+}
+
+#[test]
+fn conv1d() {
+    let f = Fixture::load();
+    let mut conv = Conv1d::new(2, 4, 3, &mut Rng::seed(0)).unwrap();
+    (conv.stride, conv.padding, conv.dilation) = (2, 1, 2);
+    f.load_into("conv1d", &conv);
+    let x = input(&f, "conv1d.input0");
+    let y = conv.forward(&x, Mode::Eval).unwrap();
+    f.check("conv1d", &conv, &[x], &[y]);
+}
+
+#[test]
+fn max_and_average_pooling_with_padding() {
+    let f = Fixture::load();
+    for (prefix, kind) in [("maxpool", PoolKind::Max), ("avgpool", PoolKind::Avg)] {
+        let pool = Pool2d { kind, kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+        let x = input(&f, &format!("{prefix}.input0"));
+        let y = pool.forward(&x, Mode::Eval).unwrap();
+        f.check(prefix, &pool, &[x], &[y]);
+    }
+}
+
+#[test]
+fn two_layer_lstm_batch_first_with_initial_state() {
+    let f = Fixture::load();
+    let lstm = Recurrent::new(CellKind::Lstm, 4, 5, 2, true, &mut Rng::seed(0)).unwrap();
+    f.load_into("lstm", &lstm);
+    let x = input(&f, "lstm.input0");
+    let state = RecurrentState { h: f.get("lstm.input1"), c: Some(f.get("lstm.input2")) };
+    let (out, last) = lstm.forward_with_state(&x, Some(&state)).unwrap();
+    f.check("lstm", &lstm, &[x], &[out, last.h, last.c.unwrap()]);
+}
+
+#[test]
+fn two_layer_gru_sequence_first() {
+    let f = Fixture::load();
+    let gru = Recurrent::new(CellKind::Gru, 4, 5, 2, false, &mut Rng::seed(0)).unwrap();
+    f.load_into("gru", &gru);
+    let x = input(&f, "gru.input0");
+    let state = RecurrentState { h: f.get("gru.input1"), c: None };
+    let (out, last) = gru.forward_with_state(&x, Some(&state)).unwrap();
+    f.check("gru", &gru, &[x], &[out, last.h]);
+}
+
+#[test]
+fn elman_rnn() {
+    let f = Fixture::load();
+    let rnn = Recurrent::new(CellKind::Rnn, 4, 5, 1, true, &mut Rng::seed(0)).unwrap();
+    f.load_into("rnn", &rnn);
+    let x = input(&f, "rnn.input0");
+    let state = RecurrentState { h: f.get("rnn.input1"), c: None };
+    let (out, last) = rnn.forward_with_state(&x, Some(&state)).unwrap();
+    f.check("rnn", &rnn, &[x], &[out, last.h]);
+}
+
+#[test]
+fn embedding() {
+    let f = Fixture::load();
+    let emb = Embedding::new(10, 3, &mut Rng::seed(0)).unwrap();
+    f.load_into("embedding", &emb);
+    let y = emb.forward(&f.get("embedding.indices"), Mode::Eval).unwrap();
+    f.check("embedding", &emb, &[], &[y]);
+}
+
+#[test]
+fn parameter_names_and_shapes_are_pytorchs() {
+    let lstm = Recurrent::new(CellKind::Lstm, 4, 5, 2, true, &mut Rng::seed(0)).unwrap();
+    let names: Vec<(String, Vec<usize>)> =
+        lstm.named_parameters().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    assert_eq!(names[0], ("weight_ih_l0".to_string(), vec![20, 4]));
+    assert_eq!(names[1], ("weight_hh_l0".to_string(), vec![20, 5]));
+    assert_eq!(names[4], ("weight_ih_l1".to_string(), vec![20, 5]));
+    let conv = Conv2d::new(3, 8, [5, 5], &mut Rng::seed(0)).unwrap();
+    assert_eq!(conv.weight.shape(), &[8, 3, 5, 5]);
+    // A checkpoint for another shape is refused with the offending name.
+    let f = Fixture::load();
+    let wrong = Recurrent::new(CellKind::Lstm, 4, 6, 2, true, &mut Rng::seed(0)).unwrap();
+    let e = load_into(&wrong, &f.params("lstm"), Path::new("torch_layers.safetensors")).unwrap_err().to_string();
+    assert!(e.contains("weight_hh_l0 has shape [20, 5], the model needs [24, 6]"), "{e}");
+}
