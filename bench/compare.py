@@ -2,7 +2,7 @@
 
     python3 bench/compare.py mlp [--pairs 5] [--sinapse target/release/sinapse]
 
-Runs `sinapse bench NAME --runs 1` and `python3 bench/pytorch_NAME.py --runs 1` alternately,
+Runs `sinapse bench NAME --runs 1` and `python3 bench/pytorch_bench.py NAME --runs 1` alternately,
 reads the samples/s each prints on its last line, and prints every pair's ratio and the median
 ratio (Sinapse / PyTorch). Build first with `cargo build --release`; run with a Python that
 has torch installed.
@@ -33,7 +33,7 @@ def main():
     p.add_argument("--sinapse", default=os.path.join(here, "..", "target", "release", "sinapse"))
     args = p.parse_args()
     ours = [args.sinapse, "bench", args.name, "--runs", "1"]
-    theirs = [sys.executable, os.path.join(here, f"pytorch_{args.name}.py"), "--runs", "1"]
+    theirs = [sys.executable, os.path.join(here, "pytorch_bench.py"), args.name, "--runs", "1"]
     ratios = []
     for i in range(args.pairs):
         a, acc_a = last_figures(ours)

@@ -59,7 +59,7 @@ pub struct ModelSpec {
     pub optimizer: OptimizerSpec,
     /// Learning-rate schedule (default: constant).
     #[serde(default)]
-    pub schedule: Option<ScheduleSpec>,
+    pub schedule: Option<LrSchedule>,
     /// Validation during training (holdout) or cross-validation settings (kfold, loo).
     #[serde(default)]
     pub validation: Option<ValidationSpec>,
@@ -418,46 +418,6 @@ impl OptimizerSpec {
     }
 }
 
-/// A learning-rate schedule, stepped per epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ScheduleSpec {
-    /// No change.
-    Constant,
-    /// Multiply by `gamma` every `step_size` epochs.
-    Step {
-        /// Epochs between decays.
-        step_size: usize,
-        /// Factor per decay.
-        gamma: f32,
-    },
-    /// Multiply by `gamma` every epoch.
-    Exponential {
-        /// Factor per epoch.
-        gamma: f32,
-    },
-    /// Half a cosine from the base rate down to `eta_min` over `t_max` epochs.
-    Cosine {
-        /// Length in epochs.
-        t_max: usize,
-        /// Final rate (default 0).
-        #[serde(default)]
-        eta_min: f32,
-    },
-}
-
-impl ScheduleSpec {
-    /// The schedule.
-    pub fn build(&self) -> LrSchedule {
-        match *self {
-            ScheduleSpec::Constant => LrSchedule::Constant,
-            ScheduleSpec::Step { step_size, gamma } => LrSchedule::Step { step_size, gamma },
-            ScheduleSpec::Exponential { gamma } => LrSchedule::Exponential { gamma },
-            ScheduleSpec::Cosine { t_max, eta_min } => LrSchedule::Cosine { t_max, eta_min },
-        }
-    }
-}
-
 /// How a job is validated.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
@@ -535,7 +495,7 @@ impl ModelSpec {
             return bad("a model needs at least one layer".into());
         }
         if let Some(s) = &self.schedule {
-            s.build().validate()?;
+            s.validate()?;
         }
         match self.validation {
             Some(ValidationSpec::Holdout { train_fraction, .. }) if !(train_fraction > 0.0 && train_fraction < 1.0) => {
@@ -587,7 +547,7 @@ impl ModelSpec {
             batch_size: self.batch_size,
             task,
             loss: self.loss_for(&task),
-            schedule: self.schedule.map_or(LrSchedule::Constant, |s| s.build()),
+            schedule: self.schedule.unwrap_or_default(),
             early_stopping: self.early_stopping,
             clip_grad_norm: self.clip_grad_norm,
             seed: self.seed,

@@ -91,11 +91,7 @@ impl Module for Conv2d {
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut p = vec![("weight".to_string(), self.weight.clone())];
-        if let Some(b) = &self.bias {
-            p.push(("bias".to_string(), b.clone()));
-        }
-        p
+        super::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn describe(&self) -> String {
@@ -141,11 +137,7 @@ impl Module for Conv1d {
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut p = vec![("weight".to_string(), self.weight.clone())];
-        if let Some(b) = &self.bias {
-            p.push(("bias".to_string(), b.clone()));
-        }
-        p
+        super::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn describe(&self) -> String {

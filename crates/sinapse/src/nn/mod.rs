@@ -25,6 +25,15 @@ pub use summary::{layer_summaries, summary, LayerSummary};
 
 use crate::{Result, Tensor};
 
+/// The parameters of a layer with a weight and an optional bias, under PyTorch's names.
+pub(crate) fn weight_and_bias(weight: &Tensor, bias: Option<&Tensor>) -> Vec<(String, Tensor)> {
+    let mut p = vec![("weight".to_string(), weight.clone())];
+    if let Some(b) = bias {
+        p.push(("bias".to_string(), b.clone()));
+    }
+    p
+}
+
 /// Whether a forward pass is for training or for evaluation.
 ///
 /// Layers such as dropout behave differently in the two (dropout is the identity in `Eval`).

@@ -106,7 +106,8 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
-        self.state.step("Adam::step", &self.params, grads)
+        let op = if self.state.decoupled { "AdamW::step" } else { "Adam::step" };
+        self.state.step(op, &self.params, grads)
     }
     fn lr(&self) -> f32 {
         self.state.cfg.lr
@@ -119,10 +120,7 @@ impl Optimizer for Adam {
 /// AdamW (Loshchilov & Hutter, 2019), as PyTorch's `torch.optim.AdamW`: Adam whose weight
 /// decay shrinks the weights directly, `w ← w·(1 - lr·weight_decay)`, instead of entering the
 /// gradient (PyTorch's default decay 0.01).
-pub struct AdamW {
-    params: Vec<Tensor>,
-    state: Moments,
-}
+pub struct AdamW(Adam);
 
 impl AdamW {
     /// AdamW with PyTorch's defaults (weight decay 0.01) and learning rate `lr`.
@@ -133,22 +131,20 @@ impl AdamW {
     /// AdamW with every setting given.
     pub fn with_config(params: Vec<Tensor>, cfg: AdamConfig) -> Result<AdamW> {
         cfg.check("AdamW")?;
-        let n = params.len();
-        Ok(AdamW {
-            params,
-            state: Moments { cfg, decoupled: true, t: 0, m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
-        })
+        let mut adam = Adam::with_config(params, cfg)?;
+        adam.state.decoupled = true;
+        Ok(AdamW(adam))
     }
 }
 
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
-        self.state.step("AdamW::step", &self.params, grads)
+        self.0.step(grads)
     }
     fn lr(&self) -> f32 {
-        self.state.cfg.lr
+        self.0.lr()
     }
     fn set_lr(&mut self, lr: f32) {
-        self.state.cfg.lr = lr;
+        self.0.set_lr(lr);
     }
 }

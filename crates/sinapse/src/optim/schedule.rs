@@ -1,10 +1,16 @@
 //! Learning-rate schedules, stepped once per epoch.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{Error, Result};
 
 /// How the learning rate changes with the epoch (PyTorch's `StepLR`, `ExponentialLR`,
 /// `CosineAnnealingLR`). `epoch` counts completed epochs, so epoch 0 uses the base rate.
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+///
+/// In a model spec: `[schedule]` with `type = "step"` (`step_size`, `gamma`), `"exponential"`
+/// (`gamma`), `"cosine"` (`t_max`, `eta_min` default 0) or `"constant"`.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LrSchedule {
     /// The base rate throughout.
     #[default]
@@ -26,7 +32,8 @@ pub enum LrSchedule {
     Cosine {
         /// Epochs of the half cosine.
         t_max: usize,
-        /// The final rate.
+        /// The final rate (default 0).
+        #[serde(default)]
         eta_min: f32,
     },
 }
