@@ -26,7 +26,7 @@ fn main() -> Result<()> {
         .add(nn::Linear::new(256, 128, &mut rng)?)
         .add(nn::Relu)
         .add(nn::Linear::new(128, 10, &mut rng)?);
-    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut opt = Sgd::new(model.parameters(), 0.1)?;
     let mut loader = DataLoader::new(&train, 128)?.shuffle(0);
 
     for epoch in 1..=15 {

@@ -33,7 +33,7 @@ fn main() -> Result<()> {
         .add(nn::Tanh)
         .add(nn::Linear::new(4, 1, &mut rng)?)
         .add(nn::Sigmoid);
-    let mut opt = Sgd::new(model.parameters(), 1.0);
+    let mut opt = Sgd::new(model.parameters(), 1.0)?;
     for epoch in 1..=3000 {
         let prediction = model.forward(&x, Mode::Train)?; // forward pass (MLPFORWARD)
         let loss = loss::mse(&prediction, &y)?;

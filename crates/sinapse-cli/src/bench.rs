@@ -63,7 +63,7 @@ fn run_benchmark(
     let mut runs = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
         let model = build(&mut Rng::seed(0))?;
-        let mut opt = Sgd::new(model.parameters(), lr);
+        let mut opt = Sgd::new(model.parameters(), lr)?;
         let history = fit(&model, &mut opt, &train, None, cfg, &mut Silent)?;
         let seconds: f64 = history.records.iter().map(|r| r.seconds).sum();
         let rate = (train.len() * history.records.len()) as f64 / seconds;

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use sinapse::job::{cross_validate, fold_score, CvMethod};
+use sinapse::spec::ValidationSpec;
 use sinapse::train::Silent;
 
-/// Options of `sinapse cv`.
+/// Options of `sinapse cv`. Without `--folds` or `--loo`, the spec's `[validation]` (kfold or
+/// loo) decides.
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("method").required(true).args(["folds", "loo"])))]
+#[command(group(clap::ArgGroup::new("method").args(["folds", "loo"])))]
 pub struct CvArgs {
     /// The model spec (TOML).
     spec: PathBuf,
@@ -27,34 +29,24 @@ pub struct CvArgs {
 /// Runs the command.
 pub fn run(args: CvArgs) -> Result<()> {
     let (spec, base) = crate::load_spec(&args.spec)?;
-    let method = match (args.folds, args.loo) {
-        (Some(k), false) => CvMethod::KFold { k, stratified: args.stratified },
-        (None, true) => {
-            if args.stratified {
-                bail!("--stratified applies to k-fold only (leave-one-out tests one sample per fold)");
-            }
-            CvMethod::LeaveOneOut
+    let method = match (args.folds, args.loo, spec.validation) {
+        (Some(k), false, _) => CvMethod::KFold { k, stratified: args.stratified },
+        (None, true, _) if args.stratified => {
+            bail!("--stratified applies to k-fold only (leave-one-out tests one sample per fold)")
         }
-        _ => bail!("give exactly one of --folds K and --loo"),
+        (None, true, _) => CvMethod::LeaveOneOut,
+        (None, false, Some(ValidationSpec::Kfold { folds, stratified })) => {
+            CvMethod::KFold { k: folds, stratified: stratified || args.stratified }
+        }
+        (None, false, Some(ValidationSpec::Loo)) => CvMethod::LeaveOneOut,
+        _ => bail!("give --folds K or --loo (the spec's [validation] is not kfold or loo)"),
     };
     let outcome = cross_validate(&spec, &base, method, &mut Silent, |i, n, f| {
         let width = n.to_string().len();
-        println!(
-            "fold {i:>width$}/{n}: {} {:.4} (train {}, test {})",
-            metric_name(&f.evaluation),
-            fold_score(&f.evaluation),
-            f.train_size,
-            f.test_size
-        );
+        let (metric, score) = fold_score(&f.evaluation);
+        println!("fold {i:>width$}/{n}: {metric} {score:.4} (train {}, test {})", f.train_size, f.test_size);
     })?;
     let (mean, std) = outcome.mean_std();
     println!("{}: mean {mean:.4} ± {std:.4} over {} folds", outcome.metric, outcome.folds.len());
     Ok(())
-}
-
-fn metric_name(e: &sinapse::train::Evaluation) -> &'static str {
-    match e.metrics {
-        sinapse::train::Metrics::Classification(_) => "accuracy",
-        sinapse::train::Metrics::Regression(_) => "mse",
-    }
 }

@@ -34,9 +34,9 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 Some(c) => c.classes.clone(),
                 None => (0..classes).map(|c| c.to_string()).collect(),
             };
-            // Probabilities: softmax of the logits, unless the model already ends in a
-            // probability layer (its rows then sum to 1 and stay as they are).
-            let probs = if ends_in_probabilities(&model) { outputs } else { outputs.softmax(1)? };
+            // Probabilities: the softmax of the outputs, unless the model already ends in a
+            // softmax layer.
+            let probs = if ends_in_softmax(&model) { outputs } else { outputs.softmax(1)? };
             let header: Vec<String> = names.iter().map(|n| format!("p_{n}")).collect();
             writeln!(csv, "prediction,{}", header.join(","))?;
             for row in probs.to_vec2()? {
@@ -62,9 +62,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// True when the spec's last layer is a softmax or sigmoid (its outputs are already
-/// probabilities-like and are reported as they are).
-fn ends_in_probabilities(model: &TrainedModel) -> bool {
-    use sinapse::spec::LayerSpec;
-    matches!(model.card.spec.layers.last(), Some(LayerSpec::Softmax | LayerSpec::Sigmoid))
+/// True when the spec's last layer is a softmax: its outputs are probabilities already.
+fn ends_in_softmax(model: &TrainedModel) -> bool {
+    matches!(model.card.spec.layers.last(), Some(sinapse::spec::LayerSpec::Softmax))
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use sinapse::nn::{self, Module};
+use sinapse::spec::ValidationSpec;
 use sinapse::train::{Evaluation, Metrics, ProgressReporter, Verbosity};
 use sinapse::{job, Rng};
 
@@ -54,6 +55,9 @@ pub fn final_line(prefix: &str, e: &Evaluation) -> String {
     }
 }
 
+/// Above this many classes no confusion matrix is drawn or written.
+const MAX_PLOTTED_CLASSES: usize = 50;
+
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
     let spec_path = args.spec.unwrap_or_else(|| crate::repo_path("models/mnist_mlp.toml"));
@@ -63,6 +67,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     let verbosity = if args.quiet { Verbosity::Quiet } else { Verbosity::Normal };
     let mut progress = ProgressReporter::new(verbosity);
+    if let Some(ValidationSpec::Kfold { .. } | ValidationSpec::Loo) = spec.validation {
+        println!(
+            "note: the spec's cross-validation runs with `sinapse cv`; train fits one model on all the training data"
+        );
+    }
     if !args.quiet {
         println!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
     }
@@ -91,9 +100,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
             write("history.csv", &history_csv)?;
             crate::plot::curves(dir, &outcome.history)?;
             if let Some(Evaluation { metrics: Metrics::Classification(m), .. }) = for_plot {
-                let names = classes.as_ref().map(|c| c.classes.clone());
-                crate::plot::confusion(&dir.join("confusion.png"), m, names.as_deref())?;
-                write("confusion.txt", &m.render(names.as_deref()))?;
+                // A confusion matrix of hundreds of classes is no picture (and a huge file).
+                if m.classes() <= MAX_PLOTTED_CLASSES {
+                    let names = classes.as_ref().map(|c| c.classes.clone());
+                    crate::plot::confusion(&dir.join("confusion.png"), m, names.as_deref())?;
+                    write("confusion.txt", &m.render(names.as_deref()))?;
+                }
             }
             Ok(())
         })

@@ -57,13 +57,15 @@ pub fn is_grad_enabled() -> bool {
 /// ```
 pub fn no_grad() -> NoGradGuard {
     let previous = GRAD_ENABLED.with(|g| g.replace(false));
-    NoGradGuard { previous }
+    NoGradGuard { previous, _same_thread: std::marker::PhantomData }
 }
 
 /// Restores the previous recording state when dropped; see [`no_grad`].
 #[must_use = "recording is switched off only while the guard lives"]
 pub struct NoGradGuard {
     previous: bool,
+    /// The flag is per thread: the guard must be dropped on the thread that made it.
+    _same_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for NoGradGuard {

@@ -110,8 +110,7 @@ pub fn gradcheck(
     let r_tensor = Tensor::from_vec(r.iter().map(|&v| v as f32).collect(), out.shape())?;
     let grads = out.mul(&r_tensor)?.sum_all()?.backward()?;
 
-    let mut report =
-        GradcheckReport { checked: 0, max_abs_error: 0.0, max_rel_error: 0.0, failures: Vec::new(), failure_count: 0 };
+    let mut report = GradcheckReport::empty();
     let _off = no_grad();
     for (k, x) in inputs.iter().enumerate() {
         if !x.requires_grad() {

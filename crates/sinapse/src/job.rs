@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::data::{split, Dataset, Scaler};
 use crate::gradcheck::{gradcheck_parameters, GradcheckOptions, ParamCheck};
 use crate::nn::{Mode, Module, Sequential};
-use crate::spec::{class_indices, ModelCard, ModelSpec, RawData, TrainedModel, ValidationSpec};
+use crate::spec::{class_indices, ModelCard, ModelSpec, RawData, TrainedModel, ValidationSpec, SPLIT_SALT};
 use crate::train::{evaluate, fit, Evaluation, History, Metrics, Observer, Task};
 use crate::{Error, Result, Rng};
 
@@ -49,7 +49,12 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
     let (train_part, val_part) = match spec.validation {
         Some(ValidationSpec::Holdout { train_fraction, stratified }) => {
             let strata = if stratified { class_indices(&raw.train, &raw.task) } else { None };
-            let fold = split::holdout(raw.train.len(), train_fraction, strata.as_deref(), &mut Rng::seed(spec.seed))?;
+            let fold = split::holdout(
+                raw.train.len(),
+                train_fraction,
+                strata.as_deref(),
+                &mut Rng::seed(spec.seed ^ SPLIT_SALT),
+            )?;
             (raw.train.subset(&fold.train)?, Some(raw.train.subset(&fold.test)?))
         }
         _ => (raw.train.clone(), None),
@@ -109,18 +114,19 @@ pub struct CvOutcome {
     pub metric: &'static str,
 }
 
-/// The score cross-validation reports per fold: accuracy, or MSE for regression.
-pub fn fold_score(e: &Evaluation) -> f64 {
+/// The score cross-validation reports per fold, with its name: accuracy, or MSE for
+/// regression.
+pub fn fold_score(e: &Evaluation) -> (&'static str, f64) {
     match &e.metrics {
-        Metrics::Classification(m) => m.accuracy(),
-        Metrics::Regression(r) => r.mse,
+        Metrics::Classification(m) => ("accuracy", m.accuracy()),
+        Metrics::Regression(r) => ("mse", r.mse),
     }
 }
 
 impl CvOutcome {
     /// Mean and (population) standard deviation of the per-fold scores.
     pub fn mean_std(&self) -> (f64, f64) {
-        let scores: Vec<f64> = self.folds.iter().map(|f| fold_score(&f.evaluation)).collect();
+        let scores: Vec<f64> = self.folds.iter().map(|f| fold_score(&f.evaluation).1).collect();
         let n = scores.len().max(1) as f64;
         let mean = scores.iter().sum::<f64>() / n;
         let var = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
@@ -142,7 +148,7 @@ pub fn cross_validate(
     let folds = match method {
         CvMethod::KFold { k, stratified } => {
             let strata = if stratified { class_indices(&data, &task) } else { None };
-            split::kfold(data.len(), k, strata.as_deref(), &mut Rng::seed(spec.seed))?
+            split::kfold(data.len(), k, strata.as_deref(), &mut Rng::seed(spec.seed ^ SPLIT_SALT))?
         }
         CvMethod::LeaveOneOut => split::leave_one_out(data.len())?,
     };

@@ -23,7 +23,7 @@
 //!     .add(nn::Linear::new(8, 1, &mut rng)?);
 //! let x = Tensor::from_vec(vec![0., 0., 0., 1., 1., 0., 1., 1.], &[4, 2])?;
 //! let y = Tensor::from_vec(vec![0., 1., 1., 0.], &[4, 1])?;
-//! let mut opt = Sgd::new(model.parameters(), 0.5);
+//! let mut opt = Sgd::new(model.parameters(), 0.5)?;
 //! for _ in 0..10 {
 //!     let loss = nn::loss::mse(&model.forward(&x, Mode::Train)?, &y)?;
 //!     opt.step(&loss.backward()?)?;

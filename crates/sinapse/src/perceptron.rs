@@ -66,7 +66,11 @@ impl Perceptron {
         if x.len() + 1 != self.weights.len() {
             return Err(Error::invalid(
                 "Perceptron",
-                format!("{} weights need {} inputs, got {}", self.weights.len(), self.weights.len() - 1, x.len()),
+                format!(
+                    "{} weights (w0 for the bias, then one per input) do not fit {} inputs",
+                    self.weights.len(),
+                    x.len()
+                ),
             ));
         }
         Ok(())

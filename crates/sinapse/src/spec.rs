@@ -34,7 +34,7 @@ use crate::data::csv::{read_csv, Target};
 use crate::data::{idx::read_labelled_images, split, Dataset, LabelMap, Scaler, Scaling};
 use crate::nn::{self, Init, Mode, Module, Sequential};
 use crate::optim::{Adam, AdamConfig, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
-use crate::train::{checkpoint, EarlyStopping, FitConfig, LossKind, Task};
+use crate::train::{checkpoint, yes, EarlyStopping, FitConfig, LossKind, Task};
 use crate::{no_grad, Error, Result, Rng, Tensor};
 
 /// A training job.
@@ -77,7 +77,7 @@ pub struct ModelSpec {
 pub enum DataSpec {
     /// MNIST-style IDX files: images (bytes scaled to [0, 1], flattened) and labels.
     Idx {
-        /// Training images (rank 3 IDX, `.gz` or plain).
+        /// Training images (IDX of rank 2 or more, `.gz` or plain).
         train_images: PathBuf,
         /// Training labels (rank 1 IDX).
         train_labels: PathBuf,
@@ -294,10 +294,6 @@ fn zero2() -> Size2 {
     Size2::Square(0)
 }
 
-fn yes() -> bool {
-    true
-}
-
 fn leaky_default() -> f32 {
     0.01
 }
@@ -448,6 +444,13 @@ fn two_thirds() -> f64 {
     2.0 / 3.0
 }
 
+/// Mixed into the spec's seed for the test split, so it is its own random stream.
+const TEST_SALT: u64 = 0x7e57_7e57;
+/// Mixed into the spec's seed for validation splits (holdout, folds).
+pub const SPLIT_SALT: u64 = 0x5b11_75ee;
+/// Mixed into the spec's seed for the training shuffle.
+const SHUFFLE_SALT: u64 = 0x5ffe_1e5e;
+
 /// A spec's data, read but not yet scaled.
 #[derive(Clone, Debug)]
 pub struct RawData {
@@ -517,6 +520,19 @@ impl ModelSpec {
                 return bad(format!("test_fraction must be in (0, 1), got {f}"));
             }
         }
+        let classification = match &self.data {
+            DataSpec::Idx { .. } => true,
+            DataSpec::Csv { task, .. } => *task == TaskKind::Classification,
+        };
+        let cross_entropy = match self.loss {
+            Some(l) => l == LossKind::CrossEntropy,
+            None => classification,
+        };
+        if cross_entropy && matches!(self.layers.last(), Some(LayerSpec::Softmax)) {
+            return bad("cross_entropy applies softmax to the model's outputs itself: remove the final \
+                        softmax layer (predict still reports probabilities)"
+                .into());
+        }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
                 return bad(format!("clip_grad_norm must be > 0, got {c}"));
@@ -534,10 +550,7 @@ impl ModelSpec {
 
     /// The loss: as given, or the task's default.
     pub fn loss_for(&self, task: &Task) -> LossKind {
-        self.loss.unwrap_or(match task {
-            Task::Classification { .. } => LossKind::CrossEntropy,
-            Task::Regression => LossKind::Mse,
-        })
+        self.loss.unwrap_or_else(|| LossKind::default_for(task))
     }
 
     /// The settings of [`crate::train::fit`] for this job.
@@ -550,7 +563,8 @@ impl ModelSpec {
             schedule: self.schedule.unwrap_or_default(),
             early_stopping: self.early_stopping,
             clip_grad_norm: self.clip_grad_norm,
-            seed: self.seed,
+            // Its own stream: the shuffle order should not mirror the initial weights' draws.
+            seed: self.seed ^ SHUFFLE_SALT,
         }
     }
 
@@ -606,8 +620,12 @@ impl ModelSpec {
                     }
                     (None, Some(f)) => {
                         let strata = class_indices(&all, &task);
-                        let fold =
-                            split::holdout(all.len(), 1.0 - f, strata.as_deref(), &mut Rng::seed(self.seed ^ 0x7e57))?;
+                        let fold = split::holdout(
+                            all.len(),
+                            1.0 - f,
+                            strata.as_deref(),
+                            &mut Rng::seed(self.seed ^ TEST_SALT),
+                        )?;
                         (all.subset(&fold.train)?, Some(all.subset(&fold.test)?))
                     }
                     (None, None) => (all, None),
@@ -753,6 +771,39 @@ pub struct ModelCard {
     pub spec: ModelSpec,
 }
 
+impl ModelCard {
+    /// Checks that the card's parts agree: a valid spec, one class name per output, one
+    /// feature name per input value, and a scaler for that many features.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        let bad = |msg: String| Err(Error::invalid("model card", msg));
+        if let (Task::Classification { classes }, Some(map)) = (&self.task, &self.classes) {
+            if map.len() != *classes {
+                return bad(format!("{} class names for {classes} classes", map.len()));
+            }
+        }
+        let inputs = crate::tensor::checked_elem_count("model card", &self.input_shape)?;
+        if self.feature_names.len() != inputs {
+            return bad(format!(
+                "{} feature names for inputs of shape {:?}",
+                self.feature_names.len(),
+                self.input_shape
+            ));
+        }
+        let scaled = match &self.scaler {
+            Scaler::None => None,
+            Scaler::Standard { mean, std } => Some((mean.len(), std.len())),
+            Scaler::MinMax { min, max } => Some((min.len(), max.len())),
+        };
+        if let Some((a, b)) = scaled {
+            if a != inputs || b != inputs {
+                return bad(format!("the scaler has {a} and {b} values for {inputs} features"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A model with everything needed to use it on new data.
 pub struct TrainedModel {
     /// Metadata and preprocessing.
@@ -791,6 +842,7 @@ impl TrainedModel {
             std::fs::read_to_string(&card_path).map_err(|source| Error::Io { path: card_path.clone(), source })?;
         let card: ModelCard = toml::from_str(&text)
             .map_err(|e| Error::Format { path: card_path.clone(), msg: e.message().to_string() })?;
+        card.validate().map_err(|e| Error::Format { path: card_path.clone(), msg: e.to_string() })?;
         let model = card.spec.build_model(&card.input_shape, &card.task, &mut Rng::seed(card.spec.seed))?;
         let weights_path = dir.join(WEIGHTS_FILE);
         checkpoint::load_into(&model, &checkpoint::load_weights(&weights_path)?, &weights_path)?;
@@ -855,6 +907,9 @@ lr = 0.1
         assert!(e.contains("glorot") && e.contains("xavier_uniform"), "{e}");
         let e = parse(&MINIMAL.replace("epochs = 3", "epochs = 0")).unwrap_err().to_string();
         assert!(e.contains("epochs must be at least 1"), "{e}");
+        let softmax_last = MINIMAL.replace("[optimizer]", "[[layers]]\ntype = \"softmax\"\n[optimizer]");
+        let e = parse(&softmax_last).unwrap_err().to_string();
+        assert!(e.contains("cross_entropy applies softmax"), "{e}");
     }
 
     #[test]

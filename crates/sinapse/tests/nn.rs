@@ -149,7 +149,7 @@ fn sgd_step_is_w_minus_lr_grad() {
         .unwrap()
         .add(&w.narrow(0, 1, 1).unwrap().powf(2.0).unwrap().sum_all().unwrap())
         .unwrap();
-    let mut opt = Sgd::new(vec![w.clone()], 0.1);
+    let mut opt = Sgd::new(vec![w.clone()], 0.1).unwrap();
     opt.step(&loss.backward().unwrap()).unwrap();
     assert_close(&w.to_vec(), &[1.0 - 0.3, -2.0 + 0.4], 1e-6);
 }
@@ -164,7 +164,7 @@ fn an_mlp_learns_xor_where_the_perceptron_cannot() {
         .add(nn::Tanh)
         .add(nn::Linear::new(4, 1, &mut rng).unwrap())
         .add(nn::Sigmoid);
-    let mut opt = Sgd::new(model.parameters(), 1.0);
+    let mut opt = Sgd::new(model.parameters(), 1.0).unwrap();
     let first = loss::mse(&model.forward(&x, Mode::Train).unwrap(), &y).unwrap().to_scalar().unwrap();
     for _ in 0..3000 {
         let loss = loss::mse(&model.forward(&x, Mode::Train).unwrap(), &y).unwrap();
@@ -193,7 +193,7 @@ fn mnist_mlp_reaches_the_course_accuracy() {
         .add(nn::Linear::new(128, 10, &mut rng).unwrap());
     let task = Task::Classification { classes: 10 };
     let cfg = FitConfig { epochs: 15, batch_size: 128, ..FitConfig::new(task) };
-    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
     let history = fit(&model, &mut opt, &train, None, &cfg, &mut Silent).unwrap();
     assert!(history.records[14].train_loss < history.records[0].train_loss / 3.0);
     let acc = evaluate(&model, &test, &task, LossKind::CrossEntropy, 500).unwrap().metric();
@@ -206,7 +206,7 @@ fn a_nan_loss_stops_training_with_its_epoch_and_batch() {
     let labels = t(&[0.0, 1.0], &[2]);
     let model = nn::Linear::new(2, 2, &mut Rng::seed(0)).unwrap();
     let cfg = FitConfig { epochs: 3, batch_size: 2, ..FitConfig::new(Task::Classification { classes: 2 }) };
-    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
     let data = Dataset::new(x, labels).unwrap();
     let e = fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap_err();
     assert_eq!(e.to_string(), "non-finite value NaN in loss at epoch 1, batch 1");

@@ -30,7 +30,7 @@ fn close(got: &[f32], want: &[f64]) {
 fn sgd_plain_momentum_nesterov_and_weight_decay() -> Result<()> {
     // Plain: w1 = 1 - 0.1·2 = 0.8, w2 = 0.8 - 0.1·1.6 = 0.64.
     let w = param();
-    close(&run(&w, &mut Sgd::new(vec![w.clone()], 0.1), 2, false), &[0.8, 0.64]);
+    close(&run(&w, &mut Sgd::new(vec![w.clone()], 0.1)?, 2, false), &[0.8, 0.64]);
     // Momentum 0.9: b1 = g1 = 2, w1 = 0.8; g2 = 1.6, b2 = 0.9·2 + 1.6 = 3.4, w2 = 0.8 - 0.34 = 0.46.
     let w = param();
     close(&run(&w, &mut Sgd::with_options(vec![w.clone()], 0.1, 0.9, false, 0.0)?, 2, false), &[0.8, 0.46]);

@@ -62,6 +62,18 @@ fn views_share_storage_and_reorder() {
 }
 
 #[test]
+fn shapes_too_large_to_count_are_errors_not_wraparounds() {
+    let e = Tensor::zeros(&[0]).reshape(&[1 << 32, 1 << 32, 0, 1 << 40]).unwrap_err();
+    assert!(e.to_string().contains("more elements than fit"), "{e}");
+    let e = Tensor::zeros(&[1, 1]).broadcast_to(&[usize::MAX, 3]).unwrap_err();
+    assert!(e.to_string().contains("broadcast_to"), "{e}");
+    let (a, b) = (Tensor::zeros(&[1, 1]), Tensor::zeros(&[1]));
+    let (a, b) = (a.broadcast_to(&[1 << 40, 1]).unwrap(), b.broadcast_to(&[1 << 40]).unwrap());
+    assert!(a.add(&b.unsqueeze(1).unwrap().t().unwrap()).is_err(), "[2^40, 1] + [1, 2^40] overflows");
+    assert!(Tensor::from_vec(vec![], &[usize::MAX, 2]).is_err());
+}
+
+#[test]
 fn view_errors_name_the_op() {
     let x = Tensor::zeros(&[2, 3]);
     let msg = |e: Error| e.to_string();
@@ -108,6 +120,11 @@ fn unary_and_comparisons() {
     assert_eq!(x.eq(&zero).unwrap().to_vec(), vec![0., 0., 1., 0., 0.]);
     assert_eq!(x.ne(&zero).unwrap().to_vec(), vec![1., 1., 0., 1., 1.]);
     assert_eq!(x.maximum(&zero).unwrap().to_vec(), vec![0., 0., 0., 1., 4.]);
+    // NaN propagates, as in PyTorch: a diverging model must not look finite.
+    let nan = t(&[f32::NAN, 1.0], &[2]);
+    assert!(nan.maximum(&zero).unwrap().to_vec()[0].is_nan());
+    assert!(nan.minimum(&zero).unwrap().to_vec()[0].is_nan());
+    assert!(nan.relu().unwrap().to_vec()[0].is_nan());
     assert_eq!(x.minimum(&zero).unwrap().to_vec(), vec![-2., -0.5, 0., 0., 0.]);
 }
 

@@ -186,7 +186,7 @@ fn early_stopping_restores_the_best_epoch() {
         early_stopping: Some(sinapse::train::EarlyStopping { patience: 10, restore_best: true, min_delta: 0.0 }),
         ..FitConfig::new(task)
     };
-    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
     let h = fit(&model, &mut opt, &train, Some(&val), &cfg, &mut Silent).unwrap();
     assert!(h.stopped_early && h.restored_best, "{h:?}");
     let best = h.best_epoch.unwrap();
@@ -195,6 +195,25 @@ fn early_stopping_restores_the_best_epoch() {
     assert!(h.records.iter().all(|r| r.val_loss.unwrap() >= best_loss));
     let now = evaluate(&model, &val, &task, LossKind::CrossEntropy, 256).unwrap().loss;
     assert_eq!(now, best_loss, "the restored weights are the best epoch's");
+    // patience 0 stops at the first epoch that does not improve, and not before.
+    let model = nn::Sequential::new().add(nn::Linear::new(5, 2, &mut Rng::seed(4)).unwrap());
+    let cfg0 = FitConfig {
+        epochs: 50,
+        batch_size: 8,
+        early_stopping: Some(sinapse::train::EarlyStopping { patience: 0, restore_best: false, min_delta: 0.0 }),
+        ..FitConfig::new(task)
+    };
+    let mut opt = Sgd::new(model.parameters(), 0.5).unwrap();
+    let h0 = fit(&model, &mut opt, &train, Some(&val), &cfg0, &mut Silent).unwrap();
+    let n = h0.records.len();
+    assert!(n > 1 && h0.stopped_early, "{n} epochs");
+    assert!(h0.records[n - 1].val_loss >= h0.records[n - 2].val_loss);
+    assert!(h0.records.windows(2).take(n - 2).all(|w| w[1].val_loss < w[0].val_loss));
+    let bad = FitConfig {
+        early_stopping: Some(sinapse::train::EarlyStopping { min_delta: f32::NAN, ..cfg0.early_stopping.unwrap() }),
+        ..cfg0
+    };
+    assert!(fit(&model, &mut opt, &train, Some(&val), &bad, &mut Silent).is_err());
     let csv = h.to_csv();
     assert!(csv.starts_with("epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,samples_per_sec\n"));
     assert_eq!(csv.lines().count(), h.records.len() + 1);
@@ -221,6 +240,11 @@ fn a_saved_model_reloads_and_predicts_the_same() {
     std::fs::copy(other_dir.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let e = TrainedModel::load(&dir).err().unwrap().to_string();
     assert!(e.contains("0.weight has shape [8, 4], the model needs [16, 4]"), "{e}");
+    // A model card whose parts disagree is refused when loaded, not when used.
+    let card = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+    std::fs::write(dir.join("model.toml"), card.replace("\"virginica\"", "")).unwrap();
+    let e = TrainedModel::load(&dir).err().unwrap().to_string();
+    assert!(e.contains("model.toml") && e.contains("2 class names for 3 classes"), "{e}");
 }
 
 #[test]
@@ -231,7 +255,7 @@ fn a_nan_loss_names_epoch_and_batch_in_fit() {
     let model = nn::Linear::new(1, 2, &mut Rng::seed(0)).unwrap();
     let mut cfg = FitConfig::new(Task::Classification { classes: 2 });
     cfg.batch_size = 2;
-    let mut opt = Sgd::new(model.parameters(), 0.1);
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
     let e = fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap_err().to_string();
     assert!(e.starts_with("non-finite value") && e.contains("loss at epoch 1, batch"), "{e}");
 }

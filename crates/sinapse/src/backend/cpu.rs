@@ -78,20 +78,6 @@ pub fn zip_map(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, f: impl Fn(f32, f
     out
 }
 
-/// `f(a, b, c)` elementwise over three operands of one shape.
-pub fn zip3_map(
-    a: (&[f32], &Layout),
-    b: (&[f32], &Layout),
-    c: (&[f32], &Layout),
-    f: impl Fn(f32, f32, f32) -> f32,
-) -> Vec<f32> {
-    let mut out = Vec::with_capacity(a.1.elem_count());
-    for_each_run(a.1.shape(), [a.1, b.1, c.1], |[oa, ob, oc], len, [sa, sb, sc]| {
-        out.extend((0..len).map(|j| f(a.0[oa + j * sa], b.0[ob + j * sb], c.0[oc + j * sc])));
-    });
-    out
-}
-
 /// A reduction over one axis of a row-major buffer seen as `[outer, len, inner]`.
 #[derive(Clone, Copy, Debug)]
 pub enum Reduce {
@@ -193,16 +179,14 @@ pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize
     };
     let (sa, sb) = (la.strides(), lb.strides());
     let (ra, rb) = (la.rank(), lb.rank());
-    // The output is not zeroed first: gemm writes every element (it never reads `dst` when
-    // `read_dst` is false), so the buffer is only marked initialised once all products ran.
-    let mut out: Vec<f32> = Vec::with_capacity(batch * m * n);
+    let mut out = vec![0.0f32; batch * m * n];
     let dst = SendPtr(out.as_mut_ptr());
     let product = |bi: usize, parallelism: gemm::Parallelism| {
         let (oa, ob) = (batch_offset(la, bi), batch_offset(lb, bi));
-        // SAFETY: the layouts were checked against the storages when the tensors were made, so
-        // every (row, col) offset the strides produce lies inside `a` and `b`; the m x n block
-        // of entry `bi` lies inside the output's capacity and no two entries overlap. gemm
-        // computes dst = 0·dst + 1·(a·b) without reading dst.
+        // SAFETY: the layouts were checked against the storages when the tensors were made (and
+        // every shape's element count was checked to fit a usize), so every (row, col) offset
+        // the strides produce lies inside `a` and `b`; the m x n block of entry `bi` lies inside
+        // the zeroed output and no two entries overlap.
         unsafe {
             gemm::gemm(
                 m,
@@ -232,8 +216,6 @@ pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize
     } else {
         (0..batch).for_each(|bi| product(bi, gemm::Parallelism::Rayon(0)));
     }
-    // SAFETY: every one of the batch·m·n elements was written by gemm above.
-    unsafe { out.set_len(batch * m * n) };
     out
 }
 
@@ -271,9 +253,9 @@ impl Window {
     /// Output size along one axis: ⌊(in + 2·pad - dil·(k - 1) - 1) / stride⌋ + 1, or None when
     /// the window does not fit.
     pub fn output_size(&self, axis: usize, input: usize) -> Option<usize> {
-        let span = self.dilation[axis] * (self.kernel[axis].checked_sub(1)?) + 1;
-        let padded = input + 2 * self.padding[axis];
-        if self.stride[axis] == 0 || padded < span {
+        let span = self.dilation[axis].checked_mul(self.kernel[axis].checked_sub(1)?)?.checked_add(1)?;
+        let padded = self.padding[axis].checked_mul(2)?.checked_add(input)?;
+        if self.stride[axis] == 0 || padded < span || padded > isize::MAX as usize {
             return None;
         }
         Some((padded - span) / self.stride[axis] + 1)

@@ -131,6 +131,8 @@ pub fn read_csv(
                 Some(m) => m.clone(),
                 None => LabelMap::from_labels(rows.iter().map(|(_, row)| &row[c])),
             };
+            let index: std::collections::HashMap<&str, usize> =
+                map.classes.iter().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
             let mut idx = Vec::with_capacity(rows.len());
             for (line, row) in &rows {
                 let cell = &row[c];
@@ -140,7 +142,7 @@ pub fn read_csv(
                         format!("line {line}, column {} ('{}'): missing label", c + 1, header[c]),
                     ));
                 }
-                let i = map.index_of(cell).ok_or_else(|| {
+                let i = index.get(cell).copied().ok_or_else(|| {
                     format_error(
                         path,
                         format!("line {line}: unknown class '{cell}' (known: {})", map.classes.join(", ")),

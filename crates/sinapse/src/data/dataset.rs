@@ -51,7 +51,15 @@ impl Dataset {
     }
 }
 
+/// Row numbers as an index tensor (f32 counts exactly up to 2²⁴ rows).
 fn index_tensor(indices: &[usize]) -> Result<Tensor> {
+    if let Some(&big) = indices.iter().find(|&&i| i >= crate::ops::index::MAX_EXACT_INDEX) {
+        return Err(Error::IndexOutOfRange {
+            op: "Dataset",
+            index: big as f64,
+            size: crate::ops::index::MAX_EXACT_INDEX,
+        });
+    }
     Tensor::from_vec(indices.iter().map(|&i| i as f32).collect(), &[indices.len()])
 }
 

@@ -78,7 +78,7 @@ pub fn parse_idx(path: &Path, mut reader: impl Read, expect_rank: Option<usize>)
     // Read at most one byte more than the header promises: a bomb of a header cannot make us
     // allocate, and the vector only grows as real bytes arrive.
     let mut data = Vec::new();
-    reader.take(expected as u64 + 1).read_to_end(&mut data).map_err(io)?;
+    reader.take((expected as u64).saturating_add(1)).read_to_end(&mut data).map_err(io)?;
     if data.len() < expected {
         return Err(fail(format!(
             "truncated IDX data: header {dims:?} promises {expected} bytes, file holds {}",

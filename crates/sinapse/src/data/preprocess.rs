@@ -150,10 +150,7 @@ pub fn one_hot(classes: &Tensor, num_classes: usize) -> Result<Tensor> {
     let n = classes.shape()[0];
     let mut out = vec![0.0; n * num_classes];
     for (i, c) in classes.to_vec().into_iter().enumerate() {
-        if !(c >= 0.0 && c.fract() == 0.0 && (c as usize) < num_classes) {
-            return Err(Error::IndexOutOfRange { op: "one_hot", index: c as f64, size: num_classes });
-        }
-        out[i * num_classes + c as usize] = 1.0;
+        out[i * num_classes + crate::ops::index::checked_index("one_hot", c, num_classes)?] = 1.0;
     }
     Tensor::from_vec(out, &[n, num_classes])
 }

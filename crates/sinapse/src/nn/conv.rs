@@ -95,10 +95,16 @@ impl Module for Conv2d {
     }
 
     fn describe(&self) -> String {
-        let s = self.weight.shape();
+        let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
         format!(
             "Conv2d({} -> {}, kernel {}x{}, stride {:?}, padding {:?}, dilation {:?})",
-            s[1], s[0], s[2], s[3], self.stride, self.padding, self.dilation
+            s(1),
+            s(0),
+            s(2),
+            s(3),
+            self.stride,
+            self.padding,
+            self.dilation
         )
     }
 }
@@ -141,10 +147,15 @@ impl Module for Conv1d {
     }
 
     fn describe(&self) -> String {
-        let s = self.weight.shape();
+        let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
         format!(
             "Conv1d({} -> {}, kernel {}, stride {}, padding {}, dilation {})",
-            s[1], s[0], s[2], self.stride, self.padding, self.dilation
+            s(1),
+            s(0),
+            s(2),
+            self.stride,
+            self.padding,
+            self.dilation
         )
     }
 }

@@ -42,28 +42,37 @@ impl Linear {
 
     /// Number of inputs.
     pub fn in_features(&self) -> usize {
-        self.weight.shape()[1]
+        self.weight.shape().get(1).copied().unwrap_or(0)
     }
 
     /// Number of outputs.
     pub fn out_features(&self) -> usize {
-        self.weight.shape()[0]
+        self.weight.shape().first().copied().unwrap_or(0)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        if self.weight.rank() != 2 {
+            return Err(Error::invalid("Linear", format!("weight must be [out, in], got {:?}", self.weight.shape())));
+        }
         if x.rank() == 0 || x.shape()[x.rank() - 1] != self.in_features() {
             return Err(Error::invalid(
                 "Linear",
                 format!("{} expects inputs [.., {}], got shape {:?}", self.describe(), self.in_features(), x.shape()),
             ));
         }
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
-        }
+        // Leading axes ([batch, time, ..]) are flattened into rows: one matrix product, and
+        // its weight gradient one product too, instead of a batch of small ones.
+        let rows = x.reshape(&[x.elem_count() / self.in_features().max(1), self.in_features()])?;
+        let y = rows.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.add(b)?,
+            None => y,
+        };
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap_or(&mut 0) = self.out_features();
+        y.reshape(&shape)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

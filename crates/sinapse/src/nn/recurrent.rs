@@ -300,6 +300,12 @@ impl Embedding {
 
 impl Module for Embedding {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        if self.weight.rank() != 2 {
+            return Err(Error::invalid(
+                "Embedding",
+                format!("weight must be [num, dim], got {:?}", self.weight.shape()),
+            ));
+        }
         let rows = self.weight.index_select(0, &x.flatten_all()?)?;
         let mut shape = x.shape().to_vec();
         shape.push(self.weight.shape()[1]);
@@ -311,6 +317,7 @@ impl Module for Embedding {
     }
 
     fn describe(&self) -> String {
-        format!("Embedding({}, {})", self.weight.shape()[0], self.weight.shape()[1])
+        let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
+        format!("Embedding({}, {})", s(0), s(1))
     }
 }

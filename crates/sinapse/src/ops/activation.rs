@@ -53,7 +53,8 @@ impl Tensor {
         Ok(unary_op(
             self,
             "relu",
-            |x| x.max(0.0),
+            // A NaN stays NaN (f32::max would turn it into 0 and hide a diverging model).
+            |x| if x > 0.0 || x.is_nan() { x } else { 0.0 },
             |g, x, y| Ok(vec![grad_if(&x[0], || g.map2(y, |g, y| if y > 0.0 { g } else { 0.0 }))?]),
         ))
     }

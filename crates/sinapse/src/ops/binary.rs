@@ -107,15 +107,17 @@ impl Tensor {
         )
     }
 
-    /// Elementwise larger of `self` and `rhs`. The gradient goes to the larger input; on a tie
-    /// it is split in half between them (as PyTorch does).
+    /// Elementwise larger of `self` and `rhs` (NaN if either is NaN, as in PyTorch). The
+    /// gradient goes to the larger input; on a tie it is split in half between them.
     pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(self, rhs, "maximum", f32::max, |g, x, _| select_grads(g, x, |a, b| a > b))
+        let f = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) };
+        binary_op(self, rhs, "maximum", f, |g, x, _| select_grads(g, x, |a, b| a > b))
     }
 
     /// Elementwise smaller of `self` and `rhs`; gradient as for [`Tensor::maximum`].
     pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(self, rhs, "minimum", f32::min, |g, x, _| select_grads(g, x, |a, b| a < b))
+        let f = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) };
+        binary_op(self, rhs, "minimum", f, |g, x, _| select_grads(g, x, |a, b| a < b))
     }
 
     /// 1.0 where `self == rhs`, else 0.0 (broadcasting; no gradient).

@@ -123,6 +123,9 @@ impl Tensor {
     pub fn max_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
         let dims = nchw("max_pool2d", self)?;
         let [n, c, h, w] = dims;
+        if h == 0 || w == 0 {
+            return Err(Error::invalid("max_pool2d", format!("needs a non-empty image, got {h}x{w}")));
+        }
         let win = pool_window("max_pool2d", kernel, stride, padding)?;
         let out_hw = output_size("max_pool2d", &win, h, w)?;
         let src = self.contiguous()?;
@@ -181,7 +184,7 @@ fn columns_to_images(y: &Tensor, bias: Option<&Tensor>, [n, o, oh, ow]: [usize; 
 
 /// A pooling window, checked: padding at most half the kernel, as PyTorch requires.
 fn pool_window(op: &'static str, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Window> {
-    if padding[0] * 2 > kernel[0] || padding[1] * 2 > kernel[1] {
+    if padding[0] > kernel[0] / 2 || padding[1] > kernel[1] / 2 {
         return Err(Error::invalid(op, format!("padding {padding:?} must be at most half the kernel {kernel:?}")));
     }
     Ok(Window { kernel, stride, padding, dilation: [1, 1] })

@@ -8,19 +8,22 @@ use crate::backend::cpu;
 use crate::tensor::Layout;
 use crate::{Error, Result, Tensor};
 
+/// Indices travel as f32, which holds every whole number exactly up to 2²⁴.
+pub const MAX_EXACT_INDEX: usize = 1 << 24;
+
+/// `v` as a position in `0..size`: a whole number in range (and below 2²⁴, where f32 stops
+/// counting exactly), or an error naming `op`.
+pub fn checked_index(op: &'static str, v: f32, size: usize) -> Result<usize> {
+    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < size.min(MAX_EXACT_INDEX) {
+        Ok(v as usize)
+    } else {
+        Err(Error::IndexOutOfRange { op, index: v as f64, size })
+    }
+}
+
 /// The values of `indices` as positions in `0..size`, or an error naming the first bad one.
 fn checked_indices(op: &'static str, indices: &Tensor, size: usize) -> Result<Vec<usize>> {
-    indices
-        .to_vec()
-        .into_iter()
-        .map(|v| {
-            if v >= 0.0 && v.fract() == 0.0 && (v as usize) < size {
-                Ok(v as usize)
-            } else {
-                Err(Error::IndexOutOfRange { op, index: v as f64, size })
-            }
-        })
-        .collect()
+    indices.to_vec().into_iter().map(|v| checked_index(op, v, size)).collect()
 }
 
 impl Tensor {

@@ -37,6 +37,7 @@ impl Tensor {
             return Err(Error::shapes("matmul", a, b));
         }
         let mut batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2])?;
+        crate::tensor::checked_elem_count("matmul", &[batch.as_slice(), &[m, n]].concat())?;
         let la = self.layout().broadcast_to(&[batch.as_slice(), &[m, k]].concat())?;
         let lb = rhs.layout().broadcast_to(&[batch.as_slice(), &[k, n]].concat())?;
         let data = super::with_data2(self, rhs, |da, _, db, _| cpu::matmul(da, &la, db, &lb, m, k, n));

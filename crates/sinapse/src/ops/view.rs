@@ -13,7 +13,7 @@ impl Tensor {
     /// Same elements in row-major order, new shape with the same element count. A view when
     /// the tensor is contiguous, else a copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
+        let n = crate::tensor::checked_elem_count("reshape", shape)?;
         if n != self.elem_count() {
             return Err(Error::shapes("reshape", self.shape(), shape));
         }

@@ -42,19 +42,21 @@ impl AdamConfig {
 struct Moments {
     cfg: AdamConfig,
     decoupled: bool,
-    t: i32,
+    /// Steps taken by each parameter (a parameter without a gradient does not step, as in
+    /// PyTorch, so its bias correction does not advance either).
+    t: Vec<i32>,
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
 }
 
 impl Moments {
     fn step(&mut self, op: &'static str, params: &[Tensor], grads: &Gradients) -> Result<()> {
-        self.t += 1;
         let AdamConfig { lr, beta1, beta2, eps, weight_decay: wd } = self.cfg;
-        let bias1 = 1.0 - beta1.powi(self.t);
-        let bias2 = 1.0 - beta2.powi(self.t);
-        let (ms, vs, decoupled) = (&mut self.m, &mut self.v, self.decoupled);
+        let (ms, vs, ts, decoupled) = (&mut self.m, &mut self.v, &mut self.t, self.decoupled);
         for_each_param(op, params, grads, |w, g, i| {
+            ts[i] += 1;
+            let bias1 = 1.0 - beta1.powi(ts[i]);
+            let bias2 = 1.0 - beta2.powi(ts[i]);
             let m = state_for(ms, i, w.len());
             let v = state_for(vs, i, w.len());
             for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
@@ -99,7 +101,7 @@ impl Adam {
         let n = params.len();
         Ok(Adam {
             params,
-            state: Moments { cfg, decoupled: false, t: 0, m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
+            state: Moments { cfg, decoupled: false, t: vec![0; n], m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
         })
     }
 }

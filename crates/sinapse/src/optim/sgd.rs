@@ -24,10 +24,9 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// Plain SGD over `params` with learning rate `lr`.
-    pub fn new(params: Vec<Tensor>, lr: f32) -> Sgd {
-        let n = params.len();
-        Sgd { params, lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, buffers: vec![Vec::new(); n] }
+    /// Plain SGD over `params` with learning rate `lr` (> 0).
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Result<Sgd> {
+        Sgd::with_options(params, lr, 0.0, false, 0.0)
     }
 
     /// SGD with all options, checked: `lr > 0`, `momentum >= 0`, `weight_decay >= 0`, and
@@ -39,11 +38,8 @@ impl Sgd {
         if nesterov && momentum == 0.0 {
             return Err(Error::invalid("Sgd", "Nesterov momentum needs momentum > 0"));
         }
-        let mut s = Sgd::new(params, lr);
-        s.momentum = momentum;
-        s.nesterov = nesterov;
-        s.weight_decay = weight_decay;
-        Ok(s)
+        let n = params.len();
+        Ok(Sgd { params, lr, momentum, nesterov, weight_decay, buffers: vec![Vec::new(); n] })
     }
 }
 

@@ -25,6 +25,16 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
+/// The number of elements of `shape`, or an error naming `op` when it does not fit in a
+/// `usize`. Every shape a tensor can take goes through this check (creation, reshape,
+/// broadcasting), so kernels can trust element counts.
+pub fn checked_elem_count(op: &'static str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::invalid(op, format!("shape {shape:?} has more elements than fit in memory")))
+}
+
 /// NumPy broadcasting: align shapes on the right; each pair of sizes must be equal or one of
 /// them 1. Returns the shape of the result.
 pub fn broadcast_shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>> {
@@ -40,6 +50,7 @@ pub fn broadcast_shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result
             _ => return Err(Error::shapes(op, lhs, rhs)),
         };
     }
+    checked_elem_count(op, &out)?;
     Ok(out)
 }
 
@@ -175,6 +186,7 @@ impl Layout {
     /// Views the tensor with a larger shape by NumPy's rules: new axes are added on the left,
     /// and axes of size 1 are repeated with stride 0.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Layout> {
+        checked_elem_count("broadcast_to", shape)?;
         let err = || Error::shapes("broadcast_to", &self.shape, shape);
         if shape.len() < self.rank() {
             return Err(err());
@@ -197,11 +209,6 @@ impl Layout {
     /// Same elements, new shape; only possible without copying when the layout is contiguous.
     pub(crate) fn reshape_contiguous(&self, shape: &[usize]) -> Layout {
         Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset }
-    }
-
-    /// Storage index of the element at a multi-index.
-    pub fn offset_of(&self, index: &[usize]) -> usize {
-        self.offset + index.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>()
     }
 }
 

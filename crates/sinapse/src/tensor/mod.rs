@@ -12,7 +12,7 @@
 
 mod layout;
 
-pub use layout::{broadcast_shape, contiguous_strides, for_each_run, Layout};
+pub use layout::{broadcast_shape, checked_elem_count, contiguous_strides, for_each_run, Layout};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -77,12 +77,20 @@ pub struct Tensor(Arc<TensorInner>);
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.elem_count();
-        let values = self.to_vec();
         write!(f, "Tensor(shape={:?}, ", self.shape())?;
         if n <= 16 {
-            write!(f, "data={values:?}")?;
+            write!(f, "data={:?}", self.to_vec())?;
         } else {
-            write!(f, "data=[{}, {}, {}, ..., {}]", values[0], values[1], values[2], values[n - 1])?;
+            // Only the printed elements are read: the first three and the last.
+            let (first, last) = self.with_data(|d, l| {
+                let mut first = Vec::with_capacity(3);
+                for_each_run(l.shape(), [l], |[o], len, [s]| {
+                    first.extend((0..len.min(3 - first.len())).map(|j| d[o + j * s]));
+                });
+                let end = l.offset() + l.shape().iter().zip(l.strides()).map(|(&n, &s)| (n - 1) * s).sum::<usize>();
+                (first, d[end])
+            });
+            write!(f, "data=[{}, {}, {}, ..., {last}]", first[0], first[1], first[2])?;
         }
         if let Some(node) = &self.0.node {
             write!(f, ", grad_fn={}", node.op)?;
@@ -136,7 +144,7 @@ impl Tensor {
     ///
     /// Fails with [`Error::ElementCount`] when `data.len()` is not the product of `shape`.
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
-        let expected: usize = shape.iter().product();
+        let expected = checked_elem_count("from_vec", shape)?;
         if data.len() != expected {
             return Err(Error::ElementCount { op: "from_vec", shape: shape.to_vec(), expected, got: data.len() });
         }
@@ -154,8 +162,12 @@ impl Tensor {
     }
 
     /// A tensor of `shape` filled with `value`.
+    ///
+    /// # Panics
+    /// When the shape has more elements than a `usize` counts (like any allocation that cannot
+    /// be made); shapes from data and specs are checked before they get here.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
-        let n = shape.iter().product();
+        let n = checked_elem_count("full", shape).unwrap_or_else(|e| panic!("{e}"));
         Tensor::from_parts(vec![value; n], Layout::contiguous(shape))
     }
 
@@ -197,7 +209,7 @@ impl Tensor {
         if !(low.is_finite() && high.is_finite() && low < high) {
             return Err(Error::invalid("rand_uniform", format!("needs finite low < high, got [{low}, {high})")));
         }
-        let n = shape.iter().product();
+        let n = checked_elem_count("rand_uniform", shape)?;
         let data = (0..n).map(|_| rng.uniform(low, high)).collect();
         Tensor::from_vec(data, shape)
     }
@@ -210,7 +222,7 @@ impl Tensor {
                 format!("needs a finite mean and std >= 0, got mean {mean}, std {std}"),
             ));
         }
-        let n = shape.iter().product();
+        let n = checked_elem_count("rand_normal", shape)?;
         let data = (0..n).map(|_| mean + std * rng.standard_normal()).collect();
         Tensor::from_vec(data, shape)
     }

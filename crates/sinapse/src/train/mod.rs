@@ -68,6 +68,14 @@ impl LossKind {
     /// Every loss's name, as written in a model spec.
     pub const NAMES: [&'static str; 2] = ["cross_entropy", "mse"];
 
+    /// The usual loss of a task: cross-entropy for classification, MSE for regression.
+    pub fn default_for(task: &Task) -> LossKind {
+        match task {
+            Task::Classification { .. } => LossKind::CrossEntropy,
+            Task::Regression => LossKind::Mse,
+        }
+    }
+
     /// Checks that the loss fits the task.
     pub fn check(&self, task: &Task) -> Result<()> {
         if *self == LossKind::CrossEntropy && *task == Task::Regression {
@@ -90,7 +98,7 @@ impl LossKind {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
-    /// Epochs without improvement before stopping.
+    /// Epochs in a row without improvement before stopping (0: stop at the first one).
     pub patience: usize,
     /// Put back the weights of the best epoch at the end.
     #[serde(default = "yes")]
@@ -100,8 +108,19 @@ pub struct EarlyStopping {
     pub min_delta: f32,
 }
 
-fn yes() -> bool {
+/// `true`, as a serde default.
+pub(crate) fn yes() -> bool {
     true
+}
+
+impl EarlyStopping {
+    /// Checks the settings: `min_delta` must be a finite number >= 0.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.min_delta.is_finite() && self.min_delta >= 0.0) {
+            return Err(Error::invalid("early_stopping", format!("min_delta must be >= 0, got {}", self.min_delta)));
+        }
+        Ok(())
+    }
 }
 
 /// Settings of [`fit`].
@@ -128,10 +147,7 @@ pub struct FitConfig {
 impl FitConfig {
     /// Defaults for a task: 10 epochs, batch 32, cross-entropy (classification) or MSE.
     pub fn new(task: Task) -> FitConfig {
-        let loss = match task {
-            Task::Classification { .. } => LossKind::CrossEntropy,
-            Task::Regression => LossKind::Mse,
-        };
+        let loss = LossKind::default_for(&task);
         FitConfig {
             epochs: 10,
             batch_size: 32,
@@ -182,7 +198,8 @@ pub struct History {
 }
 
 impl History {
-    /// The history as CSV: `epoch,lr,train_loss,train_<metric>,val_loss,val_<metric>,seconds`.
+    /// The history as CSV:
+    /// `epoch,lr,train_loss,train_<metric>,val_loss,val_<metric>,seconds,samples_per_sec`.
     pub fn to_csv(&self) -> String {
         let m = self.metric;
         let mut out = format!("epoch,lr,train_loss,train_{m},val_loss,val_{m},seconds,samples_per_sec\n");
@@ -248,8 +265,11 @@ pub fn fit(
     if train.is_empty() {
         return Err(Error::invalid("fit", "the training set is empty"));
     }
-    if cfg.early_stopping.is_some() && val.is_none() {
-        return Err(Error::invalid("fit", "early stopping needs validation data"));
+    if let Some(es) = cfg.early_stopping {
+        if val.is_none() {
+            return Err(Error::invalid("fit", "early stopping needs validation data"));
+        }
+        es.validate()?;
     }
     let params = model.parameters();
     let base_lr = opt.lr();
@@ -310,6 +330,9 @@ pub fn fit(
         observer.on_epoch(&record, cfg.epochs);
         history.records.push(record);
         if let Some(v) = val_loss {
+            if !v.is_finite() {
+                return Err(Error::NonFinite { what: format!("validation loss at epoch {epoch}"), value: v });
+            }
             let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
             if best.as_ref().is_none_or(|(b, _)| v < b - min_delta) {
                 let snapshot =
@@ -318,10 +341,9 @@ pub fn fit(
                 history.best_epoch = Some(epoch);
                 waited = 0;
             } else {
+                // As Keras: stop once `patience` epochs in a row brought no improvement.
                 waited += 1;
-            }
-            if let Some(es) = cfg.early_stopping {
-                if waited >= es.patience && epoch < cfg.epochs {
+                if cfg.early_stopping.is_some_and(|es| waited >= es.patience) && epoch < cfg.epochs {
                     history.stopped_early = true;
                     break;
                 }
