@@ -372,6 +372,10 @@ pub fn max_pool(src: &[f32], [n, c, h, w]: [usize; 4], win: &Window, [oh, ow]: [
     values.par_chunks_mut(oh * ow).zip(argmax.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vals, args))| {
         let base = p * h * w;
         let plane = &src[base..base + h * w];
+        if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] {
+            max_pool_2x2(plane, w, ow, vals, args, base);
+            return;
+        }
         for y in 0..oh {
             // The rows and columns of the window inside the image (padding is skipped; it is at
             // most half the kernel, so every window holds at least one pixel).
@@ -421,6 +425,26 @@ pub fn channel_sums(g: &[f32], o: usize, n: usize, l: usize) -> Vec<f32> {
             (0..n).map(|img| g[(img * o + ch) * l..][..l].iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() as f32
         })
         .collect()
+}
+
+/// [`max_pool`]'s common case, 2x2 windows with stride 2 and no padding, written out: four
+/// candidates per output, no window bookkeeping (about 8% of the `cnn` benchmark's time).
+fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], args: &mut [usize], base: usize) {
+    for (y, (out_v, out_a)) in vals.chunks_mut(ow).zip(args.chunks_mut(ow)).enumerate() {
+        let (top, bottom) = (2 * y * w, (2 * y + 1) * w);
+        for (x, (v_out, a_out)) in out_v.iter_mut().zip(out_a.iter_mut()).enumerate() {
+            let offsets = [top + 2 * x, top + 2 * x + 1, bottom + 2 * x, bottom + 2 * x + 1];
+            let (mut best, mut at) = (plane[offsets[0]], 0);
+            for (t, &k) in offsets.iter().enumerate().skip(1) {
+                let v = plane[k];
+                let wins = (v > best) | (v.is_nan() & !best.is_nan());
+                best = if wins { v } else { best };
+                at = if wins { t } else { at };
+            }
+            *v_out = best;
+            *a_out = base + offsets[at];
+        }
+    }
 }
 
 /// The gradient of [`max_pool`]: each output's gradient added at the input position its
