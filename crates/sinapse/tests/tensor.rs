@@ -191,6 +191,16 @@ fn matmul_values_and_errors() {
         }
     }
     assert_close(&x.matmul(&y).unwrap().to_vec(), &want, 1e-4);
+    // A small result over a long inner axis, with a transposed operand (a convolution's weight
+    // gradient): the inner axis is split across threads.
+    let (m, k, n) = (5, 20_011, 3);
+    let x = Tensor::rand_uniform(&[m, k], -1.0, 1.0, &mut rng).unwrap();
+    let y = Tensor::rand_uniform(&[n, k], -1.0, 1.0, &mut rng).unwrap();
+    let (xv, yv) = (x.to_vec(), y.to_vec());
+    let want: Vec<f32> = (0..m * n)
+        .map(|ij| (0..k).map(|p| xv[ij / n * k + p] as f64 * yv[ij % n * k + p] as f64).sum::<f64>() as f32)
+        .collect();
+    assert_close(&x.matmul(&y.t().unwrap()).unwrap().to_vec(), &want, 2e-3);
 }
 
 #[test]

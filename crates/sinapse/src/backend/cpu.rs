@@ -179,20 +179,20 @@ pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize
     };
     let (sa, sb) = (la.strides(), lb.strides());
     let (ra, rb) = (la.rank(), lb.rank());
-    let mut out = vec![0.0f32; batch * m * n];
-    let dst = SendPtr(out.as_mut_ptr());
-    let product = |bi: usize, parallelism: gemm::Parallelism| {
-        let (oa, ob) = (batch_offset(la, bi), batch_offset(lb, bi));
+    // dst = a[bi][:, ks] · b[bi][ks, :] for the inner range `ks` (all of k, or one slice of it).
+    let product = |dst: SendPtr, bi: usize, ks: std::ops::Range<usize>, parallelism: gemm::Parallelism| {
+        let oa = batch_offset(la, bi) + ks.start * sa[ra - 1];
+        let ob = batch_offset(lb, bi) + ks.start * sb[rb - 2];
         // SAFETY: the layouts were checked against the storages when the tensors were made (and
         // every shape's element count was checked to fit a usize), so every (row, col) offset
-        // the strides produce lies inside `a` and `b`; the m x n block of entry `bi` lies inside
-        // the zeroed output and no two entries overlap.
+        // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
+        // `b`; `dst` is a zeroed m x n block that no other call writes at the same time.
         unsafe {
             gemm::gemm(
                 m,
                 n,
-                k,
-                dst.get().add(bi * m * n),
+                ks.len(),
+                dst.get(),
                 1,
                 n as isize,
                 false,
@@ -211,13 +211,43 @@ pub fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, m: usize, k: usize
             );
         }
     };
+    let mut out = vec![0.0f32; batch * m * n];
+    let threads = rayon::current_num_threads();
+    if batch == 1 && m * n <= SMALL_OUTPUT && k >= LONG_INNER && threads > 1 {
+        // A small result over a long inner axis (the weight gradient of a convolution: a few
+        // filters, every position of every image) leaves gemm nothing to split across threads.
+        // Split the inner axis instead and add the partial products, in a fixed order.
+        let chunk = k.div_ceil(threads);
+        let partials: Vec<Vec<f32>> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let ks = (t * chunk).min(k)..((t + 1) * chunk).min(k);
+                let mut part = vec![0.0f32; m * n];
+                if !ks.is_empty() {
+                    product(SendPtr(part.as_mut_ptr()), 0, ks, gemm::Parallelism::None);
+                }
+                part
+            })
+            .collect();
+        for part in &partials {
+            out.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
+        }
+        return out;
+    }
+    let dst = SendPtr(out.as_mut_ptr());
+    let block = |bi: usize| SendPtr(dst.get().wrapping_add(bi * m * n));
     if batch > 1 && m * n * k < SMALL_GEMM {
-        (0..batch).into_par_iter().for_each(|bi| product(bi, gemm::Parallelism::None));
+        (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::None));
     } else {
-        (0..batch).for_each(|bi| product(bi, gemm::Parallelism::Rayon(0)));
+        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::Rayon(0)));
     }
     out
 }
+
+/// A product with at most this many outputs counts as small ([`matmul`]).
+const SMALL_OUTPUT: usize = 64 * 64;
+/// An inner axis at least this long is split across threads when the output is small.
+const LONG_INNER: usize = 8192;
 
 /// A raw pointer that may cross threads: each thread writes its own disjoint block.
 #[derive(Clone, Copy)]
