@@ -98,12 +98,6 @@ impl Tensor {
         let s = self.shape();
         let outer: usize = s[..dim].iter().product();
         let inner: usize = s[dim + 1..].iter().product();
-        Ok(self.with_data(|d, l| {
-            if l.is_contiguous() {
-                cpu::softmax(&d[l.offset()..], outer, s[dim], inner, log)
-            } else {
-                cpu::softmax(&cpu::to_contiguous(d, l), outer, s[dim], inner, log)
-            }
-        }))
+        Ok(self.with_row_major(|d| cpu::softmax(d, outer, s[dim], inner, log)))
     }
 }

@@ -49,8 +49,7 @@ impl Tensor {
         let dims = nchw("im2col", self)?;
         let [n, c, h, w] = dims;
         let out_hw = output_size("im2col", &win, h, w)?;
-        let src = self.contiguous()?;
-        let cols = src.with_data(|d, l| cpu::im2col(&d[l.offset()..], dims, &win, out_hw, pad_value));
+        let cols = self.with_row_major(|d| cpu::im2col(d, dims, &win, out_hw, pad_value));
         let shape = [c * win.kernel[0] * win.kernel[1], n * out_hw[0] * out_hw[1]];
         Ok(Tensor::from_op(cols, &shape, "im2col", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
@@ -128,8 +127,7 @@ impl Tensor {
         }
         let win = pool_window("max_pool2d", kernel, stride, padding)?;
         let out_hw = output_size("max_pool2d", &win, h, w)?;
-        let src = self.contiguous()?;
-        let (values, argmax) = src.with_data(|d, l| cpu::max_pool(&d[l.offset()..], dims, &win, out_hw));
+        let (values, argmax) = self.with_row_major(|d| cpu::max_pool(d, dims, &win, out_hw));
         Ok(Tensor::from_op(values, &[n, c, out_hw[0], out_hw[1]], "max_pool2d", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
                 let g = g.contiguous()?;
@@ -157,15 +155,9 @@ impl Tensor {
 /// Gradients: the images' gradient rearranged back, and its sum per channel for the bias.
 fn columns_to_images(y: &Tensor, bias: Option<&Tensor>, [n, o, oh, ow]: [usize; 4]) -> Result<Tensor> {
     let l = oh * ow;
-    let y = y.contiguous()?;
-    let data = match bias {
-        Some(b) => super::with_data2(&y, b, |yd, yl, bd, bl| {
-            let bias = cpu::to_contiguous(bd, bl);
-            cpu::columns_to_images(&yd[yl.offset()..], Some(&bias), o, n, l)
-        }),
-        None => y.with_data(|d, lay| cpu::columns_to_images(&d[lay.offset()..], None, o, n, l)),
-    };
-    let inputs: Vec<&Tensor> = std::iter::once(&y).chain(bias).collect();
+    let bias_values = bias.map(Tensor::to_vec); // one value per channel
+    let data = y.with_row_major(|d| cpu::columns_to_images(d, bias_values.as_deref(), o, n, l));
+    let inputs: Vec<&Tensor> = std::iter::once(y).chain(bias).collect();
     Ok(Tensor::from_op(data, &[n, o, oh, ow], "conv_bias", &inputs, move |g, x, _| {
         let g = g.contiguous()?;
         let mut grads = vec![grad_if(&x[0], || {

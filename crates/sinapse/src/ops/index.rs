@@ -42,10 +42,8 @@ impl Tensor {
         let idx = checked_indices("index_select", indices, size)?;
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product();
-        let src = self.contiguous()?;
         let mut out = Vec::with_capacity(outer * idx.len() * inner);
-        src.with_data(|d, l| {
-            let d = &d[l.offset()..];
+        self.with_row_major(|d| {
             for o in 0..outer {
                 for &i in &idx {
                     let start = (o * size + i) * inner;
@@ -88,8 +86,7 @@ impl Tensor {
         let idx = checked_indices("gather", index, shape[dim])?;
         // Storage offset, in a row-major buffer of `shape`, of each picked element.
         let positions = gather_positions(&Layout::contiguous(shape), ishape, dim, &idx);
-        let src = self.contiguous()?;
-        let out: Vec<f32> = src.with_data(|d, l| positions.iter().map(|&p| d[l.offset() + p]).collect());
+        let out: Vec<f32> = self.with_row_major(|d| positions.iter().map(|&p| d[p]).collect());
         Ok(Tensor::from_op(out, ishape, "gather", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
                 let mut acc = vec![0.0; x[0].elem_count()];

@@ -18,13 +18,7 @@ impl Tensor {
         }
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product();
-        let data = self.with_data(|d, l| {
-            if l.is_contiguous() {
-                cpu::reduce(&d[l.offset()..], outer, len, inner, kind)
-            } else {
-                cpu::reduce(&cpu::to_contiguous(d, l), outer, len, inner, kind)
-            }
-        });
+        let data = self.with_row_major(|d| cpu::reduce(d, outer, len, inner, kind));
         let mut out_shape = shape.to_vec();
         if keepdim {
             out_shape[dim] = 1;
@@ -58,13 +52,7 @@ impl Tensor {
     /// Sum of all elements, as a scalar (rank 0).
     pub fn sum_all(&self) -> Result<Tensor> {
         let n = self.elem_count();
-        let data = self.with_data(|d, l| {
-            if l.is_contiguous() {
-                cpu::reduce(&d[l.offset()..], 1, n, 1, Reduce::Sum)
-            } else {
-                cpu::reduce(&cpu::to_contiguous(d, l), 1, n, 1, Reduce::Sum)
-            }
-        });
+        let data = self.with_row_major(|d| cpu::reduce(d, 1, n, 1, Reduce::Sum));
         Ok(Tensor::from_op(data, &[], "sum_all", &[self], |g, x, _| {
             Ok(vec![grad_if(&x[0], || g.broadcast_to(x[0].shape()))?])
         }))

@@ -345,6 +345,19 @@ impl Tensor {
         f(guard.as_slice(), &self.0.layout)
     }
 
+    /// Runs `f` on the elements in row-major order: the storage slice itself when the tensor
+    /// is contiguous, else a row-major copy. For kernels that need row-major input; unlike
+    /// [`Tensor::contiguous`] it records nothing.
+    pub(crate) fn with_row_major<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        self.with_data(|d, l| {
+            if l.is_contiguous() {
+                f(&d[l.offset()..l.offset() + l.elem_count()])
+            } else {
+                f(&crate::backend::cpu::to_contiguous(d, l))
+            }
+        })
+    }
+
     /// Runs `f` on this tensor's elements in place. The tensor must be contiguous; every
     /// tensor sharing the storage sees the change. Used by optimizers on parameters.
     pub(crate) fn update_in_place(&self, op: &'static str, f: impl FnOnce(&mut [f32])) -> Result<()> {
