@@ -1,6 +1,6 @@
 //! Reverse-mode automatic differentiation (backpropagation).
 //!
-//! Every operation on tensors that need gradients records a [`Node`]: the op's name, its
+//! Every operation on tensors that need gradients records a `Node`: the op's name, its
 //! inputs, and its gradient rule, a closure that, given dL/d(output), returns dL/d(input) for
 //! each input (the chain rule, one step). The rules live next to the forward code of each op
 //! in [`crate::ops`].
@@ -159,7 +159,7 @@ impl Tensor {
         let order = topological_order(self);
         // Gradients flowing towards tensors not yet visited; each is removed when visited.
         let mut pending: HashMap<TensorId, Tensor> = HashMap::new();
-        pending.insert(self.id(), Tensor::ones(self.shape()));
+        pending.insert(self.id(), self.ones_like()?);
         for t in order.iter().rev() {
             let Some(grad) = pending.remove(&t.id()) else {
                 continue;

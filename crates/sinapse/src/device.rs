@@ -1,13 +1,107 @@
-//! Where a tensor's numbers live.
+//! Where a tensor's numbers live, as a value a user handles: `Device::parse("cuda:1")`,
+//! `tensor.to(device)`, `model.to(device)`, a spec's `device` key and the CLI's `--device`.
 
-/// The device holding a tensor's storage.
+use std::fmt;
+
+use crate::{Error, Result};
+
+/// The device holding a tensor's storage and running its kernels.
 ///
-/// Only `Cpu` exists today. The device is a run-time value (not a type parameter on every
-/// model), so one binary can pick a GPU when one is found once a CUDA backend lands.
+/// A run-time value (not a type parameter on every model), so one binary can use a GPU when
+/// it finds one. Only the CPU backend is built today: `Cuda` can be named (and parsed), and
+/// using it is an error that says it is not available.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Device {
     /// Host memory, computed by the CPU kernels (`gemm` for matrix products, rayon threads).
     #[default]
     Cpu,
+    /// The NVIDIA GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Reads a device name: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (the fastest device
+    /// present: today the CPU). Naming a device does not check that it is present; using it
+    /// does ([`Device::check_available`]).
+    pub fn parse(name: &str) -> Result<Device> {
+        let bad = || {
+            Error::invalid(
+                "device",
+                format!("unknown device '{name}' (valid: cpu, cuda, cuda:N with N a GPU number, auto)"),
+            )
+        };
+        match name.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            "auto" => Ok(Device::best()),
+            other => match other.strip_prefix("cuda:") {
+                Some(n) => n.parse().map(Device::Cuda).map_err(|_| bad()),
+                None => Err(bad()),
+            },
+        }
+    }
+
+    /// The fastest device present (what `auto` means): today always the CPU.
+    pub fn best() -> Device {
+        Device::available().into_iter().last().unwrap_or(Device::Cpu)
+    }
+
+    /// Every device this process can use, CPU first.
+    pub fn available() -> Vec<Device> {
+        vec![Device::Cpu]
+    }
+
+    /// Ok when tensors can be placed on this device; else an error saying what is missing.
+    pub fn check_available(self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(_) => Err(Error::DeviceUnavailable {
+                device: self,
+                reason: "this build of Sinapse has no CUDA backend yet; use --device cpu or auto".into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Device> {
+        Device::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
+        assert_eq!(Device::parse("auto").unwrap(), Device::Cpu);
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        assert_eq!(Device::parse(&Device::Cuda(2).to_string()).unwrap(), Device::Cuda(2));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let e = Device::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown device") && e.contains("cuda:N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_absent_device_says_why() {
+        assert!(Device::Cpu.check_available().is_ok());
+        let e = Device::Cuda(0).check_available().unwrap_err().to_string();
+        assert!(e.contains("cuda:0") && e.contains("no CUDA backend"), "{e}");
+    }
 }

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::Device;
+
 /// Everything that can go wrong in Sinapse.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,6 +60,24 @@ pub enum Error {
         op: &'static str,
         /// What was wrong.
         msg: String,
+    },
+    /// An operation was given tensors on two different devices.
+    #[error("{op}: tensors on different devices, {lhs} and {rhs}; move one with .to(device)")]
+    DeviceMismatch {
+        /// The operation that was called.
+        op: &'static str,
+        /// The device of the first operand.
+        lhs: Device,
+        /// The device of the other operand.
+        rhs: Device,
+    },
+    /// A device was asked for that this process cannot use.
+    #[error("device {device} is not available: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        device: Device,
+        /// What is missing (a backend, a driver library, the device itself).
+        reason: String,
     },
     /// `backward()` called on a tensor that is not a single value.
     #[error("backward() needs a scalar loss, got a tensor of shape {shape:?}")]

@@ -33,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod autograd;
 pub mod backend;
 pub mod data;
@@ -40,6 +41,7 @@ mod device;
 mod error;
 pub mod gradcheck;
 pub mod job;
+pub mod layout;
 pub mod nn;
 pub mod ops;
 pub mod optim;
@@ -50,6 +52,7 @@ pub mod tensor;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
+pub use backend::DType;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use random::Rng;

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{away_from_zero, distinct, positive, rand};
+use sinapse::backend::Window;
 use sinapse::gradcheck::{gradcheck, GradcheckOptions};
 use sinapse::nn::loss;
 use sinapse::{Result, Tensor};
@@ -158,6 +159,14 @@ fn index_ops() {
     );
     let z = rand(&[4, 3], 32);
     check("stack", |x| Tensor::stack(&[&x[0], &x[1]], 1), &[x.clone(), z]);
+    // The adjoints, differentiated in both of their inputs (repeated positions add up).
+    let src = rand(&[3, 3], 33);
+    check("index_add", |x| x[0].index_add(0, &rows, &x[1]), &[x.clone(), src]);
+    let src = rand(&[4, 2], 34);
+    check("scatter_add", |x| x[0].scatter_add(1, &idx, &x[1]), &[x.clone(), src]);
+    let cond = Tensor::from_vec(vec![1., 0., 0., 1., 1., 0., 0., 1., 0., 1., 1., 1.], &[4, 3]).unwrap();
+    let other = rand(&[3], 35);
+    check("where_cond", |x| cond.where_cond(&x[0], &x[1]), &[x.clone(), other]);
 }
 
 #[test]
@@ -216,6 +225,17 @@ fn convolution_edge_cases() {
     }
     let (x, w) = (rand(&[2, 2, 9], 330), rand(&[3, 2, 3], 331));
     check("conv1d stride 2 padding 1 dilation 2", |t| t[0].conv1d(&t[1], None, 2, 1, 2), &[x, w]);
+    // im2col and its adjoint col2im, each the other's gradient.
+    let win = Window { kernel: [3, 2], stride: [2, 1], padding: [1, 1], dilation: [1, 2] };
+    check("im2col", |t| t[0].im2col(win, 0.0), &[rand(&[2, 2, 5, 6], 332)]);
+    let cols = t_shape_of_im2col([2, 2, 5, 6], win);
+    check("col2im", |t| t[0].col2im([2, 2, 5, 6], win), &[rand(&cols, 333)]);
+}
+
+/// The `[C·KH·KW, N·OH·OW]` shape im2col gives for an `[N, C, H, W]` input.
+fn t_shape_of_im2col(input: [usize; 4], win: Window) -> [usize; 2] {
+    let probe = Tensor::zeros(&input).im2col(win, 0.0).unwrap();
+    [probe.shape()[0], probe.shape()[1]]
 }
 
 #[test]

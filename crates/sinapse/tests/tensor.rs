@@ -224,6 +224,46 @@ fn indexing() {
     assert!(Tensor::cat(&[&x, &Tensor::zeros(&[1, 3])], 0).unwrap_err().to_string().contains("cat"));
     assert!(Tensor::cat(&[], 0).is_err());
     assert!(Tensor::stack(&[&x, &x.t().unwrap()], 0).is_err());
+    // The adjoints: rows 2 and 0 of [3, 2] zeros get [1, 1] twice and [5, 5] once.
+    let z = Tensor::zeros(&[3, 2]);
+    let added = z.index_add(0, &t(&[2., 0., 2.], &[3]), &t(&[1., 1., 5., 5., 1., 1.], &[3, 2])).unwrap();
+    assert_eq!(added.to_vec(), vec![5., 5., 0., 0., 2., 2.]);
+    let scattered = z.scatter_add(1, &t(&[1., 1., 0.], &[3, 1]), &t(&[1., 2., 3.], &[3, 1])).unwrap();
+    assert_eq!(scattered.to_vec(), vec![0., 1., 0., 2., 3., 0.]);
+    assert!(z
+        .scatter_add(1, &t(&[2., 0., 0.], &[3, 1]), &t(&[1., 2., 3.], &[3, 1]))
+        .unwrap_err()
+        .to_string()
+        .contains("scatter_add: index 2"));
+    assert!(z.index_add(0, &t(&[0.], &[1]), &t(&[1., 2., 3.], &[1, 3])).is_err(), "source of the wrong shape");
+    let picked = t(&[1., 0., 1.], &[3]).where_cond(&t(&[1., 2., 3.], &[3]), &t(&[-1.], &[1])).unwrap();
+    assert_eq!(picked.to_vec(), vec![1., -1., 3.]);
+}
+
+#[test]
+fn devices_are_values_a_user_handles() {
+    use sinapse::nn::{Linear, Module};
+    use sinapse::Device;
+    let x = t(&[1., 2., 3., 4.], &[2, 2]);
+    assert_eq!(x.device(), Device::Cpu);
+    assert_eq!(x.dtype(), sinapse::DType::F32);
+    // Moving to where it already is returns the same tensor.
+    assert_eq!(x.to(Device::Cpu).unwrap().id(), x.id());
+    assert_eq!(Device::parse("auto").unwrap(), Device::best());
+    assert!(Device::available().contains(&Device::Cpu));
+    // An absent device is an error naming it, from tensors, modules and constructors alike.
+    let e = x.to(Device::Cuda(0)).unwrap_err().to_string();
+    assert!(e.contains("cuda:0") && e.contains("not available"), "{e}");
+    let layer = Linear::new(2, 3, &mut sinapse::Rng::seed(0)).unwrap();
+    let before = layer.weight.to_vec();
+    assert!(layer.to(Device::Cuda(1)).unwrap_err().to_string().contains("cuda:1"));
+    assert_eq!(layer.device(), Device::Cpu, "a failed move leaves the parameters where they were");
+    assert_eq!(layer.weight.to_vec(), before);
+    layer.to(Device::Cpu).unwrap();
+    assert!(Tensor::zeros_on(&[2], Device::Cuda(0)).is_err());
+    assert_eq!(Tensor::zeros_on(&[2], Device::Cpu).unwrap().to_vec(), vec![0., 0.]);
+    assert_eq!(x.ones_like().unwrap().device(), Device::Cpu);
+    assert_eq!(Tensor::arange_on(0., 3., 1., Device::Cpu).unwrap().to_vec(), vec![0., 1., 2.]);
 }
 
 #[test]

@@ -1,4 +1,385 @@
-//! Compute backends. Only the CPU exists today; a CUDA backend will sit beside it, chosen at
-//! run time by the tensor's [`crate::Device`].
+//! Compute backends: the closed set of kernels every device implements (the `BackendStorage`
+//! trait), and the one place that dispatches on where a tensor's numbers live (`Storage`).
+//!
+//! Everything above this module (ops and their gradient rules, layers, optimizers) calls the
+//! methods of `Storage` with a [`Layout`] and a kernel named by value ([`UnaryOp`],
+//! [`BinaryOp`], [`ReduceOp`], [`OptimizerUpdate`], ...). `Storage` matches once per kernel
+//! call on the device, checks that every operand is on the same one, and hands the whole call
+//! to that device's backend; the backend matches once on the kernel and the element type and
+//! runs a tight loop. Nothing outside `backend/` touches the numbers themselves.
+//!
+//! Adding a device (CUDA, say) is one module beside `cpu/` with a storage type implementing
+//! `BackendStorage`, and one variant of `Storage`: the compiler then lists every dispatch
+//! below that needs its arm.
 
-pub mod cpu;
+pub(crate) mod cpu;
+mod kernels;
+
+pub use kernels::{
+    checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
+};
+
+use crate::layout::Layout;
+use crate::{Device, Error, Result};
+
+/// The kernels a device implements. Inputs come with their [`Layout`] (any strides: views are
+/// read in place); outputs are new contiguous (row-major) buffers unless a method says
+/// otherwise. Kernels validate what only they can see (index values) and return errors that
+/// name the op.
+pub(crate) trait BackendStorage: Sized {
+    /// The device holding the buffer.
+    fn device(&self) -> Device;
+    /// The element type.
+    fn dtype(&self) -> DType;
+    /// Number of elements in the buffer.
+    fn len(&self) -> usize;
+
+    /// The elements of `l` in row-major order, copied to host memory.
+    fn to_host(&self, l: &Layout) -> Result<Vec<f32>>;
+    /// The elements of `l` as a new contiguous buffer on the same device.
+    fn copy_strided(&self, l: &Layout) -> Result<Self>;
+    /// Copies the elements of `l` to the places `dst_l` names in `dst` (same shape).
+    fn copy_into(&self, l: &Layout, dst: &mut Self, dst_l: &Layout) -> Result<()>;
+
+    /// `op(x)` elementwise.
+    fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self>;
+    /// `op(a, b)` elementwise; both layouts already have the output's (broadcast) shape.
+    fn binary(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: BinaryOp) -> Result<Self>;
+    /// 1.0 where `a op b`, else 0.0; layouts as for [`BackendStorage::binary`].
+    fn compare(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: CmpOp) -> Result<Self>;
+    /// `cond != 0 ? on_true : on_false` elementwise (`self` is the condition); all three
+    /// layouts have the output's shape.
+    fn where_cond(&self, l: &Layout, on_true: &Self, t_l: &Layout, on_false: &Self, f_l: &Layout) -> Result<Self>;
+
+    /// Reduces axis `dim` (or every element, when `None`); the result is row-major with the
+    /// axis removed.
+    fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Self>;
+    /// Softmax (or log-softmax) along axis `dim`.
+    fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Self>;
+    /// Batched matrix product `[batch.., m, k] x [batch.., k, n]`; both layouts already have
+    /// the output's batch shape.
+    fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self>;
+
+    /// The entries `ids[0], ids[1], ..` of axis `dim` (`ids` 1-D, whole numbers).
+    fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self>;
+    /// `self` with `src`'s slices added at positions `ids` of axis `dim` (the adjoint of
+    /// index_select).
+    fn index_add(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout, src: &Self, src_l: &Layout)
+        -> Result<Self>;
+    /// `out[.., i, ..] = self[.., index[.., i, ..], ..]` along `dim`; the result has the
+    /// index's shape.
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self>;
+    /// `self` with each `src` element added at the position `index` names along `dim` (the
+    /// adjoint of gather).
+    fn scatter_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &Self,
+        index_l: &Layout,
+        src: &Self,
+        src_l: &Layout,
+    ) -> Result<Self>;
+
+    /// Every window of an `[N, C, H, W]` batch as a column: `[C·KH·KW, N·OH·OW]`, padding
+    /// taps reading `pad_value`.
+    fn im2col(&self, l: &Layout, dims: ImageDims, win: &Window, pad_value: f32) -> Result<Self>;
+    /// The adjoint of im2col: each column entry added back onto its pixel, `[N, C, H, W]`.
+    fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Self>;
+    /// Max pooling (no dilation): the maxima `[N, C, OH, OW]`, and where each came from as
+    /// its tap's number in the window (`ky·KW + kx`, exact in any element type).
+    fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Self, Self)>;
+    /// The adjoint of max pooling: each output gradient (`self`) added at its maximum's pixel.
+    fn max_pool2d_backward(
+        &self,
+        l: &Layout,
+        taps: &Self,
+        taps_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Self>;
+
+    /// One optimizer update of `self` (the parameter, contiguous at `l`) in place, from the
+    /// gradient and the state buffers (contiguous, each the parameter's size).
+    fn optimizer_step(
+        &mut self,
+        l: &Layout,
+        grad: &Self,
+        grad_l: &Layout,
+        state: &mut [&mut Self],
+        update: &OptimizerUpdate,
+    ) -> Result<()>;
+}
+
+/// The numbers behind one or more tensors, on one device.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    /// Host memory.
+    Cpu(cpu::CpuStorage),
+}
+
+/// Fails unless every operand of `op` is on the device of the first.
+fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
+    let first = storages[0].device();
+    match storages.iter().map(|s| s.device()).find(|&d| d != first) {
+        Some(other) => Err(Error::DeviceMismatch { op, lhs: first, rhs: other }),
+        None => Ok(()),
+    }
+}
+
+impl Storage {
+    /// Host values moved to `device`.
+    pub(crate) fn from_host(device: Device, data: Vec<f32>) -> Result<Storage> {
+        device.check_available()?;
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::F32(data))),
+            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
+        }
+    }
+
+    /// `n` copies of `value` on `device` (fill).
+    pub(crate) fn full(device: Device, n: usize, value: f32) -> Result<Storage> {
+        device.check_available()?;
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::full(n, value))),
+            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
+        }
+    }
+
+    /// `start, start + step, ..` (`n` values) on `device`.
+    pub(crate) fn arange(device: Device, start: f32, step: f32, n: usize) -> Result<Storage> {
+        device.check_available()?;
+        match device {
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::arange(start, step, n))),
+            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
+        }
+    }
+
+    /// The device holding the buffer.
+    pub(crate) fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(s) => s.device(),
+        }
+    }
+
+    /// The element type.
+    pub(crate) fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+
+    /// Number of elements in the buffer.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len(),
+        }
+    }
+
+    /// The elements of `l`, row-major, in host memory.
+    pub(crate) fn to_host(&self, l: &Layout) -> Result<Vec<f32>> {
+        match self {
+            Storage::Cpu(s) => s.to_host(l),
+        }
+    }
+
+    /// The elements of `l` as a contiguous buffer on `device` (a copy even on the same one).
+    pub(crate) fn to_device(&self, l: &Layout, device: Device) -> Result<Storage> {
+        if device == self.device() {
+            return self.copy_strided(l);
+        }
+        Storage::from_host(device, self.to_host(l)?)
+    }
+
+    /// The elements of `l` as a new contiguous buffer on the same device.
+    pub(crate) fn copy_strided(&self, l: &Layout) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.copy_strided(l)?)),
+        }
+    }
+
+    /// Copies the elements of `l` to the places `dst_l` names in `dst`.
+    pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
+        same_device(op, &[self, dst])?;
+        match (self, dst) {
+            (Storage::Cpu(s), Storage::Cpu(d)) => s.copy_into(l, d, dst_l),
+        }
+    }
+
+    /// `op(x)` elementwise.
+    pub(crate) fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(l, op)?)),
+        }
+    }
+
+    /// `op(a, b)` elementwise over one (broadcast) shape.
+    pub(crate) fn binary(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, op: BinaryOp) -> Result<Storage> {
+        same_device(op.name(), &[self, rhs])?;
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, rhs_l, op)?)),
+        }
+    }
+
+    /// 1.0 where `a op b`, else 0.0.
+    pub(crate) fn compare(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, op: CmpOp) -> Result<Storage> {
+        same_device(op.name(), &[self, rhs])?;
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.compare(l, b, rhs_l, op)?)),
+        }
+    }
+
+    /// `cond != 0 ? on_true : on_false` elementwise.
+    pub(crate) fn where_cond(
+        &self,
+        l: &Layout,
+        on_true: &Storage,
+        t_l: &Layout,
+        on_false: &Storage,
+        f_l: &Layout,
+    ) -> Result<Storage> {
+        same_device("where_cond", &[self, on_true, on_false])?;
+        match (self, on_true, on_false) {
+            (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(c.where_cond(l, t, t_l, f, f_l)?)),
+        }
+    }
+
+    /// Reduces axis `dim`, or everything.
+    pub(crate) fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(l, dim, op)?)),
+        }
+    }
+
+    /// Softmax or log-softmax along `dim`.
+    pub(crate) fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(l, dim, log)?)),
+        }
+    }
+
+    /// Batched matrix product.
+    pub(crate) fn matmul(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Storage> {
+        same_device("matmul", &[self, rhs])?;
+        match (self, rhs) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rhs_l, mkn)?)),
+        }
+    }
+
+    /// index_select along `dim`.
+    pub(crate) fn index_select(&self, l: &Layout, dim: usize, ids: &Storage, ids_l: &Layout) -> Result<Storage> {
+        same_device("index_select", &[self, ids])?;
+        match (self, ids) {
+            (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.index_select(l, dim, i, ids_l)?)),
+        }
+    }
+
+    /// index_add along `dim`.
+    pub(crate) fn index_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        ids: &Storage,
+        ids_l: &Layout,
+        src: &Storage,
+        src_l: &Layout,
+    ) -> Result<Storage> {
+        same_device("index_add", &[self, ids, src])?;
+        match (self, ids, src) {
+            (Storage::Cpu(s), Storage::Cpu(i), Storage::Cpu(v)) => {
+                Ok(Storage::Cpu(s.index_add(l, dim, i, ids_l, v, src_l)?))
+            }
+        }
+    }
+
+    /// gather along `dim`.
+    pub(crate) fn gather(&self, l: &Layout, dim: usize, index: &Storage, index_l: &Layout) -> Result<Storage> {
+        same_device("gather", &[self, index])?;
+        match (self, index) {
+            (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.gather(l, dim, i, index_l)?)),
+        }
+    }
+
+    /// scatter_add along `dim`.
+    pub(crate) fn scatter_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &Storage,
+        index_l: &Layout,
+        src: &Storage,
+        src_l: &Layout,
+    ) -> Result<Storage> {
+        same_device("scatter_add", &[self, index, src])?;
+        match (self, index, src) {
+            (Storage::Cpu(s), Storage::Cpu(i), Storage::Cpu(v)) => {
+                Ok(Storage::Cpu(s.scatter_add(l, dim, i, index_l, v, src_l)?))
+            }
+        }
+    }
+
+    /// im2col.
+    pub(crate) fn im2col(&self, l: &Layout, dims: ImageDims, win: &Window, pad_value: f32) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.im2col(l, dims, win, pad_value)?)),
+        }
+    }
+
+    /// col2im, the adjoint of im2col.
+    pub(crate) fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Storage> {
+        match self {
+            Storage::Cpu(s) => Ok(Storage::Cpu(s.col2im(l, dims, win)?)),
+        }
+    }
+
+    /// Max pooling: maxima and the tap each came from.
+    pub(crate) fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Storage, Storage)> {
+        match self {
+            Storage::Cpu(s) => {
+                let (v, t) = s.max_pool2d(l, dims, win)?;
+                Ok((Storage::Cpu(v), Storage::Cpu(t)))
+            }
+        }
+    }
+
+    /// The adjoint of max pooling.
+    pub(crate) fn max_pool2d_backward(
+        &self,
+        l: &Layout,
+        taps: &Storage,
+        taps_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Storage> {
+        same_device("max_pool2d", &[self, taps])?;
+        match (self, taps) {
+            (Storage::Cpu(g), Storage::Cpu(t)) => Ok(Storage::Cpu(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
+        }
+    }
+
+    /// One optimizer update of this parameter in place.
+    pub(crate) fn optimizer_step(
+        &mut self,
+        l: &Layout,
+        grad: &Storage,
+        grad_l: &Layout,
+        state: &mut [&mut Storage],
+        update: &OptimizerUpdate,
+        op: &'static str,
+    ) -> Result<()> {
+        same_device(op, &[self, grad])?;
+        let device = self.device();
+        if let Some(s) = state.iter().find(|s| s.device() != device) {
+            return Err(Error::DeviceMismatch { op, lhs: device, rhs: s.device() });
+        }
+        let mut cpu_state = Vec::with_capacity(state.len());
+        for s in state.iter_mut() {
+            match &mut **s {
+                Storage::Cpu(s) => cpu_state.push(s),
+            }
+        }
+        match (self, grad) {
+            (Storage::Cpu(p), Storage::Cpu(g)) => p.optimizer_step(l, g, grad_l, &mut cpu_state, update),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! In-memory datasets and the minibatch loader.
 
-use crate::{Error, Result, Rng, Tensor};
+use crate::{Device, Error, Result, Rng, Tensor};
 
 /// Inputs and targets held in memory; row `i` of `x` goes with row `i` of `y`.
 #[derive(Clone, Debug)]
@@ -38,9 +38,17 @@ impl Dataset {
         &self.y
     }
 
-    /// The samples at `indices` (a 1-D index tensor), as a batch `(x, y)`.
+    /// The samples at `indices` (a 1-D index tensor), as a batch `(x, y)` on the dataset's
+    /// device.
     pub fn batch(&self, indices: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.x.index_select(0, indices)?, self.y.index_select(0, indices)?))
+        let ix = indices.to(self.x.device())?;
+        let iy = indices.to(self.y.device())?;
+        Ok((self.x.index_select(0, &ix)?, self.y.index_select(0, &iy)?))
+    }
+
+    /// The dataset with its inputs and targets on `device`.
+    pub fn to(&self, device: Device) -> Result<Dataset> {
+        Dataset::new(self.x.to(device)?, self.y.to(device)?)
     }
 
     /// A new dataset of the samples at `indices`, in that order.
@@ -84,6 +92,7 @@ pub struct DataLoader<'a> {
     batch_size: usize,
     rng: Option<Rng>,
     drop_last: bool,
+    device: Option<Device>,
 }
 
 impl<'a> DataLoader<'a> {
@@ -92,7 +101,7 @@ impl<'a> DataLoader<'a> {
         if batch_size == 0 {
             return Err(Error::invalid("DataLoader", "batch size must be at least 1"));
         }
-        Ok(DataLoader { data, batch_size, rng: None, drop_last: false })
+        Ok(DataLoader { data, batch_size, rng: None, drop_last: false, device: None })
     }
 
     /// Shuffles every epoch, from a generator seeded with `seed`.
@@ -104,6 +113,13 @@ impl<'a> DataLoader<'a> {
     /// Drops the last batch of an epoch when it is smaller than the batch size.
     pub fn drop_last(mut self, on: bool) -> Self {
         self.drop_last = on;
+        self
+    }
+
+    /// Hands every batch over on `device` (where the model is), whatever device holds the
+    /// dataset: each batch is gathered where the data is, then copied.
+    pub fn to_device(mut self, device: Device) -> Self {
+        self.device = Some(device);
         self
     }
 
@@ -124,9 +140,18 @@ impl<'a> DataLoader<'a> {
 
     /// One epoch of batches `(x, y)`; each call draws a new order when shuffling.
     pub fn epoch(&mut self) -> Result<impl Iterator<Item = Result<(Tensor, Tensor)>> + 'a> {
-        let data = self.data;
+        let (data, device) = (self.data, self.device);
+        if let Some(d) = device {
+            d.check_available()?;
+        }
         let batches = batch_indices(data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
-        Ok(batches.into_iter().map(move |idx| data.batch(&idx)))
+        Ok(batches.into_iter().map(move |idx| {
+            let (x, y) = data.batch(&idx)?;
+            match device {
+                Some(d) => Ok((x.to(d)?, y.to(d)?)),
+                None => Ok((x, y)),
+            }
+        }))
     }
 }
 

@@ -100,8 +100,8 @@ impl Scaler {
         if f != offset.len() {
             return Err(Error::invalid("Scaler::transform", format!("fitted on {} features, got {f}", offset.len())));
         }
-        let offset = Tensor::from_slice(offset, &[f])?;
-        let scale = Tensor::from_vec(scale, &[f])?;
+        let offset = Tensor::from_slice(offset, &[f])?.to(x.device())?;
+        let scale = Tensor::from_vec(scale, &[f])?.to(x.device())?;
         x.sub(&offset)?.div(&scale)
     }
 }
@@ -152,7 +152,7 @@ pub fn one_hot(classes: &Tensor, num_classes: usize) -> Result<Tensor> {
     for (i, c) in classes.to_vec().into_iter().enumerate() {
         out[i * num_classes + crate::ops::index::checked_index("one_hot", c, num_classes)?] = 1.0;
     }
-    Tensor::from_vec(out, &[n, num_classes])
+    Tensor::from_vec(out, &[n, num_classes])?.to(classes.device())
 }
 
 #[cfg(test)]

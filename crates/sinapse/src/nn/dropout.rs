@@ -43,29 +43,13 @@ impl Module for Dropout {
             let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
             (0..x.elem_count()).map(|_| if rng.unit() < self.p { 0.0 } else { keep_scale }).collect()
         };
-        x.mul(&Tensor::from_vec(mask, x.shape())?)
+        // Drawn on the host from the layer's seeded generator, so a seed gives the same masks on
+        // every device.
+        x.mul(&Tensor::from_vec(mask, x.shape())?.to(x.device())?)
     }
 
     fn describe(&self) -> String {
         format!("Dropout(p={})", self.p)
-    }
-}
-
-/// Flattens every axis after the first: `[N, d1, d2, ..] -> [N, d1·d2·..]` (PyTorch's
-/// `nn.Flatten()`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Flatten;
-
-impl Module for Flatten {
-    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
-        if x.rank() < 2 {
-            return Ok(x.clone());
-        }
-        x.flatten(1, x.rank() - 1)
-    }
-
-    fn describe(&self) -> String {
-        "Flatten".to_string()
     }
 }
 
@@ -98,11 +82,5 @@ mod tests {
         let y = d.forward(&x, Mode::Train).unwrap();
         let g = y.sum_all().unwrap().backward().unwrap();
         assert_eq!(g.get(&x).unwrap().to_vec(), y.to_vec(), "d(x·m)/dx = m");
-    }
-
-    #[test]
-    fn flatten_keeps_the_batch_axis() {
-        let x = Tensor::zeros(&[2, 3, 4]);
-        assert_eq!(Flatten.forward(&x, Mode::Eval).unwrap().shape(), &[2, 12]);
     }
 }

@@ -9,8 +9,6 @@
 //! | [`cross_entropy`] | -ln softmax(x)\[class\] | many classes, class indices |
 //! | [`cross_entropy_with_probs`] | -Σc tc ln softmax(x)c | many classes, one-hot or soft targets |
 
-use crate::ops::binary::binary_op;
-use crate::ops::grad_if;
 use crate::{Error, Result, Tensor};
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -33,48 +31,31 @@ pub fn mse(prediction: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// loss instead of infinity, and the gradient divides by max(p(1-p), 1e-12).
 pub fn binary_cross_entropy(p: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("binary_cross_entropy", p, y)?;
-    if let Some(bad) = p.to_vec().into_iter().find(|v| !(0.0..=1.0).contains(v)) {
-        return Err(Error::invalid("binary_cross_entropy", format!("probabilities must lie in [0, 1], found {bad}")));
+    if p.elem_count() > 0 {
+        // The two ends of the range (two small reads, on any device); a NaN propagates into
+        // both and fails the check too.
+        let _off = crate::no_grad();
+        let (lo, hi) = (p.min_all()?.to_scalar()?, p.max_all()?.to_scalar()?);
+        if !(0.0 <= lo && hi <= 1.0) {
+            let bad = if lo.is_nan() || lo < 0.0 { lo } else { hi };
+            return Err(Error::invalid(
+                "binary_cross_entropy",
+                format!("probabilities must lie in [0, 1], found {bad}"),
+            ));
+        }
     }
-    let clamped_ln = |v: f32| v.ln().max(-100.0);
-    let per_element = binary_op(
-        p,
-        y,
-        "binary_cross_entropy",
-        move |p, y| -(y * clamped_ln(p) + (1.0 - y) * clamped_ln(1.0 - p)),
-        move |g, x, _| {
-            Ok(vec![
-                // d/dp = (p - y) / (p (1 - p))
-                grad_if(&x[0], || {
-                    let d = x[0].map2(&x[1], |p, y| (p - y) / (p * (1.0 - p)).max(1e-12))?;
-                    g.mul(&d)
-                })?,
-                // d/dy = ln(1 - p) - ln p
-                grad_if(&x[1], || g.mul(&x[0].map1(move |p| clamped_ln(1.0 - p) - clamped_ln(p))))?,
-            ])
-        },
-    )?;
-    per_element.mean_all()
+    p.binary_cross_entropy_elementwise(y)?.mean_all()
 }
 
 /// Binary cross-entropy on raw scores (logits) `x`, with p = σ(x), in the stable form
 /// max(x, 0) - x·y + ln(1 + e^-|x|), which never overflows. Gradient: σ(x) - y.
 pub fn binary_cross_entropy_with_logits(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("binary_cross_entropy_with_logits", x, y)?;
-    let per_element = binary_op(
-        x,
-        y,
-        "binary_cross_entropy_with_logits",
-        |x, y| x.max(0.0) - x * y + (-x.abs()).exp().ln_1p(),
-        |g, x, _| {
-            Ok(vec![grad_if(&x[0], || g.mul(&x[0].sigmoid()?.sub(&x[1])?))?, grad_if(&x[1], || g.mul(&x[0].neg()?))?])
-        },
-    )?;
-    per_element.mean_all()
+    x.binary_cross_entropy_with_logits_elementwise(y)?.mean_all()
 }
 
 /// Categorical cross-entropy of `logits` `[N, C]` against class indices `classes` `[N]`
-/// (whole numbers in `0..C`): mean over samples of -log softmax(logits)[class].
+/// (whole numbers in `0..C`): mean over samples of -log softmax(logits)\[class\].
 ///
 /// Softmax and log are fused ([`Tensor::log_softmax`]) so large logits stay finite; this is
 /// PyTorch's `CrossEntropyLoss`.

@@ -7,23 +7,31 @@
 mod activation;
 mod conv;
 mod dropout;
+mod embedding;
 pub mod init;
+mod last_step;
 mod linear;
 pub mod loss;
+mod pool;
 mod recurrent;
+mod reshape;
 mod sequential;
 mod summary;
 
 pub use activation::{LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Step, Tanh};
-pub use conv::{Conv1d, Conv2d, Pool2d, PoolKind, Reshape};
-pub use dropout::{Dropout, Flatten};
+pub use conv::{Conv1d, Conv2d};
+pub use dropout::Dropout;
+pub use embedding::Embedding;
 pub use init::Init;
+pub use last_step::LastStep;
 pub use linear::Linear;
-pub use recurrent::{CellKind, Embedding, LastStep, Recurrent, RecurrentState};
+pub use pool::{Pool2d, PoolKind};
+pub use recurrent::{CellKind, Recurrent, RecurrentState};
+pub use reshape::{Flatten, Reshape};
 pub use sequential::Sequential;
 pub use summary::{layer_summaries, summary, LayerSummary};
 
-use crate::{Result, Tensor};
+use crate::{Device, Result, Tensor};
 
 /// The parameters of a layer with a weight and an optional bias, under PyTorch's names.
 pub(crate) fn weight_and_bias(weight: &Tensor, bias: Option<&Tensor>) -> Vec<(String, Tensor)> {
@@ -68,4 +76,19 @@ pub trait Module: Send + Sync {
 
     /// A short description for summaries, e.g. `Linear(784 -> 256)`.
     fn describe(&self) -> String;
+
+    /// Moves every parameter to `device` in place, as PyTorch's `model.to(device)`: each keeps
+    /// its name and identity, so optimizers and checkpoints built on the list still apply.
+    fn to(&self, device: Device) -> Result<()> {
+        device.check_available()?;
+        for p in self.parameters() {
+            p.move_to(device)?;
+        }
+        Ok(())
+    }
+
+    /// Where the parameters live (the CPU for a module without any).
+    fn device(&self) -> Device {
+        self.parameters().first().map_or(Device::Cpu, Tensor::device)
+    }
 }

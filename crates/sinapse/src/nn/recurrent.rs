@@ -1,5 +1,5 @@
 //! Recurrent networks: Elman RNN, LSTM and GRU, with PyTorch's equations, gate order and
-//! parameter names, and the embedding layer that usually feeds them.
+//! parameter names.
 //!
 //! A recurrent layer reads a sequence one step at a time and feeds its own output (the hidden
 //! state h) back in at the next step. Each step is written below with ordinary tensor ops, so
@@ -194,7 +194,10 @@ impl Recurrent {
                 };
                 (s.h.clone(), c)
             }
-            None => (Tensor::zeros(&state_shape), (self.kind == CellKind::Lstm).then(|| Tensor::zeros(&state_shape))),
+            None => {
+                let zeros = || Tensor::zeros_on(&state_shape, x.device());
+                (zeros()?, (self.kind == CellKind::Lstm).then(zeros).transpose()?)
+            }
         };
         // The sequence as one tensor per step, [N, features]; each layer turns it into the
         // next layer's input sequence.
@@ -217,7 +220,7 @@ impl Recurrent {
         }
         let out = if steps == 0 {
             let shape = if self.batch_first { [n, 0, self.hidden_size] } else { [0, n, self.hidden_size] };
-            Tensor::zeros(&shape)
+            Tensor::zeros_on(&shape, x.device())?
         } else {
             Tensor::stack(&seq.iter().collect::<Vec<_>>(), time_axis)?
         };
@@ -256,68 +259,5 @@ impl Module for Recurrent {
             self.layers.len(),
             if self.batch_first { ", batch first" } else { "" }
         )
-    }
-}
-
-/// The last step of a batch-first sequence: `[N, T, F] -> [N, F]` (PyTorch's `out[:, -1, :]`),
-/// to classify a sequence by the recurrent layer's final output.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LastStep;
-
-impl Module for LastStep {
-    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
-        if x.rank() != 3 || x.shape()[1] == 0 {
-            return Err(Error::invalid(
-                "LastStep",
-                format!("expects a sequence [N, T, F] with T > 0, got {:?}", x.shape()),
-            ));
-        }
-        x.narrow(1, x.shape()[1] - 1, 1)?.squeeze(1)
-    }
-
-    fn describe(&self) -> String {
-        "LastStep".to_string()
-    }
-}
-
-/// A lookup table of `num_embeddings` learned vectors of size `dim` (PyTorch's
-/// `nn.Embedding`, weight `[num, dim]` drawn from N(0, 1)): indices of any shape become
-/// vectors, `[..] -> [.., dim]`. Its gradient adds into the rows that were looked up.
-pub struct Embedding {
-    /// The table, `[num_embeddings, dim]`.
-    pub weight: Tensor,
-}
-
-impl Embedding {
-    /// A table of `num_embeddings` vectors of size `dim`.
-    pub fn new(num_embeddings: usize, dim: usize, rng: &mut Rng) -> Result<Embedding> {
-        if num_embeddings == 0 || dim == 0 {
-            return Err(Error::invalid("Embedding", format!("sizes must be positive, got {num_embeddings} x {dim}")));
-        }
-        Ok(Embedding { weight: Tensor::rand_normal(&[num_embeddings, dim], 0.0, 1.0, rng)?.set_requires_grad(true) })
-    }
-}
-
-impl Module for Embedding {
-    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
-        if self.weight.rank() != 2 {
-            return Err(Error::invalid(
-                "Embedding",
-                format!("weight must be [num, dim], got {:?}", self.weight.shape()),
-            ));
-        }
-        let rows = self.weight.index_select(0, &x.flatten_all()?)?;
-        let mut shape = x.shape().to_vec();
-        shape.push(self.weight.shape()[1]);
-        rows.reshape(&shape)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        vec![("weight".to_string(), self.weight.clone())]
-    }
-
-    fn describe(&self) -> String {
-        let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
-        format!("Embedding({}, {})", s(0), s(1))
     }
 }

@@ -1,6 +1,6 @@
 //! A Keras-style summary of a model: each layer, its output shape and parameter count.
 
-use super::{Mode, Sequential};
+use super::{Mode, Module, Sequential};
 use crate::{no_grad, Result, Tensor};
 
 /// One row of a [`summary`].
@@ -20,7 +20,7 @@ pub fn layer_summaries(model: &Sequential, input_shape: &[usize]) -> Result<Vec<
     let _off = no_grad();
     let mut shape = vec![1];
     shape.extend_from_slice(input_shape);
-    let mut h = Tensor::zeros(&shape);
+    let mut h = Tensor::zeros_on(&shape, model.device())?;
     let mut rows = Vec::with_capacity(model.len());
     for (i, layer) in model.layers().iter().enumerate() {
         h = layer.forward(&h, Mode::Eval)?;

@@ -5,164 +5,133 @@
 //! over the repeated axes ([`Tensor::sum_to_shape`]): each input element influenced every
 //! output element it was copied to.
 
-use super::{grad_if, with_data2};
-use crate::autograd::GradFn;
-use crate::backend::cpu;
-use crate::tensor::broadcast_shape;
+use super::{binary_op, grad_if};
+use crate::backend::{BinaryOp, CmpOp};
+use crate::layout::broadcast_shape;
 use crate::{Result, Tensor};
 
-/// Broadcasts `lhs` and `rhs` together, applies `f` elementwise, and records `backward`.
-pub(crate) fn binary_op(
-    lhs: &Tensor,
-    rhs: &Tensor,
-    op: &'static str,
-    f: impl Fn(f32, f32) -> f32 + Sync,
-    backward: impl GradFn,
-) -> Result<Tensor> {
-    let shape = broadcast_shape(op, lhs.shape(), rhs.shape())?;
+/// A comparison: 1.0 where it holds, else 0.0. Not differentiable (no gradient flows).
+fn compare_op(lhs: &Tensor, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
+    let shape = broadcast_shape(op.name(), lhs.shape(), rhs.shape())?;
     let la = lhs.layout().broadcast_to(&shape)?;
     let lb = rhs.layout().broadcast_to(&shape)?;
-    let data = with_data2(lhs, rhs, |a, _, b, _| cpu::zip_map(a, &la, b, &lb, f));
-    Ok(Tensor::from_op(data, &shape, op, &[lhs, rhs], backward))
-}
-
-/// A comparison: 1.0 where `f` holds, else 0.0. Not differentiable (no gradient flows).
-fn compare_op(lhs: &Tensor, rhs: &Tensor, op: &'static str, f: impl Fn(f32, f32) -> bool + Sync) -> Result<Tensor> {
-    let _off = crate::no_grad();
-    binary_op(lhs, rhs, op, move |a, b| if f(a, b) { 1.0 } else { 0.0 }, |_, _, _| Ok(vec![None, None]))
+    let storage = Tensor::with_storages([lhs, rhs], |[a, b]| a.compare(&la, b, &lb, op))?;
+    Ok(Tensor::from_storage(storage, crate::layout::Layout::contiguous(&shape)))
 }
 
 impl Tensor {
-    /// `f(a, b)` elementwise with broadcasting, recording nothing. Gradient rules use it to
-    /// fuse their arithmetic into one pass (`relu`'s rule is `map2(grad, x, |g, x| ...)`).
-    pub(crate) fn map2(&self, rhs: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
-        let _off = crate::no_grad();
-        binary_op(self, rhs, "map2", f, |_, _, _| Ok(vec![None, None]))
-    }
-
     /// `self + rhs`, broadcasting. d/da = 1, d/db = 1.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(
-            self,
-            rhs,
-            "add",
-            |a, b| a + b,
-            |g, x, _| {
-                Ok(vec![
-                    grad_if(&x[0], || g.sum_to_shape(x[0].shape()))?,
-                    grad_if(&x[1], || g.sum_to_shape(x[1].shape()))?,
-                ])
-            },
-        )
+        binary_op(self, rhs, BinaryOp::Add, |g, x, _| {
+            Ok(vec![grad_if(&x[0], || g.sum_to_shape(x[0].shape()))?, grad_if(&x[1], || g.sum_to_shape(x[1].shape()))?])
+        })
     }
 
     /// `self - rhs`, broadcasting. d/da = 1, d/db = -1.
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(
-            self,
-            rhs,
-            "sub",
-            |a, b| a - b,
-            |g, x, _| {
-                Ok(vec![
-                    grad_if(&x[0], || g.sum_to_shape(x[0].shape()))?,
-                    grad_if(&x[1], || g.neg()?.sum_to_shape(x[1].shape()))?,
-                ])
-            },
-        )
+        binary_op(self, rhs, BinaryOp::Sub, |g, x, _| {
+            Ok(vec![
+                grad_if(&x[0], || g.sum_to_shape(x[0].shape()))?,
+                grad_if(&x[1], || g.neg()?.sum_to_shape(x[1].shape()))?,
+            ])
+        })
     }
 
     /// `self * rhs` elementwise, broadcasting. d/da = b, d/db = a.
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(
-            self,
-            rhs,
-            "mul",
-            |a, b| a * b,
-            |g, x, _| {
-                Ok(vec![
-                    grad_if(&x[0], || g.mul(&x[1])?.sum_to_shape(x[0].shape()))?,
-                    grad_if(&x[1], || g.mul(&x[0])?.sum_to_shape(x[1].shape()))?,
-                ])
-            },
-        )
+        binary_op(self, rhs, BinaryOp::Mul, |g, x, _| {
+            Ok(vec![
+                grad_if(&x[0], || g.mul(&x[1])?.sum_to_shape(x[0].shape()))?,
+                grad_if(&x[1], || g.mul(&x[0])?.sum_to_shape(x[1].shape()))?,
+            ])
+        })
     }
 
     /// `self / rhs` elementwise, broadcasting. d/da = 1/b, d/db = -a/b².
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
-        binary_op(
-            self,
-            rhs,
-            "div",
-            |a, b| a / b,
-            |g, x, _| {
-                Ok(vec![
-                    grad_if(&x[0], || g.div(&x[1])?.sum_to_shape(x[0].shape()))?,
-                    grad_if(&x[1], || {
-                        let b2 = x[1].mul(&x[1])?;
-                        g.mul(&x[0])?.div(&b2)?.neg()?.sum_to_shape(x[1].shape())
-                    })?,
-                ])
-            },
-        )
+        binary_op(self, rhs, BinaryOp::Div, |g, x, _| {
+            Ok(vec![
+                grad_if(&x[0], || g.div(&x[1])?.sum_to_shape(x[0].shape()))?,
+                grad_if(&x[1], || {
+                    let b2 = x[1].mul(&x[1])?;
+                    g.mul(&x[0])?.div(&b2)?.neg()?.sum_to_shape(x[1].shape())
+                })?,
+            ])
+        })
     }
 
     /// Elementwise larger of `self` and `rhs` (NaN if either is NaN, as in PyTorch). The
     /// gradient goes to the larger input; on a tie it is split in half between them.
     pub fn maximum(&self, rhs: &Tensor) -> Result<Tensor> {
-        let f = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) };
-        binary_op(self, rhs, "maximum", f, |g, x, _| select_grads(g, x, |a, b| a > b))
+        binary_op(self, rhs, BinaryOp::Maximum, |g, x, _| select_grads(g, x, CmpOp::Gt))
     }
 
     /// Elementwise smaller of `self` and `rhs`; gradient as for [`Tensor::maximum`].
     pub fn minimum(&self, rhs: &Tensor) -> Result<Tensor> {
-        let f = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) };
-        binary_op(self, rhs, "minimum", f, |g, x, _| select_grads(g, x, |a, b| a < b))
+        binary_op(self, rhs, BinaryOp::Minimum, |g, x, _| select_grads(g, x, CmpOp::Lt))
+    }
+
+    /// 1.0 where `self op rhs` holds, else 0.0 (broadcasting; no gradient).
+    pub fn compare(&self, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
+        compare_op(self, rhs, op)
+    }
+
+    /// `on_true` where `self` (the condition) is non-zero, else `on_false`, with all three
+    /// broadcast together. Gradient: to each branch where it was picked.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
+        let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
+        let (lc, lt, lf) = (
+            self.layout().broadcast_to(&shape)?,
+            on_true.layout().broadcast_to(&shape)?,
+            on_false.layout().broadcast_to(&shape)?,
+        );
+        let storage = Tensor::with_storages([self, on_true, on_false], |[c, t, f]| c.where_cond(&lc, t, &lt, f, &lf))?;
+        Ok(Tensor::from_op(storage, &shape, "where_cond", &[self, on_true, on_false], |g, x, _| {
+            let zero = Tensor::full_on(&[], 0.0, g.device())?;
+            Ok(vec![
+                None,
+                grad_if(&x[1], || x[0].where_cond(g, &zero)?.sum_to_shape(x[1].shape()))?,
+                grad_if(&x[2], || x[0].where_cond(&zero, g)?.sum_to_shape(x[2].shape()))?,
+            ])
+        }))
     }
 
     /// 1.0 where `self == rhs`, else 0.0 (broadcasting; no gradient).
     pub fn eq(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "eq", |a, b| a == b)
+        compare_op(self, rhs, CmpOp::Eq)
     }
 
     /// 1.0 where `self != rhs`, else 0.0.
     pub fn ne(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "ne", |a, b| a != b)
+        compare_op(self, rhs, CmpOp::Ne)
     }
 
     /// 1.0 where `self < rhs`, else 0.0.
     pub fn lt(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "lt", |a, b| a < b)
+        compare_op(self, rhs, CmpOp::Lt)
     }
 
     /// 1.0 where `self <= rhs`, else 0.0.
     pub fn le(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "le", |a, b| a <= b)
+        compare_op(self, rhs, CmpOp::Le)
     }
 
     /// 1.0 where `self > rhs`, else 0.0.
     pub fn gt(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "gt", |a, b| a > b)
+        compare_op(self, rhs, CmpOp::Gt)
     }
 
     /// 1.0 where `self >= rhs`, else 0.0.
     pub fn ge(&self, rhs: &Tensor) -> Result<Tensor> {
-        compare_op(self, rhs, "ge", |a, b| a >= b)
+        compare_op(self, rhs, CmpOp::Ge)
     }
 }
 
 /// Gradients of max/min: `g` to the input that `wins`, half of `g` to each on a tie.
-fn select_grads(g: &Tensor, x: &[Tensor], wins: fn(f32, f32) -> bool) -> Result<Vec<Option<Tensor>>> {
+fn select_grads(g: &Tensor, x: &[Tensor], wins: CmpOp) -> Result<Vec<Option<Tensor>>> {
     let share = |first: &Tensor, second: &Tensor| -> Result<Tensor> {
-        let w = first.map2(second, move |a, b| {
-            if wins(a, b) {
-                1.0
-            } else if a == b {
-                0.5
-            } else {
-                0.0
-            }
-        })?;
+        let w = first.compare(second, wins)?.add(&first.eq(second)?.mul_scalar(0.5)?)?;
         g.mul(&w)?.sum_to_shape(first.shape())
     };
     Ok(vec![grad_if(&x[0], || share(&x[0], &x[1]))?, grad_if(&x[1], || share(&x[1], &x[0]))?])

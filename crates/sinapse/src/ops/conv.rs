@@ -13,7 +13,8 @@
 //! Output size per axis: ⌊(in + 2·padding - dilation·(kernel - 1) - 1) / stride⌋ + 1.
 
 use super::grad_if;
-use crate::backend::cpu::{self, Window};
+use crate::backend::ImageDims;
+pub use crate::backend::Window;
 use crate::{Error, Result, Tensor};
 
 /// Reads an `[N, C, H, W]` shape, or fails naming `op`.
@@ -44,19 +45,32 @@ fn output_size(op: &'static str, win: &Window, h: usize, w: usize) -> Result<[us
 impl Tensor {
     /// Every window of an `[N, C, H, W]` batch as a column of one matrix:
     /// `[C·KH·KW, N·OH·OW]`, columns ordered by image, then row, then column of the output.
-    /// Taps that fall in the padding read `pad_value`.
+    /// Taps that fall in the padding read `pad_value`. Gradient: [`Tensor::col2im`].
     pub fn im2col(&self, win: Window, pad_value: f32) -> Result<Tensor> {
-        let dims = nchw("im2col", self)?;
-        let [n, c, h, w] = dims;
-        let out_hw = output_size("im2col", &win, h, w)?;
-        let cols = self.with_row_major(|d| cpu::im2col(d, dims, &win, out_hw, pad_value));
-        let shape = [c * win.kernel[0] * win.kernel[1], n * out_hw[0] * out_hw[1]];
+        let input = nchw("im2col", self)?;
+        let [n, c, h, w] = input;
+        let dims = ImageDims { input, output: output_size("im2col", &win, h, w)? };
+        let cols = self.storage().im2col(self.layout(), dims, &win, pad_value)?;
+        let shape = [c * win.kernel[0] * win.kernel[1], n * dims.output[0] * dims.output[1]];
         Ok(Tensor::from_op(cols, &shape, "im2col", &[self], move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || {
-                let g = g.contiguous()?;
-                let img = g.with_data(|d, l| cpu::col2im(&d[l.offset()..], dims, &win, out_hw));
-                Tensor::from_vec(img, &dims)
-            })?])
+            Ok(vec![grad_if(&x[0], || g.col2im(input, win))?])
+        }))
+    }
+
+    /// The adjoint of [`Tensor::im2col`] (PyTorch's `fold`): every entry of a
+    /// `[C·KH·KW, N·OH·OW]` matrix added back onto the pixel of an `input`-shaped
+    /// `[N, C, H, W]` batch it was read from (taps in the padding are dropped). Gradient:
+    /// `im2col` of the output gradient.
+    pub fn col2im(&self, input: [usize; 4], win: Window) -> Result<Tensor> {
+        let [n, c, h, w] = input;
+        let dims = ImageDims { input, output: output_size("col2im", &win, h, w)? };
+        let want = [c * win.kernel[0] * win.kernel[1], n * dims.output[0] * dims.output[1]];
+        if self.shape() != want {
+            return Err(Error::shapes("col2im", self.shape(), &want));
+        }
+        let img = self.storage().col2im(self.layout(), dims, &win)?;
+        Ok(Tensor::from_op(img, &input, "col2im", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || g.im2col(win, 0.0))?])
         }))
     }
 
@@ -90,7 +104,13 @@ impl Tensor {
         let [oh, ow] = output_size("conv2d", &win, h, w)?;
         let cols = self.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
         let out = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?; // [O, N·OH·OW]
-        columns_to_images(&out, bias, [n, o, oh, ow])
+                                                                     // [O, N, L] seen as [N, O, L] (a view); the bias add (or a copy) makes it row-major.
+        let images = out.reshape(&[o, n, oh * ow])?.permute(&[1, 0, 2])?;
+        let images = match bias {
+            Some(b) => images.add(&b.reshape(&[o, 1])?)?,
+            None => images.contiguous()?,
+        };
+        images.reshape(&[n, o, oh, ow])
     }
 
     /// 1-D convolution of `[N, C, L]` with weights `[O, C, K]`: the 2-D convolution of a
@@ -120,20 +140,22 @@ impl Tensor {
     /// Max pooling: the largest value of each window (padding never wins). The gradient goes
     /// to the input element that was the maximum (the first one, on a tie, as in PyTorch).
     pub fn max_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
-        let dims = nchw("max_pool2d", self)?;
-        let [n, c, h, w] = dims;
+        let input = nchw("max_pool2d", self)?;
+        let [n, c, h, w] = input;
         if h == 0 || w == 0 {
             return Err(Error::invalid("max_pool2d", format!("needs a non-empty image, got {h}x{w}")));
         }
         let win = pool_window("max_pool2d", kernel, stride, padding)?;
-        let out_hw = output_size("max_pool2d", &win, h, w)?;
-        let (values, argmax) = self.with_row_major(|d| cpu::max_pool(d, dims, &win, out_hw));
-        Ok(Tensor::from_op(values, &[n, c, out_hw[0], out_hw[1]], "max_pool2d", &[self], move |g, x, _| {
+        let dims = ImageDims { input, output: output_size("max_pool2d", &win, h, w)? };
+        let (values, taps) = self.storage().max_pool2d(self.layout(), dims, &win)?;
+        let [oh, ow] = dims.output;
+        let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&[n, c, oh, ow]));
+        Ok(Tensor::from_op(values, &[n, c, oh, ow], "max_pool2d", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
-                let g = g.contiguous()?;
-                let per_plane = out_hw[0] * out_hw[1];
-                let dx = g.with_data(|d, l| cpu::max_pool_backward(&d[l.offset()..], &argmax, dims, per_plane));
-                Tensor::from_vec(dx, &dims)
+                let dx = Tensor::with_storages([g, &taps], |[gs, ts]| {
+                    gs.max_pool2d_backward(g.layout(), ts, taps.layout(), dims, &win)
+                })?;
+                Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&input)))
             })?])
         }))
     }
@@ -149,29 +171,6 @@ impl Tensor {
         let cols = planes.im2col(win, 0.0)?; // [KH·KW, N·C·OH·OW]
         cols.mean(0, false)?.reshape(&[n, c, oh, ow])
     }
-}
-
-/// `[O, N·OH·OW]` convolution results plus a bias per channel, as `[N, O, OH, OW]` images.
-/// Gradients: the images' gradient rearranged back, and its sum per channel for the bias.
-fn columns_to_images(y: &Tensor, bias: Option<&Tensor>, [n, o, oh, ow]: [usize; 4]) -> Result<Tensor> {
-    let l = oh * ow;
-    let bias_values = bias.map(Tensor::to_vec); // one value per channel
-    let data = y.with_row_major(|d| cpu::columns_to_images(d, bias_values.as_deref(), o, n, l));
-    let inputs: Vec<&Tensor> = std::iter::once(y).chain(bias).collect();
-    Ok(Tensor::from_op(data, &[n, o, oh, ow], "conv_bias", &inputs, move |g, x, _| {
-        let g = g.contiguous()?;
-        let mut grads = vec![grad_if(&x[0], || {
-            let cols = g.with_data(|d, lay| cpu::images_to_columns(&d[lay.offset()..], o, n, l));
-            Tensor::from_vec(cols, &[o, n * l])
-        })?];
-        if let Some(b) = x.get(1) {
-            grads.push(grad_if(b, || {
-                let sums = g.with_data(|d, lay| cpu::channel_sums(&d[lay.offset()..], o, n, l));
-                Tensor::from_vec(sums, &[o])
-            })?);
-        }
-        Ok(grads)
-    }))
 }
 
 /// A pooling window, checked: padding at most half the kernel, as PyTorch requires.

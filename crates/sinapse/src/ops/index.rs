@@ -1,34 +1,19 @@
-//! Picking and assembling: index_select, gather, concatenation and stacking.
+//! Picking and assembling: index_select and index_add, gather and scatter_add,
+//! concatenation and stacking.
 //!
 //! Indices travel as f32 tensors holding whole numbers (Sinapse tensors have one element
 //! type); each is checked to be a whole number inside the axis before use.
 
 use super::grad_if;
-use crate::backend::cpu;
-use crate::tensor::Layout;
+use crate::backend::Storage;
+pub use crate::backend::{checked_index, MAX_EXACT_INDEX};
+use crate::layout::Layout;
 use crate::{Error, Result, Tensor};
-
-/// Indices travel as f32, which holds every whole number exactly up to 2²⁴.
-pub const MAX_EXACT_INDEX: usize = 1 << 24;
-
-/// `v` as a position in `0..size`: a whole number in range (and below 2²⁴, where f32 stops
-/// counting exactly), or an error naming `op`.
-pub fn checked_index(op: &'static str, v: f32, size: usize) -> Result<usize> {
-    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < size.min(MAX_EXACT_INDEX) {
-        Ok(v as usize)
-    } else {
-        Err(Error::IndexOutOfRange { op, index: v as f64, size })
-    }
-}
-
-/// The values of `indices` as positions in `0..size`, or an error naming the first bad one.
-fn checked_indices(op: &'static str, indices: &Tensor, size: usize) -> Result<Vec<usize>> {
-    indices.to_vec().into_iter().map(|v| checked_index(op, v, size)).collect()
-}
 
 impl Tensor {
     /// The entries `indices[0], indices[1], ..` of axis `dim` (a 1-D list of positions, repeats
-    /// allowed). Gradient: each output slice's gradient is added back at its source position.
+    /// allowed). Gradient: each output slice's gradient is added back at its source position
+    /// ([`Tensor::index_add`] into zeros).
     pub fn index_select(&self, dim: usize, indices: &Tensor) -> Result<Tensor> {
         self.layout().check_dim("index_select", dim)?;
         if indices.rank() != 1 {
@@ -37,64 +22,64 @@ impl Tensor {
                 format!("indices must be 1-D, got shape {:?}", indices.shape()),
             ));
         }
-        let shape = self.shape();
-        let size = shape[dim];
-        let idx = checked_indices("index_select", indices, size)?;
-        let outer: usize = shape[..dim].iter().product();
-        let inner: usize = shape[dim + 1..].iter().product();
-        let mut out = Vec::with_capacity(outer * idx.len() * inner);
-        self.with_row_major(|d| {
-            for o in 0..outer {
-                for &i in &idx {
-                    let start = (o * size + i) * inner;
-                    out.extend_from_slice(&d[start..start + inner]);
-                }
-            }
-        });
-        let mut out_shape = shape.to_vec();
-        out_shape[dim] = idx.len();
-        Ok(Tensor::from_op(out, &out_shape, "index_select", &[self], move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || {
-                let mut acc = vec![0.0; x[0].elem_count()];
-                let g = g.contiguous()?;
-                g.with_data(|d, l| {
-                    let d = &d[l.offset()..];
-                    for o in 0..outer {
-                        for (j, &i) in idx.iter().enumerate() {
-                            let from = (o * idx.len() + j) * inner;
-                            let to = (o * size + i) * inner;
-                            acc[to..to + inner].iter_mut().zip(&d[from..from + inner]).for_each(|(a, &v)| *a += v);
-                        }
-                    }
-                });
-                Tensor::from_vec(acc, x[0].shape())
-            })?])
+        let storage =
+            Tensor::with_storages([self, indices], |[s, i]| s.index_select(self.layout(), dim, i, indices.layout()))?;
+        let mut shape = self.shape().to_vec();
+        shape[dim] = indices.elem_count();
+        let indices = indices.detach();
+        Ok(Tensor::from_op(storage, &shape, "index_select", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || x[0].zeros_like()?.index_add(dim, &indices, g))?])
+        }))
+    }
+
+    /// `self` with slice `j` of `src` (along `dim`) added at position `indices[j]`; repeated
+    /// positions add up. `src` has `self`'s shape except `indices.len()` along `dim`.
+    /// Gradients: `g` for `self`, `g.index_select(dim, indices)` for `src`.
+    pub fn index_add(&self, dim: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.layout().check_dim("index_add", dim)?;
+        let mut want = self.shape().to_vec();
+        want[dim] = indices.elem_count();
+        if indices.rank() != 1 || src.shape() != want {
+            return Err(Error::shapes("index_add (source vs indices)", src.shape(), &want));
+        }
+        let storage = Tensor::with_storages([self, indices, src], |[s, i, v]| {
+            s.index_add(self.layout(), dim, i, indices.layout(), v, src.layout())
+        })?;
+        let indices = indices.detach();
+        Ok(Tensor::from_op(storage, self.shape(), "index_add", &[self, src], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || Ok(g.clone()))?, grad_if(&x[1], || g.index_select(dim, &indices))?])
         }))
     }
 
     /// `out[i][j] = self[i][index[i][j]]` for `dim = 1` (and likewise for any axis): picks one
     /// entry of axis `dim` per position of `index`, which has the same rank as `self` and is no
-    /// larger on the other axes. Gradient: added back at the picked positions (scatter-add).
+    /// larger on the other axes. Gradient: added back at the picked positions
+    /// ([`Tensor::scatter_add`] into zeros).
     pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
         self.layout().check_dim("gather", dim)?;
-        let (shape, ishape) = (self.shape(), index.shape());
-        let fits =
-            ishape.len() == shape.len() && ishape.iter().zip(shape).enumerate().all(|(d, (&i, &s))| d == dim || i <= s);
-        if !fits {
-            return Err(Error::shapes("gather", shape, ishape));
+        check_index_shape("gather", self.shape(), index.shape(), dim)?;
+        let storage = Tensor::with_storages([self, index], |[s, i]| s.gather(self.layout(), dim, i, index.layout()))?;
+        let (shape, index) = (index.shape().to_vec(), index.detach());
+        Ok(Tensor::from_op(storage, &shape, "gather", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || x[0].zeros_like()?.scatter_add(dim, &index, g))?])
+        }))
+    }
+
+    /// `self` with each `src[p]` added at position `p` with axis `dim` replaced by `index[p]`
+    /// (the adjoint of [`Tensor::gather`]; PyTorch's `scatter_add`). `src` has the index's
+    /// shape. Gradients: `g` for `self`, `g.gather(dim, index)` for `src`.
+    pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        self.layout().check_dim("scatter_add", dim)?;
+        check_index_shape("scatter_add", self.shape(), index.shape(), dim)?;
+        if src.shape() != index.shape() {
+            return Err(Error::shapes("scatter_add (source vs index)", src.shape(), index.shape()));
         }
-        let idx = checked_indices("gather", index, shape[dim])?;
-        // Storage offset, in a row-major buffer of `shape`, of each picked element.
-        let positions = gather_positions(&Layout::contiguous(shape), ishape, dim, &idx);
-        let out: Vec<f32> = self.with_row_major(|d| positions.iter().map(|&p| d[p]).collect());
-        Ok(Tensor::from_op(out, ishape, "gather", &[self], move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || {
-                let mut acc = vec![0.0; x[0].elem_count()];
-                for (&p, v) in positions.iter().zip(g.to_vec()) {
-                    acc[p] += v;
-                }
-                Tensor::from_vec(acc, x[0].shape())
-            })?])
+        let storage = Tensor::with_storages([self, index, src], |[s, i, v]| {
+            s.scatter_add(self.layout(), dim, i, index.layout(), v, src.layout())
+        })?;
+        let index = index.detach();
+        Ok(Tensor::from_op(storage, self.shape(), "scatter_add", &[self, src], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || Ok(g.clone()))?, grad_if(&x[1], || g.gather(dim, &index))?])
         }))
     }
 
@@ -115,13 +100,13 @@ impl Tensor {
             shape[dim] += s[dim];
         }
         let out_layout = Layout::contiguous(&shape);
-        let mut out = vec![0.0; out_layout.elem_count()];
+        let mut out = Storage::full(first.device(), out_layout.elem_count(), 0.0)?;
         let mut sizes = Vec::with_capacity(tensors.len());
         let mut start = 0;
         for t in tensors {
             let len = t.shape()[dim];
             let region = out_layout.narrow(dim, start, len)?;
-            t.with_data(|d, l| cpu::copy_into(d, l, &mut out, &region));
+            t.storage().copy_into(t.layout(), &mut out, &region, "cat")?;
             sizes.push(len);
             start += len;
         }
@@ -149,23 +134,12 @@ impl Tensor {
     }
 }
 
-/// For each position of an index tensor of shape `ishape` (row-major), the offset in `layout`
-/// of the element it picks: the position itself with axis `dim` replaced by the index value.
-fn gather_positions(layout: &Layout, ishape: &[usize], dim: usize, idx: &[usize]) -> Vec<usize> {
-    let strides = layout.strides();
-    let mut counter = vec![0usize; ishape.len()];
-    let mut out = Vec::with_capacity(idx.len());
-    for &i in idx {
-        let base: usize =
-            counter.iter().zip(strides).enumerate().filter(|(d, _)| *d != dim).map(|(_, (c, s))| c * s).sum();
-        out.push(base + i * strides[dim]);
-        for d in (0..ishape.len()).rev() {
-            counter[d] += 1;
-            if counter[d] < ishape[d] {
-                break;
-            }
-            counter[d] = 0;
-        }
+/// An index of `self`'s rank, no larger than `self` on the axes other than `dim`.
+fn check_index_shape(op: &'static str, shape: &[usize], ishape: &[usize], dim: usize) -> Result<()> {
+    let fits =
+        ishape.len() == shape.len() && ishape.iter().zip(shape).enumerate().all(|(d, (&i, &s))| d == dim || i <= s);
+    if !fits {
+        return Err(Error::shapes(op, shape, ishape));
     }
-    out
+    Ok(())
 }

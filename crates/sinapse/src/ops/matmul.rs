@@ -4,8 +4,7 @@
 //! chain rule gives dL/dA = dL/dC · Bᵀ and dL/dB = Aᵀ · dL/dC.
 
 use super::grad_if;
-use crate::backend::cpu;
-use crate::tensor::broadcast_shape;
+use crate::layout::{broadcast_shape, checked_elem_count};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -37,10 +36,10 @@ impl Tensor {
             return Err(Error::shapes("matmul", a, b));
         }
         let mut batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2])?;
-        crate::tensor::checked_elem_count("matmul", &[batch.as_slice(), &[m, n]].concat())?;
+        checked_elem_count("matmul", &[batch.as_slice(), &[m, n]].concat())?;
         let la = self.layout().broadcast_to(&[batch.as_slice(), &[m, k]].concat())?;
         let lb = rhs.layout().broadcast_to(&[batch.as_slice(), &[k, n]].concat())?;
-        let data = super::with_data2(self, rhs, |da, _, db, _| cpu::matmul(da, &la, db, &lb, m, k, n));
+        let data = Tensor::with_storages([self, rhs], |[a, b]| a.matmul(&la, b, &lb, [m, k, n]))?;
         batch.extend([m, n]);
         Ok(Tensor::from_op(data, &batch, "matmul", &[self, rhs], |g, x, _| {
             Ok(vec![

@@ -1,32 +1,26 @@
 //! Operations on tensors, one file per family, each op's forward next to its gradient rule.
 //!
-//! Reading guide: every op computes its result with a kernel from [`crate::backend::cpu`] and
-//! then hands `Tensor::from_op` a closure `|grad, inputs| ...`: the chain rule for that op,
-//! turning dL/d(output) into dL/d(input) for each input. For `y = exp(x)` it is
-//! `dL/dx = dL/dy * exp(x)`, written `grad.mul(&y)`.
+//! Reading guide: every op checks its arguments, runs one kernel of the backend's closed set
+//! (named by value: `UnaryOp::Exp`, `BinaryOp::Mul`, ...) on whatever device holds the
+//! tensor, and hands `Tensor::from_op` a closure `|grad, inputs, output| ...`: the chain rule
+//! for that op, turning dL/d(output) into dL/d(input) for each input, written in tensor ops
+//! only, so it runs on every device too. For `y = exp(x)` it is `dL/dx = dL/dy * exp(x)`,
+//! written `grad.mul(&y)`.
 
 pub mod activation;
 pub mod binary;
 pub mod conv;
 pub mod index;
+pub mod loss;
 pub mod matmul;
 pub mod reduce;
 pub mod unary;
 pub mod view;
 
 use crate::autograd::GradFn;
-use crate::backend::cpu;
-use crate::tensor::Layout;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::layout::broadcast_shape;
 use crate::{Result, Tensor};
-
-/// Runs `f` on the storage of two tensors at once (one lock when they share storage).
-pub(crate) fn with_data2<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &Layout, &[f32], &Layout) -> R) -> R {
-    if a.same_storage(b) {
-        a.with_data(|da, la| f(da, la, da, b.layout()))
-    } else {
-        a.with_data(|da, la| b.with_data(|db, lb| f(da, la, db, lb)))
-    }
-}
 
 /// The gradient for `input`, computed only when it needs one.
 pub(crate) fn grad_if(input: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Result<Option<Tensor>> {
@@ -37,16 +31,30 @@ pub(crate) fn grad_if(input: &Tensor, f: impl FnOnce() -> Result<Tensor>) -> Res
     }
 }
 
-impl Tensor {
-    /// `f(x)` elementwise, recording nothing (for gradient rules).
-    pub(crate) fn map1(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
-        let data = self.with_data(|d, l| cpu::map(d, l, f));
-        Tensor::from_parts(data, crate::tensor::Layout::contiguous(self.shape()))
-    }
+/// An elementwise op `y = op(x)` with gradient rule `backward`.
+pub(crate) fn unary_op(x: &Tensor, op: UnaryOp, backward: impl GradFn) -> Result<Tensor> {
+    let storage = x.storage().unary(x.layout(), op)?;
+    Ok(Tensor::from_op(storage, x.shape(), op.name(), &[x], backward))
 }
 
-/// An elementwise op `y = f(x)` with gradient rule `backward`.
-pub(crate) fn unary_op(x: &Tensor, op: &'static str, f: impl Fn(f32) -> f32 + Sync, backward: impl GradFn) -> Tensor {
-    let data = x.with_data(|d, l| cpu::map(d, l, f));
-    Tensor::from_op(data, x.shape(), op, &[x], backward)
+/// Broadcasts `lhs` and `rhs` together, applies `op` elementwise, and records `backward`.
+pub(crate) fn binary_op(lhs: &Tensor, rhs: &Tensor, op: BinaryOp, backward: impl GradFn) -> Result<Tensor> {
+    let shape = broadcast_shape(op.name(), lhs.shape(), rhs.shape())?;
+    let la = lhs.layout().broadcast_to(&shape)?;
+    let lb = rhs.layout().broadcast_to(&shape)?;
+    let storage = Tensor::with_storages([lhs, rhs], |[a, b]| a.binary(&la, b, &lb, op))?;
+    Ok(Tensor::from_op(storage, &shape, op.name(), &[lhs, rhs], backward))
+}
+
+/// `op(a, b)` elementwise with broadcasting, recording nothing: how gradient rules run the
+/// fused derivatives of the kernel set (`relu`'s rule is `binary_kernel(g, y, ReluGrad)`).
+pub(crate) fn binary_kernel(lhs: &Tensor, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let _off = crate::no_grad();
+    binary_op(lhs, rhs, op, |_, _, _| Ok(vec![None, None]))
+}
+
+/// `op(x)` elementwise, recording nothing (a derivative used by a gradient rule).
+pub(crate) fn unary_kernel(x: &Tensor, op: UnaryOp) -> Result<Tensor> {
+    let _off = crate::no_grad();
+    unary_op(x, op, |_, _, _| Ok(vec![None]))
 }

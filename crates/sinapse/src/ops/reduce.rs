@@ -4,21 +4,18 @@
 //! input (`x.sub(&x.mean(1, true)?)` centres each row).
 
 use super::grad_if;
-use crate::backend::cpu::{self, Reduce};
+use crate::backend::{ReduceOp, Storage};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Runs a reduction kernel over axis `dim`; returns the values and the result's shape.
-    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: Reduce) -> Result<(Vec<f32>, Vec<usize>)> {
+    fn reduce_dim(&self, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp) -> Result<(Storage, Vec<usize>)> {
         self.layout().check_dim(op, dim)?;
         let shape = self.shape();
-        let len = shape[dim];
-        if len == 0 && !matches!(kind, Reduce::Sum) {
+        if shape[dim] == 0 && kind != ReduceOp::Sum {
             return Err(Error::invalid(op, format!("axis {dim} of shape {shape:?} is empty")));
         }
-        let outer: usize = shape[..dim].iter().product();
-        let inner: usize = shape[dim + 1..].iter().product();
-        let data = self.with_row_major(|d| cpu::reduce(d, outer, len, inner, kind));
+        let data = self.storage().reduce(self.layout(), Some(dim), kind)?;
         let mut out_shape = shape.to_vec();
         if keepdim {
             out_shape[dim] = 1;
@@ -30,7 +27,7 @@ impl Tensor {
 
     /// Sum over axis `dim`. Every input element gets the gradient of the sum it went into.
     pub fn sum(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        let (data, shape) = self.reduce_dim("sum", dim, keepdim, Reduce::Sum)?;
+        let (data, shape) = self.reduce_dim("sum", dim, keepdim, ReduceOp::Sum)?;
         Ok(Tensor::from_op(data, &shape, "sum", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || expand_back(g, dim, keepdim, x[0].shape()))?])
         }))
@@ -51,8 +48,7 @@ impl Tensor {
 
     /// Sum of all elements, as a scalar (rank 0).
     pub fn sum_all(&self) -> Result<Tensor> {
-        let n = self.elem_count();
-        let data = self.with_row_major(|d| cpu::reduce(d, 1, n, 1, Reduce::Sum));
+        let data = self.storage().reduce(self.layout(), None, ReduceOp::Sum)?;
         Ok(Tensor::from_op(data, &[], "sum_all", &[self], |g, x, _| {
             Ok(vec![grad_if(&x[0], || g.broadcast_to(x[0].shape()))?])
         }))
@@ -73,15 +69,15 @@ impl Tensor {
     /// Largest entry along axis `dim`. The gradient goes to the entries equal to the maximum,
     /// shared evenly between ties.
     pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.extreme("max", dim, keepdim, Reduce::Max)
+        self.extreme("max", dim, keepdim, ReduceOp::Max)
     }
 
     /// Smallest entry along axis `dim`; gradient as for [`Tensor::max`].
     pub fn min(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        self.extreme("min", dim, keepdim, Reduce::Min)
+        self.extreme("min", dim, keepdim, ReduceOp::Min)
     }
 
-    fn extreme(&self, op: &'static str, dim: usize, keepdim: bool, kind: Reduce) -> Result<Tensor> {
+    fn extreme(&self, op: &'static str, dim: usize, keepdim: bool, kind: ReduceOp) -> Result<Tensor> {
         let (data, shape) = self.reduce_dim(op, dim, keepdim, kind)?;
         Ok(Tensor::from_op(data, &shape, op, &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {
@@ -106,14 +102,14 @@ impl Tensor {
     /// Index of the (first) largest entry along `dim`, as f32 values (exact below 2²⁴).
     /// Not differentiable.
     pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        let (data, shape) = self.reduce_dim("argmax", dim, keepdim, Reduce::ArgMax)?;
-        Tensor::from_vec(data, &shape)
+        let (data, shape) = self.reduce_dim("argmax", dim, keepdim, ReduceOp::ArgMax)?;
+        Ok(Tensor::from_storage(data, crate::layout::Layout::contiguous(&shape)))
     }
 
     /// Index of the (first) smallest entry along `dim`, as f32 values. Not differentiable.
     pub fn argmin(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
-        let (data, shape) = self.reduce_dim("argmin", dim, keepdim, Reduce::ArgMin)?;
-        Tensor::from_vec(data, &shape)
+        let (data, shape) = self.reduce_dim("argmin", dim, keepdim, ReduceOp::ArgMin)?;
+        Ok(Tensor::from_storage(data, crate::layout::Layout::contiguous(&shape)))
     }
 
     /// Sums a broadcast result back down to `shape`: over the leading axes that broadcasting

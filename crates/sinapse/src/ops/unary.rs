@@ -1,6 +1,7 @@
 //! Elementwise operations on one tensor, and tensor-with-scalar arithmetic.
 
-use super::{grad_if, unary_op};
+use super::{binary_kernel, grad_if, unary_kernel, unary_op};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -21,55 +22,39 @@ impl Tensor {
 
     /// `x * mul + add`. d/dx = mul.
     pub fn affine(&self, mul: f32, add: f32) -> Result<Tensor> {
-        Ok(unary_op(
-            self,
-            "affine",
-            move |x| x * mul + add,
-            move |g, x, _| Ok(vec![grad_if(&x[0], || g.mul_scalar(mul))?]),
-        ))
+        unary_op(self, UnaryOp::Affine { mul, add }, move |g, x, _| Ok(vec![grad_if(&x[0], || g.mul_scalar(mul))?]))
     }
 
     /// `e^x`. d/dx = e^x, the output itself.
     pub fn exp(&self) -> Result<Tensor> {
-        Ok(unary_op(self, "exp", f32::exp, |g, x, y| Ok(vec![grad_if(&x[0], || g.mul(y))?])))
+        unary_op(self, UnaryOp::Exp, |g, x, y| Ok(vec![grad_if(&x[0], || g.mul(y))?]))
     }
 
     /// Natural logarithm. d/dx = 1/x.
     pub fn log(&self) -> Result<Tensor> {
-        Ok(unary_op(self, "log", f32::ln, |g, x, _| Ok(vec![grad_if(&x[0], || g.div(&x[0]))?])))
+        unary_op(self, UnaryOp::Log, |g, x, _| Ok(vec![grad_if(&x[0], || g.div(&x[0]))?]))
     }
 
     /// Square root. d/dx = 1 / (2 sqrt(x)).
     pub fn sqrt(&self) -> Result<Tensor> {
-        Ok(unary_op(self, "sqrt", f32::sqrt, |g, x, y| Ok(vec![grad_if(&x[0], || g.div(&y.mul_scalar(2.0)?))?])))
+        unary_op(self, UnaryOp::Sqrt, |g, x, y| Ok(vec![grad_if(&x[0], || g.div(&y.mul_scalar(2.0)?))?]))
     }
 
     /// `x^p` for a constant exponent. d/dx = p x^(p-1).
     pub fn powf(&self, p: f32) -> Result<Tensor> {
-        Ok(unary_op(
-            self,
-            "powf",
-            move |x| x.powf(p),
-            move |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].powf(p - 1.0)?.mul_scalar(p)?))?]),
-        ))
+        unary_op(self, UnaryOp::Powf(p), move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || g.mul(&x[0].powf(p - 1.0)?.mul_scalar(p)?))?])
+        })
     }
 
     /// `|x|`. d/dx = sign(x), taken as 0 at 0.
     pub fn abs(&self) -> Result<Tensor> {
-        Ok(unary_op(self, "abs", f32::abs, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].sign()?))?])))
+        unary_op(self, UnaryOp::Abs, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].sign()?))?]))
     }
 
     /// -1, 0 or 1 by the sign of each element (0 for 0 and NaN). Not differentiable.
     pub fn sign(&self) -> Result<Tensor> {
-        Ok(self.map1(|x| {
-            if x > 0.0 {
-                1.0
-            } else if x < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        }))
+        unary_kernel(self, UnaryOp::Sign)
     }
 
     /// Limits every element to `[min, max]`. The gradient passes where `min <= x <= max` and
@@ -78,14 +63,9 @@ impl Tensor {
         if min > max || min.is_nan() || max.is_nan() {
             return Err(Error::invalid("clamp", format!("needs min <= max, got [{min}, {max}]")));
         }
-        Ok(unary_op(
-            self,
-            "clamp",
-            move |x| x.clamp(min, max),
-            move |g, x, _| {
-                Ok(vec![grad_if(&x[0], || g.map2(&x[0], move |g, v| if (min..=max).contains(&v) { g } else { 0.0 }))?])
-            },
-        ))
+        unary_op(self, UnaryOp::Clamp { min, max }, move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || binary_kernel(g, &x[0], BinaryOp::ClampGrad { min, max }))?])
+        })
     }
 }
 

@@ -2,18 +2,18 @@
 //! kernel needs row-major data.
 //!
 //! The gradient of a view undoes it: the gradient of a transpose is transposed back, the
-//! gradient of a reshape is reshaped back, and the gradient of `narrow` is placed into zeros.
+//! gradient of a reshape is reshaped back, and the gradient of `narrow` is placed between
+//! zeros.
 
 use super::grad_if;
-use crate::backend::cpu;
-use crate::tensor::Layout;
+use crate::layout::checked_elem_count;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
     /// Same elements in row-major order, new shape with the same element count. A view when
     /// the tensor is contiguous, else a copy.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
-        let n = crate::tensor::checked_elem_count("reshape", shape)?;
+        let n = checked_elem_count("reshape", shape)?;
         if n != self.elem_count() {
             return Err(Error::shapes("reshape", self.shape(), shape));
         }
@@ -64,16 +64,20 @@ impl Tensor {
     }
 
     /// Entries `start..start + len` of axis `dim` (a view). Its gradient is the output
-    /// gradient placed at those entries of a zero tensor.
+    /// gradient with zeros before and after it along `dim`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         let layout = self.layout().narrow(dim, start, len)?;
         Ok(self.view_op(layout, "narrow", move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
-                let shape = x[0].shape();
-                let mut out = vec![0.0; x[0].elem_count()];
-                let region = Layout::contiguous(shape).narrow(dim, start, len)?;
-                g.with_data(|d, l| cpu::copy_into(d, l, &mut out, &region));
-                Tensor::from_vec(out, shape)
+                let size = x[0].shape()[dim];
+                // Zeros as broadcast views of one zero: nothing is allocated for them.
+                let zeros = |n: usize| -> Result<Tensor> {
+                    let mut shape = g.shape().to_vec();
+                    shape[dim] = n;
+                    Tensor::full_on(&[], 0.0, g.device())?.broadcast_to(&shape)
+                };
+                let (before, after) = (zeros(start)?, zeros(size - start - len)?);
+                Tensor::cat(&[&before, g, &after], dim)
             })?])
         }))
     }
@@ -105,7 +109,7 @@ impl Tensor {
         if self.layout().is_contiguous() {
             return Ok(self.clone());
         }
-        let data = self.to_vec();
+        let data = self.storage().copy_strided(self.layout())?;
         Ok(Tensor::from_op(data, self.shape(), "contiguous", &[self], |g, x, _| {
             Ok(vec![grad_if(&x[0], || Ok(g.clone()))?])
         }))

@@ -1,6 +1,7 @@
 //! Adam and AdamW.
 
-use super::{check_hyper, for_each_param, state_for, Optimizer};
+use super::{check_hyper, Optimizer, State};
+use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
 /// Settings shared by [`Adam`] and [`AdamW`].
@@ -45,32 +46,25 @@ struct Moments {
     /// Steps taken by each parameter (a parameter without a gradient does not step, as in
     /// PyTorch, so its bias correction does not advance either).
     t: Vec<i32>,
-    m: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// `[m, v]` per parameter.
+    state: State,
 }
 
 impl Moments {
     fn step(&mut self, op: &'static str, params: &[Tensor], grads: &Gradients) -> Result<()> {
-        let AdamConfig { lr, beta1, beta2, eps, weight_decay: wd } = self.cfg;
-        let (ms, vs, ts, decoupled) = (&mut self.m, &mut self.v, &mut self.t, self.decoupled);
-        for_each_param(op, params, grads, |w, g, i| {
+        let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.cfg;
+        let (ts, decoupled) = (&mut self.t, self.decoupled);
+        self.state.step(op, params, grads, |i, _| {
             ts[i] += 1;
-            let bias1 = 1.0 - beta1.powi(ts[i]);
-            let bias2 = 1.0 - beta2.powi(ts[i]);
-            let m = state_for(ms, i, w.len());
-            let v = state_for(vs, i, w.len());
-            for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let g = if decoupled {
-                    *w *= 1.0 - lr * wd;
-                    g
-                } else {
-                    g + wd * *w
-                };
-                *m = beta1 * *m + (1.0 - beta1) * g;
-                *v = beta2 * *v + (1.0 - beta2) * g * g;
-                let m_hat = *m / bias1;
-                let v_hat = *v / bias2;
-                *w -= lr * m_hat / (v_hat.sqrt() + eps);
+            OptimizerUpdate::Adam {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled,
+                bias1: 1.0 - beta1.powi(ts[i]),
+                bias2: 1.0 - beta2.powi(ts[i]),
             }
         })
     }
@@ -99,10 +93,7 @@ impl Adam {
     pub fn with_config(params: Vec<Tensor>, cfg: AdamConfig) -> Result<Adam> {
         cfg.check("Adam")?;
         let n = params.len();
-        Ok(Adam {
-            params,
-            state: Moments { cfg, decoupled: false, t: vec![0; n], m: vec![Vec::new(); n], v: vec![Vec::new(); n] },
-        })
+        Ok(Adam { params, state: Moments { cfg, decoupled: false, t: vec![0; n], state: State::new(n) } })
     }
 }
 

@@ -11,9 +11,13 @@ pub fn clip_grad_norm(params: &[Tensor], grads: &mut Gradients, max_norm: f32) -
         return Err(Error::invalid("clip_grad_norm", format!("max_norm must be > 0, got {max_norm}")));
     }
     let mut sq = 0.0f64;
-    for p in params {
-        if let Some(g) = grads.get(p) {
-            sq += g.to_vec().iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+    {
+        let _off = crate::no_grad();
+        for p in params {
+            if let Some(g) = grads.get(p) {
+                // One small read per gradient; the squares are summed where the gradient is.
+                sq += g.mul(g)?.sum_all()?.to_scalar()? as f64;
+            }
         }
     }
     let norm = sq.sqrt() as f32;

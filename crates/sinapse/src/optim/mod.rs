@@ -16,7 +16,7 @@ pub use rmsprop::RmsProp;
 pub use schedule::LrSchedule;
 pub use sgd::Sgd;
 
-use crate::backend::cpu;
+use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
 /// The common interface of optimizers, used by the training loop.
@@ -29,57 +29,44 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f32);
 }
 
-/// Applies `update(param_values, grad_values, state_index)` to every parameter with a
-/// gradient; `state_index` is the parameter's position, for optimizers that keep state.
-pub(crate) fn for_each_param(
-    op: &'static str,
-    params: &[Tensor],
-    grads: &Gradients,
-    mut update: impl FnMut(&mut [f32], &[f32], usize),
-) -> Result<()> {
-    for (i, p) in params.iter().enumerate() {
-        if let Some(g) = grads.get(p) {
-            update_param(op, p, g, |w, g| update(w, g, i))?;
-        }
-    }
-    Ok(())
+/// Per-parameter state buffers (momentum, moment estimates), made as zeros beside each
+/// parameter, on its device, at its first update.
+pub(crate) struct State {
+    buffers: Vec<Vec<Tensor>>,
 }
 
-/// Applies `update(param_values, grad_values)` to one parameter in place, after checking that
-/// the gradient has the parameter's shape.
-pub(crate) fn update_param(
-    op: &'static str,
-    param: &Tensor,
-    grad: &Tensor,
-    update: impl FnOnce(&mut [f32], &[f32]),
-) -> Result<()> {
-    if param.shape() != grad.shape() {
-        return Err(Error::shapes(op, param.shape(), grad.shape()));
+impl State {
+    /// No buffers yet, for `n` parameters.
+    pub(crate) fn new(n: usize) -> State {
+        State { buffers: vec![Vec::new(); n] }
     }
-    // The gradient is read before the parameter is locked for writing.
-    let g = grad.with_data(|d, l| {
-        if l.is_contiguous() && !grad.same_storage(param) {
-            None
-        } else {
-            Some(cpu::to_contiguous(d, l))
-        }
-    });
-    match g {
-        Some(g) => param.update_in_place(op, |p| update(p, &g)),
-        None => grad.with_data(|d, l| {
-            let g = &d[l.offset()..l.offset() + l.elem_count()];
-            param.update_in_place(op, |p| update(p, g))
-        }),
-    }
-}
 
-/// Per-parameter state buffers, created (zeroed) on first use.
-pub(crate) fn state_for(state: &mut [Vec<f32>], i: usize, len: usize) -> &mut Vec<f32> {
-    let s = &mut state[i];
-    if s.len() != len {
-        *s = vec![0.0; len];
+    /// True when parameter `i` has not been updated yet.
+    pub(crate) fn is_fresh(&self, i: usize) -> bool {
+        self.buffers[i].is_empty()
     }
-    s
+
+    /// Applies `update(i)` (the update for parameter `i`, asked for only when it has a
+    /// gradient) to every parameter with a gradient, as one fused kernel per parameter.
+    pub(crate) fn step(
+        &mut self,
+        op: &'static str,
+        params: &[Tensor],
+        grads: &Gradients,
+        mut update: impl FnMut(usize, &State) -> OptimizerUpdate,
+    ) -> Result<()> {
+        for (i, p) in params.iter().enumerate() {
+            let Some(g) = grads.get(p) else { continue };
+            let u = update(i, self);
+            let wanted = u.state_buffers();
+            if self.buffers[i].len() != wanted {
+                self.buffers[i] = (0..wanted).map(|_| p.zeros_like()).collect::<Result<_>>()?;
+            }
+            let state: Vec<&Tensor> = self.buffers[i].iter().collect();
+            p.apply_update(op, g, &state, &u)?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks a hyper-parameter that must be a finite number >= 0 (or > 0 when `positive`).

@@ -1,6 +1,7 @@
 //! RMSprop.
 
-use super::{check_hyper, for_each_param, state_for, Optimizer};
+use super::{check_hyper, Optimizer, State};
+use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
 /// RMSprop (Hinton's lecture 6e), as PyTorch's `torch.optim.RMSprop`:
@@ -18,8 +19,7 @@ pub struct RmsProp {
     eps: f32,
     momentum: f32,
     weight_decay: f32,
-    square_avg: Vec<Vec<f32>>,
-    buffers: Vec<Vec<f32>>,
+    state: State,
 }
 
 impl RmsProp {
@@ -45,38 +45,20 @@ impl RmsProp {
             return Err(Error::invalid("RmsProp", format!("alpha must be in [0, 1), got {alpha}")));
         }
         let n = params.len();
-        Ok(RmsProp {
-            params,
-            lr,
-            alpha,
-            eps,
-            momentum,
-            weight_decay,
-            square_avg: vec![Vec::new(); n],
-            buffers: vec![Vec::new(); n],
-        })
+        Ok(RmsProp { params, lr, alpha, eps, momentum, weight_decay, state: State::new(n) })
     }
 }
 
 impl Optimizer for RmsProp {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let (lr, alpha, eps, mu, wd) = (self.lr, self.alpha, self.eps, self.momentum, self.weight_decay);
-        let (avgs, bufs) = (&mut self.square_avg, &mut self.buffers);
-        for_each_param("RmsProp::step", &self.params, grads, |w, g, i| {
-            let v = state_for(avgs, i, w.len());
-            let b = state_for(bufs, i, if mu > 0.0 { w.len() } else { 0 });
-            for (j, (w, &g)) in w.iter_mut().zip(g).enumerate() {
-                let g = g + wd * *w;
-                v[j] = alpha * v[j] + (1.0 - alpha) * g * g;
-                let scaled = g / (v[j].sqrt() + eps);
-                if mu > 0.0 {
-                    b[j] = mu * b[j] + scaled;
-                    *w -= lr * b[j];
-                } else {
-                    *w -= lr * scaled;
-                }
-            }
-        })
+        let update = OptimizerUpdate::RmsProp {
+            lr: self.lr,
+            alpha: self.alpha,
+            eps: self.eps,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+        };
+        self.state.step("RmsProp::step", &self.params, grads, |_, _| update)
     }
 
     fn lr(&self) -> f32 {

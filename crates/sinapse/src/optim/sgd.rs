@@ -1,6 +1,7 @@
 //! Stochastic gradient descent, with momentum, Nesterov momentum and weight decay.
 
-use super::{check_hyper, for_each_param, state_for, Optimizer};
+use super::{check_hyper, Optimizer, State};
+use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
 /// Minibatch gradient descent, as PyTorch's `torch.optim.SGD`:
@@ -20,7 +21,7 @@ pub struct Sgd {
     momentum: f32,
     nesterov: bool,
     weight_decay: f32,
-    buffers: Vec<Vec<f32>>,
+    state: State,
 }
 
 impl Sgd {
@@ -39,29 +40,19 @@ impl Sgd {
             return Err(Error::invalid("Sgd", "Nesterov momentum needs momentum > 0"));
         }
         let n = params.len();
-        Ok(Sgd { params, lr, momentum, nesterov, weight_decay, buffers: vec![Vec::new(); n] })
+        Ok(Sgd { params, lr, momentum, nesterov, weight_decay, state: State::new(n) })
     }
 }
 
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &Gradients) -> Result<()> {
-        let (lr, mu, nesterov, wd) = (self.lr, self.momentum, self.nesterov, self.weight_decay);
-        let buffers = &mut self.buffers;
-        for_each_param("Sgd::step", &self.params, grads, |w, g, i| {
-            if mu == 0.0 {
-                for (w, &g) in w.iter_mut().zip(g) {
-                    *w -= lr * (g + wd * *w);
-                }
-                return;
-            }
-            let first = buffers[i].is_empty();
-            let b = state_for(buffers, i, w.len());
-            for ((w, &g), b) in w.iter_mut().zip(g).zip(b.iter_mut()) {
-                let g = g + wd * *w;
-                *b = if first { g } else { mu * *b + g };
-                let step = if nesterov { g + mu * *b } else { *b };
-                *w -= lr * step;
-            }
+        let (lr, momentum, nesterov, weight_decay) = (self.lr, self.momentum, self.nesterov, self.weight_decay);
+        self.state.step("Sgd::step", &self.params, grads, |i, state| OptimizerUpdate::Sgd {
+            lr,
+            momentum,
+            nesterov,
+            weight_decay,
+            first_step: state.is_fresh(i),
         })
     }
 

@@ -10,14 +10,12 @@
 //! storage of their source. Operations are methods on `Tensor`; each lives in a file of
 //! [`crate::ops`] next to its gradient rule.
 
-mod layout;
-
-pub use layout::{broadcast_shape, checked_elem_count, contiguous_strides, for_each_run, Layout};
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::autograd::{self, GradFn, Node};
+use crate::backend::{DType, OptimizerUpdate, Storage};
+use crate::layout::{checked_elem_count, Layout};
 use crate::random::Rng;
 use crate::{Device, Error, Result};
 
@@ -29,27 +27,6 @@ impl TensorId {
     fn next() -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         TensorId(COUNTER.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// The numbers behind one or more tensors.
-#[derive(Debug)]
-pub(crate) enum Storage {
-    /// Host memory.
-    Cpu(Vec<f32>),
-}
-
-impl Storage {
-    pub(crate) fn as_slice(&self) -> &[f32] {
-        match self {
-            Storage::Cpu(v) => v,
-        }
-    }
-
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
-        match self {
-            Storage::Cpu(v) => v,
-        }
     }
 }
 
@@ -76,21 +53,14 @@ pub struct Tensor(Arc<TensorInner>);
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.elem_count();
         write!(f, "Tensor(shape={:?}, ", self.shape())?;
-        if n <= 16 {
-            write!(f, "data={:?}", self.to_vec())?;
-        } else {
-            // Only the printed elements are read: the first three and the last.
-            let (first, last) = self.with_data(|d, l| {
-                let mut first = Vec::with_capacity(3);
-                for_each_run(l.shape(), [l], |[o], len, [s]| {
-                    first.extend((0..len.min(3 - first.len())).map(|j| d[o + j * s]));
-                });
-                let end = l.offset() + l.shape().iter().zip(l.strides()).map(|(&n, &s)| (n - 1) * s).sum::<usize>();
-                (first, d[end])
-            });
-            write!(f, "data=[{}, {}, {}, ..., {last}]", first[0], first[1], first[2])?;
+        if self.device() != Device::Cpu {
+            write!(f, "device={}, ", self.device())?;
+        }
+        match self.storage().to_host(self.layout()) {
+            Ok(v) if v.len() <= 16 => write!(f, "data={v:?}")?,
+            Ok(v) => write!(f, "data=[{}, {}, {}, ..., {}]", v[0], v[1], v[2], v[v.len() - 1])?,
+            Err(e) => write!(f, "data unreadable: {e}")?,
         }
         if let Some(node) = &self.0.node {
             write!(f, ", grad_fn={}", node.op)?;
@@ -129,26 +99,28 @@ fn write_lock(s: &RwLock<Storage>) -> RwLockWriteGuard<'_, Storage> {
 // Construction
 // ---------------------------------------------------------------------------------------------
 impl Tensor {
-    /// Wraps a buffer in row-major order as a tensor of `shape` (no autograd node).
-    pub(crate) fn from_parts(data: Vec<f32>, layout: Layout) -> Tensor {
+    /// Wraps a storage, seen through `layout`, as a tensor with no autograd node.
+    pub(crate) fn from_storage(storage: Storage, layout: Layout) -> Tensor {
+        debug_assert!(layout.elem_count() == 0 || layout.offset() < storage.len());
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
-            storage: Arc::new(RwLock::new(Storage::Cpu(data))),
+            storage: Arc::new(RwLock::new(storage)),
             layout,
             requires_grad: false,
             node: None,
         }))
     }
 
-    /// A tensor that owns `data`, laid out row-major as `shape`.
+    /// A CPU tensor that owns `data`, laid out row-major as `shape`.
     ///
     /// Fails with [`Error::ElementCount`] when `data.len()` is not the product of `shape`.
+    /// Move it elsewhere with [`Tensor::to`].
     pub fn from_vec(data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         let expected = checked_elem_count("from_vec", shape)?;
         if data.len() != expected {
             return Err(Error::ElementCount { op: "from_vec", shape: shape.to_vec(), expected, got: data.len() });
         }
-        Ok(Tensor::from_parts(data, Layout::contiguous(shape)))
+        Ok(Tensor::from_storage(Storage::from_host(Device::Cpu, data)?, Layout::contiguous(shape)))
     }
 
     /// Like [`Tensor::from_vec`], copying from a slice.
@@ -156,43 +128,58 @@ impl Tensor {
         Tensor::from_vec(data.to_vec(), shape)
     }
 
-    /// A rank-0 tensor holding one value.
+    /// A rank-0 CPU tensor holding one value.
     pub fn scalar(value: f32) -> Tensor {
-        Tensor::from_parts(vec![value], Layout::contiguous(&[]))
+        Tensor::full(&[], value)
     }
 
-    /// A tensor of `shape` filled with `value`.
+    /// A CPU tensor of `shape` filled with `value`.
     ///
     /// # Panics
     /// When the shape has more elements than a `usize` counts (like any allocation that cannot
     /// be made); shapes from data and specs are checked before they get here.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
-        let n = checked_elem_count("full", shape).unwrap_or_else(|e| panic!("{e}"));
-        Tensor::from_parts(vec![value; n], Layout::contiguous(shape))
+        Tensor::full_on(shape, value, Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A tensor of zeros.
+    /// A tensor of `shape` filled with `value`, on `device`.
+    pub fn full_on(shape: &[usize], value: f32, device: Device) -> Result<Tensor> {
+        let n = checked_elem_count("full", shape)?;
+        Ok(Tensor::from_storage(Storage::full(device, n, value)?, Layout::contiguous(shape)))
+    }
+
+    /// A CPU tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
     }
 
-    /// A tensor of ones.
+    /// A CPU tensor of ones.
     pub fn ones(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 1.0)
     }
 
-    /// Zeros with the shape of `self`.
-    pub fn zeros_like(&self) -> Tensor {
-        Tensor::zeros(self.shape())
+    /// Zeros of `shape` on `device`.
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::full_on(shape, 0.0, device)
     }
 
-    /// Ones with the shape of `self`.
-    pub fn ones_like(&self) -> Tensor {
-        Tensor::ones(self.shape())
+    /// Zeros with the shape and device of `self`.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::full_on(self.shape(), 0.0, self.device())
     }
 
-    /// `[start, start + step, ...]` up to but excluding `end`, as a 1-D tensor.
+    /// Ones with the shape and device of `self`.
+    pub fn ones_like(&self) -> Result<Tensor> {
+        Tensor::full_on(self.shape(), 1.0, self.device())
+    }
+
+    /// `[start, start + step, ...]` up to but excluding `end`, as a 1-D CPU tensor.
     pub fn arange(start: f32, end: f32, step: f32) -> Result<Tensor> {
+        Tensor::arange_on(start, end, step, Device::Cpu)
+    }
+
+    /// [`Tensor::arange`] on `device`.
+    pub fn arange_on(start: f32, end: f32, step: f32, device: Device) -> Result<Tensor> {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
             return Err(Error::invalid(
                 "arange",
@@ -200,11 +187,12 @@ impl Tensor {
             ));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
-        let data: Vec<f32> = (0..n).map(|i| start + i as f32 * step).collect();
-        Tensor::from_vec(data, &[n])
+        Ok(Tensor::from_storage(Storage::arange(device, start, step, n)?, Layout::contiguous(&[n])))
     }
 
-    /// Values drawn uniformly from `[low, high)` by `rng`.
+    /// Values drawn uniformly from `[low, high)` by `rng`, on the CPU. Draws are made on the
+    /// host whatever the device, so a seed gives the same numbers everywhere: move the result
+    /// with [`Tensor::to`].
     pub fn rand_uniform(shape: &[usize], low: f32, high: f32, rng: &mut Rng) -> Result<Tensor> {
         if !(low.is_finite() && high.is_finite() && low < high) {
             return Err(Error::invalid("rand_uniform", format!("needs finite low < high, got [{low}, {high})")));
@@ -214,7 +202,8 @@ impl Tensor {
         Tensor::from_vec(data, shape)
     }
 
-    /// Values drawn from the normal distribution N(mean, std²) by `rng`.
+    /// Values drawn from the normal distribution N(mean, std²) by `rng`, on the CPU (see
+    /// [`Tensor::rand_uniform`]).
     pub fn rand_normal(shape: &[usize], mean: f32, std: f32, rng: &mut Rng) -> Result<Tensor> {
         if !(std.is_finite() && mean.is_finite() && std >= 0.0) {
             return Err(Error::invalid(
@@ -227,23 +216,24 @@ impl Tensor {
         Tensor::from_vec(data, shape)
     }
 
-    /// The result of an operation: a fresh contiguous tensor of `shape` holding `data`.
+    /// The result of an operation: a fresh contiguous tensor of `shape` over `storage` (what a
+    /// kernel returned).
     ///
     /// When gradients are being recorded and an input needs one, the result remembers `op`,
     /// its `inputs` and `backward`, the rule that turns the gradient of the result into
     /// gradients of the inputs (see [`crate::autograd`]).
     pub(crate) fn from_op(
-        data: Vec<f32>,
+        storage: Storage,
         shape: &[usize],
         op: &'static str,
         inputs: &[&Tensor],
         backward: impl GradFn,
     ) -> Tensor {
-        debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "{op}");
+        debug_assert_eq!(storage.len(), shape.iter().product::<usize>(), "{op}");
         let node = autograd::make_node(op, inputs, backward);
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
-            storage: Arc::new(RwLock::new(Storage::Cpu(data))),
+            storage: Arc::new(RwLock::new(storage)),
             layout: Layout::contiguous(shape),
             requires_grad: node.is_some(),
             node,
@@ -300,9 +290,12 @@ impl Tensor {
 
     /// Where the data lives.
     pub fn device(&self) -> Device {
-        match &*read_lock(&self.0.storage) {
-            Storage::Cpu(_) => Device::Cpu,
-        }
+        self.storage().device()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.storage().dtype()
     }
 
     /// True when `backward()` will compute a gradient for this tensor or through it.
@@ -339,46 +332,45 @@ impl Tensor {
         self.set_requires_grad(false)
     }
 
-    /// Runs `f` on the storage slice and the layout (read lock held during `f`).
-    pub(crate) fn with_data<R>(&self, f: impl FnOnce(&[f32], &Layout) -> R) -> R {
-        let guard = read_lock(&self.0.storage);
-        f(guard.as_slice(), &self.0.layout)
+    /// The storage, read-locked (for a kernel call).
+    pub(crate) fn storage(&self) -> RwLockReadGuard<'_, Storage> {
+        read_lock(&self.0.storage)
     }
 
-    /// Runs `f` on the elements in row-major order: the storage slice itself when the tensor
-    /// is contiguous, else a row-major copy. For kernels that need row-major input; unlike
-    /// [`Tensor::contiguous`] it records nothing.
-    pub(crate) fn with_row_major<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
-        self.with_data(|d, l| {
-            if l.is_contiguous() {
-                f(&d[l.offset()..l.offset() + l.elem_count()])
-            } else {
-                f(&crate::backend::cpu::to_contiguous(d, l))
+    /// Runs `f` on the storages of several tensors at once, each storage locked once even
+    /// when tensors share it (a kernel call with several operands).
+    pub(crate) fn with_storages<const N: usize, R>(tensors: [&Tensor; N], f: impl FnOnce([&Storage; N]) -> R) -> R {
+        let key = |t: &Tensor| Arc::as_ptr(&t.0.storage);
+        let mut guards: Vec<(*const RwLock<Storage>, RwLockReadGuard<'_, Storage>)> = Vec::with_capacity(N);
+        for t in tensors {
+            if !guards.iter().any(|(k, _)| *k == key(t)) {
+                guards.push((key(t), read_lock(&t.0.storage)));
             }
-        })
-    }
-
-    /// Runs `f` on this tensor's elements in place. The tensor must be contiguous; every
-    /// tensor sharing the storage sees the change. Used by optimizers on parameters.
-    pub(crate) fn update_in_place(&self, op: &'static str, f: impl FnOnce(&mut [f32])) -> Result<()> {
-        let l = &self.0.layout;
-        if !l.is_contiguous() {
-            return Err(Error::invalid(op, "in-place update of a non-contiguous view"));
         }
-        let mut guard = write_lock(&self.0.storage);
-        let n = l.elem_count();
-        f(&mut guard.as_mut_slice()[l.offset()..l.offset() + n]);
-        Ok(())
+        let storages: [&Storage; N] = std::array::from_fn(|i| {
+            let k = key(tensors[i]);
+            let (_, guard) = guards.iter().find(|(g, _)| *g == k).expect("every storage was locked above");
+            &**guard
+        });
+        f(storages)
     }
 
     /// True when both handles show the same storage.
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
+}
 
-    /// Copies the elements out in row-major order.
+// ---------------------------------------------------------------------------------------------
+// Moving data: to the host, between devices, into parameters
+// ---------------------------------------------------------------------------------------------
+impl Tensor {
+    /// Copies the elements out to host memory, in row-major order.
+    ///
+    /// # Panics
+    /// Only if the device fails to copy (a GPU lost mid-run); on the CPU it cannot fail.
     pub fn to_vec(&self) -> Vec<f32> {
-        self.with_data(crate::backend::cpu::to_contiguous)
+        self.storage().to_host(self.layout()).unwrap_or_else(|e| panic!("copying a tensor to the host: {e}"))
     }
 
     /// The single value of a one-element tensor.
@@ -386,7 +378,7 @@ impl Tensor {
         if self.elem_count() != 1 {
             return Err(Error::invalid("to_scalar", format!("needs exactly one element, shape is {:?}", self.shape())));
         }
-        Ok(self.with_data(|d, l| d[l.offset()]))
+        Ok(self.storage().to_host(self.layout())?[0])
     }
 
     /// The rows of a 2-D tensor as vectors.
@@ -395,21 +387,86 @@ impl Tensor {
             return Err(Error::invalid("to_vec2", format!("needs a 2-D tensor, shape is {:?}", self.shape())));
         }
         let cols = self.shape()[1];
-        let v = self.to_vec();
+        let v = self.storage().to_host(self.layout())?;
         if cols == 0 {
             return Ok(vec![vec![]; self.shape()[0]]);
         }
         Ok(v.chunks(cols).map(<[f32]>::to_vec).collect())
     }
 
-    /// Overwrites this tensor's elements with `src`'s (same shape), in place.
+    /// This tensor on `device`: `self` when it is there already, else a copy. Recorded, so
+    /// gradients flow back to the source device.
+    pub fn to(&self, device: Device) -> Result<Tensor> {
+        let from = self.device();
+        if from == device {
+            return Ok(self.clone());
+        }
+        let storage = self.storage().to_device(self.layout(), device)?;
+        Ok(Tensor::from_op(storage, self.shape(), "to", &[self], move |g, x, _| {
+            Ok(vec![crate::ops::grad_if(&x[0], || g.to(from))?])
+        }))
+    }
+
+    /// Moves this tensor's storage to `device` in place: every handle sharing it (views, the
+    /// optimizer's list, the graph) sees the data there. How [`crate::nn::Module::to`] moves
+    /// parameters while keeping their identity and names.
+    pub(crate) fn move_to(&self, device: Device) -> Result<()> {
+        let mut guard = write_lock(&self.0.storage);
+        if guard.device() == device {
+            return Ok(());
+        }
+        let whole = Layout::contiguous(&[guard.len()]);
+        *guard = guard.to_device(&whole, device)?;
+        Ok(())
+    }
+
+    /// Overwrites this tensor's elements with `src`'s (same shape; moved to this tensor's
+    /// device first), in place.
     ///
     /// Meant for parameters (loading a checkpoint, copying weights); it does not record.
     pub fn copy_from(&self, src: &Tensor) -> Result<()> {
         if self.shape() != src.shape() {
             return Err(Error::shapes("copy_from", self.shape(), src.shape()));
         }
-        let values = src.to_vec();
-        self.update_in_place("copy_from", |d| d.copy_from_slice(&values))
+        let src = if self.same_storage(src) { src.contiguous()?.detach() } else { src.to(self.device())? };
+        let values = src.storage();
+        let mut dst = write_lock(&self.0.storage);
+        values.copy_into(src.layout(), &mut dst, self.layout(), "copy_from")
+    }
+
+    /// One optimizer update of this parameter in place, from `grad` and the `state` buffers
+    /// (tensors of the parameter's shape, each its own storage), as one fused kernel.
+    pub(crate) fn apply_update(
+        &self,
+        op: &'static str,
+        grad: &Tensor,
+        state: &[&Tensor],
+        update: &OptimizerUpdate,
+    ) -> Result<()> {
+        if self.shape() != grad.shape() {
+            return Err(Error::shapes(op, self.shape(), grad.shape()));
+        }
+        if !self.layout().is_contiguous() {
+            return Err(Error::invalid(op, "in-place update of a non-contiguous view"));
+        }
+        // The gradient is read while the parameter is locked for writing: it must be another
+        // storage, and contiguous.
+        let grad = if grad.same_storage(self) || !grad.layout().is_contiguous() {
+            Tensor::from_storage(grad.storage().copy_strided(grad.layout())?, Layout::contiguous(grad.shape()))
+        } else {
+            grad.clone()
+        };
+        let mut guards = Vec::with_capacity(state.len());
+        for (i, s) in state.iter().enumerate() {
+            let shared = s.same_storage(self) || s.same_storage(&grad) || state[..i].iter().any(|o| o.same_storage(s));
+            if shared || !s.layout().is_contiguous() {
+                return Err(Error::invalid(op, "optimizer state must be separate contiguous buffers"));
+            }
+            guards.push(write_lock(&s.0.storage));
+        }
+        let mut state_storages: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
+        let g = grad.storage();
+        let mut param = write_lock(&self.0.storage);
+        param.optimizer_step(self.layout(), &g, grad.layout(), &mut state_storages, update, op)
     }
 }

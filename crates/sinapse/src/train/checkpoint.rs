@@ -1,8 +1,8 @@
-//! Checkpoints: weights in the safetensors format under their `state_dict` names, and
-//! atomic writes, so an interrupted save never leaves a broken model behind.
+//! Checkpoints: weights in the safetensors format under their `state_dict` names, written
+//! atomically ([`crate::atomic`]) so an interrupted save never leaves a broken model behind.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
@@ -50,7 +50,7 @@ pub fn weights_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tens
 /// Writes the model's parameters to a safetensors file, atomically.
 pub fn save_weights(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    write_atomically(path, &weights_to_bytes(&model.named_parameters())?)
+    crate::atomic::write_atomically(path, &weights_to_bytes(&model.named_parameters())?)
 }
 
 /// Reads a safetensors file.
@@ -97,53 +97,12 @@ pub fn load_into(model: &dyn Module, tensors: &[(String, Tensor)], source: &Path
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// readers see either the old file or the complete new one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = sibling(path, "tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_err(path))
-}
-
-/// Builds a directory through `fill` (called with a fresh temporary directory next to `dir`)
-/// and then puts it in place of `dir` by renames. If `fill` fails or the process dies, the
-/// old `dir` (if any) is untouched; at every moment `dir` is either the old complete directory
-/// or the new complete one (between the two renames the old one waits as `.NAME.old-PID`).
-pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = sibling(dir, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if dir.exists() {
-        let old = sibling(dir, "old");
-        std::fs::rename(dir, &old).map_err(io_err(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
-    } else {
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-    }
-    Ok(())
-}
-
-/// `.NAME.KIND-PID` beside `path`.
-fn sibling(path: &Path, kind: &str) -> PathBuf {
-    let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{kind}-{}", std::process::id()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nn::{Linear, Relu, Sequential};
     use crate::Rng;
+    use std::path::PathBuf;
 
     fn model(seed: u64) -> Sequential {
         let mut rng = Rng::seed(seed);
@@ -186,22 +145,5 @@ mod tests {
         assert_eq!(before, after, "a failed load changes nothing");
         std::fs::write(dir.join("junk"), b"not safetensors").unwrap();
         assert!(load_weights(dir.join("junk")).unwrap_err().to_string().contains("not a safetensors file"));
-    }
-
-    #[test]
-    fn a_failed_directory_write_keeps_the_old_directory() {
-        let root = temp("atomic");
-        let dir = root.join("model");
-        write_dir_atomically(&dir, |d| std::fs::write(d.join("a"), b"v1").map_err(io_err(d))).unwrap();
-        let failed = write_dir_atomically(&dir, |d| {
-            std::fs::write(d.join("a"), b"v2-partial").map_err(io_err(d))?;
-            Err(Error::invalid("test", "interrupted"))
-        });
-        assert!(failed.is_err());
-        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"v1");
-        write_dir_atomically(&dir, |d| std::fs::write(d.join("a"), b"v2").map_err(io_err(d))).unwrap();
-        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"v2");
-        let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     }
 }

@@ -22,6 +22,12 @@ use crate::nn::{loss, Mode, Module};
 use crate::optim::{clip_grad_norm, LrSchedule, Optimizer};
 use crate::{no_grad, Error, Result, Tensor};
 
+/// The headline metric of classification: the fraction of samples classified right.
+const CLASSIFICATION_METRIC: &str = "accuracy";
+/// The headline metric of regression: the mean absolute error (the loss, MSE, is reported
+/// beside it; R² too where a whole set is scored).
+const REGRESSION_METRIC: &str = "mae";
+
 /// What the model predicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -44,11 +50,11 @@ impl Task {
         }
     }
 
-    /// Name of the per-epoch metric: `accuracy` or `mae`.
+    /// Name of the task's headline metric (see [`Metrics::headline`]): `accuracy` or `mae`.
     pub fn metric_name(&self) -> &'static str {
         match self {
-            Task::Classification { .. } => "accuracy",
-            Task::Regression => "mae",
+            Task::Classification { .. } => CLASSIFICATION_METRIC,
+            Task::Regression => REGRESSION_METRIC,
         }
     }
 }
@@ -236,12 +242,13 @@ pub struct Silent;
 
 impl Observer for Silent {}
 
-/// The per-batch metric sum: correct predictions (classification) or absolute error (regression).
+/// The per-batch metric sum: correct predictions (classification) or absolute error
+/// (regression; outputs `[B, 1]` against targets `[B]` or `[B, 1]`, compared value by value).
 fn metric_sum(task: &Task, outputs: &Tensor, y: &Tensor) -> Result<f64> {
     let _off = no_grad();
     match task {
         Task::Classification { .. } => Ok(metrics::correct_count(outputs, y)? as f64),
-        Task::Regression => Ok(outputs.flatten_all()?.sub(y)?.abs()?.sum_all()?.to_scalar()? as f64),
+        Task::Regression => Ok(outputs.flatten_all()?.sub(&y.flatten_all()?)?.abs()?.sum_all()?.to_scalar()? as f64),
     }
 }
 
@@ -273,7 +280,8 @@ pub fn fit(
     }
     let params = model.parameters();
     let base_lr = opt.lr();
-    let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed);
+    // Batches are gathered where the data is and handed over on the model's device.
+    let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
     let batches = loader.len();
     let mut history = History {
         records: Vec::new(),
@@ -379,27 +387,37 @@ pub enum Metrics {
     Regression(RegressionMetrics),
 }
 
-impl Evaluation {
-    /// Accuracy (classification) or MAE (regression), the metric of the history.
-    pub fn metric(&self) -> f32 {
-        match &self.metrics {
-            Metrics::Classification(m) => m.accuracy() as f32,
-            Metrics::Regression(r) => r.mae as f32,
+impl Metrics {
+    /// The task's headline metric, with its name: accuracy, or MAE for regression. The
+    /// history records it every epoch and cross-validation scores folds by it.
+    pub fn headline(&self) -> (&'static str, f64) {
+        match self {
+            Metrics::Classification(m) => (CLASSIFICATION_METRIC, m.accuracy()),
+            Metrics::Regression(r) => (REGRESSION_METRIC, r.mae),
         }
     }
 }
 
+impl Evaluation {
+    /// The headline metric's value ([`Metrics::headline`]), the metric of the history.
+    pub fn metric(&self) -> f32 {
+        self.metrics.headline().1 as f32
+    }
+}
+
 /// The model's outputs for inputs `x`, in evaluation mode and without gradients, computed in
-/// batches of `batch_size`.
+/// batches of `batch_size`. Each batch is moved to the model's device; the outputs stay there.
 pub fn predict(model: &dyn Module, x: &Tensor, batch_size: usize) -> Result<Tensor> {
     let _off = no_grad();
     let n = x.dim(0)?;
+    let device = model.device();
     let mut outs = Vec::new();
     for idx in crate::data::batch_indices(n, batch_size, None, false)? {
-        outs.push(model.forward(&x.index_select(0, &idx)?, Mode::Eval)?);
+        let batch = x.index_select(0, &idx.to(x.device())?)?.to(device)?;
+        outs.push(model.forward(&batch, Mode::Eval)?);
     }
     if outs.is_empty() {
-        let probe = model.forward(&x.narrow(0, 0, 0)?, Mode::Eval)?;
+        let probe = model.forward(&x.narrow(0, 0, 0)?.to(device)?, Mode::Eval)?;
         return Ok(probe);
     }
     let refs: Vec<&Tensor> = outs.iter().collect();
@@ -417,7 +435,7 @@ pub fn evaluate(
     let outputs = predict(model, data.x(), batch_size)?;
     let loss_value = {
         let _off = no_grad();
-        loss.compute(task, &outputs, data.y())?.to_scalar()?
+        loss.compute(task, &outputs, &data.y().to(outputs.device())?)?.to_scalar()?
     };
     let metrics = match task {
         Task::Classification { classes } => {

@@ -1,5 +1,8 @@
 //! Where a tensor's elements live in its storage: shape, strides and offset.
 //!
+//! Shared by the tensors (views change only the layout) and the backends (kernels walk the
+//! layout), so it depends on neither.
+//!
 //! Element `[i0, i1, ..]` of a tensor sits at `offset + i0*strides[0] + i1*strides[1] + ..` in
 //! its storage. A view (transpose, narrow, broadcast) only changes these three numbers and
 //! shares the storage; a stride of 0 repeats one element along a broadcast axis.
@@ -207,74 +210,121 @@ impl Layout {
     }
 
     /// Same elements, new shape; only possible without copying when the layout is contiguous.
-    pub(crate) fn reshape_contiguous(&self, shape: &[usize]) -> Layout {
+    pub fn reshape_contiguous(&self, shape: &[usize]) -> Layout {
         Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset }
     }
 }
 
-/// Walks several layouts of one shape in lockstep, in row-major order of that shape.
-///
-/// Calls `f(offsets, len, inner_strides)` once per run of the innermost (merged) axis: the
-/// run's elements are at `offsets[k] + j * inner_strides[k]` for `j in 0..len`. Axes that are
-/// contiguous for every operand are merged first, so a contiguous tensor is one single run.
-/// Kernels write their tight loop over `j` and get strided, broadcast and transposed inputs
-/// for free.
+/// How to walk several layouts of one shape in lockstep, in row-major order of that shape:
+/// as *runs*, stretches of the innermost (merged) axis where every operand moves by a fixed
+/// stride. Axes that are contiguous for every operand are merged first, so a contiguous tensor
+/// is one single run. Kernels write their tight loop over a run and get strided, broadcast and
+/// transposed inputs for free; [`Runs::for_each_in`] starts anywhere, so a kernel can split
+/// the elements between threads.
+pub struct Runs<const N: usize> {
+    /// The outer (non-innermost) merged axes: size and per-operand stride.
+    outer: Vec<(usize, [usize; N])>,
+    /// Elements per run.
+    len: usize,
+    /// Per-operand stride inside a run.
+    strides: [usize; N],
+    /// Per-operand storage offset of element 0.
+    base: [usize; N],
+    /// Number of elements in all.
+    elems: usize,
+}
+
+impl<const N: usize> Runs<N> {
+    /// The plan for `shape` (every layout has this shape).
+    pub fn new(shape: &[usize], layouts: [&Layout; N]) -> Runs<N> {
+        let base: [usize; N] = std::array::from_fn(|k| layouts[k].offset);
+        let elems = shape.iter().product();
+        // Merge axis i into axis i+1 when, for every operand, stepping once along i equals
+        // stepping shape[i+1] times along i+1.
+        let mut dims: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
+        for (i, &d) in shape.iter().enumerate() {
+            if d == 1 {
+                continue;
+            }
+            let strides: [usize; N] = std::array::from_fn(|k| layouts[k].strides[i]);
+            if let Some((last_d, last_s)) = dims.last_mut() {
+                if (0..N).all(|k| last_s[k] == strides[k] * d) {
+                    *last_d *= d;
+                    *last_s = strides;
+                    continue;
+                }
+            }
+            dims.push((d, strides));
+        }
+        let (len, strides) = dims.pop().unwrap_or((1, [0; N]));
+        Runs { outer: dims, len, strides, base, elems }
+    }
+
+    /// Number of elements walked.
+    pub fn elem_count(&self) -> usize {
+        self.elems
+    }
+
+    /// Elements per run.
+    pub fn run_len(&self) -> usize {
+        self.len
+    }
+
+    /// Calls `f(offsets, len, strides)` for the runs (or parts of runs) that cover elements
+    /// `range` of the row-major order: the elements are at `offsets[k] + j * strides[k]` for
+    /// `j in 0..len`, in order.
+    pub fn for_each_in(&self, range: std::ops::Range<usize>, mut f: impl FnMut([usize; N], usize, [usize; N])) {
+        let end = range.end.min(self.elems);
+        if range.start >= end {
+            return;
+        }
+        // The run holding the first element, and the position inside it.
+        let (run, mut j) = (range.start / self.len, range.start % self.len);
+        let mut counter = vec![0usize; self.outer.len()];
+        let mut offsets = self.base;
+        let mut rem = run;
+        for (axis, &(d, s)) in self.outer.iter().enumerate().rev() {
+            counter[axis] = rem % d;
+            rem /= d;
+            for k in 0..N {
+                offsets[k] += counter[axis] * s[k];
+            }
+        }
+        let mut done = range.start;
+        while done < end {
+            let len = (self.len - j).min(end - done);
+            let start: [usize; N] = std::array::from_fn(|k| offsets[k] + j * self.strides[k]);
+            f(start, len, self.strides);
+            done += len;
+            j = 0;
+            // Odometer increment over the outer axes, last axis fastest.
+            for axis in (0..self.outer.len()).rev() {
+                let (d, s) = self.outer[axis];
+                counter[axis] += 1;
+                if counter[axis] < d {
+                    for k in 0..N {
+                        offsets[k] += s[k];
+                    }
+                    break;
+                }
+                counter[axis] = 0;
+                for k in 0..N {
+                    offsets[k] -= s[k] * (d - 1);
+                }
+            }
+        }
+    }
+}
+
+/// Walks several layouts of one shape in lockstep, in row-major order of that shape, calling
+/// `f(offsets, len, inner_strides)` once per run (see [`Runs`]).
 pub fn for_each_run<const N: usize>(
     shape: &[usize],
     layouts: [&Layout; N],
-    mut f: impl FnMut([usize; N], usize, [usize; N]),
+    f: impl FnMut([usize; N], usize, [usize; N]),
 ) {
-    if shape.contains(&0) {
-        return;
-    }
-    // Merge axis i into axis i+1 when, for every operand, stepping once along i equals
-    // stepping shape[i+1] times along i+1.
-    let mut dims: Vec<(usize, [usize; N])> = Vec::with_capacity(shape.len());
-    for (i, &d) in shape.iter().enumerate() {
-        if d == 1 {
-            continue;
-        }
-        let strides: [usize; N] = std::array::from_fn(|k| layouts[k].strides[i]);
-        if let Some((last_d, last_s)) = dims.last_mut() {
-            if (0..N).all(|k| last_s[k] == strides[k] * d) {
-                *last_d *= d;
-                *last_s = strides;
-                continue;
-            }
-        }
-        dims.push((d, strides));
-    }
-    let base: [usize; N] = std::array::from_fn(|k| layouts[k].offset);
-    let Some(&(inner_len, inner_strides)) = dims.last() else {
-        f(base, 1, [0; N]);
-        return;
-    };
-    let outer = &dims[..dims.len() - 1];
-    let mut counter = vec![0usize; outer.len()];
-    let mut offsets = base;
-    loop {
-        f(offsets, inner_len, inner_strides);
-        // Odometer increment over the outer axes, last axis fastest.
-        let mut axis = outer.len();
-        loop {
-            if axis == 0 {
-                return;
-            }
-            axis -= 1;
-            let (d, s) = outer[axis];
-            counter[axis] += 1;
-            if counter[axis] < d {
-                for k in 0..N {
-                    offsets[k] += s[k];
-                }
-                break;
-            }
-            counter[axis] = 0;
-            for k in 0..N {
-                offsets[k] -= s[k] * (d - 1);
-            }
-        }
-    }
+    let runs = Runs::new(shape, layouts);
+    runs.for_each_in(0..runs.elem_count(), f);
 }
 
 #[cfg(test)]
@@ -312,5 +362,23 @@ mod tests {
             assert_eq!(len, 24);
         });
         assert_eq!(runs, 1);
+    }
+
+    #[test]
+    fn runs_can_start_anywhere() {
+        // A [3, 4] view with a transposed layout: walking elements 5..11 from the middle must
+        // visit the same offsets as the full walk does there.
+        let l = Layout::contiguous(&[4, 3]).transpose(0, 1).unwrap();
+        let mut all = vec![];
+        for_each_run(l.shape(), [&l], |[o], len, [s]| all.extend((0..len).map(|j| o + j * s)));
+        let runs = Runs::new(l.shape(), [&l]);
+        let mut part = vec![];
+        runs.for_each_in(5..11, |[o], len, [s]| part.extend((0..len).map(|j| o + j * s)));
+        assert_eq!(part, all[5..11]);
+        // A scalar is one run of one element.
+        let s = Layout::contiguous(&[]);
+        let mut seen = vec![];
+        for_each_run(&[], [&s], |[o], len, _| seen.push((o, len)));
+        assert_eq!(seen, vec![(0, 1)]);
     }
 }

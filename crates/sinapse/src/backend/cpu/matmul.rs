@@ -1,0 +1,120 @@
+//! The matrix product, through the `gemm` crate (multi-threaded, vectorised, strided
+//! operands read in place).
+
+use rayon::prelude::*;
+
+use crate::layout::Layout;
+
+/// Matrix products below this many multiply-adds run on one thread each; a batch of them is
+/// spread over the threads instead (gemm's own threading starts near this size too).
+const SMALL_GEMM: usize = 48 * 48 * 256;
+
+/// Batched matrix product `[batch.., m, k] x [batch.., k, n] -> [batch.., m, n]`.
+///
+/// `la` and `lb` are already broadcast to the output's batch shape; any strides work (a
+/// transposed operand is read in place), which is what makes `x·Wᵀ` free of copies. Large
+/// products use gemm's threads; a batch of small ones (convolution of many images, one per
+/// sample) runs one product per thread.
+pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: [usize; 3]) -> Vec<f32> {
+    let batch_shape = &la.shape()[..la.rank() - 2];
+    let batch: usize = batch_shape.iter().product();
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0f32; batch * m * n];
+    }
+    // Storage offset of batch entry `bi` in a layout.
+    let batch_offset = |l: &Layout, bi: usize| {
+        let mut rem = bi;
+        let mut off = l.offset();
+        for (d, size) in batch_shape.iter().enumerate().rev() {
+            off += (rem % size) * l.strides()[d];
+            rem /= size;
+        }
+        off
+    };
+    let (sa, sb) = (la.strides(), lb.strides());
+    let (ra, rb) = (la.rank(), lb.rank());
+    // dst = a[bi][:, ks] · b[bi][ks, :] for the inner range `ks` (all of k, or one slice of it).
+    let product = |dst: SendPtr, bi: usize, ks: std::ops::Range<usize>, parallelism: gemm::Parallelism| {
+        let oa = batch_offset(la, bi) + ks.start * sa[ra - 1];
+        let ob = batch_offset(lb, bi) + ks.start * sb[rb - 2];
+        // SAFETY: the layouts were checked against the storages when the tensors were made (and
+        // every shape's element count was checked to fit a usize), so every (row, col) offset
+        // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
+        // `b`; `dst` is a zeroed m x n block that no other call writes at the same time.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                ks.len(),
+                dst.get(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr().add(oa),
+                sa[ra - 1] as isize,
+                sa[ra - 2] as isize,
+                b.as_ptr().add(ob),
+                sb[rb - 1] as isize,
+                sb[rb - 2] as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    let mut out = vec![0.0f32; batch * m * n];
+    let threads = rayon::current_num_threads();
+    if batch == 1 && m * n <= SMALL_OUTPUT && k >= LONG_INNER && threads > 1 {
+        // A small result over a long inner axis (the weight gradient of a convolution: a few
+        // filters, every position of every image) leaves gemm nothing to split across threads.
+        // Split the inner axis instead and add the partial products, in a fixed order.
+        let chunk = k.div_ceil(threads);
+        let partials: Vec<Vec<f32>> = (0..threads)
+            .into_par_iter()
+            .map(|t| {
+                let ks = (t * chunk).min(k)..((t + 1) * chunk).min(k);
+                let mut part = vec![0.0f32; m * n];
+                if !ks.is_empty() {
+                    product(SendPtr(part.as_mut_ptr()), 0, ks, gemm::Parallelism::None);
+                }
+                part
+            })
+            .collect();
+        for part in &partials {
+            out.iter_mut().zip(part).for_each(|(o, &p)| *o += p);
+        }
+        return out;
+    }
+    let dst = SendPtr(out.as_mut_ptr());
+    let block = |bi: usize| SendPtr(dst.get().wrapping_add(bi * m * n));
+    if batch > 1 && m * n * k < SMALL_GEMM {
+        (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::None));
+    } else {
+        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::Rayon(0)));
+    }
+    out
+}
+
+/// A product with at most this many outputs counts as small ([`matmul`]).
+const SMALL_OUTPUT: usize = 64 * 64;
+/// An inner axis at least this long is split across threads when the output is small.
+const LONG_INNER: usize = 8192;
+
+/// A raw pointer that may cross threads: each thread writes its own disjoint block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: only used by `matmul`, whose threads write disjoint blocks of one live buffer.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
+// same location.
+unsafe impl Sync for SendPtr {}

@@ -1,0 +1,196 @@
+//! The CPU backend: plain loops over host memory, rayon for large element counts, and the
+//! `gemm` crate for matrix products. Split by kernel family: [`elementwise`], [`reduce`],
+//! [`matmul`], [`conv`], [`index`], [`optim`].
+//!
+//! Each method below matches once on the element type and hands whole buffers to a family's
+//! function, which matches once on the kernel and runs its loop.
+
+mod conv;
+mod elementwise;
+mod index;
+mod matmul;
+mod optim;
+mod reduce;
+
+use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window};
+use crate::layout::Layout;
+use crate::{Device, Error, Result};
+
+/// Host memory, one variant per element type.
+#[derive(Clone, Debug)]
+pub(crate) enum CpuStorage {
+    /// 32-bit floats.
+    F32(Vec<f32>),
+}
+
+impl CpuStorage {
+    /// `n` copies of `value`.
+    pub(crate) fn full(n: usize, value: f32) -> CpuStorage {
+        CpuStorage::F32(vec![value; n])
+    }
+
+    /// `start, start + step, ..`, `n` values.
+    pub(crate) fn arange(start: f32, step: f32, n: usize) -> CpuStorage {
+        CpuStorage::F32((0..n).map(|i| start + i as f32 * step).collect())
+    }
+
+    /// The values (one element type today; a second one makes this a match).
+    fn f32(&self) -> &[f32] {
+        match self {
+            CpuStorage::F32(v) => v,
+        }
+    }
+}
+
+impl BackendStorage for CpuStorage {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+        }
+    }
+
+    fn to_host(&self, l: &Layout) -> Result<Vec<f32>> {
+        Ok(elementwise::to_contiguous(self.f32(), l))
+    }
+
+    fn copy_strided(&self, l: &Layout) -> Result<Self> {
+        Ok(CpuStorage::F32(elementwise::to_contiguous(self.f32(), l)))
+    }
+
+    fn copy_into(&self, l: &Layout, dst: &mut Self, dst_l: &Layout) -> Result<()> {
+        match (self, dst) {
+            (CpuStorage::F32(s), CpuStorage::F32(d)) => elementwise::copy_into(s, l, d, dst_l),
+        }
+        Ok(())
+    }
+
+    fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {
+        Ok(CpuStorage::F32(elementwise::unary(self.f32(), l, op)))
+    }
+
+    fn binary(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: BinaryOp) -> Result<Self> {
+        Ok(CpuStorage::F32(elementwise::binary(self.f32(), l, rhs.f32(), rhs_l, op)))
+    }
+
+    fn compare(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: CmpOp) -> Result<Self> {
+        Ok(CpuStorage::F32(elementwise::compare(self.f32(), l, rhs.f32(), rhs_l, op)))
+    }
+
+    fn where_cond(&self, l: &Layout, on_true: &Self, t_l: &Layout, on_false: &Self, f_l: &Layout) -> Result<Self> {
+        Ok(CpuStorage::F32(elementwise::where_cond(self.f32(), l, on_true.f32(), t_l, on_false.f32(), f_l)))
+    }
+
+    fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Self> {
+        Ok(CpuStorage::F32(reduce::reduce(self.f32(), l, dim, op)))
+    }
+
+    fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Self> {
+        Ok(CpuStorage::F32(reduce::softmax(self.f32(), l, dim, log)))
+    }
+
+    fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self> {
+        Ok(CpuStorage::F32(matmul::matmul(self.f32(), l, rhs.f32(), rhs_l, mkn)))
+    }
+
+    fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self> {
+        Ok(CpuStorage::F32(index::index_select(self.f32(), l, dim, ids.f32(), ids_l)?))
+    }
+
+    fn index_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        ids: &Self,
+        ids_l: &Layout,
+        src: &Self,
+        src_l: &Layout,
+    ) -> Result<Self> {
+        Ok(CpuStorage::F32(index::index_add(self.f32(), l, dim, ids.f32(), ids_l, src.f32(), src_l)?))
+    }
+
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self> {
+        Ok(CpuStorage::F32(index::gather(self.f32(), l, dim, index.f32(), index_l)?))
+    }
+
+    fn scatter_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &Self,
+        index_l: &Layout,
+        src: &Self,
+        src_l: &Layout,
+    ) -> Result<Self> {
+        Ok(CpuStorage::F32(index::scatter_add(self.f32(), l, dim, index.f32(), index_l, src.f32(), src_l)?))
+    }
+
+    fn im2col(&self, l: &Layout, dims: ImageDims, win: &Window, pad_value: f32) -> Result<Self> {
+        let src = elementwise::row_major(self.f32(), l);
+        Ok(CpuStorage::F32(conv::im2col(&src, dims, win, pad_value)))
+    }
+
+    fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Self> {
+        let cols = elementwise::row_major(self.f32(), l);
+        Ok(CpuStorage::F32(conv::col2im(&cols, dims, win)))
+    }
+
+    fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Self, Self)> {
+        let src = elementwise::row_major(self.f32(), l);
+        let (values, taps) = conv::max_pool(&src, dims, win);
+        Ok((CpuStorage::F32(values), CpuStorage::F32(taps)))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        l: &Layout,
+        taps: &Self,
+        taps_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Self> {
+        let g = elementwise::row_major(self.f32(), l);
+        let taps = elementwise::row_major(taps.f32(), taps_l);
+        Ok(CpuStorage::F32(conv::max_pool_backward(&g, &taps, dims, win)))
+    }
+
+    fn optimizer_step(
+        &mut self,
+        l: &Layout,
+        grad: &Self,
+        grad_l: &Layout,
+        state: &mut [&mut Self],
+        update: &OptimizerUpdate,
+    ) -> Result<()> {
+        let n = l.elem_count();
+        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
+            return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
+        }
+        if state.len() != update.state_buffers() || state.iter().any(|s| s.len() != n) {
+            return Err(Error::invalid(
+                "optimizer step",
+                format!("needs {} state buffers of {n} values", update.state_buffers()),
+            ));
+        }
+        let g = &grad.f32()[grad_l.offset()..grad_l.offset() + n];
+        let mut bufs: Vec<&mut [f32]> = state
+            .iter_mut()
+            .map(|s| match &mut **s {
+                CpuStorage::F32(v) => v.as_mut_slice(),
+            })
+            .collect();
+        match self {
+            CpuStorage::F32(w) => optim::step(&mut w[l.offset()..l.offset() + n], g, &mut bufs, update),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! Reductions (sum, max, min, argmax, argmin over an axis or over all) and softmax.
+
+use crate::backend::ReduceOp;
+use crate::layout::Layout;
+
+use rayon::prelude::*;
+
+use super::elementwise::{row_major, PAR_CHUNK, PAR_MIN_ELEMS};
+
+/// `[outer, len, inner]`: the sizes before, of, and after axis `dim` of `shape` (`None`: all
+/// elements as one axis).
+fn split_at(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
+    match dim {
+        Some(d) => (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product()),
+        None => (1, shape.iter().product(), 1),
+    }
+}
+
+/// Reduces axis `dim` of the elements of `l` (every element when `None`).
+pub(super) fn reduce(src: &[f32], l: &Layout, dim: Option<usize>, op: ReduceOp) -> Vec<f32> {
+    let (outer, len, inner) = split_at(l.shape(), dim);
+    reduce_rows(&row_major(src, l), outer, len, inner, op)
+}
+
+/// Softmax (or log-softmax) along axis `dim` of the elements of `l`.
+pub(super) fn softmax(src: &[f32], l: &Layout, dim: usize, log: bool) -> Vec<f32> {
+    let (outer, len, inner) = split_at(l.shape(), Some(dim));
+    softmax_rows(&row_major(src, l), outer, len, inner, log)
+}
+
+/// Reduces the middle axis of `src` (row-major `[outer, len, inner]`, `len > 0` unless Sum)
+/// and returns `[outer, inner]`. Large inputs are split over threads by output element (each
+/// output is still reduced in order, so the result does not depend on the thread count).
+fn reduce_rows(src: &[f32], outer: usize, len: usize, inner: usize, op: ReduceOp) -> Vec<f32> {
+    let mut out = vec![0.0f32; outer * inner];
+    if len == 0 || out.is_empty() {
+        return out;
+    }
+    let block = |o: usize| &src[o * len * inner..(o + 1) * len * inner];
+    if src.len() < PAR_MIN_ELEMS {
+        for (o, dst) in out.chunks_mut(inner).enumerate() {
+            reduce_block(block(o), len, inner, 0, dst, op);
+        }
+    } else if outer >= rayon::current_num_threads() * 4 || inner < PAR_CHUNK {
+        out.par_chunks_mut(inner).enumerate().for_each(|(o, dst)| reduce_block(block(o), len, inner, 0, dst, op));
+    } else {
+        // Few long outputs rows (a sum over the batch axis): split each row's outputs.
+        let per_task = PAR_CHUNK.div_ceil(len).max(1);
+        for (o, row) in out.chunks_mut(inner).enumerate() {
+            row.par_chunks_mut(per_task)
+                .enumerate()
+                .for_each(|(t, dst)| reduce_block(block(o), len, inner, t * per_task, dst, op));
+        }
+    }
+    out
+}
+
+/// Reduces outputs `first..first + dst.len()` of one `[len, inner]` block into `dst`.
+fn reduce_block(block: &[f32], len: usize, inner: usize, first: usize, dst: &mut [f32], op: ReduceOp) {
+    let cols = first..first + dst.len();
+    let rows = || block.chunks_exact(inner).map(|row| &row[cols.clone()]);
+    match op {
+        ReduceOp::Sum if inner == 1 => {
+            // A row sum: accumulate in f64 so long sums (losses) keep their digits.
+            dst[0] = block.iter().map(|&x| x as f64).sum::<f64>() as f32;
+        }
+        ReduceOp::Sum => {
+            dst.copy_from_slice(&block[cols.clone()]);
+            for row in rows().skip(1) {
+                dst.iter_mut().zip(row).for_each(|(d, &x)| *d += x);
+            }
+        }
+        ReduceOp::Max | ReduceOp::Min => {
+            let better = |x: f32, best: f32| match op {
+                ReduceOp::Max => x > best || x.is_nan(),
+                _ => x < best || x.is_nan(),
+            };
+            dst.copy_from_slice(&block[cols.clone()]);
+            for row in rows().skip(1) {
+                dst.iter_mut().zip(row).for_each(|(d, &x)| {
+                    if !d.is_nan() && better(x, *d) {
+                        *d = x
+                    }
+                });
+            }
+        }
+        ReduceOp::ArgMax | ReduceOp::ArgMin => {
+            for (i, d) in cols.zip(dst.iter_mut()) {
+                let mut best = block[i];
+                let mut at = 0;
+                for j in 1..len {
+                    let x = block[j * inner + i];
+                    let wins = match op {
+                        ReduceOp::ArgMax => x > best,
+                        _ => x < best,
+                    };
+                    if !best.is_nan() && (wins || x.is_nan()) {
+                        best = x;
+                        at = j;
+                    }
+                }
+                *d = at as f32;
+            }
+        }
+    }
+}
+
+/// Softmax (or log-softmax) along the middle axis of a row-major `[outer, len, inner]` buffer.
+///
+/// Subtracting each lane's maximum first keeps `exp` from overflowing: softmax(x) =
+/// softmax(x - c) for any c, and with c = max every exponent is <= 0.
+fn softmax_rows(src: &[f32], outer: usize, len: usize, inner: usize, log: bool) -> Vec<f32> {
+    let mut out = vec![0.0f32; outer * len * inner];
+    let lane = |src: &[f32], dst: &mut [f32], stride: usize| {
+        let max = (0..len).map(|j| src[j * stride]).fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for j in 0..len {
+            let e = (src[j * stride] - max).exp();
+            dst[j * stride] = e;
+            sum += e;
+        }
+        if log {
+            let log_sum = sum.ln();
+            for j in 0..len {
+                dst[j * stride] = src[j * stride] - max - log_sum;
+            }
+        } else {
+            for j in 0..len {
+                dst[j * stride] /= sum;
+            }
+        }
+    };
+    for o in 0..outer {
+        let base = o * len * inner;
+        for i in 0..inner {
+            lane(&src[base + i..], &mut out[base + i..], inner);
+        }
+    }
+    out
+}

@@ -1,0 +1,390 @@
+//! The op suite every device runs: each op of the backend's kernel set, forward and gradient,
+//! computed on every available device and compared with the CPU's.
+//!
+//! The reference is the CPU with contiguous inputs. Every device (the CPU included) then runs
+//! each op again with its inputs laid out three ways: contiguous, padded (a view into a wider
+//! buffer, at an offset, with a row stride larger than the row) and transposed (a view whose
+//! first two axes are swapped in memory). Inputs are random normals, so reading one wrong
+//! element, or a wrong stride or offset, shows as an error of order 1; the tolerance is what
+//! rounding needs and no more. The optimizer updates are checked the same way on a parameter
+//! and gradients given in each layout.
+//!
+//! A custom harness (`harness = false`): the run prints which devices it covered and why the
+//! others were not, in every `cargo test` log. A CUDA backend plugs in by appearing in
+//! `Device::available()`.
+
+use sinapse::backend::{CmpOp, Window};
+use sinapse::nn::loss;
+use sinapse::optim::{Adam, AdamW, Optimizer, RmsProp, Sgd};
+use sinapse::{Device, Gradients, Result, Rng, Tensor};
+
+/// How an input is laid out in memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Contiguous,
+    Padded,
+    Transposed,
+}
+
+const LAYOUTS: [Layout; 3] = [Layout::Contiguous, Layout::Padded, Layout::Transposed];
+
+/// One input of an op: its values and whether the op is differentiated with respect to it.
+#[derive(Clone)]
+struct Input {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+    grad: bool,
+}
+
+fn normal(shape: &[usize], rng: &mut Rng) -> Input {
+    let n = shape.iter().product();
+    Input { shape: shape.to_vec(), values: (0..n).map(|_| rng.standard_normal()).collect(), grad: true }
+}
+
+/// Values in [0.5, 2]: away from the poles of log, sqrt, division.
+fn positive(shape: &[usize], rng: &mut Rng) -> Input {
+    let n = shape.iter().product();
+    Input { shape: shape.to_vec(), values: (0..n).map(|_| rng.uniform(0.5, 2.0)).collect(), grad: true }
+}
+
+/// Values in (0.05, 0.95): probabilities.
+fn probability(shape: &[usize], rng: &mut Rng) -> Input {
+    let n = shape.iter().product();
+    Input { shape: shape.to_vec(), values: (0..n).map(|_| rng.uniform(0.05, 0.95)).collect(), grad: true }
+}
+
+/// Fixed values that take no gradient (indices, targets, conditions).
+fn fixed(values: &[f32], shape: &[usize]) -> Input {
+    Input { shape: shape.to_vec(), values: values.to_vec(), grad: false }
+}
+
+/// Whole numbers in `0..n`, no gradient.
+fn indices(shape: &[usize], n: usize, rng: &mut Rng) -> Input {
+    let count: usize = shape.iter().product();
+    fixed(&(0..count).map(|_| rng.below(n) as f32).collect::<Vec<_>>(), shape)
+}
+
+type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+
+struct Case {
+    name: String,
+    inputs: Vec<Input>,
+    op: Op,
+}
+
+fn case(name: &str, inputs: Vec<Input>, op: impl Fn(&[Tensor]) -> Result<Tensor> + 'static) -> Case {
+    Case { name: name.to_string(), inputs, op: Box::new(op) }
+}
+
+/// The input as a tensor on `device`, laid out as `layout`: the leaf that gradients reach,
+/// and the view of it the op reads.
+fn place(input: &Input, device: Device, layout: Layout) -> Result<(Tensor, Tensor)> {
+    let shape = &input.shape;
+    let rank = shape.len();
+    let (leaf, view) = match layout {
+        Layout::Transposed if rank >= 2 => {
+            // Stored with axes 0 and 1 swapped; the view swaps them back.
+            let stored = Tensor::from_vec(input.values.clone(), shape)?.transpose(0, 1)?.contiguous()?;
+            let leaf = stored.to(device)?.detach().set_requires_grad(input.grad);
+            let view = leaf.transpose(0, 1)?;
+            (leaf, view)
+        }
+        Layout::Padded if rank >= 1 => {
+            // Each row sits at offset 2 inside a row of length n + 5, between junk values.
+            let n = shape[rank - 1];
+            let rows = input.values.len() / n.max(1);
+            let mut wide = Vec::with_capacity(rows * (n + 5));
+            for r in 0..rows {
+                wide.extend([1e3, -1e3]);
+                wide.extend_from_slice(&input.values[r * n..(r + 1) * n]);
+                wide.extend([7e3, -7e3, 9e3]);
+            }
+            let mut wide_shape = shape.clone();
+            wide_shape[rank - 1] = n + 5;
+            let leaf = Tensor::from_vec(wide, &wide_shape)?.to(device)?.detach().set_requires_grad(input.grad);
+            let view = leaf.narrow(rank - 1, 2, n)?;
+            (leaf, view)
+        }
+        _ => {
+            let leaf =
+                Tensor::from_vec(input.values.clone(), shape)?.to(device)?.detach().set_requires_grad(input.grad);
+            (leaf.clone(), leaf)
+        }
+    };
+    assert_eq!(view.shape(), &shape[..]);
+    Ok((leaf, view))
+}
+
+/// The leaf's gradient seen through the view again, as host values.
+fn unplace(grad: &Tensor, input: &Input, layout: Layout) -> Result<Vec<f32>> {
+    let rank = input.shape.len();
+    let g = match layout {
+        Layout::Transposed if rank >= 2 => grad.transpose(0, 1)?,
+        Layout::Padded if rank >= 1 => grad.narrow(rank - 1, 2, input.shape[rank - 1])?,
+        _ => grad.clone(),
+    };
+    Ok(g.to_vec())
+}
+
+/// What one run of a case produced: the output and the gradient of each input that takes one.
+#[derive(Debug)]
+struct Outcome {
+    shape: Vec<usize>,
+    output: Vec<f32>,
+    grads: Vec<Option<Vec<f32>>>,
+}
+
+fn run(case: &Case, device: Device, layout: Layout) -> Result<Outcome> {
+    let placed = case.inputs.iter().map(|i| place(i, device, layout)).collect::<Result<Vec<_>>>()?;
+    let views: Vec<Tensor> = placed.iter().map(|(_, v)| v.clone()).collect();
+    let y = (case.op)(&views)?;
+    if y.device() != device {
+        return Err(sinapse::Error::DeviceMismatch { op: "suite: output device", lhs: device, rhs: y.device() });
+    }
+    let mut grads = vec![None; case.inputs.len()];
+    if y.requires_grad() {
+        // L = Σ y ⊙ R with a fixed random R, so every output element's gradient is distinct.
+        let mut rng = Rng::seed(99);
+        let r: Vec<f32> = (0..y.elem_count()).map(|_| rng.standard_normal()).collect();
+        let r = Tensor::from_vec(r, y.shape())?.to(device)?;
+        let g = y.mul(&r)?.sum_all()?.backward()?;
+        for (k, ((leaf, _), input)) in placed.iter().zip(&case.inputs).enumerate() {
+            if input.grad {
+                let zeros = leaf.zeros_like()?;
+                grads[k] = Some(unplace(g.get(leaf).unwrap_or(&zeros), input, layout)?);
+            }
+        }
+    }
+    Ok(Outcome { shape: y.shape().to_vec(), output: y.to_vec(), grads })
+}
+
+/// The first element where `got` and `want` differ by more than rounding, if any.
+fn mismatch(got: &[f32], want: &[f32]) -> Option<String> {
+    if got.len() != want.len() {
+        return Some(format!("{} values, the CPU gave {}", got.len(), want.len()));
+    }
+    got.iter().zip(want).enumerate().find_map(|(i, (&g, &w))| {
+        let same = (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-5 + 1e-4 * w.abs();
+        (!same).then(|| format!("element {i}: {g} where the CPU gave {w}"))
+    })
+}
+
+fn compare(got: &Outcome, want: &Outcome) -> Option<String> {
+    if got.shape != want.shape {
+        return Some(format!("shape {:?} where the CPU gave {:?}", got.shape, want.shape));
+    }
+    if let Some(m) = mismatch(&got.output, &want.output) {
+        return Some(format!("output {m}"));
+    }
+    for (k, (g, w)) in got.grads.iter().zip(&want.grads).enumerate() {
+        match (g, w) {
+            (Some(g), Some(w)) => {
+                if let Some(m) = mismatch(g, w) {
+                    return Some(format!("gradient of input {k}: {m}"));
+                }
+            }
+            (None, None) => {}
+            _ => return Some(format!("gradient of input {k} present on one side only")),
+        }
+    }
+    None
+}
+
+fn win(kernel: usize, stride: usize, padding: usize, dilation: usize) -> Window {
+    Window { kernel: [kernel; 2], stride: [stride; 2], padding: [padding; 2], dilation: [dilation; 2] }
+}
+
+/// Every op of the kernel set, with inputs that exercise broadcasting and every axis.
+#[allow(clippy::vec_init_then_push)] // one push per case reads as a list, with comments between
+fn cases() -> Vec<Case> {
+    let mut rng = Rng::seed(2024);
+    let r = &mut rng;
+    let mut c = Vec::new();
+    // Unary kernels.
+    c.push(case("affine", vec![normal(&[3, 5], r)], |x| x[0].affine(1.5, -0.25)));
+    c.push(case("exp", vec![normal(&[3, 5], r)], |x| x[0].exp()));
+    c.push(case("log", vec![positive(&[3, 5], r)], |x| x[0].log()));
+    c.push(case("sqrt", vec![positive(&[3, 5], r)], |x| x[0].sqrt()));
+    c.push(case("powf", vec![positive(&[3, 5], r)], |x| x[0].powf(1.7)));
+    c.push(case("abs", vec![normal(&[3, 5], r)], |x| x[0].abs()));
+    c.push(case("sign", vec![fixed(&[-2.0, 0.0, 3.0, -0.5, 1.0, 0.0], &[2, 3])], |x| x[0].sign()));
+    c.push(case("clamp", vec![normal(&[3, 5], r)], |x| x[0].clamp(-0.5, 0.7)));
+    c.push(case("step", vec![normal(&[3, 5], r)], |x| x[0].step()));
+    c.push(case("sigmoid", vec![normal(&[3, 5], r)], |x| x[0].sigmoid()));
+    c.push(case("tanh", vec![normal(&[3, 5], r)], |x| x[0].tanh()));
+    c.push(case("relu", vec![normal(&[3, 5], r)], |x| x[0].relu()));
+    c.push(case("leaky_relu", vec![normal(&[3, 5], r)], |x| x[0].leaky_relu(0.1)));
+    // Binary kernels, with broadcasting along either side.
+    c.push(case("add", vec![normal(&[4, 3], r), normal(&[3], r)], |x| x[0].add(&x[1])));
+    c.push(case("sub", vec![normal(&[4, 1], r), normal(&[4, 3], r)], |x| x[0].sub(&x[1])));
+    c.push(case("mul", vec![normal(&[2, 4, 3], r), normal(&[4, 3], r)], |x| x[0].mul(&x[1])));
+    c.push(case("div", vec![normal(&[4, 3], r), positive(&[4, 3], r)], |x| x[0].div(&x[1])));
+    c.push(case("maximum", vec![normal(&[4, 3], r), normal(&[4, 3], r)], |x| x[0].maximum(&x[1])));
+    c.push(case("minimum", vec![normal(&[4, 3], r), normal(&[1, 3], r)], |x| x[0].minimum(&x[1])));
+    for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+        let a = fixed(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+        let b = fixed(&[1., 5., 3., 0., 5., 9.], &[2, 3]);
+        c.push(case(op.name(), vec![a, b], move |x| x[0].compare(&x[1], op)));
+    }
+    let cond = fixed(&[1., 0., 0., 1., 1., 0., 1., 0., 0., 1., 0., 1.], &[4, 3]);
+    c.push(case("where_cond", vec![cond, normal(&[4, 3], r), normal(&[3], r)], |x| x[0].where_cond(&x[1], &x[2])));
+    // Reductions over every axis, and over all.
+    for dim in 0..3 {
+        c.push(case(&format!("sum dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].sum(dim, dim == 1)));
+        c.push(case(&format!("max dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].max(dim, false)));
+        c.push(case(&format!("min dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].min(dim, true)));
+        c.push(case(&format!("argmax dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].argmax(dim, false)));
+        c.push(case(&format!("argmin dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].argmin(dim, false)));
+    }
+    c.push(case("sum_all", vec![normal(&[3, 4, 5], r)], |x| x[0].sum_all()));
+    c.push(case("mean", vec![normal(&[3, 4], r)], |x| x[0].mean(1, false)));
+    c.push(case("softmax", vec![normal(&[3, 6], r)], |x| x[0].softmax(1)));
+    c.push(case("softmax dim 0", vec![normal(&[3, 6], r)], |x| x[0].softmax(0)));
+    c.push(case("log_softmax", vec![normal(&[3, 6], r)], |x| x[0].log_softmax(1)));
+    // Matrix products: 2-D, batched, broadcast batch axes, vectors.
+    c.push(case("matmul", vec![normal(&[4, 5], r), normal(&[5, 3], r)], |x| x[0].matmul(&x[1])));
+    c.push(case("matmul batched", vec![normal(&[2, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));
+    c.push(case("matmul broadcast", vec![normal(&[3, 1, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));
+    c.push(case("matmul vector", vec![normal(&[4, 5], r), normal(&[5], r)], |x| x[0].matmul(&x[1])));
+    // Views and copies.
+    c.push(case("reshape", vec![normal(&[3, 4], r)], |x| x[0].reshape(&[2, 6])));
+    c.push(case("transpose", vec![normal(&[3, 4], r)], |x| x[0].transpose(0, 1)?.contiguous()));
+    c.push(case("permute", vec![normal(&[2, 3, 4], r)], |x| x[0].permute(&[2, 0, 1])?.contiguous()));
+    c.push(case("narrow", vec![normal(&[3, 6], r)], |x| x[0].narrow(1, 2, 3)));
+    c.push(case("unsqueeze", vec![normal(&[3, 4], r)], |x| x[0].unsqueeze(1)?.squeeze(1)?.unsqueeze(0)));
+    c.push(case("broadcast_to", vec![normal(&[3, 1], r)], |x| x[0].broadcast_to(&[2, 3, 4])));
+    c.push(case("to same device", vec![normal(&[3, 4], r)], |x| x[0].to(x[0].device())?.mul_scalar(2.0)));
+    // Indexing.
+    c.push(case("index_select", vec![normal(&[5, 3], r), indices(&[7], 5, r)], |x| x[0].index_select(0, &x[1])));
+    c.push(case("index_select dim 1", vec![normal(&[3, 5], r), indices(&[4], 5, r)], |x| x[0].index_select(1, &x[1])));
+    c.push(case("index_add", vec![normal(&[5, 3], r), indices(&[4], 5, r), normal(&[4, 3], r)], |x| {
+        x[0].index_add(0, &x[1], &x[2])
+    }));
+    c.push(case("gather", vec![normal(&[4, 5], r), indices(&[4, 3], 5, r)], |x| x[0].gather(1, &x[1])));
+    c.push(case("gather dim 0", vec![normal(&[4, 5], r), indices(&[3, 5], 4, r)], |x| x[0].gather(0, &x[1])));
+    c.push(case("scatter_add", vec![normal(&[4, 5], r), indices(&[4, 3], 5, r), normal(&[4, 3], r)], |x| {
+        x[0].scatter_add(1, &x[1], &x[2])
+    }));
+    c.push(case("cat", vec![normal(&[2, 3], r), normal(&[4, 3], r)], |x| Tensor::cat(&[&x[0], &x[1]], 0)));
+    c.push(case("cat dim 1", vec![normal(&[2, 3], r), normal(&[2, 2], r)], |x| Tensor::cat(&[&x[0], &x[1]], 1)));
+    c.push(case("stack", vec![normal(&[2, 3], r), normal(&[2, 3], r)], |x| Tensor::stack(&[&x[0], &x[1]], 1)));
+    // Convolution and pooling.
+    c.push(case("im2col", vec![normal(&[2, 3, 5, 6], r)], |x| x[0].im2col(win(3, 2, 1, 1), 0.0)));
+    c.push(case("col2im", vec![normal(&[3 * 9, 2 * 3 * 3], r)], |x| x[0].col2im([2, 3, 5, 6], win(3, 2, 1, 1))));
+    c.push(case("conv2d", vec![normal(&[2, 3, 7, 6], r), normal(&[4, 3, 3, 3], r), normal(&[4], r)], |x| {
+        x[0].conv2d(&x[1], Some(&x[2]), [1, 1], [0, 0], [1, 1])
+    }));
+    c.push(case("conv2d strided", vec![normal(&[2, 3, 9, 8], r), normal(&[4, 3, 3, 2], r)], |x| {
+        x[0].conv2d(&x[1], None, [2, 1], [1, 2], [2, 1])
+    }));
+    c.push(case("conv1d", vec![normal(&[2, 3, 9], r), normal(&[4, 3, 3], r), normal(&[4], r)], |x| {
+        x[0].conv1d(&x[1], Some(&x[2]), 2, 1, 1)
+    }));
+    c.push(case("max_pool2d", vec![normal(&[2, 3, 6, 8], r)], |x| x[0].max_pool2d([2, 2], [2, 2], [0, 0])));
+    c.push(case("max_pool2d padded", vec![normal(&[2, 3, 7, 5], r)], |x| x[0].max_pool2d([3, 2], [2, 1], [1, 1])));
+    c.push(case("avg_pool2d", vec![normal(&[2, 3, 6, 6], r)], |x| x[0].avg_pool2d([3, 3], [2, 2], [1, 1])));
+    // Losses (their own kernels, and compositions).
+    c.push(case("cross_entropy", vec![normal(&[4, 5], r), indices(&[4], 5, r)], |x| loss::cross_entropy(&x[0], &x[1])));
+    c.push(case("mse", vec![normal(&[4, 3], r), normal(&[4, 3], r)], |x| loss::mse(&x[0], &x[1])));
+    c.push(case("binary_cross_entropy", vec![probability(&[4, 3], r), probability(&[4, 3], r)], |x| {
+        loss::binary_cross_entropy(&x[0], &x[1])
+    }));
+    c.push(case("binary_cross_entropy_with_logits", vec![normal(&[4, 3], r), probability(&[4, 3], r)], |x| {
+        loss::binary_cross_entropy_with_logits(&x[0], &x[1])
+    }));
+    c
+}
+
+/// The optimizers, each run for three steps from the same parameter and gradients.
+fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<f32>> {
+    let mut rng = Rng::seed(7);
+    let w0 = normal(&[3, 4], &mut rng);
+    let p = Tensor::from_vec(w0.values.clone(), &w0.shape)?.to(device)?.set_requires_grad(true);
+    let params = vec![p.clone()];
+    let mut opt: Box<dyn Optimizer> = match which {
+        "sgd" => Box::new(Sgd::new(params, 0.1)?),
+        "sgd nesterov" => Box::new(Sgd::with_options(params, 0.1, 0.9, true, 0.01)?),
+        "adam" => Box::new(Adam::new(params, 0.01)?),
+        "adamw" => Box::new(AdamW::new(params, 0.01)?),
+        "rmsprop momentum" => Box::new(RmsProp::with_options(params, 0.01, 0.9, 1e-8, 0.5, 0.01)?),
+        other => panic!("unknown optimizer {other}"),
+    };
+    for _ in 0..3 {
+        let g = normal(&[3, 4], &mut rng);
+        let (_, view) = place(&Input { grad: false, ..g }, device, layout)?;
+        let mut grads = Gradients::default();
+        grads.insert(&p, view);
+        opt.step(&grads)?;
+    }
+    Ok(p.to_vec())
+}
+
+const OPTIMIZERS: [&str; 5] = ["sgd", "sgd nesterov", "adam", "adamw", "rmsprop momentum"];
+
+fn main() {
+    let mut failures = Vec::new();
+    let mut checks = 0;
+    // The harness must be able to fail: a result with two elements swapped is caught.
+    let probe = Outcome { shape: vec![3], output: vec![0.3, -1.2, 2.0], grads: vec![] };
+    let swapped = Outcome { shape: vec![3], output: vec![-1.2, 0.3, 2.0], grads: vec![] };
+    assert!(compare(&swapped, &probe).is_some(), "the comparison must catch a wrong index");
+
+    let cases = cases();
+    let references: Vec<Result<Outcome>> = cases.iter().map(|c| run(c, Device::Cpu, Layout::Contiguous)).collect();
+    let optimizer_refs: Vec<Result<Vec<f32>>> =
+        OPTIMIZERS.iter().map(|o| optimizer_outcome(o, Device::Cpu, Layout::Contiguous)).collect();
+    let devices = Device::available();
+    for &device in &devices {
+        for layout in LAYOUTS {
+            for (case, reference) in cases.iter().zip(&references) {
+                if device == Device::Cpu && layout == Layout::Contiguous {
+                    continue; // the reference itself
+                }
+                checks += 1;
+                let problem = match (run(case, device, layout), reference) {
+                    (Ok(got), Ok(want)) => compare(&got, want),
+                    (Err(e), _) => Some(format!("error: {e}")),
+                    (_, Err(e)) => Some(format!("the CPU reference failed: {e}")),
+                };
+                if let Some(p) = problem {
+                    failures.push(format!("{} on {device}, {layout:?} inputs: {p}", case.name));
+                }
+            }
+            for (which, reference) in OPTIMIZERS.iter().zip(&optimizer_refs) {
+                if device == Device::Cpu && layout == Layout::Contiguous {
+                    continue;
+                }
+                checks += 1;
+                let problem = match (optimizer_outcome(which, device, layout), reference) {
+                    (Ok(got), Ok(want)) => mismatch(&got, want),
+                    (Err(e), _) => Some(format!("error: {e}")),
+                    (_, Err(e)) => Some(format!("the CPU reference failed: {e}")),
+                };
+                if let Some(p) = problem {
+                    failures.push(format!("optimizer {which} on {device}, {layout:?} gradients: {p}"));
+                }
+            }
+        }
+    }
+    let covered: Vec<String> = devices.iter().map(Device::to_string).collect();
+    println!(
+        "device suite: {} ops and {} optimizers in {} layouts on {}: {checks} comparisons with the CPU",
+        cases.len(),
+        OPTIMIZERS.len(),
+        LAYOUTS.len(),
+        covered.join(", ")
+    );
+    for other in [Device::Cuda(0)] {
+        if let Err(e) = other.check_available() {
+            println!("device suite: not covered: {e}");
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            println!("FAILED {f}");
+        }
+        println!("device suite: {} of {checks} comparisons failed", failures.len());
+        std::process::exit(1);
+    }
+    println!("device suite: all {checks} comparisons passed");
+}
