@@ -36,9 +36,12 @@ fn scale(
     Ok((scaler, train, others))
 }
 
-/// A fresh model and its optimizer, initialised from the spec's seed.
+/// A fresh model, initialised from the spec's seed (on the host, so every device starts from
+/// the same weights), on the spec's device.
 fn fresh_model(spec: &ModelSpec, input_shape: &[usize], task: &Task) -> Result<Sequential> {
-    spec.build_model(input_shape, task, &mut Rng::seed(spec.seed))
+    let model = spec.build_model(input_shape, task, &mut Rng::seed(spec.seed))?;
+    model.to(spec.device()?)?;
+    Ok(model)
 }
 
 /// Trains the job: splits off the holdout validation part when the spec asks for one, fits
@@ -110,27 +113,47 @@ pub struct FoldOutcome {
 pub struct CvOutcome {
     /// Per-fold results, in fold order.
     pub folds: Vec<FoldOutcome>,
-    /// `accuracy` (classification) or `mse` (regression).
+    /// The task's headline metric: `accuracy` (classification) or `mae` (regression).
     pub metric: &'static str,
 }
 
-/// The score cross-validation reports per fold, with its name: accuracy, or MSE for
-/// regression.
+/// The score cross-validation reports per fold, with its name: the task's headline metric
+/// ([`Metrics::headline`]), as training reports it.
 pub fn fold_score(e: &Evaluation) -> (&'static str, f64) {
-    match &e.metrics {
-        Metrics::Classification(m) => ("accuracy", m.accuracy()),
-        Metrics::Regression(r) => ("mse", r.mse),
-    }
+    e.metrics.headline()
+}
+
+/// Mean and (population) standard deviation.
+fn mean_std(scores: &[f64]) -> (f64, f64) {
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().sum::<f64>() / n;
+    let var = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
 }
 
 impl CvOutcome {
     /// Mean and (population) standard deviation of the per-fold scores.
     pub fn mean_std(&self) -> (f64, f64) {
-        let scores: Vec<f64> = self.folds.iter().map(|f| fold_score(&f.evaluation).1).collect();
-        let n = scores.len().max(1) as f64;
-        let mean = scores.iter().sum::<f64>() / n;
-        let var = scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n;
-        (mean, var.sqrt())
+        mean_std(&self.folds.iter().map(|f| fold_score(&f.evaluation).1).collect::<Vec<_>>())
+    }
+
+    /// For regression, mean and standard deviation of the per-fold R² (what users compare
+    /// models by); `None` for classification. Folds whose targets are constant (R² undefined)
+    /// are left out.
+    pub fn r2_mean_std(&self) -> Option<(f64, f64)> {
+        let r2: Vec<f64> = self
+            .folds
+            .iter()
+            .filter_map(|f| match &f.evaluation.metrics {
+                Metrics::Regression(r) => Some(r.r2),
+                Metrics::Classification(_) => None,
+            })
+            .collect();
+        if r2.is_empty() {
+            return None;
+        }
+        let defined: Vec<f64> = r2.into_iter().filter(|v| v.is_finite()).collect();
+        Some(if defined.is_empty() { (f64::NAN, f64::NAN) } else { mean_std(&defined) })
     }
 }
 
@@ -167,11 +190,7 @@ pub fn cross_validate(
         on_fold(i + 1, folds.len(), &outcome);
         outcomes.push(outcome);
     }
-    let metric = match task {
-        Task::Classification { .. } => "accuracy",
-        Task::Regression => "mse",
-    };
-    Ok(CvOutcome { folds: outcomes, metric })
+    Ok(CvOutcome { folds: outcomes, metric: task.metric_name() })
 }
 
 /// Compares backpropagated and numerical gradients of a fresh model's parameters on the first
@@ -181,8 +200,8 @@ pub fn gradcheck(spec: &ModelSpec, base: &Path, samples: usize, per_tensor: usiz
     let raw = spec.load_data(base)?;
     let n = samples.clamp(1, raw.train.len().max(1));
     let (_, train, _) = scale(spec, &raw.train, &[])?;
-    let batch = train.subset(&(0..n).collect::<Vec<_>>())?;
     let model = fresh_model(spec, &train.x().shape()[1..], &raw.task)?;
+    let batch = train.subset(&(0..n).collect::<Vec<_>>())?.to(model.device())?;
     let loss_kind = spec.loss_for(&raw.task);
     let loss = || loss_kind.compute(&raw.task, &model.forward(batch.x(), Mode::Eval)?, batch.y());
     gradcheck_parameters(

@@ -146,6 +146,40 @@ t_max = 200
     let Metrics::Regression(r) = outcome.test.unwrap().metrics else { panic!("regression metrics") };
     assert!(r.mse <= optimum * 1.05, "mse {} vs least squares {optimum}", r.mse);
     assert!(r.r2 > 0.95, "r2 {}", r.r2);
+    // The history's training MAE and the test MAE are one metric, on the same rows here.
+    assert_eq!(outcome.history.metric, "mae");
+    let train_mae = outcome.history.records.last().unwrap().train_metric as f64;
+    assert!((train_mae - r.mae).abs() < 0.25 * r.mae, "training mae {train_mae} vs test mae {}", r.mae);
+    // Cross-validation scores folds by the same metric, with R² beside it.
+    let cv =
+        job::cross_validate(&s, &dir, CvMethod::KFold { k: 3, stratified: false }, &mut Silent, |_, _, _| {}).unwrap();
+    assert_eq!(cv.metric, "mae");
+    let (mae, _) = cv.mean_std();
+    assert!((mae - r.mae).abs() < 0.3 * r.mae, "cv mae {mae} vs test mae {}", r.mae);
+    let (r2, _) = cv.r2_mean_std().expect("regression folds have an R²");
+    assert!(r2 > 0.95, "cv r2 {r2}");
+}
+
+#[test]
+fn the_training_mae_is_right_for_both_target_shapes() {
+    // Dataset::new documents regression targets as [N] or [N, 1]: both give one history.
+    let mut rng = Rng::seed(5);
+    let n = 64;
+    let x = Tensor::rand_normal(&[n, 3], 0.0, 1.0, &mut rng).unwrap();
+    let y: Vec<f32> = (0..n).map(|_| rng.uniform(-2.0, 2.0)).collect();
+    let mean_abs_y = y.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
+    let history = |shape: &[usize]| {
+        let data = Dataset::new(x.clone(), Tensor::from_vec(y.clone(), shape).unwrap()).unwrap();
+        let model = nn::Linear::new(3, 1, &mut Rng::seed(0)).unwrap();
+        let mut opt = Sgd::new(model.parameters(), 0.05).unwrap();
+        let cfg = FitConfig { epochs: 3, batch_size: 16, ..FitConfig::new(Task::Regression) };
+        let h = fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap();
+        h.records.iter().map(|r| r.train_metric).collect::<Vec<_>>()
+    };
+    let (flat, column) = (history(&[n]), history(&[n, 1]));
+    assert_eq!(flat, column);
+    // A mean absolute error, not a sum over a broadcast [B, B] grid: of the order of |y|.
+    assert!(flat[0] < 2.0 * mean_abs_y + 2.0, "mae {flat:?} vs mean |y| {mean_abs_y}");
 }
 
 #[test]

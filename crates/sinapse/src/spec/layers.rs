@@ -1,0 +1,292 @@
+//! The layers a spec can hold, and how they become a network: each `[[layers]]` table is a
+//! [`LayerSpec`], and [`ModelSpec::build_model`] turns the list into a [`Sequential`],
+//! inferring each layer's input size from the one before. Adding a layer type touches this
+//! file only.
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelSpec;
+use crate::nn::{self, Init, Mode, Module, Sequential};
+use crate::train::{yes, Task};
+use crate::{no_grad, Error, Result, Rng, Tensor};
+
+/// One layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// Fully connected; its input size is inferred from the previous layer.
+    Linear {
+        /// Number of outputs.
+        units: usize,
+        /// Weight initialisation (default pytorch_default).
+        #[serde(default)]
+        init: Init,
+        /// Whether the layer has a bias (default true).
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// ReLU.
+    Relu,
+    /// Leaky ReLU.
+    LeakyRelu {
+        /// Slope for negative inputs (default 0.01).
+        #[serde(default = "leaky_default")]
+        slope: f32,
+    },
+    /// Sigmoid.
+    Sigmoid,
+    /// Tanh.
+    Tanh,
+    /// Heaviside step (passes no gradient).
+    Step,
+    /// Softmax over the last axis.
+    Softmax,
+    /// Inverted dropout.
+    Dropout {
+        /// Drop probability.
+        p: f32,
+    },
+    /// Flattens all axes after the batch axis.
+    Flatten,
+    /// Reshapes each sample (e.g. 784 pixels into `[1, 28, 28]`).
+    Reshape {
+        /// The per-sample shape.
+        shape: Vec<usize>,
+    },
+    /// 2-D convolution over `[N, C, H, W]`; input channels inferred.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel size: one number or `[height, width]`.
+        kernel: Size2,
+        /// Stride (default 1).
+        #[serde(default = "one2")]
+        stride: Size2,
+        /// Zero padding on each side (default 0).
+        #[serde(default = "zero2")]
+        padding: Size2,
+        /// Dilation (default 1).
+        #[serde(default = "one2")]
+        dilation: Size2,
+        /// Weight initialisation (default pytorch_default).
+        #[serde(default)]
+        init: Init,
+        /// Whether the layer has a bias (default true).
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// 1-D convolution over `[N, C, L]`; input channels inferred.
+    Conv1d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel size.
+        kernel: usize,
+        /// Stride (default 1).
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zero padding on each side (default 0).
+        #[serde(default)]
+        padding: usize,
+        /// Dilation (default 1).
+        #[serde(default = "one")]
+        dilation: usize,
+    },
+    /// Max pooling; the stride defaults to the kernel.
+    MaxPool2d {
+        /// Window size.
+        kernel: Size2,
+        /// Step between windows (default: the kernel).
+        #[serde(default)]
+        stride: Option<Size2>,
+        /// Padding (default 0).
+        #[serde(default = "zero2")]
+        padding: Size2,
+    },
+    /// Average pooling; the stride defaults to the kernel.
+    AvgPool2d {
+        /// Window size.
+        kernel: Size2,
+        /// Step between windows (default: the kernel).
+        #[serde(default)]
+        stride: Option<Size2>,
+        /// Padding (default 0).
+        #[serde(default = "zero2")]
+        padding: Size2,
+    },
+    /// Elman RNN over `[N, T, F]` (batch first); input size inferred.
+    Rnn {
+        /// Hidden units.
+        hidden: usize,
+        /// Stacked layers (default 1).
+        #[serde(default = "one")]
+        layers: usize,
+    },
+    /// LSTM over `[N, T, F]` (batch first); input size inferred.
+    Lstm {
+        /// Hidden units.
+        hidden: usize,
+        /// Stacked layers (default 1).
+        #[serde(default = "one")]
+        layers: usize,
+    },
+    /// GRU over `[N, T, F]` (batch first); input size inferred.
+    Gru {
+        /// Hidden units.
+        hidden: usize,
+        /// Stacked layers (default 1).
+        #[serde(default = "one")]
+        layers: usize,
+    },
+    /// The last step of a sequence `[N, T, F] -> [N, F]`.
+    LastStep,
+    /// A table of `num` learned vectors of size `dim`, looked up by index.
+    Embedding {
+        /// Number of entries (indices run from 0 to num - 1).
+        num: usize,
+        /// Vector size.
+        dim: usize,
+    },
+}
+
+/// A size given as one number (both axes) or as `[height, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    /// The same size on both axes.
+    Square(usize),
+    /// `[height, width]`.
+    Pair([usize; 2]),
+}
+
+impl Size2 {
+    /// As `[height, width]`.
+    pub fn pair(self) -> [usize; 2] {
+        match self {
+            Size2::Square(s) => [s, s],
+            Size2::Pair(p) => p,
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn one2() -> Size2 {
+    Size2::Square(1)
+}
+
+fn zero2() -> Size2 {
+    Size2::Square(0)
+}
+
+fn leaky_default() -> f32 {
+    0.01
+}
+
+impl ModelSpec {
+    /// Builds the layers for inputs of `input_shape` (without the batch axis), inferring each
+    /// linear layer's input size by running a zero sample through the layers before it. The
+    /// output must have `task.outputs()` values per sample.
+    pub fn build_model(&self, input_shape: &[usize], task: &Task, rng: &mut Rng) -> Result<Sequential> {
+        let _off = no_grad();
+        let mut shape = vec![1];
+        shape.extend_from_slice(input_shape);
+        let mut probe = Tensor::zeros(&shape);
+        let mut model = Sequential::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            let layer: Box<dyn Module> = match l {
+                LayerSpec::Linear { units, init, bias } => {
+                    let in_features = *probe.shape().last().unwrap_or(&1);
+                    if probe.rank() != 2 {
+                        return Err(Error::invalid(
+                            "spec",
+                            format!(
+                                "layer {i} (linear) needs inputs [batch, features], got {:?}; add a flatten layer",
+                                probe.shape()
+                            ),
+                        ));
+                    }
+                    let mut lin = nn::Linear::with_init(in_features, *units, *init, rng)?;
+                    if !bias {
+                        lin.bias = None;
+                    }
+                    Box::new(lin)
+                }
+                LayerSpec::Relu => Box::new(nn::Relu),
+                LayerSpec::LeakyRelu { slope } => Box::new(nn::LeakyRelu(*slope)),
+                LayerSpec::Sigmoid => Box::new(nn::Sigmoid),
+                LayerSpec::Tanh => Box::new(nn::Tanh),
+                LayerSpec::Step => Box::new(nn::Step),
+                LayerSpec::Softmax => Box::new(nn::Softmax),
+                LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng)?),
+                LayerSpec::Flatten => Box::new(nn::Flatten),
+                LayerSpec::Reshape { shape } => Box::new(nn::Reshape(shape.clone())),
+                LayerSpec::Conv2d { out_channels, kernel, stride, padding, dilation, init, bias } => {
+                    let channels = input_axis(&probe, i, "conv2d", 4, 1)?;
+                    let conv = nn::Conv2d::with_init(channels, *out_channels, kernel.pair(), *init, rng)?
+                        .stride(stride.pair())
+                        .padding(padding.pair())
+                        .dilation(dilation.pair());
+                    Box::new(if *bias { conv } else { conv.without_bias() })
+                }
+                LayerSpec::Conv1d { out_channels, kernel, stride, padding, dilation } => {
+                    let channels = input_axis(&probe, i, "conv1d", 3, 1)?;
+                    let mut conv = nn::Conv1d::new(channels, *out_channels, *kernel, rng)?;
+                    (conv.stride, conv.padding, conv.dilation) = (*stride, *padding, *dilation);
+                    Box::new(conv)
+                }
+                LayerSpec::MaxPool2d { kernel, stride, padding } | LayerSpec::AvgPool2d { kernel, stride, padding } => {
+                    let kind =
+                        if matches!(l, LayerSpec::MaxPool2d { .. }) { nn::PoolKind::Max } else { nn::PoolKind::Avg };
+                    let kernel = kernel.pair();
+                    let stride = stride.map_or(kernel, Size2::pair);
+                    Box::new(nn::Pool2d { kind, kernel, stride, padding: padding.pair() })
+                }
+                LayerSpec::Rnn { hidden, layers }
+                | LayerSpec::Lstm { hidden, layers }
+                | LayerSpec::Gru { hidden, layers } => {
+                    let kind = match l {
+                        LayerSpec::Rnn { .. } => nn::CellKind::Rnn,
+                        LayerSpec::Lstm { .. } => nn::CellKind::Lstm,
+                        _ => nn::CellKind::Gru,
+                    };
+                    let features = input_axis(&probe, i, "recurrent", 3, 2)?;
+                    Box::new(nn::Recurrent::new(kind, features, *hidden, *layers, true, rng)?)
+                }
+                LayerSpec::LastStep => Box::new(nn::LastStep),
+                LayerSpec::Embedding { num, dim } => Box::new(nn::Embedding::new(*num, *dim, rng)?),
+            };
+            probe = layer.forward(&probe, Mode::Eval)?;
+            model.push(layer);
+        }
+        let out = probe.shape();
+        if out.len() != 2 || out[1] != task.outputs() {
+            let need = match task {
+                Task::Classification { classes } => format!("{classes} outputs, one per class"),
+                Task::Regression => "1 output".to_string(),
+            };
+            return Err(Error::invalid(
+                "spec",
+                format!("the model's output per sample is {:?} but the task needs {need}", &out[1..]),
+            ));
+        }
+        Ok(model)
+    }
+}
+
+/// The size of axis `axis` of the probe, which must have rank `rank`, for layer `i`'s input.
+fn input_axis(probe: &Tensor, i: usize, kind: &str, rank: usize, axis: usize) -> Result<usize> {
+    let layouts = ["", "", "[N, F]", "[N, C, L] or [N, T, F]", "[N, C, H, W]"];
+    if probe.rank() != rank {
+        return Err(Error::invalid(
+            "spec",
+            format!(
+                "layer {i} ({kind}) needs inputs {}, got {:?}; add a reshape, flatten or last_step layer before it",
+                layouts[rank],
+                probe.shape()
+            ),
+        ));
+    }
+    Ok(probe.shape()[axis])
+}

@@ -1,0 +1,121 @@
+//! The model directory a trained job saves: `model.toml` (the [`ModelCard`]: spec,
+//! preprocessing, class names) and `model.safetensors` (the weights), written atomically, and
+//! read back into a [`TrainedModel`].
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::ModelSpec;
+use crate::data::{LabelMap, Scaler};
+use crate::nn::{Module, Sequential};
+use crate::train::{checkpoint, Task};
+use crate::{Error, Result, Rng, Tensor};
+
+/// What a trained model needs besides its weights: the spec that built it, the input layout,
+/// the fitted preprocessing and the label mapping. Saved as `model.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    /// Format version of the model directory.
+    pub format: u32,
+    /// What the model predicts.
+    pub task: Task,
+    /// Input feature names, in order.
+    pub feature_names: Vec<String>,
+    /// Shape of one input sample.
+    pub input_shape: Vec<usize>,
+    /// Class names (classification).
+    #[serde(default)]
+    pub classes: Option<LabelMap>,
+    /// The feature scaling fitted on the training data.
+    pub scaler: Scaler,
+    /// The job that trained it.
+    pub spec: ModelSpec,
+}
+
+impl ModelCard {
+    /// Checks that the card's parts agree: a valid spec, one class name per output, one
+    /// feature name per input value, and a scaler for that many features.
+    pub fn validate(&self) -> Result<()> {
+        self.spec.validate()?;
+        let bad = |msg: String| Err(Error::invalid("model card", msg));
+        if let (Task::Classification { classes }, Some(map)) = (&self.task, &self.classes) {
+            if map.len() != *classes {
+                return bad(format!("{} class names for {classes} classes", map.len()));
+            }
+        }
+        let inputs = crate::layout::checked_elem_count("model card", &self.input_shape)?;
+        if self.feature_names.len() != inputs {
+            return bad(format!(
+                "{} feature names for inputs of shape {:?}",
+                self.feature_names.len(),
+                self.input_shape
+            ));
+        }
+        let scaled = match &self.scaler {
+            Scaler::None => None,
+            Scaler::Standard { mean, std } => Some((mean.len(), std.len())),
+            Scaler::MinMax { min, max } => Some((min.len(), max.len())),
+        };
+        if let Some((a, b)) = scaled {
+            if a != inputs || b != inputs {
+                return bad(format!("the scaler has {a} and {b} values for {inputs} features"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A model with everything needed to use it on new data.
+pub struct TrainedModel {
+    /// Metadata and preprocessing.
+    pub card: ModelCard,
+    /// The network.
+    pub model: Sequential,
+}
+
+/// File names inside a model directory.
+pub const CARD_FILE: &str = "model.toml";
+/// The weights file inside a model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+impl TrainedModel {
+    /// Writes the model directory atomically: `model.toml`, `model.safetensors`, and whatever
+    /// `extra` writes into the same (temporary) directory (history, plots).
+    pub fn save(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        let card = toml::to_string(&self.card).map_err(|e| Error::invalid("save model", e.to_string()))?;
+        let weights = checkpoint::weights_to_bytes(&self.model.named_parameters())?;
+        crate::atomic::write_dir_atomically(dir, |tmp| {
+            let write = |name: &str, bytes: &[u8]| {
+                let p = tmp.join(name);
+                std::fs::write(&p, bytes).map_err(|source| Error::Io { path: p, source })
+            };
+            write(CARD_FILE, card.as_bytes())?;
+            write(WEIGHTS_FILE, &weights)?;
+            extra(tmp)
+        })
+    }
+
+    /// Reads a model directory: rebuilds the network from the card and loads the weights,
+    /// checking every name and shape.
+    pub fn load(dir: &Path) -> Result<TrainedModel> {
+        let card_path = dir.join(CARD_FILE);
+        let text =
+            std::fs::read_to_string(&card_path).map_err(|source| Error::Io { path: card_path.clone(), source })?;
+        let card: ModelCard = toml::from_str(&text)
+            .map_err(|e| Error::Format { path: card_path.clone(), msg: e.message().to_string() })?;
+        card.validate().map_err(|e| Error::Format { path: card_path.clone(), msg: e.to_string() })?;
+        let model = card.spec.build_model(&card.input_shape, &card.task, &mut Rng::seed(card.spec.seed))?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        checkpoint::load_into(&model, &checkpoint::load_weights(&weights_path)?, &weights_path)?;
+        Ok(TrainedModel { card, model })
+    }
+
+    /// Scales raw features `[N, F]` with the fitted scaler and runs the network (evaluation
+    /// mode, no gradients).
+    pub fn outputs(&self, raw_features: &Tensor) -> Result<Tensor> {
+        let x = self.card.scaler.transform(raw_features)?;
+        crate::train::predict(&self.model, &x, 1024)
+    }
+}
