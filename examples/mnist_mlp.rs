@@ -1,14 +1,16 @@
-//! An MLP on handwritten digits: 784-256-128-10 with ReLU, softmax cross-entropy and
-//! minibatch SGD (lr 0.1, batch 128), 15 epochs on the bundled MNIST subset. The training
-//! loop is written out: forward, loss, backward, step.
+//! An MLP on handwritten digits: 784-256-128-10 with ReLU (the network of the default job's
+//! spec, `models/mnist_mlp.toml`), softmax cross-entropy and minibatch SGD (lr 0.1, batch
+//! 128), 15 epochs on the bundled MNIST subset. The training loop is written out: forward,
+//! loss, backward, step.
 //!
 //! Run: `cargo run --release --example mnist_mlp [DATA_DIR]`
 
 use std::time::Instant;
 
 use sinapse::data::{mnist, DataLoader};
-use sinapse::nn::{self, loss, Mode, Module};
+use sinapse::nn::{loss, Mode, Module};
 use sinapse::optim::{Optimizer, Sgd};
+use sinapse::spec::ModelSpec;
 use sinapse::train::metrics::correct_count;
 use sinapse::train::{evaluate, LossKind, Task};
 use sinapse::{Result, Rng};
@@ -19,13 +21,10 @@ fn main() -> Result<()> {
     let mnist::Mnist { train, test } = mnist::load(&dir)?;
     println!("{} training images, {} test images", train.len(), test.len());
 
-    let mut rng = Rng::seed(0);
-    let model = nn::Sequential::new()
-        .add(nn::Linear::new(784, 256, &mut rng)?)
-        .add(nn::Relu)
-        .add(nn::Linear::new(256, 128, &mut rng)?)
-        .add(nn::Relu)
-        .add(nn::Linear::new(128, 10, &mut rng)?);
+    // Linear(784 -> 256), ReLU, Linear(256 -> 128), ReLU, Linear(128 -> 10), from the spec.
+    let spec = ModelSpec::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist_mlp.toml"))?;
+    let task = Task::Classification { classes: 10 };
+    let model = spec.build_model(&[784], &task, &mut Rng::seed(spec.seed))?;
     let mut opt = Sgd::new(model.parameters(), 0.1)?;
     let mut loader = DataLoader::new(&train, 128)?.shuffle(0);
 
@@ -47,7 +46,6 @@ fn main() -> Result<()> {
             start.elapsed().as_secs_f64()
         );
     }
-    let task = Task::Classification { classes: 10 };
     let result = evaluate(&model, &test, &task, LossKind::CrossEntropy, 1000)?;
     println!("test accuracy: {:.4}", result.metric());
     Ok(())

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use sinapse::job::{cross_validate, fold_score, CvMethod};
 use sinapse::spec::ValidationSpec;
-use sinapse::train::Silent;
+use sinapse::train::{Metrics, Silent};
 
 /// Options of `sinapse cv`. Without `--folds` or `--loo`, the spec's `[validation]` (kfold or
 /// loo) decides.
@@ -24,11 +24,15 @@ pub struct CvArgs {
     /// Keep class proportions in every fold (k-fold, classification).
     #[arg(long)]
     stratified: bool,
+    /// Device to train on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// Runs the command.
 pub fn run(args: CvArgs) -> Result<()> {
-    let (spec, base) = crate::load_spec(&args.spec)?;
+    let (mut spec, base) = crate::load_spec(&args.spec)?;
+    crate::override_device(&mut spec, args.device)?;
     let method = match (args.folds, args.loo, spec.validation) {
         (Some(k), false, _) => CvMethod::KFold { k, stratified: args.stratified },
         (None, true, _) if args.stratified => {
@@ -44,9 +48,16 @@ pub fn run(args: CvArgs) -> Result<()> {
     let outcome = cross_validate(&spec, &base, method, &mut Silent, |i, n, f| {
         let width = n.to_string().len();
         let (metric, score) = fold_score(&f.evaluation);
-        println!("fold {i:>width$}/{n}: {metric} {score:.4} (train {}, test {})", f.train_size, f.test_size);
+        let r2 = match &f.evaluation.metrics {
+            Metrics::Regression(r) => format!(", r2 {:.4}", r.r2),
+            Metrics::Classification(_) => String::new(),
+        };
+        println!("fold {i:>width$}/{n}: {metric} {score:.4}{r2} (train {}, test {})", f.train_size, f.test_size);
     })?;
     let (mean, std) = outcome.mean_std();
     println!("{}: mean {mean:.4} ± {std:.4} over {} folds", outcome.metric, outcome.folds.len());
+    if let Some((mean, std)) = outcome.r2_mean_std() {
+        println!("r2: mean {mean:.4} ± {std:.4}");
+    }
     Ok(())
 }

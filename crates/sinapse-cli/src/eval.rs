@@ -19,6 +19,9 @@ pub struct EvalArgs {
     /// Labelled data: a CSV file with the training columns, an IDX images file (its labels
     /// file found by name), or a folder holding t10k-images/t10k-labels IDX files.
     data: PathBuf,
+    /// Device to run on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// Reads labelled data in the model's own format, with its label column and class names.
@@ -57,7 +60,7 @@ pub fn read_labelled(model: &TrainedModel, path: &Path) -> Result<Dataset> {
 
 /// Runs the command.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = TrainedModel::load(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let model = crate::load_model(&args.model, args.device)?;
     let data = read_labelled(&model, &args.data)?;
     let scaled = Dataset::new(model.card.scaler.transform(data.x())?, data.y().clone())?;
     let loss = model.card.spec.loss_for(&model.card.task);

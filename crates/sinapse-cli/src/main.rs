@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sinapse::nn::Module;
 use sinapse::spec::ModelSpec;
 
 /// Training allocates and frees the same large buffers every step; glibc's malloc returns
@@ -46,7 +47,7 @@ enum Command {
     Gradcheck(inspect::GradcheckArgs),
     /// Rosenblatt's perceptron on a logic gate, optionally printing every step.
     Perceptron(perceptron::PerceptronArgs),
-    /// Run a benchmark (mlp) and print samples/s and test accuracy.
+    /// Run a benchmark (mlp or cnn) and print samples/s and test accuracy.
     Bench(bench::BenchArgs),
 }
 
@@ -79,6 +80,26 @@ pub(crate) fn repo_path(rel: &str) -> PathBuf {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
     }
+}
+
+/// Puts the `--device` flag, when given, in place of the spec's `device` key.
+pub(crate) fn override_device(spec: &mut ModelSpec, flag: Option<String>) -> Result<()> {
+    if let Some(name) = flag {
+        sinapse::Device::parse(&name)?;
+        spec.device = Some(name);
+    }
+    Ok(())
+}
+
+/// Loads a model directory and moves the model to the `--device` flag's device, or else to
+/// the device its spec names.
+pub(crate) fn load_model(dir: &Path, device: Option<String>) -> Result<sinapse::spec::TrainedModel> {
+    let mut model =
+        sinapse::spec::TrainedModel::load(dir).with_context(|| format!("loading model {}", dir.display()))?;
+    override_device(&mut model.card.spec, device)?;
+    let device = model.card.spec.device()?;
+    model.model.to(device).with_context(|| format!("moving model {} to {device}", dir.display()))?;
+    Ok(model)
 }
 
 /// Reads a spec; returns it with the folder its relative paths start from.

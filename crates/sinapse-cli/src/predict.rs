@@ -3,11 +3,11 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
+use sinapse::atomic::write_atomically;
 use sinapse::data::csv::read_features;
 use sinapse::spec::TrainedModel;
-use sinapse::train::checkpoint::write_atomically;
 use sinapse::train::Task;
 
 /// Options of `sinapse predict`.
@@ -20,11 +20,14 @@ pub struct PredictArgs {
     /// Write the predictions here instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Device to run on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// Runs the command.
 pub fn run(args: PredictArgs) -> Result<()> {
-    let model = TrainedModel::load(&args.model).with_context(|| format!("loading model {}", args.model.display()))?;
+    let model = crate::load_model(&args.model, args.device)?;
     let x = read_features(&args.input, &model.card.feature_names)?;
     let outputs = model.outputs(&x)?;
     let mut csv = String::new();

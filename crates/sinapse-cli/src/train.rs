@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sinapse::nn::{self, Module};
+use sinapse::job;
+use sinapse::nn::Module;
 use sinapse::spec::ValidationSpec;
 use sinapse::train::{Evaluation, Metrics, ProgressReporter, Verbosity};
-use sinapse::{job, Rng};
 
 /// Options of `sinapse train`.
 #[derive(Args)]
@@ -20,16 +20,9 @@ pub struct TrainArgs {
     /// Print only the final lines.
     #[arg(long)]
     quiet: bool,
-}
-
-/// The benchmark network: 784-256-128-10 with ReLU.
-pub fn mnist_mlp(rng: &mut Rng) -> sinapse::Result<nn::Sequential> {
-    Ok(nn::Sequential::new()
-        .add(nn::Linear::new(784, 256, rng)?)
-        .add(nn::Relu)
-        .add(nn::Linear::new(256, 128, rng)?)
-        .add(nn::Relu)
-        .add(nn::Linear::new(128, 10, rng)?))
+    /// Device to train on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
+    #[arg(long)]
+    device: Option<String>,
 }
 
 /// One line of metrics for an evaluation.
@@ -61,7 +54,8 @@ const MAX_PLOTTED_CLASSES: usize = 50;
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
     let spec_path = args.spec.unwrap_or_else(|| crate::repo_path("models/mnist_mlp.toml"));
-    let (spec, base) = crate::load_spec(&spec_path)?;
+    let (mut spec, base) = crate::load_spec(&spec_path)?;
+    crate::override_device(&mut spec, args.device)?;
     let out = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
     });

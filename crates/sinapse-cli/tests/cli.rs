@@ -190,3 +190,38 @@ fn summary_shows_convolution_and_recurrent_shapes() {
         "{out}"
     );
 }
+
+#[test]
+fn the_device_flag_and_spec_key() {
+    let dir = temp("device");
+    let out = dir.join("model");
+    // `auto` is the fastest device present; the CPU always is.
+    let (code, text, err) = sinapse(&["train", "models/xor.toml", "--device", "auto", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.trim_end().lines().last().unwrap().starts_with("saved model"), "{text}");
+    // A device that is not there is one clear line, and nothing is written.
+    let absent = dir.join("absent");
+    for args in [
+        &["train", "models/xor.toml", "--device", "cuda", "--out", absent.to_str().unwrap()][..],
+        &["eval", out.to_str().unwrap(), "data/xor.csv", "--device", "cuda:1"],
+        &["cv", "models/iris.toml", "--folds", "3", "--device", "cuda"],
+        &["bench", "mlp", "--runs", "1", "--device", "cuda"],
+    ] {
+        let (code, _, err) = sinapse(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("cuda:") && err.contains("not available"), "{args:?}: {err}");
+    }
+    assert!(!absent.exists());
+    // An unknown name lists the valid ones, from the flag and from the spec.
+    let (code, _, err) = sinapse(&["predict", out.to_str().unwrap(), "data/xor.csv", "--device", "gpu"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown device 'gpu'") && err.contains("cuda:N"), "{err}");
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/xor.toml")).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, format!("device = \"tpu\"\n{spec}")).unwrap();
+    let (code, _, err) = sinapse(&["summary", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.toml") && err.contains("unknown device 'tpu'"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
