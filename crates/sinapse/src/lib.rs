@@ -12,7 +12,9 @@
 //! - [`perceptron`]: Rosenblatt's 1957 learning rule;
 //! - [`nn`]: layers (`Linear`, `Sequential`, activations) and losses;
 //! - [`optim`]: gradient descent;
-//! - [`data`]: reading MNIST's IDX files.
+//! - [`data`]: reading MNIST's IDX files;
+//! - [`backend`]: the closed set of kernels each device implements, and [`Device`]: where a
+//!   tensor lives (`tensor.to(device)`, `model.to(device)`).
 //!
 //! ```
 //! use sinapse::{nn::{self, Module, Mode}, optim::{Optimizer, Sgd}, Rng, Tensor};

@@ -268,6 +268,8 @@ fn cases() -> Vec<Case> {
     c.push(case("cat", vec![normal(&[2, 3], r), normal(&[4, 3], r)], |x| Tensor::cat(&[&x[0], &x[1]], 0)));
     c.push(case("cat dim 1", vec![normal(&[2, 3], r), normal(&[2, 2], r)], |x| Tensor::cat(&[&x[0], &x[1]], 1)));
     c.push(case("stack", vec![normal(&[2, 3], r), normal(&[2, 3], r)], |x| Tensor::stack(&[&x[0], &x[1]], 1)));
+    c.push(case("pad", vec![normal(&[3, 4], r)], |x| x[0].pad(1, 2, 1, -0.5)));
+    c.push(case("pad dim 0", vec![normal(&[3, 4], r)], |x| x[0].pad(0, 0, 2, 0.0)));
     // Convolution and pooling.
     c.push(case("im2col", vec![normal(&[2, 3, 5, 6], r)], |x| x[0].im2col(win(3, 2, 1, 1), 0.0)));
     c.push(case("col2im", vec![normal(&[3 * 9, 2 * 3 * 3], r)], |x| x[0].col2im([2, 3, 5, 6], win(3, 2, 1, 1))));

@@ -159,6 +159,8 @@ fn index_ops() {
     );
     let z = rand(&[4, 3], 32);
     check("stack", |x| Tensor::stack(&[&x[0], &x[1]], 1), &[x.clone(), z]);
+    check("pad", |x| x[0].pad(1, 2, 1, 0.5), &[x.clone()]);
+    check("narrow then pad", |x| x[0].narrow(0, 1, 2)?.pad(0, 3, 0, 0.0), &[x.clone()]);
     // The adjoints, differentiated in both of their inputs (repeated positions add up).
     let src = rand(&[3, 3], 33);
     check("index_add", |x| x[0].index_add(0, &rows, &x[1]), &[x.clone(), src]);

@@ -236,6 +236,8 @@ fn indexing() {
         .to_string()
         .contains("scatter_add: index 2"));
     assert!(z.index_add(0, &t(&[0.], &[1]), &t(&[1., 2., 3.], &[1, 3])).is_err(), "source of the wrong shape");
+    let padded = t(&[1., 2., 3., 4.], &[2, 2]).pad(1, 1, 2, 9.).unwrap();
+    assert_eq!(padded.to_vec2().unwrap(), vec![vec![9., 1., 2., 9., 9.], vec![9., 3., 4., 9., 9.]]);
     let picked = t(&[1., 0., 1.], &[3]).where_cond(&t(&[1., 2., 3.], &[3]), &t(&[-1.], &[1])).unwrap();
     assert_eq!(picked.to_vec(), vec![1., -1., 3.]);
 }

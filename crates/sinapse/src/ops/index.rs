@@ -1,5 +1,5 @@
 //! Picking and assembling: index_select and index_add, gather and scatter_add,
-//! concatenation and stacking.
+//! concatenation, padding and stacking.
 //!
 //! Indices travel as f32 tensors holding whole numbers (Sinapse tensors have one element
 //! type); each is checked to be a whole number inside the axis before use.
@@ -7,7 +7,7 @@
 use super::grad_if;
 use crate::backend::Storage;
 pub use crate::backend::{checked_index, MAX_EXACT_INDEX};
-use crate::layout::Layout;
+use crate::layout::{checked_elem_count, Layout};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -118,6 +118,24 @@ impl Tensor {
                 start += len;
             }
             Ok(grads)
+        }))
+    }
+
+    /// `value` repeated `before` times along axis `dim` ahead of the tensor and `after` times
+    /// behind it (PyTorch's constant `F.pad`, on one axis). Gradient: the middle part.
+    pub fn pad(&self, dim: usize, before: usize, after: usize, value: f32) -> Result<Tensor> {
+        self.layout().check_dim("pad", dim)?;
+        let len = self.shape()[dim];
+        let mut shape = self.shape().to_vec();
+        shape[dim] = len
+            .checked_add(before)
+            .and_then(|s| s.checked_add(after))
+            .ok_or_else(|| Error::invalid("pad", format!("padding {before} + {after} overflows axis {dim}")))?;
+        let out_layout = Layout::contiguous(&shape);
+        let mut out = Storage::full(self.device(), checked_elem_count("pad", &shape)?, value)?;
+        self.storage().copy_into(self.layout(), &mut out, &out_layout.narrow(dim, before, len)?, "pad")?;
+        Ok(Tensor::from_op(out, &shape, "pad", &[self], move |g, x, _| {
+            Ok(vec![grad_if(&x[0], || g.narrow(dim, before, len))?])
         }))
     }
 

@@ -64,21 +64,11 @@ impl Tensor {
     }
 
     /// Entries `start..start + len` of axis `dim` (a view). Its gradient is the output
-    /// gradient with zeros before and after it along `dim`.
+    /// gradient padded with zeros back to the input's size along `dim`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
         let layout = self.layout().narrow(dim, start, len)?;
         Ok(self.view_op(layout, "narrow", move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || {
-                let size = x[0].shape()[dim];
-                // Zeros as broadcast views of one zero: nothing is allocated for them.
-                let zeros = |n: usize| -> Result<Tensor> {
-                    let mut shape = g.shape().to_vec();
-                    shape[dim] = n;
-                    Tensor::full_on(&[], 0.0, g.device())?.broadcast_to(&shape)
-                };
-                let (before, after) = (zeros(start)?, zeros(size - start - len)?);
-                Tensor::cat(&[&before, g, &after], dim)
-            })?])
+            Ok(vec![grad_if(&x[0], || g.pad(dim, start, x[0].shape()[dim] - start - len, 0.0))?])
         }))
     }
 

@@ -340,18 +340,14 @@ impl Tensor {
     /// Runs `f` on the storages of several tensors at once, each storage locked once even
     /// when tensors share it (a kernel call with several operands).
     pub(crate) fn with_storages<const N: usize, R>(tensors: [&Tensor; N], f: impl FnOnce([&Storage; N]) -> R) -> R {
-        let key = |t: &Tensor| Arc::as_ptr(&t.0.storage);
-        let mut guards: Vec<(*const RwLock<Storage>, RwLockReadGuard<'_, Storage>)> = Vec::with_capacity(N);
-        for t in tensors {
-            if !guards.iter().any(|(k, _)| *k == key(t)) {
-                guards.push((key(t), read_lock(&t.0.storage)));
-            }
-        }
-        let storages: [&Storage; N] = std::array::from_fn(|i| {
-            let k = key(tensors[i]);
-            let (_, guard) = guards.iter().find(|(g, _)| *g == k).expect("every storage was locked above");
-            &**guard
-        });
+        // Operand i reads the guard of the first operand sharing its storage (no allocation:
+        // this runs once per kernel call).
+        let first: [usize; N] =
+            std::array::from_fn(|i| (0..i).find(|&j| tensors[j].same_storage(tensors[i])).unwrap_or(i));
+        let guards: [Option<RwLockReadGuard<'_, Storage>>; N] =
+            std::array::from_fn(|i| (first[i] == i).then(|| read_lock(&tensors[i].0.storage)));
+        let storages: [&Storage; N] =
+            std::array::from_fn(|i| &**guards[first[i]].as_ref().expect("the first user of a storage locks it"));
         f(storages)
     }
 

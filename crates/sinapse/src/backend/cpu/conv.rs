@@ -177,21 +177,26 @@ fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], taps: &mut
 pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     let mut dx = vec![0.0f32; n * c * h * w];
-    if dx.is_empty() {
+    if dx.is_empty() || oh * ow == 0 {
         return dx;
     }
-    let kw = win.kernel[1];
+    let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
-    let [ph, pw] = win.padding;
+    let [ph, pw] = win.padding.map(|p| p as isize);
+    // Where each tap sits relative to its window's top-left corner, in plane offsets: no
+    // division per element.
+    let tap_offset: Vec<isize> = (0..kh * kw).map(|t| (t / kw * w + t % kw) as isize).collect();
     let per_plane = oh * ow;
     dx.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
-        let range = p * per_plane..(p + 1) * per_plane;
-        for (k, (&tap, &v)) in taps[range.clone()].iter().zip(&g[range]).enumerate() {
-            let (y, x, tap) = (k / ow, k % ow, tap as usize);
-            // Inside the image by construction: the tap was a pixel, not padding.
-            let iy = y * sh + tap / kw - ph;
-            let ix = x * sw + tap % kw - pw;
-            plane[iy * w + ix] += v;
+        let (taps, g) = (&taps[p * per_plane..][..per_plane], &g[p * per_plane..][..per_plane]);
+        for y in 0..oh {
+            let top = ((y * sh) as isize - ph) * w as isize;
+            for x in 0..ow {
+                let corner = top + (x * sw) as isize - pw;
+                // Inside the image by construction: the tap was a pixel, not padding.
+                let at = (corner + tap_offset[taps[y * ow + x] as usize]) as usize;
+                plane[at] += g[y * ow + x];
+            }
         }
     });
     dx

@@ -41,10 +41,10 @@ fn reduce_rows(src: &[f32], outer: usize, len: usize, inner: usize, op: ReduceOp
         for (o, dst) in out.chunks_mut(inner).enumerate() {
             reduce_block(block(o), len, inner, 0, dst, op);
         }
-    } else if outer >= rayon::current_num_threads() * 4 || inner < PAR_CHUNK {
+    } else if inner == 1 || outer >= rayon::current_num_threads() * 4 {
         out.par_chunks_mut(inner).enumerate().for_each(|(o, dst)| reduce_block(block(o), len, inner, 0, dst, op));
     } else {
-        // Few long outputs rows (a sum over the batch axis): split each row's outputs.
+        // Few long output rows (a sum over the batch axis): split each row's outputs.
         let per_task = PAR_CHUNK.div_ceil(len).max(1);
         for (o, row) in out.chunks_mut(inner).enumerate() {
             row.par_chunks_mut(per_task)
