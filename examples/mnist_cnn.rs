@@ -23,6 +23,7 @@ fn main() -> Result<()> {
     let spec = ModelSpec::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/mnist_cnn.toml"))?;
     let task = Task::Classification { classes: 10 };
     let model = spec.build_model(&[784], &task, &mut Rng::seed(spec.seed))?;
+    model.to(spec.device()?)?; // the spec's `device` key (the CPU when it has none)
     print!("{}", nn::summary(&model, &[784])?);
 
     let mut opt = spec.optimizer.build(model.parameters())?;

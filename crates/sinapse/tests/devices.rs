@@ -336,35 +336,37 @@ fn main() {
     let optimizer_refs: Vec<Result<Vec<f32>>> =
         OPTIMIZERS.iter().map(|o| optimizer_outcome(o, Device::Cpu, Layout::Contiguous)).collect();
     let devices = Device::available();
+    let mut record = |what: String, problem: Option<String>| {
+        checks += 1;
+        if let Some(p) = problem {
+            failures.push(format!("{what}: {p}"));
+        }
+    };
+    let outcome_of = |got: Result<Option<String>>, reference_failed: Option<String>| match (got, reference_failed) {
+        (_, Some(e)) => Some(format!("the CPU reference failed: {e}")),
+        (Ok(problem), None) => problem,
+        (Err(e), None) => Some(format!("error: {e}")),
+    };
     for &device in &devices {
         for layout in LAYOUTS {
+            if device == Device::Cpu && layout == Layout::Contiguous {
+                continue; // the references themselves
+            }
             for (case, reference) in cases.iter().zip(&references) {
-                if device == Device::Cpu && layout == Layout::Contiguous {
-                    continue; // the reference itself
-                }
-                checks += 1;
-                let problem = match (run(case, device, layout), reference) {
-                    (Ok(got), Ok(want)) => compare(&got, want),
-                    (Err(e), _) => Some(format!("error: {e}")),
-                    (_, Err(e)) => Some(format!("the CPU reference failed: {e}")),
+                let got = run(case, device, layout);
+                let problem = match reference {
+                    Ok(want) => outcome_of(got.map(|g| compare(&g, want)), None),
+                    Err(e) => outcome_of(Ok(None), Some(e.to_string())),
                 };
-                if let Some(p) = problem {
-                    failures.push(format!("{} on {device}, {layout:?} inputs: {p}", case.name));
-                }
+                record(format!("{} on {device}, {layout:?} inputs", case.name), problem);
             }
             for (which, reference) in OPTIMIZERS.iter().zip(&optimizer_refs) {
-                if device == Device::Cpu && layout == Layout::Contiguous {
-                    continue;
-                }
-                checks += 1;
-                let problem = match (optimizer_outcome(which, device, layout), reference) {
-                    (Ok(got), Ok(want)) => mismatch(&got, want),
-                    (Err(e), _) => Some(format!("error: {e}")),
-                    (_, Err(e)) => Some(format!("the CPU reference failed: {e}")),
+                let got = optimizer_outcome(which, device, layout);
+                let problem = match reference {
+                    Ok(want) => outcome_of(got.map(|g| mismatch(&g, want)), None),
+                    Err(e) => outcome_of(Ok(None), Some(e.to_string())),
                 };
-                if let Some(p) = problem {
-                    failures.push(format!("optimizer {which} on {device}, {layout:?} gradients: {p}"));
-                }
+                record(format!("optimizer {which} on {device}, {layout:?} gradients"), problem);
             }
         }
     }

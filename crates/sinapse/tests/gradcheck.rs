@@ -180,7 +180,20 @@ fn losses() {
     let labels = Tensor::rand_uniform(&[4, 3], 0.0, 1.0, &mut sinapse::Rng::seed(36)).unwrap().set_requires_grad(true);
     check("binary_cross_entropy", |x| loss::binary_cross_entropy(&x[0], &x[1]), &[probs, labels.clone()]);
     let logits = rand(&[4, 3], 37).mul_scalar(3.0).unwrap().detach().set_requires_grad(true);
-    check("bce_with_logits", |x| loss::binary_cross_entropy_with_logits(&x[0], &x[1]), &[logits.clone(), labels]);
+    check(
+        "bce_with_logits",
+        |x| loss::binary_cross_entropy_with_logits(&x[0], &x[1]),
+        &[logits.clone(), labels.clone()],
+    );
+    // The elementwise BCE ops broadcast like every binary op; their gradients sum back.
+    let p_col = Tensor::rand_uniform(&[4, 1], 0.1, 0.9, &mut sinapse::Rng::seed(38)).unwrap().set_requires_grad(true);
+    check("bce broadcast", |x| x[0].binary_cross_entropy_elementwise(&x[1]), &[p_col, labels.clone()]);
+    let y_row = Tensor::rand_uniform(&[3], 0.0, 1.0, &mut sinapse::Rng::seed(39)).unwrap().set_requires_grad(true);
+    check(
+        "bce_with_logits broadcast",
+        |x| x[0].binary_cross_entropy_with_logits_elementwise(&x[1]),
+        &[logits.clone(), y_row],
+    );
     let classes = Tensor::from_vec(vec![2.0, 0.0, 1.0, 2.0], &[4]).unwrap();
     check("cross_entropy", |x| loss::cross_entropy(&x[0], &classes), &[logits.clone()]);
     let soft = Tensor::from_vec(vec![0.2, 0.3, 0.5, 1.0, 0.0, 0.0, 0.1, 0.8, 0.1, 0.0, 0.5, 0.5], &[4, 3]).unwrap();

@@ -117,4 +117,28 @@ fn clipping_scales_the_global_norm() {
     let (ga, gb) = (grads.get(&a).unwrap().to_vec()[0], grads.get(&b).unwrap().to_vec()[0]);
     assert!((ga - 0.6).abs() < 1e-6 && (gb - 0.8).abs() < 1e-6, "{ga} {gb}");
     assert!(clip_grad_norm(&params, &mut grads, 0.0).is_err());
+    // Gradients whose squares overflow f32 still have a finite norm, and clip to the limit.
+    let mut huge = sinapse::Gradients::default();
+    huge.insert(&a, Tensor::from_vec(vec![3e20], &[1]).unwrap());
+    huge.insert(&b, Tensor::from_vec(vec![4e20], &[1]).unwrap());
+    let norm = clip_grad_norm(&params, &mut huge, 1.0).unwrap();
+    assert!((norm / 5e20 - 1.0).abs() < 1e-6, "norm {norm}");
+    let ga = huge.get(&a).unwrap().to_vec()[0];
+    assert!((ga - 0.6).abs() < 1e-6, "{ga}");
+}
+
+#[test]
+fn a_failed_step_changes_nothing() {
+    // A gradient of the wrong shape is an error, and Adam's step count does not advance: the
+    // next good step is still its first (w1 = 1 - lr·sign(g) = 0.9, as for any first step).
+    let w = Tensor::from_vec(vec![1.0], &[1]).unwrap().set_requires_grad(true);
+    let mut opt = Adam::new(vec![w.clone()], 0.1).unwrap();
+    let mut bad = sinapse::Gradients::default();
+    bad.insert(&w, Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap());
+    assert!(opt.step(&bad).unwrap_err().to_string().contains("[1] vs [2]"));
+    assert_eq!(w.to_vec(), vec![1.0]);
+    let mut good = sinapse::Gradients::default();
+    good.insert(&w, Tensor::from_vec(vec![2.0], &[1]).unwrap());
+    opt.step(&good).unwrap();
+    assert!((w.to_vec()[0] - 0.9).abs() < 1e-6, "{:?}", w.to_vec());
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::assert_close;
+use sinapse::backend::Window;
 use sinapse::{Error, Rng, Tensor};
 
 fn t(data: &[f32], shape: &[usize]) -> Tensor {
@@ -240,6 +241,29 @@ fn indexing() {
     assert_eq!(padded.to_vec2().unwrap(), vec![vec![9., 1., 2., 9., 9.], vec![9., 3., 4., 9., 9.]]);
     let picked = t(&[1., 0., 1.], &[3]).where_cond(&t(&[1., 2., 3.], &[3]), &t(&[-1.], &[1])).unwrap();
     assert_eq!(picked.to_vec(), vec![1., -1., 3.]);
+}
+
+#[test]
+fn empty_axes_and_huge_windows_are_not_panics() {
+    // Softmax over an empty axis is an empty result.
+    assert_eq!(Tensor::zeros(&[2, 0, 3]).softmax(1).unwrap().shape(), &[2, 0, 3]);
+    // Output sizes that do not fit in memory's counting are errors naming the op.
+    let huge = Window { kernel: [1, 1], stride: [1 << 40, 1 << 40], padding: [0, 0], dilation: [1, 1] };
+    let e = Tensor::zeros(&[1, 1]).col2im([1, 1, 1 << 40, 1 << 40], huge).unwrap_err().to_string();
+    assert!(e.contains("col2im"), "{e}");
+    let padded = Window { kernel: [1, 1], stride: [1, 1], padding: [1 << 31, 1 << 31], dilation: [1, 1] };
+    let e = Tensor::zeros(&[1, 1, 1, 1]).im2col(padded, 0.0).unwrap_err().to_string();
+    assert!(e.contains("im2col"), "{e}");
+}
+
+#[test]
+fn copy_from_a_view_of_itself() {
+    // The source shares the destination's storage: contiguous, and transposed.
+    let x = t(&[1., 2., 3., 4.], &[2, 2]);
+    x.copy_from(&x.detach()).unwrap();
+    assert_eq!(x.to_vec(), vec![1., 2., 3., 4.]);
+    x.copy_from(&x.t().unwrap()).unwrap();
+    assert_eq!(x.to_vec(), vec![1., 3., 2., 4.]);
 }
 
 #[test]

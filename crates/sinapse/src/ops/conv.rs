@@ -15,6 +15,7 @@
 use super::grad_if;
 use crate::backend::ImageDims;
 pub use crate::backend::Window;
+use crate::layout::checked_elem_count;
 use crate::{Error, Result, Tensor};
 
 /// Reads an `[N, C, H, W]` shape, or fails naming `op`.
@@ -48,10 +49,10 @@ impl Tensor {
     /// Taps that fall in the padding read `pad_value`. Gradient: [`Tensor::col2im`].
     pub fn im2col(&self, win: Window, pad_value: f32) -> Result<Tensor> {
         let input = nchw("im2col", self)?;
-        let [n, c, h, w] = input;
+        let [_, _, h, w] = input;
         let dims = ImageDims { input, output: output_size("im2col", &win, h, w)? };
+        let shape = columns_shape("im2col", &dims, &win)?;
         let cols = self.storage().im2col(self.layout(), dims, &win, pad_value)?;
-        let shape = [c * win.kernel[0] * win.kernel[1], n * dims.output[0] * dims.output[1]];
         Ok(Tensor::from_op(cols, &shape, "im2col", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || g.col2im(input, win))?])
         }))
@@ -62,9 +63,10 @@ impl Tensor {
     /// `[N, C, H, W]` batch it was read from (taps in the padding are dropped). Gradient:
     /// `im2col` of the output gradient.
     pub fn col2im(&self, input: [usize; 4], win: Window) -> Result<Tensor> {
-        let [n, c, h, w] = input;
+        checked_elem_count("col2im", &input)?;
+        let [_, _, h, w] = input;
         let dims = ImageDims { input, output: output_size("col2im", &win, h, w)? };
-        let want = [c * win.kernel[0] * win.kernel[1], n * dims.output[0] * dims.output[1]];
+        let want = columns_shape("col2im", &dims, &win)?;
         if self.shape() != want {
             return Err(Error::shapes("col2im", self.shape(), &want));
         }
@@ -171,6 +173,17 @@ impl Tensor {
         let cols = planes.im2col(win, 0.0)?; // [KH·KW, N·C·OH·OW]
         cols.mean(0, false)?.reshape(&[n, c, oh, ow])
     }
+}
+
+/// The `[C·KH·KW, N·OH·OW]` shape of the columns of a window over `dims.input`, checked to
+/// fit in memory's counting.
+fn columns_shape(op: &'static str, dims: &ImageDims, win: &Window) -> Result<[usize; 2]> {
+    let [n, c, _, _] = dims.input;
+    let [oh, ow] = dims.output;
+    let rows = checked_elem_count(op, &[c, win.kernel[0], win.kernel[1]])?;
+    let cols = checked_elem_count(op, &[n, oh, ow])?;
+    checked_elem_count(op, &[rows, cols])?;
+    Ok([rows, cols])
 }
 
 /// A pooling window, checked: padding at most half the kernel, as PyTorch requires.

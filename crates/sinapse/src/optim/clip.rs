@@ -15,8 +15,18 @@ pub fn clip_grad_norm(params: &[Tensor], grads: &mut Gradients, max_norm: f32) -
         let _off = crate::no_grad();
         for p in params {
             if let Some(g) = grads.get(p) {
-                // One small read per gradient; the squares are summed where the gradient is.
-                sq += g.mul(g)?.sum_all()?.to_scalar()? as f64;
+                if g.elem_count() == 0 {
+                    continue;
+                }
+                // ‖g‖² = m²·Σ(g/m)² with m = max |g|: the squares are summed where the gradient
+                // is, and cannot overflow f32 however large g is (two small reads per tensor).
+                let m = g.abs()?.max_all()?.to_scalar()?;
+                if m > 0.0 && m.is_finite() {
+                    let s = g.mul_scalar(1.0 / m)?;
+                    sq += (m as f64).powi(2) * s.mul(&s)?.sum_all()?.to_scalar()? as f64;
+                } else if m != 0.0 {
+                    sq += (m as f64).powi(2); // inf or NaN: the norm is too
+                }
             }
         }
     }

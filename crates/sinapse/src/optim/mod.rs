@@ -57,10 +57,17 @@ impl State {
     ) -> Result<()> {
         for (i, p) in params.iter().enumerate() {
             let Some(g) = grads.get(p) else { continue };
+            if p.shape() != g.shape() {
+                return Err(Error::shapes(op, p.shape(), g.shape()));
+            }
             let u = update(i, self);
             let wanted = u.state_buffers();
             if self.buffers[i].len() != wanted {
                 self.buffers[i] = (0..wanted).map(|_| p.zeros_like()).collect::<Result<_>>()?;
+            }
+            // The state lives where the parameter lives, also after `model.to(device)`.
+            for s in &self.buffers[i] {
+                s.move_to(p.device())?;
             }
             let state: Vec<&Tensor> = self.buffers[i].iter().collect();
             p.apply_update(op, g, &state, &u)?;

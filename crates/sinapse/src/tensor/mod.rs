@@ -424,10 +424,12 @@ impl Tensor {
         if self.shape() != src.shape() {
             return Err(Error::shapes("copy_from", self.shape(), src.shape()));
         }
-        let src = if self.same_storage(src) { src.contiguous()?.detach() } else { src.to(self.device())? };
-        let values = src.storage();
+        // The source is copied out, on this tensor's device, before this storage is locked for
+        // writing: no lock is held on one while waiting for the other (the source may be a
+        // view of this very storage, or another thread may copy the other way).
+        let values = src.storage().to_device(src.layout(), self.device())?;
         let mut dst = write_lock(&self.0.storage);
-        values.copy_into(src.layout(), &mut dst, self.layout(), "copy_from")
+        values.copy_into(&Layout::contiguous(src.shape()), &mut dst, self.layout(), "copy_from")
     }
 
     /// One optimizer update of this parameter in place, from `grad` and the `state` buffers

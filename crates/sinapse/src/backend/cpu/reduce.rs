@@ -111,6 +111,9 @@ fn reduce_block(block: &[f32], len: usize, inner: usize, first: usize, dst: &mut
 /// softmax(x - c) for any c, and with c = max every exponent is <= 0.
 fn softmax_rows(src: &[f32], outer: usize, len: usize, inner: usize, log: bool) -> Vec<f32> {
     let mut out = vec![0.0f32; outer * len * inner];
+    if out.is_empty() {
+        return out;
+    }
     let lane = |src: &[f32], dst: &mut [f32], stride: usize| {
         let max = (0..len).map(|j| src[j * stride]).fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0f32;
