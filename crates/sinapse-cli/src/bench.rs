@@ -77,11 +77,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let seconds: f64 = history.records.iter().map(|r| r.seconds).sum();
         let rate = (train.len() * history.records.len()) as f64 / seconds;
         let acc = evaluate(&model, &test, &cfg.task, cfg.loss, 1000)?.metric();
-        println!("run {run}/{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.runs);
+        outln!("run {run}/{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.runs);
         runs.push((rate, acc));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (rate, acc) = runs[runs.len() / 2];
-    println!("{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.name);
+    outln!("{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.name);
     Ok(())
 }

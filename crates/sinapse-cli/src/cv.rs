@@ -45,6 +45,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         (None, false, Some(ValidationSpec::Loo)) => CvMethod::LeaveOneOut,
         _ => bail!("give --folds K or --loo (the spec's [validation] is not kfold or loo)"),
     };
+    let mut write_error = None;
     let outcome = cross_validate(&spec, &base, method, &mut Silent, |i, n, f| {
         let width = n.to_string().len();
         let (metric, score) = fold_score(&f.evaluation);
@@ -52,12 +53,21 @@ pub fn run(args: CvArgs) -> Result<()> {
             Metrics::Regression(r) => format!(", r2 {:.4}", r.r2),
             Metrics::Classification(_) => String::new(),
         };
-        println!("fold {i:>width$}/{n}: {metric} {score:.4}{r2} (train {}, test {})", f.train_size, f.test_size);
+        let line = format_args!(
+            "fold {i:>width$}/{n}: {metric} {score:.4}{r2} (train {}, test {})\n",
+            f.train_size, f.test_size
+        );
+        if let Err(e) = crate::output::write(line) {
+            write_error.get_or_insert(e);
+        }
     })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     let (mean, std) = outcome.mean_std();
-    println!("{}: mean {mean:.4} ± {std:.4} over {} folds", outcome.metric, outcome.folds.len());
+    outln!("{}: mean {mean:.4} ± {std:.4} over {} folds", outcome.metric, outcome.folds.len());
     if let Some((mean, std)) = outcome.r2_mean_std() {
-        println!("r2: mean {mean:.4} ± {std:.4}");
+        outln!("r2: mean {mean:.4} ± {std:.4}");
     }
     Ok(())
 }

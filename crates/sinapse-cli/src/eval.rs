@@ -65,12 +65,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let scaled = Dataset::new(model.card.scaler.transform(data.x())?, data.y().clone())?;
     let loss = model.card.spec.loss_for(&model.card.task);
     let e = evaluate(&model.model, &scaled, &model.card.task, loss, 1024)?;
-    println!("{} samples from {}", data.len(), args.data.display());
-    println!("{}", crate::train::describe(&e));
+    outln!("{} samples from {}", data.len(), args.data.display());
+    outln!("{}", crate::train::describe(&e));
     if let Metrics::Classification(m) = &e.metrics {
         let names = model.card.classes.as_ref().map(|c| c.classes.clone());
-        print!("{}", m.render(names.as_deref()));
+        out!("{}", m.render(names.as_deref()));
     }
-    println!("{}", crate::train::final_line("", &e));
+    outln!("{}", crate::train::final_line("", &e));
     Ok(())
 }

@@ -19,7 +19,7 @@ pub fn summary(args: SummaryArgs) -> Result<()> {
     let raw = spec.load_data(&base)?;
     let input_shape = raw.train.x().shape()[1..].to_vec();
     let model = spec.build_model(&input_shape, &raw.task, &mut Rng::seed(spec.seed))?;
-    print!("{}", nn::summary(&model, &input_shape)?);
+    out!("{}", nn::summary(&model, &input_shape)?);
     Ok(())
 }
 
@@ -44,9 +44,14 @@ pub fn gradcheck(args: GradcheckArgs) -> Result<()> {
     let (mut outside, mut kinks) = (0, 0);
     for c in &checks {
         let r = &c.report;
-        println!(
+        outln!(
             "{:<12} {:>4} checked, max abs error {:.2e}, max rel error {:.2e}, {} outside tolerance, {} at kinks",
-            c.name, r.checked, r.max_abs_error, r.max_rel_error, r.failure_count, c.kinks
+            c.name,
+            r.checked,
+            r.max_abs_error,
+            r.max_rel_error,
+            r.failure_count,
+            c.kinks
         );
         outside += r.failure_count;
         kinks += c.kinks;
@@ -56,8 +61,8 @@ pub fn gradcheck(args: GradcheckArgs) -> Result<()> {
     }
     let checked: usize = checks.iter().map(|c| c.report.checked).sum();
     if kinks > 0 {
-        println!("{kinks} elements skipped: a kink (ReLU switching) lies within the finite-difference step");
+        outln!("{kinks} elements skipped: a kink (ReLU switching) lies within the finite-difference step");
     }
-    println!("largest relative error: {:.3e} ({}), {outside} of {checked} outside tolerance", worst.0, worst.1);
+    outln!("largest relative error: {:.3e} ({}), {outside} of {checked} outside tolerance", worst.0, worst.1);
     Ok(())
 }

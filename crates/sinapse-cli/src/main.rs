@@ -2,6 +2,9 @@
 //! check gradients, and benchmark, from the command line.
 #![warn(missing_docs)]
 
+// First: the output macros are used by the modules below.
+#[macro_use]
+mod output;
 mod bench;
 mod cv;
 mod eval;
@@ -64,10 +67,24 @@ fn main() {
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
-        // One line: the error and its causes, joined.
-        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+    output::finish();
+}
+
+/// The error and its causes on one line, each cause once: a cause whose text its context
+/// already quotes (an IO error inside "path: error") is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
 }
 
 /// A path inside the repository this binary was built from: `rel` under the current

@@ -52,12 +52,13 @@ pub fn run(args: PerceptronArgs) -> Result<()> {
     p.lr = args.lr;
     let inputs: Vec<Vec<f64>> = GATE_INPUTS.iter().map(|x| x.to_vec()).collect();
     if args.trace {
-        println!("{:>4}  {:>6}  {:>1}  {:>8}  {:>1}  w after", "t", "x", "y", "z", "o");
+        outln!("{:>4}  {:>6}  {:>1}  {:>8}  {:>1}  w after", "t", "x", "y", "z", "o");
     }
+    let mut write_error = None;
     let outcome = p.train(&inputs, &gate.targets(), args.epochs, |s| {
-        if args.trace {
-            println!(
-                "{:>4}  ({},{})  {}  {:>8}  {}  {}",
+        if args.trace && write_error.is_none() {
+            write_error = crate::output::write(format_args!(
+                "{:>4}  ({},{})  {}  {:>8}  {}  {}\n",
                 s.t,
                 format_number(s.x[0]),
                 format_number(s.x[1]),
@@ -65,10 +66,14 @@ pub fn run(args: PerceptronArgs) -> Result<()> {
                 format_number(s.z),
                 format_number(s.o),
                 format_weights(&s.w)
-            );
+            ))
+            .err();
         }
     })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
     let verdict = if outcome.converged { "converged" } else { "did not converge" };
-    println!("{verdict} after {} epochs: w = {}", outcome.epochs, format_weights(&p.weights));
+    outln!("{verdict} after {} epochs: w = {}", outcome.epochs, format_weights(&p.weights));
     Ok(())
 }

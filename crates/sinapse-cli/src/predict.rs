@@ -60,7 +60,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
             write_atomically(path, csv.as_bytes())?;
             eprintln!("{} predictions written to {}", x.shape()[0], path.display());
         }
-        None => print!("{csv}"),
+        None => out!("{csv}"),
     }
     Ok(())
 }

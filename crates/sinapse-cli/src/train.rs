@@ -59,26 +59,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let out = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
     });
+    // Before any work: where the model will go must be free, empty or a model directory.
+    sinapse::spec::TrainedModel::check_out_dir(&out)?;
     let verbosity = if args.quiet { Verbosity::Quiet } else { Verbosity::Normal };
     let mut progress = ProgressReporter::new(verbosity);
     if let Some(ValidationSpec::Kfold { .. } | ValidationSpec::Loo) = spec.validation {
-        println!(
+        outln!(
             "note: the spec's cross-validation runs with `sinapse cv`; train fits one model on all the training data"
         );
     }
     if !args.quiet {
-        println!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
+        outln!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
     }
     let outcome = job::train(&spec, &base, &mut progress)?;
     if !args.quiet {
-        println!("model {}: {} parameters", outcome.model.model.describe(), outcome.model.model.num_parameters());
+        outln!("model {}: {} parameters", outcome.model.model.describe(), outcome.model.model.num_parameters());
         if let Some(best) = outcome.history.best_epoch {
             let note = if outcome.history.restored_best { " (weights restored)" } else { "" };
             let stop = if outcome.history.stopped_early { ", stopped early" } else { "" };
-            println!("best validation loss at epoch {best}{note}{stop}");
+            outln!("best validation loss at epoch {best}{note}{stop}");
         }
         if let Some(v) = &outcome.validation {
-            println!("validation: {}", describe(v));
+            outln!("validation: {}", describe(v));
         }
     }
     let history_csv = outcome.history.to_csv();
@@ -104,10 +106,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         })
         .with_context(|| format!("saving the model to {}", out.display()))?;
-    println!("saved model, history.csv and plots to {}", out.display());
+    outln!("saved model, history.csv and plots to {}", out.display());
     if let Some(t) = &outcome.test {
-        println!("test: {}", describe(t));
-        println!("{}", final_line("test ", t));
+        outln!("test: {}", describe(t));
+        outln!("{}", final_line("test ", t));
     }
     Ok(())
 }

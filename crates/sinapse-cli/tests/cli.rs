@@ -225,3 +225,110 @@ fn the_device_flag_and_spec_key() {
     assert!(err.contains("bad.toml") && err.contains("unknown device 'tpu'"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The names in `dir` that start with a dot: Sinapse's temporaries.
+fn hidden(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn out_is_never_something_of_the_users() {
+    let dir = temp("out");
+    let notes = dir.join("notes");
+    std::fs::create_dir(&notes).unwrap();
+    std::fs::write(notes.join("todo.txt"), "keep me").unwrap();
+    let file = dir.join("file.txt");
+    std::fs::write(&file, "data").unwrap();
+    for (out, says) in [
+        (notes.to_str().unwrap(), "is not a Sinapse model directory"),
+        (file.to_str().unwrap(), "is a file"),
+        ("..", "names no file or directory"),
+        (".", "names no file or directory"),
+    ] {
+        let (code, _, err) = sinapse(&["train", "models/xor.toml", "--out", out, "--quiet"]);
+        assert_eq!(code, 1, "{out}: {err}");
+        assert!(err.contains(says) && err.contains("nothing was changed"), "{out}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(notes.join("todo.txt")).unwrap(), "keep me");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "data");
+    assert!(hidden(&dir).is_empty(), "{:?}", hidden(&dir));
+    // predict --out onto a directory: refused, no temporary left.
+    let model = dir.join("model");
+    let (code, _, err) = sinapse(&["train", "models/xor.toml", "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        sinapse(&["predict", model.to_str().unwrap(), "data/xor.csv", "--out", notes.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is a directory"), "{err}");
+    assert!(hidden(&dir).is_empty(), "{:?}", hidden(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly_after_the_model_is_saved() {
+    let dir = temp("pipe");
+    let model = dir.join("model");
+    for args in [
+        &["perceptron", "--gate", "xor", "--trace"][..],
+        &["train", "models/iris.toml", "--out", model.to_str().unwrap()],
+    ] {
+        // The reader takes one line and goes away, as `| head -1` does.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sinapse"))
+            .args(args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 8];
+        std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "{args:?}: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(13), "{args:?}: ends by SIGPIPE, as head's writers do");
+    }
+    assert!(model.join("model.safetensors").is_file(), "the model was saved");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_kill_at_any_moment_leaves_the_old_model_or_the_new_one() {
+    let dir = temp("kill");
+    let model = dir.join("model");
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/iris.toml")).unwrap();
+    let spec = spec.replace("../data/", concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/"));
+    let start = std::time::Instant::now();
+    let (code, _, err) = sinapse(&["train", "models/iris.toml", "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let full_run = start.elapsed();
+    // Each trial trains with another seed (other weights) and is killed at a moment spread
+    // over a whole run, the save included; the model must then load: one complete version,
+    // the old or a new one (a partial directory or weights file does not load).
+    for trial in 0..12u32 {
+        let path = dir.join(format!("seed{trial}.toml"));
+        std::fs::write(&path, spec.replacen("seed = ", &format!("seed = {}\n# was: ", 100 + trial), 1)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sinapse"))
+            .args(["train", path.to_str().unwrap(), "--out", model.to_str().unwrap(), "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full_run.mul_f64((trial as f64 + 0.5) / 12.0 * 1.1));
+        let _ = child.kill(); // SIGKILL; the process may have finished already
+        child.wait().unwrap();
+        let (code, out, err) = sinapse(&["eval", model.to_str().unwrap(), "data/iris.csv"]);
+        assert_eq!(code, 0, "trial {trial}: the model does not load: {out}{err}");
+    }
+    // The next run cleans up what the killed ones left.
+    let (code, _, err) = sinapse(&["train", "models/iris.toml", "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(hidden(&dir).is_empty(), "temporaries left: {:?}", hidden(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

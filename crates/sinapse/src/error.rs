@@ -102,6 +102,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A write that would destroy something it does not own (a user's directory, a file where
+    /// a directory goes); nothing was changed.
+    #[error("{path}: {why}; nothing was changed")]
+    WouldOverwrite {
+        /// The path the write was asked for.
+        path: PathBuf,
+        /// What is there.
+        why: String,
+    },
     /// A file's contents are not what its format requires.
     #[error("{path}: {msg}")]
     Format {

@@ -80,13 +80,23 @@ pub const CARD_FILE: &str = "model.toml";
 /// The weights file inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
+/// What a model directory is called in errors.
+const MODEL_DIR: &str = "Sinapse model directory (no readable model.toml)";
+
+/// True when `dir` holds a `model.toml` that reads as a model card: a directory that a save
+/// may replace.
+fn is_model_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(CARD_FILE)).is_ok_and(|text| toml::from_str::<ModelCard>(&text).is_ok())
+}
+
 impl TrainedModel {
     /// Writes the model directory atomically: `model.toml`, `model.safetensors`, and whatever
-    /// `extra` writes into the same (temporary) directory (history, plots).
+    /// `extra` writes into the same (temporary) directory (history, plots). An existing `dir`
+    /// is replaced only when it is a model directory or empty ([`TrainedModel::check_out_dir`]).
     pub fn save(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let card = toml::to_string(&self.card).map_err(|e| Error::invalid("save model", e.to_string()))?;
         let weights = checkpoint::weights_to_bytes(&self.model.named_parameters())?;
-        crate::atomic::write_dir_atomically(dir, |tmp| {
+        crate::atomic::write_dir_atomically(dir, MODEL_DIR, is_model_dir, |tmp| {
             let write = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);
                 std::fs::write(&p, bytes).map_err(|source| Error::Io { path: p, source })
@@ -95,6 +105,13 @@ impl TrainedModel {
             write(WEIGHTS_FILE, &weights)?;
             extra(tmp)
         })
+    }
+
+    /// Checks, before any work, that [`TrainedModel::save`] may write to `dir`: it does not
+    /// exist, is empty, or is a model directory (its `model.toml` reads as a model card).
+    /// Anything else (a file, the user's folder, `..`) is an error naming it.
+    pub fn check_out_dir(dir: &Path) -> Result<()> {
+        crate::atomic::check_replaceable(dir, MODEL_DIR, is_model_dir)
     }
 
     /// Reads a model directory: rebuilds the network from the card and loads the weights,

@@ -1,7 +1,7 @@
 //! Progress output of [`super::fit`]: a live bar (indicatif) with the loss and samples/s on a
 //! terminal, one plain line per epoch otherwise (logs, pipes, CI).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,6 +27,8 @@ pub struct ProgressReporter {
     bar: Option<ProgressBar>,
     epoch_start: Instant,
     samples: usize,
+    /// Set once standard output could not be written.
+    closed: bool,
 }
 
 impl ProgressReporter {
@@ -40,6 +42,7 @@ impl ProgressReporter {
             bar: None,
             epoch_start: Instant::now(),
             samples: 0,
+            closed: false,
         }
     }
 
@@ -91,8 +94,13 @@ impl Observer for ProgressReporter {
             bar.finish_and_clear();
         }
         let shown = record.epoch == 1 || record.epoch == epochs || record.epoch.is_multiple_of(self.every);
-        if self.verbosity != Verbosity::Quiet && shown {
-            println!("{}", self.epoch_line(record, epochs));
+        if self.verbosity != Verbosity::Quiet && shown && !self.closed {
+            // A reader that went away (`sinapse train | head -1`) stops the lines, never the
+            // training: the model is still saved.
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{}", self.epoch_line(record, epochs)).and_then(|()| out.flush()).is_err() {
+                self.closed = true;
+            }
         }
     }
 }
