@@ -32,14 +32,14 @@ pub struct GradcheckArgs {
     #[arg(long, default_value_t = 8)]
     samples: usize,
     /// Elements checked per parameter tensor (chosen at random when the tensor is larger).
-    #[arg(long, default_value_t = 20)]
-    per_tensor: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    per_tensor: u64,
 }
 
 /// Compares gradients and prints the worst relative error.
 pub fn gradcheck(args: GradcheckArgs) -> Result<()> {
     let (spec, base) = crate::load_spec(&args.spec)?;
-    let checks = job::gradcheck(&spec, &base, args.samples, args.per_tensor)?;
+    let checks = job::gradcheck(&spec, &base, args.samples, args.per_tensor as usize)?;
     let mut worst: (f64, &str) = (0.0, "");
     let (mut outside, mut kinks) = (0, 0);
     for c in &checks {

@@ -14,7 +14,7 @@ pub struct PerceptronArgs {
     #[arg(long, allow_hyphen_values = true)]
     init: Option<String>,
     /// Learning rate.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     lr: f64,
     /// Epoch limit.
     #[arg(long, default_value_t = 100)]

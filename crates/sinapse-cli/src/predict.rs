@@ -1,6 +1,5 @@
 //! `sinapse predict MODEL INPUT.csv [--out FILE]`.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -30,7 +29,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let model = crate::load_model(&args.model, args.device)?;
     let x = read_features(&args.input, &model.card.feature_names)?;
     let outputs = model.outputs(&x)?;
-    let mut csv = String::new();
+    // Through the csv crate: class names holding commas or quotes are quoted as CSV needs.
+    let mut w = csv::Writer::from_writer(Vec::new());
     match model.card.task {
         Task::Classification { classes } => {
             let names: Vec<String> = match &model.card.classes {
@@ -40,21 +40,20 @@ pub fn run(args: PredictArgs) -> Result<()> {
             // Probabilities: the softmax of the outputs, unless the model already ends in a
             // softmax layer.
             let probs = if ends_in_softmax(&model) { outputs } else { outputs.softmax(1)? };
-            let header: Vec<String> = names.iter().map(|n| format!("p_{n}")).collect();
-            writeln!(csv, "prediction,{}", header.join(","))?;
+            w.write_record(std::iter::once("prediction".to_string()).chain(names.iter().map(|n| format!("p_{n}"))))?;
             for row in probs.to_vec2()? {
                 let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                let cells: Vec<String> = row.iter().map(|p| format!("{p:.6}")).collect();
-                writeln!(csv, "{},{}", names[best], cells.join(","))?;
+                w.write_record(std::iter::once(names[best].clone()).chain(row.iter().map(|p| format!("{p:.6}"))))?;
             }
         }
         Task::Regression => {
-            writeln!(csv, "prediction")?;
+            w.write_record(["prediction"])?;
             for v in outputs.to_vec() {
-                writeln!(csv, "{v}")?;
+                w.write_record([v.to_string()])?;
             }
         }
     }
+    let csv = String::from_utf8(w.into_inner()?)?;
     match &args.out {
         Some(path) => {
             write_atomically(path, csv.as_bytes())?;

@@ -332,3 +332,139 @@ fn a_kill_at_any_moment_leaves_the_old_model_or_the_new_one() {
     assert!(hidden(&dir).is_empty(), "temporaries left: {:?}", hidden(&dir));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A copy of a bundled spec in `dir` with its data paths made absolute and `edit` applied.
+fn spec_copy(dir: &std::path::Path, name: &str, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let text = std::fs::read_to_string(format!("{root}/models/{name}")).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, edit(text.replace("../data/", &format!("{root}/data/")))).unwrap();
+    path
+}
+
+#[test]
+fn layers_too_big_for_memory_are_refused_by_name() {
+    let dir = temp("big");
+    let cases = [
+        ("mnist_mlp.toml", "units = 256", "units = 1000000000", "layer 0 (linear)"),
+        ("mnist_lstm.toml", "hidden = 128", "hidden = 100000", "layer 1 (lstm)"),
+        ("mnist_cnn.toml", "kernel = 5\n", "kernel = 5\npadding = 100000\n", "layer 1 (conv2d)"),
+        ("mnist_mlp.toml", "units = 128", "units = 0", "layer 2 (linear)"),
+    ];
+    for (spec, from, to, layer) in cases {
+        let path = spec_copy(&dir, spec, |t| t.replacen(from, to, 1));
+        let start = std::time::Instant::now();
+        let (code, _, err) =
+            sinapse(&["train", path.to_str().unwrap(), "--quiet", "--out", dir.join("m").to_str().unwrap()]);
+        assert_eq!(code, 1, "{spec} {to}: {err}");
+        assert!(err.contains(layer), "{spec} {to}: {err}");
+        assert!(start.elapsed().as_secs() < 20, "refused before allocating, not after");
+    }
+    // The same in a saved model's card.
+    let model = dir.join("xor");
+    let (code, _, err) = sinapse(&["train", "models/xor.toml", "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let card = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    std::fs::write(model.join("model.toml"), card.replacen("units = 4", "units = 4000000000", 1)).unwrap();
+    let (code, _, err) = sinapse(&["eval", model.to_str().unwrap(), "data/xor.csv"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("layer 0 (linear)") && err.contains("needs"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn special_files_and_bad_numbers_are_errors_not_hangs_or_nan() {
+    let dir = temp("special");
+    // A device as the data, and a pipe as the weights file: refused at once.
+    let zero = spec_copy(&dir, "iris.toml", |t| {
+        t.replace(
+            &t[t.find("path = ").unwrap()..][..t[t.find("path = ").unwrap()..].find('\n').unwrap()],
+            "path = \"/dev/zero\"",
+        )
+    });
+    let (code, _, err) = sinapse(&["train", zero.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/dev/zero") && err.contains("not a regular file"), "{err}");
+    let model = dir.join("iris");
+    let (code, _, err) = sinapse(&["train", "models/iris.toml", "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let fifo = dir.join("fifo-model");
+    std::fs::create_dir(&fifo).unwrap();
+    std::fs::copy(model.join("model.toml"), fifo.join("model.toml")).unwrap();
+    assert!(Command::new("mkfifo").arg(fifo.join("model.safetensors")).status().unwrap().success());
+    let (code, _, err) = sinapse(&["eval", fifo.to_str().unwrap(), "data/iris.csv"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a regular file"), "{err}");
+    // A finite value that overflows after scaling, and a scaler of std 0 in the card: errors,
+    // never NaN predictions.
+    let input = dir.join("new.csv");
+    std::fs::write(&input, "sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n3.4e38,3.0,5.2,2.3\n")
+        .unwrap();
+    let (code, out, err) = sinapse(&["predict", model.to_str().unwrap(), input.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("row 2"), "{err}");
+    let card = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    let std_line = card.lines().find(|l| l.starts_with("std = ")).unwrap();
+    std::fs::write(model.join("model.toml"), card.replace(std_line, "std = [0.8, 0.0, 1.7, 0.7]")).unwrap();
+    let (code, _, err) = sinapse(&["eval", model.to_str().unwrap(), "data/iris.csv"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("std of feature 2 is 0"), "{err}");
+    // A file with a header and no rows says so, in eval and in train.
+    let empty = dir.join("empty.csv");
+    std::fs::write(&empty, "sepal_length,sepal_width,petal_length,petal_width,species\n").unwrap();
+    std::fs::write(model.join("model.toml"), card).unwrap();
+    let (code, _, err) = sinapse(&["eval", model.to_str().unwrap(), empty.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no rows of data"), "{err}");
+    let spec = spec_copy(&dir, "iris.toml", |t| {
+        t.replace(&format!("{}/data/iris.csv", concat!(env!("CARGO_MANIFEST_DIR"), "/../..")), empty.to_str().unwrap())
+    });
+    let (code, _, err) = sinapse(&["train", spec.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no rows of data"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn predictions_quote_class_names_as_csv_needs() {
+    let dir = temp("quote");
+    let data = dir.join("data.csv");
+    let mut rows = String::from("x,label\n");
+    for i in 0..40 {
+        let label = if i % 2 == 0 { "\"a, b\"" } else { "\"say \"\"hi\"\"\"" };
+        rows.push_str(&format!(
+            "{},{label}\n",
+            if i % 2 == 0 { -1.0 - i as f32 / 40.0 } else { 1.0 + i as f32 / 40.0 }
+        ));
+    }
+    std::fs::write(&data, rows).unwrap();
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, "epochs = 30\nbatch_size = 8\n[data]\nformat = \"csv\"\npath = \"data.csv\"\nlabel = \"label\"\n[[layers]]\ntype = \"linear\"\nunits = 2\n[optimizer]\ntype = \"sgd\"\nlr = 0.5\n").unwrap();
+    let model = dir.join("model");
+    let (code, _, err) = sinapse(&["train", spec.to_str().unwrap(), "--out", model.to_str().unwrap(), "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = sinapse(&["predict", model.to_str().unwrap(), data.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mut reader = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header, vec!["prediction", "p_a, b", "p_say \"hi\""]);
+    let first = reader.records().next().unwrap().unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(&first[0], "a, b");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn small_things_said_once_and_clearly() {
+    // An IO error's cause is printed once.
+    let (code, _, err) = sinapse(&["train", "no/such/spec.toml"]);
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // Zero checks is not a pass; a negative rate is read as a number and refused as one.
+    let (code, _, err) = sinapse(&["gradcheck", "models/xor.toml", "--per-tensor", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("per-tensor"), "{err}");
+    let (code, _, err) = sinapse(&["perceptron", "--gate", "and", "--lr", "-1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--lr must be a positive number, got -1"), "{err}");
+}

@@ -111,6 +111,28 @@ pub enum Error {
         /// What is there.
         why: String,
     },
+    /// Memory that is not there: an allocation refused before it is tried.
+    #[error("{what}: needs {} on {device}, {} available", human_bytes(*bytes), human_bytes(*available))]
+    OutOfMemory {
+        /// What asked for it (a layer, an op, a file).
+        what: String,
+        /// The device.
+        device: Device,
+        /// Bytes asked for.
+        bytes: u64,
+        /// Bytes the device had available.
+        available: u64,
+    },
+    /// An error in one layer of a model: which layer, and what went wrong.
+    #[error("layer {index} ({kind}): {source}")]
+    InLayer {
+        /// Position of the layer, from 0.
+        index: usize,
+        /// The layer's type, as a spec names it.
+        kind: String,
+        /// What went wrong.
+        source: Box<Error>,
+    },
     /// A file's contents are not what its format requires.
     #[error("{path}: {msg}")]
     Format {
@@ -119,6 +141,22 @@ pub enum Error {
         /// What is wrong with it, and where.
         msg: String,
     },
+}
+
+/// A byte count in the largest unit that keeps it at least 1 (`3.1 TB`, `512 B`).
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// The library's result type.

@@ -118,6 +118,37 @@ pub(crate) enum Storage {
     Cpu(cpu::CpuStorage),
 }
 
+/// Allocations below this many bytes are not checked against the memory available (asking
+/// costs more than they do).
+const CHECK_FROM_BYTES: u64 = 64 << 20;
+
+/// Refuses, before it is tried, an allocation of `bytes` on `device` that cannot succeed
+/// because the device does not have that much available; `what` names what asked (a layer,
+/// an op, a file).
+pub(crate) fn ensure_room(device: Device, bytes: u64, what: &str) -> Result<()> {
+    if bytes < CHECK_FROM_BYTES {
+        return Ok(());
+    }
+    let available = match device {
+        Device::Cpu => cpu::available_memory(),
+        Device::Cuda(_) => None,
+    };
+    match available {
+        Some(available) if bytes > available => {
+            Err(Error::OutOfMemory { what: what.to_string(), device, bytes, available })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// [`ensure_room`] for `elems` values of `dtype` on the device of `s`.
+fn room_for(s: &Storage, elems: usize, what: &str) -> Result<()> {
+    let size = match s.dtype() {
+        DType::F32 => 4u64,
+    };
+    ensure_room(s.device(), (elems as u64).saturating_mul(size), what)
+}
+
 /// Fails unless every operand of `op` is on the device of the first.
 fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
     let first = storages[0].device();
@@ -140,6 +171,7 @@ impl Storage {
     /// `n` copies of `value` on `device` (fill).
     pub(crate) fn full(device: Device, n: usize, value: f32) -> Result<Storage> {
         device.check_available()?;
+        ensure_room(device, (n as u64).saturating_mul(4), "fill")?;
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::full(n, value))),
             other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
@@ -149,6 +181,7 @@ impl Storage {
     /// `start, start + step, ..` (`n` values) on `device`.
     pub(crate) fn arange(device: Device, start: f32, step: f32, n: usize) -> Result<Storage> {
         device.check_available()?;
+        ensure_room(device, (n as u64).saturating_mul(4), "arange")?;
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::arange(start, step, n))),
             other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
@@ -185,6 +218,7 @@ impl Storage {
 
     /// The elements of `l` as a contiguous buffer on `device` (a copy even on the same one).
     pub(crate) fn to_device(&self, l: &Layout, device: Device) -> Result<Storage> {
+        ensure_room(device, (l.elem_count() as u64).saturating_mul(4), "to")?;
         if device == self.device() {
             return self.copy_strided(l);
         }
@@ -193,6 +227,7 @@ impl Storage {
 
     /// The elements of `l` as a new contiguous buffer on the same device.
     pub(crate) fn copy_strided(&self, l: &Layout) -> Result<Storage> {
+        room_for(self, l.elem_count(), "copy")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.copy_strided(l)?)),
         }
@@ -208,6 +243,7 @@ impl Storage {
 
     /// `op(x)` elementwise.
     pub(crate) fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Storage> {
+        room_for(self, l.elem_count(), op.name())?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(l, op)?)),
         }
@@ -216,6 +252,7 @@ impl Storage {
     /// `op(a, b)` elementwise over one (broadcast) shape.
     pub(crate) fn binary(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, op: BinaryOp) -> Result<Storage> {
         same_device(op.name(), &[self, rhs])?;
+        room_for(self, l.elem_count(), op.name())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, rhs_l, op)?)),
         }
@@ -224,6 +261,7 @@ impl Storage {
     /// 1.0 where `a op b`, else 0.0.
     pub(crate) fn compare(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, op: CmpOp) -> Result<Storage> {
         same_device(op.name(), &[self, rhs])?;
+        room_for(self, l.elem_count(), op.name())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.compare(l, b, rhs_l, op)?)),
         }
@@ -239,6 +277,7 @@ impl Storage {
         f_l: &Layout,
     ) -> Result<Storage> {
         same_device("where_cond", &[self, on_true, on_false])?;
+        room_for(self, l.elem_count(), "where_cond")?;
         match (self, on_true, on_false) {
             (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(c.where_cond(l, t, t_l, f, f_l)?)),
         }
@@ -253,6 +292,7 @@ impl Storage {
 
     /// Softmax or log-softmax along `dim`.
     pub(crate) fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Storage> {
+        room_for(self, l.elem_count(), "softmax")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(l, dim, log)?)),
         }
@@ -261,6 +301,8 @@ impl Storage {
     /// Batched matrix product.
     pub(crate) fn matmul(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Storage> {
         same_device("matmul", &[self, rhs])?;
+        let batch: usize = l.shape()[..l.rank().saturating_sub(2)].iter().product();
+        room_for(self, batch.saturating_mul(mkn[0]).saturating_mul(mkn[2]), "matmul")?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rhs_l, mkn)?)),
         }
@@ -269,6 +311,8 @@ impl Storage {
     /// index_select along `dim`.
     pub(crate) fn index_select(&self, l: &Layout, dim: usize, ids: &Storage, ids_l: &Layout) -> Result<Storage> {
         same_device("index_select", &[self, ids])?;
+        let per_entry = l.elem_count() / l.shape()[dim].max(1);
+        room_for(self, per_entry.saturating_mul(ids_l.elem_count()), "index_select")?;
         match (self, ids) {
             (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.index_select(l, dim, i, ids_l)?)),
         }
@@ -295,6 +339,7 @@ impl Storage {
     /// gather along `dim`.
     pub(crate) fn gather(&self, l: &Layout, dim: usize, index: &Storage, index_l: &Layout) -> Result<Storage> {
         same_device("gather", &[self, index])?;
+        room_for(self, index_l.elem_count(), "gather")?;
         match (self, index) {
             (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.gather(l, dim, i, index_l)?)),
         }
@@ -320,6 +365,9 @@ impl Storage {
 
     /// im2col.
     pub(crate) fn im2col(&self, l: &Layout, dims: ImageDims, win: &Window, pad_value: f32) -> Result<Storage> {
+        let [n, c, _, _] = dims.input;
+        let cols = [n, c, dims.output[0], dims.output[1], win.kernel[0], win.kernel[1]];
+        room_for(self, cols.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "im2col")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.im2col(l, dims, win, pad_value)?)),
         }
@@ -327,6 +375,7 @@ impl Storage {
 
     /// col2im, the adjoint of im2col.
     pub(crate) fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Storage> {
+        room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "col2im")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.col2im(l, dims, win)?)),
         }
@@ -334,6 +383,9 @@ impl Storage {
 
     /// Max pooling: maxima and the tap each came from.
     pub(crate) fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Storage, Storage)> {
+        let [n, c, _, _] = dims.input;
+        let out = [2, n, c, dims.output[0], dims.output[1]];
+        room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "max_pool2d")?;
         match self {
             Storage::Cpu(s) => {
                 let (v, t) = s.max_pool2d(l, dims, win)?;

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::files::quote;
 use super::LabelMap;
 use crate::{Error, Result, Tensor};
 
@@ -39,22 +40,62 @@ fn format_error(path: &Path, msg: String) -> Error {
 /// A data row with its line number in the file.
 type Row = (u64, csv::StringRecord);
 
-/// Reads the header and the rows of a CSV file.
+/// Where each line of a file starts, for line numbers that are right whatever ends the lines:
+/// `\n`, `\r\n` (the bundled iris.csv) or a lone `\r`.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(bytes: &[u8]) -> Lines {
+        let mut starts = vec![0];
+        for (i, &b) in bytes.iter().enumerate() {
+            let ends_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+            if ends_line {
+                starts.push(i + 1);
+            }
+        }
+        Lines(starts)
+    }
+
+    /// The 1-based line holding byte `at`.
+    fn of(&self, at: u64) -> u64 {
+        self.0.partition_point(|&s| s as u64 <= at) as u64
+    }
+
+    /// The line of the record the csv reader says starts at byte `at`: it may point at the
+    /// end of the previous line (the `\n` of a `\r\n`), so line ends are skipped first.
+    fn of_record(&self, bytes: &[u8], at: u64) -> u64 {
+        let first = bytes[at as usize..].iter().position(|&b| b != b'\n' && b != b'\r').map_or(at, |k| at + k as u64);
+        self.of(first)
+    }
+}
+
+/// Reads the header and the rows of a CSV file (a regular file; read whole, within the memory
+/// there is). The header must name every column, each once, and at least one row must follow.
 fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| csv_error(path, e))?;
-    let header: Vec<String> = reader.headers().map_err(|e| csv_error(path, e))?.iter().map(str::to_string).collect();
+    let bytes = super::files::read_regular(path)?;
+    let lines = Lines::new(&bytes);
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(&bytes[..]);
+    let header: Vec<String> =
+        reader.headers().map_err(|e| csv_error(path, &lines, &bytes, e))?.iter().map(str::to_string).collect();
     if header.is_empty() || header.iter().all(String::is_empty) {
         return Err(format_error(path, "line 1: missing header row".into()));
     }
+    for (c, name) in header.iter().enumerate() {
+        if name.is_empty() {
+            return Err(format_error(path, format!("line 1: column {} has no name", c + 1)));
+        }
+        if let Some(first) = header[..c].iter().position(|h| h == name) {
+            return Err(format_error(
+                path,
+                format!("line 1: the name {} is given to columns {} and {}", quote(name), first + 1, c + 1),
+            ));
+        }
+    }
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let line = record.position().map_or(0, |p| p.line());
+        let record = record.map_err(|e| csv_error(path, &lines, &bytes, e))?;
+        let line = record.position().map_or(0, |p| lines.of_record(&bytes, p.byte()));
         if record.iter().all(str::is_empty) {
             continue; // blank line
         }
@@ -66,26 +107,34 @@ fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
         }
         rows.push((line, record));
     }
+    if rows.is_empty() {
+        return Err(format_error(path, "has a header but no rows of data".into()));
+    }
     Ok((header, rows))
 }
 
-fn csv_error(path: &Path, e: csv::Error) -> Error {
+fn csv_error(path: &Path, lines: &Lines, bytes: &[u8], e: csv::Error) -> Error {
+    let at = e.position().map(|p| format!("line {}: ", lines.of_record(bytes, p.byte()))).unwrap_or_default();
     let msg = e.to_string();
     match e.into_kind() {
         csv::ErrorKind::Io(source) => Error::Io { path: PathBuf::from(path), source },
-        _ => format_error(path, msg),
+        csv::ErrorKind::Utf8 { err, .. } => {
+            format_error(path, format!("{at}field {} is not UTF-8 text", err.field() + 1))
+        }
+        _ => format_error(path, format!("{at}{msg}")),
     }
 }
 
 fn parse_number(path: &Path, line: u64, column: usize, name: &str, cell: &str) -> Result<f32> {
+    let at = || format!("line {line}, column {} ({})", column + 1, quote(name));
     match cell.parse::<f32>() {
         Ok(v) if v.is_finite() => Ok(v),
-        _ if cell.is_empty() => {
-            Err(format_error(path, format!("line {line}, column {} ('{name}'): missing value", column + 1)))
-        }
-        _ => {
-            Err(format_error(path, format!("line {line}, column {} ('{name}'): '{cell}' is not a number", column + 1)))
-        }
+        _ if cell.is_empty() => Err(format_error(path, format!("{}: missing value", at()))),
+        _ if cell.parse::<f64>().is_ok_and(f64::is_finite) => Err(format_error(
+            path,
+            format!("{}: {} is out of the range of 32-bit floats (about ±3.4e38)", at(), quote(cell)),
+        )),
+        _ => Err(format_error(path, format!("{}: {} is not a number", at(), quote(cell)))),
     }
 }
 
@@ -103,12 +152,9 @@ pub fn read_csv(
     let (header, rows) = read_rows(path)?;
     let label_col = match label {
         None => None,
-        Some(name) => Some(
-            header
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| format_error(path, format!("no column '{name}' (columns: {})", header.join(", "))))?,
-        ),
+        Some(name) => Some(header.iter().position(|h| h == name).ok_or_else(|| {
+            format_error(path, format!("no column {} (columns: {})", quote(name), header.join(", ")))
+        })?),
     };
     let feature_cols: Vec<usize> = (0..header.len()).filter(|&c| Some(c) != label_col).collect();
     let mut features = Vec::with_capacity(rows.len() * feature_cols.len());
@@ -145,7 +191,7 @@ pub fn read_csv(
                 let i = index.get(cell).copied().ok_or_else(|| {
                     format_error(
                         path,
-                        format!("line {line}: unknown class '{cell}' (known: {})", map.classes.join(", ")),
+                        format!("line {line}: unknown class {} (known: {})", quote(cell), map.classes.join(", ")),
                     )
                 })?;
                 idx.push(i as f32);
@@ -170,10 +216,9 @@ pub fn read_features(path: impl AsRef<Path>, names: &[String]) -> Result<Tensor>
     let cols = names
         .iter()
         .map(|n| {
-            header
-                .iter()
-                .position(|h| h == n)
-                .ok_or_else(|| format_error(path, format!("no column '{n}' (the model needs: {})", names.join(", "))))
+            header.iter().position(|h| h == n).ok_or_else(|| {
+                format_error(path, format!("no column {} (the model needs: {})", quote(n), names.join(", ")))
+            })
         })
         .collect::<Result<Vec<usize>>>()?;
     let mut out = Vec::with_capacity(rows.len() * cols.len());
@@ -239,5 +284,50 @@ mod tests {
         let f = read_features(&p, &["b".into(), "a".into()]).unwrap();
         assert_eq!(f.to_vec(), vec![2., 1., 4., 3.]);
         assert!(read_features(&p, &["c".into()]).unwrap_err().to_string().contains("no column 'c'"));
+    }
+
+    #[test]
+    fn line_numbers_are_right_for_every_line_ending() {
+        for (name, end) in [("lf.csv", "\n"), ("crlf.csv", "\r\n"), ("cr.csv", "\r")] {
+            let text = ["x,y,label", "1,2,a", "3,4,b", "5,oops,a", ""].join(end);
+            let p = write(name, &text);
+            let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+            assert!(e.contains("line 4, column 2 ('y'): 'oops' is not a number"), "{name}: {e}");
+        }
+        // The bundled iris.csv is CRLF: it reads, and its rows are all there.
+        let iris = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/iris.csv");
+        assert_eq!(read_csv(&iris, Some("species"), Target::Class, None).unwrap().features.shape(), &[150, 4]);
+    }
+
+    #[test]
+    fn headers_must_name_each_column_once_and_rows_must_follow() {
+        let p = write("dup.csv", "a,b,a,label\n1,2,3,x\n");
+        let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+        assert!(e.contains("line 1: the name 'a' is given to columns 1 and 3"), "{e}");
+        let p = write("unnamed.csv", "a,,label\n1,2,x\n");
+        let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+        assert!(e.contains("line 1: column 2 has no name"), "{e}");
+        let p = write("header_only.csv", "a,b,label\n");
+        let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+        assert!(e.contains("has a header but no rows of data"), "{e}");
+    }
+
+    #[test]
+    fn values_out_of_range_and_long_cells() {
+        let p = write("range.csv", "a,label\n3.4e38,x\n3.5e38,y\n");
+        let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+        assert!(e.contains("line 3, column 1 ('a'): '3.5e38' is out of the range of 32-bit floats"), "{e}");
+        // A huge cell is quoted in part, not whole.
+        let p = write("long.csv", &format!("a,label\n{},x\n", "9".repeat(100) + &"z".repeat(100_000)));
+        let e = read_csv(&p, Some("label"), Target::Class, None).unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("…' (100100 bytes) is not a number"), "{} bytes: {}", e.len(), &e[..200]);
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        for p in ["/dev/zero", "/tmp", "/dev/null"] {
+            let e = read_csv(Path::new(p), None, Target::Value, None).unwrap_err().to_string();
+            assert!(e.contains("give a file"), "{p}: {e}");
+        }
     }
 }

@@ -29,7 +29,7 @@ const TYPE_U8: u8 = 0x08;
 pub fn read_idx(path: impl AsRef<Path>, expect_rank: Option<usize>) -> Result<IdxArray> {
     let path = path.as_ref();
     let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut file = super::files::open_regular(path)?;
     let mut head = [0u8; 2];
     let n = read_up_to(&mut file, &mut head).map_err(io)?;
     let file = std::io::BufReader::new(std::io::Cursor::new(head[..n].to_vec()).chain(file));

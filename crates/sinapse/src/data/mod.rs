@@ -3,6 +3,7 @@
 
 pub mod csv;
 mod dataset;
+pub mod files;
 pub mod idx;
 pub mod mnist;
 mod preprocess;

@@ -89,6 +89,33 @@ impl Scaler {
         })
     }
 
+    /// Checks fitted statistics (from a model card, say): finite, with positive spreads.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("scaler", msg));
+        match self {
+            Scaler::None => {}
+            Scaler::Standard { mean, std } => {
+                if let Some((j, m)) = mean.iter().enumerate().find(|(_, m)| !m.is_finite()) {
+                    return bad(format!("mean of feature {} is {m}, not a finite number", j + 1));
+                }
+                if let Some((j, s)) = std.iter().enumerate().find(|(_, s)| !(s.is_finite() && **s > 0.0)) {
+                    return bad(format!("std of feature {} is {s}; it must be a finite number > 0", j + 1));
+                }
+            }
+            Scaler::MinMax { min, max } => {
+                for (j, (lo, hi)) in min.iter().zip(max).enumerate() {
+                    if !(lo.is_finite() && hi.is_finite() && hi > lo) {
+                        return bad(format!(
+                            "feature {} has min {lo} and max {hi}; they must be finite, max > min",
+                            j + 1
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the fitted scaling to features `[N, F]` with the training data's F.
     pub fn transform(&self, x: &Tensor) -> Result<Tensor> {
         let (offset, scale) = match self {
@@ -100,9 +127,35 @@ impl Scaler {
         if f != offset.len() {
             return Err(Error::invalid("Scaler::transform", format!("fitted on {} features, got {f}", offset.len())));
         }
+        self.validate()?;
         let offset = Tensor::from_slice(offset, &[f])?.to(x.device())?;
         let scale = Tensor::from_vec(scale, &[f])?.to(x.device())?;
-        x.sub(&offset)?.div(&scale)
+        let scaled = x.sub(&offset)?.div(&scale)?;
+        // A value far outside the training range can overflow: say where, rather than feed
+        // the model an infinity.
+        if let Some(i) = scaled.to_vec().iter().position(|v| !v.is_finite()) {
+            let raw = x.to_vec()[i];
+            return Err(Error::invalid(
+                "scaling",
+                format!(
+                    "row {}, column {}: {} is {} after scaling",
+                    i / f + 1,
+                    i % f + 1,
+                    show(raw),
+                    scaled.to_vec()[i]
+                ),
+            ));
+        }
+        Ok(scaled)
+    }
+}
+
+/// A value as an error shows it: short, in scientific notation when large.
+fn show(v: f32) -> String {
+    if v.abs() >= 1e7 {
+        format!("{v:e}")
+    } else {
+        v.to_string()
     }
 }
 
@@ -189,5 +242,20 @@ mod tests {
         let c = Tensor::from_vec(vec![2., 0.], &[2]).unwrap();
         assert_eq!(one_hot(&c, 3).unwrap().to_vec(), vec![0., 0., 1., 1., 0., 0.]);
         assert!(one_hot(&c, 2).is_err());
+    }
+
+    #[test]
+    fn scalers_from_files_are_checked_and_overflow_is_named() {
+        let zero = Scaler::Standard { mean: vec![0.0, 1.0], std: vec![1.0, 0.0] };
+        assert!(zero.validate().unwrap_err().to_string().contains("std of feature 2 is 0"));
+        let nan = Scaler::Standard { mean: vec![f32::NAN], std: vec![1.0] };
+        assert!(nan.validate().is_err());
+        assert!(Scaler::MinMax { min: vec![1.0], max: vec![1.0] }.validate().is_err());
+        assert!(zero.transform(&Tensor::zeros(&[1, 2])).is_err(), "a bad scaler transforms nothing");
+        // A finite value that overflows once scaled is named by row and column.
+        let s = Scaler::Standard { mean: vec![0.0, 0.0], std: vec![1.0, 0.5] };
+        let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 3.0e38], &[2, 2]).unwrap();
+        let e = s.transform(&x).unwrap_err().to_string();
+        assert!(e.contains("row 2, column 2: 3e38 is inf after scaling"), "{e}");
     }
 }

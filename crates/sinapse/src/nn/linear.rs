@@ -21,6 +21,12 @@ impl Linear {
 
     /// A layer with weights and bias drawn by `init`.
     pub fn with_init(in_features: usize, out_features: usize, init: Init, rng: &mut Rng) -> Result<Linear> {
+        if in_features == 0 || out_features == 0 {
+            return Err(Error::invalid(
+                "Linear",
+                format!("needs at least one input and one output, got {in_features} -> {out_features}"),
+            ));
+        }
         let weight = init.weight(&[out_features, in_features], in_features, out_features, rng)?;
         let bias = init.bias(&[out_features], in_features, rng)?;
         Linear::from_tensors(weight, Some(bias))

@@ -184,6 +184,33 @@ fn leaky_default() -> f32 {
     0.01
 }
 
+impl LayerSpec {
+    /// The layer's type as a spec writes it (`linear`, `conv2d`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerSpec::Linear { .. } => "linear",
+            LayerSpec::Relu => "relu",
+            LayerSpec::LeakyRelu { .. } => "leaky_relu",
+            LayerSpec::Sigmoid => "sigmoid",
+            LayerSpec::Tanh => "tanh",
+            LayerSpec::Step => "step",
+            LayerSpec::Softmax => "softmax",
+            LayerSpec::Dropout { .. } => "dropout",
+            LayerSpec::Flatten => "flatten",
+            LayerSpec::Reshape { .. } => "reshape",
+            LayerSpec::Conv2d { .. } => "conv2d",
+            LayerSpec::Conv1d { .. } => "conv1d",
+            LayerSpec::MaxPool2d { .. } => "max_pool2d",
+            LayerSpec::AvgPool2d { .. } => "avg_pool2d",
+            LayerSpec::Rnn { .. } => "rnn",
+            LayerSpec::Lstm { .. } => "lstm",
+            LayerSpec::Gru { .. } => "gru",
+            LayerSpec::LastStep => "last_step",
+            LayerSpec::Embedding { .. } => "embedding",
+        }
+    }
+}
+
 impl ModelSpec {
     /// Builds the layers for inputs of `input_shape` (without the batch axis), inferring each
     /// linear layer's input size by running a zero sample through the layers before it. The
@@ -195,6 +222,8 @@ impl ModelSpec {
         let mut probe = Tensor::zeros(&shape);
         let mut model = Sequential::new();
         for (i, l) in self.layers.iter().enumerate() {
+            // Errors from inside a layer (its sizes, its memory, its forward pass) name it.
+            let wrap = |e: Error| Error::InLayer { index: i, kind: l.kind().to_string(), source: Box::new(e) };
             let layer: Box<dyn Module> = match l {
                 LayerSpec::Linear { units, init, bias } => {
                     let in_features = *probe.shape().last().unwrap_or(&1);
@@ -207,7 +236,7 @@ impl ModelSpec {
                             ),
                         ));
                     }
-                    let mut lin = nn::Linear::with_init(in_features, *units, *init, rng)?;
+                    let mut lin = nn::Linear::with_init(in_features, *units, *init, rng).map_err(wrap)?;
                     if !bias {
                         lin.bias = None;
                     }
@@ -219,12 +248,13 @@ impl ModelSpec {
                 LayerSpec::Tanh => Box::new(nn::Tanh),
                 LayerSpec::Step => Box::new(nn::Step),
                 LayerSpec::Softmax => Box::new(nn::Softmax),
-                LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng)?),
+                LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng).map_err(wrap)?),
                 LayerSpec::Flatten => Box::new(nn::Flatten),
                 LayerSpec::Reshape { shape } => Box::new(nn::Reshape(shape.clone())),
                 LayerSpec::Conv2d { out_channels, kernel, stride, padding, dilation, init, bias } => {
                     let channels = input_axis(&probe, i, "conv2d", 4, 1)?;
-                    let conv = nn::Conv2d::with_init(channels, *out_channels, kernel.pair(), *init, rng)?
+                    let conv = nn::Conv2d::with_init(channels, *out_channels, kernel.pair(), *init, rng)
+                        .map_err(wrap)?
                         .stride(stride.pair())
                         .padding(padding.pair())
                         .dilation(dilation.pair());
@@ -232,7 +262,7 @@ impl ModelSpec {
                 }
                 LayerSpec::Conv1d { out_channels, kernel, stride, padding, dilation } => {
                     let channels = input_axis(&probe, i, "conv1d", 3, 1)?;
-                    let mut conv = nn::Conv1d::new(channels, *out_channels, *kernel, rng)?;
+                    let mut conv = nn::Conv1d::new(channels, *out_channels, *kernel, rng).map_err(wrap)?;
                     (conv.stride, conv.padding, conv.dilation) = (*stride, *padding, *dilation);
                     Box::new(conv)
                 }
@@ -252,12 +282,12 @@ impl ModelSpec {
                         _ => nn::CellKind::Gru,
                     };
                     let features = input_axis(&probe, i, "recurrent", 3, 2)?;
-                    Box::new(nn::Recurrent::new(kind, features, *hidden, *layers, true, rng)?)
+                    Box::new(nn::Recurrent::new(kind, features, *hidden, *layers, true, rng).map_err(wrap)?)
                 }
                 LayerSpec::LastStep => Box::new(nn::LastStep),
-                LayerSpec::Embedding { num, dim } => Box::new(nn::Embedding::new(*num, *dim, rng)?),
+                LayerSpec::Embedding { num, dim } => Box::new(nn::Embedding::new(*num, *dim, rng).map_err(wrap)?),
             };
-            probe = layer.forward(&probe, Mode::Eval)?;
+            probe = layer.forward(&probe, Mode::Eval).map_err(wrap)?;
             model.push(layer);
         }
         let out = probe.shape();

@@ -291,7 +291,7 @@ impl ModelSpec {
     /// Reads and checks a spec file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<ModelSpec> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::data::files::read_text(path)?;
         ModelSpec::parse(&text, path)
     }
 

@@ -63,7 +63,7 @@ impl ModelCard {
                 return bad(format!("the scaler has {a} and {b} values for {inputs} features"));
             }
         }
-        Ok(())
+        self.scaler.validate()
     }
 }
 
@@ -118,8 +118,7 @@ impl TrainedModel {
     /// checking every name and shape.
     pub fn load(dir: &Path) -> Result<TrainedModel> {
         let card_path = dir.join(CARD_FILE);
-        let text =
-            std::fs::read_to_string(&card_path).map_err(|source| Error::Io { path: card_path.clone(), source })?;
+        let text = crate::data::files::read_text(&card_path)?;
         let card: ModelCard = toml::from_str(&text)
             .map_err(|e| Error::Format { path: card_path.clone(), msg: e.message().to_string() })?;
         card.validate().map_err(|e| Error::Format { path: card_path.clone(), msg: e.to_string() })?;
@@ -133,6 +132,15 @@ impl TrainedModel {
     /// mode, no gradients).
     pub fn outputs(&self, raw_features: &Tensor) -> Result<Tensor> {
         let x = self.card.scaler.transform(raw_features)?;
-        crate::train::predict(&self.model, &x, 1024)
+        let out = crate::train::predict(&self.model, &x, 1024)?;
+        // A NaN answer is an error, not a prediction.
+        let cols = out.shape().get(1).copied().unwrap_or(1).max(1);
+        if let Some(i) = out.to_vec().iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                what: format!("the model's output for row {} (its inputs or weights are out of range)", i / cols + 1),
+                value: out.to_vec()[i],
+            });
+        }
+        Ok(out)
     }
 }

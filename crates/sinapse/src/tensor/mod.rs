@@ -198,6 +198,7 @@ impl Tensor {
             return Err(Error::invalid("rand_uniform", format!("needs finite low < high, got [{low}, {high})")));
         }
         let n = checked_elem_count("rand_uniform", shape)?;
+        crate::backend::ensure_room(Device::Cpu, (n as u64).saturating_mul(4), "rand_uniform")?;
         let data = (0..n).map(|_| rng.uniform(low, high)).collect();
         Tensor::from_vec(data, shape)
     }
@@ -212,6 +213,7 @@ impl Tensor {
             ));
         }
         let n = checked_elem_count("rand_normal", shape)?;
+        crate::backend::ensure_room(Device::Cpu, (n as u64).saturating_mul(4), "rand_normal")?;
         let data = (0..n).map(|_| mean + std * rng.standard_normal()).collect();
         Tensor::from_vec(data, shape)
     }

@@ -9,10 +9,6 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::nn::Module;
 use crate::{Error, Result, Tensor};
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
-}
-
 /// The weights as safetensors bytes (f32, little-endian), one entry per name.
 pub fn weights_to_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
@@ -41,6 +37,9 @@ pub fn weights_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tens
         }
         let values: Vec<f32> =
             view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(fail(format!("tensor {name} holds {v} at element {i}; weights must be finite")));
+        }
         out.push((name.clone(), Tensor::from_vec(values, view.shape())?));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -56,7 +55,7 @@ pub fn save_weights(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
 /// Reads a safetensors file.
 pub fn load_weights(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = crate::data::files::read_regular(path)?;
     weights_from_bytes(&bytes, path)
 }
 
@@ -145,5 +144,13 @@ mod tests {
         assert_eq!(before, after, "a failed load changes nothing");
         std::fs::write(dir.join("junk"), b"not safetensors").unwrap();
         assert!(load_weights(dir.join("junk")).unwrap_err().to_string().contains("not a safetensors file"));
+    }
+
+    #[test]
+    fn weights_that_are_not_finite_are_refused_by_name() {
+        let bad = vec![("0.weight".to_string(), Tensor::from_vec(vec![1.0, f32::NAN], &[2]).unwrap())];
+        let bytes = weights_to_bytes(&bad).unwrap();
+        let e = weights_from_bytes(&bytes, Path::new("w.safetensors")).unwrap_err().to_string();
+        assert!(e.contains("tensor 0.weight holds NaN at element 1"), "{e}");
     }
 }

@@ -437,6 +437,10 @@ pub fn evaluate(
         let _off = no_grad();
         loss.compute(task, &outputs, &data.y().to(outputs.device())?)?.to_scalar()?
     };
+    if !loss_value.is_finite() {
+        // NaN outputs make no metrics worth printing.
+        return Err(Error::NonFinite { what: "loss on the evaluation data".into(), value: loss_value });
+    }
     let metrics = match task {
         Task::Classification { classes } => {
             let predicted = outputs.argmax(1, false)?.to_vec().iter().map(|&p| p as usize).collect::<Vec<_>>();

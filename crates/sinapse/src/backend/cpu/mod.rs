@@ -42,6 +42,15 @@ impl CpuStorage {
     }
 }
 
+/// Bytes of host memory available to this process now (Linux: `MemAvailable`); `None` where
+/// the system does not say.
+pub(crate) fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
 impl BackendStorage for CpuStorage {
     fn device(&self) -> Device {
         Device::Cpu
