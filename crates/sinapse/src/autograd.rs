@@ -37,6 +37,9 @@ pub(crate) struct Node {
     pub(crate) inputs: Vec<Tensor>,
     /// Its gradient rule.
     pub(crate) backward: Box<dyn GradFn>,
+    /// The versions of the inputs' storages when the op read them, and of the output's.
+    versions: Vec<u64>,
+    output_version: u64,
 }
 
 thread_local! {
@@ -74,12 +77,43 @@ impl Drop for NoGradGuard {
     }
 }
 
-/// Builds the node for an op's result, or `None` when nothing needs a gradient.
-pub(crate) fn make_node(op: &'static str, inputs: &[&Tensor], backward: impl GradFn) -> Option<Node> {
+/// Builds the node for an op's result (whose storage is at `output_version`), or `None` when
+/// nothing needs a gradient.
+pub(crate) fn make_node(
+    op: &'static str,
+    inputs: &[&Tensor],
+    output_version: u64,
+    backward: impl GradFn,
+) -> Option<Node> {
     if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
         return None;
     }
-    Some(Node { op, inputs: inputs.iter().map(|&t| t.clone()).collect(), backward: Box::new(backward) })
+    Some(Node {
+        op,
+        inputs: inputs.iter().map(|&t| t.clone()).collect(),
+        backward: Box::new(backward),
+        versions: inputs.iter().map(|t| t.version()).collect(),
+        output_version,
+    })
+}
+
+/// Fails when a value `node` read (an input, or its own output) was written in place since.
+fn check_versions(node: &Node, output: &Tensor) -> Result<()> {
+    let changed = node.inputs.iter().zip(&node.versions).position(|(t, &v)| t.version() != v);
+    if changed.is_some() || output.version() != node.output_version {
+        let what = match changed {
+            Some(i) => format!("input {} of {}", i + 1, node.op),
+            None => format!("the output of {}", node.op),
+        };
+        return Err(Error::invalid(
+            "backward",
+            format!(
+                "{what} was modified in place after the forward pass used it (an optimizer step or \
+                 copy_from before backward()); compute the loss again from the current values"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Gradients computed by [`Tensor::backward`], looked up by tensor.
@@ -168,6 +202,7 @@ impl Tensor {
                 result.grads.insert(t.id(), grad);
                 continue;
             };
+            check_versions(node, t)?;
             let input_grads = (node.backward)(&grad, &node.inputs, t)?;
             for (input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };

@@ -230,3 +230,24 @@ fn bad_mnist_files_are_clear_errors() {
     assert!(e.contains("train-images-idx3-ubyte"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn backward_after_an_in_place_update_is_an_error() {
+    // Two losses from one forward pass each; an optimizer step between the first backward and
+    // the second changes the weights the second graph saved: its backward must refuse.
+    let mut rng = Rng::seed(0);
+    let model = nn::Sequential::new().add(nn::Linear::new(3, 2, &mut rng).unwrap());
+    let x = Tensor::rand_normal(&[4, 3], 0.0, 1.0, &mut rng).unwrap();
+    let y = Tensor::zeros(&[4, 2]);
+    let loss = |m: &nn::Sequential| loss::mse(&m.forward(&x, Mode::Train).unwrap(), &y).unwrap();
+    let (first, second) = (loss(&model), loss(&model));
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
+    opt.step(&first.backward().unwrap()).unwrap();
+    let e = second.backward().err().expect("the weights changed under the graph").to_string();
+    assert!(e.contains("modified in place") && e.contains("compute the loss again"), "{e}");
+    // copy_from counts as a write too; a fresh forward pass is fine.
+    let third = loss(&model);
+    model.parameters()[0].copy_from(&Tensor::zeros(&[2, 3])).unwrap();
+    assert!(third.backward().is_err());
+    assert!(loss(&model).backward().is_ok());
+}

@@ -30,9 +30,23 @@ impl TensorId {
     }
 }
 
+/// A storage and its version: the count of in-place writes to it (optimizer steps,
+/// `copy_from`). A recorded op remembers the versions of what it read, so that `backward()`
+/// can tell when a value it needs was changed since (as PyTorch's version counter).
+pub(crate) struct StorageCell {
+    data: RwLock<Storage>,
+    version: AtomicU64,
+}
+
+impl StorageCell {
+    fn new(storage: Storage) -> Arc<StorageCell> {
+        Arc::new(StorageCell { data: RwLock::new(storage), version: AtomicU64::new(0) })
+    }
+}
+
 struct TensorInner {
     id: TensorId,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<StorageCell>,
     layout: Layout,
     requires_grad: bool,
     node: Option<Node>,
@@ -87,12 +101,14 @@ impl Drop for TensorInner {
     }
 }
 
-fn read_lock(s: &RwLock<Storage>) -> RwLockReadGuard<'_, Storage> {
-    s.read().unwrap_or_else(|e| e.into_inner())
+fn read_lock(s: &StorageCell) -> RwLockReadGuard<'_, Storage> {
+    s.data.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write_lock(s: &RwLock<Storage>) -> RwLockWriteGuard<'_, Storage> {
-    s.write().unwrap_or_else(|e| e.into_inner())
+/// The storage locked for an in-place write of its values: its version moves on.
+fn write_lock(s: &StorageCell) -> RwLockWriteGuard<'_, Storage> {
+    s.version.fetch_add(1, Ordering::Relaxed);
+    s.data.write().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,7 +120,7 @@ impl Tensor {
         debug_assert!(layout.elem_count() == 0 || layout.offset() < storage.len());
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
-            storage: Arc::new(RwLock::new(storage)),
+            storage: StorageCell::new(storage),
             layout,
             requires_grad: false,
             node: None,
@@ -232,10 +248,10 @@ impl Tensor {
         backward: impl GradFn,
     ) -> Tensor {
         debug_assert_eq!(storage.len(), shape.iter().product::<usize>(), "{op}");
-        let node = autograd::make_node(op, inputs, backward);
+        let node = autograd::make_node(op, inputs, 0, backward);
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
-            storage: Arc::new(RwLock::new(storage)),
+            storage: StorageCell::new(storage),
             layout: Layout::contiguous(shape),
             requires_grad: node.is_some(),
             node,
@@ -244,7 +260,7 @@ impl Tensor {
 
     /// A view of `self`'s storage with another layout, recorded like [`Tensor::from_op`].
     pub(crate) fn view_op(&self, layout: Layout, op: &'static str, backward: impl GradFn) -> Tensor {
-        let node = autograd::make_node(op, &[self], backward);
+        let node = autograd::make_node(op, &[self], self.version(), backward);
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
             storage: self.0.storage.clone(),
@@ -353,6 +369,11 @@ impl Tensor {
         f(storages)
     }
 
+    /// The count of in-place writes to this tensor's storage so far.
+    pub(crate) fn version(&self) -> u64 {
+        self.0.storage.version.load(Ordering::Relaxed)
+    }
+
     /// True when both handles show the same storage.
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
@@ -409,7 +430,8 @@ impl Tensor {
     /// optimizer's list, the graph) sees the data there. How [`crate::nn::Module::to`] moves
     /// parameters while keeping their identity and names.
     pub(crate) fn move_to(&self, device: Device) -> Result<()> {
-        let mut guard = write_lock(&self.0.storage);
+        // The same values elsewhere: not a write (the version stays).
+        let mut guard = self.0.storage.data.write().unwrap_or_else(|e| e.into_inner());
         if guard.device() == device {
             return Ok(());
         }
