@@ -122,17 +122,29 @@ pub(crate) enum Storage {
 /// costs more than they do).
 const CHECK_FROM_BYTES: u64 = 64 << 20;
 
+/// A cap on any one allocation, set by [`set_memory_limit`] (`u64::MAX`: none).
+static MEMORY_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Caps the bytes any one tensor allocation of this process may take, below what the device
+/// has available (`None`: no cap beyond that). An allocation above the cap is refused with
+/// [`Error::OutOfMemory`] before it is tried, as one above the available memory always is.
+pub fn set_memory_limit(bytes: Option<u64>) {
+    MEMORY_LIMIT.store(bytes.unwrap_or(u64::MAX), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Refuses, before it is tried, an allocation of `bytes` on `device` that cannot succeed
-/// because the device does not have that much available; `what` names what asked (a layer,
-/// an op, a file).
+/// because the device does not have that much available (or it passes the cap of
+/// [`set_memory_limit`]); `what` names what asked (a layer, an op, a file).
 pub(crate) fn ensure_room(device: Device, bytes: u64, what: &str) -> Result<()> {
-    if bytes < CHECK_FROM_BYTES {
+    let limit = MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    if bytes < CHECK_FROM_BYTES.min(limit) {
         return Ok(());
     }
     let available = match device {
         Device::Cpu => cpu::available_memory(),
         Device::Cuda(_) => None,
     };
+    let available = Some(available.unwrap_or(u64::MAX).min(limit));
     match available {
         Some(available) if bytes > available => {
             Err(Error::OutOfMemory { what: what.to_string(), device, bytes, available })

@@ -72,12 +72,15 @@ impl Lines {
 /// Reads the header and the rows of a CSV file (a regular file; read whole, within the memory
 /// there is). The header must name every column, each once, and at least one row must follow.
 fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
-    let bytes = super::files::read_regular(path)?;
-    let lines = Lines::new(&bytes);
-    let mut reader =
-        csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(&bytes[..]);
+    rows_of(&super::files::read_regular(path)?, path)
+}
+
+/// [`read_rows`] on the bytes of a file (`path` names it in errors).
+fn rows_of(bytes: &[u8], path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
+    let lines = Lines::new(bytes);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header: Vec<String> =
-        reader.headers().map_err(|e| csv_error(path, &lines, &bytes, e))?.iter().map(str::to_string).collect();
+        reader.headers().map_err(|e| csv_error(path, &lines, bytes, e))?.iter().map(str::to_string).collect();
     if header.is_empty() || header.iter().all(String::is_empty) {
         return Err(format_error(path, "line 1: missing header row".into()));
     }
@@ -94,8 +97,8 @@ fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
     }
     let mut rows = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, &lines, &bytes, e))?;
-        let line = record.position().map_or(0, |p| lines.of_record(&bytes, p.byte()));
+        let record = record.map_err(|e| csv_error(path, &lines, bytes, e))?;
+        let line = record.position().map_or(0, |p| lines.of_record(bytes, p.byte()));
         if record.iter().all(str::is_empty) {
             continue; // blank line
         }
@@ -149,7 +152,28 @@ pub fn read_csv(
     known: Option<&LabelMap>,
 ) -> Result<Table> {
     let path = path.as_ref();
-    let (header, rows) = read_rows(path)?;
+    table_of(read_rows(path)?, path, label, target, known)
+}
+
+/// [`read_csv`] on the bytes of a CSV file already in memory (`path` names it in errors).
+pub fn parse_csv(
+    bytes: &[u8],
+    path: &Path,
+    label: Option<&str>,
+    target: Target,
+    known: Option<&LabelMap>,
+) -> Result<Table> {
+    table_of(rows_of(bytes, path)?, path, label, target, known)
+}
+
+/// The table of the rows of a CSV file.
+fn table_of(
+    (header, rows): (Vec<String>, Vec<Row>),
+    path: &Path,
+    label: Option<&str>,
+    target: Target,
+    known: Option<&LabelMap>,
+) -> Result<Table> {
     let label_col = match label {
         None => None,
         Some(name) => Some(header.iter().position(|h| h == name).ok_or_else(|| {

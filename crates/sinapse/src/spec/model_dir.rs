@@ -35,6 +35,14 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
+    /// Reads and checks the text of a `model.toml` (`path` names it in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<ModelCard> {
+        let card: ModelCard = toml::from_str(text)
+            .map_err(|e| Error::Format { path: path.to_path_buf(), msg: e.message().to_string() })?;
+        card.validate().map_err(|e| Error::Format { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(card)
+    }
+
     /// Checks that the card's parts agree: a valid spec, one class name per output, one
     /// feature name per input value, and a scaler for that many features.
     pub fn validate(&self) -> Result<()> {
@@ -118,10 +126,7 @@ impl TrainedModel {
     /// checking every name and shape.
     pub fn load(dir: &Path) -> Result<TrainedModel> {
         let card_path = dir.join(CARD_FILE);
-        let text = crate::data::files::read_text(&card_path)?;
-        let card: ModelCard = toml::from_str(&text)
-            .map_err(|e| Error::Format { path: card_path.clone(), msg: e.message().to_string() })?;
-        card.validate().map_err(|e| Error::Format { path: card_path.clone(), msg: e.to_string() })?;
+        let card = ModelCard::parse(&crate::data::files::read_text(&card_path)?, &card_path)?;
         let model = card.spec.build_model(&card.input_shape, &card.task, &mut Rng::seed(card.spec.seed))?;
         let weights_path = dir.join(WEIGHTS_FILE);
         checkpoint::load_into(&model, &checkpoint::load_weights(&weights_path)?, &weights_path)?;
