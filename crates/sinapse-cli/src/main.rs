@@ -67,7 +67,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
-        eprintln!("error: {}", one_line(&e));
+        output::note(format_args!("error: {}", one_line(&e)));
         std::process::exit(1);
     }
     output::finish();

@@ -36,6 +36,13 @@ macro_rules! outln {
     ($($arg:tt)*) => { crate::output::write(format_args!("{}\n", format_args!($($arg)*)))? };
 }
 
+/// Writes a line to standard error, where a closed pipe or a full disk cannot crash the
+/// command (nothing else can be done about them there).
+pub fn note(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{args}");
+}
+
 /// After the command's work: if standard output's reader went away, end as a writer killed
 /// by SIGPIPE does (the shell sees status 141), with nothing printed.
 pub fn finish() {

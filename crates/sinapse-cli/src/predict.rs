@@ -57,7 +57,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
     match &args.out {
         Some(path) => {
             write_atomically(path, csv.as_bytes())?;
-            eprintln!("{} predictions written to {}", x.shape()[0], path.display());
+            crate::output::note(format_args!("{} predictions written to {}", x.shape()[0], path.display()));
         }
         None => out!("{csv}"),
     }

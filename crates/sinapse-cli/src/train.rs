@@ -72,15 +72,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         outln!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
     }
     let outcome = job::train(&spec, &base, &mut progress)?;
+    // What training found is printed after the save: nothing about standard output (a full
+    // disk behind a redirection) may lose the trained model.
+    let mut summary = Vec::new();
     if !args.quiet {
-        outln!("model {}: {} parameters", outcome.model.model.describe(), outcome.model.model.num_parameters());
+        summary.push(format!(
+            "model {}: {} parameters",
+            outcome.model.model.describe(),
+            outcome.model.model.num_parameters()
+        ));
         if let Some(best) = outcome.history.best_epoch {
             let note = if outcome.history.restored_best { " (weights restored)" } else { "" };
             let stop = if outcome.history.stopped_early { ", stopped early" } else { "" };
-            outln!("best validation loss at epoch {best}{note}{stop}");
+            summary.push(format!("best validation loss at epoch {best}{note}{stop}"));
         }
         if let Some(v) = &outcome.validation {
-            outln!("validation: {}", describe(v));
+            summary.push(format!("validation: {}", describe(v)));
         }
     }
     let history_csv = outcome.history.to_csv();
@@ -106,6 +113,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Ok(())
         })
         .with_context(|| format!("saving the model to {}", out.display()))?;
+    for line in summary {
+        outln!("{line}");
+    }
     outln!("saved model, history.csv and plots to {}", out.display());
     if let Some(t) = &outcome.test {
         outln!("test: {}", describe(t));

@@ -137,6 +137,16 @@ pub fn set_memory_limit(bytes: Option<u64>) {
 /// [`set_memory_limit`]); `what` names what asked (a layer, an op, a file).
 pub(crate) fn ensure_room(device: Device, bytes: u64, what: &str) -> Result<()> {
     let limit = MEMORY_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    room(device, bytes, limit, what)
+}
+
+/// Refuses a buffer of `bytes` (a file's contents) that `device` does not have the memory
+/// for; unlike [`ensure_room`], not subject to [`set_memory_limit`], which caps tensors.
+pub(crate) fn ensure_available(device: Device, bytes: u64, what: &str) -> Result<()> {
+    room(device, bytes, u64::MAX, what)
+}
+
+fn room(device: Device, bytes: u64, limit: u64, what: &str) -> Result<()> {
     if bytes < CHECK_FROM_BYTES.min(limit) {
         return Ok(());
     }
@@ -144,13 +154,11 @@ pub(crate) fn ensure_room(device: Device, bytes: u64, what: &str) -> Result<()> 
         Device::Cpu => cpu::available_memory(),
         Device::Cuda(_) => None,
     };
-    let available = Some(available.unwrap_or(u64::MAX).min(limit));
-    match available {
-        Some(available) if bytes > available => {
-            Err(Error::OutOfMemory { what: what.to_string(), device, bytes, available })
-        }
-        _ => Ok(()),
+    let available = available.unwrap_or(u64::MAX).min(limit);
+    if bytes > available {
+        return Err(Error::OutOfMemory { what: what.to_string(), device, bytes, available });
     }
+    Ok(())
 }
 
 /// [`ensure_room`] for `elems` values of `dtype` on the device of `s`.

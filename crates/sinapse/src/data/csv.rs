@@ -37,87 +37,120 @@ fn format_error(path: &Path, msg: String) -> Error {
     Error::Format { path: PathBuf::from(path), msg }
 }
 
-/// A data row with its line number in the file.
-type Row = (u64, csv::StringRecord);
+/// Counts lines as a reader moves forward through a file, right whatever ends them: `\n`,
+/// `\r\n` (the bundled iris.csv) or a lone `\r`.
+struct LineCounter<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    line: u64,
+}
 
-/// Where each line of a file starts, for line numbers that are right whatever ends the lines:
-/// `\n`, `\r\n` (the bundled iris.csv) or a lone `\r`.
-struct Lines(Vec<usize>);
+impl<'a> LineCounter<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        LineCounter { bytes, at: 0, line: 1 }
+    }
 
-impl Lines {
-    fn new(bytes: &[u8]) -> Lines {
-        let mut starts = vec![0];
-        for (i, &b) in bytes.iter().enumerate() {
-            let ends_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
-            if ends_line {
-                starts.push(i + 1);
+    /// The 1-based line of the record the csv reader says starts at byte `start` (which may
+    /// point at the end of the line before: line ends are skipped first). Records come in
+    /// order, so the count only moves forward.
+    fn of_record(&mut self, start: u64) -> u64 {
+        let start = (start as usize).min(self.bytes.len());
+        let first = self.bytes[start..].iter().position(|&b| b != b'\n' && b != b'\r').map_or(start, |k| start + k);
+        while self.at < first {
+            let b = self.bytes[self.at];
+            if b == b'\n' || (b == b'\r' && self.bytes.get(self.at + 1) != Some(&b'\n')) {
+                self.line += 1;
+            }
+            self.at += 1;
+        }
+        self.line
+    }
+}
+
+/// A CSV file in memory, read record by record.
+struct Records<'a> {
+    path: &'a Path,
+    reader: csv::Reader<&'a [u8]>,
+    lines: LineCounter<'a>,
+    header: Vec<String>,
+    record: csv::StringRecord,
+    rows: usize,
+}
+
+impl<'a> Records<'a> {
+    /// Reads the header; the header must have at least one named column.
+    fn new(bytes: &'a [u8], path: &'a Path) -> Result<Records<'a>> {
+        let mut lines = LineCounter::new(bytes);
+        let mut reader =
+            csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(bytes);
+        let header: Vec<String> =
+            reader.headers().map_err(|e| csv_error(path, &mut lines, e))?.iter().map(str::to_string).collect();
+        if header.iter().all(String::is_empty) {
+            return Err(format_error(path, "line 1: missing header row".into()));
+        }
+        Ok(Records { path, reader, lines, header, record: csv::StringRecord::new(), rows: 0 })
+    }
+
+    /// The position of column `name`, which must be named once only.
+    fn column(&self, name: &str, needed: impl Fn() -> String) -> Result<usize> {
+        let mut found = self.header.iter().enumerate().filter(|(_, h)| *h == name).map(|(c, _)| c);
+        match (found.next(), found.next()) {
+            (Some(c), None) => Ok(c),
+            (Some(a), Some(b)) => Err(format_error(
+                self.path,
+                format!("line 1: the name {} is given to columns {} and {}", quote(name), a + 1, b + 1),
+            )),
+            (None, _) => Err(format_error(self.path, format!("no column {} ({})", quote(name), needed()))),
+        }
+    }
+
+    /// Checks that every column has a name, and a name of its own (when every column is used).
+    fn check_all_named(&self) -> Result<()> {
+        let mut seen = std::collections::HashMap::new();
+        for (c, name) in self.header.iter().enumerate() {
+            if name.is_empty() {
+                return Err(format_error(self.path, format!("line 1: column {} has no name", c + 1)));
+            }
+            if let Some(first) = seen.insert(name.as_str(), c) {
+                return Err(format_error(
+                    self.path,
+                    format!("line 1: the name {} is given to columns {} and {}", quote(name), first + 1, c + 1),
+                ));
             }
         }
-        Lines(starts)
+        Ok(())
     }
 
-    /// The 1-based line holding byte `at`.
-    fn of(&self, at: u64) -> u64 {
-        self.0.partition_point(|&s| s as u64 <= at) as u64
-    }
-
-    /// The line of the record the csv reader says starts at byte `at`: it may point at the
-    /// end of the previous line (the `\n` of a `\r\n`), so line ends are skipped first.
-    fn of_record(&self, bytes: &[u8], at: u64) -> u64 {
-        let first = bytes[at as usize..].iter().position(|&b| b != b'\n' && b != b'\r').map_or(at, |k| at + k as u64);
-        self.of(first)
+    /// The next data row and its line, blank lines skipped; `None` at the end. A file with a
+    /// header and no rows is an error.
+    fn next_row(&mut self) -> Result<Option<(u64, &csv::StringRecord)>> {
+        loop {
+            let more =
+                self.reader.read_record(&mut self.record).map_err(|e| csv_error(self.path, &mut self.lines, e))?;
+            if !more {
+                if self.rows == 0 {
+                    return Err(format_error(self.path, "has a header but no rows of data".into()));
+                }
+                return Ok(None);
+            }
+            let line = self.record.position().map_or(0, |p| self.lines.of_record(p.byte()));
+            if self.record.len() == 1 && self.record[0].is_empty() {
+                continue; // a blank line
+            }
+            if self.record.len() != self.header.len() {
+                return Err(format_error(
+                    self.path,
+                    format!("line {line}: {} cells, the header has {} columns", self.record.len(), self.header.len()),
+                ));
+            }
+            self.rows += 1;
+            return Ok(Some((line, &self.record)));
+        }
     }
 }
 
-/// Reads the header and the rows of a CSV file (a regular file; read whole, within the memory
-/// there is). The header must name every column, each once, and at least one row must follow.
-fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
-    rows_of(&super::files::read_regular(path)?, path)
-}
-
-/// [`read_rows`] on the bytes of a file (`path` names it in errors).
-fn rows_of(bytes: &[u8], path: &Path) -> Result<(Vec<String>, Vec<Row>)> {
-    let lines = Lines::new(bytes);
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(bytes);
-    let header: Vec<String> =
-        reader.headers().map_err(|e| csv_error(path, &lines, bytes, e))?.iter().map(str::to_string).collect();
-    if header.is_empty() || header.iter().all(String::is_empty) {
-        return Err(format_error(path, "line 1: missing header row".into()));
-    }
-    for (c, name) in header.iter().enumerate() {
-        if name.is_empty() {
-            return Err(format_error(path, format!("line 1: column {} has no name", c + 1)));
-        }
-        if let Some(first) = header[..c].iter().position(|h| h == name) {
-            return Err(format_error(
-                path,
-                format!("line 1: the name {} is given to columns {} and {}", quote(name), first + 1, c + 1),
-            ));
-        }
-    }
-    let mut rows = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, &lines, bytes, e))?;
-        let line = record.position().map_or(0, |p| lines.of_record(bytes, p.byte()));
-        if record.iter().all(str::is_empty) {
-            continue; // blank line
-        }
-        if record.len() != header.len() {
-            return Err(format_error(
-                path,
-                format!("line {line}: {} cells, the header has {} columns", record.len(), header.len()),
-            ));
-        }
-        rows.push((line, record));
-    }
-    if rows.is_empty() {
-        return Err(format_error(path, "has a header but no rows of data".into()));
-    }
-    Ok((header, rows))
-}
-
-fn csv_error(path: &Path, lines: &Lines, bytes: &[u8], e: csv::Error) -> Error {
-    let at = e.position().map(|p| format!("line {}: ", lines.of_record(bytes, p.byte()))).unwrap_or_default();
+fn csv_error(path: &Path, lines: &mut LineCounter<'_>, e: csv::Error) -> Error {
+    let at = e.position().map(|p| format!("line {}: ", lines.of_record(p.byte()))).unwrap_or_default();
     let msg = e.to_string();
     match e.into_kind() {
         csv::ErrorKind::Io(source) => Error::Io { path: PathBuf::from(path), source },
@@ -126,6 +159,22 @@ fn csv_error(path: &Path, lines: &Lines, bytes: &[u8], e: csv::Error) -> Error {
         }
         _ => format_error(path, format!("{at}{msg}")),
     }
+}
+
+/// Appends `v`, growing the buffer fallibly: a table too large for memory is an error.
+fn push(buf: &mut Vec<f32>, v: f32, path: &Path) -> Result<()> {
+    if buf.len() == buf.capacity() {
+        let more = buf.capacity().max(1024);
+        crate::backend::ensure_available(
+            crate::Device::Cpu,
+            ((buf.len() + more) * 4) as u64,
+            &format!("reading {}", path.display()),
+        )?;
+        buf.try_reserve(more)
+            .map_err(|_| format_error(path, format!("the table does not fit in memory ({} values read)", buf.len())))?;
+    }
+    buf.push(v);
+    Ok(())
 }
 
 fn parse_number(path: &Path, line: u64, column: usize, name: &str, cell: &str) -> Result<f32> {
@@ -141,7 +190,9 @@ fn parse_number(path: &Path, line: u64, column: usize, name: &str, cell: &str) -
     }
 }
 
-/// Reads `path` with `label` as the target column (`None`: every column is a feature).
+/// Reads `path` with `label` as the target column (`None`: every column is a feature). The
+/// file is read whole (a regular file, within the memory there is); every column must be
+/// named, each name once, and at least one row must follow the header.
 ///
 /// For a class target, `known` maps names to indices (a label it lacks is an error); without
 /// it, the distinct labels of this file make the map.
@@ -152,7 +203,7 @@ pub fn read_csv(
     known: Option<&LabelMap>,
 ) -> Result<Table> {
     let path = path.as_ref();
-    table_of(read_rows(path)?, path, label, target, known)
+    parse_csv(&super::files::read_regular(path)?, path, label, target, known)
 }
 
 /// [`read_csv`] on the bytes of a CSV file already in memory (`path` names it in errors).
@@ -163,67 +214,72 @@ pub fn parse_csv(
     target: Target,
     known: Option<&LabelMap>,
 ) -> Result<Table> {
-    table_of(rows_of(bytes, path)?, path, label, target, known)
-}
-
-/// The table of the rows of a CSV file.
-fn table_of(
-    (header, rows): (Vec<String>, Vec<Row>),
-    path: &Path,
-    label: Option<&str>,
-    target: Target,
-    known: Option<&LabelMap>,
-) -> Result<Table> {
+    let mut records = Records::new(bytes, path)?;
+    records.check_all_named()?;
+    let header = records.header.clone();
     let label_col = match label {
         None => None,
-        Some(name) => Some(header.iter().position(|h| h == name).ok_or_else(|| {
-            format_error(path, format!("no column {} (columns: {})", quote(name), header.join(", ")))
-        })?),
+        Some(name) => Some(records.column(name, || format!("columns: {}", header.join(", ")))?),
     };
     let feature_cols: Vec<usize> = (0..header.len()).filter(|&c| Some(c) != label_col).collect();
-    let mut features = Vec::with_capacity(rows.len() * feature_cols.len());
-    for (line, row) in &rows {
+    let mut features = Vec::new();
+    let mut values = Vec::new();
+    // Class names as met, interned: each row keeps only an index.
+    let mut names: Vec<String> = Vec::new();
+    let mut index_of: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut ids: Vec<u32> = Vec::new();
+    let known_index: Option<std::collections::HashMap<&str, usize>> =
+        known.map(|m| m.classes.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
+    while let Some((line, row)) = records.next_row()? {
         for &c in &feature_cols {
-            features.push(parse_number(path, *line, c, &header[c], &row[c])?);
+            push(&mut features, parse_number(path, line, c, &header[c], &row[c])?, path)?;
         }
-    }
-    let (targets, classes) = match (label_col, target) {
-        (None, _) => (None, None),
-        (Some(c), Target::Value) => {
-            let values = rows
-                .iter()
-                .map(|(line, row)| parse_number(path, *line, c, &header[c], &row[c]))
-                .collect::<Result<Vec<f32>>>()?;
-            (Some(values), None)
-        }
-        (Some(c), Target::Class) => {
-            let map = match known {
-                Some(m) => m.clone(),
-                None => LabelMap::from_labels(rows.iter().map(|(_, row)| &row[c])),
-            };
-            let index: std::collections::HashMap<&str, usize> =
-                map.classes.iter().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
-            let mut idx = Vec::with_capacity(rows.len());
-            for (line, row) in &rows {
-                let cell = &row[c];
+        let Some(c) = label_col else { continue };
+        let cell = &row[c];
+        match target {
+            Target::Value => push(&mut values, parse_number(path, line, c, &header[c], cell)?, path)?,
+            Target::Class => {
                 if cell.is_empty() {
                     return Err(format_error(
                         path,
-                        format!("line {line}, column {} ('{}'): missing label", c + 1, header[c]),
+                        format!("line {line}, column {} ({}): missing label", c + 1, quote(&header[c])),
                     ));
                 }
-                let i = index.get(cell).copied().ok_or_else(|| {
-                    format_error(
-                        path,
-                        format!("line {line}: unknown class {} (known: {})", quote(cell), map.classes.join(", ")),
-                    )
-                })?;
-                idx.push(i as f32);
+                if let (Some(index), Some(map)) = (&known_index, known) {
+                    let i = index.get(cell).copied().ok_or_else(|| {
+                        format_error(
+                            path,
+                            format!("line {line}: unknown class {} (known: {})", quote(cell), map.classes.join(", ")),
+                        )
+                    })?;
+                    push(&mut values, i as f32, path)?;
+                    continue;
+                }
+                let id = match index_of.get(cell) {
+                    Some(&id) => id,
+                    None => {
+                        let id = names.len() as u32;
+                        names.push(cell.to_string());
+                        index_of.insert(cell.to_string(), id);
+                        id
+                    }
+                };
+                ids.push(id);
             }
-            (Some(idx), Some(map))
+        }
+    }
+    let n = records.rows;
+    let (targets, classes) = match (label_col, target, known) {
+        (None, _, _) => (None, None),
+        (Some(_), Target::Value, _) => (Some(values), None),
+        (Some(_), Target::Class, Some(map)) => (Some(values), Some(map.clone())),
+        (Some(_), Target::Class, None) => {
+            // The map orders the names (numerically when they are numbers); rows follow it.
+            let map = LabelMap::from_labels(names.iter().map(String::as_str));
+            let order: Vec<f32> = names.iter().map(|n| map.index_of(n).unwrap_or(0) as f32).collect();
+            (Some(ids.iter().map(|&id| order[id as usize]).collect()), Some(map))
         }
     };
-    let n = rows.len();
     Ok(Table {
         features: Tensor::from_vec(features, &[n, feature_cols.len()])?,
         feature_names: feature_cols.iter().map(|&c| header[c].clone()).collect(),
@@ -233,25 +289,24 @@ fn table_of(
 }
 
 /// Reads the columns `names` (in that order, wherever they are in the file) as features
-/// `[N, F]`; other columns are ignored. For prediction on new data.
+/// `[N, F]`; other columns are ignored (and may be unnamed, as a saved index column is). For
+/// prediction on new data.
 pub fn read_features(path: impl AsRef<Path>, names: &[String]) -> Result<Tensor> {
     let path = path.as_ref();
-    let (header, rows) = read_rows(path)?;
+    let bytes = super::files::read_regular(path)?;
+    let mut records = Records::new(&bytes, path)?;
     let cols = names
         .iter()
-        .map(|n| {
-            header.iter().position(|h| h == n).ok_or_else(|| {
-                format_error(path, format!("no column {} (the model needs: {})", quote(n), names.join(", ")))
-            })
-        })
+        .map(|n| records.column(n, || format!("the model needs: {}", names.join(", "))))
         .collect::<Result<Vec<usize>>>()?;
-    let mut out = Vec::with_capacity(rows.len() * cols.len());
-    for (line, row) in &rows {
+    let header = records.header.clone();
+    let mut out = Vec::new();
+    while let Some((line, row)) = records.next_row()? {
         for &c in &cols {
-            out.push(parse_number(path, *line, c, &header[c], &row[c])?);
+            push(&mut out, parse_number(path, line, c, &header[c], &row[c])?, path)?;
         }
     }
-    Tensor::from_vec(out, &[rows.len(), cols.len()])
+    Tensor::from_vec(out, &[records.rows, cols.len()])
 }
 
 #[cfg(test)]
@@ -353,5 +408,20 @@ mod tests {
             let e = read_csv(Path::new(p), None, Target::Value, None).unwrap_err().to_string();
             assert!(e.contains("give a file"), "{p}: {e}");
         }
+    }
+
+    #[test]
+    fn unused_columns_may_be_unnamed_and_empty_rows_are_missing_values() {
+        // A pandas to_csv() file: an unnamed index column the model does not use.
+        let p = write("pandas.csv", ",f1,f2\n0,1.5,2\n1,3,4.5\n");
+        let f = read_features(&p, &["f2".into(), "f1".into()]).unwrap();
+        assert_eq!(f.to_vec(), vec![2., 1.5, 4.5, 3.]);
+        // But a column it uses must be named once.
+        let p = write("twice.csv", "f1,f1\n1,2\n");
+        assert!(read_features(&p, &["f1".into()]).unwrap_err().to_string().contains("given to columns 1 and 2"));
+        // A row of empty cells is missing values, not a blank line.
+        let p = write("empty_row.csv", "a,b\n1,2\n,\n");
+        let e = read_csv(&p, None, Target::Value, None).unwrap_err().to_string();
+        assert!(e.contains("line 3, column 1 ('a'): missing value"), "{e}");
     }
 }

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use crate::backend::ensure_room;
+use crate::backend::ensure_available;
 use crate::{Device, Error, Result};
 
 /// Opens `path` for reading after checking that it is a regular file (links followed).
@@ -25,7 +25,7 @@ pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut file = open_regular(path)?;
     let len = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?.len();
-    ensure_room(Device::Cpu, len, &format!("reading {}", path.display()))?;
+    ensure_available(Device::Cpu, len, &format!("reading {}", path.display()))?;
     let mut bytes = Vec::with_capacity(len as usize);
     // At most the size seen: a file growing while it is read cannot grow the buffer.
     file.by_ref().take(len).read_to_end(&mut bytes).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;

@@ -76,7 +76,9 @@ pub fn parse_idx(path: &Path, mut reader: impl Read, expect_rank: Option<usize>)
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| fail(format!("IDX sizes {dims:?} overflow")))?;
     // Read at most one byte more than the header promises: a bomb of a header cannot make us
-    // allocate, and the vector only grows as real bytes arrive.
+    // allocate, and the vector only grows as real bytes arrive; a compressed file that really
+    // inflates that far is refused first when memory cannot hold it.
+    crate::backend::ensure_available(crate::Device::Cpu, expected as u64, &format!("reading {}", path.display()))?;
     let mut data = Vec::new();
     reader.take((expected as u64).saturating_add(1)).read_to_end(&mut data).map_err(io)?;
     if data.len() < expected {

@@ -80,7 +80,14 @@ impl Scaler {
                         if m > min[j] {
                             m
                         } else {
-                            min[j] + 1.0
+                            // A constant feature gets a range of 1, or of the smallest step
+                            // f32 has where 1 is lost in rounding (a timestamp of 1.7e9).
+                            let up = min[j] + 1.0;
+                            if up > min[j] {
+                                up
+                            } else {
+                                min[j] + min[j].abs() * 4.0 * f32::EPSILON
+                            }
                         }
                     })
                     .collect();
@@ -257,5 +264,14 @@ mod tests {
         let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 3.0e38], &[2, 2]).unwrap();
         let e = s.transform(&x).unwrap_err().to_string();
         assert!(e.contains("row 2, column 2: 3e38 is inf after scaling"), "{e}");
+    }
+
+    #[test]
+    fn a_large_constant_feature_still_gets_a_range() {
+        // 1.7e9 + 1 rounds back to 1.7e9 in f32: the range must still be positive.
+        let x = Tensor::from_vec(vec![1.7e9, 1.0, 1.7e9, 2.0], &[2, 2]).unwrap();
+        let s = Scaler::fit(Scaling::MinMax, &x).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.transform(&x).unwrap().to_vec(), vec![0.0, 0.0, 0.0, 1.0]);
     }
 }

@@ -88,13 +88,26 @@ pub const CARD_FILE: &str = "model.toml";
 /// The weights file inside a model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
-/// What a model directory is called in errors.
-const MODEL_DIR: &str = "Sinapse model directory (no readable model.toml)";
+/// A model directory, as [`crate::atomic`] sees it: one whose `model.toml` reads as a model
+/// card, and which a save may replace when it holds only what a save wrote.
+const MODEL_DIR: crate::atomic::Owner<'static> = crate::atomic::Owner {
+    what: "Sinapse model directory",
+    recognise: &is_model_dir,
+    // What the CLI's saves wrote before directories had a manifest.
+    legacy_names: &[
+        CARD_FILE,
+        WEIGHTS_FILE,
+        "history.csv",
+        "loss.png",
+        "accuracy.png",
+        "confusion.png",
+        "confusion.txt",
+    ],
+};
 
-/// True when `dir` holds a `model.toml` that reads as a model card: a directory that a save
-/// may replace.
+/// True when `dir` holds a `model.toml` that reads as a model card.
 fn is_model_dir(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(CARD_FILE)).is_ok_and(|text| toml::from_str::<ModelCard>(&text).is_ok())
+    crate::data::files::read_text(&dir.join(CARD_FILE)).is_ok_and(|text| toml::from_str::<ModelCard>(&text).is_ok())
 }
 
 impl TrainedModel {
@@ -104,7 +117,7 @@ impl TrainedModel {
     pub fn save(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let card = toml::to_string(&self.card).map_err(|e| Error::invalid("save model", e.to_string()))?;
         let weights = checkpoint::weights_to_bytes(&self.model.named_parameters())?;
-        crate::atomic::write_dir_atomically(dir, MODEL_DIR, is_model_dir, |tmp| {
+        crate::atomic::write_dir_atomically(dir, &MODEL_DIR, |tmp| {
             let write = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);
                 std::fs::write(&p, bytes).map_err(|source| Error::Io { path: p, source })
@@ -116,10 +129,11 @@ impl TrainedModel {
     }
 
     /// Checks, before any work, that [`TrainedModel::save`] may write to `dir`: it does not
-    /// exist, is empty, or is a model directory (its `model.toml` reads as a model card).
-    /// Anything else (a file, the user's folder, `..`) is an error naming it.
+    /// exist, is empty, or is a model directory (its `model.toml` reads as a model card) that
+    /// holds only what a save wrote there. Anything else (a file, the user's folder, `..`, a
+    /// model directory the user added files to) is an error naming it.
     pub fn check_out_dir(dir: &Path) -> Result<()> {
-        crate::atomic::check_replaceable(dir, MODEL_DIR, is_model_dir)
+        crate::atomic::check_replaceable(dir, &MODEL_DIR)
     }
 
     /// Reads a model directory: rebuilds the network from the card and loads the weights,

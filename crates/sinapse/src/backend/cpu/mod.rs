@@ -42,13 +42,24 @@ impl CpuStorage {
     }
 }
 
-/// Bytes of host memory available to this process now (Linux: `MemAvailable`); `None` where
-/// the system does not say.
+/// Bytes of host memory available to this process now (Linux: `MemAvailable`, and less when
+/// the process's cgroup caps its memory lower, as a container does); `None` where the system
+/// does not say. Swap is not counted: an allocation that only fits there is refused.
 pub(crate) fn available_memory() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb.saturating_mul(1024))
+    let host = kb.saturating_mul(1024);
+    // cgroup v2: the limit of this process's group, less what the group uses.
+    let cgroup = || -> Option<u64> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+        let max: u64 = std::fs::read_to_string(dir.join("memory.max")).ok()?.trim().parse().ok()?;
+        let used: u64 = std::fs::read_to_string(dir.join("memory.current")).ok()?.trim().parse().ok()?;
+        Some(max.saturating_sub(used))
+    };
+    Some(cgroup().map_or(host, |c| c.min(host)))
 }
 
 impl BackendStorage for CpuStorage {
