@@ -122,6 +122,17 @@ pub struct Gradients {
     grads: HashMap<TensorId, Tensor>,
 }
 
+/// The shapes of the gradients held (their values are printed by looking them up).
+impl std::fmt::Debug for Gradients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shapes: Vec<(TensorId, &[usize])> = self.grads.iter().map(|(id, g)| (*id, g.shape())).collect();
+        shapes.sort();
+        write!(f, "Gradients({} tensors: ", shapes.len())?;
+        f.debug_list().entries(shapes.iter().map(|(_, s)| s)).finish()?;
+        write!(f, ")")
+    }
+}
+
 impl Gradients {
     /// dLoss/d`t`, when `t` is a leaf with `requires_grad` that the loss depends on.
     pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
@@ -187,7 +198,14 @@ impl Tensor {
         }
         let mut result = Gradients::default();
         if !self.requires_grad() {
-            return Ok(result);
+            // Nothing this value depends on asks for a gradient: a forgotten
+            // `set_requires_grad(true)` (whose result must be kept), or a loss computed
+            // under no_grad. An empty answer would train nothing, silently.
+            return Err(Error::invalid(
+                "backward",
+                "nothing in this loss's graph requires a gradient: make parameters with \
+                 `let w = w.set_requires_grad(true);` (it returns a new tensor), and do not compute the loss under no_grad",
+            ));
         }
         let _recording_off = no_grad();
         let order = topological_order(self);

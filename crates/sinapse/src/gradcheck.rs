@@ -104,6 +104,14 @@ pub fn gradcheck(
     inputs: &[Tensor],
     opts: GradcheckOptions,
 ) -> Result<GradcheckReport> {
+    // Checking nothing is not a pass.
+    if !inputs.iter().any(|x| x.requires_grad() && x.elem_count() > 0) {
+        return Err(Error::invalid(
+            "gradcheck",
+            "no input requires a gradient, so no derivative would be checked: make inputs with \
+             `set_requires_grad(true)` (and keep the tensor it returns)",
+        ));
+    }
     let out = f(inputs)?;
     let mut rng = Rng::seed(opts.seed);
     let r: Vec<f64> = (0..out.elem_count()).map(|_| rng.standard_normal() as f64).collect();
@@ -169,6 +177,9 @@ pub fn gradcheck_parameters(
     per_tensor: usize,
     opts: GradcheckOptions,
 ) -> Result<Vec<ParamCheck>> {
+    if per_tensor == 0 || params.iter().all(|(_, p)| p.elem_count() == 0) {
+        return Err(Error::invalid("gradcheck_parameters", "nothing to check: no parameter elements, or per_tensor 0"));
+    }
     let value = loss()?;
     if value.elem_count() != 1 {
         return Err(Error::BackwardNonScalar { shape: value.shape().to_vec() });

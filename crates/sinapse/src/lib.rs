@@ -35,6 +35,9 @@
 
 #![warn(missing_docs)]
 
+// `#[derive(Parameters)]` names `::sinapse::...`, also inside this crate.
+extern crate self as sinapse;
+
 pub mod atomic;
 pub mod autograd;
 pub mod backend;

@@ -243,11 +243,121 @@ fn backward_after_an_in_place_update_is_an_error() {
     let (first, second) = (loss(&model), loss(&model));
     let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
     opt.step(&first.backward().unwrap()).unwrap();
-    let e = second.backward().err().expect("the weights changed under the graph").to_string();
+    let e = second.backward().expect_err("the weights changed under the graph").to_string();
     assert!(e.contains("modified in place") && e.contains("compute the loss again"), "{e}");
     // copy_from counts as a write too; a fresh forward pass is fine.
     let third = loss(&model);
     model.parameters()[0].copy_from(&Tensor::zeros(&[2, 3])).unwrap();
     assert!(third.backward().is_err());
     assert!(loss(&model).backward().is_ok());
+}
+
+/// A custom block: parameters are found through the fields, named as PyTorch names them.
+#[derive(nn::Parameters)]
+struct Block {
+    fc1: nn::Linear,
+    extra: Vec<nn::Linear>,
+    head: Option<nn::Linear>,
+    gate: Tensor,
+    scale: f32,
+    /// A field of a type that does not implement Parameters is skipped by name.
+    #[parameters(skip)]
+    _log: std::sync::Mutex<Vec<String>>,
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor, mode: Mode) -> sinapse::Result<Tensor> {
+        let mut h = self.fc1.forward(x, mode)?.relu()?;
+        for l in &self.extra {
+            h = l.forward(&h, mode)?;
+        }
+        h.mul(&self.gate)?.mul_scalar(self.scale)
+    }
+    fn describe(&self) -> String {
+        "Block".into()
+    }
+}
+
+#[derive(nn::Parameters)]
+struct Pair(nn::Linear, nn::Linear);
+
+#[test]
+fn parameters_are_collected_from_the_fields() {
+    let mut rng = Rng::seed(0);
+    let block = Block {
+        fc1: nn::Linear::new(3, 4, &mut rng).unwrap(),
+        extra: vec![nn::Linear::new(4, 4, &mut rng).unwrap(), nn::Linear::new(4, 4, &mut rng).unwrap()],
+        head: None,
+        gate: Tensor::ones(&[4]).set_requires_grad(true),
+        scale: 2.0,
+        _log: std::sync::Mutex::new(Vec::new()),
+    };
+    let names: Vec<String> = block.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["fc1.weight", "fc1.bias", "extra.0.weight", "extra.0.bias", "extra.1.weight", "extra.1.bias", "gate"]
+    );
+    // Nested in a Sequential, and in a tuple struct.
+    let seq = nn::Sequential::new().add(block).add(nn::Relu);
+    assert_eq!(seq.named_parameters()[6].0, "0.gate");
+    let pair = Pair(nn::Linear::new(2, 2, &mut rng).unwrap(), nn::Linear::new(2, 2, &mut rng).unwrap());
+    let names: Vec<String> = nn::Module::named_parameters(&Wrap(pair)).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["0.0.weight", "0.0.bias", "0.1.weight", "0.1.bias"]);
+    // They train: the gradient reaches every one.
+    let x = Tensor::rand_normal(&[5, 3], 0.0, 1.0, &mut rng).unwrap();
+    let loss = seq.forward(&x, Mode::Train).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    assert!(seq.parameters().iter().all(|p| grads.get(p).is_some()));
+}
+
+/// A model of one field holding a tuple struct (`0.0.weight`).
+#[derive(nn::Parameters)]
+struct Wrap(Pair);
+
+impl Module for Wrap {
+    fn forward(&self, x: &Tensor, mode: Mode) -> sinapse::Result<Tensor> {
+        self.0 .1.forward(&self.0 .0.forward(x, mode)?, mode)
+    }
+    fn describe(&self) -> String {
+        "Wrap".into()
+    }
+}
+
+/// A module that holds no parameters.
+#[derive(nn::Parameters)]
+struct Doubler;
+
+impl Module for Doubler {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> sinapse::Result<Tensor> {
+        x.mul_scalar(2.0)
+    }
+    fn describe(&self) -> String {
+        "Doubler".into()
+    }
+}
+
+#[test]
+fn nothing_to_train_is_an_error_not_a_silent_no_op() {
+    // An optimizer or fit over a model with no parameters.
+    let e = Sgd::new(Doubler.parameters(), 0.1).err().unwrap().to_string();
+    assert!(e.contains("no parameters to optimize"), "{e}");
+    assert!(sinapse::optim::Adam::new(vec![], 1e-3).is_err());
+    let data = Dataset::new(Tensor::zeros(&[4, 2]), Tensor::zeros(&[4, 2])).unwrap();
+    let w = Tensor::ones(&[1]).set_requires_grad(true);
+    let mut opt = Sgd::new(vec![w], 0.1).unwrap();
+    let e = fit(&Doubler, &mut opt, &data, None, &FitConfig::new(Task::Regression), &mut Silent).unwrap_err();
+    assert!(e.to_string().contains("Doubler has no parameters to train"), "{e}");
+    // backward() on a loss that nothing in its graph asks a gradient of: the forgotten
+    // `let w = w.set_requires_grad(true);`.
+    let w = Tensor::ones(&[3]);
+    #[allow(unused_must_use)]
+    {
+        w.set_requires_grad(true); // the mistake: the result is dropped
+    }
+    let e = w.mul(&w).unwrap().sum_all().unwrap().backward().unwrap_err().to_string();
+    assert!(e.contains("nothing in this loss's graph requires a gradient"), "{e}");
+    // gradcheck with nothing to check.
+    let opts = sinapse::gradcheck::GradcheckOptions::default();
+    let e = sinapse::gradcheck::gradcheck(|x| x[0].exp(), &[Tensor::ones(&[2])], opts).unwrap_err().to_string();
+    assert!(e.contains("no input requires a gradient"), "{e}");
 }

@@ -1,12 +1,12 @@
 //! Activation functions as layers, for use in [`super::Sequential`].
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Result, Tensor};
 
 macro_rules! activation_layer {
     ($(#[$doc:meta])* $name:ident, $label:expr, |$x:ident| $body:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, Default)]
+        #[derive(Clone, Copy, Debug, Default, Parameters)]
         pub struct $name;
 
         impl Module for $name {
@@ -38,7 +38,7 @@ activation_layer!(
 );
 
 /// Leaky ReLU layer with the given negative slope; see [`Tensor::leaky_relu`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Parameters)]
 pub struct LeakyRelu(pub f32);
 
 impl Module for LeakyRelu {
@@ -51,7 +51,7 @@ impl Module for LeakyRelu {
 }
 
 /// Softmax over the last axis; see [`Tensor::softmax`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Parameters)]
 pub struct Softmax;
 
 impl Module for Softmax {
@@ -64,7 +64,7 @@ impl Module for Softmax {
 }
 
 /// Log-softmax over the last axis; see [`Tensor::log_softmax`].
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Parameters)]
 pub struct LogSoftmax;
 
 impl Module for LogSoftmax {

@@ -1,6 +1,6 @@
 //! Convolutional layers.
 
-use super::{Init, Mode, Module};
+use super::{Init, Mode, Module, Parameters};
 use crate::{Error, Result, Rng, Tensor};
 
 /// A 2-D convolution over `[N, C, H, W]` inputs, as PyTorch's `nn.Conv2d`: `weight`
@@ -9,6 +9,7 @@ use crate::{Error, Result, Rng, Tensor};
 /// Each output channel slides one small filter over all input channels: the same few weights
 /// are reused at every position, which is why a convolution needs far fewer parameters than a
 /// dense layer on the same image.
+#[derive(Parameters)]
 pub struct Conv2d {
     /// Filters, `[out_channels, in_channels, kh, kw]`.
     pub weight: Tensor,
@@ -90,10 +91,6 @@ impl Module for Conv2d {
         x.conv2d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
     }
 
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        super::weight_and_bias(&self.weight, self.bias.as_ref())
-    }
-
     fn describe(&self) -> String {
         let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
         format!(
@@ -110,6 +107,7 @@ impl Module for Conv2d {
 }
 
 /// A 1-D convolution over `[N, C, L]` inputs, as PyTorch's `nn.Conv1d`: `weight` `[out, in, k]`.
+#[derive(Parameters)]
 pub struct Conv1d {
     /// Filters, `[out_channels, in_channels, k]`.
     pub weight: Tensor,
@@ -140,10 +138,6 @@ impl Conv1d {
 impl Module for Conv1d {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
         x.conv1d(&self.weight, self.bias.as_ref(), self.stride, self.padding, self.dilation)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        super::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn describe(&self) -> String {

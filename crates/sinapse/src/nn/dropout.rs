@@ -2,15 +2,17 @@
 
 use std::sync::Mutex;
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Error, Result, Rng, Tensor};
 
 /// Inverted dropout: in training, each element is zeroed with probability `p` and the
 /// survivors are scaled by 1/(1-p), so the expected value of every element is unchanged; in
 /// evaluation the layer is the identity. Randomly silencing units keeps them from relying on
 /// each other (co-adaptation), a defence against overfitting.
+#[derive(Parameters)]
 pub struct Dropout {
     p: f32,
+    #[parameters(skip)]
     rng: Mutex<Rng>,
 }
 

@@ -1,11 +1,12 @@
 //! Learned vectors looked up by index: the layer that usually feeds a recurrent network.
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Error, Result, Rng, Tensor};
 
 /// A lookup table of `num_embeddings` learned vectors of size `dim` (PyTorch's
 /// `nn.Embedding`, weight `[num, dim]` drawn from N(0, 1)): indices of any shape become
 /// vectors, `[..] -> [.., dim]`. Its gradient adds into the rows that were looked up.
+#[derive(Parameters)]
 pub struct Embedding {
     /// The table, `[num_embeddings, dim]`.
     pub weight: Tensor,
@@ -33,10 +34,6 @@ impl Module for Embedding {
         let mut shape = x.shape().to_vec();
         shape.push(self.weight.shape()[1]);
         rows.reshape(&shape)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        vec![("weight".to_string(), self.weight.clone())]
     }
 
     fn describe(&self) -> String {

@@ -1,11 +1,11 @@
 //! Reading a recurrent layer's answer: the last step of its output sequence.
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Error, Result, Tensor};
 
 /// The last step of a batch-first sequence: `[N, T, F] -> [N, F]` (PyTorch's `out[:, -1, :]`),
 /// to classify a sequence by the recurrent layer's final output.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Parameters)]
 pub struct LastStep;
 
 impl Module for LastStep {

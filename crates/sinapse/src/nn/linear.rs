@@ -1,11 +1,12 @@
 //! The fully connected layer.
 
-use super::{Init, Mode, Module};
+use super::{Init, Mode, Module, Parameters};
 use crate::{Error, Result, Rng, Tensor};
 
 /// A fully connected (dense) layer: `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of
 /// shape `[out]`, as in PyTorch's `nn.Linear`. Each output is the weighted sum of all inputs
 /// plus a bias: the course's neuron, `out` of them side by side.
+#[derive(Parameters)]
 pub struct Linear {
     /// Weights, `[out_features, in_features]`.
     pub weight: Tensor,
@@ -79,10 +80,6 @@ impl Module for Linear {
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.out_features();
         y.reshape(&shape)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        super::weight_and_bias(&self.weight, self.bias.as_ref())
     }
 
     fn describe(&self) -> String {

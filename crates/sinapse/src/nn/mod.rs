@@ -31,16 +31,137 @@ pub use reshape::{Flatten, Reshape};
 pub use sequential::Sequential;
 pub use summary::{layer_summaries, summary, LayerSummary};
 
+pub use sinapse_derive::Parameters;
+
 use crate::{Device, Result, Tensor};
 
-/// The parameters of a layer with a weight and an optional bias, under PyTorch's names.
-pub(crate) fn weight_and_bias(weight: &Tensor, bias: Option<&Tensor>) -> Vec<(String, Tensor)> {
-    let mut p = vec![("weight".to_string(), weight.clone())];
-    if let Some(b) = bias {
-        p.push(("bias".to_string(), b.clone()));
-    }
-    p
+/// What holds trainable tensors: every [`Module`] (the trait is required), and the values a
+/// module's fields hold. Derive it for a struct of layers and it names each parameter after
+/// the field path that leads to it, as PyTorch's `state_dict` does:
+///
+/// ```
+/// use sinapse::nn::{Linear, Parameters, Module, Mode};
+/// use sinapse::{Result, Rng, Tensor};
+///
+/// #[derive(Parameters)]
+/// struct TwoLayers {
+///     fc1: Linear,
+///     fc2: Linear,
+///     scale: f32, // holds no parameters
+/// }
+///
+/// impl Module for TwoLayers {
+///     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+///         self.fc2.forward(&self.fc1.forward(x, mode)?.relu()?, mode)?.mul_scalar(self.scale)
+///     }
+///     fn describe(&self) -> String {
+///         "TwoLayers".into()
+///     }
+/// }
+///
+/// let mut rng = Rng::seed(0);
+/// let m = TwoLayers { fc1: Linear::new(4, 8, &mut rng)?, fc2: Linear::new(8, 2, &mut rng)?, scale: 0.5 };
+/// let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+/// assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]);
+/// # Ok::<(), sinapse::Error>(())
+/// ```
+///
+/// A module that holds none still implements it (derive it on the struct: it then visits
+/// nothing); forgetting it is a compile error, never a model that silently trains nothing.
+pub trait Parameters {
+    /// Appends this value's trainable tensors to `out`, each named `prefix.<path>` (`prefix`
+    /// alone for a tensor itself).
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>);
 }
+
+/// `prefix.name`, or `name` at the top.
+pub fn join_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A tensor is a parameter when it asks for a gradient (`set_requires_grad(true)`); others
+/// (masks, constants) are not.
+impl Parameters for Tensor {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        if self.requires_grad() {
+            out.push((prefix.to_string(), self.clone()));
+        }
+    }
+}
+
+impl<T: Parameters> Parameters for Option<T> {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        if let Some(v) = self {
+            v.visit_parameters(prefix, out);
+        }
+    }
+}
+
+/// Entries are named by position: `layers.0.weight`, `layers.1.weight`.
+impl<T: Parameters> Parameters for Vec<T> {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, v) in self.iter().enumerate() {
+            v.visit_parameters(&join_name(prefix, &i.to_string()), out);
+        }
+    }
+}
+
+impl<T: Parameters, const N: usize> Parameters for [T; N] {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, v) in self.iter().enumerate() {
+            v.visit_parameters(&join_name(prefix, &i.to_string()), out);
+        }
+    }
+}
+
+impl<T: Parameters + ?Sized> Parameters for Box<T> {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_parameters(prefix, out);
+    }
+}
+
+impl<T: Parameters + ?Sized> Parameters for std::sync::Arc<T> {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_parameters(prefix, out);
+    }
+}
+
+/// Values that hold no parameters: a module's sizes, rates, flags and names.
+macro_rules! no_parameters {
+    ($($t:ty),*) => {
+        $(impl Parameters for $t {
+            fn visit_parameters(&self, _prefix: &str, _out: &mut Vec<(String, Tensor)>) {}
+        })*
+    };
+}
+no_parameters!(
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    isize,
+    f32,
+    f64,
+    String,
+    &'static str,
+    Mode,
+    Init,
+    PoolKind,
+    CellKind,
+    crate::Rng,
+    crate::Device
+);
 
 /// Whether a forward pass is for training or for evaluation.
 ///
@@ -53,15 +174,19 @@ pub enum Mode {
     Eval,
 }
 
-/// A layer or a whole model.
-pub trait Module: Send + Sync {
+/// A layer or a whole model: a forward pass, and its parameters ([`Parameters`], required:
+/// derive it).
+pub trait Module: Parameters + Send + Sync {
     /// Computes the output for input `x`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
 
-    /// The trainable tensors with their names (`"weight"`, `"bias"`; containers prefix their
-    /// children's names with the child's position, `"0.weight"`).
+    /// The trainable tensors with their names (`"weight"`, `"bias"`; a field's name or a
+    /// container's position prefixes what it holds: `"fc1.weight"`, `"0.weight"`), in the
+    /// order [`Parameters::visit_parameters`] visits them.
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
+        let mut out = Vec::new();
+        self.visit_parameters("", &mut out);
+        out
     }
 
     /// The trainable tensors, in the order of [`Module::named_parameters`].

@@ -1,6 +1,6 @@
 //! Pooling layers: the maximum or the mean of each window.
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Result, Tensor};
 
 /// Whether a [`Pool2d`] takes the maximum or the mean of each window.
@@ -14,7 +14,7 @@ pub enum PoolKind {
 
 /// Max or average pooling over `[N, C, H, W]` (PyTorch's `MaxPool2d` / `AvgPool2d`; the
 /// stride defaults to the kernel size).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Parameters)]
 pub struct Pool2d {
     /// Max or average.
     pub kind: PoolKind,

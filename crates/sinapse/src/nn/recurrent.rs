@@ -12,7 +12,7 @@
 //! | LSTM | i, f, g, o = σ, σ, tanh, σ of (W_ih x + b_ih + W_hh h + b_hh), in that order; c' = f·c + i·g; h' = o·tanh(c') |
 //! | GRU | r, z = σ(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z}); n = tanh(W_in x + b_in + r·(W_hn h + b_hn)); h' = (1 - z)·n + z·h |
 
-use super::{Mode, Module};
+use super::{join_name, Mode, Module, Parameters};
 use crate::{Error, Result, Rng, Tensor};
 
 /// The kind of recurrent cell.
@@ -230,24 +230,25 @@ impl Recurrent {
     }
 }
 
+/// PyTorch's names: `weight_ih_l0`, `weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, `..._l1`.
+impl Parameters for Recurrent {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (l, w) in self.layers.iter().enumerate() {
+            for (name, t) in [
+                ("weight_ih", &w.weight_ih),
+                ("weight_hh", &w.weight_hh),
+                ("bias_ih", &w.bias_ih),
+                ("bias_hh", &w.bias_hh),
+            ] {
+                t.visit_parameters(&join_name(prefix, &format!("{name}_l{l}")), out);
+            }
+        }
+    }
+}
+
 impl Module for Recurrent {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
         Ok(self.forward_with_state(x, None)?.0)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, w)| {
-                [
-                    (format!("weight_ih_l{l}"), w.weight_ih.clone()),
-                    (format!("weight_hh_l{l}"), w.weight_hh.clone()),
-                    (format!("bias_ih_l{l}"), w.bias_ih.clone()),
-                    (format!("bias_hh_l{l}"), w.bias_hh.clone()),
-                ]
-            })
-            .collect()
     }
 
     fn describe(&self) -> String {

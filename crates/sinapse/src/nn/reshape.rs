@@ -1,11 +1,11 @@
 //! Layers that only change the shape of each sample: `Flatten` and `Reshape`.
 
-use super::{Mode, Module};
+use super::{Mode, Module, Parameters};
 use crate::{Result, Tensor};
 
 /// Flattens every axis after the first: `[N, d1, d2, ..] -> [N, d1·d2·..]` (PyTorch's
 /// `nn.Flatten()`).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Parameters)]
 pub struct Flatten;
 
 impl Module for Flatten {
@@ -23,7 +23,7 @@ impl Module for Flatten {
 
 /// Reshapes each sample, keeping the batch axis: `[N, ..] -> [N, shape..]` (e.g. MNIST rows
 /// of 784 pixels into `[1, 28, 28]` images).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Parameters)]
 pub struct Reshape(pub Vec<usize>);
 
 impl Module for Reshape {

@@ -1,6 +1,6 @@
 //! A chain of layers.
 
-use super::{Mode, Module};
+use super::{join_name, Mode, Module, Parameters};
 use crate::{Result, Tensor};
 
 /// Layers applied one after the other: the output of each is the input of the next (the
@@ -45,6 +45,15 @@ impl Sequential {
     }
 }
 
+/// Layers are named by position, as in PyTorch: `0.weight`, `2.bias`.
+impl Parameters for Sequential {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.visit_parameters(&join_name(prefix, &i.to_string()), out);
+        }
+    }
+}
+
 impl Module for Sequential {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
@@ -52,14 +61,6 @@ impl Module for Sequential {
             h = layer.forward(&h, mode)?;
         }
         Ok(h)
-    }
-
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| l.named_parameters().into_iter().map(move |(n, t)| (format!("{i}.{n}"), t)))
-            .collect()
     }
 
     fn describe(&self) -> String {

@@ -91,6 +91,7 @@ impl Adam {
 
     /// Adam with every setting given.
     pub fn with_config(params: Vec<Tensor>, cfg: AdamConfig) -> Result<Adam> {
+        super::check_params("Adam", &params)?;
         cfg.check("Adam")?;
         let n = params.len();
         Ok(Adam { params, state: Moments { cfg, decoupled: false, t: vec![0; n], state: State::new(n) } })

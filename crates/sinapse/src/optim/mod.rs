@@ -76,6 +76,19 @@ impl State {
     }
 }
 
+/// Refuses an empty parameter list: an optimizer over nothing would train nothing, silently
+/// (a custom module that lists no parameters, say).
+pub(crate) fn check_params(op: &'static str, params: &[Tensor]) -> Result<()> {
+    if params.is_empty() {
+        return Err(Error::invalid(
+            op,
+            "no parameters to optimize: the model lists none (derive Parameters on a custom module, and \
+             keep the tensors set_requires_grad(true) returns)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a hyper-parameter that must be a finite number >= 0 (or > 0 when `positive`).
 pub(crate) fn check_hyper(op: &'static str, name: &str, v: f32, positive: bool) -> Result<()> {
     let ok = v.is_finite() && if positive { v > 0.0 } else { v >= 0.0 };

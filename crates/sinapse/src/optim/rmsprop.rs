@@ -37,6 +37,7 @@ impl RmsProp {
         momentum: f32,
         weight_decay: f32,
     ) -> Result<RmsProp> {
+        super::check_params("RmsProp", &params)?;
         check_hyper("RmsProp", "lr", lr, true)?;
         check_hyper("RmsProp", "eps", eps, false)?;
         check_hyper("RmsProp", "momentum", momentum, false)?;

@@ -33,6 +33,7 @@ impl Sgd {
     /// SGD with all options, checked: `lr > 0`, `momentum >= 0`, `weight_decay >= 0`, and
     /// Nesterov only with momentum.
     pub fn with_options(params: Vec<Tensor>, lr: f32, momentum: f32, nesterov: bool, weight_decay: f32) -> Result<Sgd> {
+        super::check_params("Sgd", &params)?;
         check_hyper("Sgd", "lr", lr, true)?;
         check_hyper("Sgd", "momentum", momentum, false)?;
         check_hyper("Sgd", "weight_decay", weight_decay, false)?;

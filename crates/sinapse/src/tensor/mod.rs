@@ -335,6 +335,7 @@ impl Tensor {
     ///
     /// `set_requires_grad(true)` is how a parameter is made: `backward()` will then give its
     /// gradient. The result has no history: it is cut from the graph that made `self`.
+    #[must_use = "set_requires_grad returns a new tensor and leaves `self` as it was: keep the result"]
     pub fn set_requires_grad(&self, on: bool) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
@@ -346,6 +347,7 @@ impl Tensor {
     }
 
     /// The same data with no history and no gradient: gradients stop here.
+    #[must_use = "detach returns a new tensor and leaves `self` as it was"]
     pub fn detach(&self) -> Tensor {
         self.set_requires_grad(false)
     }

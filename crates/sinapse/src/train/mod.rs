@@ -279,6 +279,12 @@ pub fn fit(
         es.validate()?;
     }
     let params = model.parameters();
+    if params.is_empty() {
+        return Err(Error::invalid(
+            "fit",
+            format!("{} has no parameters to train (derive Parameters on a custom module)", model.describe()),
+        ));
+    }
     let base_lr = opt.lr();
     // Batches are gathered where the data is and handed over on the model's device.
     let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
