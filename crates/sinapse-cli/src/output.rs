@@ -1,5 +1,5 @@
 //! Standard output that a closed pipe cannot crash: `sinapse train ... | head -1` must still
-//! save the model. Writes go through [`outln!`] and [`out!`]; once the reader has gone, the
+//! save the model. Writes go through `outln!` and `out!`; once the reader has gone, the
 //! rest of the output is dropped, the command finishes its work, and [`finish`] then ends the
 //! process the way `head`'s writers end, by SIGPIPE.
 

@@ -38,8 +38,8 @@ pub enum Error {
     DimOutOfRange {
         /// The operation that was called.
         op: &'static str,
-        /// The dimension asked for.
-        dim: usize,
+        /// The dimension asked for (negative: counted from the last).
+        dim: isize,
         /// The tensor's rank.
         rank: usize,
     },

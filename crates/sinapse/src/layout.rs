@@ -9,6 +9,40 @@
 
 use crate::{Error, Result};
 
+/// An axis of a tensor, as ops take it: a `usize` counts from the front, a negative number
+/// from the back (`-1` is the last axis), as in PyTorch (`x.softmax(-1)`).
+pub trait Dim: Copy {
+    /// The axis as a position in `0..rank`, or an error naming `op`.
+    fn axis(self, op: &'static str, rank: usize) -> Result<usize>;
+}
+
+impl Dim for usize {
+    fn axis(self, op: &'static str, rank: usize) -> Result<usize> {
+        if self < rank {
+            Ok(self)
+        } else {
+            Err(Error::DimOutOfRange { op, dim: self as isize, rank })
+        }
+    }
+}
+
+macro_rules! signed_dim {
+    ($($t:ty),*) => {
+        $(impl Dim for $t {
+            fn axis(self, op: &'static str, rank: usize) -> Result<usize> {
+                let d = self as isize;
+                let from_front = if d < 0 { d + rank as isize } else { d };
+                if (0..rank as isize).contains(&from_front) {
+                    Ok(from_front as usize)
+                } else {
+                    Err(Error::DimOutOfRange { op, dim: d, rank })
+                }
+            }
+        })*
+    };
+}
+signed_dim!(i32, i64, isize);
+
 /// Shape, strides and offset of a tensor inside its storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -104,7 +138,7 @@ impl Layout {
     /// Checks that `dim` is an axis of this layout.
     pub(crate) fn check_dim(&self, op: &'static str, dim: usize) -> Result<()> {
         if dim >= self.rank() {
-            return Err(Error::DimOutOfRange { op, dim, rank: self.rank() });
+            return Err(Error::DimOutOfRange { op, dim: dim as isize, rank: self.rank() });
         }
         Ok(())
     }
@@ -162,7 +196,7 @@ impl Layout {
     /// Inserts an axis of size 1 at position `dim` (`0..=rank`).
     pub fn unsqueeze(&self, dim: usize) -> Result<Layout> {
         if dim > self.rank() {
-            return Err(Error::DimOutOfRange { op: "unsqueeze", dim, rank: self.rank() });
+            return Err(Error::DimOutOfRange { op: "unsqueeze", dim: dim as isize, rank: self.rank() });
         }
         let mut l = self.clone();
         let stride = if dim < self.rank() { self.strides[dim] * self.shape[dim] } else { 1 };

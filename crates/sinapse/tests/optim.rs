@@ -142,3 +142,40 @@ fn a_failed_step_changes_nothing() {
     opt.step(&good).unwrap();
     assert!((w.to_vec()[0] - 0.9).abs() < 1e-6, "{:?}", w.to_vec());
 }
+
+#[test]
+fn schedules_step_per_batch_after_a_linear_warmup() {
+    use sinapse::optim::{Per, Schedule};
+    // 4 warmup steps reach the base rate, then the cosine runs from it over 4 steps.
+    let s = Schedule::per_batch(LrSchedule::Cosine { t_max: 4, eta_min: 0.0 }, 4);
+    let lrs: Vec<f64> = (0..9).map(|k| s.lr_at(1.0, k) as f64).collect();
+    let want = [0.25, 0.5, 0.75, 1.0, 1.0, 0.8535534, 0.5, 0.1464466, 0.0];
+    assert!(lrs.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{lrs:?}");
+    assert_eq!(Schedule::from(LrSchedule::Constant).per, Per::Epoch);
+}
+
+#[test]
+fn fit_moves_the_rate_every_batch_when_asked() {
+    use sinapse::data::Dataset;
+    use sinapse::nn::{Linear, Module};
+    use sinapse::optim::Schedule;
+    use sinapse::train::{Task, Trainer};
+    let mut rng = sinapse::Rng::seed(0);
+    let data = Dataset::new(Tensor::rand_normal(&[40, 2], 0.0, 1.0, &mut rng).unwrap(), Tensor::zeros(&[40])).unwrap();
+    let model = Linear::new(2, 1, &mut rng).unwrap();
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
+    // 2 epochs of 4 batches, per batch with 2 warmup batches: an epoch cosine would have two
+    // rates; here each epoch starts at its own batch-count rate.
+    let trainer = Trainer::new(Task::Regression)
+        .epochs(2)
+        .batch_size(10)
+        .schedule(Schedule::per_batch(LrSchedule::Cosine { t_max: 6, eta_min: 0.0 }, 2));
+    let history = trainer.fit(&model, &mut opt, &data).unwrap();
+    let starts: Vec<f32> = history.records.iter().map(|r| r.lr).collect();
+    // Epoch 1 starts at warmup step 0 (0.1·1/2); epoch 2 at batch 4, the cosine's step 2.
+    let want = [0.05, 0.1 * (1.0 + (std::f32::consts::PI * 2.0 / 6.0).cos()) / 2.0];
+    assert!((starts[0] - want[0]).abs() < 1e-6 && (starts[1] - want[1]).abs() < 1e-6, "{starts:?}");
+    // The optimizer ends on the rate of the last batch (step 7 = cosine step 5).
+    let last = 0.1 * (1.0 + (std::f32::consts::PI * 5.0 / 6.0).cos()) / 2.0;
+    assert!((opt.lr() - last).abs() < 1e-6, "{}", opt.lr());
+}

@@ -312,3 +312,36 @@ fn debug_output_is_short_and_informative() {
     assert!(format!("{y:?}").contains("grad_fn=exp"));
     assert!(format!("{:?}", Tensor::zeros(&[100])).contains("..."));
 }
+
+#[test]
+fn negative_axes_count_from_the_back() {
+    let x = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    assert_eq!(x.softmax(-1).unwrap().to_vec(), x.softmax(1).unwrap().to_vec());
+    assert_eq!(x.sum(-2, false).unwrap().to_vec(), vec![5., 7., 9.]);
+    assert_eq!(x.transpose(-2, -1).unwrap().shape(), &[3, 2]);
+    assert_eq!(x.unsqueeze(-1).unwrap().shape(), &[2, 3, 1], "-1 appends an axis");
+    assert_eq!(Tensor::cat(&[&x, &x], -1).unwrap().shape(), &[2, 6]);
+    assert_eq!(Tensor::stack(&[&x, &x], -1).unwrap().shape(), &[2, 3, 2]);
+    assert_eq!(x.narrow(-1, 1, 2).unwrap().to_vec(), vec![2., 3., 5., 6.]);
+    assert_eq!(x.dim(-1).unwrap(), 3);
+    let e = x.softmax(-3).unwrap_err().to_string();
+    assert!(e.contains("softmax: dimension -3 out of range for a tensor of rank 2"), "{e}");
+}
+
+#[test]
+fn arithmetic_with_numbers() -> sinapse::Result<()> {
+    let x = t(&[1., 2., 4.], &[3]);
+    assert_eq!((&x + 1.0)?.to_vec(), vec![2., 3., 5.]);
+    assert_eq!((&x - 1.0)?.to_vec(), vec![0., 1., 3.]);
+    assert_eq!((1.0 - &x)?.to_vec(), vec![0., -1., -3.]);
+    assert_eq!((&x * 2.0)?.to_vec(), vec![2., 4., 8.]);
+    assert_eq!((2.0 * &x)?.to_vec(), vec![2., 4., 8.]);
+    assert_eq!((&x / 2.0)?.to_vec(), vec![0.5, 1., 2.]);
+    assert_eq!((4.0 / &x)?.to_vec(), vec![4., 2., 1.]);
+    // Gradients flow through them like through the named ops: d(1 - 2x)/dx = -2.
+    let w = x.set_requires_grad(true);
+    let g = (1.0 - &(&w * 2.0)?)?.sum_all()?.backward()?;
+    assert_eq!(g.get(&w).unwrap().to_vec(), vec![-2., -2., -2.]);
+    assert!(format!("{g:?}").starts_with("Gradients(1 tensors"));
+    Ok(())
+}

@@ -64,7 +64,15 @@ pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
         return Err(Error::shapes("cross_entropy (logits [N, C], classes [N])", logits.shape(), classes.shape()));
     }
     let log_probs = logits.log_softmax(1)?;
-    log_probs.gather(1, &classes.unsqueeze(1)?)?.mean_all()?.neg()
+    let picked = log_probs.gather(1, &classes.unsqueeze(1)?).map_err(|e| match e {
+        // The user passed labels, not indices into a gather: say so in their terms.
+        Error::IndexOutOfRange { index, size, .. } => Error::invalid(
+            "cross_entropy",
+            format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
+        ),
+        other => other,
+    })?;
+    picked.mean_all()?.neg()
 }
 
 /// Categorical cross-entropy of `logits` `[N, C]` against target distributions `[N, C]`

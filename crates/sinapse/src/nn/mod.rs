@@ -212,6 +212,26 @@ pub trait Module: Parameters + Send + Sync {
         Ok(())
     }
 
+    /// Saves the parameters to a safetensors file under their [`Module::named_parameters`]
+    /// names (PyTorch's `torch.save(model.state_dict(), path)`), written atomically.
+    fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        crate::train::checkpoint::save_weights(self, path)
+    }
+
+    /// Loads parameters saved by [`Module::save`] (or by PyTorch's safetensors) into this
+    /// model, in place (`model.load_state_dict(...)`): every name must be there with its
+    /// shape, or nothing changes and the error lists what is missing, extra or mis-shaped.
+    fn load(&self, path: impl AsRef<std::path::Path>) -> Result<()>
+    where
+        Self: Sized,
+    {
+        let path = path.as_ref();
+        crate::train::checkpoint::load_into(self, &crate::train::checkpoint::load_weights(path)?, path)
+    }
+
     /// Where the parameters live (the CPU for a module without any).
     fn device(&self) -> Device {
         self.parameters().first().map_or(Device::Cpu, Tensor::device)

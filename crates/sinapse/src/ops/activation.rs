@@ -11,6 +11,7 @@
 
 use super::{binary_kernel, grad_if, unary_op};
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::layout::Dim;
 use crate::{Result, Tensor};
 
 impl Tensor {
@@ -52,7 +53,8 @@ impl Tensor {
     ///
     /// Stable for large inputs (the maximum is subtracted first): softmax([1000, 1001]) is
     /// [0.269, 0.731]. Gradient: dL/dx = y ⊙ (g - Σ(g ⊙ y)).
-    pub fn softmax(&self, dim: usize) -> Result<Tensor> {
+    pub fn softmax(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.axis("softmax", self.rank())?;
         let storage = self.softmax_kernel("softmax", dim, false)?;
         Ok(Tensor::from_op(storage, self.shape(), "softmax", &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {
@@ -64,7 +66,8 @@ impl Tensor {
 
     /// log(softmax(x)) along `dim`, computed directly as x - max - log Σ e^(x - max), so it
     /// stays finite where softmax underflows to 0. Gradient: dL/dx = g - softmax(x) Σ g.
-    pub fn log_softmax(&self, dim: usize) -> Result<Tensor> {
+    pub fn log_softmax(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.axis("log_softmax", self.rank())?;
         let storage = self.softmax_kernel("log_softmax", dim, true)?;
         Ok(Tensor::from_op(storage, self.shape(), "log_softmax", &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {

@@ -152,3 +152,28 @@ impl_operator!(Add, add, add);
 impl_operator!(Sub, sub, sub);
 impl_operator!(Mul, mul, mul);
 impl_operator!(Div, div, div);
+
+/// `&t + 1.0`, `&t * 2.0`, `2.0 * &t`, `1.0 - &t`, ... : arithmetic with a number, returning
+/// `Result` like the tensor-tensor operators (`(&x * 2.0)?`).
+macro_rules! impl_scalar_operator {
+    ($trait:ident, $method:ident, |$t:ident, $c:ident| $tensor_first:expr, $scalar_first:expr) => {
+        impl std::ops::$trait<f32> for &Tensor {
+            type Output = Result<Tensor>;
+            fn $method(self, $c: f32) -> Result<Tensor> {
+                let $t = self;
+                $tensor_first
+            }
+        }
+        impl std::ops::$trait<&Tensor> for f32 {
+            type Output = Result<Tensor>;
+            fn $method(self, $t: &Tensor) -> Result<Tensor> {
+                let $c = self;
+                $scalar_first
+            }
+        }
+    };
+}
+impl_scalar_operator!(Add, add, |t, c| t.add_scalar(c), t.add_scalar(c));
+impl_scalar_operator!(Sub, sub, |t, c| t.add_scalar(-c), t.affine(-1.0, c));
+impl_scalar_operator!(Mul, mul, |t, c| t.mul_scalar(c), t.mul_scalar(c));
+impl_scalar_operator!(Div, div, |t, c| t.mul_scalar(1.0 / c), Tensor::full_on(&[], c, t.device())?.div(t));

@@ -7,6 +7,7 @@
 use super::grad_if;
 use crate::backend::Storage;
 pub use crate::backend::{checked_index, MAX_EXACT_INDEX};
+use crate::layout::Dim;
 use crate::layout::{checked_elem_count, Layout};
 use crate::{Error, Result, Tensor};
 
@@ -14,7 +15,8 @@ impl Tensor {
     /// The entries `indices[0], indices[1], ..` of axis `dim` (a 1-D list of positions, repeats
     /// allowed). Gradient: each output slice's gradient is added back at its source position
     /// ([`Tensor::index_add`] into zeros).
-    pub fn index_select(&self, dim: usize, indices: &Tensor) -> Result<Tensor> {
+    pub fn index_select(&self, dim: impl Dim, indices: &Tensor) -> Result<Tensor> {
+        let dim = dim.axis("index_select", self.rank())?;
         self.layout().check_dim("index_select", dim)?;
         if indices.rank() != 1 {
             return Err(Error::invalid(
@@ -35,7 +37,8 @@ impl Tensor {
     /// `self` with slice `j` of `src` (along `dim`) added at position `indices[j]`; repeated
     /// positions add up. `src` has `self`'s shape except `indices.len()` along `dim`.
     /// Gradients: `g` for `self`, `g.index_select(dim, indices)` for `src`.
-    pub fn index_add(&self, dim: usize, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+    pub fn index_add(&self, dim: impl Dim, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let dim = dim.axis("index_add", self.rank())?;
         self.layout().check_dim("index_add", dim)?;
         let mut want = self.shape().to_vec();
         want[dim] = indices.elem_count();
@@ -55,7 +58,8 @@ impl Tensor {
     /// entry of axis `dim` per position of `index`, which has the same rank as `self` and is no
     /// larger on the other axes. Gradient: added back at the picked positions
     /// ([`Tensor::scatter_add`] into zeros).
-    pub fn gather(&self, dim: usize, index: &Tensor) -> Result<Tensor> {
+    pub fn gather(&self, dim: impl Dim, index: &Tensor) -> Result<Tensor> {
+        let dim = dim.axis("gather", self.rank())?;
         self.layout().check_dim("gather", dim)?;
         check_index_shape("gather", self.shape(), index.shape(), dim)?;
         let storage = Tensor::with_storages([self, index], |[s, i]| s.gather(self.layout(), dim, i, index.layout()))?;
@@ -68,7 +72,8 @@ impl Tensor {
     /// `self` with each `src[p]` added at position `p` with axis `dim` replaced by `index[p]`
     /// (the adjoint of [`Tensor::gather`]; PyTorch's `scatter_add`). `src` has the index's
     /// shape. Gradients: `g` for `self`, `g.gather(dim, index)` for `src`.
-    pub fn scatter_add(&self, dim: usize, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+    pub fn scatter_add(&self, dim: impl Dim, index: &Tensor, src: &Tensor) -> Result<Tensor> {
+        let dim = dim.axis("scatter_add", self.rank())?;
         self.layout().check_dim("scatter_add", dim)?;
         check_index_shape("scatter_add", self.shape(), index.shape(), dim)?;
         if src.shape() != index.shape() {
@@ -85,9 +90,9 @@ impl Tensor {
 
     /// Joins tensors along axis `dim`; all other axes must agree. Gradient: each input gets
     /// its slice of the output gradient.
-    pub fn cat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
+    pub fn cat(tensors: &[&Tensor], dim: impl Dim) -> Result<Tensor> {
         let first = tensors.first().ok_or_else(|| Error::invalid("cat", "needs at least one tensor"))?;
-        first.layout().check_dim("cat", dim)?;
+        let dim = dim.axis("cat", first.rank())?;
         let mut shape = first.shape().to_vec();
         shape[dim] = 0;
         for t in tensors {
@@ -123,7 +128,8 @@ impl Tensor {
 
     /// `value` repeated `before` times along axis `dim` ahead of the tensor and `after` times
     /// behind it (PyTorch's constant `F.pad`, on one axis). Gradient: the middle part.
-    pub fn pad(&self, dim: usize, before: usize, after: usize, value: f32) -> Result<Tensor> {
+    pub fn pad(&self, dim: impl Dim, before: usize, after: usize, value: f32) -> Result<Tensor> {
+        let dim = dim.axis("pad", self.rank())?;
         self.layout().check_dim("pad", dim)?;
         let len = self.shape()[dim];
         let mut shape = self.shape().to_vec();
@@ -140,7 +146,9 @@ impl Tensor {
     }
 
     /// Stacks same-shaped tensors along a new axis `dim`.
-    pub fn stack(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
+    pub fn stack(tensors: &[&Tensor], dim: impl Dim) -> Result<Tensor> {
+        // The new axis is among rank + 1.
+        let dim = dim.axis("stack", tensors.first().map_or(0, |t| t.rank()) + 1)?;
         let expanded = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         if let Some(first) = tensors.first() {

@@ -5,6 +5,7 @@
 
 use super::grad_if;
 use crate::backend::{ReduceOp, Storage};
+use crate::layout::Dim;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -26,7 +27,8 @@ impl Tensor {
     }
 
     /// Sum over axis `dim`. Every input element gets the gradient of the sum it went into.
-    pub fn sum(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn sum(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("sum", self.rank())?;
         let (data, shape) = self.reduce_dim("sum", dim, keepdim, ReduceOp::Sum)?;
         Ok(Tensor::from_op(data, &shape, "sum", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || expand_back(g, dim, keepdim, x[0].shape()))?])
@@ -55,7 +57,8 @@ impl Tensor {
     }
 
     /// Mean over axis `dim`: the sum divided by the axis length.
-    pub fn mean(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn mean(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("mean", self.rank())?;
         let n = self.dim(dim)?;
         self.sum(dim, keepdim)?.mul_scalar(1.0 / n as f32)
     }
@@ -68,12 +71,14 @@ impl Tensor {
 
     /// Largest entry along axis `dim`. The gradient goes to the entries equal to the maximum,
     /// shared evenly between ties.
-    pub fn max(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn max(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("max", self.rank())?;
         self.extreme("max", dim, keepdim, ReduceOp::Max)
     }
 
     /// Smallest entry along axis `dim`; gradient as for [`Tensor::max`].
-    pub fn min(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn min(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("min", self.rank())?;
         self.extreme("min", dim, keepdim, ReduceOp::Min)
     }
 
@@ -101,13 +106,15 @@ impl Tensor {
 
     /// Index of the (first) largest entry along `dim`, as f32 values (exact below 2²⁴).
     /// Not differentiable.
-    pub fn argmax(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn argmax(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("argmax", self.rank())?;
         let (data, shape) = self.reduce_dim("argmax", dim, keepdim, ReduceOp::ArgMax)?;
         Ok(Tensor::from_storage(data, crate::layout::Layout::contiguous(&shape)))
     }
 
     /// Index of the (first) smallest entry along `dim`, as f32 values. Not differentiable.
-    pub fn argmin(&self, dim: usize, keepdim: bool) -> Result<Tensor> {
+    pub fn argmin(&self, dim: impl Dim, keepdim: bool) -> Result<Tensor> {
+        let dim = dim.axis("argmin", self.rank())?;
         let (data, shape) = self.reduce_dim("argmin", dim, keepdim, ReduceOp::ArgMin)?;
         Ok(Tensor::from_storage(data, crate::layout::Layout::contiguous(&shape)))
     }

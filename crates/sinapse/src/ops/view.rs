@@ -7,6 +7,7 @@
 
 use super::grad_if;
 use crate::layout::checked_elem_count;
+use crate::layout::Dim;
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -28,7 +29,8 @@ impl Tensor {
     }
 
     /// Merges axes `start..=end` into one (`x.flatten(1, x.rank() - 1)` turns images into rows).
-    pub fn flatten(&self, start: usize, end: usize) -> Result<Tensor> {
+    pub fn flatten(&self, start: impl Dim, end: impl Dim) -> Result<Tensor> {
+        let (start, end) = (start.axis("flatten", self.rank())?, end.axis("flatten", self.rank())?);
         if start > end || end >= self.rank() {
             return Err(Error::invalid("flatten", format!("axes {start}..={end} outside shape {:?}", self.shape())));
         }
@@ -40,7 +42,8 @@ impl Tensor {
     }
 
     /// Swaps axes `d0` and `d1` (a view).
-    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
+    pub fn transpose(&self, d0: impl Dim, d1: impl Dim) -> Result<Tensor> {
+        let (d0, d1) = (d0.axis("transpose", self.rank())?, d1.axis("transpose", self.rank())?);
         let layout = self.layout().transpose(d0, d1)?;
         Ok(self.view_op(layout, "transpose", move |g, x, _| Ok(vec![grad_if(&x[0], || g.transpose(d0, d1))?])))
     }
@@ -65,7 +68,8 @@ impl Tensor {
 
     /// Entries `start..start + len` of axis `dim` (a view). Its gradient is the output
     /// gradient padded with zeros back to the input's size along `dim`.
-    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+    pub fn narrow(&self, dim: impl Dim, start: usize, len: usize) -> Result<Tensor> {
+        let dim = dim.axis("narrow", self.rank())?;
         let layout = self.layout().narrow(dim, start, len)?;
         Ok(self.view_op(layout, "narrow", move |g, x, _| {
             Ok(vec![grad_if(&x[0], || g.pad(dim, start, x[0].shape()[dim] - start - len, 0.0))?])
@@ -73,13 +77,16 @@ impl Tensor {
     }
 
     /// Inserts an axis of size 1 at `dim` (a view).
-    pub fn unsqueeze(&self, dim: usize) -> Result<Tensor> {
+    pub fn unsqueeze(&self, dim: impl Dim) -> Result<Tensor> {
+        // One more axis than now: -1 appends one.
+        let dim = dim.axis("unsqueeze", self.rank() + 1)?;
         let layout = self.layout().unsqueeze(dim)?;
         Ok(self.view_op(layout, "unsqueeze", move |g, x, _| Ok(vec![grad_if(&x[0], || g.squeeze(dim))?])))
     }
 
     /// Removes axis `dim`, which must have size 1 (a view).
-    pub fn squeeze(&self, dim: usize) -> Result<Tensor> {
+    pub fn squeeze(&self, dim: impl Dim) -> Result<Tensor> {
+        let dim = dim.axis("squeeze", self.rank())?;
         let layout = self.layout().squeeze(dim)?;
         Ok(self.view_op(layout, "squeeze", move |g, x, _| Ok(vec![grad_if(&x[0], || g.unsqueeze(dim))?])))
     }

@@ -13,7 +13,7 @@ mod sgd;
 pub use adam::{Adam, AdamConfig, AdamW};
 pub use clip::clip_grad_norm;
 pub use rmsprop::RmsProp;
-pub use schedule::LrSchedule;
+pub use schedule::{LrSchedule, Per, Schedule};
 pub use sgd::Sgd;
 
 use crate::backend::OptimizerUpdate;

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Scaling;
-use crate::optim::{Adam, AdamConfig, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
+use crate::optim::{Adam, AdamConfig, AdamW, Optimizer, RmsProp, Schedule, Sgd};
 use crate::train::{yes, EarlyStopping, FitConfig, LossKind, Task};
 use crate::{Device, Error, Result, Tensor};
 
@@ -65,7 +65,7 @@ pub struct ModelSpec {
     pub optimizer: OptimizerSpec,
     /// Learning-rate schedule (default: constant).
     #[serde(default)]
-    pub schedule: Option<LrSchedule>,
+    pub schedule: Option<Schedule>,
     /// Validation during training (holdout) or cross-validation settings (kfold, loo).
     #[serde(default)]
     pub validation: Option<ValidationSpec>,
@@ -462,5 +462,28 @@ lr = 0.1
         assert!(e.to_string().contains("output per sample is [2] but the task needs 3 outputs"), "{e}");
         let m = s.build_model(&[4], &Task::Classification { classes: 2 }, &mut Rng::seed(0)).unwrap();
         assert_eq!(m.num_parameters(), 4 * 2 + 2);
+    }
+
+    #[test]
+    fn schedules_in_a_spec_step_per_batch_with_warmup() {
+        use crate::optim::{LrSchedule, Per, Schedule};
+        let with = |table: &str| parse(&format!("{MINIMAL}[schedule]\n{table}"));
+        let s = with("type = \"cosine\"\nt_max = 100\nper = \"batch\"\nwarmup = 10\n").unwrap();
+        let want = Schedule { kind: LrSchedule::Cosine { t_max: 100, eta_min: 0.0 }, per: Per::Batch, warmup: 10 };
+        assert_eq!(s.schedule, Some(want));
+        assert_eq!(parse(&toml::to_string(&s).unwrap()).unwrap(), s, "it survives saving");
+        // Older specs (no per, no warmup) read as before.
+        let s = with("type = \"step\"\nstep_size = 3\ngamma = 0.5\n").unwrap();
+        assert_eq!(s.schedule, Some(LrSchedule::Step { step_size: 3, gamma: 0.5 }.into()));
+        for (table, says) in [
+            ("type = \"linear\"\n", "unknown schedule type `linear`"),
+            ("type = \"cosine\"\n", "needs `t_max`"),
+            ("type = \"exponential\"\ngamma = 0.9\nt_max = 3\n", "takes no `t_max`"),
+            ("type = \"constant\"\nper = \"week\"\n", "week"),
+            ("type = \"constant\"\nwarmpu = 3\n", "unknown field `warmpu`"),
+        ] {
+            let e = with(table).unwrap_err().to_string();
+            assert!(e.contains(says), "{table}: {e}");
+        }
     }
 }

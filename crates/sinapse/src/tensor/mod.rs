@@ -296,9 +296,8 @@ impl Tensor {
     }
 
     /// Size of axis `dim`.
-    pub fn dim(&self, dim: usize) -> Result<usize> {
-        self.0.layout.check_dim("dim", dim)?;
-        Ok(self.shape()[dim])
+    pub fn dim(&self, dim: impl crate::layout::Dim) -> Result<usize> {
+        Ok(self.shape()[dim.axis("dim", self.rank())?])
     }
 
     /// Number of elements.

@@ -19,7 +19,7 @@ pub use progress::{ProgressReporter, Verbosity};
 
 use crate::data::{one_hot, DataLoader, Dataset};
 use crate::nn::{loss, Mode, Module};
-use crate::optim::{clip_grad_norm, LrSchedule, Optimizer};
+use crate::optim::{clip_grad_norm, Optimizer, Per, Schedule};
 use crate::{no_grad, Error, Result, Tensor};
 
 /// The headline metric of classification: the fraction of samples classified right.
@@ -37,7 +37,7 @@ pub enum Task {
         /// Number of classes.
         classes: usize,
     },
-    /// A number; targets are `[N]`, outputs `[N, 1]`.
+    /// Numbers; targets are `[N]` (outputs `[N, 1]`) or `[N, k]` (outputs `[N, k]`).
     Regression,
 }
 
@@ -95,7 +95,10 @@ impl LossKind {
         match (self, task) {
             (LossKind::CrossEntropy, _) => loss::cross_entropy(outputs, y),
             (LossKind::Mse, Task::Classification { classes }) => loss::mse(outputs, &one_hot(y, *classes)?),
-            (LossKind::Mse, Task::Regression) => loss::mse(outputs, &y.reshape(&[y.elem_count(), 1])?),
+            // Targets [N] are one value per sample, the outputs [N, 1]; targets [N, k] go as
+            // they are.
+            (LossKind::Mse, Task::Regression) if y.rank() == 1 => loss::mse(outputs, &y.unsqueeze(1)?),
+            (LossKind::Mse, Task::Regression) => loss::mse(outputs, y),
         }
     }
 }
@@ -140,8 +143,9 @@ pub struct FitConfig {
     pub task: Task,
     /// The loss.
     pub loss: LossKind,
-    /// Learning-rate schedule, from the optimizer's rate at the start.
-    pub schedule: LrSchedule,
+    /// Learning-rate schedule, from the optimizer's rate at the start (stepped per epoch or
+    /// per batch; `LrSchedule::Cosine { .. }.into()` steps per epoch).
+    pub schedule: Schedule,
     /// Early stopping (needs validation data).
     pub early_stopping: Option<EarlyStopping>,
     /// Clip the global gradient norm to this value.
@@ -159,7 +163,7 @@ impl FitConfig {
             batch_size: 32,
             task,
             loss,
-            schedule: LrSchedule::Constant,
+            schedule: Schedule::default(),
             early_stopping: None,
             clip_grad_norm: None,
             seed: 0,
@@ -299,13 +303,22 @@ pub fn fit(
     observer.on_fit_start(cfg, batches);
     let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
     let mut waited = 0;
+    // The schedule's step count: epochs, or batches over all epochs.
+    let step_of = |epoch: usize, batch: usize| match cfg.schedule.per {
+        Per::Epoch => epoch - 1,
+        Per::Batch => (epoch - 1) * batches + batch,
+    };
     for epoch in 1..=cfg.epochs {
-        let lr = cfg.schedule.lr_at(base_lr, epoch - 1);
+        // The rate the epoch starts with (per batch, it then moves every batch).
+        let lr = cfg.schedule.lr_at(base_lr, step_of(epoch, 0));
         opt.set_lr(lr);
         let start = Instant::now();
         let (mut loss_sum, mut metric) = (0.0f64, 0.0f64);
         for (b, batch) in loader.epoch()?.enumerate() {
             let (x, y) = batch?;
+            if cfg.schedule.per == Per::Batch {
+                opt.set_lr(cfg.schedule.lr_at(base_lr, step_of(epoch, b)));
+            }
             let outputs = model.forward(&x, Mode::Train)?;
             let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
             let value = loss.to_scalar()?;
@@ -408,6 +421,158 @@ impl Evaluation {
     /// The headline metric's value ([`Metrics::headline`]), the metric of the history.
     pub fn metric(&self) -> f32 {
         self.metrics.headline().1 as f32
+    }
+
+    /// Fraction classified right (classification), else `None`.
+    pub fn accuracy(&self) -> Option<f64> {
+        self.confusion().map(ConfusionMatrix::accuracy)
+    }
+
+    /// The confusion matrix (classification), else `None`.
+    pub fn confusion(&self) -> Option<&ConfusionMatrix> {
+        match &self.metrics {
+            Metrics::Classification(m) => Some(m),
+            Metrics::Regression(_) => None,
+        }
+    }
+
+    /// Mean squared error (regression), else `None`.
+    pub fn mse(&self) -> Option<f64> {
+        self.regression().map(|r| r.mse)
+    }
+
+    /// Mean absolute error (regression), else `None`.
+    pub fn mae(&self) -> Option<f64> {
+        self.regression().map(|r| r.mae)
+    }
+
+    /// Coefficient of determination R² (regression), else `None`.
+    pub fn r2(&self) -> Option<f64> {
+        self.regression().map(|r| r.r2)
+    }
+
+    fn regression(&self) -> Option<&RegressionMetrics> {
+        match &self.metrics {
+            Metrics::Regression(r) => Some(r),
+            Metrics::Classification(_) => None,
+        }
+    }
+}
+
+/// [`fit`], [`evaluate`] and [`predict`] with their settings kept in one place and defaults
+/// for the rest: silent unless asked, no validation unless given, evaluation with the task,
+/// loss and batch size training used.
+///
+/// ```
+/// use sinapse::data::Dataset;
+/// use sinapse::nn::{Linear, Module};
+/// use sinapse::optim::Adam;
+/// use sinapse::train::{Task, Trainer};
+/// use sinapse::{Rng, Tensor};
+///
+/// let mut rng = Rng::seed(0);
+/// let x = Tensor::rand_normal(&[64, 3], 0.0, 1.0, &mut rng)?;
+/// let y = x.matmul(&Tensor::from_vec(vec![1.0, -2.0, 0.5], &[3, 1])?)?; // y = x·w
+/// let data = Dataset::new(x, y)?;
+/// let model = Linear::new(3, 1, &mut rng)?;
+/// let mut opt = Adam::new(model.parameters(), 0.05)?;
+/// let trainer = Trainer::new(Task::Regression).epochs(60).batch_size(16);
+/// trainer.fit(&model, &mut opt, &data)?;
+/// assert!(trainer.evaluate(&model, &data)?.mse().unwrap() < 1e-3);
+/// # Ok::<(), sinapse::Error>(())
+/// ```
+pub struct Trainer<'a> {
+    cfg: FitConfig,
+    validation: Option<&'a Dataset>,
+    verbosity: Verbosity,
+}
+
+impl<'a> Trainer<'a> {
+    /// Training for `task` with [`FitConfig::new`]'s defaults (10 epochs, batch 32, the task's
+    /// usual loss), silent.
+    pub fn new(task: Task) -> Trainer<'a> {
+        Trainer { cfg: FitConfig::new(task), validation: None, verbosity: Verbosity::Quiet }
+    }
+
+    /// From a whole configuration.
+    pub fn with_config(cfg: FitConfig) -> Trainer<'a> {
+        Trainer { cfg, validation: None, verbosity: Verbosity::Quiet }
+    }
+
+    /// Passes over the training set.
+    pub fn epochs(mut self, epochs: usize) -> Self {
+        self.cfg.epochs = epochs;
+        self
+    }
+
+    /// Samples per minibatch.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.cfg.batch_size = batch_size;
+        self
+    }
+
+    /// The loss.
+    pub fn loss(mut self, loss: LossKind) -> Self {
+        self.cfg.loss = loss;
+        self
+    }
+
+    /// The learning-rate schedule (an [`crate::optim::LrSchedule`] steps per epoch; a
+    /// [`Schedule`] says per batch and warmup).
+    pub fn schedule(mut self, schedule: impl Into<Schedule>) -> Self {
+        self.cfg.schedule = schedule.into();
+        self
+    }
+
+    /// Early stopping on the validation loss (needs [`Trainer::validation`]).
+    pub fn early_stopping(mut self, es: EarlyStopping) -> Self {
+        self.cfg.early_stopping = Some(es);
+        self
+    }
+
+    /// Clips the global gradient norm to `max_norm`.
+    pub fn clip_grad_norm(mut self, max_norm: f32) -> Self {
+        self.cfg.clip_grad_norm = Some(max_norm);
+        self
+    }
+
+    /// Seed of the per-epoch shuffle.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.cfg.seed = seed;
+        self
+    }
+
+    /// Data to validate on after every epoch.
+    pub fn validation(mut self, data: &'a Dataset) -> Self {
+        self.validation = Some(data);
+        self
+    }
+
+    /// A line per epoch (and a bar on a terminal).
+    pub fn verbose(mut self, on: bool) -> Self {
+        self.verbosity = if on { Verbosity::Normal } else { Verbosity::Quiet };
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FitConfig {
+        &self.cfg
+    }
+
+    /// Trains `model` with `opt` on `train` ([`fit`]).
+    pub fn fit(&self, model: &dyn Module, opt: &mut dyn Optimizer, train: &Dataset) -> Result<History> {
+        let mut progress = ProgressReporter::new(self.verbosity);
+        fit(model, opt, train, self.validation, &self.cfg, &mut progress)
+    }
+
+    /// Loss and metrics of `model` on `data`, with the task and loss of training.
+    pub fn evaluate(&self, model: &dyn Module, data: &Dataset) -> Result<Evaluation> {
+        evaluate(model, data, &self.cfg.task, self.cfg.loss, self.cfg.batch_size.max(256))
+    }
+
+    /// The model's outputs for inputs `x` ([`predict`]).
+    pub fn predict(&self, model: &dyn Module, x: &Tensor) -> Result<Tensor> {
+        predict(model, x, self.cfg.batch_size.max(256))
     }
 }
 
