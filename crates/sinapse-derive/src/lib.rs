@@ -73,7 +73,12 @@ fn expand(ast: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         });
     }
     let name = &ast.ident;
-    let (impl_generics, ty_generics, where_clause) = ast.generics.split_for_impl();
+    // Every type parameter must hold parameters itself (`struct Wrap<M> { inner: M }`).
+    let mut generics = ast.generics.clone();
+    for param in generics.type_params_mut() {
+        param.bounds.push(syn::parse_quote!(::sinapse::nn::Parameters));
+    }
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     Ok(quote! {
         impl #impl_generics ::sinapse::nn::Parameters for #name #ty_generics #where_clause {
             fn visit_parameters(

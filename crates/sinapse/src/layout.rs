@@ -21,7 +21,7 @@ impl Dim for usize {
         if self < rank {
             Ok(self)
         } else {
-            Err(Error::DimOutOfRange { op, dim: self as isize, rank })
+            Err(Error::DimOutOfRange { op, dim: isize::try_from(self).unwrap_or(isize::MAX), rank })
         }
     }
 }

@@ -370,3 +370,73 @@ fn loss_errors_speak_of_labels() {
     let e = loss::cross_entropy(&logits, &t(&[3.0, 1.0], &[2])).unwrap_err().to_string();
     assert!(e.starts_with("cross_entropy: class label 3"), "{e}");
 }
+
+/// A generic wrapper: the derive bounds its type parameter itself.
+#[derive(nn::Parameters)]
+struct Wrapped<M> {
+    inner: M,
+}
+
+impl<M: Module> Module for Wrapped<M> {
+    fn forward(&self, x: &Tensor, mode: Mode) -> sinapse::Result<Tensor> {
+        self.inner.forward(x, mode)
+    }
+    fn describe(&self) -> String {
+        "Wrapped".into()
+    }
+}
+
+#[test]
+fn shared_tensors_step_once_and_generics_derive() {
+    let mut rng = Rng::seed(0);
+    let lin = nn::Linear::new(2, 2, &mut rng).unwrap();
+    // Tied weights: one tensor under two names, one parameter to step.
+    let tied = Pair(lin, nn::Linear::new(2, 2, &mut rng).unwrap());
+    let shared = Pair(nn::Linear::from_tensors(tied.0.weight.clone(), None).unwrap(), tied.1);
+    // `from_tensors` makes a new leaf; share the very handle instead.
+    let mut second = shared.1;
+    second.weight = shared.0.weight.clone();
+    let model = Wrap(Pair(shared.0, second));
+    assert_eq!(model.named_parameters().len(), 3, "both names are listed");
+    assert_eq!(model.parameters().len(), 2, "the shared weight is one parameter");
+    let wrapped = Wrapped { inner: nn::Linear::new(3, 1, &mut rng).unwrap() };
+    let names: Vec<String> = wrapped.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["inner.weight", "inner.bias"]);
+    // A tensor that results from an op is no parameter, even when it requires a gradient.
+    let w = Tensor::ones(&[2]).set_requires_grad(true);
+    let mut out = Vec::new();
+    nn::Parameters::visit_parameters(&w.mul_scalar(2.0).unwrap(), "cached", &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn multi_output_regression_metrics_are_per_value() {
+    // Two target columns of very different scales: the training MAE is per value (not k
+    // times it), and R² averages the columns' own R².
+    let mut rng = Rng::seed(3);
+    let x = Tensor::rand_normal(&[64, 2], 0.0, 1.0, &mut rng).unwrap();
+    let y = x.mul(&t(&[1.0, 100.0], &[2])).unwrap();
+    let data = Dataset::new(x, y).unwrap();
+    let model = nn::Linear::new(2, 2, &mut rng).unwrap();
+    let mut opt = sinapse::optim::Adam::new(model.parameters(), 0.05).unwrap();
+    let trainer = sinapse::train::Trainer::new(Task::Regression).epochs(3).validation(&data);
+    let h = trainer.fit(&model, &mut opt, &data).unwrap();
+    let last = h.records.last().unwrap();
+    let (train_mae, val_mae) = (last.train_metric, last.val_metric.unwrap());
+    assert!(train_mae < 2.0 * val_mae && val_mae < 2.0 * train_mae, "train {train_mae} vs validation {val_mae}");
+    let e = trainer.evaluate(&model, &data).unwrap();
+    let m = sinapse::train::metrics::regression_metrics_columns(
+        &model.forward(data.x(), Mode::Eval).unwrap().to_vec(),
+        &data.y().to_vec(),
+        2,
+    )
+    .unwrap();
+    assert_eq!(e.r2(), Some(m.r2));
+    let pooled = sinapse::train::metrics::regression_metrics(
+        &model.forward(data.x(), Mode::Eval).unwrap().to_vec(),
+        &data.y().to_vec(),
+    )
+    .unwrap();
+    // Pooling columns of other scales gives another figure (here lower, elsewhere higher).
+    assert!((m.r2 - pooled.r2).abs() > 0.05, "per column {} vs pooled {}", m.r2, pooled.r2);
+}

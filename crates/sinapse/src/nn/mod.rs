@@ -83,14 +83,32 @@ pub fn join_name(prefix: &str, name: &str) -> String {
     }
 }
 
-/// A tensor is a parameter when it asks for a gradient (`set_requires_grad(true)`); others
-/// (masks, constants) are not.
+/// A tensor is a parameter when it is a leaf that asks for a gradient (made by
+/// `set_requires_grad(true)`); others (masks, constants, results of ops) are not. To freeze a
+/// layer, leave its parameters out of the optimizer's list: detaching them takes them out of
+/// the model's parameters, and so out of what `save` writes.
 impl Parameters for Tensor {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
-        if self.requires_grad() {
+        if self.requires_grad() && self.is_leaf() {
             out.push((prefix.to_string(), self.clone()));
         }
     }
+}
+
+impl<T: Parameters + ?Sized> Parameters for &T {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_parameters(prefix, out);
+    }
+}
+
+impl<T: Parameters + ?Sized> Parameters for std::rc::Rc<T> {
+    fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_parameters(prefix, out);
+    }
+}
+
+impl<T: ?Sized> Parameters for std::marker::PhantomData<T> {
+    fn visit_parameters(&self, _prefix: &str, _out: &mut Vec<(String, Tensor)>) {}
 }
 
 impl<T: Parameters> Parameters for Option<T> {
@@ -182,16 +200,22 @@ pub trait Module: Parameters + Send + Sync {
 
     /// The trainable tensors with their names (`"weight"`, `"bias"`; a field's name or a
     /// container's position prefixes what it holds: `"fc1.weight"`, `"0.weight"`), in the
-    /// order [`Parameters::visit_parameters`] visits them.
+    /// order [`Parameters::visit_parameters`] visits them. A tensor shared by two fields (tied
+    /// weights) appears under both names, as in PyTorch's `state_dict`.
+    ///
+    /// Provided: implement [`Parameters`] rather than overriding this (a module nested in
+    /// another is asked through `visit_parameters`, never through this).
     fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         self.visit_parameters("", &mut out);
         out
     }
 
-    /// The trainable tensors, in the order of [`Module::named_parameters`].
+    /// The trainable tensors, in the order of [`Module::named_parameters`], each once (a
+    /// tensor shared by two fields is listed once, so an optimizer steps it once).
     fn parameters(&self) -> Vec<Tensor> {
-        self.named_parameters().into_iter().map(|(_, t)| t).collect()
+        let mut seen = std::collections::HashSet::new();
+        self.named_parameters().into_iter().map(|(_, t)| t).filter(|t| seen.insert(t.id())).collect()
     }
 
     /// Total number of trainable scalars.

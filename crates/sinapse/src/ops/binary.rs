@@ -176,4 +176,9 @@ macro_rules! impl_scalar_operator {
 impl_scalar_operator!(Add, add, |t, c| t.add_scalar(c), t.add_scalar(c));
 impl_scalar_operator!(Sub, sub, |t, c| t.add_scalar(-c), t.affine(-1.0, c));
 impl_scalar_operator!(Mul, mul, |t, c| t.mul_scalar(c), t.mul_scalar(c));
-impl_scalar_operator!(Div, div, |t, c| t.mul_scalar(1.0 / c), Tensor::full_on(&[], c, t.device())?.div(t));
+impl_scalar_operator!(
+    Div,
+    div,
+    |t, c| t.div(&Tensor::full_on(&[], c, t.device())?),
+    Tensor::full_on(&[], c, t.device())?.div(t)
+);

@@ -148,7 +148,8 @@ impl Tensor {
     /// Stacks same-shaped tensors along a new axis `dim`.
     pub fn stack(tensors: &[&Tensor], dim: impl Dim) -> Result<Tensor> {
         // The new axis is among rank + 1.
-        let dim = dim.axis("stack", tensors.first().map_or(0, |t| t.rank()) + 1)?;
+        let rank = tensors.first().map_or(0, |t| t.rank());
+        let dim = dim.axis("stack", rank + 1).map_err(|_| super::view::insert_error("stack", rank))?;
         let expanded = tensors.iter().map(|t| t.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Tensor> = expanded.iter().collect();
         if let Some(first) = tensors.first() {

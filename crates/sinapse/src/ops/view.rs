@@ -10,6 +10,11 @@ use crate::layout::checked_elem_count;
 use crate::layout::Dim;
 use crate::{Error, Result, Tensor};
 
+/// The error for an axis that is no place to insert a new one in a tensor of `rank`.
+pub(crate) fn insert_error(op: &'static str, rank: usize) -> Error {
+    Error::invalid(op, format!("a new axis goes at 0..={rank} (or -{}..=-1) of a tensor of rank {rank}", rank + 1))
+}
+
 impl Tensor {
     /// Same elements in row-major order, new shape with the same element count. A view when
     /// the tensor is contiguous, else a copy.
@@ -79,7 +84,7 @@ impl Tensor {
     /// Inserts an axis of size 1 at `dim` (a view).
     pub fn unsqueeze(&self, dim: impl Dim) -> Result<Tensor> {
         // One more axis than now: -1 appends one.
-        let dim = dim.axis("unsqueeze", self.rank() + 1)?;
+        let dim = dim.axis("unsqueeze", self.rank() + 1).map_err(|_| insert_error("unsqueeze", self.rank()))?;
         let layout = self.layout().unsqueeze(dim)?;
         Ok(self.view_op(layout, "unsqueeze", move |g, x, _| Ok(vec![grad_if(&x[0], || g.squeeze(dim))?])))
     }

@@ -172,6 +172,27 @@ pub fn regression_metrics(predicted: &[f32], truth: &[f32]) -> Result<Regression
     Ok(RegressionMetrics { mse: se / n, mae: ae / n, r2: if tot > 0.0 { 1.0 - se / tot } else { f64::NAN } })
 }
 
+/// [`regression_metrics`] for targets of `columns` values per sample (row-major): MSE and
+/// MAE over every value, R² computed per column and averaged (scikit-learn's
+/// `uniform_average`), so columns of different means and scales are not pooled.
+pub fn regression_metrics_columns(predicted: &[f32], truth: &[f32], columns: usize) -> Result<RegressionMetrics> {
+    let all = regression_metrics(predicted, truth)?;
+    if columns <= 1 {
+        return Ok(all);
+    }
+    if !truth.len().is_multiple_of(columns) {
+        return Err(Error::invalid(
+            "regression_metrics",
+            format!("{} targets do not make rows of {columns}", truth.len()),
+        ));
+    }
+    let column = |v: &[f32], c: usize| v.iter().skip(c).step_by(columns).copied().collect::<Vec<f32>>();
+    let r2s: Vec<f64> = (0..columns)
+        .map(|c| regression_metrics(&column(predicted, c), &column(truth, c)).map(|m| m.r2))
+        .collect::<Result<_>>()?;
+    Ok(RegressionMetrics { r2: r2s.iter().sum::<f64>() / columns as f64, ..all })
+}
+
 /// Number of rows whose largest output is at the label's class.
 pub fn correct_count(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<usize> {
     let predicted = logits.argmax(logits.rank().saturating_sub(1), false)?;

@@ -176,7 +176,7 @@ impl FitConfig {
 pub struct EpochRecord {
     /// Epoch number, from 1.
     pub epoch: usize,
-    /// Learning rate used.
+    /// Learning rate used (with a per-batch schedule: the rate of the epoch's first batch).
     pub lr: f32,
     /// Mean training loss over the epoch's samples.
     pub train_loss: f32,
@@ -314,6 +314,8 @@ pub fn fit(
         opt.set_lr(lr);
         let start = Instant::now();
         let (mut loss_sum, mut metric) = (0.0f64, 0.0f64);
+        // What the metric is averaged over: samples, or target values (k per sample).
+        let mut metric_count = 0usize;
         for (b, batch) in loader.epoch()?.enumerate() {
             let (x, y) = batch?;
             if cfg.schedule.per == Per::Batch {
@@ -333,6 +335,10 @@ pub fn fit(
             let size = x.shape()[0];
             loss_sum += value as f64 * size as f64;
             metric += metric_sum(&cfg.task, &outputs, &y)?;
+            metric_count += match cfg.task {
+                Task::Classification { .. } => size,
+                Task::Regression => y.elem_count(),
+            };
             observer.on_batch(epoch, b + 1, batches, size, value);
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -348,7 +354,7 @@ pub fn fit(
             epoch,
             lr,
             train_loss: (loss_sum / n) as f32,
-            train_metric: (metric / n) as f32,
+            train_metric: (metric / metric_count.max(1) as f64) as f32,
             val_loss,
             val_metric,
             seconds,
@@ -618,7 +624,12 @@ pub fn evaluate(
             let truth = data.y().to_vec().iter().map(|&t| t as usize).collect::<Vec<_>>();
             Metrics::Classification(ConfusionMatrix::from_predictions(&predicted, &truth, *classes)?)
         }
-        Task::Regression => Metrics::Regression(regression_metrics(&outputs.to_vec(), &data.y().to_vec())?),
+        Task::Regression => {
+            // R² per target column, averaged (as scikit-learn's default): columns of other
+            // scales are not pooled.
+            let columns = if data.y().rank() == 2 { data.y().shape()[1] } else { 1 };
+            Metrics::Regression(metrics::regression_metrics_columns(&outputs.to_vec(), &data.y().to_vec(), columns)?)
+        }
     };
     Ok(Evaluation { loss: loss_value, metrics })
 }
