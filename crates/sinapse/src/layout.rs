@@ -135,12 +135,9 @@ impl Layout {
         true
     }
 
-    /// Checks that `dim` is an axis of this layout.
+    /// Checks that `dim` is an axis of this layout (the rule of [`Dim`]).
     pub(crate) fn check_dim(&self, op: &'static str, dim: usize) -> Result<()> {
-        if dim >= self.rank() {
-            return Err(Error::DimOutOfRange { op, dim: dim as isize, rank: self.rank() });
-        }
-        Ok(())
+        dim.axis(op, self.rank()).map(|_| ())
     }
 
     /// Swaps two axes (no data moves).
@@ -297,11 +294,6 @@ impl<const N: usize> Runs<N> {
     /// Number of elements walked.
     pub fn elem_count(&self) -> usize {
         self.elems
-    }
-
-    /// Elements per run.
-    pub fn run_len(&self) -> usize {
-        self.len
     }
 
     /// Calls `f(offsets, len, strides)` for the runs (or parts of runs) that cover elements

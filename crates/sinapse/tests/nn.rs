@@ -389,16 +389,23 @@ impl<M: Module> Module for Wrapped<M> {
 #[test]
 fn shared_tensors_step_once_and_generics_derive() {
     let mut rng = Rng::seed(0);
-    let lin = nn::Linear::new(2, 2, &mut rng).unwrap();
     // Tied weights: one tensor under two names, one parameter to step.
-    let tied = Pair(lin, nn::Linear::new(2, 2, &mut rng).unwrap());
-    let shared = Pair(nn::Linear::from_tensors(tied.0.weight.clone(), None).unwrap(), tied.1);
-    // `from_tensors` makes a new leaf; share the very handle instead.
-    let mut second = shared.1;
-    second.weight = shared.0.weight.clone();
-    let model = Wrap(Pair(shared.0, second));
-    assert_eq!(model.named_parameters().len(), 3, "both names are listed");
-    assert_eq!(model.parameters().len(), 2, "the shared weight is one parameter");
+    let first = nn::Linear::new(2, 2, &mut rng).unwrap();
+    let mut second = nn::Linear::new(2, 2, &mut rng).unwrap();
+    second.weight = first.weight.clone();
+    let model = Wrap(Pair(first, second));
+    assert_eq!(model.named_parameters().len(), 4, "both names are listed");
+    assert_eq!(model.parameters().len(), 3, "the shared weight is one parameter");
+    // One SGD step moves it by lr times its whole gradient (both uses summed), once.
+    let w = model.0 .0.weight.clone();
+    let before = w.to_vec();
+    let x = Tensor::rand_normal(&[4, 2], 0.0, 1.0, &mut rng).unwrap();
+    let grads = model.forward(&x, Mode::Train).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = grads.get(&w).unwrap().to_vec();
+    Sgd::new(model.parameters(), 0.1).unwrap().step(&grads).unwrap();
+    for ((after, b), g) in w.to_vec().iter().zip(&before).zip(&g) {
+        assert!((after - (b - 0.1 * g)).abs() < 1e-6, "stepped once: {after} vs {b} - 0.1·{g}");
+    }
     let wrapped = Wrapped { inner: nn::Linear::new(3, 1, &mut rng).unwrap() };
     let names: Vec<String> = wrapped.named_parameters().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["inner.weight", "inner.bias"]);

@@ -179,33 +179,32 @@ fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
 }
 
 impl Storage {
-    /// Host values moved to `device`.
-    pub(crate) fn from_host(device: Device, data: Vec<f32>) -> Result<Storage> {
+    /// A new storage of `n` values on `device`, made by that device's backend (`cpu` says
+    /// how on the CPU); `what` names it in a refusal for lack of memory.
+    fn create(device: Device, n: usize, what: &str, cpu: impl FnOnce() -> cpu::CpuStorage) -> Result<Storage> {
         device.check_available()?;
+        ensure_room(device, (n as u64).saturating_mul(4), what)?;
         match device {
-            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::F32(data))),
+            Device::Cpu => Ok(Storage::Cpu(cpu())),
+            // A device with no backend was refused by `check_available` above.
             other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
         }
+    }
+
+    /// Host values moved to `device`.
+    pub(crate) fn from_host(device: Device, data: Vec<f32>) -> Result<Storage> {
+        // The values are in memory already: no room to ask for on the CPU.
+        Storage::create(device, 0, "to", || cpu::CpuStorage::F32(data))
     }
 
     /// `n` copies of `value` on `device` (fill).
     pub(crate) fn full(device: Device, n: usize, value: f32) -> Result<Storage> {
-        device.check_available()?;
-        ensure_room(device, (n as u64).saturating_mul(4), "fill")?;
-        match device {
-            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::full(n, value))),
-            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
-        }
+        Storage::create(device, n, "fill", || cpu::CpuStorage::full(n, value))
     }
 
     /// `start, start + step, ..` (`n` values) on `device`.
     pub(crate) fn arange(device: Device, start: f32, step: f32, n: usize) -> Result<Storage> {
-        device.check_available()?;
-        ensure_room(device, (n as u64).saturating_mul(4), "arange")?;
-        match device {
-            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::arange(start, step, n))),
-            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
-        }
+        Storage::create(device, n, "arange", || cpu::CpuStorage::arange(start, step, n))
     }
 
     /// The device holding the buffer.

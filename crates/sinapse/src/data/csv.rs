@@ -177,6 +177,21 @@ fn push(buf: &mut Vec<f32>, v: f32, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Appends the numbers in columns `cols` of `row` (at `line`).
+fn push_numbers(
+    buf: &mut Vec<f32>,
+    row: &csv::StringRecord,
+    line: u64,
+    cols: &[usize],
+    header: &[String],
+    path: &Path,
+) -> Result<()> {
+    for &c in cols {
+        push(buf, parse_number(path, line, c, &header[c], &row[c])?, path)?;
+    }
+    Ok(())
+}
+
 fn parse_number(path: &Path, line: u64, column: usize, name: &str, cell: &str) -> Result<f32> {
     let at = || format!("line {line}, column {} ({})", column + 1, quote(name));
     match cell.parse::<f32>() {
@@ -231,9 +246,7 @@ pub fn parse_csv(
     let known_index: Option<std::collections::HashMap<&str, usize>> =
         known.map(|m| m.classes.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
     while let Some((line, row)) = records.next_row()? {
-        for &c in &feature_cols {
-            push(&mut features, parse_number(path, line, c, &header[c], &row[c])?, path)?;
-        }
+        push_numbers(&mut features, row, line, &feature_cols, &header, path)?;
         let Some(c) = label_col else { continue };
         let cell = &row[c];
         match target {
@@ -302,9 +315,7 @@ pub fn read_features(path: impl AsRef<Path>, names: &[String]) -> Result<Tensor>
     let header = records.header.clone();
     let mut out = Vec::new();
     while let Some((line, row)) = records.next_row()? {
-        for &c in &cols {
-            push(&mut out, parse_number(path, line, c, &header[c], &row[c])?, path)?;
-        }
+        push_numbers(&mut out, row, line, &cols, &header, path)?;
     }
     Tensor::from_vec(out, &[records.rows, cols.len()])
 }

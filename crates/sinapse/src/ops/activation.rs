@@ -55,7 +55,7 @@ impl Tensor {
     /// [0.269, 0.731]. Gradient: dL/dx = y ⊙ (g - Σ(g ⊙ y)).
     pub fn softmax(&self, dim: impl Dim) -> Result<Tensor> {
         let dim = dim.axis("softmax", self.rank())?;
-        let storage = self.softmax_kernel("softmax", dim, false)?;
+        let storage = self.softmax_kernel(dim, false)?;
         Ok(Tensor::from_op(storage, self.shape(), "softmax", &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {
                 let dot = g.mul(y)?.sum(dim, true)?;
@@ -68,7 +68,7 @@ impl Tensor {
     /// stays finite where softmax underflows to 0. Gradient: dL/dx = g - softmax(x) Σ g.
     pub fn log_softmax(&self, dim: impl Dim) -> Result<Tensor> {
         let dim = dim.axis("log_softmax", self.rank())?;
-        let storage = self.softmax_kernel("log_softmax", dim, true)?;
+        let storage = self.softmax_kernel(dim, true)?;
         Ok(Tensor::from_op(storage, self.shape(), "log_softmax", &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {
                 let total = g.sum(dim, true)?;
@@ -77,8 +77,7 @@ impl Tensor {
         }))
     }
 
-    fn softmax_kernel(&self, op: &'static str, dim: usize, log: bool) -> Result<crate::backend::Storage> {
-        self.layout().check_dim(op, dim)?;
+    fn softmax_kernel(&self, dim: usize, log: bool) -> Result<crate::backend::Storage> {
         self.storage().softmax(self.layout(), dim, log)
     }
 }

@@ -5,16 +5,13 @@
 //! over the repeated axes ([`Tensor::sum_to_shape`]): each input element influenced every
 //! output element it was copied to.
 
-use super::{binary_op, grad_if};
+use super::{binary_op, broadcast, grad_if};
 use crate::backend::{BinaryOp, CmpOp};
-use crate::layout::broadcast_shape;
 use crate::{Result, Tensor};
 
 /// A comparison: 1.0 where it holds, else 0.0. Not differentiable (no gradient flows).
 fn compare_op(lhs: &Tensor, rhs: &Tensor, op: CmpOp) -> Result<Tensor> {
-    let shape = broadcast_shape(op.name(), lhs.shape(), rhs.shape())?;
-    let la = lhs.layout().broadcast_to(&shape)?;
-    let lb = rhs.layout().broadcast_to(&shape)?;
+    let (shape, [la, lb]) = broadcast(op.name(), [lhs, rhs])?;
     let storage = Tensor::with_storages([lhs, rhs], |[a, b]| a.compare(&la, b, &lb, op))?;
     Ok(Tensor::from_storage(storage, crate::layout::Layout::contiguous(&shape)))
 }
@@ -79,13 +76,7 @@ impl Tensor {
     /// `on_true` where `self` (the condition) is non-zero, else `on_false`, with all three
     /// broadcast together. Gradient: to each branch where it was picked.
     pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
-        let shape = broadcast_shape("where_cond", self.shape(), on_true.shape())?;
-        let shape = broadcast_shape("where_cond", &shape, on_false.shape())?;
-        let (lc, lt, lf) = (
-            self.layout().broadcast_to(&shape)?,
-            on_true.layout().broadcast_to(&shape)?,
-            on_false.layout().broadcast_to(&shape)?,
-        );
+        let (shape, [lc, lt, lf]) = broadcast("where_cond", [self, on_true, on_false])?;
         let storage = Tensor::with_storages([self, on_true, on_false], |[c, t, f]| c.where_cond(&lc, t, &lt, f, &lf))?;
         Ok(Tensor::from_op(storage, &shape, "where_cond", &[self, on_true, on_false], |g, x, _| {
             let zero = Tensor::full_on(&[], 0.0, g.device())?;

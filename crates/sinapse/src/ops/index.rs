@@ -17,7 +17,6 @@ impl Tensor {
     /// ([`Tensor::index_add`] into zeros).
     pub fn index_select(&self, dim: impl Dim, indices: &Tensor) -> Result<Tensor> {
         let dim = dim.axis("index_select", self.rank())?;
-        self.layout().check_dim("index_select", dim)?;
         if indices.rank() != 1 {
             return Err(Error::invalid(
                 "index_select",
@@ -39,7 +38,6 @@ impl Tensor {
     /// Gradients: `g` for `self`, `g.index_select(dim, indices)` for `src`.
     pub fn index_add(&self, dim: impl Dim, indices: &Tensor, src: &Tensor) -> Result<Tensor> {
         let dim = dim.axis("index_add", self.rank())?;
-        self.layout().check_dim("index_add", dim)?;
         let mut want = self.shape().to_vec();
         want[dim] = indices.elem_count();
         if indices.rank() != 1 || src.shape() != want {
@@ -60,7 +58,6 @@ impl Tensor {
     /// ([`Tensor::scatter_add`] into zeros).
     pub fn gather(&self, dim: impl Dim, index: &Tensor) -> Result<Tensor> {
         let dim = dim.axis("gather", self.rank())?;
-        self.layout().check_dim("gather", dim)?;
         check_index_shape("gather", self.shape(), index.shape(), dim)?;
         let storage = Tensor::with_storages([self, index], |[s, i]| s.gather(self.layout(), dim, i, index.layout()))?;
         let (shape, index) = (index.shape().to_vec(), index.detach());
@@ -74,7 +71,6 @@ impl Tensor {
     /// shape. Gradients: `g` for `self`, `g.gather(dim, index)` for `src`.
     pub fn scatter_add(&self, dim: impl Dim, index: &Tensor, src: &Tensor) -> Result<Tensor> {
         let dim = dim.axis("scatter_add", self.rank())?;
-        self.layout().check_dim("scatter_add", dim)?;
         check_index_shape("scatter_add", self.shape(), index.shape(), dim)?;
         if src.shape() != index.shape() {
             return Err(Error::shapes("scatter_add (source vs index)", src.shape(), index.shape()));
@@ -130,7 +126,6 @@ impl Tensor {
     /// behind it (PyTorch's constant `F.pad`, on one axis). Gradient: the middle part.
     pub fn pad(&self, dim: impl Dim, before: usize, after: usize, value: f32) -> Result<Tensor> {
         let dim = dim.axis("pad", self.rank())?;
-        self.layout().check_dim("pad", dim)?;
         let len = self.shape()[dim];
         let mut shape = self.shape().to_vec();
         shape[dim] = len

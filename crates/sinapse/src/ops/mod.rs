@@ -19,7 +19,7 @@ pub mod view;
 
 use crate::autograd::GradFn;
 use crate::backend::{BinaryOp, UnaryOp};
-use crate::layout::broadcast_shape;
+use crate::layout::{broadcast_shape, Layout};
 use crate::{Result, Tensor};
 
 /// The gradient for `input`, computed only when it needs one.
@@ -37,11 +37,24 @@ pub(crate) fn unary_op(x: &Tensor, op: UnaryOp, backward: impl GradFn) -> Result
     Ok(Tensor::from_op(storage, x.shape(), op.name(), &[x], backward))
 }
 
+/// The shape `tensors` broadcast to together (NumPy's rules), and each one's layout viewed at
+/// that shape (stride 0 on the repeated axes).
+pub(crate) fn broadcast<const N: usize>(op: &'static str, tensors: [&Tensor; N]) -> Result<(Vec<usize>, [Layout; N])> {
+    let mut shape: Vec<usize> = Vec::new();
+    for t in tensors {
+        shape = broadcast_shape(op, &shape, t.shape())?;
+    }
+    let mut layouts = Vec::with_capacity(N);
+    for t in tensors {
+        layouts.push(t.layout().broadcast_to(&shape)?);
+    }
+    let layouts: [Layout; N] = layouts.try_into().unwrap_or_else(|_| unreachable!("one layout per tensor"));
+    Ok((shape, layouts))
+}
+
 /// Broadcasts `lhs` and `rhs` together, applies `op` elementwise, and records `backward`.
 pub(crate) fn binary_op(lhs: &Tensor, rhs: &Tensor, op: BinaryOp, backward: impl GradFn) -> Result<Tensor> {
-    let shape = broadcast_shape(op.name(), lhs.shape(), rhs.shape())?;
-    let la = lhs.layout().broadcast_to(&shape)?;
-    let lb = rhs.layout().broadcast_to(&shape)?;
+    let (shape, [la, lb]) = broadcast(op.name(), [lhs, rhs])?;
     let storage = Tensor::with_storages([lhs, rhs], |[a, b]| a.binary(&la, b, &lb, op))?;
     Ok(Tensor::from_op(storage, &shape, op.name(), &[lhs, rhs], backward))
 }

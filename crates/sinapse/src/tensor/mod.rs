@@ -71,9 +71,19 @@ impl std::fmt::Debug for Tensor {
         if self.device() != Device::Cpu {
             write!(f, "device={}, ", self.device())?;
         }
-        match self.storage().to_host(self.layout()) {
-            Ok(v) if v.len() <= 16 => write!(f, "data={v:?}")?,
-            Ok(v) => write!(f, "data=[{}, {}, {}, ..., {}]", v[0], v[1], v[2], v[v.len() - 1])?,
+        let n = self.elem_count();
+        // Only what is shown is read: all of a small tensor, four elements of a large one.
+        let shown = if n <= 16 {
+            self.storage().to_host(self.layout()).map(|v| format!("{v:?}"))
+        } else {
+            [0, 1, 2, n - 1]
+                .map(|i| self.element(i).and_then(|e| e.to_scalar()))
+                .into_iter()
+                .collect::<Result<Vec<f32>>>()
+                .map(|v| format!("[{}, {}, {}, ..., {}]", v[0], v[1], v[2], v[3]))
+        };
+        match shown {
+            Ok(data) => write!(f, "data={data}")?,
             Err(e) => write!(f, "data unreadable: {e}")?,
         }
         if let Some(node) = &self.0.node {
@@ -370,6 +380,23 @@ impl Tensor {
         f(storages)
     }
 
+    /// Element `i` (in row-major order) as a one-element view of this tensor's storage, of
+    /// shape `[1, 1, ..]`: reading it reads one value, writing it (`copy_from`) changes one.
+    pub(crate) fn element(&self, i: usize) -> Result<Tensor> {
+        if i >= self.elem_count() {
+            return Err(Error::IndexOutOfRange { op: "element", index: i as f64, size: self.elem_count() });
+        }
+        let _off = crate::no_grad();
+        let mut cell = self.clone();
+        let mut rest = i;
+        for axis in (0..self.rank()).rev() {
+            let size = self.shape()[axis];
+            cell = cell.narrow(axis, rest % size, 1)?;
+            rest /= size;
+        }
+        Ok(cell)
+    }
+
     /// The count of in-place writes to this tensor's storage so far.
     pub(crate) fn version(&self) -> u64 {
         self.0.storage.version.load(Ordering::Relaxed)
@@ -431,6 +458,10 @@ impl Tensor {
     /// optimizer's list, the graph) sees the data there. How [`crate::nn::Module::to`] moves
     /// parameters while keeping their identity and names.
     pub(crate) fn move_to(&self, device: Device) -> Result<()> {
+        // Asked every optimizer step: a read lock says when nothing moves.
+        if self.device() == device {
+            return Ok(());
+        }
         // The same values elsewhere: not a write (the version stays).
         let mut guard = self.0.storage.data.write().unwrap_or_else(|e| e.into_inner());
         if guard.device() == device {
