@@ -1,13 +1,16 @@
-"""Sinapse vs PyTorch on one benchmark, interleaved: A B A B ... on the same machine.
+"""Sinapse vs PyTorch, interleaved: A B A B ... on the same machine, in one run.
 
-    python3 bench/compare.py mlp [--pairs 5] [--sinapse target/release/sinapse]
+    python3 bench/compare.py [mlp cnn lstm infer] [--pairs 5] [--sinapse target/release/sinapse]
     python3 bench/compare.py mlp --pairs 7 --against OLD_SINAPSE_BINARY
 
-Runs `sinapse bench NAME --runs 1` and `python3 bench/pytorch_bench.py NAME --runs 1` alternately,
-reads the samples/s each prints on its last line, and prints every pair's ratio and the median
-ratio (Sinapse / PyTorch). Build first with `cargo build --release`; run with a Python that
-has torch installed. With `--against`, the peer is another Sinapse binary (an A/B of two
-builds, e.g. before and after a change; the ratio is new / old) and no torch is needed.
+For each benchmark named (all four when none is), runs `sinapse bench NAME --runs 1` and
+`python3 bench/pytorch_bench.py NAME --runs 1` alternately, reads the figures each prints, and
+prints every pair's ratio and the median ratio (Sinapse / PyTorch: above 1 means Sinapse is
+faster; for batch-1 latency the ratio is PyTorch's time over Sinapse's, so above 1 is faster
+too), and the peak resident memory of both processes. Build first with
+`cargo build --release`; run with a Python that has torch installed. With `--against`, the
+peer is another Sinapse binary (an A/B of two builds; the ratio is new / old), and no torch
+is needed.
 """
 import argparse
 import os
@@ -16,41 +19,67 @@ import statistics
 import subprocess
 import sys
 
-LINE = re.compile(r"^(\w[\w-]*): (\d+) samples/s, test accuracy ([0-9.]+)$")
+NAMES = ["mlp", "cnn", "lstm", "infer"]
+TRAINING = re.compile(r"^(\w[\w-]*): (\d+) samples/s, test accuracy ([0-9.]+)$")
+INFER = re.compile(r"^infer: batch1 ([0-9.]+) us, batch1024 (\d+) samples/s$")
+MEMORY = re.compile(r"^peak resident memory: ([0-9.]+) MiB$", re.M)
 
 
-def last_figures(cmd):
+def figures(cmd, name):
+    """(figure a, figure b, peak MiB): samples/s and accuracy, or latency us and samples/s."""
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    m = LINE.match(out.strip().splitlines()[-1])
-    if not m:
+    m = (INFER if name == "infer" else TRAINING).match(out.strip().splitlines()[-1])
+    mem = MEMORY.search(out)
+    if not m or not mem:
         sys.exit(f"unexpected output of {' '.join(cmd)}:\n{out}")
-    return float(m.group(2)), float(m.group(3))
+    return float(m.group(1 if name == "infer" else 2)), float(m.group(2 if name == "infer" else 3)), float(mem.group(1))
+
+
+def summary(label, ratios):
+    return (f"{label} {statistics.median(ratios):.3f} over {len(ratios)} pairs "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+
+
+def compare(name, args, here):
+    ours = [args.sinapse, "bench", name, "--runs", "1"]
+    if args.against:
+        theirs = [args.against, "bench", name, "--runs", "1"]
+        peer = "other"
+    else:
+        theirs = [sys.executable, os.path.join(here, "pytorch_bench.py"), name, "--runs", "1"]
+        peer = "pytorch"
+    first, second, memory = [], [], []
+    for i in range(args.pairs):
+        a1, a2, am = figures(ours, name)
+        b1, b2, bm = figures(theirs, name)
+        memory.append(am / bm)
+        if name == "infer":
+            first.append(b1 / a1)
+            second.append(a2 / b2)
+            print(f"pair {i + 1}: sinapse batch1 {a1:.1f} us, batch1024 {a2:.0f}/s, {am:.0f} MiB; "
+                  f"{peer} batch1 {b1:.1f} us, batch1024 {b2:.0f}/s, {bm:.0f} MiB", flush=True)
+        else:
+            first.append(a1 / b1)
+            print(f"pair {i + 1}: sinapse {a1:.0f} samples/s (acc {a2:.4f}, {am:.0f} MiB), "
+                  f"{peer} {b1:.0f} samples/s (acc {b2:.4f}, {bm:.0f} MiB), ratio {a1 / b1:.3f}", flush=True)
+    if name == "infer":
+        print(f"infer: {summary(f'batch-1 speed ratio sinapse/{peer}', first)}")
+        print(f"infer: {summary(f'batch-1024 throughput ratio sinapse/{peer}', second)}")
+    else:
+        print(f"{name}: {summary(f'median ratio sinapse/{peer}', first)}")
+    print(f"{name}: {summary(f'peak memory ratio sinapse/{peer}', memory)}", flush=True)
 
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser()
-    p.add_argument("name", choices=["mlp", "cnn"])
+    p.add_argument("names", nargs="*", choices=NAMES + [[]], default=NAMES)
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--sinapse", default=os.path.join(here, "..", "target", "release", "sinapse"))
     p.add_argument("--against", help="another sinapse binary to compare with, instead of PyTorch")
     args = p.parse_args()
-    ours = [args.sinapse, "bench", args.name, "--runs", "1"]
-    if args.against:
-        theirs = [args.against, "bench", args.name, "--runs", "1"]
-        peer = "other"
-    else:
-        theirs = [sys.executable, os.path.join(here, "pytorch_bench.py"), args.name, "--runs", "1"]
-        peer = "pytorch"
-    ratios = []
-    for i in range(args.pairs):
-        a, acc_a = last_figures(ours)
-        b, acc_b = last_figures(theirs)
-        ratios.append(a / b)
-        print(f"pair {i + 1}: sinapse {a:.0f} samples/s (acc {acc_a:.4f}), "
-              f"{peer} {b:.0f} samples/s (acc {acc_b:.4f}), ratio {a / b:.3f}", flush=True)
-    print(f"{args.name}: median ratio sinapse/{peer} {statistics.median(ratios):.3f} "
-          f"over {args.pairs} pairs (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    for name in args.names or NAMES:
+        compare(name, args, here)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
-"""The `mlp` and `cnn` benchmarks in PyTorch, for comparison with `sinapse bench mlp|cnn`.
+"""The benchmarks of `sinapse bench` in PyTorch, for comparison with `sinapse bench NAME`.
 
 Same work as Sinapse, on the bundled MNIST subset, only the training loop timed (batch gather,
 forward, backward, step), last partial batch kept, shuffled each epoch with a fixed seed:
 - mlp: MLP 784-256-128-10 with ReLU, softmax cross-entropy (mean), SGD lr 0.1, batch 128,
   5 epochs;
 - cnn: conv(1->16, 5x5) ReLU maxpool 2x2, conv(16->32, 5x5) ReLU maxpool 2x2, flatten (512),
-  linear(512->10); softmax cross-entropy (mean), SGD lr 0.05, batch 64, 1 epoch.
+  linear(512->10); softmax cross-entropy (mean), SGD lr 0.05, batch 64, 1 epoch;
+- lstm: each image as 28 rows of 28 pixels, LSTM(28->128) batch first, last step,
+  linear(128->10); softmax cross-entropy (mean), Adam lr 2e-3, batch 64, 1 epoch;
+- infer: the trained mlp, forward only under no_grad: the median latency of 2,000 batch-1
+  calls and the samples/s of 100 batches of 1024 test images.
 
-    python3 bench/pytorch_bench.py mlp|cnn [--runs 3] [--threads 2] [--data data/mnist-10k]
+    python3 bench/pytorch_bench.py mlp|cnn|lstm|infer [--runs 3] [--threads 2] [--data data/mnist-10k]
 
-Prints one line per run and, last, `NAME: N samples/s, test accuracy X` (the median run).
+Prints one line per run, the process's peak resident memory, and, last,
+`NAME: N samples/s, test accuracy X` (the median run; for infer
+`infer: batch1 N us, batch1024 N samples/s`).
 """
 import argparse
 import gzip
 import os
+import resource
 import struct
 import time
 
@@ -56,15 +63,41 @@ def cnn():
     )
 
 
-# name: (network, learning rate, batch size, epochs)
-BENCHMARKS = {"mlp": (mlp, 0.1, 128, 5), "cnn": (cnn, 0.05, 64, 1)}
+class Lstm(torch.nn.Module):
+    """28 rows of 28 pixels through an LSTM; the last step's output through a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(28, 128, batch_first=True)
+        self.out = torch.nn.Linear(128, 10)
+
+    def forward(self, x):
+        seq, _ = self.lstm(x.view(-1, 28, 28))
+        return self.out(seq[:, -1])
 
 
-def run_once(name, x, y, xt, yt):
-    build, lr, batch, epochs = BENCHMARKS[name]
+def sgd(lr):
+    return lambda params: torch.optim.SGD(params, lr=lr)
+
+
+def adam(lr):
+    return lambda params: torch.optim.Adam(params, lr=lr)
+
+
+# name: (network, optimizer, batch size, epochs)
+BENCHMARKS = {
+    "mlp": (mlp, sgd(0.1), 128, 5),
+    "cnn": (cnn, sgd(0.05), 64, 1),
+    "lstm": (Lstm, adam(2e-3), 64, 1),
+}
+
+
+def train(name, x, y):
+    """The model trained by benchmark `name`, and the training samples/s."""
+    build, optimizer, batch, epochs = BENCHMARKS[name]
     torch.manual_seed(0)
     model = build()
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = optimizer(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
     n = x.shape[0]
@@ -81,15 +114,42 @@ def run_once(name, x, y, xt, yt):
             opt.step()
             loss.item()
         seconds += time.perf_counter() - start
+    return model, epochs * n / seconds
+
+
+def run_once(name, x, y, xt, yt):
+    """Training samples/s and test accuracy; for infer, batch-1 latency (us) and samples/s."""
+    if name == "infer":
+        model, _ = train("mlp", x, y)
+        return time_inference(model, xt)
+    model, rate = train(name, x, y)
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean().item()
-    return epochs * n / seconds, acc
+    return rate, acc
+
+
+def time_inference(model, xt):
+    with torch.no_grad():
+        latencies = []
+        for i in range(2000):
+            xi = xt[i % len(xt)].unsqueeze(0)
+            start = time.perf_counter()
+            model(xi)
+            latencies.append(time.perf_counter() - start)
+        latencies.sort()
+        big = xt[torch.arange(1024) % len(xt)]
+        model(big)  # warm-up, not timed
+        start = time.perf_counter()
+        for _ in range(100):
+            model(big)
+        rate = 1024 * 100 / (time.perf_counter() - start)
+    return latencies[len(latencies) // 2] * 1e6, rate
 
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser()
-    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("name", choices=sorted(BENCHMARKS) + ["infer"])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=os.path.join(here, "..", "data", "mnist-10k"))
@@ -99,13 +159,21 @@ def main():
     xt, yt = load(args.data, "t10k")
     runs = []
     for r in range(args.runs):
-        rate, acc = run_once(args.name, x, y, xt, yt)
-        print(f"run {r + 1}/{args.runs}: {rate:.0f} samples/s, test accuracy {acc:.4f}")
-        runs.append((rate, acc))
+        a, b = run_once(args.name, x, y, xt, yt)
+        runs.append((a, b))
+        if args.name == "infer":
+            print(f"run {r + 1}/{args.runs}: batch1 {a:.1f} us, batch1024 {b:.0f} samples/s")
+        else:
+            print(f"run {r + 1}/{args.runs}: {a:.0f} samples/s, test accuracy {b:.4f}")
     runs.sort()
-    rate, acc = runs[len(runs) // 2]
+    a, b = runs[len(runs) // 2]
     print(f"torch {torch.__version__}, {args.threads} threads")
-    print(f"{args.name}: {rate:.0f} samples/s, test accuracy {acc:.4f}")
+    # ru_maxrss is in KiB on Linux.
+    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
+    if args.name == "infer":
+        print(f"infer: batch1 {a:.1f} us, batch1024 {b:.0f} samples/s")
+    else:
+        print(f"{args.name}: {a:.0f} samples/s, test accuracy {b:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,26 @@
-//! `sinapse bench`: the benchmarks of BENCHMARKS.md, timed on the training loop only.
+//! `sinapse bench`: the benchmarks of BENCHMARKS.md, timed on the training loop (or, for
+//! `infer`, the forward pass) only.
 //!
-//! The networks are the bundled specs' (`models/mnist_mlp.toml`, `models/mnist_cnn.toml`),
-//! built into the binary so the bench runs from anywhere; the training settings (optimizer,
-//! batch, epochs) are the benchmarks' own.
+//! The networks are the bundled specs' (`models/mnist_mlp.toml`, `models/mnist_cnn.toml`,
+//! `models/mnist_lstm.toml`), built into the binary so the bench runs from anywhere; the
+//! training settings (optimizer, batch, epochs) are the benchmarks' own. Each benchmark prints
+//! the process's peak resident memory before its last line.
+
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use sinapse::data::mnist;
-use sinapse::nn::{Module, Sequential};
-use sinapse::optim::Sgd;
+use sinapse::data::{mnist, Dataset};
+use sinapse::nn::{Mode, Module, Sequential};
+use sinapse::optim::{Adam, Optimizer, Sgd};
 use sinapse::spec::ModelSpec;
 use sinapse::train::{evaluate, fit, FitConfig, LossKind, Silent, Task};
-use sinapse::{Device, Rng};
+use sinapse::{Device, Rng, Tensor};
 
 /// Options of `sinapse bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Benchmark name: mlp or cnn.
+    /// Benchmark name: mlp, cnn, lstm or infer.
     name: String,
     /// Runs; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -39,6 +43,7 @@ struct Network {
 
 const MLP: Network = Network { file: "models/mnist_mlp.toml", text: include_str!("../../../models/mnist_mlp.toml") };
 const CNN: Network = Network { file: "models/mnist_cnn.toml", text: include_str!("../../../models/mnist_cnn.toml") };
+const LSTM: Network = Network { file: "models/mnist_lstm.toml", text: include_str!("../../../models/mnist_lstm.toml") };
 
 impl Network {
     /// A fresh model (seed 0) for `[N, 784]` pixel rows.
@@ -48,40 +53,128 @@ impl Network {
     }
 }
 
+/// A training benchmark: the network, its optimizer and the fit settings.
+struct Training {
+    network: &'static Network,
+    /// The optimizer over the model's parameters.
+    optimizer: fn(Vec<Tensor>) -> sinapse::Result<Box<dyn Optimizer>>,
+    epochs: usize,
+    batch_size: usize,
+}
+
+/// The training benchmarks of BENCHMARKS.md.
+fn training(name: &str) -> Option<Training> {
+    Some(match name {
+        // 784-256-128-10 ReLU, softmax cross-entropy, SGD lr 0.1, batch 128 (last partial
+        // batch kept), 5 epochs, reshuffled each epoch with a fixed seed.
+        "mlp" => Training { network: &MLP, optimizer: |p| Ok(Box::new(Sgd::new(p, 0.1)?)), epochs: 5, batch_size: 128 },
+        // conv(1->16, 5x5) ReLU maxpool 2x2, conv(16->32, 5x5) ReLU maxpool 2x2, flatten,
+        // linear(512->10), softmax cross-entropy, SGD lr 0.05, batch 64, 1 epoch.
+        "cnn" => Training { network: &CNN, optimizer: |p| Ok(Box::new(Sgd::new(p, 0.05)?)), epochs: 1, batch_size: 64 },
+        // 28 rows of 28 pixels, LSTM(28->128) batch first, last step, linear(128->10), softmax
+        // cross-entropy, Adam lr 2e-3, batch 64, 1 epoch.
+        "lstm" => {
+            Training { network: &LSTM, optimizer: |p| Ok(Box::new(Adam::new(p, 2e-3)?)), epochs: 1, batch_size: 64 }
+        }
+        _ => return None,
+    })
+}
+
 /// Runs the command.
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
     let device = Device::parse(&args.device)?;
-    let task = Task::Classification { classes: 10 };
-    let (network, lr, cfg) = match args.name.as_str() {
-        // `mlp`: 784-256-128-10 ReLU, softmax cross-entropy, SGD lr 0.1, batch 128 (last
-        // partial batch kept), 5 epochs, reshuffled each epoch with a fixed seed.
-        "mlp" => (&MLP, 0.1, FitConfig { epochs: 5, batch_size: 128, ..FitConfig::new(task) }),
-        // `cnn`: conv(1->16, 5x5) ReLU maxpool 2x2, conv(16->32, 5x5) ReLU maxpool 2x2,
-        // flatten, linear(512->10), softmax cross-entropy, SGD lr 0.05, batch 64, 1 epoch.
-        "cnn" => (&CNN, 0.05, FitConfig { epochs: 1, batch_size: 64, ..FitConfig::new(task) }),
-        other => bail!("unknown benchmark '{other}' (valid: mlp, cnn)"),
+    let infer = args.name == "infer";
+    // `infer` times the trained `mlp`.
+    let Some(bench) = training(if infer { "mlp" } else { &args.name }) else {
+        bail!("unknown benchmark '{}' (valid: mlp, cnn, lstm, infer)", args.name);
     };
-    let cfg = FitConfig { loss: LossKind::CrossEntropy, seed: 0, ..cfg };
+    let task = Task::Classification { classes: 10 };
+    let cfg = FitConfig {
+        epochs: bench.epochs,
+        batch_size: bench.batch_size,
+        loss: LossKind::CrossEntropy,
+        seed: 0,
+        ..FitConfig::new(task)
+    };
     let dir = args.data.clone().unwrap_or_else(|| crate::repo_path("data/mnist-10k"));
     let mnist::Mnist { train, test } =
         mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
     let mut runs = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
-        let model = network.build()?;
+        let model = bench.network.build()?;
         model.to(device)?;
-        let mut opt = Sgd::new(model.parameters(), lr)?;
-        let history = fit(&model, &mut opt, &train, None, &cfg, &mut Silent)?;
-        let seconds: f64 = history.records.iter().map(|r| r.seconds).sum();
-        let rate = (train.len() * history.records.len()) as f64 / seconds;
-        let acc = evaluate(&model, &test, &cfg.task, cfg.loss, 1000)?.metric();
-        outln!("run {run}/{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.runs);
-        runs.push((rate, acc));
+        let mut opt = (bench.optimizer)(model.parameters())?;
+        let history = fit(&model, opt.as_mut(), &train, None, &cfg, &mut Silent)?;
+        if infer {
+            let (latency, rate) = time_inference(&model, &test, device)?;
+            outln!("run {run}/{}: batch1 {latency:.1} us, batch1024 {rate:.0} samples/s", args.runs);
+            runs.push((latency, rate));
+        } else {
+            let seconds: f64 = history.records.iter().map(|r| r.seconds).sum();
+            let rate = (train.len() * history.records.len()) as f64 / seconds;
+            let acc = evaluate(&model, &test, &cfg.task, cfg.loss, 1000)?.metric();
+            outln!("run {run}/{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.runs);
+            runs.push((rate, f64::from(acc)));
+        }
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (rate, acc) = runs[runs.len() / 2];
-    outln!("{}: {rate:.0} samples/s, test accuracy {acc:.4}", args.name);
+    let (a, b) = runs[runs.len() / 2];
+    match peak_resident_mib() {
+        Some(mib) => outln!("peak resident memory: {mib:.1} MiB"),
+        None => outln!("peak resident memory: unknown on this system"),
+    }
+    if infer {
+        outln!("infer: batch1 {a:.1} us, batch1024 {b:.0} samples/s");
+    } else {
+        outln!("{}: {a:.0} samples/s, test accuracy {b:.4}", args.name);
+    }
     Ok(())
+}
+
+/// Calls timed for the batch-1 latency (the median is reported).
+const BATCH1_CALLS: usize = 2000;
+/// Batches of 1024 timed for the throughput.
+const BATCH1024_CALLS: usize = 100;
+
+/// The forward pass of `model` without gradients: the median latency of one sample (us) and
+/// the throughput of batches of 1024 (samples/s), on test images.
+fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<(f64, f64)> {
+    let _guard = sinapse::no_grad();
+    let x = test.x().to(device)?;
+    let n = test.len();
+    if n == 0 {
+        bail!("the test set is empty: nothing to time inference on");
+    }
+    let singles: Vec<Tensor> = (0..BATCH1_CALLS.min(n)).map(|i| x.narrow(0, i, 1)).collect::<sinapse::Result<_>>()?;
+    let mut latencies = Vec::with_capacity(BATCH1_CALLS);
+    for i in 0..BATCH1_CALLS {
+        let start = Instant::now();
+        let out = model.forward(&singles[i % singles.len()], Mode::Eval)?;
+        latencies.push(start.elapsed().as_secs_f64());
+        drop(out);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let latency_us = latencies[latencies.len() / 2] * 1e6;
+    // Batches of 1024 test images (wrapping round the test set).
+    let batch = 1024;
+    let idx: Vec<f32> = (0..batch).map(|i| (i % n) as f32).collect();
+    let big = x.index_select(0, &Tensor::from_vec(idx, &[batch])?.to(device)?)?;
+    model.forward(&big, Mode::Eval)?; // warm-up, not timed
+    let start = Instant::now();
+    for _ in 0..BATCH1024_CALLS {
+        model.forward(&big, Mode::Eval)?;
+    }
+    let rate = (batch * BATCH1024_CALLS) as f64 / start.elapsed().as_secs_f64();
+    Ok((latency_us, rate))
+}
+
+/// The process's peak resident memory in MiB (Linux `VmHWM`); `None` where unknown.
+fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
