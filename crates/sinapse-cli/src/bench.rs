@@ -102,6 +102,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = args.data.clone().unwrap_or_else(|| crate::repo_path("data/mnist-10k"));
     let mnist::Mnist { train, test } =
         mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
+    // Which of the kernels' compiled paths this CPU runs (picked at run time).
+    outln!("vector instructions: {}", sinapse::backend::simd_level());
     let mut runs = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
         let model = bench.network.build()?;

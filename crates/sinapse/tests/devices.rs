@@ -282,6 +282,20 @@ fn cases() -> Vec<Case> {
     c.push(case("conv1d", vec![normal(&[2, 3, 9], r), normal(&[4, 3, 3], r), normal(&[4], r)], |x| {
         x[0].conv1d(&x[1], Some(&x[2]), 2, 1, 1)
     }));
+    // The fused LSTM layer: 17 rows run as blocks on different threads.
+    c.push(case(
+        "lstm",
+        vec![
+            normal(&[3, 17, 4], r),
+            normal(&[12, 4], r),
+            normal(&[12, 3], r),
+            normal(&[12], r),
+            normal(&[12], r),
+            normal(&[17, 3], r),
+            normal(&[17, 3], r),
+        ],
+        |x| x[0].lstm(&x[1], &x[2], &x[3], &x[4], &x[5], &x[6]),
+    ));
     c.push(case("max_pool2d", vec![normal(&[2, 3, 6, 8], r)], |x| x[0].max_pool2d([2, 2], [2, 2], [0, 0])));
     c.push(case("max_pool2d padded", vec![normal(&[2, 3, 7, 5], r)], |x| x[0].max_pool2d([3, 2], [2, 1], [1, 1])));
     c.push(case("avg_pool2d", vec![normal(&[2, 3, 6, 6], r)], |x| x[0].avg_pool2d([3, 3], [2, 2], [1, 1])));

@@ -314,6 +314,62 @@ fn recurrent_cells_through_time() {
     }
 }
 
+/// One LSTM step written in plain tensor ops: the reference for the fused op.
+fn lstm_step_reference(x: &Tensor, w: &[Tensor], h: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+    let hs = h.shape()[1];
+    let z = x.matmul(&w[0].t()?)?.add(&w[2])?.add(&h.matmul(&w[1].t()?)?.add(&w[3])?)?;
+    let gate = |k: usize| z.narrow(1, k * hs, hs);
+    let (i, f, g, o) = (gate(0)?.sigmoid()?, gate(1)?.sigmoid()?, gate(2)?.tanh()?, gate(3)?.sigmoid()?);
+    let c = f.mul(c)?.add(&i.mul(&g)?)?;
+    Ok((o.mul(&c.tanh()?)?, c))
+}
+
+#[test]
+fn fused_lstm_matches_the_unrolled_cell_and_finite_differences() {
+    // 17 rows: split into blocks that run on different threads (8 rows or more each).
+    let (t, n, i, h) = (4, 17, 3, 5);
+    let inputs = vec![
+        rand(&[t, n, i], 370),
+        rand(&[4 * h, i], 371),
+        rand(&[4 * h, h], 372),
+        rand(&[4 * h], 373),
+        rand(&[4 * h], 374),
+        rand(&[n, h], 375),
+        rand(&[n, h], 376),
+    ];
+    let fused = |x: &[Tensor]| x[0].lstm(&x[1], &x[2], &x[3], &x[4], &x[5], &x[6]);
+    let unrolled = |x: &[Tensor]| {
+        let (mut hp, mut cp) = (x[5].clone(), x[6].clone());
+        let mut steps = Vec::new();
+        for s in 0..t {
+            (hp, cp) = lstm_step_reference(&x[0].narrow(0, s, 1)?.squeeze(0)?, &x[1..5], &hp, &cp)?;
+            steps.push(Tensor::cat(&[&hp, &cp], 1)?);
+        }
+        Tensor::stack(&steps.iter().collect::<Vec<_>>(), 0)
+    };
+    // Same values and same gradients (for a loss weighting every output differently).
+    let weights = rand(&[t, n, 2 * h], 377);
+    let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+        let leaves: Vec<Tensor> = inputs.iter().map(|x| x.detach().set_requires_grad(true)).collect();
+        let out = f(&leaves).unwrap();
+        let grads = out.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads: Vec<Vec<f32>> = leaves.iter().map(|l| grads.get(l).unwrap().to_vec()).collect();
+        (out.to_vec(), grads)
+    };
+    let (out_fused, grads_fused) = run(&fused);
+    let (out_ref, grads_ref) = run(&unrolled);
+    let near = |a: &[f32], b: &[f32], what: &str| {
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{what}[{k}]: fused {x}, unrolled {y}");
+        }
+    };
+    near(&out_fused, &out_ref, "output");
+    for (k, (a, b)) in grads_fused.iter().zip(&grads_ref).enumerate() {
+        near(a, b, &format!("gradient of input {k}"));
+    }
+    check("fused lstm", fused, &inputs);
+}
+
 #[test]
 fn embedding_gradient_adds_into_looked_up_rows() {
     use sinapse::nn::{Embedding, Mode, Module};

@@ -15,6 +15,7 @@
 pub(crate) mod cpu;
 mod kernels;
 
+pub use cpu::fastmath::simd_level;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
 };
@@ -97,6 +98,26 @@ pub(crate) trait BackendStorage: Sized {
         taps_l: &Layout,
         dims: ImageDims,
         win: &Window,
+    ) -> Result<Self>;
+
+    /// The fused LSTM cell over a batch of `N` rows: from the pre-activations' two addends,
+    /// `self` (x·W_ihᵀ + b_ih + b_hh) and `hw` (h·W_hhᵀ), both `[N, 4H]`, and the cell state
+    /// `c` `[N, H]`, the step's record `[N, 6H]` = `[i f g o | h' | c']` (gates activated,
+    /// PyTorch's order).
+    fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self>;
+    /// The adjoint of [`BackendStorage::lstm_cell`]: from a step's record `self` `[N, 6H]`,
+    /// the previous cell state and the gradients reaching h' and c' (each `[N, H]`),
+    /// `[N, 5H]` = `[dL/dz | dL/dc]` (the pre-activations' gradient and the previous cell's).
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_cell_backward(
+        &self,
+        l: &Layout,
+        c_prev: &Self,
+        c_prev_l: &Layout,
+        dh: &Self,
+        dh_l: &Layout,
+        dc: &Self,
+        dc_l: &Layout,
     ) -> Result<Self>;
 
     /// One optimizer update of `self` (the parameter, contiguous at `l`) in place, from the
@@ -425,6 +446,43 @@ impl Storage {
         same_device("max_pool2d", &[self, taps])?;
         match (self, taps) {
             (Storage::Cpu(g), Storage::Cpu(t)) => Ok(Storage::Cpu(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
+        }
+    }
+
+    /// The fused LSTM cell's forward step (see [`BackendStorage::lstm_cell`]).
+    pub(crate) fn lstm_cell(
+        &self,
+        l: &Layout,
+        hw: &Storage,
+        hw_l: &Layout,
+        c: &Storage,
+        c_l: &Layout,
+    ) -> Result<Storage> {
+        same_device("lstm", &[self, hw, c])?;
+        room_for(self, c_l.elem_count().saturating_mul(6), "lstm")?;
+        match (self, hw, c) {
+            (Storage::Cpu(x), Storage::Cpu(h), Storage::Cpu(c)) => Ok(Storage::Cpu(x.lstm_cell(l, h, hw_l, c, c_l)?)),
+        }
+    }
+
+    /// The fused LSTM cell's backward step (see [`BackendStorage::lstm_cell_backward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lstm_cell_backward(
+        &self,
+        l: &Layout,
+        c_prev: &Storage,
+        c_prev_l: &Layout,
+        dh: &Storage,
+        dh_l: &Layout,
+        dc: &Storage,
+        dc_l: &Layout,
+    ) -> Result<Storage> {
+        same_device("lstm backward", &[self, c_prev, dh, dc])?;
+        room_for(self, c_prev_l.elem_count().saturating_mul(5), "lstm backward")?;
+        match (self, c_prev, dh, dc) {
+            (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(h), Storage::Cpu(d)) => {
+                Ok(Storage::Cpu(s.lstm_cell_backward(l, c, c_prev_l, h, dh_l, d, dc_l)?))
+            }
         }
     }
 

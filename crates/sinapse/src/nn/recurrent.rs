@@ -199,6 +199,9 @@ impl Recurrent {
                 (zeros()?, (self.kind == CellKind::Lstm).then(zeros).transpose()?)
             }
         };
+        if self.kind == CellKind::Lstm && steps > 0 {
+            return self.lstm_fused(x, &h0, c0.as_ref().ok_or_else(|| Error::invalid(op, "missing cell state"))?);
+        }
         // The sequence as one tensor per step, [N, features]; each layer turns it into the
         // next layer's input sequence.
         let mut seq: Vec<Tensor> =
@@ -227,6 +230,29 @@ impl Recurrent {
         let h_n = Tensor::stack(&h_last.iter().collect::<Vec<_>>(), 0)?;
         let c_n = if c_last.is_empty() { None } else { Some(Tensor::stack(&c_last.iter().collect::<Vec<_>>(), 0)?) };
         Ok((out, RecurrentState { h: h_n, c: c_n }))
+    }
+}
+
+impl Recurrent {
+    /// The LSTM's layers through the fused op ([`Tensor::lstm`]): the same equations as
+    /// [`Recurrent::step`], one recorded op per layer.
+    fn lstm_fused(&self, x: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<(Tensor, RecurrentState)> {
+        let hs = self.hidden_size;
+        // Time first, [T, N, features].
+        let mut seq = if self.batch_first { x.transpose(0, 1)? } else { x.clone() };
+        let (mut h_last, mut c_last) = (Vec::new(), Vec::new());
+        for (l, w) in self.layers.iter().enumerate() {
+            let layer = |s: &Tensor| s.narrow(0, l, 1)?.squeeze(0);
+            let states = seq.lstm(&w.weight_ih, &w.weight_hh, &w.bias_ih, &w.bias_hh, &layer(h0)?, &layer(c0)?)?;
+            let last = states.narrow(0, states.shape()[0] - 1, 1)?.squeeze(0)?;
+            h_last.push(last.narrow(1, 0, hs)?);
+            c_last.push(last.narrow(1, hs, hs)?);
+            seq = states.narrow(2, 0, hs)?;
+        }
+        let out = if self.batch_first { seq.transpose(0, 1)? } else { seq };
+        let h_n = Tensor::stack(&h_last.iter().collect::<Vec<_>>(), 0)?;
+        let c_n = Tensor::stack(&c_last.iter().collect::<Vec<_>>(), 0)?;
+        Ok((out, RecurrentState { h: h_n, c: Some(c_n) }))
     }
 }
 

@@ -13,6 +13,7 @@ pub mod conv;
 pub mod index;
 pub mod loss;
 pub mod matmul;
+pub mod recurrent;
 pub mod reduce;
 pub mod unary;
 pub mod view;

@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use super::fastmath;
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::layout::{Layout, Runs};
 
@@ -100,6 +101,19 @@ fn map(src: &[f32], layout: &Layout, f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> 
     })
 }
 
+/// `f` applied slice by slice (a vectorised kernel of [`super::fastmath`]); strided inputs are
+/// made contiguous first.
+fn map_slices(src: &[f32], layout: &Layout, f: impl Fn(&[f32], &mut [f32]) + Sync) -> Vec<f32> {
+    let src = row_major(src, layout);
+    let mut out = vec![0.0f32; src.len()];
+    if src.len() >= PAR_MIN_ELEMS {
+        out.par_chunks_mut(PAR_CHUNK).zip(src.par_chunks(PAR_CHUNK)).for_each(|(o, s)| f(s, o));
+    } else {
+        f(&src, &mut out);
+    }
+    out
+}
+
 /// `f(a, b)` for every pair of elements. Both layouts already have the output's shape
 /// (broadcast axes have stride 0).
 fn zip_map(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
@@ -146,16 +160,6 @@ fn clamped_ln(v: f32) -> f32 {
     v.ln().max(-100.0)
 }
 
-/// 1 / (1 + e^-x), without overflow for large |x|.
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
 /// The unary kernel `op`.
 pub(super) fn unary(src: &[f32], l: &Layout, op: UnaryOp) -> Vec<f32> {
     match op {
@@ -177,8 +181,8 @@ pub(super) fn unary(src: &[f32], l: &Layout, op: UnaryOp) -> Vec<f32> {
         // Limits checked by the op (min <= max, neither NaN), so `clamp` cannot panic.
         UnaryOp::Clamp { min, max } => map(src, l, move |x| x.clamp(min, max)),
         UnaryOp::Step => map(src, l, |x| if x > 0.0 { 1.0 } else { 0.0 }),
-        UnaryOp::Sigmoid => map(src, l, sigmoid),
-        UnaryOp::Tanh => map(src, l, f32::tanh),
+        UnaryOp::Sigmoid => map_slices(src, l, fastmath::sigmoid_slice),
+        UnaryOp::Tanh => map_slices(src, l, fastmath::tanh_slice),
         // A NaN stays NaN (f32::max would turn it into 0 and hide a diverging model).
         UnaryOp::Relu => map(src, l, |x| if x > 0.0 || x.is_nan() { x } else { 0.0 }),
         UnaryOp::LeakyRelu(slope) => map(src, l, move |x| if x > 0.0 { x } else { slope * x }),

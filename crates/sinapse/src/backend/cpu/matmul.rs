@@ -66,7 +66,10 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         }
     };
     let mut out = vec![0.0f32; batch * m * n];
-    let threads = rayon::current_num_threads();
+    // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
+    // the product runs on that task's thread.
+    let nested = rayon::current_thread_index().is_some();
+    let threads = if nested { 1 } else { rayon::current_num_threads() };
     if batch == 1 && m * n <= SMALL_OUTPUT && k >= LONG_INNER && threads > 1 {
         // A small result over a long inner axis (the weight gradient of a convolution: a few
         // filters, every position of every image) leaves gemm nothing to split across threads.
@@ -93,7 +96,8 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     if batch > 1 && m * n * k < SMALL_GEMM {
         (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::None));
     } else {
-        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::Rayon(0)));
+        let parallelism = if nested { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
+        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, parallelism));
     }
     out
 }
