@@ -26,6 +26,20 @@ use sinapse::spec::ModelSpec;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its place in `mi_option_t`, the same in mimalloc 2
+/// and 3): how long freed memory waits before it is given back to the OS.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory for reuse instead of giving it back to the OS. By default mimalloc
+/// returns it after 10 ms, and the next step's buffers are then page-faulted and zeroed by
+/// the kernel again: measured on the `cnn` bench, a sixth of the process's time (sys time
+/// 1.8 s against 1.2 s). The memory is returned when the process ends.
+fn keep_freed_memory() {
+    // SAFETY: sets one of mimalloc's documented options to a documented value (-1: never
+    // purge); mimalloc reads it when it next considers purging.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// Sinapse: a deep-learning framework to learn from.
 #[derive(Parser)]
 #[command(name = "sinapse", version, about)]
@@ -55,6 +69,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),

@@ -1,6 +1,8 @@
 //! Convolution and pooling kernels: im2col and its adjoint col2im, max pooling and its
 //! adjoint. Inputs are row-major `[N, C, H, W]` batches.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::backend::{ImageDims, Window};
@@ -28,11 +30,15 @@ pub(super) fn im2col(src: &[f32], dims: ImageDims, win: &Window, pad_value: f32)
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = win.kernel;
     let l = oh * ow;
-    let mut out = vec![0.0f32; c * kh * kw * n * l];
-    if out.is_empty() {
-        return out;
+    let len = c * kh * kw * n * l;
+    if len == 0 {
+        return Vec::new();
     }
-    out.par_chunks_mut(n * l).enumerate().for_each(|(row, dst)| {
+    // Every element is written below (a tap's pixel or the padding), so the buffer is not
+    // zeroed first: the columns are the largest buffer of a convolution.
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let fill = |d: &mut [MaybeUninit<f32>]| d.iter_mut().for_each(|v| _ = v.write(pad_value));
+    out.spare_capacity_mut()[..len].par_chunks_mut(n * l).enumerate().for_each(|(row, dst)| {
         let (ch, i, j) = (row / (kh * kw), row / kw % kh, row % kw);
         let tap_x = (j * win.dilation[1]) as isize - win.padding[1] as isize;
         let xs = valid_columns(ow, win.stride[1], tap_x, w);
@@ -42,23 +48,28 @@ pub(super) fn im2col(src: &[f32], dims: ImageDims, win: &Window, pad_value: f32)
                 let d = &mut dst[(b * oh + y) * ow..][..ow];
                 let iy = (y * win.stride[0] + i * win.dilation[0]) as isize - win.padding[0] as isize;
                 if iy < 0 || iy >= h as isize || xs.is_empty() {
-                    d.fill(pad_value);
+                    fill(d);
                     continue;
                 }
                 let line = &plane[iy as usize * w..][..w];
-                d[..xs.start].fill(pad_value);
-                d[xs.end..].fill(pad_value);
-                let first = (xs.start * win.stride[1]) as isize + tap_x;
+                fill(&mut d[..xs.start]);
+                fill(&mut d[xs.end..]);
+                let first = ((xs.start * win.stride[1]) as isize + tap_x) as usize;
                 if win.stride[1] == 1 {
-                    d[xs.clone()].copy_from_slice(&line[first as usize..first as usize + xs.len()]);
+                    let taps = &line[first..first + xs.len()];
+                    d[xs.clone()].iter_mut().zip(taps).for_each(|(v, &x)| _ = v.write(x));
                 } else {
                     for (k, v) in d[xs.clone()].iter_mut().enumerate() {
-                        *v = line[first as usize + k * win.stride[1]];
+                        v.write(line[first + k * win.stride[1]]);
                     }
                 }
             }
         }
     });
+    // SAFETY: the rows above cover all `len` elements (the chunks partition them), and every
+    // element of every row was written: the padding before `xs`, the taps in it, the padding
+    // after it, or the whole output row when its tap row is in the padding.
+    unsafe { out.set_len(len) };
     out
 }
 

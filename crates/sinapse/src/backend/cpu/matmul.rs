@@ -40,7 +40,8 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         // SAFETY: the layouts were checked against the storages when the tensors were made (and
         // every shape's element count was checked to fit a usize), so every (row, col) offset
         // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
-        // `b`; `dst` is a zeroed m x n block that no other call writes at the same time.
+        // `b`; `dst` is an m x n block (allocated, perhaps uninitialised: gemm only writes it) that no
+        // other call writes at the same time.
         unsafe {
             gemm::gemm(
                 m,
@@ -65,7 +66,6 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
             );
         }
     };
-    let mut out = vec![0.0f32; batch * m * n];
     // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
     // the product runs on that task's thread.
     let nested = rayon::current_thread_index().is_some();
@@ -74,6 +74,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         // A small result over a long inner axis (the weight gradient of a convolution: a few
         // filters, every position of every image) leaves gemm nothing to split across threads.
         // Split the inner axis instead and add the partial products, in a fixed order.
+        let mut out = vec![0.0f32; m * n];
         let chunk = k.div_ceil(threads);
         let partials: Vec<Vec<f32>> = (0..threads)
             .into_par_iter()
@@ -91,6 +92,9 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         }
         return out;
     }
+    // Not zeroed: gemm writes every element of each m x n block (`read_dst` is false).
+    let len = batch * m * n;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = SendPtr(out.as_mut_ptr());
     let block = |bi: usize| SendPtr(dst.get().wrapping_add(bi * m * n));
     if batch > 1 && m * n * k < SMALL_GEMM {
@@ -99,6 +103,9 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         let parallelism = if nested { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
         (0..batch).for_each(|bi| product(block(bi), bi, 0..k, parallelism));
     }
+    // SAFETY: the capacity is `len`, and the `batch` products above wrote all of it (m, n and
+    // k are positive here, and gemm without `read_dst` stores every element of its block).
+    unsafe { out.set_len(len) };
     out
 }
 
