@@ -42,10 +42,29 @@ impl Tensor {
         let data = Tensor::with_storages([self, rhs], |[a, b]| a.matmul(&la, b, &lb, [m, k, n]))?;
         batch.extend([m, n]);
         Ok(Tensor::from_op(data, &batch, "matmul", &[self, rhs], |g, x, _| {
+            let (a, b) = (&x[0], &x[1]);
+            // An operand that is a transposed matrix (`x·Wᵀ`, W row-major) gets its gradient
+            // as the transpose of a row-major product, (B·Gᵀ)ᵀ or (Gᵀ·A)ᵀ: the same values,
+            // laid out so that the transpose's own gradient hands W a row-major gradient
+            // without a strided copy.
             Ok(vec![
-                grad_if(&x[0], || g.matmul(&x[1].t()?)?.sum_to_shape(x[0].shape()))?,
-                grad_if(&x[1], || x[0].t()?.matmul(g)?.sum_to_shape(x[1].shape()))?,
+                grad_if(a, || match column_major(a) {
+                    true => b.matmul(&g.t()?)?.t(),
+                    false => g.matmul(&b.t()?)?.sum_to_shape(a.shape()),
+                })?,
+                grad_if(b, || match column_major(b) {
+                    true => g.t()?.matmul(a)?.t(),
+                    false => a.t()?.matmul(g)?.sum_to_shape(b.shape()),
+                })?,
             ])
         }))
+    }
+}
+
+/// A rank-2 tensor laid out column by column (the transpose of a row-major matrix).
+fn column_major(t: &Tensor) -> bool {
+    match (t.shape(), t.layout().strides()) {
+        (&[rows, cols], &[1, col_stride]) => rows > 1 && cols > 1 && col_stride == rows,
+        _ => false,
     }
 }
