@@ -73,11 +73,14 @@ def compare(name, args, here):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser()
-    p.add_argument("names", nargs="*", choices=NAMES + [[]], default=NAMES)
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run: {', '.join(NAMES)} (default: all)")
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--sinapse", default=os.path.join(here, "..", "target", "release", "sinapse"))
     p.add_argument("--against", help="another sinapse binary to compare with, instead of PyTorch")
     args = p.parse_args()
+    unknown = [n for n in args.names if n not in NAMES]
+    if unknown:
+        p.error(f"unknown benchmark {unknown[0]!r} (valid: {', '.join(NAMES)})")
     for name in args.names or NAMES:
         compare(name, args, here)
 

@@ -68,8 +68,21 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Makes this (the main) thread one of the kernels' worker threads. Otherwise each parallel
+/// kernel hands its work to the pool and the main thread sleeps until the pool is done: a
+/// sleep and a wake-up per kernel, several per training step. Measured on a 2-core AMD EPYC:
+/// mlp bench 1.15-1.3x, cnn 1.1-1.2x faster. The pool still has one thread per core
+/// (or `RAYON_NUM_THREADS`).
+fn work_on_the_main_thread() {
+    if let Err(e) = rayon::ThreadPoolBuilder::new().use_current_thread().build_global() {
+        // Only a speed setting: the default pool works too.
+        output::note(format_args!("the main thread stays out of the thread pool: {e}"));
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    work_on_the_main_thread();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),

@@ -146,6 +146,25 @@ const CHECK_FROM_BYTES: u64 = 64 << 20;
 /// A cap on any one allocation, set by [`set_memory_limit`] (`u64::MAX`: none).
 static MEMORY_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
+thread_local! {
+    static ON_ONE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's kernels kept on this thread: for work that is already one of
+/// several tasks in parallel (the LSTM's blocks of rows), where splitting each kernel again
+/// would only add hand-offs.
+pub(crate) fn on_one_thread<R>(f: impl FnOnce() -> R) -> R {
+    let previous = ON_ONE_THREAD.with(|c| c.replace(true));
+    let out = f();
+    ON_ONE_THREAD.with(|c| c.set(previous));
+    out
+}
+
+/// Whether kernels on this thread should stay on it ([`on_one_thread`]).
+pub(crate) fn kept_on_one_thread() -> bool {
+    ON_ONE_THREAD.with(|c| c.get())
+}
+
 /// Caps the bytes any one tensor allocation of this process may take, below what the device
 /// has available (`None`: no cap beyond that). An allocation above the cap is refused with
 /// [`Error::OutOfMemory`] before it is tried, as one above the available memory always is.

@@ -16,6 +16,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::grad_if;
+use crate::backend::on_one_thread;
 use crate::layout::Layout;
 use crate::{no_grad, Error, Result, Tensor};
 
@@ -75,7 +76,7 @@ impl Tensor {
             .map(|rows| {
                 let _guard = no_grad();
                 let rows_of = |x: &Tensor, axis: usize| x.narrow(axis, rows.start, rows.len());
-                forward_rows(&rows_of(&xw, 1)?, w_hh, &rows_of(h0, 0)?, &rows_of(c0, 0)?, h)
+                on_one_thread(|| forward_rows(&rows_of(&xw, 1)?, w_hh, &rows_of(h0, 0)?, &rows_of(c0, 0)?, h))
             })
             .collect::<Result<_>>()?;
         let (records, states): (Vec<Vec<Tensor>>, Vec<Tensor>) = forward.into_iter().unzip();
@@ -139,7 +140,7 @@ fn lstm_backward(
         .map(|(rows, records)| {
             let _guard = no_grad();
             let rows_of = |x: &Tensor, axis: usize| x.narrow(axis, rows.start, rows.len());
-            backward_rows(&rows_of(g, 1)?, records, &rows_of(h0, 0)?, &rows_of(c0, 0)?, w_hh, h)
+            on_one_thread(|| backward_rows(&rows_of(g, 1)?, records, &rows_of(h0, 0)?, &rows_of(c0, 0)?, w_hh, h))
         })
         .collect::<Result<_>>()?;
     let part = |k: usize| Tensor::cat(&per_block.iter().map(|p| &p[k]).collect::<Vec<_>>(), 1);

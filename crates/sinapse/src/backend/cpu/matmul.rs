@@ -68,7 +68,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     };
     // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
     // the product runs on that task's thread.
-    let nested = rayon::current_thread_index().is_some();
+    let nested = crate::backend::kept_on_one_thread();
     let threads = if nested { 1 } else { rayon::current_num_threads() };
     if batch == 1 && m * n <= SMALL_OUTPUT && k >= LONG_INNER && threads > 1 {
         // A small result over a long inner axis (the weight gradient of a convolution: a few

@@ -81,7 +81,7 @@ pub(super) fn lstm_cell(xw: &[f32], hw: &[f32], c: &[f32], n: usize, h: usize) -
         forward_row(&xw[z.clone()], &hw[z], &c[r * h..(r + 1) * h], out);
     };
     let per_task = rows_per_task(h);
-    if n > per_task {
+    if n > per_task && !crate::backend::kept_on_one_thread() {
         out.par_chunks_mut(6 * h).enumerate().with_min_len(per_task).for_each(row);
     } else {
         out.chunks_mut(6 * h).enumerate().for_each(row);
@@ -98,7 +98,7 @@ pub(super) fn lstm_cell_backward(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f3
         backward_row(&s[r * 6 * h..(r + 1) * 6 * h], &c_prev[hs.clone()], &dh[hs.clone()], &dc[hs], out);
     };
     let per_task = rows_per_task(h);
-    if n > per_task {
+    if n > per_task && !crate::backend::kept_on_one_thread() {
         out.par_chunks_mut(5 * h).enumerate().with_min_len(per_task).for_each(row);
     } else {
         out.chunks_mut(5 * h).enumerate().for_each(row);
