@@ -13,8 +13,11 @@
 pub(super) fn exp(x: f32) -> f32 {
     let input = x;
     let x = x.clamp(-87.3, 88.3);
-    // n = round(x / ln 2), by the add-and-subtract trick (exact for |n| < 2^22).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // n = round(x / ln 2), by adding and subtracting 1.5·2^23: the sum `t` holds n in the
+    // low bits of its mantissa (exact for |n| < 2^22).
+    const SHIFT: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
     // r = x - n·ln 2, with ln 2 split in two so the product is exact.
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4;
@@ -24,8 +27,10 @@ pub(super) fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let er = p * r * r + r + 1.0;
-    // 2^n from its bits: n + 127 in the exponent field (n ∈ [-126, 127] after the clamp).
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from its bits: n + 127 in the exponent field (n ∈ [-126, 127] after the clamp),
+    // with n read from t's bits: integer lanes, where a float-to-int cast (`n as i32`, which
+    // saturates) compiled to one scalar conversion per element.
+    let two_n = f32::from_bits(t.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127) << 23);
     if input < -87.3 {
         0.0
     } else {
