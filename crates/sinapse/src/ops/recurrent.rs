@@ -71,7 +71,7 @@ impl Tensor {
         };
         // The recurrence of each block of rows runs on its own thread, start to end.
         let blocks = row_blocks(n);
-        let forward: Vec<(Vec<Tensor>, Tensor)> = blocks
+        let records: Vec<Vec<Tensor>> = blocks
             .par_iter()
             .map(|rows| {
                 let _guard = no_grad();
@@ -79,10 +79,10 @@ impl Tensor {
                 on_one_thread(|| forward_rows(&rows_of(&xw, 1)?, w_hh, &rows_of(h0, 0)?, &rows_of(c0, 0)?, h))
             })
             .collect::<Result<_>>()?;
-        let (records, states): (Vec<Vec<Tensor>>, Vec<Tensor>) = forward.into_iter().unzip();
         let out = {
             let _guard = no_grad();
-            Tensor::cat(&states.iter().collect::<Vec<_>>(), 1)?
+            let states = by_step(t, |s, b| records[b][s].narrow(1, 4 * h, 2 * h), blocks.len())?;
+            states.reshape(&[t, n, 2 * h])?
         };
         let inputs = [self, w_ih, w_hh, b_ih, b_hh, h0, c0];
         Ok(out.recorded_as(op, &inputs, move |g, x, _| lstm_backward(g, x, &blocks, &records, [t, n, i, h])))
@@ -96,10 +96,18 @@ fn row_blocks(n: usize) -> Vec<Range<usize>> {
     (0..blocks).map(|b| b * n / blocks..(b + 1) * n / blocks).collect()
 }
 
+/// The pieces `piece(step, block)` of every step and block of rows, in the order of the rows
+/// of a `[T·N, ..]` matrix (step by step, each step's blocks in order): one copy.
+fn by_step(t: usize, piece: impl Fn(usize, usize) -> Result<Tensor>, blocks: usize) -> Result<Tensor> {
+    let pieces = (0..t).flat_map(|s| (0..blocks).map(move |b| (s, b))).map(|(s, b)| piece(s, b));
+    let pieces = pieces.collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&pieces.iter().collect::<Vec<_>>(), 0)
+}
+
 /// The forward recurrence of one block of rows: `xw` `[T, rows, 4H]` (the input's part of the
-/// pre-activations), `h0`, `c0` `[rows, H]`. Returns each step's record `[rows, 6H]` and the
-/// states `[T, rows, 2H]` (h, c).
-fn forward_rows(xw: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, h: usize) -> Result<(Vec<Tensor>, Tensor)> {
+/// pre-activations), `h0`, `c0` `[rows, H]`. Returns each step's record `[rows, 6H]`
+/// (`[i f g o | h | c]`).
+fn forward_rows(xw: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, h: usize) -> Result<Vec<Tensor>> {
     let (t, rows) = (xw.shape()[0], xw.shape()[1]);
     let w_hh_t = w_hh.t()?;
     let mut records: Vec<Tensor> = Vec::with_capacity(t);
@@ -115,9 +123,7 @@ fn forward_rows(xw: &Tensor, w_hh: &Tensor, h0: &Tensor, c0: &Tensor, h: usize) 
         c_prev = record.narrow(1, 5 * h, h)?;
         records.push(record);
     }
-    let states = records.iter().map(|r| r.narrow(1, 4 * h, 2 * h)).collect::<Result<Vec<_>>>()?;
-    let states = Tensor::stack(&states.iter().collect::<Vec<_>>(), 0)?;
-    Ok((records, states))
+    Ok(records)
 }
 
 /// Backpropagation through time for [`Tensor::lstm`]: `g` `[T, N, 2H]` is the gradient of
@@ -134,42 +140,48 @@ fn lstm_backward(
         return Err(Error::invalid("lstm backward", format!("expected 7 inputs, got {}", inputs.len())));
     };
     // Each block's recurrence backwards on its own thread (backward runs without recording).
-    let per_block: Vec<[Tensor; 4]> = blocks
+    let per_block: Vec<(Vec<Tensor>, [Tensor; 2])> = blocks
         .par_iter()
         .zip(records)
         .map(|(rows, records)| {
             let _guard = no_grad();
             let rows_of = |x: &Tensor, axis: usize| x.narrow(axis, rows.start, rows.len());
-            on_one_thread(|| backward_rows(&rows_of(g, 1)?, records, &rows_of(h0, 0)?, &rows_of(c0, 0)?, w_hh, h))
+            on_one_thread(|| backward_rows(&rows_of(g, 1)?, records, &rows_of(c0, 0)?, w_hh, h))
         })
         .collect::<Result<_>>()?;
-    let part = |k: usize| Tensor::cat(&per_block.iter().map(|p| &p[k]).collect::<Vec<_>>(), 1);
-    let dz = part(0)?.reshape(&[t * n, 4 * h])?;
+    // dL/dz of every step, [T·N, 4H], rows in the order of x's rows.
+    let dz = by_step(t, |s, b| Ok(per_block[b].0[s].clone()), blocks.len())?;
     let db = if b_ih.requires_grad() || b_hh.requires_grad() { Some(dz.sum(0, false)?) } else { None };
-    let dw_hh = grad_if(w_hh, || dz.t()?.matmul(&part(1)?.reshape(&[t * n, h])?))?;
-    let first = |k: usize| Tensor::cat(&per_block.iter().map(|p| &p[k]).collect::<Vec<_>>(), 0);
+    let dw_hh = grad_if(w_hh, || {
+        // The hidden state each step started from: h0, then the steps' own.
+        let h_prev = |s: usize, b: usize| match s {
+            0 => h0.narrow(0, blocks[b].start, blocks[b].len()),
+            _ => records[b][s - 1].narrow(1, 4 * h, h),
+        };
+        dz.t()?.matmul(&by_step(t, h_prev, blocks.len())?)
+    })?;
+    let first = |k: usize| Tensor::cat(&per_block.iter().map(|p| &p.1[k]).collect::<Vec<_>>(), 0);
     Ok(vec![
         grad_if(x, || dz.matmul(w_ih)?.reshape(&[t, n, i]))?,
         grad_if(w_ih, || dz.t()?.matmul(&x.reshape(&[t * n, i])?))?,
         dw_hh,
         grad_if(b_ih, || Ok(db.clone().expect("computed when a bias needs it")))?,
         grad_if(b_hh, || Ok(db.clone().expect("computed when a bias needs it")))?,
-        grad_if(h0, || first(2))?,
-        grad_if(c0, || first(3))?,
+        grad_if(h0, || first(0))?,
+        grad_if(c0, || first(1))?,
     ])
 }
 
 /// The backward recurrence of one block of rows: `g` `[T, rows, 2H]` (the gradient of every
-/// step's h and c), the block's records and initial state. Returns dL/dz `[T, rows, 4H]`,
-/// the previous hidden states `[T, rows, H]` (h0, h_1, .., for dL/dW_hh), dL/dh0 and dL/dc0.
+/// step's h and c), the block's records and initial cell state. Returns dL/dz of each step
+/// (`[rows, 4H]`), dL/dh0 and dL/dc0.
 fn backward_rows(
     g: &Tensor,
     records: &[Tensor],
-    h0: &Tensor,
     c0: &Tensor,
     w_hh: &Tensor,
     h: usize,
-) -> Result<[Tensor; 4]> {
+) -> Result<(Vec<Tensor>, [Tensor; 2])> {
     let (t, rows) = (g.shape()[0], g.shape()[1]);
     // The gradient reaching step s's h (at 0) or c (at H) from outside the recurrence.
     let outside = |s: usize, at: usize| g.narrow(0, s, 1)?.squeeze(0)?.narrow(1, at, h);
@@ -192,10 +204,5 @@ fn backward_rows(
         dz_steps.push(dz);
     }
     dz_steps.reverse();
-    let mut h_prev = vec![h0.clone()];
-    for r in &records[..t - 1] {
-        h_prev.push(r.narrow(1, 4 * h, h)?);
-    }
-    let stack = |v: &[Tensor]| Tensor::stack(&v.iter().collect::<Vec<_>>(), 0);
-    Ok([stack(&dz_steps)?, stack(&h_prev)?, dh, dc])
+    Ok((dz_steps, [dh, dc]))
 }
