@@ -154,10 +154,15 @@ thread_local! {
 /// several tasks in parallel (the LSTM's blocks of rows), where splitting each kernel again
 /// would only add hand-offs.
 pub(crate) fn on_one_thread<R>(f: impl FnOnce() -> R) -> R {
-    let previous = ON_ONE_THREAD.with(|c| c.replace(true));
-    let out = f();
-    ON_ONE_THREAD.with(|c| c.set(previous));
-    out
+    /// Puts the previous setting back, also when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_ONE_THREAD.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(ON_ONE_THREAD.with(|c| c.replace(true)));
+    f()
 }
 
 /// Whether kernels on this thread should stay on it ([`on_one_thread`]).

@@ -11,9 +11,17 @@ use rayon::prelude::*;
 
 use super::fastmath::{dispatch, sigmoid, tanh};
 
-/// Rows per parallel task: about 16k values of work each.
-fn rows_per_task(h: usize) -> usize {
-    (16_384 / (6 * h).max(1)).max(1)
+/// A new `[n, width]` buffer, row `r` filled by `row(r, out_row)`: rows split over threads
+/// (about 16k values of work per task) unless the caller keeps its kernels on one thread.
+fn rows_of(n: usize, width: usize, h: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * width];
+    let per_task = (16_384 / (6 * h).max(1)).max(1);
+    if n > per_task && !crate::backend::kept_on_one_thread() {
+        out.par_chunks_mut(width).enumerate().with_min_len(per_task).for_each(|(r, o)| row(r, o));
+    } else {
+        out.chunks_mut(width).enumerate().for_each(|(r, o)| row(r, o));
+    }
+    out
 }
 
 dispatch! {
@@ -75,33 +83,17 @@ dispatch! {
 /// The forward cell over `n` rows: `xw`, `hw` `[n, 4h]`, `c` `[n, h]`, all row-major;
 /// returns the records `[n, 6h]`.
 pub(super) fn lstm_cell(xw: &[f32], hw: &[f32], c: &[f32], n: usize, h: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * 6 * h];
-    let row = |(r, out): (usize, &mut [f32])| {
+    rows_of(n, 6 * h, h, |r, out| {
         let z = r * 4 * h..(r + 1) * 4 * h;
         forward_row(&xw[z.clone()], &hw[z], &c[r * h..(r + 1) * h], out);
-    };
-    let per_task = rows_per_task(h);
-    if n > per_task && !crate::backend::kept_on_one_thread() {
-        out.par_chunks_mut(6 * h).enumerate().with_min_len(per_task).for_each(row);
-    } else {
-        out.chunks_mut(6 * h).enumerate().for_each(row);
-    }
-    out
+    })
 }
 
 /// The backward cell over `n` rows: records `s` `[n, 6h]`, `c_prev`, `dh`, `dc` `[n, h]`, all
 /// row-major; returns `[n, 5h]`: the pre-activations' gradient and the previous cell's.
 pub(super) fn lstm_cell_backward(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f32], n: usize, h: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * 5 * h];
-    let row = |(r, out): (usize, &mut [f32])| {
+    rows_of(n, 5 * h, h, |r, out| {
         let hs = r * h..(r + 1) * h;
         backward_row(&s[r * 6 * h..(r + 1) * 6 * h], &c_prev[hs.clone()], &dh[hs.clone()], &dc[hs], out);
-    };
-    let per_task = rows_per_task(h);
-    if n > per_task && !crate::backend::kept_on_one_thread() {
-        out.par_chunks_mut(5 * h).enumerate().with_min_len(per_task).for_each(row);
-    } else {
-        out.chunks_mut(5 * h).enumerate().for_each(row);
-    }
-    out
+    })
 }
