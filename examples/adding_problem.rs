@@ -17,6 +17,8 @@ use sinapse::train::{evaluate, fit, FitConfig, LossKind, Metrics, Silent, Task};
 use sinapse::{Result, Rng};
 
 fn main() -> Result<()> {
+    // This thread runs its share of the kernels instead of waiting for the thread pool.
+    sinapse::work_on_this_thread()?;
     let lengths: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
     for steps in if lengths.is_empty() { vec![10, 50] } else { lengths } {
         compare(steps)?;

@@ -16,6 +16,8 @@ use sinapse::train::{evaluate, LossKind, Task};
 use sinapse::{Result, Rng};
 
 fn main() -> Result<()> {
+    // This thread runs its share of the kernels instead of waiting for the thread pool.
+    sinapse::work_on_this_thread()?;
     let dir =
         std::env::args().nth(1).unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k").into());
     let mnist::Mnist { train, test } = mnist::load(&dir)?;

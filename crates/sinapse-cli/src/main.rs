@@ -68,15 +68,13 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Makes this (the main) thread one of the kernels' worker threads. Otherwise each parallel
-/// kernel hands its work to the pool and the main thread sleeps until the pool is done: a
-/// sleep and a wake-up per kernel, several per training step. Measured on a 2-core AMD EPYC:
-/// mlp bench 1.15-1.3x, cnn 1.1-1.2x faster. The pool still has one thread per core
-/// (or `RAYON_NUM_THREADS`).
+/// Makes this (the main) thread one of the kernels' worker threads
+/// ([`sinapse::work_on_this_thread`]): it runs its share of each split kernel instead of
+/// sleeping while the pool works (mlp bench 1.15-1.3x, cnn 1.1-1.2x on a 2-core AMD EPYC).
 fn work_on_the_main_thread() {
-    if let Err(e) = rayon::ThreadPoolBuilder::new().use_current_thread().build_global() {
+    if let Err(e) = sinapse::work_on_this_thread() {
         // Only a speed setting: the default pool works too.
-        output::note(format_args!("the main thread stays out of the thread pool: {e}"));
+        output::note(format_args!("{e}"));
     }
 }
 

@@ -106,7 +106,7 @@ pub mod tensor;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
-pub use backend::DType;
+pub use backend::{work_on_this_thread, DType};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use random::Rng;
