@@ -447,3 +447,21 @@ fn multi_output_regression_metrics_are_per_value() {
     // Pooling columns of other scales gives another figure (here lower, elsewhere higher).
     assert!((m.r2 - pooled.r2).abs() > 0.05, "per column {} vs pooled {}", m.r2, pooled.r2);
 }
+
+#[test]
+fn fused_lstm_names_the_input_of_the_wrong_shape() {
+    let z = |s: &[usize]| Tensor::zeros(s);
+    let (x, w_ih, w_hh, b, s) = (z(&[3, 2, 4]), z(&[20, 4]), z(&[20, 5]), z(&[20]), z(&[2, 5]));
+    assert!(x.lstm(&w_ih, &w_hh, &b, &b, &s, &s).is_ok());
+    let cases: [(&str, Result<Tensor, sinapse::Error>); 5] = [
+        ("expects input [T, N, I]", z(&[3, 4]).lstm(&w_ih, &w_hh, &b, &b, &s, &s)),
+        ("weight_hh must be [4H, H]", x.lstm(&w_ih, &z(&[20]), &b, &b, &s, &s)),
+        ("weight_hh must be [4H, H]", x.lstm(&w_ih, &z(&[19, 5]), &b, &b, &s, &s)),
+        ("weight_ih must have shape [20, 4]", x.lstm(&z(&[20, 3]), &w_hh, &b, &b, &s, &s)),
+        ("c0 must have shape [2, 5]", x.lstm(&w_ih, &w_hh, &b, &b, &s, &z(&[3, 5]))),
+    ];
+    for (want, got) in cases {
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+}

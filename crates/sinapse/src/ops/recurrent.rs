@@ -46,7 +46,10 @@ impl Tensor {
         let &[t, n, i] = self.shape() else {
             return Err(Error::invalid(op, format!("expects input [T, N, I], got shape {:?}", self.shape())));
         };
-        let h = w_hh.shape().get(1).copied().unwrap_or(0);
+        let h = match *w_hh.shape() {
+            [rows, h] if h > 0 && rows == 4 * h => h,
+            ref s => return Err(Error::invalid(op, format!("weight_hh must be [4H, H] with H > 0, got {s:?}"))),
+        };
         for (what, tensor, want) in [
             ("weight_ih", w_ih, vec![4 * h, i]),
             ("weight_hh", w_hh, vec![4 * h, h]),
@@ -55,7 +58,7 @@ impl Tensor {
             ("h0", h0, vec![n, h]),
             ("c0", c0, vec![n, h]),
         ] {
-            if tensor.shape() != want.as_slice() || h == 0 {
+            if tensor.shape() != want.as_slice() {
                 return Err(Error::invalid(
                     op,
                     format!("{what} must have shape {want:?} (input {:?}), got {:?}", self.shape(), tensor.shape()),
