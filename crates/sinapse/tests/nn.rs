@@ -465,3 +465,18 @@ fn fused_lstm_names_the_input_of_the_wrong_shape() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn recurrent_layers_pass_the_state_through_an_empty_sequence() {
+    use sinapse::nn::{CellKind, Recurrent, RecurrentState};
+    for kind in [CellKind::Rnn, CellKind::Lstm, CellKind::Gru] {
+        let net = Recurrent::new(kind, 3, 4, 2, true, &mut sinapse::Rng::seed(1)).unwrap();
+        let h = Tensor::from_vec((0..16).map(|v| v as f32 / 16.0).collect(), &[2, 2, 4]).unwrap();
+        let c = (kind == CellKind::Lstm).then(|| h.mul_scalar(-1.0).unwrap());
+        let state = RecurrentState { h: h.clone(), c: c.clone() };
+        let (out, last) = net.forward_with_state(&Tensor::zeros(&[2, 0, 3]), Some(&state)).unwrap();
+        assert_eq!(out.shape(), [2, 0, 4], "{kind:?}");
+        assert_eq!(last.h.to_vec(), h.to_vec(), "{kind:?}");
+        assert_eq!(last.c.map(|c| c.to_vec()), c.map(|c| c.to_vec()), "{kind:?}");
+    }
+}

@@ -137,30 +137,22 @@ impl Recurrent {
         self.hidden_size
     }
 
-    /// One step of one layer: the new hidden (and cell) state from input `x` `[N, I]`.
-    fn step(&self, w: &LayerWeights, x: &Tensor, h: &Tensor, c: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+    /// One step of one RNN or GRU layer: the new hidden state from input `x` `[N, I]` (an LSTM
+    /// runs as one fused op instead, [`Recurrent::lstm_fused`]).
+    fn step(&self, w: &LayerWeights, x: &Tensor, h: &Tensor) -> Result<Tensor> {
         let hs = self.hidden_size;
         let gate = |t: &Tensor, k: usize| t.narrow(1, k * hs, hs);
         let from_x = x.matmul(&w.weight_ih.t()?)?.add(&w.bias_ih)?;
         let from_h = h.matmul(&w.weight_hh.t()?)?.add(&w.bias_hh)?;
         match self.kind {
-            CellKind::Rnn => Ok((from_x.add(&from_h)?.tanh()?, None)),
-            CellKind::Lstm => {
-                let z = from_x.add(&from_h)?;
-                let (i, f) = (gate(&z, 0)?.sigmoid()?, gate(&z, 1)?.sigmoid()?);
-                let (g, o) = (gate(&z, 2)?.tanh()?, gate(&z, 3)?.sigmoid()?);
-                let c = c.ok_or_else(|| Error::invalid("LSTM", "missing cell state"))?;
-                let c_new = f.mul(c)?.add(&i.mul(&g)?)?;
-                let h_new = o.mul(&c_new.tanh()?)?;
-                Ok((h_new, Some(c_new)))
-            }
+            CellKind::Rnn => from_x.add(&from_h)?.tanh(),
+            CellKind::Lstm => Err(Error::invalid("LSTM", "runs as one fused op (Tensor::lstm), not step by step")),
             CellKind::Gru => {
                 let r = gate(&from_x, 0)?.add(&gate(&from_h, 0)?)?.sigmoid()?;
                 let z = gate(&from_x, 1)?.add(&gate(&from_h, 1)?)?.sigmoid()?;
                 let n = gate(&from_x, 2)?.add(&r.mul(&gate(&from_h, 2)?)?)?.tanh()?;
                 // h' = (1 - z)·n + z·h = n + z·(h - n)
-                let h_new = n.add(&z.mul(&h.sub(&n)?)?)?;
-                Ok((h_new, None))
+                n.add(&z.mul(&h.sub(&n)?)?)
             }
         }
     }
@@ -207,14 +199,14 @@ impl Recurrent {
         let mut seq: Vec<Tensor> =
             (0..steps).map(|t| x.narrow(time_axis, t, 1)?.squeeze(time_axis)).collect::<Result<_>>()?;
         let (mut h_last, mut c_last) = (Vec::with_capacity(layers), Vec::with_capacity(layers));
+        // RNN and GRU layers; an LSTM gets here only for an empty sequence, whose final state
+        // is the initial one.
         for (l, w) in self.layers.iter().enumerate() {
             let mut h = h0.narrow(0, l, 1)?.squeeze(0)?;
-            let mut c = c0.as_ref().map(|c| c.narrow(0, l, 1)?.squeeze(0)).transpose()?;
+            let c = c0.as_ref().map(|c| c.narrow(0, l, 1)?.squeeze(0)).transpose()?;
             for x_t in seq.iter_mut() {
-                let (h_new, c_new) = self.step(w, x_t, &h, c.as_ref())?;
-                *x_t = h_new.clone();
-                h = h_new;
-                c = c_new;
+                h = self.step(w, x_t, &h)?;
+                *x_t = h.clone();
             }
             h_last.push(h);
             if let Some(c) = c {
@@ -234,8 +226,8 @@ impl Recurrent {
 }
 
 impl Recurrent {
-    /// The LSTM's layers through the fused op ([`Tensor::lstm`]): the same equations as
-    /// [`Recurrent::step`], one recorded op per layer.
+    /// The LSTM's layers through the fused op ([`Tensor::lstm`], the equations of the table
+    /// above), one recorded op per layer.
     fn lstm_fused(&self, x: &Tensor, h0: &Tensor, c0: &Tensor) -> Result<(Tensor, RecurrentState)> {
         let hs = self.hidden_size;
         // Time first, [T, N, features].

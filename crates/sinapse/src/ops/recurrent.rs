@@ -3,8 +3,9 @@
 //!
 //! Recording each step's dozen elementwise ops costs more than their arithmetic at the sizes
 //! recurrent networks use; fusing them is what cuDNN and PyTorch's CPU LSTM do too. The
-//! equations are those of [`crate::nn::Recurrent`]; the step-by-step form there (RNN, GRU)
-//! is the reference this op is tested against.
+//! equations are those of [`crate::nn::Recurrent`]'s table; the tests check this op against
+//! the same step written in plain tensor ops (values and gradients), finite differences, and
+//! PyTorch's `nn.LSTM`.
 //!
 //! Backward, from the gradient reaching every step's h and c: each step's cell adjoint gives
 //! dL/dz (the gates' pre-activations) and dL/dc of the step before, and dL/dh of the step
