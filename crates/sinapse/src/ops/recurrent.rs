@@ -144,13 +144,13 @@ fn lstm_backward(
         return Err(Error::invalid("lstm backward", format!("expected 7 inputs, got {}", inputs.len())));
     };
     // Each block's recurrence backwards on its own thread (backward runs without recording).
-    let per_block: Vec<(Vec<Tensor>, [Tensor; 2])> = blocks
+    let per_block: Vec<(Vec<Tensor>, Option<Tensor>, Tensor)> = blocks
         .par_iter()
         .zip(records)
         .map(|(rows, records)| {
             let _guard = no_grad();
             let rows_of = |x: &Tensor, axis: usize| x.narrow(axis, rows.start, rows.len());
-            on_one_thread(|| backward_rows(&rows_of(g, 1)?, records, &rows_of(c0, 0)?, w_hh, h))
+            on_one_thread(|| backward_rows(&rows_of(g, 1)?, records, &rows_of(c0, 0)?, w_hh, h0.requires_grad()))
         })
         .collect::<Result<_>>()?;
     // dL/dz of every step, [T·N, 4H], rows in the order of x's rows.
@@ -164,33 +164,36 @@ fn lstm_backward(
         };
         dz.t()?.matmul(&by_step(t, h_prev, blocks.len())?)
     })?;
-    let first = |k: usize| Tensor::cat(&per_block.iter().map(|p| &p.1[k]).collect::<Vec<_>>(), 0);
     Ok(vec![
         grad_if(x, || dz.matmul(w_ih)?.reshape(&[t, n, i]))?,
         grad_if(w_ih, || dz.t()?.matmul(&x.reshape(&[t * n, i])?))?,
         dw_hh,
         grad_if(b_ih, || Ok(db.clone().expect("computed when a bias needs it")))?,
         grad_if(b_hh, || Ok(db.clone().expect("computed when a bias needs it")))?,
-        grad_if(h0, || first(0))?,
-        grad_if(c0, || first(1))?,
+        grad_if(h0, || {
+            let parts = per_block.iter().map(|p| p.1.as_ref()).collect::<Option<Vec<_>>>();
+            Tensor::cat(&parts.ok_or_else(|| Error::invalid("lstm backward", "dL/dh0 was not computed"))?, 0)
+        })?,
+        grad_if(c0, || Tensor::cat(&per_block.iter().map(|p| &p.2).collect::<Vec<_>>(), 0))?,
     ])
 }
 
 /// The backward recurrence of one block of rows: `g` `[T, rows, 2H]` (the gradient of every
 /// step's h and c), the block's records and initial cell state. Returns dL/dz of each step
-/// (`[rows, 4H]`), dL/dh0 and dL/dc0.
+/// (`[rows, 4H]`), dL/dh0 (when `want_dh0`: it costs one more product) and dL/dc0.
 fn backward_rows(
     g: &Tensor,
     records: &[Tensor],
     c0: &Tensor,
     w_hh: &Tensor,
-    h: usize,
-) -> Result<(Vec<Tensor>, [Tensor; 2])> {
-    let (t, rows) = (g.shape()[0], g.shape()[1]);
+    want_dh0: bool,
+) -> Result<(Vec<Tensor>, Option<Tensor>, Tensor)> {
+    let (t, rows, h) = (g.shape()[0], g.shape()[1], c0.shape()[1]);
     // The gradient reaching step s's h (at 0) or c (at H) from outside the recurrence.
     let outside = |s: usize, at: usize| g.narrow(0, s, 1)?.squeeze(0)?.narrow(1, at, h);
     let (mut dh, mut dc) = (outside(t - 1, 0)?, outside(t - 1, h)?);
     let mut dz_steps: Vec<Tensor> = Vec::with_capacity(t);
+    let mut dh0 = None;
     for s in (0..t).rev() {
         let c_prev = if s > 0 { records[s - 1].narrow(1, 5 * h, h)? } else { c0.clone() };
         let record = &records[s];
@@ -200,13 +203,14 @@ fn backward_rows(
         let both = wrap(storage, &[rows, 5 * h]);
         let dz = both.narrow(1, 0, 4 * h)?;
         dc = both.narrow(1, 4 * h, h)?;
-        dh = dz.matmul(w_hh)?;
         if s > 0 {
-            dh = dh.add(&outside(s - 1, 0)?)?;
+            dh = dz.matmul(w_hh)?.add(&outside(s - 1, 0)?)?;
             dc = dc.add(&outside(s - 1, h)?)?;
+        } else if want_dh0 {
+            dh0 = Some(dz.matmul(w_hh)?);
         }
         dz_steps.push(dz);
     }
     dz_steps.reverse();
-    Ok((dz_steps, [dh, dc]))
+    Ok((dz_steps, dh0, dc))
 }

@@ -271,19 +271,17 @@ impl Tensor {
     /// `self` (computed without recording) as the result of a fused op over `inputs`: a new
     /// handle on the same storage, with the node that sends gradients back to `inputs`.
     pub(crate) fn recorded_as(&self, op: &'static str, inputs: &[&Tensor], backward: impl GradFn) -> Tensor {
-        let node = autograd::make_node(op, inputs, self.version(), backward);
-        Tensor(Arc::new(TensorInner {
-            id: TensorId::next(),
-            storage: self.0.storage.clone(),
-            layout: self.0.layout.clone(),
-            requires_grad: node.is_some(),
-            node,
-        }))
+        self.on_same_storage(self.0.layout.clone(), op, inputs, backward)
     }
 
     /// A view of `self`'s storage with another layout, recorded like [`Tensor::from_op`].
     pub(crate) fn view_op(&self, layout: Layout, op: &'static str, backward: impl GradFn) -> Tensor {
-        let node = autograd::make_node(op, &[self], self.version(), backward);
+        self.on_same_storage(layout, op, &[self], backward)
+    }
+
+    /// A new handle on `self`'s storage, seen through `layout`, recorded as op `op` of `inputs`.
+    fn on_same_storage(&self, layout: Layout, op: &'static str, inputs: &[&Tensor], backward: impl GradFn) -> Tensor {
+        let node = autograd::make_node(op, inputs, self.version(), backward);
         Tensor(Arc::new(TensorInner {
             id: TensorId::next(),
             storage: self.0.storage.clone(),

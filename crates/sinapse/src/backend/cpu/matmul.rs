@@ -40,8 +40,8 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         // SAFETY: the layouts were checked against the storages when the tensors were made (and
         // every shape's element count was checked to fit a usize), so every (row, col) offset
         // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
-        // `b`; `dst` is an m x n block (allocated, perhaps uninitialised: gemm only writes it) that no
-        // other call writes at the same time.
+        // `b`; `dst` is an m x n block (allocated, perhaps uninitialised: gemm only writes
+        // it) that no other call writes at the same time.
         unsafe {
             gemm::gemm(
                 m,
