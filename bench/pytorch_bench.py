@@ -12,6 +12,10 @@ forward, backward, step), last partial batch kept, shuffled each epoch with a fi
   calls and the samples/s of 100 batches of 1024 test images.
 
     python3 bench/pytorch_bench.py mlp|cnn|lstm|infer [--runs 3] [--threads 2] [--data data/mnist-10k]
+        [--device cpu|cuda]
+
+On `--device cuda` the data and model live on the GPU, the loop reads the loss each step
+(`loss.item()`, as Sinapse's does), and the peak GPU memory is printed too.
 
 Prints one line per run, the process's peak resident memory, and, last,
 `NAME: N samples/s, test accuracy X` (the median run; for infer
@@ -96,7 +100,7 @@ def train(name, x, y):
     """The model trained by benchmark `name`, and the training samples/s."""
     build, optimizer, batch, epochs = BENCHMARKS[name]
     torch.manual_seed(0)
-    model = build()
+    model = build().to(x.device)
     opt = optimizer(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)
@@ -104,7 +108,7 @@ def train(name, x, y):
     seconds = 0.0
     for _ in range(epochs):
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(x.device)
         for i in range(0, n, batch):
             idx = perm[i : i + batch]
             logits = model(x[idx])
@@ -113,8 +117,15 @@ def train(name, x, y):
             loss.backward()
             opt.step()
             loss.item()
+        sync(x.device)
         seconds += time.perf_counter() - start
     return model, epochs * n / seconds
+
+
+def sync(device):
+    """Waits for the GPU's queued work (nothing to wait for on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run_once(name, x, y, xt, yt):
@@ -135,13 +146,16 @@ def time_inference(model, xt):
             xi = xt[i % len(xt)].unsqueeze(0)
             start = time.perf_counter()
             model(xi)
+            sync(xt.device)
             latencies.append(time.perf_counter() - start)
         latencies.sort()
-        big = xt[torch.arange(1024) % len(xt)]
+        big = xt[torch.arange(1024, device=xt.device) % len(xt)]
         model(big)  # warm-up, not timed
+        sync(xt.device)
         start = time.perf_counter()
         for _ in range(100):
             model(big)
+        sync(xt.device)
         rate = 1024 * 100 / (time.perf_counter() - start)
     return latencies[len(latencies) // 2] * 1e6, rate
 
@@ -153,10 +167,12 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default=os.path.join(here, "..", "data", "mnist-10k"))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    x, y = load(args.data, "train")
-    xt, yt = load(args.data, "t10k")
+    device = torch.device(args.device)
+    x, y = (t.to(device) for t in load(args.data, "train"))
+    xt, yt = (t.to(device) for t in load(args.data, "t10k"))
     runs = []
     for r in range(args.runs):
         a, b = run_once(args.name, x, y, xt, yt)
@@ -167,7 +183,9 @@ def main():
             print(f"run {r + 1}/{args.runs}: {a:.0f} samples/s, test accuracy {b:.4f}")
     runs.sort()
     a, b = runs[len(runs) // 2]
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"torch {torch.__version__}, {args.threads} threads, device {device}")
+    if device.type == "cuda":
+        print(f"peak device memory: {torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB")
     # ru_maxrss is in KiB on Linux.
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB")
     if args.name == "infer":

@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Device to train on: cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Let GPU matrix products use TF32 tensor cores (full f32 precision otherwise).
+    #[arg(long)]
+    tf32: bool,
 }
 
 /// The network of a benchmark, from its bundled spec.
@@ -85,7 +88,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let device = Device::parse(&args.device)?;
+    let device = crate::parse_device(&args.device)?;
+    sinapse::backend::set_tf32(args.tf32);
     let infer = args.name == "infer";
     // `infer` times the trained `mlp`.
     let Some(bench) = training(if infer { "mlp" } else { &args.name }) else {
@@ -104,6 +108,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
     // Which of the kernels' compiled paths this CPU runs (picked at run time).
     outln!("vector instructions: {}", sinapse::backend::simd_level());
+    outln!("device: {device}{}", if args.tf32 && device != Device::Cpu { " (TF32 allowed)" } else { "" });
     let mut runs = Vec::with_capacity(args.runs);
     for run in 1..=args.runs {
         let model = bench.network.build()?;
@@ -127,6 +132,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     match peak_resident_mib() {
         Some(mib) => outln!("peak resident memory: {mib:.1} MiB"),
         None => outln!("peak resident memory: unknown on this system"),
+    }
+    if let Some(m) = sinapse::backend::device_memory(device) {
+        outln!(
+            "peak device memory: {:.1} MiB ({} blocks from the driver, {} reused)",
+            m.peak as f64 / (1 << 20) as f64,
+            m.driver_allocations,
+            m.reuses
+        );
     }
     if infer {
         outln!("infer: batch1 {a:.1} us, batch1024 {b:.0} samples/s");
@@ -155,6 +168,7 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
     for i in 0..BATCH1_CALLS {
         let start = Instant::now();
         let out = model.forward(&singles[i % singles.len()], Mode::Eval)?;
+        sinapse::backend::synchronize(device)?;
         latencies.push(start.elapsed().as_secs_f64());
         drop(out);
     }
@@ -165,10 +179,12 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
     let idx: Vec<f32> = (0..batch).map(|i| (i % n) as f32).collect();
     let big = x.index_select(0, &Tensor::from_vec(idx, &[batch])?.to(device)?)?;
     model.forward(&big, Mode::Eval)?; // warm-up, not timed
+    sinapse::backend::synchronize(device)?;
     let start = Instant::now();
     for _ in 0..BATCH1024_CALLS {
         model.forward(&big, Mode::Eval)?;
     }
+    sinapse::backend::synchronize(device)?;
     let rate = (batch * BATCH1024_CALLS) as f64 / start.elapsed().as_secs_f64();
     Ok((latency_us, rate))
 }

@@ -125,11 +125,23 @@ pub(crate) fn repo_path(rel: &str) -> PathBuf {
     }
 }
 
-/// Puts the `--device` flag, when given, in place of the spec's `device` key.
+/// Reads a `--device` flag. `auto` without a usable GPU means the CPU, said in one line on
+/// stderr with the reason (the driver library, the GPU or a CUDA library missing).
+pub(crate) fn parse_device(name: &str) -> Result<sinapse::Device> {
+    let device = sinapse::Device::parse(name)?;
+    if name.trim() == "auto" && device == sinapse::Device::Cpu {
+        if let Err(why) = sinapse::Device::Cuda(0).check_available() {
+            eprintln!("note: --device auto: running on the CPU ({why})");
+        }
+    }
+    Ok(device)
+}
+
+/// Puts the `--device` flag, when given, in place of the spec's `device` key (`auto`
+/// resolved to the device it picks).
 pub(crate) fn override_device(spec: &mut ModelSpec, flag: Option<String>) -> Result<()> {
     if let Some(name) = flag {
-        sinapse::Device::parse(&name)?;
-        spec.device = Some(name);
+        spec.device = Some(parse_device(&name)?.to_string());
     }
     Ok(())
 }

@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// Device to train on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
     #[arg(long)]
     device: Option<String>,
+    /// Let GPU matrix products use TF32 tensor cores (as the spec's `tf32 = true`).
+    #[arg(long)]
+    tf32: bool,
 }
 
 /// One line of metrics for an evaluation.
@@ -56,6 +59,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let spec_path = args.spec.unwrap_or_else(|| crate::repo_path("models/mnist_mlp.toml"));
     let (mut spec, base) = crate::load_spec(&spec_path)?;
     crate::override_device(&mut spec, args.device)?;
+    if args.tf32 {
+        spec.tf32 = Some(true);
+    }
     let out = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
     });

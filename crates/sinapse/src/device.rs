@@ -8,8 +8,9 @@ use crate::{Error, Result};
 /// The device holding a tensor's storage and running its kernels.
 ///
 /// A run-time value (not a type parameter on every model), so one binary can use a GPU when
-/// it finds one. Only the CPU backend is built today: `Cuda` can be named (and parsed), and
-/// using it is an error that says it is not available.
+/// it finds one. Every build has both backends; CUDA's libraries (driver, NVRTC, cuBLAS) are
+/// loaded when a `Cuda` device is first used, and where they or the GPU are missing, using it
+/// is an error that says which.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Device {
@@ -21,8 +22,8 @@ pub enum Device {
 }
 
 impl Device {
-    /// Reads a device name: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (the fastest device
-    /// present: today the CPU). Naming a device does not check that it is present; using it
+    /// Reads a device name: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (the first usable GPU,
+    /// else the CPU). Naming a device does not check that it is present; using it
     /// does ([`Device::check_available`]).
     pub fn parse(name: &str) -> Result<Device> {
         let bad = || {
@@ -42,24 +43,24 @@ impl Device {
         }
     }
 
-    /// The fastest device present (what `auto` means): today always the CPU.
+    /// The fastest device present (what `auto` means): the first usable GPU, else the CPU.
     pub fn best() -> Device {
-        Device::available().into_iter().last().unwrap_or(Device::Cpu)
+        Device::available().into_iter().find(|d| *d != Device::Cpu).unwrap_or(Device::Cpu)
     }
 
-    /// Every device this process can use, CPU first.
+    /// Every device this process can use, CPU first. Each GPU the driver reports is opened
+    /// to check it (once per process: a context, and the kernels compiled).
     pub fn available() -> Vec<Device> {
-        vec![Device::Cpu]
+        let gpus = (0..crate::backend::cuda::gpu::device_count()).map(Device::Cuda);
+        std::iter::once(Device::Cpu).chain(gpus.filter(|d| d.check_available().is_ok())).collect()
     }
 
-    /// Ok when tensors can be placed on this device; else an error saying what is missing.
+    /// Ok when tensors can be placed on this device; else an error saying what is missing
+    /// (the driver library, the GPU, NVRTC or cuBLAS).
     pub fn check_available(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(_) => Err(Error::DeviceUnavailable {
-                device: self,
-                reason: "this build of Sinapse has no CUDA backend yet; use --device cpu or auto".into(),
-            }),
+            Device::Cuda(i) => crate::backend::cuda::gpu::gpu(i).map(|_| ()),
         }
     }
 }
@@ -89,7 +90,7 @@ mod tests {
         assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
         assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
         assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
-        assert_eq!(Device::parse("auto").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("auto").unwrap(), Device::best());
         assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
         assert_eq!(Device::parse(&Device::Cuda(2).to_string()).unwrap(), Device::Cuda(2));
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
@@ -101,7 +102,13 @@ mod tests {
     #[test]
     fn an_absent_device_says_why() {
         assert!(Device::Cpu.check_available().is_ok());
-        let e = Device::Cuda(0).check_available().unwrap_err().to_string();
-        assert!(e.contains("cuda:0") && e.contains("no CUDA backend"), "{e}");
+        // No machine has a thousand GPUs: the error names the device and what is missing
+        // (the driver library where there is none, else the GPU itself).
+        let e = Device::Cuda(1000).check_available().unwrap_err().to_string();
+        assert!(e.contains("cuda:1000"), "{e}");
+        assert!(e.contains("libcuda.so") || e.contains("no NVIDIA GPU") || e.contains("there is no GPU 1000"), "{e}");
+        if Device::available() == vec![Device::Cpu] {
+            assert_eq!(Device::best(), Device::Cpu, "auto falls back to the CPU");
+        }
     }
 }

@@ -79,6 +79,17 @@ pub enum Error {
         /// What is missing (a backend, a driver library, the device itself).
         reason: String,
     },
+    /// A device's driver or library refused a call (a kernel launch, a copy, a matrix
+    /// product): what ran, on which device, and the driver's own words.
+    #[error("{device}: {op} failed: {msg}")]
+    DeviceFailure {
+        /// The device that failed.
+        device: Device,
+        /// What was running (a kernel's name, "copy to host", ...).
+        op: String,
+        /// The driver's or library's message.
+        msg: String,
+    },
     /// `backward()` called on a tensor that is not a single value.
     #[error("backward() needs a scalar loss, got a tensor of shape {shape:?}")]
     BackwardNonScalar {

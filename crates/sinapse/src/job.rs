@@ -40,6 +40,7 @@ fn scale(
 /// the same weights), on the spec's device.
 fn fresh_model(spec: &ModelSpec, input_shape: &[usize], task: &Task) -> Result<Sequential> {
     let model = spec.build_model(input_shape, task, &mut Rng::seed(spec.seed))?;
+    crate::backend::set_tf32(spec.tf32.unwrap_or(false));
     model.to(spec.device()?)?;
     Ok(model)
 }

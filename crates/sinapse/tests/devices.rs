@@ -10,8 +10,8 @@
 //! and gradients given in each layout.
 //!
 //! A custom harness (`harness = false`): the run prints which devices it covered and why the
-//! others were not, in every `cargo test` log. A CUDA backend plugs in by appearing in
-//! `Device::available()`.
+//! others were not, in every `cargo test` log. Every GPU in `Device::available()` is covered;
+//! `SINAPSE_REQUIRE_CUDA=1` (the GPU check sets it) makes a missing GPU a failure.
 
 use sinapse::backend::{CmpOp, Window};
 use sinapse::nn::loss;
@@ -395,6 +395,11 @@ fn main() {
     for other in [Device::Cuda(0)] {
         if let Err(e) = other.check_available() {
             println!("device suite: not covered: {e}");
+            // On a GPU machine's check a skipped GPU is a failure, not a quiet pass.
+            if std::env::var("SINAPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                println!("device suite: SINAPSE_REQUIRE_CUDA=1 but {other} is not usable");
+                std::process::exit(1);
+            }
         }
     }
     if !failures.is_empty() {

@@ -277,16 +277,18 @@ fn devices_are_values_a_user_handles() {
     assert_eq!(x.to(Device::Cpu).unwrap().id(), x.id());
     assert_eq!(Device::parse("auto").unwrap(), Device::best());
     assert!(Device::available().contains(&Device::Cpu));
-    // An absent device is an error naming it, from tensors, modules and constructors alike.
-    let e = x.to(Device::Cuda(0)).unwrap_err().to_string();
-    assert!(e.contains("cuda:0") && e.contains("not available"), "{e}");
+    // An absent device is an error naming it, from tensors, modules and constructors alike
+    // (no machine has GPU number 999).
+    let absent = Device::Cuda(999);
+    let e = x.to(absent).unwrap_err().to_string();
+    assert!(e.contains("cuda:999") && e.contains("not available"), "{e}");
     let layer = Linear::new(2, 3, &mut sinapse::Rng::seed(0)).unwrap();
     let before = layer.weight.to_vec();
-    assert!(layer.to(Device::Cuda(1)).unwrap_err().to_string().contains("cuda:1"));
+    assert!(layer.to(absent).unwrap_err().to_string().contains("cuda:999"));
     assert_eq!(layer.device(), Device::Cpu, "a failed move leaves the parameters where they were");
     assert_eq!(layer.weight.to_vec(), before);
     layer.to(Device::Cpu).unwrap();
-    assert!(Tensor::zeros_on(&[2], Device::Cuda(0)).is_err());
+    assert!(Tensor::zeros_on(&[2], absent).is_err());
     assert_eq!(Tensor::zeros_on(&[2], Device::Cpu).unwrap().to_vec(), vec![0., 0.]);
     assert_eq!(x.ones_like().unwrap().device(), Device::Cpu);
     assert_eq!(Tensor::arange_on(0., 3., 1., Device::Cpu).unwrap().to_vec(), vec![0., 1., 2.]);

@@ -8,14 +8,17 @@
 //! to that device's backend; the backend matches once on the kernel and the element type and
 //! runs a tight loop. Nothing outside `backend/` touches the numbers themselves.
 //!
-//! Adding a device (CUDA, say) is one module beside `cpu/` with a storage type implementing
-//! `BackendStorage`, and one variant of `Storage`: the compiler then lists every dispatch
-//! below that needs its arm.
+//! Two devices implement it: `cpu/` (host memory, gemm, rayon) and `cuda/` (NVIDIA GPUs:
+//! NVRTC-compiled kernels and cuBLAS, loaded at run time). Adding a device is one module
+//! beside them with a storage type implementing `BackendStorage`, and one variant of
+//! `Storage`: the compiler then lists every dispatch below that needs its arm.
 
 pub(crate) mod cpu;
+pub(crate) mod cuda;
 mod kernels;
 
 pub use cpu::fastmath::simd_level;
+pub use cuda::MemoryStats;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
 };
@@ -137,6 +140,8 @@ pub(crate) trait BackendStorage: Sized {
 pub(crate) enum Storage {
     /// Host memory.
     Cpu(cpu::CpuStorage),
+    /// Memory of an NVIDIA GPU.
+    Cuda(cuda::CudaStorage),
 }
 
 /// Allocations below this many bytes are not checked against the memory available (asking
@@ -162,6 +167,44 @@ pub fn work_on_this_thread() -> Result<()> {
         .use_current_thread()
         .build_global()
         .map_err(|e| Error::invalid("work_on_this_thread", format!("the thread pool was already started: {e}")))
+}
+
+/// The memory counters of a GPU's caching allocator (bytes in use, the peak, bytes cached
+/// for reuse, driver allocations and reuses); `None` for the CPU or a GPU not used yet.
+pub fn device_memory(device: Device) -> Option<MemoryStats> {
+    match device {
+        Device::Cpu => None,
+        Device::Cuda(i) => cuda::memory_stats(i),
+    }
+}
+
+/// Whether GPU matrix products may use TF32 tensor cores (inputs rounded to 10 mantissa
+/// bits, about 2x faster on an A100/H100), [`set_tf32`].
+static TF32: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets GPU matrix products (and so convolutions) use TF32 tensor cores, or not (the
+/// default, as PyTorch's `torch.backends.cuda.matmul.allow_tf32 = False`): full f32 precision
+/// unless asked. A spec's `tf32 = true` and the CLI's `--tf32` call it. No effect on the CPU.
+pub fn set_tf32(enabled: bool) {
+    TF32.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether TF32 is allowed ([`set_tf32`]).
+pub fn tf32() -> bool {
+    TF32.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits until `device` has finished the work queued on it (GPU kernels run asynchronously;
+/// the CPU's are done when they return). For timing: reading a value back waits anyway.
+pub fn synchronize(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(i) => {
+            let gpu = cuda::gpu::gpu(i)?;
+            gpu.stream.synchronize().map_err(|e| gpu.failure("synchronize", e))?;
+            gpu.check_errors()
+        }
+    }
 }
 
 thread_local! {
@@ -215,7 +258,7 @@ fn room(device: Device, bytes: u64, limit: u64, what: &str) -> Result<()> {
     }
     let available = match device {
         Device::Cpu => cpu::available_memory(),
-        Device::Cuda(_) => None,
+        Device::Cuda(i) => cuda::gpu::opened(i).and_then(|g| g.available_memory()),
     };
     let available = available.unwrap_or(u64::MAX).min(limit);
     if bytes > available {
@@ -242,38 +285,56 @@ fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
 }
 
 impl Storage {
-    /// A new storage of `n` values on `device`, made by that device's backend (`cpu` says
-    /// how on the CPU); `what` names it in a refusal for lack of memory.
-    fn create(device: Device, n: usize, what: &str, cpu: impl FnOnce() -> cpu::CpuStorage) -> Result<Storage> {
+    /// A new storage of `n` values on `device`, made by that device's backend (`cpu` and
+    /// `cuda` say how); `what` names it in a refusal for lack of memory.
+    fn create(
+        device: Device,
+        n: usize,
+        what: &str,
+        cpu: impl FnOnce() -> cpu::CpuStorage,
+        cuda: impl FnOnce(&std::sync::Arc<cuda::gpu::Gpu>) -> Result<cuda::CudaStorage>,
+    ) -> Result<Storage> {
         device.check_available()?;
         ensure_room(device, (n as u64).saturating_mul(4), what)?;
         match device {
             Device::Cpu => Ok(Storage::Cpu(cpu())),
-            // A device with no backend was refused by `check_available` above.
-            other => Err(Error::DeviceUnavailable { device: other, reason: "no backend".into() }),
+            Device::Cuda(i) => Ok(Storage::Cuda(cuda(&cuda::gpu::gpu(i)?)?)),
         }
     }
 
     /// Host values moved to `device`.
     pub(crate) fn from_host(device: Device, data: Vec<f32>) -> Result<Storage> {
-        // The values are in memory already: no room to ask for on the CPU.
-        Storage::create(device, 0, "to", || cpu::CpuStorage::F32(data))
+        match device {
+            // The values are in memory already: no room to ask for.
+            Device::Cpu => Ok(Storage::Cpu(cpu::CpuStorage::F32(data))),
+            Device::Cuda(i) => {
+                ensure_room(device, (data.len() as u64).saturating_mul(4), "to")?;
+                Ok(Storage::Cuda(cuda::CudaStorage::from_host(&cuda::gpu::gpu(i)?, &data)?))
+            }
+        }
     }
 
     /// `n` copies of `value` on `device` (fill).
     pub(crate) fn full(device: Device, n: usize, value: f32) -> Result<Storage> {
-        Storage::create(device, n, "fill", || cpu::CpuStorage::full(n, value))
+        Storage::create(device, n, "fill", || cpu::CpuStorage::full(n, value), |g| cuda::CudaStorage::full(g, n, value))
     }
 
     /// `start, start + step, ..` (`n` values) on `device`.
     pub(crate) fn arange(device: Device, start: f32, step: f32, n: usize) -> Result<Storage> {
-        Storage::create(device, n, "arange", || cpu::CpuStorage::arange(start, step, n))
+        Storage::create(
+            device,
+            n,
+            "arange",
+            || cpu::CpuStorage::arange(start, step, n),
+            |g| cuda::CudaStorage::arange(g, start, step, n),
+        )
     }
 
     /// The device holding the buffer.
     pub(crate) fn device(&self) -> Device {
         match self {
             Storage::Cpu(s) => s.device(),
+            Storage::Cuda(s) => s.device(),
         }
     }
 
@@ -281,6 +342,7 @@ impl Storage {
     pub(crate) fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
@@ -288,6 +350,7 @@ impl Storage {
     pub(crate) fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
         }
     }
 
@@ -295,6 +358,7 @@ impl Storage {
     pub(crate) fn to_host(&self, l: &Layout) -> Result<Vec<f32>> {
         match self {
             Storage::Cpu(s) => s.to_host(l),
+            Storage::Cuda(s) => s.to_host(l),
         }
     }
 
@@ -312,6 +376,7 @@ impl Storage {
         room_for(self, l.elem_count(), "copy")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.copy_strided(l)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.copy_strided(l)?)),
         }
     }
 
@@ -320,6 +385,8 @@ impl Storage {
         same_device(op, &[self, dst])?;
         match (self, dst) {
             (Storage::Cpu(s), Storage::Cpu(d)) => s.copy_into(l, d, dst_l),
+            (Storage::Cuda(s), Storage::Cuda(d)) => s.copy_into(l, d, dst_l),
+            (s, d) => Err(Error::DeviceMismatch { op, lhs: s.device(), rhs: d.device() }),
         }
     }
 
@@ -328,6 +395,7 @@ impl Storage {
         room_for(self, l.elem_count(), op.name())?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.unary(l, op)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.unary(l, op)?)),
         }
     }
 
@@ -337,6 +405,8 @@ impl Storage {
         room_for(self, l.elem_count(), op.name())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.binary(l, b, rhs_l, op)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.binary(l, b, rhs_l, op)?)),
+            (a, b) => Err(mismatch(op.name(), &[a, b])),
         }
     }
 
@@ -346,6 +416,8 @@ impl Storage {
         room_for(self, l.elem_count(), op.name())?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.compare(l, b, rhs_l, op)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.compare(l, b, rhs_l, op)?)),
+            (a, b) => Err(mismatch(op.name(), &[a, b])),
         }
     }
 
@@ -362,6 +434,10 @@ impl Storage {
         room_for(self, l.elem_count(), "where_cond")?;
         match (self, on_true, on_false) {
             (Storage::Cpu(c), Storage::Cpu(t), Storage::Cpu(f)) => Ok(Storage::Cpu(c.where_cond(l, t, t_l, f, f_l)?)),
+            (Storage::Cuda(c), Storage::Cuda(t), Storage::Cuda(f)) => {
+                Ok(Storage::Cuda(c.where_cond(l, t, t_l, f, f_l)?))
+            }
+            (c, t, f) => Err(mismatch("where_cond", &[c, t, f])),
         }
     }
 
@@ -369,6 +445,7 @@ impl Storage {
     pub(crate) fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Storage> {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.reduce(l, dim, op)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.reduce(l, dim, op)?)),
         }
     }
 
@@ -377,6 +454,7 @@ impl Storage {
         room_for(self, l.elem_count(), "softmax")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(l, dim, log)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.softmax(l, dim, log)?)),
         }
     }
 
@@ -387,6 +465,8 @@ impl Storage {
         room_for(self, batch.saturating_mul(mkn[0]).saturating_mul(mkn[2]), "matmul")?;
         match (self, rhs) {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rhs_l, mkn)?)),
+            (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.matmul(l, b, rhs_l, mkn)?)),
+            (a, b) => Err(mismatch("matmul", &[a, b])),
         }
     }
 
@@ -397,6 +477,8 @@ impl Storage {
         room_for(self, per_entry.saturating_mul(ids_l.elem_count()), "index_select")?;
         match (self, ids) {
             (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.index_select(l, dim, i, ids_l)?)),
+            (Storage::Cuda(s), Storage::Cuda(i)) => Ok(Storage::Cuda(s.index_select(l, dim, i, ids_l)?)),
+            (s, i) => Err(mismatch("index_select", &[s, i])),
         }
     }
 
@@ -415,6 +497,10 @@ impl Storage {
             (Storage::Cpu(s), Storage::Cpu(i), Storage::Cpu(v)) => {
                 Ok(Storage::Cpu(s.index_add(l, dim, i, ids_l, v, src_l)?))
             }
+            (Storage::Cuda(s), Storage::Cuda(i), Storage::Cuda(v)) => {
+                Ok(Storage::Cuda(s.index_add(l, dim, i, ids_l, v, src_l)?))
+            }
+            (s, i, v) => Err(mismatch("index_add", &[s, i, v])),
         }
     }
 
@@ -424,6 +510,8 @@ impl Storage {
         room_for(self, index_l.elem_count(), "gather")?;
         match (self, index) {
             (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.gather(l, dim, i, index_l)?)),
+            (Storage::Cuda(s), Storage::Cuda(i)) => Ok(Storage::Cuda(s.gather(l, dim, i, index_l)?)),
+            (s, i) => Err(mismatch("gather", &[s, i])),
         }
     }
 
@@ -442,6 +530,10 @@ impl Storage {
             (Storage::Cpu(s), Storage::Cpu(i), Storage::Cpu(v)) => {
                 Ok(Storage::Cpu(s.scatter_add(l, dim, i, index_l, v, src_l)?))
             }
+            (Storage::Cuda(s), Storage::Cuda(i), Storage::Cuda(v)) => {
+                Ok(Storage::Cuda(s.scatter_add(l, dim, i, index_l, v, src_l)?))
+            }
+            (s, i, v) => Err(mismatch("scatter_add", &[s, i, v])),
         }
     }
 
@@ -452,6 +544,7 @@ impl Storage {
         room_for(self, cols.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "im2col")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.im2col(l, dims, win, pad_value)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.im2col(l, dims, win, pad_value)?)),
         }
     }
 
@@ -460,6 +553,7 @@ impl Storage {
         room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "col2im")?;
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.col2im(l, dims, win)?)),
+            Storage::Cuda(s) => Ok(Storage::Cuda(s.col2im(l, dims, win)?)),
         }
     }
 
@@ -472,6 +566,10 @@ impl Storage {
             Storage::Cpu(s) => {
                 let (v, t) = s.max_pool2d(l, dims, win)?;
                 Ok((Storage::Cpu(v), Storage::Cpu(t)))
+            }
+            Storage::Cuda(s) => {
+                let (v, t) = s.max_pool2d(l, dims, win)?;
+                Ok((Storage::Cuda(v), Storage::Cuda(t)))
             }
         }
     }
@@ -488,6 +586,8 @@ impl Storage {
         same_device("max_pool2d", &[self, taps])?;
         match (self, taps) {
             (Storage::Cpu(g), Storage::Cpu(t)) => Ok(Storage::Cpu(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
+            (Storage::Cuda(g), Storage::Cuda(t)) => Ok(Storage::Cuda(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
+            (g, t) => Err(mismatch("max_pool2d", &[g, t])),
         }
     }
 
@@ -504,6 +604,10 @@ impl Storage {
         room_for(self, c_l.elem_count().saturating_mul(6), "lstm")?;
         match (self, hw, c) {
             (Storage::Cpu(x), Storage::Cpu(h), Storage::Cpu(c)) => Ok(Storage::Cpu(x.lstm_cell(l, h, hw_l, c, c_l)?)),
+            (Storage::Cuda(x), Storage::Cuda(h), Storage::Cuda(c)) => {
+                Ok(Storage::Cuda(x.lstm_cell(l, h, hw_l, c, c_l)?))
+            }
+            (x, h, c) => Err(mismatch("lstm", &[x, h, c])),
         }
     }
 
@@ -525,6 +629,10 @@ impl Storage {
             (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(h), Storage::Cpu(d)) => {
                 Ok(Storage::Cpu(s.lstm_cell_backward(l, c, c_prev_l, h, dh_l, d, dc_l)?))
             }
+            (Storage::Cuda(s), Storage::Cuda(c), Storage::Cuda(h), Storage::Cuda(d)) => {
+                Ok(Storage::Cuda(s.lstm_cell_backward(l, c, c_prev_l, h, dh_l, d, dc_l)?))
+            }
+            (s, c, h, d) => Err(mismatch("lstm backward", &[s, c, h, d])),
         }
     }
 
@@ -543,14 +651,36 @@ impl Storage {
         if let Some(s) = state.iter().find(|s| s.device() != device) {
             return Err(Error::DeviceMismatch { op, lhs: device, rhs: s.device() });
         }
-        let mut cpu_state = Vec::with_capacity(state.len());
-        for s in state.iter_mut() {
-            match &mut **s {
-                Storage::Cpu(s) => cpu_state.push(s),
-            }
-        }
         match (self, grad) {
-            (Storage::Cpu(p), Storage::Cpu(g)) => p.optimizer_step(l, g, grad_l, &mut cpu_state, update),
+            (Storage::Cpu(p), Storage::Cpu(g)) => {
+                let mut bufs: Vec<&mut cpu::CpuStorage> = state
+                    .iter_mut()
+                    .filter_map(|s| match &mut **s {
+                        Storage::Cpu(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                p.optimizer_step(l, g, grad_l, &mut bufs, update)
+            }
+            (Storage::Cuda(p), Storage::Cuda(g)) => {
+                let mut bufs: Vec<&mut cuda::CudaStorage> = state
+                    .iter_mut()
+                    .filter_map(|s| match &mut **s {
+                        Storage::Cuda(s) => Some(s),
+                        _ => None,
+                    })
+                    .collect();
+                p.optimizer_step(l, g, grad_l, &mut bufs, update)
+            }
+            (p, g) => Err(mismatch(op, &[p, g])),
         }
     }
+}
+
+/// The error for operands found on different devices (the dispatch's fallback arm, after
+/// `same_device` has already let them through).
+fn mismatch(op: &'static str, storages: &[&Storage]) -> Error {
+    let first = storages[0].device();
+    let other = storages.iter().map(|s| s.device()).find(|&d| d != first).unwrap_or(first);
+    Error::DeviceMismatch { op, lhs: first, rhs: other }
 }

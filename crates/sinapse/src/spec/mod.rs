@@ -79,6 +79,10 @@ pub struct ModelSpec {
     /// fastest device present). The CLI's `--device` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Let GPU matrix products use TF32 tensor cores (faster, inputs rounded to 10 mantissa
+    /// bits); off by default, as in PyTorch. The CLI's `--tf32` turns it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf32: Option<bool>,
 }
 
 /// The data of a job.

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU check: run on a machine with an NVIDIA GPU, from the repository root, after
+# bench/gpu-prepare.sh has built gpu-run/ (on any machine with cargo; the GPU machine needs
+# no Rust). It runs, each step bounded in time:
+#   1. the library's unit tests (the NVRTC compile of every kernel among them);
+#   2. the device op suite with CUDA required (every op and optimizer against the CPU);
+#   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
+#   4. the benchmarks on the GPU, Sinapse and PyTorch (python3 with CUDA) interleaved;
+# and prints one table last. Logs go to $OUT (or gpu-run/out/).
+#
+#     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ -x gpu-run/sinapse ] || cd ..   # also when run as gpu-run/check.sh
+bin=gpu-run
+logs="${OUT:-gpu-run/out}"
+mkdir -p "$logs"
+runs=3
+[ "${1:-}" = "--quick" ] && runs=1
+rows=()
+
+row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
+
+# step NAME TIMEOUT COMMAND...: runs it, logs it, returns its status.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    local rc=$?
+    tail -n 3 "$logs/$name.log"
+    return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee "$logs/gpu.txt"
+row "GPU" "$(head -n 1 "$logs/gpu.txt")"
+
+if SINAPSE_REQUIRE_NVRTC=1 step unit 300 "$bin/unit" --test-threads 2; then
+    row "unit tests (NVRTC compile incl.)" "$(grep -o '[0-9]* passed' "$logs/unit.log" | tail -n 1)"
+else
+    row "unit tests (NVRTC compile incl.)" "FAILED (see $logs/unit.log)"
+fi
+
+if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
+    row "device op suite on cuda" "$(grep 'all .* passed' "$logs/devices.log")"
+else
+    row "device op suite on cuda" "FAILED: $(tail -n 1 "$logs/devices.log") (see $logs/devices.log)"
+fi
+
+for spec in mnist_mlp mnist_cnn mnist_lstm; do
+    if step "train-$spec" 300 "$bin/sinapse" train "models/$spec.toml" --device cuda --out "$logs/model-$spec"; then
+        row "train $spec --device cuda" "$(grep 'test accuracy' "$logs/train-$spec.log" | tail -n 1)"
+    else
+        row "train $spec --device cuda" "FAILED: $(tail -n 1 "$logs/train-$spec.log")"
+    fi
+done
+
+# Benchmarks: Sinapse and PyTorch on the same card, one after the other, per benchmark.
+# result NAME LOG: the benchmark's last line and its peak device memory, or why it failed.
+result() {
+    if grep -qE "^$1: " "$2"; then
+        echo "$(grep -E "^$1: " "$2" | tail -n 1 | sed "s/^$1: //"); $(grep 'peak device' "$2")"
+    else
+        echo "FAILED: $(tail -n 1 "$2")"
+    fi
+}
+for name in mlp cnn lstm infer; do
+    step "bench-$name-sinapse" 300 "$bin/sinapse" bench "$name" --device cuda --runs "$runs"
+    step "bench-$name-torch" 300 python3 bench/pytorch_bench.py "$name" --device cuda --runs "$runs"
+    row "bench $name: sinapse" "$(result "$name" "$logs/bench-$name-sinapse.log")"
+    row "bench $name: pytorch eager" "$(result "$name" "$logs/bench-$name-torch.log")"
+done
+
+echo
+echo "== GPU check (logs in $logs)"
+printf '%s\n' "${rows[@]}"

@@ -1,0 +1,138 @@
+//! The caching allocator's bookkeeping, kept apart from the driver so that it is tested on
+//! any machine: freed device blocks are kept, by rounded size, and handed out again, as
+//! PyTorch's CUDA caching allocator does. A training loop asks for the same sizes every step,
+//! so after its first steps every request is served from the cache and the driver is not
+//! called (`cudaMalloc` and `cudaFree` synchronise and cost tens of microseconds each).
+
+use std::collections::HashMap;
+
+/// Requests are rounded up to a multiple of this many bytes (PyTorch's `kMinBlockSize`).
+const SMALL_ROUND: usize = 512;
+/// Requests above this many bytes are rounded up to a multiple of [`LARGE_ROUND`].
+const LARGE_FROM: usize = 1 << 20;
+/// Rounding of large requests (2 MiB, the driver's own allocation granularity).
+const LARGE_ROUND: usize = 2 << 20;
+
+/// The size in bytes a request of `bytes` is served with: a multiple of 512 B (at least one),
+/// or of 2 MiB above 1 MiB, so that requests of nearly equal size share cached blocks.
+pub(crate) fn rounded(bytes: usize) -> usize {
+    let unit = if bytes > LARGE_FROM { LARGE_ROUND } else { SMALL_ROUND };
+    bytes.max(1).div_ceil(unit).saturating_mul(unit)
+}
+
+/// Counters of a cache, for `bench` and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in blocks handed out and not yet given back.
+    pub in_use: u64,
+    /// The most bytes in use at once.
+    pub peak: u64,
+    /// Bytes in blocks kept for reuse.
+    pub cached: u64,
+    /// Blocks obtained from the driver.
+    pub driver_allocations: u64,
+    /// Requests served from the cache.
+    pub reuses: u64,
+}
+
+/// Freed blocks of type `B`, by rounded size in bytes.
+#[derive(Debug)]
+pub(crate) struct BlockCache<B> {
+    free: HashMap<usize, Vec<B>>,
+    stats: MemoryStats,
+}
+
+impl<B> Default for BlockCache<B> {
+    fn default() -> Self {
+        BlockCache { free: HashMap::new(), stats: MemoryStats::default() }
+    }
+}
+
+impl<B> BlockCache<B> {
+    /// A cached block of `size` (already [`rounded`]) bytes, counted as in use; `None` when the
+    /// caller must ask the driver (then it reports the new block with [`BlockCache::allocated`]).
+    pub(crate) fn take(&mut self, size: usize) -> Option<B> {
+        let block = self.free.get_mut(&size)?.pop()?;
+        self.stats.cached -= size as u64;
+        self.stats.reuses += 1;
+        self.add_use(size);
+        Some(block)
+    }
+
+    /// Counts a block of `size` bytes just obtained from the driver as in use.
+    pub(crate) fn allocated(&mut self, size: usize) {
+        self.stats.driver_allocations += 1;
+        self.add_use(size);
+    }
+
+    /// Keeps a block of `size` bytes that its user gave back.
+    pub(crate) fn give_back(&mut self, size: usize, block: B) {
+        self.stats.in_use -= size as u64;
+        self.stats.cached += size as u64;
+        self.free.entry(size).or_default().push(block);
+    }
+
+    /// Every cached block, handed to the caller to free (when the driver is out of memory).
+    pub(crate) fn drain(&mut self) -> Vec<B> {
+        self.stats.cached = 0;
+        self.free.drain().flat_map(|(_, blocks)| blocks).collect()
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> MemoryStats {
+        self.stats
+    }
+
+    fn add_use(&mut self, size: usize) {
+        self.stats.in_use += size as u64;
+        self.stats.peak = self.stats.peak.max(self.stats.in_use);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_to_512_bytes_then_to_2_mib() {
+        assert_eq!(rounded(0), 512);
+        assert_eq!(rounded(1), 512);
+        assert_eq!(rounded(512), 512);
+        assert_eq!(rounded(513), 1024);
+        assert_eq!(rounded(1 << 20), 1 << 20);
+        assert_eq!(rounded((1 << 20) + 1), 2 << 20);
+        assert_eq!(rounded((2 << 20) + 1), 4 << 20);
+    }
+
+    #[test]
+    fn a_steady_loop_stops_asking_the_driver() {
+        // Blocks are plain numbers here; on a GPU they are device buffers.
+        let mut cache = BlockCache::<u32>::default();
+        let mut next_block = 0;
+        let sizes = [rounded(4 * 784 * 128), rounded(4 * 128), rounded(4 * 10), rounded(4 * 128)];
+        for step in 0..5 {
+            let mut live = Vec::new();
+            for &size in &sizes {
+                let block = cache.take(size).unwrap_or_else(|| {
+                    cache.allocated(size);
+                    next_block += 1;
+                    next_block
+                });
+                live.push((size, block));
+            }
+            for (size, block) in live {
+                cache.give_back(size, block);
+            }
+            let s = cache.stats();
+            assert_eq!(s.driver_allocations, 4, "step {step}: only the first step allocates");
+            assert_eq!(s.in_use, 0);
+            assert_eq!(s.cached, sizes.iter().sum::<usize>() as u64);
+        }
+        let s = cache.stats();
+        assert_eq!(s.reuses, 16);
+        assert_eq!(s.peak, sizes.iter().sum::<usize>() as u64);
+        assert_eq!(cache.drain().len(), 4);
+        assert_eq!(cache.stats().cached, 0);
+        assert_eq!(cache.take(sizes[0]), None, "drained blocks are gone");
+    }
+}

@@ -1,0 +1,474 @@
+//! One GPU as this process uses it: its context and stream, the kernels compiled for it, its
+//! cuBLAS handle, its block cache, and its word for index errors. Made once per device, on
+//! first use, and kept for the life of the process.
+//!
+//! Everything of CUDA is loaded at run time (cudarc's `dynamic-loading`): the driver
+//! library, NVRTC and cuBLAS are looked for when a CUDA device is first asked for, and a
+//! missing one is an error that names it, not a failure to build or to start.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use super::alloc::{rounded, BlockCache, MemoryStats};
+use crate::layout::Layout;
+use crate::{Device, Error, Result};
+
+/// The kernels' CUDA C source, compiled by NVRTC at run time.
+pub(crate) const SOURCE: &str = include_str!("kernels.cu");
+
+/// Every kernel of [`SOURCE`], by name.
+pub(crate) const KERNELS: &[&str] = &[
+    "fill",
+    "arange",
+    "copy_strided",
+    "copy_into",
+    "unary",
+    "binary",
+    "where_cond",
+    "reduce_thread",
+    "reduce_block",
+    "softmax",
+    "index_select",
+    "index_add",
+    "gather",
+    "scatter_add",
+    "im2col",
+    "col2im",
+    "max_pool",
+    "max_pool_backward",
+    "lstm_cell",
+    "lstm_cell_backward",
+    "sgd",
+    "adam",
+    "rmsprop",
+];
+
+/// Most axes a view may have, after merging axes that are contiguous with each other.
+pub(crate) const MAX_DIMS: usize = 8;
+
+/// A tensor view as kernels take it (`struct Strided` in `kernels.cu`, same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strided {
+    pub(crate) rank: u32,
+    pub(crate) contiguous: u32,
+    pub(crate) offset: u64,
+    pub(crate) dims: [u64; MAX_DIMS],
+    pub(crate) strides: [i64; MAX_DIMS],
+}
+
+// SAFETY: plain old data with the C layout of `struct Strided` in kernels.cu.
+unsafe impl DeviceRepr for Strided {}
+
+impl Strided {
+    /// The view `l`, its axes merged where memory allows (and size-1 axes dropped), so that
+    /// kernels divide as little as possible; an error naming `op` past [`MAX_DIMS`] axes.
+    pub(crate) fn of(l: &Layout, op: &'static str) -> Result<Strided> {
+        let mut s = Strided {
+            rank: 0,
+            contiguous: u32::from(l.is_contiguous()),
+            offset: l.offset() as u64,
+            dims: [1; MAX_DIMS],
+            strides: [0; MAX_DIMS],
+        };
+        if s.contiguous == 1 {
+            return Ok(s);
+        }
+        let mut merged: Vec<(u64, i64)> = Vec::with_capacity(l.rank());
+        for (&size, &stride) in l.shape().iter().zip(l.strides()) {
+            if size == 1 {
+                continue;
+            }
+            let (size, stride) = (size as u64, stride as i64);
+            match merged.last_mut() {
+                // The previous axis steps over exactly this one: one longer axis.
+                Some((ps, pst)) if *pst == stride * size as i64 => {
+                    *ps *= size;
+                    *pst = stride;
+                }
+                _ => merged.push((size, stride)),
+            }
+        }
+        if merged.len() > MAX_DIMS {
+            return Err(Error::invalid(
+                op,
+                format!("CUDA kernels read views of at most {MAX_DIMS} axes; this one has {:?}", l.shape()),
+            ));
+        }
+        s.rank = merged.len() as u32;
+        for (d, (size, stride)) in merged.into_iter().enumerate() {
+            s.dims[d] = size;
+            s.strides[d] = stride;
+        }
+        Ok(s)
+    }
+
+    /// Sizes with strides of the caller's choosing (gather's index shape with the source's
+    /// row-major strides).
+    pub(crate) fn shape_with_strides(shape: &[usize], strides: &[usize]) -> Strided {
+        let mut s =
+            Strided { rank: shape.len() as u32, contiguous: 0, offset: 0, dims: [1; MAX_DIMS], strides: [0; MAX_DIMS] };
+        for (d, (&size, &stride)) in shape.iter().zip(strides).enumerate().take(MAX_DIMS) {
+            s.dims[d] = size as u64;
+            s.strides[d] = stride as i64;
+        }
+        s
+    }
+}
+
+/// The sizes of a window over a batch of images (`struct Conv` in `kernels.cu`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv {
+    n: u64,
+    c: u64,
+    h: u64,
+    w: u64,
+    oh: u64,
+    ow: u64,
+    kh: u64,
+    kw: u64,
+    sh: u64,
+    sw: u64,
+    ph: u64,
+    pw: u64,
+    dh: u64,
+    dw: u64,
+}
+
+// SAFETY: plain old data with the C layout of `struct Conv` in kernels.cu.
+unsafe impl DeviceRepr for Conv {}
+
+impl Conv {
+    /// The kernels' view of `dims` and `win`.
+    pub(crate) fn new(dims: crate::backend::ImageDims, win: &crate::backend::Window) -> Conv {
+        let [n, c, h, w] = dims.input.map(|v| v as u64);
+        let [oh, ow] = dims.output.map(|v| v as u64);
+        let [kh, kw] = win.kernel.map(|v| v as u64);
+        let [sh, sw] = win.stride.map(|v| v as u64);
+        let [ph, pw] = win.padding.map(|v| v as u64);
+        let [dh, dw] = win.dilation.map(|v| v as u64);
+        Conv { n, c, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw }
+    }
+}
+
+/// Threads per block of the elementwise kernels.
+const THREADS: u32 = 256;
+
+/// A launch over `n` items: 256 threads a block, enough blocks for one item per thread up to
+/// 2²⁰ blocks (the kernels' grid-stride loops cover the rest).
+pub(crate) fn grid(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A launch of one block per item for `items` items (up to 2²⁰ blocks), `threads` (a power
+/// of two, at most 1024) a block.
+pub(crate) fn blocks(items: usize, threads: u32) -> LaunchConfig {
+    let blocks = items.clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One GPU, ready to run the kernels.
+pub(crate) struct Gpu {
+    /// The device's number.
+    pub(crate) ordinal: usize,
+    ctx: Arc<CudaContext>,
+    /// The one stream every kernel, copy and product runs on, in order.
+    pub(crate) stream: Arc<CudaStream>,
+    /// cuBLAS, on [`Gpu::stream`].
+    pub(crate) blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    cache: Mutex<BlockCache<CudaSlice<u8>>>,
+    /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
+    errors: CudaSlice<u32>,
+    /// The device address of `errors`.
+    pub(crate) errors_ptr: u64,
+    /// The math mode cuBLAS was last given: TF32 allowed or not.
+    tf32: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu(cuda:{})", self.ordinal)
+    }
+}
+
+/// A device buffer on loan from its GPU's cache; dropping it gives it back.
+pub(crate) struct Block {
+    gpu: Arc<Gpu>,
+    slice: Option<CudaSlice<u8>>,
+    size: usize,
+    /// The buffer's device address.
+    pub(crate) ptr: u64,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Block(cuda:{}, {} bytes)", self.gpu.ordinal, self.size)
+    }
+}
+
+impl Block {
+    /// The GPU the buffer is on.
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let Some(slice) = self.slice.take() {
+            // Kernels that still read the block were queued before any that will write it
+            // (one stream), so it can be handed out again at once.
+            if let Ok(mut cache) = self.gpu.cache.lock() {
+                cache.give_back(self.size, slice);
+            }
+        }
+    }
+}
+
+/// Each GPU opened, or the reason it could not be, by number.
+type Registry = Mutex<HashMap<usize, std::result::Result<Arc<Gpu>, String>>>;
+
+/// Every GPU this process has opened (or failed to open, with the reason), by number.
+fn registry() -> &'static Registry {
+    static GPUS: OnceLock<Registry> = OnceLock::new();
+    GPUS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The GPU numbered `ordinal`, opened on first use; an error saying what is missing (driver
+/// library, device, NVRTC, cuBLAS) when it cannot be used.
+pub(crate) fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    let mut gpus = registry().lock().map_err(|_| Error::DeviceUnavailable {
+        device: Device::Cuda(ordinal),
+        reason: "a thread panicked while opening the GPU".into(),
+    })?;
+    gpus.entry(ordinal)
+        .or_insert_with(|| Gpu::open(ordinal).map(Arc::new))
+        .clone()
+        .map_err(|reason| Error::DeviceUnavailable { device: Device::Cuda(ordinal), reason })
+}
+
+/// The GPU numbered `ordinal` if this process has opened it successfully (nothing is opened
+/// here).
+pub(crate) fn opened(ordinal: usize) -> Option<Arc<Gpu>> {
+    registry().lock().ok()?.get(&ordinal)?.as_ref().ok().cloned()
+}
+
+/// How many CUDA devices the driver reports (0 without a driver library).
+pub(crate) fn device_count() -> usize {
+    // SAFETY: only looks for the library (dlopen); every other cudarc call would panic
+    // without it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// Whether NVRTC, the CUDA runtime compiler, can be loaded.
+pub(crate) fn nvrtc_present() -> bool {
+    // SAFETY: only looks for the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// [`SOURCE`] compiled to PTX for the virtual architecture `compute_{arch}` (90 for an
+/// H100/H200), or the compiler's log.
+pub(crate) fn compile(arch: u32) -> std::result::Result<Ptx, String> {
+    if !nvrtc_present() {
+        return Err("the CUDA runtime compiler (libnvrtc.so) was not found; install the CUDA toolkit, or \
+             `pip install nvidia-cuda-nvrtc` and add its nvidia/cu13/lib folder to LD_LIBRARY_PATH"
+            .into());
+    }
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture=compute_{arch}")],
+        name: Some("sinapse_kernels.cu".into()),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("compiling the CUDA kernels: {e}"))
+}
+
+impl Gpu {
+    fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
+        // SAFETY: only looks for the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("the NVIDIA driver library (libcuda.so) was not found; is an NVIDIA driver installed?".into());
+        }
+        let count = CudaContext::device_count().map_err(|e| format!("the CUDA driver did not start: {e}"))?;
+        let count = count.max(0) as usize;
+        if ordinal >= count {
+            return Err(match count {
+                0 => "the driver sees no NVIDIA GPU".to_string(),
+                n => format!("there is no GPU {ordinal}: this machine has {n} (cuda:0 to cuda:{})", n - 1),
+            });
+        }
+        // SAFETY: only looks for the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err("cuBLAS (libcublas.so) was not found; install the CUDA toolkit's libraries".into());
+        }
+        fn driver(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
+            move |e| format!("{what}: {e}")
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("creating a context"))?;
+        // One stream, in order: the per-buffer events cudarc records for multi-stream use
+        // would only cost two events per allocation (and break graph capture).
+        // SAFETY: no buffer exists yet; every later one lives on the one stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
+        let (major, minor) = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
+        let ptx = compile((major * 10 + minor) as u32)?;
+        let module = ctx
+            .load_module(ptx)
+            .map_err(|e| format!("loading the compiled kernels: {e} (is NVRTC newer than the driver?)"))?;
+        let mut functions = HashMap::new();
+        for &name in KERNELS {
+            let f = module.load_function(name).map_err(driver(&format!("loading kernel {name}")))?;
+            functions.insert(name, f);
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("starting cuBLAS: {e}"))?;
+        let errors = stream.alloc_zeros::<u32>(4).map_err(driver("allocating the error word"))?;
+        let errors_ptr = errors.device_ptr(&stream).0;
+        Ok(Gpu {
+            ordinal,
+            ctx,
+            stream,
+            blas,
+            functions,
+            cache: Mutex::new(BlockCache::default()),
+            errors,
+            errors_ptr,
+            tf32: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The device.
+    pub(crate) fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    /// Makes this GPU's context the calling thread's, for the raw driver and cuBLAS calls
+    /// (cudarc's own calls do it themselves).
+    pub(crate) fn bind(&self, op: &str) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| self.failure(op, e))
+    }
+
+    /// Gives cuBLAS the math mode [`crate::backend::tf32`] asks for, when it changed.
+    pub(crate) fn apply_math_mode(&self) -> Result<()> {
+        use cudarc::cublas::sys::cublasMath_t;
+        let want = crate::backend::tf32();
+        if self.tf32.swap(want, std::sync::atomic::Ordering::Relaxed) == want {
+            return Ok(());
+        }
+        let mode = if want { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+        // SAFETY: the handle is this GPU's, alive as long as it is.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
+            .result()
+            .map_err(|e| self.failure("setting cuBLAS's math mode", e))
+    }
+
+    /// A compiled kernel.
+    pub(crate) fn function(&self, name: &'static str) -> Result<&CudaFunction> {
+        self.functions.get(name).ok_or_else(|| self.failure(name, format!("no kernel named {name}")))
+    }
+
+    /// A driver or library failure while running `op`.
+    pub(crate) fn failure(&self, op: &str, e: impl std::fmt::Display) -> Error {
+        Error::DeviceFailure { device: self.device(), op: op.to_string(), msg: e.to_string() }
+    }
+
+    /// A buffer of `elems` f32 values (contents undefined), from the cache when it holds one
+    /// of the size, else from the driver; when the driver is out of memory, the cache is
+    /// emptied and the request tried once more, then refused naming `what`, the bytes asked
+    /// for and the bytes free.
+    pub(crate) fn alloc(self: &Arc<Self>, elems: usize, what: &str) -> Result<Block> {
+        let bytes = elems.checked_mul(4).ok_or_else(|| {
+            Error::invalid("allocation", format!("{what}: {elems} values overflow the address space"))
+        })?;
+        let size = rounded(bytes);
+        let cached = self.cache.lock().map_err(|_| self.failure(what, "the block cache was poisoned"))?.take(size);
+        let slice = match cached {
+            Some(s) => s,
+            None => {
+                // SAFETY: the contents are undefined until a kernel or copy writes them, as
+                // every caller does before reading.
+                let first = unsafe { self.stream.alloc::<u8>(size) };
+                let slice = match first {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let freed = self.cache.lock().map(|mut c| c.drain()).unwrap_or_default();
+                        drop(freed);
+                        self.stream.synchronize().map_err(|e| self.failure(what, e))?;
+                        // SAFETY: as above.
+                        unsafe { self.stream.alloc::<u8>(size) }.map_err(|_| Error::OutOfMemory {
+                            what: what.to_string(),
+                            device: self.device(),
+                            bytes: size as u64,
+                            available: self.ctx.mem_get_info().map_or(0, |(free, _)| free as u64),
+                        })?
+                    }
+                };
+                if let Ok(mut c) = self.cache.lock() {
+                    c.allocated(size);
+                }
+                slice
+            }
+        };
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(Block { gpu: self.clone(), slice: Some(slice), size, ptr })
+    }
+
+    /// Bytes free on the device now, counting the blocks the cache keeps for reuse.
+    pub(crate) fn available_memory(&self) -> Option<u64> {
+        let free = self.ctx.mem_get_info().ok()?.0 as u64;
+        Some(free + self.memory_stats().cached)
+    }
+
+    /// The block cache's counters.
+    pub(crate) fn memory_stats(&self) -> MemoryStats {
+        self.cache.lock().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// Waits for the stream, then reports the first bad index a kernel recorded since the last
+    /// check (and clears it).
+    pub(crate) fn check_errors(&self) -> Result<()> {
+        self.bind("reading the error word")?;
+        let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
+        if words[0] == 0 {
+            return Ok(());
+        }
+        // SAFETY: a 16-byte region this struct owns; the stream has finished with it (the
+        // copy above synchronised).
+        unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }
+            .map_err(|e| self.failure("clearing the error word", e))?;
+        let op = match words[0] {
+            1 => "index_select",
+            2 => "index_add",
+            3 => "gather",
+            _ => "scatter_add",
+        };
+        let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
+        Err(Error::IndexOutOfRange { op, index: f64::from(f32::from_bits(words[1])), size: size as usize })
+    }
+}
+
+/// Launches kernel `$name` of `$gpu` with `$cfg` and the arguments (places, not
+/// temporaries: the launch reads them through references).
+macro_rules! launch {
+    ($gpu:expr, $name:literal, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let gpu: &$crate::backend::cuda::gpu::Gpu = &$gpu;
+        let function = gpu.function($name)?;
+        let mut builder = gpu.stream.launch_builder(function);
+        $( builder.arg(&$arg); )*
+        // SAFETY: the arguments match the kernel's parameters in kernels.cu in number, order
+        // and type (u64 device addresses for pointers, the #[repr(C)] structs for theirs); each
+        // buffer holds every element its `Strided` view or size reaches (the views come from
+        // layouts checked against their storages; outputs are allocated for the sizes passed).
+        unsafe { builder.launch($cfg) }.map(|_| ()).map_err(|e| gpu.failure($name, e))
+    }};
+}
+pub(crate) use launch;

@@ -1,0 +1,546 @@
+// The CUDA backend's kernels: one kernel per family of the closed kernel set
+// (src/backend/kernels.rs), the member picked by an op code the host passes. Compiled once
+// per process by NVRTC (src/backend/cuda/gpu.rs); CI compiles this file too, on machines
+// without a GPU, so a syntax or type error fails there.
+//
+// Every input is read through a `Strided` view (offset, sizes, strides: any layout a tensor
+// view can have, broadcast axes with stride 0); outputs are new row-major buffers unless a
+// kernel says otherwise. Loops are grid-stride, so any grid covers any size. The formulas are
+// the ones the CPU backend computes (src/backend/cpu/), and the op suite (tests/devices.rs)
+// holds the two to the same results.
+
+#define MAX_DIMS 8
+#define NAN_F __int_as_float(0x7fc00000)
+#define NEG_INF_F __int_as_float(0xff800000)
+typedef unsigned long long u64;
+typedef long long i64;
+
+// A tensor view: element i (row-major over `dims`) is at `offset + sum(coord_d * strides[d])`.
+struct Strided {
+    unsigned int rank;
+    unsigned int contiguous;  // 1: element i is at offset + i
+    u64 offset;
+    u64 dims[MAX_DIMS];
+    i64 strides[MAX_DIMS];
+};
+
+// The sizes of a 2-D sliding window over an [N, C, H, W] batch.
+struct Conv {
+    u64 n, c, h, w;      // input
+    u64 oh, ow;          // output positions
+    u64 kh, kw;          // kernel
+    u64 sh, sw;          // stride
+    u64 ph, pw;          // padding
+    u64 dh, dw;          // dilation
+};
+
+__device__ __forceinline__ u64 at(const Strided& l, u64 i) {
+    if (l.contiguous) return l.offset + i;
+    i64 off = (i64)l.offset;
+    for (int d = (int)l.rank - 1; d >= 0; --d) {
+        u64 size = l.dims[d];
+        off += (i64)(i % size) * l.strides[d];
+        i /= size;
+    }
+    return (u64)off;
+}
+
+#define GRID_LOOP(i, n) \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (u64)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------------------------------
+// Index errors. Index values are only seen here, on the device; a bad one is recorded in
+// `err` (the first one wins: op code, the value's bits, the axis size) and the host reports
+// it at its next read of device memory, as PyTorch's device-side asserts do.
+
+__device__ bool index_ok(float v, u64 size) {
+    u64 limit = size < (1ull << 24) ? size : (1ull << 24);
+    return v >= 0.0f && v == floorf(v) && (u64)v < limit;
+}
+
+__device__ void report(unsigned int* err, unsigned int op, float v, u64 size) {
+    if (atomicCAS(err, 0u, op) == 0u) {
+        err[1] = __float_as_uint(v);
+        err[2] = (unsigned int)(size & 0xffffffffull);
+        err[3] = (unsigned int)(size >> 32);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Creation and copies.
+
+extern "C" __global__ void fill(float* out, u64 n, float value) {
+    GRID_LOOP(i, n) out[i] = value;
+}
+
+extern "C" __global__ void arange(float* out, u64 n, float start, float step) {
+    GRID_LOOP(i, n) out[i] = start + (float)i * step;
+}
+
+extern "C" __global__ void copy_strided(const float* x, Strided lx, float* out, u64 n) {
+    GRID_LOOP(i, n) out[i] = x[at(lx, i)];
+}
+
+extern "C" __global__ void copy_into(const float* x, Strided lx, float* dst, Strided ld, u64 n) {
+    GRID_LOOP(i, n) dst[at(ld, i)] = x[at(lx, i)];
+}
+
+// ---------------------------------------------------------------------------------------
+// Elementwise. Op codes follow the variants of UnaryOp and BinaryOp/CmpOp (gpu.rs).
+
+__device__ __forceinline__ float clamped_ln(float v) { return fmaxf(logf(v), -100.0f); }
+
+__device__ __forceinline__ float sigmoidf(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+__device__ float unary_op(int op, float x, float p0, float p1) {
+    switch (op) {
+        case 0: return x * p0 + p1;                                   // affine
+        case 1: return expf(x);                                       // exp
+        case 2: return logf(x);                                       // log
+        case 3: return sqrtf(x);                                      // sqrt
+        case 4: return powf(x, p0);                                   // powf
+        case 5: return fabsf(x);                                      // abs
+        case 6: return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);  // sign
+        case 7: return fminf(fmaxf(x, p0), p1);                       // clamp (NaN stays NaN below)
+        case 8: return x > 0.0f ? 1.0f : 0.0f;                        // step
+        case 9: return sigmoidf(x);                                   // sigmoid
+        case 10: return tanhf(x);                                     // tanh
+        case 11: return (x > 0.0f || isnan(x)) ? x : 0.0f;            // relu, NaN kept
+        case 12: return x > 0.0f ? x : p0 * x;                        // leaky relu
+        case 13: return clamped_ln(1.0f - x) - clamped_ln(x);         // bce target grad
+    }
+    return 0.0f;
+}
+
+extern "C" __global__ void unary(const float* x, Strided lx, float* out, u64 n, int op, float p0, float p1) {
+    GRID_LOOP(i, n) {
+        float v = x[at(lx, i)];
+        // fminf/fmaxf drop a NaN; clamp keeps it, as Rust's f32::clamp does.
+        out[i] = (op == 7 && isnan(v)) ? v : unary_op(op, v, p0, p1);
+    }
+}
+
+__device__ float binary_op(int op, float a, float b, float p0, float p1) {
+    switch (op) {
+        case 0: return a + b;
+        case 1: return a - b;
+        case 2: return a * b;
+        case 3: return a / b;
+        case 4: return (isnan(a) || isnan(b)) ? NAN_F : fmaxf(a, b);  // maximum
+        case 5: return (isnan(a) || isnan(b)) ? NAN_F : fminf(a, b);  // minimum
+        case 6: return a * b * (1.0f - b);                               // sigmoid grad (g, y)
+        case 7: return a * (1.0f - b * b);                               // tanh grad (g, y)
+        case 8: return b > 0.0f ? a : 0.0f;                              // relu grad (g, y)
+        case 9: return b > 0.0f ? a : p0 * a;                            // leaky relu grad (g, x)
+        case 10: return (b >= p0 && b <= p1) ? a : 0.0f;                 // clamp grad (g, x)
+        case 11: return -(b * clamped_ln(a) + (1.0f - b) * clamped_ln(1.0f - a));  // bce (p, y)
+        case 12: return (a - b) / fmaxf(a * (1.0f - a), 1e-12f);                  // bce grad in p
+        case 13: return fmaxf(a, 0.0f) - a * b + log1pf(expf(-fabsf(a)));         // bce with logits
+        // comparisons: 1 where the relation holds
+        case 100: return a == b ? 1.0f : 0.0f;
+        case 101: return a != b ? 1.0f : 0.0f;
+        case 102: return a < b ? 1.0f : 0.0f;
+        case 103: return a <= b ? 1.0f : 0.0f;
+        case 104: return a > b ? 1.0f : 0.0f;
+        case 105: return a >= b ? 1.0f : 0.0f;
+    }
+    return 0.0f;
+}
+
+extern "C" __global__ void binary(const float* a, Strided la, const float* b, Strided lb, float* out, u64 n,
+                                  int op, float p0, float p1) {
+    GRID_LOOP(i, n) out[i] = binary_op(op, a[at(la, i)], b[at(lb, i)], p0, p1);
+}
+
+extern "C" __global__ void where_cond(const float* c, Strided lc, const float* t, Strided lt, const float* f,
+                                      Strided lf, float* out, u64 n) {
+    GRID_LOOP(i, n) out[i] = c[at(lc, i)] != 0.0f ? t[at(lt, i)] : f[at(lf, i)];
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions over the middle axis of [outer, len, inner] (row-major over the view's shape).
+// Op codes: 0 sum, 1 max, 2 min, 3 argmax, 4 argmin. NaN wins max and min; argmax/argmin
+// give the first NaN, else the first extreme. Sums accumulate in double.
+
+struct Best {
+    float v;
+    u64 at;
+};
+
+// Whether candidate (v, at) beats the current best (b) for op 1-4, ties going to the first.
+__device__ __forceinline__ bool beats(int op, float v, u64 i, Best b) {
+    if (isnan(b.v)) return isnan(v) && i < b.at;
+    if (isnan(v)) return true;
+    bool more = (op == 1 || op == 3) ? v > b.v : v < b.v;
+    return more || (v == b.v && i < b.at);
+}
+
+// One thread per output: for many short reductions.
+extern "C" __global__ void reduce_thread(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
+                                         int op) {
+    GRID_LOOP(o, outer * inner) {
+        u64 base = (o / inner) * len * inner + (o % inner);
+        if (len == 0) {
+            out[o] = 0.0f;
+            continue;
+        }
+        if (op == 0) {
+            double s = 0.0;
+            for (u64 j = 0; j < len; ++j) s += (double)x[at(lx, base + j * inner)];
+            out[o] = (float)s;
+        } else {
+            Best b = {x[at(lx, base)], 0};
+            for (u64 j = 1; j < len; ++j) {
+                float v = x[at(lx, base + j * inner)];
+                if (beats(op, v, j, b)) {
+                    b.v = v;
+                    b.at = j;
+                }
+            }
+            out[o] = op >= 3 ? (float)b.at : b.v;
+        }
+    }
+}
+
+// One block per output: for few long reductions (a loss over a whole batch). blockDim.x is
+// a power of two, at most 1024.
+extern "C" __global__ void reduce_block(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
+                                        int op) {
+    __shared__ double sums[1024];
+    __shared__ float vals[1024];
+    __shared__ u64 ats[1024];
+    for (u64 o = blockIdx.x; o < outer * inner; o += gridDim.x) {
+        u64 base = (o / inner) * len * inner + (o % inner);
+        unsigned int t = threadIdx.x;
+        double s = 0.0;
+        Best b = {NAN_F, ~0ull};
+        bool any = false;
+        for (u64 j = t; j < len; j += blockDim.x) {
+            float v = x[at(lx, base + j * inner)];
+            if (op == 0) {
+                s += (double)v;
+            } else if (!any || beats(op, v, j, b)) {
+                b.v = v;
+                b.at = j;
+                any = true;
+            }
+        }
+        sums[t] = s;
+        vals[t] = b.v;
+        ats[t] = any ? b.at : ~0ull;
+        __syncthreads();
+        for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+            if (t < half) {
+                if (op == 0) {
+                    sums[t] += sums[t + half];
+                } else if (ats[t + half] != ~0ull) {
+                    Best mine = {vals[t], ats[t]};
+                    if (ats[t] == ~0ull || beats(op, vals[t + half], ats[t + half], mine)) {
+                        vals[t] = vals[t + half];
+                        ats[t] = ats[t + half];
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        if (t == 0) {
+            if (len == 0) out[o] = 0.0f;
+            else if (op == 0) out[o] = (float)sums[0];
+            else out[o] = op >= 3 ? (float)ats[0] : vals[0];
+        }
+        __syncthreads();
+    }
+}
+
+// Softmax (log = 0) or log-softmax (log = 1) along the middle axis of [outer, len, inner]:
+// one block per lane, the lane's maximum subtracted first so that no exponent is positive.
+extern "C" __global__ void softmax(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner, int log) {
+    __shared__ float part[1024];
+    for (u64 lane = blockIdx.x; lane < outer * inner; lane += gridDim.x) {
+        u64 base = (lane / inner) * len * inner + (lane % inner);
+        unsigned int t = threadIdx.x;
+        float m = NEG_INF_F;
+        for (u64 j = t; j < len; j += blockDim.x) m = fmaxf(m, x[at(lx, base + j * inner)]);
+        part[t] = m;
+        __syncthreads();
+        for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+            if (t < half) part[t] = fmaxf(part[t], part[t + half]);
+            __syncthreads();
+        }
+        m = part[0];
+        __syncthreads();
+        float s = 0.0f;
+        for (u64 j = t; j < len; j += blockDim.x) s += expf(x[at(lx, base + j * inner)] - m);
+        part[t] = s;
+        __syncthreads();
+        for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+            if (t < half) part[t] += part[t + half];
+            __syncthreads();
+        }
+        s = part[0];
+        float log_s = logf(s);
+        for (u64 j = t; j < len; j += blockDim.x) {
+            u64 i = base + j * inner;
+            float v = x[at(lx, i)] - m;
+            out[i] = log ? v - log_s : expf(v) / s;
+        }
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexing. `ids` are f32 whole numbers; op codes for errors: 1 index_select, 2 index_add,
+// 3 gather, 4 scatter_add.
+
+// out[o, j, i] = x[o, ids[j], i] for out [outer, nids, inner].
+extern "C" __global__ void index_select(const float* x, Strided lx, const float* ids, Strided lids, float* out,
+                                        u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err) {
+    GRID_LOOP(p, outer * nids * inner) {
+        u64 i = p % inner, j = (p / inner) % nids, o = p / (inner * nids);
+        float v = ids[at(lids, j)];
+        if (!index_ok(v, size)) {
+            report(err, 1, v, size);
+            out[p] = 0.0f;
+            continue;
+        }
+        out[p] = x[at(lx, (o * size + (u64)v) * inner + i)];
+    }
+}
+
+// out (a row-major copy of the base, [outer, size, inner]) += src[o, j, i] at [o, ids[j], i].
+extern "C" __global__ void index_add(const float* src, Strided ls, const float* ids, Strided lids, float* out,
+                                     u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err) {
+    GRID_LOOP(p, outer * nids * inner) {
+        u64 i = p % inner, j = (p / inner) % nids, o = p / (inner * nids);
+        float v = ids[at(lids, j)];
+        if (!index_ok(v, size)) {
+            report(err, 2, v, size);
+            continue;
+        }
+        atomicAdd(&out[(o * size + (u64)v) * inner + i], src[at(ls, p)]);
+    }
+}
+
+// The row-major position in the source (sizes `shape.dims`, row-major strides
+// `shape.strides`... of the source) of index position p: p's coordinates over the index's
+// shape (`ishape`), with axis `dim` replaced by `v`.
+__device__ u64 picked(const Strided& ishape, u64 p, unsigned int dim, u64 v) {
+    u64 pos = 0;
+    for (int d = (int)ishape.rank - 1; d >= 0; --d) {
+        u64 c = p % ishape.dims[d];
+        p /= ishape.dims[d];
+        pos += (d == (int)dim ? v : c) * (u64)ishape.strides[d];
+    }
+    return pos;
+}
+
+// out[p] = x[p with axis dim replaced by idx[p]]; `ishape` holds the index's sizes and the
+// source's row-major strides.
+extern "C" __global__ void gather(const float* x, Strided lx, const float* idx, Strided lidx, Strided ishape,
+                                  unsigned int dim, u64 size, float* out, u64 n, unsigned int* err) {
+    GRID_LOOP(p, n) {
+        float v = idx[at(lidx, p)];
+        if (!index_ok(v, size)) {
+            report(err, 3, v, size);
+            out[p] = 0.0f;
+            continue;
+        }
+        out[p] = x[at(lx, picked(ishape, p, dim, (u64)v))];
+    }
+}
+
+// out (a row-major copy of the base) += src[p] at p with axis dim replaced by idx[p].
+extern "C" __global__ void scatter_add(const float* src, Strided ls, const float* idx, Strided lidx,
+                                       Strided ishape, unsigned int dim, u64 size, float* out, u64 n,
+                                       unsigned int* err) {
+    GRID_LOOP(p, n) {
+        float v = idx[at(lidx, p)];
+        if (!index_ok(v, size)) {
+            report(err, 4, v, size);
+            continue;
+        }
+        atomicAdd(&out[picked(ishape, p, dim, (u64)v)], src[at(ls, p)]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Convolution and pooling over [N, C, H, W] batches.
+
+// The input row (or column) a tap reads: pos·stride + k·dilation - pad; -1 in the padding.
+__device__ __forceinline__ i64 source(u64 pos, u64 stride, u64 k, u64 dil, u64 pad, u64 size) {
+    i64 s = (i64)(pos * stride + k * dil) - (i64)pad;
+    return (s >= 0 && s < (i64)size) ? s : -1;
+}
+
+// Columns [C·KH·KW, N·OH·OW]: row (c, i, j), column (b, y, x) reads tap (i, j) of channel c.
+extern "C" __global__ void im2col(const float* x, Strided lx, float* out, Conv g, float pad_value) {
+    u64 cols = g.n * g.oh * g.ow;
+    GRID_LOOP(p, g.c * g.kh * g.kw * cols) {
+        u64 col = p % cols, row = p / cols;
+        u64 xx = col % g.ow, y = (col / g.ow) % g.oh, b = col / (g.ow * g.oh);
+        u64 j = row % g.kw, i = (row / g.kw) % g.kh, c = row / (g.kw * g.kh);
+        i64 iy = source(y, g.sh, i, g.dh, g.ph, g.h);
+        i64 ix = source(xx, g.sw, j, g.dw, g.pw, g.w);
+        out[p] = (iy < 0 || ix < 0) ? pad_value : x[at(lx, ((b * g.c + c) * g.h + (u64)iy) * g.w + (u64)ix)];
+    }
+}
+
+// The adjoint: one thread per pixel sums every column entry that read it (no atomics, so the
+// sum's order is fixed).
+extern "C" __global__ void col2im(const float* cols, Strided lc, float* out, Conv g) {
+    u64 ncols = g.n * g.oh * g.ow;
+    GRID_LOOP(p, g.n * g.c * g.h * g.w) {
+        u64 ix = p % g.w, iy = (p / g.w) % g.h, c = (p / (g.w * g.h)) % g.c, b = p / (g.w * g.h * g.c);
+        float s = 0.0f;
+        for (u64 i = 0; i < g.kh; ++i) {
+            i64 ty = (i64)(iy + g.ph) - (i64)(i * g.dh);
+            if (ty < 0 || ty % (i64)g.sh != 0) continue;
+            u64 y = (u64)ty / g.sh;
+            if (y >= g.oh) continue;
+            for (u64 j = 0; j < g.kw; ++j) {
+                i64 tx = (i64)(ix + g.pw) - (i64)(j * g.dw);
+                if (tx < 0 || tx % (i64)g.sw != 0) continue;
+                u64 xx = (u64)tx / g.sw;
+                if (xx >= g.ow) continue;
+                u64 row = (c * g.kh + i) * g.kw + j;
+                s += cols[at(lc, row * ncols + (b * g.oh + y) * g.ow + xx)];
+            }
+        }
+        out[p] = s;
+    }
+}
+
+// Max pooling (no dilation): the window's maximum (padding never wins, a NaN wins, ties go to
+// the first tap) and its tap number ky·KW + kx from the window's top-left corner.
+extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, float* taps, Conv g) {
+    GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
+        u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
+        i64 top = (i64)(y * g.sh) - (i64)g.ph, left = (i64)(xx * g.sw) - (i64)g.pw;
+        u64 y0 = top < 0 ? 0 : (u64)top, x0 = left < 0 ? 0 : (u64)left;
+        u64 y1 = min((u64)(top + (i64)g.kh), g.h), x1 = min((u64)(left + (i64)g.kw), g.w);
+        float best = x[at(lx, (plane * g.h + y0) * g.w + x0)];
+        u64 by = y0, bx = x0;
+        for (u64 iy = y0; iy < y1; ++iy) {
+            for (u64 ix = x0; ix < x1; ++ix) {
+                float v = x[at(lx, (plane * g.h + iy) * g.w + ix)];
+                if (v > best || (isnan(v) && !isnan(best))) {
+                    best = v;
+                    by = iy;
+                    bx = ix;
+                }
+            }
+        }
+        vals[p] = best;
+        taps[p] = (float)((u64)((i64)by - top) * g.kw + (u64)((i64)bx - left));
+    }
+}
+
+// The adjoint of max pooling: dx (zeroed, [N, C, H, W]) += g at each maximum's pixel.
+extern "C" __global__ void max_pool_backward(const float* grad, Strided lg, const float* taps, Strided lt,
+                                             float* dx, Conv g) {
+    GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
+        u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
+        u64 tap = (u64)taps[at(lt, p)];
+        i64 iy = (i64)(y * g.sh) - (i64)g.ph + (i64)(tap / g.kw);
+        i64 ix = (i64)(xx * g.sw) - (i64)g.pw + (i64)(tap % g.kw);
+        atomicAdd(&dx[(plane * g.h + (u64)iy) * g.w + (u64)ix], grad[at(lg, p)]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The fused LSTM cell (PyTorch's gate order i, f, g, o), one thread per (row, unit).
+
+// record [n, 6h] = [i f g o | h' | c'] from xw, hw [n, 4h] and c [n, h].
+extern "C" __global__ void lstm_cell(const float* xw, Strided lxw, const float* hw, Strided lhw, const float* c,
+                                     Strided lc, float* out, u64 n, u64 h) {
+    GRID_LOOP(p, n * h) {
+        u64 r = p / h, j = p % h;
+        float z[4];
+        for (int k = 0; k < 4; ++k) {
+            u64 q = r * 4 * h + k * h + j;
+            z[k] = xw[at(lxw, q)] + hw[at(lhw, q)];
+        }
+        float i = sigmoidf(z[0]), f = sigmoidf(z[1]), gg = tanhf(z[2]), o = sigmoidf(z[3]);
+        float cn = f * c[at(lc, p)] + i * gg;
+        float* rec = out + r * 6 * h;
+        rec[j] = i;
+        rec[h + j] = f;
+        rec[2 * h + j] = gg;
+        rec[3 * h + j] = o;
+        rec[4 * h + j] = o * tanhf(cn);
+        rec[5 * h + j] = cn;
+    }
+}
+
+// out [n, 5h] = [dz (i f g o) | dc_prev] from the record s [n, 6h], c_prev, dh, dc [n, h].
+extern "C" __global__ void lstm_cell_backward(const float* s, Strided ls, const float* cp, Strided lcp,
+                                              const float* dh, Strided ldh, const float* dc, Strided ldc,
+                                              float* out, u64 n, u64 h) {
+    GRID_LOOP(p, n * h) {
+        u64 r = p / h, j = p % h, rec = r * 6 * h + j;
+        float i = s[at(ls, rec)], f = s[at(ls, rec + h)], gg = s[at(ls, rec + 2 * h)];
+        float o = s[at(ls, rec + 3 * h)], c = s[at(ls, rec + 5 * h)];
+        float dhv = dh[at(ldh, p)];
+        float tc = tanhf(c);
+        float dct = dc[at(ldc, p)] + dhv * o * (1.0f - tc * tc);
+        float* d = out + r * 5 * h;
+        d[j] = dct * gg * i * (1.0f - i);
+        d[h + j] = dct * cp[at(lcp, p)] * f * (1.0f - f);
+        d[2 * h + j] = dct * i * (1.0f - gg * gg);
+        d[3 * h + j] = dhv * tc * o * (1.0f - o);
+        d[4 * h + j] = dct * f;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Optimizer updates, in place over contiguous parameter, gradient and state buffers
+// (the equations are on OptimizerUpdate in src/backend/kernels.rs).
+
+extern "C" __global__ void sgd(float* w, const float* g, float* b, u64 n, float lr, float mu, int nesterov,
+                               float wd, int first) {
+    GRID_LOOP(k, n) {
+        float gk = g[k] + wd * w[k];
+        if (mu == 0.0f) {
+            w[k] -= lr * gk;
+            continue;
+        }
+        float bk = first ? gk : mu * b[k] + gk;
+        b[k] = bk;
+        w[k] -= lr * (nesterov ? gk + mu * bk : bk);
+    }
+}
+
+extern "C" __global__ void adam(float* w, const float* g, float* m, float* v, u64 n, float lr, float beta1,
+                                float beta2, float eps, float wd, int decoupled, float bias1, float bias2) {
+    GRID_LOOP(k, n) {
+        float wk = w[k], gk = g[k];
+        if (decoupled) wk *= 1.0f - lr * wd;
+        else gk += wd * wk;
+        float mk = beta1 * m[k] + (1.0f - beta1) * gk;
+        float vk = beta2 * v[k] + (1.0f - beta2) * gk * gk;
+        m[k] = mk;
+        v[k] = vk;
+        w[k] = wk - lr * (mk / bias1) / (sqrtf(vk / bias2) + eps);
+    }
+}
+
+extern "C" __global__ void rmsprop(float* w, const float* g, float* v, float* b, u64 n, float lr, float alpha,
+                                   float eps, float mu, float wd, int momentum) {
+    GRID_LOOP(k, n) {
+        float gk = g[k] + wd * w[k];
+        float vk = alpha * v[k] + (1.0f - alpha) * gk * gk;
+        v[k] = vk;
+        float scaled = gk / (sqrtf(vk) + eps);
+        if (momentum) {
+            float bk = mu * b[k] + scaled;
+            b[k] = bk;
+            w[k] -= lr * bk;
+        } else {
+            w[k] -= lr * scaled;
+        }
+    }
+}

@@ -1,0 +1,713 @@
+//! The CUDA backend: the kernel set on an NVIDIA GPU, through `cudarc` loaded at run time.
+//!
+//! Elementwise work, reductions, indexing, pooling, im2col, the LSTM cell and the optimizer
+//! updates are CUDA C kernels (`kernels.cu`) compiled by NVRTC once per process; the matrix
+//! product is cuBLAS (strided batched, TF32 off as in PyTorch); memory comes from a caching
+//! allocator ([`alloc`]). Work is queued on one stream and runs in order; the host waits only
+//! when it reads values back ([`BackendStorage::to_host`]).
+
+pub(crate) mod alloc;
+pub(crate) mod gpu;
+
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cublasOperation_t;
+
+use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window};
+use crate::layout::{contiguous_strides, Layout};
+use crate::{Device, Error, Result};
+use gpu::{blocks, grid, launch, Block, Conv, Gpu, Strided};
+
+pub use alloc::MemoryStats;
+
+/// f32 values in GPU memory.
+#[derive(Debug)]
+pub(crate) struct CudaStorage {
+    block: Block,
+    len: usize,
+}
+
+impl CudaStorage {
+    fn gpu(&self) -> &Arc<Gpu> {
+        self.block.gpu()
+    }
+
+    /// An uninitialised buffer of `n` values on `gpu`; `what` names it if memory runs out.
+    fn alloc(gpu: &Arc<Gpu>, n: usize, what: &str) -> Result<CudaStorage> {
+        Ok(CudaStorage { block: gpu.alloc(n, what)?, len: n })
+    }
+
+    /// The values of `data` copied to `gpu`.
+    pub(crate) fn from_host(gpu: &Arc<Gpu>, data: &[f32]) -> Result<CudaStorage> {
+        let s = CudaStorage::alloc(gpu, data.len(), "to")?;
+        if !data.is_empty() {
+            gpu.bind("copy to device")?;
+            // SAFETY: the block holds at least `data.len()` f32 values; the copy is queued on
+            // the GPU's stream, staged from pageable memory before the call returns.
+            unsafe { cudarc::driver::result::memcpy_htod_async(s.block.ptr, data, gpu.stream.cu_stream()) }
+                .map_err(|e| gpu.failure("copy to device", e))?;
+        }
+        Ok(s)
+    }
+
+    /// `n` copies of `value` on `gpu`.
+    pub(crate) fn full(gpu: &Arc<Gpu>, n: usize, value: f32) -> Result<CudaStorage> {
+        let s = CudaStorage::alloc(gpu, n, "fill")?;
+        let count = n as u64;
+        if n > 0 {
+            launch!(gpu, "fill", grid(n); s.block.ptr, count, value)?;
+        }
+        Ok(s)
+    }
+
+    /// `start, start + step, ..` (`n` values) on `gpu`.
+    pub(crate) fn arange(gpu: &Arc<Gpu>, start: f32, step: f32, n: usize) -> Result<CudaStorage> {
+        let s = CudaStorage::alloc(gpu, n, "arange")?;
+        let count = n as u64;
+        if n > 0 {
+            launch!(gpu, "arange", grid(n); s.block.ptr, count, start, step)?;
+        }
+        Ok(s)
+    }
+
+    /// The matrix operand `[batch.., rows, cols]` at `l` as cuBLAS reads it, copied to a
+    /// row-major buffer first when its strides are not ones cuBLAS takes.
+    fn operand(&self, l: &Layout, rows: usize, cols: usize) -> Result<Operand> {
+        if let Some(op) = Operand::describe(self.block.ptr, l, rows, cols) {
+            return Ok(op);
+        }
+        let copy = self.copy_strided(l)?;
+        let op = Operand::describe(copy.block.ptr, &Layout::contiguous(l.shape()), rows, cols)
+            .ok_or_else(|| self.gpu().failure("matmul", "a row-major operand was refused"))?;
+        Ok(Operand { _copy: Some(copy), ..op })
+    }
+}
+
+/// A matrix operand of a strided batched product in cuBLAS's terms.
+struct Operand {
+    /// Device address of the first matrix.
+    ptr: u64,
+    /// N: row-major storage (cuBLAS, column-major, sees the transpose); T: column-major.
+    op: cublasOperation_t,
+    /// Leading dimension.
+    ld: i32,
+    /// Elements from one matrix of the batch to the next (0: one matrix for all).
+    batch_stride: i64,
+    /// The row-major copy the operand points into, when one was needed.
+    _copy: Option<CudaStorage>,
+}
+
+impl Operand {
+    /// `l` as an operand when its matrices are row- or column-major with a leading dimension
+    /// cuBLAS accepts and its batch axes collapse to one stride; else `None`.
+    fn describe(base: u64, l: &Layout, rows: usize, cols: usize) -> Option<Operand> {
+        let r = l.rank();
+        let (s, shape) = (l.strides(), l.shape());
+        let (sr, sc) = (s[r - 2], s[r - 1]);
+        let (op, ld) = if (cols == 1 || sc == 1) && (rows == 1 || sr >= cols.max(1)) {
+            (cublasOperation_t::CUBLAS_OP_N, if rows == 1 { cols.max(1) } else { sr })
+        } else if (rows == 1 || sr == 1) && (cols == 1 || sc >= rows.max(1)) {
+            (cublasOperation_t::CUBLAS_OP_T, if cols == 1 { rows.max(1) } else { sc })
+        } else {
+            return None;
+        };
+        // The batch axes, innermost first, must step as one axis (or all by 0: broadcast).
+        let mut batch_stride: Option<usize> = None;
+        let mut span = 0usize;
+        for d in (0..r - 2).rev() {
+            if shape[d] == 1 {
+                continue;
+            }
+            match batch_stride {
+                None => {
+                    batch_stride = Some(s[d]);
+                    span = s[d] * shape[d];
+                }
+                Some(0) if s[d] == 0 => {}
+                Some(b) if b > 0 && s[d] == span => span = s[d] * shape[d],
+                _ => return None,
+            }
+        }
+        Some(Operand {
+            ptr: base + 4 * l.offset() as u64,
+            op,
+            ld: i32::try_from(ld).ok()?,
+            batch_stride: batch_stride.unwrap_or(0) as i64,
+            _copy: None,
+        })
+    }
+}
+
+/// The kernel's op code for a unary op, and its two parameters.
+fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
+    match op {
+        UnaryOp::Affine { mul, add } => (0, mul, add),
+        UnaryOp::Exp => (1, 0.0, 0.0),
+        UnaryOp::Log => (2, 0.0, 0.0),
+        UnaryOp::Sqrt => (3, 0.0, 0.0),
+        UnaryOp::Powf(p) => (4, p, 0.0),
+        UnaryOp::Abs => (5, 0.0, 0.0),
+        UnaryOp::Sign => (6, 0.0, 0.0),
+        UnaryOp::Clamp { min, max } => (7, min, max),
+        UnaryOp::Step => (8, 0.0, 0.0),
+        UnaryOp::Sigmoid => (9, 0.0, 0.0),
+        UnaryOp::Tanh => (10, 0.0, 0.0),
+        UnaryOp::Relu => (11, 0.0, 0.0),
+        UnaryOp::LeakyRelu(slope) => (12, slope, 0.0),
+        UnaryOp::BceTargetGrad => (13, 0.0, 0.0),
+    }
+}
+
+/// The kernel's op code for a binary op, and its two parameters.
+fn binary_code(op: BinaryOp) -> (i32, f32, f32) {
+    match op {
+        BinaryOp::Add => (0, 0.0, 0.0),
+        BinaryOp::Sub => (1, 0.0, 0.0),
+        BinaryOp::Mul => (2, 0.0, 0.0),
+        BinaryOp::Div => (3, 0.0, 0.0),
+        BinaryOp::Maximum => (4, 0.0, 0.0),
+        BinaryOp::Minimum => (5, 0.0, 0.0),
+        BinaryOp::SigmoidGrad => (6, 0.0, 0.0),
+        BinaryOp::TanhGrad => (7, 0.0, 0.0),
+        BinaryOp::ReluGrad => (8, 0.0, 0.0),
+        BinaryOp::LeakyReluGrad(slope) => (9, slope, 0.0),
+        BinaryOp::ClampGrad { min, max } => (10, min, max),
+        BinaryOp::Bce => (11, 0.0, 0.0),
+        BinaryOp::BceInputGrad => (12, 0.0, 0.0),
+        BinaryOp::BceWithLogits => (13, 0.0, 0.0),
+    }
+}
+
+/// The kernel's op code for a comparison.
+fn compare_code(op: CmpOp) -> i32 {
+    match op {
+        CmpOp::Eq => 100,
+        CmpOp::Ne => 101,
+        CmpOp::Lt => 102,
+        CmpOp::Le => 103,
+        CmpOp::Gt => 104,
+        CmpOp::Ge => 105,
+    }
+}
+
+/// `[outer, len, inner]` around axis `dim` of `shape` (`None`: everything as one axis).
+fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
+    match dim {
+        Some(d) => (shape[..d].iter().product(), shape[d], shape[d + 1..].iter().product()),
+        None => (1, shape.iter().product(), 1),
+    }
+}
+
+/// A power of two of threads for one block per lane of `len` values (32 to 1024).
+fn lane_threads(len: usize) -> u32 {
+    len.clamp(32, 1024).next_power_of_two().min(1024) as u32
+}
+
+/// `[N, H]` of an LSTM cell state's layout.
+fn lstm_dims(c: &Layout) -> Result<[usize; 2]> {
+    match *c.shape() {
+        [n, h] => Ok([n, h]),
+        _ => Err(Error::invalid("lstm", format!("cell state must be [N, H], got {:?}", c.shape()))),
+    }
+}
+
+impl BackendStorage for CudaStorage {
+    fn device(&self) -> Device {
+        self.gpu().device()
+    }
+
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn to_host(&self, l: &Layout) -> Result<Vec<f32>> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let copy;
+        let (ptr, offset) = if l.is_contiguous() {
+            (self.block.ptr, l.offset())
+        } else {
+            copy = self.copy_strided(l)?;
+            (copy.block.ptr, 0)
+        };
+        let mut out = vec![0.0f32; n];
+        gpu.bind("copy to host")?;
+        if n > 0 {
+            // SAFETY: `out` holds n values and the view's n values start at `offset`; the copy
+            // is queued after every kernel that writes them, and the stream is synchronised
+            // below before `out` is read.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(&mut out, ptr + 4 * offset as u64, gpu.stream.cu_stream())
+            }
+            .map_err(|e| gpu.failure("copy to host", e))?;
+        }
+        gpu.stream.synchronize().map_err(|e| gpu.failure("copy to host", e))?;
+        gpu.check_errors()?;
+        Ok(out)
+    }
+
+    fn copy_strided(&self, l: &Layout) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, "copy")?;
+        if n > 0 {
+            let (lx, count) = (Strided::of(l, "copy")?, n as u64);
+            launch!(gpu, "copy_strided", grid(n); self.block.ptr, lx, out.block.ptr, count)?;
+        }
+        Ok(out)
+    }
+
+    fn copy_into(&self, l: &Layout, dst: &mut Self, dst_l: &Layout) -> Result<()> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        if n > 0 {
+            let (lx, ld, count) = (Strided::of(l, "copy")?, Strided::of(dst_l, "copy")?, n as u64);
+            launch!(gpu, "copy_into", grid(n); self.block.ptr, lx, dst.block.ptr, ld, count)?;
+        }
+        Ok(())
+    }
+
+    fn unary(&self, l: &Layout, op: UnaryOp) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, op.name())?;
+        if n > 0 {
+            let (code, p0, p1) = unary_code(op);
+            let (lx, count) = (Strided::of(l, op.name())?, n as u64);
+            launch!(gpu, "unary", grid(n); self.block.ptr, lx, out.block.ptr, count, code, p0, p1)?;
+        }
+        Ok(out)
+    }
+
+    fn binary(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: BinaryOp) -> Result<Self> {
+        let (code, p0, p1) = binary_code(op);
+        self.zip(l, rhs, rhs_l, op.name(), code, p0, p1)
+    }
+
+    fn compare(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, op: CmpOp) -> Result<Self> {
+        self.zip(l, rhs, rhs_l, op.name(), compare_code(op), 0.0, 0.0)
+    }
+
+    fn where_cond(&self, l: &Layout, on_true: &Self, t_l: &Layout, on_false: &Self, f_l: &Layout) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, "where_cond")?;
+        if n > 0 {
+            let (lc, lt, lf) =
+                (Strided::of(l, "where_cond")?, Strided::of(t_l, "where_cond")?, Strided::of(f_l, "where_cond")?);
+            let count = n as u64;
+            launch!(gpu, "where_cond", grid(n);
+                self.block.ptr, lc, on_true.block.ptr, lt, on_false.block.ptr, lf, out.block.ptr, count)?;
+        }
+        Ok(out)
+    }
+
+    fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Self> {
+        let gpu = self.gpu();
+        let (outer, len, inner) = around(l.shape(), dim);
+        let outputs = outer * inner;
+        let out = CudaStorage::alloc(gpu, outputs, "reduce")?;
+        if outputs == 0 {
+            return Ok(out);
+        }
+        let code: i32 = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::Min => 2,
+            ReduceOp::ArgMax => 3,
+            ReduceOp::ArgMin => 4,
+        };
+        let lx = Strided::of(l, "reduce")?;
+        let (o, k, i) = (outer as u64, len as u64, inner as u64);
+        // Many short reductions: a thread each; few long ones: a block each.
+        if outputs >= 4096 || len <= 64 {
+            launch!(gpu, "reduce_thread", grid(outputs); self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
+        } else {
+            let cfg = blocks(outputs, lane_threads(len).min(256));
+            launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
+        }
+        Ok(out)
+    }
+
+    fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, "softmax")?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let (outer, len, inner) = around(l.shape(), Some(dim));
+        let lx = Strided::of(l, "softmax")?;
+        let (o, k, i, log) = (outer as u64, len as u64, inner as u64, i32::from(log));
+        let cfg = blocks(outer * inner, lane_threads(len).min(256));
+        launch!(gpu, "softmax", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, log)?;
+        Ok(out)
+    }
+
+    fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, [m, k, n]: [usize; 3]) -> Result<Self> {
+        let gpu = self.gpu();
+        let batch: usize = l.shape()[..l.rank() - 2].iter().product();
+        let out = CudaStorage::alloc(gpu, batch * m * n, "matmul")?;
+        if batch * m * n == 0 {
+            return Ok(out);
+        }
+        if k == 0 {
+            let (count, zero) = ((batch * m * n) as u64, 0.0f32);
+            launch!(gpu, "fill", grid(batch * m * n); out.block.ptr, count, zero)?;
+            return Ok(out);
+        }
+        let too_big =
+            || Error::invalid("matmul", format!("sizes {m}x{k}x{n} (batch {batch}) exceed cuBLAS's 32-bit sizes"));
+        let int = |v: usize| i32::try_from(v).map_err(|_| too_big());
+        let (a, b) = (self.operand(l, m, k)?, rhs.operand(rhs_l, k, n)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        gpu.bind("matmul")?;
+        gpu.apply_math_mode()?;
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS gets B first.
+        // SAFETY: the operands' addresses, leading dimensions and batch strides describe
+        // matrices inside their buffers (checked by `Operand::describe`), the output holds
+        // batch·m·n values, and the call is queued on the GPU's stream, ordered after the
+        // kernels that wrote the operands.
+        unsafe {
+            cudarc::cublas::result::sgemm_strided_batched(
+                *gpu.blas.handle(),
+                b.op,
+                a.op,
+                int(n)?,
+                int(m)?,
+                int(k)?,
+                &alpha,
+                b.ptr as *const f32,
+                b.ld,
+                b.batch_stride,
+                a.ptr as *const f32,
+                a.ld,
+                a.batch_stride,
+                &beta,
+                out.block.ptr as *mut f32,
+                int(n)?,
+                (m * n) as i64,
+                int(batch)?,
+            )
+        }
+        .map_err(|e| gpu.failure("matmul (cuBLAS)", e))?;
+        Ok(out)
+    }
+
+    fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self> {
+        let gpu = self.gpu();
+        let (outer, size, inner) = around(l.shape(), Some(dim));
+        let nids = ids_l.elem_count();
+        let total = outer * nids * inner;
+        let out = CudaStorage::alloc(gpu, total, "index_select")?;
+        if total > 0 {
+            let (lx, li) = (Strided::of(l, "index_select")?, Strided::of(ids_l, "index_select")?);
+            let [o, s, i, k] = [outer, size, inner, nids].map(|v| v as u64);
+            launch!(gpu, "index_select", grid(total);
+                self.block.ptr, lx, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr)?;
+        }
+        Ok(out)
+    }
+
+    fn index_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        ids: &Self,
+        ids_l: &Layout,
+        src: &Self,
+        src_l: &Layout,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let out = self.copy_strided(l)?;
+        let (outer, size, inner) = around(l.shape(), Some(dim));
+        let nids = ids_l.elem_count();
+        let total = outer * nids * inner;
+        if total > 0 {
+            let (ls, li) = (Strided::of(src_l, "index_add")?, Strided::of(ids_l, "index_add")?);
+            let [o, s, i, k] = [outer, size, inner, nids].map(|v| v as u64);
+            launch!(gpu, "index_add", grid(total);
+                src.block.ptr, ls, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr)?;
+        }
+        Ok(out)
+    }
+
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = index_l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, "gather")?;
+        if n > 0 {
+            let (lx, li) = (Strided::of(l, "gather")?, Strided::of(index_l, "gather")?);
+            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()));
+            let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
+            launch!(gpu, "gather", grid(n);
+                self.block.ptr, lx, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
+        }
+        Ok(out)
+    }
+
+    fn scatter_add(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &Self,
+        index_l: &Layout,
+        src: &Self,
+        src_l: &Layout,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let out = self.copy_strided(l)?;
+        let n = index_l.elem_count();
+        if n > 0 {
+            let (ls, li) = (Strided::of(src_l, "scatter_add")?, Strided::of(index_l, "scatter_add")?);
+            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()));
+            let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
+            launch!(gpu, "scatter_add", grid(n);
+                src.block.ptr, ls, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
+        }
+        Ok(out)
+    }
+
+    fn im2col(&self, l: &Layout, dims: ImageDims, win: &Window, pad_value: f32) -> Result<Self> {
+        let gpu = self.gpu();
+        let ([n, c, _, _], [oh, ow]) = (dims.input, dims.output);
+        let total = c * win.kernel[0] * win.kernel[1] * n * oh * ow;
+        let out = CudaStorage::alloc(gpu, total, "im2col")?;
+        if total > 0 {
+            let (lx, g) = (Strided::of(l, "im2col")?, Conv::new(dims, win));
+            launch!(gpu, "im2col", grid(total); self.block.ptr, lx, out.block.ptr, g, pad_value)?;
+        }
+        Ok(out)
+    }
+
+    fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Self> {
+        let gpu = self.gpu();
+        let total: usize = dims.input.iter().product();
+        let out = CudaStorage::alloc(gpu, total, "col2im")?;
+        if total > 0 {
+            let (lc, g) = (Strided::of(l, "col2im")?, Conv::new(dims, win));
+            launch!(gpu, "col2im", grid(total); self.block.ptr, lc, out.block.ptr, g)?;
+        }
+        Ok(out)
+    }
+
+    fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Self, Self)> {
+        let gpu = self.gpu();
+        let ([n, c, _, _], [oh, ow]) = (dims.input, dims.output);
+        let total = n * c * oh * ow;
+        let values = CudaStorage::alloc(gpu, total, "max_pool2d")?;
+        let taps = CudaStorage::alloc(gpu, total, "max_pool2d")?;
+        if total > 0 {
+            let (lx, g) = (Strided::of(l, "max_pool2d")?, Conv::new(dims, win));
+            launch!(gpu, "max_pool", grid(total); self.block.ptr, lx, values.block.ptr, taps.block.ptr, g)?;
+        }
+        Ok((values, taps))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        l: &Layout,
+        taps: &Self,
+        taps_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let dx = CudaStorage::full(gpu, dims.input.iter().product(), 0.0)?;
+        let outputs = l.elem_count();
+        if outputs > 0 {
+            let (lg, lt) = (Strided::of(l, "max_pool2d")?, Strided::of(taps_l, "max_pool2d")?);
+            let g = Conv::new(dims, win);
+            launch!(gpu, "max_pool_backward", grid(outputs);
+                self.block.ptr, lg, taps.block.ptr, lt, dx.block.ptr, g)?;
+        }
+        Ok(dx)
+    }
+
+    fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
+        let gpu = self.gpu();
+        let [n, h] = lstm_dims(c_l)?;
+        if l.elem_count() != n * 4 * h || hw_l.elem_count() != n * 4 * h {
+            return Err(Error::invalid("lstm", format!("gate pre-activations must be [{n}, {}]", 4 * h)));
+        }
+        let out = CudaStorage::alloc(gpu, n * 6 * h, "lstm")?;
+        if n * h > 0 {
+            let (lx, lh, lc) = (Strided::of(l, "lstm")?, Strided::of(hw_l, "lstm")?, Strided::of(c_l, "lstm")?);
+            let (rows, units) = (n as u64, h as u64);
+            launch!(gpu, "lstm_cell", grid(n * h);
+                self.block.ptr, lx, hw.block.ptr, lh, c.block.ptr, lc, out.block.ptr, rows, units)?;
+        }
+        Ok(out)
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        l: &Layout,
+        c_prev: &Self,
+        c_prev_l: &Layout,
+        dh: &Self,
+        dh_l: &Layout,
+        dc: &Self,
+        dc_l: &Layout,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let [n, h] = lstm_dims(c_prev_l)?;
+        if l.elem_count() != n * 6 * h || dh_l.elem_count() != n * h || dc_l.elem_count() != n * h {
+            return Err(Error::invalid("lstm backward", format!("step records must be [{n}, {}]", 6 * h)));
+        }
+        let out = CudaStorage::alloc(gpu, n * 5 * h, "lstm backward")?;
+        if n * h > 0 {
+            let op = "lstm backward";
+            let (ls, lc) = (Strided::of(l, op)?, Strided::of(c_prev_l, op)?);
+            let (ldh, ldc) = (Strided::of(dh_l, op)?, Strided::of(dc_l, op)?);
+            let (rows, units) = (n as u64, h as u64);
+            launch!(gpu, "lstm_cell_backward", grid(n * h);
+                self.block.ptr, ls, c_prev.block.ptr, lc, dh.block.ptr, ldh, dc.block.ptr, ldc,
+                out.block.ptr, rows, units)?;
+        }
+        Ok(out)
+    }
+
+    fn optimizer_step(
+        &mut self,
+        l: &Layout,
+        grad: &Self,
+        grad_l: &Layout,
+        state: &mut [&mut Self],
+        update: &OptimizerUpdate,
+    ) -> Result<()> {
+        let gpu = self.gpu().clone();
+        let n = l.elem_count();
+        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
+            return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
+        }
+        if state.len() != update.state_buffers() || state.iter().any(|s| s.len != n) {
+            return Err(Error::invalid(
+                "optimizer step",
+                format!("needs {} state buffers of {n} values", update.state_buffers()),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let w = self.block.ptr + 4 * l.offset() as u64;
+        let g = grad.block.ptr + 4 * grad_l.offset() as u64;
+        let buf = |i: usize| state.get(i).map_or(0u64, |s| s.block.ptr);
+        let count = n as u64;
+        match *update {
+            OptimizerUpdate::Sgd { lr, momentum, nesterov, weight_decay, first_step } => {
+                let (b, nesterov, first) = (buf(0), i32::from(nesterov), i32::from(first_step));
+                launch!(gpu, "sgd", grid(n); w, g, b, count, lr, momentum, nesterov, weight_decay, first)
+            }
+            OptimizerUpdate::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2 } => {
+                let (m, v, decoupled) = (buf(0), buf(1), i32::from(decoupled));
+                launch!(gpu, "adam", grid(n);
+                    w, g, m, v, count, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2)
+            }
+            OptimizerUpdate::RmsProp { lr, alpha, eps, momentum, weight_decay } => {
+                let (v, b, with_momentum) = (buf(0), buf(1), i32::from(momentum > 0.0));
+                launch!(gpu, "rmsprop", grid(n); w, g, v, b, count, lr, alpha, eps, momentum, weight_decay, with_momentum)
+            }
+        }
+    }
+}
+
+impl CudaStorage {
+    /// A binary kernel (arithmetic or comparison, by code) over two views of one shape.
+    #[allow(clippy::too_many_arguments)]
+    fn zip(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rhs_l: &Layout,
+        name: &'static str,
+        code: i32,
+        p0: f32,
+        p1: f32,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let n = l.elem_count();
+        let out = CudaStorage::alloc(gpu, n, name)?;
+        if n > 0 {
+            let (la, lb, count) = (Strided::of(l, name)?, Strided::of(rhs_l, name)?, n as u64);
+            launch!(gpu, "binary", grid(n);
+                self.block.ptr, la, rhs.block.ptr, lb, out.block.ptr, count, code, p0, p1)?;
+        }
+        Ok(out)
+    }
+}
+
+/// The block cache's counters of GPU `ordinal` (`None` when it was never opened).
+pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
+    gpu::opened(ordinal).map(|g| g.memory_stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel compiles with NVRTC, where the library is found. CI installs it (PyPI's
+    /// `nvidia-cuda-nvrtc`) and sets `SINAPSE_REQUIRE_NVRTC=1`, so that there a missing
+    /// library fails the test instead of skipping it.
+    #[test]
+    fn every_kernel_compiles_with_nvrtc() {
+        if !gpu::nvrtc_present() {
+            assert!(
+                std::env::var("SINAPSE_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+                "SINAPSE_REQUIRE_NVRTC=1 but libnvrtc.so was not found (LD_LIBRARY_PATH?)"
+            );
+            eprintln!("skipped: libnvrtc.so not found, CUDA kernels not compiled");
+            return;
+        }
+        // The H100/H200 (sm_90) and the oldest architecture NVRTC 13 still targets (sm_75).
+        for arch in [90, 75] {
+            let ptx = gpu::compile(arch).unwrap_or_else(|e| panic!("compute_{arch}: {e}"));
+            let text = ptx.to_src();
+            for name in gpu::KERNELS {
+                assert!(
+                    text.contains(&format!(".entry {name}(")),
+                    "compute_{arch}: kernel {name} missing from the PTX"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn views_merge_their_contiguous_axes() {
+        let l = Layout::contiguous(&[4, 5, 6]).narrow(2, 1, 3).unwrap();
+        let s = Strided::of(&l, "test").unwrap();
+        assert_eq!(s.contiguous, 0);
+        assert_eq!(s.rank, 2, "[4, 5] step as one axis of 20");
+        assert_eq!((s.dims[0], s.strides[0]), (20, 6));
+        assert_eq!((s.dims[1], s.strides[1]), (3, 1));
+        assert_eq!(s.offset, 1);
+        let b = Layout::contiguous(&[1, 3]).broadcast_to(&[4, 2, 3]).unwrap();
+        let s = Strided::of(&b, "test").unwrap();
+        assert_eq!(s.rank, 2);
+        assert_eq!((s.dims[0], s.strides[0]), (8, 0), "broadcast axes merge too");
+        assert_eq!((s.dims[1], s.strides[1]), (3, 1));
+    }
+
+    #[test]
+    fn operands_describe_row_and_column_major_batches() {
+        let ptr = 1 << 20;
+        let a = Layout::contiguous(&[3, 4, 5]);
+        let op = Operand::describe(ptr, &a, 4, 5).unwrap();
+        assert_eq!((op.op, op.ld, op.batch_stride), (cublasOperation_t::CUBLAS_OP_N, 5, 20));
+        let t = Layout::contiguous(&[3, 5, 4]).transpose(1, 2).unwrap();
+        let op = Operand::describe(ptr, &t, 4, 5).unwrap();
+        assert_eq!((op.op, op.ld, op.batch_stride), (cublasOperation_t::CUBLAS_OP_T, 4, 20));
+        let shared = Layout::contiguous(&[4, 5]).broadcast_to(&[3, 4, 5]).unwrap();
+        assert_eq!(Operand::describe(ptr, &shared, 4, 5).unwrap().batch_stride, 0, "one matrix for the batch");
+        let padded = Layout::contiguous(&[4, 8]).narrow(1, 2, 5).unwrap();
+        let op = Operand::describe(ptr, &padded, 4, 5).unwrap();
+        assert_eq!((op.ld, op.ptr), (8, ptr + 8), "a padded view is read in place at its offset");
+        // A batch transposed against its matrices does not collapse to one stride.
+        let mixed = Layout::contiguous(&[2, 3, 4, 5]).transpose(0, 1).unwrap();
+        assert!(Operand::describe(ptr, &mixed, 4, 5).is_none());
+    }
+}
