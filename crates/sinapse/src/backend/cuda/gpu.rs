@@ -108,15 +108,18 @@ impl Strided {
     }
 
     /// Sizes with strides of the caller's choosing (gather's index shape with the source's
-    /// row-major strides).
-    pub(crate) fn shape_with_strides(shape: &[usize], strides: &[usize]) -> Strided {
+    /// row-major strides); an error naming `op` past [`MAX_DIMS`] axes.
+    pub(crate) fn shape_with_strides(shape: &[usize], strides: &[usize], op: &'static str) -> Result<Strided> {
+        if shape.len() > MAX_DIMS {
+            return Err(Error::invalid(op, format!("CUDA kernels take at most {MAX_DIMS} axes; got {shape:?}")));
+        }
         let mut s =
             Strided { rank: shape.len() as u32, contiguous: 0, offset: 0, dims: [1; MAX_DIMS], strides: [0; MAX_DIMS] };
-        for (d, (&size, &stride)) in shape.iter().zip(strides).enumerate().take(MAX_DIMS) {
+        for (d, (&size, &stride)) in shape.iter().zip(strides).enumerate() {
             s.dims[d] = size as u64;
             s.strides[d] = stride as i64;
         }
-        s
+        Ok(s)
     }
 }
 
@@ -188,8 +191,9 @@ pub(crate) struct Gpu {
     errors: CudaSlice<u32>,
     /// The device address of `errors`.
     pub(crate) errors_ptr: u64,
-    /// The math mode cuBLAS was last given: TF32 allowed or not.
-    tf32: std::sync::atomic::AtomicBool,
+    /// The math mode cuBLAS was last given (TF32 allowed or not), locked across setting it
+    /// and the product that needs it.
+    pub(crate) blas_mode: Mutex<bool>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -341,7 +345,7 @@ impl Gpu {
             cache: Mutex::new(BlockCache::default()),
             errors,
             errors_ptr,
-            tf32: std::sync::atomic::AtomicBool::new(false),
+            blas_mode: Mutex::new(false),
         })
     }
 
@@ -356,18 +360,22 @@ impl Gpu {
         self.ctx.bind_to_thread().map_err(|e| self.failure(op, e))
     }
 
-    /// Gives cuBLAS the math mode [`crate::backend::tf32`] asks for, when it changed.
-    pub(crate) fn apply_math_mode(&self) -> Result<()> {
+    /// Gives cuBLAS the math mode [`crate::backend::tf32`] asks for, when it changed; `mode`
+    /// is the held lock on [`Gpu::blas_mode`], kept by the caller until its product is queued.
+    pub(crate) fn apply_math_mode(&self, mode: &mut bool) -> Result<()> {
         use cudarc::cublas::sys::cublasMath_t;
         let want = crate::backend::tf32();
-        if self.tf32.swap(want, std::sync::atomic::Ordering::Relaxed) == want {
+        if *mode == want {
             return Ok(());
         }
-        let mode = if want { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
-        // SAFETY: the handle is this GPU's, alive as long as it is.
-        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), mode) }
+        let math = if want { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+        // SAFETY: the handle is this GPU's, alive as long as it is; the caller holds the lock
+        // that every product on it takes.
+        unsafe { cudarc::cublas::sys::cublasSetMathMode(*self.blas.handle(), math) }
             .result()
-            .map_err(|e| self.failure("setting cuBLAS's math mode", e))
+            .map_err(|e| self.failure("setting cuBLAS's math mode", e))?;
+        *mode = want;
+        Ok(())
     }
 
     /// A compiled kernel.
@@ -436,6 +444,7 @@ impl Gpu {
     /// check (and clears it).
     pub(crate) fn check_errors(&self) -> Result<()> {
         self.bind("reading the error word")?;
+        self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
         let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
         if words[0] == 0 {
             return Ok(());

@@ -42,8 +42,10 @@ impl CudaStorage {
         let s = CudaStorage::alloc(gpu, data.len(), "to")?;
         if !data.is_empty() {
             gpu.bind("copy to device")?;
-            // SAFETY: the block holds at least `data.len()` f32 values; the copy is queued on
-            // the GPU's stream, staged from pageable memory before the call returns.
+            // SAFETY: the block holds at least `data.len()` f32 values. From pageable memory
+            // the driver copies `data` to a staging buffer before returning (CUDA's "API
+            // synchronization behavior": asynchronous host-to-device copies), so `data` may go
+            // once the call returns; the transfer itself is queued on the GPU's stream.
             unsafe { cudarc::driver::result::memcpy_htod_async(s.block.ptr, data, gpu.stream.cu_stream()) }
                 .map_err(|e| gpu.failure("copy to device", e))?;
         }
@@ -366,7 +368,8 @@ impl BackendStorage for CudaStorage {
         let (a, b) = (self.operand(l, m, k)?, rhs.operand(rhs_l, k, n)?);
         let (alpha, beta) = (1.0f32, 0.0f32);
         gpu.bind("matmul")?;
-        gpu.apply_math_mode()?;
+        let mut mode = gpu.blas_mode.lock().map_err(|_| gpu.failure("matmul", "the cuBLAS lock was poisoned"))?;
+        gpu.apply_math_mode(&mut mode)?;
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS gets B first.
         // SAFETY: the operands' addresses, leading dimensions and batch strides describe
         // matrices inside their buffers (checked by `Operand::describe`), the output holds
@@ -442,7 +445,7 @@ impl BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(gpu, n, "gather")?;
         if n > 0 {
             let (lx, li) = (Strided::of(l, "gather")?, Strided::of(index_l, "gather")?);
-            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()));
+            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()), "gather")?;
             let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
             launch!(gpu, "gather", grid(n);
                 self.block.ptr, lx, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
@@ -464,7 +467,7 @@ impl BackendStorage for CudaStorage {
         let n = index_l.elem_count();
         if n > 0 {
             let (ls, li) = (Strided::of(src_l, "scatter_add")?, Strided::of(index_l, "scatter_add")?);
-            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()));
+            let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()), "scatter_add")?;
             let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
             launch!(gpu, "scatter_add", grid(n);
                 src.block.ptr, ls, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
