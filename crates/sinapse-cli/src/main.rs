@@ -12,6 +12,7 @@ mod inspect;
 mod perceptron;
 mod plot;
 mod predict;
+mod rl;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -64,8 +65,10 @@ enum Command {
     Gradcheck(inspect::GradcheckArgs),
     /// Rosenblatt's perceptron on a logic gate, optionally printing every step.
     Perceptron(perceptron::PerceptronArgs),
-    /// Run a benchmark (mlp or cnn) and print samples/s and test accuracy.
+    /// Run a benchmark (mlp, cnn, lstm or infer) and print its speed and test accuracy.
     Bench(bench::BenchArgs),
+    /// Reinforcement learning: train a policy on CartPole by policy gradients, or play one.
+    Rl(rl::RlArgs),
 }
 
 /// Makes this (the main) thread one of the kernels' worker threads
@@ -91,6 +94,7 @@ fn main() {
         Command::Gradcheck(args) => inspect::gradcheck(args),
         Command::Perceptron(args) => perceptron::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Rl(args) => rl::run(args),
     };
     if let Err(e) = result {
         output::note(format_args!("error: {}", one_line(&e)));

@@ -76,6 +76,55 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, train: &[f32], val: &[f32]
     root.present().map_err(|e| err(&e))
 }
 
+/// `returns.png`: each episode's return and the mean over the last `window` episodes, with
+/// the line the mean must reach to count as solved.
+pub fn returns(path: &Path, returns: &[f32], window: usize, threshold: f32) -> Result<()> {
+    fonts();
+    let err = |e: &dyn std::fmt::Display| plot_error(path, e);
+    let hi = returns.iter().copied().fold(threshold, f32::max) * 1.05;
+    let episodes = returns.len().max(2) as f32;
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Return per episode", ("sans-serif", 26))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(1f32..episodes, 0f32..hi)
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc("episode").y_desc("return").draw().map_err(|e| err(&e))?;
+    let points = returns.iter().enumerate().map(|(i, &r)| (i as f32 + 1.0, r));
+    chart
+        .draw_series(LineSeries::new(points, BLUE.mix(0.4).stroke_width(1)))
+        .map_err(|e| err(&e))?
+        .label("return")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.mix(0.4).stroke_width(1)));
+    let mean: Vec<(f32, f32)> = (0..returns.len())
+        .map(|i| {
+            let tail = &returns[(i + 1).saturating_sub(window)..=i];
+            (i as f32 + 1.0, tail.iter().sum::<f32>() / tail.len() as f32)
+        })
+        .collect();
+    chart
+        .draw_series(LineSeries::new(mean, RED.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label(format!("mean of the last {window}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(vec![(1.0, threshold), (episodes, threshold)], BLACK.mix(0.5)))
+        .map_err(|e| err(&e))?
+        .label(format!("solved: {threshold}"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 /// The confusion matrix as a heat map with the counts written in the cells (rows: true
 /// class, columns: predicted class), drawn cell by cell in pixel coordinates.
 pub fn confusion(path: &Path, m: &ConfusionMatrix, names: Option<&[String]>) -> Result<()> {

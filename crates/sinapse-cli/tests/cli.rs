@@ -471,3 +471,29 @@ fn small_things_said_once_and_clearly() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--lr must be a positive number, got -1"), "{err}");
 }
+
+#[test]
+fn rl_cartpole_trains_saves_and_plays() {
+    let dir = std::env::temp_dir().join(format!("sinapse-cli-rl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = sinapse(&["rl", "cartpole", "--episodes", "5", "--seed", "1", "--out", d]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.trim_end().lines().last().unwrap();
+    assert!(last.starts_with("not solved after 5 episodes: mean return "), "{out}");
+    for f in ["policy.toml", "policy.safetensors", "returns.csv", "returns.png"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("returns.csv")).unwrap().lines().count(), 6);
+    let (code, out, err) = sinapse(&["rl", "cartpole", "--play", d, "--episodes", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mean return ") && out.contains("over 3 episodes"), "{out}");
+    // Unknown environments and folders that are not policies are errors naming them.
+    let (code, _, err) = sinapse(&["rl", "pong"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown environment 'pong'") && err.contains("cartpole"), "{err}");
+    let (code, _, err) = sinapse(&["rl", "cartpole", "--play", "models"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("policy.toml"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

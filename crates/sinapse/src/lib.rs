@@ -101,6 +101,7 @@ pub mod ops;
 pub mod optim;
 pub mod perceptron;
 mod random;
+pub mod rl;
 pub mod spec;
 pub mod tensor;
 pub mod train;
