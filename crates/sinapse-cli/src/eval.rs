@@ -32,7 +32,7 @@ pub fn read_labelled(model: &TrainedModel, path: &Path) -> Result<Dataset> {
             bail!("{}: the model was trained on IDX images, not CSV", path.display());
         };
         let target = match card.task {
-            Task::Classification { .. } => Target::Class,
+            Task::Classification { .. } | Task::Reconstruction { .. } => Target::Class,
             Task::Regression => Target::Value,
         };
         let table = read_csv(path, Some(label), target, card.classes.as_ref())?;
@@ -62,7 +62,10 @@ pub fn read_labelled(model: &TrainedModel, path: &Path) -> Result<Dataset> {
 pub fn run(args: EvalArgs) -> Result<()> {
     let model = crate::load_model(&args.model, args.device)?;
     let data = read_labelled(&model, &args.data)?;
-    let scaled = Dataset::new(model.card.scaler.transform(data.x())?, data.y().clone())?;
+    let x = model.card.scaler.transform(data.x())?;
+    // An autoencoder's targets are its own (scaled) inputs; the labels are not used.
+    let y = if matches!(model.card.task, Task::Reconstruction { .. }) { x.clone() } else { data.y().clone() };
+    let scaled = Dataset::new(x, y)?;
     let loss = model.card.spec.loss_for(&model.card.task);
     let e = evaluate(&model.model, &scaled, &model.card.task, loss, 1024)?;
     outln!("{} samples from {}", data.len(), args.data.display());
@@ -71,6 +74,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let names = model.card.classes.as_ref().map(|c| c.classes.clone());
         out!("{}", m.render(names.as_deref()));
     }
-    outln!("{}", crate::train::final_line("", &e));
+    outln!("{}", crate::train::final_line("", &model.card.task, &e));
     Ok(())
 }

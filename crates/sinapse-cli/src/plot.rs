@@ -125,6 +125,120 @@ pub fn returns(path: &Path, returns: &[f32], window: usize, threshold: f32) -> R
     root.present().map_err(|e| err(&e))
 }
 
+/// `reconstructions.png` for an autoencoder: test images (top row) above their
+/// reconstructions (bottom row), each `side` x `side` grey values in [0, 1].
+pub fn reconstructions(path: &Path, originals: &[Vec<f32>], rebuilt: &[Vec<f32>], side: usize) -> Result<()> {
+    fonts();
+    let err = |e: &dyn std::fmt::Display| plot_error(path, e);
+    let (scale, gap, top) = (3i32, 10i32, 40i32);
+    let cell = side as i32 * scale;
+    let cols = originals.len().max(1) as i32;
+    let (width, height) = ((gap + cols * (cell + gap)) as u32, (top + 2 * (cell + gap) + gap) as u32);
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    root.draw(&Text::new("test images (top) and their reconstructions (bottom)", (gap, 12), ("sans-serif", 18)))
+        .map_err(|e| err(&e))?;
+    for (row, images) in [originals, rebuilt].iter().enumerate() {
+        for (col, image) in images.iter().enumerate() {
+            let (x0, y0) = (gap + col as i32 * (cell + gap), top + row as i32 * (cell + gap));
+            for (p, &v) in image.iter().enumerate().take(side * side) {
+                // Ink dark on white, as digits are written.
+                let shade = 255 - (v.clamp(0.0, 1.0) * 255.0) as u8;
+                let (x, y) = (x0 + (p % side) as i32 * scale, y0 + (p / side) as i32 * scale);
+                root.draw(&Rectangle::new([(x, y), (x + scale, y + scale)], RGBColor(shade, shade, shade).filled()))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+    }
+    root.present().map_err(|e| err(&e))
+}
+
+/// `codes.png` for an autoencoder: each test sample's code as a point (`axes` names the two
+/// coordinates), coloured by its label, which training never saw.
+pub fn codes(path: &Path, points: &[[f32; 2]], labels: &[usize], names: &[String], axes: [&str; 2]) -> Result<()> {
+    fonts();
+    let err = |e: &dyn std::fmt::Display| plot_error(path, e);
+    let range = |k: usize| {
+        let (lo, hi) = points.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), p| (a.min(p[k]), b.max(p[k])));
+        if lo.is_finite() && hi > lo {
+            let pad = (hi - lo) * 0.05;
+            (lo - pad)..(hi + pad)
+        } else {
+            -1f32..1f32
+        }
+    };
+    let root = BitMapBackend::new(path, (800, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Codes of the test set, coloured by label", ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(range(0), range(1))
+        .map_err(|e| err(&e))?;
+    chart.configure_mesh().x_desc(axes[0]).y_desc(axes[1]).draw().map_err(|e| err(&e))?;
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    for c in 0..classes {
+        let color = Palette99::pick(c).to_rgba();
+        let mine = points.iter().zip(labels).filter(|(_, &l)| l == c).map(|(p, _)| (p[0], p[1]));
+        let name = names.get(c).cloned().unwrap_or_else(|| c.to_string());
+        chart
+            .draw_series(mine.map(|p| Circle::new(p, 2, color.filled())))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
+/// The rows of `data` (`n` rows of `d` values) projected on their first two principal axes
+/// (the directions of largest variance, by power iteration on the covariance matrix).
+pub fn principal_plane(data: &[f32], n: usize, d: usize) -> Vec<[f32; 2]> {
+    let mean: Vec<f64> =
+        (0..d).map(|j| (0..n).map(|i| f64::from(data[i * d + j])).sum::<f64>() / n.max(1) as f64).collect();
+    let centred = |i: usize, j: usize| f64::from(data[i * d + j]) - mean[j];
+    let mut cov = vec![0.0f64; d * d];
+    for i in 0..n {
+        for a in 0..d {
+            let va = centred(i, a);
+            for b in 0..d {
+                cov[a * d + b] += va * centred(i, b);
+            }
+        }
+    }
+    let mut axes: Vec<Vec<f64>> = Vec::new();
+    for k in 0..2.min(d) {
+        let mut v: Vec<f64> = (0..d).map(|j| 1.0 + (j * (k + 1)) as f64 * 1e-3).collect();
+        for _ in 0..300 {
+            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| cov[a * d + b] * v[b]).sum()).collect();
+            // Deflate: remove the axes found already.
+            for u in &axes {
+                let dot: f64 = w.iter().zip(u).map(|(x, y)| x * y).sum();
+                w.iter_mut().zip(u).for_each(|(x, y)| *x -= dot * y);
+            }
+            let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            v = w.iter().map(|x| x / norm).collect();
+        }
+        axes.push(v);
+    }
+    (0..n)
+        .map(|i| {
+            let p = |k: usize| axes.get(k).map_or(0.0, |u| (0..d).map(|j| centred(i, j) * u[j]).sum::<f64>()) as f32;
+            [p(0), p(1)]
+        })
+        .collect()
+}
+
 /// The confusion matrix as a heat map with the counts written in the cells (rows: true
 /// class, columns: predicted class), drawn cell by cell in pixel coordinates.
 pub fn confusion(path: &Path, m: &ConfusionMatrix, names: Option<&[String]>) -> Result<()> {

@@ -22,13 +22,23 @@ pub struct PredictArgs {
     /// Device to run on: cpu, cuda, cuda:N or auto [default: the spec's `device`, else cpu].
     #[arg(long)]
     device: Option<String>,
+    /// Autoencoders: write the reconstructions (one column per feature) instead of the codes.
+    #[arg(long)]
+    reconstructions: bool,
 }
 
 /// Runs the command.
 pub fn run(args: PredictArgs) -> Result<()> {
     let model = crate::load_model(&args.model, args.device)?;
     let x = read_features(&args.input, &model.card.feature_names)?;
-    let outputs = model.outputs(&x)?;
+    if args.reconstructions && !matches!(model.card.task, Task::Reconstruction { .. }) {
+        anyhow::bail!("--reconstructions is for autoencoders (task = \"reconstruction\")");
+    }
+    let outputs = match model.card.task {
+        Task::Reconstruction { .. } if args.reconstructions => model.reconstructions(&x)?,
+        Task::Reconstruction { .. } => model.codes(&x)?,
+        _ => model.outputs(&x)?,
+    };
     // Through the csv crate: class names holding commas or quotes are quoted as CSV needs.
     let mut w = csv::Writer::from_writer(Vec::new());
     match model.card.task {
@@ -50,6 +60,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
             w.write_record(["prediction"])?;
             for v in outputs.to_vec() {
                 w.write_record([v.to_string()])?;
+            }
+        }
+        Task::Reconstruction { .. } => {
+            // Codes (code0, code1, ...) or reconstructions (named as the input columns).
+            let header: Vec<String> = if args.reconstructions {
+                model.card.feature_names.clone()
+            } else {
+                (0..outputs.shape()[1]).map(|i| format!("code{i}")).collect()
+            };
+            w.write_record(&header)?;
+            for row in outputs.to_vec2()? {
+                w.write_record(row.iter().map(|v| format!("{v:.6}")))?;
             }
         }
     }

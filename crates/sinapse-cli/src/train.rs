@@ -1,13 +1,13 @@
 //! `sinapse train [SPEC] [--out DIR]`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use sinapse::job;
 use sinapse::nn::Module;
-use sinapse::spec::ValidationSpec;
-use sinapse::train::{Evaluation, Metrics, ProgressReporter, Verbosity};
+use sinapse::spec::{ModelSpec, TrainedModel, ValidationSpec};
+use sinapse::train::{Evaluation, Metrics, ProgressReporter, Task, Verbosity};
 
 /// Options of `sinapse train`.
 #[derive(Args)]
@@ -43,11 +43,69 @@ pub fn describe(e: &Evaluation) -> String {
     }
 }
 
-/// The last line: `test accuracy: 0.NNNN` or `test mse: X`.
-pub fn final_line(prefix: &str, e: &Evaluation) -> String {
+/// The last line: `test accuracy: 0.NNNN`, `test mse: X` or (an autoencoder)
+/// `test reconstruction mse: X`.
+pub fn final_line(prefix: &str, task: &Task, e: &Evaluation) -> String {
+    let what = if matches!(task, Task::Reconstruction { .. }) { "reconstruction " } else { "" };
     match &e.metrics {
         Metrics::Classification(m) => format!("{prefix}accuracy: {:.4}", m.accuracy()),
-        Metrics::Regression(r) => format!("{prefix}mse: {:.6}", r.mse),
+        Metrics::Regression(r) => format!("{prefix}{what}mse: {:.6}", r.mse),
+    }
+}
+
+/// What an autoencoder's two pictures show: test images with their reconstructions, and the
+/// codes of the test set in a plane with their labels.
+struct AutoencoderPictures {
+    originals: Vec<Vec<f32>>,
+    rebuilt: Vec<Vec<f32>>,
+    side: Option<usize>,
+    points: Vec<[f32; 2]>,
+    labels: Vec<usize>,
+    names: Vec<String>,
+    axes: [&'static str; 2],
+}
+
+/// Test images shown in `reconstructions.png`, and most test samples in `codes.png`.
+const SHOWN_IMAGES: usize = 10;
+const PLOTTED_CODES: usize = 2000;
+
+fn autoencoder_pictures(model: &TrainedModel, spec: &ModelSpec, base: &Path) -> Result<AutoencoderPictures> {
+    let raw = spec.load_data(base)?;
+    let (data, labels) = match (&raw.test, &raw.labels) {
+        (Some(test), Some((_, Some(l)))) => (test.clone(), l.clone()),
+        (_, Some((l, _))) => (raw.train.clone(), l.clone()),
+        _ => anyhow::bail!("the spec's data has no labels to colour the codes"),
+    };
+    let n = data.len().min(PLOTTED_CODES);
+    let x = data.x().narrow(0, 0, n)?;
+    let codes = model.codes(&x)?;
+    let width = codes.shape()[1];
+    let (points, axes) = if width == 2 {
+        (codes.to_vec2()?.iter().map(|r| [r[0], r[1]]).collect(), ["code 0", "code 1"])
+    } else {
+        (crate::plot::principal_plane(&codes.to_vec(), n, width), ["first principal axis of the codes", "second"])
+    };
+    let shown = x.narrow(0, 0, n.min(SHOWN_IMAGES))?;
+    let features = model.card.feature_names.len();
+    let side = (1..=features).find(|s| s * s == features);
+    Ok(AutoencoderPictures {
+        originals: model.card.scaler.transform(&shown)?.to_vec2()?,
+        rebuilt: model.reconstructions(&shown)?.to_vec2()?,
+        side,
+        points,
+        labels: labels.to_vec().iter().take(n).map(|&l| l as usize).collect(),
+        names: model.card.classes.as_ref().map(|c| c.classes.clone()).unwrap_or_default(),
+        axes,
+    })
+}
+
+impl AutoencoderPictures {
+    /// `codes.png`, and `reconstructions.png` when the inputs are square images.
+    fn draw(&self, dir: &Path) -> sinapse::Result<()> {
+        if let Some(side) = self.side {
+            crate::plot::reconstructions(&dir.join("reconstructions.png"), &self.originals, &self.rebuilt, side)?;
+        }
+        crate::plot::codes(&dir.join("codes.png"), &self.points, &self.labels, &self.names, self.axes)
     }
 }
 
@@ -97,6 +155,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     let history_csv = outcome.history.to_csv();
+    // An autoencoder's pictures need the test images again, with their labels.
+    let pictures = match outcome.model.card.task {
+        Task::Reconstruction { .. } => Some(autoencoder_pictures(&outcome.model, &spec, &base)?),
+        _ => None,
+    };
     let for_plot = outcome.test.as_ref().or(outcome.validation.as_ref());
     let classes = outcome.model.card.classes.clone();
     outcome
@@ -108,6 +171,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             };
             write("history.csv", &history_csv)?;
             crate::plot::curves(dir, &outcome.history)?;
+            if let Some(p) = &pictures {
+                p.draw(dir)?;
+            }
             if let Some(Evaluation { metrics: Metrics::Classification(m), .. }) = for_plot {
                 // A confusion matrix of hundreds of classes is no picture (and a huge file).
                 if m.classes() <= MAX_PLOTTED_CLASSES {
@@ -125,7 +191,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     outln!("saved model, history.csv and plots to {}", out.display());
     if let Some(t) = &outcome.test {
         outln!("test: {}", describe(t));
-        outln!("{}", final_line("test ", t));
+        outln!("{}", final_line("test ", &outcome.model.card.task, t));
     }
     Ok(())
 }

@@ -497,3 +497,40 @@ fn rl_cartpole_trains_saves_and_plays() {
     assert!(err.contains("policy.toml"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn autoencoder_spec_trains_evaluates_and_predicts_codes() {
+    let dir = temp("autoencoder");
+    let model = dir.join("model");
+    let m = model.to_str().unwrap();
+    let (code, out, err) = sinapse(&["train", "models/mnist_autoencoder.toml", "--out", m, "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    let last = out.trim_end().lines().last().unwrap();
+    let mse: f64 = last.strip_prefix("test reconstruction mse: ").expect(last).parse().unwrap();
+    // The mean image alone scores about 0.067 (pixel variance); the bar catches an autoencoder
+    // that learned nothing.
+    assert!(mse < 0.02, "{out}");
+    for f in ["codes.png", "reconstructions.png", "loss.png", "mse.png", "history.csv"] {
+        assert!(model.join(f).is_file(), "{f} missing");
+    }
+    let (code, out, err) = sinapse(&["eval", m, "data/mnist-10k"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim_end().ends_with(&format!("reconstruction mse: {mse:.6}")), "{out}");
+    // Codes by default (32 per row), reconstructions (784, named as the inputs) on request.
+    let csv = dir.join("in.csv");
+    let header: Vec<String> = (0..784).map(|i| format!("pixel{i}")).collect();
+    let row: Vec<String> = (0..784).map(|i| if i % 7 == 0 { "0.5".into() } else { "0".into() }).collect();
+    std::fs::write(&csv, format!("{}\n{}\n{}\n", header.join(","), row.join(","), row.join(","))).unwrap();
+    let (code, out, err) = sinapse(&["predict", m, csv.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.trim_end().lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("code0,code1,") && lines[0].split(',').count() == 32, "{}", lines[0]);
+    let (code, out, err) = sinapse(&["predict", m, csv.to_str().unwrap(), "--reconstructions"]);
+    assert_eq!(code, 0, "{err}");
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with("pixel0,pixel1") && first.split(',').count() == 784);
+    let values: Vec<f64> = out.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "sigmoid of the logits: pixels in [0, 1]");
+    let _ = std::fs::remove_dir_all(&dir);
+}

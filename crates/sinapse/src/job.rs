@@ -30,7 +30,13 @@ fn scale(
     others: &[Option<&Dataset>],
 ) -> Result<(Scaler, Dataset, Vec<Option<Dataset>>)> {
     let scaler = Scaler::fit(spec.scaling(), train.x())?;
-    let apply = |d: &Dataset| -> Result<Dataset> { Dataset::new(scaler.transform(d.x())?, d.y().clone()) };
+    // A reconstruction's targets are its inputs, scaled alike.
+    let own_target = matches!(spec.task_kind(), crate::spec::TaskKind::Reconstruction);
+    let apply = |d: &Dataset| -> Result<Dataset> {
+        let x = scaler.transform(d.x())?;
+        let y = if own_target { x.clone() } else { d.y().clone() };
+        Dataset::new(x, y)
+    };
     let train = apply(train)?;
     let others = others.iter().map(|d| d.map(apply).transpose()).collect::<Result<Vec<_>>>()?;
     Ok((scaler, train, others))

@@ -20,8 +20,27 @@ pub struct RawData {
     pub task: Task,
     /// Names of the input features.
     pub feature_names: Vec<String>,
-    /// Class names (classification).
+    /// Class names (classification; reconstruction, where they name the labels).
     pub classes: Option<LabelMap>,
+    /// Reconstruction: the labels the targets replaced, `(training, test)`, for plots.
+    pub labels: Option<(crate::Tensor, Option<crate::Tensor>)>,
+}
+
+impl RawData {
+    /// The same data as a reconstruction task: every target is its own input (the labels
+    /// are kept aside in `labels`).
+    fn into_reconstruction(self) -> Result<RawData> {
+        let features = self.train.x().shape()[1..].iter().product();
+        let own = |d: &Dataset| Dataset::new(d.x().clone(), d.x().clone());
+        Ok(RawData {
+            labels: Some((self.train.y().clone(), self.test.as_ref().map(|t| t.y().clone()))),
+            train: own(&self.train)?,
+            test: self.test.as_ref().map(own).transpose()?,
+            task: Task::Reconstruction { features },
+            feature_names: self.feature_names,
+            classes: self.classes,
+        })
+    }
 }
 
 impl ModelSpec {
@@ -29,7 +48,7 @@ impl ModelSpec {
     pub fn load_data(&self, base: &Path) -> Result<RawData> {
         let at = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
         match &self.data {
-            DataSpec::Idx { train_images, train_labels, test_images, test_labels, .. } => {
+            DataSpec::Idx { train_images, train_labels, test_images, test_labels, task, .. } => {
                 let train = read_labelled_images(&at(train_images), &at(train_labels))?;
                 let test = match (test_images, test_labels) {
                     (Some(i), Some(l)) => Some(read_labelled_images(&at(i), &at(l))?),
@@ -39,17 +58,19 @@ impl ModelSpec {
                 let max_label = train.y().to_vec().iter().fold(0.0f32, |m, &v| m.max(v)) as usize;
                 let classes = LabelMap { classes: (0..=max_label).map(|c| c.to_string()).collect() };
                 let features = train.x().shape()[1];
-                Ok(RawData {
+                let raw = RawData {
                     train,
                     test,
                     task: Task::Classification { classes: classes.len() },
                     feature_names: (0..features).map(|i| format!("pixel{i}")).collect(),
                     classes: Some(classes),
-                })
+                    labels: None,
+                };
+                Ok(if *task == TaskKind::Reconstruction { raw.into_reconstruction()? } else { raw })
             }
             DataSpec::Csv { path, label, task, test_path, test_fraction, .. } => {
                 let target = match task {
-                    TaskKind::Classification => Target::Class,
+                    TaskKind::Classification | TaskKind::Reconstruction => Target::Class,
                     TaskKind::Regression => Target::Value,
                 };
                 let table = read_csv(at(path), Some(label), target, None)?;
@@ -87,7 +108,15 @@ impl ModelSpec {
                     }
                     (None, None) => (all, None),
                 };
-                Ok(RawData { train, test, task, feature_names: table.feature_names, classes: table.classes })
+                let raw = RawData {
+                    train,
+                    test,
+                    task,
+                    feature_names: table.feature_names,
+                    classes: table.classes,
+                    labels: None,
+                };
+                Ok(if self.task_kind() == TaskKind::Reconstruction { raw.into_reconstruction()? } else { raw })
             }
         }
     }
@@ -97,6 +126,6 @@ impl ModelSpec {
 pub fn class_indices(data: &Dataset, task: &Task) -> Option<Vec<usize>> {
     match task {
         Task::Classification { .. } => Some(data.y().to_vec().iter().map(|&c| c as usize).collect()),
-        Task::Regression => None,
+        Task::Regression | Task::Reconstruction { .. } => None,
     }
 }

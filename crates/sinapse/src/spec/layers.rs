@@ -295,6 +295,7 @@ impl ModelSpec {
             let need = match task {
                 Task::Classification { classes } => format!("{classes} outputs, one per class"),
                 Task::Regression => "1 output".to_string(),
+                Task::Reconstruction { features } => format!("{features} outputs, one per input value"),
             };
             return Err(Error::invalid(
                 "spec",

@@ -58,7 +58,8 @@ pub struct ModelSpec {
     pub data: DataSpec,
     /// The layers, input to output.
     pub layers: Vec<LayerSpec>,
-    /// The loss (default: cross_entropy for classification, mse for regression).
+    /// The loss (default: cross_entropy for classification, mse for regression and
+    /// reconstruction; binary_cross_entropy for reconstruction of values in [0, 1]).
     #[serde(default)]
     pub loss: Option<LossKind>,
     /// The optimizer.
@@ -104,6 +105,10 @@ pub enum DataSpec {
         /// Feature scaling fitted on the training part.
         #[serde(default)]
         scaling: Scaling,
+        /// `classification` of the labels (default), or `reconstruction` of the images
+        /// themselves (an autoencoder; the labels then only colour its plots).
+        #[serde(default)]
+        task: TaskKind,
     },
     /// A CSV table with a header row.
     Csv {
@@ -111,7 +116,8 @@ pub enum DataSpec {
         path: PathBuf,
         /// Name of the target column.
         label: String,
-        /// `classification` (default) or `regression`.
+        /// `classification` (default), `regression`, or `reconstruction` of the feature columns
+        /// (the label column then only colours the plots).
         #[serde(default)]
         task: TaskKind,
         /// Feature scaling fitted on the training part.
@@ -127,7 +133,7 @@ pub enum DataSpec {
     },
 }
 
-/// Classification or regression, as written in a spec.
+/// Classification, regression or reconstruction, as written in a spec.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
@@ -136,6 +142,8 @@ pub enum TaskKind {
     Classification,
     /// Predict the label column's number.
     Regression,
+    /// Reproduce the input itself (unsupervised: an autoencoder).
+    Reconstruction,
 }
 
 /// The optimizer and its settings (PyTorch's defaults where omitted).
@@ -347,9 +355,11 @@ impl ModelSpec {
             }
         }
         let classification = match &self.data {
-            DataSpec::Idx { .. } => true,
-            DataSpec::Csv { task, .. } => *task == TaskKind::Classification,
+            DataSpec::Idx { task, .. } | DataSpec::Csv { task, .. } => *task == TaskKind::Classification,
         };
+        if let DataSpec::Idx { task: TaskKind::Regression, .. } = &self.data {
+            return bad("IDX data has class labels: its task is classification or reconstruction".into());
+        }
         let cross_entropy = match self.loss {
             Some(l) => l == LossKind::CrossEntropy,
             None => classification,
@@ -365,6 +375,13 @@ impl ModelSpec {
             }
         }
         Ok(())
+    }
+
+    /// The task the spec's data section names.
+    pub fn task_kind(&self) -> TaskKind {
+        match &self.data {
+            DataSpec::Idx { task, .. } | DataSpec::Csv { task, .. } => *task,
+        }
     }
 
     /// The feature scaling the spec asks for.

@@ -147,6 +147,46 @@ impl TrainedModel {
         Ok(TrainedModel { card, model })
     }
 
+    /// Reconstruction models: the codes of raw features `[N, F]`, the output of the
+    /// network's narrowest layer (the bottleneck: of the narrowest run of layers, the last,
+    /// so that its activation is included), `[N, width]`.
+    pub fn codes(&self, raw_features: &Tensor) -> Result<Tensor> {
+        if !matches!(self.card.task, Task::Reconstruction { .. }) {
+            return Err(Error::invalid("codes", "only an autoencoder (task = \"reconstruction\") has codes"));
+        }
+        let x = self.card.scaler.transform(raw_features)?;
+        let _guard = crate::no_grad();
+        let layers = self.model.layers();
+        // The narrowest output, found on one probe sample.
+        let mut one = x.shape().to_vec();
+        one[0] = 1;
+        let mut probe = Tensor::zeros(&one);
+        let mut bottleneck = (usize::MAX, 0);
+        for (i, layer) in layers.iter().enumerate() {
+            probe = layer.forward(&probe, crate::nn::Mode::Eval)?;
+            let width = probe.elem_count();
+            if width <= bottleneck.0 {
+                bottleneck = (width, i);
+            }
+        }
+        let mut h = x.to(self.model.device())?;
+        for layer in &layers[..=bottleneck.1] {
+            h = layer.forward(&h, crate::nn::Mode::Eval)?;
+        }
+        // One row per sample, whatever the layer's shape (a convolution's maps).
+        let n = h.shape()[0];
+        h.reshape(&[n, h.elem_count() / n.max(1)])?.to(crate::Device::Cpu)
+    }
+
+    /// Reconstruction models: the reconstructions of raw features `[N, F]` (the outputs, or
+    /// their sigmoid when trained with binary cross-entropy), in the scaled space.
+    pub fn reconstructions(&self, raw_features: &Tensor) -> Result<Tensor> {
+        if !matches!(self.card.task, Task::Reconstruction { .. }) {
+            return Err(Error::invalid("reconstructions", "only an autoencoder (task = \"reconstruction\") has them"));
+        }
+        self.card.spec.loss_for(&self.card.task).prediction(&self.outputs(raw_features)?)
+    }
+
     /// Scales raw features `[N, F]` with the fitted scaler and runs the network (evaluation
     /// mode, no gradients).
     pub fn outputs(&self, raw_features: &Tensor) -> Result<Tensor> {

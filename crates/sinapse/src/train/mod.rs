@@ -27,6 +27,8 @@ const CLASSIFICATION_METRIC: &str = "accuracy";
 /// The headline metric of regression: the mean absolute error (the loss, MSE, is reported
 /// beside it; R² too where a whole set is scored).
 const REGRESSION_METRIC: &str = "mae";
+/// The headline metric of reconstruction: the mean squared error per input value.
+const RECONSTRUCTION_METRIC: &str = "mse";
 
 /// What the model predicts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +41,13 @@ pub enum Task {
     },
     /// Numbers; targets are `[N]` (outputs `[N, 1]`) or `[N, k]` (outputs `[N, k]`).
     Regression,
+    /// The input itself (unsupervised: an autoencoder); targets are the inputs `[N, features]`.
+    /// With the binary cross-entropy loss the outputs are logits and the reconstruction is
+    /// their sigmoid.
+    Reconstruction {
+        /// Values per input sample.
+        features: usize,
+    },
 }
 
 impl Task {
@@ -47,14 +56,17 @@ impl Task {
         match self {
             Task::Classification { classes } => *classes,
             Task::Regression => 1,
+            Task::Reconstruction { features } => *features,
         }
     }
 
-    /// Name of the task's headline metric (see [`Metrics::headline`]): `accuracy` or `mae`.
+    /// Name of the task's headline metric (see [`Metrics::headline`]): `accuracy`, `mae` or
+    /// (reconstruction) `mse`.
     pub fn metric_name(&self) -> &'static str {
         match self {
             Task::Classification { .. } => CLASSIFICATION_METRIC,
             Task::Regression => REGRESSION_METRIC,
+            Task::Reconstruction { .. } => RECONSTRUCTION_METRIC,
         }
     }
 }
@@ -65,29 +77,48 @@ impl Task {
 pub enum LossKind {
     /// Softmax cross-entropy on logits against class indices (classification only).
     CrossEntropy,
-    /// Mean squared error: against the values (regression) or one-hot rows (classification,
-    /// as the course trains XOR).
+    /// Mean squared error: against the values (regression, reconstruction) or one-hot rows
+    /// (classification, as the course trains XOR).
     Mse,
+    /// Binary cross-entropy of the outputs' sigmoid (the outputs are logits) against targets
+    /// in [0, 1]: pixels, for reconstruction.
+    BinaryCrossEntropy,
 }
 
 impl LossKind {
     /// Every loss's name, as written in a model spec.
-    pub const NAMES: [&'static str; 2] = ["cross_entropy", "mse"];
+    pub const NAMES: [&'static str; 3] = ["cross_entropy", "mse", "binary_cross_entropy"];
 
-    /// The usual loss of a task: cross-entropy for classification, MSE for regression.
+    /// The usual loss of a task: cross-entropy for classification, MSE for regression and
+    /// reconstruction.
     pub fn default_for(task: &Task) -> LossKind {
         match task {
             Task::Classification { .. } => LossKind::CrossEntropy,
-            Task::Regression => LossKind::Mse,
+            Task::Regression | Task::Reconstruction { .. } => LossKind::Mse,
         }
     }
 
     /// Checks that the loss fits the task.
     pub fn check(&self, task: &Task) -> Result<()> {
-        if *self == LossKind::CrossEntropy && *task == Task::Regression {
-            return Err(Error::invalid("loss", "cross_entropy needs a classification task; use mse for regression"));
+        match (self, task) {
+            (LossKind::CrossEntropy, Task::Regression | Task::Reconstruction { .. }) => Err(Error::invalid(
+                "loss",
+                "cross_entropy needs a classification task; use mse (or binary_cross_entropy for reconstruction)",
+            )),
+            (LossKind::BinaryCrossEntropy, Task::Classification { .. } | Task::Regression) => {
+                Err(Error::invalid("loss", "binary_cross_entropy is for the reconstruction task (targets in [0, 1])"))
+            }
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// What the model's `outputs` predict: the outputs themselves, or their sigmoid when they
+    /// are the logits of binary cross-entropy.
+    pub fn prediction(&self, outputs: &Tensor) -> Result<Tensor> {
+        match self {
+            LossKind::BinaryCrossEntropy => outputs.sigmoid(),
+            _ => Ok(outputs.clone()),
+        }
     }
 
     /// The loss of `outputs` against targets `y` (class indices or values, `[N]`).
@@ -98,7 +129,8 @@ impl LossKind {
             // Targets [N] are one value per sample, the outputs [N, 1]; targets [N, k] go as
             // they are.
             (LossKind::Mse, Task::Regression) if y.rank() == 1 => loss::mse(outputs, &y.unsqueeze(1)?),
-            (LossKind::Mse, Task::Regression) => loss::mse(outputs, y),
+            (LossKind::Mse, Task::Regression | Task::Reconstruction { .. }) => loss::mse(outputs, y),
+            (LossKind::BinaryCrossEntropy, _) => loss::binary_cross_entropy_with_logits(outputs, y),
         }
     }
 }
@@ -246,13 +278,18 @@ pub struct Silent;
 
 impl Observer for Silent {}
 
-/// The per-batch metric sum: correct predictions (classification) or absolute error
-/// (regression; outputs `[B, 1]` against targets `[B]` or `[B, 1]`, compared value by value).
-fn metric_sum(task: &Task, outputs: &Tensor, y: &Tensor) -> Result<f64> {
+/// The per-batch metric sum: correct predictions (classification), absolute error
+/// (regression; outputs `[B, 1]` against targets `[B]` or `[B, 1]`, compared value by value)
+/// or squared error of the reconstruction (`loss` says whether the outputs are logits).
+fn metric_sum(task: &Task, loss: LossKind, outputs: &Tensor, y: &Tensor) -> Result<f64> {
     let _off = no_grad();
     match task {
         Task::Classification { .. } => Ok(metrics::correct_count(outputs, y)? as f64),
         Task::Regression => Ok(outputs.flatten_all()?.sub(&y.flatten_all()?)?.abs()?.sum_all()?.to_scalar()? as f64),
+        Task::Reconstruction { .. } => {
+            let diff = loss.prediction(outputs)?.sub(y)?;
+            Ok((&diff * &diff)?.sum_all()?.to_scalar()? as f64)
+        }
     }
 }
 
@@ -334,10 +371,10 @@ pub fn fit(
             opt.step(&grads)?;
             let size = x.shape()[0];
             loss_sum += value as f64 * size as f64;
-            metric += metric_sum(&cfg.task, &outputs, &y)?;
+            metric += metric_sum(&cfg.task, cfg.loss, &outputs, &y)?;
             metric_count += match cfg.task {
                 Task::Classification { .. } => size,
-                Task::Regression => y.elem_count(),
+                Task::Regression | Task::Reconstruction { .. } => y.elem_count(),
             };
             observer.on_batch(epoch, b + 1, batches, size, value);
         }
@@ -629,6 +666,12 @@ pub fn evaluate(
             // scales are not pooled.
             let columns = if data.y().rank() == 2 { data.y().shape()[1] } else { 1 };
             Metrics::Regression(metrics::regression_metrics_columns(&outputs.to_vec(), &data.y().to_vec(), columns)?)
+        }
+        Task::Reconstruction { .. } => {
+            // Every value of every sample pooled: the MSE per pixel, and R² against the mean
+            // pixel.
+            let predicted = loss.prediction(&outputs)?.to_vec();
+            Metrics::Regression(metrics::regression_metrics_columns(&predicted, &data.y().to_vec(), 1)?)
         }
     };
     Ok(Evaluation { loss: loss_value, metrics })
