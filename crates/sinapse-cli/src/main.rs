@@ -6,6 +6,7 @@
 #[macro_use]
 mod output;
 mod bench;
+mod curve;
 mod cv;
 mod eval;
 mod inspect;
@@ -69,6 +70,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Reinforcement learning: train a policy on CartPole by policy gradients, or play one.
     Rl(rl::RlArgs),
+    /// Train a spec on growing fractions of its data: training and test metric by size.
+    LearningCurve(curve::CurveArgs),
 }
 
 /// Makes this (the main) thread one of the kernels' worker threads
@@ -95,6 +98,7 @@ fn main() {
         Command::Perceptron(args) => perceptron::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Rl(args) => rl::run(args),
+        Command::LearningCurve(args) => curve::run(args),
     };
     if let Err(e) = result {
         output::note(format_args!("error: {}", one_line(&e)));

@@ -239,6 +239,66 @@ pub fn principal_plane(data: &[f32], n: usize, d: usize) -> Vec<[f32; 2]> {
         .collect()
 }
 
+/// `learning_curve.png`: each spec's training (dashed) and test (solid) metric against the
+/// number of training examples, on a log axis.
+pub fn learning_curves(path: &Path, curves: &[(String, sinapse::job::LearningCurve)]) -> Result<()> {
+    fonts();
+    let err = |e: &dyn std::fmt::Display| plot_error(path, e);
+    let points = || curves.iter().flat_map(|(_, c)| c.points.iter());
+    let (x_lo, x_hi) =
+        points().fold((f64::INFINITY, 0.0f64), |(a, b), p| (a.min(p.examples as f64), b.max(p.examples as f64)));
+    let (x_lo, x_hi) = if x_lo.is_finite() && x_hi > x_lo { (x_lo * 0.8, x_hi * 1.25) } else { (1.0, 10.0) };
+    let values = points().flat_map(|p| [p.train.0, p.test.0]).filter(|v| v.is_finite());
+    let (y_lo, y_hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (y_lo, y_hi) = if y_lo.is_finite() { (y_lo, y_hi) } else { (0.0, 1.0) };
+    let pad = ((y_hi - y_lo) * 0.08).max(1e-3);
+    let metric = curves.first().map_or("metric", |(_, c)| c.metric);
+    let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("Learning curve: {metric} by training examples"), ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo - pad)..(y_hi + pad))
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("training examples (log scale)")
+        .y_desc(metric)
+        .x_labels(6)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, c)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let line = |pick: fn(&sinapse::job::CurvePoint) -> f64| {
+            c.points.iter().map(move |p| (p.examples as f64, pick(p))).collect::<Vec<_>>()
+        };
+        chart
+            .draw_series(LineSeries::new(line(|p| p.test.0), color.stroke_width(3)))
+            .map_err(|e| err(&e))?
+            .label(format!("{name}: test"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart
+            .draw_series(DashedLineSeries::new(line(|p| p.train.0), 8, 5, color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(format!("{name}: training"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1)));
+        chart
+            .draw_series(line(|p| p.test.0).into_iter().map(|p| Circle::new(p, 4, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}
+
 /// The confusion matrix as a heat map with the counts written in the cells (rows: true
 /// class, columns: predicted class), drawn cell by cell in pixel coordinates.
 pub fn confusion(path: &Path, m: &ConfusionMatrix, names: Option<&[String]>) -> Result<()> {

@@ -534,3 +534,41 @@ fn autoencoder_spec_trains_evaluates_and_predicts_codes() {
     assert!(values.iter().all(|v| (0.0..=1.0).contains(v)), "sigmoid of the logits: pixels in [0, 1]");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn learning_curve_writes_a_table_and_a_plot() {
+    let dir = temp("curve");
+    let out = dir.join("curve");
+    let o = out.to_str().unwrap();
+    let (code, stdout, err) = sinapse(&[
+        "learning-curve",
+        "models/iris.toml",
+        "--fractions",
+        "0.25,1",
+        "--compare",
+        "models/xor.toml",
+        "--out",
+        o,
+    ]);
+    // xor has no test set: the comparison is refused, naming what is missing, and nothing is
+    // written.
+    assert_ne!(code, 0);
+    assert!(err.contains("xor") && err.contains("no test set"), "{err}");
+    assert!(!out.exists());
+    let (code, stdout2, err) = sinapse(&["learning-curve", "models/iris.toml", "--fractions", "0.25,1", "--out", o]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("fraction") || stdout2.contains("fraction"));
+    let csv = std::fs::read_to_string(out.join("learning_curve.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "spec,fraction,examples,metric,train_mean,train_std,test_mean,test_std");
+    assert_eq!(rows.len(), 3, "{csv}");
+    let fields: Vec<&str> = rows[1].split(',').collect();
+    assert_eq!((fields[0], fields[1], fields[2], fields[3]), ("iris", "0.25", "30", "accuracy"), "{csv}");
+    let test_acc: f64 = fields[6].parse().unwrap();
+    assert!((0.0..=1.0).contains(&test_acc));
+    assert!(out.join("learning_curve.png").is_file());
+    let (code, _, err) = sinapse(&["learning-curve", "models/iris.toml", "--fractions", "0,1", "--out", o]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--fractions: 0 is not in (0, 1]"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

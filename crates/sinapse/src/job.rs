@@ -92,6 +92,93 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
     Ok(JobOutcome { model: TrainedModel { card, model }, history, validation, test })
 }
 
+/// Salt of the seeds that draw a learning curve's training subsets.
+const CURVE_SALT: u64 = 0x1ea7_c0de;
+
+/// One training-set size of a learning curve: the headline metric on the examples trained
+/// on and on the test set, mean and (population) standard deviation over the repeats.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CurvePoint {
+    /// The fraction of the training data used.
+    pub fraction: f64,
+    /// Training examples at that fraction.
+    pub examples: usize,
+    /// The metric on those training examples: (mean, std).
+    pub train: (f64, f64),
+    /// The metric on the test set: (mean, std).
+    pub test: (f64, f64),
+}
+
+/// A learning curve: how the metric moves with the number of training examples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LearningCurve {
+    /// The headline metric's name (`accuracy`, `mae`).
+    pub metric: &'static str,
+    /// One point per fraction, in the order given.
+    pub points: Vec<CurvePoint>,
+}
+
+/// Trains the spec on growing fractions of its training data (subsets drawn stratified by
+/// class for classification, seeded by the spec's seed and the repeat) and scores each model
+/// on the examples it trained on and on the spec's test set; `repeats` models per fraction
+/// (each from its own initial weights and subset). The spec's holdout validation and early
+/// stopping are not used: every model trains the spec's epochs. `on_point` hears of each
+/// point as it is done.
+pub fn learning_curve(
+    spec: &ModelSpec,
+    base: &Path,
+    fractions: &[f64],
+    repeats: usize,
+    on_point: &mut dyn FnMut(&CurvePoint),
+) -> Result<LearningCurve> {
+    if fractions.is_empty() || repeats == 0 {
+        return Err(Error::invalid("learning curve", "needs at least one fraction and one repeat"));
+    }
+    if let Some(f) = fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
+        return Err(Error::invalid("learning curve", format!("fractions must be in (0, 1], got {f}")));
+    }
+    let raw = spec.load_data(base)?;
+    let test = raw.test.as_ref().ok_or_else(|| {
+        Error::invalid("learning curve", "the spec has no test set (give test_images, test_path or test_fraction)")
+    })?;
+    let strata = class_indices(&raw.train, &raw.task);
+    let mut points = Vec::with_capacity(fractions.len());
+    let mut metric = raw.task.metric_name();
+    for &fraction in fractions {
+        let (mut train_scores, mut test_scores, mut examples) = (Vec::new(), Vec::new(), 0);
+        for repeat in 0..repeats as u64 {
+            let rows: Vec<usize> = if fraction >= 1.0 {
+                (0..raw.train.len()).collect()
+            } else {
+                let seed = spec.seed ^ CURVE_SALT ^ repeat.wrapping_mul(0x9e37_79b9);
+                split::holdout(raw.train.len(), fraction, strata.as_deref(), &mut Rng::seed(seed))?.train
+            };
+            examples = rows.len();
+            let subset = raw.train.subset(&rows)?;
+            let (_, train, others) = scale(spec, &subset, &[Some(test)])?;
+            let test = others.into_iter().next().flatten().expect("the test set was given");
+            let mut seeded = spec.clone();
+            seeded.seed = spec.seed.wrapping_add(repeat);
+            let model = fresh_model(&seeded, &train.x().shape()[1..], &raw.task)?;
+            let mut opt = seeded.optimizer.build(model.parameters())?;
+            let mut cfg = seeded.fit_config(raw.task);
+            cfg.early_stopping = None;
+            fit(&model, opt.as_mut(), &train, None, &cfg, &mut crate::train::Silent)?;
+            let score = |d: &Dataset| -> Result<(&'static str, f64)> {
+                Ok(evaluate(&model, d, &raw.task, cfg.loss, 1024)?.metrics.headline())
+            };
+            let (name, on_train) = score(&train)?;
+            metric = name;
+            train_scores.push(on_train);
+            test_scores.push(score(&test)?.1);
+        }
+        let point = CurvePoint { fraction, examples, train: mean_std(&train_scores), test: mean_std(&test_scores) };
+        on_point(&point);
+        points.push(point);
+    }
+    Ok(LearningCurve { metric, points })
+}
+
 /// How to cross-validate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CvMethod {
