@@ -9,6 +9,7 @@ mod bench;
 mod curve;
 mod cv;
 mod eval;
+mod import;
 mod inspect;
 mod perceptron;
 mod plot;
@@ -72,6 +73,8 @@ enum Command {
     Rl(rl::RlArgs),
     /// Train a spec on growing fractions of its data: training and test metric by size.
     LearningCurve(curve::CurveArgs),
+    /// Make a model directory from a spec and PyTorch weights (a safetensors state_dict).
+    Import(import::ImportArgs),
 }
 
 /// Makes this (the main) thread one of the kernels' worker threads
@@ -99,6 +102,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Rl(args) => rl::run(args),
         Command::LearningCurve(args) => curve::run(args),
+        Command::Import(args) => import::run(args),
     };
     if let Err(e) = result {
         output::note(format_args!("error: {}", one_line(&e)));

@@ -572,3 +572,56 @@ fn learning_curve_writes_a_table_and_a_plot() {
     assert!(err.contains("--fractions: 0 is not in (0, 1]"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The probabilities of a `predict` CSV (every column after the predicted class).
+fn probabilities(csv: &str) -> Vec<Vec<f64>> {
+    csv.lines().skip(1).map(|l| l.split(',').skip(1).map(|v| v.parse().unwrap()).collect()).collect()
+}
+
+#[test]
+fn pytorch_weights_import_and_predict_as_pytorch_does() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let dir = temp("import");
+    for net in ["mlp", "cnn"] {
+        let out = dir.join(net);
+        let (code, stdout, err) = sinapse(&[
+            "import",
+            &format!("{fixtures}/import_{net}.toml"),
+            &format!("{fixtures}/import_{net}.safetensors"),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{net}: {err}");
+        assert!(stdout.contains("imported 4 tensors") && stdout.contains("test accuracy: "), "{stdout}");
+        let (code, csv, err) = sinapse(&["predict", out.to_str().unwrap(), &format!("{fixtures}/import_inputs.csv")]);
+        assert_eq!(code, 0, "{net}: {err}");
+        let got = probabilities(&csv);
+        // PyTorch's softmax outputs: a comment line, then one row per image.
+        let expected = std::fs::read_to_string(format!("{fixtures}/import_expected_{net}.csv")).unwrap();
+        let rows: Vec<Vec<f64>> = expected
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|r| r.split(',').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(got.len(), 5);
+        for (i, (g, w)) in got.iter().zip(&rows).enumerate() {
+            assert_eq!(g.len(), 10);
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() <= 1e-5, "{net}, image {i}: {a} vs PyTorch's {b}");
+            }
+        }
+    }
+    // Weights of another network: every missing and extra tensor is named, nothing is saved.
+    let out = dir.join("wrong");
+    let (code, _, err) = sinapse(&[
+        "import",
+        &format!("{fixtures}/import_cnn.toml"),
+        &format!("{fixtures}/import_mlp.safetensors"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("1.weight") && err.contains("0.weight"), "{err}");
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,30 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
     Ok(JobOutcome { model: TrainedModel { card, model }, history, validation, test })
 }
 
+/// A model directory's contents from a spec and weights trained elsewhere (a PyTorch
+/// `state_dict` saved with `safetensors.torch.save_file`): the network the spec builds, with
+/// every tensor of the file loaded by name, and the card the spec's data gives (input shape,
+/// classes, and the scaling fitted on the training data, as `train` would). Missing, extra or
+/// mis-shaped tensors are an error naming each.
+pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<TrainedModel> {
+    let raw = spec.load_data(base)?;
+    let (scaler, train, _) = scale(spec, &raw.train, &[])?;
+    let input_shape = train.x().shape()[1..].to_vec();
+    let model = spec.build_model(&input_shape, &raw.task, &mut Rng::seed(spec.seed))?;
+    crate::train::checkpoint::load_into(&model, &crate::train::checkpoint::load_weights(weights)?, weights)?;
+    model.to(spec.device()?)?;
+    let card = ModelCard {
+        format: 1,
+        task: raw.task,
+        feature_names: raw.feature_names.clone(),
+        input_shape,
+        classes: raw.classes.clone(),
+        scaler,
+        spec: spec.clone(),
+    };
+    Ok(TrainedModel { card, model })
+}
+
 /// Salt of the seeds that draw a learning curve's training subsets.
 const CURVE_SALT: u64 = 0x1ea7_c0de;
 
