@@ -9,6 +9,7 @@ mod bench;
 mod curve;
 mod cv;
 mod eval;
+mod export;
 mod import;
 mod inspect;
 mod perceptron;
@@ -75,6 +76,8 @@ enum Command {
     LearningCurve(curve::CurveArgs),
     /// Make a model directory from a spec and PyTorch weights (a safetensors state_dict).
     Import(import::ImportArgs),
+    /// Write a model directory's network as an ONNX model (scaler included).
+    Export(export::ExportArgs),
 }
 
 /// Makes this (the main) thread one of the kernels' worker threads
@@ -103,6 +106,7 @@ fn main() {
         Command::Rl(args) => rl::run(args),
         Command::LearningCurve(args) => curve::run(args),
         Command::Import(args) => import::run(args),
+        Command::Export(args) => export::run(args),
     };
     if let Err(e) = result {
         output::note(format_args!("error: {}", one_line(&e)));

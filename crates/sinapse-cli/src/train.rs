@@ -26,6 +26,9 @@ pub struct TrainArgs {
     /// Let GPU matrix products use TF32 tensor cores (as the spec's `tf32 = true`).
     #[arg(long)]
     tf32: bool,
+    /// Train this many epochs instead of the spec's.
+    #[arg(long)]
+    epochs: Option<usize>,
 }
 
 /// One line of metrics for an evaluation.
@@ -119,6 +122,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     crate::override_device(&mut spec, args.device)?;
     if args.tf32 {
         spec.tf32 = Some(true);
+    }
+    if let Some(epochs) = args.epochs {
+        spec.epochs = epochs;
+        spec.validate()?;
     }
     let out = args.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))

@@ -625,3 +625,28 @@ fn pytorch_weights_import_and_predict_as_pytorch_does() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn export_writes_an_onnx_model_with_samples() {
+    let dir = temp("export");
+    let model = dir.join("iris");
+    let (code, _, err) =
+        sinapse(&["train", "models/iris.toml", "--epochs", "2", "--quiet", "--out", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let onnx = dir.join("iris.onnx");
+    let (code, out, err) =
+        sinapse(&["export", model.to_str().unwrap(), "--onnx", onnx.to_str().unwrap(), "--samples", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ONNX opset 17"), "{out}");
+    let bytes = std::fs::read(&onnx).unwrap();
+    // The producer's name is in the protobuf, and so are the scaler's nodes.
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("sinapse") && text.contains("Sub") && text.contains("Gemm"), "not an ONNX model of iris");
+    let samples = std::fs::read_to_string(dir.join("iris.onnx.samples.json")).unwrap();
+    assert!(samples.starts_with("{\"input_shape\": [4], \"output_shape\": [3], \"inputs\": [["), "{samples}");
+    // Not a model directory: an error naming it.
+    let (code, _, err) = sinapse(&["export", "models", "--onnx", onnx.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("model.toml"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

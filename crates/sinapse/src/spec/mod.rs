@@ -38,6 +38,7 @@ use crate::{Device, Error, Result, Tensor};
 mod data;
 mod layers;
 mod model_dir;
+pub mod onnx;
 
 pub use data::{class_indices, RawData};
 pub use layers::{LayerSpec, Size2};

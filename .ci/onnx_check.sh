@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# ONNX export checked by the reference runtime: every bundled spec, and three more below that
+# hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
+# padding, strided and dilated conv2d, leaky ReLU, step, dropout, embedding), is trained for
+# one epoch, exported with sample inputs and Sinapse's outputs, and run in onnxruntime (from
+# PyPI, in a virtual environment in the cache folder, outside the repository), which must
+# agree to 1e-5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/sinapse-ci/onnxenv"
+if ! "$venv/bin/python" -c "import onnxruntime, numpy" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check onnxruntime numpy
+fi
+cargo build --release -p sinapse-cli
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+data="$PWD/data/mnist-10k"
+idx() {
+    cat <<SPEC
+seed = 0
+epochs = 1
+batch_size = 64
+[data]
+format = "idx"
+train_images = "$data/train-images-idx3-ubyte.gz"
+train_labels = "$data/train-labels-idx1-ubyte.gz"
+test_images = "$data/t10k-images-idx3-ubyte.gz"
+test_labels = "$data/t10k-labels-idx1-ubyte.gz"
+[optimizer]
+type = "adam"
+lr = 0.001
+SPEC
+}
+{ idx; cat <<'SPEC'
+[[layers]]
+type = "reshape"
+shape = [28, 28]
+[[layers]]
+type = "gru"
+hidden = 16
+layers = 2
+[[layers]]
+type = "rnn"
+hidden = 8
+[[layers]]
+type = "last_step"
+[[layers]]
+type = "dropout"
+p = 0.2
+[[layers]]
+type = "linear"
+units = 10
+SPEC
+} >"$work/onnx_recurrent.toml"
+{ idx; cat <<'SPEC'
+[[layers]]
+type = "reshape"
+shape = [1, 28, 28]
+[[layers]]
+type = "conv2d"
+out_channels = 4
+kernel = 3
+stride = 2
+padding = 1
+dilation = 2
+[[layers]]
+type = "leaky_relu"
+slope = 0.1
+[[layers]]
+type = "avg_pool2d"
+kernel = 3
+stride = 2
+padding = 1
+[[layers]]
+type = "reshape"
+shape = [4, 49]
+[[layers]]
+type = "conv1d"
+out_channels = 3
+kernel = 3
+padding = 1
+[[layers]]
+type = "step"
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "linear"
+units = 10
+SPEC
+} >"$work/onnx_conv.toml"
+# Token sequences for the embedding: 5 whole numbers below 12, labelled by the first's parity.
+python3 -c "
+import random
+random.seed(0)
+print('t0,t1,t2,t3,t4,label')
+for _ in range(200):
+    t = [random.randrange(12) for _ in range(5)]
+    print(','.join(map(str, t)) + ',' + ('even' if t[0] % 2 == 0 else 'odd'))
+" >"$work/tokens.csv"
+cat >"$work/onnx_embedding.toml" <<'SPEC'
+seed = 0
+epochs = 1
+batch_size = 16
+[data]
+format = "csv"
+path = "tokens.csv"
+label = "label"
+test_fraction = 0.2
+[[layers]]
+type = "embedding"
+num = 12
+dim = 6
+[[layers]]
+type = "lstm"
+hidden = 5
+layers = 2
+[[layers]]
+type = "last_step"
+[[layers]]
+type = "linear"
+units = 2
+[optimizer]
+type = "sgd"
+lr = 0.1
+SPEC
+models=()
+for spec in models/*.toml "$work"/onnx_*.toml; do
+    name="$(basename "$spec" .toml)"
+    target/release/sinapse train "$spec" --epochs 1 --quiet --out "$work/$name" >/dev/null
+    target/release/sinapse export "$work/$name" --onnx "$work/$name.onnx" --samples 8 >/dev/null
+    models+=("$work/$name.onnx")
+done
+"$venv/bin/python" bench/onnx_check.py "${models[@]}"

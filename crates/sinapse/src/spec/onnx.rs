@@ -1,0 +1,329 @@
+//! ONNX export: a trained model directory as an ONNX graph (opset 17) that deployment
+//! runtimes (onnxruntime, TensorRT, ...) run unchanged.
+//!
+//! The graph takes the raw features, as `predict` does: the fitted scaler is its first nodes
+//! (`(x - offset) / scale`). Each spec layer becomes ONNX's own operator: `Gemm` for linear,
+//! `Conv`, `MaxPool`, `AveragePool` (padding counted, as Sinapse's), `Flatten`, `Reshape`,
+//! dropout as `Identity`, the activations, `Softmax`, `RNN`/`LSTM`/`GRU` (between transposes to
+//! and from sequence-first, their gate blocks reordered from PyTorch's to ONNX's), `Gather` for embeddings and a `Slice` for
+//! the last step. The output is the network's own output (logits, for classification).
+//! The protobuf is written by the `onnx-protobuf` crate (ONNX's schema, generated).
+
+use std::collections::HashMap;
+
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, Message, ModelProto,
+    NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::{LayerSpec, TrainedModel};
+use crate::data::Scaler;
+use crate::nn::{Mode, Module};
+use crate::{Error, Result, Tensor};
+
+/// The ONNX operator set the graph is written for.
+pub const OPSET: i64 = 17;
+
+/// An attribute value of a node.
+enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+/// The graph under construction.
+struct Builder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    counter: usize,
+}
+
+impl Builder {
+    /// A fresh value name.
+    fn name(&mut self, what: &str) -> String {
+        self.counter += 1;
+        format!("{what}_{}", self.counter)
+    }
+
+    /// A constant f32 tensor; returns its name.
+    fn constant(&mut self, what: &str, dims: &[usize], values: Vec<f32>) -> String {
+        let name = self.name(what);
+        let mut t = TensorProto::new();
+        t.name = name.clone();
+        t.dims = dims.iter().map(|&d| d as i64).collect();
+        t.data_type = DataType::FLOAT as i32;
+        t.float_data = values;
+        self.initializers.push(t);
+        name
+    }
+
+    /// A constant i64 tensor (shapes, axes, indices); returns its name.
+    fn ints(&mut self, what: &str, values: &[i64]) -> String {
+        let name = self.name(what);
+        let mut t = TensorProto::new();
+        t.name = name.clone();
+        t.dims = vec![values.len() as i64];
+        t.data_type = DataType::INT64 as i32;
+        t.int64_data = values.to_vec();
+        self.initializers.push(t);
+        name
+    }
+
+    /// Adds a node of `op` reading `inputs`; returns its (first) output's name.
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let out = self.name(&op.to_lowercase());
+        self.node_with_outputs(op, inputs, &[&out], attrs);
+        out
+    }
+
+    fn node_with_outputs(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, Attr)>) {
+        let mut n = NodeProto::new();
+        n.op_type = op.to_string();
+        n.name = self.name(&format!("{}_node", op.to_lowercase()));
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = outputs.iter().map(|s| s.to_string()).collect();
+        for (name, value) in attrs {
+            let mut a = AttributeProto::new();
+            a.name = name.to_string();
+            match value {
+                Attr::Int(i) => {
+                    a.type_ = AttributeType::INT.into();
+                    a.i = i;
+                }
+                Attr::Ints(v) => {
+                    a.type_ = AttributeType::INTS.into();
+                    a.ints = v;
+                }
+                Attr::Float(f) => {
+                    a.type_ = AttributeType::FLOAT.into();
+                    a.f = f;
+                }
+            }
+            n.attribute.push(a);
+        }
+        self.nodes.push(n);
+    }
+}
+
+/// A graph input or output of f32 values with a symbolic batch axis `N`.
+fn value_info(name: &str, shape_after_batch: &[usize]) -> ValueInfoProto {
+    let mut dims = Vec::with_capacity(shape_after_batch.len() + 1);
+    let mut batch = tensor_shape_proto::Dimension::new();
+    batch.set_dim_param("N".into());
+    dims.push(batch);
+    for &d in shape_after_batch {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d as i64);
+        dims.push(dim);
+    }
+    let mut shape = TensorShapeProto::new();
+    shape.dim = dims;
+    let mut tensor = type_proto::Tensor::new();
+    tensor.elem_type = DataType::FLOAT as i32;
+    tensor.shape = protobuf::MessageField::some(shape);
+    let mut ty = TypeProto::new();
+    ty.set_tensor_type(tensor);
+    let mut v = ValueInfoProto::new();
+    v.name = name.to_string();
+    v.type_ = protobuf::MessageField::some(ty);
+    v
+}
+
+/// The blocks of `gates` rows each of a `[gates·h, cols]` matrix (or `[gates·h]` vector),
+/// reordered: block `k` of the result is block `order[k]` of `values`.
+fn reorder_gates(values: &[f32], h: usize, order: &[usize]) -> Vec<f32> {
+    let block = values.len() / order.len();
+    debug_assert_eq!(block % h.max(1), 0);
+    order.iter().flat_map(|&k| values[k * block..(k + 1) * block].iter().copied()).collect()
+}
+
+/// The model directory's network as ONNX protobuf bytes; an unsupported layer is an error
+/// naming it.
+pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
+    let card = &trained.card;
+    let params: HashMap<String, Tensor> = trained.model.named_parameters().into_iter().collect();
+    let param = |name: String| -> Result<&Tensor> {
+        params.get(&name).ok_or_else(|| Error::invalid("onnx export", format!("the model has no parameter {name}")))
+    };
+    let values = |t: &Tensor| t.to(crate::Device::Cpu).map(|t| t.to_vec());
+    let mut g = Builder { nodes: Vec::new(), initializers: Vec::new(), counter: 0 };
+    let mut x = "input".to_string();
+    // The scaler: (x - offset) / scale per feature.
+    let scaling = match &card.scaler {
+        Scaler::None => None,
+        Scaler::Standard { mean, std } => Some((mean.clone(), std.clone())),
+        Scaler::MinMax { min, max } => Some((min.clone(), max.iter().zip(min).map(|(a, b)| a - b).collect())),
+    };
+    if let Some((offset, scale)) = scaling {
+        let f = offset.len();
+        let o = g.constant("scaler_offset", &[f], offset);
+        let s = g.constant("scaler_scale", &[f], scale);
+        x = g.node("Sub", &[&x, &o], vec![]);
+        x = g.node("Div", &[&x, &s], vec![]);
+    }
+    // Each layer's output shape, from a probe sample (for the reshapes and the sequences).
+    let _guard = crate::no_grad();
+    let mut probe_shape = vec![1];
+    probe_shape.extend_from_slice(&card.input_shape);
+    let mut probe = Tensor::zeros(&probe_shape);
+    let layers = trained.model.layers();
+    if layers.len() != card.spec.layers.len() {
+        return Err(Error::invalid("onnx export", "the network does not match its spec's layers"));
+    }
+    for (i, (spec, layer)) in card.spec.layers.iter().zip(layers).enumerate() {
+        let p = |s: &str| format!("{i}.{s}");
+        let unsupported =
+            |why: &str| Error::invalid("onnx export", format!("layer {i} ({}) cannot be exported: {why}", spec.kind()));
+        x = match spec {
+            LayerSpec::Linear { .. } => {
+                let w = param(p("weight"))?;
+                let wn = g.constant("weight", w.shape(), values(w)?);
+                match params.get(&p("bias")) {
+                    Some(b) => {
+                        let bn = g.constant("bias", b.shape(), values(b)?);
+                        g.node("Gemm", &[&x, &wn, &bn], vec![("transB", Attr::Int(1))])
+                    }
+                    None => g.node("Gemm", &[&x, &wn], vec![("transB", Attr::Int(1))]),
+                }
+            }
+            LayerSpec::Relu => g.node("Relu", &[&x], vec![]),
+            LayerSpec::LeakyRelu { slope } => g.node("LeakyRelu", &[&x], vec![("alpha", Attr::Float(*slope))]),
+            LayerSpec::Sigmoid => g.node("Sigmoid", &[&x], vec![]),
+            LayerSpec::Tanh => g.node("Tanh", &[&x], vec![]),
+            LayerSpec::Step => {
+                let zero = g.constant("zero", &[], vec![0.0]);
+                let above = g.node("Greater", &[&x, &zero], vec![]);
+                g.node("Cast", &[&above], vec![("to", Attr::Int(DataType::FLOAT as i64))])
+            }
+            LayerSpec::Softmax => g.node("Softmax", &[&x], vec![("axis", Attr::Int(-1))]),
+            LayerSpec::Dropout { .. } => g.node("Identity", &[&x], vec![]),
+            LayerSpec::Flatten => g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))]),
+            LayerSpec::Reshape { shape } => {
+                // 0 copies the batch axis.
+                let target: Vec<i64> = std::iter::once(0).chain(shape.iter().map(|&d| d as i64)).collect();
+                let s = g.ints("shape", &target);
+                g.node("Reshape", &[&x, &s], vec![])
+            }
+            LayerSpec::Conv2d { stride, padding, dilation, .. } => {
+                let w = param(p("weight"))?;
+                let wn = g.constant("weight", w.shape(), values(w)?);
+                let [ph, pw] = padding.pair().map(|v| v as i64);
+                let attrs = vec![
+                    ("kernel_shape", Attr::Ints(w.shape()[2..].iter().map(|&d| d as i64).collect())),
+                    ("strides", Attr::Ints(stride.pair().iter().map(|&d| d as i64).collect())),
+                    ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                    ("dilations", Attr::Ints(dilation.pair().iter().map(|&d| d as i64).collect())),
+                ];
+                match params.get(&p("bias")) {
+                    Some(b) => {
+                        let bn = g.constant("bias", b.shape(), values(b)?);
+                        g.node("Conv", &[&x, &wn, &bn], attrs)
+                    }
+                    None => g.node("Conv", &[&x, &wn], attrs),
+                }
+            }
+            LayerSpec::Conv1d { stride, padding, dilation, .. } => {
+                let w = param(p("weight"))?;
+                let wn = g.constant("weight", w.shape(), values(w)?);
+                let attrs = vec![
+                    ("kernel_shape", Attr::Ints(vec![w.shape()[2] as i64])),
+                    ("strides", Attr::Ints(vec![*stride as i64])),
+                    ("pads", Attr::Ints(vec![*padding as i64, *padding as i64])),
+                    ("dilations", Attr::Ints(vec![*dilation as i64])),
+                ];
+                match params.get(&p("bias")) {
+                    Some(b) => {
+                        let bn = g.constant("bias", b.shape(), values(b)?);
+                        g.node("Conv", &[&x, &wn, &bn], attrs)
+                    }
+                    None => g.node("Conv", &[&x, &wn], attrs),
+                }
+            }
+            LayerSpec::MaxPool2d { kernel, stride, padding } | LayerSpec::AvgPool2d { kernel, stride, padding } => {
+                let kernel = kernel.pair();
+                let stride = stride.map_or(kernel, |s| s.pair());
+                let [ph, pw] = padding.pair().map(|v| v as i64);
+                let mut attrs = vec![
+                    ("kernel_shape", Attr::Ints(kernel.iter().map(|&d| d as i64).collect())),
+                    ("strides", Attr::Ints(stride.iter().map(|&d| d as i64).collect())),
+                    ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                ];
+                if matches!(spec, LayerSpec::MaxPool2d { .. }) {
+                    g.node("MaxPool", &[&x], attrs)
+                } else {
+                    // Sinapse's average counts the padding, as PyTorch's default.
+                    attrs.push(("count_include_pad", Attr::Int(1)));
+                    g.node("AveragePool", &[&x], attrs)
+                }
+            }
+            LayerSpec::Rnn { hidden, layers }
+            | LayerSpec::Lstm { hidden, layers }
+            | LayerSpec::Gru { hidden, layers } => {
+                let h = *hidden;
+                let (op, gates, order): (&str, usize, &[usize]) = match spec {
+                    // ONNX's gate order: LSTM i, o, f, c (PyTorch's i, f, g, o); GRU z, r, h
+                    // (PyTorch's r, z, n).
+                    LayerSpec::Lstm { .. } => ("LSTM", 4, &[0, 3, 1, 2]),
+                    LayerSpec::Gru { .. } => ("GRU", 3, &[1, 0, 2]),
+                    _ => ("RNN", 1, &[0]),
+                };
+                // Sequence first (`layout` 0, which runtimes support): [N, T, I] -> [T, N, I].
+                let mut seq = g.node("Transpose", &[&x], vec![("perm", Attr::Ints(vec![1, 0, 2]))]);
+                for l in 0..*layers {
+                    let w_ih = param(p(&format!("weight_ih_l{l}")))?;
+                    let w_hh = param(p(&format!("weight_hh_l{l}")))?;
+                    let b_ih = param(p(&format!("bias_ih_l{l}")))?;
+                    let b_hh = param(p(&format!("bias_hh_l{l}")))?;
+                    let inputs = w_ih.shape()[1];
+                    let w = g.constant("W", &[1, gates * h, inputs], reorder_gates(&values(w_ih)?, h, order));
+                    let r = g.constant("R", &[1, gates * h, h], reorder_gates(&values(w_hh)?, h, order));
+                    let mut biases = reorder_gates(&values(b_ih)?, h, order);
+                    biases.extend(reorder_gates(&values(b_hh)?, h, order));
+                    let b = g.constant("B", &[1, 2 * gates * h], biases);
+                    let mut attrs = vec![("hidden_size", Attr::Int(h as i64))];
+                    if op == "GRU" {
+                        // PyTorch applies the reset gate after the hidden state's product.
+                        attrs.push(("linear_before_reset", Attr::Int(1)));
+                    }
+                    let y = g.name("y");
+                    g.node_with_outputs(op, &[&seq, &w, &r, &b], &[&y], attrs);
+                    // Y is [T, directions = 1, N, H].
+                    let axes = g.ints("axes", &[1]);
+                    seq = g.node("Squeeze", &[&y, &axes], vec![]);
+                }
+                g.node("Transpose", &[&seq], vec![("perm", Attr::Ints(vec![1, 0, 2]))])
+            }
+            LayerSpec::LastStep => {
+                let (starts, ends, axes) = (g.ints("starts", &[-1]), g.ints("ends", &[i64::MAX]), g.ints("axes", &[1]));
+                let last = g.node("Slice", &[&x, &starts, &ends, &axes], vec![]);
+                let squeeze_axes = g.ints("axes", &[1]);
+                g.node("Squeeze", &[&last, &squeeze_axes], vec![])
+            }
+            LayerSpec::Embedding { .. } => {
+                let w = param(p("weight"))?;
+                let wn = g.constant("weight", w.shape(), values(w)?);
+                let ids = g.node("Cast", &[&x], vec![("to", Attr::Int(DataType::INT64 as i64))]);
+                g.node("Gather", &[&wn, &ids], vec![("axis", Attr::Int(0))])
+            }
+        };
+        probe = layer.forward(&probe, Mode::Eval).map_err(|e| unsupported(&e.to_string()))?;
+    }
+    g.node_with_outputs("Identity", &[&x], &["output"], vec![]);
+    let mut graph = GraphProto::new();
+    graph.name = "sinapse".into();
+    graph.node = g.nodes;
+    graph.initializer = g.initializers;
+    graph.input = vec![value_info("input", &card.input_shape)];
+    graph.output = vec![value_info("output", &probe.shape()[1..])];
+    let mut model = ModelProto::new();
+    model.ir_version = 8;
+    model.producer_name = "sinapse".into();
+    model.producer_version = env!("CARGO_PKG_VERSION").into();
+    let mut opset = OperatorSetIdProto::new();
+    opset.domain = String::new();
+    opset.version = OPSET;
+    model.opset_import = vec![opset];
+    model.graph = protobuf::MessageField::some(graph);
+    model.write_to_bytes().map_err(|e| Error::invalid("onnx export", e.to_string()))
+}
