@@ -43,7 +43,9 @@ fn samples(model: &TrainedModel, n: usize) -> Result<String> {
     let per: usize = model.card.input_shape.iter().product();
     let mut rng = Rng::seed(7);
     let values: Vec<f32> = match model.card.spec.layers.first() {
-        Some(LayerSpec::Embedding { num, .. }) => (0..n * per).map(|_| rng.below(*num) as f32).collect(),
+        Some(LayerSpec::Embedding { num, .. }) => {
+            (0..n * per).map(|_| rng.below(*num).map(|v| v as f32)).collect::<sinapse::Result<_>>()?
+        }
         _ => (0..n * per).map(|_| rng.unit()).collect(),
     };
     let mut shape = vec![n];

@@ -31,9 +31,12 @@ impl Rng {
         StandardNormal.sample(&mut self.0)
     }
 
-    /// A uniform integer in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        self.0.random_range(0..n)
+    /// A uniform integer in `0..n`; an error for `n = 0` (the range is empty).
+    pub fn below(&mut self, n: usize) -> crate::Result<usize> {
+        if n == 0 {
+            return Err(crate::Error::invalid("Rng::below", "the range 0..0 is empty"));
+        }
+        Ok(self.0.random_range(0..n))
     }
 
     /// A uniform draw from `[0, 1)`.

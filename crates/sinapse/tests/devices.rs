@@ -61,7 +61,7 @@ fn fixed(values: &[f32], shape: &[usize]) -> Input {
 /// Whole numbers in `0..n`, no gradient.
 fn indices(shape: &[usize], n: usize, rng: &mut Rng) -> Input {
     let count: usize = shape.iter().product();
-    fixed(&(0..count).map(|_| rng.below(n) as f32).collect::<Vec<_>>(), shape)
+    fixed(&(0..count).map(|_| rng.below(n).unwrap() as f32).collect::<Vec<_>>(), shape)
 }
 
 type Op = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;

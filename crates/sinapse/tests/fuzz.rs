@@ -245,42 +245,42 @@ fn targets() -> Vec<FuzzTarget> {
 /// Mutates `input`: a few stacked edits drawn at random.
 fn mutate(input: &[u8], other: &[u8], dictionary: &[&str], rng: &mut Rng) -> Vec<u8> {
     let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        let at = |rng: &mut Rng, v: &Vec<u8>| rng.below(v.len() + 1);
-        match rng.below(9) {
+    for _ in 0..1 + rng.below(4).unwrap() {
+        let at = |rng: &mut Rng, v: &Vec<u8>| rng.below(v.len() + 1).unwrap();
+        match rng.below(9).unwrap() {
             0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
+                let i = rng.below(v.len()).unwrap();
+                v[i] ^= 1 << rng.below(8).unwrap();
             }
             1 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] = [0u8, 0xff, 0x7f, 0x80, b'0', b'9', b'-', b'.', b'e'][rng.below(9)];
+                let i = rng.below(v.len()).unwrap();
+                v[i] = [0u8, 0xff, 0x7f, 0x80, b'0', b'9', b'-', b'.', b'e'][rng.below(9).unwrap()];
             }
             2 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                let len = 1 + rng.below((v.len() - i).min(64));
+                let i = rng.below(v.len()).unwrap();
+                let len = 1 + rng.below((v.len() - i).min(64)).unwrap();
                 v.drain(i..i + len);
             }
             3 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                let len = 1 + rng.below((v.len() - i).min(64));
+                let i = rng.below(v.len()).unwrap();
+                let len = 1 + rng.below((v.len() - i).min(64)).unwrap();
                 let chunk = v[i..i + len].to_vec();
                 let j = at(rng, &v);
                 v.splice(j..j, chunk);
             }
             4 => {
                 let j = at(rng, &v);
-                let bytes: Vec<u8> = (0..1 + rng.below(8)).map(|_| rng.below(256) as u8).collect();
+                let bytes: Vec<u8> = (0..1 + rng.below(8).unwrap()).map(|_| rng.below(256).unwrap() as u8).collect();
                 v.splice(j..j, bytes);
             }
             5 | 6 => {
-                let token = dictionary[rng.below(dictionary.len())].as_bytes();
+                let token = dictionary[rng.below(dictionary.len()).unwrap()].as_bytes();
                 let j = at(rng, &v);
                 v.splice(j..j, token.iter().copied());
             }
             7 if !other.is_empty() => {
                 let cut = at(rng, &v);
-                let from = rng.below(other.len());
+                let from = rng.below(other.len()).unwrap();
                 v.truncate(cut);
                 v.extend_from_slice(&other[from..]);
             }
@@ -368,8 +368,8 @@ fn main() {
             let input = if i < corpus.len() {
                 corpus[i].clone()
             } else {
-                let a = &corpus[rng.below(corpus.len())];
-                let b = &corpus[rng.below(corpus.len())];
+                let a = &corpus[rng.below(corpus.len()).unwrap()];
+                let b = &corpus[rng.below(corpus.len()).unwrap()];
                 mutate(a, b, target.dictionary, &mut rng)
             };
             runs += 1;

@@ -347,3 +347,38 @@ fn arithmetic_with_numbers() -> sinapse::Result<()> {
     assert!(format!("{g:?}").starts_with("Gradients(1 tensors"));
     Ok(())
 }
+
+/// Four disagreements with PyTorch found by replaying random graphs against it, fixed.
+#[test]
+fn edge_cases_agree_with_pytorch() {
+    // d/dx x^0 is 0 everywhere, at x = 0 too (the formula p·x^(p-1) would give 0·∞ = NaN).
+    let x = t(&[0.0, 2.0, -1.5], &[3]).set_requires_grad(true);
+    let g = x.powf(0.0).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec(), vec![0.0, 0.0, 0.0]);
+    // p = 2 still has its gradient 2x.
+    let g = x.powf(2.0).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec(), vec![0.0, 4.0, -3.0]);
+
+    // max/min over a lane holding a NaN: the NaN is the result, and the gradient goes to it,
+    // not NaN into every element.
+    let x = t(&[1.0, f32::NAN, 3.0, 4.0, 5.0, 2.0], &[2, 3]).set_requires_grad(true);
+    for reduce in [|x: &Tensor| x.max(1, false), |x: &Tensor| x.min(1, false)] {
+        let y = reduce(&x).unwrap();
+        assert!(y.to_vec()[0].is_nan());
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g.get(&x).unwrap().to_vec();
+        assert_eq!(g[..3], [0.0, 1.0, 0.0], "the gradient goes to the NaN");
+        assert_eq!(g[3..].iter().sum::<f32>(), 1.0, "the other lane is unchanged: {g:?}");
+    }
+
+    // An empty range is an error, not a panic.
+    let e = sinapse::Rng::seed(0).below(0).unwrap_err().to_string();
+    assert!(e.contains("0..0"), "{e}");
+    assert!(sinapse::Rng::seed(0).below(3).unwrap() < 3);
+
+    // Summing an axis named twice is an error, as in PyTorch.
+    let x = t(&[1.0, 2.0, 3.0, 4.0], &[2, 2]);
+    let e = x.sum_dims(&[1, 1], false).unwrap_err().to_string();
+    assert!(e.contains("repeated"), "{e}");
+    assert_eq!(x.sum_dims(&[0, 1], false).unwrap().to_vec(), vec![10.0]);
+}

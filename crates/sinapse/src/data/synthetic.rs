@@ -23,8 +23,8 @@ pub fn adding_problem(n: usize, steps: usize, rng: &mut Rng) -> Result<Dataset> 
         for t in 0..steps {
             seq[2 * t] = rng.unit();
         }
-        let first = rng.below(half);
-        let second = half + rng.below(steps - half);
+        let first = rng.below(half)?;
+        let second = half + rng.below(steps - half)?;
         seq[2 * first + 1] = 1.0;
         seq[2 * second + 1] = 1.0;
         y.push(seq[2 * first] + seq[2 * second]);

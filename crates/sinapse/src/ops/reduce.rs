@@ -39,6 +39,10 @@ impl Tensor {
         let mut sorted = dims.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
+        if sorted.len() != dims.len() {
+            // As PyTorch: naming an axis twice is a mistake, not a request to sum it once.
+            return Err(Error::invalid("sum_dims", format!("axis repeated in {dims:?}")));
+        }
         let mut t = self.clone();
         // Highest axis first, so the lower axis numbers stay valid when axes disappear.
         for &d in sorted.iter().rev() {
@@ -86,7 +90,10 @@ impl Tensor {
         Ok(Tensor::from_op(data, &shape, op, &[self], move |g, x, y| {
             Ok(vec![grad_if(&x[0], || {
                 let y = expand_back(y, dim, keepdim, x[0].shape())?;
-                let hit = x[0].eq(&y)?;
+                // The lanes that hold the extreme: equal to it, or NaN where it is NaN (NaN
+                // wins, and NaN == NaN is false), as PyTorch routes the gradient.
+                let both_nan = x[0].ne(&x[0])?.mul(&y.ne(&y)?)?;
+                let hit = x[0].eq(&y)?.maximum(&both_nan)?;
                 let ties = hit.sum(dim, true)?;
                 expand_back(g, dim, keepdim, x[0].shape())?.mul(&hit)?.div(&ties)
             })?])

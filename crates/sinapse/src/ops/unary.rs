@@ -40,10 +40,16 @@ impl Tensor {
         unary_op(self, UnaryOp::Sqrt, |g, x, y| Ok(vec![grad_if(&x[0], || g.div(&y.mul_scalar(2.0)?))?]))
     }
 
-    /// `x^p` for a constant exponent. d/dx = p x^(p-1).
+    /// `x^p` for a constant exponent. d/dx = p x^(p-1), and 0 for p = 0 (x^0 is constant,
+    /// also at x = 0, where the formula would give 0·∞; PyTorch gives 0 too).
     pub fn powf(&self, p: f32) -> Result<Tensor> {
         unary_op(self, UnaryOp::Powf(p), move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || g.mul(&x[0].powf(p - 1.0)?.mul_scalar(p)?))?])
+            Ok(vec![grad_if(&x[0], || {
+                if p == 0.0 {
+                    return g.zeros_like();
+                }
+                g.mul(&x[0].powf(p - 1.0)?.mul_scalar(p)?)
+            })?])
         })
     }
 
