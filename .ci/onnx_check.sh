@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # ONNX export checked by the reference runtime: every bundled spec, and three more below that
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
-# padding, strided and dilated conv2d, leaky ReLU, step, dropout, embedding), is trained for
-# one epoch, exported with sample inputs and Sinapse's outputs, and run in onnxruntime (from
-# PyPI, in a virtual environment in the cache folder, outside the repository), which must
-# agree to 1e-5.
+# padding, strided and dilated conv2d, leaky ReLU, step, GELU, SiLU, softplus, ELU, dropout,
+# embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
+# and run in onnxruntime (from PyPI, in a virtual environment in the cache folder, outside the
+# repository), which must agree to 1e-5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/sinapse-ci/onnxenv"
@@ -84,6 +84,24 @@ padding = 1
 type = "step"
 [[layers]]
 type = "flatten"
+[[layers]]
+type = "linear"
+units = 32
+[[layers]]
+type = "gelu"
+[[layers]]
+type = "linear"
+units = 16
+[[layers]]
+type = "silu"
+[[layers]]
+type = "linear"
+units = 12
+[[layers]]
+type = "softplus"
+[[layers]]
+type = "elu"
+alpha = 0.5
 [[layers]]
 type = "linear"
 units = 10

@@ -214,6 +214,15 @@ fn cases() -> Vec<Case> {
     c.push(case("tanh", vec![normal(&[3, 5], r)], |x| x[0].tanh()));
     c.push(case("relu", vec![normal(&[3, 5], r)], |x| x[0].relu()));
     c.push(case("leaky_relu", vec![normal(&[3, 5], r)], |x| x[0].leaky_relu(0.1)));
+    c.push(case("sin", vec![normal(&[3, 5], r)], |x| x[0].sin()));
+    c.push(case("cos", vec![normal(&[3, 5], r)], |x| x[0].cos()));
+    c.push(case("log1p", vec![positive(&[3, 5], r)], |x| x[0].log1p()));
+    c.push(case("expm1", vec![normal(&[3, 5], r)], |x| x[0].expm1()));
+    c.push(case("erf", vec![normal(&[3, 5], r)], |x| x[0].erf()));
+    c.push(case("gelu", vec![normal(&[3, 5], r)], |x| x[0].gelu()));
+    c.push(case("silu", vec![normal(&[3, 5], r)], |x| x[0].silu()));
+    c.push(case("elu", vec![normal(&[3, 5], r)], |x| x[0].elu(1.0)));
+    c.push(case("softplus", vec![normal(&[3, 5], r)], |x| x[0].softplus()));
     // Binary kernels, with broadcasting along either side.
     c.push(case("add", vec![normal(&[4, 3], r), normal(&[3], r)], |x| x[0].add(&x[1])));
     c.push(case("sub", vec![normal(&[4, 1], r), normal(&[4, 3], r)], |x| x[0].sub(&x[1])));

@@ -69,6 +69,11 @@ fn unary_ops() {
     check("powf 3", |x| x[0].powf(3.0), &[x.clone()]);
     check("powf -1.5", |x| x[0].powf(-1.5), &[p.clone()]);
     check("abs", |x| x[0].abs(), &[nz.clone()]);
+    check("sin", |x| x[0].sin(), &[x.clone()]);
+    check("cos", |x| x[0].cos(), &[x.clone()]);
+    check("log1p", |x| x[0].log1p(), &[p.clone()]);
+    check("expm1", |x| x[0].expm1(), &[x.clone()]);
+    check("erf", |x| x[0].erf(), &[x.clone()]);
     // Values in [-1, 1) clamped to [-0.5, 0.5]: both the passing and the clipped parts, kept
     // away from the bounds.
     let c = Tensor::from_vec(vec![-0.9, -0.3, 0.1, 0.45, 0.8, -0.62], &[2, 3]).unwrap().set_requires_grad(true);
@@ -84,6 +89,10 @@ fn activations() {
     check("relu", |x| x[0].relu(), &[nz.clone()]);
     check("leaky_relu", |x| x[0].leaky_relu(0.1), &[nz.clone()]);
     check("step (zero gradient)", |x| x[0].step(), &[nz.clone()]);
+    check("gelu", |x| x[0].gelu(), &[x.clone()]);
+    check("silu", |x| x[0].silu(), &[x.clone()]);
+    check("elu", |x| x[0].elu(0.7), &[nz.clone()]);
+    check("softplus", |x| x[0].softplus(), &[x.clone()]);
     for dim in 0..2 {
         check(&format!("softmax dim {dim}"), |x| x[0].softmax(dim), &[x.clone()]);
         check(&format!("log_softmax dim {dim}"), |x| x[0].log_softmax(dim), &[x.clone()]);

@@ -163,3 +163,40 @@ fn parameter_names_and_shapes_are_pytorchs() {
     let e = load_into(&wrong, &f.params("lstm"), Path::new("torch_layers.safetensors")).unwrap_err().to_string();
     assert!(e.contains("weight_hh_l0 has shape [20, 5], the model needs [24, 6]"), "{e}");
 }
+
+/// GELU, SiLU, ELU, softplus and the elementwise ops sin, cos, log1p, expm1 and erf against
+/// PyTorch's outputs and input gradients (`fixtures/make_activation_fixture.py`), inputs from
+/// -30 to 25 with exact zeros.
+#[test]
+fn activations_and_elementwise_ops_match_pytorch() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_activations.safetensors");
+    let fx: HashMap<String, Tensor> = load_weights(path).unwrap().into_iter().collect();
+    let upstream = fx["upstream"].clone();
+    type Op = fn(&Tensor) -> sinapse::Result<Tensor>;
+    let ops: [(&str, Op); 10] = [
+        ("gelu", |t| t.gelu()),
+        ("silu", |t| t.silu()),
+        ("elu", |t| t.elu(1.0)),
+        ("elu_half", |t| t.elu(0.5)),
+        ("softplus", |t| t.softplus()),
+        ("sin", |t| t.sin()),
+        ("cos", |t| t.cos()),
+        ("log1p", |t| t.log1p()),
+        ("expm1", |t| t.expm1()),
+        ("erf", |t| t.erf()),
+    ];
+    for (name, op) in ops {
+        let x = fx[&format!("{name}.input")].detach().set_requires_grad(true);
+        let y = op(&x).unwrap();
+        let g = y.mul(&upstream).unwrap().sum_all().unwrap().backward().unwrap();
+        for (what, got, want) in [
+            ("output", y.to_vec(), fx[&format!("{name}.output")].to_vec()),
+            ("gradient", g.get(&x).unwrap().to_vec(), fx[&format!("{name}.grad")].to_vec()),
+        ] {
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                let tol = 1e-5 * (1.0 + b.abs());
+                assert!((a - b).abs() <= tol, "{name} {what} [{i}] (x = {}): {a} vs PyTorch's {b}", x.to_vec()[i]);
+            }
+        }
+    }
+}

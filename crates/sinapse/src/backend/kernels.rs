@@ -55,6 +55,16 @@ pub enum UnaryOp {
     /// The derivative of binary cross-entropy with respect to its target:
     /// `ln(1 - p) - ln(p)`, each logarithm clamped at -100.
     BceTargetGrad,
+    /// `sin x`.
+    Sin,
+    /// `cos x`.
+    Cos,
+    /// `ln(1 + x)`, accurate for small x.
+    Log1p,
+    /// `e^x - 1`, accurate for small x.
+    Expm1,
+    /// The error function `2/√π ∫₀ˣ e^(-t²) dt`.
+    Erf,
 }
 
 impl UnaryOp {
@@ -75,6 +85,11 @@ impl UnaryOp {
             UnaryOp::Relu => "relu",
             UnaryOp::LeakyRelu(_) => "leaky_relu",
             UnaryOp::BceTargetGrad => "bce_target_grad",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Log1p => "log1p",
+            UnaryOp::Expm1 => "expm1",
+            UnaryOp::Erf => "erf",
         }
     }
 }

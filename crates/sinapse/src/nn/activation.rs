@@ -37,6 +37,32 @@ activation_layer!(
     Relu, "ReLU", |x| x.relu()
 );
 
+activation_layer!(
+    /// GELU layer (exact, with erf); see [`Tensor::gelu`].
+    Gelu, "GELU", |x| x.gelu()
+);
+activation_layer!(
+    /// SiLU (swish) layer; see [`Tensor::silu`].
+    Silu, "SiLU", |x| x.silu()
+);
+activation_layer!(
+    /// Softplus layer; see [`Tensor::softplus`].
+    Softplus, "Softplus", |x| x.softplus()
+);
+
+/// ELU layer with the given α; see [`Tensor::elu`].
+#[derive(Clone, Copy, Debug, Parameters)]
+pub struct Elu(pub f32);
+
+impl Module for Elu {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        x.elu(self.0)
+    }
+    fn describe(&self) -> String {
+        format!("ELU({})", self.0)
+    }
+}
+
 /// Leaky ReLU layer with the given negative slope; see [`Tensor::leaky_relu`].
 #[derive(Clone, Copy, Debug, Parameters)]
 pub struct LeakyRelu(pub f32);

@@ -18,7 +18,7 @@ mod reshape;
 mod sequential;
 mod summary;
 
-pub use activation::{LeakyRelu, LogSoftmax, Relu, Sigmoid, Softmax, Step, Tanh};
+pub use activation::{Elu, Gelu, LeakyRelu, LogSoftmax, Relu, Sigmoid, Silu, Softmax, Softplus, Step, Tanh};
 pub use conv::{Conv1d, Conv2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;

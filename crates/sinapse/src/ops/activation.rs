@@ -8,6 +8,13 @@
 //! | ReLU | max(0, x) | 1 if x > 0 else 0 |
 //! | leaky ReLU | x if x > 0 else a·x | 1 if x > 0 else a |
 //! | softmax | e^xi / Σj e^xj | yi(δij - yj) |
+//! | GELU | x·Φ(x), Φ the Gaussian CDF | Φ(x) + x·φ(x) |
+//! | SiLU (swish) | x·σ(x) | σ(x)(1 + x(1 - σ(x))) |
+//! | ELU | x if x > 0 else α(e^x - 1) | 1 if x > 0 else α·e^x |
+//! | softplus | ln(1 + e^x) | σ(x) |
+//!
+//! The last four are written in tensor ops (their gradients follow from those ops' own), so
+//! they run on every device.
 
 use super::{binary_kernel, grad_if, unary_op};
 use crate::backend::{BinaryOp, UnaryOp};
@@ -40,6 +47,36 @@ impl Tensor {
     /// Rectified linear unit max(0, x). Its gradient at exactly 0 is taken as 0.
     pub fn relu(&self) -> Result<Tensor> {
         unary_op(self, UnaryOp::Relu, |g, x, y| Ok(vec![grad_if(&x[0], || binary_kernel(g, y, BinaryOp::ReluGrad))?]))
+    }
+
+    /// GELU, x·Φ(x) with Φ the standard normal CDF, exactly (PyTorch's default, not the tanh
+    /// approximation): 0.5·x·(1 + erf(x/√2)).
+    pub fn gelu(&self) -> Result<Tensor> {
+        let cdf = self.mul_scalar(std::f32::consts::FRAC_1_SQRT_2)?.erf()?.add_scalar(1.0)?.mul_scalar(0.5)?;
+        self.mul(&cdf)
+    }
+
+    /// SiLU (swish), x·σ(x).
+    pub fn silu(&self) -> Result<Tensor> {
+        self.mul(&self.sigmoid()?)
+    }
+
+    /// ELU: x where x > 0, else α(e^x - 1) (continuous at 0; PyTorch's default α is 1).
+    pub fn elu(&self, alpha: f32) -> Result<Tensor> {
+        // The negative branch reads x clipped at 0, so it stays finite (no NaN gradient from
+        // the branch not taken); at x = 0 the gradient is α, as PyTorch's.
+        let negative = self.clamp(f32::NEG_INFINITY, 0.0)?.expm1()?.mul_scalar(alpha)?;
+        self.gt(&self.zeros_like()?)?.where_cond(self, &negative)
+    }
+
+    /// Softplus, ln(1 + e^x), a smooth ReLU; x itself above 20, where the two agree to f32
+    /// precision (PyTorch's threshold), so e^x never overflows. d/dx = σ(x) (1 above 20).
+    pub fn softplus(&self) -> Result<Tensor> {
+        const THRESHOLD: f32 = 20.0;
+        // The curve reads x clipped at the threshold: finite, with no NaN gradient from the
+        // branch not taken.
+        let curve = self.clamp(f32::NEG_INFINITY, THRESHOLD)?.exp()?.log1p()?;
+        self.gt(&self.ones_like()?.mul_scalar(THRESHOLD)?)?.where_cond(self, &curve)
     }
 
     /// Leaky ReLU: x where x > 0, else `slope * x`.

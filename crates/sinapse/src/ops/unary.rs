@@ -53,6 +53,37 @@ impl Tensor {
         })
     }
 
+    /// `sin x`. d/dx = cos x.
+    pub fn sin(&self) -> Result<Tensor> {
+        unary_op(self, UnaryOp::Sin, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].cos()?))?]))
+    }
+
+    /// `cos x`. d/dx = -sin x.
+    pub fn cos(&self) -> Result<Tensor> {
+        unary_op(self, UnaryOp::Cos, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].sin()?)?.neg())?]))
+    }
+
+    /// `ln(1 + x)`, exact for small x where `(1 + x).ln()` loses digits. d/dx = 1 / (1 + x).
+    pub fn log1p(&self) -> Result<Tensor> {
+        unary_op(self, UnaryOp::Log1p, |g, x, _| Ok(vec![grad_if(&x[0], || g.div(&x[0].add_scalar(1.0)?))?]))
+    }
+
+    /// `e^x - 1`, exact for small x. d/dx = e^x = y + 1.
+    pub fn expm1(&self) -> Result<Tensor> {
+        unary_op(self, UnaryOp::Expm1, |g, x, y| Ok(vec![grad_if(&x[0], || g.mul(&y.add_scalar(1.0)?))?]))
+    }
+
+    /// The error function erf(x) = 2/√π ∫₀ˣ e^(-t²) dt (GELU's Gaussian CDF is built on it).
+    /// d/dx = 2/√π e^(-x²).
+    pub fn erf(&self) -> Result<Tensor> {
+        unary_op(self, UnaryOp::Erf, |g, x, _| {
+            Ok(vec![grad_if(&x[0], || {
+                let two_over_sqrt_pi = 2.0 / std::f32::consts::PI.sqrt();
+                g.mul(&x[0].mul(&x[0])?.neg()?.exp()?.mul_scalar(two_over_sqrt_pi)?)
+            })?])
+        })
+    }
+
     /// `|x|`. d/dx = sign(x), taken as 0 at 0.
     pub fn abs(&self) -> Result<Tensor> {
         unary_op(self, UnaryOp::Abs, |g, x, _| Ok(vec![grad_if(&x[0], || g.mul(&x[0].sign()?))?]))

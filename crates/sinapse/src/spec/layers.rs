@@ -39,6 +39,18 @@ pub enum LayerSpec {
     Tanh,
     /// Heaviside step (passes no gradient).
     Step,
+    /// GELU (exact, with erf).
+    Gelu,
+    /// SiLU (swish).
+    Silu,
+    /// ELU.
+    Elu {
+        /// α, the negative inputs' saturation (default 1).
+        #[serde(default = "one_f32")]
+        alpha: f32,
+    },
+    /// Softplus.
+    Softplus,
     /// Softmax over the last axis.
     Softmax,
     /// Inverted dropout.
@@ -180,6 +192,10 @@ fn zero2() -> Size2 {
     Size2::Square(0)
 }
 
+fn one_f32() -> f32 {
+    1.0
+}
+
 fn leaky_default() -> f32 {
     0.01
 }
@@ -194,6 +210,10 @@ impl LayerSpec {
             LayerSpec::Sigmoid => "sigmoid",
             LayerSpec::Tanh => "tanh",
             LayerSpec::Step => "step",
+            LayerSpec::Gelu => "gelu",
+            LayerSpec::Silu => "silu",
+            LayerSpec::Elu { .. } => "elu",
+            LayerSpec::Softplus => "softplus",
             LayerSpec::Softmax => "softmax",
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::Flatten => "flatten",
@@ -247,6 +267,10 @@ impl ModelSpec {
                 LayerSpec::Sigmoid => Box::new(nn::Sigmoid),
                 LayerSpec::Tanh => Box::new(nn::Tanh),
                 LayerSpec::Step => Box::new(nn::Step),
+                LayerSpec::Gelu => Box::new(nn::Gelu),
+                LayerSpec::Silu => Box::new(nn::Silu),
+                LayerSpec::Elu { alpha } => Box::new(nn::Elu(*alpha)),
+                LayerSpec::Softplus => Box::new(nn::Softplus),
                 LayerSpec::Softmax => Box::new(nn::Softmax),
                 LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng).map_err(wrap)?),
                 LayerSpec::Flatten => Box::new(nn::Flatten),

@@ -197,6 +197,22 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                 g.node("Cast", &[&above], vec![("to", Attr::Int(DataType::FLOAT as i64))])
             }
             LayerSpec::Softmax => g.node("Softmax", &[&x], vec![("axis", Attr::Int(-1))]),
+            LayerSpec::Gelu => {
+                // 0.5·x·(1 + erf(x/√2)): ONNX's Gelu is opset 20.
+                let root2 = g.constant("sqrt2", &[], vec![std::f32::consts::SQRT_2]);
+                let (one, half) = (g.constant("one", &[], vec![1.0]), g.constant("half", &[], vec![0.5]));
+                let scaled = g.node("Div", &[&x, &root2], vec![]);
+                let erf = g.node("Erf", &[&scaled], vec![]);
+                let cdf = g.node("Add", &[&erf, &one], vec![]);
+                let xc = g.node("Mul", &[&x, &cdf], vec![]);
+                g.node("Mul", &[&xc, &half], vec![])
+            }
+            LayerSpec::Silu => {
+                let s = g.node("Sigmoid", &[&x], vec![]);
+                g.node("Mul", &[&x, &s], vec![])
+            }
+            LayerSpec::Elu { alpha } => g.node("Elu", &[&x], vec![("alpha", Attr::Float(*alpha))]),
+            LayerSpec::Softplus => g.node("Softplus", &[&x], vec![]),
             LayerSpec::Dropout { .. } => g.node("Identity", &[&x], vec![]),
             LayerSpec::Flatten => g.node("Flatten", &[&x], vec![("axis", Attr::Int(1))]),
             LayerSpec::Reshape { shape } => {

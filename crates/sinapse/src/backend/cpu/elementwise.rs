@@ -187,6 +187,11 @@ pub(super) fn unary(src: &[f32], l: &Layout, op: UnaryOp) -> Vec<f32> {
         UnaryOp::Relu => map(src, l, |x| if x > 0.0 || x.is_nan() { x } else { 0.0 }),
         UnaryOp::LeakyRelu(slope) => map(src, l, move |x| if x > 0.0 { x } else { slope * x }),
         UnaryOp::BceTargetGrad => map(src, l, |p| clamped_ln(1.0 - p) - clamped_ln(p)),
+        UnaryOp::Sin => map(src, l, f32::sin),
+        UnaryOp::Cos => map(src, l, f32::cos),
+        UnaryOp::Log1p => map(src, l, f32::ln_1p),
+        UnaryOp::Expm1 => map(src, l, f32::exp_m1),
+        UnaryOp::Erf => map(src, l, libm::erff),
     }
 }
 

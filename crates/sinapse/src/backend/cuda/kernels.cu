@@ -112,6 +112,11 @@ __device__ float unary_op(int op, float x, float p0, float p1) {
         case 11: return (x > 0.0f || isnan(x)) ? x : 0.0f;            // relu, NaN kept
         case 12: return x > 0.0f ? x : p0 * x;                        // leaky relu
         case 13: return clamped_ln(1.0f - x) - clamped_ln(x);         // bce target grad
+        case 14: return sinf(x);
+        case 15: return cosf(x);
+        case 16: return log1pf(x);
+        case 17: return expm1f(x);
+        case 18: return erff(x);
     }
     return 0.0f;
 }

@@ -157,6 +157,11 @@ fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
         UnaryOp::Relu => (11, 0.0, 0.0),
         UnaryOp::LeakyRelu(slope) => (12, slope, 0.0),
         UnaryOp::BceTargetGrad => (13, 0.0, 0.0),
+        UnaryOp::Sin => (14, 0.0, 0.0),
+        UnaryOp::Cos => (15, 0.0, 0.0),
+        UnaryOp::Log1p => (16, 0.0, 0.0),
+        UnaryOp::Expm1 => (17, 0.0, 0.0),
+        UnaryOp::Erf => (18, 0.0, 0.0),
     }
 }
 
