@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # ONNX export checked by the reference runtime: every bundled spec, and three more below that
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
-# padding, strided and dilated conv2d, leaky ReLU, step, GELU, SiLU, softplus, ELU, dropout,
-# embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
+# padding, strided and dilated conv2d, group and layer norm, leaky ReLU, step, GELU, SiLU,
+# softplus, ELU, dropout, embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
 # and run in onnxruntime (from PyPI, in a virtual environment in the cache folder, outside the
 # repository), which must agree to 1e-5.
 set -euo pipefail
@@ -65,6 +65,9 @@ stride = 2
 padding = 1
 dilation = 2
 [[layers]]
+type = "group_norm"
+groups = 2
+[[layers]]
 type = "leaky_relu"
 slope = 0.1
 [[layers]]
@@ -87,6 +90,8 @@ type = "flatten"
 [[layers]]
 type = "linear"
 units = 32
+[[layers]]
+type = "layer_norm"
 [[layers]]
 type = "gelu"
 [[layers]]

@@ -200,3 +200,37 @@ fn activations_and_elementwise_ops_match_pytorch() {
         }
     }
 }
+
+/// LayerNorm and GroupNorm with PyTorch's parameters compute PyTorch's outputs and the
+/// gradients of the input and of both parameters (`fixtures/make_norm_fixture.py`).
+#[test]
+fn normalisation_layers_match_pytorch() {
+    use sinapse::nn::{GroupNorm, LayerNorm};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_norms.safetensors");
+    let fx: HashMap<String, Tensor> = load_weights(path).unwrap().into_iter().collect();
+    let layers: [(&str, Box<dyn Module>); 2] = [
+        ("layer_norm", Box::new(LayerNorm::new(6, 1e-5).unwrap())),
+        ("group_norm", Box::new(GroupNorm::new(3, 6, 1e-5).unwrap())),
+    ];
+    for (name, layer) in layers {
+        let params: Vec<(String, Tensor)> =
+            ["weight", "bias"].iter().map(|p| (p.to_string(), fx[&format!("{name}.{p}")].clone())).collect();
+        load_into(layer.as_ref(), &params, Path::new(name)).unwrap();
+        let x = fx[&format!("{name}.input")].detach().set_requires_grad(true);
+        let y = layer.forward(&x, Mode::Train).unwrap();
+        let g = y.mul(&fx[&format!("{name}.upstream")]).unwrap().sum_all().unwrap().backward().unwrap();
+        let named = layer.named_parameters();
+        let param = |p: &str| named.iter().find(|(n, _)| n == p).unwrap().1.clone();
+        for (what, got, want) in [
+            ("output", y.to_vec(), fx[&format!("{name}.output")].to_vec()),
+            ("input gradient", g.get(&x).unwrap().to_vec(), fx[&format!("{name}.grad.input")].to_vec()),
+            ("weight gradient", g.get(&param("weight")).unwrap().to_vec(), fx[&format!("{name}.grad.weight")].to_vec()),
+            ("bias gradient", g.get(&param("bias")).unwrap().to_vec(), fx[&format!("{name}.grad.bias")].to_vec()),
+        ] {
+            assert_eq!(got.len(), want.len(), "{name} {what}");
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name} {what} [{i}]: {a} vs PyTorch's {b}");
+            }
+        }
+    }
+}

@@ -53,6 +53,20 @@ pub enum LayerSpec {
     Softplus,
     /// Softmax over the last axis.
     Softmax,
+    /// Layer normalisation over the last axis (features), with a learned scale and shift.
+    LayerNorm {
+        /// Added to the variance (default 1e-5).
+        #[serde(default = "eps_default")]
+        eps: f32,
+    },
+    /// Group normalisation of `[N, C, ..]` inputs: `groups` groups of channels.
+    GroupNorm {
+        /// Number of groups; must divide the channels.
+        groups: usize,
+        /// Added to the variance (default 1e-5).
+        #[serde(default = "eps_default")]
+        eps: f32,
+    },
     /// Inverted dropout.
     Dropout {
         /// Drop probability.
@@ -192,6 +206,10 @@ fn zero2() -> Size2 {
     Size2::Square(0)
 }
 
+fn eps_default() -> f32 {
+    nn::DEFAULT_EPS
+}
+
 fn one_f32() -> f32 {
     1.0
 }
@@ -215,6 +233,8 @@ impl LayerSpec {
             LayerSpec::Elu { .. } => "elu",
             LayerSpec::Softplus => "softplus",
             LayerSpec::Softmax => "softmax",
+            LayerSpec::LayerNorm { .. } => "layer_norm",
+            LayerSpec::GroupNorm { .. } => "group_norm",
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::Flatten => "flatten",
             LayerSpec::Reshape { .. } => "reshape",
@@ -272,6 +292,15 @@ impl ModelSpec {
                 LayerSpec::Elu { alpha } => Box::new(nn::Elu(*alpha)),
                 LayerSpec::Softplus => Box::new(nn::Softplus),
                 LayerSpec::Softmax => Box::new(nn::Softmax),
+                LayerSpec::LayerNorm { eps } => {
+                    let features = *probe.shape().last().unwrap_or(&1);
+                    Box::new(nn::LayerNorm::new(features, *eps).map_err(wrap)?)
+                }
+                LayerSpec::GroupNorm { groups, eps } => {
+                    // Inputs [N, C, ..] of any rank from 2.
+                    let channels = probe.shape().get(1).copied().unwrap_or(0);
+                    Box::new(nn::GroupNorm::new(*groups, channels, *eps).map_err(wrap)?)
+                }
                 LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng).map_err(wrap)?),
                 LayerSpec::Flatten => Box::new(nn::Flatten),
                 LayerSpec::Reshape { shape } => Box::new(nn::Reshape(shape.clone())),

@@ -197,6 +197,43 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                 g.node("Cast", &[&above], vec![("to", Attr::Int(DataType::FLOAT as i64))])
             }
             LayerSpec::Softmax => g.node("Softmax", &[&x], vec![("axis", Attr::Int(-1))]),
+            LayerSpec::LayerNorm { eps } => {
+                let w = param(p("weight"))?;
+                let b = param(p("bias"))?;
+                let (wn, bn) = (g.constant("weight", w.shape(), values(w)?), g.constant("bias", b.shape(), values(b)?));
+                g.node(
+                    "LayerNormalization",
+                    &[&x, &wn, &bn],
+                    vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(*eps))],
+                )
+            }
+            LayerSpec::GroupNorm { groups, eps } => {
+                // [N, G, rest] standardised along the last axis, back to the input's shape,
+                // then the per-channel scale and shift (ONNX's GroupNormalization is opset 18+).
+                let w = param(p("weight"))?;
+                let b = param(p("bias"))?;
+                let rank = probe.rank();
+                let mut per_channel = vec![w.elem_count()];
+                per_channel.extend(std::iter::repeat_n(1, rank - 2));
+                let (wn, bn) =
+                    (g.constant("weight", &per_channel, values(w)?), g.constant("bias", &per_channel, values(b)?));
+                let shape = g.node("Shape", &[&x], vec![]);
+                let grouped_shape = g.ints("shape", &[0, *groups as i64, -1]);
+                let grouped = g.node("Reshape", &[&x, &grouped_shape], vec![]);
+                let mean =
+                    g.node("ReduceMean", &[&grouped], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
+                let centred = g.node("Sub", &[&grouped, &mean], vec![]);
+                let square = g.node("Mul", &[&centred, &centred], vec![]);
+                let var =
+                    g.node("ReduceMean", &[&square], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(1))]);
+                let e = g.constant("eps", &[], vec![*eps]);
+                let shifted = g.node("Add", &[&var, &e], vec![]);
+                let std = g.node("Sqrt", &[&shifted], vec![]);
+                let normed = g.node("Div", &[&centred, &std], vec![]);
+                let back = g.node("Reshape", &[&normed, &shape], vec![]);
+                let scaled = g.node("Mul", &[&back, &wn], vec![]);
+                g.node("Add", &[&scaled, &bn], vec![])
+            }
             LayerSpec::Gelu => {
                 // 0.5·x·(1 + erf(x/√2)): ONNX's Gelu is opset 20.
                 let root2 = g.constant("sqrt2", &[], vec![std::f32::consts::SQRT_2]);
