@@ -234,3 +234,33 @@ fn normalisation_layers_match_pytorch() {
         }
     }
 }
+
+/// NLL, label-smoothed cross-entropy, L1, Huber, KL divergence and positively weighted BCE
+/// against PyTorch's values and input gradients (`fixtures/make_loss_fixture.py`).
+#[test]
+fn losses_match_pytorch() {
+    use sinapse::nn::loss;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_losses.safetensors");
+    let fx: HashMap<String, Tensor> = load_weights(path).unwrap().into_iter().collect();
+    let (classes, target, p, y, w) = (&fx["classes"], &fx["target"], &fx["p"], &fx["y"], &fx["pos_weight"]);
+    type LossFn<'a> = Box<dyn Fn(&Tensor) -> sinapse::Result<Tensor> + 'a>;
+    let cases: Vec<(&str, LossFn)> = vec![
+        ("nll", Box::new(|t| loss::nll(&t.log_softmax(1)?, classes))),
+        ("smoothed", Box::new(|t| loss::cross_entropy_smoothed(t, classes, 0.1))),
+        ("l1", Box::new(|t| loss::l1(t, target))),
+        ("huber", Box::new(|t| loss::huber(t, target, 0.7))),
+        ("kl", Box::new(|t| loss::kl_div(&t.log_softmax(1)?, p))),
+        ("bce_weighted", Box::new(|t| loss::binary_cross_entropy_with_logits_weighted(t, y, w))),
+    ];
+    for (name, f) in cases {
+        let x = fx[&format!("{name}.input")].detach().set_requires_grad(true);
+        let l = f(&x).unwrap();
+        let want = fx[&format!("{name}.loss")].to_vec()[0];
+        let got = l.to_scalar().unwrap();
+        assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{name}: loss {got} vs PyTorch's {want}");
+        let g = l.backward().unwrap();
+        for (i, (a, b)) in g.get(&x).unwrap().to_vec().iter().zip(fx[&format!("{name}.grad")].to_vec()).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name} gradient [{i}]: {a} vs PyTorch's {b}");
+        }
+    }
+}

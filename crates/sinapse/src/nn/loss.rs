@@ -8,6 +8,12 @@
 //! | [`binary_cross_entropy_with_logits`] | the same with p = σ(x), computed stably | two classes, raw scores |
 //! | [`cross_entropy`] | -ln softmax(x)\[class\] | many classes, class indices |
 //! | [`cross_entropy_with_probs`] | -Σc tc ln softmax(x)c | many classes, one-hot or soft targets |
+//! | [`cross_entropy_smoothed`] | (1-ε)·CE + ε·mean_c(-ln softmax(x)c) | label smoothing |
+//! | [`nll`] | -logp\[class\] | log-probabilities in, class indices |
+//! | [`l1`] | \|ŷ - y\| | regression, robust to outliers |
+//! | [`huber`] | ½d² if \|d\| < δ else δ(\|d\| - ½δ) | regression, smooth L1 |
+//! | [`kl_div`] | Σc pc (ln pc - ln qc), per sample | distributions (log q in, p target) |
+//! | [`binary_cross_entropy_with_logits_weighted`] | BCE with logits, positives weighted per class | imbalanced labels |
 
 use crate::{Error, Result, Tensor};
 
@@ -87,4 +93,91 @@ pub fn cross_entropy_with_probs(logits: &Tensor, targets: &Tensor) -> Result<Ten
     }
     let log_probs = logits.log_softmax(1)?;
     targets.mul(&log_probs)?.sum(1, false)?.mean_all()?.neg()
+}
+
+/// The class indices `classes` `[N]` picked from `values` `[N, C]` (an error naming `op` for
+/// a label that is not a class index).
+fn pick(op: &'static str, values: &Tensor, classes: &Tensor) -> Result<Tensor> {
+    if values.rank() != 2 || classes.shape() != [values.shape()[0]] {
+        return Err(Error::shapes(op, values.shape(), classes.shape()));
+    }
+    values.gather(1, &classes.unsqueeze(1)?).map_err(|e| match e {
+        Error::IndexOutOfRange { index, size, .. } => Error::invalid(
+            op,
+            format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
+        ),
+        other => other,
+    })
+}
+
+/// Negative log-likelihood of log-probabilities `log_probs` `[N, C]` (a log_softmax's output)
+/// against class indices `[N]`: mean over samples of -log_probs\[class\], PyTorch's
+/// `NLLLoss`. `cross_entropy` is this after a log_softmax.
+pub fn nll(log_probs: &Tensor, classes: &Tensor) -> Result<Tensor> {
+    pick("nll (log-probabilities [N, C], classes [N])", log_probs, classes)?.mean_all()?.neg()
+}
+
+/// Cross-entropy with label smoothing ε (Szegedy et al., 2016), PyTorch's
+/// `CrossEntropyLoss(label_smoothing=ε)`: the target puts 1 - ε on the class and spreads ε
+/// evenly over all C classes.
+pub fn cross_entropy_smoothed(logits: &Tensor, classes: &Tensor, smoothing: f32) -> Result<Tensor> {
+    if !(0.0..=1.0).contains(&smoothing) {
+        return Err(Error::invalid("cross_entropy_smoothed", format!("smoothing must be in [0, 1], got {smoothing}")));
+    }
+    let log_probs = logits.log_softmax(1)?;
+    let hard = pick("cross_entropy_smoothed (logits [N, C], classes [N])", &log_probs, classes)?.mean_all()?;
+    let spread = log_probs.mean(1, false)?.mean_all()?;
+    hard.mul_scalar(1.0 - smoothing)?.add(&spread.mul_scalar(smoothing)?)?.neg()
+}
+
+/// Mean absolute error: mean |prediction - target|, PyTorch's `L1Loss`.
+pub fn l1(prediction: &Tensor, target: &Tensor) -> Result<Tensor> {
+    same_shape("l1", prediction, target)?;
+    prediction.sub(target)?.abs()?.mean_all()
+}
+
+/// Huber loss with threshold δ > 0, PyTorch's `HuberLoss(delta=δ)`: quadratic for errors
+/// below δ, linear above (smooth L1 with β = δ, times δ), so outliers pull less than in MSE.
+pub fn huber(prediction: &Tensor, target: &Tensor, delta: f32) -> Result<Tensor> {
+    same_shape("huber", prediction, target)?;
+    if delta.is_nan() || delta <= 0.0 {
+        return Err(Error::invalid("huber", format!("delta must be > 0, got {delta}")));
+    }
+    let d = prediction.sub(target)?.abs()?;
+    // min(|d|, δ) carries the quadratic part, the rest of |d| the linear part:
+    // ½m² + δ(|d| - m) equals both branches.
+    let m = d.clamp(0.0, delta)?;
+    m.mul(&m)?.mul_scalar(0.5)?.add(&d.sub(&m)?.mul_scalar(delta)?)?.mean_all()
+}
+
+/// Kullback-Leibler divergence KL(p ‖ q) from log-probabilities `log_q` to probabilities `p`
+/// (both `[N, C]`), summed over classes and averaged over samples: PyTorch's
+/// `kl_div(log_q, p, reduction="batchmean")`. Entries with p = 0 count 0 (0·ln 0 = 0).
+pub fn kl_div(log_q: &Tensor, p: &Tensor) -> Result<Tensor> {
+    same_shape("kl_div", log_q, p)?;
+    if log_q.rank() != 2 {
+        return Err(Error::invalid("kl_div", format!("inputs must be [N, C], got {:?}", log_q.shape())));
+    }
+    // p·ln p with ln taken of max(p, tiny): exact where p > 0, and 0 where p = 0.
+    let p_ln_p = p.mul(&p.clamp(f32::MIN_POSITIVE, f32::INFINITY)?.log()?)?;
+    p_ln_p.sub(&p.mul(log_q)?)?.sum(1, false)?.mean_all()
+}
+
+/// Binary cross-entropy with logits where positives of each class count `pos_weight[c]`
+/// times (`[C]`, broadcast over `[N, C]`), PyTorch's `BCEWithLogitsLoss(pos_weight=...)`: a
+/// rare class weighted by (negatives / positives) counts as much as a common one.
+pub fn binary_cross_entropy_with_logits_weighted(x: &Tensor, y: &Tensor, pos_weight: &Tensor) -> Result<Tensor> {
+    same_shape("binary_cross_entropy_with_logits_weighted", x, y)?;
+    if x.rank() != 2 || pos_weight.shape() != [x.shape()[1]] {
+        return Err(Error::shapes(
+            "binary_cross_entropy_with_logits_weighted (x [N, C], pos_weight [C])",
+            x.shape(),
+            pos_weight.shape(),
+        ));
+    }
+    // (1 - y)·x + (1 + (w - 1)·y)·softplus(-x), with softplus(-x) = -ln σ(x) computed stably.
+    let softplus_neg = x.neg()?.softplus()?;
+    let weight = y.mul(&pos_weight.add_scalar(-1.0)?)?.add_scalar(1.0)?;
+    let one_minus_y = y.neg()?.add_scalar(1.0)?;
+    one_minus_y.mul(x)?.add(&weight.mul(&softplus_neg)?)?.mean_all()
 }
