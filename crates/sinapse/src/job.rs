@@ -80,7 +80,13 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
     let eval = |d: &Dataset| evaluate(&model, d, &raw.task, cfg.loss, 1024);
     let validation = val.as_ref().map(eval).transpose()?;
     let test = test.as_ref().map(eval).transpose()?;
-    let card = ModelCard {
+    let card = model_card(spec, &raw, input_shape, scaler);
+    Ok(JobOutcome { model: TrainedModel { card, model }, history, validation, test })
+}
+
+/// The card of a model the spec built for `raw`'s data, with its fitted scaler.
+fn model_card(spec: &ModelSpec, raw: &RawData, input_shape: Vec<usize>, scaler: Scaler) -> ModelCard {
+    ModelCard {
         format: 1,
         task: raw.task,
         feature_names: raw.feature_names.clone(),
@@ -88,8 +94,7 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
         classes: raw.classes.clone(),
         scaler,
         spec: spec.clone(),
-    };
-    Ok(JobOutcome { model: TrainedModel { card, model }, history, validation, test })
+    }
 }
 
 /// A model directory's contents from a spec and weights trained elsewhere (a PyTorch
@@ -104,16 +109,7 @@ pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<T
     let model = spec.build_model(&input_shape, &raw.task, &mut Rng::seed(spec.seed))?;
     crate::train::checkpoint::load_into(&model, &crate::train::checkpoint::load_weights(weights)?, weights)?;
     model.to(spec.device()?)?;
-    let card = ModelCard {
-        format: 1,
-        task: raw.task,
-        feature_names: raw.feature_names.clone(),
-        input_shape,
-        classes: raw.classes.clone(),
-        scaler,
-        spec: spec.clone(),
-    };
-    Ok(TrainedModel { card, model })
+    Ok(TrainedModel { card: model_card(spec, &raw, input_shape, scaler), model })
 }
 
 /// Salt of the seeds that draw a learning curve's training subsets.

@@ -651,6 +651,17 @@ impl Storage {
         if let Some(s) = state.iter().find(|s| s.device() != device) {
             return Err(Error::DeviceMismatch { op, lhs: device, rhs: s.device() });
         }
+        // What every backend's fused update assumes: one contiguous run of values each.
+        let n = l.elem_count();
+        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
+            return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
+        }
+        if state.len() != update.state_buffers() || state.iter().any(|s| s.len() != n) {
+            return Err(Error::invalid(
+                "optimizer step",
+                format!("needs {} state buffers of {n} values", update.state_buffers()),
+            ));
+        }
         match (self, grad) {
             (Storage::Cpu(p), Storage::Cpu(g)) => {
                 let mut bufs: Vec<&mut cpu::CpuStorage> = state

@@ -233,16 +233,8 @@ impl BackendStorage for CpuStorage {
         state: &mut [&mut Self],
         update: &OptimizerUpdate,
     ) -> Result<()> {
+        // Contiguity and sizes were checked by `Storage::optimizer_step`.
         let n = l.elem_count();
-        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
-            return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
-        }
-        if state.len() != update.state_buffers() || state.iter().any(|s| s.len() != n) {
-            return Err(Error::invalid(
-                "optimizer step",
-                format!("needs {} state buffers of {n} values", update.state_buffers()),
-            ));
-        }
         let g = &grad.f32()[grad_l.offset()..grad_l.offset() + n];
         let mut bufs: Vec<&mut [f32]> = state
             .iter_mut()

@@ -589,16 +589,8 @@ impl BackendStorage for CudaStorage {
         update: &OptimizerUpdate,
     ) -> Result<()> {
         let gpu = self.gpu().clone();
+        // Contiguity and sizes were checked by `Storage::optimizer_step`.
         let n = l.elem_count();
-        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
-            return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
-        }
-        if state.len() != update.state_buffers() || state.iter().any(|s| s.len != n) {
-            return Err(Error::invalid(
-                "optimizer step",
-                format!("needs {} state buffers of {n} values", update.state_buffers()),
-            ));
-        }
         if n == 0 {
             return Ok(());
         }
