@@ -3,16 +3,19 @@
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
 # padding, strided and dilated conv2d, group and layer norm, leaky ReLU, step, GELU, SiLU,
 # softplus, ELU, dropout, embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
-# and run in onnxruntime (from PyPI, in a virtual environment in the cache folder, outside the
-# repository), which must agree to 1e-5.
+# and run in onnxruntime (from PyPI, installed into the cache folder, outside the repository),
+# which must agree to 1e-5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${XDG_CACHE_HOME:-$HOME/.cache}/sinapse-ci/onnxenv"
-if ! "$venv/bin/python" -c "import onnxruntime, numpy" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check onnxruntime numpy
+# The runtime goes into a folder of its own (pip --target, as the NVRTC step of .ci/run), so
+# that no virtual-environment support is needed; a half-installed folder is redone.
+pkgs="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/sinapse-ci/onnxruntime"
+if ! PYTHONPATH="$pkgs" python3 -c "import onnxruntime, numpy" 2>/dev/null; then
+    rm -rf "$pkgs"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$pkgs" onnxruntime numpy
 fi
 cargo build --release -p sinapse-cli
+sinapse="${CARGO_TARGET_DIR:-target}/release/sinapse"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 data="$PWD/data/mnist-10k"
@@ -150,8 +153,8 @@ SPEC
 models=()
 for spec in models/*.toml "$work"/onnx_*.toml; do
     name="$(basename "$spec" .toml)"
-    target/release/sinapse train "$spec" --epochs 1 --quiet --out "$work/$name" >/dev/null
-    target/release/sinapse export "$work/$name" --onnx "$work/$name.onnx" --samples 8 >/dev/null
+    "$sinapse" train "$spec" --epochs 1 --quiet --out "$work/$name" >/dev/null
+    "$sinapse" export "$work/$name" --onnx "$work/$name.onnx" --samples 8 >/dev/null
     models+=("$work/$name.onnx")
 done
-"$venv/bin/python" bench/onnx_check.py "${models[@]}"
+PYTHONPATH="$pkgs" python3 bench/onnx_check.py "${models[@]}"

@@ -89,6 +89,11 @@ pub fn run(args: CurveArgs) -> Result<()> {
         printing?;
         curves.push((name, curve));
     }
+    if let [(a, ca), (b, cb)] = &curves[..] {
+        if ca.metric != cb.metric {
+            bail!("{a} is scored by {} and {b} by {}: one plot cannot compare them", ca.metric, cb.metric);
+        }
+    }
     let mut csv = String::from("spec,fraction,examples,metric,train_mean,train_std,test_mean,test_std\n");
     for (name, c) in &curves {
         for p in &c.points {

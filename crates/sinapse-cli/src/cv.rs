@@ -50,7 +50,7 @@ pub fn run(args: CvArgs) -> Result<()> {
         let width = n.to_string().len();
         let (metric, score) = fold_score(&f.evaluation);
         let r2 = match &f.evaluation.metrics {
-            Metrics::Regression(r) => format!(", r2 {:.4}", r.r2),
+            Metrics::Regression(r) | Metrics::Reconstruction(r) => format!(", r2 {:.4}", r.r2),
             Metrics::Classification(_) => String::new(),
         };
         let line = format_args!(

@@ -35,6 +35,11 @@ pub fn read_labelled(model: &TrainedModel, path: &Path) -> Result<Dataset> {
             Task::Classification { .. } | Task::Reconstruction { .. } => Target::Class,
             Task::Regression => Target::Value,
         };
+        if matches!(card.task, Task::Reconstruction { .. }) {
+            // An autoencoder needs the features only; its targets are the features.
+            let x = sinapse::data::csv::read_features(path, &card.feature_names)?;
+            return Ok(Dataset::new(x.clone(), x)?);
+        }
         let table = read_csv(path, Some(label), target, card.classes.as_ref())?;
         let features = if table.feature_names == card.feature_names {
             table.features
@@ -74,6 +79,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let names = model.card.classes.as_ref().map(|c| c.classes.clone());
         out!("{}", m.render(names.as_deref()));
     }
-    outln!("{}", crate::train::final_line("", &model.card.task, &e));
+    outln!("{}", crate::train::final_line("", &e));
     Ok(())
 }

@@ -30,7 +30,12 @@ pub fn run(args: ExportArgs) -> Result<()> {
     write_atomically(&args.onnx, &bytes)?;
     outln!("wrote {} ({} bytes, ONNX opset {})", args.onnx.display(), bytes.len(), onnx::OPSET);
     if let Some(n) = args.samples {
-        let path = PathBuf::from(format!("{}.samples.json", args.onnx.display()));
+        if n == 0 {
+            anyhow::bail!("--samples must be at least 1");
+        }
+        let mut path = args.onnx.clone().into_os_string();
+        path.push(".samples.json");
+        let path = PathBuf::from(path);
         write_atomically(&path, samples(&model, n)?.as_bytes())?;
         outln!("wrote {} ({n} inputs and Sinapse's outputs)", path.display());
     }

@@ -51,7 +51,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     outln!("imported {tensors} tensors from {} into {}", args.weights.display(), out.display());
     if let Some(e) = &test {
         outln!("test: {}", crate::train::describe(e));
-        outln!("{}", crate::train::final_line("test ", &model.card.task, e));
+        outln!("{}", crate::train::final_line("test ", e));
     }
     Ok(())
 }

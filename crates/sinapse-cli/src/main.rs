@@ -153,11 +153,12 @@ pub(crate) fn parse_device(name: &str) -> Result<sinapse::Device> {
     Ok(device)
 }
 
-/// Puts the `--device` flag, when given, in place of the spec's `device` key (`auto`
-/// resolved to the device it picks).
+/// Puts the `--device` flag, when given, in place of the spec's `device` key (as given:
+/// a model trained with `auto` on a GPU still loads on a machine without one).
 pub(crate) fn override_device(spec: &mut ModelSpec, flag: Option<String>) -> Result<()> {
     if let Some(name) = flag {
-        spec.device = Some(parse_device(&name)?.to_string());
+        parse_device(&name)?;
+        spec.device = Some(name);
     }
     Ok(())
 }

@@ -30,7 +30,11 @@ pub fn curves(dir: &Path, h: &History) -> Result<()> {
     line_chart(&dir.join("loss.png"), "Loss", "loss", &train_loss, &val_loss)?;
     let train_m: Vec<f32> = h.records.iter().map(|r| r.train_metric).collect();
     let val_m: Vec<f32> = h.records.iter().filter_map(|r| r.val_metric).collect();
-    let title = if h.metric == "accuracy" { "Accuracy" } else { "Mean absolute error" };
+    let title = match h.metric {
+        "accuracy" => "Accuracy",
+        "mse" => "Mean squared error",
+        _ => "Mean absolute error",
+    };
     line_chart(&dir.join(format!("{}.png", h.metric)), title, h.metric, &train_m, &val_m)
 }
 

@@ -42,17 +42,19 @@ pub fn describe(e: &Evaluation) -> String {
             m.macro_recall(),
             m.macro_f1()
         ),
-        Metrics::Regression(r) => format!("mse {:.6}, mae {:.6}, r2 {:.4}", r.mse, r.mae, r.r2),
+        Metrics::Regression(r) | Metrics::Reconstruction(r) => {
+            format!("mse {:.6}, mae {:.6}, r2 {:.4}", r.mse, r.mae, r.r2)
+        }
     }
 }
 
 /// The last line: `test accuracy: 0.NNNN`, `test mse: X` or (an autoencoder)
 /// `test reconstruction mse: X`.
-pub fn final_line(prefix: &str, task: &Task, e: &Evaluation) -> String {
-    let what = if matches!(task, Task::Reconstruction { .. }) { "reconstruction " } else { "" };
+pub fn final_line(prefix: &str, e: &Evaluation) -> String {
     match &e.metrics {
         Metrics::Classification(m) => format!("{prefix}accuracy: {:.4}", m.accuracy()),
-        Metrics::Regression(r) => format!("{prefix}{what}mse: {:.6}", r.mse),
+        Metrics::Regression(r) => format!("{prefix}mse: {:.6}", r.mse),
+        Metrics::Reconstruction(r) => format!("{prefix}reconstruction mse: {:.6}", r.mse),
     }
 }
 
@@ -89,10 +91,12 @@ fn autoencoder_pictures(model: &TrainedModel, spec: &ModelSpec, base: &Path) -> 
         (crate::plot::principal_plane(&codes.to_vec(), n, width), ["first principal axis of the codes", "second"])
     };
     let shown = x.narrow(0, 0, n.min(SHOWN_IMAGES))?;
+    // Only images are drawn as images (a CSV with 4 or 9 columns is no picture).
     let features = model.card.feature_names.len();
-    let side = (1..=features).find(|s| s * s == features);
+    let images = matches!(spec.data, sinapse::spec::DataSpec::Idx { .. });
+    let side = (1..=features).find(|s| s * s == features).filter(|_| images);
     Ok(AutoencoderPictures {
-        originals: model.card.scaler.transform(&shown)?.to_vec2()?,
+        originals: shown.to_vec2()?,
         rebuilt: model.reconstructions(&shown)?.to_vec2()?,
         side,
         points,
@@ -163,8 +167,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let history_csv = outcome.history.to_csv();
     // An autoencoder's pictures need the test images again, with their labels.
+    // A picture that cannot be made is a note, not a lost model.
     let pictures = match outcome.model.card.task {
-        Task::Reconstruction { .. } => Some(autoencoder_pictures(&outcome.model, &spec, &base)?),
+        Task::Reconstruction { .. } => match autoencoder_pictures(&outcome.model, &spec, &base) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                crate::output::note(format_args!("note: no codes.png or reconstructions.png: {e:#}"));
+                None
+            }
+        },
         _ => None,
     };
     let for_plot = outcome.test.as_ref().or(outcome.validation.as_ref());
@@ -198,7 +209,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     outln!("saved model, history.csv and plots to {}", out.display());
     if let Some(t) = &outcome.test {
         outln!("test: {}", describe(t));
-        outln!("{}", final_line("test ", &outcome.model.card.task, t));
+        outln!("{}", final_line("test ", t));
     }
     Ok(())
 }

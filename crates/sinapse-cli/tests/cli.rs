@@ -567,6 +567,12 @@ fn learning_curve_writes_a_table_and_a_plot() {
     let test_acc: f64 = fields[6].parse().unwrap();
     assert!((0.0..=1.0).contains(&test_acc));
     assert!(out.join("learning_curve.png").is_file());
+    // Extreme fractions still give each class a row, and never all but none.
+    let (code, stdout, err) = sinapse(&["learning-curve", "models/iris.toml", "--fractions", "0.01,0.99", "--out", o]);
+    assert_eq!(code, 0, "{err}");
+    let csv = std::fs::read_to_string(out.join("learning_curve.csv")).unwrap();
+    let examples: Vec<usize> = csv.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse().unwrap()).collect();
+    assert_eq!(examples, vec![3, 120], "one per class at 1%, all 120 at 99%: {stdout}");
     let (code, _, err) = sinapse(&["learning-curve", "models/iris.toml", "--fractions", "0,1", "--out", o]);
     assert_ne!(code, 0);
     assert!(err.contains("--fractions: 0 is not in (0, 1]"), "{err}");

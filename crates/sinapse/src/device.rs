@@ -43,6 +43,15 @@ impl Device {
         }
     }
 
+    /// Ok when `name` is a device name [`Device::parse`] reads, without opening anything
+    /// (`auto` is not resolved).
+    pub fn check_name(name: &str) -> Result<()> {
+        match name.trim() {
+            "auto" => Ok(()),
+            other => Device::parse(other).map(|_| ()),
+        }
+    }
+
     /// The fastest device present (what `auto` means): the first usable GPU, else the CPU.
     pub fn best() -> Device {
         Device::available().into_iter().find(|d| *d != Device::Cpu).unwrap_or(Device::Cpu)

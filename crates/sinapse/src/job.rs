@@ -100,8 +100,9 @@ fn model_card(spec: &ModelSpec, raw: &RawData, input_shape: Vec<usize>, scaler: 
 /// A model directory's contents from a spec and weights trained elsewhere (a PyTorch
 /// `state_dict` saved with `safetensors.torch.save_file`): the network the spec builds, with
 /// every tensor of the file loaded by name, and the card the spec's data gives (input shape,
-/// classes, and the scaling fitted on the training data, as `train` would). Missing, extra or
-/// mis-shaped tensors are an error naming each.
+/// classes, and the scaling fitted on all of the spec's training data: no holdout validation
+/// part is set aside, as no training happens). Missing, extra or mis-shaped tensors are an
+/// error naming each.
 pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<TrainedModel> {
     let raw = spec.load_data(base)?;
     let (scaler, train, _) = scale(spec, &raw.train, &[])?;
@@ -110,6 +111,25 @@ pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<T
     crate::train::checkpoint::load_into(&model, &crate::train::checkpoint::load_weights(weights)?, weights)?;
     model.to(spec.device()?)?;
     Ok(TrainedModel { card: model_card(spec, &raw, input_shape, scaler), model })
+}
+
+/// A learning curve's training rows: `fraction` of `n` rows drawn at random, per class when
+/// `strata` gives each row's class (at least one row of each class, and of all), in the
+/// order drawn.
+fn curve_subset(n: usize, fraction: f64, strata: Option<&[usize]>, rng: &mut Rng) -> Vec<usize> {
+    let take = |rows: &[usize]| ((rows.len() as f64 * fraction).round() as usize).clamp(1, rows.len().max(1));
+    let order = rng.permutation(n);
+    match strata {
+        Some(classes) => {
+            let k = classes.iter().max().map_or(0, |&m| m + 1);
+            let mut groups = vec![Vec::new(); k];
+            for &i in &order {
+                groups[classes[i]].push(i);
+            }
+            groups.iter().filter(|g| !g.is_empty()).flat_map(|g| g[..take(g)].to_vec()).collect()
+        }
+        None => order[..take(&order).min(n)].to_vec(),
+    }
 }
 
 /// Salt of the seeds that draw a learning curve's training subsets.
@@ -167,12 +187,8 @@ pub fn learning_curve(
     for &fraction in fractions {
         let (mut train_scores, mut test_scores, mut examples) = (Vec::new(), Vec::new(), 0);
         for repeat in 0..repeats as u64 {
-            let rows: Vec<usize> = if fraction >= 1.0 {
-                (0..raw.train.len()).collect()
-            } else {
-                let seed = spec.seed ^ CURVE_SALT ^ repeat.wrapping_mul(0x9e37_79b9);
-                split::holdout(raw.train.len(), fraction, strata.as_deref(), &mut Rng::seed(seed))?.train
-            };
+            let seed = spec.seed ^ CURVE_SALT ^ repeat.wrapping_mul(0x9e37_79b9);
+            let rows = curve_subset(raw.train.len(), fraction, strata.as_deref(), &mut Rng::seed(seed));
             examples = rows.len();
             let subset = raw.train.subset(&rows)?;
             let (_, train, others) = scale(spec, &subset, &[Some(test)])?;
@@ -259,7 +275,7 @@ impl CvOutcome {
             .folds
             .iter()
             .filter_map(|f| match &f.evaluation.metrics {
-                Metrics::Regression(r) => Some(r.r2),
+                Metrics::Regression(r) | Metrics::Reconstruction(r) => Some(r.r2),
                 Metrics::Classification(_) => None,
             })
             .collect();

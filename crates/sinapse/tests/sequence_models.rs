@@ -40,7 +40,7 @@ fn an_lstm_reads_mnist_row_by_row() {
 
 fn mse(model: &dyn Module, data: &sinapse::data::Dataset) -> f64 {
     match evaluate(model, data, &Task::Regression, LossKind::Mse, 500).unwrap().metrics {
-        Metrics::Regression(m) => m.mse,
+        Metrics::Regression(m) | Metrics::Reconstruction(m) => m.mse,
         Metrics::Classification(_) => unreachable!("regression task"),
     }
 }

@@ -123,6 +123,26 @@ impl Scaler {
         Ok(())
     }
 
+    /// The inverse of [`Scaler::transform`]: scaled values `[N, F]` back in the features' own
+    /// units (an autoencoder's reconstructions, say).
+    pub fn inverse_transform(&self, x: &Tensor) -> Result<Tensor> {
+        let (offset, scale) = match self {
+            Scaler::None => return Ok(x.clone()),
+            Scaler::Standard { mean, std } => (mean.clone(), std.clone()),
+            Scaler::MinMax { min, max } => (min.clone(), max.iter().zip(min).map(|(a, b)| a - b).collect()),
+        };
+        let (_, f) = check_2d("Scaler::inverse_transform", x)?;
+        if f != offset.len() {
+            return Err(Error::invalid(
+                "Scaler::inverse_transform",
+                format!("fitted on {} features, got {f}", offset.len()),
+            ));
+        }
+        let offset = Tensor::from_vec(offset, &[f])?.to(x.device())?;
+        let scale = Tensor::from_vec(scale, &[f])?.to(x.device())?;
+        x.mul(&scale)?.add(&offset)
+    }
+
     /// Applies the fitted scaling to features `[N, F]` with the training data's F.
     pub fn transform(&self, x: &Tensor) -> Result<Tensor> {
         let (offset, scale) = match self {

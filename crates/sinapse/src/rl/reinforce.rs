@@ -234,8 +234,8 @@ pub fn discounted_returns(rewards: &[f32], gamma: f32) -> Vec<f32> {
 /// until solved (the mean return of `solve_window` consecutive episodes reaches
 /// `solve_threshold`) or `episodes` run out; `on_episode` hears of every episode.
 pub fn train(cfg: &ReinforceConfig, on_episode: &mut dyn FnMut(&EpisodeReport)) -> Result<ReinforceOutcome> {
-    if cfg.episodes == 0 || !(0.0..=1.0).contains(&cfg.gamma) {
-        return Err(Error::invalid("reinforce", "needs episodes >= 1 and gamma in [0, 1]"));
+    if cfg.episodes == 0 || cfg.solve_window == 0 || !(0.0..=1.0).contains(&cfg.gamma) {
+        return Err(Error::invalid("reinforce", "needs episodes >= 1, solve_window >= 1 and gamma in [0, 1]"));
     }
     let mut rng = Rng::seed(cfg.seed);
     let policy = Policy::new(cfg.hidden, &mut rng)?;
@@ -294,7 +294,7 @@ fn update(
     let targets = Tensor::from_vec(g.iter().map(|v| v / scale).collect(), &[t, 1])?;
     let v = value.forward(&x, Mode::Train)?;
     let baseline: Vec<f32> = v.to_vec().iter().map(|b| b * scale).collect();
-    // Advantages, normalised over the episode (a one-step episode keeps its sign only).
+    // Advantages, normalised over the episode (a one-step episode's is 0: no update).
     let adv: Vec<f32> = g.iter().zip(&baseline).map(|(g, b)| g - b).collect();
     let mean = adv.iter().sum::<f32>() / t as f32;
     let std = (adv.iter().map(|a| (a - mean) * (a - mean)).sum::<f32>() / t as f32).sqrt();

@@ -331,7 +331,11 @@ impl ModelSpec {
         if self.layers.is_empty() {
             return bad("a model needs at least one layer".into());
         }
-        self.device()?;
+        // The name only: whether the device is there is checked where it is used (`auto`
+        // would open every GPU just to read a spec).
+        if let Some(name) = &self.device {
+            Device::check_name(name)?;
+        }
         if let Some(s) = &self.schedule {
             s.validate()?;
         }
@@ -365,6 +369,18 @@ impl ModelSpec {
             Some(l) => l == LossKind::CrossEntropy,
             None => classification,
         };
+        if self.loss == Some(LossKind::BinaryCrossEntropy) {
+            if matches!(self.layers.last(), Some(LayerSpec::Sigmoid)) {
+                return bad("binary_cross_entropy applies the sigmoid to the model's outputs itself: remove the \
+                            final sigmoid layer (the reconstructions are still its sigmoid)"
+                    .into());
+            }
+            if self.scaling() == Scaling::Standard {
+                return bad("binary_cross_entropy needs targets in [0, 1]; standard scaling makes them any \
+                            number: use scaling = \"none\" or \"min_max\", or the mse loss"
+                    .into());
+            }
+        }
         if cross_entropy && matches!(self.layers.last(), Some(LayerSpec::Softmax)) {
             return bad("cross_entropy applies softmax to the model's outputs itself: remove the final \
                         softmax layer (predict still reports probabilities)"
@@ -475,6 +491,28 @@ lr = 0.1
         let softmax_last = MINIMAL.replace("[optimizer]", "[[layers]]\ntype = \"softmax\"\n[optimizer]");
         let e = parse(&softmax_last).unwrap_err().to_string();
         assert!(e.contains("cross_entropy applies softmax"), "{e}");
+    }
+
+    #[test]
+    fn binary_cross_entropy_needs_logits_and_targets_in_0_1() {
+        let with = |extra: &str, scaling: &str| {
+            let text = MINIMAL
+                .replace("epochs = 3", "epochs = 3\nloss = \"binary_cross_entropy\"")
+                .replace("label = \"y\"", &format!("label = \"y\"\ntask = \"reconstruction\"\nscaling = \"{scaling}\""))
+                .replace("[optimizer]", &format!("{extra}[optimizer]"));
+            parse(&text)
+        };
+        assert!(with("", "none").is_ok());
+        assert!(with("", "min_max").is_ok());
+        let e = with("", "standard").unwrap_err().to_string();
+        assert!(e.contains("[0, 1]") && e.contains("standard"), "{e}");
+        let e = with("[[layers]]\ntype = \"sigmoid\"\n", "none").unwrap_err().to_string();
+        assert!(e.contains("remove the final sigmoid"), "{e}");
+        // A device name is checked, not opened: `auto` reads without looking for a GPU.
+        let auto = MINIMAL.replace("epochs = 3", "epochs = 3\ndevice = \"auto\"");
+        assert!(parse(&auto).is_ok());
+        let bad = MINIMAL.replace("epochs = 3", "epochs = 3\ndevice = \"gpu\"");
+        assert!(parse(&bad).unwrap_err().to_string().contains("unknown device"));
     }
 
     #[test]

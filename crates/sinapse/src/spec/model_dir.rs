@@ -148,8 +148,9 @@ impl TrainedModel {
     }
 
     /// Reconstruction models: the codes of raw features `[N, F]`, the output of the
-    /// network's narrowest layer (the bottleneck: of the narrowest run of layers, the last,
-    /// so that its activation is included), `[N, width]`.
+    /// network's narrowest layer before the last (the bottleneck; of layers equally narrow,
+    /// the last, so that an activation after it is included), `[N, width]`. An error when no
+    /// layer is narrower than the input (an overcomplete autoencoder has no bottleneck).
     pub fn codes(&self, raw_features: &Tensor) -> Result<Tensor> {
         if !matches!(self.card.task, Task::Reconstruction { .. }) {
             return Err(Error::invalid("codes", "only an autoencoder (task = \"reconstruction\") has codes"));
@@ -157,34 +158,49 @@ impl TrainedModel {
         let x = self.card.scaler.transform(raw_features)?;
         let _guard = crate::no_grad();
         let layers = self.model.layers();
-        // The narrowest output, found on one probe sample.
+        let device = self.model.device();
+        // The narrowest output before the last layer, found on one probe sample.
         let mut one = x.shape().to_vec();
         one[0] = 1;
-        let mut probe = Tensor::zeros(&one);
-        let mut bottleneck = (usize::MAX, 0);
-        for (i, layer) in layers.iter().enumerate() {
+        let inputs: usize = one.iter().product();
+        let mut probe = Tensor::zeros(&one).to(device)?;
+        let mut bottleneck = (inputs, None);
+        for (i, layer) in layers.iter().enumerate().take(layers.len().saturating_sub(1)) {
             probe = layer.forward(&probe, crate::nn::Mode::Eval)?;
-            let width = probe.elem_count();
-            if width <= bottleneck.0 {
-                bottleneck = (width, i);
+            if probe.elem_count() <= bottleneck.0 && (probe.elem_count() < inputs || bottleneck.1.is_some()) {
+                bottleneck = (probe.elem_count(), Some(i));
             }
         }
-        let mut h = x.to(self.model.device())?;
-        for layer in &layers[..=bottleneck.1] {
-            h = layer.forward(&h, crate::nn::Mode::Eval)?;
+        let Some(last) = bottleneck.1 else {
+            return Err(Error::invalid("codes", "no layer is narrower than the input: the network has no bottleneck"));
+        };
+        // In batches, as `outputs` runs them.
+        let n = x.shape()[0];
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(1024) {
+            let mut h = x.narrow(0, start, 1024.min(n - start))?.to(device)?;
+            for layer in &layers[..=last] {
+                h = layer.forward(&h, crate::nn::Mode::Eval)?;
+            }
+            // One row per sample, whatever the layer's shape (a convolution's maps).
+            let rows = h.shape()[0];
+            parts.push(h.reshape(&[rows, bottleneck.0])?.to(crate::Device::Cpu)?);
         }
-        // One row per sample, whatever the layer's shape (a convolution's maps).
-        let n = h.shape()[0];
-        h.reshape(&[n, h.elem_count() / n.max(1)])?.to(crate::Device::Cpu)
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(&[0, bottleneck.0]));
+        }
+        Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
     }
 
     /// Reconstruction models: the reconstructions of raw features `[N, F]` (the outputs, or
-    /// their sigmoid when trained with binary cross-entropy), in the scaled space.
+    /// their sigmoid when trained with binary cross-entropy), in the features' own units
+    /// (the scaler undone).
     pub fn reconstructions(&self, raw_features: &Tensor) -> Result<Tensor> {
         if !matches!(self.card.task, Task::Reconstruction { .. }) {
             return Err(Error::invalid("reconstructions", "only an autoencoder (task = \"reconstruction\") has them"));
         }
-        self.card.spec.loss_for(&self.card.task).prediction(&self.outputs(raw_features)?)
+        let scaled = self.card.spec.loss_for(&self.card.task).prediction(&self.outputs(raw_features)?)?;
+        self.card.scaler.inverse_transform(&scaled)
     }
 
     /// Scales raw features `[N, F]` with the fitted scaler and runs the network (evaluation

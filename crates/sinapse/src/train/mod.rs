@@ -447,15 +447,19 @@ pub enum Metrics {
     Classification(ConfusionMatrix),
     /// MSE, MAE, R².
     Regression(RegressionMetrics),
+    /// MSE, MAE, R² of a reconstruction, pooled over every input value (headline: MSE).
+    Reconstruction(RegressionMetrics),
 }
 
 impl Metrics {
-    /// The task's headline metric, with its name: accuracy, or MAE for regression. The
-    /// history records it every epoch and cross-validation scores folds by it.
+    /// The task's headline metric, with its name: accuracy, MAE for regression, MSE for
+    /// reconstruction ([`Task::metric_name`]). The history records it every epoch and
+    /// cross-validation scores folds by it.
     pub fn headline(&self) -> (&'static str, f64) {
         match self {
             Metrics::Classification(m) => (CLASSIFICATION_METRIC, m.accuracy()),
             Metrics::Regression(r) => (REGRESSION_METRIC, r.mae),
+            Metrics::Reconstruction(r) => (RECONSTRUCTION_METRIC, r.mse),
         }
     }
 }
@@ -475,7 +479,7 @@ impl Evaluation {
     pub fn confusion(&self) -> Option<&ConfusionMatrix> {
         match &self.metrics {
             Metrics::Classification(m) => Some(m),
-            Metrics::Regression(_) => None,
+            Metrics::Regression(_) | Metrics::Reconstruction(_) => None,
         }
     }
 
@@ -496,7 +500,7 @@ impl Evaluation {
 
     fn regression(&self) -> Option<&RegressionMetrics> {
         match &self.metrics {
-            Metrics::Regression(r) => Some(r),
+            Metrics::Regression(r) | Metrics::Reconstruction(r) => Some(r),
             Metrics::Classification(_) => None,
         }
     }
@@ -671,7 +675,7 @@ pub fn evaluate(
             // Every value of every sample pooled: the MSE per pixel, and R² against the mean
             // pixel.
             let predicted = loss.prediction(&outputs)?.to_vec();
-            Metrics::Regression(metrics::regression_metrics_columns(&predicted, &data.y().to_vec(), 1)?)
+            Metrics::Reconstruction(metrics::regression_metrics_columns(&predicted, &data.y().to_vec(), 1)?)
         }
     };
     Ok(Evaluation { loss: loss_value, metrics })
