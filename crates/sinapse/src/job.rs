@@ -115,11 +115,11 @@ pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<T
 
 /// A learning curve's training rows: `fraction` of `n` rows drawn at random, per class when
 /// `strata` gives each row's class (at least one row of each class, and of all), in the
-/// order drawn.
+/// data's own order (so that the whole set trains exactly as `train` does).
 fn curve_subset(n: usize, fraction: f64, strata: Option<&[usize]>, rng: &mut Rng) -> Vec<usize> {
     let take = |rows: &[usize]| ((rows.len() as f64 * fraction).round() as usize).clamp(1, rows.len().max(1));
     let order = rng.permutation(n);
-    match strata {
+    let mut rows: Vec<usize> = match strata {
         Some(classes) => {
             let k = classes.iter().max().map_or(0, |&m| m + 1);
             let mut groups = vec![Vec::new(); k];
@@ -129,7 +129,9 @@ fn curve_subset(n: usize, fraction: f64, strata: Option<&[usize]>, rng: &mut Rng
             groups.iter().filter(|g| !g.is_empty()).flat_map(|g| g[..take(g)].to_vec()).collect()
         }
         None => order[..take(&order).min(n)].to_vec(),
-    }
+    };
+    rows.sort_unstable();
+    rows
 }
 
 /// Salt of the seeds that draw a learning curve's training subsets.
