@@ -601,6 +601,10 @@ impl Storage {
         c_l: &Layout,
     ) -> Result<Storage> {
         same_device("lstm", &[self, hw, c])?;
+        let [n, h] = lstm_dims(c_l)?;
+        if l.elem_count() != n * 4 * h || hw_l.elem_count() != n * 4 * h {
+            return Err(Error::invalid("lstm", format!("gate pre-activations must be [{n}, {}]", 4 * h)));
+        }
         room_for(self, c_l.elem_count().saturating_mul(6), "lstm")?;
         match (self, hw, c) {
             (Storage::Cpu(x), Storage::Cpu(h), Storage::Cpu(c)) => Ok(Storage::Cpu(x.lstm_cell(l, h, hw_l, c, c_l)?)),
@@ -624,6 +628,10 @@ impl Storage {
         dc_l: &Layout,
     ) -> Result<Storage> {
         same_device("lstm backward", &[self, c_prev, dh, dc])?;
+        let [n, h] = lstm_dims(c_prev_l)?;
+        if l.elem_count() != n * 6 * h || dh_l.elem_count() != n * h || dc_l.elem_count() != n * h {
+            return Err(Error::invalid("lstm backward", format!("step records must be [{n}, {}]", 6 * h)));
+        }
         room_for(self, c_prev_l.elem_count().saturating_mul(5), "lstm backward")?;
         match (self, c_prev, dh, dc) {
             (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(h), Storage::Cpu(d)) => {
@@ -685,6 +693,14 @@ impl Storage {
             }
             (p, g) => Err(mismatch(op, &[p, g])),
         }
+    }
+}
+
+/// `[N, H]` of an LSTM cell state's layout.
+fn lstm_dims(c: &Layout) -> Result<[usize; 2]> {
+    match *c.shape() {
+        [n, h] => Ok([n, h]),
+        _ => Err(Error::invalid("lstm", format!("cell state must be [N, H], got {:?}", c.shape()))),
     }
 }
 

@@ -16,7 +16,7 @@ mod reduce;
 
 use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window};
 use crate::layout::Layout;
-use crate::{Device, Error, Result};
+use crate::{Device, Result};
 
 /// Host memory, one variant per element type.
 #[derive(Clone, Debug)]
@@ -41,14 +41,6 @@ impl CpuStorage {
         match self {
             CpuStorage::F32(v) => v,
         }
-    }
-}
-
-/// `[N, H]` of an LSTM cell state's layout.
-fn lstm_dims(c: &Layout) -> Result<[usize; 2]> {
-    match *c.shape() {
-        [n, h] => Ok([n, h]),
-        _ => Err(Error::invalid("lstm", format!("cell state must be [N, H], got {:?}", c.shape()))),
     }
 }
 
@@ -194,13 +186,11 @@ impl BackendStorage for CpuStorage {
     }
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
-        let [n, h] = lstm_dims(c_l)?;
+        // Shapes were checked by `Storage::lstm_cell`.
+        let [n, h] = super::lstm_dims(c_l)?;
         let xw = elementwise::row_major(self.f32(), l);
         let hw = elementwise::row_major(hw.f32(), hw_l);
         let c = elementwise::row_major(c.f32(), c_l);
-        if xw.len() != n * 4 * h || hw.len() != n * 4 * h {
-            return Err(Error::invalid("lstm", format!("gate pre-activations must be [{n}, {}]", 4 * h)));
-        }
         Ok(CpuStorage::F32(recurrent::lstm_cell(&xw, &hw, &c, n, h)))
     }
 
@@ -214,14 +204,12 @@ impl BackendStorage for CpuStorage {
         dc: &Self,
         dc_l: &Layout,
     ) -> Result<Self> {
-        let [n, h] = lstm_dims(c_prev_l)?;
+        // Shapes were checked by `Storage::lstm_cell_backward`.
+        let [n, h] = super::lstm_dims(c_prev_l)?;
         let s = elementwise::row_major(self.f32(), l);
         let c = elementwise::row_major(c_prev.f32(), c_prev_l);
         let dh = elementwise::row_major(dh.f32(), dh_l);
         let dc = elementwise::row_major(dc.f32(), dc_l);
-        if s.len() != n * 6 * h || dh.len() != n * h || dc.len() != n * h {
-            return Err(Error::invalid("lstm backward", format!("step records must be [{n}, {}]", 6 * h)));
-        }
         Ok(CpuStorage::F32(recurrent::lstm_cell_backward(&s, &c, &dh, &dc, n, h)))
     }
 

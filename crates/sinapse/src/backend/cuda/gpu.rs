@@ -78,32 +78,30 @@ impl Strided {
         if s.contiguous == 1 {
             return Ok(s);
         }
-        let mut merged: Vec<(u64, i64)> = Vec::with_capacity(l.rank());
+        // Merged straight into the struct's arrays: no allocation per kernel launch.
+        let mut rank = 0usize;
         for (&size, &stride) in l.shape().iter().zip(l.strides()) {
             if size == 1 {
                 continue;
             }
             let (size, stride) = (size as u64, stride as i64);
-            match merged.last_mut() {
-                // The previous axis steps over exactly this one: one longer axis.
-                Some((ps, pst)) if *pst == stride * size as i64 => {
-                    *ps *= size;
-                    *pst = stride;
-                }
-                _ => merged.push((size, stride)),
+            // The previous axis steps over exactly this one: one longer axis.
+            if rank > 0 && s.strides[rank - 1] == stride * size as i64 {
+                s.dims[rank - 1] *= size;
+                s.strides[rank - 1] = stride;
+                continue;
             }
+            if rank == MAX_DIMS {
+                return Err(Error::invalid(
+                    op,
+                    format!("CUDA kernels read views of at most {MAX_DIMS} axes; this one has {:?}", l.shape()),
+                ));
+            }
+            s.dims[rank] = size;
+            s.strides[rank] = stride;
+            rank += 1;
         }
-        if merged.len() > MAX_DIMS {
-            return Err(Error::invalid(
-                op,
-                format!("CUDA kernels read views of at most {MAX_DIMS} axes; this one has {:?}", l.shape()),
-            ));
-        }
-        s.rank = merged.len() as u32;
-        for (d, (size, stride)) in merged.into_iter().enumerate() {
-            s.dims[d] = size;
-            s.strides[d] = stride;
-        }
+        s.rank = rank as u32;
         Ok(s)
     }
 

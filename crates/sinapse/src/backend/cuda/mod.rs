@@ -210,14 +210,6 @@ fn lane_threads(len: usize) -> u32 {
     len.clamp(32, 1024).next_power_of_two().min(1024) as u32
 }
 
-/// `[N, H]` of an LSTM cell state's layout.
-fn lstm_dims(c: &Layout) -> Result<[usize; 2]> {
-    match *c.shape() {
-        [n, h] => Ok([n, h]),
-        _ => Err(Error::invalid("lstm", format!("cell state must be [N, H], got {:?}", c.shape()))),
-    }
-}
-
 impl BackendStorage for CudaStorage {
     fn device(&self) -> Device {
         self.gpu().device()
@@ -538,10 +530,8 @@ impl BackendStorage for CudaStorage {
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
         let gpu = self.gpu();
-        let [n, h] = lstm_dims(c_l)?;
-        if l.elem_count() != n * 4 * h || hw_l.elem_count() != n * 4 * h {
-            return Err(Error::invalid("lstm", format!("gate pre-activations must be [{n}, {}]", 4 * h)));
-        }
+        // Shapes were checked by `Storage::lstm_cell`.
+        let [n, h] = super::lstm_dims(c_l)?;
         let out = CudaStorage::alloc(gpu, n * 6 * h, "lstm")?;
         if n * h > 0 {
             let (lx, lh, lc) = (Strided::of(l, "lstm")?, Strided::of(hw_l, "lstm")?, Strided::of(c_l, "lstm")?);
@@ -563,10 +553,8 @@ impl BackendStorage for CudaStorage {
         dc_l: &Layout,
     ) -> Result<Self> {
         let gpu = self.gpu();
-        let [n, h] = lstm_dims(c_prev_l)?;
-        if l.elem_count() != n * 6 * h || dh_l.elem_count() != n * h || dc_l.elem_count() != n * h {
-            return Err(Error::invalid("lstm backward", format!("step records must be [{n}, {}]", 6 * h)));
-        }
+        // Shapes were checked by `Storage::lstm_cell_backward`.
+        let [n, h] = super::lstm_dims(c_prev_l)?;
         let out = CudaStorage::alloc(gpu, n * 5 * h, "lstm backward")?;
         if n * h > 0 {
             let op = "lstm backward";
@@ -690,6 +678,11 @@ mod tests {
         assert_eq!(s.rank, 2);
         assert_eq!((s.dims[0], s.strides[0]), (8, 0), "broadcast axes merge too");
         assert_eq!((s.dims[1], s.strides[1]), (3, 1));
+        // Eighteen axes, each pair swapped, cannot merge: more than the kernels take.
+        let many =
+            Layout::contiguous(&[2; 18]).permute(&[1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14, 17, 16]);
+        let many = many.unwrap();
+        assert!(Strided::of(&many, "test").unwrap_err().to_string().contains("at most 8 axes"));
     }
 
     #[test]
