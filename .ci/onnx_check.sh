@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ONNX export checked by the reference runtime: every bundled spec, and three more below that
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
-# padding, strided and dilated conv2d, group and layer norm, leaky ReLU, step, GELU, SiLU,
+# padding, strided and dilated conv2d, group, layer and 1-D batch norm, leaky ReLU, step, GELU, SiLU,
 # softplus, ELU, dropout, embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
 # and run in onnxruntime (from PyPI, installed into the cache folder, outside the repository),
 # which must agree to 1e-5.
@@ -87,12 +87,18 @@ out_channels = 3
 kernel = 3
 padding = 1
 [[layers]]
+type = "batch_norm1d"
+momentum = 0.3
+[[layers]]
 type = "step"
 [[layers]]
 type = "flatten"
 [[layers]]
 type = "linear"
 units = 32
+[[layers]]
+type = "batch_norm1d"
+eps = 0.001
 [[layers]]
 type = "layer_norm"
 [[layers]]

@@ -5,7 +5,8 @@
 //! `fc1.bias`; a `Vec` of blocks gives `blocks.0.weight`, `blocks.1.weight`; a tuple struct's
 //! fields are `0`, `1`, ... A field whose type holds no parameters (a size, a flag) gives
 //! none; a field of a type that does not implement `Parameters` is marked
-//! `#[parameters(skip)]`.
+//! `#[parameters(skip)]`. Buffers (`sinapse::nn::Buffer` fields, and those of nested
+//! modules) are visited the same way, by `visit_buffers`.
 
 use proc_macro::TokenStream;
 use quote::quote;
@@ -42,6 +43,7 @@ fn expand(ast: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
         return Err(syn::Error::new_spanned(&ast.ident, "#[derive(Parameters)] is for structs"));
     };
     let mut visits = Vec::new();
+    let mut buffer_visits = Vec::new();
     let fields: Vec<(syn::Member, String, &syn::Field)> = match &data.fields {
         Fields::Named(named) => named
             .named
@@ -71,6 +73,13 @@ fn expand(ast: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
                 out,
             );
         });
+        buffer_visits.push(quote! {
+            ::sinapse::nn::Parameters::visit_buffers(
+                &self.#member,
+                &::sinapse::nn::join_name(prefix, #label),
+                out,
+            );
+        });
     }
     let name = &ast.ident;
     // Every type parameter must hold parameters itself (`struct Wrap<M> { inner: M }`).
@@ -88,6 +97,14 @@ fn expand(ast: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             ) {
                 let _ = (&prefix, &out);
                 #(#visits)*
+            }
+            fn visit_buffers(
+                &self,
+                prefix: &str,
+                out: &mut ::std::vec::Vec<(::std::string::String, ::sinapse::Tensor)>,
+            ) {
+                let _ = (&prefix, &out);
+                #(#buffer_visits)*
             }
         }
     })

@@ -480,3 +480,54 @@ fn recurrent_layers_pass_the_state_through_an_empty_sequence() {
         assert_eq!(last.c.map(|c| c.to_vec()), c.map(|c| c.to_vec()), "{kind:?}");
     }
 }
+
+/// Batch normalisation's running statistics are buffers: named after their layer in the
+/// state_dict, never handed to the optimizer, saved and loaded with the weights, and used in
+/// evaluation so that a sample's output does not depend on its batch.
+#[test]
+fn batch_norm_buffers_are_saved_loaded_and_not_trained() {
+    let mut rng = Rng::seed(3);
+    let make = |rng: &mut Rng| {
+        nn::Sequential::new()
+            .add(nn::Linear::new(4, 3, rng).unwrap())
+            .add(nn::BatchNorm::new_1d(3).unwrap())
+            .add(nn::Relu)
+    };
+    let model = make(&mut rng);
+    let names: Vec<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    );
+    assert_eq!(model.parameters().len(), 4, "buffers are not trained");
+    let x = Tensor::rand_normal(&[16, 4], 2.0, 1.5, &mut rng).unwrap();
+    model.forward(&x, Mode::Train).unwrap();
+    model.forward(&x, Mode::Train).unwrap();
+    let buffers = model.named_buffers();
+    assert_eq!(buffers[2].1.to_vec(), [2.0], "two training batches counted");
+    let mean = buffers[0].1.to_vec();
+    assert!(mean.iter().any(|m| m.abs() > 1e-3), "the running mean moved: {mean:?}");
+
+    // Evaluation: one sample alone gives what it gives inside a batch.
+    let alone = model.forward(&x.narrow(0, 0, 1).unwrap(), Mode::Eval).unwrap().to_vec();
+    let in_batch = model.forward(&x, Mode::Eval).unwrap().to_vec();
+    assert_eq!(alone, in_batch[..3].to_vec());
+    // Training on one value per channel is an error naming the layer, as in PyTorch.
+    let e = model.forward(&x.narrow(0, 0, 1).unwrap(), Mode::Train).unwrap_err().to_string();
+    assert!(e.contains("BatchNorm1d") && e.contains("more than 1 value per channel"), "{e}");
+
+    let dir = std::env::temp_dir().join(format!("sinapse-bn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bn.safetensors");
+    model.save(&path).unwrap();
+    let other = make(&mut Rng::seed(9));
+    other.load(&path).unwrap();
+    assert_eq!(other.named_buffers()[1].1.to_vec(), model.named_buffers()[1].1.to_vec());
+    assert_eq!(other.forward(&x, Mode::Eval).unwrap().to_vec(), in_batch);
+    // A checkpoint without the buffers does not fit: it names them.
+    let params_only = sinapse::train::checkpoint::weights_to_bytes(&model.named_parameters()).unwrap();
+    std::fs::write(&path, params_only).unwrap();
+    let e = other.load(&path).unwrap_err().to_string();
+    assert!(e.contains("missing 1.num_batches_tracked, 1.running_mean, 1.running_var"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

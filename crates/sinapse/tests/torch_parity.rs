@@ -235,6 +235,73 @@ fn normalisation_layers_match_pytorch() {
     }
 }
 
+/// Asserts `got` equals PyTorch's `want` within 1e-5 relative (plus 1e-5 absolute).
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what} [{i}]: {a} vs PyTorch's {b}");
+    }
+}
+
+/// BatchNorm1d/2d against PyTorch over 3 training steps and an evaluation step: outputs, the
+/// gradients of input, weight and bias, and the running statistics after each step, with
+/// momentum 0.1, 0.3 and `None` (cumulative), and eps 1e-5 and 1e-3
+/// (`fixtures/make_batchnorm_fixture.py`). Then PyTorch's own `state_dict` (with its int64
+/// `num_batches_tracked`) loads by name into a fresh layer and gives the same evaluation.
+#[test]
+fn batch_norm_matches_pytorch_in_both_modes() {
+    use sinapse::nn::BatchNorm;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_batchnorm.safetensors");
+    let fx: HashMap<String, Tensor> = load_weights(path).unwrap().into_iter().collect();
+    let cases: [(&str, BatchNorm); 4] = [
+        ("bn1d", BatchNorm::new_1d(5).unwrap()),
+        ("bn1d_seq", BatchNorm::new_1d(5).unwrap().with_eps_momentum(1e-3, Some(0.3)).unwrap()),
+        ("bn1d_cumulative", BatchNorm::new_1d(5).unwrap().with_eps_momentum(1e-5, None).unwrap()),
+        ("bn2d", BatchNorm::new_2d(3).unwrap()),
+    ];
+    for (name, layer) in cases {
+        layer.weight.as_ref().unwrap().copy_from(&fx[&format!("{name}.weight")]).unwrap();
+        layer.bias.as_ref().unwrap().copy_from(&fx[&format!("{name}.bias")]).unwrap();
+        for step in 0..4 {
+            let s = format!("{name}.step{step}");
+            let mode = if step < 3 { Mode::Train } else { Mode::Eval };
+            let x = fx[&format!("{s}.input")].detach().set_requires_grad(true);
+            let y = layer.forward(&x, mode).unwrap();
+            let g = y.mul(&fx[&format!("{s}.upstream")]).unwrap().sum_all().unwrap().backward().unwrap();
+            let (w, b) = (layer.weight.as_ref().unwrap(), layer.bias.as_ref().unwrap());
+            assert_close(&format!("{s} output"), &y.to_vec(), &fx[&format!("{s}.output")].to_vec());
+            assert_close(
+                &format!("{s} input gradient"),
+                &g.get(&x).unwrap().to_vec(),
+                &fx[&format!("{s}.grad.input")].to_vec(),
+            );
+            assert_close(
+                &format!("{s} weight gradient"),
+                &g.get(w).unwrap().to_vec(),
+                &fx[&format!("{s}.grad.weight")].to_vec(),
+            );
+            assert_close(
+                &format!("{s} bias gradient"),
+                &g.get(b).unwrap().to_vec(),
+                &fx[&format!("{s}.grad.bias")].to_vec(),
+            );
+            let buffers: HashMap<String, Tensor> = layer.named_buffers().into_iter().collect();
+            for stat in ["running_mean", "running_var", "num_batches_tracked"] {
+                assert_close(&format!("{s} {stat}"), &buffers[stat].to_vec(), &fx[&format!("{s}.{stat}")].to_vec());
+            }
+        }
+    }
+    // PyTorch's state_dict, names and int64 counter included, loads into a fresh layer.
+    let state: Vec<(String, Tensor)> =
+        fx.iter().filter_map(|(k, v)| k.strip_prefix("bn2d.state_dict.").map(|n| (n.to_string(), v.clone()))).collect();
+    assert_eq!(state.len(), 5, "weight, bias and three buffers");
+    let fresh = BatchNorm::new_2d(3).unwrap();
+    load_into(&fresh, &state, Path::new("bn2d.state_dict")).unwrap();
+    assert_eq!(fresh.named_buffers()[2].1.to_vec(), [3.0]);
+    let y = fresh.forward(&fx["bn2d.step3.input"], Mode::Eval).unwrap();
+    assert_close("bn2d loaded state_dict, evaluation", &y.to_vec(), &fx["bn2d.step3.output"].to_vec());
+}
+
 /// NLL, label-smoothed cross-entropy, L1, Huber, KL divergence and positively weighted BCE
 /// against PyTorch's values and input gradients (`fixtures/make_loss_fixture.py`).
 #[test]

@@ -26,7 +26,7 @@ pub use embedding::Embedding;
 pub use init::Init;
 pub use last_step::LastStep;
 pub use linear::Linear;
-pub use norm::{GroupNorm, LayerNorm, DEFAULT_EPS};
+pub use norm::{BatchNorm, GroupNorm, LayerNorm, DEFAULT_EPS, DEFAULT_MOMENTUM};
 pub use pool::{Pool2d, PoolKind};
 pub use recurrent::{CellKind, Recurrent, RecurrentState};
 pub use reshape::{Flatten, Reshape};
@@ -74,6 +74,44 @@ pub trait Parameters {
     /// Appends this value's trainable tensors to `out`, each named `prefix.<path>` (`prefix`
     /// alone for a tensor itself).
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>);
+
+    /// Appends this value's buffers ([`Buffer`]: state that is saved and moved with the model
+    /// but not trained, such as batch normalisation's running statistics), named as
+    /// parameters are. Provided: visits nothing; the derive and the containers forward it.
+    fn visit_buffers(&self, _prefix: &str, _out: &mut Vec<(String, Tensor)>) {}
+}
+
+/// A module's state that is not trained but belongs to the model: saved in checkpoints beside
+/// the parameters and moved by [`Module::to`] (PyTorch's `register_buffer`), such as
+/// [`BatchNorm`]'s `running_mean`. It never asks for a gradient, so optimizers never see it.
+#[derive(Clone, Debug)]
+pub struct Buffer(Tensor);
+
+impl Buffer {
+    /// Wraps `t` (detached: a buffer records no graph).
+    pub fn new(t: Tensor) -> Buffer {
+        Buffer(t.detach())
+    }
+
+    /// The tensor it holds (shared: updating it in place with [`Tensor::copy_from`] updates
+    /// the buffer).
+    pub fn tensor(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Buffer {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+impl Parameters for Buffer {
+    fn visit_parameters(&self, _prefix: &str, _out: &mut Vec<(String, Tensor)>) {}
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        out.push((prefix.to_string(), self.0.clone()));
+    }
 }
 
 /// `prefix.name`, or `name` at the top.
@@ -101,11 +139,17 @@ impl<T: Parameters + ?Sized> Parameters for &T {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         (**self).visit_parameters(prefix, out);
     }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_buffers(prefix, out);
+    }
 }
 
 impl<T: Parameters + ?Sized> Parameters for std::rc::Rc<T> {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         (**self).visit_parameters(prefix, out);
+    }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_buffers(prefix, out);
     }
 }
 
@@ -119,6 +163,11 @@ impl<T: Parameters> Parameters for Option<T> {
             v.visit_parameters(prefix, out);
         }
     }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        if let Some(v) = self {
+            v.visit_buffers(prefix, out);
+        }
+    }
 }
 
 /// Entries are named by position: `layers.0.weight`, `layers.1.weight`.
@@ -126,6 +175,11 @@ impl<T: Parameters> Parameters for Vec<T> {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         for (i, v) in self.iter().enumerate() {
             v.visit_parameters(&join_name(prefix, &i.to_string()), out);
+        }
+    }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, v) in self.iter().enumerate() {
+            v.visit_buffers(&join_name(prefix, &i.to_string()), out);
         }
     }
 }
@@ -136,17 +190,28 @@ impl<T: Parameters, const N: usize> Parameters for [T; N] {
             v.visit_parameters(&join_name(prefix, &i.to_string()), out);
         }
     }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, v) in self.iter().enumerate() {
+            v.visit_buffers(&join_name(prefix, &i.to_string()), out);
+        }
+    }
 }
 
 impl<T: Parameters + ?Sized> Parameters for Box<T> {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         (**self).visit_parameters(prefix, out);
     }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_buffers(prefix, out);
+    }
 }
 
 impl<T: Parameters + ?Sized> Parameters for std::sync::Arc<T> {
     fn visit_parameters(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
         (**self).visit_parameters(prefix, out);
+    }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        (**self).visit_buffers(prefix, out);
     }
 }
 
@@ -220,6 +285,22 @@ pub trait Module: Parameters + Send + Sync {
         self.named_parameters().into_iter().map(|(_, t)| t).filter(|t| seen.insert(t.id())).collect()
     }
 
+    /// The buffers with their names (`"running_mean"`, `"0.running_var"`), in the order
+    /// [`Parameters::visit_buffers`] visits them: state saved with the model, never trained.
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.visit_buffers("", &mut out);
+        out
+    }
+
+    /// Everything a checkpoint holds, as PyTorch's `state_dict()`: the parameters, then the
+    /// buffers, by name.
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.named_parameters();
+        self.visit_buffers("", &mut out);
+        out
+    }
+
     /// Total number of trainable scalars.
     fn num_parameters(&self) -> usize {
         self.parameters().iter().map(Tensor::elem_count).sum()
@@ -228,18 +309,22 @@ pub trait Module: Parameters + Send + Sync {
     /// A short description for summaries, e.g. `Linear(784 -> 256)`.
     fn describe(&self) -> String;
 
-    /// Moves every parameter to `device` in place, as PyTorch's `model.to(device)`: each keeps
+    /// Moves every parameter and buffer to `device` in place, as PyTorch's `model.to(device)`: each keeps
     /// its name and identity, so optimizers and checkpoints built on the list still apply.
     fn to(&self, device: Device) -> Result<()> {
         device.check_available()?;
-        for p in self.parameters() {
-            p.move_to(device)?;
+        let mut seen = std::collections::HashSet::new();
+        for (_, t) in self.state_dict() {
+            if seen.insert(t.id()) {
+                t.move_to(device)?;
+            }
         }
         Ok(())
     }
 
-    /// Saves the parameters to a safetensors file under their [`Module::named_parameters`]
-    /// names (PyTorch's `torch.save(model.state_dict(), path)`), written atomically.
+    /// Saves the parameters and buffers to a safetensors file under their
+    /// [`Module::state_dict`] names (PyTorch's `torch.save(model.state_dict(), path)`),
+    /// written atomically.
     fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()>
     where
         Self: Sized,

@@ -1,10 +1,13 @@
-//! Normalisation layers: each sample's values shifted to mean 0 and scaled to variance 1 over
-//! some of its axes, then given a learned scale and shift (PyTorch's `LayerNorm` and
+//! Normalisation layers: values shifted to mean 0 and scaled to variance 1 over some axes,
+//! then given a learned scale and shift (PyTorch's `BatchNorm1d/2d`, `LayerNorm` and
 //! `GroupNorm`). Written in tensor ops, so they run on every device and differentiate
 //! through autograd.
 
-use super::{Mode, Module, Parameters};
-use crate::{Error, Result, Tensor};
+use super::{Buffer, Mode, Module, Parameters};
+use crate::{no_grad, Error, Result, Tensor};
+
+/// PyTorch's default momentum of the running statistics.
+pub const DEFAULT_MOMENTUM: f32 = 0.1;
 
 /// PyTorch's default ε, added to the variance before the square root.
 pub const DEFAULT_EPS: f32 = 1e-5;
@@ -116,5 +119,177 @@ impl Module for GroupNorm {
     }
     fn describe(&self) -> String {
         format!("GroupNorm({}, {})", self.groups, self.weight.elem_count())
+    }
+}
+
+/// Batch normalisation (Ioffe and Szegedy, 2015): each channel of `[N, C]`, `[N, C, L]`
+/// (`BatchNorm1d`) or `[N, C, H, W]` (`BatchNorm2d`) inputs normalised over the batch and the
+/// positions, then `· weight + bias` per channel.
+///
+/// In [`Mode::Train`] it uses the batch's own mean and (biased) variance, and moves the
+/// running statistics towards them: `running = (1 - momentum) · running + momentum · batch`,
+/// with the unbiased variance, as PyTorch does (`momentum = None` is the cumulative average,
+/// by `num_batches_tracked`). In [`Mode::Eval`] it uses the running statistics, so a model
+/// gives each sample the same output whatever else is in its batch. The three statistics are
+/// [`Buffer`]s, saved under PyTorch's names `running_mean`, `running_var` and
+/// `num_batches_tracked`.
+#[derive(Parameters)]
+pub struct BatchNorm {
+    /// Per-channel scale `[C]`, starting at 1 (`None` without `affine`).
+    pub weight: Option<Tensor>,
+    /// Per-channel shift `[C]`, starting at 0 (`None` without `affine`).
+    pub bias: Option<Tensor>,
+    /// Running mean per channel, starting at 0 (`None` when statistics are not tracked:
+    /// then evaluation uses the batch's statistics too).
+    pub running_mean: Option<Buffer>,
+    /// Running (unbiased) variance per channel, starting at 1.
+    pub running_var: Option<Buffer>,
+    /// Number of training batches seen (a scalar).
+    pub num_batches_tracked: Option<Buffer>,
+    /// Added to the variance.
+    #[parameters(skip)]
+    pub eps: f32,
+    /// Weight of each new batch in the running statistics; `None` for the cumulative average.
+    #[parameters(skip)]
+    pub momentum: Option<f32>,
+    /// 1 for `BatchNorm1d` (inputs of rank 2 or 3), 2 for `BatchNorm2d` (rank 4).
+    #[parameters(skip)]
+    spatial_dims: usize,
+    /// Number of channels.
+    #[parameters(skip)]
+    channel_count: usize,
+}
+
+impl BatchNorm {
+    fn with_dims(channels: usize, spatial_dims: usize) -> Result<BatchNorm> {
+        if channels == 0 {
+            return Err(Error::invalid("BatchNorm", "needs at least 1 channel"));
+        }
+        Ok(BatchNorm {
+            weight: Some(Tensor::ones(&[channels]).set_requires_grad(true)),
+            bias: Some(Tensor::zeros(&[channels]).set_requires_grad(true)),
+            running_mean: Some(Buffer::new(Tensor::zeros(&[channels]))),
+            running_var: Some(Buffer::new(Tensor::ones(&[channels]))),
+            num_batches_tracked: Some(Buffer::new(Tensor::zeros(&[]))),
+            eps: DEFAULT_EPS,
+            momentum: Some(DEFAULT_MOMENTUM),
+            spatial_dims,
+            channel_count: channels,
+        })
+    }
+
+    /// `nn.BatchNorm1d(channels)`: inputs `[N, C]` or `[N, C, L]`, eps 1e-5, momentum 0.1.
+    pub fn new_1d(channels: usize) -> Result<BatchNorm> {
+        BatchNorm::with_dims(channels, 1)
+    }
+
+    /// `nn.BatchNorm2d(channels)`: inputs `[N, C, H, W]`, eps 1e-5, momentum 0.1.
+    pub fn new_2d(channels: usize) -> Result<BatchNorm> {
+        BatchNorm::with_dims(channels, 2)
+    }
+
+    /// Sets ε and the momentum (`None`: cumulative average), checked.
+    pub fn with_eps_momentum(mut self, eps: f32, momentum: Option<f32>) -> Result<BatchNorm> {
+        if eps.is_nan() || eps <= 0.0 || momentum.is_some_and(|m| !(0.0..=1.0).contains(&m)) {
+            return Err(Error::invalid(
+                "BatchNorm",
+                format!("needs eps > 0 and momentum in [0, 1], got {eps}, {momentum:?}"),
+            ));
+        }
+        (self.eps, self.momentum) = (eps, momentum);
+        Ok(self)
+    }
+
+    /// Without the learned scale and shift (`affine=False`).
+    pub fn without_affine(mut self) -> BatchNorm {
+        (self.weight, self.bias) = (None, None);
+        self
+    }
+
+    /// Without running statistics (`track_running_stats=False`): evaluation normalises with
+    /// the batch's own statistics, as training does.
+    pub fn without_running_stats(mut self) -> BatchNorm {
+        (self.running_mean, self.running_var, self.num_batches_tracked) = (None, None, None);
+        self
+    }
+
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.channel_count
+    }
+
+    /// Moves the running statistics towards the batch's `mean` and biased `var` (`[C]` each)
+    /// over `count` values per channel.
+    fn track(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let (Some(rm), Some(rv), Some(n)) = (&self.running_mean, &self.running_var, &self.num_batches_tracked) else {
+            return Ok(());
+        };
+        let _off = no_grad();
+        let seen = n.add_scalar(1.0)?;
+        let factor = match self.momentum {
+            Some(m) => m,
+            None => 1.0 / seen.to_scalar()?,
+        };
+        let unbiased = var.mul_scalar(count as f32 / (count - 1) as f32)?;
+        rm.copy_from(&rm.mul_scalar(1.0 - factor)?.add(&mean.mul_scalar(factor)?)?)?;
+        rv.copy_from(&rv.mul_scalar(1.0 - factor)?.add(&unbiased.mul_scalar(factor)?)?)?;
+        n.copy_from(&seen)
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let channels = self.channel_count;
+        let ranks: &[usize] = if self.spatial_dims == 1 { &[2, 3] } else { &[4] };
+        if !ranks.contains(&x.rank()) || x.shape()[1] != channels {
+            let want = if self.spatial_dims == 1 {
+                format!("[batch, {channels}] or [batch, {channels}, length]")
+            } else {
+                format!("[batch, {channels}, height, width]")
+            };
+            return Err(Error::invalid(self.kind_name(), format!("expects inputs {want}, got {:?}", x.shape())));
+        }
+        let mut per_channel = vec![1; x.rank()];
+        per_channel[1] = channels;
+        let normed = match (&self.running_mean, &self.running_var, mode) {
+            (Some(rm), Some(rv), Mode::Eval) => {
+                let std = rv.add_scalar(self.eps)?.sqrt()?.reshape(&per_channel)?;
+                x.sub(&rm.reshape(&per_channel)?)?.div(&std)?
+            }
+            _ => {
+                let axes: Vec<usize> = (0..x.rank()).filter(|&a| a != 1).collect();
+                let count = x.elem_count() / channels;
+                if count < 2 && mode == Mode::Train {
+                    return Err(Error::invalid(
+                        self.kind_name(),
+                        format!("needs more than 1 value per channel when training, got inputs {:?}", x.shape()),
+                    ));
+                }
+                let mean = x.sum_dims(&axes, true)?.mul_scalar(1.0 / count as f32)?;
+                let centred = x.sub(&mean)?;
+                let var = centred.mul(&centred)?.sum_dims(&axes, true)?.mul_scalar(1.0 / count as f32)?;
+                if mode == Mode::Train {
+                    self.track(&mean.detach().reshape(&[channels])?, &var.detach().reshape(&[channels])?, count)?;
+                }
+                centred.div(&var.add_scalar(self.eps)?.sqrt()?)?
+            }
+        };
+        match (&self.weight, &self.bias) {
+            (Some(w), Some(b)) => normed.mul(&w.reshape(&per_channel)?)?.add(&b.reshape(&per_channel)?),
+            _ => Ok(normed),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{}({})", self.kind_name(), self.channel_count)
+    }
+}
+
+impl BatchNorm {
+    fn kind_name(&self) -> &'static str {
+        if self.spatial_dims == 1 {
+            "BatchNorm1d"
+        } else {
+            "BatchNorm2d"
+        }
     }
 }

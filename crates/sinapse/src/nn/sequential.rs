@@ -52,6 +52,11 @@ impl Parameters for Sequential {
             layer.visit_parameters(&join_name(prefix, &i.to_string()), out);
         }
     }
+    fn visit_buffers(&self, prefix: &str, out: &mut Vec<(String, Tensor)>) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.visit_buffers(&join_name(prefix, &i.to_string()), out);
+        }
+    }
 }
 
 impl Module for Sequential {

@@ -150,7 +150,7 @@ impl Policy {
     /// a policy directory holding only what a save wrote, or empty.
     pub fn save(&self, dir: &Path, card: &PolicyCard, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let text = toml::to_string(card).map_err(|e| Error::invalid("save policy", e.to_string()))?;
-        let weights = checkpoint::weights_to_bytes(&self.network.named_parameters())?;
+        let weights = checkpoint::weights_to_bytes(&self.network.state_dict())?;
         crate::atomic::write_dir_atomically(dir, &POLICY_DIR, |tmp| {
             let write = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);

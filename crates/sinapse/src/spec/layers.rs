@@ -59,6 +59,24 @@ pub enum LayerSpec {
         #[serde(default = "eps_default")]
         eps: f32,
     },
+    /// Batch normalisation of `[N, C]` or `[N, C, L]` inputs, per channel (`BatchNorm1d`).
+    BatchNorm1d {
+        /// Added to the variance (default 1e-5).
+        #[serde(default = "eps_default")]
+        eps: f32,
+        /// Weight of each batch in the running statistics (default 0.1).
+        #[serde(default = "momentum_default")]
+        momentum: f32,
+    },
+    /// Batch normalisation of `[N, C, H, W]` inputs, per channel (`BatchNorm2d`).
+    BatchNorm2d {
+        /// Added to the variance (default 1e-5).
+        #[serde(default = "eps_default")]
+        eps: f32,
+        /// Weight of each batch in the running statistics (default 0.1).
+        #[serde(default = "momentum_default")]
+        momentum: f32,
+    },
     /// Group normalisation of `[N, C, ..]` inputs: `groups` groups of channels.
     GroupNorm {
         /// Number of groups; must divide the channels.
@@ -210,6 +228,10 @@ fn eps_default() -> f32 {
     nn::DEFAULT_EPS
 }
 
+fn momentum_default() -> f32 {
+    nn::DEFAULT_MOMENTUM
+}
+
 fn one_f32() -> f32 {
     1.0
 }
@@ -235,6 +257,8 @@ impl LayerSpec {
             LayerSpec::Softmax => "softmax",
             LayerSpec::LayerNorm { .. } => "layer_norm",
             LayerSpec::GroupNorm { .. } => "group_norm",
+            LayerSpec::BatchNorm1d { .. } => "batch_norm1d",
+            LayerSpec::BatchNorm2d { .. } => "batch_norm2d",
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::Flatten => "flatten",
             LayerSpec::Reshape { .. } => "reshape",
@@ -300,6 +324,22 @@ impl ModelSpec {
                     // Inputs [N, C, ..] of any rank from 2.
                     let channels = probe.shape().get(1).copied().unwrap_or(0);
                     Box::new(nn::GroupNorm::new(*groups, channels, *eps).map_err(wrap)?)
+                }
+                LayerSpec::BatchNorm1d { eps, momentum } => {
+                    let channels = probe.shape().get(1).copied().unwrap_or(0);
+                    Box::new(
+                        nn::BatchNorm::new_1d(channels)
+                            .and_then(|b| b.with_eps_momentum(*eps, Some(*momentum)))
+                            .map_err(wrap)?,
+                    )
+                }
+                LayerSpec::BatchNorm2d { eps, momentum } => {
+                    let channels = input_axis(&probe, i, "batch_norm2d", 4, 1)?;
+                    Box::new(
+                        nn::BatchNorm::new_2d(channels)
+                            .and_then(|b| b.with_eps_momentum(*eps, Some(*momentum)))
+                            .map_err(wrap)?,
+                    )
                 }
                 LayerSpec::Dropout { p } => Box::new(nn::Dropout::new(*p, rng).map_err(wrap)?),
                 LayerSpec::Flatten => Box::new(nn::Flatten),

@@ -116,7 +116,7 @@ impl TrainedModel {
     /// is replaced only when it is a model directory or empty ([`TrainedModel::check_out_dir`]).
     pub fn save(&self, dir: &Path, extra: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let card = toml::to_string(&self.card).map_err(|e| Error::invalid("save model", e.to_string()))?;
-        let weights = checkpoint::weights_to_bytes(&self.model.named_parameters())?;
+        let weights = checkpoint::weights_to_bytes(&self.model.state_dict())?;
         crate::atomic::write_dir_atomically(dir, &MODEL_DIR, |tmp| {
             let write = |name: &str, bytes: &[u8]| {
                 let p = tmp.join(name);

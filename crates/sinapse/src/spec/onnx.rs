@@ -142,7 +142,7 @@ fn reorder_gates(values: &[f32], h: usize, order: &[usize]) -> Vec<f32> {
 /// naming it.
 pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
     let card = &trained.card;
-    let params: HashMap<String, Tensor> = trained.model.named_parameters().into_iter().collect();
+    let params: HashMap<String, Tensor> = trained.model.state_dict().into_iter().collect();
     let param = |name: String| -> Result<&Tensor> {
         params.get(&name).ok_or_else(|| Error::invalid("onnx export", format!("the model has no parameter {name}")))
     };
@@ -206,6 +206,16 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                     &[&x, &wn, &bn],
                     vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(*eps))],
                 )
+            }
+            LayerSpec::BatchNorm1d { eps, .. } | LayerSpec::BatchNorm2d { eps, .. } => {
+                // Inference form: the running statistics, then the per-channel scale and shift.
+                let mut inputs = Vec::new();
+                for name in ["weight", "bias", "running_mean", "running_var"] {
+                    let t = param(p(name))?;
+                    inputs.push(g.constant(name, t.shape(), values(t)?));
+                }
+                let refs: Vec<&str> = std::iter::once(x.as_str()).chain(inputs.iter().map(String::as_str)).collect();
+                g.node("BatchNormalization", &refs, vec![("epsilon", Attr::Float(*eps))])
             }
             LayerSpec::GroupNorm { groups, eps } => {
                 // [N, G, rest] standardised along the last axis, back to the input's shape,

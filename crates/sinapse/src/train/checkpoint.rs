@@ -32,11 +32,21 @@ pub fn weights_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tens
     let st = SafeTensors::deserialize(bytes).map_err(|e| fail(format!("not a safetensors file: {e}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(fail(format!("tensor {name} has dtype {:?}, only F32 is supported", view.dtype())));
-        }
-        let values: Vec<f32> =
-            view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data = view.data();
+        // F32 is what Sinapse writes; PyTorch writes its counters (BatchNorm's
+        // `num_batches_tracked`) as I64, and float64 models as F64: both are read as f32.
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F64 => {
+                data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect()
+            }
+            Dtype::I64 => {
+                data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()) as f32).collect()
+            }
+            other => {
+                return Err(fail(format!("tensor {name} has dtype {other:?}; F32, F64 and I64 are read")));
+            }
+        };
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(fail(format!("tensor {name} holds {v} at element {i}; weights must be finite")));
         }
@@ -46,10 +56,11 @@ pub fn weights_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Tens
     Ok(out)
 }
 
-/// Writes the model's parameters to a safetensors file, atomically.
+/// Writes the model's parameters and buffers ([`Module::state_dict`]) to a safetensors file,
+/// atomically.
 pub fn save_weights(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    crate::atomic::write_atomically(path, &weights_to_bytes(&model.named_parameters())?)
+    crate::atomic::write_atomically(path, &weights_to_bytes(&model.state_dict())?)
 }
 
 /// Reads a safetensors file.
@@ -59,11 +70,11 @@ pub fn load_weights(path: impl AsRef<Path>) -> Result<Vec<(String, Tensor)>> {
     weights_from_bytes(&bytes, path)
 }
 
-/// Copies `tensors` into the model's parameters by name. Every parameter must be present with
-/// its shape, and every tensor must belong to a parameter; otherwise nothing is changed and
-/// the error lists the missing, extra and mis-shaped names (`source` names the file).
+/// Copies `tensors` into the model's parameters and buffers by name. Every one must be present
+/// with its shape, and every tensor must belong to one; otherwise nothing is changed and the
+/// error lists the missing, extra and mis-shaped names (`source` names the file).
 pub fn load_into(model: &dyn Module, tensors: &[(String, Tensor)], source: &Path) -> Result<()> {
-    let params = model.named_parameters();
+    let params = model.state_dict();
     let given: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let wanted: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut problems = Vec::new();

@@ -326,6 +326,7 @@ pub fn fit(
             format!("{} has no parameters to train (derive Parameters on a custom module)", model.describe()),
         ));
     }
+    let state = model.state_dict();
     let base_lr = opt.lr();
     // Batches are gathered where the data is and handed over on the model's device.
     let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
@@ -405,8 +406,11 @@ pub fn fit(
             }
             let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
             if best.as_ref().is_none_or(|(b, _)| v < b - min_delta) {
-                let snapshot =
-                    cfg.early_stopping.filter(|e| e.restore_best).map(|_| params.iter().map(Tensor::to_vec).collect());
+                // The whole state (buffers too: running statistics belong to those weights).
+                let snapshot = cfg
+                    .early_stopping
+                    .filter(|e| e.restore_best)
+                    .map(|_| state.iter().map(|(_, t)| t.to_vec()).collect());
                 best = Some((v, snapshot.unwrap_or_default()));
                 history.best_epoch = Some(epoch);
                 waited = 0;
@@ -422,7 +426,7 @@ pub fn fit(
     }
     if let (Some(es), Some((_, weights))) = (cfg.early_stopping, &best) {
         if es.restore_best && history.best_epoch != Some(history.records.len()) {
-            for (p, w) in params.iter().zip(weights) {
+            for ((_, p), w) in state.iter().zip(weights) {
                 p.copy_from(&Tensor::from_slice(w, p.shape())?)?;
             }
             history.restored_best = true;
