@@ -143,6 +143,17 @@ fn matrix_products() {
     check("matmul transposed operands", |x| x[0].t()?.matmul(&x[1].t()?), &[rand(&[4, 3], 18), rand(&[5, 4], 19)]);
     check("matmul batched", |x| x[0].matmul(&x[1]), &[rand(&[2, 3, 4], 20), rand(&[2, 4, 2], 21)]);
     check("matmul batch broadcast", |x| x[0].matmul(&x[1]), &[rand(&[2, 1, 3, 4], 22), rand(&[3, 4, 2], 23)]);
+    // A transposed matrix (a weight, `x·Wᵀ`) against a batch: its gradient sums over the batch.
+    check(
+        "matmul batch by a transposed matrix",
+        |x| x[0].matmul(&x[1].t()?),
+        &[rand(&[2, 3, 4], 40), rand(&[5, 4], 41)],
+    );
+    check(
+        "matmul transposed matrix by a batch",
+        |x| x[0].t()?.matmul(&x[1]),
+        &[rand(&[4, 3], 42), rand(&[2, 4, 5], 43)],
+    );
     check("matmul vector right", |x| x[0].matmul(&x[1]), &[rand(&[3, 4], 24), rand(&[4], 25)]);
     check("matmul vector left", |x| x[0].matmul(&x[1]), &[rand(&[4], 26), rand(&[4, 2], 27)]);
     check("dot", |x| x[0].matmul(&x[1]), &[rand(&[4], 28), rand(&[4], 29)]);

@@ -46,14 +46,15 @@ impl Tensor {
             // An operand that is a transposed matrix (`x·Wᵀ`, W row-major) gets its gradient
             // as the transpose of a row-major product, (B·Gᵀ)ᵀ or (Gᵀ·A)ᵀ: the same values,
             // laid out so that the transpose's own gradient hands W a row-major gradient
-            // without a strided copy.
+            // without a strided copy. A broadcast operand (a matrix against a batch) sums its
+            // gradient over the batch axes it was repeated along.
             Ok(vec![
                 grad_if(a, || match column_major(a) {
-                    true => b.matmul(&g.t()?)?.t(),
+                    true => b.matmul(&g.t()?)?.t()?.sum_to_shape(a.shape()),
                     false => g.matmul(&b.t()?)?.sum_to_shape(a.shape()),
                 })?,
                 grad_if(b, || match column_major(b) {
-                    true => g.t()?.matmul(a)?.t(),
+                    true => g.t()?.matmul(a)?.t()?.sum_to_shape(b.shape()),
                     false => a.t()?.matmul(g)?.sum_to_shape(b.shape()),
                 })?,
             ])
