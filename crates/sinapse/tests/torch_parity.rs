@@ -14,7 +14,12 @@ struct Fixture(HashMap<String, Tensor>);
 
 impl Fixture {
     fn load() -> Fixture {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch_layers.safetensors");
+        Fixture::open("torch_layers.safetensors")
+    }
+
+    /// A fixture file of `tests/fixtures/`.
+    fn open(file: &str) -> Fixture {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
         Fixture(load_weights(path).unwrap().into_iter().collect())
     }
 
@@ -330,4 +335,56 @@ fn losses_match_pytorch() {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name} gradient [{i}]: {a} vs PyTorch's {b}");
         }
     }
+}
+
+/// Scaled dot-product attention with a boolean mask and causal, MultiheadAttention with a key
+/// padding mask (output and head-averaged weights), and TransformerEncoderLayer post-norm
+/// (ReLU), pre-norm (GELU) and causal, all with PyTorch's parameters under PyTorch's names:
+/// outputs and every gradient (`fixtures/make_attention_fixture.py`).
+#[test]
+fn attention_and_transformer_layers_match_pytorch() {
+    use sinapse::nn::{
+        scaled_dot_product_attention, FeedForwardActivation, MultiheadAttention, PositionalEncoding,
+        TransformerEncoderLayer,
+    };
+    let f = Fixture::open("torch_attention.safetensors");
+    let (q, k, v) = (input(&f, "sdpa.q"), input(&f, "sdpa.k"), input(&f, "sdpa.v"));
+    let mask = f.get("sdpa.mask");
+    for (name, m, causal) in [("sdpa_mask", Some(&mask), false), ("sdpa_causal", None, true)] {
+        let (y, w) = scaled_dot_product_attention(&q, &k, &v, m, causal).unwrap();
+        close(&format!("{name}.output"), &y, &f.get(&format!("{name}.output")));
+        let rows = w.sum(-1, false).unwrap().to_vec();
+        assert!(rows.iter().all(|r| (r - 1.0).abs() < 1e-5), "{name}: attention rows sum to 1");
+        let g = y.mul(&f.get(&format!("{name}.upstream"))).unwrap().sum_all().unwrap().backward().unwrap();
+        for (t, n) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+            close(&format!("{name}.grad.{n}"), g.get(t).unwrap(), &f.get(&format!("{name}.grad.{n}")));
+        }
+    }
+
+    let mut rng = Rng::seed(0);
+    let mha = MultiheadAttention::new(8, 2, 0.0, &mut rng).unwrap();
+    f.load_into("mha", &mha);
+    let xs = [input(&f, "mha.input0"), input(&f, "mha.input1"), input(&f, "mha.input2")];
+    let pad = f.get("mha_padding");
+    let (y, w) = mha.attend(&xs[0], &xs[1], &xs[2], Some(&pad), false, Mode::Train).unwrap();
+    f.check("mha", &mha, &xs, &[y, w]);
+
+    for (name, norm_first, activation, causal) in [
+        ("enc_post", false, FeedForwardActivation::Relu, false),
+        ("enc_pre", true, FeedForwardActivation::Gelu, false),
+        ("enc_causal", false, FeedForwardActivation::Relu, true),
+    ] {
+        let mut layer = TransformerEncoderLayer::new(8, 2, 16, 0.0, &mut rng).unwrap();
+        (layer.norm_first, layer.activation, layer.causal) = (norm_first, activation, causal);
+        f.load_into(name, &layer);
+        let x = input(&f, &format!("{name}.input0"));
+        let y = layer.forward(&x, Mode::Train).unwrap();
+        f.check(name, &layer, std::slice::from_ref(&x), &[y]);
+    }
+
+    let table = PositionalEncoding::sinusoidal(10, 8).unwrap();
+    let y = table.forward(&Tensor::zeros(&[1, 10, 8]), Mode::Eval).unwrap();
+    close("sinusoidal", &y.reshape(&[10, 8]).unwrap(), &f.get("sinusoidal"));
+    let e = table.forward(&Tensor::zeros(&[1, 11, 8]), Mode::Eval).unwrap_err().to_string();
+    assert!(e.contains("length <= 10"), "{e}");
 }

@@ -5,6 +5,7 @@
 //! `2.weight`, ...), so a checkpoint's names say where each tensor belongs.
 
 mod activation;
+mod attention;
 mod conv;
 mod dropout;
 mod embedding;
@@ -20,6 +21,10 @@ mod sequential;
 mod summary;
 
 pub use activation::{Elu, Gelu, LeakyRelu, LogSoftmax, Relu, Sigmoid, Silu, Softmax, Softplus, Step, Tanh};
+pub use attention::{
+    scaled_dot_product_attention, FeedForwardActivation, MultiheadAttention, PositionalEncoding,
+    TransformerEncoderLayer,
+};
 pub use conv::{Conv1d, Conv2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
@@ -244,6 +249,7 @@ no_parameters!(
     Init,
     PoolKind,
     CellKind,
+    FeedForwardActivation,
     crate::Rng,
     crate::Device
 );
