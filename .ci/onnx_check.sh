@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ONNX export checked by the reference runtime: every bundled spec, and three more below that
+# ONNX export checked by the reference runtime: every bundled spec, and four more below that
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
 # padding, strided and dilated conv2d, group, layer and 1-D batch norm, leaky ReLU, step, GELU, SiLU,
-# softplus, ELU, dropout, embedding), is trained for one epoch, exported with sample inputs and Sinapse's outputs,
+# softplus, ELU, dropout, embedding, transformer encoders with learned and sinusoidal positions),
+# is trained for one epoch, exported with sample inputs and Sinapse's outputs,
 # and run in onnxruntime (from PyPI, installed into the cache folder, outside the repository),
 # which must agree to 1e-5.
 set -euo pipefail
@@ -121,6 +122,34 @@ type = "linear"
 units = 10
 SPEC
 } >"$work/onnx_conv.toml"
+{ idx; cat <<'SPEC'
+[[layers]]
+type = "reshape"
+shape = [28, 28]
+[[layers]]
+type = "positional_encoding"
+kind = "learned"
+[[layers]]
+type = "transformer_encoder"
+heads = 4
+feedforward = 32
+layers = 2
+norm_first = true
+activation = "gelu"
+causal = true
+[[layers]]
+type = "positional_encoding"
+[[layers]]
+type = "transformer_encoder"
+heads = 2
+dropout = 0.0
+[[layers]]
+type = "last_step"
+[[layers]]
+type = "linear"
+units = 10
+SPEC
+} >"$work/onnx_transformer.toml"
 # Token sequences for the embedding: 5 whole numbers below 12, labelled by the first's parity.
 python3 -c "
 import random

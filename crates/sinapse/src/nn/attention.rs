@@ -280,6 +280,37 @@ impl Module for TransformerEncoderLayer {
     }
 }
 
+/// A stack of [`TransformerEncoderLayer`]s applied in turn, named `layers.0.*`, `layers.1.*`
+/// as PyTorch's `nn.TransformerEncoder` (without its optional final norm).
+#[derive(Parameters)]
+pub struct TransformerEncoder {
+    /// The layers, in order.
+    pub layers: Vec<TransformerEncoderLayer>,
+}
+
+impl TransformerEncoder {
+    /// The forward pass with a padding mask over the keys, given to every layer.
+    pub fn forward_masked(&self, x: &Tensor, key_padding_mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        let mut h = x.clone();
+        for layer in &self.layers {
+            h = layer.forward_masked(&h, key_padding_mask, mode)?;
+        }
+        Ok(h)
+    }
+}
+
+impl Module for TransformerEncoder {
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.forward_masked(x, None, mode)
+    }
+    fn describe(&self) -> String {
+        match self.layers.first() {
+            Some(l) => format!("TransformerEncoder({} x {})", self.layers.len(), l.describe()),
+            None => "TransformerEncoder(no layers)".into(),
+        }
+    }
+}
+
 /// Adds a vector per position to `[batch, length, dim]` inputs, so that attention, which
 /// treats its inputs as a set, can tell positions apart: the fixed sines and cosines of
 /// Vaswani et al. (`PE[t, 2i] = sin(t / 10000^(2i/dim))`, `PE[t, 2i+1] = cos(..)`), or a

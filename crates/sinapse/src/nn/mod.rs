@@ -22,7 +22,7 @@ mod summary;
 
 pub use activation::{Elu, Gelu, LeakyRelu, LogSoftmax, Relu, Sigmoid, Silu, Softmax, Softplus, Step, Tanh};
 pub use attention::{
-    scaled_dot_product_attention, FeedForwardActivation, MultiheadAttention, PositionalEncoding,
+    scaled_dot_product_attention, FeedForwardActivation, MultiheadAttention, PositionalEncoding, TransformerEncoder,
     TransformerEncoderLayer,
 };
 pub use conv::{Conv1d, Conv2d};

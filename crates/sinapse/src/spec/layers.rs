@@ -183,6 +183,38 @@ pub enum LayerSpec {
     },
     /// The last step of a sequence `[N, T, F] -> [N, F]`.
     LastStep,
+    /// A stack of transformer encoder layers over `[N, T, D]` (batch first); `D` inferred.
+    TransformerEncoder {
+        /// Attention heads (must divide `D`).
+        heads: usize,
+        /// Units of the position-wise network (default 4·D).
+        #[serde(default)]
+        feedforward: Option<usize>,
+        /// Dropout (default 0.1, as PyTorch).
+        #[serde(default = "dropout_default")]
+        dropout: f32,
+        /// `relu` (default) or `gelu`.
+        #[serde(default)]
+        activation: FeedForwardKind,
+        /// Pre-norm when true (default false: post-norm).
+        #[serde(default)]
+        norm_first: bool,
+        /// Each position sees only itself and earlier ones (default false).
+        #[serde(default)]
+        causal: bool,
+        /// Stacked layers (default 1).
+        #[serde(default = "one")]
+        layers: usize,
+    },
+    /// Adds a vector per position to `[N, T, D]` inputs: fixed sines and cosines, or learned.
+    PositionalEncoding {
+        /// `sinusoidal` (default) or `learned`.
+        #[serde(default)]
+        kind: PositionKind,
+        /// Longest sequence (default: the input's length).
+        #[serde(default)]
+        max_len: Option<usize>,
+    },
     /// A table of `num` learned vectors of size `dim`, looked up by index.
     Embedding {
         /// Number of entries (indices run from 0 to num - 1).
@@ -190,6 +222,28 @@ pub enum LayerSpec {
         /// Vector size.
         dim: usize,
     },
+}
+
+/// A transformer's position-wise activation, as a spec writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedForwardKind {
+    /// ReLU.
+    #[default]
+    Relu,
+    /// GELU.
+    Gelu,
+}
+
+/// Which positional encoding, as a spec writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionKind {
+    /// Fixed sines and cosines.
+    #[default]
+    Sinusoidal,
+    /// A learned table.
+    Learned,
 }
 
 /// A size given as one number (both axes) or as `[height, width]`.
@@ -226,6 +280,10 @@ fn zero2() -> Size2 {
 
 fn eps_default() -> f32 {
     nn::DEFAULT_EPS
+}
+
+fn dropout_default() -> f32 {
+    0.1
 }
 
 fn momentum_default() -> f32 {
@@ -270,6 +328,8 @@ impl LayerSpec {
             LayerSpec::Lstm { .. } => "lstm",
             LayerSpec::Gru { .. } => "gru",
             LayerSpec::LastStep => "last_step",
+            LayerSpec::TransformerEncoder { .. } => "transformer_encoder",
+            LayerSpec::PositionalEncoding { .. } => "positional_encoding",
             LayerSpec::Embedding { .. } => "embedding",
         }
     }
@@ -378,6 +438,41 @@ impl ModelSpec {
                     Box::new(nn::Recurrent::new(kind, features, *hidden, *layers, true, rng).map_err(wrap)?)
                 }
                 LayerSpec::LastStep => Box::new(nn::LastStep),
+                LayerSpec::TransformerEncoder {
+                    heads,
+                    feedforward,
+                    dropout,
+                    activation,
+                    norm_first,
+                    causal,
+                    layers,
+                } => {
+                    let d = input_axis(&probe, i, "transformer_encoder", 3, 2)?;
+                    let mut stack = Vec::with_capacity(*layers);
+                    for _ in 0..(*layers).max(1) {
+                        let mut l =
+                            nn::TransformerEncoderLayer::new(d, *heads, feedforward.unwrap_or(4 * d), *dropout, rng)
+                                .map_err(wrap)?;
+                        l.activation = match activation {
+                            FeedForwardKind::Relu => nn::FeedForwardActivation::Relu,
+                            FeedForwardKind::Gelu => nn::FeedForwardActivation::Gelu,
+                        };
+                        (l.norm_first, l.causal) = (*norm_first, *causal);
+                        stack.push(l);
+                    }
+                    Box::new(nn::TransformerEncoder { layers: stack })
+                }
+                LayerSpec::PositionalEncoding { kind, max_len } => {
+                    let (length, d) = (input_axis(&probe, i, "positional_encoding", 3, 1)?, probe.shape()[2]);
+                    let max_len = max_len.unwrap_or(length);
+                    Box::new(
+                        match kind {
+                            PositionKind::Sinusoidal => nn::PositionalEncoding::sinusoidal(max_len, d),
+                            PositionKind::Learned => nn::PositionalEncoding::learned(max_len, d, rng),
+                        }
+                        .map_err(wrap)?,
+                    )
+                }
                 LayerSpec::Embedding { num, dim } => Box::new(nn::Embedding::new(*num, *dim, rng).map_err(wrap)?),
             };
             probe = layer.forward(&probe, Mode::Eval).map_err(wrap)?;

@@ -494,6 +494,61 @@ lr = 0.1
     }
 
     #[test]
+    fn transformer_and_batch_norm_layers_build_from_a_spec() {
+        let layers = r#"
+[[layers]]
+type = "reshape"
+shape = [6, 8]
+[[layers]]
+type = "positional_encoding"
+kind = "learned"
+[[layers]]
+type = "transformer_encoder"
+heads = 2
+layers = 2
+norm_first = true
+[[layers]]
+type = "last_step"
+[[layers]]
+type = "batch_norm1d"
+[[layers]]
+type = "linear"
+units = 2
+"#;
+        let text = MINIMAL.replace("[[layers]]\ntype = \"linear\"\nunits = 2\n", layers);
+        let s = parse(&text).unwrap();
+        let task = crate::train::Task::Classification { classes: 2 };
+        let model = s.build_model(&[48], &task, &mut Rng::seed(0)).unwrap();
+        let names: Vec<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
+        for want in [
+            "1.weight",
+            "2.layers.0.self_attn.in_proj_weight",
+            "2.layers.1.self_attn.out_proj.bias",
+            "2.layers.1.linear1.weight",
+            "2.layers.1.norm2.bias",
+            "4.running_var",
+            "4.num_batches_tracked",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        // Feed-forward width 4·d by default.
+        assert!(model.layers()[2].describe().contains("feed-forward 32, pre-norm"), "{}", model.layers()[2].describe());
+        // Heads that do not divide the width: an error naming the layer.
+        let mut bad = s.clone();
+        bad.layers[2] = LayerSpec::TransformerEncoder {
+            heads: 3,
+            feedforward: None,
+            dropout: 0.1,
+            activation: layers::FeedForwardKind::Relu,
+            norm_first: false,
+            causal: false,
+            layers: 1,
+        };
+        let e = bad.build_model(&[48], &task, &mut Rng::seed(0)).err().unwrap().to_string();
+        assert!(e.contains("layer 2 (transformer_encoder)") && e.contains("multiple of the heads"), "{e}");
+    }
+
+    #[test]
     fn binary_cross_entropy_needs_logits_and_targets_in_0_1() {
         let with = |extra: &str, scaling: &str| {
             let text = MINIMAL

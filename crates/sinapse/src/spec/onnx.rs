@@ -40,6 +40,31 @@ struct Builder {
 }
 
 impl Builder {
+    /// GELU as 0.5·x·(1 + erf(x/√2)): ONNX's Gelu is opset 20.
+    fn gelu(&mut self, x: &str) -> String {
+        let root2 = self.constant("sqrt2", &[], vec![std::f32::consts::SQRT_2]);
+        let (one, half) = (self.constant("one", &[], vec![1.0]), self.constant("half", &[], vec![0.5]));
+        let scaled = self.node("Div", &[x, &root2], vec![]);
+        let erf = self.node("Erf", &[&scaled], vec![]);
+        let cdf = self.node("Add", &[&erf, &one], vec![]);
+        let xc = self.node("Mul", &[x, &cdf], vec![]);
+        self.node("Mul", &[&xc, &half], vec![])
+    }
+
+    /// `x · wᵀ + b` over the last axis of `x` (any rank), `w` given as `[out, in]` values.
+    fn dense(&mut self, x: &str, w: &[f32], b: &[f32], out: usize, inp: usize) -> String {
+        let mut wt = vec![0.0; w.len()];
+        for o in 0..out {
+            for i in 0..inp {
+                wt[i * out + o] = w[o * inp + i];
+            }
+        }
+        let wn = self.constant("weight_t", &[inp, out], wt);
+        let bn = self.constant("bias", &[out], b.to_vec());
+        let y = self.node("MatMul", &[x, &wn], vec![]);
+        self.node("Add", &[&y, &bn], vec![])
+    }
+
     /// A fresh value name.
     fn name(&mut self, what: &str) -> String {
         self.counter += 1;
@@ -244,16 +269,7 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                 let scaled = g.node("Mul", &[&back, &wn], vec![]);
                 g.node("Add", &[&scaled, &bn], vec![])
             }
-            LayerSpec::Gelu => {
-                // 0.5·x·(1 + erf(x/√2)): ONNX's Gelu is opset 20.
-                let root2 = g.constant("sqrt2", &[], vec![std::f32::consts::SQRT_2]);
-                let (one, half) = (g.constant("one", &[], vec![1.0]), g.constant("half", &[], vec![0.5]));
-                let scaled = g.node("Div", &[&x, &root2], vec![]);
-                let erf = g.node("Erf", &[&scaled], vec![]);
-                let cdf = g.node("Add", &[&erf, &one], vec![]);
-                let xc = g.node("Mul", &[&x, &cdf], vec![]);
-                g.node("Mul", &[&xc, &half], vec![])
-            }
+            LayerSpec::Gelu => g.gelu(&x),
             LayerSpec::Silu => {
                 let s = g.node("Sigmoid", &[&x], vec![]);
                 g.node("Mul", &[&x, &s], vec![])
@@ -362,6 +378,88 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                 let last = g.node("Slice", &[&x, &starts, &ends, &axes], vec![]);
                 let squeeze_axes = g.ints("axes", &[1]);
                 g.node("Squeeze", &[&last, &squeeze_axes], vec![])
+            }
+            LayerSpec::PositionalEncoding { .. } => {
+                // The table for this input length: the layer's output for zeros.
+                let zeros = Tensor::zeros(probe.shape());
+                let table = layer.forward(&zeros, Mode::Eval).map_err(|e| unsupported(&e.to_string()))?;
+                let t = g.constant("positions", &probe.shape()[1..], values(&table)?);
+                g.node("Add", &[&x, &t], vec![])
+            }
+            LayerSpec::TransformerEncoder { heads, activation, norm_first, causal, layers, .. } => {
+                let (t, d) = (probe.shape()[1], probe.shape()[2]);
+                let (h, hd) = (*heads, d / heads.max(&1));
+                let mut x = x;
+                for j in 0..(*layers).max(1) {
+                    let q = |s: &str| format!("{i}.layers.{j}.{s}");
+                    let w_in = values(param(q("self_attn.in_proj_weight"))?)?;
+                    let b_in = values(param(q("self_attn.in_proj_bias"))?)?;
+                    let norm = |g: &mut Builder, x: &str, n: &str| -> Result<String> {
+                        let w = values(param(q(&format!("{n}.weight")))?)?;
+                        let b = values(param(q(&format!("{n}.bias")))?)?;
+                        let (wn, bn) = (g.constant("weight", &[d], w), g.constant("bias", &[d], b));
+                        Ok(g.node(
+                            "LayerNormalization",
+                            &[x, &wn, &bn],
+                            vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(crate::nn::DEFAULT_EPS))],
+                        ))
+                    };
+                    let attention = |g: &mut Builder, x: &str| -> Result<String> {
+                        // [N, T, D] -> [N, H, T, hd] per projection (keys as [N, H, hd, T]).
+                        let split = g.ints("shape", &[0, t as i64, h as i64, hd as i64]);
+                        let mut parts = Vec::new();
+                        for (part, perm) in [(0, [0, 2, 1, 3]), (1, [0, 2, 3, 1]), (2, [0, 2, 1, 3])] {
+                            let rows = part * d * d..(part + 1) * d * d;
+                            let y = g.dense(x, &w_in[rows], &b_in[part * d..(part + 1) * d], d, d);
+                            let y = g.node("Reshape", &[&y, &split], vec![]);
+                            parts.push(g.node("Transpose", &[&y], vec![("perm", Attr::Ints(perm.to_vec()))]));
+                        }
+                        let scores = g.node("MatMul", &[&parts[0], &parts[1]], vec![]);
+                        let scale = g.constant("scale", &[], vec![1.0 / (hd.max(1) as f32).sqrt()]);
+                        let mut scores = g.node("Mul", &[&scores, &scale], vec![]);
+                        if *causal {
+                            let mask: Vec<f32> =
+                                (0..t * t).map(|e| if e % t <= e / t { 0.0 } else { f32::NEG_INFINITY }).collect();
+                            let m = g.constant("causal_mask", &[t, t], mask);
+                            scores = g.node("Add", &[&scores, &m], vec![]);
+                        }
+                        let weights = g.node("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
+                        let out = g.node("MatMul", &[&weights, &parts[2]], vec![]);
+                        let out = g.node("Transpose", &[&out], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+                        let join = g.ints("shape", &[0, t as i64, d as i64]);
+                        let out = g.node("Reshape", &[&out, &join], vec![]);
+                        let w = values(param(q("self_attn.out_proj.weight"))?)?;
+                        let b = values(param(q("self_attn.out_proj.bias"))?)?;
+                        Ok(g.dense(&out, &w, &b, d, d))
+                    };
+                    let feed_forward = |g: &mut Builder, x: &str| -> Result<String> {
+                        let (w1, b1) = (param(q("linear1.weight"))?, param(q("linear1.bias"))?);
+                        let ff = w1.shape()[0];
+                        let hidden = g.dense(x, &values(w1)?, &values(b1)?, ff, d);
+                        let hidden = match activation {
+                            super::layers::FeedForwardKind::Relu => g.node("Relu", &[&hidden], vec![]),
+                            super::layers::FeedForwardKind::Gelu => g.gelu(&hidden),
+                        };
+                        let (w2, b2) = (param(q("linear2.weight"))?, param(q("linear2.bias"))?);
+                        Ok(g.dense(&hidden, &values(w2)?, &values(b2)?, d, ff))
+                    };
+                    x = if *norm_first {
+                        let n1 = norm(&mut g, &x, "norm1")?;
+                        let a = attention(&mut g, &n1)?;
+                        let x1 = g.node("Add", &[&x, &a], vec![]);
+                        let n2 = norm(&mut g, &x1, "norm2")?;
+                        let f = feed_forward(&mut g, &n2)?;
+                        g.node("Add", &[&x1, &f], vec![])
+                    } else {
+                        let a = attention(&mut g, &x)?;
+                        let s1 = g.node("Add", &[&x, &a], vec![]);
+                        let x1 = norm(&mut g, &s1, "norm1")?;
+                        let f = feed_forward(&mut g, &x1)?;
+                        let s2 = g.node("Add", &[&x1, &f], vec![]);
+                        norm(&mut g, &s2, "norm2")?
+                    };
+                }
+                x
             }
             LayerSpec::Embedding { .. } => {
                 let w = param(p("weight"))?;
