@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# ONNX export checked by the reference runtime: every bundled spec, and four more below that
+# ONNX export checked by the reference runtime: every bundled spec, and five more below that
 # hold the layers the bundled ones do not (stacked GRU, RNN, conv1d, average pooling with
 # padding, strided and dilated conv2d, group, layer and 1-D batch norm, leaky ReLU, step, GELU, SiLU,
-# softplus, ELU, dropout, embedding, transformer encoders with learned and sinusoidal positions),
+# softplus, ELU, dropout, embedding, transformer encoders with learned and sinusoidal positions,
+# transposed convolution, adaptive pooling, nearest and bilinear upsampling, 2-D batch norm),
 # is trained for one epoch, exported with sample inputs and Sinapse's outputs,
 # and run in onnxruntime (from PyPI, installed into the cache folder, outside the repository),
 # which must agree to 1e-5.
@@ -150,6 +151,50 @@ type = "linear"
 units = 10
 SPEC
 } >"$work/onnx_transformer.toml"
+{ idx; cat <<'SPEC'
+[[layers]]
+type = "reshape"
+shape = [1, 28, 28]
+[[layers]]
+type = "conv2d"
+out_channels = 4
+kernel = 3
+stride = 2
+[[layers]]
+type = "conv_transpose2d"
+out_channels = 3
+kernel = 3
+stride = 2
+padding = 1
+output_padding = 1
+[[layers]]
+type = "upsample"
+mode = "bilinear"
+[[layers]]
+type = "adaptive_avg_pool2d"
+size = [5, 3]
+[[layers]]
+type = "upsample"
+scale = [2, 3]
+[[layers]]
+type = "conv_transpose2d"
+out_channels = 2
+kernel = [2, 3]
+dilation = 2
+bias = false
+[[layers]]
+type = "batch_norm2d"
+[[layers]]
+type = "upsample"
+mode = "bilinear"
+align_corners = true
+[[layers]]
+type = "flatten"
+[[layers]]
+type = "linear"
+units = 10
+SPEC
+} >"$work/onnx_resample.toml"
 # Token sequences for the embedding: 5 whole numbers below 12, labelled by the first's parity.
 python3 -c "
 import random

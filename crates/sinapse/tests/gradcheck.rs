@@ -409,3 +409,37 @@ fn an_output_that_depends_on_no_gradient_input_checks_zero_derivatives() {
     let report = gradcheck(|t| t[0].gt(&Tensor::zeros(&[4])), &[x], GradcheckOptions::default()).unwrap();
     assert!(report.passed() && report.checked == 4, "{report}");
 }
+
+#[test]
+fn transposed_convolution_and_resampling() {
+    let (x, w, b) = (rand(&[2, 3, 3, 4], 60), rand(&[3, 2, 3, 2], 61), rand(&[2], 62));
+    check(
+        "conv_transpose2d (stride, padding, output padding, dilation)",
+        |t| t[0].conv_transpose2d(&t[1], Some(&t[2]), [2, 1], [1, 0], [1, 0], [1, 2]),
+        &[x.clone(), w.clone(), b],
+    );
+    check("conv_transpose2d, no bias", |t| t[0].conv_transpose2d(&t[1], None, [1, 2], [0, 1], [0, 1], [1, 1]), &[x, w]);
+    let img = rand(&[1, 2, 5, 7], 63);
+    check("adaptive_avg_pool2d", |t| t[0].adaptive_avg_pool2d([3, 2]), &[img.clone()]);
+    check("upsample_nearest2d", |t| t[0].upsample_nearest2d([7, 9]), &[img.clone()]);
+    check("upsample_bilinear2d", |t| t[0].upsample_bilinear2d([8, 4], false), &[img.clone()]);
+    check("upsample_bilinear2d, corners", |t| t[0].upsample_bilinear2d([6, 10], true), &[img]);
+}
+
+#[test]
+fn attention() {
+    use sinapse::nn::scaled_dot_product_attention;
+    let (q, k, v) = (rand(&[2, 3, 4], 64), rand(&[2, 5, 4], 65), rand(&[2, 5, 3], 66));
+    check(
+        "attention",
+        |t| Ok(scaled_dot_product_attention(&t[0], &t[1], &t[2], None, false)?.0),
+        &[q.clone(), k.clone(), v.clone()],
+    );
+    let mask = Tensor::from_vec(vec![1., 1., 0., 1., 0., 1., 0., 1., 1., 1., 1., 0., 0., 0., 1.], &[3, 5]).unwrap();
+    check(
+        "attention, masked",
+        |t| Ok(scaled_dot_product_attention(&t[0], &t[1], &t[2], Some(&mask), false)?.0),
+        &[q.clone(), k.clone(), v.clone()],
+    );
+    check("attention, causal", |t| Ok(scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true)?.0), &[q, k, v]);
+}

@@ -388,3 +388,38 @@ fn attention_and_transformer_layers_match_pytorch() {
     let e = table.forward(&Tensor::zeros(&[1, 11, 8]), Mode::Eval).unwrap_err().to_string();
     assert!(e.contains("length <= 10"), "{e}");
 }
+
+/// ConvTranspose2d (stride, padding, output padding, dilation), adaptive average pooling,
+/// nearest and bilinear resizing (up and down, both corner rules): outputs and the gradients
+/// of inputs and parameters against PyTorch's (`fixtures/make_resample_fixture.py`).
+#[test]
+fn transposed_convolution_and_resampling_match_pytorch() {
+    use sinapse::nn::{AdaptiveAvgPool2d, ConvTranspose2d, Upsample, UpsampleMode};
+    let f = Fixture::open("torch_resample.safetensors");
+    let mut conv = ConvTranspose2d::new(3, 2, [3, 2], &mut Rng::seed(0)).unwrap();
+    (conv.stride, conv.padding, conv.output_padding, conv.dilation) = ([2, 1], [1, 0], [1, 0], [1, 2]);
+    f.load_into("conv_transpose", &conv);
+    let x = input(&f, "conv_transpose.input0");
+    let y = conv.forward(&x, Mode::Train).unwrap();
+    f.check("conv_transpose", &conv, std::slice::from_ref(&x), &[y]);
+
+    type Resize = fn(&Tensor) -> sinapse::Result<Tensor>;
+    let cases: [(&str, Resize); 6] = [
+        ("adaptive", |x| AdaptiveAvgPool2d { size: [3, 2] }.forward(x, Mode::Train)),
+        ("nearest_size", |x| x.upsample_nearest2d([5, 7])),
+        ("nearest_x2", |x| Upsample { scale: [2, 2], mode: UpsampleMode::Nearest }.forward(x, Mode::Train)),
+        ("bilinear_up", |x| x.upsample_bilinear2d([7, 9], false)),
+        ("bilinear_down", |x| x.upsample_bilinear2d([3, 2], false)),
+        ("bilinear_corners", |x| x.upsample_bilinear2d([6, 5], true)),
+    ];
+    for (name, resize) in cases {
+        let x = input(&f, &format!("{name}.input0"));
+        let y = resize(&x).unwrap();
+        f.check(name, &AdaptiveAvgPool2d { size: [1, 1] }, std::slice::from_ref(&x), &[y]);
+    }
+    let e = Tensor::zeros(&[1, 3, 4, 4])
+        .conv_transpose2d(&conv.weight, None, [2, 2], [0, 0], [2, 0], [1, 1])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("output_padding [2, 0] must be smaller than the stride"), "{e}");
+}

@@ -153,3 +153,75 @@ impl Module for Conv1d {
         )
     }
 }
+
+/// A transposed 2-D convolution over `[N, C, H, W]` inputs, as PyTorch's
+/// `nn.ConvTranspose2d`: `weight` `[in, out, kh, kw]`, `bias` `[out]`. With stride 2 it
+/// doubles the image size: the learned upsampling of decoders and generators.
+#[derive(Parameters)]
+pub struct ConvTranspose2d {
+    /// Filters, `[in_channels, out_channels, kh, kw]`.
+    pub weight: Tensor,
+    /// Bias per output channel, `[out_channels]`.
+    pub bias: Option<Tensor>,
+    /// Step between the input pixels' windows in the output (height, width).
+    pub stride: [usize; 2],
+    /// Rows and columns removed from each side of the output (height, width).
+    pub padding: [usize; 2],
+    /// Rows and columns added to one side of the output, to pick among the sizes a strided
+    /// convolution maps to the same input size (smaller than the stride).
+    pub output_padding: [usize; 2],
+    /// Spacing between kernel taps (height, width).
+    pub dilation: [usize; 2],
+}
+
+impl ConvTranspose2d {
+    /// A layer with PyTorch's default initialisation (uniform in ±1/√(out·kh·kw): PyTorch
+    /// takes the fan-in of the transposed weight from its second axis), stride 1, no padding.
+    pub fn new(in_channels: usize, out_channels: usize, kernel: [usize; 2], rng: &mut Rng) -> Result<ConvTranspose2d> {
+        if in_channels == 0 || out_channels == 0 || kernel.contains(&0) {
+            return Err(Error::invalid(
+                "ConvTranspose2d",
+                format!("channels and kernel must be positive, got {in_channels} -> {out_channels}, {kernel:?}"),
+            ));
+        }
+        let fan_in = out_channels * kernel[0] * kernel[1];
+        let init = Init::PytorchDefault;
+        let weight = init.weight(&[in_channels, out_channels, kernel[0], kernel[1]], fan_in, fan_in, rng)?;
+        let bias = init.bias(&[out_channels], fan_in, rng)?;
+        Ok(ConvTranspose2d {
+            weight: weight.set_requires_grad(true),
+            bias: Some(bias.set_requires_grad(true)),
+            stride: [1, 1],
+            padding: [0, 0],
+            output_padding: [0, 0],
+            dilation: [1, 1],
+        })
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        x.conv_transpose2d(
+            &self.weight,
+            self.bias.as_ref(),
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.dilation,
+        )
+    }
+
+    fn describe(&self) -> String {
+        let s = |i: usize| self.weight.shape().get(i).copied().unwrap_or(0);
+        format!(
+            "ConvTranspose2d({} -> {}, kernel {}x{}, stride {:?}, padding {:?}, output padding {:?})",
+            s(0),
+            s(1),
+            s(2),
+            s(3),
+            self.stride,
+            self.padding,
+            self.output_padding
+        )
+    }
+}

@@ -25,14 +25,14 @@ pub use attention::{
     scaled_dot_product_attention, FeedForwardActivation, MultiheadAttention, PositionalEncoding, TransformerEncoder,
     TransformerEncoderLayer,
 };
-pub use conv::{Conv1d, Conv2d};
+pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
 pub use init::Init;
 pub use last_step::LastStep;
 pub use linear::Linear;
 pub use norm::{BatchNorm, GroupNorm, LayerNorm, DEFAULT_EPS, DEFAULT_MOMENTUM};
-pub use pool::{Pool2d, PoolKind};
+pub use pool::{AdaptiveAvgPool2d, Pool2d, PoolKind, Upsample, UpsampleMode};
 pub use recurrent::{CellKind, Recurrent, RecurrentState};
 pub use reshape::{Flatten, Reshape};
 pub use sequential::Sequential;
@@ -248,6 +248,7 @@ no_parameters!(
     Mode,
     Init,
     PoolKind,
+    UpsampleMode,
     CellKind,
     FeedForwardActivation,
     crate::Rng,

@@ -193,3 +193,161 @@ fn pool_window(op: &'static str, kernel: [usize; 2], stride: [usize; 2], padding
     }
     Ok(Window { kernel, stride, padding, dilation: [1, 1] })
 }
+
+impl Tensor {
+    /// Transposed 2-D convolution (PyTorch's `conv_transpose2d`, the gradient of `conv2d`
+    /// with respect to its input): `[N, C, H, W]` with weights `[C, O, KH, KW]` and an
+    /// optional bias `[O]` gives `[N, O, OH, OW]`, `OH = (H - 1)·stride - 2·padding +
+    /// dilation·(KH - 1) + output_padding + 1`. Each input pixel spreads its filter over the
+    /// output, which is how decoders and generators upsample. Built as a matrix product and
+    /// [`Tensor::col2im`], so its gradients are theirs.
+    pub fn conv_transpose2d(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+        output_padding: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Result<Tensor> {
+        let op = "conv_transpose2d";
+        let [n, c, h, w] = nchw(op, self)?;
+        let [wc, o, kh, kw] = match *weight.shape() {
+            [wc, o, kh, kw] => [wc, o, kh, kw],
+            ref s => return Err(Error::invalid(op, format!("weight must be [in, out, kh, kw], got {s:?}"))),
+        };
+        if wc != c {
+            return Err(Error::invalid(
+                op,
+                format!("input has {c} channels but the weight {:?} expects {wc}", weight.shape()),
+            ));
+        }
+        if let Some(b) = bias {
+            if b.shape() != [o] {
+                return Err(Error::shapes("conv_transpose2d bias", b.shape(), &[o]));
+            }
+        }
+        if stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
+            return Err(Error::invalid(op, "kernel, stride and dilation must be at least 1"));
+        }
+        if output_padding[0] >= stride[0] || output_padding[1] >= stride[1] {
+            return Err(Error::invalid(
+                op,
+                format!("output_padding {output_padding:?} must be smaller than the stride {stride:?}"),
+            ));
+        }
+        if n == 0 || h == 0 || w == 0 {
+            return Err(Error::invalid(op, format!("expects a non-empty input, got {:?}", self.shape())));
+        }
+        let out_size = |axis: usize, input: usize, k: usize| -> Result<usize> {
+            let full = (input - 1) * stride[axis] + dilation[axis] * (k - 1) + output_padding[axis] + 1;
+            full.checked_sub(2 * padding[axis])
+                .filter(|&s| s > 0)
+                .ok_or_else(|| Error::invalid(op, format!("padding {padding:?} leaves no output for a {h}x{w} input")))
+        };
+        let (oh, ow) = (out_size(0, h, kh)?, out_size(1, w, kw)?);
+        let win = Window { kernel: [kh, kw], stride, padding, dilation };
+        // Columns [O·KH·KW, N·H·W]: every input pixel's contribution to its window of the output.
+        let pixels = self.permute(&[1, 0, 2, 3])?.reshape(&[c, n * h * w])?;
+        let cols = weight.reshape(&[c, o * kh * kw])?.t()?.matmul(&pixels)?;
+        let out = cols.col2im([n, o, oh, ow], win)?;
+        match bias {
+            Some(b) => out.add(&b.reshape(&[o, 1, 1])?),
+            None => Ok(out),
+        }
+    }
+
+    /// Resizes the last two axes of `[.., H, W]` by matrices: `mh` `[OH, H]` and `mw`
+    /// `[OW, W]` give `mh · x · mwᵀ` `[.., OH, OW]` (each output pixel a weighted sum of input
+    /// pixels). The gradients are those of the two products.
+    fn resample2d(&self, mh: Vec<f32>, oh: usize, mw: Vec<f32>, ow: usize) -> Result<Tensor> {
+        let r = self.rank();
+        let (h, w) = (self.shape()[r - 2], self.shape()[r - 1]);
+        let mh = Tensor::from_vec(mh, &[oh, h])?.to(self.device())?;
+        let mw = Tensor::from_vec(mw, &[ow, w])?.to(self.device())?;
+        mh.matmul(&self.matmul(&mw.t()?)?)
+    }
+
+    /// Adaptive average pooling (PyTorch's `adaptive_avg_pool2d`): `[N, C, H, W]` to
+    /// `[N, C, OH, OW]`, output pixel `(i, j)` the mean of rows `⌊i·H/OH⌋..⌈(i+1)·H/OH⌉` and
+    /// the same span of columns, so any input size gives the same output size.
+    pub fn adaptive_avg_pool2d(&self, size: [usize; 2]) -> Result<Tensor> {
+        let [_, _, h, w] = nchw("adaptive_avg_pool2d", self)?;
+        if size.contains(&0) || h == 0 || w == 0 {
+            return Err(Error::invalid(
+                "adaptive_avg_pool2d",
+                format!("needs a positive output size and a non-empty input, got {size:?} for {:?}", self.shape()),
+            ));
+        }
+        self.resample2d(adaptive_matrix(size[0], h), size[0], adaptive_matrix(size[1], w), size[1])
+    }
+
+    /// Nearest-neighbour upsampling of `[N, C, H, W]` to `[N, C, OH, OW]` (PyTorch's
+    /// `interpolate(mode="nearest")`): output row `i` copies input row `⌊i·H/OH⌋`, and the
+    /// same for columns. Gradient: each input pixel collects its copies' gradients.
+    pub fn upsample_nearest2d(&self, size: [usize; 2]) -> Result<Tensor> {
+        let [_, _, h, w] = nchw("upsample_nearest2d", self)?;
+        check_resize("upsample_nearest2d", size, h, w)?;
+        let pick = |out: usize, inp: usize| -> Result<Tensor> {
+            let rows: Vec<f32> = (0..out).map(|i| ((i * inp) / out).min(inp - 1) as f32).collect();
+            Tensor::from_vec(rows, &[out])?.to(self.device())
+        };
+        self.index_select(2, &pick(size[0], h)?)?.index_select(3, &pick(size[1], w)?)
+    }
+
+    /// Bilinear upsampling (or downsampling) of `[N, C, H, W]` to `[N, C, OH, OW]` (PyTorch's
+    /// `interpolate(mode="bilinear", align_corners=...)`): each output pixel mixes the four
+    /// input pixels around its source position, `(i + 0.5)·H/OH - 0.5` (or `i·(H-1)/(OH-1)`
+    /// with `align_corners`).
+    pub fn upsample_bilinear2d(&self, size: [usize; 2], align_corners: bool) -> Result<Tensor> {
+        let [_, _, h, w] = nchw("upsample_bilinear2d", self)?;
+        check_resize("upsample_bilinear2d", size, h, w)?;
+        let mh = linear_matrix(size[0], h, align_corners);
+        let mw = linear_matrix(size[1], w, align_corners);
+        self.resample2d(mh, size[0], mw, size[1])
+    }
+}
+
+fn check_resize(op: &'static str, size: [usize; 2], h: usize, w: usize) -> Result<()> {
+    if size.contains(&0) || h == 0 || w == 0 {
+        return Err(Error::invalid(
+            op,
+            format!("needs a positive size and a non-empty input, got {size:?} for {h}x{w}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `[out, inp]`: row `i` averages inputs `⌊i·inp/out⌋..⌈(i+1)·inp/out⌉`.
+pub(crate) fn adaptive_matrix(out: usize, inp: usize) -> Vec<f32> {
+    let mut m = vec![0.0; out * inp];
+    for i in 0..out {
+        let (start, end) = ((i * inp) / out, ((i + 1) * inp).div_ceil(out));
+        for j in start..end {
+            m[i * inp + j] = 1.0 / (end - start) as f32;
+        }
+    }
+    m
+}
+
+/// `[out, inp]`: linear interpolation weights, PyTorch's source-index rule.
+pub(crate) fn linear_matrix(out: usize, inp: usize, align_corners: bool) -> Vec<f32> {
+    let mut m = vec![0.0; out * inp];
+    for i in 0..out {
+        let src = if align_corners {
+            if out > 1 {
+                i as f64 * (inp - 1) as f64 / (out - 1) as f64
+            } else {
+                0.0
+            }
+        } else {
+            ((i as f64 + 0.5) * inp as f64 / out as f64 - 0.5).max(0.0)
+        };
+        let i0 = (src.floor() as usize).min(inp - 1);
+        let i1 = (i0 + 1).min(inp - 1);
+        let frac = (src - i0 as f64) as f32;
+        m[i * inp + i0] += 1.0 - frac;
+        m[i * inp + i1] += frac;
+    }
+    m
+}

@@ -119,6 +119,46 @@ pub enum LayerSpec {
         #[serde(default = "yes")]
         bias: bool,
     },
+    /// Transposed 2-D convolution over `[N, C, H, W]` (learned upsampling); input channels
+    /// inferred.
+    ConvTranspose2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel size: one number or `[height, width]`.
+        kernel: Size2,
+        /// Stride (default 1).
+        #[serde(default = "one2")]
+        stride: Size2,
+        /// Removed from each side of the output (default 0).
+        #[serde(default = "zero2")]
+        padding: Size2,
+        /// Added to one side of the output, smaller than the stride (default 0).
+        #[serde(default = "zero2")]
+        output_padding: Size2,
+        /// Dilation (default 1).
+        #[serde(default = "one2")]
+        dilation: Size2,
+        /// Whether the layer has a bias (default true).
+        #[serde(default = "yes")]
+        bias: bool,
+    },
+    /// Average pooling of `[N, C, H, W]` to a fixed output size, whatever the input's.
+    AdaptiveAvgPool2d {
+        /// Output size: one number or `[height, width]`.
+        size: Size2,
+    },
+    /// Upsampling of `[N, C, H, W]` by whole factors.
+    Upsample {
+        /// Factor: one number or `[height, width]` (default 2).
+        #[serde(default = "two2")]
+        scale: Size2,
+        /// `nearest` (default) or `bilinear`.
+        #[serde(default)]
+        mode: UpsampleKind,
+        /// For bilinear: align the corner pixels (default false).
+        #[serde(default)]
+        align_corners: bool,
+    },
     /// 1-D convolution over `[N, C, L]`; input channels inferred.
     Conv1d {
         /// Output channels.
@@ -235,6 +275,17 @@ pub enum FeedForwardKind {
     Gelu,
 }
 
+/// How an `upsample` layer fills new pixels, as a spec writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsampleKind {
+    /// Copies of the nearest pixel.
+    #[default]
+    Nearest,
+    /// Linear interpolation on both axes.
+    Bilinear,
+}
+
 /// Which positional encoding, as a spec writes it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -272,6 +323,10 @@ fn one() -> usize {
 
 fn one2() -> Size2 {
     Size2::Square(1)
+}
+
+fn two2() -> Size2 {
+    Size2::Square(2)
 }
 
 fn zero2() -> Size2 {
@@ -322,6 +377,9 @@ impl LayerSpec {
             LayerSpec::Reshape { .. } => "reshape",
             LayerSpec::Conv2d { .. } => "conv2d",
             LayerSpec::Conv1d { .. } => "conv1d",
+            LayerSpec::ConvTranspose2d { .. } => "conv_transpose2d",
+            LayerSpec::AdaptiveAvgPool2d { .. } => "adaptive_avg_pool2d",
+            LayerSpec::Upsample { .. } => "upsample",
             LayerSpec::MaxPool2d { .. } => "max_pool2d",
             LayerSpec::AvgPool2d { .. } => "avg_pool2d",
             LayerSpec::Rnn { .. } => "rnn",
@@ -412,6 +470,43 @@ impl ModelSpec {
                         .padding(padding.pair())
                         .dilation(dilation.pair());
                     Box::new(if *bias { conv } else { conv.without_bias() })
+                }
+                LayerSpec::ConvTranspose2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                    output_padding,
+                    dilation,
+                    bias,
+                } => {
+                    let channels = input_axis(&probe, i, "conv_transpose2d", 4, 1)?;
+                    let mut conv =
+                        nn::ConvTranspose2d::new(channels, *out_channels, kernel.pair(), rng).map_err(wrap)?;
+                    (conv.stride, conv.padding, conv.output_padding, conv.dilation) =
+                        (stride.pair(), padding.pair(), output_padding.pair(), dilation.pair());
+                    if !bias {
+                        conv.bias = None;
+                    }
+                    Box::new(conv)
+                }
+                LayerSpec::AdaptiveAvgPool2d { size } => Box::new(nn::AdaptiveAvgPool2d { size: size.pair() }),
+                LayerSpec::Upsample { scale, mode, align_corners } => {
+                    let mode = match (mode, align_corners) {
+                        (UpsampleKind::Nearest, false) => nn::UpsampleMode::Nearest,
+                        (UpsampleKind::Nearest, true) => {
+                            return Err(wrap(Error::invalid(
+                                "spec",
+                                "align_corners applies to bilinear upsampling only",
+                            )))
+                        }
+                        (UpsampleKind::Bilinear, false) => nn::UpsampleMode::Bilinear,
+                        (UpsampleKind::Bilinear, true) => nn::UpsampleMode::BilinearAlignCorners,
+                    };
+                    if scale.pair().contains(&0) {
+                        return Err(wrap(Error::invalid("spec", "the upsampling scale must be at least 1")));
+                    }
+                    Box::new(nn::Upsample { scale: scale.pair(), mode })
                 }
                 LayerSpec::Conv1d { out_channels, kernel, stride, padding, dilation } => {
                     let channels = input_axis(&probe, i, "conv1d", 3, 1)?;

@@ -17,7 +17,7 @@ use onnx_protobuf::{
     NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::{LayerSpec, TrainedModel};
+use super::{LayerSpec, Size2, TrainedModel};
 use crate::data::Scaler;
 use crate::nn::{Mode, Module};
 use crate::{Error, Result, Tensor};
@@ -63,6 +63,20 @@ impl Builder {
         let bn = self.constant("bias", &[out], b.to_vec());
         let y = self.node("MatMul", &[x, &wn], vec![]);
         self.node("Add", &[&y, &bn], vec![])
+    }
+
+    /// `mh · x · mwᵀ` over the last two axes, `mh` `[OH, H]` and `mw` `[OW, W]` given as values.
+    fn resample(&mut self, x: &str, mh: Vec<f32>, hs: [usize; 2], mw: Vec<f32>, ws: [usize; 2]) -> String {
+        let mut mwt = vec![0.0; mw.len()];
+        for o in 0..ws[0] {
+            for i in 0..ws[1] {
+                mwt[i * ws[0] + o] = mw[o * ws[1] + i];
+            }
+        }
+        let mh = self.constant("rows", &hs, mh);
+        let mwt = self.constant("cols", &[ws[1], ws[0]], mwt);
+        let y = self.node("MatMul", &[x, &mwt], vec![]);
+        self.node("MatMul", &[&mh, &y], vec![])
     }
 
     /// A fresh value name.
@@ -300,6 +314,50 @@ pub fn export(trained: &TrainedModel) -> Result<Vec<u8>> {
                         g.node("Conv", &[&x, &wn, &bn], attrs)
                     }
                     None => g.node("Conv", &[&x, &wn], attrs),
+                }
+            }
+            LayerSpec::ConvTranspose2d { stride, padding, output_padding, dilation, .. } => {
+                let w = param(p("weight"))?;
+                let wn = g.constant("weight", w.shape(), values(w)?);
+                let [ph, pw] = padding.pair().map(|v| v as i64);
+                let ints = |s: Size2| Attr::Ints(s.pair().iter().map(|&d| d as i64).collect());
+                let attrs = vec![
+                    ("kernel_shape", Attr::Ints(w.shape()[2..].iter().map(|&d| d as i64).collect())),
+                    ("strides", ints(*stride)),
+                    ("pads", Attr::Ints(vec![ph, pw, ph, pw])),
+                    ("output_padding", ints(*output_padding)),
+                    ("dilations", ints(*dilation)),
+                ];
+                match params.get(&p("bias")) {
+                    Some(b) => {
+                        let bn = g.constant("bias", b.shape(), values(b)?);
+                        g.node("ConvTranspose", &[&x, &wn, &bn], attrs)
+                    }
+                    None => g.node("ConvTranspose", &[&x, &wn], attrs),
+                }
+            }
+            LayerSpec::AdaptiveAvgPool2d { size } => {
+                let [h, w] = [probe.shape()[2], probe.shape()[3]];
+                let [oh, ow] = size.pair();
+                let (mh, mw) = (crate::ops::conv::adaptive_matrix(oh, h), crate::ops::conv::adaptive_matrix(ow, w));
+                g.resample(&x, mh, [oh, h], mw, [ow, w])
+            }
+            LayerSpec::Upsample { scale, mode, align_corners } => {
+                let [h, w] = [probe.shape()[2], probe.shape()[3]];
+                let [oh, ow] = [h * scale.pair()[0], w * scale.pair()[1]];
+                match mode {
+                    super::layers::UpsampleKind::Nearest => {
+                        let rows: Vec<i64> = (0..oh).map(|i| ((i * h) / oh) as i64).collect();
+                        let cols: Vec<i64> = (0..ow).map(|i| ((i * w) / ow) as i64).collect();
+                        let (r, c) = (g.ints("rows", &rows), g.ints("cols", &cols));
+                        let y = g.node("Gather", &[&x, &r], vec![("axis", Attr::Int(2))]);
+                        g.node("Gather", &[&y, &c], vec![("axis", Attr::Int(3))])
+                    }
+                    super::layers::UpsampleKind::Bilinear => {
+                        let mh = crate::ops::conv::linear_matrix(oh, h, *align_corners);
+                        let mw = crate::ops::conv::linear_matrix(ow, w, *align_corners);
+                        g.resample(&x, mh, [oh, h], mw, [ow, w])
+                    }
                 }
             }
             LayerSpec::Conv1d { stride, padding, dilation, .. } => {
