@@ -110,5 +110,6 @@ pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
 pub use backend::{work_on_this_thread, DType};
 pub use device::Device;
 pub use error::{Error, Result};
+pub use ops::common::PadMode;
 pub use random::Rng;
 pub use tensor::Tensor;

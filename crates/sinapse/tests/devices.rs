@@ -223,6 +223,10 @@ fn cases() -> Vec<Case> {
     c.push(case("silu", vec![normal(&[3, 5], r)], |x| x[0].silu()));
     c.push(case("elu", vec![normal(&[3, 5], r)], |x| x[0].elu(1.0)));
     c.push(case("softplus", vec![normal(&[3, 5], r)], |x| x[0].softplus()));
+    let halves = fixed(&[-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 1.2, -1.7, 0.0, 3.999], &[2, 5]);
+    c.push(case("floor", vec![halves.clone()], |x| x[0].floor()));
+    c.push(case("ceil", vec![halves.clone()], |x| x[0].ceil()));
+    c.push(case("round", vec![halves], |x| x[0].round()));
     // Binary kernels, with broadcasting along either side.
     c.push(case("add", vec![normal(&[4, 3], r), normal(&[3], r)], |x| x[0].add(&x[1])));
     c.push(case("sub", vec![normal(&[4, 1], r), normal(&[4, 3], r)], |x| x[0].sub(&x[1])));
@@ -230,6 +234,7 @@ fn cases() -> Vec<Case> {
     c.push(case("div", vec![normal(&[4, 3], r), positive(&[4, 3], r)], |x| x[0].div(&x[1])));
     c.push(case("maximum", vec![normal(&[4, 3], r), normal(&[4, 3], r)], |x| x[0].maximum(&x[1])));
     c.push(case("minimum", vec![normal(&[4, 3], r), normal(&[1, 3], r)], |x| x[0].minimum(&x[1])));
+    c.push(case("pow", vec![positive(&[4, 3], r), normal(&[3], r)], |x| x[0].pow(&x[1])));
     for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
         let a = fixed(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
         let b = fixed(&[1., 5., 3., 0., 5., 9.], &[2, 3]);
@@ -250,6 +255,25 @@ fn cases() -> Vec<Case> {
     c.push(case("softmax", vec![normal(&[3, 6], r)], |x| x[0].softmax(1)));
     c.push(case("softmax dim 0", vec![normal(&[3, 6], r)], |x| x[0].softmax(0)));
     c.push(case("log_softmax", vec![normal(&[3, 6], r)], |x| x[0].log_softmax(1)));
+    // Composite ops whose pieces (index tables, triangular and resampling matrices) are made
+    // on the host and moved to the device.
+    c.push(case("cumsum", vec![normal(&[3, 5], r)], |x| x[0].cumsum(1)));
+    c.push(case("prod", vec![normal(&[3, 5], r)], |x| x[0].prod(1, false)));
+    c.push(case("logsumexp", vec![normal(&[3, 5], r)], |x| x[0].logsumexp(1, false)));
+    c.push(case("norm", vec![normal(&[3, 5], r)], |x| x[0].norm(2.0)));
+    c.push(case("sort", vec![normal(&[3, 5], r)], |x| Ok(x[0].sort(1, true)?.0)));
+    c.push(case("roll and flip", vec![normal(&[3, 5], r)], |x| x[0].roll(2, 1)?.flip(&[0])));
+    c.push(case("pad reflect", vec![normal(&[3, 5], r)], |x| x[0].pad_with(1, 2, 2, sinapse::PadMode::Reflect)));
+    c.push(case("tril", vec![normal(&[3, 5], r)], |x| x[0].tril(0)));
+    c.push(case("adaptive_avg_pool2d", vec![normal(&[1, 2, 5, 7], r)], |x| x[0].adaptive_avg_pool2d([2, 3])));
+    c.push(case("upsample_bilinear2d", vec![normal(&[1, 2, 3, 4], r)], |x| x[0].upsample_bilinear2d([5, 7], false)));
+    c.push(case("upsample_nearest2d", vec![normal(&[1, 2, 3, 4], r)], |x| x[0].upsample_nearest2d([6, 8])));
+    c.push(case("conv_transpose2d", vec![normal(&[2, 3, 3, 4], r), normal(&[3, 2, 3, 3], r)], |x| {
+        x[0].conv_transpose2d(&x[1], None, [2, 2], [1, 1], [1, 0], [1, 1])
+    }));
+    c.push(case("attention", vec![normal(&[2, 3, 4], r), normal(&[2, 5, 4], r), normal(&[2, 5, 3], r)], |x| {
+        Ok(sinapse::nn::scaled_dot_product_attention(&x[0], &x[1], &x[2], None, true)?.0)
+    }));
     // Matrix products: 2-D, batched, broadcast batch axes, vectors.
     c.push(case("matmul", vec![normal(&[4, 5], r), normal(&[5, 3], r)], |x| x[0].matmul(&x[1])));
     c.push(case("matmul batched", vec![normal(&[2, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));

@@ -443,3 +443,41 @@ fn attention() {
     );
     check("attention, causal", |t| Ok(scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true)?.0), &[q, k, v]);
 }
+
+#[test]
+fn common_ops() {
+    use sinapse::PadMode;
+    let x = rand(&[3, 4], 70);
+    check("pow, base", |t| t[0].pow(&t[1]), &[positive(&[3, 4], 71), rand(&[4], 72)]);
+    check("masked_fill", |t| t[0].masked_fill(&Tensor::from_vec(vec![0., 1., 1., 0.], &[4])?, 2.0), &[x.clone()]);
+    let index = Tensor::from_vec(vec![3., 1., 0., 2., 2., 3.], &[3, 2]).unwrap();
+    check("scatter", |t| t[0].scatter(1, &index, &t[1]), &[x.clone(), rand(&[3, 2], 73)]);
+    check("cumsum", |t| t[0].cumsum(1), &[x.clone()]);
+    check("cumsum axis 0", |t| t[0].cumsum(0), &[x.clone()]);
+    let with_zero =
+        Tensor::from_vec(vec![0.5, 0.0, -1.5, 2.0, 0.7, 1.1, -0.3, 0.9, 1.3], &[3, 3]).unwrap().set_requires_grad(true);
+    check("prod with a zero", |t| t[0].prod(1, false), &[with_zero]);
+    check("prod odd length", |t| t[0].prod(0, true), &[rand(&[5, 2], 74)]);
+    check("var", |t| t[0].var(1, 1, false), &[x.clone()]);
+    check("std", |t| t[0].std(0, 0, true), &[x.clone()]);
+    check("norm 2", |t| t[0].norm(2.0), &[x.clone()]);
+    check("norm 1.5", |t| t[0].norm(1.5), &[away_from_zero(&[3, 4], 75)]);
+    check("logsumexp", |t| t[0].logsumexp(1, true), &[x.clone()]);
+    check("sort values", |t| Ok(t[0].sort(1, false)?.0), &[distinct(&[3, 4], 76)]);
+    check("topk values", |t| Ok(t[0].topk(2, 0, true)?.0), &[distinct(&[3, 4], 77)]);
+    check("repeat", |t| t[0].repeat(&[2, 2, 1]), &[x.clone()]);
+    check("flip", |t| t[0].flip(&[1]), &[x.clone()]);
+    check("roll", |t| t[0].roll(3, 1), &[x.clone()]);
+    check("pad reflect", |t| t[0].pad_with(1, 2, 3, PadMode::Reflect), &[x.clone()]);
+    check("pad replicate", |t| t[0].pad_with(0, 2, 1, PadMode::Replicate), &[x.clone()]);
+    check("tril", |t| t[0].tril(0), &[x.clone()]);
+    check("triu", |t| t[0].triu(-1), &[x.clone()]);
+    check("chunk", |t| t[0].chunk(3, 1)?[1].mul_scalar(2.0), &[x.clone()]);
+    check("unbind", |t| t[0].unbind(0)?[2].exp(), &[x.clone()]);
+    check(
+        "einsum batched product",
+        |t| Tensor::einsum("bij,bkj->bik", &[&t[0], &t[1]]),
+        &[rand(&[2, 3, 4], 78), rand(&[2, 5, 4], 79)],
+    );
+    check("einsum with a summed-out letter", |t| Tensor::einsum("ij,jk->i", &[&t[0], &t[1]]), &[x, rand(&[4, 2], 80)]);
+}

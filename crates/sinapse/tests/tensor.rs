@@ -382,3 +382,39 @@ fn edge_cases_agree_with_pytorch() {
     assert!(e.contains("repeated"), "{e}");
     assert_eq!(x.sum_dims(&[0, 1], false).unwrap().to_vec(), vec![10.0]);
 }
+
+/// The common op set's shapes, edge cases and errors (values and gradients are checked
+/// against PyTorch in torch_parity.rs and by gradcheck).
+#[test]
+fn common_ops_shapes_and_errors() {
+    use sinapse::PadMode;
+    let x = Tensor::arange(0.0, 12.0, 1.0).unwrap().reshape(&[3, 4]).unwrap();
+    let shapes = |v: Vec<Tensor>| v.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>();
+    assert_eq!(shapes(x.split(3, 1).unwrap()), [vec![3, 3], vec![3, 1]]);
+    assert_eq!(shapes(x.chunk(2, 0).unwrap()), [vec![2, 4], vec![1, 4]]);
+    assert_eq!(shapes(x.unbind(1).unwrap()), vec![vec![3]; 4]);
+    assert_eq!(x.unbind(0).unwrap()[1].to_vec(), [4.0, 5.0, 6.0, 7.0]);
+    assert_eq!(Tensor::eye(3).unwrap().to_vec(), [1., 0., 0., 0., 1., 0., 0., 0., 1.]);
+    assert_eq!(x.prod(1, false).unwrap().to_vec(), [0.0, 840.0, 7920.0]);
+    assert_eq!(Tensor::zeros(&[2, 0]).prod(1, false).unwrap().to_vec(), [1.0, 1.0], "the empty product");
+    assert!(x.var(0, 3, false).unwrap().to_vec().iter().all(|v| v.is_nan()), "n <= correction gives NaN");
+    assert_eq!(Tensor::zeros(&[3]).norm(2.0).unwrap().to_scalar().unwrap(), 0.0);
+    let inf = Tensor::from_vec(vec![f32::NEG_INFINITY; 3], &[1, 3]).unwrap();
+    assert_eq!(inf.logsumexp(1, false).unwrap().to_vec(), [f32::NEG_INFINITY]);
+    let nan = Tensor::from_vec(vec![2.0, f32::NAN, 1.0], &[3]).unwrap();
+    let (v, i) = nan.sort(0, false).unwrap();
+    assert_eq!(i.to_vec(), [2.0, 0.0, 1.0], "NaN sorts last");
+    assert!(v.to_vec()[2].is_nan());
+    assert_eq!(x.pad_with(1, 1, 1, PadMode::Constant(-1.0)).unwrap().shape(), [3, 6]);
+
+    let err = |r: sinapse::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(x.topk(5, 1, true).map(|p| p.0)).contains("k = 5 is more than axis 1"));
+    assert!(err(x.pad_with(1, 4, 0, PadMode::Reflect)).contains("must be smaller than axis 1 of size 4"));
+    assert!(err(x.norm(0.0)).contains("finite p > 0"));
+    assert!(err(x.repeat(&[2])).contains("one count per axis"));
+    assert!(err(Tensor::einsum("ij,jk->ik", &[&x, &x])).contains("letter j is 4 in one place and 3 in another"));
+    assert!(err(Tensor::einsum("ii->i", &[&Tensor::eye(3).unwrap()])).contains("diagonals are not supported"));
+    assert!(err(Tensor::einsum("ij->k", &[&x])).contains("output letter k"));
+    assert!(err(Tensor::einsum("ij,jk,kl->il", &[&x, &x])).contains("one or two are supported"));
+    assert!(err(x.masked_fill(&Tensor::zeros(&[2, 3, 4]), 0.0)).contains("masked_fill"));
+}

@@ -423,3 +423,62 @@ fn transposed_convolution_and_resampling_match_pytorch() {
         .to_string();
     assert!(e.contains("output_padding [2, 0] must be smaller than the stride"), "{e}");
 }
+
+/// The common op set against PyTorch: values, indices where the op returns some, and the
+/// gradients of every input (`fixtures/make_ops_fixture.py`).
+#[test]
+fn common_ops_match_pytorch() {
+    use sinapse::PadMode;
+    let f = Fixture::open("torch_ops.safetensors");
+    type Op = Box<dyn Fn(&[Tensor]) -> sinapse::Result<Tensor>>;
+    let t = |v: &[f32], s: &[usize]| Tensor::from_slice(v, s).unwrap();
+    let (mask, index) = (t(&[1., 0., 0., 1.], &[4]), t(&[0., 2., 4., 1., 3., 0.], &[3, 2]));
+    let cases: Vec<(&str, usize, Op)> = vec![
+        ("pow", 2, Box::new(|x| x[0].pow(&x[1]))),
+        ("floor", 1, Box::new(|x| x[0].floor())),
+        ("ceil", 1, Box::new(|x| x[0].ceil())),
+        ("round", 1, Box::new(|x| x[0].round())),
+        ("masked_fill", 1, Box::new(move |x| x[0].masked_fill(&mask, -1.5))),
+        ("scatter", 2, Box::new(move |x| x[0].scatter(1, &index, &x[1]))),
+        ("cumsum1", 1, Box::new(|x| x[0].cumsum(1))),
+        ("cumsum0", 1, Box::new(|x| x[0].cumsum(0))),
+        ("prod", 1, Box::new(|x| x[0].prod(1, false))),
+        ("var", 1, Box::new(|x| x[0].var(1, 1, false))),
+        ("std", 1, Box::new(|x| x[0].std(0, 0, true))),
+        ("norm2", 1, Box::new(|x| x[0].norm(2.0))),
+        ("norm3", 1, Box::new(|x| x[0].norm(3.0))),
+        ("logsumexp", 1, Box::new(|x| x[0].logsumexp(1, false))),
+        ("repeat", 1, Box::new(|x| x[0].repeat(&[2, 1, 3]))),
+        ("flip", 1, Box::new(|x| x[0].flip(&[0, 1]))),
+        ("roll", 1, Box::new(|x| x[0].roll(-2, 1))),
+        ("pad_reflect", 1, Box::new(|x| x[0].pad_with(2, 2, 1, PadMode::Reflect))),
+        ("pad_replicate", 1, Box::new(|x| x[0].pad_with(2, 3, 2, PadMode::Replicate))),
+        ("tril", 1, Box::new(|x| x[0].tril(-1))),
+        ("triu", 1, Box::new(|x| x[0].triu(1))),
+        ("einsum_bmm", 2, Box::new(|x| Tensor::einsum("bij,bjk->bik", &[&x[0], &x[1]]))),
+        ("einsum_attn", 2, Box::new(|x| Tensor::einsum("bhqd,bhkd->bhqk", &[&x[0], &x[1]]))),
+        ("einsum_outer", 2, Box::new(|x| Tensor::einsum("i,j->ij", &[&x[0], &x[1]]))),
+        ("einsum_implicit", 2, Box::new(|x| Tensor::einsum("ik,kj", &[&x[0], &x[1]]))),
+        ("einsum_sum", 2, Box::new(|x| Tensor::einsum("ijk,jl->il", &[&x[0], &x[1]]))),
+        ("einsum_one", 1, Box::new(|x| Tensor::einsum("ijk->kj", &[&x[0]]))),
+        ("sort", 1, Box::new(|x| Ok(x[0].sort(1, true)?.0))),
+        ("topk", 1, Box::new(|x| Ok(x[0].topk(2, 0, false)?.0))),
+    ];
+    for (name, arity, op) in cases {
+        let xs: Vec<Tensor> = (0..arity).map(|i| input(&f, &format!("{name}.input{i}"))).collect();
+        let y = op(&xs).unwrap();
+        close(&format!("{name} output"), &y, &f.get(&format!("{name}.output")));
+        let Some(up) = f.0.get(&format!("{name}.upstream")) else { continue };
+        let g = y.mul(up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (i, x) in xs.iter().enumerate() {
+            close(
+                &format!("{name} gradient of input {i}"),
+                g.get(x).unwrap(),
+                &f.get(&format!("{name}.grad.input{i}")),
+            );
+        }
+    }
+    let x = f.get("sort.input0");
+    close("sort indices", &x.sort(1, true).unwrap().1, &f.get("sort.indices"));
+    close("topk indices", &f.get("topk.input0").topk(2, 0, false).unwrap().1, &f.get("topk.indices"));
+}

@@ -65,6 +65,12 @@ pub enum UnaryOp {
     Expm1,
     /// The error function `2/√π ∫₀ˣ e^(-t²) dt`.
     Erf,
+    /// The largest whole number not above x.
+    Floor,
+    /// The smallest whole number not below x.
+    Ceil,
+    /// The nearest whole number, halves to even (as PyTorch's `round`).
+    Round,
 }
 
 impl UnaryOp {
@@ -90,6 +96,9 @@ impl UnaryOp {
             UnaryOp::Log1p => "log1p",
             UnaryOp::Expm1 => "expm1",
             UnaryOp::Erf => "erf",
+            UnaryOp::Floor => "floor",
+            UnaryOp::Ceil => "ceil",
+            UnaryOp::Round => "round",
         }
     }
 }
@@ -132,6 +141,11 @@ pub enum BinaryOp {
     BceInputGrad,
     /// `(x, y) -> max(x, 0) - x·y + ln(1 + e^-|x|)`: binary cross-entropy of σ(x), stable.
     BceWithLogits,
+    /// `a^b` (C's `powf`: a negative base needs a whole exponent).
+    Pow,
+    /// `(a, b) -> a^b·ln a`, 0 where `a = 0` and `b >= 0` (the exponent's derivative, as
+    /// PyTorch masks it).
+    PowExponentGrad,
 }
 
 impl BinaryOp {
@@ -152,6 +166,8 @@ impl BinaryOp {
             BinaryOp::Bce => "binary_cross_entropy",
             BinaryOp::BceInputGrad => "binary_cross_entropy_grad",
             BinaryOp::BceWithLogits => "binary_cross_entropy_with_logits",
+            BinaryOp::Pow => "pow",
+            BinaryOp::PowExponentGrad => "pow_exponent_grad",
         }
     }
 }

@@ -9,7 +9,9 @@
 
 pub mod activation;
 pub mod binary;
+pub mod common;
 pub mod conv;
+pub mod einsum;
 pub mod index;
 pub mod loss;
 pub mod matmul;

@@ -192,6 +192,9 @@ pub(super) fn unary(src: &[f32], l: &Layout, op: UnaryOp) -> Vec<f32> {
         UnaryOp::Log1p => map(src, l, f32::ln_1p),
         UnaryOp::Expm1 => map(src, l, f32::exp_m1),
         UnaryOp::Erf => map(src, l, libm::erff),
+        UnaryOp::Floor => map(src, l, f32::floor),
+        UnaryOp::Ceil => map(src, l, f32::ceil),
+        UnaryOp::Round => map(src, l, f32::round_ties_even),
     }
 }
 
@@ -214,6 +217,10 @@ pub(super) fn binary(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, op: BinaryO
         BinaryOp::Bce => zip_map(a, la, b, lb, |p, y| -(y * clamped_ln(p) + (1.0 - y) * clamped_ln(1.0 - p))),
         BinaryOp::BceInputGrad => zip_map(a, la, b, lb, |p, y| (p - y) / (p * (1.0 - p)).max(1e-12)),
         BinaryOp::BceWithLogits => zip_map(a, la, b, lb, |x, y| x.max(0.0) - x * y + (-x.abs()).exp().ln_1p()),
+        BinaryOp::Pow => zip_map(a, la, b, lb, f32::powf),
+        BinaryOp::PowExponentGrad => {
+            zip_map(a, la, b, lb, |a, b| if a == 0.0 && b >= 0.0 { 0.0 } else { a.powf(b) * a.ln() })
+        }
     }
 }
 

@@ -117,6 +117,9 @@ __device__ float unary_op(int op, float x, float p0, float p1) {
         case 16: return log1pf(x);
         case 17: return expm1f(x);
         case 18: return erff(x);
+        case 19: return floorf(x);
+        case 20: return ceilf(x);
+        case 21: return rintf(x);                                     // round, halves to even
     }
     return 0.0f;
 }
@@ -145,6 +148,8 @@ __device__ float binary_op(int op, float a, float b, float p0, float p1) {
         case 11: return -(b * clamped_ln(a) + (1.0f - b) * clamped_ln(1.0f - a));  // bce (p, y)
         case 12: return (a - b) / fmaxf(a * (1.0f - a), 1e-12f);                  // bce grad in p
         case 13: return fmaxf(a, 0.0f) - a * b + log1pf(expf(-fabsf(a)));         // bce with logits
+        case 14: return powf(a, b);                                                // pow
+        case 15: return (a == 0.0f && b >= 0.0f) ? 0.0f : powf(a, b) * logf(a);   // pow grad in b
         // comparisons: 1 where the relation holds
         case 100: return a == b ? 1.0f : 0.0f;
         case 101: return a != b ? 1.0f : 0.0f;

@@ -162,6 +162,9 @@ fn unary_code(op: UnaryOp) -> (i32, f32, f32) {
         UnaryOp::Log1p => (16, 0.0, 0.0),
         UnaryOp::Expm1 => (17, 0.0, 0.0),
         UnaryOp::Erf => (18, 0.0, 0.0),
+        UnaryOp::Floor => (19, 0.0, 0.0),
+        UnaryOp::Ceil => (20, 0.0, 0.0),
+        UnaryOp::Round => (21, 0.0, 0.0),
     }
 }
 
@@ -182,6 +185,8 @@ fn binary_code(op: BinaryOp) -> (i32, f32, f32) {
         BinaryOp::Bce => (11, 0.0, 0.0),
         BinaryOp::BceInputGrad => (12, 0.0, 0.0),
         BinaryOp::BceWithLogits => (13, 0.0, 0.0),
+        BinaryOp::Pow => (14, 0.0, 0.0),
+        BinaryOp::PowExponentGrad => (15, 0.0, 0.0),
     }
 }
 
