@@ -508,10 +508,13 @@ fn batch_norm_buffers_are_saved_loaded_and_not_trained() {
     let mean = buffers[0].1.to_vec();
     assert!(mean.iter().any(|m| m.abs() > 1e-3), "the running mean moved: {mean:?}");
 
-    // Evaluation: one sample alone gives what it gives inside a batch.
+    // Evaluation: one sample alone gives what it gives inside a batch (up to rounding: a
+    // single row takes the matrix-vector kernel, a batch the matrix product).
     let alone = model.forward(&x.narrow(0, 0, 1).unwrap(), Mode::Eval).unwrap().to_vec();
     let in_batch = model.forward(&x, Mode::Eval).unwrap().to_vec();
-    assert_eq!(alone, in_batch[..3].to_vec());
+    for (a, b) in alone.iter().zip(&in_batch[..3]) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{alone:?} vs {:?}", &in_batch[..3]);
+    }
     // Training on one value per channel is an error naming the layer, as in PyTorch.
     let e = model.forward(&x.narrow(0, 0, 1).unwrap(), Mode::Train).unwrap_err().to_string();
     assert!(e.contains("BatchNorm1d") && e.contains("more than 1 value per channel"), "{e}");

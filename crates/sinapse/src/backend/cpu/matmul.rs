@@ -66,6 +66,31 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
             );
         }
     };
+    // One row times a matrix (inference on one sample): a matrix-vector product, without
+    // gemm's packing of the whole matrix, which costs more than the arithmetic here.
+    if batch == 1 && m == 1 && sa[ra - 1] == 1 && (sb[rb - 2] == 1 || sb[rb - 1] == 1) {
+        let x = &a[la.offset()..la.offset() + k];
+        let mut out = vec![0.0f32; n];
+        if sb[rb - 2] == 1 {
+            // Column j of b is contiguous (b is a transposed row-major matrix, `x·Wᵀ`). A
+            // large matrix is split by columns over two threads: each reads half of it.
+            let (b, stride) = (&b[lb.offset()..], sb[rb - 1]);
+            let threads = if crate::backend::kept_on_one_thread() { 1 } else { rayon::current_num_threads() };
+            if threads > 1 && n >= 16 && n * k >= GEMV_SPLIT {
+                let half = n / 2;
+                let (left, right) = out.split_at_mut(half);
+                rayon::join(
+                    || gemv_columns(x, b, stride, left),
+                    || gemv_columns(x, &b[half * stride..], stride, right),
+                );
+            } else {
+                gemv_columns(x, b, stride, &mut out);
+            }
+        } else {
+            gemv_rows(x, &b[lb.offset()..], sb[rb - 2], &mut out);
+        }
+        return out;
+    }
     // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
     // the product runs on that task's thread.
     let nested = crate::backend::kept_on_one_thread();
@@ -109,6 +134,55 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     out
 }
 
+super::fastmath::dispatch! {
+    /// `out[j] = x · b[j·stride .. j·stride + k]` for every j: one dot product per column of a
+    /// matrix stored column by column, eight columns at a time so each load of `x` is reused
+    /// and eight independent 8-lane sums keep both FMA units busy.
+    fn gemv_columns(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+        const COLS: usize = 8;
+        let k = x.len();
+        let full = k - k % 8;
+        let col = |j: usize| &b[j * stride..j * stride + k];
+        let dot_tail = |c: &[f32]| (full..k).map(|i| c[i] * x[i]).sum::<f32>();
+        let mut j = 0;
+        while j < out.len() {
+            let width = COLS.min(out.len() - j);
+            let cols: [&[f32]; COLS] = std::array::from_fn(|r| col(j + r.min(width - 1)));
+            let mut acc = [[0.0f32; 8]; COLS];
+            for i in (0..full).step_by(8) {
+                let xv: &[f32; 8] = x[i..i + 8].try_into().unwrap_or(&[0.0; 8]);
+                for r in 0..COLS {
+                    let cv: &[f32; 8] = cols[r][i..i + 8].try_into().unwrap_or(&[0.0; 8]);
+                    for l in 0..8 {
+                        acc[r][l] = cv[l].mul_add(xv[l], acc[r][l]);
+                    }
+                }
+            }
+            for r in 0..width {
+                out[j + r] = acc[r].iter().sum::<f32>() + dot_tail(cols[r]);
+            }
+            j += width;
+        }
+    }
+}
+
+super::fastmath::dispatch! {
+    /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by
+    /// row, as a sum of scaled rows.
+    fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+        let n = out.len();
+        for (i, &xv) in x.iter().enumerate() {
+            let row = &b[i * stride..i * stride + n];
+            for (o, &w) in out.iter_mut().zip(row) {
+                *o = w.mul_add(xv, *o);
+            }
+        }
+    }
+}
+
+/// A vector-matrix product with at least this many multiply-adds is split over two threads.
+const GEMV_SPLIT: usize = 1 << 16;
+
 /// A product with at most this many outputs counts as small ([`matmul`]).
 const SMALL_OUTPUT: usize = 64 * 64;
 /// An inner axis at least this long is split across threads when the output is small.
@@ -129,3 +203,38 @@ unsafe impl Send for SendPtr {}
 // SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
 // same location.
 unsafe impl Sync for SendPtr {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// A row times a matrix stored by rows or by columns (the matrix-vector kernels, split
+    /// over threads for the larger ones), against a sum in f64, for lengths that are and are
+    /// not multiples of the 8 lanes and the 8 columns.
+    #[test]
+    fn vector_matrix_products_match_a_plain_sum() {
+        let mut rng = Rng::seed(5);
+        for (k, n) in [(1, 1), (7, 5), (8, 8), (13, 17), (784, 256), (300, 301), (9, 3)] {
+            let x: Vec<f32> = (0..k).map(|_| rng.standard_normal()).collect();
+            let w: Vec<f32> = (0..k * n).map(|_| rng.standard_normal()).collect();
+            let la = Layout::contiguous(&[1, k]);
+            // By columns: w holds [n, k] row-major, read as its transpose [k, n].
+            let by_columns = Layout::contiguous(&[n, k]).transpose(0, 1).unwrap();
+            let by_rows = Layout::contiguous(&[k, n]);
+            type At = fn(usize, usize, usize, usize) -> usize;
+            let cases: [(Layout, At); 2] = [(by_columns, |j, i, k, _n| j * k + i), (by_rows, |j, i, _k, n| i * n + j)];
+            for (lb, at) in cases {
+                let got = matmul(&x, &la, &w, &lb, [1, k, n]);
+                for (j, g) in got.iter().enumerate() {
+                    let want: f64 = (0..k).map(|i| f64::from(x[i]) * f64::from(w[at(j, i, k, n)])).sum();
+                    let scale: f64 = (0..k).map(|i| (f64::from(x[i]) * f64::from(w[at(j, i, k, n)])).abs()).sum();
+                    assert!(
+                        (f64::from(*g) - want).abs() <= 1e-6 * (1.0 + scale),
+                        "k {k} n {n} column {j}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
