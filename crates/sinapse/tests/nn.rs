@@ -534,3 +534,63 @@ fn batch_norm_buffers_are_saved_loaded_and_not_trained() {
     assert!(e.contains("missing 1.num_batches_tracked, 1.running_mean, 1.running_var"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Reading the losses every few batches (as on a GPU, where each read waits for the device)
+/// changes nothing that training reports: the same history, the observer told of every batch
+/// with its own loss, and a non-finite loss still named by its batch.
+#[test]
+fn losses_read_every_few_batches_report_the_same_as_every_batch() {
+    use sinapse::train::{EpochRecord, Observer};
+    struct Losses(Vec<(usize, usize, f32)>);
+    impl Observer for Losses {
+        fn on_batch(&mut self, epoch: usize, batch: usize, _batches: usize, _size: usize, loss: f32) {
+            self.0.push((epoch, batch, loss));
+        }
+        fn on_epoch(&mut self, _record: &EpochRecord, _epochs: usize) {}
+    }
+    let mut rng = Rng::seed(4);
+    let x = Tensor::rand_normal(&[90, 3], 0.0, 1.0, &mut rng).unwrap();
+    let y = x.sum(1, false).unwrap().gt(&Tensor::scalar(0.0)).unwrap();
+    let data = Dataset::new(x.clone(), y.clone()).unwrap();
+    let run = |every: Option<usize>| {
+        let model = nn::Linear::new(3, 2, &mut Rng::seed(1)).unwrap();
+        let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
+        let cfg = FitConfig {
+            epochs: 2,
+            batch_size: 8,
+            progress_every: every,
+            ..FitConfig::new(Task::Classification { classes: 2 })
+        };
+        let mut seen = Losses(Vec::new());
+        let history = fit(&model, &mut opt, &data, None, &cfg, &mut seen).unwrap();
+        (history, seen.0)
+    };
+    let (each, each_losses) = run(None);
+    let (grouped, grouped_losses) = run(Some(5));
+    assert_eq!(each.records.len(), 2);
+    for (a, b) in each.records.iter().zip(&grouped.records) {
+        assert_eq!((a.train_loss, a.train_metric), (b.train_loss, b.train_metric));
+    }
+    assert_eq!(each_losses.len(), 2 * 12, "every batch of both epochs (90 samples in batches of 8)");
+    assert_eq!(each_losses, grouped_losses);
+
+    // A NaN in one sample (whichever batch the shuffle puts it in) is named by that batch
+    // whether the losses are read every batch or every five.
+    let mut bad = x.to_vec();
+    bad[3 * 89] = f32::NAN;
+    let data = Dataset::new(Tensor::from_vec(bad, &[90, 3]).unwrap(), y).unwrap();
+    let model = nn::Linear::new(3, 2, &mut Rng::seed(1)).unwrap();
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
+    let mut errors = Vec::new();
+    for every in [None, Some(5)] {
+        let cfg = FitConfig {
+            epochs: 1,
+            batch_size: 8,
+            progress_every: every,
+            ..FitConfig::new(Task::Classification { classes: 2 })
+        };
+        errors.push(fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap_err().to_string());
+    }
+    assert!(errors[0].starts_with("non-finite value NaN in loss at epoch 1, batch "), "{}", errors[0]);
+    assert_eq!(errors[0], errors[1], "the same batch is named");
+}

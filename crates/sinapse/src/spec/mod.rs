@@ -431,6 +431,7 @@ impl ModelSpec {
             clip_grad_norm: self.clip_grad_norm,
             // Its own stream: the shuffle order should not mirror the initial weights' draws.
             seed: self.seed ^ SHUFFLE_SALT,
+            progress_every: None,
         }
     }
 }
