@@ -20,6 +20,11 @@ pub struct ImportArgs {
     /// Where to save the model directory [default: runs/<spec name>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The feature scaling the weights were trained with (CSV specs), instead of one fitted on
+    /// the spec's data: a TOML file with `kind = "standard"`, `mean = [..]`, `std = [..]` (or
+    /// `"min_max"` with `min` and `max`), or a model directory's `model.toml`.
+    #[arg(long)]
+    scaler: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -29,9 +34,10 @@ pub fn run(args: ImportArgs) -> Result<()> {
         PathBuf::from("runs").join(args.spec.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
     });
     TrainedModel::check_out_dir(&out)?;
-    let model = job::import_weights(&spec, &base, &args.weights)
+    let scaler = args.scaler.as_deref().map(sinapse::data::Scaler::load).transpose()?;
+    let model = job::import_weights(&spec, &base, &args.weights, scaler)
         .with_context(|| format!("importing {} into {}", args.weights.display(), args.spec.display()))?;
-    let tensors = sinapse::nn::Module::named_parameters(&model.model).len();
+    let tensors = sinapse::nn::Module::state_dict(&model.model).len();
     // The test set, when the spec has one, scores the imported weights.
     let raw = spec.load_data(&base)?;
     let test = match raw.test {

@@ -656,3 +656,60 @@ fn export_writes_an_onnx_model_with_samples() {
     assert!(err.contains("model.toml"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `import --scaler` takes the scaling the weights were trained with: iris weights imported
+/// with their own model's `model.toml` as the scaler predict exactly as that model does; a
+/// scaler of another width or kind is refused, naming the difference.
+#[test]
+fn import_takes_the_scaler_the_weights_were_trained_with() {
+    let dir = temp("import-scaler");
+    let model = dir.join("iris");
+    let (code, _, err) =
+        sinapse(&["train", "models/iris.toml", "--epochs", "3", "--quiet", "--out", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let weights = model.join("model.safetensors");
+    let card = model.join("model.toml");
+    let imported = dir.join("imported");
+    let (code, stdout, err) = sinapse(&[
+        "import",
+        "models/iris.toml",
+        weights.to_str().unwrap(),
+        "--scaler",
+        card.to_str().unwrap(),
+        "--out",
+        imported.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("imported 4 tensors"), "{stdout}");
+    let predict = |m: &std::path::Path| {
+        let (code, csv, err) = sinapse(&["predict", m.to_str().unwrap(), "data/iris.csv"]);
+        assert_eq!(code, 0, "{err}");
+        csv
+    };
+    assert_eq!(predict(&imported), predict(&model), "the same weights and scaler predict the same");
+
+    let narrow = dir.join("narrow.toml");
+    std::fs::write(&narrow, "kind = \"standard\"\nmean = [0.0, 0.0, 0.0]\nstd = [1.0, 1.0, 1.0]\n").unwrap();
+    let minmax = dir.join("minmax.toml");
+    std::fs::write(&minmax, "kind = \"min_max\"\nmin = [0.0, 0.0, 0.0, 0.0]\nmax = [1.0, 1.0, 1.0, 1.0]\n").unwrap();
+    let junk = dir.join("junk.toml");
+    std::fs::write(&junk, "kind = \"standard\"\nmean = [0.0]\n").unwrap();
+    for (file, want) in
+        [(&narrow, "fitted on 3 features, got 4"), (&minmax, "given scaler is MinMax"), (&junk, "not a scaler")]
+    {
+        let out = dir.join("refused");
+        let (code, _, err) = sinapse(&[
+            "import",
+            "models/iris.toml",
+            weights.to_str().unwrap(),
+            "--scaler",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_ne!(code, 0);
+        assert!(err.contains(want), "{file:?}: {err}");
+        assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

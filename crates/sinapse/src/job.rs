@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::data::{split, Dataset, Scaler};
+use crate::data::{split, Dataset, Scaler, Scaling};
 use crate::gradcheck::{gradcheck_parameters, GradcheckOptions, ParamCheck};
 use crate::nn::{Mode, Module, Sequential};
 use crate::spec::{class_indices, ModelCard, ModelSpec, RawData, TrainedModel, ValidationSpec, SPLIT_SALT};
@@ -101,11 +101,33 @@ fn model_card(spec: &ModelSpec, raw: &RawData, input_shape: Vec<usize>, scaler: 
 /// `state_dict` saved with `safetensors.torch.save_file`): the network the spec builds, with
 /// every tensor of the file loaded by name, and the card the spec's data gives (input shape,
 /// classes, and the scaling fitted on all of the spec's training data: no holdout validation
-/// part is set aside, as no training happens). Missing, extra or mis-shaped tensors are an
-/// error naming each.
-pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path) -> Result<TrainedModel> {
+/// part is set aside, as no training happens; or `scaler`, the one the weights were trained
+/// with, which must be of the spec's kind and width). Missing, extra or mis-shaped tensors are
+/// an error naming each.
+pub fn import_weights(spec: &ModelSpec, base: &Path, weights: &Path, scaler: Option<Scaler>) -> Result<TrainedModel> {
     let raw = spec.load_data(base)?;
-    let (scaler, train, _) = scale(spec, &raw.train, &[])?;
+    let (scaler, train) = match scaler {
+        None => {
+            let (scaler, train, _) = scale(spec, &raw.train, &[])?;
+            (scaler, train)
+        }
+        Some(given) => {
+            let kind = match given {
+                Scaler::None => Scaling::None,
+                Scaler::Standard { .. } => Scaling::Standard,
+                Scaler::MinMax { .. } => Scaling::MinMax,
+            };
+            if kind != spec.scaling() {
+                return Err(Error::invalid(
+                    "import",
+                    format!("the spec scales its features by {:?} but the given scaler is {kind:?}", spec.scaling()),
+                ));
+            }
+            // Applied once to the training features: a scaler of another width is an error here.
+            let x = given.transform(raw.train.x())?;
+            (given, Dataset::new(x, raw.train.y().clone())?)
+        }
+    };
     let input_shape = train.x().shape()[1..].to_vec();
     let model = spec.build_model(&input_shape, &raw.task, &mut Rng::seed(spec.seed))?;
     crate::train::checkpoint::load_into(&model, &crate::train::checkpoint::load_weights(weights)?, weights)?;

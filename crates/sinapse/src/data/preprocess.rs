@@ -40,6 +40,27 @@ pub enum Scaler {
     },
 }
 
+impl Scaler {
+    /// Reads a scaler from a TOML file: a table with `kind` (`none`, `standard` with `mean` and
+    /// `std`, or `min_max` with `min` and `max`, one value per feature), at the top or as the
+    /// `[scaler]` table of a model directory's `model.toml`. Errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<Scaler> {
+        let fail = |msg: String| Error::Format { path: path.to_path_buf(), msg };
+        let bytes = crate::data::files::read_regular(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+        let table: toml::Table = text.parse().map_err(|e| fail(format!("not TOML: {e}")))?;
+        let scaler = match table.get("scaler") {
+            Some(inner) => inner.clone(),
+            None => toml::Value::Table(table),
+        };
+        let scaler: Scaler = scaler.try_into().map_err(|e| {
+            fail(format!("not a scaler (kind = \"standard\" with mean and std, or \"min_max\" with min and max): {e}"))
+        })?;
+        scaler.validate().map_err(|e| fail(e.to_string()))?;
+        Ok(scaler)
+    }
+}
+
 fn check_2d(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     match x.shape() {
         &[n, f] => Ok((n, f)),
