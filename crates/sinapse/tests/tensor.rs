@@ -397,7 +397,7 @@ fn common_ops_shapes_and_errors() {
     assert_eq!(Tensor::eye(3).unwrap().to_vec(), [1., 0., 0., 0., 1., 0., 0., 0., 1.]);
     assert_eq!(x.prod(1, false).unwrap().to_vec(), [0.0, 840.0, 7920.0]);
     assert_eq!(Tensor::zeros(&[2, 0]).prod(1, false).unwrap().to_vec(), [1.0, 1.0], "the empty product");
-    assert!(x.var(0, 3, false).unwrap().to_vec().iter().all(|v| v.is_nan()), "n <= correction gives NaN");
+    assert!(x.var(0, 3, false).unwrap().to_vec().iter().all(|v| v.is_infinite()), "n <= correction divides by 0");
     assert_eq!(Tensor::zeros(&[3]).norm(2.0).unwrap().to_scalar().unwrap(), 0.0);
     let inf = Tensor::from_vec(vec![f32::NEG_INFINITY; 3], &[1, 3]).unwrap();
     assert_eq!(inf.logsumexp(1, false).unwrap().to_vec(), [f32::NEG_INFINITY]);
@@ -417,4 +417,35 @@ fn common_ops_shapes_and_errors() {
     assert!(err(Tensor::einsum("ij->k", &[&x])).contains("output letter k"));
     assert!(err(Tensor::einsum("ij,jk,kl->il", &[&x, &x])).contains("one or two are supported"));
     assert!(err(x.masked_fill(&Tensor::zeros(&[2, 3, 4]), 0.0)).contains("masked_fill"));
+}
+
+/// Edge cases a review found: infinities and NaN stay where they belong, PyTorch's values at
+/// the limits, and sizes too large are errors, not panics.
+#[test]
+fn common_ops_edge_cases_follow_pytorch() {
+    let t = |v: &[f32]| Tensor::from_slice(v, &[v.len()]).unwrap();
+    let idx = Tensor::from_slice(&[0.0], &[1]).unwrap();
+    assert_eq!(t(&[f32::INFINITY, 1.0]).scatter(0, &idx, &t(&[5.0])).unwrap().to_vec(), [5.0, 1.0]);
+    assert_eq!(t(&[1.0, f32::INFINITY, 2.0]).cumsum(0).unwrap().to_vec(), [1.0, f32::INFINITY, f32::INFINITY]);
+    let with_nan = t(&[1.0, f32::NAN]).cumsum(0).unwrap().to_vec();
+    assert!(with_nan[0] == 1.0 && with_nan[1].is_nan(), "{with_nan:?}");
+    let x = t(&[0.0, 1.0, 4.0]).set_requires_grad(true);
+    let g = x.norm(0.5).unwrap().backward().unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec()[0], 0.0, "a zero entry's gradient for p < 1");
+    assert_eq!(t(&[1.0, 2.0]).var(0, 2, false).unwrap().to_vec(), [f32::INFINITY]);
+    assert!(t(&[3.0, 3.0]).var(0, 2, false).unwrap().to_vec()[0].is_nan());
+    let err = |r: sinapse::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(t(&[1.0, 2.0]).flip(&[0, 0])).contains("appears twice"));
+    let img = Tensor::zeros(&[1, 1, 4, 4]);
+    assert!(err(img.adaptive_avg_pool2d([1 << 62, 1])).contains("adaptive_avg_pool2d"));
+    assert!(err(img.upsample_nearest2d([usize::MAX, 2])).contains("upsample_nearest2d"));
+    let w = Tensor::zeros(&[1, 1, 2, 2]);
+    assert!(err(img.conv_transpose2d(&w, None, [usize::MAX, 1], [0, 0], [0, 0], [1, 1])).contains("overflows"));
+    let up = sinapse::nn::Upsample { scale: [usize::MAX, 1], mode: sinapse::nn::UpsampleMode::Nearest };
+    assert!(err(sinapse::nn::Module::forward(&up, &img, sinapse::nn::Mode::Eval)).contains("overflows"));
+    assert!(err(Tensor::eye(1 << 40)).contains("eye"));
+    let mut mha = sinapse::nn::MultiheadAttention::new(4, 2, 0.0, &mut sinapse::Rng::seed(0)).unwrap();
+    mha.heads = 0;
+    let e = sinapse::nn::Module::forward(&mha, &Tensor::zeros(&[1, 3, 4]), sinapse::nn::Mode::Eval).unwrap_err();
+    assert!(e.to_string().contains("0 heads do not divide"), "{e}");
 }

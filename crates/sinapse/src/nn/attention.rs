@@ -110,7 +110,8 @@ impl MultiheadAttention {
     /// Attention from `query` `[N, L, E]` to `key` and `value` `[N, S, E]`. `key_padding_mask`
     /// `[N, S]` is non-zero at the keys to ignore (padding; PyTorch's `key_padding_mask`);
     /// `causal` hides later positions. Returns the output `[N, L, E]` and the attention
-    /// weights averaged over the heads, `[N, L, S]` (PyTorch's default `need_weights`).
+    /// weights averaged over the heads, `[N, L, S]` (PyTorch's default `need_weights`; in
+    /// training, after dropout).
     pub fn attend(
         &self,
         query: &Tensor,
@@ -121,6 +122,12 @@ impl MultiheadAttention {
         mode: Mode,
     ) -> Result<(Tensor, Tensor)> {
         let e = self.embed();
+        if self.heads == 0 || !e.is_multiple_of(self.heads) {
+            return Err(Error::invalid(
+                "MultiheadAttention",
+                format!("{} heads do not divide the embedding size {e}", self.heads),
+            ));
+        }
         let (h, d) = (self.heads, e / self.heads);
         for (what, t) in [("query", query), ("key", key), ("value", value)] {
             if t.rank() != 3 || t.shape()[2] != e {
@@ -155,8 +162,9 @@ impl MultiheadAttention {
             None => None,
         };
         let (_, weights) = scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), causal)?;
-        let dropped = self.dropout.forward(&weights, mode)?;
-        let out = dropped.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[n, l, e])?;
+        // The weights returned are those applied: after dropout, as PyTorch's.
+        let weights = self.dropout.forward(&weights, mode)?;
+        let out = weights.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[n, l, e])?;
         Ok((self.out_proj.forward(&out, mode)?, weights.mean(1, false)?))
     }
 }

@@ -98,7 +98,10 @@ impl Module for Upsample {
             [_, _, h, w] => (h, w),
             ref s => return Err(Error::invalid("Upsample", format!("expects input [N, C, H, W], got shape {s:?}"))),
         };
-        let size = [h * self.scale[0], w * self.scale[1]];
+        let size = match (h.checked_mul(self.scale[0]), w.checked_mul(self.scale[1])) {
+            (Some(a), Some(b)) => [a, b],
+            _ => return Err(Error::invalid("Upsample", format!("scale {:?} overflows a {h}x{w} image", self.scale))),
+        };
         match self.mode {
             UpsampleMode::Nearest => x.upsample_nearest2d(size),
             UpsampleMode::Bilinear => x.upsample_bilinear2d(size, false),

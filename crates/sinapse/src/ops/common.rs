@@ -84,26 +84,25 @@ impl Tensor {
         let ones = Tensor::full_on(index.shape(), 1.0, self.device())?;
         let written = self.zeros_like()?.scatter_add(dim, index, &ones)?;
         let zero = Tensor::full_on(&[], 0.0, self.device())?;
-        let kept = written.eq(&zero)?.mul(self)?;
+        // Chosen, not multiplied: an infinity or NaN about to be overwritten must not leak.
+        let kept = written.eq(&zero)?.where_cond(self, &zero)?;
         kept.scatter_add(dim, index, src)
     }
 
-    /// Running sums along `dim`: `out[i] = x[0] + .. + x[i]`. Computed as a product with a
-    /// triangular matrix of ones (the gradient is the reversed running sum of the gradient).
+    /// Running sums along `dim`: `out[i] = x[0] + .. + x[i]`. Computed in ⌈log₂ n⌉ rounds,
+    /// each adding the tensor shifted by 1, 2, 4, ... places (Hillis and Steele's scan), so
+    /// an infinity or NaN reaches only the sums after it; the gradient is that of the shifts
+    /// and additions.
     pub fn cumsum(&self, dim: impl Dim) -> Result<Tensor> {
         let dim = dim.axis("cumsum", self.rank())?;
         let n = self.shape()[dim];
-        let last = self.rank() - 1;
-        let moved = if dim == last { self.clone() } else { self.transpose(dim, last)? };
-        // upper[j][i] = 1 for j <= i: column i sums entries 0..=i.
-        let upper: Vec<f32> = (0..n * n).map(|e| if e / n <= e % n { 1.0 } else { 0.0 }).collect();
-        let upper = Tensor::from_vec(upper, &[n, n])?.to(self.device())?;
-        let sums = moved.matmul(&upper)?;
-        if dim == last {
-            Ok(sums)
-        } else {
-            sums.transpose(dim, last)?.contiguous()
+        let mut t = self.clone();
+        let mut shift = 1;
+        while shift < n {
+            t = t.add(&t.narrow(dim, 0, n - shift)?.pad(dim, shift, 0, 0.0)?)?;
+            shift *= 2;
         }
+        Ok(t)
     }
 
     /// Product along `dim` (PyTorch's `prod`), by multiplying halves pairwise (log₂ n rounds),
@@ -132,15 +131,16 @@ impl Tensor {
     }
 
     /// Variance along `dim` with Bessel's `correction` (PyTorch's `var(dim, correction=..)`:
-    /// 1 for the unbiased sample variance, 0 for the population's): Σ(x - mean)² / (n -
-    /// correction), NaN when `n <= correction` (as PyTorch).
+    /// 1 for the unbiased sample variance, 0 for the population's): Σ(x - mean)² / max(0, n -
+    /// correction), so when `n <= correction` it is infinite, or NaN for a constant slice, as
+    /// in PyTorch.
     pub fn var(&self, dim: impl Dim, correction: usize, keepdim: bool) -> Result<Tensor> {
         let dim = dim.axis("var", self.rank())?;
         let n = self.shape()[dim];
         let centred = self.sub(&self.mean(dim, true)?)?;
         let ss = centred.mul(&centred)?.sum(dim, keepdim)?;
         let denom = n.saturating_sub(correction);
-        ss.mul_scalar(if denom == 0 { f32::NAN } else { 1.0 / denom as f32 })
+        ss.div(&Tensor::full_on(&[], denom as f32, self.device())?)
     }
 
     /// Standard deviation along `dim`: the square root of [`Tensor::var`].
@@ -168,7 +168,8 @@ impl Tensor {
                 let scale = y.powf(p - 1.0)?;
                 let safe = y.eq(&zero)?.where_cond(&Tensor::full_on(&[], 1.0, g.device())?, &scale)?;
                 let d = x[0].sign()?.mul(&x[0].abs()?.powf(p - 1.0)?)?.div(&safe)?;
-                let d = y.eq(&zero)?.where_cond(&zero, &d)?;
+                // Zero entries (where |x|^(p-1) is infinite for p < 1) and a zero norm give 0.
+                let d = x[0].eq(&zero)?.maximum(&y.eq(&zero)?)?.where_cond(&zero, &d)?;
                 g.mul(&d)
             })?])
         }))
@@ -274,7 +275,10 @@ impl Tensor {
     /// The order of the elements reversed along each axis of `dims` (PyTorch's `flip`).
     pub fn flip(&self, dims: &[usize]) -> Result<Tensor> {
         let mut t = self.clone();
-        for &d in dims {
+        for (i, &d) in dims.iter().enumerate() {
+            if dims[..i].contains(&d) {
+                return Err(Error::invalid("flip", format!("axis {d} appears twice in {dims:?}")));
+            }
             let d = d.axis("flip", self.rank())?;
             let n = self.shape()[d];
             t = t.index_select(d, &index_tensor((0..n).rev(), self.device())?)?;
@@ -357,6 +361,8 @@ impl Tensor {
 
     /// The identity matrix `[n, n]`.
     pub fn eye(n: usize) -> Result<Tensor> {
+        let count = crate::layout::checked_elem_count("eye", &[n, n])?;
+        crate::backend::ensure_room(Device::Cpu, (count as u64).saturating_mul(4), "eye")?;
         Tensor::from_vec((0..n * n).map(|e| if e / n == e % n { 1.0 } else { 0.0 }).collect(), &[n, n])
     }
 

@@ -231,6 +231,7 @@ impl Tensor {
             return Err(Error::invalid(op, "kernel, stride and dilation must be at least 1"));
         }
         if output_padding[0] >= stride[0] || output_padding[1] >= stride[1] {
+            // PyTorch also takes an output padding below the dilation alone; not supported here.
             return Err(Error::invalid(
                 op,
                 format!("output_padding {output_padding:?} must be smaller than the stride {stride:?}"),
@@ -240,12 +241,17 @@ impl Tensor {
             return Err(Error::invalid(op, format!("expects a non-empty input, got {:?}", self.shape())));
         }
         let out_size = |axis: usize, input: usize, k: usize| -> Result<usize> {
-            let full = (input - 1) * stride[axis] + dilation[axis] * (k - 1) + output_padding[axis] + 1;
-            full.checked_sub(2 * padding[axis])
+            let full = (input - 1)
+                .checked_mul(stride[axis])
+                .and_then(|v| v.checked_add(dilation[axis].checked_mul(k - 1)?))
+                .and_then(|v| v.checked_add(output_padding[axis] + 1))
+                .ok_or_else(|| Error::invalid(op, format!("the output size overflows (stride {stride:?})")))?;
+            full.checked_sub(padding[axis].saturating_mul(2))
                 .filter(|&s| s > 0)
                 .ok_or_else(|| Error::invalid(op, format!("padding {padding:?} leaves no output for a {h}x{w} input")))
         };
         let (oh, ow) = (out_size(0, h, kh)?, out_size(1, w, kw)?);
+        checked_elem_count(op, &[n, o, oh, ow])?;
         let win = Window { kernel: [kh, kw], stride, padding, dilation };
         // Columns [O·KH·KW, N·H·W]: every input pixel's contribution to its window of the output.
         let pixels = self.permute(&[1, 0, 2, 3])?.reshape(&[c, n * h * w])?;
@@ -273,12 +279,7 @@ impl Tensor {
     /// the same span of columns, so any input size gives the same output size.
     pub fn adaptive_avg_pool2d(&self, size: [usize; 2]) -> Result<Tensor> {
         let [_, _, h, w] = nchw("adaptive_avg_pool2d", self)?;
-        if size.contains(&0) || h == 0 || w == 0 {
-            return Err(Error::invalid(
-                "adaptive_avg_pool2d",
-                format!("needs a positive output size and a non-empty input, got {size:?} for {:?}", self.shape()),
-            ));
-        }
+        check_resize("adaptive_avg_pool2d", self, size)?;
         self.resample2d(adaptive_matrix(size[0], h), size[0], adaptive_matrix(size[1], w), size[1])
     }
 
@@ -287,7 +288,7 @@ impl Tensor {
     /// same for columns. Gradient: each input pixel collects its copies' gradients.
     pub fn upsample_nearest2d(&self, size: [usize; 2]) -> Result<Tensor> {
         let [_, _, h, w] = nchw("upsample_nearest2d", self)?;
-        check_resize("upsample_nearest2d", size, h, w)?;
+        check_resize("upsample_nearest2d", self, size)?;
         let pick = |out: usize, inp: usize| -> Result<Tensor> {
             let rows: Vec<f32> = (0..out).map(|i| ((i * inp) / out).min(inp - 1) as f32).collect();
             Tensor::from_vec(rows, &[out])?.to(self.device())
@@ -301,21 +302,26 @@ impl Tensor {
     /// with `align_corners`).
     pub fn upsample_bilinear2d(&self, size: [usize; 2], align_corners: bool) -> Result<Tensor> {
         let [_, _, h, w] = nchw("upsample_bilinear2d", self)?;
-        check_resize("upsample_bilinear2d", size, h, w)?;
+        check_resize("upsample_bilinear2d", self, size)?;
         let mh = linear_matrix(size[0], h, align_corners);
         let mw = linear_matrix(size[1], w, align_corners);
         self.resample2d(mh, size[0], mw, size[1])
     }
 }
 
-fn check_resize(op: &'static str, size: [usize; 2], h: usize, w: usize) -> Result<()> {
+/// Checks a resize of `x` to `size`: positive sizes, an output whose element count fits,
+/// and resampling matrices (`[size, input]` per axis) the memory can hold.
+fn check_resize(op: &'static str, x: &Tensor, size: [usize; 2]) -> Result<()> {
+    let [n, c, h, w] = nchw(op, x)?;
     if size.contains(&0) || h == 0 || w == 0 {
         return Err(Error::invalid(
             op,
             format!("needs a positive size and a non-empty input, got {size:?} for {h}x{w}"),
         ));
     }
-    Ok(())
+    checked_elem_count(op, &[n, c, size[0], size[1]])?;
+    let matrices = checked_elem_count(op, &[size[0], h])?.saturating_add(checked_elem_count(op, &[size[1], w])?);
+    crate::backend::ensure_room(crate::Device::Cpu, (matrices as u64).saturating_mul(4), op)
 }
 
 /// `[out, inp]`: row `i` averages inputs `⌊i·inp/out⌋..⌈(i+1)·inp/out⌉`.

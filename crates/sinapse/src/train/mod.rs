@@ -186,9 +186,11 @@ pub struct FitConfig {
     /// Seed of the per-epoch shuffle.
     pub seed: u64,
     /// Batches between reads of the loss to the host (the NaN check and the observer's
-    /// `on_batch` calls happen then, for each batch since the last read). `None`: every
-    /// batch on the CPU, where reading is free, and every 25 on a GPU, where each read waits
-    /// for the device to finish. The epoch's metric is summed on the device and read once.
+    /// `on_batch` calls happen then, for each batch since the last read, after its update).
+    /// `None`: every batch on the CPU, where reading is free (and the check comes before the
+    /// update, so a non-finite loss leaves the weights as they were), and every 25 on a GPU,
+    /// where each read waits for the device (a non-finite loss is then found after up to 24
+    /// more updates). The epoch's metrics are kept on the device and read once.
     pub progress_every: Option<usize>,
 }
 
@@ -301,28 +303,41 @@ fn metric_sum(task: &Task, loss: LossKind, outputs: &Tensor, y: &Tensor) -> Resu
     }
 }
 
-/// The losses of the batches since the last read to the host, read together (one transfer),
-/// checked, added to `loss_sum` and reported to the observer batch by batch.
+/// The losses of the batches since the last report, read to the host together (one
+/// transfer), checked, then added to the epoch's sum and reported to the observer batch by
+/// batch, after their updates.
 struct PendingLosses {
-    /// (batch number from 1, its loss as a detached scalar tensor, its size).
-    batches: Vec<(usize, Tensor, usize)>,
+    /// (batch number from 1, its loss as a detached scalar tensor, its size, its value once read).
+    batches: Vec<(usize, Tensor, usize, Option<f32>)>,
 }
 
 impl PendingLosses {
-    fn flush(&mut self, epoch: usize, batches: usize, loss_sum: &mut f64, observer: &mut dyn Observer) -> Result<()> {
-        if self.batches.is_empty() {
-            return Ok(());
-        }
-        let values = if self.batches.len() == 1 {
-            vec![self.batches[0].1.to_scalar()?]
-        } else {
-            let refs: Vec<&Tensor> = self.batches.iter().map(|(_, t, _)| t).collect();
-            Tensor::stack(&refs, 0)?.to_vec()
+    /// Reads the values not read yet and fails on the first non-finite one, naming its batch.
+    fn read(&mut self, epoch: usize) -> Result<()> {
+        let unread: Vec<usize> = (0..self.batches.len()).filter(|&i| self.batches[i].3.is_none()).collect();
+        let values = match unread.as_slice() {
+            [] => return Ok(()),
+            [i] => vec![self.batches[*i].1.to_scalar()?],
+            _ => {
+                let refs: Vec<&Tensor> = unread.iter().map(|&i| &self.batches[i].1).collect();
+                Tensor::stack(&refs, 0)?.to_vec()
+            }
         };
-        for ((b, _, size), value) in self.batches.drain(..).zip(values) {
+        for (&i, value) in unread.iter().zip(values) {
+            let b = self.batches[i].0;
             if !value.is_finite() {
                 return Err(Error::NonFinite { what: format!("loss at epoch {epoch}, batch {b}"), value });
             }
+            self.batches[i].3 = Some(value);
+        }
+        Ok(())
+    }
+
+    /// Reads what is unread, then adds every batch to `loss_sum` and tells the observer.
+    fn report(&mut self, epoch: usize, batches: usize, loss_sum: &mut f64, observer: &mut dyn Observer) -> Result<()> {
+        self.read(epoch)?;
+        for (b, _, size, value) in self.batches.drain(..) {
+            let value = value.unwrap_or(f32::NAN);
             *loss_sum += value as f64 * size as f64;
             observer.on_batch(epoch, b, batches, size, value);
         }
@@ -404,11 +419,12 @@ pub fn fit(
             let outputs = model.forward(&x, Mode::Train)?;
             let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
             let size = x.shape()[0];
-            pending.batches.push((b + 1, loss.detach(), size));
-            if pending.batches.len() >= every {
-                // On the CPU (every batch) this comes before the update, so a non-finite loss
-                // leaves the weights as they were.
-                pending.flush(epoch, batches, &mut loss_sum, observer)?;
+            pending.batches.push((b + 1, loss.detach(), size, None));
+            if every == 1 {
+                // Read before the update (free on the CPU): a non-finite loss leaves the
+                // weights as they were. Read every few batches (a GPU), it is found after up to
+                // `every - 1` more updates.
+                pending.read(epoch)?;
             }
             let mut grads = loss.backward()?;
             if let Some(max_norm) = cfg.clip_grad_norm {
@@ -416,12 +432,15 @@ pub fn fit(
             }
             opt.step(&grads)?;
             metric_sums.push(metric_sum(&cfg.task, cfg.loss, &outputs, &y)?);
+            if pending.batches.len() >= every {
+                pending.report(epoch, batches, &mut loss_sum, observer)?;
+            }
             metric_count += match cfg.task {
                 Task::Classification { .. } => size,
                 Task::Regression | Task::Reconstruction { .. } => y.elem_count(),
             };
         }
-        pending.flush(epoch, batches, &mut loss_sum, observer)?;
+        pending.report(epoch, batches, &mut loss_sum, observer)?;
         let metric: f64 = if metric_sums.is_empty() {
             0.0
         } else {
