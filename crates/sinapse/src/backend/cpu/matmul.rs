@@ -1,5 +1,5 @@
-//! The matrix product, through the `gemm` crate (multi-threaded, vectorised, strided
-//! operands read in place).
+//! The matrix product, through the `gemm-f32` crate (multi-threaded, vectorised, strided
+//! operands read in place), and a matrix-vector kernel of its own for a single row.
 
 use rayon::prelude::*;
 
@@ -34,7 +34,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     let (sa, sb) = (la.strides(), lb.strides());
     let (ra, rb) = (la.rank(), lb.rank());
     // dst = a[bi][:, ks] · b[bi][ks, :] for the inner range `ks` (all of k, or one slice of it).
-    let product = |dst: SendPtr, bi: usize, ks: std::ops::Range<usize>, parallelism: gemm::Parallelism| {
+    let product = |dst: SendPtr, bi: usize, ks: std::ops::Range<usize>, parallelism: gemm_common::Parallelism| {
         let oa = batch_offset(la, bi) + ks.start * sa[ra - 1];
         let ob = batch_offset(lb, bi) + ks.start * sb[rb - 2];
         // SAFETY: the layouts were checked against the storages when the tensors were made (and
@@ -42,21 +42,25 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
         // `b`; `dst` is an m x n block (allocated, perhaps uninitialised: gemm only writes
         // it) that no other call writes at the same time.
+        //
+        // gemm_f32's kernels write a column-major destination: the row-major C = A·B is
+        // computed as the column-major Cᵀ = Bᵀ·Aᵀ, the same memory read with the roles of rows
+        // and columns swapped (what the `gemm` facade does before calling them).
         unsafe {
-            gemm::gemm(
-                m,
+            gemm_f32::gemm::f32::get_gemm_fn()(
                 n,
+                m,
                 ks.len(),
                 dst.get(),
-                1,
                 n as isize,
+                1,
                 false,
-                a.as_ptr().add(oa),
-                sa[ra - 1] as isize,
-                sa[ra - 2] as isize,
                 b.as_ptr().add(ob),
-                sb[rb - 1] as isize,
                 sb[rb - 2] as isize,
+                sb[rb - 1] as isize,
+                a.as_ptr().add(oa),
+                sa[ra - 2] as isize,
+                sa[ra - 1] as isize,
                 0.0,
                 1.0,
                 false,
@@ -107,7 +111,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
                 let ks = (t * chunk).min(k)..((t + 1) * chunk).min(k);
                 let mut part = vec![0.0f32; m * n];
                 if !ks.is_empty() {
-                    product(SendPtr(part.as_mut_ptr()), 0, ks, gemm::Parallelism::None);
+                    product(SendPtr(part.as_mut_ptr()), 0, ks, gemm_common::Parallelism::None);
                 }
                 part
             })
@@ -123,9 +127,9 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     let dst = SendPtr(out.as_mut_ptr());
     let block = |bi: usize| SendPtr(dst.get().wrapping_add(bi * m * n));
     if batch > 1 && m * n * k < SMALL_GEMM {
-        (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm::Parallelism::None));
+        (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm_common::Parallelism::None));
     } else {
-        let parallelism = if nested { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
+        let parallelism = if nested { gemm_common::Parallelism::None } else { gemm_common::Parallelism::Rayon(0) };
         (0..batch).for_each(|bi| product(block(bi), bi, 0..k, parallelism));
     }
     // SAFETY: the capacity is `len`, and the `batch` products above wrote all of it (m, n and
