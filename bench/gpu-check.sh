@@ -47,7 +47,7 @@ else
     row "device op suite on cuda" "FAILED: $(tail -n 1 "$logs/devices.log") (see $logs/devices.log)"
 fi
 
-for spec in mnist_mlp mnist_cnn mnist_lstm; do
+for spec in mnist_mlp mnist_cnn mnist_cnn_bn mnist_lstm; do
     if step "train-$spec" 300 "$bin/sinapse" train "models/$spec.toml" --device cuda --out "$logs/model-$spec"; then
         row "train $spec --device cuda" "$(grep 'test accuracy' "$logs/train-$spec.log" | tail -n 1)"
     else
