@@ -61,14 +61,7 @@ impl Dataset {
 
 /// Row numbers as an index tensor (f32 counts exactly up to 2²⁴ rows).
 fn index_tensor(indices: &[usize]) -> Result<Tensor> {
-    if let Some(&big) = indices.iter().find(|&&i| i >= crate::ops::index::MAX_EXACT_INDEX) {
-        return Err(Error::IndexOutOfRange {
-            op: "Dataset",
-            index: big as f64,
-            size: crate::ops::index::MAX_EXACT_INDEX,
-        });
-    }
-    Tensor::from_vec(indices.iter().map(|&i| i as f32).collect(), &[indices.len()])
+    crate::ops::index::index_tensor("Dataset", indices.iter().copied(), crate::Device::Cpu)
 }
 
 /// The row indices of each minibatch of one epoch, as index tensors for

@@ -376,8 +376,8 @@ impl Module for PositionalEncoding {
                 format!("expects inputs [batch, length <= {max_len}, {dim}], got {:?}", x.shape()),
             ));
         }
-        let table = if table.device() == x.device() { table.clone() } else { table.to(x.device())? };
-        x.add(&table.narrow(0, 0, x.shape()[1])?)
+        // The rows this input needs, moved to its device when the table lives elsewhere.
+        x.add(&table.narrow(0, 0, x.shape()[1])?.to(x.device())?)
     }
     fn describe(&self) -> String {
         let kind = if self.weight.is_some() { "learned" } else { "sinusoidal" };

@@ -4,6 +4,7 @@
 //! `var`/`std`, `norm`, `logsumexp`, `sort`/`topk`, `repeat`, `flip`, `roll`, reflect and
 //! replicate padding, `split`/`chunk`/`unbind`, `tril`/`triu`/`eye`.
 
+use super::index::index_tensor;
 use super::{binary_kernel, binary_op, grad_if, unary_kernel};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::layout::Dim;
@@ -19,13 +20,6 @@ pub enum PadMode {
     Reflect,
     /// The edge value repeated.
     Replicate,
-}
-
-/// Indices as an f32 tensor on `device` (the form index ops take).
-fn index_tensor(indices: impl IntoIterator<Item = usize>, device: Device) -> Result<Tensor> {
-    let v: Vec<f32> = indices.into_iter().map(|i| i as f32).collect();
-    let n = v.len();
-    Tensor::from_vec(v, &[n])?.to(device)
 }
 
 impl Tensor {
@@ -281,7 +275,7 @@ impl Tensor {
             }
             let d = d.axis("flip", self.rank())?;
             let n = self.shape()[d];
-            t = t.index_select(d, &index_tensor((0..n).rev(), self.device())?)?;
+            t = t.index_select(d, &index_tensor("flip", (0..n).rev(), self.device())?)?;
         }
         Ok(t)
     }
@@ -295,7 +289,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let s = shift.rem_euclid(n as isize) as usize;
-        self.index_select(dim, &index_tensor((0..n).map(|i| (i + n - s) % n), self.device())?)
+        self.index_select(dim, &index_tensor("roll", (0..n).map(|i| (i + n - s) % n), self.device())?)
     }
 
     /// Pads axis `dim` with `before` and `after` entries filled by `mode` (PyTorch's `F.pad`
@@ -327,7 +321,7 @@ impl Tensor {
             PadMode::Replicate if n == 0 => Err(Error::invalid("pad", format!("cannot replicate empty axis {dim}"))),
             _ => {
                 let positions = (-(before as isize))..(n as isize + after as isize);
-                self.index_select(dim, &index_tensor(positions.map(source), self.device())?)
+                self.index_select(dim, &index_tensor("pad", positions.map(source), self.device())?)
             }
         }
     }

@@ -289,9 +289,12 @@ impl Tensor {
     pub fn upsample_nearest2d(&self, size: [usize; 2]) -> Result<Tensor> {
         let [_, _, h, w] = nchw("upsample_nearest2d", self)?;
         check_resize("upsample_nearest2d", self, size)?;
-        let pick = |out: usize, inp: usize| -> Result<Tensor> {
-            let rows: Vec<f32> = (0..out).map(|i| ((i * inp) / out).min(inp - 1) as f32).collect();
-            Tensor::from_vec(rows, &[out])?.to(self.device())
+        let pick = |out: usize, inp: usize| {
+            super::index::index_tensor(
+                "upsample_nearest2d",
+                (0..out).map(|i| ((i * inp) / out).min(inp - 1)),
+                self.device(),
+            )
         };
         self.index_select(2, &pick(size[0], h)?)?.index_select(3, &pick(size[1], w)?)
     }

@@ -11,6 +11,25 @@ use crate::layout::Dim;
 use crate::layout::{checked_elem_count, Layout};
 use crate::{Error, Result, Tensor};
 
+/// Positions made on the host as an index tensor `[n]` on `device` (f32 holds whole numbers
+/// exactly below [`MAX_EXACT_INDEX`]; a position from there on is an error naming `op`, never a
+/// rounded index).
+pub(crate) fn index_tensor(
+    op: &'static str,
+    indices: impl IntoIterator<Item = usize>,
+    device: crate::Device,
+) -> Result<Tensor> {
+    let mut values = Vec::new();
+    for i in indices {
+        if i >= MAX_EXACT_INDEX {
+            return Err(Error::IndexOutOfRange { op, index: i as f64, size: MAX_EXACT_INDEX });
+        }
+        values.push(i as f32);
+    }
+    let n = values.len();
+    Tensor::from_vec(values, &[n])?.to(device)
+}
+
 impl Tensor {
     /// The entries `indices[0], indices[1], ..` of axis `dim` (a 1-D list of positions, repeats
     /// allowed). Gradient: each output slice's gradient is added back at its source position

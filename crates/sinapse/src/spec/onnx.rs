@@ -53,13 +53,7 @@ impl Builder {
 
     /// `x · wᵀ + b` over the last axis of `x` (any rank), `w` given as `[out, in]` values.
     fn dense(&mut self, x: &str, w: &[f32], b: &[f32], out: usize, inp: usize) -> String {
-        let mut wt = vec![0.0; w.len()];
-        for o in 0..out {
-            for i in 0..inp {
-                wt[i * out + o] = w[o * inp + i];
-            }
-        }
-        let wn = self.constant("weight_t", &[inp, out], wt);
+        let wn = self.constant("weight_t", &[inp, out], transposed(w, out, inp));
         let bn = self.constant("bias", &[out], b.to_vec());
         let y = self.node("MatMul", &[x, &wn], vec![]);
         self.node("Add", &[&y, &bn], vec![])
@@ -67,14 +61,8 @@ impl Builder {
 
     /// `mh · x · mwᵀ` over the last two axes, `mh` `[OH, H]` and `mw` `[OW, W]` given as values.
     fn resample(&mut self, x: &str, mh: Vec<f32>, hs: [usize; 2], mw: Vec<f32>, ws: [usize; 2]) -> String {
-        let mut mwt = vec![0.0; mw.len()];
-        for o in 0..ws[0] {
-            for i in 0..ws[1] {
-                mwt[i * ws[0] + o] = mw[o * ws[1] + i];
-            }
-        }
         let mh = self.constant("rows", &hs, mh);
-        let mwt = self.constant("cols", &[ws[1], ws[0]], mwt);
+        let mwt = self.constant("cols", &[ws[1], ws[0]], transposed(&mw, ws[0], ws[1]));
         let y = self.node("MatMul", &[x, &mwt], vec![]);
         self.node("MatMul", &[&mh, &y], vec![])
     }
@@ -143,6 +131,11 @@ impl Builder {
         }
         self.nodes.push(n);
     }
+}
+
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` matrix's values.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols * rows).map(|e| m[(e % rows) * cols + e / rows]).collect()
 }
 
 /// A graph input or output of f32 values with a symbolic batch axis `N`.
