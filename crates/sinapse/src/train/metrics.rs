@@ -195,8 +195,13 @@ pub fn regression_metrics_columns(predicted: &[f32], truth: &[f32], columns: usi
 
 /// Number of rows whose largest output is at the label's class.
 pub fn correct_count(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<usize> {
+    Ok(correct(logits, labels)?.to_scalar()? as usize)
+}
+
+/// [`correct_count`] as a scalar tensor where the logits are (nothing read to the host).
+pub(crate) fn correct(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<crate::Tensor> {
     let predicted = logits.argmax(logits.rank().saturating_sub(1), false)?;
-    Ok(predicted.eq(labels)?.sum_all()?.to_scalar()? as usize)
+    predicted.eq(labels)?.sum_all()
 }
 
 #[cfg(test)]

@@ -294,7 +294,7 @@ impl Observer for Silent {}
 fn metric_sum(task: &Task, loss: LossKind, outputs: &Tensor, y: &Tensor) -> Result<Tensor> {
     let _off = no_grad();
     match task {
-        Task::Classification { .. } => outputs.argmax(outputs.rank().saturating_sub(1), false)?.eq(y)?.sum_all(),
+        Task::Classification { .. } => metrics::correct(outputs, y),
         Task::Regression => outputs.flatten_all()?.sub(&y.flatten_all()?)?.abs()?.sum_all(),
         Task::Reconstruction { .. } => {
             let diff = loss.prediction(outputs)?.sub(y)?;
