@@ -3,7 +3,8 @@
 # bench/gpu-prepare.sh has built gpu-run/ (on any machine with cargo; the GPU machine needs
 # no Rust). It runs, each step bounded in time:
 #   1. the library's unit tests (the NVRTC compile of every kernel among them);
-#   2. the device op suite with CUDA required (every op and optimizer against the CPU);
+#   2. the device op suite with CUDA required (every op and optimizer against the CPU, and
+#      NCCL's all-reduce and broadcast on one rank, with PyTorch's libnccl when it has one);
 #   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
 #   4. the benchmarks on the GPU, Sinapse and PyTorch (python3 with CUDA) interleaved;
 # and prints one table last. Logs go to $OUT (or gpu-run/out/).
@@ -41,10 +42,21 @@ else
     row "unit tests (NVRTC compile incl.)" "FAILED (see $logs/unit.log)"
 fi
 
+# NCCL (gradient all-reduce between GPUs) is loaded at run time: PyTorch's CUDA wheels bring
+# it as the nvidia-nccl package.
+nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+[ -n "$nccl_lib" ] && export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
     row "device op suite on cuda" "$(grep 'all .* passed' "$logs/devices.log")"
 else
     row "device op suite on cuda" "FAILED: $(tail -n 1 "$logs/devices.log") (see $logs/devices.log)"
+fi
+if grep -q "NCCL not covered" "$logs/devices.log"; then
+    row "NCCL, one rank" "not run: $(grep -m1 'NCCL not covered' "$logs/devices.log")"
+elif grep -q "NCCL" "$logs/devices.log"; then
+    row "NCCL, one rank" "FAILED: $(grep -m1 'NCCL' "$logs/devices.log")"
+else
+    row "NCCL, one rank" "all-reduce, broadcast, gradients: passed (in the suite's count)"
 fi
 
 for spec in mnist_mlp mnist_cnn mnist_cnn_bn mnist_lstm; do

@@ -117,7 +117,7 @@ fn main() {
 
 /// The error and its causes on one line, each cause once: a cause whose text its context
 /// already quotes (an IO error inside "path: error") is not repeated.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
         let text = cause.to_string();

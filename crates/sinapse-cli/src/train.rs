@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use sinapse::dist::Communicator;
 use sinapse::job;
 use sinapse::nn::Module;
 use sinapse::spec::{ModelSpec, TrainedModel, ValidationSpec};
@@ -29,6 +30,12 @@ pub struct TrainArgs {
     /// Train this many epochs instead of the spec's.
     #[arg(long)]
     epochs: Option<usize>,
+    /// Data-parallel training over the processes mpirun started (`mpirun -np 2 sinapse train
+    /// SPEC --distributed`): each takes its part of every batch, gradients are averaged by
+    /// MPI (by NCCL on GPUs, one per process), rank 0 prints and saves. Needs a binary built
+    /// with `--features mpi`.
+    #[arg(long)]
+    distributed: bool,
 }
 
 /// One line of metrics for an evaluation.
@@ -119,11 +126,56 @@ impl AutoencoderPictures {
 /// Above this many classes no confusion matrix is drawn or written.
 const MAX_PLOTTED_CLASSES: usize = 50;
 
+/// The processes to train with: MPI's world under `--distributed`, else this one alone.
+#[cfg(feature = "mpi")]
+fn communicator(distributed: bool) -> Result<Communicator> {
+    Ok(if distributed { Communicator::mpi()? } else { Communicator::local() })
+}
+
+/// The processes to train with: this one alone (`--distributed` needs the `mpi` feature).
+#[cfg(not(feature = "mpi"))]
+fn communicator(distributed: bool) -> Result<Communicator> {
+    if distributed {
+        anyhow::bail!(
+            "--distributed: this sinapse was built without MPI; build it with `cargo build --release -p \
+             sinapse-cli --features mpi` (needs Debian's openmpi-bin, libopenmpi-dev and libclang-dev)"
+        );
+    }
+    Ok(Communicator::local())
+}
+
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let comm = communicator(args.distributed)?;
+    if comm.world_size() == 1 {
+        return run_on(args, &comm);
+    }
+    // One rank's error would leave the others waiting in their next all-reduce: it ends
+    // them all (mpirun then names the rank that called the abort).
+    run_on(args, &comm).or_else(|e| {
+        crate::output::note(format_args!(
+            "error: rank {} of {}: {}",
+            comm.rank(),
+            comm.world_size(),
+            crate::one_line(&e)
+        ));
+        comm.abort(1)
+    })
+}
+
+/// Trains as one rank of `comm`.
+fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
     let spec_path = args.spec.unwrap_or_else(|| crate::repo_path("models/mnist_mlp.toml"));
     let (mut spec, base) = crate::load_spec(&spec_path)?;
     crate::override_device(&mut spec, args.device)?;
+    let root = comm.is_root();
+    let mut comm = comm.clone();
+    if comm.world_size() > 1 && matches!(spec.device()?, sinapse::Device::Cuda(_)) {
+        // One GPU per process, by its rank on the machine; gradients go over NCCL.
+        let device = sinapse::Device::Cuda(comm.local_rank());
+        crate::override_device(&mut spec, Some(device.to_string()))?;
+        comm = comm.nccl(device)?;
+    }
     if args.tf32 {
         spec.tf32 = Some(true);
     }
@@ -135,18 +187,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
         PathBuf::from("runs").join(spec_path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned()))
     });
     // Before any work: where the model will go must be free, empty or a model directory.
-    sinapse::spec::TrainedModel::check_out_dir(&out)?;
-    let verbosity = if args.quiet { Verbosity::Quiet } else { Verbosity::Normal };
+    if root {
+        sinapse::spec::TrainedModel::check_out_dir(&out)?;
+    }
+    // Only rank 0 speaks.
+    let verbosity = if args.quiet || !root { Verbosity::Quiet } else { Verbosity::Normal };
     let mut progress = ProgressReporter::new(verbosity);
-    if let Some(ValidationSpec::Kfold { .. } | ValidationSpec::Loo) = spec.validation {
+    if let (true, Some(ValidationSpec::Kfold { .. } | ValidationSpec::Loo)) = (root, &spec.validation) {
         outln!(
             "note: the spec's cross-validation runs with `sinapse cv`; train fits one model on all the training data"
         );
     }
-    if !args.quiet {
+    if verbosity == Verbosity::Normal {
         outln!("spec {}: {} samples per batch, {} epochs", spec_path.display(), spec.batch_size, spec.epochs);
+        if comm.world_size() > 1 {
+            outln!(
+                "distributed: {} processes over {}, {} samples of each batch per process",
+                comm.world_size(),
+                comm.engine(),
+                spec.batch_size.div_ceil(comm.world_size())
+            );
+        }
     }
-    let outcome = job::train(&spec, &base, &mut progress)?;
+    let outcome = job::train_distributed(&spec, &base, &mut progress, &comm)?;
+    if !root {
+        return Ok(());
+    }
     // What training found is printed after the save: nothing about standard output (a full
     // disk behind a redirection) may lose the trained model.
     let mut summary = Vec::new();

@@ -144,6 +144,18 @@ pub enum Error {
         /// What went wrong.
         source: Box<Error>,
     },
+    /// A collective operation between training processes failed or timed out.
+    #[error("rank {rank} of {world}: {what}: {msg}")]
+    Distributed {
+        /// This process's rank.
+        rank: usize,
+        /// Number of processes.
+        world: usize,
+        /// The operation (`all-reduce`, `broadcast`, starting MPI or NCCL).
+        what: String,
+        /// What went wrong.
+        msg: String,
+    },
     /// A file's contents are not what its format requires.
     #[error("{path}: {msg}")]
     Format {

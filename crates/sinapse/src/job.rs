@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use crate::data::{split, Dataset, Scaler, Scaling};
+use crate::dist::Communicator;
 use crate::gradcheck::{gradcheck_parameters, GradcheckOptions, ParamCheck};
 use crate::nn::{Mode, Module, Sequential};
 use crate::spec::{class_indices, ModelCard, ModelSpec, RawData, TrainedModel, ValidationSpec, SPLIT_SALT};
-use crate::train::{evaluate, fit, Evaluation, History, Metrics, Observer, Task};
+use crate::train::{evaluate, evaluate_distributed, fit, Evaluation, History, Metrics, Observer, Task};
 use crate::{Error, Result, Rng};
 
 /// What [`train`] produced.
@@ -55,6 +56,20 @@ fn fresh_model(spec: &ModelSpec, input_shape: &[usize], task: &Task) -> Result<S
 /// the scaling on the training part, trains a fresh model, and evaluates it on the validation
 /// and test sets. `base` is the spec's folder (data paths are relative to it).
 pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Result<JobOutcome> {
+    train_distributed(spec, base, observer, &Communicator::local())
+}
+
+/// [`train`] as one rank of data-parallel training over `comm` (each rank runs this with the
+/// same spec; see [`crate::train::FitConfig::communicator`]): the same split, scaling and
+/// initial weights everywhere, each batch shared out over the ranks, and the validation and
+/// test evaluations split and reduced, so every rank returns the figures of the whole sets.
+/// Writing the model is the caller's, on rank 0 only.
+pub fn train_distributed(
+    spec: &ModelSpec,
+    base: &Path,
+    observer: &mut dyn Observer,
+    comm: &Communicator,
+) -> Result<JobOutcome> {
     let raw = spec.load_data(base)?;
     let (train_part, val_part) = match spec.validation {
         Some(ValidationSpec::Holdout { train_fraction, stratified }) => {
@@ -75,9 +90,10 @@ pub fn train(spec: &ModelSpec, base: &Path, observer: &mut dyn Observer) -> Resu
     let input_shape = train.x().shape()[1..].to_vec();
     let model = fresh_model(spec, &input_shape, &raw.task)?;
     let mut opt = spec.optimizer.build(model.parameters())?;
-    let cfg = spec.fit_config(raw.task);
+    let mut cfg = spec.fit_config(raw.task);
+    cfg.communicator = Some(comm.clone());
     let history = fit(&model, opt.as_mut(), &train, val.as_ref(), &cfg, observer)?;
-    let eval = |d: &Dataset| evaluate(&model, d, &raw.task, cfg.loss, 1024);
+    let eval = |d: &Dataset| evaluate_distributed(comm, &model, d, &raw.task, cfg.loss, 1024);
     let validation = val.as_ref().map(eval).transpose()?;
     let test = test.as_ref().map(eval).transpose()?;
     let card = model_card(spec, &raw, input_shape, scaler);

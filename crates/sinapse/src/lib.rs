@@ -92,6 +92,7 @@ pub mod autograd;
 pub mod backend;
 pub mod data;
 mod device;
+pub mod dist;
 mod error;
 pub mod gradcheck;
 pub mod job;

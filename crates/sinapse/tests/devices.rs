@@ -368,6 +368,40 @@ fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<
     Ok(p.to_vec())
 }
 
+/// A NCCL communicator of one rank on `device` runs its real collectives (a sum over one rank
+/// is the input; a broadcast from it too), through the bucketed paths training uses: `Err`
+/// when NCCL cannot be started (no library), else the first wrong value.
+fn nccl_check(device: Device) -> Result<Option<String>> {
+    let comm = sinapse::dist::Communicator::local().nccl(device)?;
+    let mut rng = Rng::seed(11);
+    let a = Tensor::rand_normal(&[3, 5], 0.0, 1.0, &mut rng)?;
+    let b = Tensor::rand_normal(&[7], 0.0, 1.0, &mut rng)?;
+    let sums = comm.all_reduce_sum(&[a.to(device)?, b.to(device)?])?;
+    for (got, want) in sums.iter().zip([&a, &b]) {
+        if got.shape() != want.shape() || got.device() != device {
+            return Ok(Some(format!("all-reduce gave {:?} on {}", got.shape(), got.device())));
+        }
+        if let Some(p) = mismatch(&got.to_vec(), &want.to_vec()) {
+            return Ok(Some(format!("all-reduce: {p}")));
+        }
+    }
+    let target = Tensor::zeros_on(&[3, 5], device)?;
+    comm.broadcast(std::slice::from_ref(&target), 0)?;
+    if target.to_vec().iter().any(|&v| v != 0.0) {
+        return Ok(Some("broadcast from rank 0 changed rank 0's values".into()));
+    }
+    let p = a.to(device)?;
+    let mut grads = Gradients::default();
+    grads.insert(&p, b.narrow(0, 0, 3)?.unsqueeze(1)?.broadcast_to(&[3, 5])?.to(device)?);
+    let extras =
+        sinapse::dist::all_reduce_gradients(&comm, std::slice::from_ref(&p), &mut grads, 0.5, &[Tensor::scalar(4.0)])?;
+    let want: Vec<f32> = b.narrow(0, 0, 3)?.to_vec().iter().flat_map(|&v| [v * 0.5; 5]).collect();
+    if let Some(problem) = mismatch(&grads.get(&p).expect("a gradient").to_vec(), &want) {
+        return Ok(Some(format!("gradients: {problem}")));
+    }
+    Ok((extras[0].to_vec() != [4.0]).then(|| format!("extras came back as {:?}", extras[0].to_vec())))
+}
+
 const OPTIMIZERS: [&str; 5] = ["sgd", "sgd nesterov", "adam", "adamw", "rmsprop momentum"];
 
 fn main() {
@@ -414,6 +448,17 @@ fn main() {
                     Err(e) => outcome_of(Ok(None), Some(e.to_string())),
                 };
                 record(format!("optimizer {which} on {device}, {layout:?} gradients"), problem);
+            }
+        }
+    }
+    for &device in devices.iter().filter(|d| **d != Device::Cpu) {
+        match nccl_check(device) {
+            Ok(problem) => record(format!("NCCL all-reduce and broadcast on {device} (one rank)"), problem),
+            Err(e) => {
+                println!("device suite: NCCL not covered on {device}: {e}");
+                if std::env::var("SINAPSE_REQUIRE_NCCL").is_ok_and(|v| v == "1") {
+                    record(format!("NCCL on {device}"), Some(format!("SINAPSE_REQUIRE_NCCL=1 but {e}")));
+                }
             }
         }
     }

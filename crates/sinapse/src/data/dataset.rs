@@ -68,6 +68,11 @@ fn index_tensor(indices: &[usize]) -> Result<Tensor> {
 /// [`Tensor::index_select`]. With an `rng` the order is shuffled. The last batch keeps the
 /// remainder unless `drop_last`.
 pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>, drop_last: bool) -> Result<Vec<Tensor>> {
+    batch_orders(n, batch_size, rng, drop_last)?.iter().map(|rows| index_tensor(rows)).collect()
+}
+
+/// The row numbers of each minibatch of one epoch ([`batch_indices`] as lists).
+fn batch_orders(n: usize, batch_size: usize, rng: Option<&mut Rng>, drop_last: bool) -> Result<Vec<Vec<usize>>> {
     if batch_size == 0 {
         return Err(Error::invalid("batch_indices", "batch size must be at least 1"));
     }
@@ -75,7 +80,7 @@ pub fn batch_indices(n: usize, batch_size: usize, rng: Option<&mut Rng>, drop_la
         Some(rng) => rng.permutation(n),
         None => (0..n).collect(),
     };
-    order.chunks(batch_size).filter(|c| !drop_last || c.len() == batch_size).map(index_tensor).collect()
+    Ok(order.chunks(batch_size).filter(|c| !drop_last || c.len() == batch_size).map(<[usize]>::to_vec).collect())
 }
 
 /// Serves a [`Dataset`] in minibatches, reshuffled every epoch when shuffling is on (as
@@ -86,6 +91,8 @@ pub struct DataLoader<'a> {
     rng: Option<Rng>,
     drop_last: bool,
     device: Option<Device>,
+    /// (rank, world): each batch is cut to this rank's contiguous part.
+    shard: Option<(usize, usize)>,
 }
 
 impl<'a> DataLoader<'a> {
@@ -94,7 +101,7 @@ impl<'a> DataLoader<'a> {
         if batch_size == 0 {
             return Err(Error::invalid("DataLoader", "batch size must be at least 1"));
         }
-        Ok(DataLoader { data, batch_size, rng: None, drop_last: false, device: None })
+        Ok(DataLoader { data, batch_size, rng: None, drop_last: false, device: None, shard: None })
     }
 
     /// Shuffles every epoch, from a generator seeded with `seed`.
@@ -113,6 +120,15 @@ impl<'a> DataLoader<'a> {
     /// dataset: each batch is gathered where the data is, then copied.
     pub fn to_device(mut self, device: Device) -> Self {
         self.device = Some(device);
+        self
+    }
+
+    /// Serves rank `rank` of `world` data-parallel processes its part of every batch: each
+    /// batch (drawn in the same order on every rank, from the same seed) is cut in `world`
+    /// contiguous parts ([`crate::dist::shard_range`]) and this rank gets part `rank`, which
+    /// is empty when a short last batch has fewer samples than ranks.
+    pub fn shard(mut self, rank: usize, world: usize) -> Self {
+        self.shard = (world > 1).then_some((rank, world));
         self
     }
 
@@ -137,8 +153,14 @@ impl<'a> DataLoader<'a> {
         if let Some(d) = device {
             d.check_available()?;
         }
-        let batches = batch_indices(data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
-        Ok(batches.into_iter().map(move |idx| {
+        let shard = self.shard;
+        let batches = batch_orders(data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
+        Ok(batches.into_iter().map(move |rows| {
+            let rows = match shard {
+                Some((rank, world)) => &rows[crate::dist::shard_range(rows.len(), rank, world)],
+                None => &rows[..],
+            };
+            let idx = index_tensor(rows)?;
             let (x, y) = data.batch(&idx)?;
             match device {
                 Some(d) => Ok((x.to(d)?, y.to(d)?)),

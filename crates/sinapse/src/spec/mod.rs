@@ -432,6 +432,7 @@ impl ModelSpec {
             // Its own stream: the shuffle order should not mirror the initial weights' draws.
             seed: self.seed ^ SHUFFLE_SALT,
             progress_every: None,
+            communicator: None,
         }
     }
 }

@@ -18,6 +18,7 @@ pub use metrics::{regression_metrics, ConfusionMatrix, RegressionMetrics};
 pub use progress::{ProgressReporter, Verbosity};
 
 use crate::data::{one_hot, DataLoader, Dataset};
+use crate::dist::{all_reduce_gradients, Communicator};
 use crate::nn::{loss, Mode, Module};
 use crate::optim::{clip_grad_norm, Optimizer, Per, Schedule};
 use crate::{no_grad, Error, Result, Tensor};
@@ -192,6 +193,13 @@ pub struct FitConfig {
     /// where each read waits for the device (a non-finite loss is then found after up to 24
     /// more updates). The epoch's metrics are kept on the device and read once.
     pub progress_every: Option<usize>,
+    /// Data-parallel training over the ranks of this communicator ([`crate::dist`]): every
+    /// rank starts from rank 0's weights and buffers, takes its contiguous part of each
+    /// batch (the batch size is the global one), and the gradients, the batch loss and the
+    /// metric sums are summed over the ranks in one message per step, so every rank steps
+    /// alike and reports the figures of the whole batch. Validation is split over the ranks
+    /// and reduced. `None` (or a world of one): this process alone.
+    pub communicator: Option<Communicator>,
 }
 
 impl FitConfig {
@@ -208,6 +216,7 @@ impl FitConfig {
             clip_grad_norm: None,
             seed: 0,
             progress_every: None,
+            communicator: None,
         }
     }
 }
@@ -380,8 +389,17 @@ pub fn fit(
     }
     let state = model.state_dict();
     let base_lr = opt.lr();
+    let dist = cfg.communicator.as_ref().filter(|c| c.world_size() > 1);
     // Batches are gathered where the data is and handed over on the model's device.
     let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
+    if let Some(c) = dist {
+        // Every replica starts from rank 0's weights and buffers.
+        let tensors: Vec<Tensor> = state.iter().map(|(_, t)| t.clone()).collect();
+        c.broadcast(&tensors, 0)?;
+        loader = loader.shard(c.rank(), c.world_size());
+    }
+    // Target values per sample (what regression metrics are averaged over).
+    let per_sample = train.y().elem_count() / train.len();
     let batches = loader.len();
     let every = cfg.progress_every.unwrap_or(if model.device() == crate::Device::Cpu { 1 } else { 25 }).max(1);
     let mut history = History {
@@ -416,28 +434,55 @@ pub fn fit(
             if cfg.schedule.per == Per::Batch {
                 opt.set_lr(cfg.schedule.lr_at(base_lr, step_of(epoch, b)));
             }
-            let outputs = model.forward(&x, Mode::Train)?;
-            let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
-            let size = x.shape()[0];
-            pending.batches.push((b + 1, loss.detach(), size, None));
-            if every == 1 {
-                // Read before the update (free on the CPU): a non-finite loss leaves the
-                // weights as they were. Read every few batches (a GPU), it is found after up to
-                // `every - 1` more updates.
-                pending.read(epoch)?;
-            }
-            let mut grads = loss.backward()?;
+            // Samples in the whole batch (over all ranks).
+            let global = cfg.batch_size.min(train.len() - b * cfg.batch_size);
+            let (mut grads, metric) = match dist {
+                None => {
+                    let outputs = model.forward(&x, Mode::Train)?;
+                    let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
+                    pending.batches.push((b + 1, loss.detach(), global, None));
+                    if every == 1 {
+                        // Read before the update (free on the CPU): a non-finite loss leaves the
+                        // weights as they were. Read every few batches (a GPU), it is found after
+                        // up to `every - 1` more updates.
+                        pending.read(epoch)?;
+                    }
+                    (loss.backward()?, metric_sum(&cfg.task, cfg.loss, &outputs, &y)?)
+                }
+                Some(c) => {
+                    let size = x.shape()[0];
+                    let (mut grads, sums) = if size > 0 {
+                        let outputs = model.forward(&x, Mode::Train)?;
+                        let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
+                        // This rank's share of the global batch's mean loss: summed over the
+                        // ranks, the gradients are those of the whole batch.
+                        let grads = loss.mul_scalar(size as f32 / global as f32)?.backward()?;
+                        let loss_sum = loss.detach().mul_scalar(size as f32)?;
+                        (grads, [loss_sum, metric_sum(&cfg.task, cfg.loss, &outputs, &y)?])
+                    } else {
+                        let zero = Tensor::zeros_on(&[], model.device())?;
+                        (crate::Gradients::default(), [zero.clone(), zero])
+                    };
+                    let sums = all_reduce_gradients(c, &params, &mut grads, 1.0, &sums)?;
+                    pending.batches.push((b + 1, sums[0].mul_scalar(1.0 / global as f32)?, global, None));
+                    if every == 1 {
+                        pending.read(epoch)?;
+                    }
+                    let [_, metric] = <[Tensor; 2]>::try_from(sums).expect("two sums in, two out");
+                    (grads, metric)
+                }
+            };
             if let Some(max_norm) = cfg.clip_grad_norm {
                 clip_grad_norm(&params, &mut grads, max_norm)?;
             }
             opt.step(&grads)?;
-            metric_sums.push(metric_sum(&cfg.task, cfg.loss, &outputs, &y)?);
+            metric_sums.push(metric);
             if pending.batches.len() >= every {
                 pending.report(epoch, batches, &mut loss_sum, observer)?;
             }
             metric_count += match cfg.task {
-                Task::Classification { .. } => size,
-                Task::Regression | Task::Reconstruction { .. } => y.elem_count(),
+                Task::Classification { .. } => global,
+                Task::Regression | Task::Reconstruction { .. } => global * per_sample,
             };
         }
         pending.report(epoch, batches, &mut loss_sum, observer)?;
@@ -449,9 +494,14 @@ pub fn fit(
         };
         let seconds = start.elapsed().as_secs_f64();
         let n = train.len() as f64;
+        if let Some(c) = dist {
+            // Running statistics (batch norm) saw only each rank's shards: rank 0's are kept.
+            let buffers: Vec<Tensor> = model.named_buffers().into_iter().map(|(_, t)| t).collect();
+            c.broadcast(&buffers, 0)?;
+        }
         let (val_loss, val_metric) = match val {
             Some(v) => {
-                let e = evaluate(model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?;
+                let e = evaluate_on(dist, model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?;
                 (Some(e.loss), Some(e.metric()))
             }
             None => (None, None),
@@ -722,7 +772,59 @@ pub fn evaluate(
     loss: LossKind,
     batch_size: usize,
 ) -> Result<Evaluation> {
-    let outputs = predict(model, data.x(), batch_size)?;
+    score(predict(model, data.x(), batch_size)?, data, task, loss)
+}
+
+/// [`evaluate`] split over the ranks of `comm`: each rank predicts its contiguous part of
+/// `data`, the parts are joined on every rank (one all-reduce of the outputs, each rank's
+/// rows in place and zeros elsewhere), and every rank scores the whole: the figures are those
+/// of one process evaluating all of `data`.
+pub fn evaluate_distributed(
+    comm: &Communicator,
+    model: &dyn Module,
+    data: &Dataset,
+    task: &Task,
+    loss: LossKind,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    if comm.world_size() == 1 {
+        return evaluate(model, data, task, loss, batch_size);
+    }
+    let rows = comm.shard(data.len());
+    let part = predict(model, &data.x().narrow(0, rows.start, rows.len())?, batch_size)?;
+    let full = {
+        let _off = no_grad();
+        let mut shape = part.shape().to_vec();
+        let mut pieces = Vec::with_capacity(3);
+        shape[0] = rows.start;
+        pieces.push(Tensor::zeros_on(&shape, part.device())?);
+        pieces.push(part.clone());
+        shape[0] = data.len() - rows.end;
+        pieces.push(Tensor::zeros_on(&shape, part.device())?);
+        let refs: Vec<&Tensor> = pieces.iter().collect();
+        let placed = Tensor::cat(&refs, 0)?;
+        comm.all_reduce_sum(&[placed])?.remove(0)
+    };
+    score(full, data, task, loss)
+}
+
+/// [`evaluate`], or [`evaluate_distributed`] over `comm`.
+fn evaluate_on(
+    comm: Option<&Communicator>,
+    model: &dyn Module,
+    data: &Dataset,
+    task: &Task,
+    loss: LossKind,
+    batch_size: usize,
+) -> Result<Evaluation> {
+    match comm {
+        Some(c) => evaluate_distributed(c, model, data, task, loss, batch_size),
+        None => evaluate(model, data, task, loss, batch_size),
+    }
+}
+
+/// Loss and metrics of the model's `outputs` for every sample of `data`.
+fn score(outputs: Tensor, data: &Dataset, task: &Task, loss: LossKind) -> Result<Evaluation> {
     let loss_value = {
         let _off = no_grad();
         loss.compute(task, &outputs, &data.y().to(outputs.device())?)?.to_scalar()?

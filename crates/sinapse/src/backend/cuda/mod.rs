@@ -8,6 +8,7 @@
 
 pub(crate) mod alloc;
 pub(crate) mod gpu;
+pub(crate) mod nccl;
 
 use std::sync::Arc;
 
