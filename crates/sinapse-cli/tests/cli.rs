@@ -64,6 +64,15 @@ fn bad_arguments_fail_with_one_line() {
     assert!(err.contains("no/such/spec.toml"), "{err}");
 }
 
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_training_without_mpi_says_how_to_build_it() {
+    let (code, out, err) = sinapse(&["train", "models/iris.toml", "--distributed"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("built without MPI") && err.contains("--features mpi"), "{err}");
+    assert!(out.is_empty(), "nothing trained: {out}");
+}
+
 #[test]
 fn train_prints_epochs_then_test_accuracy() {
     let out_dir = std::env::temp_dir().join(format!("sinapse-cli-train-{}", std::process::id()));
