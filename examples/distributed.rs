@@ -58,7 +58,8 @@ fn main() -> Result<()> {
             // This rank's share of the whole batch's mean loss: summed over the ranks, the
             // gradients are those of the whole batch.
             let mut grads = loss.mul_scalar(size as f32 / global as f32)?.backward()?;
-            let counts = Tensor::from_vec(vec![loss.to_scalar()? * size as f32, correct_count(&logits, &y)? as f32], &[2])?;
+            let counts =
+                Tensor::from_vec(vec![loss.to_scalar()? * size as f32, correct_count(&logits, &y)? as f32], &[2])?;
             let t = Instant::now();
             let sums = all_reduce_gradients(&comm, &params, &mut grads, 1.0, &[counts])?;
             reducing += t.elapsed();
