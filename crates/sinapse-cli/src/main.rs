@@ -8,6 +8,7 @@ mod output;
 mod bench;
 mod curve;
 mod cv;
+mod dashboard;
 mod eval;
 mod export;
 mod import;
@@ -78,6 +79,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Write a model directory's network as an ONNX model (scaler included).
     Export(export::ExportArgs),
+    /// Serve a local page (127.0.0.1) with the runs' curves, live while they train.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 /// Makes this (the main) thread one of the kernels' worker threads
@@ -107,6 +110,7 @@ fn main() {
         Command::LearningCurve(args) => curve::run(args),
         Command::Import(args) => import::run(args),
         Command::Export(args) => export::run(args),
+        Command::Dashboard(args) => dashboard::run(args),
     };
     if let Err(e) = result {
         output::note(format_args!("error: {}", one_line(&e)));

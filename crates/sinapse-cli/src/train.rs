@@ -7,8 +7,10 @@ use clap::Args;
 use sinapse::dist::Communicator;
 use sinapse::job;
 use sinapse::nn::Module;
-use sinapse::spec::{ModelSpec, TrainedModel, ValidationSpec};
-use sinapse::train::{Evaluation, Metrics, ProgressReporter, Task, Verbosity};
+use sinapse::spec::{ModelSpec, TaskKind, TrainedModel, ValidationSpec};
+use sinapse::train::{
+    ConfusionMatrix, EpochRecord, Evaluation, FitConfig, Metrics, Observer, ProgressReporter, Task, Verbosity,
+};
 
 /// Options of `sinapse train`.
 #[derive(Args)]
@@ -123,6 +125,39 @@ impl AutoencoderPictures {
     }
 }
 
+/// Two observers in one: the progress lines and the dashboard's live file.
+struct Both<'a>(&'a mut dyn Observer, &'a mut dyn Observer);
+
+impl Observer for Both<'_> {
+    fn on_fit_start(&mut self, cfg: &FitConfig, batches: usize) {
+        self.0.on_fit_start(cfg, batches);
+        self.1.on_fit_start(cfg, batches);
+    }
+    fn on_batch(&mut self, epoch: usize, batch: usize, batches: usize, size: usize, loss: f32) {
+        self.0.on_batch(epoch, batch, batches, size, loss);
+        self.1.on_batch(epoch, batch, batches, size, loss);
+    }
+    fn on_epoch(&mut self, record: &EpochRecord, epochs: usize) {
+        self.0.on_epoch(record, epochs);
+        self.1.on_epoch(record, epochs);
+    }
+}
+
+/// The confusion matrix as CSV: a header of class names, then each true class's name and
+/// its counts by predicted class (what the dashboard reads).
+fn confusion_csv(m: &ConfusionMatrix, names: Option<&[String]>) -> sinapse::Result<String> {
+    let name = |c: usize| names.and_then(|n| n.get(c).cloned()).unwrap_or_else(|| c.to_string());
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| sinapse::Error::InvalidArgument { op: "confusion.csv", msg: e.to_string() };
+    w.write_record(std::iter::once("true\\predicted".to_string()).chain((0..m.classes()).map(name))).map_err(io)?;
+    for (t, row) in m.counts.iter().enumerate() {
+        w.write_record(std::iter::once(name(t)).chain(row.iter().map(|v| v.to_string()))).map_err(io)?;
+    }
+    let bytes =
+        w.into_inner().map_err(|e| sinapse::Error::InvalidArgument { op: "confusion.csv", msg: e.to_string() })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Above this many classes no confusion matrix is drawn or written.
 const MAX_PLOTTED_CLASSES: usize = 50;
 
@@ -209,10 +244,26 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
             );
         }
     }
-    let outcome = job::train_distributed(&spec, &base, &mut progress, &comm)?;
     if !root {
+        job::train_distributed(&spec, &base, &mut progress, &comm)?;
         return Ok(());
     }
+    // For `sinapse dashboard`: the run so far, rewritten after every epoch beside `out`.
+    let metric = match spec.task_kind() {
+        TaskKind::Classification => "accuracy",
+        TaskKind::Regression => "mae",
+        TaskKind::Reconstruction => "mse",
+    };
+    let mut live =
+        crate::dashboard::LiveWriter::new(&out, &spec_path, crate::dashboard::spec_summary(&spec), metric, spec.epochs);
+    let trained = job::train_distributed(&spec, &base, &mut Both(&mut progress, &mut live), &comm);
+    let outcome = match trained {
+        Ok(o) => o,
+        Err(e) => {
+            live.failed(e.to_string());
+            return Err(e.into());
+        }
+    };
     // What training found is printed after the save: nothing about standard output (a full
     // disk behind a redirection) may lose the trained model.
     let mut summary = Vec::new();
@@ -246,7 +297,7 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
     };
     let for_plot = outcome.test.as_ref().or(outcome.validation.as_ref());
     let classes = outcome.model.card.classes.clone();
-    outcome
+    let saved = outcome
         .model
         .save(&out, |dir| {
             let write = |name: &str, text: &str| {
@@ -264,11 +315,19 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
                     let names = classes.as_ref().map(|c| c.classes.clone());
                     crate::plot::confusion(&dir.join("confusion.png"), m, names.as_deref())?;
                     write("confusion.txt", &m.render(names.as_deref()))?;
+                    write("confusion.csv", &confusion_csv(m, names.as_deref())?)?;
                 }
             }
             Ok(())
         })
-        .with_context(|| format!("saving the model to {}", out.display()))?;
+        .with_context(|| format!("saving the model to {}", out.display()));
+    match saved {
+        Ok(()) => live.finished(),
+        Err(e) => {
+            live.failed(crate::one_line(&e));
+            return Err(e);
+        }
+    }
     for line in summary {
         outln!("{line}");
     }

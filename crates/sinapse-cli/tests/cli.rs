@@ -722,3 +722,51 @@ fn import_takes_the_scaler_the_weights_were_trained_with() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET `path` from `addr` (HTTP/1.0, the whole answer): status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let code = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    (code, body)
+}
+
+#[test]
+fn dashboard_serves_the_page_and_the_runs() {
+    use std::io::BufRead;
+    let runs = std::env::temp_dir().join(format!("sinapse-cli-dashboard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&runs);
+    let out = runs.join("iris");
+    let (code, _, err) = sinapse(&["train", "models/iris.toml", "--quiet", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.join("confusion.csv").is_file());
+    assert!(!runs.join("iris.live.json").exists(), "the live file goes once the model is saved");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sinapse"))
+        .args(["dashboard", "--runs", runs.to_str().unwrap(), "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the dashboard");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "bound to the loopback address only: {line}");
+    let (page_code, page) = http_get(&addr, "/");
+    let (api_code, api) = http_get(&addr, "/api/runs");
+    let (missing, _) = http_get(&addr, "/nothing");
+    server.kill().ok();
+    server.wait().ok();
+    std::fs::remove_dir_all(&runs).ok();
+    assert_eq!((page_code, api_code, missing), (200, 200, 404));
+    assert!(page.contains("<canvas") && !page.contains("http://") && !page.contains("https://"), "self-contained page");
+    let runs: serde_json::Value = serde_json::from_str(&api).expect("JSON");
+    let iris = &runs[0];
+    assert_eq!((iris["name"].as_str(), iris["status"].as_str()), (Some("iris"), Some("finished")), "{api}");
+    let history = std::fs::read_to_string(out.join("history.csv")).unwrap_or_default();
+    assert!(iris["records"].as_array().is_some_and(|r| !r.is_empty()), "{api}{history}");
+    assert_eq!(iris["confusion"]["classes"].as_array().map(Vec::len), Some(3), "{api}");
+    assert!(iris["summary"].as_str().unwrap().contains("131 parameters"), "{api}");
+}
