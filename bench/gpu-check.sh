@@ -6,7 +6,8 @@
 #   2. the device op suite with CUDA required (every op and optimizer against the CPU, and
 #      NCCL's all-reduce and broadcast on one rank, with PyTorch's libnccl when it has one);
 #   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
-#   4. the benchmarks on the GPU, Sinapse and PyTorch (python3 with CUDA) interleaved;
+#   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too), Sinapse and PyTorch
+#      (python3 with CUDA) interleaved;
 # and prints one table last. Logs go to $OUT (or gpu-run/out/).
 #
 #     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3
@@ -44,8 +45,15 @@ fi
 
 # NCCL (gradient all-reduce between GPUs) is loaded at run time: PyTorch's CUDA wheels bring
 # it as the nvidia-nccl package.
+# The wheel has only libnccl.so.2, a name cudarc does not look for (it tries libnccl.so and
+# libnccl.so.<CUDA major>, ...): a libnccl.so link to it goes on the library path.
 nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
-[ -n "$nccl_lib" ] && export LD_LIBRARY_PATH="$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -n "$nccl_lib" ] && [ -e "$nccl_lib/libnccl.so.2" ]; then
+    mkdir -p "$logs/nccl-link"
+    ln -sf "$nccl_lib/libnccl.so.2" "$logs/nccl-link/libnccl.so"
+    export LD_LIBRARY_PATH="$logs/nccl-link:$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export SINAPSE_REQUIRE_NCCL=1   # found: not running it is a failure
+fi
 if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
     row "device op suite on cuda" "$(grep 'all .* passed' "$logs/devices.log")"
 else
@@ -81,6 +89,14 @@ for name in mlp cnn lstm infer; do
     step "bench-$name-torch" 300 python3 bench/pytorch_bench.py "$name" --device cuda --runs "$runs"
     row "bench $name: sinapse" "$(result "$name" "$logs/bench-$name-sinapse.log")"
     row "bench $name: pytorch eager" "$(result "$name" "$logs/bench-$name-torch.log")"
+done
+# mlp-large (784-4096-4096-10, batch 1024): the matrix product's speed, in fp32 and TF32.
+for mode in fp32 tf32; do
+    flag=(); [ "$mode" = tf32 ] && flag=(--tf32)
+    step "bench-mlp-large-$mode-sinapse" 300 "$bin/sinapse" bench mlp-large --device cuda --runs "$runs" "${flag[@]}"
+    step "bench-mlp-large-$mode-torch" 300 python3 bench/pytorch_bench.py mlp-large --device cuda --runs "$runs" "${flag[@]}"
+    row "bench mlp-large $mode: sinapse" "$(result mlp-large "$logs/bench-mlp-large-$mode-sinapse.log")"
+    row "bench mlp-large $mode: pytorch" "$(result mlp-large "$logs/bench-mlp-large-$mode-torch.log")"
 done
 
 echo

@@ -28,6 +28,16 @@ const EPOCHS: usize = 15;
 fn main() -> Result<()> {
     sinapse::work_on_this_thread()?;
     let comm = Communicator::mpi()?;
+    // An error on one rank would leave the others waiting in their next collective: it ends
+    // them all.
+    if let Err(e) = train(&comm) {
+        eprintln!("error: rank {} of {}: {e}", comm.rank(), comm.world_size());
+        comm.abort(1);
+    }
+    Ok(())
+}
+
+fn train(comm: &Communicator) -> Result<()> {
     let (rank, world) = (comm.rank(), comm.world_size());
     let root = comm.is_root();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k");
@@ -53,15 +63,20 @@ fn main() -> Result<()> {
         for (b, batch) in loader.epoch()?.enumerate() {
             let (x, y) = batch?;
             let (size, global) = (x.shape()[0], BATCH.min(train.len() - b * BATCH));
-            let logits = model.forward(&x, Mode::Train)?;
-            let loss = loss::cross_entropy(&logits, &y)?;
-            // This rank's share of the whole batch's mean loss: summed over the ranks, the
-            // gradients are those of the whole batch.
-            let mut grads = loss.mul_scalar(size as f32 / global as f32)?.backward()?;
-            let counts =
-                Tensor::from_vec(vec![loss.to_scalar()? * size as f32, correct_count(&logits, &y)? as f32], &[2])?;
+            // A short last batch may leave a rank no rows: it adds zeros, but still joins.
+            let (mut grads, counts) = if size > 0 {
+                let logits = model.forward(&x, Mode::Train)?;
+                let loss = loss::cross_entropy(&logits, &y)?;
+                // This rank's share of the whole batch's mean loss: summed over the ranks, the
+                // gradients are those of the whole batch.
+                let grads = loss.mul_scalar(size as f32 / global as f32)?.backward()?;
+                (grads, vec![loss.to_scalar()? * size as f32, correct_count(&logits, &y)? as f32])
+            } else {
+                (sinapse::Gradients::default(), vec![0.0, 0.0])
+            };
+            let counts = Tensor::from_vec(counts, &[2])?;
             let t = Instant::now();
-            let sums = all_reduce_gradients(&comm, &params, &mut grads, 1.0, &[counts])?;
+            let sums = all_reduce_gradients(comm, &params, &mut grads, 1.0, &[counts])?;
             reducing += t.elapsed();
             opt.step(&grads)?;
             let sums = sums[0].to_vec();
@@ -80,7 +95,7 @@ fn main() -> Result<()> {
         }
     }
     // Each rank scores its part of the test set; the parts are joined on every rank.
-    let result = evaluate_distributed(&comm, &model, &test, &task, LossKind::CrossEntropy, 1000)?;
+    let result = evaluate_distributed(comm, &model, &test, &task, LossKind::CrossEntropy, 1000)?;
     if root {
         println!("test accuracy: {:.4}", result.metric());
     }

@@ -20,7 +20,7 @@ use sinapse::{Device, Rng, Tensor};
 /// Options of `sinapse bench`.
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Benchmark name: mlp, cnn, lstm or infer.
+    /// Benchmark name: mlp, cnn, lstm, infer or mlp-large (a GPU benchmark).
     name: String,
     /// Runs; the median is reported.
     #[arg(long, default_value_t = 3)]
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Let GPU matrix products use TF32 tensor cores (full f32 precision otherwise).
     #[arg(long)]
     tf32: bool,
+    /// Train this many epochs instead of the benchmark's (a quick check, not its figure).
+    #[arg(long)]
+    epochs: Option<usize>,
 }
 
 /// The network of a benchmark, from its bundled spec.
@@ -47,6 +50,16 @@ struct Network {
 const MLP: Network = Network { file: "models/mnist_mlp.toml", text: include_str!("../../../models/mnist_mlp.toml") };
 const CNN: Network = Network { file: "models/mnist_cnn.toml", text: include_str!("../../../models/mnist_cnn.toml") };
 const LSTM: Network = Network { file: "models/mnist_lstm.toml", text: include_str!("../../../models/mnist_lstm.toml") };
+/// BENCHMARKS.md's GPU benchmark: 784-4096-4096-10 with ReLU (20.0 M weights).
+const MLP_LARGE: Network = Network {
+    file: "mlp-large",
+    text: "seed = 0\nepochs = 3\nbatch_size = 1024\n[data]\nformat = \"idx\"\ntrain_images = \"-\"\n\
+           train_labels = \"-\"\n[[layers]]\ntype = \"linear\"\nunits = 4096\n[[layers]]\ntype = \"relu\"\n\
+           [[layers]]\ntype = \"linear\"\nunits = 4096\n[[layers]]\ntype = \"relu\"\n[[layers]]\n\
+           type = \"linear\"\nunits = 10\n[optimizer]\ntype = \"sgd\"\nlr = 0.01\n",
+};
+/// The training samples of `mlp-large`: the training images tiled to this many.
+const MLP_LARGE_SAMPLES: usize = 65_536;
 
 impl Network {
     /// A fresh model (seed 0) for `[N, 784]` pixel rows.
@@ -63,6 +76,8 @@ struct Training {
     optimizer: fn(Vec<Tensor>) -> sinapse::Result<Box<dyn Optimizer>>,
     epochs: usize,
     batch_size: usize,
+    /// Training samples: the training images repeated to this many (`None`: as they are).
+    tiled_to: Option<usize>,
 }
 
 /// The training benchmarks of BENCHMARKS.md.
@@ -70,15 +85,40 @@ fn training(name: &str) -> Option<Training> {
     Some(match name {
         // 784-256-128-10 ReLU, softmax cross-entropy, SGD lr 0.1, batch 128 (last partial
         // batch kept), 5 epochs, reshuffled each epoch with a fixed seed.
-        "mlp" => Training { network: &MLP, optimizer: |p| Ok(Box::new(Sgd::new(p, 0.1)?)), epochs: 5, batch_size: 128 },
+        "mlp" => Training {
+            network: &MLP,
+            optimizer: |p| Ok(Box::new(Sgd::new(p, 0.1)?)),
+            epochs: 5,
+            batch_size: 128,
+            tiled_to: None,
+        },
         // conv(1->16, 5x5) ReLU maxpool 2x2, conv(16->32, 5x5) ReLU maxpool 2x2, flatten,
         // linear(512->10), softmax cross-entropy, SGD lr 0.05, batch 64, 1 epoch.
-        "cnn" => Training { network: &CNN, optimizer: |p| Ok(Box::new(Sgd::new(p, 0.05)?)), epochs: 1, batch_size: 64 },
+        "cnn" => Training {
+            network: &CNN,
+            optimizer: |p| Ok(Box::new(Sgd::new(p, 0.05)?)),
+            epochs: 1,
+            batch_size: 64,
+            tiled_to: None,
+        },
         // 28 rows of 28 pixels, LSTM(28->128) batch first, last step, linear(128->10), softmax
         // cross-entropy, Adam lr 2e-3, batch 64, 1 epoch.
-        "lstm" => {
-            Training { network: &LSTM, optimizer: |p| Ok(Box::new(Adam::new(p, 2e-3)?)), epochs: 1, batch_size: 64 }
-        }
+        "lstm" => Training {
+            network: &LSTM,
+            optimizer: |p| Ok(Box::new(Adam::new(p, 2e-3)?)),
+            epochs: 1,
+            batch_size: 64,
+            tiled_to: None,
+        },
+        // 784-4096-4096-10 ReLU, softmax cross-entropy, SGD lr 0.01, batch 1024, the training
+        // images tiled to 65,536 samples, 3 epochs (a GPU benchmark: minutes on a CPU).
+        "mlp-large" => Training {
+            network: &MLP_LARGE,
+            optimizer: |p| Ok(Box::new(Sgd::new(p, 0.01)?)),
+            epochs: 3,
+            batch_size: 1024,
+            tiled_to: Some(MLP_LARGE_SAMPLES),
+        },
         _ => return None,
     })
 }
@@ -93,11 +133,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let infer = args.name == "infer";
     // `infer` times the trained `mlp`.
     let Some(bench) = training(if infer { "mlp" } else { &args.name }) else {
-        bail!("unknown benchmark '{}' (valid: mlp, cnn, lstm, infer)", args.name);
+        bail!("unknown benchmark '{}' (valid: mlp, cnn, lstm, infer, mlp-large)", args.name);
     };
+    if args.epochs == Some(0) {
+        bail!("--epochs must be at least 1");
+    }
     let task = Task::Classification { classes: 10 };
     let cfg = FitConfig {
-        epochs: bench.epochs,
+        epochs: args.epochs.unwrap_or(bench.epochs),
         batch_size: bench.batch_size,
         loss: LossKind::CrossEntropy,
         seed: 0,
@@ -106,12 +149,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let dir = args.data.clone().unwrap_or_else(|| crate::repo_path("data/mnist-10k"));
     let mnist::Mnist { train, test } =
         mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))?;
+    let train = match bench.tiled_to {
+        Some(n) => {
+            let rows: Vec<f32> = (0..n).map(|i| (i % train.len()) as f32).collect();
+            let rows = Tensor::from_vec(rows, &[n])?;
+            Dataset::new(train.x().index_select(0, &rows)?, train.y().index_select(0, &rows)?)?
+        }
+        None => train,
+    };
     // Which of the kernels' compiled paths this CPU runs (picked at run time).
     outln!("vector instructions: {}", sinapse::backend::simd_level());
     outln!("device: {device}{}", if args.tf32 && device != Device::Cpu { " (TF32 allowed)" } else { "" });
     let mut runs = Vec::with_capacity(args.runs);
+    let mut weights = 0;
     for run in 1..=args.runs {
         let model = bench.network.build()?;
+        weights = model.num_parameters();
         model.to(device)?;
         let mut opt = (bench.optimizer)(model.parameters())?;
         let history = fit(&model, opt.as_mut(), &train, None, &cfg, &mut Silent)?;
@@ -144,6 +197,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if infer {
         outln!("infer: batch1 {a:.1} us, batch1024 {b:.0} samples/s");
     } else {
+        // A training step's arithmetic: 2 x weights per sample forward, 4 x backward.
+        outln!("arithmetic: {:.2} TFLOP/s (6 x {weights} weights x samples/s)", 6.0 * weights as f64 * a / 1e12);
         outln!("{}: {a:.0} samples/s, test accuracy {b:.4}", args.name);
     }
     Ok(())

@@ -103,10 +103,19 @@ pub fn run(args: DashboardArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("dashboard: cannot listen on 127.0.0.1:{}: {e}", args.port))?;
     let addr = server.server_addr().to_ip().context("dashboard: the server has no IP address")?;
     outln!("dashboard: http://{addr}/ (runs in {}); Ctrl-C to stop", args.runs.display());
+    let mut summaries = Summaries::default();
+    let port = addr.port();
     for request in server.incoming_requests() {
-        let (body, kind, code) = match request.url().split('?').next().unwrap_or("") {
+        // Only pages of this server may read it: a page elsewhere that points its own name at
+        // 127.0.0.1 (DNS rebinding) sends its own name as the Host.
+        let host = request.headers().iter().find(|h| h.field.equiv("Host")).map(|h| h.value.as_str().to_string());
+        let local =
+            host.as_deref().is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"));
+        let route = if local { request.url().split('?').next().unwrap_or("") } else { "forbidden" };
+        let (body, kind, code) = match route {
+            "forbidden" => (b"forbidden: ask for 127.0.0.1 or localhost".to_vec(), "text/plain; charset=utf-8", 403),
             "/" | "/index.html" => (PAGE.as_bytes().to_vec(), "text/html; charset=utf-8", 200),
-            "/api/runs" => match serde_json::to_vec(&scan(&args.runs)) {
+            "/api/runs" => match serde_json::to_vec(&scan(&args.runs, &mut summaries)) {
                 Ok(json) => (json, "application/json", 200),
                 Err(e) => (e.to_string().into_bytes(), "text/plain; charset=utf-8", 500),
             },
@@ -124,7 +133,7 @@ pub fn run(args: DashboardArgs) -> Result<()> {
 
 /// Every run under `dir`, by name: model directories (with `model.toml` or `history.csv`) and
 /// live files; a live file wins over a directory of the same name (the run is retraining it).
-fn scan(dir: &Path) -> Vec<RunView> {
+fn scan(dir: &Path, summaries: &mut Summaries) -> Vec<RunView> {
     let mut runs = BTreeMap::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -141,9 +150,14 @@ fn scan(dir: &Path) -> Vec<RunView> {
             continue;
         }
         if let Some(name) = file_name.strip_suffix(LIVE_SUFFIX) {
-            runs.insert(name.to_string(), live_run(name, &path));
+            // A live file older than the model directory of its name is left from a run
+            // that ended without removing it (killed after its save): the directory wins.
+            let dir = dir.join(name);
+            if !(dir.join("model.toml").exists() && modified(&dir.join("model.toml")) > modified(&path)) {
+                runs.insert(name.to_string(), live_run(name, &path));
+            }
         } else if path.join("model.toml").exists() || path.join("history.csv").exists() {
-            runs.entry(file_name.clone()).or_insert_with(|| model_dir_run(&file_name, &path));
+            runs.entry(file_name.clone()).or_insert_with(|| model_dir_run(&file_name, &path, summaries));
         }
     }
     runs.into_values().collect()
@@ -203,8 +217,12 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
+/// The one-line summaries of saved models, by `model.toml` path and its modification time:
+/// the page asks every second, and rebuilding a network to describe it is not free.
+type Summaries = std::collections::HashMap<PathBuf, (f64, String)>;
+
 /// A finished run from its model directory.
-fn model_dir_run(name: &str, dir: &Path) -> RunView {
+fn model_dir_run(name: &str, dir: &Path, summaries: &mut Summaries) -> RunView {
     let card_path = dir.join("model.toml");
     let updated = modified(&card_path).max(modified(&dir.join("history.csv")));
     let card = std::fs::read_to_string(&card_path)
@@ -226,7 +244,14 @@ fn model_dir_run(name: &str, dir: &Path) -> RunView {
         name: name.into(),
         status: "finished".into(),
         updated,
-        summary: Some(summary_of(&card)),
+        summary: Some(match summaries.get(&card_path) {
+            Some((when, text)) if *when == modified(&card_path) => text.clone(),
+            _ => {
+                let text = summary_of(&card);
+                summaries.insert(card_path.clone(), (modified(&card_path), text.clone()));
+                text
+            }
+        }),
         metric: Some(metric),
         epochs: Some(card.spec.epochs),
         records,
@@ -489,11 +514,18 @@ mod tests {
         std::fs::write(dir.join("cut.live.json"), "{\"status\": \"train").unwrap();
         std::fs::create_dir_all(dir.join("bad")).unwrap();
         std::fs::write(dir.join("bad").join("model.toml"), "not a card").unwrap();
+        // A live file left behind by a run that saved its model later: the directory wins.
+        std::fs::write(dir.join("saved.live.json"), "{}").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir_all(dir.join("saved")).unwrap();
+        std::fs::write(dir.join("saved").join("model.toml"), "still not a card").unwrap();
         std::fs::create_dir_all(dir.join(".tmp-save")).unwrap();
         std::fs::create_dir_all(dir.join("pictures")).unwrap();
-        let runs = scan(&dir);
+        let runs = scan(&dir, &mut Summaries::default());
         let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["bad", "cut", "gone"]);
+        assert_eq!(names, ["bad", "cut", "gone", "saved"]);
+        assert_eq!(runs[3].status, "error");
+        assert!(runs[3].error.as_deref().unwrap().contains("saved/model.toml"), "{:?}", runs[3].error);
         assert_eq!(runs[0].status, "error");
         assert!(runs[0].error.as_deref().unwrap().contains("model.toml"), "{:?}", runs[0].error);
         assert_eq!(runs[1].status, "error");
@@ -501,7 +533,7 @@ mod tests {
         assert_eq!(runs[2].status, "stopped");
         assert!(runs[2].error.as_deref().unwrap().contains("ended before the run finished"));
         // A folder that is not there is one error, not a failure.
-        let missing = scan(&dir.join("nowhere"));
+        let missing = scan(&dir.join("nowhere"), &mut Summaries::default());
         assert_eq!((missing.len(), missing[0].status.as_str()), (1, "error"));
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -206,8 +206,9 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
     let root = comm.is_root();
     let mut comm = comm.clone();
     if comm.world_size() > 1 && matches!(spec.device()?, sinapse::Device::Cuda(_)) {
-        // One GPU per process, by its rank on the machine; gradients go over NCCL.
-        let device = sinapse::Device::Cuda(comm.local_rank());
+        // One GPU per process, by its rank on the machine (modulo the GPUs it sees: a
+        // launcher may show each process one); gradients go over NCCL.
+        let device = sinapse::Device::Cuda(comm.local_rank() % sinapse::backend::cuda_device_count().max(1));
         crate::override_device(&mut spec, Some(device.to_string()))?;
         comm = comm.nccl(device)?;
     }

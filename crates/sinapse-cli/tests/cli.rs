@@ -725,9 +725,14 @@ fn import_takes_the_scaler_the_weights_were_trained_with() {
 
 /// GET `path` from `addr` (HTTP/1.0, the whole answer): status code and body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_get_as(addr, addr, path)
+}
+
+/// GET `path` from `addr` with `host` as the Host header.
+fn http_get_as(addr: &str, host: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
     let code = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -757,10 +762,13 @@ fn dashboard_serves_the_page_and_the_runs() {
     let (page_code, page) = http_get(&addr, "/");
     let (api_code, api) = http_get(&addr, "/api/runs");
     let (missing, _) = http_get(&addr, "/nothing");
+    // A page of another site whose name was pointed at 127.0.0.1 (DNS rebinding) is refused.
+    let port = addr.rsplit(':').next().unwrap();
+    let (foreign, _) = http_get_as(&addr, &format!("attacker.example:{port}"), "/api/runs");
     server.kill().ok();
     server.wait().ok();
     std::fs::remove_dir_all(&runs).ok();
-    assert_eq!((page_code, api_code, missing), (200, 200, 404));
+    assert_eq!((page_code, api_code, missing, foreign), (200, 200, 404, 403));
     assert!(page.contains("<canvas") && !page.contains("http://") && !page.contains("https://"), "self-contained page");
     let runs: serde_json::Value = serde_json::from_str(&api).expect("JSON");
     let iris = &runs[0];

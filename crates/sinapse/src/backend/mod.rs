@@ -151,6 +151,12 @@ const CHECK_FROM_BYTES: u64 = 64 << 20;
 /// A cap on any one allocation, set by [`set_memory_limit`] (`u64::MAX`: none).
 static MEMORY_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
+/// How many CUDA devices the driver reports (0 without a driver library), without opening
+/// any of them.
+pub fn cuda_device_count() -> usize {
+    cuda::gpu::device_count()
+}
+
 /// Makes the calling thread one of the worker threads that run the CPU kernels (rayon's
 /// global pool, which then has the calling thread and one more per remaining core, or
 /// `RAYON_NUM_THREADS` in all).

@@ -98,7 +98,8 @@ impl Communicator {
 
     /// The processes started together by `mpirun` (MPI's world), or a world of one when this
     /// process was started alone. MPI is initialised here and finalised when the last clone
-    /// is dropped; a process can do this once.
+    /// is dropped, which must happen on the thread that called this (MPI's rule); a process
+    /// can do this once.
     #[cfg(feature = "mpi")]
     pub fn mpi() -> Result<Communicator> {
         Ok(Communicator { engine: Arc::new(mpi::Mpi::init()?) })
@@ -282,8 +283,11 @@ pub fn all_reduce_gradients(
     for e in extras {
         parts.push(e.flatten_all()?.to(device)?);
     }
+    let all_here = params.iter().all(|p| grads.get(p).is_some());
     let sums = comm.all_reduce_sum(&parts)?;
-    let present = sums[params.len()].to_vec();
+    // Which parameters get a gradient: all of them when this rank had every one (no read:
+    // on a GPU that would wait for the device every step), else those any rank had.
+    let present = if all_here { vec![1.0; params.len()] } else { sums[params.len()].to_vec() };
     for (i, p) in params.iter().enumerate() {
         if present[i] > 0.0 {
             grads.insert(p, sums[i].reshape(p.shape())?);

@@ -501,7 +501,10 @@ pub fn fit(
         }
         let (val_loss, val_metric) = match val {
             Some(v) => {
-                let e = evaluate_on(dist, model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?;
+                let e = match dist {
+                    Some(c) => evaluate_distributed(c, model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?,
+                    None => evaluate(model, v, &cfg.task, cfg.loss, cfg.batch_size.max(256))?,
+                };
                 (Some(e.loss), Some(e.metric()))
             }
             None => (None, None),
@@ -806,21 +809,6 @@ pub fn evaluate_distributed(
         comm.all_reduce_sum(&[placed])?.remove(0)
     };
     score(full, data, task, loss)
-}
-
-/// [`evaluate`], or [`evaluate_distributed`] over `comm`.
-fn evaluate_on(
-    comm: Option<&Communicator>,
-    model: &dyn Module,
-    data: &Dataset,
-    task: &Task,
-    loss: LossKind,
-    batch_size: usize,
-) -> Result<Evaluation> {
-    match comm {
-        Some(c) => evaluate_distributed(c, model, data, task, loss, batch_size),
-        None => evaluate(model, data, task, loss, batch_size),
-    }
 }
 
 /// Loss and metrics of the model's `outputs` for every sample of `data`.

@@ -14,6 +14,10 @@ use crate::{Device, Error, Result, Tensor};
 /// A NCCL communicator: one rank on one GPU.
 pub(crate) struct Nccl {
     comm: sys::ncclComm_t,
+    /// Held while a call is queued: a NCCL communicator takes one call at a time (and two
+    /// threads' collectives, interleaved, could be queued in different orders on different
+    /// ranks).
+    calls: std::sync::Mutex<()>,
     gpu: Arc<Gpu>,
     rank: usize,
     size: usize,
@@ -22,10 +26,10 @@ pub(crate) struct Nccl {
     bootstrap: Communicator,
 }
 
-// SAFETY: a NCCL communicator may be used from any thread, one call at a time; every call
-// here is queued on the GPU's stream, which orders them.
+// SAFETY: a NCCL communicator may be used from any thread, one call at a time: every call
+// here is made holding `calls`, and queued on the GPU's one stream, which orders them.
 unsafe impl Send for Nccl {}
-// SAFETY: as above.
+// SAFETY: as above: shared references reach the communicator only through `calls`.
 unsafe impl Sync for Nccl {}
 
 impl Nccl {
@@ -41,8 +45,9 @@ impl Nccl {
         // SAFETY: only looks for the library (dlopen); any other NCCL call would panic without it.
         if !unsafe { sys::is_culib_present() } {
             return Err(fail(
-                "the NCCL library (libnccl.so.2) was not found: install NVIDIA's NCCL (the \
-                 nvidia-nccl-cu13 wheel has it) and put its folder on LD_LIBRARY_PATH"
+                "the NCCL library was not found under the names cudarc loads (libnccl.so, \
+                 libnccl.so.13, ..): install NVIDIA's NCCL and put its folder on LD_LIBRARY_PATH \
+                 (the nvidia-nccl-cu13 wheel has only libnccl.so.2: link libnccl.so to it)"
                     .into(),
             ));
         }
@@ -66,7 +71,15 @@ impl Nccl {
             .map_err(|e| fail(format!("ncclCommInitRank: {e:?}")))?;
         // SAFETY: initialised by the successful call above.
         let comm = unsafe { comm.assume_init() };
-        Ok(Nccl { comm, gpu, rank, size, local_rank: bootstrap.local_rank(), bootstrap: bootstrap.clone() })
+        Ok(Nccl {
+            comm,
+            calls: std::sync::Mutex::new(()),
+            gpu,
+            rank,
+            size,
+            local_rank: bootstrap.local_rank(),
+            bootstrap: bootstrap.clone(),
+        })
     }
 
     /// The device address of a 1-D contiguous tensor on this GPU.
@@ -127,6 +140,7 @@ impl Engine for Nccl {
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
         let out = self.output(t)?;
         let (src, dst) = (self.address(t, "all-reduce")?, self.address(&out, "all-reduce")?);
+        let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         self.gpu.bind("all-reduce")?;
         // SAFETY: both buffers hold `t.elem_count()` f32 values on this GPU and stay alive
         // until the stream has run the call (the caching allocator hands a freed block out
@@ -149,6 +163,7 @@ impl Engine for Nccl {
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         let out = self.output(t)?;
         let (src, dst) = (self.address(t, "broadcast")?, self.address(&out, "broadcast")?);
+        let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         self.gpu.bind("broadcast")?;
         // SAFETY: as in `all_reduce`.
         unsafe {
