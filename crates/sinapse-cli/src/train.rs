@@ -181,6 +181,16 @@ fn communicator(distributed: bool) -> Result<Communicator> {
 
 /// Runs the command.
 pub fn run(args: TrainArgs) -> Result<()> {
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(1);
+    if launched > 1 && !args.distributed {
+        crate::output::note(format_args!(
+            "note: started by mpirun with {launched} processes but without --distributed: each trains alone \
+             (and they write the same model directory)"
+        ));
+    }
     let comm = communicator(args.distributed)?;
     if comm.world_size() == 1 {
         return run_on(args, &comm);
