@@ -50,8 +50,9 @@ fi
 nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
 if [ -n "$nccl_lib" ] && [ -e "$nccl_lib/libnccl.so.2" ]; then
     mkdir -p "$logs/nccl-link"
-    ln -sf "$nccl_lib/libnccl.so.2" "$logs/nccl-link/libnccl.so"
-    export LD_LIBRARY_PATH="$logs/nccl-link:$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    link_dir=$(cd "$logs/nccl-link" && pwd)
+    ln -sf "$nccl_lib/libnccl.so.2" "$link_dir/libnccl.so"
+    export LD_LIBRARY_PATH="$link_dir:$nccl_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export SINAPSE_REQUIRE_NCCL=1   # found: not running it is a failure
 fi
 if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
@@ -59,12 +60,14 @@ if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
 else
     row "device op suite on cuda" "FAILED: $(tail -n 1 "$logs/devices.log") (see $logs/devices.log)"
 fi
-if grep -q "NCCL not covered" "$logs/devices.log"; then
+if grep -q "^FAILED NCCL" "$logs/devices.log"; then
+    row "NCCL, one rank" "FAILED: $(grep -m1 '^FAILED NCCL' "$logs/devices.log")"
+elif grep -q "NCCL not covered" "$logs/devices.log"; then
     row "NCCL, one rank" "not run: $(grep -m1 'NCCL not covered' "$logs/devices.log")"
-elif grep -q "NCCL" "$logs/devices.log"; then
-    row "NCCL, one rank" "FAILED: $(grep -m1 'NCCL' "$logs/devices.log")"
-else
+elif grep -q "all .* comparisons passed" "$logs/devices.log"; then
     row "NCCL, one rank" "all-reduce, broadcast, gradients: passed (in the suite's count)"
+else
+    row "NCCL, one rank" "unknown: the suite did not finish (see $logs/devices.log)"
 fi
 
 for spec in mnist_mlp mnist_cnn mnist_cnn_bn mnist_lstm; do
@@ -93,8 +96,8 @@ done
 # mlp-large (784-4096-4096-10, batch 1024): the matrix product's speed, in fp32 and TF32.
 for mode in fp32 tf32; do
     flag=(); [ "$mode" = tf32 ] && flag=(--tf32)
-    step "bench-mlp-large-$mode-sinapse" 300 "$bin/sinapse" bench mlp-large --device cuda --runs "$runs" "${flag[@]}"
-    step "bench-mlp-large-$mode-torch" 300 python3 bench/pytorch_bench.py mlp-large --device cuda --runs "$runs" "${flag[@]}"
+    step "bench-mlp-large-$mode-sinapse" 300 "$bin/sinapse" bench mlp-large --device cuda --runs "$runs" ${flag[@]+"${flag[@]}"}
+    step "bench-mlp-large-$mode-torch" 300 python3 bench/pytorch_bench.py mlp-large --device cuda --runs "$runs" ${flag[@]+"${flag[@]}"}
     row "bench mlp-large $mode: sinapse" "$(result mlp-large "$logs/bench-mlp-large-$mode-sinapse.log")"
     row "bench mlp-large $mode: pytorch" "$(result mlp-large "$logs/bench-mlp-large-$mode-torch.log")"
 done

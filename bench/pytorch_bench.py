@@ -113,7 +113,7 @@ EPOCHS = None
 def train(name, x, y):
     """The model trained by benchmark `name`, and the training samples/s."""
     build, optimizer, batch, epochs, tiled = BENCHMARKS[name]
-    epochs = EPOCHS or epochs
+    epochs = EPOCHS if EPOCHS is not None else epochs
     if tiled:
         rows = torch.arange(tiled, device=x.device) % x.shape[0]
         x, y = x[rows], y[rows]
@@ -189,6 +189,8 @@ def main():
     p.add_argument("--tf32", action="store_true", help="let CUDA matrix products use TF32")
     p.add_argument("--epochs", type=int, help="train this many epochs instead (a quick check)")
     args = p.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be at least 1")
     global EPOCHS
     EPOCHS = args.epochs
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
@@ -215,8 +217,9 @@ def main():
     if args.name == "infer":
         print(f"infer: batch1 {a:.1f} us, batch1024 {b:.0f} samples/s")
     else:
-        weights = sum(p.numel() for p in BENCHMARKS[args.name][0]().parameters())
-        print(f"arithmetic: {6 * weights * a / 1e12:.2f} TFLOP/s (6 x {weights} weights x samples/s)")
+        if args.name.startswith("mlp"):  # dense layers only: 2 x weights forward, 4 x backward
+            weights = sum(p.numel() for p in BENCHMARKS[args.name][0]().parameters())
+            print(f"arithmetic: {6 * weights * a / 1e12:.2f} TFLOP/s (6 x {weights} weights x samples/s)")
         print(f"{args.name}: {a:.0f} samples/s, test accuracy {b:.4f}")
 
 

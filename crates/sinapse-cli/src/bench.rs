@@ -1,4 +1,4 @@
-//! `sinapse bench`: the benchmarks of BENCHMARKS.md, timed on the training loop (or, for
+//! `sinapse bench`: the benchmarks of the README's "Speed against PyTorch", timed on the training loop (or, for
 //! `infer`, the forward pass) only.
 //!
 //! The networks are the bundled specs' (`models/mnist_mlp.toml`, `models/mnist_cnn.toml`,
@@ -50,7 +50,7 @@ struct Network {
 const MLP: Network = Network { file: "models/mnist_mlp.toml", text: include_str!("../../../models/mnist_mlp.toml") };
 const CNN: Network = Network { file: "models/mnist_cnn.toml", text: include_str!("../../../models/mnist_cnn.toml") };
 const LSTM: Network = Network { file: "models/mnist_lstm.toml", text: include_str!("../../../models/mnist_lstm.toml") };
-/// BENCHMARKS.md's GPU benchmark: 784-4096-4096-10 with ReLU (20.0 M weights).
+/// The GPU benchmark: 784-4096-4096-10 with ReLU (20.0 M weights).
 const MLP_LARGE: Network = Network {
     file: "mlp-large",
     text: "seed = 0\nepochs = 3\nbatch_size = 1024\n[data]\nformat = \"idx\"\ntrain_images = \"-\"\n\
@@ -80,7 +80,7 @@ struct Training {
     tiled_to: Option<usize>,
 }
 
-/// The training benchmarks of BENCHMARKS.md.
+/// The training benchmarks.
 fn training(name: &str) -> Option<Training> {
     Some(match name {
         // 784-256-128-10 ReLU, softmax cross-entropy, SGD lr 0.1, batch 128 (last partial
@@ -197,8 +197,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if infer {
         outln!("infer: batch1 {a:.1} us, batch1024 {b:.0} samples/s");
     } else {
-        // A training step's arithmetic: 2 x weights per sample forward, 4 x backward.
-        outln!("arithmetic: {:.2} TFLOP/s (6 x {weights} weights x samples/s)", 6.0 * weights as f64 * a / 1e12);
+        if args.name.starts_with("mlp") {
+            // A dense network's step: 2 x weights per sample forward, 4 x backward (a
+            // convolution or recurrence reuses its weights: there the count says nothing).
+            outln!("arithmetic: {:.2} TFLOP/s (6 x {weights} weights x samples/s)", 6.0 * weights as f64 * a / 1e12);
+        }
         outln!("{}: {a:.0} samples/s, test accuracy {b:.4}", args.name);
     }
     Ok(())

@@ -104,13 +104,12 @@ pub fn run(args: DashboardArgs) -> Result<()> {
     let addr = server.server_addr().to_ip().context("dashboard: the server has no IP address")?;
     outln!("dashboard: http://{addr}/ (runs in {}); Ctrl-C to stop", args.runs.display());
     let mut summaries = Summaries::default();
-    let port = addr.port();
     for request in server.incoming_requests() {
-        // Only pages of this server may read it: a page elsewhere that points its own name at
-        // 127.0.0.1 (DNS rebinding) sends its own name as the Host.
+        // Only pages of this machine may read it: a page elsewhere that points its own name at
+        // 127.0.0.1 (DNS rebinding) sends its own name as the Host. (Any port: a tunnel or a
+        // proxy may forward another one.)
         let host = request.headers().iter().find(|h| h.field.equiv("Host")).map(|h| h.value.as_str().to_string());
-        let local =
-            host.as_deref().is_some_and(|h| h == format!("127.0.0.1:{port}") || h == format!("localhost:{port}"));
+        let local = host.as_deref().is_some_and(is_local_host);
         let route = if local { request.url().split('?').next().unwrap_or("") } else { "forbidden" };
         let (body, kind, code) = match route {
             "forbidden" => (b"forbidden: ask for 127.0.0.1 or localhost".to_vec(), "text/plain; charset=utf-8", 403),
@@ -129,6 +128,16 @@ pub fn run(args: DashboardArgs) -> Result<()> {
         let _ = request.respond(response);
     }
     Ok(())
+}
+
+/// Whether a Host header names this machine: `localhost`, `127.0.0.1` or `[::1]`, with any
+/// port, in any case.
+fn is_local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    ["localhost", "127.0.0.1", "[::1]"].iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Every run under `dir`, by name: model directories (with `model.toml` or `history.csv`) and
@@ -468,6 +477,16 @@ mod tests {
     }
 
     const HEADER: &str = "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,samples_per_sec\n";
+
+    #[test]
+    fn only_this_machines_names_are_local_hosts() {
+        for ok in ["localhost:8080", "LOCALHOST:9000", "127.0.0.1:8080", "127.0.0.1", "[::1]:80", "localhost"] {
+            assert!(is_local_host(ok), "{ok}");
+        }
+        for bad in ["attacker.example:8080", "localhost.attacker.example", "127.0.0.1.nip.io:8080", "", "[::1"] {
+            assert!(!is_local_host(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn history_reads_back_and_names_a_bad_line() {

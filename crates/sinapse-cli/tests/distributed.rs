@@ -170,6 +170,10 @@ fn start_long_job(env: &[(&str, &str)], out: &Path) -> (Child, u32) {
     let start = Instant::now();
     let live = out.with_file_name(format!("{}.live.json", out.file_name().unwrap().to_string_lossy()));
     loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("output");
+            panic!("the job ended before its first epoch: {}", text(&out));
+        }
         let ranks = ranks_of(child.id());
         let trained = std::fs::read_to_string(&live).is_ok_and(|t| t.contains("\"epoch\":1"));
         if let (Some(&(pid, _)), true) = (ranks.iter().find(|(_, r)| *r == 1), trained) {
