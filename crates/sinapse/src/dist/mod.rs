@@ -28,18 +28,23 @@ use crate::{no_grad, Device, Error, Gradients, Result, Tensor};
 /// Largest all-reduce message, in f32 values: 25 MiB, PyTorch DDP's default bucket.
 const BUCKET_VALUES: usize = 25 << 18;
 
+/// Where a process stands among the ranks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ranks {
+    /// This process's rank, from 0.
+    pub(crate) rank: usize,
+    /// Number of ranks.
+    pub(crate) size: usize,
+    /// This process's rank among those on its machine (which GPU it takes).
+    pub(crate) local: usize,
+}
+
 /// The operations one engine provides; [`Communicator`] builds the rest on them.
 pub(crate) trait Engine: Send + Sync {
     /// `mpi`, `nccl` or `local`.
     fn name(&self) -> &'static str;
-    /// This process's rank, from 0.
-    fn rank(&self) -> usize;
-    /// Number of ranks.
-    fn world_size(&self) -> usize;
-    /// This process's rank among those on its machine (which GPU it takes).
-    fn local_rank(&self) -> usize {
-        self.rank()
-    }
+    /// This process's rank, the number of ranks, its rank on its machine.
+    fn ranks(&self) -> Ranks;
     /// The sum over all ranks of a 1-D contiguous tensor, as a new tensor on its device.
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor>;
     /// Root's 1-D tensor, on every rank (a new tensor; the root's own comes back unchanged).
@@ -57,11 +62,8 @@ impl Engine for Local {
     fn name(&self) -> &'static str {
         "local"
     }
-    fn rank(&self) -> usize {
-        0
-    }
-    fn world_size(&self) -> usize {
-        1
+    fn ranks(&self) -> Ranks {
+        Ranks { rank: 0, size: 1, local: 0 }
     }
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.clone())
@@ -120,17 +122,17 @@ impl Communicator {
 
     /// This process's rank, from 0.
     pub fn rank(&self) -> usize {
-        self.engine.rank()
+        self.engine.ranks().rank
     }
 
     /// Number of processes.
     pub fn world_size(&self) -> usize {
-        self.engine.world_size()
+        self.engine.ranks().size
     }
 
     /// This process's rank among the processes on its machine.
     pub fn local_rank(&self) -> usize {
-        self.engine.local_rank()
+        self.engine.ranks().local
     }
 
     /// True on rank 0, the one that prints progress and writes files.

@@ -13,7 +13,7 @@ use mpi::environment::Universe;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::{CommunicatorCollectives, Root};
 
-use super::Engine;
+use super::{Engine, Ranks};
 use crate::{Device, Error, Result, Tensor};
 
 /// Seconds a collective may take before the job is ended, unless `SINAPSE_DIST_TIMEOUT` says
@@ -32,9 +32,7 @@ struct State {
 /// MPI's world communicator.
 pub(crate) struct Mpi {
     state: Mutex<State>,
-    rank: usize,
-    size: usize,
-    local_rank: usize,
+    ranks: Ranks,
     timeout: Duration,
 }
 
@@ -69,7 +67,8 @@ impl Mpi {
             }
             Err(_) => Duration::from_secs(DEFAULT_TIMEOUT_SECS),
         };
-        Ok(Mpi { state: Mutex::new(State { world, _universe: universe, calls: 0 }), rank, size, local_rank, timeout })
+        let ranks = Ranks { rank, size, local: local_rank };
+        Ok(Mpi { state: Mutex::new(State { world, _universe: universe, calls: 0 }), ranks, timeout })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -95,8 +94,8 @@ impl Mpi {
                 eprintln!(
                     "error: rank {} of {}: {what} (collective {}) got no answer from the other ranks in {:.0} s: \
                      a rank has died or stalled (SINAPSE_DIST_TIMEOUT sets the limit); ending the job",
-                    self.rank,
-                    self.size,
+                    self.ranks.rank,
+                    self.ranks.size,
                     state.calls,
                     self.timeout.as_secs_f64()
                 );
@@ -121,16 +120,8 @@ impl Engine for Mpi {
         "mpi"
     }
 
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.size
-    }
-
-    fn local_rank(&self) -> usize {
-        self.local_rank
+    fn ranks(&self) -> Ranks {
+        self.ranks
     }
 
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {

@@ -436,42 +436,41 @@ pub fn fit(
             }
             // Samples in the whole batch (over all ranks).
             let global = cfg.batch_size.min(train.len() - b * cfg.batch_size);
-            let (mut grads, metric) = match dist {
-                None => {
-                    let outputs = model.forward(&x, Mode::Train)?;
-                    let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
-                    pending.batches.push((b + 1, loss.detach(), global, None));
-                    if every == 1 {
-                        // Read before the update (free on the CPU): a non-finite loss leaves the
-                        // weights as they were. Read every few batches (a GPU), it is found after
-                        // up to `every - 1` more updates.
-                        pending.read(epoch)?;
-                    }
-                    (loss.backward()?, metric_sum(&cfg.task, cfg.loss, &outputs, &y)?)
-                }
+            let size = x.shape()[0];
+            // A short last batch may leave a rank no rows: it adds zeros, but still joins.
+            let (mut grads, loss, metric) = if size > 0 {
+                let outputs = model.forward(&x, Mode::Train)?;
+                let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
+                // This rank's share of the global batch's mean loss (1 for one process):
+                // summed over the ranks, the gradients are those of the whole batch.
+                let grads = if size == global {
+                    loss.backward()?
+                } else {
+                    loss.mul_scalar(size as f32 / global as f32)?.backward()?
+                };
+                (grads, loss.detach(), metric_sum(&cfg.task, cfg.loss, &outputs, &y)?)
+            } else {
+                let zero = Tensor::zeros_on(&[], model.device())?;
+                (crate::Gradients::default(), zero.clone(), zero)
+            };
+            let (loss, metric) = match dist {
+                None => (loss, metric),
                 Some(c) => {
-                    let size = x.shape()[0];
-                    let (mut grads, sums) = if size > 0 {
-                        let outputs = model.forward(&x, Mode::Train)?;
-                        let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
-                        // This rank's share of the global batch's mean loss: summed over the
-                        // ranks, the gradients are those of the whole batch.
-                        let grads = loss.mul_scalar(size as f32 / global as f32)?.backward()?;
-                        let loss_sum = loss.detach().mul_scalar(size as f32)?;
-                        (grads, [loss_sum, metric_sum(&cfg.task, cfg.loss, &outputs, &y)?])
-                    } else {
-                        let zero = Tensor::zeros_on(&[], model.device())?;
-                        (crate::Gradients::default(), [zero.clone(), zero])
-                    };
-                    let sums = all_reduce_gradients(c, &params, &mut grads, 1.0, &sums)?;
-                    pending.batches.push((b + 1, sums[0].mul_scalar(1.0 / global as f32)?, global, None));
-                    if every == 1 {
-                        pending.read(epoch)?;
-                    }
-                    let [_, metric] = <[Tensor; 2]>::try_from(sums).expect("two sums in, two out");
-                    (grads, metric)
+                    // Gradients, the loss summed over samples and the metric sum in one message.
+                    let sums = [loss.mul_scalar(size as f32)?, metric];
+                    let [loss_sum, metric] =
+                        <[Tensor; 2]>::try_from(all_reduce_gradients(c, &params, &mut grads, 1.0, &sums)?)
+                            .expect("two sums in, two out");
+                    (loss_sum.mul_scalar(1.0 / global as f32)?, metric)
                 }
             };
+            pending.batches.push((b + 1, loss, global, None));
+            if every == 1 {
+                // Read before the update (free on the CPU): a non-finite loss leaves the weights
+                // as they were. Read every few batches (a GPU), it is found after up to
+                // `every - 1` more updates.
+                pending.read(epoch)?;
+            }
             if let Some(max_norm) = cfg.clip_grad_norm {
                 clip_grad_norm(&params, &mut grads, max_norm)?;
             }

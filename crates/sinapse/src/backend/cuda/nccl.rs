@@ -8,7 +8,7 @@ use cudarc::nccl::{result, sys};
 
 use super::gpu::Gpu;
 use crate::backend::Storage;
-use crate::dist::{Communicator, Engine};
+use crate::dist::{Communicator, Engine, Ranks};
 use crate::{Device, Error, Result, Tensor};
 
 /// A NCCL communicator: one rank on one GPU.
@@ -19,9 +19,7 @@ pub(crate) struct Nccl {
     /// ranks).
     calls: std::sync::Mutex<()>,
     gpu: Arc<Gpu>,
-    rank: usize,
-    size: usize,
-    local_rank: usize,
+    ranks: Ranks,
     /// The host communicator that started this one (aborting goes through it too).
     bootstrap: Communicator,
 }
@@ -75,9 +73,7 @@ impl Nccl {
             comm,
             calls: std::sync::Mutex::new(()),
             gpu,
-            rank,
-            size,
-            local_rank: bootstrap.local_rank(),
+            ranks: Ranks { rank, size, local: bootstrap.local_rank() },
             bootstrap: bootstrap.clone(),
         })
     }
@@ -109,6 +105,32 @@ impl Nccl {
     fn stream(&self) -> sys::cudaStream_t {
         self.gpu.stream.cu_stream() as sys::cudaStream_t
     }
+
+    /// Queues one collective `call(src, dst, count, comm, stream)` from `t` into a fresh
+    /// buffer, which it returns; `what` names it in errors.
+    fn collective(
+        &self,
+        t: &Tensor,
+        what: &str,
+        call: impl FnOnce(
+            *const std::ffi::c_void,
+            *mut std::ffi::c_void,
+            usize,
+            sys::ncclComm_t,
+            sys::cudaStream_t,
+        ) -> std::result::Result<result::NcclStatus, result::NcclError>,
+    ) -> Result<Tensor> {
+        let out = self.output(t)?;
+        let (src, dst) = (self.address(t, what)?, self.address(&out, what)?);
+        let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        self.gpu.bind(what)?;
+        // Both buffers hold `t.elem_count()` f32 values on this GPU and stay alive until the
+        // stream has run the call (the caching allocator hands a freed block out again only to
+        // later work on the same stream).
+        call(src as *const _, dst as *mut _, t.elem_count(), self.comm, self.stream())
+            .map_err(|e| self.bootstrap.error(what, format!("NCCL: {e:?}")))?;
+        Ok(out)
+    }
 }
 
 impl Drop for Nccl {
@@ -125,60 +147,22 @@ impl Engine for Nccl {
         "nccl"
     }
 
-    fn rank(&self) -> usize {
-        self.rank
-    }
-
-    fn world_size(&self) -> usize {
-        self.size
-    }
-
-    fn local_rank(&self) -> usize {
-        self.local_rank
+    fn ranks(&self) -> Ranks {
+        self.ranks
     }
 
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
-        let out = self.output(t)?;
-        let (src, dst) = (self.address(t, "all-reduce")?, self.address(&out, "all-reduce")?);
-        let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        self.gpu.bind("all-reduce")?;
-        // SAFETY: both buffers hold `t.elem_count()` f32 values on this GPU and stay alive
-        // until the stream has run the call (the caching allocator hands a freed block out
-        // again only to later work on the same stream).
-        unsafe {
-            result::all_reduce(
-                src as *const _,
-                dst as *mut _,
-                t.elem_count(),
-                sys::ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                self.stream(),
-            )
-        }
-        .map_err(|e| self.bootstrap.error("all-reduce", format!("ncclAllReduce: {e:?}")))?;
-        Ok(out)
+        // SAFETY: the pointers are `collective`'s, valid for `n` f32 values each.
+        self.collective(t, "all-reduce", |src, dst, n, comm, stream| unsafe {
+            result::all_reduce(src, dst, n, sys::ncclDataType_t::ncclFloat32, sys::ncclRedOp_t::ncclSum, comm, stream)
+        })
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        let out = self.output(t)?;
-        let (src, dst) = (self.address(t, "broadcast")?, self.address(&out, "broadcast")?);
-        let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        self.gpu.bind("broadcast")?;
         // SAFETY: as in `all_reduce`.
-        unsafe {
-            result::broadcast(
-                src as *const _,
-                dst as *mut _,
-                t.elem_count(),
-                sys::ncclDataType_t::ncclFloat32,
-                root as i32,
-                self.comm,
-                self.stream(),
-            )
-        }
-        .map_err(|e| self.bootstrap.error("broadcast", format!("ncclBroadcast: {e:?}")))?;
-        Ok(out)
+        self.collective(t, "broadcast", |src, dst, n, comm, stream| unsafe {
+            result::broadcast(src, dst, n, sys::ncclDataType_t::ncclFloat32, root as i32, comm, stream)
+        })
     }
 
     fn all_reduce_f64(&self, values: &mut [f64]) -> Result<()> {
