@@ -241,14 +241,15 @@ fn a_small_mlp_end_to_end() {
 fn convolution_edge_cases() {
     // (input [N, C, H, W], weight [O, C, KH, KW], stride, padding, dilation)
     type Case = ([usize; 4], [usize; 4], [usize; 2], [usize; 2], [usize; 2]);
-    let cases: [Case; 7] = [
-        ([2, 2, 5, 5], [3, 2, 3, 3], [1, 1], [0, 0], [1, 1]), // plain
-        ([1, 2, 6, 5], [2, 2, 3, 2], [2, 1], [1, 0], [1, 1]), // stride and padding per axis
-        ([1, 1, 7, 7], [2, 1, 3, 3], [1, 1], [2, 2], [2, 2]), // dilation with padding
-        ([1, 2, 5, 4], [2, 2, 2, 2], [3, 3], [0, 1], [1, 1]), // stride larger than the kernel
-        ([2, 3, 4, 4], [2, 3, 1, 1], [1, 1], [0, 0], [1, 1]), // 1x1 convolution
-        ([1, 2, 3, 3], [2, 2, 3, 3], [1, 1], [0, 0], [1, 1]), // kernel = input: one output
-        ([1, 1, 4, 4], [1, 1, 3, 3], [2, 2], [1, 1], [1, 1]), // windows half in the padding
+    let cases: [Case; 8] = [
+        ([2, 2, 5, 5], [3, 2, 3, 3], [1, 1], [0, 0], [1, 1]),  // plain
+        ([1, 2, 6, 5], [2, 2, 3, 2], [2, 1], [1, 0], [1, 1]),  // stride and padding per axis
+        ([1, 1, 7, 7], [2, 1, 3, 3], [1, 1], [2, 2], [2, 2]),  // dilation with padding
+        ([1, 2, 5, 4], [2, 2, 2, 2], [3, 3], [0, 1], [1, 1]),  // stride larger than the kernel
+        ([2, 3, 4, 4], [2, 3, 1, 1], [1, 1], [0, 0], [1, 1]),  // 1x1 convolution
+        ([1, 2, 3, 3], [2, 2, 3, 3], [1, 1], [0, 0], [1, 1]),  // kernel = input: one output
+        ([1, 1, 4, 4], [1, 1, 3, 3], [2, 2], [1, 1], [1, 1]),  // windows half in the padding
+        ([1, 2, 4, 11], [9, 2, 3, 3], [1, 1], [1, 1], [1, 1]), // direct kernel: 9 filters, 11 columns, padding
     ];
     for (i, (xs, ws, stride, padding, dilation)) in cases.into_iter().enumerate() {
         let seed = 300 + 3 * i as u64;

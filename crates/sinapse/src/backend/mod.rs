@@ -554,6 +554,36 @@ impl Storage {
         }
     }
 
+    /// Direct convolution with stride 1 and no dilation, where the device has a kernel for
+    /// it (the CPU): `self` the `[N, C, H, W]` images, `w` the `[O, C, KH, KW]` filters,
+    /// `bias` `[O]`; `[N, O, OH, OW]`. `None` on other devices, where the caller composes
+    /// im2col and a matrix product instead.
+    pub(crate) fn conv2d_direct(
+        &self,
+        l: &Layout,
+        w: &Storage,
+        w_l: &Layout,
+        bias: Option<(&Storage, &Layout)>,
+        dims: ImageDims,
+        padding: [usize; 2],
+    ) -> Result<Option<Storage>> {
+        let mut operands = vec![self, w];
+        operands.extend(bias.map(|(b, _)| b));
+        same_device("conv2d", &operands)?;
+        let [n, _, _, _] = dims.input;
+        let out = [n, w_l.shape()[0], dims.output[0], dims.output[1]];
+        room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d")?;
+        match (self, w, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => {
+                Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, None, dims, padding)?)))
+            }
+            (Storage::Cpu(x), Storage::Cpu(w), Some((Storage::Cpu(b), b_l))) => {
+                Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, Some((b, b_l)), dims, padding)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// col2im, the adjoint of im2col.
     pub(crate) fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Storage> {
         room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "col2im")?;

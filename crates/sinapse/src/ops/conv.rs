@@ -104,6 +104,25 @@ impl Tensor {
         }
         let win = Window { kernel: [kh, kw], stride, padding, dilation };
         let [oh, ow] = output_size("conv2d", &win, h, w)?;
+        // Stride 1 without dilation has a direct kernel on the CPU.
+        if stride == [1, 1] && dilation == [1, 1] {
+            let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+            if let Some(out) = self.conv2d_direct(weight, bias, dims, padding)? {
+                return Ok(out);
+            }
+        }
+        self.conv2d_im2col(weight, bias, win, [oh, ow])
+    }
+
+    /// [`Tensor::conv2d`] as im2col and one matrix product (every device, any window).
+    fn conv2d_im2col(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        win: Window,
+        [oh, ow]: [usize; 2],
+    ) -> Result<Tensor> {
+        let ([n, c, _, _], [o, _, kh, kw]) = (nchw("conv2d", self)?, nchw("conv2d", weight)?);
         let cols = self.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
         let out = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?; // [O, N·OH·OW]
                                                                      // [O, N, L] seen as [N, O, L] (a view); the bias add (or a copy) makes it row-major.
@@ -113,6 +132,57 @@ impl Tensor {
             None => images.contiguous()?,
         };
         images.reshape(&[n, o, oh, ow])
+    }
+
+    /// [`Tensor::conv2d`] by the device's direct kernel (stride 1, no dilation), or `None` where
+    /// the device has none. The gradients are im2col's, as in [`Tensor::conv2d_im2col`]: the
+    /// input's is col2im of the filters' transpose times the output gradient, the filters' the
+    /// output gradient times the input's im2col (made again here: the forward pass did not
+    /// need it), the bias's the output gradient's sum.
+    ///
+    /// (The input's gradient as a direct convolution of the padded output gradient with the
+    /// flipped filters was tried: on the `cnn` benchmark's second layer it spent twice the
+    /// multiply-adds, on the padding's zeros, and was slower than col2im.)
+    fn conv2d_direct(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        dims: ImageDims,
+        padding: [usize; 2],
+    ) -> Result<Option<Tensor>> {
+        let out = match bias {
+            Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
+                x.conv2d_direct(self.layout(), w, weight.layout(), Some((b, bt.layout())), dims, padding)
+            })?,
+            None => Tensor::with_storages([self, weight], |[x, w]| {
+                x.conv2d_direct(self.layout(), w, weight.layout(), None, dims, padding)
+            })?,
+        };
+        let Some(out) = out else { return Ok(None) };
+        let [n, c, _, _] = dims.input;
+        let [o, _, kh, kw] = nchw("conv2d", weight)?;
+        let [oh, ow] = dims.output;
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(Some(Tensor::from_op(out, &[n, o, oh, ow], "conv2d", &inputs, move |g, x, _| {
+            let (input, weight) = (&x[0], &x[1]);
+            let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+            // The output gradient as [O, N·OH·OW], the layout of im2col's columns.
+            let g = g.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
+            let dx = grad_if(input, || {
+                let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&g)?;
+                dcols.col2im(dims.input, win)
+            })?;
+            let dw = grad_if(weight, || {
+                let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
+                g.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
+            })?;
+            let mut grads = vec![dx, dw];
+            if let Some(b) = x.get(2) {
+                grads.push(grad_if(b, || g.sum(1, false))?);
+            }
+            Ok(grads)
+        })))
     }
 
     /// 1-D convolution of `[N, C, L]` with weights `[O, C, K]`: the 2-D convolution of a
@@ -359,4 +429,48 @@ pub(crate) fn linear_matrix(out: usize, inp: usize, align_corners: bool) -> Vec<
         m[i * inp + i1] += frac;
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Rng, Tensor};
+
+    /// The direct kernel (stride 1, no dilation) against im2col and a matrix product, on
+    /// shapes that leave partial steps: output widths that are not multiples of 8, filter
+    /// counts that are not multiples of 8, padding, 1x1 and whole-image kernels, no bias.
+    #[test]
+    fn direct_convolution_matches_im2col() {
+        let mut rng = Rng::seed(41);
+        // ([N, C, H, W], [O, KH, KW], padding, bias)
+        let cases = [
+            ([3, 1, 28, 28], [16, 5, 5], [0, 0], true),
+            ([2, 16, 12, 12], [32, 5, 5], [0, 0], true),
+            ([2, 3, 7, 13], [9, 3, 3], [1, 1], true),
+            ([1, 2, 5, 21], [17, 3, 2], [2, 1], false),
+            ([2, 4, 6, 6], [5, 1, 1], [0, 0], true),
+            ([1, 3, 4, 5], [2, 4, 5], [0, 0], false),
+            ([2, 2, 3, 3], [3, 3, 3], [2, 2], true),
+        ];
+        for ([n, c, h, w], [o, kh, kw], padding, with_bias) in cases {
+            let x = Tensor::rand_normal(&[n, c, h, w], 0.0, 1.0, &mut rng).unwrap();
+            let wt = Tensor::rand_normal(&[o, c, kh, kw], 0.0, 1.0, &mut rng).unwrap();
+            let b = Tensor::rand_normal(&[o], 0.0, 1.0, &mut rng).unwrap();
+            let bias = with_bias.then_some(&b);
+            let win = super::Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+            let [oh, ow] = super::output_size("conv2d", &win, h, w).unwrap();
+            let dims = super::ImageDims { input: [n, c, h, w], output: [oh, ow] };
+            let direct = x.conv2d_direct(&wt, bias, dims, padding).unwrap().expect("the CPU has a direct kernel");
+            let reference = x.conv2d_im2col(&wt, bias, win, [oh, ow]).unwrap();
+            assert_eq!(direct.shape(), reference.shape());
+            let scale = (c * kh * kw) as f32;
+            for (i, (d, r)) in direct.to_vec().iter().zip(reference.to_vec()).enumerate() {
+                assert!(
+                    (d - r).abs() <= 1e-5 * scale,
+                    "x {:?} w {:?} padding {padding:?}: element {i}: {d} vs {r}",
+                    [n, c, h, w],
+                    [o, c, kh, kw]
+                );
+            }
+        }
+    }
 }

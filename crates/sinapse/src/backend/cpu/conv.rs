@@ -22,6 +22,12 @@ fn valid_columns(out_width: usize, stride: usize, tap: isize, width: usize) -> s
     lo..hi
 }
 
+/// How many image planes of `work` elements' work each make one parallel task: small planes
+/// (a late layer's 8x8 maps) are grouped, so that a task is not mostly rayon's bookkeeping.
+fn planes_per_task(work: usize) -> usize {
+    (super::elementwise::PAR_CHUNK / work.max(1)).max(1)
+}
+
 /// Unfolds every window of a row-major `[N, C, H, W]` batch into one matrix
 /// `[C·KH·KW, N·OH·OW]`: row `(c, i, j)` holds tap `(i, j)` of channel `c`, column
 /// `(n, y, x)` an output position of image `n`. Taps in the padding read `pad_value`. A
@@ -85,33 +91,35 @@ pub(super) fn col2im(cols: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
         return out;
     }
     // One task per image and channel: each writes only its own plane.
-    out.par_chunks_mut(h * w).enumerate().for_each(|(plane_index, plane)| {
-        let (b, ch) = (plane_index / c, plane_index % c);
-        for i in 0..kh {
-            for j in 0..kw {
-                let row = &cols[((ch * kh + i) * kw + j) * n * l..][..n * l];
-                let tap_x = (j * win.dilation[1]) as isize - win.padding[1] as isize;
-                let xs = valid_columns(ow, win.stride[1], tap_x, w);
-                for y in 0..oh {
-                    let iy = (y * win.stride[0] + i * win.dilation[0]) as isize - win.padding[0] as isize;
-                    if iy < 0 || iy >= h as isize || xs.is_empty() {
-                        continue;
-                    }
-                    let line = &mut plane[iy as usize * w..][..w];
-                    let src = &row[(b * oh + y) * ow..][..ow];
-                    let first = ((xs.start * win.stride[1]) as isize + tap_x) as usize;
-                    if win.stride[1] == 1 {
-                        let dst = &mut line[first..first + xs.len()];
-                        dst.iter_mut().zip(&src[xs.clone()]).for_each(|(d, &v)| *d += v);
-                    } else {
-                        for (k, &v) in src[xs.clone()].iter().enumerate() {
-                            line[first + k * win.stride[1]] += v;
+    out.par_chunks_mut(h * w).enumerate().with_min_len(planes_per_task(h * w * kh * kw)).for_each(
+        |(plane_index, plane)| {
+            let (b, ch) = (plane_index / c, plane_index % c);
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = &cols[((ch * kh + i) * kw + j) * n * l..][..n * l];
+                    let tap_x = (j * win.dilation[1]) as isize - win.padding[1] as isize;
+                    let xs = valid_columns(ow, win.stride[1], tap_x, w);
+                    for y in 0..oh {
+                        let iy = (y * win.stride[0] + i * win.dilation[0]) as isize - win.padding[0] as isize;
+                        if iy < 0 || iy >= h as isize || xs.is_empty() {
+                            continue;
+                        }
+                        let line = &mut plane[iy as usize * w..][..w];
+                        let src = &row[(b * oh + y) * ow..][..ow];
+                        let first = ((xs.start * win.stride[1]) as isize + tap_x) as usize;
+                        if win.stride[1] == 1 {
+                            let dst = &mut line[first..first + xs.len()];
+                            dst.iter_mut().zip(&src[xs.clone()]).for_each(|(d, &v)| *d += v);
+                        } else {
+                            for (k, &v) in src[xs.clone()].iter().enumerate() {
+                                line[first + k * win.stride[1]] += v;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        },
+    );
     out
 }
 
@@ -128,57 +136,67 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
     let [ph, pw] = win.padding.map(|p| p as isize);
-    values.par_chunks_mut(oh * ow).zip(taps.par_chunks_mut(oh * ow)).enumerate().for_each(|(p, (vals, at))| {
-        let plane = &src[p * h * w..(p + 1) * h * w];
-        if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] {
-            max_pool_2x2(plane, w, ow, vals, at);
-            return;
-        }
-        for y in 0..oh {
-            // The rows and columns of the window inside the image (padding is skipped; it is at
-            // most half the kernel, so every window holds at least one pixel).
-            let top = (y * sh) as isize - ph;
-            let (y0, y1) = (top.max(0) as usize, ((top + kh as isize) as usize).min(h));
-            for x in 0..ow {
-                let left = (x * sw) as isize - pw;
-                let (x0, x1) = (left.max(0) as usize, ((left + kw as isize) as usize).min(w));
-                let (mut best, mut best_y, mut best_x) = (plane[y0 * w + x0], y0, x0);
-                for iy in y0..y1 {
-                    for ix in x0..x1 {
-                        let v = plane[iy * w + ix];
-                        // Bitwise `|`/`&` and selects, not branches: which tap wins is random,
-                        // and mispredicted branches cost several times the comparisons.
-                        let wins = (v > best) | (v.is_nan() & !best.is_nan());
-                        best = if wins { v } else { best };
-                        best_y = if wins { iy } else { best_y };
-                        best_x = if wins { ix } else { best_x };
-                    }
-                }
-                vals[y * ow + x] = best;
-                let tap = (best_y as isize - top) as usize * kw + (best_x as isize - left) as usize;
-                at[y * ow + x] = tap as f32;
+    values
+        .par_chunks_mut(oh * ow)
+        .zip(taps.par_chunks_mut(oh * ow))
+        .enumerate()
+        .with_min_len(planes_per_task(h * w))
+        .for_each(|(p, (vals, at))| {
+            let plane = &src[p * h * w..(p + 1) * h * w];
+            if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] {
+                max_pool_2x2(plane, w, ow, vals, at);
+                return;
             }
-        }
-    });
+            for y in 0..oh {
+                // The rows and columns of the window inside the image (padding is skipped; it is at
+                // most half the kernel, so every window holds at least one pixel).
+                let top = (y * sh) as isize - ph;
+                let (y0, y1) = (top.max(0) as usize, ((top + kh as isize) as usize).min(h));
+                for x in 0..ow {
+                    let left = (x * sw) as isize - pw;
+                    let (x0, x1) = (left.max(0) as usize, ((left + kw as isize) as usize).min(w));
+                    let (mut best, mut best_y, mut best_x) = (plane[y0 * w + x0], y0, x0);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            let v = plane[iy * w + ix];
+                            // Bitwise `|`/`&` and selects, not branches: which tap wins is random,
+                            // and mispredicted branches cost several times the comparisons.
+                            let wins = (v > best) | (v.is_nan() & !best.is_nan());
+                            best = if wins { v } else { best };
+                            best_y = if wins { iy } else { best_y };
+                            best_x = if wins { ix } else { best_x };
+                        }
+                    }
+                    vals[y * ow + x] = best;
+                    let tap = (best_y as isize - top) as usize * kw + (best_x as isize - left) as usize;
+                    at[y * ow + x] = tap as f32;
+                }
+            }
+        });
     (values, taps)
 }
 
 /// [`max_pool`]'s common case, 2x2 windows with stride 2 and no padding, written out: four
-/// candidates per output, no window bookkeeping (about 8% of the `cnn` benchmark's time).
+/// candidates per output and the winner and its tap chosen without branches.
 fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], taps: &mut [f32]) {
-    for (y, (out_v, out_t)) in vals.chunks_mut(ow).zip(taps.chunks_mut(ow)).enumerate() {
-        let (top, bottom) = (2 * y * w, (2 * y + 1) * w);
-        for (x, (v_out, t_out)) in out_v.iter_mut().zip(out_t.iter_mut()).enumerate() {
-            let offsets = [top + 2 * x, top + 2 * x + 1, bottom + 2 * x, bottom + 2 * x + 1];
-            let (mut best, mut at) = (plane[offsets[0]], 0);
-            for (t, &k) in offsets.iter().enumerate().skip(1) {
-                let v = plane[k];
-                let wins = (v > best) | (v.is_nan() & !best.is_nan());
-                best = if wins { v } else { best };
-                at = if wins { t } else { at };
-            }
+    #[inline(always)]
+    fn pick(best: f32, at: f32, v: f32, tap: f32) -> (f32, f32) {
+        // A NaN wins over a number (and the first NaN stays): as in PyTorch.
+        let wins = (v > best) | (v.is_nan() & !best.is_nan());
+        // Which tap wins is random: selects, not branches (the compiler had turned `if`
+        // selects into jumps, mispredicted about half the time: 20 ns per output).
+        (std::hint::select_unpredictable(wins, v, best), std::hint::select_unpredictable(wins, tap, at))
+    }
+    for (y, (out_v, out_t)) in vals.chunks_exact_mut(ow).zip(taps.chunks_exact_mut(ow)).enumerate() {
+        let top = &plane[2 * y * w..][..2 * ow];
+        let bottom = &plane[(2 * y + 1) * w..][..2 * ow];
+        let rows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+        for ((v_out, t_out), (t, b)) in out_v.iter_mut().zip(out_t.iter_mut()).zip(rows) {
+            let (best, at) = pick(t[0], 0.0, t[1], 1.0);
+            let (best, at) = pick(best, at, b[0], 2.0);
+            let (best, at) = pick(best, at, b[1], 3.0);
             *v_out = best;
-            *t_out = at as f32;
+            *t_out = at;
         }
     }
 }
@@ -198,7 +216,7 @@ pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &
     // division per element.
     let tap_offset: Vec<isize> = (0..kh * kw).map(|t| (t / kw * w + t % kw) as isize).collect();
     let per_plane = oh * ow;
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
+    dx.par_chunks_mut(h * w).enumerate().with_min_len(planes_per_task(h * w)).for_each(|(p, plane)| {
         let (taps, g) = (&taps[p * per_plane..][..per_plane], &g[p * per_plane..][..per_plane]);
         for y in 0..oh {
             let top = ((y * sh) as isize - ph) * w as isize;
@@ -211,4 +229,220 @@ pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &
         }
     });
     dx
+}
+
+/// Output columns per step of the direct convolution (one AVX2 vector of f32).
+const LANES: usize = 8;
+/// Filters per step of the direct convolution: LANES x FILTERS sums stay in registers.
+const FILTERS: usize = 8;
+
+/// Direct 2-D convolution with stride 1 and no dilation, without im2col: `[N, C, H, W]`
+/// images `x` and `[O, C, KH, KW]` filters `w` (both row-major), zero padding `padding`, an
+/// optional bias `[O]`: `[N, O, OH, OW]`, row-major.
+///
+/// Each image is copied once into a zero-padded buffer (rows wide enough that every 8-column
+/// step reads inside it), and each step keeps 8 output columns of 8 filters in registers
+/// while it runs over every tap of every channel: one vector load of the image and 8
+/// broadcast weights per 8 fused multiply-adds. The columns of im2col (25x the image for a
+/// 5x5 kernel) are never written, and the result comes out in `[N, O, ..]` order with the
+/// bias already in. Images are spread over the threads.
+pub(super) fn conv2d_direct(
+    x: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
+    let [kh, kw] = kernel;
+    let plane = oh * ow;
+    if n * o * plane == 0 {
+        return vec![0.0; n * o * plane];
+    }
+    let taps = c * kh * kw;
+    // The filters as [block, tap, FILTERS]: a tap's weights for 8 filters side by side
+    // (filters past `o` are zero and their sums are dropped).
+    let blocks = o.div_ceil(FILTERS);
+    let mut wt = vec![0.0f32; blocks * taps * FILTERS];
+    for f in 0..o {
+        for t in 0..taps {
+            wt[((f / FILTERS) * taps + t) * FILTERS + f % FILTERS] = w[f * taps + t];
+        }
+    }
+    let shape = PaddedImage { c, hp: h + 2 * padding[0], wp: ow.div_ceil(LANES) * LANES + kw - 1 };
+    let mut out = vec![0.0f32; n * o * plane];
+    out.par_chunks_mut(o * plane).enumerate().for_each(|(b, dst)| {
+        let mut img = vec![0.0f32; c * shape.hp * shape.wp];
+        for ch in 0..c {
+            for y in 0..h {
+                let from = &x[((b * c + ch) * h + y) * wd..][..wd];
+                img[(ch * shape.hp + y + padding[0]) * shape.wp + padding[1]..][..wd].copy_from_slice(from);
+            }
+        }
+        conv_image(&img, shape, &wt, [kh, kw], [o, oh, ow], bias, dst);
+    });
+    out
+}
+
+/// A zero-padded copy of one image: `c` planes of `hp` rows of `wp` columns.
+#[derive(Clone, Copy)]
+struct PaddedImage {
+    c: usize,
+    hp: usize,
+    wp: usize,
+}
+
+/// One image of [`conv2d_direct`]: `dst` is its `[O, OH, OW]` output. AVX2 with FMA where the
+/// CPU has them (picked at run time), else a portable loop.
+fn conv_image(
+    img: &[f32],
+    shape: PaddedImage,
+    wt: &[f32],
+    kernel: [usize; 2],
+    sizes: [usize; 3],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU was just seen to support AVX2 and FMA.
+        return unsafe { conv_image_avx2(img, shape, wt, kernel, sizes, bias, dst) };
+    }
+    conv_image_portable(img, shape, wt, kernel, sizes, bias, dst);
+}
+
+/// The sums' first values: the bias of each of the block's filters (0 past the last filter,
+/// or without a bias).
+fn block_bias(bias: Option<&[f32]>, block: usize) -> [f32; FILTERS] {
+    std::array::from_fn(|f| bias.and_then(|b| b.get(block * FILTERS + f).copied()).unwrap_or(0.0))
+}
+
+/// [`conv_image`] with AVX2 intrinsics: the 8 x 8 sums in 8 vector registers.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. The sizes must be [`conv2d_direct`]'s: `img` holds
+/// `shape.c` planes of `shape.hp = OH + KH - 1` rows of `shape.wp` (at least
+/// `ceil(OW / 8)·8 + KW - 1`) columns, `wt` whole blocks of `C·KH·KW` taps of 8 filters.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_image_avx2(
+    img: &[f32],
+    shape: PaddedImage,
+    wt: &[f32],
+    [kh, kw]: [usize; 2],
+    [o, oh, ow]: [usize; 3],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let taps = shape.c * kh * kw;
+    for y in 0..oh {
+        for x0 in (0..ow).step_by(LANES) {
+            let width = LANES.min(ow - x0);
+            for (block, weights) in wt.chunks_exact(taps * FILTERS).enumerate() {
+                let start = block_bias(bias, block);
+                let mut acc: [__m256; FILTERS] = std::array::from_fn(|f| _mm256_set1_ps(start[f]));
+                let mut tap = weights.as_ptr();
+                for ch in 0..shape.c {
+                    for i in 0..kh {
+                        // Bounds checked once per row of taps; the loads below stay inside it.
+                        let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
+                        for j in 0..kw {
+                            // SAFETY: j + 8 <= row.len(); `tap` walks the block's taps·8
+                            // weights, 8 per tap, and there are exactly `taps` taps here.
+                            let s = _mm256_loadu_ps(row.as_ptr().add(j));
+                            for (f, a) in acc.iter_mut().enumerate() {
+                                *a = _mm256_fmadd_ps(_mm256_set1_ps(*tap.add(f)), s, *a);
+                            }
+                            tap = tap.add(FILTERS);
+                        }
+                    }
+                }
+                for (f, a) in acc.iter().enumerate().take(o.saturating_sub(block * FILTERS)) {
+                    let mut lanes = [0.0f32; LANES];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                    dst[((block * FILTERS + f) * oh + y) * ow + x0..][..width].copy_from_slice(&lanes[..width]);
+                }
+            }
+        }
+    }
+}
+
+/// [`conv_image`] for CPUs without AVX2: the same steps, in plain arithmetic.
+fn conv_image_portable(
+    img: &[f32],
+    shape: PaddedImage,
+    wt: &[f32],
+    [kh, kw]: [usize; 2],
+    [o, oh, ow]: [usize; 3],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    let taps = shape.c * kh * kw;
+    for y in 0..oh {
+        for x0 in (0..ow).step_by(LANES) {
+            let width = LANES.min(ow - x0);
+            for (block, weights) in wt.chunks_exact(taps * FILTERS).enumerate() {
+                let mut acc = block_bias(bias, block).map(|b| [b; LANES]);
+                let mut tap = weights.chunks_exact(FILTERS);
+                for ch in 0..shape.c {
+                    for i in 0..kh {
+                        let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
+                        for j in 0..kw {
+                            let wv = tap.next().unwrap_or(&[0.0; FILTERS]);
+                            for (a, &wf) in acc.iter_mut().zip(wv) {
+                                for (al, &sl) in a.iter_mut().zip(&row[j..j + LANES]) {
+                                    *al += wf * sl;
+                                }
+                            }
+                        }
+                    }
+                }
+                for (f, a) in acc.iter().enumerate().take(o.saturating_sub(block * FILTERS)) {
+                    dst[((block * FILTERS + f) * oh + y) * ow + x0..][..width].copy_from_slice(&a[..width]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// The 2x2 pooling path on values drawn from {0, 1, NaN} (ties and NaNs everywhere)
+    /// against a plain raster-order scan: the first maximum wins a tie, the first NaN wins
+    /// over any number, as in PyTorch.
+    #[test]
+    fn two_by_two_pooling_keeps_the_first_maximum_and_the_first_nan() {
+        let mut rng = Rng::seed(9);
+        let (n, c, h, w) = (2, 3, 6, 10);
+        let src: Vec<f32> = (0..n * c * h * w)
+            .map(|_| match rng.uniform(0.0, 3.0) as u32 {
+                0 => 0.0,
+                1 => 1.0,
+                _ => f32::NAN,
+            })
+            .collect();
+        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let dims = ImageDims { input: [n, c, h, w], output: [h / 2, w / 2] };
+        let (values, taps) = max_pool(&src, dims, &win);
+        for p in 0..n * c {
+            for y in 0..h / 2 {
+                for x in 0..w / 2 {
+                    let window =
+                        [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(dy, dx)| src[p * h * w + (2 * y + dy) * w + 2 * x + dx]);
+                    let first_nan = window.iter().position(|v| v.is_nan());
+                    let best = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let want = first_nan.unwrap_or_else(|| window.iter().position(|&v| v == best).unwrap());
+                    let at = (p * (h / 2) + y) * (w / 2) + x;
+                    assert_eq!(taps[at], want as f32, "plane {p} ({y}, {x}): window {window:?}");
+                    assert_eq!(values[at].to_bits(), window[want].to_bits(), "plane {p} ({y}, {x})");
+                }
+            }
+        }
+    }
 }

@@ -95,11 +95,29 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         }
         return out;
     }
+    // gemm copies ("packs") the operand it reads as `b` unless b's rows are contiguous, and
+    // that copy is n x k. When it is the larger side (a weight gradient `g · colsᵀ` whose
+    // columns are the long im2col axis), compute Cᵀ = Bᵀ·Aᵀ instead, whose packed operand is
+    // m x k, and transpose the small result: twice as fast on the `cnn` benchmark's second
+    // convolution (32 x 4096 by 4096 x 400).
+    if batch == 1 && packs_less_transposed(la, lb, [m, k, n]) {
+        let (ra, rb) = (la.rank(), lb.rank());
+        if let (Ok(lat), Ok(lbt)) = (la.transpose(ra - 2, ra - 1), lb.transpose(rb - 2, rb - 1)) {
+            let ct = matmul(b, &lbt, a, &lat, [n, k, m]); // Cᵀ, n x m
+            let mut out = vec![0.0f32; m * n];
+            for (j, row) in ct.chunks_exact(m).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[i * n + j] = v;
+                }
+            }
+            return out;
+        }
+    }
     // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
     // the product runs on that task's thread.
     let nested = crate::backend::kept_on_one_thread();
     let threads = if nested { 1 } else { rayon::current_num_threads() };
-    if batch == 1 && m * n <= SMALL_OUTPUT && k >= LONG_INNER && threads > 1 {
+    if batch == 1 && threads > 1 && split_inner(m, n, k) {
         // A small result over a long inner axis (the weight gradient of a convolution: a few
         // filters, every position of every image) leaves gemm nothing to split across threads.
         // Split the inner axis instead and add the partial products, in a fixed order.
@@ -187,10 +205,25 @@ super::fastmath::dispatch! {
 /// A vector-matrix product with at least this many multiply-adds is split over two threads.
 const GEMV_SPLIT: usize = 1 << 16;
 
-/// A product with at most this many outputs counts as small ([`matmul`]).
-const SMALL_OUTPUT: usize = 64 * 64;
-/// An inner axis at least this long is split across threads when the output is small.
-const LONG_INNER: usize = 8192;
+/// Whether an `m x k` by `k x n` product splits its inner axis over the threads (each thread
+/// a partial product of the whole output, added after): when the inner axis is long and the
+/// output small beside it, as in a weight gradient (the batch, or every position of every
+/// image, is the inner axis). gemm threads over the output's blocks, and an output of a few
+/// dozen rows leaves it too little to share: the `cnn` benchmark's second convolution's weight
+/// gradient (32 x 4096 by 4096 x 400) ran no faster on two threads than on one before this.
+fn split_inner(m: usize, n: usize, k: usize) -> bool {
+    k >= 2048 && k >= 4 * m.min(n).max(64) && m * n <= (1 << 20)
+}
+
+/// Whether `a · b` packs at most half as much when computed as `(bᵀ · aᵀ)ᵀ` (see [`matmul`]):
+/// gemm packs `b` (n x k) unless its rows are contiguous; the transposed product packs `a`
+/// (m x k) unless a's columns are, and then pays an m x n transpose.
+fn packs_less_transposed(la: &Layout, lb: &Layout, [m, k, n]: [usize; 3]) -> bool {
+    let (sa, sb) = (la.strides(), lb.strides());
+    let packed = if sb[lb.rank() - 1] != 1 { n * k } else { 0 };
+    let transposed = if sa[la.rank() - 2] != 1 { m * k } else { 0 } + m * n;
+    2 * transposed <= packed
+}
 
 /// A raw pointer that may cross threads: each thread writes its own disjoint block.
 #[derive(Clone, Copy)]
@@ -237,6 +270,32 @@ mod tests {
                         (f64::from(*g) - want).abs() <= 1e-6 * (1.0 + scale),
                         "k {k} n {n} column {j}: {g} vs {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A few rows times a transposed matrix with a long inner axis (a weight gradient's
+    /// shape) takes the transposed product, and a long inner axis with a small output splits
+    /// it over the threads; both against a sum in f64.
+    #[test]
+    fn transposed_and_split_products_match_a_plain_sum() {
+        let mut rng = Rng::seed(6);
+        // (m, k, n, whether the product is computed transposed)
+        for (m, k, n, transposed) in [(4, 3000, 50, true), (32, 4096, 40, false), (3, 2500, 7, true)] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.standard_normal()).collect();
+            let bt: Vec<f32> = (0..n * k).map(|_| rng.standard_normal()).collect();
+            let la = Layout::contiguous(&[m, k]);
+            let lb = Layout::contiguous(&[n, k]).transpose(0, 1).unwrap(); // b = btᵀ, [k, n]
+            assert_eq!(packs_less_transposed(&la, &lb, [m, k, n]), transposed, "{m}x{k}x{n}");
+            assert!(split_inner(m, n, k));
+            let got = matmul(&a, &la, &bt, &lb, [m, k, n]);
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| f64::from(a[i * k + p]) * f64::from(bt[j * k + p]));
+                    let (want, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
+                    let g = f64::from(got[i * n + j]);
+                    assert!((g - want).abs() <= 1e-6 * (1.0 + scale), "{m}x{k}x{n} at ({i}, {j}): {g} vs {want}");
                 }
             }
         }

@@ -64,6 +64,27 @@ pub(crate) fn available_memory() -> Option<u64> {
     Some(cgroup().map_or(host, |c| c.min(host)))
 }
 
+impl CpuStorage {
+    /// Direct convolution, stride 1, no dilation (see [`conv::conv2d_direct`]): `self` the
+    /// `[N, C, H, W]` images, `w` the `[O, C, KH, KW]` filters, `bias` `[O]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_direct(
+        &self,
+        l: &Layout,
+        w: &Self,
+        w_l: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        dims: ImageDims,
+        padding: [usize; 2],
+    ) -> Result<Self> {
+        let x = elementwise::row_major(self.f32(), l);
+        let wm = elementwise::row_major(w.f32(), w_l);
+        let bias = bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l));
+        let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
+        Ok(CpuStorage::F32(conv::conv2d_direct(&x, dims, &wm, o, kernel, padding, bias.as_deref())))
+    }
+}
+
 impl BackendStorage for CpuStorage {
     fn device(&self) -> Device {
         Device::Cpu
