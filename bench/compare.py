@@ -1,11 +1,12 @@
-"""Sinapse vs PyTorch, interleaved: A B A B ... on the same machine, in one run.
+"""Sinapse vs PyTorch, interleaved: A B B A A B ... on the same machine, in one run.
 
     python3 bench/compare.py [mlp cnn lstm infer] [--pairs 5] [--sinapse target/release/sinapse]
     python3 bench/compare.py mlp --pairs 7 --against OLD_SINAPSE_BINARY
 
 For each benchmark named (all four when none is), runs `sinapse bench NAME --runs 1` and
-`python3 bench/pytorch_bench.py NAME --runs 1` alternately, reads the figures each prints, and
-prints every pair's ratio and the median ratio (Sinapse / PyTorch: above 1 means Sinapse is
+`python3 bench/pytorch_bench.py NAME --runs 1` alternately (which of the two runs first in a
+pair alternates too: the first of a back-to-back pair ran slower), reads the figures each
+prints, and prints every pair's ratio and the median ratio (Sinapse / PyTorch: above 1 means Sinapse is
 faster; for batch-1 latency the ratio is PyTorch's time over Sinapse's, so above 1 is faster
 too), and the peak resident memory of both processes. Build first with
 `cargo build --release`; run with a Python that has torch installed. With `--against`, the
@@ -50,8 +51,15 @@ def compare(name, args, here):
         peer = "pytorch"
     first, second, memory = [], [], []
     for i in range(args.pairs):
-        a1, a2, am = figures(ours, name)
-        b1, b2, bm = figures(theirs, name)
+        # Which program runs first alternates: run back to back, the first of two identical
+        # binaries measured about 7% slower than the second (an A/B of one build against
+        # itself), and a fixed order would hand that to one side.
+        if i % 2 == 0:
+            a1, a2, am = figures(ours, name)
+            b1, b2, bm = figures(theirs, name)
+        else:
+            b1, b2, bm = figures(theirs, name)
+            a1, a2, am = figures(ours, name)
         memory.append(am / bm)
         if name == "infer":
             first.append(b1 / a1)
