@@ -255,6 +255,24 @@ pub(super) fn conv2d_direct(
     padding: [usize; 2],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    conv2d_direct_by(conv_image, x, dims, w, o, kernel, padding, bias)
+}
+
+/// One image's step of [`conv2d_direct`]: [`conv_image`], or one of its two paths in tests.
+type ImageKernel = fn(&[f32], PaddedImage, &[f32], [usize; 2], [usize; 3], Option<&[f32]>, &mut [f32]);
+
+/// [`conv2d_direct`] with the per-image kernel `image`.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_direct_by(
+    image: ImageKernel,
+    x: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = kernel;
     let plane = oh * ow;
@@ -281,7 +299,7 @@ pub(super) fn conv2d_direct(
                 img[(ch * shape.hp + y + padding[0]) * shape.wp + padding[1]..][..wd].copy_from_slice(from);
             }
         }
-        conv_image(&img, shape, &wt, [kh, kw], [o, oh, ow], bias, dst);
+        image(&img, shape, &wt, [kh, kw], [o, oh, ow], bias, dst);
     });
     out
 }
@@ -412,6 +430,57 @@ fn conv_image_portable(
 mod tests {
     use super::*;
     use crate::Rng;
+
+    /// Both paths of the direct convolution (AVX2, where this CPU has it, and the portable
+    /// one that CPUs without it take) against the definition summed in f64, on shapes with
+    /// partial 8-column steps, partial blocks of 8 filters, padding and no bias.
+    #[test]
+    fn direct_convolution_paths_match_the_definition() {
+        let mut rng = Rng::seed(12);
+        // ([N, C, H, W], [O, KH, KW], padding, bias)
+        let cases = [
+            ([2, 3, 7, 13], [9, 3, 3], [1, 1], true),
+            ([1, 2, 5, 21], [17, 3, 2], [2, 1], false),
+            ([2, 1, 9, 9], [16, 5, 5], [0, 0], true),
+        ];
+        for ([n, c, h, w], [o, kh, kw], [ph, pw], with_bias) in cases {
+            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
+            let wt: Vec<f32> = (0..o * c * kh * kw).map(|_| rng.standard_normal()).collect();
+            let b: Vec<f32> = (0..o).map(|_| rng.standard_normal()).collect();
+            let bias = with_bias.then_some(b.as_slice());
+            let (oh, ow) = (h + 2 * ph - kh + 1, w + 2 * pw - kw + 1);
+            let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+            let at = |bi: usize, ch: usize, y: isize, xx: isize| -> f64 {
+                let (y, xx) = (y - ph as isize, xx - pw as isize);
+                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                    return 0.0;
+                }
+                f64::from(x[((bi * c + ch) * h + y as usize) * w + xx as usize])
+            };
+            let paths: [(&str, ImageKernel); 2] = [("dispatched", conv_image), ("portable", conv_image_portable)];
+            for (path, image) in paths {
+                let got = conv2d_direct_by(image, &x, dims, &wt, o, [kh, kw], [ph, pw], bias);
+                for (idx, &g) in got.iter().enumerate() {
+                    let (bi, f, y, xx) = (idx / (o * oh * ow), idx / (oh * ow) % o, idx / ow % oh, idx % ow);
+                    let mut want = bias.map_or(0.0, |b| f64::from(b[f]));
+                    for ch in 0..c {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let wv = f64::from(wt[((f * c + ch) * kh + i) * kw + j]);
+                                want += wv * at(bi, ch, (y + i) as isize, (xx + j) as isize);
+                            }
+                        }
+                    }
+                    assert!(
+                        (f64::from(g) - want).abs() < 1e-4,
+                        "{path}, x {:?} w {:?}: output {idx}: {g} vs {want}",
+                        [n, c, h, w],
+                        [o, kh, kw]
+                    );
+                }
+            }
+        }
+    }
 
     /// The 2x2 pooling path on values drawn from {0, 1, NaN} (ties and NaNs everywhere)
     /// against a plain raster-order scan: the first maximum wins a tie, the first NaN wins
