@@ -1,5 +1,6 @@
-//! Convolution and pooling kernels: im2col and its adjoint col2im, max pooling and its
-//! adjoint. Inputs are row-major `[N, C, H, W]` batches.
+//! Convolution and pooling kernels: im2col and its adjoint col2im, a direct convolution for
+//! stride 1 (AVX2, picked at run time), max pooling and its adjoint. Inputs are row-major
+//! `[N, C, H, W]` batches.
 
 use std::mem::MaybeUninit;
 
@@ -159,12 +160,11 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
                     for iy in y0..y1 {
                         for ix in x0..x1 {
                             let v = plane[iy * w + ix];
-                            // Bitwise `|`/`&` and selects, not branches: which tap wins is random,
-                            // and mispredicted branches cost several times the comparisons.
+                            // Which tap wins is random: selects, not branches (see max_pool_2x2).
                             let wins = (v > best) | (v.is_nan() & !best.is_nan());
-                            best = if wins { v } else { best };
-                            best_y = if wins { iy } else { best_y };
-                            best_x = if wins { ix } else { best_x };
+                            best = std::hint::select_unpredictable(wins, v, best);
+                            best_y = std::hint::select_unpredictable(wins, iy, best_y);
+                            best_x = std::hint::select_unpredictable(wins, ix, best_x);
                         }
                     }
                     vals[y * ow + x] = best;
@@ -245,7 +245,8 @@ const FILTERS: usize = 8;
 /// while it runs over every tap of every channel: one vector load of the image and 8
 /// broadcast weights per 8 fused multiply-adds. The columns of im2col (25x the image for a
 /// 5x5 kernel) are never written, and the result comes out in `[N, O, ..]` order with the
-/// bias already in. Images are spread over the threads.
+/// bias already in. Images are spread over the threads, and with fewer images than threads
+/// (inference) each image's blocks of 8 filters too.
 pub(super) fn conv2d_direct(
     x: &[f32],
     dims: ImageDims,
@@ -291,6 +292,7 @@ fn conv2d_direct_by(
     }
     let shape = PaddedImage { c, hp: h + 2 * padding[0], wp: ow.div_ceil(LANES) * LANES + kw - 1 };
     let mut out = vec![0.0f32; n * o * plane];
+    let few_images = n < rayon::current_num_threads();
     out.par_chunks_mut(o * plane).enumerate().for_each(|(b, dst)| {
         let mut img = vec![0.0f32; c * shape.hp * shape.wp];
         for ch in 0..c {
@@ -299,7 +301,14 @@ fn conv2d_direct_by(
                 img[(ch * shape.hp + y + padding[0]) * shape.wp + padding[1]..][..wd].copy_from_slice(from);
             }
         }
-        image(&img, shape, &wt, [kh, kw], [o, oh, ow], bias, dst);
+        // With fewer images than threads (inference), one task per block of 8 filters: its
+        // weights, its part of the bias, its planes; else one task per image.
+        let per_task = if few_images { 1 } else { usize::MAX };
+        dst.par_chunks_mut(FILTERS * plane).enumerate().with_min_len(per_task).for_each(|(block, planes)| {
+            let weights = &wt[block * taps * FILTERS..][..taps * FILTERS];
+            let bias = bias.map(|bias| &bias[block * FILTERS..]);
+            image(&img, shape, weights, [kh, kw], [planes.len() / plane, oh, ow], bias, planes);
+        });
     });
     out
 }
