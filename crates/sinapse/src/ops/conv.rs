@@ -108,8 +108,9 @@ impl Tensor {
         let win = Window { kernel: [kh, kw], stride, padding, dilation };
         let [oh, ow] = output_size("conv2d", &win, h, w)?;
         // Stride 1 without dilation has a direct kernel on the CPU (for windows that read
-        // something: with no input channels the output is the bias, as im2col's path gives).
-        if stride == [1, 1] && dilation == [1, 1] && c * kh * kw > 0 {
+        // something: with no input channels the output is the bias, as im2col's path gives;
+        // `output_size` has already refused an empty kernel).
+        if stride == [1, 1] && dilation == [1, 1] && c > 0 {
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
             if let Some(out) = self.conv2d_direct(weight, bias, dims, padding)? {
                 return Ok(out);
@@ -478,8 +479,8 @@ mod tests {
         }
     }
 
-    /// The direct path on views (a transposed image batch and a permuted weight, read in
-    /// place), and its gradients when only some inputs ask for one, against im2col's path on
+    /// The direct path on views (a transposed image batch and a permuted weight, which the
+    /// CPU storage copies to row-major first), and its gradients when only some inputs ask for one, against im2col's path on
     /// contiguous copies.
     #[test]
     fn direct_convolution_reads_views_and_gives_the_gradients_asked_for() {
