@@ -259,7 +259,8 @@ pub(super) fn conv2d_direct(
     conv2d_direct_by(conv_image, x, dims, w, o, kernel, padding, bias)
 }
 
-/// One image's step of [`conv2d_direct`]: [`conv_image`], or one of its two paths in tests.
+/// One image and one block of filters of [`conv2d_direct`]: [`conv_image`], or one of its two
+/// paths in tests.
 type ImageKernel = fn(&[f32], PaddedImage, &[f32], [usize; 2], [usize; 3], Option<&[f32]>, &mut [f32]);
 
 /// [`conv2d_direct`] with the per-image kernel `image`.
@@ -301,14 +302,19 @@ fn conv2d_direct_by(
                 img[(ch * shape.hp + y + padding[0]) * shape.wp + padding[1]..][..wd].copy_from_slice(from);
             }
         }
-        // With fewer images than threads (inference), one task per block of 8 filters: its
-        // weights, its part of the bias, its planes; else one task per image.
-        let per_task = if few_images { 1 } else { usize::MAX };
-        dst.par_chunks_mut(FILTERS * plane).enumerate().with_min_len(per_task).for_each(|(block, planes)| {
+        // One block of 8 filters: its weights, its part of the bias, its planes.
+        let block = |(block, planes): (usize, &mut [f32])| {
             let weights = &wt[block * taps * FILTERS..][..taps * FILTERS];
             let bias = bias.map(|bias| &bias[block * FILTERS..]);
             image(&img, shape, weights, [kh, kw], [planes.len() / plane, oh, ow], bias, planes);
-        });
+        };
+        // With fewer images than threads (inference), one task per block; else the image's
+        // blocks in turn on its own task.
+        if few_images {
+            dst.par_chunks_mut(FILTERS * plane).enumerate().for_each(block);
+        } else {
+            dst.chunks_mut(FILTERS * plane).enumerate().for_each(block);
+        }
     });
     out
 }
@@ -321,8 +327,10 @@ struct PaddedImage {
     wp: usize,
 }
 
-/// One image of [`conv2d_direct`]: `dst` is its `[O, OH, OW]` output. AVX2 with FMA where the
-/// CPU has them (picked at run time), else a portable loop.
+/// One image and one block of at most 8 filters of [`conv2d_direct`]: `wt` the block's
+/// `[C·KH·KW, 8]` weights, `bias` its filters' biases (from the block's first), `dst` its
+/// `[filters, OH, OW]` output. AVX2 with FMA where the CPU has them (picked at run time),
+/// else a portable loop.
 fn conv_image(
     img: &[f32],
     shape: PaddedImage,
@@ -342,8 +350,8 @@ fn conv_image(
 
 /// The sums' first values: the bias of each of the block's filters (0 past the last filter,
 /// or without a bias).
-fn block_bias(bias: Option<&[f32]>, block: usize) -> [f32; FILTERS] {
-    std::array::from_fn(|f| bias.and_then(|b| b.get(block * FILTERS + f).copied()).unwrap_or(0.0))
+fn block_bias(bias: Option<&[f32]>) -> [f32; FILTERS] {
+    std::array::from_fn(|f| bias.and_then(|b| b.get(f).copied()).unwrap_or(0.0))
 }
 
 /// [`conv_image`] with AVX2 intrinsics: the 8 x 8 sums in 8 vector registers.
@@ -351,7 +359,7 @@ fn block_bias(bias: Option<&[f32]>, block: usize) -> [f32; FILTERS] {
 /// # Safety
 /// The CPU must support AVX2 and FMA. The sizes must be [`conv2d_direct`]'s: `img` holds
 /// `shape.c` planes of `shape.hp = OH + KH - 1` rows of `shape.wp` (at least
-/// `ceil(OW / 8)·8 + KW - 1`) columns, `wt` whole blocks of `C·KH·KW` taps of 8 filters.
+/// `ceil(OW / 8)·8 + KW - 1`) columns, `wt` `C·KH·KW` taps of 8 filters.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn conv_image_avx2(
@@ -359,39 +367,37 @@ unsafe fn conv_image_avx2(
     shape: PaddedImage,
     wt: &[f32],
     [kh, kw]: [usize; 2],
-    [o, oh, ow]: [usize; 3],
+    [filters, oh, ow]: [usize; 3],
     bias: Option<&[f32]>,
     dst: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let taps = shape.c * kh * kw;
+    let start = block_bias(bias);
+    let wt = &wt[..shape.c * kh * kw * FILTERS];
     for y in 0..oh {
         for x0 in (0..ow).step_by(LANES) {
             let width = LANES.min(ow - x0);
-            for (block, weights) in wt.chunks_exact(taps * FILTERS).enumerate() {
-                let start = block_bias(bias, block);
-                let mut acc: [__m256; FILTERS] = std::array::from_fn(|f| _mm256_set1_ps(start[f]));
-                let mut tap = weights.as_ptr();
-                for ch in 0..shape.c {
-                    for i in 0..kh {
-                        // Bounds checked once per row of taps; the loads below stay inside it.
-                        let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
-                        for j in 0..kw {
-                            // SAFETY: j + 8 <= row.len(); `tap` walks the block's taps·8
-                            // weights, 8 per tap, and there are exactly `taps` taps here.
-                            let s = _mm256_loadu_ps(row.as_ptr().add(j));
-                            for (f, a) in acc.iter_mut().enumerate() {
-                                *a = _mm256_fmadd_ps(_mm256_set1_ps(*tap.add(f)), s, *a);
-                            }
-                            tap = tap.add(FILTERS);
+            let mut acc: [__m256; FILTERS] = std::array::from_fn(|f| _mm256_set1_ps(start[f]));
+            let mut tap = wt.as_ptr();
+            for ch in 0..shape.c {
+                for i in 0..kh {
+                    // Bounds checked once per row of taps; the loads below stay inside it.
+                    let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
+                    for j in 0..kw {
+                        // SAFETY: j + 8 <= row.len(); `tap` walks the C·KH·KW·8 weights `wt`
+                        // was just cut to, 8 per tap, one tap per (ch, i, j).
+                        let s = _mm256_loadu_ps(row.as_ptr().add(j));
+                        for (f, a) in acc.iter_mut().enumerate() {
+                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*tap.add(f)), s, *a);
                         }
+                        tap = tap.add(FILTERS);
                     }
                 }
-                for (f, a) in acc.iter().enumerate().take(o.saturating_sub(block * FILTERS)) {
-                    let mut lanes = [0.0f32; LANES];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-                    dst[((block * FILTERS + f) * oh + y) * ow + x0..][..width].copy_from_slice(&lanes[..width]);
-                }
+            }
+            for (f, a) in acc.iter().enumerate().take(filters) {
+                let mut lanes = [0.0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
+                dst[(f * oh + y) * ow + x0..][..width].copy_from_slice(&lanes[..width]);
             }
         }
     }
@@ -403,33 +409,30 @@ fn conv_image_portable(
     shape: PaddedImage,
     wt: &[f32],
     [kh, kw]: [usize; 2],
-    [o, oh, ow]: [usize; 3],
+    [filters, oh, ow]: [usize; 3],
     bias: Option<&[f32]>,
     dst: &mut [f32],
 ) {
-    let taps = shape.c * kh * kw;
     for y in 0..oh {
         for x0 in (0..ow).step_by(LANES) {
             let width = LANES.min(ow - x0);
-            for (block, weights) in wt.chunks_exact(taps * FILTERS).enumerate() {
-                let mut acc = block_bias(bias, block).map(|b| [b; LANES]);
-                let mut tap = weights.chunks_exact(FILTERS);
-                for ch in 0..shape.c {
-                    for i in 0..kh {
-                        let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
-                        for j in 0..kw {
-                            let wv = tap.next().unwrap_or(&[0.0; FILTERS]);
-                            for (a, &wf) in acc.iter_mut().zip(wv) {
-                                for (al, &sl) in a.iter_mut().zip(&row[j..j + LANES]) {
-                                    *al += wf * sl;
-                                }
+            let mut acc = block_bias(bias).map(|b| [b; LANES]);
+            let mut tap = wt.chunks_exact(FILTERS);
+            for ch in 0..shape.c {
+                for i in 0..kh {
+                    let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
+                    for j in 0..kw {
+                        let wv = tap.next().unwrap_or(&[0.0; FILTERS]);
+                        for (a, &wf) in acc.iter_mut().zip(wv) {
+                            for (al, &sl) in a.iter_mut().zip(&row[j..j + LANES]) {
+                                *al += wf * sl;
                             }
                         }
                     }
                 }
-                for (f, a) in acc.iter().enumerate().take(o.saturating_sub(block * FILTERS)) {
-                    dst[((block * FILTERS + f) * oh + y) * ow + x0..][..width].copy_from_slice(&a[..width]);
-                }
+            }
+            for (f, a) in acc.iter().enumerate().take(filters) {
+                dst[(f * oh + y) * ow + x0..][..width].copy_from_slice(&a[..width]);
             }
         }
     }
