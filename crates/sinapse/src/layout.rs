@@ -7,7 +7,15 @@
 //! its storage. A view (transpose, narrow, broadcast) only changes these three numbers and
 //! shares the storage; a stride of 0 repeats one element along a broadcast axis.
 
+use smallvec::SmallVec;
+
 use crate::{Error, Result};
+
+/// Sizes or strides of a layout's axes: up to 6 axes inline, more on the heap. Every op makes
+/// at least one layout, and two heap allocations for each (shape and strides) were a third of
+/// the time of a small op (a 5-layer MLP's forward pass on one sample: 7.5 us with nothing to
+/// compute).
+pub(crate) type Dims = SmallVec<[usize; 6]>;
 
 /// An axis of a tensor, as ops take it: a `usize` counts from the front, a negative number
 /// from the back (`-1` is the last axis), as in PyTorch (`x.softmax(-1)`).
@@ -46,14 +54,19 @@ signed_dim!(i32, i64, isize);
 /// Shape, strides and offset of a tensor inside its storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    shape: Vec<usize>,
-    strides: Vec<usize>,
+    shape: Dims,
+    strides: Dims,
     offset: usize,
 }
 
 /// Row-major (C order) strides of a shape: the last axis moves fastest.
 pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![0; shape.len()];
+    row_major(shape).into_vec()
+}
+
+/// [`contiguous_strides`], without a heap allocation for up to 6 axes.
+fn row_major(shape: &[usize]) -> Dims {
+    let mut strides: Dims = SmallVec::from_elem(0, shape.len());
     let mut acc = 1;
     for (s, &d) in strides.iter_mut().zip(shape).rev() {
         *s = acc;
@@ -94,7 +107,7 @@ pub fn broadcast_shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result
 impl Layout {
     /// A fresh row-major layout for `shape`, starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Self {
-        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
+        Layout { shape: SmallVec::from_slice(shape), strides: row_major(shape), offset: 0 }
     }
 
     /// The sizes of the axes.
@@ -226,7 +239,7 @@ impl Layout {
             return Err(err());
         }
         let extra = shape.len() - self.rank();
-        let mut strides = vec![0; shape.len()];
+        let mut strides: Dims = SmallVec::from_elem(0, shape.len());
         for (i, &target) in shape.iter().enumerate().skip(extra) {
             let d = self.shape[i - extra];
             strides[i] = if d == target {
@@ -237,12 +250,12 @@ impl Layout {
                 return Err(err());
             };
         }
-        Ok(Layout { shape: shape.to_vec(), strides, offset: self.offset })
+        Ok(Layout { shape: SmallVec::from_slice(shape), strides, offset: self.offset })
     }
 
     /// Same elements, new shape; only possible without copying when the layout is contiguous.
     pub fn reshape_contiguous(&self, shape: &[usize]) -> Layout {
-        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset }
+        Layout { shape: SmallVec::from_slice(shape), strides: row_major(shape), offset: self.offset }
     }
 }
 
