@@ -88,8 +88,13 @@ pub fn checked_elem_count(op: &'static str, shape: &[usize]) -> Result<usize> {
 /// NumPy broadcasting: align shapes on the right; each pair of sizes must be equal or one of
 /// them 1. Returns the shape of the result.
 pub fn broadcast_shape(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Vec<usize>> {
+    broadcast_dims(op, lhs, rhs).map(Dims::into_vec)
+}
+
+/// [`broadcast_shape`], without a heap allocation for up to 6 axes (every binary op calls it).
+pub(crate) fn broadcast_dims(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Dims> {
     let rank = lhs.len().max(rhs.len());
-    let mut out = vec![0; rank];
+    let mut out: Dims = SmallVec::from_elem(0, rank);
     for i in 0..rank {
         let l = if i + lhs.len() >= rank { lhs[i + lhs.len() - rank] } else { 1 };
         let r = if i + rhs.len() >= rank { rhs[i + rhs.len() - rank] } else { 1 };

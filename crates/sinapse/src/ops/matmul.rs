@@ -4,7 +4,7 @@
 //! chain rule gives dL/dA = dL/dC · Bᵀ and dL/dB = Aᵀ · dL/dC.
 
 use super::grad_if;
-use crate::layout::{broadcast_shape, checked_elem_count};
+use crate::layout::{broadcast_dims, checked_elem_count, Dims};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -35,12 +35,19 @@ impl Tensor {
         if k != k2 {
             return Err(Error::shapes("matmul", a, b));
         }
-        let mut batch = broadcast_shape("matmul", &a[..a.len() - 2], &b[..b.len() - 2])?;
-        checked_elem_count("matmul", &[batch.as_slice(), &[m, n]].concat())?;
-        let la = self.layout().broadcast_to(&[batch.as_slice(), &[m, k]].concat())?;
-        let lb = rhs.layout().broadcast_to(&[batch.as_slice(), &[k, n]].concat())?;
+        let batch = broadcast_dims("matmul", &a[..a.len() - 2], &b[..b.len() - 2])?;
+        // The operands' and the output's shapes: the batch axes, then their matrix's two.
+        let with = |rows: usize, cols: usize| -> Dims { batch.iter().copied().chain([rows, cols]).collect() };
+        let out_shape = with(m, n);
+        checked_elem_count("matmul", &out_shape)?;
+        let view = |t: &Tensor, shape: Dims| match t.shape() == shape.as_slice() {
+            true => Ok(t.layout().clone()),
+            false => t.layout().broadcast_to(&shape),
+        };
+        let la = view(self, with(m, k))?;
+        let lb = view(rhs, with(k, n))?;
         let data = Tensor::with_storages([self, rhs], |[a, b]| a.matmul(&la, b, &lb, [m, k, n]))?;
-        batch.extend([m, n]);
+        let batch = out_shape;
         Ok(Tensor::from_op(data, &batch, "matmul", &[self, rhs], |g, x, _| {
             let (a, b) = (&x[0], &x[1]);
             // An operand that is a transposed matrix (`x·Wᵀ`, W row-major) gets its gradient

@@ -22,7 +22,7 @@ pub mod view;
 
 use crate::autograd::GradFn;
 use crate::backend::{BinaryOp, UnaryOp};
-use crate::layout::{broadcast_shape, Layout};
+use crate::layout::{broadcast_dims, Dims, Layout};
 use crate::{Result, Tensor};
 
 /// The gradient for `input`, computed only when it needs one.
@@ -42,17 +42,29 @@ pub(crate) fn unary_op(x: &Tensor, op: UnaryOp, backward: impl GradFn) -> Result
 
 /// The shape `tensors` broadcast to together (NumPy's rules), and each one's layout viewed at
 /// that shape (stride 0 on the repeated axes).
-pub(crate) fn broadcast<const N: usize>(op: &'static str, tensors: [&Tensor; N]) -> Result<(Vec<usize>, [Layout; N])> {
-    let mut shape: Vec<usize> = Vec::new();
+pub(crate) fn broadcast<const N: usize>(op: &'static str, tensors: [&Tensor; N]) -> Result<(Dims, [Layout; N])> {
+    let mut shape = Dims::new();
     for t in tensors {
-        shape = broadcast_shape(op, &shape, t.shape())?;
+        if t.shape() != shape.as_slice() {
+            shape = broadcast_dims(op, &shape, t.shape())?;
+        }
     }
-    let mut layouts = Vec::with_capacity(N);
-    for t in tensors {
-        layouts.push(t.layout().broadcast_to(&shape)?);
+    // An operand already of the shape keeps its layout (the common case: no allocation).
+    let mut failure = None;
+    let layouts: [Layout; N] = std::array::from_fn(|i| {
+        let l = tensors[i].layout();
+        if l.shape() == shape.as_slice() {
+            return l.clone();
+        }
+        l.broadcast_to(&shape).unwrap_or_else(|e| {
+            failure.get_or_insert(e);
+            Layout::contiguous(&[])
+        })
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((shape, layouts)),
     }
-    let layouts: [Layout; N] = layouts.try_into().unwrap_or_else(|_| unreachable!("one layout per tensor"));
-    Ok((shape, layouts))
 }
 
 /// Broadcasts `lhs` and `rhs` together, applies `op` elementwise, and records `backward`.
