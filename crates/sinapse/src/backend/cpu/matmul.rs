@@ -161,7 +161,14 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
 /// else a portable loop.
 fn gemv_columns(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
     let (k, n) = (x.len(), out.len());
-    assert!(n == 0 || (n - 1) * stride + k <= b.len(), "gemv: {n} columns of {k} at stride {stride} in {}", b.len());
+    // The last column's end, in checked arithmetic: this assert is what makes the raw
+    // pointers of the AVX2 kernel safe.
+    let end = n.checked_sub(1).map(|last| last.checked_mul(stride).and_then(|start| start.checked_add(k)));
+    assert!(
+        end.is_none_or(|end| end.is_some_and(|end| end <= b.len())),
+        "gemv: {n} columns of {k} at stride {stride} in {} values",
+        b.len()
+    );
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU was just seen to support AVX2 and FMA; every column is in `b`
@@ -381,9 +388,25 @@ mod tests {
     #[test]
     fn both_gemv_kernels_match_a_plain_sum() {
         let mut rng = Rng::seed(7);
-        for (k, n, stride) in [(1, 1, 1), (7, 9, 7), (8, 8, 8), (16, 17, 21), (784, 24, 784), (13, 3, 20)] {
+        // (k, n, stride): stride 0 and strides below k are broadcast matrices (columns that
+        // repeat or overlap); 8-column blocks with and without a scalar tail; no columns; empty
+        // columns.
+        let cases: [(usize, usize, usize); 11] = [
+            (1, 1, 1),
+            (7, 9, 7),
+            (8, 8, 8),
+            (16, 17, 21),
+            (784, 24, 784),
+            (13, 3, 20),
+            (9, 10, 0),
+            (16, 9, 4),
+            (13, 9, 20),
+            (5, 0, 5),
+            (0, 9, 3),
+        ];
+        for (k, n, stride) in cases {
             let x: Vec<f32> = (0..k).map(|_| rng.standard_normal()).collect();
-            let b: Vec<f32> = (0..(n - 1) * stride + k).map(|_| rng.standard_normal()).collect();
+            let b: Vec<f32> = (0..n.saturating_sub(1) * stride + k).map(|_| rng.standard_normal()).collect();
             let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
             let mut out = vec![f32::NAN; n];
             gemv_columns_portable(&x, &b, stride, &mut out);
@@ -407,6 +430,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A matrix shorter than its columns need is refused before any kernel reads it.
+    #[test]
+    #[should_panic(expected = "gemv: 3 columns of 8 at stride 8 in 23 values")]
+    fn gemv_refuses_a_matrix_too_short_for_its_columns() {
+        let mut out = [0.0f32; 3];
+        gemv_columns(&[1.0; 8], &[1.0; 23], 8, &mut out);
     }
 
     /// A few rows times a transposed matrix with a long inner axis (a weight gradient's
