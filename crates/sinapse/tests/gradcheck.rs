@@ -157,6 +157,13 @@ fn matrix_products() {
     check("matmul vector right", |x| x[0].matmul(&x[1]), &[rand(&[3, 4], 24), rand(&[4], 25)]);
     check("matmul vector left", |x| x[0].matmul(&x[1]), &[rand(&[4], 26), rand(&[4, 2], 27)]);
     check("dot", |x| x[0].matmul(&x[1]), &[rand(&[4], 28), rand(&[4], 29)]);
+    check("linear", |x| x[0].linear(&x[1], Some(&x[2])), &[rand(&[3, 4], 44), rand(&[5, 4], 45), rand(&[5], 46)]);
+    check("linear without bias", |x| x[0].linear(&x[1], None), &[rand(&[1, 9], 47), rand(&[10, 9], 48)]);
+    check(
+        "linear of a transposed input",
+        |x| x[0].t()?.linear(&x[1], Some(&x[2])),
+        &[rand(&[4, 3], 49), rand(&[2, 4], 50), rand(&[2], 51)],
+    );
 }
 
 #[test]

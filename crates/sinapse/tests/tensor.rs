@@ -204,6 +204,48 @@ fn matmul_values_and_errors() {
     assert_close(&x.matmul(&y.t().unwrap()).unwrap().to_vec(), &want, 2e-3);
 }
 
+/// The fused dense-layer op gives exactly what the three ops it replaces give, values and
+/// gradients, with and without a bias, for one row (the matrix-vector kernel) and for many
+/// (gemm), with gradients asked for only some inputs; bad shapes are errors that say so.
+#[test]
+fn linear_is_matmul_by_the_transpose_plus_bias() {
+    let mut rng = Rng::seed(11);
+    for (rows, inputs, outputs) in [(1, 784, 20), (1, 9, 3), (37, 50, 19), (0, 4, 3)] {
+        let x = Tensor::rand_uniform(&[rows, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+        let w = Tensor::rand_uniform(&[outputs, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+        let b = Tensor::rand_uniform(&[outputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+        let fused = x.linear(&w, Some(&b)).unwrap();
+        let plain = x.matmul(&w.t().unwrap()).unwrap().add(&b).unwrap();
+        assert_eq!(fused.shape(), &[rows, outputs]);
+        assert_eq!(fused.to_vec(), plain.to_vec(), "{rows}x{inputs}x{outputs}");
+        // A loss that weighs each output differently, so that every gradient term shows.
+        let weights = Tensor::rand_uniform(&[rows, outputs], -1.0, 1.0, &mut rng).unwrap();
+        let gf = fused.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gp = plain.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, p) in [("x", &x), ("w", &w), ("b", &b)] {
+            let (f, q) = (gf.get(p).unwrap().to_vec(), gp.get(p).unwrap().to_vec());
+            assert_eq!(f, q, "gradient of {name}, {rows}x{inputs}x{outputs}");
+        }
+        let no_bias = x.linear(&w, None).unwrap();
+        assert_eq!(no_bias.to_vec(), x.matmul(&w.t().unwrap()).unwrap().to_vec());
+    }
+    // Only the weight asks for a gradient: the others get none, and the weight's is gᵀ·x.
+    let x = t(&[1., 2., 3., 4.], &[2, 2]);
+    let w = t(&[1., 0., 0., 1., 1., 1.], &[3, 2]).set_requires_grad(true);
+    let b = t(&[0.5, -0.5, 0.], &[3]);
+    let y = x.linear(&w, Some(&b)).unwrap();
+    assert_eq!(y.to_vec(), vec![1.5, 1.5, 3., 3.5, 3.5, 7.]);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none() && g.get(&b).is_none());
+    assert_eq!(g.get(&w).unwrap().to_vec(), vec![4., 6., 4., 6., 4., 6.]);
+    // Shapes.
+    let e = |r: sinapse::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(e(x.linear(&t(&[1., 2., 3.], &[1, 3]), None)).contains("[2, 2] vs [1, 3]"));
+    assert!(e(x.linear(&w, Some(&t(&[1., 2.], &[2])))).contains("linear bias"));
+    assert!(e(x.reshape(&[4]).unwrap().linear(&w, None)).contains("input must be [rows, in]"));
+    assert!(e(x.linear(&w.reshape(&[6]).unwrap(), None)).contains("weight must be [out, in]"));
+}
+
 #[test]
 fn indexing() {
     let x = t(&[1., 2., 3., 4., 5., 6.], &[3, 2]);

@@ -69,14 +69,13 @@ impl Module for Linear {
                 format!("{} expects inputs [.., {}], got shape {:?}", self.describe(), self.in_features(), x.shape()),
             ));
         }
+        if x.rank() == 2 {
+            return x.linear(&self.weight, self.bias.as_ref());
+        }
         // Leading axes ([batch, time, ..]) are flattened into rows: one matrix product, and
         // its weight gradient one product too, instead of a batch of small ones.
         let rows = x.reshape(&[x.elem_count() / self.in_features().max(1), self.in_features()])?;
-        let y = rows.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.add(b)?,
-            None => y,
-        };
+        let y = rows.linear(&self.weight, self.bias.as_ref())?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.out_features();
         y.reshape(&shape)
