@@ -142,8 +142,8 @@ impl Recurrent {
     fn step(&self, w: &LayerWeights, x: &Tensor, h: &Tensor) -> Result<Tensor> {
         let hs = self.hidden_size;
         let gate = |t: &Tensor, k: usize| t.narrow(1, k * hs, hs);
-        let from_x = x.matmul(&w.weight_ih.t()?)?.add(&w.bias_ih)?;
-        let from_h = h.matmul(&w.weight_hh.t()?)?.add(&w.bias_hh)?;
+        let from_x = x.linear(&w.weight_ih, Some(&w.bias_ih))?;
+        let from_h = h.linear(&w.weight_hh, Some(&w.bias_hh))?;
         match self.kind {
             CellKind::Rnn => from_x.add(&from_h)?.tanh(),
             CellKind::Lstm => Err(Error::invalid("LSTM", "runs as one fused op (Tensor::lstm), not step by step")),
