@@ -279,6 +279,10 @@ fn cases() -> Vec<Case> {
     c.push(case("matmul batched", vec![normal(&[2, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));
     c.push(case("matmul broadcast", vec![normal(&[3, 1, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));
     c.push(case("matmul vector", vec![normal(&[4, 5], r), normal(&[5], r)], |x| x[0].matmul(&x[1])));
+    c.push(case("linear", vec![normal(&[4, 5], r), normal(&[3, 5], r), normal(&[3], r)], |x| {
+        x[0].linear(&x[1], Some(&x[2]))
+    }));
+    c.push(case("linear without bias", vec![normal(&[1, 5], r), normal(&[3, 5], r)], |x| x[0].linear(&x[1], None)));
     // Views and copies.
     c.push(case("reshape", vec![normal(&[3, 4], r)], |x| x[0].reshape(&[2, 6])));
     c.push(case("transpose", vec![normal(&[3, 4], r)], |x| x[0].transpose(0, 1)?.contiguous()));

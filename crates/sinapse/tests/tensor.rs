@@ -210,8 +210,24 @@ fn matmul_values_and_errors() {
 #[test]
 fn linear_is_matmul_by_the_transpose_plus_bias() {
     let mut rng = Rng::seed(11);
-    for (rows, inputs, outputs) in [(1, 784, 20), (1, 9, 3), (37, 50, 19), (0, 4, 3)] {
-        let x = Tensor::rand_uniform(&[rows, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+    // (rows, in, out, x given as a transposed view): one row, many, none, a single output or
+    // input (the products' gradients then take other kernels), and a column-major x.
+    let cases = [
+        (1, 784, 20, false),
+        (1, 9, 3, false),
+        (37, 50, 19, false),
+        (0, 4, 3, false),
+        (2100, 7, 1, false),
+        (5, 1, 7, false),
+        (6, 5, 4, true),
+    ];
+    for (rows, inputs, outputs, transposed) in cases {
+        let x = match transposed {
+            false => Tensor::rand_uniform(&[rows, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true),
+            true => Tensor::rand_uniform(&[inputs, rows], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true),
+        };
+        let base = x.clone();
+        let x = if transposed { x.t().unwrap() } else { x };
         let w = Tensor::rand_uniform(&[outputs, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
         let b = Tensor::rand_uniform(&[outputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
         let fused = x.linear(&w, Some(&b)).unwrap();
@@ -222,9 +238,10 @@ fn linear_is_matmul_by_the_transpose_plus_bias() {
         let weights = Tensor::rand_uniform(&[rows, outputs], -1.0, 1.0, &mut rng).unwrap();
         let gf = fused.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = plain.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, p) in [("x", &x), ("w", &w), ("b", &b)] {
-            let (f, q) = (gf.get(p).unwrap().to_vec(), gp.get(p).unwrap().to_vec());
-            assert_eq!(f, q, "gradient of {name}, {rows}x{inputs}x{outputs}");
+        for (name, p) in [("x", &base), ("w", &w), ("b", &b)] {
+            let (f, q) = (gf.get(p).unwrap(), gp.get(p).unwrap());
+            assert_eq!(f.to_vec(), q.to_vec(), "gradient of {name}, {rows}x{inputs}x{outputs}");
+            assert_eq!(f.layout(), q.layout(), "layout of {name}'s gradient");
         }
         let no_bias = x.linear(&w, None).unwrap();
         assert_eq!(no_bias.to_vec(), x.matmul(&w.t().unwrap()).unwrap().to_vec());

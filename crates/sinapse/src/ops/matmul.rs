@@ -49,24 +49,30 @@ impl Tensor {
         let lb = view(rhs, with(k, n))?;
         let data = Tensor::with_storages([self, rhs], |[a, b]| a.matmul(&la, b, &lb, [m, k, n]))?;
         Ok(Tensor::from_op(data, &out_shape, "matmul", &[self, rhs], |g, x, _| {
-            let (a, b) = (&x[0], &x[1]);
-            // An operand that is a transposed matrix (`x·Wᵀ`, W row-major) gets its gradient
-            // as the transpose of a row-major product, (B·Gᵀ)ᵀ or (Gᵀ·A)ᵀ: the same values,
-            // laid out so that the transpose's own gradient hands W a row-major gradient
-            // without a strided copy. A broadcast operand (a matrix against a batch) sums its
-            // gradient over the batch axes it was repeated along.
-            Ok(vec![
-                grad_if(a, || match column_major(a) {
-                    true => b.matmul(&g.t()?)?.t()?.sum_to_shape(a.shape()),
-                    false => g.matmul(&b.t()?)?.sum_to_shape(a.shape()),
-                })?,
-                grad_if(b, || match column_major(b) {
-                    true => g.t()?.matmul(a)?.t()?.sum_to_shape(b.shape()),
-                    false => a.t()?.matmul(g)?.sum_to_shape(b.shape()),
-                })?,
-            ])
+            let need = [x[0].requires_grad(), x[1].requires_grad()];
+            Ok(Vec::from(product_grads(g, &x[0], &x[1], need)?))
         }))
     }
+}
+
+/// The gradients of `C = A·B` for the operands in `need`, from `g` = dL/dC: dL/dA = G·Bᵀ and
+/// dL/dB = Aᵀ·G. An operand that is a transposed matrix (`x·Wᵀ`, W row-major) gets its
+/// gradient as the transpose of a row-major product, (B·Gᵀ)ᵀ or (Gᵀ·A)ᵀ: the same values,
+/// laid out so that the transpose's own gradient hands W a row-major gradient without a
+/// strided copy. A broadcast operand (a matrix against a batch) sums its gradient over the
+/// batch axes it was repeated along.
+fn product_grads(g: &Tensor, a: &Tensor, b: &Tensor, need: [bool; 2]) -> Result<[Option<Tensor>; 2]> {
+    let da = match (need[0], column_major(a)) {
+        (false, _) => None,
+        (true, true) => Some(b.matmul(&g.t()?)?.t()?.sum_to_shape(a.shape())?),
+        (true, false) => Some(g.matmul(&b.t()?)?.sum_to_shape(a.shape())?),
+    };
+    let db = match (need[1], column_major(b)) {
+        (false, _) => None,
+        (true, true) => Some(g.t()?.matmul(a)?.t()?.sum_to_shape(b.shape())?),
+        (true, false) => Some(a.t()?.matmul(g)?.sum_to_shape(b.shape())?),
+    };
+    Ok([da, db])
 }
 
 impl Tensor {
@@ -77,7 +83,8 @@ impl Tensor {
     /// One op on the tape where `self.matmul(&weight.t()?)?.add(bias)` records three (a
     /// transpose, a product and a broadcast add): the same arithmetic, in the same order, with
     /// a third of the bookkeeping, which is most of the time of a layer applied to one sample.
-    /// Gradients: `dx = g · W`, `dW = gᵀ · x`, `db = Σ_rows g`.
+    /// Gradients: `dx = g · W`, `dW = gᵀ · x`, `db = Σ_rows g`, by the same kernel calls as
+    /// those three ops' gradients.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (rows, inputs) = match *self.shape() {
             [r, i] => (r, i),
@@ -111,7 +118,12 @@ impl Tensor {
         inputs.extend(bias);
         Ok(Tensor::from_op(y, &[rows, outputs], "linear", &inputs, |g, x, _| {
             let (input, weight) = (&x[0], &x[1]);
-            let mut grads = vec![grad_if(input, || g.matmul(weight))?, grad_if(weight, || g.t()?.matmul(input))?];
+            // The product's own rule with Wᵀ as its right operand, and the transpose's rule
+            // after it: exactly the kernel calls of `x.matmul(&w.t()?)?.add(b)`'s gradients,
+            // for every layout and size (a one-column W, a transposed x or W included).
+            let need = [input.requires_grad(), weight.requires_grad()];
+            let [dx, dwt] = product_grads(g, input, &weight.t()?, need)?;
+            let mut grads = vec![dx, dwt.map(|d| d.t()).transpose()?];
             if let Some(b) = x.get(2) {
                 grads.push(grad_if(b, || g.sum_to_shape(b.shape()))?);
             }

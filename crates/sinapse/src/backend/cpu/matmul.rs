@@ -457,6 +457,15 @@ mod tests {
         gemv_columns(&[1.0; 8], &[1.0; 23], 8, &mut out);
     }
 
+    /// Columns so far apart that the last one's end overflows are refused too (the check is
+    /// in checked arithmetic; a wrapped sum could have passed).
+    #[test]
+    #[should_panic(expected = "gemv: 3 columns of 8 at stride 18446744073709551615 in 23 values")]
+    fn gemv_refuses_columns_whose_end_overflows() {
+        let mut out = [0.0f32; 3];
+        gemv_columns(&[1.0; 8], &[1.0; 23], usize::MAX, &mut out);
+    }
+
     /// A few rows times a transposed matrix with a long inner axis (a weight gradient's
     /// shape) takes the transposed product, and a long inner axis with a small output splits
     /// it over the threads; both against a sum in f64.
