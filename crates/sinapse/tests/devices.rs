@@ -274,7 +274,7 @@ fn cases() -> Vec<Case> {
     c.push(case("attention", vec![normal(&[2, 3, 4], r), normal(&[2, 5, 4], r), normal(&[2, 5, 3], r)], |x| {
         Ok(sinapse::nn::scaled_dot_product_attention(&x[0], &x[1], &x[2], None, true)?.0)
     }));
-    // Matrix products: 2-D, batched, broadcast batch axes, vectors.
+    // Matrix products: 2-D, batched, broadcast batch axes, vectors; the dense layer's `linear`.
     c.push(case("matmul", vec![normal(&[4, 5], r), normal(&[5, 3], r)], |x| x[0].matmul(&x[1])));
     c.push(case("matmul batched", vec![normal(&[2, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));
     c.push(case("matmul broadcast", vec![normal(&[3, 1, 4, 5], r), normal(&[2, 5, 3], r)], |x| x[0].matmul(&x[1])));

@@ -210,25 +210,30 @@ fn matmul_values_and_errors() {
 #[test]
 fn linear_is_matmul_by_the_transpose_plus_bias() {
     let mut rng = Rng::seed(11);
-    // (rows, in, out, x given as a transposed view): one row, many, none, a single output or
-    // input (the products' gradients then take other kernels), and a column-major x.
+    // (rows, in, out, x a transposed view, W a transposed view): one row, many, none, a single
+    // output or input (the products' gradients then take other kernels), a column-major x,
+    // and a column-major W (tied weights).
     let cases = [
-        (1, 784, 20, false),
-        (1, 9, 3, false),
-        (37, 50, 19, false),
-        (0, 4, 3, false),
-        (2100, 7, 1, false),
-        (5, 1, 7, false),
-        (6, 5, 4, true),
+        (1, 784, 20, false, false),
+        (1, 9, 3, false, false),
+        (37, 50, 19, false, false),
+        (0, 4, 3, false, false),
+        (2100, 7, 1, false, false),
+        (5, 1, 7, false, false),
+        (6, 5, 4, true, false),
+        (6, 5, 4, false, true),
     ];
-    for (rows, inputs, outputs, transposed) in cases {
-        let x = match transposed {
-            false => Tensor::rand_uniform(&[rows, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true),
-            true => Tensor::rand_uniform(&[inputs, rows], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true),
-        };
-        let base = x.clone();
-        let x = if transposed { x.t().unwrap() } else { x };
-        let w = Tensor::rand_uniform(&[outputs, inputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+    // A [rows, cols] parameter, stored as given or as the transpose of a [cols, rows] one: the
+    // tensor used and the one whose gradient is looked up.
+    fn param(rows: usize, cols: usize, transposed: bool, rng: &mut Rng) -> (Tensor, Tensor) {
+        let shape = if transposed { [cols, rows] } else { [rows, cols] };
+        let base = Tensor::rand_uniform(&shape, -1.0, 1.0, rng).unwrap().set_requires_grad(true);
+        let used = if transposed { base.t().unwrap() } else { base.clone() };
+        (used, base)
+    }
+    for (rows, inputs, outputs, x_t, w_t) in cases {
+        let (x, x_base) = param(rows, inputs, x_t, &mut rng);
+        let (w, w_base) = param(outputs, inputs, w_t, &mut rng);
         let b = Tensor::rand_uniform(&[outputs], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
         let fused = x.linear(&w, Some(&b)).unwrap();
         let plain = x.matmul(&w.t().unwrap()).unwrap().add(&b).unwrap();
@@ -238,7 +243,7 @@ fn linear_is_matmul_by_the_transpose_plus_bias() {
         let weights = Tensor::rand_uniform(&[rows, outputs], -1.0, 1.0, &mut rng).unwrap();
         let gf = fused.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
         let gp = plain.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, p) in [("x", &base), ("w", &w), ("b", &b)] {
+        for (name, p) in [("x", &x_base), ("w", &w_base), ("b", &b)] {
             let (f, q) = (gf.get(p).unwrap(), gp.get(p).unwrap());
             assert_eq!(f.to_vec(), q.to_vec(), "gradient of {name}, {rows}x{inputs}x{outputs}");
             assert_eq!(f.layout(), q.layout(), "layout of {name}'s gradient");
