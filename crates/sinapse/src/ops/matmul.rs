@@ -41,12 +41,8 @@ impl Tensor {
         let with = |rows: usize, cols: usize| -> Dims { batch.iter().copied().chain([rows, cols]).collect() };
         let out_shape = with(m, n);
         checked_elem_count("matmul", &out_shape)?;
-        let view = |t: &Tensor, shape: Dims| match t.shape() == shape.as_slice() {
-            true => Ok(t.layout().clone()),
-            false => t.layout().broadcast_to(&shape),
-        };
-        let la = view(self, with(m, k))?;
-        let lb = view(rhs, with(k, n))?;
+        let la = self.layout().broadcast_to(&with(m, k))?;
+        let lb = rhs.layout().broadcast_to(&with(k, n))?;
         let data = Tensor::with_storages([self, rhs], |[a, b]| a.matmul(&la, b, &lb, [m, k, n]))?;
         Ok(Tensor::from_op(data, &out_shape, "matmul", &[self, rhs], |g, x, _| {
             let need = [x[0].requires_grad(), x[1].requires_grad()];

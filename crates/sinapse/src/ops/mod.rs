@@ -45,18 +45,11 @@ pub(crate) fn unary_op(x: &Tensor, op: UnaryOp, backward: impl GradFn) -> Result
 pub(crate) fn broadcast<const N: usize>(op: &'static str, tensors: [&Tensor; N]) -> Result<(Dims, [Layout; N])> {
     let mut shape = Dims::new();
     for t in tensors {
-        if t.shape() != shape.as_slice() {
-            shape = broadcast_dims(op, &shape, t.shape())?;
-        }
+        shape = broadcast_dims(op, &shape, t.shape())?;
     }
-    // An operand already of the shape keeps its layout (the common case: no allocation).
     let mut failure = None;
     let layouts: [Layout; N] = std::array::from_fn(|i| {
-        let l = tensors[i].layout();
-        if l.shape() == shape.as_slice() {
-            return l.clone();
-        }
-        l.broadcast_to(&shape).unwrap_or_else(|e| {
+        tensors[i].layout().broadcast_to(&shape).unwrap_or_else(|e| {
             failure.get_or_insert(e);
             Layout::contiguous(&[])
         })

@@ -104,9 +104,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         let (ra, rb) = (la.rank(), lb.rank());
         if let (Ok(lat), Ok(lbt)) = (la.transpose(ra - 2, ra - 1), lb.transpose(rb - 2, rb - 1)) {
             let ct = matmul(b, &lbt, a, &lat, [n, k, m]); // Cᵀ, n x m
-            let mut out = vec![0.0f32; m * n];
-            transpose_into(&ct, [n, m], &mut out);
-            return out;
+            return transposed(&ct, [n, m]);
         }
     }
     // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
@@ -152,25 +150,34 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     out
 }
 
-/// `out` (`cols x rows`, row-major) = the transpose of `src` (`rows x cols`, row-major), in
-/// 32 x 32 tiles so that the tile being read and the one being written both stay in L1. The
-/// plain loop stored each value to a new cache line: 4% of the `lstm` benchmark's time (`perf
-/// annotate`), on the transposed per-step product.
-fn transpose_into(src: &[f32], [rows, cols]: [usize; 2], out: &mut [f32]) {
+/// The transpose (`cols x rows`, row-major) of `src` (`rows x cols`, row-major), written in
+/// 32 x 32 tiles so that the tile being read and the one being written both stay in L1, into
+/// memory that is not zeroed first (every value is written once). The plain loop stored each
+/// value to a new cache line: 4% of the `lstm` benchmark's time (`perf annotate`), on the
+/// transposed per-step product.
+fn transposed(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
     const TILE: usize = 32;
+    let len = rows * cols;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let dst = &mut out.spare_capacity_mut()[..len];
     for c0 in (0..cols).step_by(TILE) {
         let c1 = (c0 + TILE).min(cols);
         for r0 in (0..rows).step_by(TILE) {
             let r1 = (r0 + TILE).min(rows);
             for c in c0..c1 {
-                let dst = &mut out[c * rows + r0..c * rows + r1];
+                let line = &mut dst[c * rows + r0..c * rows + r1];
                 // Column c of the tile, down its rows (an iterator: no bounds check per value).
-                for (d, &v) in dst.iter_mut().zip(src[r0 * cols + c..].iter().step_by(cols)) {
-                    *d = v;
+                for (d, &v) in line.iter_mut().zip(src[r0 * cols + c..].iter().step_by(cols)) {
+                    d.write(v);
                 }
             }
         }
     }
+    // SAFETY: the tiles partition the rows x cols positions, and each line of a tile wrote
+    // all r1 - r0 of its values (`src` from `r0·cols + c` holds at least that many at step
+    // `cols`: its last is `(r1 - 1)·cols + c < rows·cols`).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// `out[j] = x · b[j·stride .. j·stride + k]` for every j: one dot product per column of a
