@@ -6,8 +6,8 @@
 #   2. the device op suite with CUDA required (every op and optimizer against the CPU, and
 #      NCCL's all-reduce and broadcast on one rank, with PyTorch's libnccl when it has one);
 #   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
-#   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too), Sinapse and PyTorch
-#      (python3 with CUDA) interleaved;
+#   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp, cnn and lstm also with
+#      the training step in a CUDA graph), Sinapse and PyTorch (python3 with CUDA) interleaved;
 # and prints one table last. Logs go to $OUT (or gpu-run/out/).
 #
 #     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3
@@ -77,6 +77,14 @@ for spec in mnist_mlp mnist_cnn mnist_cnn_bn mnist_lstm; do
         row "train $spec --device cuda" "FAILED: $(tail -n 1 "$logs/train-$spec.log")"
     fi
 done
+# The same MLP with its training step in a CUDA graph: the same accuracy bar.
+if step "train-mnist_mlp-graph" 300 "$bin/sinapse" train models/mnist_mlp.toml --device cuda --cuda-graph \
+    --out "$logs/model-mnist_mlp-graph"; then
+    row "train mnist_mlp --cuda-graph" "$(grep 'test accuracy' "$logs/train-mnist_mlp-graph.log" | tail -n 1); \
+$(grep -m1 -o 'cuda_graph: [a-z ]*' "$logs/train-mnist_mlp-graph.log")"
+else
+    row "train mnist_mlp --cuda-graph" "FAILED: $(tail -n 1 "$logs/train-mnist_mlp-graph.log")"
+fi
 
 # Benchmarks: Sinapse and PyTorch on the same card, one after the other, per benchmark.
 # result NAME LOG: the benchmark's last line and its peak device memory, or why it failed.
@@ -92,6 +100,15 @@ for name in mlp cnn lstm infer; do
     step "bench-$name-torch" 300 python3 bench/pytorch_bench.py "$name" --device cuda --runs "$runs"
     row "bench $name: sinapse" "$(result "$name" "$logs/bench-$name-sinapse.log")"
     row "bench $name: pytorch eager" "$(result "$name" "$logs/bench-$name-torch.log")"
+done
+# The training step captured into one CUDA graph and replayed, on both sides (the issue's
+# targets for mlp and cnn are PyTorch's graphed figures).
+for name in mlp cnn lstm; do
+    step "bench-$name-graph-sinapse" 300 "$bin/sinapse" bench "$name" --device cuda --cuda-graph --runs "$runs"
+    step "bench-$name-graph-torch" 300 python3 bench/pytorch_bench.py "$name" --device cuda --cuda-graph --runs "$runs"
+    graph_note=$(grep -m1 '^cuda_graph:' "$logs/bench-$name-graph-sinapse.log" | cut -c1-60)
+    row "bench $name graph: sinapse" "$(result "$name" "$logs/bench-$name-graph-sinapse.log") [$graph_note]"
+    row "bench $name graph: pytorch" "$(result "$name" "$logs/bench-$name-graph-torch.log")"
 done
 # mlp-large (784-4096-4096-10, batch 1024): the matrix product's speed, in fp32 and TF32.
 for mode in fp32 tf32; do

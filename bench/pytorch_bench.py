@@ -15,10 +15,14 @@ forward, backward, step), last partial batch kept, shuffled each epoch with a fi
   the matrix products use TF32 tensor cores.
 
     python3 bench/pytorch_bench.py mlp|cnn|lstm|infer|mlp-large [--runs 3] [--threads 2]
-        [--data data/mnist-10k] [--device cpu|cuda] [--tf32] [--epochs N]
+        [--data data/mnist-10k] [--device cpu|cuda] [--tf32] [--epochs N] [--cuda-graph]
 
 On `--device cuda` the data and model live on the GPU, the loop reads the loss each step
-(`loss.item()`, as Sinapse's does), and the peak GPU memory is printed too.
+(`loss.item()`), and the peak GPU memory is printed too. `--cuda-graph` (a GPU option) runs
+the first two full batches eagerly, then captures the whole step (forward, loss, backward,
+optimizer step; Adam with `capturable=True`) into one CUDA graph and replays it for every full
+batch, its inputs copied into the graph's static tensors; the losses are kept on the device and
+read every 25 steps, as `sinapse bench --cuda-graph` does.
 
 Prints one line per run, the process's peak resident memory, and, last,
 `NAME: N samples/s, test accuracy X` (the median run; for infer
@@ -96,7 +100,9 @@ def sgd(lr):
 
 
 def adam(lr):
-    return lambda params: torch.optim.Adam(params, lr=lr)
+    # capturable: the step count and bias corrections live on the device, so the update can
+    # be captured into a CUDA graph (same arithmetic).
+    return lambda params: torch.optim.Adam(params, lr=lr, capturable=GRAPH)
 
 
 # name: (network, optimizer, batch size, epochs, training samples tiled to (None: as they are))
@@ -108,6 +114,10 @@ BENCHMARKS = {
 }
 # Set by --epochs: a quick check instead of the benchmark's figure.
 EPOCHS = None
+# Set by --cuda-graph: the training step captured into a CUDA graph.
+GRAPH = False
+# Full batches run eagerly before the capture (as Sinapse's fit does).
+GRAPH_WARMUP = 2
 
 
 def train(name, x, y):
@@ -124,6 +134,8 @@ def train(name, x, y):
     gen = torch.Generator().manual_seed(0)
     n = x.shape[0]
     seconds = 0.0
+    if GRAPH:
+        return model, train_graphed(model, opt, loss_fn, x, y, batch, epochs, gen)
     for _ in range(epochs):
         start = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(x.device)
@@ -138,6 +150,65 @@ def train(name, x, y):
         sync(x.device)
         seconds += time.perf_counter() - start
     return model, epochs * n / seconds
+
+
+def train_graphed(model, opt, loss_fn, x, y, batch, epochs, gen):
+    """The training loop with the step in a CUDA graph (PyTorch's whole-network capture);
+    returns the training samples/s."""
+    n = x.shape[0]
+    static_x, static_y = x[:batch].clone(), y[:batch].clone()
+    side = torch.cuda.Stream()
+    graph, static_loss, warm = None, None, 0
+    pending = []
+    seconds = 0.0
+
+    def eager_step(xb, yb):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    for _ in range(epochs):
+        start = time.perf_counter()
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        for i in range(0, n, batch):
+            idx = perm[i : i + batch]
+            if len(idx) != batch:
+                loss = eager_step(x[idx], y[idx])
+            elif graph is not None:
+                static_x.copy_(x[idx])
+                static_y.copy_(y[idx])
+                graph.replay()
+                loss = static_loss.clone()
+            elif warm < GRAPH_WARMUP:
+                # Warm-up on a side stream, as torch.cuda.graphs asks before a capture.
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    loss = eager_step(x[idx], y[idx])
+                torch.cuda.current_stream().wait_stream(side)
+                warm += 1
+            else:
+                static_x.copy_(x[idx])
+                static_y.copy_(y[idx])
+                graph = torch.cuda.CUDAGraph()
+                opt.zero_grad(set_to_none=True)
+                with torch.cuda.graph(graph):
+                    static_loss = loss_fn(model(static_x), static_y)
+                    static_loss.backward()
+                    opt.step()
+                graph.replay()
+                loss = static_loss.clone()
+            pending.append(loss)
+            if len(pending) == 25:
+                torch.stack(pending).tolist()
+                pending = []
+        if pending:
+            torch.stack(pending).tolist()
+            pending = []
+        sync(x.device)
+        seconds += time.perf_counter() - start
+    return epochs * n / seconds
 
 
 def sync(device):
@@ -188,11 +259,15 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tf32", action="store_true", help="let CUDA matrix products use TF32")
     p.add_argument("--epochs", type=int, help="train this many epochs instead (a quick check)")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the training step into a CUDA graph")
     args = p.parse_args()
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
-    global EPOCHS
+    if args.cuda_graph and args.device == "cpu":
+        p.error("--cuda-graph needs --device cuda")
+    global EPOCHS, GRAPH
     EPOCHS = args.epochs
+    GRAPH = args.cuda_graph
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
@@ -209,7 +284,8 @@ def main():
             print(f"run {r + 1}/{args.runs}: {a:.0f} samples/s, test accuracy {b:.4f}")
     runs.sort()
     a, b = runs[len(runs) // 2]
-    print(f"torch {torch.__version__}, {args.threads} threads, device {device}")
+    graphed = " (training step in a CUDA graph)" if GRAPH else ""
+    print(f"torch {torch.__version__}, {args.threads} threads, device {device}{graphed}")
     if device.type == "cuda":
         print(f"peak device memory: {torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB")
     # ru_maxrss is in KiB on Linux.

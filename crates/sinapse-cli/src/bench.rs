@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Let GPU matrix products use TF32 tensor cores (full f32 precision otherwise).
     #[arg(long)]
     tf32: bool,
+    /// Capture the training step into a CUDA graph and replay it (a GPU option).
+    #[arg(long)]
+    cuda_graph: bool,
     /// Train this many epochs instead of the benchmark's (a quick check, not its figure).
     #[arg(long)]
     epochs: Option<usize>,
@@ -138,12 +141,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.epochs == Some(0) {
         bail!("--epochs must be at least 1");
     }
+    if args.cuda_graph && device == Device::Cpu {
+        bail!("--cuda-graph needs a CUDA device (--device cuda)");
+    }
     let task = Task::Classification { classes: 10 };
     let cfg = FitConfig {
         epochs: args.epochs.unwrap_or(bench.epochs),
         batch_size: bench.batch_size,
         loss: LossKind::CrossEntropy,
         seed: 0,
+        cuda_graph: args.cuda_graph,
         ..FitConfig::new(task)
     };
     let dir = args.data.clone().unwrap_or_else(|| crate::repo_path("data/mnist-10k"));
@@ -159,7 +166,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     // Which of the kernels' compiled paths this CPU runs (picked at run time).
     outln!("vector instructions: {}", sinapse::backend::simd_level());
-    outln!("device: {device}{}", if args.tf32 && device != Device::Cpu { " (TF32 allowed)" } else { "" });
+    outln!(
+        "device: {device}{}{}",
+        if args.tf32 && device != Device::Cpu { " (TF32 allowed)" } else { "" },
+        if args.cuda_graph { " (training step in a CUDA graph)" } else { "" }
+    );
     let mut runs = Vec::with_capacity(args.runs);
     let mut weights = 0;
     for run in 1..=args.runs {
@@ -168,6 +179,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         model.to(device)?;
         let mut opt = (bench.optimizer)(model.parameters())?;
         let history = fit(&model, opt.as_mut(), &train, None, &cfg, &mut Silent)?;
+        if run == 1 {
+            for note in &history.notes {
+                outln!("{note}");
+            }
+        }
         if infer {
             let (latency, rate) = time_inference(&model, &test, device)?;
             outln!("run {run}/{}: batch1 {latency:.1} us, batch1024 {rate:.0} samples/s", args.runs);

@@ -29,6 +29,10 @@ pub struct TrainArgs {
     /// Let GPU matrix products use TF32 tensor cores (as the spec's `tf32 = true`).
     #[arg(long)]
     tf32: bool,
+    /// Capture each training step into a CUDA graph and replay it (as the spec's
+    /// `cuda_graph = true`; ignored on the CPU).
+    #[arg(long)]
+    cuda_graph: bool,
     /// Train this many epochs instead of the spec's.
     #[arg(long)]
     epochs: Option<usize>,
@@ -225,6 +229,9 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
     if args.tf32 {
         spec.tf32 = Some(true);
     }
+    if args.cuda_graph {
+        spec.cuda_graph = Some(true);
+    }
     if let Some(epochs) = args.epochs {
         spec.epochs = epochs;
         spec.validate()?;
@@ -284,6 +291,7 @@ fn run_on(args: TrainArgs, comm: &Communicator) -> Result<()> {
             outcome.model.model.describe(),
             outcome.model.model.num_parameters()
         ));
+        summary.extend(outcome.history.notes.iter().cloned());
         if let Some(best) = outcome.history.best_epoch {
             let note = if outcome.history.restored_best { " (weights restored)" } else { "" };
             let stop = if outcome.history.stopped_early { ", stopped early" } else { "" };

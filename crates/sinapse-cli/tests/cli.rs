@@ -53,6 +53,7 @@ fn bad_arguments_fail_with_one_line() {
         &["perceptron", "--gate", "nand"][..],
         &["perceptron", "--gate", "and", "--init", "1,2"],
         &["bench", "resnet"],
+        &["bench", "mlp", "--cuda-graph"],
         &["train", "no/such/spec.toml"],
     ] {
         let (code, out, err) = sinapse(args);
@@ -204,8 +205,10 @@ fn summary_shows_convolution_and_recurrent_shapes() {
 fn the_device_flag_and_spec_key() {
     let dir = temp("device");
     let out = dir.join("model");
-    // `auto` is the fastest device present; the CPU always is.
-    let (code, text, err) = sinapse(&["train", "models/xor.toml", "--device", "auto", "--out", out.to_str().unwrap()]);
+    // `auto` is the fastest device present; the CPU always is (where `--cuda-graph` is left
+    // off, so that one command serves every machine).
+    let (code, text, err) =
+        sinapse(&["train", "models/xor.toml", "--device", "auto", "--cuda-graph", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(text.trim_end().lines().last().unwrap().starts_with("saved model"), "{text}");
     // A device that is not there is one clear line, and nothing is written.

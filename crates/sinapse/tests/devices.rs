@@ -15,7 +15,7 @@
 
 use sinapse::backend::{CmpOp, Window};
 use sinapse::nn::loss;
-use sinapse::optim::{Adam, AdamW, Optimizer, RmsProp, Sgd};
+use sinapse::optim::{Adam, AdamW, Optimizer, RmsProp, Sgd, StepMode};
 use sinapse::{Device, Gradients, Result, Rng, Tensor};
 
 /// How an input is laid out in memory.
@@ -354,6 +354,11 @@ fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<
     let w0 = normal(&[3, 4], &mut rng);
     let p = Tensor::from_vec(w0.values.clone(), &w0.shape)?.to(device)?.set_requires_grad(true);
     let params = vec![p.clone()];
+    // "… staged": the numbers that change per step read from device memory, as in a graph.
+    let (which, staged) = match which.strip_suffix(" staged") {
+        Some(base) => (base, true),
+        None => (which, false),
+    };
     let mut opt: Box<dyn Optimizer> = match which {
         "sgd" => Box::new(Sgd::new(params, 0.1)?),
         "sgd nesterov" => Box::new(Sgd::with_options(params, 0.1, 0.9, true, 0.01)?),
@@ -362,6 +367,9 @@ fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<
         "rmsprop momentum" => Box::new(RmsProp::with_options(params, 0.01, 0.9, 1e-8, 0.5, 0.01)?),
         other => panic!("unknown optimizer {other}"),
     };
+    if staged {
+        opt.set_step_mode(StepMode::Staged)?;
+    }
     for _ in 0..3 {
         let g = normal(&[3, 4], &mut rng);
         let (_, view) = place(&Input { grad: false, ..g }, device, layout)?;
@@ -406,7 +414,55 @@ fn nccl_check(device: Device) -> Result<Option<String>> {
     Ok((extras[0].to_vec() != [4.0]).then(|| format!("extras came back as {:?}", extras[0].to_vec())))
 }
 
-const OPTIMIZERS: [&str; 5] = ["sgd", "sgd nesterov", "adam", "adamw", "rmsprop momentum"];
+const OPTIMIZERS: [&str; 8] = [
+    "sgd",
+    "sgd nesterov",
+    "adam",
+    "adamw",
+    "rmsprop momentum",
+    "sgd nesterov staged",
+    "adamw staged",
+    "rmsprop momentum staged",
+];
+
+/// Training with the step captured into a CUDA graph on `device` against training eagerly
+/// there, from the same weights on the same batches (Adam with a per-batch schedule, so the
+/// staged numbers change every replay; a short last batch, run eagerly between replays):
+/// the first difference, or a note that the graph was never used.
+fn graph_check(device: Device) -> Result<Option<String>> {
+    use sinapse::nn::{Linear, Module, Relu, Sequential};
+    use sinapse::optim::{LrSchedule, Schedule};
+    use sinapse::train::{fit, FitConfig, Silent, Task};
+    let mut rng = Rng::seed(5);
+    let x = Tensor::rand_normal(&[88, 6], 0.0, 1.0, &mut rng)?;
+    let y = Tensor::from_vec((0..88).map(|i| (i % 3) as f32).collect(), &[88])?;
+    let data = sinapse::data::Dataset::new(x, y)?;
+    let cfg = FitConfig {
+        epochs: 3,
+        batch_size: 16,
+        schedule: Schedule::per_batch(LrSchedule::Cosine { t_max: 18, eta_min: 1e-4 }, 2),
+        ..FitConfig::new(Task::Classification { classes: 3 })
+    };
+    let train = |graph: bool| -> Result<(Vec<f32>, Vec<f32>, Vec<String>)> {
+        let mut rng = Rng::seed(9);
+        let model = Sequential::new().add(Linear::new(6, 16, &mut rng)?).add(Relu).add(Linear::new(16, 3, &mut rng)?);
+        model.to(device)?;
+        let mut opt = Adam::new(model.parameters(), 0.01)?;
+        let history = fit(&model, &mut opt, &data, None, &FitConfig { cuda_graph: graph, ..cfg.clone() }, &mut Silent)?;
+        let weights = model.parameters().iter().flat_map(|p| p.to_vec()).collect();
+        let losses = history.records.iter().map(|r| r.train_loss).collect();
+        Ok((weights, losses, history.notes))
+    };
+    let (eager_w, eager_l, _) = train(false)?;
+    let (graph_w, graph_l, notes) = train(true)?;
+    if !notes.iter().any(|n| n.contains("captured after")) {
+        return Ok(Some(format!("the graph was not used: {notes:?}")));
+    }
+    if let Some(p) = mismatch(&graph_l, &eager_l) {
+        return Ok(Some(format!("epoch losses: {p}")));
+    }
+    Ok(mismatch(&graph_w, &eager_w).map(|p| format!("weights after training: {p}")))
+}
 
 fn main() {
     let mut failures = Vec::new();
@@ -456,6 +512,8 @@ fn main() {
         }
     }
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
+        let problem = graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("training with a CUDA graph on {device} against eager"), problem);
         match nccl_check(device) {
             Ok(problem) => record(format!("NCCL all-reduce and broadcast on {device} (one rank)"), problem),
             Err(e) => {

@@ -1,7 +1,7 @@
 //! Optimizers, schedules and clipping, one step at a time against the published update
 //! equations (PyTorch's documentation), with the numbers worked out by hand.
 
-use sinapse::optim::{clip_grad_norm, Adam, AdamConfig, AdamW, LrSchedule, Optimizer, RmsProp, Sgd};
+use sinapse::optim::{clip_grad_norm, Adam, AdamConfig, AdamW, LrSchedule, Optimizer, RmsProp, Sgd, StepMode};
 use sinapse::{Result, Tensor};
 
 /// A scalar parameter starting at 1.
@@ -178,4 +178,126 @@ fn fit_moves_the_rate_every_batch_when_asked() {
     // The optimizer ends on the rate of the last batch (step 7 = cosine step 5).
     let last = 0.1 * (1.0 + (std::f32::consts::PI * 5.0 / 6.0).cos()) / 2.0;
     assert!((opt.lr() - last).abs() < 1e-6, "{}", opt.lr());
+}
+
+/// Two parameters of a few values each, the same for every optimizer compared.
+fn pair() -> Vec<Tensor> {
+    vec![
+        Tensor::from_vec(vec![1.0, -0.5, 0.25], &[3]).unwrap().set_requires_grad(true),
+        Tensor::from_vec(vec![0.75, 2.0], &[2]).unwrap().set_requires_grad(true),
+    ]
+}
+
+/// Steps of L = Σ w³ on `params` (gradients 3w², different every step), the learning rate
+/// changed halfway; the parameters' values after each step.
+fn cubic_steps(params: &[Tensor], opt: &mut dyn Optimizer) -> Vec<Vec<f32>> {
+    (0..6)
+        .map(|k| {
+            if k == 3 {
+                opt.set_lr(opt.lr() * 0.5);
+            }
+            let loss = params
+                .iter()
+                .map(|w| w.mul(w).and_then(|w2| w2.mul(w)).and_then(|c| c.sum_all()).unwrap())
+                .reduce(|a, b| a.add(&b).unwrap())
+                .unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            params.iter().flat_map(|w| w.to_vec()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn staged_numbers_give_the_eager_updates_bit_for_bit() {
+    // What a captured step (CUDA graph) runs: the learning rate, Adam's bias corrections and
+    // SGD's first-step flag read from a buffer the optimizer writes each step, not passed.
+    type Make = fn(Vec<Tensor>) -> Box<dyn Optimizer>;
+    let makers: [(&str, Make); 5] = [
+        ("sgd", |p| Box::new(Sgd::new(p, 0.05).unwrap())),
+        ("sgd momentum nesterov", |p| Box::new(Sgd::with_options(p, 0.05, 0.9, true, 0.01).unwrap())),
+        ("adam", |p| Box::new(Adam::new(p, 0.1).unwrap())),
+        ("adamw", |p| Box::new(AdamW::new(p, 0.1).unwrap())),
+        ("rmsprop momentum", |p| Box::new(RmsProp::with_options(p, 0.01, 0.9, 1e-8, 0.5, 0.01).unwrap())),
+    ];
+    for (name, make) in makers {
+        let (eager_params, staged_params) = (pair(), pair());
+        let mut eager = make(eager_params.clone());
+        let mut staged = make(staged_params.clone());
+        assert!(staged.set_step_mode(StepMode::Staged).unwrap(), "{name} stages its numbers");
+        let want = cubic_steps(&eager_params, eager.as_mut());
+        let got = cubic_steps(&staged_params, staged.as_mut());
+        assert_eq!(got, want, "{name}");
+        assert_ne!(want[0], want[5], "{name}: the parameters moved");
+    }
+}
+
+#[test]
+fn stage_only_counts_the_step_and_leaves_the_weights() {
+    // Replaying a captured step, the optimizer only advances its counters and writes the
+    // numbers; the graph runs the update (not here: nothing was captured). Adam's next
+    // update is then its third, with the bias corrections of t = 3.
+    let w = param();
+    let mut opt = Adam::new(vec![w.clone()], 0.1).unwrap();
+    let grads = || {
+        let mut g = sinapse::Gradients::default();
+        g.insert(&w, Tensor::from_vec(vec![2.0], &[1]).unwrap());
+        g
+    };
+    opt.set_step_mode(StepMode::Staged).unwrap();
+    opt.step(&grads()).unwrap();
+    let after_one = w.to_vec();
+    opt.set_step_mode(StepMode::StageOnly).unwrap();
+    opt.step(&grads()).unwrap();
+    assert_eq!(w.to_vec(), after_one, "a stage-only step leaves the weights to the graph");
+    // Back to eager: the third step is counted as the third (bias corrections of t = 3).
+    opt.set_step_mode(StepMode::Eager).unwrap();
+    let mut g = sinapse::Gradients::default();
+    g.insert(&w, Tensor::from_vec(vec![-4.0], &[1]).unwrap());
+    opt.step(&g).unwrap();
+    // The moments saw the two gradients whose updates ran (2, then -4); the count is 3 (with
+    // t = 2 the step would differ by about 5e-3).
+    let (b1, b2) = (0.9f64, 0.999f64);
+    let (mut m, mut v) = (0.0f64, 0.0f64);
+    for g in [2.0, -4.0] {
+        m = b1 * m + (1.0 - b1) * g;
+        v = b2 * v + (1.0 - b2) * g * g;
+    }
+    let step3 = 0.1 * (m / (1.0 - b1.powi(3))) / ((v / (1.0 - b2.powi(3))).sqrt() + 1e-8);
+    close(&w.to_vec(), &[after_one[0] as f64 - step3]);
+}
+
+#[test]
+fn an_optimizer_of_its_own_stays_eager() {
+    struct Mine;
+    impl Optimizer for Mine {
+        fn step(&mut self, _: &sinapse::Gradients) -> Result<()> {
+            Ok(())
+        }
+        fn lr(&self) -> f32 {
+            0.1
+        }
+        fn set_lr(&mut self, _: f32) {}
+    }
+    assert!(!Mine.set_step_mode(StepMode::Staged).unwrap());
+    assert!(Mine.set_step_mode(StepMode::Eager).unwrap());
+}
+
+#[test]
+fn a_cuda_graph_is_refused_on_the_cpu_and_with_clipping() {
+    use sinapse::data::Dataset;
+    use sinapse::nn::{Linear, Module};
+    use sinapse::train::{fit, FitConfig, Silent, Task};
+    let mut rng = sinapse::Rng::seed(0);
+    let data = Dataset::new(Tensor::rand_normal(&[8, 2], 0.0, 1.0, &mut rng).unwrap(), Tensor::zeros(&[8])).unwrap();
+    let model = Linear::new(2, 1, &mut rng).unwrap();
+    let before: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec()).collect();
+    let mut opt = Sgd::new(model.parameters(), 0.1).unwrap();
+    let cfg = FitConfig { cuda_graph: true, epochs: 1, batch_size: 4, ..FitConfig::new(Task::Regression) };
+    let err = fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("cuda_graph") && err.contains("CPU"), "{err}");
+    let clipped = FitConfig { clip_grad_norm: Some(1.0), ..cfg };
+    let err = fit(&model, &mut opt, &data, None, &clipped, &mut Silent).unwrap_err().to_string();
+    assert!(err.contains("cuda_graph"), "{err}");
+    let after: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec()).collect();
+    assert_eq!(before, after, "refused before any step");
 }

@@ -320,7 +320,39 @@ impl OptimizerUpdate {
             OptimizerUpdate::RmsProp { momentum, .. } => 1 + usize::from(*momentum > 0.0),
         }
     }
+
+    /// The numbers of the update that change from step to step: `[lr, bias1, bias2]` (Adam),
+    /// `[lr, first_step as 0 or 1, 1]` (SGD), `[lr, 1, 1]` (RMSprop). A step captured into a
+    /// CUDA graph reads them from device memory that the host writes before each replay, so
+    /// that a schedule and Adam's bias correction keep moving.
+    pub fn staged(&self) -> [f32; STAGED] {
+        match *self {
+            OptimizerUpdate::Sgd { lr, first_step, .. } => [lr, f32::from(u8::from(first_step)), 1.0],
+            OptimizerUpdate::Adam { lr, bias1, bias2, .. } => [lr, bias1, bias2],
+            OptimizerUpdate::RmsProp { lr, .. } => [lr, 1.0, 1.0],
+        }
+    }
+
+    /// This update with the numbers [`OptimizerUpdate::staged`] names taken from `v` (what the
+    /// kernels do when they are handed staged numbers).
+    pub fn with_staged(&self, v: [f32; STAGED]) -> OptimizerUpdate {
+        let mut u = *self;
+        match &mut u {
+            OptimizerUpdate::Sgd { lr, first_step, .. } => {
+                *lr = v[0];
+                *first_step = v[1] != 0.0;
+            }
+            OptimizerUpdate::Adam { lr, bias1, bias2, .. } => {
+                (*lr, *bias1, *bias2) = (v[0], v[1], v[2]);
+            }
+            OptimizerUpdate::RmsProp { lr, .. } => *lr = v[0],
+        }
+        u
+    }
 }
+
+/// How many numbers of an [`OptimizerUpdate`] are staged per parameter.
+pub const STAGED: usize = 3;
 
 /// Indices travel as f32 values, which hold every whole number exactly up to 2²⁴.
 pub const MAX_EXACT_INDEX: usize = 1 << 24;

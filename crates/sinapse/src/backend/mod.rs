@@ -21,6 +21,7 @@ pub use cpu::fastmath::simd_level;
 pub use cuda::MemoryStats;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
+    STAGED,
 };
 
 use crate::layout::Layout;
@@ -124,7 +125,9 @@ pub(crate) trait BackendStorage: Sized {
     ) -> Result<Self>;
 
     /// One optimizer update of `self` (the parameter, contiguous at `l`) in place, from the
-    /// gradient and the state buffers (contiguous, each the parameter's size).
+    /// gradient and the state buffers (contiguous, each the parameter's size). With `staged`
+    /// (a storage and the position in it of [`STAGED`] values), the update's
+    /// [`OptimizerUpdate::staged`] numbers are read from there when the kernel runs.
     fn optimizer_step(
         &mut self,
         l: &Layout,
@@ -132,6 +135,7 @@ pub(crate) trait BackendStorage: Sized {
         grad_l: &Layout,
         state: &mut [&mut Self],
         update: &OptimizerUpdate,
+        staged: Option<(&Self, usize)>,
     ) -> Result<()>;
 }
 
@@ -207,9 +211,48 @@ pub fn synchronize(device: Device) -> Result<()> {
         Device::Cpu => Ok(()),
         Device::Cuda(i) => {
             let gpu = cuda::gpu::gpu(i)?;
+            gpu.refuse_in_capture("synchronize")?;
             gpu.stream.synchronize().map_err(|e| gpu.failure("synchronize", e))?;
             gpu.check_errors()
         }
+    }
+}
+
+/// Whether a CUDA graph is being captured on `device` (never on the CPU).
+pub(crate) fn capturing(device: Device) -> bool {
+    match device {
+        Device::Cpu => false,
+        Device::Cuda(i) => cuda::gpu::opened(i).is_some_and(|g| g.is_capturing()),
+    }
+}
+
+/// Work queued on a GPU recorded once and replayed as one launch (a CUDA graph), with the
+/// device buffers it reads and writes kept for it alone.
+#[derive(Debug)]
+pub(crate) struct Graph(cuda::gpu::CapturedGraph);
+
+impl Graph {
+    /// Starts recording what is queued on `device` from now on (kernels are recorded, not
+    /// run); an error on the CPU.
+    pub(crate) fn begin_capture(device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => Err(Error::invalid("cuda_graph", "CUDA graphs need a CUDA device; the model is on the CPU")),
+            Device::Cuda(i) => cuda::gpu::gpu(i)?.begin_capture(),
+        }
+    }
+
+    /// Ends the recording begun on `device`: the graph (with `keep`), or an error when the
+    /// capture failed or was abandoned.
+    pub(crate) fn end_capture(device: Device, keep: bool) -> Result<Graph> {
+        match device {
+            Device::Cpu => Err(Error::invalid("cuda_graph", "no capture is under way on the CPU")),
+            Device::Cuda(i) => Ok(Graph(cuda::gpu::gpu(i)?.end_capture(keep)?)),
+        }
+    }
+
+    /// Queues one run of everything recorded.
+    pub(crate) fn replay(&self) -> Result<()> {
+        self.0.replay()
     }
 }
 
@@ -264,7 +307,8 @@ fn room(device: Device, bytes: u64, limit: u64, what: &str) -> Result<()> {
     }
     let available = match device {
         Device::Cpu => cpu::available_memory(),
-        Device::Cuda(i) => cuda::gpu::opened(i).and_then(|g| g.available_memory()),
+        // Inside a graph capture the driver is not asked (blocks come from the cache).
+        Device::Cuda(i) => cuda::gpu::opened(i).filter(|g| !g.is_capturing()).and_then(|g| g.available_memory()),
     };
     let available = available.unwrap_or(u64::MAX).min(limit);
     if bytes > available {
@@ -680,7 +724,9 @@ impl Storage {
         }
     }
 
-    /// One optimizer update of this parameter in place.
+    /// One optimizer update of this parameter in place (with `staged`: its changing numbers
+    /// read from that storage, at that position, when the kernel runs).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn optimizer_step(
         &mut self,
         l: &Layout,
@@ -688,9 +734,16 @@ impl Storage {
         grad_l: &Layout,
         state: &mut [&mut Storage],
         update: &OptimizerUpdate,
+        staged: Option<(&Storage, usize)>,
         op: &'static str,
     ) -> Result<()> {
         same_device(op, &[self, grad])?;
+        if let Some((s, at)) = staged {
+            same_device(op, &[self, s])?;
+            if at.checked_add(STAGED).is_none_or(|end| end > s.len()) {
+                return Err(Error::invalid(op, format!("staged numbers at {at} lie outside {} values", s.len())));
+            }
+        }
         let device = self.device();
         if let Some(s) = state.iter().find(|s| s.device() != device) {
             return Err(Error::DeviceMismatch { op, lhs: device, rhs: s.device() });
@@ -715,7 +768,11 @@ impl Storage {
                         _ => None,
                     })
                     .collect();
-                p.optimizer_step(l, g, grad_l, &mut bufs, update)
+                let staged = match staged {
+                    Some((Storage::Cpu(s), at)) => Some((s, at)),
+                    _ => None,
+                };
+                p.optimizer_step(l, g, grad_l, &mut bufs, update, staged)
             }
             (Storage::Cuda(p), Storage::Cuda(g)) => {
                 let mut bufs: Vec<&mut cuda::CudaStorage> = state
@@ -725,7 +782,11 @@ impl Storage {
                         _ => None,
                     })
                     .collect();
-                p.optimizer_step(l, g, grad_l, &mut bufs, update)
+                let staged = match staged {
+                    Some((Storage::Cuda(s), at)) => Some((s, at)),
+                    _ => None,
+                };
+                p.optimizer_step(l, g, grad_l, &mut bufs, update, staged)
             }
             (p, g) => Err(mismatch(op, &[p, g])),
         }

@@ -1,6 +1,6 @@
 //! Adam and AdamW.
 
-use super::{check_hyper, Optimizer, State};
+use super::{check_hyper, Optimizer, State, StepMode};
 use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
@@ -39,13 +39,12 @@ impl AdamConfig {
     }
 }
 
-/// The moment estimates and step count of one Adam-style optimizer.
+/// The moment estimates of one Adam-style optimizer (and, in [`State`], each parameter's
+/// step count: one without a gradient does not step, as in PyTorch, so its bias correction
+/// does not advance either).
 struct Moments {
     cfg: AdamConfig,
     decoupled: bool,
-    /// Steps taken by each parameter (a parameter without a gradient does not step, as in
-    /// PyTorch, so its bias correction does not advance either).
-    t: Vec<i32>,
     /// `[m, v]` per parameter.
     state: State,
 }
@@ -53,9 +52,9 @@ struct Moments {
 impl Moments {
     fn step(&mut self, op: &'static str, params: &[Tensor], grads: &Gradients) -> Result<()> {
         let AdamConfig { lr, beta1, beta2, eps, weight_decay } = self.cfg;
-        let (ts, decoupled) = (&mut self.t, self.decoupled);
-        self.state.step(op, params, grads, |i, _| {
-            ts[i] += 1;
+        let decoupled = self.decoupled;
+        self.state.step(op, params, grads, |i, state| {
+            let t = state.steps(i);
             OptimizerUpdate::Adam {
                 lr,
                 beta1,
@@ -63,8 +62,8 @@ impl Moments {
                 eps,
                 weight_decay,
                 decoupled,
-                bias1: 1.0 - beta1.powi(ts[i]),
-                bias2: 1.0 - beta2.powi(ts[i]),
+                bias1: 1.0 - beta1.powi(t),
+                bias2: 1.0 - beta2.powi(t),
             }
         })
     }
@@ -94,7 +93,7 @@ impl Adam {
         super::check_params("Adam", &params)?;
         cfg.check("Adam")?;
         let n = params.len();
-        Ok(Adam { params, state: Moments { cfg, decoupled: false, t: vec![0; n], state: State::new(n) } })
+        Ok(Adam { params, state: Moments { cfg, decoupled: false, state: State::new(n) } })
     }
 }
 
@@ -108,6 +107,9 @@ impl Optimizer for Adam {
     }
     fn set_lr(&mut self, lr: f32) {
         self.state.cfg.lr = lr;
+    }
+    fn set_step_mode(&mut self, mode: StepMode) -> Result<bool> {
+        self.state.state.set_mode(mode, &self.params)
     }
 }
 
@@ -140,5 +142,8 @@ impl Optimizer for AdamW {
     }
     fn set_lr(&mut self, lr: f32) {
         self.0.set_lr(lr);
+    }
+    fn set_step_mode(&mut self, mode: StepMode) -> Result<bool> {
+        self.0.set_step_mode(mode)
     }
 }

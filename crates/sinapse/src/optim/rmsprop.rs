@@ -1,6 +1,6 @@
 //! RMSprop.
 
-use super::{check_hyper, Optimizer, State};
+use super::{check_hyper, Optimizer, State, StepMode};
 use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
@@ -68,5 +68,9 @@ impl Optimizer for RmsProp {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn set_step_mode(&mut self, mode: StepMode) -> Result<bool> {
+        self.state.set_mode(mode, &self.params)
     }
 }

@@ -1,6 +1,6 @@
 //! Stochastic gradient descent, with momentum, Nesterov momentum and weight decay.
 
-use super::{check_hyper, Optimizer, State};
+use super::{check_hyper, Optimizer, State, StepMode};
 use crate::backend::OptimizerUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
@@ -63,5 +63,9 @@ impl Optimizer for Sgd {
 
     fn set_lr(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn set_step_mode(&mut self, mode: StepMode) -> Result<bool> {
+        self.state.set_mode(mode, &self.params)
     }
 }

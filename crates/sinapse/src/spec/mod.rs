@@ -85,6 +85,11 @@ pub struct ModelSpec {
     /// bits); off by default, as in PyTorch. The CLI's `--tf32` turns it on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tf32: Option<bool>,
+    /// Capture each training step into a CUDA graph and replay it (see
+    /// [`crate::train::FitConfig::cuda_graph`]); ignored on the CPU, so that one spec serves
+    /// `device = "auto"` on any machine. The CLI's `--cuda-graph` turns it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuda_graph: Option<bool>,
 }
 
 /// The data of a job.
@@ -433,6 +438,7 @@ impl ModelSpec {
             seed: self.seed ^ SHUFFLE_SALT,
             progress_every: None,
             communicator: None,
+            cuda_graph: self.cuda_graph.unwrap_or(false) && self.device().is_ok_and(|d| d != Device::Cpu),
         }
     }
 }
@@ -461,6 +467,17 @@ lr = 0.1
 
     fn parse(text: &str) -> Result<ModelSpec> {
         ModelSpec::parse(text, Path::new("spec.toml"))
+    }
+
+    #[test]
+    fn cuda_graph_is_read_and_left_off_on_the_cpu() {
+        let on = parse(&format!("cuda_graph = true\n{MINIMAL}")).unwrap();
+        assert_eq!(on.cuda_graph, Some(true));
+        let task = crate::train::Task::Classification { classes: 2 };
+        assert!(!on.fit_config(task).cuda_graph, "the spec's device is the CPU");
+        assert!(!parse(MINIMAL).unwrap().fit_config(task).cuda_graph);
+        let round = toml::to_string(&on).unwrap();
+        assert_eq!(parse(&round).unwrap(), on, "kept when saved:\n{round}");
     }
 
     #[test]

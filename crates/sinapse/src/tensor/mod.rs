@@ -500,14 +500,22 @@ impl Tensor {
     }
 
     /// One optimizer update of this parameter in place, from `grad` and the `state` buffers
-    /// (tensors of the parameter's shape, each its own storage), as one fused kernel.
+    /// (tensors of the parameter's shape, each its own storage), as one fused kernel. With
+    /// `staged` (a contiguous tensor and a position in it), the update's changing numbers
+    /// ([`OptimizerUpdate::staged`]) are read from that tensor when the kernel runs.
     pub(crate) fn apply_update(
         &self,
         op: &'static str,
         grad: &Tensor,
         state: &[&Tensor],
         update: &OptimizerUpdate,
+        staged: Option<(&Tensor, usize)>,
     ) -> Result<()> {
+        if let Some((s, _)) = staged {
+            if !s.layout().is_contiguous() || s.same_storage(self) || state.iter().any(|b| b.same_storage(s)) {
+                return Err(Error::invalid(op, "staged numbers must be a separate contiguous tensor"));
+            }
+        }
         if self.shape() != grad.shape() {
             return Err(Error::shapes(op, self.shape(), grad.shape()));
         }
@@ -531,7 +539,9 @@ impl Tensor {
         }
         let mut state_storages: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
         let g = grad.storage();
+        let staged_guard = staged.map(|(s, at)| (s.storage(), s.layout().offset() + at));
+        let staged = staged_guard.as_ref().map(|(s, at)| (&**s, *at));
         let mut param = write_lock(&self.0.storage);
-        param.optimizer_step(self.layout(), &g, grad.layout(), &mut state_storages, update, op)
+        param.optimizer_step(self.layout(), &g, grad.layout(), &mut state_storages, update, staged, op)
     }
 }

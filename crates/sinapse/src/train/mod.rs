@@ -20,7 +20,7 @@ pub use progress::{ProgressReporter, Verbosity};
 use crate::data::{one_hot, DataLoader, Dataset};
 use crate::dist::{all_reduce_gradients, Communicator};
 use crate::nn::{loss, Mode, Module};
-use crate::optim::{clip_grad_norm, Optimizer, Per, Schedule};
+use crate::optim::{clip_grad_norm, Optimizer, Per, Schedule, StepMode};
 use crate::{no_grad, Error, Result, Tensor};
 
 /// The headline metric of classification: the fraction of samples classified right.
@@ -200,6 +200,15 @@ pub struct FitConfig {
     /// alike and reports the figures of the whole batch. Validation is split over the ranks
     /// and reduced. `None` (or a world of one): this process alone.
     pub communicator: Option<Communicator>,
+    /// Capture the training step (forward, loss, backward, optimizer update) into a CUDA
+    /// graph after two warm-up batches, and replay it for every batch of the full size
+    /// (PyTorch's `torch.cuda.graphs`): one launch per step instead of one per kernel. Needs a
+    /// model on a CUDA device and an optimizer that can stage its numbers (the built-in ones);
+    /// refused with `clip_grad_norm` (it reads the norm to the host every step) and with a
+    /// communicator. A step that cannot be captured (one that copies values from the host,
+    /// as dropout's masks do) runs eagerly, with a note in [`History::notes`]. A non-finite
+    /// loss is found after its update, as with `progress_every > 1`.
+    pub cuda_graph: bool,
 }
 
 impl FitConfig {
@@ -217,6 +226,7 @@ impl FitConfig {
             seed: 0,
             progress_every: None,
             communicator: None,
+            cuda_graph: false,
         }
     }
 }
@@ -255,6 +265,9 @@ pub struct History {
     pub stopped_early: bool,
     /// True when the best epoch's weights were put back.
     pub restored_best: bool,
+    /// What training decided on its own and the user may want to know: whether the step ran
+    /// in a CUDA graph ([`FitConfig::cuda_graph`]), or why it could not.
+    pub notes: Vec<String>,
 }
 
 impl History {
@@ -366,6 +379,23 @@ pub fn fit(
     cfg: &FitConfig,
     observer: &mut dyn Observer,
 ) -> Result<History> {
+    let fitted = fit_steps(model, opt, train, val, cfg, observer);
+    // The graph is gone: the optimizer queues its own updates again (the training's own
+    // error, if any, is the one reported).
+    let reset = if cfg.cuda_graph { opt.set_step_mode(StepMode::Eager).map(|_| ()) } else { Ok(()) };
+    let history = fitted?;
+    reset?;
+    Ok(history)
+}
+
+fn fit_steps(
+    model: &dyn Module,
+    opt: &mut dyn Optimizer,
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &FitConfig,
+    observer: &mut dyn Observer,
+) -> Result<History> {
     cfg.loss.check(&cfg.task)?;
     cfg.schedule.validate()?;
     if cfg.epochs == 0 {
@@ -390,6 +420,21 @@ pub fn fit(
     let state = model.state_dict();
     let base_lr = opt.lr();
     let dist = cfg.communicator.as_ref().filter(|c| c.world_size() > 1);
+    let mut graph = if cfg.cuda_graph {
+        let refuse = |why: &str| Err(Error::invalid("cuda_graph", why.to_string()));
+        if model.device() == crate::Device::Cpu {
+            return refuse("CUDA graphs need the model on a CUDA device; it is on the CPU");
+        }
+        if cfg.clip_grad_norm.is_some() {
+            return refuse("clip_grad_norm reads the gradients' norm to the host every step, which a graph cannot");
+        }
+        if dist.is_some() {
+            return refuse("a step shared over processes is not captured; train without cuda_graph");
+        }
+        Some(StepGraph::new(model.device()))
+    } else {
+        None
+    };
     // Batches are gathered where the data is and handed over on the model's device.
     let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
     if let Some(c) = dist {
@@ -408,6 +453,7 @@ pub fn fit(
         best_epoch: None,
         stopped_early: false,
         restored_best: false,
+        notes: Vec::new(),
     };
     observer.on_fit_start(cfg, batches);
     let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
@@ -436,6 +482,21 @@ pub fn fit(
             }
             // Samples in the whole batch (over all ranks).
             let global = cfg.batch_size.min(train.len() - b * cfg.batch_size);
+            metric_count += match cfg.task {
+                Task::Classification { .. } => global,
+                Task::Regression | Task::Reconstruction { .. } => global * per_sample,
+            };
+            if let Some(g) = &mut graph {
+                if let Some((loss, metric)) = g.run(model, opt, cfg, &x, &y, &mut history.notes)? {
+                    // The update is done: the loss is read (and checked) after it.
+                    pending.batches.push((b + 1, loss, global, None));
+                    metric_sums.push(metric);
+                    if pending.batches.len() >= every {
+                        pending.report(epoch, batches, &mut loss_sum, observer)?;
+                    }
+                    continue;
+                }
+            }
             let size = x.shape()[0];
             // A short last batch may leave a rank no rows: it adds zeros, but still joins.
             let (mut grads, loss, metric) = if size > 0 {
@@ -479,10 +540,6 @@ pub fn fit(
             if pending.batches.len() >= every {
                 pending.report(epoch, batches, &mut loss_sum, observer)?;
             }
-            metric_count += match cfg.task {
-                Task::Classification { .. } => global,
-                Task::Regression | Task::Reconstruction { .. } => global * per_sample,
-            };
         }
         pending.report(epoch, batches, &mut loss_sum, observer)?;
         let metric: f64 = if metric_sums.is_empty() {
@@ -553,6 +610,148 @@ pub fn fit(
         }
     }
     Ok(history)
+}
+
+/// Full batches run eagerly before the step is captured: the optimizer makes its state, and
+/// the GPU's block cache learns the step's sizes.
+const GRAPH_WARMUP: usize = 2;
+/// Captures tried before training goes on eagerly for good.
+const GRAPH_ATTEMPTS: usize = 3;
+
+/// The training step captured into a CUDA graph ([`FitConfig::cuda_graph`]): reads its batch
+/// from fixed input tensors, and leaves its loss and metric sum in fixed output tensors.
+struct StepGraph {
+    device: crate::Device,
+    /// Full batches run eagerly so far (up to [`GRAPH_WARMUP`]).
+    warm: usize,
+    /// Captures that failed.
+    failed: usize,
+    /// No more captures (they failed, or the optimizer cannot stage its numbers).
+    off: bool,
+    /// The inputs and targets the graph reads.
+    inputs: Option<(Tensor, Tensor)>,
+    captured: Option<Captured>,
+}
+
+/// What a captured step keeps: the graph, and the tensors its replays write.
+struct Captured {
+    graph: crate::backend::Graph,
+    /// The gradients (which parameters have one is what [`Optimizer::step`] needs to stage).
+    grads: crate::Gradients,
+    loss: Tensor,
+    metric: Tensor,
+}
+
+impl StepGraph {
+    fn new(device: crate::Device) -> StepGraph {
+        StepGraph { device, warm: 0, failed: 0, off: false, inputs: None, captured: None }
+    }
+
+    /// Runs the batch by replaying the graph (capturing it first when it is time), and
+    /// returns the batch's loss and metric sum; `None` when the caller is to run the batch
+    /// eagerly (warm-up, a batch of another size, no graph), with the optimizer set for it.
+    fn run(
+        &mut self,
+        model: &dyn Module,
+        opt: &mut dyn Optimizer,
+        cfg: &FitConfig,
+        x: &Tensor,
+        y: &Tensor,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let fits = self.inputs.as_ref().is_none_or(|(xs, ys)| xs.shape() == x.shape() && ys.shape() == y.shape());
+        if self.off || !fits || x.shape()[0] != cfg.batch_size {
+            if self.captured.is_some() {
+                // Eager updates that read the numbers they write where the graph reads them.
+                opt.set_step_mode(StepMode::Staged)?;
+            }
+            return Ok(None);
+        }
+        if let Some(c) = &self.captured {
+            let (xs, ys) = self.inputs.as_ref().expect("inputs are made before the capture");
+            xs.copy_from(x)?;
+            ys.copy_from(y)?;
+            opt.set_step_mode(StepMode::StageOnly)?;
+            // Advances the step counters and writes this step's numbers for the replay.
+            opt.step(&c.grads)?;
+            c.graph.replay()?;
+            return Ok(Some((fresh_copy(&c.loss)?, fresh_copy(&c.metric)?)));
+        }
+        if self.warm < GRAPH_WARMUP {
+            self.warm += 1;
+            return Ok(None);
+        }
+        if !opt.set_step_mode(StepMode::Staged)? {
+            self.off = true;
+            notes.push("cuda_graph: this optimizer cannot stage its numbers for a graph; the steps ran eagerly".into());
+            return Ok(None);
+        }
+        if self.inputs.is_none() {
+            self.inputs = Some((Tensor::zeros_on(x.shape(), self.device)?, Tensor::zeros_on(y.shape(), self.device)?));
+        }
+        let (xs, ys) = self.inputs.as_ref().expect("made above");
+        xs.copy_from(x)?;
+        ys.copy_from(y)?;
+        crate::backend::Graph::begin_capture(self.device)?;
+        let stepped = captured_step(model, opt, cfg, xs, ys);
+        let ended = crate::backend::Graph::end_capture(self.device, stepped.is_ok());
+        match (stepped, ended) {
+            (Ok((grads, loss, metric)), Ok(graph)) => {
+                // Writes the captured step's numbers, for this first replay.
+                opt.set_step_mode(StepMode::StageOnly)?;
+                graph.replay()?;
+                let out = (fresh_copy(&loss)?, fresh_copy(&metric)?);
+                self.captured = Some(Captured { graph, grads, loss, metric });
+                notes.push(format!(
+                    "cuda_graph: the training step was captured after {} eager batches{}, and replayed for every \
+                     batch of {} samples from then on",
+                    self.warm,
+                    if self.failed > 0 { format!(" and {} failed captures", self.failed) } else { String::new() },
+                    cfg.batch_size
+                ));
+                Ok(Some(out))
+            }
+            (stepped, ended) => {
+                // The captured step never ran: the optimizer takes back its counters, and the
+                // batch runs eagerly.
+                opt.set_step_mode(StepMode::Eager)?;
+                let why = match (stepped, ended) {
+                    (Err(e), _) | (Ok(_), Err(e)) => e.to_string(),
+                    (Ok(_), Ok(_)) => unreachable!("both succeeded is the arm above"),
+                };
+                self.failed += 1;
+                if self.failed >= GRAPH_ATTEMPTS {
+                    self.off = true;
+                    notes
+                        .push(format!("cuda_graph: the training step could not be captured, so it ran eagerly: {why}"));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The step a graph records: forward, loss, backward, metric sum and the optimizer's update,
+/// with nothing read to the host.
+fn captured_step(
+    model: &dyn Module,
+    opt: &mut dyn Optimizer,
+    cfg: &FitConfig,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(crate::Gradients, Tensor, Tensor)> {
+    let outputs = model.forward(x, Mode::Train)?;
+    let loss = cfg.loss.compute(&cfg.task, &outputs, y)?;
+    let grads = loss.backward()?;
+    let metric = metric_sum(&cfg.task, cfg.loss, &outputs, y)?;
+    opt.step(&grads)?;
+    Ok((grads, loss.detach(), metric))
+}
+
+/// A copy of `t` in storage of its own (a graph's output, which the next replay overwrites).
+fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+    let storage = t.storage().copy_strided(t.layout())?;
+    Ok(Tensor::from_storage(storage, crate::layout::Layout::contiguous(t.shape())))
 }
 
 /// Loss and metrics of a model on a dataset.

@@ -14,7 +14,7 @@ mod optim;
 mod recurrent;
 mod reduce;
 
-use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window};
+use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
 use crate::layout::Layout;
 use crate::{Device, Result};
 
@@ -241,9 +241,19 @@ impl BackendStorage for CpuStorage {
         grad_l: &Layout,
         state: &mut [&mut Self],
         update: &OptimizerUpdate,
+        staged: Option<(&Self, usize)>,
     ) -> Result<()> {
-        // Contiguity and sizes were checked by `Storage::optimizer_step`.
+        // Contiguity, sizes and the staged numbers' place were checked by
+        // `Storage::optimizer_step`.
         let n = l.elem_count();
+        let update = &match staged {
+            Some((s, at)) => {
+                let mut v = [0.0; STAGED];
+                v.copy_from_slice(&s.f32()[at..at + STAGED]);
+                update.with_staged(v)
+            }
+            None => *update,
+        };
         let g = &grad.f32()[grad_l.offset()..grad_l.offset() + n];
         let mut bufs: Vec<&mut [f32]> = state
             .iter_mut()

@@ -78,6 +78,13 @@ impl<B> BlockCache<B> {
         self.free.drain().flat_map(|(_, blocks)| blocks).collect()
     }
 
+    /// Every cached block with its size, handed to the caller (a graph's pool giving its
+    /// blocks back to the GPU's cache).
+    pub(crate) fn drain_sized(&mut self) -> Vec<(usize, B)> {
+        self.stats.cached = 0;
+        self.free.drain().flat_map(|(size, blocks)| blocks.into_iter().map(move |b| (size, b))).collect()
+    }
+
     /// The counters.
     pub(crate) fn stats(&self) -> MemoryStats {
         self.stats
@@ -134,5 +141,33 @@ mod tests {
         assert_eq!(cache.drain().len(), 4);
         assert_eq!(cache.stats().cached, 0);
         assert_eq!(cache.take(sizes[0]), None, "drained blocks are gone");
+    }
+
+    #[test]
+    fn a_graph_pool_hands_its_blocks_back_with_their_sizes() {
+        // A graph's pool takes blocks from the cache while it is captured and gives them back,
+        // by size, when it goes: the cache then serves them again without the driver.
+        let mut cache = BlockCache::<u32>::default();
+        let mut pool = BlockCache::<u32>::default();
+        let (small, large) = (rounded(100), rounded(3 << 20));
+        for (block, size) in [(1, small), (2, large), (3, small)] {
+            cache.allocated(size);
+            cache.give_back(size, block);
+        }
+        for size in [small, large] {
+            let block = cache.take(size).expect("cached");
+            pool.allocated(size);
+            pool.give_back(size, block);
+        }
+        let mut back = pool.drain_sized();
+        back.sort();
+        assert_eq!(back.iter().map(|&(size, _)| size).collect::<Vec<_>>(), vec![small, large]);
+        assert_eq!(pool.stats().cached, 0);
+        for (size, block) in back {
+            cache.give_back(size, block);
+        }
+        let s = cache.stats();
+        assert_eq!((s.in_use, s.driver_allocations), (0, 3));
+        assert!(cache.take(large).is_some() && cache.take(small).is_some() && cache.take(small).is_some());
     }
 }

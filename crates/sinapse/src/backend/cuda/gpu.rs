@@ -185,6 +185,10 @@ pub(crate) struct Gpu {
     pub(crate) blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     cache: Mutex<BlockCache<CudaSlice<u8>>>,
+    /// The private block pool of the CUDA graph being captured, while one is.
+    capture: Mutex<Option<Arc<Pool>>>,
+    /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
+    _blas_workspace: CudaSlice<u8>,
     /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
     errors: CudaSlice<u32>,
     /// The device address of `errors`.
@@ -200,9 +204,33 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// A device buffer on loan from its GPU's cache; dropping it gives it back.
+/// The blocks a CUDA graph captured: handed out while it was captured, freed ones reused
+/// only within that capture (the graph's kernels, replayed, still write them), and given back
+/// to the GPU's cache only when the graph and every block are gone (PyTorch's private pools).
+pub(crate) struct Pool {
+    gpu: Arc<Gpu>,
+    free: Mutex<BlockCache<CudaSlice<u8>>>,
+    /// Sizes the capture asked for that neither this pool nor the GPU's cache held.
+    missed: Mutex<Vec<usize>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // No graph reads these any more (it is dropped first, after the stream finished).
+        let freed = self.free.get_mut().map(|c| c.drain_sized()).unwrap_or_default();
+        if let Ok(mut cache) = self.gpu.cache.lock() {
+            for (size, slice) in freed {
+                cache.give_back(size, slice);
+            }
+        }
+    }
+}
+
+/// A device buffer on loan from its GPU's cache (or from a graph's [`Pool`]); dropping it
+/// gives it back there.
 pub(crate) struct Block {
     gpu: Arc<Gpu>,
+    pool: Option<Arc<Pool>>,
     slice: Option<CudaSlice<u8>>,
     size: usize,
     /// The buffer's device address.
@@ -226,8 +254,13 @@ impl Drop for Block {
     fn drop(&mut self) {
         if let Some(slice) = self.slice.take() {
             // Kernels that still read the block were queued before any that will write it
-            // (one stream), so it can be handed out again at once.
-            if let Ok(mut cache) = self.gpu.cache.lock() {
+            // (one stream), so it can be handed out again at once (a graph's block, only
+            // within its capture).
+            let cache = match &self.pool {
+                Some(pool) => &pool.free,
+                None => &self.gpu.cache,
+            };
+            if let Ok(mut cache) = cache.lock() {
                 cache.give_back(self.size, slice);
             }
         }
@@ -332,6 +365,23 @@ impl Gpu {
             functions.insert(name, f);
         }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("starting cuBLAS: {e}"))?;
+        // A workspace of cuBLAS's own for the life of the process, as PyTorch gives it: left to
+        // itself, cuBLAS may allocate one inside a graph capture. 32 MiB is NVIDIA's advice for
+        // Hopper (4 MiB before it).
+        let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
+        // SAFETY: only cuBLAS writes the workspace, on the stream it was allocated on.
+        let blas_workspace =
+            unsafe { stream.alloc::<u8>(workspace_bytes) }.map_err(driver("allocating cuBLAS's workspace"))?;
+        // SAFETY: the handle is alive; the workspace lives as long as the `Gpu` that holds both.
+        unsafe {
+            cudarc::cublas::sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                blas_workspace.device_ptr(&stream).0 as *mut std::ffi::c_void,
+                workspace_bytes,
+            )
+        }
+        .result()
+        .map_err(|e| format!("giving cuBLAS its workspace: {e}"))?;
         let errors = stream.alloc_zeros::<u32>(4).map_err(driver("allocating the error word"))?;
         let errors_ptr = errors.device_ptr(&stream).0;
         Ok(Gpu {
@@ -341,6 +391,8 @@ impl Gpu {
             blas,
             functions,
             cache: Mutex::new(BlockCache::default()),
+            capture: Mutex::new(None),
+            _blas_workspace: blas_workspace,
             errors,
             errors_ptr,
             blas_mode: Mutex::new(false),
@@ -395,6 +447,9 @@ impl Gpu {
             Error::invalid("allocation", format!("{what}: {elems} values overflow the address space"))
         })?;
         let size = rounded(bytes);
+        if let Some(pool) = self.capture.lock().ok().and_then(|c| c.clone()) {
+            return self.alloc_captured(pool, size, what);
+        }
         let cached = self.cache.lock().map_err(|_| self.failure(what, "the block cache was poisoned"))?.take(size);
         let slice = match cached {
             Some(s) => s,
@@ -424,7 +479,114 @@ impl Gpu {
             }
         };
         let ptr = slice.device_ptr(&self.stream).0;
-        Ok(Block { gpu: self.clone(), slice: Some(slice), size, ptr })
+        Ok(Block { gpu: self.clone(), pool: None, slice: Some(slice), size, ptr })
+    }
+
+    /// A block for the graph being captured: one this capture freed, else one from the cache;
+    /// the driver is not asked (an allocation would become part of the graph), so a miss is
+    /// an error that ends the capture, and the size is kept in reserve for the next one.
+    fn alloc_captured(self: &Arc<Self>, pool: Arc<Pool>, size: usize, what: &str) -> Result<Block> {
+        let own = pool.free.lock().map_err(|_| self.failure(what, "the graph's pool was poisoned"))?.take(size);
+        let slice = match own {
+            Some(s) => s,
+            None => {
+                let cached =
+                    self.cache.lock().map_err(|_| self.failure(what, "the block cache was poisoned"))?.take(size);
+                let Some(s) = cached else {
+                    if let Ok(mut missed) = pool.missed.lock() {
+                        missed.push(size);
+                    }
+                    return Err(self.failure(
+                        what,
+                        format!("a captured step asked for a new {size}-byte buffer; it is kept for the next capture"),
+                    ));
+                };
+                // Counted in use by the cache until the pool gives it back.
+                if let Ok(mut free) = pool.free.lock() {
+                    free.allocated(size);
+                }
+                s
+            }
+        };
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(Block { gpu: self.clone(), pool: Some(pool), slice: Some(slice), size, ptr })
+    }
+
+    /// Whether a CUDA graph capture is under way on this GPU's stream.
+    pub(crate) fn is_capturing(&self) -> bool {
+        self.capture.lock().is_ok_and(|c| c.is_some())
+    }
+
+    /// An error naming `op` when a capture is under way: host copies and waits cannot be part
+    /// of a graph.
+    pub(crate) fn refuse_in_capture(&self, op: &str) -> Result<()> {
+        if self.is_capturing() {
+            return Err(self.failure(
+                op,
+                "a captured step (CUDA graph) cannot copy values between the host and the GPU or wait for it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts recording everything queued on the stream into a graph, with blocks handed out
+    /// from a pool of its own (see [`Pool`]).
+    pub(crate) fn begin_capture(self: &Arc<Self>) -> Result<()> {
+        let mut capture = self.capture.lock().map_err(|_| self.failure("capture", "the capture lock was poisoned"))?;
+        if capture.is_some() {
+            return Err(self.failure("capture", "a capture is already under way on this GPU"));
+        }
+        use cudarc::driver::sys::CUstreamCaptureMode;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| self.failure("beginning a graph capture", e))?;
+        *capture = Some(Arc::new(Pool {
+            gpu: self.clone(),
+            free: Mutex::new(BlockCache::default()),
+            missed: Mutex::new(Vec::new()),
+        }));
+        Ok(())
+    }
+
+    /// Ends the capture: with `keep`, the graph, instantiated; without, or when the capture
+    /// failed, an error, after the sizes it missed were allocated into the cache so that the
+    /// next capture finds them.
+    pub(crate) fn end_capture(self: &Arc<Self>, keep: bool) -> Result<CapturedGraph> {
+        let pool = self
+            .capture
+            .lock()
+            .map_err(|_| self.failure("capture", "the capture lock was poisoned"))?
+            .take()
+            .ok_or_else(|| self.failure("capture", "no capture is under way"))?;
+        use cudarc::driver::sys::CUgraphInstantiate_flags;
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        let missed = std::mem::take(&mut *pool.missed.lock().map_err(|_| self.failure("capture", "poisoned"))?);
+        let graph = match ended {
+            Ok(Some(graph)) if keep => Some(graph),
+            Ok(_) => None,
+            Err(e) => {
+                self.reserve(&missed);
+                return Err(self.failure("ending a graph capture", e));
+            }
+        };
+        let Some(graph) = graph else {
+            self.reserve(&missed);
+            return Err(self.failure("graph capture", "the capture was abandoned"));
+        };
+        Ok(CapturedGraph { graph: Some(graph), pool: Some(pool), gpu: self.clone() })
+    }
+
+    /// Puts a new block of each size (already [`rounded`]) into the cache, from the driver
+    /// (best effort: a failure here shows again as a miss of the next capture).
+    fn reserve(&self, sizes: &[usize]) {
+        for &size in sizes {
+            // SAFETY: contents undefined until written, as for every block.
+            let Ok(slice) = (unsafe { self.stream.alloc::<u8>(size) }) else { return };
+            if let Ok(mut cache) = self.cache.lock() {
+                cache.allocated(size);
+                cache.give_back(size, slice);
+            }
+        }
     }
 
     /// Bytes free on the device now, counting the blocks the cache keeps for reuse.
@@ -441,6 +603,7 @@ impl Gpu {
     /// Waits for the stream, then reports the first bad index a kernel recorded since the last
     /// check (and clears it).
     pub(crate) fn check_errors(&self) -> Result<()> {
+        self.refuse_in_capture("reading the error word")?;
         self.bind("reading the error word")?;
         self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
         let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
@@ -459,6 +622,36 @@ impl Gpu {
         };
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(Error::IndexOutOfRange { op, index: f64::from(f32::from_bits(words[1])), size: size as usize })
+    }
+}
+
+/// A captured graph with the pool of blocks it reads and writes.
+pub(crate) struct CapturedGraph {
+    graph: Option<cudarc::driver::CudaGraph>,
+    pool: Option<Arc<Pool>>,
+    gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for CapturedGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CapturedGraph(cuda:{})", self.gpu.ordinal)
+    }
+}
+
+impl CapturedGraph {
+    /// Queues one run of the graph on the GPU's stream.
+    pub(crate) fn replay(&self) -> Result<()> {
+        let graph = self.graph.as_ref().ok_or_else(|| self.gpu.failure("graph replay", "the graph is gone"))?;
+        graph.launch().map_err(|e| self.gpu.failure("graph replay", e))
+    }
+}
+
+impl Drop for CapturedGraph {
+    fn drop(&mut self) {
+        // The pool's blocks go back to the cache only after the last replay has finished.
+        let _ = self.gpu.stream.synchronize();
+        self.graph.take();
+        self.pool.take();
     }
 }
 

@@ -510,8 +510,16 @@ extern "C" __global__ void lstm_cell_backward(const float* s, Strided ls, const 
 // Optimizer updates, in place over contiguous parameter, gradient and state buffers
 // (the equations are on OptimizerUpdate in src/backend/kernels.rs).
 
+// `staged`, when not null, holds the numbers that change from step to step (OptimizerUpdate::staged:
+// lr, then Adam's bias corrections or SGD's first-step flag), written by the host before each replay
+// of a captured step; they replace the by-value arguments.
+
 extern "C" __global__ void sgd(float* w, const float* g, float* b, u64 n, float lr, float mu, int nesterov,
-                               float wd, int first) {
+                               float wd, int first, const float* staged) {
+    if (staged) {
+        lr = staged[0];
+        first = staged[1] != 0.0f;
+    }
     GRID_LOOP(k, n) {
         float gk = g[k] + wd * w[k];
         if (mu == 0.0f) {
@@ -525,7 +533,13 @@ extern "C" __global__ void sgd(float* w, const float* g, float* b, u64 n, float 
 }
 
 extern "C" __global__ void adam(float* w, const float* g, float* m, float* v, u64 n, float lr, float beta1,
-                                float beta2, float eps, float wd, int decoupled, float bias1, float bias2) {
+                                float beta2, float eps, float wd, int decoupled, float bias1, float bias2,
+                                const float* staged) {
+    if (staged) {
+        lr = staged[0];
+        bias1 = staged[1];
+        bias2 = staged[2];
+    }
     GRID_LOOP(k, n) {
         float wk = w[k], gk = g[k];
         if (decoupled) wk *= 1.0f - lr * wd;
@@ -539,7 +553,8 @@ extern "C" __global__ void adam(float* w, const float* g, float* m, float* v, u6
 }
 
 extern "C" __global__ void rmsprop(float* w, const float* g, float* v, float* b, u64 n, float lr, float alpha,
-                                   float eps, float mu, float wd, int momentum) {
+                                   float eps, float mu, float wd, int momentum, const float* staged) {
+    if (staged) lr = staged[0];
     GRID_LOOP(k, n) {
         float gk = g[k] + wd * w[k];
         float vk = alpha * v[k] + (1.0f - alpha) * gk * gk;

@@ -40,6 +40,7 @@ impl CudaStorage {
 
     /// The values of `data` copied to `gpu`.
     pub(crate) fn from_host(gpu: &Arc<Gpu>, data: &[f32]) -> Result<CudaStorage> {
+        gpu.refuse_in_capture("copy to device")?;
         let s = CudaStorage::alloc(gpu, data.len(), "to")?;
         if !data.is_empty() {
             gpu.bind("copy to device")?;
@@ -231,6 +232,7 @@ impl BackendStorage for CudaStorage {
 
     fn to_host(&self, l: &Layout) -> Result<Vec<f32>> {
         let gpu = self.gpu();
+        gpu.refuse_in_capture("copy to host")?;
         let n = l.elem_count();
         let copy;
         let (ptr, offset) = if l.is_contiguous() {
@@ -581,13 +583,17 @@ impl BackendStorage for CudaStorage {
         grad_l: &Layout,
         state: &mut [&mut Self],
         update: &OptimizerUpdate,
+        staged: Option<(&Self, usize)>,
     ) -> Result<()> {
         let gpu = self.gpu().clone();
-        // Contiguity and sizes were checked by `Storage::optimizer_step`.
+        // Contiguity, sizes and the staged numbers' place were checked by
+        // `Storage::optimizer_step`.
         let n = l.elem_count();
         if n == 0 {
             return Ok(());
         }
+        // A null pointer: the kernels take the numbers passed by value.
+        let staged = staged.map_or(0u64, |(s, at)| s.block.ptr + 4 * at as u64);
         let w = self.block.ptr + 4 * l.offset() as u64;
         let g = grad.block.ptr + 4 * grad_l.offset() as u64;
         let buf = |i: usize| state.get(i).map_or(0u64, |s| s.block.ptr);
@@ -595,16 +601,17 @@ impl BackendStorage for CudaStorage {
         match *update {
             OptimizerUpdate::Sgd { lr, momentum, nesterov, weight_decay, first_step } => {
                 let (b, nesterov, first) = (buf(0), i32::from(nesterov), i32::from(first_step));
-                launch!(gpu, "sgd", grid(n); w, g, b, count, lr, momentum, nesterov, weight_decay, first)
+                launch!(gpu, "sgd", grid(n); w, g, b, count, lr, momentum, nesterov, weight_decay, first, staged)
             }
             OptimizerUpdate::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2 } => {
                 let (m, v, decoupled) = (buf(0), buf(1), i32::from(decoupled));
                 launch!(gpu, "adam", grid(n);
-                    w, g, m, v, count, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2)
+                    w, g, m, v, count, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2, staged)
             }
             OptimizerUpdate::RmsProp { lr, alpha, eps, momentum, weight_decay } => {
                 let (v, b, with_momentum) = (buf(0), buf(1), i32::from(momentum > 0.0));
-                launch!(gpu, "rmsprop", grid(n); w, g, v, b, count, lr, alpha, eps, momentum, weight_decay, with_momentum)
+                launch!(gpu, "rmsprop", grid(n);
+                    w, g, v, b, count, lr, alpha, eps, momentum, weight_decay, with_momentum, staged)
             }
         }
     }
