@@ -24,6 +24,8 @@ pub use kernels::{
     STAGED,
 };
 
+use std::sync::Arc;
+
 use crate::layout::Layout;
 use crate::{Device, Error, Result};
 
@@ -231,26 +233,51 @@ pub(crate) fn capturing(device: Device) -> bool {
 #[derive(Debug)]
 pub(crate) struct Graph(cuda::gpu::CapturedGraph);
 
-impl Graph {
-    /// Starts recording what is queued on `device` from now on (kernels are recorded, not
-    /// run); an error on the CPU.
-    pub(crate) fn begin_capture(device: Device) -> Result<()> {
+/// The device buffers of a step to be captured into a [`Graph`]: run once eagerly between
+/// [`GraphPool::record`] and [`GraphPool::end_recording`], the step leaves its working set in
+/// the pool, which a capture then draws from (see `cuda::gpu::Pool`).
+pub(crate) struct GraphPool(Arc<cuda::gpu::Gpu>, Arc<cuda::gpu::Pool>);
+
+impl std::fmt::Debug for GraphPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GraphPool({})", self.0.device())
+    }
+}
+
+impl GraphPool {
+    /// Starts recording: the buffers asked for on `device` from now on are the pool's (an
+    /// error on the CPU, which has no graphs).
+    pub(crate) fn record(device: Device) -> Result<GraphPool> {
         match device {
             Device::Cpu => Err(Error::invalid("cuda_graph", "CUDA graphs need a CUDA device; the model is on the CPU")),
-            Device::Cuda(i) => cuda::gpu::gpu(i)?.begin_capture(),
+            Device::Cuda(i) => {
+                let gpu = cuda::gpu::gpu(i)?;
+                let pool = gpu.begin_recording()?;
+                Ok(GraphPool(gpu, pool))
+            }
         }
     }
 
-    /// Ends the recording begun on `device`: the graph (with `keep`), or an error when the
-    /// capture failed or was abandoned.
-    pub(crate) fn end_capture(device: Device, keep: bool) -> Result<Graph> {
-        match device {
-            Device::Cpu => Err(Error::invalid("cuda_graph", "no capture is under way on the CPU")),
-            Device::Cuda(i) => Ok(Graph(cuda::gpu::gpu(i)?.end_capture(keep)?)),
-        }
+    /// Ends the recording begun by [`GraphPool::record`].
+    pub(crate) fn end_recording(&self) -> Result<()> {
+        self.0.end_recording()
     }
 
-    /// Queues one run of everything recorded.
+    /// Starts capturing what is queued on the pool's GPU (kernels are recorded, not run),
+    /// buffers handed out from the pool.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        self.0.begin_capture(&self.1)
+    }
+
+    /// Ends the capture: the graph (with `keep`), or an error when the capture failed or was
+    /// abandoned (the pool can be captured from again).
+    pub(crate) fn end_capture(&self, keep: bool) -> Result<Graph> {
+        Ok(Graph(self.0.end_capture(keep)?))
+    }
+}
+
+impl Graph {
+    /// Queues one run of everything captured.
     pub(crate) fn replay(&self) -> Result<()> {
         self.0.replay()
     }
@@ -431,6 +458,23 @@ impl Storage {
     }
 
     /// Copies the elements of `l` to the places `dst_l` names in `dst`.
+    /// Writes `data` over the values from position `at` on (queued on a GPU, like a kernel).
+    pub(crate) fn write_host(&mut self, at: usize, data: &[f32]) -> Result<()> {
+        if at.checked_add(data.len()).is_none_or(|end| end > self.len()) {
+            return Err(Error::invalid(
+                "write",
+                format!("{} values at {at} overrun {} values", data.len(), self.len()),
+            ));
+        }
+        match self {
+            Storage::Cpu(cpu::CpuStorage::F32(v)) => {
+                v[at..at + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            Storage::Cuda(s) => s.write_host(at, data),
+        }
+    }
+
     pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
         same_device(op, &[self, dst])?;
         match (self, dst) {

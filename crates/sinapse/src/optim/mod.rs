@@ -226,7 +226,7 @@ impl State {
     /// Copies the host's staged numbers to the device buffer.
     fn write_staged(&mut self) -> Result<()> {
         if let Some(s) = &mut self.staged {
-            s.values.copy_from(&Tensor::from_slice(&s.host, &[s.host.len()])?)?;
+            s.values.write_host(&s.host)?;
             s.pending = false;
         }
         Ok(())

@@ -499,6 +499,18 @@ impl Tensor {
         values.copy_into(&Layout::contiguous(src.shape()), &mut dst, self.layout(), "copy_from")
     }
 
+    /// Writes `data` over this contiguous tensor's values, in place (one host-to-device copy
+    /// on a GPU).
+    pub(crate) fn write_host(&self, data: &[f32]) -> Result<()> {
+        if !self.layout().is_contiguous() || data.len() != self.elem_count() {
+            return Err(Error::invalid(
+                "write",
+                format!("{} values into a tensor of {:?} (contiguous ones only)", data.len(), self.shape()),
+            ));
+        }
+        write_lock(&self.0.storage).write_host(self.layout().offset(), data)
+    }
+
     /// One optimizer update of this parameter in place, from `grad` and the `state` buffers
     /// (tensors of the parameter's shape, each its own storage), as one fused kernel. With
     /// `staged` (a contiguous tensor and a position in it), the update's changing numbers

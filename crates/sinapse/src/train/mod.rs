@@ -609,11 +609,21 @@ fn fit_steps(
             history.restored_best = true;
         }
     }
+    if let Some(g) = graph.as_ref().filter(|g| g.captured.is_none() && !g.off) {
+        history.notes.push(match &g.last_failure {
+            Some(why) => format!("cuda_graph: no step was captured before training ended: {why}"),
+            None => format!(
+                "cuda_graph: no step was captured: training ended within {} batches of {} samples",
+                GRAPH_WARMUP + 1,
+                cfg.batch_size
+            ),
+        });
+    }
     Ok(history)
 }
 
-/// Full batches run eagerly before the step is captured: the optimizer makes its state, and
-/// the GPU's block cache learns the step's sizes.
+/// Full batches run eagerly before the step is captured (the optimizer makes its state; the
+/// last of them runs with the graph's pool in place, which so learns the step's buffers).
 const GRAPH_WARMUP: usize = 2;
 /// Captures tried before training goes on eagerly for good.
 const GRAPH_ATTEMPTS: usize = 3;
@@ -624,12 +634,15 @@ struct StepGraph {
     device: crate::Device,
     /// Full batches run eagerly so far (up to [`GRAPH_WARMUP`]).
     warm: usize,
-    /// Captures that failed.
+    /// Captures that failed, and why the last one did.
     failed: usize,
+    last_failure: Option<String>,
     /// No more captures (they failed, or the optimizer cannot stage its numbers).
     off: bool,
     /// The inputs and targets the graph reads.
     inputs: Option<(Tensor, Tensor)>,
+    /// The buffers of the recorded step, for the capture.
+    pool: Option<crate::backend::GraphPool>,
     captured: Option<Captured>,
 }
 
@@ -644,12 +657,22 @@ struct Captured {
 
 impl StepGraph {
     fn new(device: crate::Device) -> StepGraph {
-        StepGraph { device, warm: 0, failed: 0, off: false, inputs: None, captured: None }
+        StepGraph {
+            device,
+            warm: 0,
+            failed: 0,
+            last_failure: None,
+            off: false,
+            inputs: None,
+            pool: None,
+            captured: None,
+        }
     }
 
-    /// Runs the batch by replaying the graph (capturing it first when it is time), and
-    /// returns the batch's loss and metric sum; `None` when the caller is to run the batch
-    /// eagerly (warm-up, a batch of another size, no graph), with the optimizer set for it.
+    /// Runs the batch by replaying the graph (capturing it first when it is time; the last
+    /// warm-up batch is run here too, recorded), and returns the batch's loss and metric sum;
+    /// `None` when the caller is to run the batch eagerly (warm-up, a batch of another size, a
+    /// failed capture), with the optimizer set for it.
     fn run(
         &mut self,
         model: &dyn Module,
@@ -677,13 +700,8 @@ impl StepGraph {
             c.graph.replay()?;
             return Ok(Some((fresh_copy(&c.loss)?, fresh_copy(&c.metric)?)));
         }
-        if self.warm < GRAPH_WARMUP {
+        if self.warm + 1 < GRAPH_WARMUP {
             self.warm += 1;
-            return Ok(None);
-        }
-        if !opt.set_step_mode(StepMode::Staged)? {
-            self.off = true;
-            notes.push("cuda_graph: this optimizer cannot stage its numbers for a graph; the steps ran eagerly".into());
             return Ok(None);
         }
         if self.inputs.is_none() {
@@ -692,9 +710,31 @@ impl StepGraph {
         let (xs, ys) = self.inputs.as_ref().expect("made above");
         xs.copy_from(x)?;
         ys.copy_from(y)?;
-        crate::backend::Graph::begin_capture(self.device)?;
-        let stepped = captured_step(model, opt, cfg, xs, ys);
-        let ended = crate::backend::Graph::end_capture(self.device, stepped.is_ok());
+        let Some(pool) = &self.pool else {
+            // The last warm-up batch, run eagerly from the fixed inputs (as the graph will),
+            // its buffers recorded into the graph's pool.
+            let pool = crate::backend::GraphPool::record(self.device)?;
+            let stepped = captured_step(model, opt, cfg, xs, ys);
+            pool.end_recording()?;
+            let (_, loss, metric) = stepped?;
+            self.pool = Some(pool);
+            self.warm += 1;
+            return Ok(Some((fresh_copy(&loss)?, fresh_copy(&metric)?)));
+        };
+        if !opt.set_step_mode(StepMode::Staged)? {
+            self.off = true;
+            notes.push("cuda_graph: this optimizer cannot stage its numbers for a graph; the steps ran eagerly".into());
+            return Ok(None);
+        }
+        let began = pool.begin_capture();
+        let (stepped, ended) = match began {
+            Ok(()) => {
+                let stepped = captured_step(model, opt, cfg, xs, ys);
+                let ended = pool.end_capture(stepped.is_ok());
+                (stepped, ended)
+            }
+            Err(e) => (Err(e), Err(Error::invalid("cuda_graph", "the capture did not begin"))),
+        };
         match (stepped, ended) {
             (Ok((grads, loss, metric)), Ok(graph)) => {
                 // Writes the captured step's numbers, for this first replay.
@@ -725,6 +765,7 @@ impl StepGraph {
                     notes
                         .push(format!("cuda_graph: the training step could not be captured, so it ran eagerly: {why}"));
                 }
+                self.last_failure = Some(why);
                 Ok(None)
             }
         }

@@ -85,6 +85,11 @@ impl<B> BlockCache<B> {
         self.free.drain().flat_map(|(size, blocks)| blocks.into_iter().map(move |b| (size, b))).collect()
     }
 
+    /// How many blocks of `size` are kept.
+    pub(crate) fn free_count(&self, size: usize) -> usize {
+        self.free.get(&size).map_or(0, Vec::len)
+    }
+
     /// The counters.
     pub(crate) fn stats(&self) -> MemoryStats {
         self.stats
@@ -93,6 +98,58 @@ impl<B> BlockCache<B> {
     fn add_use(&mut self, size: usize) {
         self.stats.in_use += size as u64;
         self.stats.peak = self.stats.peak.max(self.stats.in_use);
+    }
+}
+
+/// The bookkeeping of a CUDA graph's block pool (blocks of type `B`): the blocks it keeps
+/// free, how many of each size it owns, and how many a capture must find free. A step run
+/// with the pool in place ("recorded") makes the pool own its working set; a capture of the
+/// same step, starting with that many blocks of each size free, asks for nothing more.
+#[derive(Debug)]
+pub(crate) struct PoolState<B> {
+    /// Blocks given back to the pool, by size.
+    pub(crate) free: BlockCache<B>,
+    /// Blocks the pool owns (free or handed out), by size.
+    owned: HashMap<usize, usize>,
+    /// Free blocks of each size a capture starts with.
+    needed: HashMap<usize, usize>,
+}
+
+impl<B> Default for PoolState<B> {
+    fn default() -> Self {
+        PoolState { free: BlockCache::default(), owned: HashMap::new(), needed: HashMap::new() }
+    }
+}
+
+impl<B> PoolState<B> {
+    /// Counts a block of `size` (from the GPU's cache or the driver) as the pool's, handed out.
+    pub(crate) fn adopt(&mut self, size: usize) {
+        *self.owned.entry(size).or_default() += 1;
+        self.free.allocated(size);
+    }
+
+    /// The recorded step is done: a capture starts with every block it used free.
+    pub(crate) fn end_recording(&mut self) {
+        self.needed = self.owned.clone();
+    }
+
+    /// A capture asked for a block of `size` the pool did not have free: the next starts with
+    /// one more.
+    pub(crate) fn missed(&mut self, size: usize) {
+        *self.needed.entry(size).or_default() += 1;
+    }
+
+    /// How many blocks of each size must be added before a capture (those still handed out
+    /// are not free).
+    pub(crate) fn shortfall(&self) -> Vec<(usize, usize)> {
+        let mut short: Vec<(usize, usize)> = self
+            .needed
+            .iter()
+            .map(|(&size, &n)| (size, n.saturating_sub(self.free.free_count(size))))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        short.sort_unstable();
+        short
     }
 }
 
@@ -141,6 +198,42 @@ mod tests {
         assert_eq!(cache.drain().len(), 4);
         assert_eq!(cache.stats().cached, 0);
         assert_eq!(cache.take(sizes[0]), None, "drained blocks are gone");
+    }
+
+    #[test]
+    fn a_recorded_step_sizes_the_capture() {
+        // A step of four buffers: a (512 B) and b (1 KiB) freed within it, c (512 B) made
+        // after a was freed (so it reuses a's block), d (512 B) kept after the step (its loss).
+        let mut pool = PoolState::<u32>::default();
+        let (s512, s1k) = (rounded(512), rounded(1024));
+        let mut next = 0;
+        let mut take = |pool: &mut PoolState<u32>, size| {
+            pool.free.take(size).unwrap_or_else(|| {
+                pool.adopt(size);
+                next += 1;
+                next
+            })
+        };
+        let a = take(&mut pool, s512);
+        let b = take(&mut pool, s1k);
+        pool.free.give_back(s512, a);
+        let c = take(&mut pool, s512);
+        assert_eq!(c, a, "reused within the step");
+        let d = take(&mut pool, s512);
+        pool.free.give_back(s1k, b);
+        pool.free.give_back(s512, c);
+        pool.end_recording();
+        // The step used two 512 B blocks and one of 1 KiB; d is still out, so the capture is
+        // one 512 B block short of the step's working set.
+        assert_eq!(pool.shortfall(), vec![(s512, 1)]);
+        pool.adopt(s512);
+        pool.free.give_back(s512, 99);
+        assert_eq!(pool.shortfall(), vec![]);
+        // A capture that asked for one more than the step did: the next starts with it.
+        pool.missed(rounded(4096));
+        assert_eq!(pool.shortfall(), vec![(rounded(4096), 1)]);
+        pool.free.give_back(s512, d);
+        assert_eq!(pool.free.free_count(s512), 3);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
-use super::alloc::{rounded, BlockCache, MemoryStats};
+use super::alloc::{rounded, BlockCache, MemoryStats, PoolState};
 use crate::layout::Layout;
 use crate::{Device, Error, Result};
 
@@ -185,8 +185,8 @@ pub(crate) struct Gpu {
     pub(crate) blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     cache: Mutex<BlockCache<CudaSlice<u8>>>,
-    /// The private block pool of the CUDA graph being captured, while one is.
-    capture: Mutex<Option<Arc<Pool>>>,
+    /// The pool of a graph's step while it is recorded (`false`) or captured (`true`).
+    capture: Mutex<Option<(Arc<Pool>, bool)>>,
     /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
     _blas_workspace: CudaSlice<u8>,
     /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
@@ -204,20 +204,21 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// The blocks a CUDA graph captured: handed out while it was captured, freed ones reused
-/// only within that capture (the graph's kernels, replayed, still write them), and given back
-/// to the GPU's cache only when the graph and every block are gone (PyTorch's private pools).
+/// The blocks of a CUDA graph's step (PyTorch's private pools). The step is first run
+/// eagerly with the pool in place ("recorded"): every block it asks for becomes the pool's,
+/// and freed ones are reused within it, so the pool ends up with the step's working set.
+/// The capture then takes its blocks from the pool (topped up first to that working set), so
+/// that it never needs the driver; the graph's kernels, replayed, keep writing those blocks,
+/// so they go back to the GPU's cache only when the graph and every block are gone.
 pub(crate) struct Pool {
     gpu: Arc<Gpu>,
-    free: Mutex<BlockCache<CudaSlice<u8>>>,
-    /// Sizes the capture asked for that neither this pool nor the GPU's cache held.
-    missed: Mutex<Vec<usize>>,
+    state: Mutex<PoolState<CudaSlice<u8>>>,
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         // No graph reads these any more (it is dropped first, after the stream finished).
-        let freed = self.free.get_mut().map(|c| c.drain_sized()).unwrap_or_default();
+        let freed = self.state.get_mut().map(|p| p.free.drain_sized()).unwrap_or_default();
         if let Ok(mut cache) = self.gpu.cache.lock() {
             for (size, slice) in freed {
                 cache.give_back(size, slice);
@@ -256,12 +257,28 @@ impl Drop for Block {
             // Kernels that still read the block were queued before any that will write it
             // (one stream), so it can be handed out again at once (a graph's block, only
             // within its capture).
-            let cache = match &self.pool {
-                Some(pool) => &pool.free,
-                None => &self.gpu.cache,
+            let capturing = match &self.pool {
+                Some(_) => None,
+                // A block from before a capture, freed during it, may have been read by the
+                // captured kernels: it joins the graph's pool rather than the cache.
+                None => {
+                    self.gpu.capture.lock().ok().and_then(|c| c.as_ref().filter(|(_, on)| *on).map(|(p, _)| p.clone()))
+                }
             };
-            if let Ok(mut cache) = cache.lock() {
-                cache.give_back(self.size, slice);
+            match self.pool.as_ref().or(capturing.as_ref()) {
+                Some(pool) => {
+                    if let Ok(mut state) = pool.state.lock() {
+                        if capturing.is_some() {
+                            state.adopt(self.size);
+                        }
+                        state.free.give_back(self.size, slice);
+                    }
+                }
+                None => {
+                    if let Ok(mut cache) = self.gpu.cache.lock() {
+                        cache.give_back(self.size, slice);
+                    }
+                }
             }
         }
     }
@@ -447,9 +464,17 @@ impl Gpu {
             Error::invalid("allocation", format!("{what}: {elems} values overflow the address space"))
         })?;
         let size = rounded(bytes);
-        if let Some(pool) = self.capture.lock().ok().and_then(|c| c.clone()) {
-            return self.alloc_captured(pool, size, what);
+        if let Some((pool, capturing)) = self.capture.lock().ok().and_then(|c| c.clone()) {
+            return self.alloc_in_pool(pool, capturing, size, what);
         }
+        let slice = self.alloc_from_cache(size, what)?;
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(Block { gpu: self.clone(), pool: None, slice: Some(slice), size, ptr })
+    }
+
+    /// A block of `size` bytes (already [`rounded`]) from the cache, else from the driver
+    /// (emptying the cache and trying once more when the driver is out of memory).
+    fn alloc_from_cache(&self, size: usize, what: &str) -> Result<CudaSlice<u8>> {
         let cached = self.cache.lock().map_err(|_| self.failure(what, "the block cache was poisoned"))?.take(size);
         let slice = match cached {
             Some(s) => s,
@@ -478,33 +503,35 @@ impl Gpu {
                 slice
             }
         };
-        let ptr = slice.device_ptr(&self.stream).0;
-        Ok(Block { gpu: self.clone(), pool: None, slice: Some(slice), size, ptr })
+        Ok(slice)
     }
 
-    /// A block for the graph being captured: one this capture freed, else one from the cache;
-    /// the driver is not asked (an allocation would become part of the graph), so a miss is
-    /// an error that ends the capture, and the size is kept in reserve for the next one.
-    fn alloc_captured(self: &Arc<Self>, pool: Arc<Pool>, size: usize, what: &str) -> Result<Block> {
-        let own = pool.free.lock().map_err(|_| self.failure(what, "the graph's pool was poisoned"))?.take(size);
+    /// A block of the graph's pool: one it has free, else (recording) one from the cache or
+    /// the driver, or (capturing) one from the cache. A capture does not call the driver (an
+    /// allocation would become part of the graph): a miss is an error that ends it, and the
+    /// size is added to what the next capture starts with.
+    fn alloc_in_pool(self: &Arc<Self>, pool: Arc<Pool>, capturing: bool, size: usize, what: &str) -> Result<Block> {
+        let poisoned = || self.failure(what, "the graph's pool was poisoned");
+        let own = pool.state.lock().map_err(|_| poisoned())?.free.take(size);
         let slice = match own {
             Some(s) => s,
-            None => {
+            None if capturing => {
                 let cached =
                     self.cache.lock().map_err(|_| self.failure(what, "the block cache was poisoned"))?.take(size);
+                let mut state = pool.state.lock().map_err(|_| poisoned())?;
                 let Some(s) = cached else {
-                    if let Ok(mut missed) = pool.missed.lock() {
-                        missed.push(size);
-                    }
+                    state.missed(size);
                     return Err(self.failure(
                         what,
-                        format!("a captured step asked for a new {size}-byte buffer; it is kept for the next capture"),
+                        format!("a captured step asked for a {size}-byte buffer its pool lacked; the next capture has one more"),
                     ));
                 };
-                // Counted in use by the cache until the pool gives it back.
-                if let Ok(mut free) = pool.free.lock() {
-                    free.allocated(size);
-                }
+                state.adopt(size);
+                s
+            }
+            None => {
+                let s = self.alloc_from_cache(size, what)?;
+                pool.state.lock().map_err(|_| poisoned())?.adopt(size);
                 s
             }
         };
@@ -514,7 +541,7 @@ impl Gpu {
 
     /// Whether a CUDA graph capture is under way on this GPU's stream.
     pub(crate) fn is_capturing(&self) -> bool {
-        self.capture.lock().is_ok_and(|c| c.is_some())
+        self.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|(_, capturing)| *capturing))
     }
 
     /// An error naming `op` when a capture is under way: host copies and waits cannot be part
@@ -529,64 +556,75 @@ impl Gpu {
         Ok(())
     }
 
-    /// Starts recording everything queued on the stream into a graph, with blocks handed out
-    /// from a pool of its own (see [`Pool`]).
-    pub(crate) fn begin_capture(self: &Arc<Self>) -> Result<()> {
+    /// Puts a new pool in place for the eager run of a step to be captured later (see
+    /// [`Pool`]); [`Gpu::end_recording`] takes it away.
+    pub(crate) fn begin_recording(self: &Arc<Self>) -> Result<Arc<Pool>> {
         let mut capture = self.capture.lock().map_err(|_| self.failure("capture", "the capture lock was poisoned"))?;
         if capture.is_some() {
-            return Err(self.failure("capture", "a capture is already under way on this GPU"));
+            return Err(self.failure("graph recording", "a graph's step is already being recorded or captured"));
+        }
+        let pool = Arc::new(Pool { gpu: self.clone(), state: Mutex::new(PoolState::default()) });
+        *capture = Some((pool.clone(), false));
+        Ok(pool)
+    }
+
+    /// Ends the recording: the step's working set (every block the pool owns) is what a
+    /// capture starts with.
+    pub(crate) fn end_recording(&self) -> Result<()> {
+        let (pool, _) = self
+            .capture
+            .lock()
+            .map_err(|_| self.failure("capture", "the capture lock was poisoned"))?
+            .take()
+            .ok_or_else(|| self.failure("graph recording", "no step was being recorded"))?;
+        pool.state.lock().map_err(|_| self.failure("graph recording", "the pool was poisoned"))?.end_recording();
+        Ok(())
+    }
+
+    /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
+    /// starts recording everything queued on the stream into a graph, blocks handed out from
+    /// `pool`.
+    pub(crate) fn begin_capture(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<()> {
+        let mut capture = self.capture.lock().map_err(|_| self.failure("capture", "the capture lock was poisoned"))?;
+        if capture.is_some() {
+            return Err(self.failure("capture", "a graph's step is already being recorded or captured"));
+        }
+        {
+            let mut state = pool.state.lock().map_err(|_| self.failure("capture", "the pool was poisoned"))?;
+            for (size, count) in state.shortfall() {
+                for _ in 0..count {
+                    let slice = self.alloc_from_cache(size, "a graph's pool")?;
+                    state.adopt(size);
+                    state.free.give_back(size, slice);
+                }
+            }
         }
         use cudarc::driver::sys::CUstreamCaptureMode;
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| self.failure("beginning a graph capture", e))?;
-        *capture = Some(Arc::new(Pool {
-            gpu: self.clone(),
-            free: Mutex::new(BlockCache::default()),
-            missed: Mutex::new(Vec::new()),
-        }));
+        *capture = Some((pool.clone(), true));
         Ok(())
     }
 
-    /// Ends the capture: with `keep`, the graph, instantiated; without, or when the capture
-    /// failed, an error, after the sizes it missed were allocated into the cache so that the
-    /// next capture finds them.
+    /// Ends the capture: with `keep`, the graph, instantiated and uploaded; without, or when
+    /// the capture failed, an error (the pool stays the caller's, for another try).
     pub(crate) fn end_capture(self: &Arc<Self>, keep: bool) -> Result<CapturedGraph> {
-        let pool = self
+        let (pool, _) = self
             .capture
             .lock()
             .map_err(|_| self.failure("capture", "the capture lock was poisoned"))?
             .take()
             .ok_or_else(|| self.failure("capture", "no capture is under way"))?;
         use cudarc::driver::sys::CUgraphInstantiate_flags;
-        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
-        let missed = std::mem::take(&mut *pool.missed.lock().map_err(|_| self.failure("capture", "poisoned"))?);
-        let graph = match ended {
-            Ok(Some(graph)) if keep => Some(graph),
-            Ok(_) => None,
-            Err(e) => {
-                self.reserve(&missed);
-                return Err(self.failure("ending a graph capture", e));
-            }
+        let graph = match self.stream.end_capture(CUgraphInstantiate_flags(0)) {
+            Ok(Some(graph)) if keep => graph,
+            Ok(_) => return Err(self.failure("graph capture", "the capture was abandoned")),
+            Err(e) => return Err(self.failure("ending a graph capture", e)),
         };
-        let Some(graph) = graph else {
-            self.reserve(&missed);
-            return Err(self.failure("graph capture", "the capture was abandoned"));
-        };
+        // Prepares the graph on the device now rather than at its first launch.
+        graph.upload().map_err(|e| self.failure("uploading a graph", e))?;
         Ok(CapturedGraph { graph: Some(graph), pool: Some(pool), gpu: self.clone() })
-    }
-
-    /// Puts a new block of each size (already [`rounded`]) into the cache, from the driver
-    /// (best effort: a failure here shows again as a miss of the next capture).
-    fn reserve(&self, sizes: &[usize]) {
-        for &size in sizes {
-            // SAFETY: contents undefined until written, as for every block.
-            let Ok(slice) = (unsafe { self.stream.alloc::<u8>(size) }) else { return };
-            if let Ok(mut cache) = self.cache.lock() {
-                cache.allocated(size);
-                cache.give_back(size, slice);
-            }
-        }
     }
 
     /// Bytes free on the device now, counting the blocks the cache keeps for reuse.

@@ -54,6 +54,23 @@ impl CudaStorage {
         Ok(s)
     }
 
+    /// Writes `data` over the values from position `at` on (checked by the caller), queued on
+    /// the GPU's stream.
+    pub(crate) fn write_host(&mut self, at: usize, data: &[f32]) -> Result<()> {
+        let gpu = self.gpu().clone();
+        gpu.refuse_in_capture("copy to device")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        gpu.bind("copy to device")?;
+        // SAFETY: the block holds `at + data.len()` values (checked by `Storage::write_host`);
+        // from pageable memory the driver stages `data` before returning (see `from_host`).
+        unsafe {
+            cudarc::driver::result::memcpy_htod_async(self.block.ptr + 4 * at as u64, data, gpu.stream.cu_stream())
+        }
+        .map_err(|e| gpu.failure("copy to device", e))
+    }
+
     /// `n` copies of `value` on `gpu`.
     pub(crate) fn full(gpu: &Arc<Gpu>, n: usize, value: f32) -> Result<CudaStorage> {
         let s = CudaStorage::alloc(gpu, n, "fill")?;
