@@ -458,6 +458,19 @@ fn graph_check(device: Device) -> Result<Option<String>> {
     if !notes.iter().any(|n| n.contains("captured after")) {
         return Ok(Some(format!("the graph was not used: {notes:?}")));
     }
+    // Dropout draws its masks on the host: found while the step is recorded, and training
+    // goes on eagerly, saying so.
+    let mut rng = Rng::seed(9);
+    let dropped = Sequential::new().add(Linear::new(6, 16, &mut rng)?).add(sinapse::nn::Dropout::new(0.2, &mut rng)?);
+    dropped.to(device)?;
+    let mut opt = Adam::new(dropped.parameters(), 0.01)?;
+    let regression = FitConfig { cuda_graph: true, ..FitConfig::new(Task::Regression) };
+    let targets = sinapse::data::Dataset::new(data.x().clone(), Tensor::zeros(&[88, 16]))?;
+    let history =
+        fit(&dropped, &mut opt, &targets, None, &FitConfig { epochs: 1, batch_size: 16, ..regression }, &mut Silent)?;
+    if !history.notes.iter().any(|n| n.contains("between the host and the GPU")) {
+        return Ok(Some(format!("dropout's host masks were not noticed: {:?}", history.notes)));
+    }
     if let Some(p) = mismatch(&graph_l, &eager_l) {
         return Ok(Some(format!("epoch losses: {p}")));
     }

@@ -258,8 +258,9 @@ impl GraphPool {
         }
     }
 
-    /// Ends the recording begun by [`GraphPool::record`].
-    pub(crate) fn end_recording(&self) -> Result<()> {
+    /// Ends the recording begun by [`GraphPool::record`]: the first host copy or wait the
+    /// step made, if any (a step with one cannot be captured).
+    pub(crate) fn end_recording(&self) -> Result<Option<String>> {
         self.0.end_recording()
     }
 
@@ -334,8 +335,10 @@ fn room(device: Device, bytes: u64, limit: u64, what: &str) -> Result<()> {
     }
     let available = match device {
         Device::Cpu => cpu::available_memory(),
-        // Inside a graph capture the driver is not asked (blocks come from the cache).
-        Device::Cuda(i) => cuda::gpu::opened(i).filter(|g| !g.is_capturing()).and_then(|g| g.available_memory()),
+        // While a graph's step is recorded or captured the driver is not asked: blocks come
+        // from the graph's pool, whose free ones the count would miss (a real shortage still
+        // ends in the driver's out-of-memory error, named as such).
+        Device::Cuda(i) => cuda::gpu::opened(i).filter(|g| !g.has_pool()).and_then(|g| g.available_memory()),
     };
     let available = available.unwrap_or(u64::MAX).min(limit);
     if bytes > available {
@@ -457,7 +460,6 @@ impl Storage {
         }
     }
 
-    /// Copies the elements of `l` to the places `dst_l` names in `dst`.
     /// Writes `data` over the values from position `at` on (queued on a GPU, like a kernel).
     pub(crate) fn write_host(&mut self, at: usize, data: &[f32]) -> Result<()> {
         if at.checked_add(data.len()).is_none_or(|end| end > self.len()) {
@@ -475,6 +477,7 @@ impl Storage {
         }
     }
 
+    /// Copies the elements of `l` to the places `dst_l` names in `dst`.
     pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
         same_device(op, &[self, dst])?;
         match (self, dst) {

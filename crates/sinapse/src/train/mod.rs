@@ -711,19 +711,37 @@ impl StepGraph {
         xs.copy_from(x)?;
         ys.copy_from(y)?;
         let Some(pool) = &self.pool else {
+            if !opt.set_step_mode(StepMode::Staged)? {
+                self.give_up(notes, "this optimizer cannot stage its numbers for a graph".into());
+                return Ok(None);
+            }
+            opt.set_step_mode(StepMode::Eager)?;
             // The last warm-up batch, run eagerly from the fixed inputs (as the graph will),
             // its buffers recorded into the graph's pool.
             let pool = crate::backend::GraphPool::record(self.device)?;
             let stepped = captured_step(model, opt, cfg, xs, ys);
-            pool.end_recording()?;
-            let (_, loss, metric) = stepped?;
-            self.pool = Some(pool);
+            let host_op = pool.end_recording()?;
+            let (_, loss, metric) = match stepped {
+                Ok(out) => out,
+                Err(e) => {
+                    // Run again without the pool (the update had not begun unless the
+                    // optimizer failed, which it then does again).
+                    self.give_up(notes, format!("the recorded step failed: {e}"));
+                    return Ok(None);
+                }
+            };
             self.warm += 1;
+            match host_op {
+                Some(op) => self.give_up(
+                    notes,
+                    format!("the step copies values between the host and the GPU ({op}), which a graph would replay unchanged"),
+                ),
+                None => self.pool = Some(pool),
+            }
             return Ok(Some((fresh_copy(&loss)?, fresh_copy(&metric)?)));
         };
         if !opt.set_step_mode(StepMode::Staged)? {
-            self.off = true;
-            notes.push("cuda_graph: this optimizer cannot stage its numbers for a graph; the steps ran eagerly".into());
+            self.give_up(notes, "this optimizer cannot stage its numbers for a graph".into());
             return Ok(None);
         }
         let began = pool.begin_capture();
@@ -742,6 +760,8 @@ impl StepGraph {
                 graph.replay()?;
                 let out = (fresh_copy(&loss)?, fresh_copy(&metric)?);
                 self.captured = Some(Captured { graph, grads, loss, metric });
+                // The graph keeps its pool.
+                self.pool = None;
                 notes.push(format!(
                     "cuda_graph: the training step was captured after {} eager batches{}, and replayed for every \
                      batch of {} samples from then on",
@@ -761,14 +781,21 @@ impl StepGraph {
                 };
                 self.failed += 1;
                 if self.failed >= GRAPH_ATTEMPTS {
-                    self.off = true;
-                    notes
-                        .push(format!("cuda_graph: the training step could not be captured, so it ran eagerly: {why}"));
+                    self.give_up(notes, why.clone());
                 }
                 self.last_failure = Some(why);
                 Ok(None)
             }
         }
+    }
+}
+
+impl StepGraph {
+    /// No graph for the rest of training: its pool goes back to the cache, and a note says why.
+    fn give_up(&mut self, notes: &mut Vec<String>, why: String) {
+        self.off = true;
+        self.pool = None;
+        notes.push(format!("cuda_graph: the training step could not be captured, so it ran eagerly: {why}"));
     }
 }
 

@@ -113,11 +113,13 @@ pub(crate) struct PoolState<B> {
     owned: HashMap<usize, usize>,
     /// Free blocks of each size a capture starts with.
     needed: HashMap<usize, usize>,
+    /// The first host copy or wait of the recorded step (which then cannot be captured).
+    pub(crate) host_op: Option<String>,
 }
 
 impl<B> Default for PoolState<B> {
     fn default() -> Self {
-        PoolState { free: BlockCache::default(), owned: HashMap::new(), needed: HashMap::new() }
+        PoolState { free: BlockCache::default(), owned: HashMap::new(), needed: HashMap::new(), host_op: None }
     }
 }
 

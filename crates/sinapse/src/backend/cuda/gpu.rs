@@ -262,17 +262,17 @@ impl Drop for Block {
                 // A block from before a capture, freed during it, may have been read by the
                 // captured kernels: it joins the graph's pool rather than the cache.
                 None => {
-                    self.gpu.capture.lock().ok().and_then(|c| c.as_ref().filter(|(_, on)| *on).map(|(p, _)| p.clone()))
+                    let capture = self.gpu.capture.lock().unwrap_or_else(|e| e.into_inner());
+                    capture.as_ref().filter(|(_, on)| *on).map(|(p, _)| p.clone())
                 }
             };
             match self.pool.as_ref().or(capturing.as_ref()) {
                 Some(pool) => {
-                    if let Ok(mut state) = pool.state.lock() {
-                        if capturing.is_some() {
-                            state.adopt(self.size);
-                        }
-                        state.free.give_back(self.size, slice);
+                    let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+                    if capturing.is_some() {
+                        state.adopt(self.size);
                     }
+                    state.free.give_back(self.size, slice);
                 }
                 None => {
                     if let Ok(mut cache) = self.gpu.cache.lock() {
@@ -546,14 +546,29 @@ impl Gpu {
 
     /// An error naming `op` when a capture is under way: host copies and waits cannot be part
     /// of a graph.
+    /// (While a step is recorded for a later capture, the first such `op` is noted instead:
+    /// that step cannot be captured.)
     pub(crate) fn refuse_in_capture(&self, op: &str) -> Result<()> {
-        if self.is_capturing() {
-            return Err(self.failure(
+        let capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        match capture.as_ref() {
+            Some((_, true)) => Err(self.failure(
                 op,
                 "a captured step (CUDA graph) cannot copy values between the host and the GPU or wait for it",
-            ));
+            )),
+            Some((pool, false)) => {
+                let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.host_op.is_none() {
+                    state.host_op = Some(op.to_string());
+                }
+                Ok(())
+            }
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether a graph's pool is in place (a step recorded or captured).
+    pub(crate) fn has_pool(&self) -> bool {
+        self.capture.lock().is_ok_and(|c| c.is_some())
     }
 
     /// Puts a new pool in place for the eager run of a step to be captured later (see
@@ -569,16 +584,18 @@ impl Gpu {
     }
 
     /// Ends the recording: the step's working set (every block the pool owns) is what a
-    /// capture starts with.
-    pub(crate) fn end_recording(&self) -> Result<()> {
+    /// capture starts with. Returns the first host copy or wait the step made, if any (then
+    /// it cannot be captured).
+    pub(crate) fn end_recording(&self) -> Result<Option<String>> {
         let (pool, _) = self
             .capture
             .lock()
-            .map_err(|_| self.failure("capture", "the capture lock was poisoned"))?
+            .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| self.failure("graph recording", "no step was being recorded"))?;
-        pool.state.lock().map_err(|_| self.failure("graph recording", "the pool was poisoned"))?.end_recording();
-        Ok(())
+        let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.end_recording();
+        Ok(state.host_op.take())
     }
 
     /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
@@ -613,7 +630,7 @@ impl Gpu {
         let (pool, _) = self
             .capture
             .lock()
-            .map_err(|_| self.failure("capture", "the capture lock was poisoned"))?
+            .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| self.failure("capture", "no capture is under way"))?;
         use cudarc::driver::sys::CUgraphInstantiate_flags;
