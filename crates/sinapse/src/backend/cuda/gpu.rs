@@ -587,15 +587,17 @@ impl Gpu {
     /// capture starts with. Returns the first host copy or wait the step made, if any (then
     /// it cannot be captured).
     pub(crate) fn end_recording(&self) -> Result<Option<String>> {
-        let (pool, _) = self
-            .capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| self.failure("graph recording", "no step was being recorded"))?;
+        let pool = self.take_pool("graph recording")?;
         let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
         state.end_recording();
         Ok(state.host_op.take())
+    }
+
+    /// Takes the pool of the step being recorded or captured out of place (an error naming
+    /// `op` when there is none).
+    fn take_pool(&self, op: &str) -> Result<Arc<Pool>> {
+        let taken = self.capture.lock().unwrap_or_else(|e| e.into_inner()).take();
+        taken.map(|(pool, _)| pool).ok_or_else(|| self.failure(op, "no graph's step is being recorded or captured"))
     }
 
     /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
@@ -627,12 +629,7 @@ impl Gpu {
     /// Ends the capture: with `keep`, the graph, instantiated and uploaded; without, or when
     /// the capture failed, an error (the pool stays the caller's, for another try).
     pub(crate) fn end_capture(self: &Arc<Self>, keep: bool) -> Result<CapturedGraph> {
-        let (pool, _) = self
-            .capture
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .ok_or_else(|| self.failure("capture", "no capture is under way"))?;
+        let pool = self.take_pool("graph capture")?;
         use cudarc::driver::sys::CUgraphInstantiate_flags;
         let graph = match self.stream.end_capture(CUgraphInstantiate_flags(0)) {
             Ok(Some(graph)) if keep => graph,
