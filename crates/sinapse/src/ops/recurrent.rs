@@ -74,7 +74,7 @@ impl Tensor {
             self.reshape(&[t * n, i])?.matmul(&w_ih.t()?)?.add(&b_ih.add(b_hh)?)?.reshape(&[t, n, 4 * h])?
         };
         // The recurrence of each block of rows runs on its own thread, start to end.
-        let blocks = row_blocks(n);
+        let blocks = row_blocks(n, self.device());
         let records: Vec<Vec<Tensor>> = blocks
             .par_iter()
             .map(|rows| {
@@ -94,9 +94,12 @@ impl Tensor {
 }
 
 /// The batch's rows split into one block per thread (at least 8 rows each), so that each
-/// block's recurrence runs on one thread without waiting for the others at every step.
-fn row_blocks(n: usize) -> Vec<Range<usize>> {
-    let blocks = rayon::current_num_threads().min(n / 8).max(1);
+/// block's recurrence runs on one thread without waiting for the others at every step. On a
+/// GPU, one block: its kernels already run over every row at once, and more blocks would only
+/// multiply the launches (and put the launches of a captured step in no fixed order).
+fn row_blocks(n: usize, device: crate::Device) -> Vec<Range<usize>> {
+    let threads = if device == crate::Device::Cpu { rayon::current_num_threads() } else { 1 };
+    let blocks = threads.min(n / 8).max(1);
     (0..blocks).map(|b| b * n / blocks..(b + 1) * n / blocks).collect()
 }
 
@@ -213,4 +216,20 @@ fn backward_rows(
     }
     dz_steps.reverse();
     Ok((dz_steps, dh0, dc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_blocks;
+    use crate::Device;
+
+    #[test]
+    fn rows_split_over_threads_on_the_cpu_and_not_on_a_gpu() {
+        assert_eq!(row_blocks(64, Device::Cuda(0)), vec![0..64]);
+        let cpu = row_blocks(64, Device::Cpu);
+        assert_eq!((cpu[0].start, cpu[cpu.len() - 1].end), (0, 64));
+        assert!(cpu.windows(2).all(|w| w[0].end == w[1].start), "{cpu:?}");
+        assert_eq!(cpu.len(), rayon::current_num_threads().min(8), "at least 8 rows a block");
+        assert_eq!(row_blocks(7, Device::Cpu), vec![0..7]);
+    }
 }
