@@ -499,6 +499,12 @@ impl Tensor {
         values.copy_into(&Layout::contiguous(src.shape()), &mut dst, self.layout(), "copy_from")
     }
 
+    /// A row-major copy of the values in storage of its own, with no history (unlike
+    /// [`Tensor::contiguous`], never `self`).
+    pub(crate) fn copied(&self) -> Result<Tensor> {
+        Ok(Tensor::from_storage(self.storage().copy_strided(self.layout())?, Layout::contiguous(self.shape())))
+    }
+
     /// Writes `data` over this contiguous tensor's values, in place (one host-to-device copy
     /// on a GPU).
     pub(crate) fn write_host(&self, data: &[f32]) -> Result<()> {
@@ -536,11 +542,8 @@ impl Tensor {
         }
         // The gradient is read while the parameter is locked for writing: it must be another
         // storage, and contiguous.
-        let grad = if grad.same_storage(self) || !grad.layout().is_contiguous() {
-            Tensor::from_storage(grad.storage().copy_strided(grad.layout())?, Layout::contiguous(grad.shape()))
-        } else {
-            grad.clone()
-        };
+        let grad =
+            if grad.same_storage(self) || !grad.layout().is_contiguous() { grad.copied()? } else { grad.clone() };
         let mut guards = Vec::with_capacity(state.len());
         for (i, s) in state.iter().enumerate() {
             let shared = s.same_storage(self) || s.same_storage(&grad) || state[..i].iter().any(|o| o.same_storage(s));

@@ -486,56 +486,61 @@ fn fit_steps(
                 Task::Classification { .. } => global,
                 Task::Regression | Task::Reconstruction { .. } => global * per_sample,
             };
-            if let Some(g) = &mut graph {
-                if let Some((loss, metric)) = g.run(model, opt, cfg, &x, &y, &mut history.notes)? {
-                    // The update is done: the loss is read (and checked) after it.
+            let replayed = match &mut graph {
+                Some(g) => g.run(model, opt, cfg, &x, &y, &mut history.notes)?,
+                None => None,
+            };
+            let metric = match replayed {
+                // The graph's update is done: the loss is read (and checked) after it.
+                Some((loss, metric)) => {
                     pending.batches.push((b + 1, loss, global, None));
-                    metric_sums.push(metric);
-                    if pending.batches.len() >= every {
-                        pending.report(epoch, batches, &mut loss_sum, observer)?;
+                    metric
+                }
+                None => {
+                    let size = x.shape()[0];
+                    // A short last batch may leave a rank no rows: it adds zeros, but still joins.
+                    let (mut grads, loss, metric) = if size > 0 {
+                        let outputs = model.forward(&x, Mode::Train)?;
+                        let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
+                        // This rank's share of the global batch's mean loss (1 for one
+                        // process): summed over the ranks, the gradients are those of the
+                        // whole batch.
+                        let grads = if size == global {
+                            loss.backward()?
+                        } else {
+                            loss.mul_scalar(size as f32 / global as f32)?.backward()?
+                        };
+                        (grads, loss.detach(), metric_sum(&cfg.task, cfg.loss, &outputs, &y)?)
+                    } else {
+                        let zero = Tensor::zeros_on(&[], model.device())?;
+                        (crate::Gradients::default(), zero.clone(), zero)
+                    };
+                    let (loss, metric) = match dist {
+                        None => (loss, metric),
+                        Some(c) => {
+                            // Gradients, the loss summed over samples and the metric sum in
+                            // one message.
+                            let sums = [loss.mul_scalar(size as f32)?, metric];
+                            let [loss_sum, metric] =
+                                <[Tensor; 2]>::try_from(all_reduce_gradients(c, &params, &mut grads, 1.0, &sums)?)
+                                    .expect("two sums in, two out");
+                            (loss_sum.mul_scalar(1.0 / global as f32)?, metric)
+                        }
+                    };
+                    pending.batches.push((b + 1, loss, global, None));
+                    if every == 1 {
+                        // Read before the update (free on the CPU): a non-finite loss leaves
+                        // the weights as they were. Read every few batches (a GPU), it is found
+                        // after up to `every - 1` more updates.
+                        pending.read(epoch)?;
                     }
-                    continue;
-                }
-            }
-            let size = x.shape()[0];
-            // A short last batch may leave a rank no rows: it adds zeros, but still joins.
-            let (mut grads, loss, metric) = if size > 0 {
-                let outputs = model.forward(&x, Mode::Train)?;
-                let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
-                // This rank's share of the global batch's mean loss (1 for one process):
-                // summed over the ranks, the gradients are those of the whole batch.
-                let grads = if size == global {
-                    loss.backward()?
-                } else {
-                    loss.mul_scalar(size as f32 / global as f32)?.backward()?
-                };
-                (grads, loss.detach(), metric_sum(&cfg.task, cfg.loss, &outputs, &y)?)
-            } else {
-                let zero = Tensor::zeros_on(&[], model.device())?;
-                (crate::Gradients::default(), zero.clone(), zero)
-            };
-            let (loss, metric) = match dist {
-                None => (loss, metric),
-                Some(c) => {
-                    // Gradients, the loss summed over samples and the metric sum in one message.
-                    let sums = [loss.mul_scalar(size as f32)?, metric];
-                    let [loss_sum, metric] =
-                        <[Tensor; 2]>::try_from(all_reduce_gradients(c, &params, &mut grads, 1.0, &sums)?)
-                            .expect("two sums in, two out");
-                    (loss_sum.mul_scalar(1.0 / global as f32)?, metric)
+                    if let Some(max_norm) = cfg.clip_grad_norm {
+                        clip_grad_norm(&params, &mut grads, max_norm)?;
+                    }
+                    opt.step(&grads)?;
+                    metric
                 }
             };
-            pending.batches.push((b + 1, loss, global, None));
-            if every == 1 {
-                // Read before the update (free on the CPU): a non-finite loss leaves the weights
-                // as they were. Read every few batches (a GPU), it is found after up to
-                // `every - 1` more updates.
-                pending.read(epoch)?;
-            }
-            if let Some(max_norm) = cfg.clip_grad_norm {
-                clip_grad_norm(&params, &mut grads, max_norm)?;
-            }
-            opt.step(&grads)?;
             metric_sums.push(metric);
             if pending.batches.len() >= every {
                 pending.report(epoch, batches, &mut loss_sum, observer)?;
@@ -698,7 +703,7 @@ impl StepGraph {
             // Advances the step counters and writes this step's numbers for the replay.
             opt.step(&c.grads)?;
             c.graph.replay()?;
-            return Ok(Some((fresh_copy(&c.loss)?, fresh_copy(&c.metric)?)));
+            return Ok(Some((c.loss.copied()?, c.metric.copied()?)));
         }
         if self.warm + 1 < GRAPH_WARMUP {
             self.warm += 1;
@@ -738,7 +743,8 @@ impl StepGraph {
                 ),
                 None => self.pool = Some(pool),
             }
-            return Ok(Some((fresh_copy(&loss)?, fresh_copy(&metric)?)));
+            // Copied out of the pool's blocks, which go back to it (the capture needs them).
+            return Ok(Some((loss.copied()?, metric.copied()?)));
         };
         if !opt.set_step_mode(StepMode::Staged)? {
             self.give_up(notes, "this optimizer cannot stage its numbers for a graph".into());
@@ -758,7 +764,7 @@ impl StepGraph {
                 // Writes the captured step's numbers, for this first replay.
                 opt.set_step_mode(StepMode::StageOnly)?;
                 graph.replay()?;
-                let out = (fresh_copy(&loss)?, fresh_copy(&metric)?);
+                let out = (loss.copied()?, metric.copied()?);
                 self.captured = Some(Captured { graph, grads, loss, metric });
                 // The graph keeps its pool.
                 self.pool = None;
@@ -814,12 +820,6 @@ fn captured_step(
     let metric = metric_sum(&cfg.task, cfg.loss, &outputs, y)?;
     opt.step(&grads)?;
     Ok((grads, loss.detach(), metric))
-}
-
-/// A copy of `t` in storage of its own (a graph's output, which the next replay overwrites).
-fn fresh_copy(t: &Tensor) -> Result<Tensor> {
-    let storage = t.storage().copy_strided(t.layout())?;
-    Ok(Tensor::from_storage(storage, crate::layout::Layout::contiguous(t.shape())))
 }
 
 /// Loss and metrics of a model on a dataset.
