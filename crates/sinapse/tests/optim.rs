@@ -301,3 +301,29 @@ fn a_cuda_graph_is_refused_on_the_cpu_and_with_clipping() {
     let after: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec()).collect();
     assert_eq!(before, after, "refused before any step");
 }
+
+#[test]
+fn fit_trains_with_an_optimizer_left_staging_and_leaves_it_eager() {
+    use sinapse::data::Dataset;
+    use sinapse::nn::{Linear, Module};
+    use sinapse::train::{fit, FitConfig, Silent, Task};
+    let mut rng = sinapse::Rng::seed(0);
+    let data = Dataset::new(Tensor::rand_normal(&[8, 2], 0.0, 1.0, &mut rng).unwrap(), Tensor::ones(&[8])).unwrap();
+    let model = Linear::new(2, 1, &mut rng).unwrap();
+    let weights = || model.parameters().iter().flat_map(|p| p.to_vec()).collect::<Vec<f32>>();
+    let mut opt = Adam::new(model.parameters(), 0.1).unwrap();
+    // Stage-only steps update nothing; fit must not train that way, nor leave it so.
+    opt.set_step_mode(StepMode::StageOnly).unwrap();
+    let before = weights();
+    let cfg = FitConfig { epochs: 1, batch_size: 4, ..FitConfig::new(Task::Regression) };
+    fit(&model, &mut opt, &data, None, &cfg, &mut Silent).unwrap();
+    let trained = weights();
+    assert_ne!(trained, before, "fit updated the weights");
+    let mut grads = sinapse::Gradients::default();
+    for p in model.parameters() {
+        let shape = p.shape().to_vec();
+        grads.insert(&p, Tensor::ones(&shape));
+    }
+    opt.step(&grads).unwrap();
+    assert_ne!(weights(), trained, "after fit the optimizer updates by itself again");
+}

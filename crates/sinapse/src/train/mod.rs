@@ -379,23 +379,6 @@ pub fn fit(
     cfg: &FitConfig,
     observer: &mut dyn Observer,
 ) -> Result<History> {
-    let fitted = fit_steps(model, opt, train, val, cfg, observer);
-    // The graph is gone: the optimizer queues its own updates again (the training's own
-    // error, if any, is the one reported).
-    let reset = if cfg.cuda_graph { opt.set_step_mode(StepMode::Eager).map(|_| ()) } else { Ok(()) };
-    let history = fitted?;
-    reset?;
-    Ok(history)
-}
-
-fn fit_steps(
-    model: &dyn Module,
-    opt: &mut dyn Optimizer,
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &FitConfig,
-    observer: &mut dyn Observer,
-) -> Result<History> {
     cfg.loss.check(&cfg.task)?;
     cfg.schedule.validate()?;
     if cfg.epochs == 0 {
@@ -420,6 +403,10 @@ fn fit_steps(
     let state = model.state_dict();
     let base_lr = opt.lr();
     let dist = cfg.communicator.as_ref().filter(|c| c.world_size() > 1);
+    // Eager from here (a graph sets other modes batch by batch), and again however fit
+    // returns: declared before the graph, the guard is dropped after it.
+    opt.set_step_mode(StepMode::Eager)?;
+    let mut opt = EagerAfter(opt);
     let mut graph = if cfg.cuda_graph {
         let refuse = |why: &str| Err(Error::invalid("cuda_graph", why.to_string()));
         if model.device() == crate::Device::Cpu {
@@ -487,7 +474,7 @@ fn fit_steps(
                 Task::Regression | Task::Reconstruction { .. } => global * per_sample,
             };
             let replayed = match &mut graph {
-                Some(g) => g.run(model, opt, cfg, &x, &y, &mut history.notes)?,
+                Some(g) => g.run(model, &mut *opt, cfg, &x, &y, &mut history.notes)?,
                 None => None,
             };
             let metric = match replayed {
@@ -625,6 +612,31 @@ fn fit_steps(
         });
     }
     Ok(history)
+}
+
+/// An optimizer lent to [`fit`], put back in [`StepMode::Eager`] when dropped (a CUDA graph
+/// leaves it staging its numbers for replays that will not come).
+struct EagerAfter<'a>(&'a mut dyn Optimizer);
+
+impl<'a> std::ops::Deref for EagerAfter<'a> {
+    type Target = dyn Optimizer + 'a;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl std::ops::DerefMut for EagerAfter<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0
+    }
+}
+
+impl Drop for EagerAfter<'_> {
+    fn drop(&mut self) {
+        // Cannot fail for the built-in optimizers; a custom one that cannot stage never left
+        // the eager mode.
+        let _ = self.0.set_step_mode(StepMode::Eager);
+    }
 }
 
 /// Full batches run eagerly before the step is captured (the optimizer makes its state; the
