@@ -232,6 +232,8 @@ const BATCH1024_CALLS: usize = 100;
 /// the throughput of batches of 1024 (samples/s), on test images.
 fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<(f64, f64)> {
     let _guard = sinapse::no_grad();
+    // As in training: the kernels' pool threads spin between calls instead of sleeping.
+    let _hot = (device == Device::Cpu).then(sinapse::hot_workers);
     let x = test.x().to(device)?;
     let n = test.len();
     if n == 0 {

@@ -108,7 +108,7 @@ pub mod tensor;
 pub mod train;
 
 pub use autograd::{is_grad_enabled, no_grad, Gradients, NoGradGuard};
-pub use backend::{work_on_this_thread, DType};
+pub use backend::{hot_workers, work_on_this_thread, DType, HotWorkers};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use ops::common::PadMode;

@@ -308,6 +308,126 @@ pub(crate) fn kept_on_one_thread() -> bool {
     ON_ONE_THREAD.with(|c| c.get())
 }
 
+/// While it lives, the kernels' other worker threads wait for the next kernel by spinning
+/// instead of sleeping ([`hot_workers`]). Dropping it lets them sleep again.
+#[must_use = "the workers spin only while the guard lives"]
+pub struct HotWorkers {
+    /// What the spinning tasks share with the guard.
+    shared: std::sync::Arc<Spinners>,
+    /// The pool's index of the thread that made the guard (`None`: not a pool thread).
+    caller: Option<usize>,
+    /// Threads that should spin: the pool's, less the caller's own.
+    wanted: usize,
+}
+
+/// The state of a guard's spinning tasks.
+struct Spinners {
+    /// Set when the guard is dropped: every spinning task ends.
+    stop: std::sync::atomic::AtomicBool,
+    /// Tasks spinning now.
+    live: std::sync::atomic::AtomicUsize,
+    /// Tasks that have started spinning, over the guard's life.
+    started: std::sync::atomic::AtomicUsize,
+}
+
+/// How long a spinning task waits without finding work before it ends (the thread then sleeps
+/// as usual, until [`HotWorkers::renew`]). It bounds what a task can cost when it started
+/// above another task on its thread's stack, which cannot resume until it ends.
+const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(2);
+
+thread_local! {
+    /// Whether this thread runs a spinning task (a second one on it returns at once).
+    static SPINNING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl HotWorkers {
+    /// How many threads spin for this guard now (they start a moment after it is made).
+    pub fn spinning(&self) -> usize {
+        self.shared.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many spinning tasks this guard has started so far (one per thread, and one more
+    /// each time [`HotWorkers::renew`] sets a thread spinning again).
+    pub fn started(&self) -> usize {
+        self.shared.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets spinning again the threads whose spin ended after 2 ms without work (a
+    /// long pause between kernels: a file written, a slow progress print). Cheap when all
+    /// still spin: `fit` calls it once per batch.
+    pub fn renew(&self) {
+        use std::sync::atomic::Ordering;
+        if self.wanted == 0 || self.shared.live.load(Ordering::Acquire) >= self.wanted {
+            return;
+        }
+        let (shared, caller) = (self.shared.clone(), self.caller);
+        rayon::spawn_broadcast(move |ctx| {
+            // Not on the caller's own thread: spinning there, nothing could drop the guard.
+            if caller == Some(ctx.index()) || SPINNING.with(|s| s.replace(true)) {
+                return;
+            }
+            shared.live.fetch_add(1, Ordering::AcqRel);
+            shared.started.fetch_add(1, Ordering::AcqRel);
+            let mut idle_since = std::time::Instant::now();
+            let mut idle_rounds = 0u32;
+            while !shared.stop.load(Ordering::Acquire) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle_rounds = 0;
+                    continue;
+                }
+                std::hint::spin_loop();
+                idle_rounds += 1;
+                // The clock read now and then: it costs more than a round.
+                if idle_rounds.is_multiple_of(256) {
+                    if idle_rounds == 256 {
+                        idle_since = std::time::Instant::now();
+                    } else if idle_since.elapsed() > SPIN_IDLE {
+                        break;
+                    }
+                }
+            }
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+            SPINNING.with(|s| s.set(false));
+        });
+    }
+}
+
+impl Drop for HotWorkers {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Keeps the CPU kernels' worker threads busy-waiting for work until the returned guard is
+/// dropped, as OpenMP runtimes (PyTorch's CPU threads) do between parallel regions.
+///
+/// A kernel split over threads hands part of its work to the pool's other threads. A sleeping
+/// thread must be woken for it, which costs microseconds per kernel on a virtual machine, and
+/// a training step has dozens of kernels: `fit` holds this guard over its loop on the CPU.
+/// Spinning threads take each piece of work as soon as it is queued, at the price of keeping
+/// their cores busy while the guard lives; a thread that finds no work for 2 ms goes back to
+/// sleep until [`HotWorkers::renew`].
+///
+/// Only for a thread that joined the pool ([`work_on_this_thread`], as `sinapse`'s binary
+/// does); elsewhere, and on one core, the guard does nothing. Make it at the top of the work,
+/// not inside a parallel task: a thread that picks up the spinning task while it waits for a
+/// task of its own resumes that wait only when the spin ends.
+pub fn hot_workers() -> HotWorkers {
+    let caller = rayon::current_thread_index();
+    // Only for a caller that is itself one of the pool's threads: the spinning threads and it
+    // then take one core each. Another caller (the pool not joined) would compete for a core
+    // with every spinning thread, so it gets a guard that does nothing.
+    let wanted = if caller.is_some() { rayon::current_num_threads() - 1 } else { 0 };
+    let shared = std::sync::Arc::new(Spinners {
+        stop: std::sync::atomic::AtomicBool::new(false),
+        live: std::sync::atomic::AtomicUsize::new(0),
+        started: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let guard = HotWorkers { shared, caller, wanted };
+    guard.renew();
+    guard
+}
+
 /// Caps the bytes any one tensor allocation of this process may take, below what the device
 /// has available (`None`: no cap beyond that). An allocation above the cap is refused with
 /// [`Error::OutOfMemory`] before it is tried, as one above the available memory always is.

@@ -443,6 +443,9 @@ pub fn fit(
         notes: Vec::new(),
     };
     observer.on_fit_start(cfg, batches);
+    // The CPU kernels' pool threads spin between kernels while the loop runs (not when other
+    // processes share the step: they may share the machine's cores too).
+    let hot = (model.device() == crate::Device::Cpu && dist.is_none()).then(crate::hot_workers);
     let mut best: Option<(f32, Vec<Vec<f32>>)> = None;
     let mut waited = 0;
     // The schedule's step count: epochs, or batches over all epochs.
@@ -464,6 +467,9 @@ pub fn fit(
         let mut metric_count = 0usize;
         for (b, batch) in loader.epoch()?.enumerate() {
             let (x, y) = batch?;
+            if let Some(hot) = &hot {
+                hot.renew();
+            }
             if cfg.schedule.per == Per::Batch {
                 opt.set_lr(cfg.schedule.lr_at(base_lr, step_of(epoch, b)));
             }
