@@ -232,8 +232,10 @@ const BATCH1024_CALLS: usize = 100;
 /// the throughput of batches of 1024 (samples/s), on test images.
 fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<(f64, f64)> {
     let _guard = sinapse::no_grad();
-    // As in training: the kernels' pool threads spin between calls instead of sleeping.
-    let _hot = (device == Device::Cpu).then(sinapse::hot_workers);
+    // As in training: the kernels' pool threads spin between calls instead of sleeping
+    // (renewed before each timed call: a spinner sleeps again after 2 ms without work).
+    let hot = (device == Device::Cpu).then(sinapse::hot_workers);
+    let renew = || hot.iter().for_each(sinapse::HotWorkers::renew);
     let x = test.x().to(device)?;
     let n = test.len();
     if n == 0 {
@@ -242,6 +244,7 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
     let singles: Vec<Tensor> = (0..BATCH1_CALLS.min(n)).map(|i| x.narrow(0, i, 1)).collect::<sinapse::Result<_>>()?;
     let mut latencies = Vec::with_capacity(BATCH1_CALLS);
     for i in 0..BATCH1_CALLS {
+        renew();
         let start = Instant::now();
         let out = model.forward(&singles[i % singles.len()], Mode::Eval)?;
         sinapse::backend::synchronize(device)?;
@@ -256,8 +259,10 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
     let big = x.index_select(0, &Tensor::from_vec(idx, &[batch])?.to(device)?)?;
     model.forward(&big, Mode::Eval)?; // warm-up, not timed
     sinapse::backend::synchronize(device)?;
+    renew();
     let start = Instant::now();
     for _ in 0..BATCH1024_CALLS {
+        renew();
         model.forward(&big, Mode::Eval)?;
     }
     sinapse::backend::synchronize(device)?;

@@ -10,7 +10,7 @@ use sinapse::train::{fit, FitConfig, Silent, Task};
 use sinapse::{Rng, Tensor};
 
 /// Waits up to 10 s for `cond`.
-fn eventually(what: &str, cond: impl Fn() -> bool) {
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
         assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting: {what}");
@@ -72,10 +72,33 @@ fn the_calling_thread_joins_the_pool_once_and_kernels_still_split() {
         g.started()
     });
     assert_eq!(outside.join().unwrap(), 0);
+    // A dropped guard's spinners end even while work keeps coming (which resets their idle
+    // time): a new guard's spinning task then finds their threads free (a thread still
+    // spinning for the old guard would turn it away) while this thread keeps splitting kernels.
+    eventually("renewed once more", || {
+        hot.renew();
+        hot.spinning() == others
+    });
     drop(hot);
+    let dropped = Instant::now();
     let again = sinapse::hot_workers();
-    eventually("a new guard's spinners start", || again.started() == others);
+    eventually("a new guard's spinners start", || {
+        let y = x.mul_scalar(4.0).unwrap().to_vec();
+        assert_eq!(y[n - 1], 4.0 * (n - 1) as f32);
+        again.started() == others
+    });
+    // Well before the 100 ms after which a spinner ends anyway.
+    assert!(dropped.elapsed() < Duration::from_millis(50), "{:?} after the drop", dropped.elapsed());
     drop(again);
+    // Asked to wait passively (several processes sharing the cores), a guard does nothing.
+    // (`set_var` is unsafe from edition 2024 on: no other thread of this test binary reads the
+    // environment now; the pool's threads only run the kernels above.)
+    unsafe { std::env::set_var("SINAPSE_WAIT", "passive") };
+    let passive = sinapse::hot_workers();
+    passive.renew();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(passive.started(), 0);
+    unsafe { std::env::remove_var("SINAPSE_WAIT") };
 
     // `fit` on this thread holds a guard; on a thread outside the pool it cannot. The
     // kernels split the same way either way: the same weights, bit for bit.

@@ -178,8 +178,16 @@ pub fn work_on_this_thread() -> Result<()> {
     rayon::ThreadPoolBuilder::new()
         .use_current_thread()
         .build_global()
-        .map_err(|e| Error::invalid("work_on_this_thread", format!("the thread pool was already started: {e}")))
+        .map_err(|e| Error::invalid("work_on_this_thread", format!("the thread pool was already started: {e}")))?;
+    if let Some(index) = rayon::current_thread_index() {
+        JOINED.store(index, std::sync::atomic::Ordering::Release);
+    }
+    Ok(())
 }
+
+/// The pool index of the thread that joined the pool by [`work_on_this_thread`] (`usize::MAX`:
+/// none did).
+static JOINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// The memory counters of a GPU's caching allocator (bytes in use, the peak, bytes cached
 /// for reuse, driver allocations and reuses); `None` for the CPU or a GPU not used yet.
@@ -309,15 +317,18 @@ pub(crate) fn kept_on_one_thread() -> bool {
 }
 
 /// While it lives, the kernels' other worker threads wait for the next kernel by spinning
-/// instead of sleeping ([`hot_workers`]). Dropping it lets them sleep again.
+/// instead of sleeping, until 2 ms pass without work ([`hot_workers`]). Dropping it lets them
+/// sleep again.
 #[must_use = "the workers spin only while the guard lives"]
 pub struct HotWorkers {
     /// What the spinning tasks share with the guard.
     shared: std::sync::Arc<Spinners>,
-    /// The pool's index of the thread that made the guard (`None`: not a pool thread).
-    caller: Option<usize>,
-    /// Threads that should spin: the pool's, less the caller's own.
+    /// The pool's index of the thread that made the guard.
+    caller: usize,
+    /// Threads that should spin: the pool's, less the caller's own (0: the guard does nothing).
     wanted: usize,
+    /// Not `Send`: renewed from another thread, a spinner could land under that thread's work.
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 /// The state of a guard's spinning tasks.
@@ -331,9 +342,13 @@ struct Spinners {
 }
 
 /// How long a spinning task waits without finding work before it ends (the thread then sleeps
-/// as usual, until [`HotWorkers::renew`]). It bounds what a task can cost when it started
-/// above another task on its thread's stack, which cannot resume until it ends.
+/// as usual, until [`HotWorkers::renew`]).
 const SPIN_IDLE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// The longest a spinning task runs, work or not. A task that a thread picked up while it
+/// waited for a task of its own (possible only when the guard was made inside parallel work)
+/// holds that wait until it ends: this bounds the stall. `fit` renews its spinners every batch.
+const SPIN_MAX: std::time::Duration = std::time::Duration::from_millis(100);
 
 thread_local! {
     /// Whether this thread runs a spinning task (a second one on it returns at once).
@@ -352,9 +367,8 @@ impl HotWorkers {
         self.shared.started.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Sets spinning again the threads whose spin ended after 2 ms without work (a
-    /// long pause between kernels: a file written, a slow progress print). Cheap when all
-    /// still spin: `fit` calls it once per batch.
+    /// Sets spinning again the threads whose spin ended (2 ms without work, say while a file
+    /// was written, or 100 ms in all). Cheap when all still spin: `fit` calls it every batch.
     pub fn renew(&self) {
         use std::sync::atomic::Ordering;
         if self.wanted == 0 || self.shared.live.load(Ordering::Acquire) >= self.wanted {
@@ -363,25 +377,33 @@ impl HotWorkers {
         let (shared, caller) = (self.shared.clone(), self.caller);
         rayon::spawn_broadcast(move |ctx| {
             // Not on the caller's own thread: spinning there, nothing could drop the guard.
-            if caller == Some(ctx.index()) || SPINNING.with(|s| s.replace(true)) {
+            if caller == ctx.index() || SPINNING.with(|s| s.replace(true)) {
                 return;
             }
             shared.live.fetch_add(1, Ordering::AcqRel);
-            shared.started.fetch_add(1, Ordering::AcqRel);
-            let mut idle_since = std::time::Instant::now();
-            let mut idle_rounds = 0u32;
+            shared.started.fetch_add(1, Ordering::Relaxed);
+            let born = std::time::Instant::now();
+            // When work was last found (as of the last clock read), and whether any was since.
+            let (mut worked_at, mut worked) = (born, false);
+            let mut rounds = 0u32;
             while !shared.stop.load(Ordering::Acquire) {
                 if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                    idle_rounds = 0;
-                    continue;
+                    worked = true;
+                } else {
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
-                idle_rounds += 1;
+                rounds = rounds.wrapping_add(1);
                 // The clock read now and then: it costs more than a round.
-                if idle_rounds.is_multiple_of(256) {
-                    if idle_rounds == 256 {
-                        idle_since = std::time::Instant::now();
-                    } else if idle_since.elapsed() > SPIN_IDLE {
+                if rounds.is_multiple_of(256) {
+                    let now = std::time::Instant::now();
+                    if std::mem::take(&mut worked) {
+                        worked_at = now;
+                    } else {
+                        // Idle: let the OS run a thread that shares this core (the caller,
+                        // when the scheduler put the woken spinner next to it).
+                        std::thread::yield_now();
+                    }
+                    if now - worked_at > SPIN_IDLE || now - born > SPIN_MAX {
                         break;
                     }
                 }
@@ -405,25 +427,29 @@ impl Drop for HotWorkers {
 /// thread must be woken for it, which costs microseconds per kernel on a virtual machine, and
 /// a training step has dozens of kernels: `fit` holds this guard over its loop on the CPU.
 /// Spinning threads take each piece of work as soon as it is queued, at the price of keeping
-/// their cores busy while the guard lives; a thread that finds no work for 2 ms goes back to
-/// sleep until [`HotWorkers::renew`].
+/// their cores busy; a thread goes back to sleep after 2 ms without work or 100 ms in all,
+/// until [`HotWorkers::renew`].
 ///
-/// Only for a thread that joined the pool ([`work_on_this_thread`], as `sinapse`'s binary
-/// does); elsewhere, and on one core, the guard does nothing. Make it at the top of the work,
-/// not inside a parallel task: a thread that picks up the spinning task while it waits for a
-/// task of its own resumes that wait only when the spin ends.
+/// The guard spins only when made on the thread that joined the pool by
+/// [`work_on_this_thread`] (as `sinapse`'s binary does), with no more pool threads than cores,
+/// and without `SINAPSE_WAIT=passive` in the environment (for several processes sharing the
+/// cores); otherwise it does nothing. Make it outside parallel work: a pool thread that picks
+/// up a spinning task while it waits for a task of its own resumes when the spin ends.
 pub fn hot_workers() -> HotWorkers {
-    let caller = rayon::current_thread_index();
-    // Only for a caller that is itself one of the pool's threads: the spinning threads and it
-    // then take one core each. Another caller (the pool not joined) would compete for a core
-    // with every spinning thread, so it gets a guard that does nothing.
-    let wanted = if caller.is_some() { rayon::current_num_threads() - 1 } else { 0 };
+    let joined = JOINED.load(std::sync::atomic::Ordering::Acquire);
+    let threads = rayon::current_num_threads();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let passive = std::env::var("SINAPSE_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("passive"));
+    // Only on the thread that joined the pool, where the spinning threads and it take one core
+    // each; not with more threads than cores, nor when asked to wait passively.
+    let on = rayon::current_thread_index() == Some(joined) && threads <= cores && !passive;
     let shared = std::sync::Arc::new(Spinners {
         stop: std::sync::atomic::AtomicBool::new(false),
         live: std::sync::atomic::AtomicUsize::new(0),
         started: std::sync::atomic::AtomicUsize::new(0),
     });
-    let guard = HotWorkers { shared, caller, wanted };
+    let wanted = if on { threads - 1 } else { 0 };
+    let guard = HotWorkers { shared, caller: joined, wanted, _here: std::marker::PhantomData };
     guard.renew();
     guard
 }
