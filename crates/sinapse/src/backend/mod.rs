@@ -317,8 +317,8 @@ pub(crate) fn kept_on_one_thread() -> bool {
 }
 
 /// While it lives, the kernels' other worker threads wait for the next kernel by spinning
-/// instead of sleeping, until 2 ms pass without work ([`hot_workers`]). Dropping it lets them
-/// sleep again.
+/// instead of sleeping, each for 2 ms without work or 100 ms in all at most ([`hot_workers`]).
+/// Dropping it lets them sleep again.
 #[must_use = "the workers spin only while the guard lives"]
 pub struct HotWorkers {
     /// What the spinning tasks share with the guard.

@@ -47,9 +47,9 @@ fn reduce_rows(src: &[f32], outer: usize, len: usize, inner: usize, op: ReduceOp
         // Few long output rows (a sum over the batch axis): split each row's outputs, in
         // slices of at least `MIN_COLUMNS`: a task sweeps all `len` rows of its slice, and a
         // narrower one reads a few values of each row's cache lines, one by one. (Slices of
-        // PAR_CHUNK / len columns made a 1792 x 512 bias gradient 10 columns a task: 6% of the
-        // `lstm` benchmark's time.)
-        // (Fewer tasks for few columns: 4096 x 64 runs as one, 4x faster than in 64 tasks.)
+        // PAR_CHUNK / len columns made a 1792 x 512 bias gradient 10 columns a task: 4-6% of
+        // the `lstm` benchmark's time. Few columns now make few tasks: 4096 x 64 runs as one,
+        // 4x faster than as 64.)
         const MIN_COLUMNS: usize = 64;
         let per_task = PAR_CHUNK.div_ceil(len).max(MIN_COLUMNS);
         for (o, row) in out.chunks_mut(inner).enumerate() {
