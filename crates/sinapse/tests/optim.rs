@@ -297,7 +297,7 @@ fn a_cuda_graph_is_refused_on_the_cpu_and_with_clipping() {
     assert!(err.contains("cuda_graph") && err.contains("CPU"), "{err}");
     let clipped = FitConfig { clip_grad_norm: Some(1.0), ..cfg };
     let err = fit(&model, &mut opt, &data, None, &clipped, &mut Silent).unwrap_err().to_string();
-    assert!(err.contains("cuda_graph"), "{err}");
+    assert!(err.contains("cuda_graph") && err.contains("clip_grad_norm"), "{err}");
     let after: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec()).collect();
     assert_eq!(before, after, "refused before any step");
 }

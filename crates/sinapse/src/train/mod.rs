@@ -409,11 +409,11 @@ pub fn fit(
     let mut opt = EagerAfter(opt);
     let mut graph = if cfg.cuda_graph {
         let refuse = |why: &str| Err(Error::invalid("cuda_graph", why.to_string()));
-        if model.device() == crate::Device::Cpu {
-            return refuse("CUDA graphs need the model on a CUDA device; it is on the CPU");
-        }
         if cfg.clip_grad_norm.is_some() {
             return refuse("clip_grad_norm reads the gradients' norm to the host every step, which a graph cannot");
+        }
+        if model.device() == crate::Device::Cpu {
+            return refuse("CUDA graphs need the model on a CUDA device; it is on the CPU");
         }
         if dist.is_some() {
             return refuse("a step shared over processes is not captured; train without cuda_graph");
@@ -812,9 +812,7 @@ impl StepGraph {
             }
         }
     }
-}
 
-impl StepGraph {
     /// No graph for the rest of training: its pool goes back to the cache, and a note says why.
     fn give_up(&mut self, notes: &mut Vec<String>, why: String) {
         self.off = true;
