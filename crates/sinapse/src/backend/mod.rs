@@ -24,6 +24,7 @@ pub use kernels::{
     STAGED,
 };
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::layout::Layout;
@@ -180,14 +181,14 @@ pub fn work_on_this_thread() -> Result<()> {
         .build_global()
         .map_err(|e| Error::invalid("work_on_this_thread", format!("the thread pool was already started: {e}")))?;
     if let Some(index) = rayon::current_thread_index() {
-        JOINED.store(index, std::sync::atomic::Ordering::Release);
+        JOINED.store(index, Ordering::Release);
     }
     Ok(())
 }
 
 /// The pool index of the thread that joined the pool by [`work_on_this_thread`] (`usize::MAX`:
 /// none did).
-static JOINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+static JOINED: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// The memory counters of a GPU's caching allocator (bytes in use, the peak, bytes cached
 /// for reuse, driver allocations and reuses); `None` for the CPU or a GPU not used yet.
@@ -322,7 +323,7 @@ pub(crate) fn kept_on_one_thread() -> bool {
 #[must_use = "the workers spin only while the guard lives"]
 pub struct HotWorkers {
     /// What the spinning tasks share with the guard.
-    shared: std::sync::Arc<Spinners>,
+    shared: Arc<Spinners>,
     /// The pool's index of the thread that made the guard.
     caller: usize,
     /// Threads that should spin: the pool's, less the caller's own (0: the guard does nothing).
@@ -334,11 +335,11 @@ pub struct HotWorkers {
 /// The state of a guard's spinning tasks.
 struct Spinners {
     /// Set when the guard is dropped: every spinning task ends.
-    stop: std::sync::atomic::AtomicBool,
+    stop: AtomicBool,
     /// Tasks spinning now.
-    live: std::sync::atomic::AtomicUsize,
+    live: AtomicUsize,
     /// Tasks that have started spinning, over the guard's life.
-    started: std::sync::atomic::AtomicUsize,
+    started: AtomicUsize,
 }
 
 /// How long a spinning task waits without finding work before it ends (the thread then sleeps
@@ -358,19 +359,18 @@ thread_local! {
 impl HotWorkers {
     /// How many threads spin for this guard now (they start a moment after it is made).
     pub fn spinning(&self) -> usize {
-        self.shared.live.load(std::sync::atomic::Ordering::Acquire)
+        self.shared.live.load(Ordering::Acquire)
     }
 
     /// How many spinning tasks this guard has started so far (one per thread, and one more
     /// each time [`HotWorkers::renew`] sets a thread spinning again).
     pub fn started(&self) -> usize {
-        self.shared.started.load(std::sync::atomic::Ordering::Acquire)
+        self.shared.started.load(Ordering::Acquire)
     }
 
     /// Sets spinning again the threads whose spin ended (2 ms without work, say while a file
     /// was written, or 100 ms in all). Cheap when all still spin: `fit` calls it every batch.
     pub fn renew(&self) {
-        use std::sync::atomic::Ordering;
         if self.wanted == 0 || self.shared.live.load(Ordering::Acquire) >= self.wanted {
             return;
         }
@@ -416,7 +416,7 @@ impl HotWorkers {
 
 impl Drop for HotWorkers {
     fn drop(&mut self) {
-        self.shared.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
     }
 }
 
@@ -436,18 +436,15 @@ impl Drop for HotWorkers {
 /// cores); otherwise it does nothing. Make it outside parallel work: a pool thread that picks
 /// up a spinning task while it waits for a task of its own resumes when the spin ends.
 pub fn hot_workers() -> HotWorkers {
-    let joined = JOINED.load(std::sync::atomic::Ordering::Acquire);
+    let joined = JOINED.load(Ordering::Acquire);
     let threads = rayon::current_num_threads();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let passive = std::env::var("SINAPSE_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("passive"));
     // Only on the thread that joined the pool, where the spinning threads and it take one core
     // each; not with more threads than cores, nor when asked to wait passively.
     let on = rayon::current_thread_index() == Some(joined) && threads <= cores && !passive;
-    let shared = std::sync::Arc::new(Spinners {
-        stop: std::sync::atomic::AtomicBool::new(false),
-        live: std::sync::atomic::AtomicUsize::new(0),
-        started: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let shared =
+        Arc::new(Spinners { stop: AtomicBool::new(false), live: AtomicUsize::new(0), started: AtomicUsize::new(0) });
     let wanted = if on { threads - 1 } else { 0 };
     let guard = HotWorkers { shared, caller: joined, wanted, _here: std::marker::PhantomData };
     guard.renew();
