@@ -638,7 +638,7 @@ impl Gpu {
         };
         // Prepares the graph on the device now rather than at its first launch.
         graph.upload().map_err(|e| self.failure("uploading a graph", e))?;
-        Ok(CapturedGraph { graph: Some(graph), pool: Some(pool), gpu: self.clone() })
+        Ok(CapturedGraph { graph, _pool: pool, gpu: self.clone() })
     }
 
     /// Bytes free on the device now, counting the blocks the cache keeps for reuse.
@@ -677,10 +677,11 @@ impl Gpu {
     }
 }
 
-/// A captured graph with the pool of blocks it reads and writes.
+/// A captured graph with the pool of blocks it reads and writes (dropped in this order,
+/// after the stream has finished: the graph, then the pool).
 pub(crate) struct CapturedGraph {
-    graph: Option<cudarc::driver::CudaGraph>,
-    pool: Option<Arc<Pool>>,
+    graph: cudarc::driver::CudaGraph,
+    _pool: Arc<Pool>,
     gpu: Arc<Gpu>,
 }
 
@@ -693,17 +694,15 @@ impl std::fmt::Debug for CapturedGraph {
 impl CapturedGraph {
     /// Queues one run of the graph on the GPU's stream.
     pub(crate) fn replay(&self) -> Result<()> {
-        let graph = self.graph.as_ref().ok_or_else(|| self.gpu.failure("graph replay", "the graph is gone"))?;
-        graph.launch().map_err(|e| self.gpu.failure("graph replay", e))
+        self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))
     }
 }
 
 impl Drop for CapturedGraph {
     fn drop(&mut self) {
-        // The pool's blocks go back to the cache only after the last replay has finished.
+        // The pool's blocks go back to the cache only after the last replay has finished (the
+        // fields are dropped after this, in their order).
         let _ = self.gpu.stream.synchronize();
-        self.graph.take();
-        self.pool.take();
     }
 }
 
