@@ -258,6 +258,21 @@ impl Layout {
         Ok(Layout { shape: SmallVec::from_slice(shape), strides, offset: self.offset })
     }
 
+    /// Axes `dim` and `dim + 1` as one, without copying: possible when stepping once along
+    /// `dim` is stepping over all of `dim + 1` (`None` otherwise, or when `dim + 1` is not an
+    /// axis).
+    pub(crate) fn merge_axes(&self, dim: usize) -> Option<Layout> {
+        if dim + 1 >= self.rank() || self.strides[dim] != self.strides[dim + 1] * self.shape[dim + 1] {
+            return None;
+        }
+        let mut l = self.clone();
+        l.shape[dim] *= self.shape[dim + 1];
+        l.strides[dim] = self.strides[dim + 1];
+        l.shape.remove(dim + 1);
+        l.strides.remove(dim + 1);
+        Some(l)
+    }
+
     /// Same elements, new shape; only possible without copying when the layout is contiguous.
     pub fn reshape_contiguous(&self, shape: &[usize]) -> Layout {
         Layout { shape: SmallVec::from_slice(shape), strides: row_major(shape), offset: self.offset }

@@ -16,6 +16,7 @@
 pub(crate) mod cpu;
 pub(crate) mod cuda;
 mod kernels;
+mod lstm;
 
 pub use cpu::fastmath::simd_level;
 pub use cuda::MemoryStats;
@@ -126,6 +127,50 @@ pub(crate) trait BackendStorage: Sized {
         dc: &Self,
         dc_l: &Layout,
     ) -> Result<Self>;
+
+    /// A new buffer of `n` zeros on `self`'s device.
+    fn zeros(&self, n: usize) -> Result<Self>;
+
+    /// The LSTM's forward recurrence over a whole sequence: from `self` `[T, N, 4H]` (the
+    /// input's part of the gates' pre-activations, x·W_ihᵀ), the biases' sum `[4H]`, `w_hh`
+    /// `[4H, H]` and the initial state `h0`, `c0` `[N, H]`, every step's record in one buffer
+    /// `[T, N, 6H]` (each as [`BackendStorage::lstm_cell`] writes it). By default step by step
+    /// from that kernel and the matrix product.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_forward(
+        &self,
+        l: &Layout,
+        bias: &Self,
+        bias_l: &Layout,
+        w_hh: &Self,
+        w_hh_l: &Layout,
+        h0: &Self,
+        h0_l: &Layout,
+        c0: &Self,
+        c0_l: &Layout,
+    ) -> Result<Self> {
+        lstm::lstm_forward(self, l, bias, bias_l, w_hh, w_hh_l, h0, h0_l, c0, c0_l)
+    }
+
+    /// Backpropagation through time for [`BackendStorage::lstm_forward`]: from its records
+    /// `self` `[T, N, 6H]`, the gradient `g` `[T, N, 2H]` reaching every step's h and c from
+    /// outside the recurrence, `c0` and `w_hh`: dL/dz `[T, N, 4H]` (the gates'
+    /// pre-activations at every step), dL/dh0 (only `if want_dh0`: one more product) and
+    /// dL/dc0, both `[N, H]`.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_backward(
+        &self,
+        l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        c0: &Self,
+        c0_l: &Layout,
+        w_hh: &Self,
+        w_hh_l: &Layout,
+        want_dh0: bool,
+    ) -> Result<(Self, Option<Self>, Self)> {
+        lstm::lstm_backward(self, l, g, g_l, c0, c0_l, w_hh, w_hh_l, want_dh0)
+    }
 
     /// One optimizer update of `self` (the parameter, contiguous at `l`) in place, from the
     /// gradient and the state buffers (contiguous, each the parameter's size). With `staged`
@@ -291,30 +336,6 @@ impl Graph {
     pub(crate) fn replay(&self) -> Result<()> {
         self.0.replay()
     }
-}
-
-thread_local! {
-    static ON_ONE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with this thread's kernels kept on this thread: for work that is already one of
-/// several tasks in parallel (the LSTM's blocks of rows), where splitting each kernel again
-/// would only add hand-offs.
-pub(crate) fn on_one_thread<R>(f: impl FnOnce() -> R) -> R {
-    /// Puts the previous setting back, also when `f` panics.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            ON_ONE_THREAD.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(ON_ONE_THREAD.with(|c| c.replace(true)));
-    f()
-}
-
-/// Whether kernels on this thread should stay on it ([`on_one_thread`]).
-pub(crate) fn kept_on_one_thread() -> bool {
-    ON_ONE_THREAD.with(|c| c.get())
 }
 
 /// While it lives, the kernels' other worker threads wait for the next kernel by spinning
@@ -861,57 +882,91 @@ impl Storage {
         }
     }
 
-    /// The fused LSTM cell's forward step (see [`BackendStorage::lstm_cell`]).
-    pub(crate) fn lstm_cell(
+    /// The LSTM's forward recurrence (see [`BackendStorage::lstm_forward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn lstm_forward(
         &self,
         l: &Layout,
-        hw: &Storage,
-        hw_l: &Layout,
-        c: &Storage,
-        c_l: &Layout,
+        bias: &Storage,
+        bias_l: &Layout,
+        w_hh: &Storage,
+        w_hh_l: &Layout,
+        h0: &Storage,
+        h0_l: &Layout,
+        c0: &Storage,
+        c0_l: &Layout,
     ) -> Result<Storage> {
-        same_device("lstm", &[self, hw, c])?;
-        let [n, h] = lstm_dims(c_l)?;
-        if l.elem_count() != n * 4 * h || hw_l.elem_count() != n * 4 * h {
-            return Err(Error::invalid("lstm", format!("gate pre-activations must be [{n}, {}]", 4 * h)));
+        same_device("lstm", &[self, bias, w_hh, h0, c0])?;
+        let [t, n, h4] = lstm::dims3(l, "lstm")?;
+        let h = h4 / 4;
+        if h4 % 4 != 0 || bias_l.shape() != [h4] || w_hh_l.shape() != [h4, h] || h0_l.shape() != [n, h] || c0_l.shape() != [n, h] {
+            return Err(Error::invalid(
+                "lstm",
+                format!(
+                    "gate pre-activations {:?} need bias [4H], weight_hh [4H, H] and h0, c0 [N, H]; got {:?}, {:?}, {:?}, {:?}",
+                    l.shape(),
+                    bias_l.shape(),
+                    w_hh_l.shape(),
+                    h0_l.shape(),
+                    c0_l.shape()
+                ),
+            ));
         }
-        room_for(self, c_l.elem_count().saturating_mul(6), "lstm")?;
-        match (self, hw, c) {
-            (Storage::Cpu(x), Storage::Cpu(h), Storage::Cpu(c)) => Ok(Storage::Cpu(x.lstm_cell(l, h, hw_l, c, c_l)?)),
-            (Storage::Cuda(x), Storage::Cuda(h), Storage::Cuda(c)) => {
-                Ok(Storage::Cuda(x.lstm_cell(l, h, hw_l, c, c_l)?))
+        room_for(self, t.saturating_mul(n).saturating_mul(6 * h), "lstm")?;
+        match (self, bias, w_hh, h0, c0) {
+            (Storage::Cpu(x), Storage::Cpu(b), Storage::Cpu(w), Storage::Cpu(h), Storage::Cpu(c)) => {
+                Ok(Storage::Cpu(x.lstm_forward(l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
             }
-            (x, h, c) => Err(mismatch("lstm", &[x, h, c])),
+            (Storage::Cuda(x), Storage::Cuda(b), Storage::Cuda(w), Storage::Cuda(h), Storage::Cuda(c)) => {
+                Ok(Storage::Cuda(x.lstm_forward(l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
+            }
+            (x, b, w, h, c) => Err(mismatch("lstm", &[x, b, w, h, c])),
         }
     }
 
-    /// The fused LSTM cell's backward step (see [`BackendStorage::lstm_cell_backward`]).
+    /// Backpropagation through time for [`Storage::lstm_forward`] (see
+    /// [`BackendStorage::lstm_backward`]).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn lstm_cell_backward(
+    pub(crate) fn lstm_backward(
         &self,
         l: &Layout,
-        c_prev: &Storage,
-        c_prev_l: &Layout,
-        dh: &Storage,
-        dh_l: &Layout,
-        dc: &Storage,
-        dc_l: &Layout,
-    ) -> Result<Storage> {
-        same_device("lstm backward", &[self, c_prev, dh, dc])?;
-        let [n, h] = lstm_dims(c_prev_l)?;
-        if l.elem_count() != n * 6 * h || dh_l.elem_count() != n * h || dc_l.elem_count() != n * h {
-            return Err(Error::invalid("lstm backward", format!("step records must be [{n}, {}]", 6 * h)));
+        g: &Storage,
+        g_l: &Layout,
+        c0: &Storage,
+        c0_l: &Layout,
+        w_hh: &Storage,
+        w_hh_l: &Layout,
+        want_dh0: bool,
+    ) -> Result<(Storage, Option<Storage>, Storage)> {
+        let op = "lstm backward";
+        same_device(op, &[self, g, c0, w_hh])?;
+        let [t, n, h6] = lstm::dims3(l, op)?;
+        let h = h6 / 6;
+        if h6 % 6 != 0 || g_l.shape() != [t, n, 2 * h] || c0_l.shape() != [n, h] || w_hh_l.shape() != [4 * h, h] {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "records {:?} need gradients [T, N, 2H], c0 [N, H] and weight_hh [4H, H]; got {:?}, {:?}, {:?}",
+                    l.shape(),
+                    g_l.shape(),
+                    c0_l.shape(),
+                    w_hh_l.shape()
+                ),
+            ));
         }
-        room_for(self, c_prev_l.elem_count().saturating_mul(5), "lstm backward")?;
-        match (self, c_prev, dh, dc) {
-            (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(h), Storage::Cpu(d)) => {
-                Ok(Storage::Cpu(s.lstm_cell_backward(l, c, c_prev_l, h, dh_l, d, dc_l)?))
+        room_for(self, t.saturating_mul(n).saturating_mul(4 * h), op)?;
+        let grads = match (self, g, c0, w_hh) {
+            (Storage::Cpu(r), Storage::Cpu(g), Storage::Cpu(c), Storage::Cpu(w)) => {
+                let (dz, dh0, dc0) = r.lstm_backward(l, g, g_l, c, c0_l, w, w_hh_l, want_dh0)?;
+                (Storage::Cpu(dz), dh0.map(Storage::Cpu), Storage::Cpu(dc0))
             }
-            (Storage::Cuda(s), Storage::Cuda(c), Storage::Cuda(h), Storage::Cuda(d)) => {
-                Ok(Storage::Cuda(s.lstm_cell_backward(l, c, c_prev_l, h, dh_l, d, dc_l)?))
+            (Storage::Cuda(r), Storage::Cuda(g), Storage::Cuda(c), Storage::Cuda(w)) => {
+                let (dz, dh0, dc0) = r.lstm_backward(l, g, g_l, c, c0_l, w, w_hh_l, want_dh0)?;
+                (Storage::Cuda(dz), dh0.map(Storage::Cuda), Storage::Cuda(dc0))
             }
-            (s, c, h, d) => Err(mismatch("lstm backward", &[s, c, h, d])),
-        }
+            (r, g, c, w) => return Err(mismatch(op, &[r, g, c, w])),
+        };
+        Ok(grads)
     }
 
     /// One optimizer update of this parameter in place (with `staged`: its changing numbers

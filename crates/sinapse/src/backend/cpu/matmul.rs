@@ -79,7 +79,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
             // Column j of b is contiguous (b is a transposed row-major matrix, `x·Wᵀ`). A
             // large matrix is split by columns over two threads: each reads half of it.
             let (b, stride) = (&b[lb.offset()..], sb[rb - 1]);
-            let threads = if crate::backend::kept_on_one_thread() { 1 } else { rayon::current_num_threads() };
+            let threads = rayon::current_num_threads();
             if threads > 1 && n >= 16 && n * k >= GEMV_SPLIT {
                 let half = n / 2;
                 let (left, right) = out.split_at_mut(half);
@@ -107,10 +107,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
             return transposed(&ct, [n, m]);
         }
     }
-    // Inside a task that is already one of several in parallel (the LSTM's blocks of rows),
-    // the product runs on that task's thread.
-    let nested = crate::backend::kept_on_one_thread();
-    let threads = if nested { 1 } else { rayon::current_num_threads() };
+    let threads = rayon::current_num_threads();
     if batch == 1 && threads > 1 && split_inner(m, n, k, threads) {
         // A small result over a long inner axis (the weight gradient of a convolution: a few
         // filters, every position of every image) leaves gemm nothing to split across threads.
@@ -141,13 +138,79 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     if batch > 1 && m * n * k < SMALL_GEMM {
         (0..batch).into_par_iter().for_each(|bi| product(block(bi), bi, 0..k, gemm_common::Parallelism::None));
     } else {
-        let parallelism = if nested { gemm_common::Parallelism::None } else { gemm_common::Parallelism::Rayon(0) };
-        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, parallelism));
+        (0..batch).for_each(|bi| product(block(bi), bi, 0..k, gemm_common::Parallelism::Rayon(0)));
     }
     // SAFETY: the capacity is `len`, and the `batch` products above wrote all of it (m, n and
     // k are positive here, and gemm without `read_dst` stores every element of its block).
     unsafe { out.set_len(len) };
     out
+}
+
+/// `dst = a · b`, or `dst += a · b` with `accumulate`, on the calling thread: one m x k by
+/// k x n product, `a` and `b` read at their `[row, column]` strides from their first value,
+/// `dst` row-major at row stride `dst_stride`. The LSTM's recurrence writes each step's
+/// product with it straight into the step's records, where the input's part already is.
+///
+/// # Panics
+/// When a stride reaches outside its slice, or `dst_stride < n` (a bug in the caller).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_on_thread(
+    dst: &mut [f32],
+    dst_stride: usize,
+    a: &[f32],
+    [ars, acs]: [usize; 2],
+    b: &[f32],
+    [brs, bcs]: [usize; 2],
+    [m, k, n]: [usize; 3],
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.chunks_mut(dst_stride).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    // The last value each operand is read or written at, in checked arithmetic: these
+    // asserts are what make the raw pointers below safe.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows - 1).checked_mul(rs).zip((cols - 1).checked_mul(cs)).and_then(|(r, c)| r.checked_add(c))
+    };
+    let fits = |rows, cols, rs, cs, len: usize| last(rows, cols, rs, cs).is_some_and(|end| end < len);
+    assert!(
+        dst_stride >= n && fits(m, n, dst_stride, 1, dst.len()),
+        "gemm: {m} x {n} at row stride {dst_stride} in {} values",
+        dst.len()
+    );
+    assert!(fits(m, k, ars, acs, a.len()) && fits(k, n, brs, bcs, b.len()), "gemm: operand outside its slice");
+    // SAFETY: every (row, column) offset the strides produce lies inside its slice (asserted
+    // above); `dst`'s rows do not overlap (stride >= n) and it is borrowed mutably, so no
+    // operand aliases it. Same column-major call as in `matmul`: Cᵀ = Bᵀ·Aᵀ.
+    unsafe {
+        gemm_f32::gemm::f32::get_gemm_fn()(
+            n,
+            m,
+            k,
+            dst.as_mut_ptr(),
+            dst_stride as isize,
+            1,
+            accumulate,
+            b.as_ptr(),
+            brs as isize,
+            bcs as isize,
+            a.as_ptr(),
+            ars as isize,
+            acs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm_common::Parallelism::None,
+        );
+    }
 }
 
 /// The transpose (`cols x rows`, row-major) of `src` (`rows x cols`, row-major), written in

@@ -207,7 +207,7 @@ impl BackendStorage for CpuStorage {
     }
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
-        // Shapes were checked by `Storage::lstm_cell`.
+        // Shapes were checked by `Storage::lstm_forward`, whose default calls this.
         let [n, h] = super::lstm_dims(c_l)?;
         let xw = elementwise::row_major(self.f32(), l);
         let hw = elementwise::row_major(hw.f32(), hw_l);
@@ -225,13 +225,58 @@ impl BackendStorage for CpuStorage {
         dc: &Self,
         dc_l: &Layout,
     ) -> Result<Self> {
-        // Shapes were checked by `Storage::lstm_cell_backward`.
+        // Shapes were checked by `Storage::lstm_backward`, whose default calls this.
         let [n, h] = super::lstm_dims(c_prev_l)?;
         let s = elementwise::row_major(self.f32(), l);
         let c = elementwise::row_major(c_prev.f32(), c_prev_l);
         let dh = elementwise::row_major(dh.f32(), dh_l);
         let dc = elementwise::row_major(dc.f32(), dc_l);
         Ok(CpuStorage::F32(recurrent::lstm_cell_backward(&s, &c, &dh, &dc, n, h)))
+    }
+
+    fn zeros(&self, n: usize) -> Result<Self> {
+        Ok(CpuStorage::full(n, 0.0))
+    }
+
+    fn lstm_forward(
+        &self,
+        l: &Layout,
+        bias: &Self,
+        bias_l: &Layout,
+        w_hh: &Self,
+        w_hh_l: &Layout,
+        h0: &Self,
+        h0_l: &Layout,
+        c0: &Self,
+        c0_l: &Layout,
+    ) -> Result<Self> {
+        // Shapes were checked by `Storage::lstm_forward`.
+        let [t, n, h4] = super::lstm::dims3(l, "lstm")?;
+        let xw = elementwise::row_major(self.f32(), l);
+        let bias = elementwise::row_major(bias.f32(), bias_l);
+        let h0 = elementwise::row_major(h0.f32(), h0_l);
+        let c0 = elementwise::row_major(c0.f32(), c0_l);
+        Ok(CpuStorage::F32(recurrent::lstm_forward(&xw, &bias, w_hh.f32(), w_hh_l, &h0, &c0, [t, n, h4 / 4])))
+    }
+
+    fn lstm_backward(
+        &self,
+        l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        c0: &Self,
+        c0_l: &Layout,
+        w_hh: &Self,
+        w_hh_l: &Layout,
+        want_dh0: bool,
+    ) -> Result<(Self, Option<Self>, Self)> {
+        // Shapes were checked by `Storage::lstm_backward`.
+        let [t, n, h6] = super::lstm::dims3(l, "lstm backward")?;
+        let rec = elementwise::row_major(self.f32(), l);
+        let g = elementwise::row_major(g.f32(), g_l);
+        let c0 = elementwise::row_major(c0.f32(), c0_l);
+        let (dz, dh0, dc0) = recurrent::lstm_backward(&rec, &g, &c0, w_hh.f32(), w_hh_l, [t, n, h6 / 6], want_dh0);
+        Ok((CpuStorage::F32(dz), dh0.map(CpuStorage::F32), CpuStorage::F32(dc0)))
     }
 
     fn optimizer_step(

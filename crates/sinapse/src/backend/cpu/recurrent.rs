@@ -1,5 +1,11 @@
-//! The fused LSTM cell, forward and backward: one pass over a step's gates instead of a dozen
-//! elementwise ops, each row's work split over threads when the batch is large.
+//! The LSTM on the CPU: the fused cell, forward and backward (one pass over a step's gates
+//! instead of a dozen elementwise ops), and the whole recurrence over a sequence.
+//!
+//! The recurrence splits the batch's rows into one block per thread; each block runs every
+//! step on its own thread, without waiting for the others, and writes its rows of every step
+//! straight into the sequence's one buffer of records (and, backward, of dL/dz): no per-step
+//! buffers to gather afterwards. Each step's product `h·W_hhᵀ` is added in place to the
+//! input's part of the gates, already in the record.
 //!
 //! Forward, per row, from the pre-activations z = x·W_ihᵀ + b_ih + b_hh + h·W_hhᵀ (given as
 //! the two addends `xw` and `hw`, PyTorch's gate order i, f, g, o):
@@ -7,16 +13,20 @@
 //! The step's record is `[i f g o | h' | c']`, `6H` values per row: what the next step reads
 //! (h', c') and what the backward pass needs.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::fastmath::{dispatch, sigmoid, tanh};
+use super::matmul::gemm_on_thread;
+use crate::layout::Layout;
 
 /// A new `[n, width]` buffer, row `r` filled by `row(r, out_row)`: rows split over threads
-/// (about 16k values of work per task) unless the caller keeps its kernels on one thread.
+/// (about 16k values of work per task).
 fn rows_of(n: usize, width: usize, h: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; n * width];
     let per_task = (16_384 / (6 * h).max(1)).max(1);
-    if n > per_task && !crate::backend::kept_on_one_thread() {
+    if n > per_task {
         out.par_chunks_mut(width).enumerate().with_min_len(per_task).for_each(|(r, o)| row(r, o));
     } else {
         out.chunks_mut(width).enumerate().for_each(|(r, o)| row(r, o));
@@ -25,13 +35,12 @@ fn rows_of(n: usize, width: usize, h: usize, row: impl Fn(usize, &mut [f32]) + S
 }
 
 dispatch! {
-    /// One row of the forward cell: `out` (6H) from `xw`, `hw` (4H) and `c` (H).
-    fn forward_row(xw: &[f32], hw: &[f32], c: &[f32], out: &mut [f32]) {
+    /// One row of the forward cell: `out` (6H) holds the pre-activations z in its first 4H
+    /// values on entry; it leaves with the record `[i f g o | h' | c']`. `c` is the previous
+    /// cell state (H).
+    fn forward_row(c: &[f32], out: &mut [f32]) {
         let h = c.len();
         let (gates, state) = out.split_at_mut(4 * h);
-        for ((z, &a), &b) in gates.iter_mut().zip(xw).zip(hw) {
-            *z = a + b;
-        }
         let (ifg, o) = gates.split_at_mut(3 * h);
         let (i_f, g) = ifg.split_at_mut(2 * h);
         // Two plain loops (a chained iterator would not be vectorised).
@@ -55,16 +64,15 @@ dispatch! {
 }
 
 dispatch! {
-    /// One row of the backward cell: `out` = `[dz (4H) | dc_prev (H)]` from the step's record
-    /// `s` (6H), the previous cell state and the gradients reaching h' and c'.
-    fn backward_row(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f32], out: &mut [f32]) {
+    /// One row of the backward cell: `dz` (4H) and `dc_prev` (H) from the step's record `s`
+    /// (6H), the previous cell state and the gradients reaching h' and c'.
+    fn backward_row(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f32], dz: &mut [f32], dc_prev: &mut [f32]) {
         let h = c_prev.len();
         let (i, rest) = s.split_at(h);
         let (f, rest) = rest.split_at(h);
         let (g, rest) = rest.split_at(h);
         let (o, rest) = rest.split_at(h);
         let c = &rest[h..2 * h];
-        let (dz, dc_prev) = out.split_at_mut(4 * h);
         let (dzi, rest) = dz.split_at_mut(h);
         let (dzf, rest) = rest.split_at_mut(h);
         let (dzg, dzo) = rest.split_at_mut(h);
@@ -85,7 +93,10 @@ dispatch! {
 pub(super) fn lstm_cell(xw: &[f32], hw: &[f32], c: &[f32], n: usize, h: usize) -> Vec<f32> {
     rows_of(n, 6 * h, h, |r, out| {
         let z = r * 4 * h..(r + 1) * 4 * h;
-        forward_row(&xw[z.clone()], &hw[z], &c[r * h..(r + 1) * h], out);
+        for ((o, &a), &b) in out[..4 * h].iter_mut().zip(&xw[z.clone()]).zip(&hw[z]) {
+            *o = a + b;
+        }
+        forward_row(&c[r * h..(r + 1) * h], out);
     })
 }
 
@@ -94,6 +105,242 @@ pub(super) fn lstm_cell(xw: &[f32], hw: &[f32], c: &[f32], n: usize, h: usize) -
 pub(super) fn lstm_cell_backward(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f32], n: usize, h: usize) -> Vec<f32> {
     rows_of(n, 5 * h, h, |r, out| {
         let hs = r * h..(r + 1) * h;
-        backward_row(&s[r * 6 * h..(r + 1) * 6 * h], &c_prev[hs.clone()], &dh[hs.clone()], &dc[hs], out);
+        let (dz, dc_prev) = out.split_at_mut(4 * h);
+        backward_row(&s[r * 6 * h..(r + 1) * 6 * h], &c_prev[hs.clone()], &dh[hs.clone()], &dc[hs], dz, dc_prev);
     })
+}
+
+/// The batch's `n` rows split into one block per thread (at least 8 rows each), so that each
+/// block's recurrence runs on one thread without waiting for the others at every step.
+fn row_blocks(n: usize, threads: usize) -> Vec<Range<usize>> {
+    let blocks = threads.min(n / 8).max(1);
+    (0..blocks).map(|b| b * n / blocks..(b + 1) * n / blocks).collect()
+}
+
+/// `out`, `[T, n, width]` row-major, cut into each block's rows of each step: entry `b` holds
+/// block `b`'s `T` pieces, in step order.
+fn block_steps<'a>(out: &'a mut [f32], n: usize, width: usize, blocks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
+    let mut per_block: Vec<Vec<&mut [f32]>> = blocks.iter().map(|_| Vec::new()).collect();
+    for step in out.chunks_mut(n * width) {
+        let mut rest = step;
+        for (b, rows) in blocks.iter().enumerate() {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(rows.len() * width);
+            per_block[b].push(mine);
+            rest = tail;
+        }
+    }
+    per_block
+}
+
+/// `v`, `[n, width]` row-major (or empty), cut into each block's rows (empty pieces when `v`
+/// is).
+fn block_rows<'a>(v: &'a mut [f32], n: usize, width: usize, blocks: &[Range<usize>]) -> Vec<&'a mut [f32]> {
+    block_steps(v, n, width, blocks).into_iter().map(|mut piece| piece.pop().unwrap_or_default()).collect()
+}
+
+/// Runs `work` for every block, one thread each.
+fn for_blocks<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync + Send) {
+    if items.len() > 1 {
+        items.into_par_iter().for_each(work);
+    } else {
+        items.into_iter().for_each(work);
+    }
+}
+
+/// The `[row, column]` strides of `w_hh` (`[4h, h]` at layout `w_l`) and, transposed, of
+/// `W_hhᵀ`; and the values from its first on.
+fn weight_strides<'a>(w: &'a [f32], w_l: &Layout) -> (&'a [f32], [usize; 2], [usize; 2]) {
+    let s = w_l.strides();
+    (&w[w_l.offset()..], [s[0], s[1]], [s[1], s[0]])
+}
+
+/// The forward recurrence over a sequence: `xw` `[t, n, 4h]` (x·W_ihᵀ), `bias` `[4h]`,
+/// `w_hh` `[4h, h]` (any strides, at `w_l`), `h0`, `c0` `[n, h]`, all others row-major.
+/// Returns every step's record, `[t, n, 6h]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lstm_forward(
+    xw: &[f32],
+    bias: &[f32],
+    w_hh: &[f32],
+    w_l: &Layout,
+    h0: &[f32],
+    c0: &[f32],
+    [t, n, h]: [usize; 3],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; t * n * 6 * h];
+    if out.is_empty() {
+        return out;
+    }
+    let blocks = row_blocks(n, rayon::current_num_threads());
+    let (w, _, wt) = weight_strides(w_hh, w_l);
+    let work = |(rows, mut steps): (Range<usize>, Vec<&mut [f32]>)| {
+        let r = rows.len();
+        for s in 0..t {
+            let (done, todo) = steps.split_at_mut(s);
+            let cur = &mut *todo[0];
+            // The gates' pre-activations: the input's part and the biases, then h·W_hhᵀ.
+            let xs = &xw[(s * n + rows.start) * 4 * h..(s * n + rows.end) * 4 * h];
+            for (rec, x) in cur.chunks_mut(6 * h).zip(xs.chunks(4 * h)) {
+                for ((z, &a), &b) in rec[..4 * h].iter_mut().zip(x).zip(bias) {
+                    *z = a + b;
+                }
+            }
+            // The previous step's h and c: the block's rows of h0 and c0, or of its record.
+            let (h_prev, c_prev, stride) = match s {
+                0 => (&h0[rows.start * h..rows.end * h], &c0[rows.start * h..rows.end * h], h),
+                _ => (&done[s - 1][4 * h..], &done[s - 1][5 * h..], 6 * h),
+            };
+            gemm_on_thread(cur, 6 * h, h_prev, [stride, 1], w, wt, [r, h, 4 * h], true);
+            for (row, rec) in cur.chunks_mut(6 * h).enumerate() {
+                forward_row(&c_prev[row * stride..row * stride + h], rec);
+            }
+        }
+    };
+    for_blocks(blocks.clone().into_iter().zip(block_steps(&mut out, n, 6 * h, &blocks)).collect(), work);
+    out
+}
+
+/// What [`lstm_backward`] returns: dL/dz `[t, n, 4h]`, dL/dh0 (when asked for) and dL/dc0
+/// (`[n, h]`).
+pub(super) type LstmGrads = (Vec<f32>, Option<Vec<f32>>, Vec<f32>);
+
+/// Backpropagation through time over a sequence: from the records `[t, n, 6h]`, the gradient
+/// `g` `[t, n, 2h]` reaching every step's h and c from outside the recurrence, `c0` `[n, h]`
+/// and `w_hh` `[4h, h]` (any strides, at `w_l`); the others row-major. dL/dh0 costs one more
+/// product, made only when `want_dh0`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lstm_backward(
+    rec: &[f32],
+    g: &[f32],
+    c0: &[f32],
+    w_hh: &[f32],
+    w_l: &Layout,
+    [t, n, h]: [usize; 3],
+    want_dh0: bool,
+) -> LstmGrads {
+    let mut dz = vec![0.0f32; t * n * 4 * h];
+    let mut dc0 = vec![0.0f32; n * h];
+    let mut dh0 = if want_dh0 { vec![0.0f32; n * h] } else { Vec::new() };
+    if n * h == 0 {
+        return (dz, want_dh0.then_some(dh0), dc0);
+    }
+    let blocks = row_blocks(n, rayon::current_num_threads());
+    let (w, ws, _) = weight_strides(w_hh, w_l);
+    let work = |(rows, mut steps, dc0, dh0): (Range<usize>, Vec<&mut [f32]>, &mut [f32], &mut [f32])| {
+        let r = rows.len();
+        let (mut dh, mut dc) = (vec![0.0f32; r * h], vec![0.0f32; r * h]);
+        let mut dc_prev = vec![0.0f32; r * h];
+        for s in (0..t).rev() {
+            // The gradients reaching this step's h and c: from outside, and from step s + 1.
+            let gs = &g[(s * n + rows.start) * 2 * h..(s * n + rows.end) * 2 * h];
+            for ((dh, dc), g) in dh.chunks_mut(h).zip(dc.chunks_mut(h)).zip(gs.chunks(2 * h)) {
+                dh.copy_from_slice(&g[..h]);
+                dc.copy_from_slice(&g[h..]);
+            }
+            let (now, later) = steps.split_at_mut(s + 1);
+            if let Some(next) = later.first() {
+                gemm_on_thread(&mut dh, h, next, [4 * h, 1], w, ws, [r, 4 * h, h], true);
+                dc.iter_mut().zip(&dc_prev).for_each(|(d, &p)| *d += p);
+            }
+            let (c_prev, stride) = match s {
+                0 => (&c0[rows.start * h..rows.end * h], h),
+                _ => (&rec[((s - 1) * n + rows.start) * 6 * h + 5 * h..], 6 * h),
+            };
+            let recs = &rec[(s * n + rows.start) * 6 * h..(s * n + rows.end) * 6 * h];
+            for (row, (dz, dcp)) in now[s].chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).enumerate() {
+                let hs = row * h..(row + 1) * h;
+                let c = &c_prev[row * stride..row * stride + h];
+                backward_row(&recs[row * 6 * h..(row + 1) * 6 * h], c, &dh[hs.clone()], &dc[hs], dz, dcp);
+            }
+        }
+        dc0.copy_from_slice(&dc_prev);
+        if let (false, Some(first)) = (dh0.is_empty(), steps.first()) {
+            gemm_on_thread(dh0, h, first, [4 * h, 1], w, ws, [r, 4 * h, h], false);
+        }
+    };
+    let items = blocks
+        .clone()
+        .into_iter()
+        .zip(block_steps(&mut dz, n, 4 * h, &blocks))
+        .zip(block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks)))
+        .map(|((rows, steps), (dc0, dh0))| (rows, steps, dc0, dh0))
+        .collect();
+    for_blocks(items, work);
+    (dz, want_dh0.then_some(dh0), dc0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_blocks;
+    use crate::backend::cpu::CpuStorage;
+    use crate::backend::{lstm, BackendStorage};
+    use crate::layout::Layout;
+
+    /// `n` values drawn from a normal distribution (seeded).
+    fn values(n: usize, seed: u64) -> CpuStorage {
+        let mut rng = crate::Rng::seed(seed);
+        CpuStorage::F32((0..n).map(|_| rng.standard_normal()).collect())
+    }
+
+    fn assert_close(what: &str, a: &CpuStorage, b: &CpuStorage) {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (a, b);
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{what}[{k}]: blocked {x}, step by step {y}");
+        }
+    }
+
+    /// The CPU's blocked recurrence against the step-by-step default (what the GPU runs),
+    /// forward and backward, on a pool of `threads`.
+    fn blocked_matches_steps(t: usize, n: usize, h: usize, threads: usize, transposed_w: bool) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+        pool.install(|| {
+            let xw_l = Layout::contiguous(&[t, n, 4 * h]);
+            let (bias_l, nh) = (Layout::contiguous(&[4 * h]), Layout::contiguous(&[n, h]));
+            // W_hh [4H, H], stored as such or as its transpose (read through a transposed view).
+            let w_l = match transposed_w {
+                true => Layout::contiguous(&[h, 4 * h]).transpose(0, 1).expect("2-d"),
+                false => Layout::contiguous(&[4 * h, h]),
+            };
+            let (xw, bias, w) = (values(t * n * 4 * h, 1), values(4 * h, 2), values(4 * h * h, 3));
+            let (h0, c0, g) = (values(n * h, 4), values(n * h, 5), values(t * n * 2 * h, 6));
+            let fused = xw.lstm_forward(&xw_l, &bias, &bias_l, &w, &w_l, &h0, &nh, &c0, &nh).expect("blocked");
+            let steps = lstm::lstm_forward(&xw, &xw_l, &bias, &bias_l, &w, &w_l, &h0, &nh, &c0, &nh).expect("steps");
+            assert_close("records", &fused, &steps);
+            let rec_l = Layout::contiguous(&[t, n, 6 * h]);
+            let g_l = Layout::contiguous(&[t, n, 2 * h]);
+            for want_dh0 in [true, false] {
+                let (dz, dh0, dc0) =
+                    steps.lstm_backward(&rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0).expect("blocked backward");
+                let (dz_s, dh0_s, dc0_s) =
+                    lstm::lstm_backward(&steps, &rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0).expect("steps backward");
+                assert_close("dz", &dz, &dz_s);
+                assert_close("dc0", &dc0, &dc0_s);
+                assert_eq!(dh0.is_some(), want_dh0);
+                assert_eq!(dh0_s.is_some(), want_dh0);
+                if let (Some(a), Some(b)) = (dh0, dh0_s) {
+                    assert_close("dh0", &a, &b);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn blocked_recurrence_matches_the_step_by_step_one() {
+        // One block, two and three (uneven) blocks; a transposed W_hh; one step; no steps.
+        blocked_matches_steps(5, 7, 3, 2, false);
+        blocked_matches_steps(6, 32, 8, 2, false);
+        blocked_matches_steps(4, 29, 5, 3, true);
+        blocked_matches_steps(1, 16, 4, 2, true);
+        blocked_matches_steps(0, 16, 4, 2, false);
+    }
+
+    #[test]
+    fn rows_split_into_blocks_of_at_least_eight() {
+        assert_eq!(row_blocks(64, 2), vec![0..32, 32..64]);
+        assert_eq!(row_blocks(29, 3), vec![0..9, 9..19, 19..29]);
+        assert_eq!(row_blocks(20, 4), vec![0..10, 10..20]);
+        assert_eq!(row_blocks(7, 8), vec![0..7]);
+        assert_eq!(row_blocks(0, 2), vec![0..0]);
+    }
 }

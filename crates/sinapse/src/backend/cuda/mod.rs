@@ -555,7 +555,7 @@ impl BackendStorage for CudaStorage {
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
         let gpu = self.gpu();
-        // Shapes were checked by `Storage::lstm_cell`.
+        // Shapes were checked by `Storage::lstm_forward`, whose default calls this.
         let [n, h] = super::lstm_dims(c_l)?;
         let out = CudaStorage::alloc(gpu, n * 6 * h, "lstm")?;
         if n * h > 0 {
@@ -578,7 +578,7 @@ impl BackendStorage for CudaStorage {
         dc_l: &Layout,
     ) -> Result<Self> {
         let gpu = self.gpu();
-        // Shapes were checked by `Storage::lstm_cell_backward`.
+        // Shapes were checked by `Storage::lstm_backward`, whose default calls this.
         let [n, h] = super::lstm_dims(c_prev_l)?;
         let out = CudaStorage::alloc(gpu, n * 5 * h, "lstm backward")?;
         if n * h > 0 {
@@ -591,6 +591,10 @@ impl BackendStorage for CudaStorage {
                 out.block.ptr, rows, units)?;
         }
         Ok(out)
+    }
+
+    fn zeros(&self, n: usize) -> Result<Self> {
+        CudaStorage::full(self.gpu(), n, 0.0)
     }
 
     fn optimizer_step(
