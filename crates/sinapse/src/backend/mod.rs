@@ -899,7 +899,12 @@ impl Storage {
         same_device("lstm", &[self, bias, w_hh, h0, c0])?;
         let [t, n, h4] = lstm::dims3(l, "lstm")?;
         let h = h4 / 4;
-        if h4 % 4 != 0 || bias_l.shape() != [h4] || w_hh_l.shape() != [h4, h] || h0_l.shape() != [n, h] || c0_l.shape() != [n, h] {
+        if h4 % 4 != 0
+            || bias_l.shape() != [h4]
+            || w_hh_l.shape() != [h4, h]
+            || h0_l.shape() != [n, h]
+            || c0_l.shape() != [n, h]
+        {
             return Err(Error::invalid(
                 "lstm",
                 format!(

@@ -87,7 +87,12 @@ impl Tensor {
 /// Backpropagation through time for [`Tensor::lstm`]: `g` `[T, N, 2H]` is the gradient of
 /// every step's h and c; `inputs` are the op's seven inputs, `records` the forward's
 /// `[T, N, 6H]`.
-fn lstm_backward(g: &Tensor, inputs: &[Tensor], records: &Tensor, [t, n, i, h]: [usize; 4]) -> Result<Vec<Option<Tensor>>> {
+fn lstm_backward(
+    g: &Tensor,
+    inputs: &[Tensor],
+    records: &Tensor,
+    [t, n, i, h]: [usize; 4],
+) -> Result<Vec<Option<Tensor>>> {
     let [x, w_ih, w_hh, b_ih, b_hh, h0, c0] = inputs else {
         return Err(Error::invalid("lstm backward", format!("expected 7 inputs, got {}", inputs.len())));
     };
@@ -106,8 +111,11 @@ fn lstm_backward(g: &Tensor, inputs: &[Tensor], records: &Tensor, [t, n, i, h]: 
         }
         let later = dz.narrow(0, n, (t - 1) * n)?.t()?;
         let h_prev = records.layout().narrow(0, 0, t - 1)?.narrow(2, 4 * h, h)?;
-        let h_prev = h_prev.merge_axes(0).ok_or_else(|| Error::invalid("lstm backward", "records are not contiguous"))?;
-        let rest = Tensor::with_storages([&later, records], |[d, r]| d.matmul(later.layout(), r, &h_prev, [4 * h, (t - 1) * n, h]))?;
+        let h_prev =
+            h_prev.merge_axes(0).ok_or_else(|| Error::invalid("lstm backward", "records are not contiguous"))?;
+        let rest = Tensor::with_storages([&later, records], |[d, r]| {
+            d.matmul(later.layout(), r, &h_prev, [4 * h, (t - 1) * n, h])
+        })?;
         first.add(&wrap(rest, &[4 * h, h]))
     })?;
     Ok(vec![
@@ -116,7 +124,9 @@ fn lstm_backward(g: &Tensor, inputs: &[Tensor], records: &Tensor, [t, n, i, h]: 
         dw_hh,
         grad_if(b_ih, || Ok(db.clone().expect("computed when a bias needs it")))?,
         grad_if(b_hh, || Ok(db.clone().expect("computed when a bias needs it")))?,
-        grad_if(h0, || dh0.map(|d| wrap(d, &[n, h])).ok_or_else(|| Error::invalid("lstm backward", "dL/dh0 was not computed")))?,
+        grad_if(h0, || {
+            dh0.map(|d| wrap(d, &[n, h])).ok_or_else(|| Error::invalid("lstm backward", "dL/dh0 was not computed"))
+        })?,
         grad_if(c0, || Ok(wrap(dc0, &[n, h])))?,
     ])
 }

@@ -218,7 +218,7 @@ pub(super) fn gemm_on_thread(
 /// memory that is not zeroed first (every value is written once). The plain loop stored each
 /// value to a new cache line: 4% of the `lstm` benchmark's time (`perf annotate`), on the
 /// transposed per-step product.
-fn transposed(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
+pub(super) fn transposed(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
     const TILE: usize = 32;
     let len = rows * cols;
     let mut out: Vec<f32> = Vec::with_capacity(len);

@@ -256,7 +256,8 @@ impl BackendStorage for CpuStorage {
         let bias = elementwise::row_major(bias.f32(), bias_l);
         let h0 = elementwise::row_major(h0.f32(), h0_l);
         let c0 = elementwise::row_major(c0.f32(), c0_l);
-        Ok(CpuStorage::F32(recurrent::lstm_forward(&xw, &bias, w_hh.f32(), w_hh_l, &h0, &c0, [t, n, h4 / 4])))
+        let w_hh = elementwise::row_major(w_hh.f32(), w_hh_l);
+        Ok(CpuStorage::F32(recurrent::lstm_forward(&xw, &bias, &w_hh, &h0, &c0, [t, n, h4 / 4])))
     }
 
     fn lstm_backward(
@@ -275,7 +276,8 @@ impl BackendStorage for CpuStorage {
         let rec = elementwise::row_major(self.f32(), l);
         let g = elementwise::row_major(g.f32(), g_l);
         let c0 = elementwise::row_major(c0.f32(), c0_l);
-        let (dz, dh0, dc0) = recurrent::lstm_backward(&rec, &g, &c0, w_hh.f32(), w_hh_l, [t, n, h6 / 6], want_dh0);
+        let w_hh = elementwise::row_major(w_hh.f32(), w_hh_l);
+        let (dz, dh0, dc0) = recurrent::lstm_backward(&rec, &g, &c0, &w_hh, [t, n, h6 / 6], want_dh0);
         Ok((CpuStorage::F32(dz), dh0.map(CpuStorage::F32), CpuStorage::F32(dc0)))
     }
 

@@ -13,13 +13,13 @@
 //! The step's record is `[i f g o | h' | c']`, `6H` values per row: what the next step reads
 //! (h', c') and what the backward pass needs.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::fastmath::{dispatch, sigmoid, tanh};
-use super::matmul::gemm_on_thread;
-use crate::layout::Layout;
+use super::matmul::{gemm_on_thread, transposed};
 
 /// A new `[n, width]` buffer, row `r` filled by `row(r, out_row)`: rows split over threads
 /// (about 16k values of work per task).
@@ -119,8 +119,8 @@ fn row_blocks(n: usize, threads: usize) -> Vec<Range<usize>> {
 
 /// `out`, `[T, n, width]` row-major, cut into each block's rows of each step: entry `b` holds
 /// block `b`'s `T` pieces, in step order.
-fn block_steps<'a>(out: &'a mut [f32], n: usize, width: usize, blocks: &[Range<usize>]) -> Vec<Vec<&'a mut [f32]>> {
-    let mut per_block: Vec<Vec<&mut [f32]>> = blocks.iter().map(|_| Vec::new()).collect();
+fn block_steps<'a, T>(out: &'a mut [T], n: usize, width: usize, blocks: &[Range<usize>]) -> Vec<Vec<&'a mut [T]>> {
+    let mut per_block: Vec<Vec<&mut [T]>> = blocks.iter().map(|_| Vec::new()).collect();
     for step in out.chunks_mut(n * width) {
         let mut rest = step;
         for (b, rows) in blocks.iter().enumerate() {
@@ -138,46 +138,69 @@ fn block_rows<'a>(v: &'a mut [f32], n: usize, width: usize, blocks: &[Range<usiz
     block_steps(v, n, width, blocks).into_iter().map(|mut piece| piece.pop().unwrap_or_default()).collect()
 }
 
-/// Runs `work` for every block, one thread each.
-fn for_blocks<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync + Send) {
+/// Runs `work` for every block, one thread each, and adds up what they return.
+fn for_blocks<T: Send>(items: Vec<T>, work: impl Fn(T) -> usize + Sync + Send) -> usize {
     if items.len() > 1 {
-        items.into_par_iter().for_each(work);
+        items.into_par_iter().map(work).sum()
     } else {
-        items.into_iter().for_each(work);
+        items.into_iter().map(work).sum()
     }
 }
 
-/// The `[row, column]` strides of `w_hh` (`[4h, h]` at layout `w_l`) and, transposed, of
-/// `W_hhᵀ`; and the values from its first on.
-fn weight_strides<'a>(w: &'a [f32], w_l: &Layout) -> (&'a [f32], [usize; 2], [usize; 2]) {
-    let s = w_l.strides();
-    (&w[w_l.offset()..], [s[0], s[1]], [s[1], s[0]])
+/// `piece`, zero-filled, as initialised values. The sequence's buffers are filled piece by
+/// piece just before a step writes them, while they are in cache: zeroing them whole when
+/// allocated cost a pass over cold memory (`memset`, 3.6% of the `lstm` benchmark's training).
+fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    for v in piece.iter_mut() {
+        v.write(0.0);
+    }
+    // SAFETY: every value of `piece` was just written, and `MaybeUninit<f32>` has the size,
+    // alignment and (once written) the values of `f32`.
+    unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// A buffer of `len` values, cut as [`block_steps`] does, that `run` fills: `run` returns how
+/// many values its blocks zero-filled ([`zeroed`]), which must be all of them.
+fn filled_by_blocks(
+    len: usize,
+    n: usize,
+    width: usize,
+    blocks: &[Range<usize>],
+    run: impl FnOnce(Vec<Vec<&mut [MaybeUninit<f32>]>>) -> usize,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let filled = run(block_steps(&mut out.spare_capacity_mut()[..len], n, width, blocks));
+    assert_eq!(filled, len, "lstm: the blocks left part of a buffer unwritten");
+    // SAFETY: the capacity is at least `len`, and the blocks zero-filled (then overwrote) all
+    // `len` values: the pieces partition the first `len`, and their counts add up to `len`.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// The forward recurrence over a sequence: `xw` `[t, n, 4h]` (x·W_ihᵀ), `bias` `[4h]`,
-/// `w_hh` `[4h, h]` (any strides, at `w_l`), `h0`, `c0` `[n, h]`, all others row-major.
-/// Returns every step's record, `[t, n, 6h]`.
-#[allow(clippy::too_many_arguments)]
+/// `w_hh` `[4h, h]`, `h0`, `c0` `[n, h]`, all row-major. Returns every step's record,
+/// `[t, n, 6h]`.
 pub(super) fn lstm_forward(
     xw: &[f32],
     bias: &[f32],
     w_hh: &[f32],
-    w_l: &Layout,
     h0: &[f32],
     c0: &[f32],
     [t, n, h]: [usize; 3],
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; t * n * 6 * h];
-    if out.is_empty() {
-        return out;
+    let len = t * n * 6 * h;
+    if len == 0 {
+        return Vec::new();
     }
     let blocks = row_blocks(n, rayon::current_num_threads());
-    let (w, _, wt) = weight_strides(w_hh, w_l);
-    let work = |(rows, mut steps): (Range<usize>, Vec<&mut [f32]>)| {
+    // W_hhᵀ, row-major: the product reads it in place. Through a transposed view, gemm would
+    // copy ("pack") all of it at every step.
+    let wt = transposed(w_hh, [4 * h, h]);
+    let work = |(rows, steps): (Range<usize>, Vec<&mut [MaybeUninit<f32>]>)| {
         let r = rows.len();
-        for s in 0..t {
-            let (done, todo) = steps.split_at_mut(s);
-            let cur = &mut *todo[0];
+        let mut done: Vec<&mut [f32]> = Vec::with_capacity(t);
+        for (s, piece) in steps.into_iter().enumerate() {
+            let cur = zeroed(piece);
             // The gates' pre-activations: the input's part and the biases, then h·W_hhᵀ.
             let xs = &xw[(s * n + rows.start) * 4 * h..(s * n + rows.end) * 4 * h];
             for (rec, x) in cur.chunks_mut(6 * h).zip(xs.chunks(4 * h)) {
@@ -186,18 +209,19 @@ pub(super) fn lstm_forward(
                 }
             }
             // The previous step's h and c: the block's rows of h0 and c0, or of its record.
-            let (h_prev, c_prev, stride) = match s {
-                0 => (&h0[rows.start * h..rows.end * h], &c0[rows.start * h..rows.end * h], h),
-                _ => (&done[s - 1][4 * h..], &done[s - 1][5 * h..], 6 * h),
+            let (h_prev, c_prev, stride) = match done.last() {
+                None => (&h0[rows.start * h..rows.end * h], &c0[rows.start * h..rows.end * h], h),
+                Some(prev) => (&prev[4 * h..], &prev[5 * h..], 6 * h),
             };
-            gemm_on_thread(cur, 6 * h, h_prev, [stride, 1], w, wt, [r, h, 4 * h], true);
+            gemm_on_thread(cur, 6 * h, h_prev, [stride, 1], &wt, [4 * h, 1], [r, h, 4 * h], true);
             for (row, rec) in cur.chunks_mut(6 * h).enumerate() {
                 forward_row(&c_prev[row * stride..row * stride + h], rec);
             }
+            done.push(cur);
         }
+        done.iter().map(|piece| piece.len()).sum()
     };
-    for_blocks(blocks.clone().into_iter().zip(block_steps(&mut out, n, 6 * h, &blocks)).collect(), work);
-    out
+    filled_by_blocks(len, n, 6 * h, &blocks, |steps| for_blocks(blocks.iter().cloned().zip(steps).collect(), work))
 }
 
 /// What [`lstm_backward`] returns: dL/dz `[t, n, 4h]`, dL/dh0 (when asked for) and dL/dc0
@@ -206,40 +230,41 @@ pub(super) type LstmGrads = (Vec<f32>, Option<Vec<f32>>, Vec<f32>);
 
 /// Backpropagation through time over a sequence: from the records `[t, n, 6h]`, the gradient
 /// `g` `[t, n, 2h]` reaching every step's h and c from outside the recurrence, `c0` `[n, h]`
-/// and `w_hh` `[4h, h]` (any strides, at `w_l`); the others row-major. dL/dh0 costs one more
-/// product, made only when `want_dh0`.
-#[allow(clippy::too_many_arguments)]
+/// and `w_hh` `[4h, h]`, all row-major. dL/dh0 costs one more product, made only when
+/// `want_dh0`.
 pub(super) fn lstm_backward(
     rec: &[f32],
     g: &[f32],
     c0: &[f32],
     w_hh: &[f32],
-    w_l: &Layout,
     [t, n, h]: [usize; 3],
     want_dh0: bool,
 ) -> LstmGrads {
-    let mut dz = vec![0.0f32; t * n * 4 * h];
     let mut dc0 = vec![0.0f32; n * h];
     let mut dh0 = if want_dh0 { vec![0.0f32; n * h] } else { Vec::new() };
     if n * h == 0 {
-        return (dz, want_dh0.then_some(dh0), dc0);
+        return (Vec::new(), want_dh0.then_some(dh0), dc0);
     }
     let blocks = row_blocks(n, rayon::current_num_threads());
-    let (w, ws, _) = weight_strides(w_hh, w_l);
-    let work = |(rows, mut steps, dc0, dh0): (Range<usize>, Vec<&mut [f32]>, &mut [f32], &mut [f32])| {
+    type Block<'a> = (Range<usize>, Vec<&'a mut [MaybeUninit<f32>]>, &'a mut [f32], &'a mut [f32]);
+    let work = |(rows, steps, dc0, dh0): Block| {
         let r = rows.len();
         let (mut dh, mut dc) = (vec![0.0f32; r * h], vec![0.0f32; r * h]);
         let mut dc_prev = vec![0.0f32; r * h];
-        for s in (0..t).rev() {
+        // dL/dz of the step after this one (none for the last step).
+        let mut later: Option<&mut [f32]> = None;
+        let mut filled = 0;
+        for (s, piece) in steps.into_iter().enumerate().rev() {
+            let now = zeroed(piece);
+            filled += now.len();
             // The gradients reaching this step's h and c: from outside, and from step s + 1.
             let gs = &g[(s * n + rows.start) * 2 * h..(s * n + rows.end) * 2 * h];
             for ((dh, dc), g) in dh.chunks_mut(h).zip(dc.chunks_mut(h)).zip(gs.chunks(2 * h)) {
                 dh.copy_from_slice(&g[..h]);
                 dc.copy_from_slice(&g[h..]);
             }
-            let (now, later) = steps.split_at_mut(s + 1);
-            if let Some(next) = later.first() {
-                gemm_on_thread(&mut dh, h, next, [4 * h, 1], w, ws, [r, 4 * h, h], true);
+            if let Some(next) = &later {
+                gemm_on_thread(&mut dh, h, next, [4 * h, 1], w_hh, [h, 1], [r, 4 * h, h], true);
                 dc.iter_mut().zip(&dc_prev).for_each(|(d, &p)| *d += p);
             }
             let (c_prev, stride) = match s {
@@ -247,25 +272,25 @@ pub(super) fn lstm_backward(
                 _ => (&rec[((s - 1) * n + rows.start) * 6 * h + 5 * h..], 6 * h),
             };
             let recs = &rec[(s * n + rows.start) * 6 * h..(s * n + rows.end) * 6 * h];
-            for (row, (dz, dcp)) in now[s].chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).enumerate() {
+            for (row, (dz, dcp)) in now.chunks_mut(4 * h).zip(dc_prev.chunks_mut(h)).enumerate() {
                 let hs = row * h..(row + 1) * h;
                 let c = &c_prev[row * stride..row * stride + h];
                 backward_row(&recs[row * 6 * h..(row + 1) * 6 * h], c, &dh[hs.clone()], &dc[hs], dz, dcp);
             }
+            later = Some(now);
         }
         dc0.copy_from_slice(&dc_prev);
-        if let (false, Some(first)) = (dh0.is_empty(), steps.first()) {
-            gemm_on_thread(dh0, h, first, [4 * h, 1], w, ws, [r, 4 * h, h], false);
+        if let (false, Some(first)) = (dh0.is_empty(), &later) {
+            gemm_on_thread(dh0, h, first, [4 * h, 1], w_hh, [h, 1], [r, 4 * h, h], false);
         }
+        filled
     };
-    let items = blocks
-        .clone()
-        .into_iter()
-        .zip(block_steps(&mut dz, n, 4 * h, &blocks))
-        .zip(block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks)))
-        .map(|((rows, steps), (dc0, dh0))| (rows, steps, dc0, dh0))
-        .collect();
-    for_blocks(items, work);
+    let dz = filled_by_blocks(t * n * 4 * h, n, 4 * h, &blocks, |steps| {
+        let states = block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks));
+        let items =
+            blocks.iter().cloned().zip(steps).zip(states).map(|((rows, steps), (dc0, dh0))| (rows, steps, dc0, dh0));
+        for_blocks(items.collect(), work)
+    });
     (dz, want_dh0.then_some(dh0), dc0)
 }
 
@@ -312,8 +337,8 @@ mod tests {
             for want_dh0 in [true, false] {
                 let (dz, dh0, dc0) =
                     steps.lstm_backward(&rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0).expect("blocked backward");
-                let (dz_s, dh0_s, dc0_s) =
-                    lstm::lstm_backward(&steps, &rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0).expect("steps backward");
+                let (dz_s, dh0_s, dc0_s) = lstm::lstm_backward(&steps, &rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0)
+                    .expect("steps backward");
                 assert_close("dz", &dz, &dz_s);
                 assert_close("dc0", &dc0, &dc0_s);
                 assert_eq!(dh0.is_some(), want_dh0);
