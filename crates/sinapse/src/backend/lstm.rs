@@ -23,25 +23,26 @@ fn step(l: &Layout, s: usize) -> Result<Layout> {
     l.narrow(0, s, 1)?.squeeze(0)
 }
 
-/// See [`BackendStorage::lstm_forward`].
-#[allow(clippy::too_many_arguments)]
-pub(super) fn lstm_forward<S: BackendStorage>(
-    xw: &S,
-    l: &Layout,
-    bias: &S,
-    bias_l: &Layout,
-    w_hh: &S,
-    w_hh_l: &Layout,
-    h0: &S,
-    h0_l: &Layout,
-    c0: &S,
-    c0_l: &Layout,
-) -> Result<S> {
-    let [t, n, h4] = dims3(l, "lstm")?;
-    let h = h4 / 4;
-    let z = xw.binary(l, bias, &bias_l.broadcast_to(l.shape())?, BinaryOp::Add)?;
-    let (z_l, rec_l) = (Layout::contiguous(&[t, n, 4 * h]), Layout::contiguous(&[t, n, 6 * h]));
-    let mut records = xw.zeros(t * n * 6 * h)?;
+/// See [`BackendStorage::lstm_forward`]; `weights` are `w_ih`, the bias, `w_hh`, `h0` and
+/// `c0`, each with its layout.
+pub(super) fn lstm_forward<S: BackendStorage>(x: &S, l: &Layout, weights: [(&S, &Layout); 5]) -> Result<S> {
+    let [(w_ih, w_ih_l), (bias, bias_l), (w_hh, w_hh_l), (h0, h0_l), (c0, c0_l)] = weights;
+    let [t, n, i] = dims3(l, "lstm")?;
+    let h = w_hh_l.shape()[1];
+    // The input's part of every step's gates at once, x·W_ihᵀ + the biases, [T, N, 4H].
+    let copy;
+    let (x, rows_l) = match l.is_contiguous() {
+        true => (x, l.reshape_contiguous(&[t * n, i])),
+        false => {
+            copy = x.copy_strided(l)?;
+            (&copy, Layout::contiguous(&[t * n, i]))
+        }
+    };
+    let xw = x.matmul(&rows_l, w_ih, &w_ih_l.transpose(0, 1)?, [t * n, i, 4 * h])?;
+    let z_l = Layout::contiguous(&[t, n, 4 * h]);
+    let z = xw.binary(&z_l, bias, &bias_l.broadcast_to(&[t, n, 4 * h])?, BinaryOp::Add)?;
+    let rec_l = Layout::contiguous(&[t, n, 6 * h]);
+    let mut records = z.zeros(t * n * 6 * h)?;
     let w_t = w_hh_l.transpose(0, 1)?;
     for s in 0..t {
         let record = {

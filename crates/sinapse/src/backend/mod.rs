@@ -131,15 +131,17 @@ pub(crate) trait BackendStorage: Sized {
     /// A new buffer of `n` zeros on `self`'s device.
     fn zeros(&self, n: usize) -> Result<Self>;
 
-    /// The LSTM's forward recurrence over a whole sequence: from `self` `[T, N, 4H]` (the
-    /// input's part of the gates' pre-activations, x·W_ihᵀ), the biases' sum `[4H]`, `w_hh`
-    /// `[4H, H]` and the initial state `h0`, `c0` `[N, H]`, every step's record in one buffer
-    /// `[T, N, 6H]` (each as [`BackendStorage::lstm_cell`] writes it). By default step by step
-    /// from that kernel and the matrix product.
+    /// The LSTM's forward recurrence over a whole sequence: from the input `self` `[T, N, I]`,
+    /// `w_ih` `[4H, I]`, the biases' sum `[4H]`, `w_hh` `[4H, H]` and the initial state `h0`,
+    /// `c0` `[N, H]`, every step's record in one buffer `[T, N, 6H]` (each as
+    /// [`BackendStorage::lstm_cell`] writes it). By default the input's part of every step
+    /// in one product, then step by step from that kernel and the matrix product.
     #[allow(clippy::too_many_arguments)]
     fn lstm_forward(
         &self,
         l: &Layout,
+        w_ih: &Self,
+        w_ih_l: &Layout,
         bias: &Self,
         bias_l: &Layout,
         w_hh: &Self,
@@ -149,7 +151,8 @@ pub(crate) trait BackendStorage: Sized {
         c0: &Self,
         c0_l: &Layout,
     ) -> Result<Self> {
-        lstm::lstm_forward(self, l, bias, bias_l, w_hh, w_hh_l, h0, h0_l, c0, c0_l)
+        let weights = [(w_ih, w_ih_l), (bias, bias_l), (w_hh, w_hh_l), (h0, h0_l), (c0, c0_l)];
+        lstm::lstm_forward(self, l, weights)
     }
 
     /// Backpropagation through time for [`BackendStorage::lstm_forward`]: from its records
@@ -887,6 +890,8 @@ impl Storage {
     pub(crate) fn lstm_forward(
         &self,
         l: &Layout,
+        w_ih: &Storage,
+        w_ih_l: &Layout,
         bias: &Storage,
         bias_l: &Layout,
         w_hh: &Storage,
@@ -896,36 +901,34 @@ impl Storage {
         c0: &Storage,
         c0_l: &Layout,
     ) -> Result<Storage> {
-        same_device("lstm", &[self, bias, w_hh, h0, c0])?;
-        let [t, n, h4] = lstm::dims3(l, "lstm")?;
-        let h = h4 / 4;
-        if h4 % 4 != 0
-            || bias_l.shape() != [h4]
-            || w_hh_l.shape() != [h4, h]
-            || h0_l.shape() != [n, h]
-            || c0_l.shape() != [n, h]
-        {
+        same_device("lstm", &[self, w_ih, bias, w_hh, h0, c0])?;
+        let [t, n, i] = lstm::dims3(l, "lstm")?;
+        let h = w_hh_l.shape().get(1).copied().unwrap_or(0);
+        let want = [vec![4 * h, i], vec![4 * h], vec![4 * h, h], vec![n, h], vec![n, h]];
+        let got = [w_ih_l, bias_l, w_hh_l, h0_l, c0_l].map(|l| l.shape().to_vec());
+        if h == 0 || got != want {
             return Err(Error::invalid(
                 "lstm",
                 format!(
-                    "gate pre-activations {:?} need bias [4H], weight_hh [4H, H] and h0, c0 [N, H]; got {:?}, {:?}, {:?}, {:?}",
-                    l.shape(),
-                    bias_l.shape(),
-                    w_hh_l.shape(),
-                    h0_l.shape(),
-                    c0_l.shape()
+                    "input {:?} needs weight_ih, bias, weight_hh, h0 and c0 of shapes {want:?}; got {got:?}",
+                    l.shape()
                 ),
             ));
         }
         room_for(self, t.saturating_mul(n).saturating_mul(6 * h), "lstm")?;
-        match (self, bias, w_hh, h0, c0) {
-            (Storage::Cpu(x), Storage::Cpu(b), Storage::Cpu(w), Storage::Cpu(h), Storage::Cpu(c)) => {
-                Ok(Storage::Cpu(x.lstm_forward(l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
+        match (self, w_ih, bias, w_hh, h0, c0) {
+            (Storage::Cpu(x), Storage::Cpu(wi), Storage::Cpu(b), Storage::Cpu(w), Storage::Cpu(h), Storage::Cpu(c)) => {
+                Ok(Storage::Cpu(x.lstm_forward(l, wi, w_ih_l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
             }
-            (Storage::Cuda(x), Storage::Cuda(b), Storage::Cuda(w), Storage::Cuda(h), Storage::Cuda(c)) => {
-                Ok(Storage::Cuda(x.lstm_forward(l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
-            }
-            (x, b, w, h, c) => Err(mismatch("lstm", &[x, b, w, h, c])),
+            (
+                Storage::Cuda(x),
+                Storage::Cuda(wi),
+                Storage::Cuda(b),
+                Storage::Cuda(w),
+                Storage::Cuda(h),
+                Storage::Cuda(c),
+            ) => Ok(Storage::Cuda(x.lstm_forward(l, wi, w_ih_l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?)),
+            (x, wi, b, w, h, c) => Err(mismatch("lstm", &[x, wi, b, w, h, c])),
         }
     }
 

@@ -66,13 +66,14 @@ impl Tensor {
         if t == 0 {
             return Tensor::zeros_on(&[0, n, 2 * h], self.device());
         }
-        let (xw, bias) = {
+        let bias = {
             let _guard = no_grad();
-            (self.reshape(&[t * n, i])?.matmul(&w_ih.t()?)?.reshape(&[t, n, 4 * h])?, b_ih.add(b_hh)?)
+            b_ih.add(b_hh)?
         };
         // Every step's record [i f g o | h | c], in one buffer; the output is a view of it.
-        let storage = Tensor::with_storages([&xw, &bias, w_hh, h0, c0], |[x, b, w, h_0, c_0]| {
-            x.lstm_forward(xw.layout(), b, bias.layout(), w, w_hh.layout(), h_0, h0.layout(), c_0, c0.layout())
+        let storage = Tensor::with_storages([self, w_ih, &bias, w_hh, h0, c0], |[x, wi, b, w, h_0, c_0]| {
+            let (wi_l, b_l, w_l) = (w_ih.layout(), bias.layout(), w_hh.layout());
+            x.lstm_forward(self.layout(), wi, wi_l, b, b_l, w, w_l, h_0, h0.layout(), c_0, c0.layout())
         })?;
         let records = wrap(storage, &[t, n, 6 * h]);
         let out = {

@@ -241,6 +241,8 @@ impl BackendStorage for CpuStorage {
     fn lstm_forward(
         &self,
         l: &Layout,
+        w_ih: &Self,
+        w_ih_l: &Layout,
         bias: &Self,
         bias_l: &Layout,
         w_hh: &Self,
@@ -251,13 +253,12 @@ impl BackendStorage for CpuStorage {
         c0_l: &Layout,
     ) -> Result<Self> {
         // Shapes were checked by `Storage::lstm_forward`.
-        let [t, n, h4] = super::lstm::dims3(l, "lstm")?;
-        let xw = elementwise::row_major(self.f32(), l);
-        let bias = elementwise::row_major(bias.f32(), bias_l);
-        let h0 = elementwise::row_major(h0.f32(), h0_l);
-        let c0 = elementwise::row_major(c0.f32(), c0_l);
-        let w_hh = elementwise::row_major(w_hh.f32(), w_hh_l);
-        Ok(CpuStorage::F32(recurrent::lstm_forward(&xw, &bias, &w_hh, &h0, &c0, [t, n, h4 / 4])))
+        let [t, n, i] = super::lstm::dims3(l, "lstm")?;
+        let h = w_hh_l.shape()[1];
+        let [w_ih, bias, w_hh, h0, c0] = [(w_ih, w_ih_l), (bias, bias_l), (w_hh, w_hh_l), (h0, h0_l), (c0, c0_l)]
+            .map(|(s, l)| elementwise::row_major(s.f32(), l));
+        let weights = recurrent::LstmWeights { w_ih: &w_ih, bias: &bias, w_hh: &w_hh, h0: &h0, c0: &c0 };
+        Ok(CpuStorage::F32(recurrent::lstm_forward(self.f32(), l, weights, [t, n, i, h])))
     }
 
     fn lstm_backward(

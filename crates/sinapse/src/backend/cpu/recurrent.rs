@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use super::fastmath::{dispatch, sigmoid, tanh};
 use super::matmul::{gemm_on_thread, transposed};
+use crate::layout::Layout;
 
 /// A new `[n, width]` buffer, row `r` filled by `row(r, out_row)`: rows split over threads
 /// (about 16k values of work per task).
@@ -177,43 +178,55 @@ fn filled_by_blocks(
     out
 }
 
-/// The forward recurrence over a sequence: `xw` `[t, n, 4h]` (x·W_ihᵀ), `bias` `[4h]`,
-/// `w_hh` `[4h, h]`, `h0`, `c0` `[n, h]`, all row-major. Returns every step's record,
-/// `[t, n, 6h]`.
-pub(super) fn lstm_forward(
-    xw: &[f32],
-    bias: &[f32],
-    w_hh: &[f32],
-    h0: &[f32],
-    c0: &[f32],
-    [t, n, h]: [usize; 3],
-) -> Vec<f32> {
+/// An LSTM layer's weights and initial state, all row-major: `w_ih` `[4h, i]`, `bias` `[4h]`
+/// (the two biases' sum), `w_hh` `[4h, h]`, `h0` and `c0` `[n, h]`.
+pub(super) struct LstmWeights<'a> {
+    pub(super) w_ih: &'a [f32],
+    pub(super) bias: &'a [f32],
+    pub(super) w_hh: &'a [f32],
+    pub(super) h0: &'a [f32],
+    pub(super) c0: &'a [f32],
+}
+
+/// The forward recurrence over the sequence `x` `[t, n, i]` (any strides, at `x_l`). Returns
+/// every step's record, `[t, n, 6h]`.
+///
+/// Each step's pre-activations are one product, `[x_s | h_prev] · [W_ih | W_hh]ᵀ`, added onto
+/// the biases in the step's record: the input's part is not a separate product over the
+/// whole sequence, written out and read back.
+pub(super) fn lstm_forward(x: &[f32], x_l: &Layout, w: LstmWeights, [t, n, i, h]: [usize; 4]) -> Vec<f32> {
     let len = t * n * 6 * h;
     if len == 0 {
         return Vec::new();
     }
     let blocks = row_blocks(n, rayon::current_num_threads());
-    // W_hhᵀ, row-major: the product reads it in place. Through a transposed view, gemm would
-    // copy ("pack") all of it at every step.
-    let wt = transposed(w_hh, [4 * h, h]);
+    // [W_ih | W_hh]ᵀ, row-major [i + h, 4h]: the product reads it in place. Through a
+    // transposed view, gemm would copy ("pack") all of it at every step.
+    let mut wt = transposed(w.w_ih, [4 * h, i]);
+    wt.extend_from_slice(&transposed(w.w_hh, [4 * h, h]));
+    let k = i + h;
+    let (xs, x0) = (x_l.strides(), x_l.offset());
     let work = |(rows, steps): (Range<usize>, Vec<&mut [MaybeUninit<f32>]>)| {
         let r = rows.len();
+        // Each row's [x_s | h_prev], the product's left operand.
+        let mut u = vec![0.0f32; r * k];
         let mut done: Vec<&mut [f32]> = Vec::with_capacity(t);
         for (s, piece) in steps.into_iter().enumerate() {
             let cur = zeroed(piece);
-            // The gates' pre-activations: the input's part and the biases, then h·W_hhᵀ.
-            let xs = &xw[(s * n + rows.start) * 4 * h..(s * n + rows.end) * 4 * h];
-            for (rec, x) in cur.chunks_mut(6 * h).zip(xs.chunks(4 * h)) {
-                for ((z, &a), &b) in rec[..4 * h].iter_mut().zip(x).zip(bias) {
-                    *z = a + b;
-                }
-            }
             // The previous step's h and c: the block's rows of h0 and c0, or of its record.
             let (h_prev, c_prev, stride) = match done.last() {
-                None => (&h0[rows.start * h..rows.end * h], &c0[rows.start * h..rows.end * h], h),
+                None => (&w.h0[rows.start * h..rows.end * h], &w.c0[rows.start * h..rows.end * h], h),
                 Some(prev) => (&prev[4 * h..], &prev[5 * h..], 6 * h),
             };
-            gemm_on_thread(cur, 6 * h, h_prev, [stride, 1], &wt, [4 * h, 1], [r, h, 4 * h], true);
+            for (row, (u, rec)) in u.chunks_mut(k).zip(cur.chunks_mut(6 * h)).enumerate() {
+                let at = x0 + s * xs[0] + (rows.start + row) * xs[1];
+                for (j, v) in u[..i].iter_mut().enumerate() {
+                    *v = x[at + j * xs[2]];
+                }
+                u[i..].copy_from_slice(&h_prev[row * stride..row * stride + h]);
+                rec[..4 * h].copy_from_slice(w.bias);
+            }
+            gemm_on_thread(cur, 6 * h, &u, [k, 1], &wt, [4 * h, 1], [r, k, 4 * h], true);
             for (row, rec) in cur.chunks_mut(6 * h).enumerate() {
                 forward_row(&c_prev[row * stride..row * stride + h], rec);
             }
@@ -316,24 +329,28 @@ mod tests {
     }
 
     /// The CPU's blocked recurrence against the step-by-step default (what the GPU runs),
-    /// forward and backward, on a pool of `threads`.
-    fn blocked_matches_steps(t: usize, n: usize, h: usize, threads: usize, transposed_w: bool) {
+    /// forward and backward, on a pool of `threads`. With `strided`, the input is read
+    /// through a batch-first view and W_hh through a transposed one.
+    fn blocked_matches_steps([t, n, i, h]: [usize; 4], threads: usize, strided: bool) {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
         pool.install(|| {
-            let xw_l = Layout::contiguous(&[t, n, 4 * h]);
-            let (bias_l, nh) = (Layout::contiguous(&[4 * h]), Layout::contiguous(&[n, h]));
-            // W_hh [4H, H], stored as such or as its transpose (read through a transposed view).
-            let w_l = match transposed_w {
-                true => Layout::contiguous(&[h, 4 * h]).transpose(0, 1).expect("2-d"),
-                false => Layout::contiguous(&[4 * h, h]),
+            let (x_l, w_l) = match strided {
+                true => (
+                    Layout::contiguous(&[n, t, i]).transpose(0, 1).expect("3-d"),
+                    Layout::contiguous(&[h, 4 * h]).transpose(0, 1).expect("2-d"),
+                ),
+                false => (Layout::contiguous(&[t, n, i]), Layout::contiguous(&[4 * h, h])),
             };
-            let (xw, bias, w) = (values(t * n * 4 * h, 1), values(4 * h, 2), values(4 * h * h, 3));
-            let (h0, c0, g) = (values(n * h, 4), values(n * h, 5), values(t * n * 2 * h, 6));
-            let fused = xw.lstm_forward(&xw_l, &bias, &bias_l, &w, &w_l, &h0, &nh, &c0, &nh).expect("blocked");
-            let steps = lstm::lstm_forward(&xw, &xw_l, &bias, &bias_l, &w, &w_l, &h0, &nh, &c0, &nh).expect("steps");
-            assert_close("records", &fused, &steps);
+            let (wi_l, bias_l) = (Layout::contiguous(&[4 * h, i]), Layout::contiguous(&[4 * h]));
+            let nh = Layout::contiguous(&[n, h]);
+            let (x, w_ih, bias) = (values(t * n * i, 1), values(4 * h * i, 2), values(4 * h, 3));
+            let (w, h0, c0) = (values(4 * h * h, 4), values(n * h, 5), values(n * h, 6));
+            let fused = x.lstm_forward(&x_l, &w_ih, &wi_l, &bias, &bias_l, &w, &w_l, &h0, &nh, &c0, &nh);
+            let weights = [(&w_ih, &wi_l), (&bias, &bias_l), (&w, &w_l), (&h0, &nh), (&c0, &nh)];
+            let steps = lstm::lstm_forward(&x, &x_l, weights).expect("steps");
+            assert_close("records", &fused.expect("blocked"), &steps);
             let rec_l = Layout::contiguous(&[t, n, 6 * h]);
-            let g_l = Layout::contiguous(&[t, n, 2 * h]);
+            let (g, g_l) = (values(t * n * 2 * h, 7), Layout::contiguous(&[t, n, 2 * h]));
             for want_dh0 in [true, false] {
                 let (dz, dh0, dc0) =
                     steps.lstm_backward(&rec_l, &g, &g_l, &c0, &nh, &w, &w_l, want_dh0).expect("blocked backward");
@@ -352,12 +369,12 @@ mod tests {
 
     #[test]
     fn blocked_recurrence_matches_the_step_by_step_one() {
-        // One block, two and three (uneven) blocks; a transposed W_hh; one step; no steps.
-        blocked_matches_steps(5, 7, 3, 2, false);
-        blocked_matches_steps(6, 32, 8, 2, false);
-        blocked_matches_steps(4, 29, 5, 3, true);
-        blocked_matches_steps(1, 16, 4, 2, true);
-        blocked_matches_steps(0, 16, 4, 2, false);
+        // One block, two and three (uneven) blocks; strided operands; one step; no steps.
+        blocked_matches_steps([5, 7, 2, 3], 2, false);
+        blocked_matches_steps([6, 32, 5, 8], 2, false);
+        blocked_matches_steps([4, 29, 3, 5], 3, true);
+        blocked_matches_steps([1, 16, 4, 4], 2, true);
+        blocked_matches_steps([0, 16, 2, 4], 2, false);
     }
 
     #[test]
