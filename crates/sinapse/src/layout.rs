@@ -391,6 +391,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn merging_axes_needs_one_to_step_over_the_other() {
+        // [T-1, N, H] of a [T, N, 6H] buffer: rows 6H apart, merged into [(T-1)·N, H].
+        let rec = Layout::contiguous(&[4, 3, 12]).narrow(0, 0, 3).unwrap().narrow(2, 8, 2).unwrap();
+        let merged = rec.merge_axes(0).unwrap();
+        assert_eq!((merged.shape(), merged.strides(), merged.offset()), (&[9, 2][..], &[12, 1][..], 8));
+        // Not mergeable: a transposed pair, a gap between rows of the outer axis, no axis after.
+        assert!(Layout::contiguous(&[2, 3]).transpose(0, 1).unwrap().merge_axes(0).is_none());
+        assert!(Layout::contiguous(&[4, 6]).narrow(1, 0, 3).unwrap().merge_axes(0).is_none());
+        let part = Layout::contiguous(&[2, 3, 4]).narrow(1, 0, 2).unwrap();
+        assert!(part.merge_axes(0).is_none() && part.merge_axes(1).is_some());
+        assert!(Layout::contiguous(&[2, 3]).merge_axes(1).is_none());
+    }
+
+    #[test]
     fn strides_are_row_major() {
         assert_eq!(contiguous_strides(&[2, 3, 4]), vec![12, 4, 1]);
         assert!(Layout::contiguous(&[2, 3]).is_contiguous());

@@ -319,7 +319,8 @@ fn cases() -> Vec<Case> {
     c.push(case("conv1d", vec![normal(&[2, 3, 9], r), normal(&[4, 3, 3], r), normal(&[4], r)], |x| {
         x[0].conv1d(&x[1], Some(&x[2]), 2, 1, 1)
     }));
-    // The fused LSTM layer: 17 rows run as blocks on different threads.
+    // The fused LSTM layer: on the CPU, 17 rows run as blocks on different threads; on a GPU,
+    // the trait's step-by-step recurrence.
     c.push(case(
         "lstm",
         vec![

@@ -355,45 +355,59 @@ fn lstm_step_reference(x: &Tensor, w: &[Tensor], h: &Tensor, c: &Tensor) -> Resu
 #[test]
 fn fused_lstm_matches_the_unrolled_cell_and_finite_differences() {
     // 17 rows: split into blocks that run on different threads (8 rows or more each).
-    let (t, n, i, h) = (4, 17, 3, 5);
+    fused_lstm_case([4, 17, 3, 5], false, 370);
+    // One step (dL/dW_hh from h0 alone), and the input read through a batch-first view.
+    fused_lstm_case([1, 9, 2, 3], true, 380);
+    fused_lstm_case([3, 10, 2, 4], true, 390);
+}
+
+/// The fused LSTM op against the same steps in plain tensor ops, values and gradients, for
+/// two losses (every output weighted differently, and the plain sum, whose gradient reaches
+/// the op as a broadcast view), then against finite differences. With `batch_first`, the
+/// input is a `[N, T, I]` tensor seen time first.
+fn fused_lstm_case([t, n, i, h]: [usize; 4], batch_first: bool, seed: u64) {
     let inputs = vec![
-        rand(&[t, n, i], 370),
-        rand(&[4 * h, i], 371),
-        rand(&[4 * h, h], 372),
-        rand(&[4 * h], 373),
-        rand(&[4 * h], 374),
-        rand(&[n, h], 375),
-        rand(&[n, h], 376),
+        rand(&if batch_first { [n, t, i] } else { [t, n, i] }, seed),
+        rand(&[4 * h, i], seed + 1),
+        rand(&[4 * h, h], seed + 2),
+        rand(&[4 * h], seed + 3),
+        rand(&[4 * h], seed + 4),
+        rand(&[n, h], seed + 5),
+        rand(&[n, h], seed + 6),
     ];
-    let fused = |x: &[Tensor]| x[0].lstm(&x[1], &x[2], &x[3], &x[4], &x[5], &x[6]);
-    let unrolled = |x: &[Tensor]| {
+    let time_first = move |x: &Tensor| if batch_first { x.transpose(0, 1) } else { Ok(x.clone()) };
+    let fused = move |x: &[Tensor]| time_first(&x[0])?.lstm(&x[1], &x[2], &x[3], &x[4], &x[5], &x[6]);
+    let unrolled = move |x: &[Tensor]| {
         let (mut hp, mut cp) = (x[5].clone(), x[6].clone());
         let mut steps = Vec::new();
+        let seq = time_first(&x[0])?;
         for s in 0..t {
-            (hp, cp) = lstm_step_reference(&x[0].narrow(0, s, 1)?.squeeze(0)?, &x[1..5], &hp, &cp)?;
+            (hp, cp) = lstm_step_reference(&seq.narrow(0, s, 1)?.squeeze(0)?, &x[1..5], &hp, &cp)?;
             steps.push(Tensor::cat(&[&hp, &cp], 1)?);
         }
         Tensor::stack(&steps.iter().collect::<Vec<_>>(), 0)
     };
-    // Same values and same gradients (for a loss weighting every output differently).
-    let weights = rand(&[t, n, 2 * h], 377);
-    let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+    let weights = rand(&[t, n, 2 * h], seed + 7);
+    let run = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>, weighted: bool| {
         let leaves: Vec<Tensor> = inputs.iter().map(|x| x.detach().set_requires_grad(true)).collect();
         let out = f(&leaves).unwrap();
-        let grads = out.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let loss = if weighted { out.mul(&weights).unwrap().sum_all() } else { out.sum_all() };
+        let grads = loss.unwrap().backward().unwrap();
         let grads: Vec<Vec<f32>> = leaves.iter().map(|l| grads.get(l).unwrap().to_vec()).collect();
         (out.to_vec(), grads)
     };
-    let (out_fused, grads_fused) = run(&fused);
-    let (out_ref, grads_ref) = run(&unrolled);
     let near = |a: &[f32], b: &[f32], what: &str| {
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
             assert!((x - y).abs() <= 1e-5 + 1e-5 * y.abs(), "{what}[{k}]: fused {x}, unrolled {y}");
         }
     };
-    near(&out_fused, &out_ref, "output");
-    for (k, (a, b)) in grads_fused.iter().zip(&grads_ref).enumerate() {
-        near(a, b, &format!("gradient of input {k}"));
+    for weighted in [true, false] {
+        let (out_fused, grads_fused) = run(&fused, weighted);
+        let (out_ref, grads_ref) = run(&unrolled, weighted);
+        near(&out_fused, &out_ref, "output");
+        for (k, (a, b)) in grads_fused.iter().zip(&grads_ref).enumerate() {
+            near(a, b, &format!("gradient of input {k} (weighted loss: {weighted})"));
+        }
     }
     check("fused lstm", fused, &inputs);
 }

@@ -904,7 +904,10 @@ impl Storage {
         same_device("lstm", &[self, w_ih, bias, w_hh, h0, c0])?;
         let [t, n, i] = lstm::dims3(l, "lstm")?;
         let h = w_hh_l.shape().get(1).copied().unwrap_or(0);
-        let want = [vec![4 * h, i], vec![4 * h], vec![4 * h, h], vec![n, h], vec![n, h]];
+        let Some(h4) = h.checked_mul(4) else {
+            return Err(Error::invalid("lstm", format!("weight_hh {:?} is too large", w_hh_l.shape())));
+        };
+        let want = [vec![h4, i], vec![h4], vec![h4, h], vec![n, h], vec![n, h]];
         let got = [w_ih_l, bias_l, w_hh_l, h0_l, c0_l].map(|l| l.shape().to_vec());
         if h == 0 || got != want {
             return Err(Error::invalid(
@@ -915,7 +918,7 @@ impl Storage {
                 ),
             ));
         }
-        room_for(self, t.saturating_mul(n).saturating_mul(6 * h), "lstm")?;
+        room_for(self, t.saturating_mul(n).saturating_mul(h).saturating_mul(6), "lstm")?;
         match (self, w_ih, bias, w_hh, h0, c0) {
             (Storage::Cpu(x), Storage::Cpu(wi), Storage::Cpu(b), Storage::Cpu(w), Storage::Cpu(h), Storage::Cpu(c)) => {
                 Ok(Storage::Cpu(x.lstm_forward(l, wi, w_ih_l, b, bias_l, w, w_hh_l, h, h0_l, c, c0_l)?))
@@ -950,7 +953,12 @@ impl Storage {
         same_device(op, &[self, g, c0, w_hh])?;
         let [t, n, h6] = lstm::dims3(l, op)?;
         let h = h6 / 6;
-        if h6 % 6 != 0 || g_l.shape() != [t, n, 2 * h] || c0_l.shape() != [n, h] || w_hh_l.shape() != [4 * h, h] {
+        if h == 0
+            || h6 % 6 != 0
+            || g_l.shape() != [t, n, 2 * h]
+            || c0_l.shape() != [n, h]
+            || w_hh_l.shape() != [4 * h, h]
+        {
             return Err(Error::invalid(
                 op,
                 format!(
@@ -962,7 +970,7 @@ impl Storage {
                 ),
             ));
         }
-        room_for(self, t.saturating_mul(n).saturating_mul(4 * h), op)?;
+        room_for(self, t.saturating_mul(n).saturating_mul(h).saturating_mul(4), op)?;
         let grads = match (self, g, c0, w_hh) {
             (Storage::Cpu(r), Storage::Cpu(g), Storage::Cpu(c), Storage::Cpu(w)) => {
                 let (dz, dh0, dc0) = r.lstm_backward(l, g, g_l, c, c0_l, w, w_hh_l, want_dh0)?;

@@ -76,11 +76,14 @@ impl Tensor {
             x.lstm_forward(self.layout(), wi, wi_l, b, b_l, w, w_l, h_0, h0.layout(), c_0, c0.layout())
         })?;
         let records = wrap(storage, &[t, n, 6 * h]);
+        let inputs = [self, w_ih, w_hh, b_ih, b_hh, h0, c0];
+        // A view, also without gradients: copying h and c out would free the records (3x their
+        // size) but raise the peak, both living during the copy (`sinapse bench lstm`'s
+        // evaluation at batch 1000: 166 -> 194 MiB).
         let out = {
             let _guard = no_grad();
             records.narrow(2, 4 * h, 2 * h)?
         };
-        let inputs = [self, w_ih, w_hh, b_ih, b_hh, h0, c0];
         Ok(out.recorded_as(op, &inputs, move |g, x, _| lstm_backward(g, x, &records, [t, n, i, h])))
     }
 }

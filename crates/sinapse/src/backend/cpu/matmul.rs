@@ -148,11 +148,13 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
 
 /// `dst = a · b`, or `dst += a · b` with `accumulate`, on the calling thread: one m x k by
 /// k x n product, `a` and `b` read at their `[row, column]` strides from their first value,
-/// `dst` row-major at row stride `dst_stride`. The LSTM's recurrence writes each step's
-/// product with it straight into the step's records, where the input's part already is.
+/// `dst` row-major at row stride `dst_stride`. The LSTM's recurrence adds each step's product
+/// with it straight onto the biases in the step's records, and the gradient from the step
+/// after onto each step's dL/dh.
 ///
 /// # Panics
-/// When a stride reaches outside its slice, or `dst_stride < n` (a bug in the caller).
+/// When a stride reaches outside its slice or past `isize::MAX`, or `dst_stride < n` (a bug
+/// in the caller).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_on_thread(
     dst: &mut [f32],
@@ -167,12 +169,6 @@ pub(super) fn gemm_on_thread(
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 {
-        if !accumulate {
-            dst.chunks_mut(dst_stride).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
     // The last value each operand is read or written at, in checked arithmetic: these
     // asserts are what make the raw pointers below safe.
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
@@ -184,7 +180,15 @@ pub(super) fn gemm_on_thread(
         "gemm: {m} x {n} at row stride {dst_stride} in {} values",
         dst.len()
     );
+    if k == 0 {
+        if !accumulate {
+            dst.chunks_mut(dst_stride).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
     assert!(fits(m, k, ars, acs, a.len()) && fits(k, n, brs, bcs, b.len()), "gemm: operand outside its slice");
+    let strides = [dst_stride, ars, acs, brs, bcs];
+    assert!(strides.iter().all(|&s| isize::try_from(s).is_ok()), "gemm: a stride past isize::MAX");
     // SAFETY: every (row, column) offset the strides produce lies inside its slice (asserted
     // above); `dst`'s rows do not overlap (stride >= n) and it is borrowed mutably, so no
     // operand aliases it. Same column-major call as in `matmul`: Cᵀ = Bᵀ·Aᵀ.
@@ -216,11 +220,15 @@ pub(super) fn gemm_on_thread(
 /// The transpose (`cols x rows`, row-major) of `src` (`rows x cols`, row-major), written in
 /// 32 x 32 tiles so that the tile being read and the one being written both stay in L1, into
 /// memory that is not zeroed first (every value is written once). The plain loop stored each
-/// value to a new cache line: 4% of the `lstm` benchmark's time (`perf annotate`), on the
-/// transposed per-step product.
+/// value to a new cache line: 4% of the `lstm` benchmark's time (`perf annotate`), when its
+/// per-step product went through here.
+///
+/// # Panics
+/// When `src` holds fewer than `rows · cols` values.
 pub(super) fn transposed(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
     const TILE: usize = 32;
-    let len = rows * cols;
+    let len = rows.checked_mul(cols).expect("transposed: rows x cols overflows");
+    assert!(src.len() >= len, "transposed: {rows} x {cols} from {} values", src.len());
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let dst = &mut out.spare_capacity_mut()[..len];
     for c0 in (0..cols).step_by(TILE) {
@@ -408,10 +416,9 @@ const LONG_INNER: usize = 2048;
 /// gemm packs `b` (n x k) unless its rows are contiguous; the transposed product packs `a`
 /// (m x k) unless a's columns are, and then pays an m x n transpose.
 ///
-/// Besides weight gradients, this takes the LSTM's per-step `h·W_hhᵀ` (32 x 128 by 128 x 512;
-/// `lstm` measured 1.09x with it against the same build without and 1.03x against the build
-/// before either change, 4 interleaved pairs each on a noisy machine: not slower) and small batches through a layer's `x·Wᵀ` (up to about 96 rows for
-/// 784 x 256, not measured on its own).
+/// Besides weight gradients, this takes small batches through a layer's `x·Wᵀ` (up to about
+/// 96 rows for 784 x 256, not measured on its own). It took the LSTM's per-step `h·W_hhᵀ`
+/// too, before the CPU's recurrence read a row-major W_hhᵀ itself (`recurrent.rs`).
 fn packs_less_transposed(la: &Layout, lb: &Layout, [m, k, n]: [usize; 3]) -> bool {
     let (sa, sb) = (la.strides(), lb.strides());
     let packed = if sb[lb.rank() - 1] != 1 { n * k } else { 0 };
@@ -439,6 +446,36 @@ unsafe impl Sync for SendPtr {}
 mod tests {
     use super::*;
     use crate::Rng;
+
+    /// The single-threaded product into strided rows: written, then accumulated, an empty
+    /// inner axis zeroing (not accumulating), and a destination or operand too short refused.
+    #[test]
+    fn product_on_this_thread_writes_strided_rows_and_checks_its_slices() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [2, 3]
+        let b = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]; // [3, 2]
+        let mut dst = [9.0f32; 8]; // two rows 4 apart
+        gemm_on_thread(&mut dst, 4, &a, [3, 1], &b, [2, 1], [2, 3, 2], false);
+        assert_eq!(dst, [4.0, 5.0, 9.0, 9.0, 10.0, 11.0, 9.0, 9.0]);
+        gemm_on_thread(&mut dst, 4, &a, [3, 1], &b, [2, 1], [2, 3, 2], true);
+        assert_eq!(dst, [8.0, 10.0, 9.0, 9.0, 20.0, 22.0, 9.0, 9.0]);
+        // bᵀ read through its strides: [2, 3] · ([2, 3] as [3, 2]).
+        let mut t = [0.0f32; 4];
+        gemm_on_thread(&mut t, 2, &a, [3, 1], &a, [1, 3], [2, 3, 2], false);
+        assert_eq!(t, [14.0, 32.0, 32.0, 77.0]);
+        gemm_on_thread(&mut dst, 4, &a, [3, 1], &b, [2, 1], [2, 0, 2], true);
+        assert_eq!(dst[..2], [8.0, 10.0]);
+        gemm_on_thread(&mut dst, 4, &a, [3, 1], &b, [2, 1], [2, 0, 2], false);
+        assert_eq!(dst, [0.0, 0.0, 9.0, 9.0, 0.0, 0.0, 9.0, 9.0]);
+        let refused = |dst_len: usize, a_len: usize| {
+            std::panic::catch_unwind(|| {
+                let mut dst = vec![0.0f32; dst_len];
+                gemm_on_thread(&mut dst, 4, &a[..a_len], [3, 1], &b, [2, 1], [2, 3, 2], false);
+            })
+            .is_err()
+        };
+        assert!(!refused(6, 6));
+        assert!(refused(5, 6) && refused(6, 5));
+    }
 
     /// A row times a matrix stored by rows or by columns (the matrix-vector kernels, split
     /// over threads for the larger ones), against a sum in f64, for lengths that are and are

@@ -207,7 +207,8 @@ impl BackendStorage for CpuStorage {
     }
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
-        // Shapes were checked by `Storage::lstm_forward`, whose default calls this.
+        // Called only by the trait's default recurrence (`backend/lstm.rs`), with layouts it
+        // builds from the shapes `Storage::lstm_forward` checked.
         let [n, h] = super::lstm_dims(c_l)?;
         let xw = elementwise::row_major(self.f32(), l);
         let hw = elementwise::row_major(hw.f32(), hw_l);
@@ -225,7 +226,8 @@ impl BackendStorage for CpuStorage {
         dc: &Self,
         dc_l: &Layout,
     ) -> Result<Self> {
-        // Shapes were checked by `Storage::lstm_backward`, whose default calls this.
+        // Called only by the trait's default recurrence (`backend/lstm.rs`), with layouts it
+        // builds from the shapes `Storage::lstm_backward` checked.
         let [n, h] = super::lstm_dims(c_prev_l)?;
         let s = elementwise::row_major(self.f32(), l);
         let c = elementwise::row_major(c_prev.f32(), c_prev_l);

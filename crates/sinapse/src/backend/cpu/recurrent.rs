@@ -4,11 +4,11 @@
 //! The recurrence splits the batch's rows into one block per thread; each block runs every
 //! step on its own thread, without waiting for the others, and writes its rows of every step
 //! straight into the sequence's one buffer of records (and, backward, of dL/dz): no per-step
-//! buffers to gather afterwards. Each step's product `h·W_hhᵀ` is added in place to the
-//! input's part of the gates, already in the record.
+//! buffers to gather afterwards. Each step's pre-activations are one product,
+//! `[x_s | h_prev] · [W_ih | W_hh]ᵀ`, added in place onto the biases already in the record.
 //!
-//! Forward, per row, from the pre-activations z = x·W_ihᵀ + b_ih + b_hh + h·W_hhᵀ (given as
-//! the two addends `xw` and `hw`, PyTorch's gate order i, f, g, o):
+//! Forward, per row, from the pre-activations z = x·W_ihᵀ + b_ih + b_hh + h·W_hhᵀ (PyTorch's
+//! gate order i, f, g, o; [`lstm_cell`] gets them as the two addends `xw` and `hw`):
 //! i, f, o = σ(z_i, z_f, z_o); g = tanh(z_g); c' = f·c + i·g; h' = o·tanh(c').
 //! The step's record is `[i f g o | h' | c']`, `6H` values per row: what the next step reads
 //! (h', c') and what the backward pass needs.
@@ -162,7 +162,12 @@ fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 /// A buffer of `len` values, cut as [`block_steps`] does, that `run` fills: `run` returns how
 /// many values its blocks zero-filled ([`zeroed`]), which must be all of them.
-fn filled_by_blocks(
+///
+/// # Safety
+/// The count `run` returns must be the number of values it passed through [`zeroed`], each
+/// piece at most once: the count is checked against `len`, but it cannot be checked that the
+/// values were written.
+unsafe fn filled_by_blocks(
     len: usize,
     n: usize,
     width: usize,
@@ -234,7 +239,11 @@ pub(super) fn lstm_forward(x: &[f32], x_l: &Layout, w: LstmWeights, [t, n, i, h]
         }
         done.iter().map(|piece| piece.len()).sum()
     };
-    filled_by_blocks(len, n, 6 * h, &blocks, |steps| for_blocks(blocks.iter().cloned().zip(steps).collect(), work))
+    // SAFETY: `work` zero-fills each piece it is given once, and returns the number of values
+    // of the pieces it zero-filled.
+    unsafe {
+        filled_by_blocks(len, n, 6 * h, &blocks, |steps| for_blocks(blocks.iter().cloned().zip(steps).collect(), work))
+    }
 }
 
 /// What [`lstm_backward`] returns: dL/dz `[t, n, 4h]`, dL/dh0 (when asked for) and dL/dc0
@@ -298,12 +307,20 @@ pub(super) fn lstm_backward(
         }
         filled
     };
-    let dz = filled_by_blocks(t * n * 4 * h, n, 4 * h, &blocks, |steps| {
-        let states = block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks));
-        let items =
-            blocks.iter().cloned().zip(steps).zip(states).map(|((rows, steps), (dc0, dh0))| (rows, steps, dc0, dh0));
-        for_blocks(items.collect(), work)
-    });
+    // SAFETY: `work` zero-fills each piece it is given once, and returns the number of values
+    // of the pieces it zero-filled.
+    let dz = unsafe {
+        filled_by_blocks(t * n * 4 * h, n, 4 * h, &blocks, |steps| {
+            let states = block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks));
+            let items = blocks
+                .iter()
+                .cloned()
+                .zip(steps)
+                .zip(states)
+                .map(|((rows, steps), (dc0, dh0))| (rows, steps, dc0, dh0));
+            for_blocks(items.collect(), work)
+        })
+    };
     (dz, want_dh0.then_some(dh0), dc0)
 }
 

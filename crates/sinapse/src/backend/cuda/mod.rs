@@ -555,7 +555,8 @@ impl BackendStorage for CudaStorage {
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
         let gpu = self.gpu();
-        // Shapes were checked by `Storage::lstm_forward`, whose default calls this.
+        // Called only by the trait's default recurrence (`backend/lstm.rs`), with layouts it
+        // builds from the shapes `Storage::lstm_forward` checked.
         let [n, h] = super::lstm_dims(c_l)?;
         let out = CudaStorage::alloc(gpu, n * 6 * h, "lstm")?;
         if n * h > 0 {
@@ -578,7 +579,8 @@ impl BackendStorage for CudaStorage {
         dc_l: &Layout,
     ) -> Result<Self> {
         let gpu = self.gpu();
-        // Shapes were checked by `Storage::lstm_backward`, whose default calls this.
+        // Called only by the trait's default recurrence (`backend/lstm.rs`), with layouts it
+        // builds from the shapes `Storage::lstm_backward` checked.
         let [n, h] = super::lstm_dims(c_prev_l)?;
         let out = CudaStorage::alloc(gpu, n * 5 * h, "lstm backward")?;
         if n * h > 0 {
