@@ -41,30 +41,14 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         // every shape's element count was checked to fit a usize), so every (row, col) offset
         // the strides produce for entry `bi` and inner range `ks` ⊆ 0..k lies inside `a` and
         // `b`; `dst` is an m x n block (allocated, perhaps uninitialised: gemm only writes
-        // it) that no other call writes at the same time.
-        //
-        // gemm_f32's kernels write a column-major destination: the row-major C = A·B is
-        // computed as the column-major Cᵀ = Bᵀ·Aᵀ, the same memory read with the roles of rows
-        // and columns swapped (what the `gemm` facade does before calling them).
+        // it without `accumulate`) that no other call writes at the same time.
         unsafe {
-            gemm_f32::gemm::f32::get_gemm_fn()(
-                n,
-                m,
-                ks.len(),
+            gemm_raw(
                 dst.get(),
-                n as isize,
-                1,
-                false,
-                b.as_ptr().add(ob),
-                sb[rb - 2] as isize,
-                sb[rb - 1] as isize,
-                a.as_ptr().add(oa),
-                sa[ra - 2] as isize,
-                sa[ra - 1] as isize,
-                0.0,
-                1.0,
-                false,
-                false,
+                n,
+                (a.as_ptr().add(oa), [sa[ra - 2], sa[ra - 1]]),
+                (b.as_ptr().add(ob), [sb[rb - 2], sb[rb - 1]]),
+                [m, ks.len(), n],
                 false,
                 parallelism,
             );
@@ -189,22 +173,56 @@ pub(super) fn gemm_on_thread(
     assert!(fits(m, k, ars, acs, a.len()) && fits(k, n, brs, bcs, b.len()), "gemm: operand outside its slice");
     let strides = [dst_stride, ars, acs, brs, bcs];
     assert!(strides.iter().all(|&s| isize::try_from(s).is_ok()), "gemm: a stride past isize::MAX");
-    // SAFETY: every (row, column) offset the strides produce lies inside its slice (asserted
-    // above); `dst`'s rows do not overlap (stride >= n) and it is borrowed mutably, so no
-    // operand aliases it. Same column-major call as in `matmul`: Cᵀ = Bᵀ·Aᵀ.
+    // SAFETY: every (row, column) offset the strides produce lies inside its slice and fits an
+    // isize (asserted above); `dst`'s rows do not overlap (stride >= n) and it is borrowed
+    // mutably, so no operand aliases it.
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            dst_stride,
+            (a.as_ptr(), [ars, acs]),
+            (b.as_ptr(), [brs, bcs]),
+            [m, k, n],
+            accumulate,
+            gemm_common::Parallelism::None,
+        );
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` with `accumulate`) through gemm_f32's kernel: `a`
+/// m x k and `b` k x n at their `[row, column]` strides, `dst` row-major at row stride
+/// `dst_stride`. gemm_f32's kernels write a column-major destination, so the row-major
+/// C = A·B is computed as the column-major Cᵀ = Bᵀ·Aᵀ: the same memory read with the roles
+/// of rows and columns swapped (what the `gemm` facade does before calling them).
+///
+/// # Safety
+/// Every (row, column) offset the strides produce must lie inside the memory behind its
+/// pointer and fit an isize; `dst`'s m rows of n values must be writable (and, with
+/// `accumulate`, initialised), and no other access may overlap them while this runs.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_stride: usize,
+    (a, [ars, acs]): (*const f32, [usize; 2]),
+    (b, [brs, bcs]): (*const f32, [usize; 2]),
+    [m, k, n]: [usize; 3],
+    accumulate: bool,
+    parallelism: gemm_common::Parallelism,
+) {
+    // SAFETY: the caller's contract is gemm's: the operands' offsets are in bounds and the
+    // destination is exclusively ours.
     unsafe {
         gemm_f32::gemm::f32::get_gemm_fn()(
             n,
             m,
             k,
-            dst.as_mut_ptr(),
+            dst,
             dst_stride as isize,
             1,
             accumulate,
-            b.as_ptr(),
+            b,
             brs as isize,
             bcs as isize,
-            a.as_ptr(),
+            a,
             ars as isize,
             acs as isize,
             if accumulate { 1.0 } else { 0.0 },
@@ -212,7 +230,7 @@ pub(super) fn gemm_on_thread(
             false,
             false,
             false,
-            gemm_common::Parallelism::None,
+            parallelism,
         );
     }
 }
