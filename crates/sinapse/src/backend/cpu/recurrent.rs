@@ -148,23 +148,36 @@ fn for_blocks<T: Send>(items: Vec<T>, work: impl Fn(T) -> usize + Sync + Send) -
     }
 }
 
-/// `piece`, zero-filled, as initialised values. The sequence's buffers are filled piece by
-/// piece just before a step writes them, while they are in cache: zeroing them whole when
-/// allocated cost a pass over cold memory (`memset`, 3.6% of the `lstm` benchmark's training).
-fn zeroed(piece: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    for v in piece.iter_mut() {
-        v.write(0.0);
+/// `piece` filled with `row` over and over, as initialised values. The sequence's buffers
+/// are filled piece by piece just before a step writes them, while they are in cache:
+/// zeroing them whole when allocated cost a pass over cold memory (`memset`, 3.6% of the
+/// `lstm` benchmark's training).
+///
+/// # Panics
+/// When `piece`'s length is not a multiple of `row`'s.
+fn filled<'a>(piece: &'a mut [MaybeUninit<f32>], row: &[f32]) -> &'a mut [f32] {
+    assert!(
+        !row.is_empty() && piece.len().is_multiple_of(row.len()),
+        "lstm: {} values in rows of {}",
+        piece.len(),
+        row.len()
+    );
+    for line in piece.chunks_mut(row.len()) {
+        for (v, &x) in line.iter_mut().zip(row) {
+            v.write(x);
+        }
     }
-    // SAFETY: every value of `piece` was just written, and `MaybeUninit<f32>` has the size,
-    // alignment and (once written) the values of `f32`.
+    // SAFETY: every value of `piece` was just written (its lines are whole rows, asserted
+    // above), and `MaybeUninit<f32>` has the size, alignment and (once written) the values of
+    // `f32`.
     unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A buffer of `len` values, cut as [`block_steps`] does, that `run` fills: `run` returns how
-/// many values its blocks zero-filled ([`zeroed`]), which must be all of them.
+/// many values its blocks filled ([`filled`]), which must be all of them.
 ///
 /// # Safety
-/// The count `run` returns must be the number of values it passed through [`zeroed`], each
+/// The count `run` returns must be the number of values it passed through [`filled`], each
 /// piece at most once: the count is checked against `len`, but it cannot be checked that the
 /// values were written.
 unsafe fn filled_by_blocks(
@@ -177,7 +190,7 @@ unsafe fn filled_by_blocks(
     let mut out: Vec<f32> = Vec::with_capacity(len);
     let filled = run(block_steps(&mut out.spare_capacity_mut()[..len], n, width, blocks));
     assert_eq!(filled, len, "lstm: the blocks left part of a buffer unwritten");
-    // SAFETY: the capacity is at least `len`, and the blocks zero-filled (then overwrote) all
+    // SAFETY: the capacity is at least `len`, and the blocks filled (then overwrote) all
     // `len` values: the pieces partition the first `len`, and their counts add up to `len`.
     unsafe { out.set_len(len) };
     out
@@ -211,25 +224,26 @@ pub(super) fn lstm_forward(x: &[f32], x_l: &Layout, w: LstmWeights, [t, n, i, h]
     wt.extend_from_slice(&transposed(w.w_hh, [4 * h, h]));
     let k = i + h;
     let (xs, x0) = (x_l.strides(), x_l.offset());
+    // How each record starts: the biases as the gates' first addend, h and c still to come.
+    let start: Vec<f32> = w.bias.iter().copied().chain(std::iter::repeat_n(0.0, 2 * h)).collect();
     let work = |(rows, steps): (Range<usize>, Vec<&mut [MaybeUninit<f32>]>)| {
         let r = rows.len();
         // Each row's [x_s | h_prev], the product's left operand.
         let mut u = vec![0.0f32; r * k];
         let mut done: Vec<&mut [f32]> = Vec::with_capacity(t);
         for (s, piece) in steps.into_iter().enumerate() {
-            let cur = zeroed(piece);
+            let cur = filled(piece, &start);
             // The previous step's h and c: the block's rows of h0 and c0, or of its record.
             let (h_prev, c_prev, stride) = match done.last() {
                 None => (&w.h0[rows.start * h..rows.end * h], &w.c0[rows.start * h..rows.end * h], h),
                 Some(prev) => (&prev[4 * h..], &prev[5 * h..], 6 * h),
             };
-            for (row, (u, rec)) in u.chunks_mut(k).zip(cur.chunks_mut(6 * h)).enumerate() {
+            for (row, u) in u.chunks_mut(k).enumerate() {
                 let at = x0 + s * xs[0] + (rows.start + row) * xs[1];
                 for (j, v) in u[..i].iter_mut().enumerate() {
                     *v = x[at + j * xs[2]];
                 }
                 u[i..].copy_from_slice(&h_prev[row * stride..row * stride + h]);
-                rec[..4 * h].copy_from_slice(w.bias);
             }
             gemm_on_thread(cur, 6 * h, &u, [k, 1], &wt, [4 * h, 1], [r, k, 4 * h], true);
             for (row, rec) in cur.chunks_mut(6 * h).enumerate() {
@@ -239,8 +253,8 @@ pub(super) fn lstm_forward(x: &[f32], x_l: &Layout, w: LstmWeights, [t, n, i, h]
         }
         done.iter().map(|piece| piece.len()).sum()
     };
-    // SAFETY: `work` zero-fills each piece it is given once, and returns the number of values
-    // of the pieces it zero-filled.
+    // SAFETY: `work` fills each piece it is given once, and returns the number of values of
+    // the pieces it filled.
     unsafe {
         filled_by_blocks(len, n, 6 * h, &blocks, |steps| for_blocks(blocks.iter().cloned().zip(steps).collect(), work))
     }
@@ -275,10 +289,10 @@ pub(super) fn lstm_backward(
         let mut dc_prev = vec![0.0f32; r * h];
         // dL/dz of the step after this one (none for the last step).
         let mut later: Option<&mut [f32]> = None;
-        let mut filled = 0;
+        let mut written = 0;
         for (s, piece) in steps.into_iter().enumerate().rev() {
-            let now = zeroed(piece);
-            filled += now.len();
+            let now = filled(piece, &[0.0]);
+            written += now.len();
             // The gradients reaching this step's h and c: from outside, and from step s + 1.
             let gs = &g[(s * n + rows.start) * 2 * h..(s * n + rows.end) * 2 * h];
             for ((dh, dc), g) in dh.chunks_mut(h).zip(dc.chunks_mut(h)).zip(gs.chunks(2 * h)) {
@@ -305,10 +319,10 @@ pub(super) fn lstm_backward(
         if let (false, Some(first)) = (dh0.is_empty(), &later) {
             gemm_on_thread(dh0, h, first, [4 * h, 1], w_hh, [h, 1], [r, 4 * h, h], false);
         }
-        filled
+        written
     };
-    // SAFETY: `work` zero-fills each piece it is given once, and returns the number of values
-    // of the pieces it zero-filled.
+    // SAFETY: `work` fills each piece it is given once, and returns the number of values of
+    // the pieces it filled.
     let dz = unsafe {
         filled_by_blocks(t * n * 4 * h, n, 4 * h, &blocks, |steps| {
             let states = block_rows(&mut dc0, n, h, &blocks).into_iter().zip(block_rows(&mut dh0, n, h, &blocks));
