@@ -842,6 +842,31 @@ impl Storage {
         }
     }
 
+    /// The filters' gradient of a stride-1, undilated convolution on a device with a direct
+    /// kernel for it (the CPU): `self` the `[N, C, H, W]` images, `g` the `[N, O, OH, OW]`
+    /// output gradient; `[O, C, KH, KW]`. `None` on other devices, where the caller multiplies
+    /// the output gradient by the images' im2col instead.
+    pub(crate) fn conv2d_weight_grad(
+        &self,
+        l: &Layout,
+        g: &Storage,
+        g_l: &Layout,
+        dims: ImageDims,
+        kernel: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<Option<Storage>> {
+        same_device("conv2d", &[self, g])?;
+        let [_, c, _, _] = dims.input;
+        let len = [g_l.shape()[1], c, kernel[0], kernel[1]].iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        room_for(self, len, "conv2d")?;
+        match (self, g) {
+            (Storage::Cpu(x), Storage::Cpu(g)) => {
+                Ok(Some(Storage::Cpu(x.conv2d_weight_grad(l, g, g_l, dims, kernel, padding)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// col2im, the adjoint of im2col.
     pub(crate) fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Storage> {
         room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "col2im")?;

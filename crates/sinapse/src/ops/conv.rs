@@ -172,6 +172,7 @@ impl Tensor {
         Ok(Some(Tensor::from_op(out, &[n, o, oh, ow], "conv2d", &inputs, move |g, x, _| {
             let (input, weight) = (&x[0], &x[1]);
             let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+            let g_nchw = g.clone();
             // The output gradient as [O, N·OH·OW], the layout of im2col's columns.
             let g = g.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
             let dx = grad_if(input, || {
@@ -179,6 +180,12 @@ impl Tensor {
                 dcols.col2im(dims.input, win)
             })?;
             let dw = grad_if(weight, || {
+                let direct = Tensor::with_storages([input, &g_nchw], |[xs, gs]| {
+                    xs.conv2d_weight_grad(input.layout(), gs, g_nchw.layout(), dims, [kh, kw], padding)
+                })?;
+                if let Some(dw) = direct {
+                    return Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw])));
+                }
                 let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
                 g.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
             })?;

@@ -13,6 +13,7 @@ mod matmul;
 mod optim;
 mod recurrent;
 mod reduce;
+mod simd;
 
 use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
 use crate::layout::Layout;
@@ -82,6 +83,24 @@ impl CpuStorage {
         let bias = bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l));
         let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
         Ok(CpuStorage::F32(conv::conv2d_direct(&x, dims, &wm, o, kernel, padding, bias.as_deref())))
+    }
+
+    /// The filters' gradient of a stride-1, undilated convolution (see
+    /// [`conv::conv2d_weight_grad`]): `self` the `[N, C, H, W]` images, `g` the
+    /// `[N, O, OH, OW]` output gradient; `[O, C, KH, KW]`.
+    pub(crate) fn conv2d_weight_grad(
+        &self,
+        l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        dims: ImageDims,
+        kernel: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<Self> {
+        let x = elementwise::row_major(self.f32(), l);
+        let gm = elementwise::row_major(g.f32(), g_l);
+        let o = g_l.shape()[1];
+        Ok(CpuStorage::F32(conv::conv2d_weight_grad(&x, dims, &gm, o, kernel, padding)))
     }
 }
 

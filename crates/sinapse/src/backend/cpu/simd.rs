@@ -1,0 +1,169 @@
+//! The few vector operations the convolution kernels are written with, for three widths: one
+//! kernel body, generic over [`Simd`], is compiled for AVX-512, for AVX2 with FMA and for
+//! any CPU, and [`Isa::detect`] picks the widest the CPU has at run time.
+//!
+//! Each kernel body is `#[inline(always)]` and reached only through a wrapper with the
+//! matching `#[target_feature]`, so that the intrinsics below inline into code compiled for
+//! their instruction set.
+
+/// Vectors of `LANES` f32 and the operations on them the kernels use.
+pub(super) trait Simd {
+    /// f32 values per vector.
+    const LANES: usize;
+    /// One vector.
+    type V: Copy;
+    /// All lanes 0.
+    ///
+    /// # Safety
+    /// The CPU must have the instruction set (the same for every method below).
+    unsafe fn zero() -> Self::V;
+    /// `LANES` values from `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p..p + LANES` must be readable.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `LANES` values to `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p..p + LANES` must be writable.
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `*p` in every lane.
+    ///
+    /// # Safety
+    /// `p` must be readable.
+    unsafe fn splat(p: *const f32) -> Self::V;
+    /// `a·b + c`, lane by lane, rounded once where the CPU has FMA.
+    ///
+    /// # Safety
+    /// As [`Simd::zero`].
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// AVX-512F: 16 lanes, 32 registers.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = std::arch::x86_64::__m512;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        std::arch::x86_64::_mm512_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm512_set1_ps(*p)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
+    }
+}
+
+/// AVX2 with FMA: 8 lanes, 16 registers.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    const LANES: usize = 8;
+    type V = std::arch::x86_64::__m256;
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        std::arch::x86_64::_mm256_storeu_ps(p, v)
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self::V {
+        std::arch::x86_64::_mm256_set1_ps(*p)
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
+    }
+}
+
+/// Plain arrays of 8 f32, for CPUs without AVX2 (the compiler vectorises what it can).
+pub(super) struct Portable;
+
+impl Simd for Portable {
+    const LANES: usize = 8;
+    type V = [f32; 8];
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self::V {
+        p.cast::<[f32; 8]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self::V) {
+        p.cast::<[f32; 8]>().write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self::V {
+        [*p; 8]
+    }
+    #[inline(always)]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+    }
+}
+
+/// The instruction sets a kernel is compiled for; [`Isa::detect`] is this CPU's widest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// AVX-512F ([`Avx512`]).
+    Avx512,
+    /// AVX2 with FMA ([`Avx2`]).
+    Avx2,
+    /// Anything else ([`Portable`]).
+    Portable,
+}
+
+impl Isa {
+    /// The widest of the three this CPU runs (one cached CPUID read).
+    pub(super) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// The sets this CPU can run, widest first (tests run every kernel on each).
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::detect()];
+        #[cfg(target_arch = "x86_64")]
+        if all[0] == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            all.push(Isa::Avx2);
+        }
+        if all[0] != Isa::Portable {
+            all.push(Isa::Portable);
+        }
+        all
+    }
+}
