@@ -6,7 +6,8 @@
 //!   `[in·k·k, images·positions]`, so it runs on the fast gemm kernel and its gradients are
 //!   those of the matrix product. On the CPU a convolution with stride 1 and no dilation
 //!   runs a direct kernel instead, which never writes the columns (25x the input for a 5x5
-//!   kernel); its gradients still go through `im2col`;
+//!   kernel), and so does its filters' gradient; the input's gradient still goes through
+//!   `col2im`;
 //! - average pooling is the mean of each column. Max pooling has its own kernel, which
 //!   remembers where each maximum came from so that its gradient goes straight there.
 //!
@@ -142,8 +143,8 @@ impl Tensor {
     /// [`Tensor::conv2d`] by the device's direct kernel (stride 1, no dilation), or `None` where
     /// the device has none. The gradients are im2col's, as in [`Tensor::conv2d_im2col`]: the
     /// input's is col2im of the filters' transpose times the output gradient, the filters' the
-    /// output gradient times the input's im2col (made again here: the forward pass did not
-    /// need it), the bias's the output gradient's sum.
+    /// output gradient times the input's im2col (on the CPU a direct kernel of the same sum,
+    /// which never writes the columns), the bias's the output gradient's sum.
     ///
     /// (The input's gradient as a direct convolution of the padded output gradient with the
     /// flipped filters was tried: on the `cnn` benchmark's second layer it spent twice the

@@ -1,6 +1,6 @@
 //! Convolution and pooling kernels: im2col and its adjoint col2im, a direct convolution for
-//! stride 1 (AVX2, picked at run time), max pooling and its adjoint. Inputs are row-major
-//! `[N, C, H, W]` batches.
+//! stride 1 and its filters' gradient (AVX-512, AVX2 or portable, picked at run time), max
+//! pooling and its adjoint. Inputs are row-major `[N, C, H, W]` batches.
 
 use std::mem::MaybeUninit;
 
@@ -234,22 +234,29 @@ pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &
     dx
 }
 
-/// Output columns per step of the direct convolution (one AVX2 vector of f32).
-const LANES: usize = 8;
-/// Filters per step of the direct convolution: LANES x FILTERS sums stay in registers.
-const FILTERS: usize = 8;
-
 /// Direct 2-D convolution with stride 1 and no dilation, without im2col: `[N, C, H, W]`
 /// images `x` and `[O, C, KH, KW]` filters `w` (both row-major), zero padding `padding`, an
-/// optional bias `[O]`: `[N, O, OH, OW]`, row-major.
+/// optional bias `[O]`: `[N, O, OH, OW]`, row-major, with the bias already in. The columns of
+/// im2col (25x the image for a 5x5 kernel) are never written.
 ///
-/// Each image is copied once into a zero-padded buffer (rows wide enough that every 8-column
-/// step reads inside it), and each step keeps 8 output columns of 8 filters in registers
-/// while it runs over every tap of every channel: one vector load of the image and 8
-/// broadcast weights per 8 fused multiply-adds. The columns of im2col (25x the image for a
-/// 5x5 kernel) are never written, and the result comes out in `[N, O, ..]` order with the
-/// bias already in. Images are spread over the threads, and with fewer images than threads
-/// (inference) each image's blocks of 8 filters too.
+/// Compiled for AVX-512, AVX2+FMA and any CPU, picked at run time. Each image is copied once
+/// into a zero-padded buffer, and each step keeps a block of sums in registers while it
+/// runs over every tap of every channel. Two orientations of the block:
+/// - filters in the lanes ([`lanes_image`]): `P` output columns of one or two vectors of
+///   filters, one weight load per filter vector and one broadcast pixel per column and tap;
+///   the sums come out as `[column, filter]` and go to their planes one value at a time;
+/// - output columns in the lanes ([`columns_image`]): one vector of positions for 16
+///   filters, one image load and a broadcast weight per filter, but some lanes on the
+///   padding columns.
+///
+/// The first wins unless the filters have few taps (the move of each output to its plane
+/// then weighs more): on the `cnn` benchmark's 5x5 layers (AMD Zen 5, batch 64, 2 threads),
+/// 1 -> 16 channels took 218 us with filters and 165 us with columns in AVX-512's lanes,
+/// and 230 and 253 us in AVX2's; 16 -> 32 channels 251 and 403 us (AVX-512), 503 and 810
+/// us (AVX2). The kernel of eight columns by eight filters this replaced took 269 and 537 us.
+///
+/// Images are spread over the threads, and with fewer images than threads (inference) each
+/// image's groups of filters too.
 pub(super) fn conv2d_direct(
     x: &[f32],
     dims: ImageDims,
@@ -259,17 +266,15 @@ pub(super) fn conv2d_direct(
     padding: [usize; 2],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    conv2d_direct_by(conv_image, x, dims, w, o, kernel, padding, bias)
+    conv2d_lanes(Isa::detect(), None, x, dims, w, o, kernel, padding, bias)
 }
 
-/// One image and one block of filters of [`conv2d_direct`]: [`conv_image`], or one of its two
-/// paths in tests.
-type ImageKernel = fn(&[f32], PaddedImage, &[f32], [usize; 2], [usize; 3], Option<&[f32]>, &mut [f32]);
-
-/// [`conv2d_direct`] with the per-image kernel `image`.
+/// [`conv2d_direct`] compiled for `isa`, with the kernel's `orientation` (`None`: the one
+/// [`conv2d_direct`] picks; tests and comparisons run each).
 #[allow(clippy::too_many_arguments)]
-fn conv2d_direct_by(
-    image: ImageKernel,
+fn conv2d_lanes(
+    isa: Isa,
+    orientation: Option<Orientation>,
     x: &[f32],
     dims: ImageDims,
     w: &[f32],
@@ -285,157 +290,300 @@ fn conv2d_direct_by(
         return vec![0.0; n * o * plane];
     }
     let taps = c * kh * kw;
-    // The filters as [block, tap, FILTERS]: a tap's weights for 8 filters side by side
-    // (filters past `o` are zero and their sums are dropped).
-    let blocks = o.div_ceil(FILTERS);
-    let mut wt = vec![0.0f32; blocks * taps * FILTERS];
+    let orientation = orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
+    let (lanes, group, p, image) = match orientation {
+        Orientation::Filters => {
+            let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
+            (lanes, fb * lanes, p, image)
+        }
+        Orientation::Columns => {
+            let (lanes, f, image) = columns_kernel(isa);
+            (lanes, f, 1, image)
+        }
+    };
+    let filters = o.div_ceil(group) * group;
+    // The filters as [tap, filter] (filters past `o` are zero; their sums are dropped), and
+    // the bias as one row of it.
+    let mut wt = vec![0.0f32; taps * filters];
     for f in 0..o {
         for t in 0..taps {
-            wt[((f / FILTERS) * taps + t) * FILTERS + f % FILTERS] = w[f * taps + t];
+            wt[t * filters + f] = w[f * taps + t];
         }
     }
-    let shape = PaddedImage { c, hp: h + 2 * padding[0], wp: ow.div_ceil(LANES) * LANES + kw - 1 };
+    let mut b = vec![0.0f32; filters];
+    if let Some(bias) = bias {
+        b[..o].copy_from_slice(&bias[..o]);
+    }
+    // The padded image's rows are wide enough for whole steps of `p` columns; the columns
+    // kernel's vectors run on past the last row by up to `lanes` values.
+    let (hp, wp) = (h + 2 * padding[0], ow.div_ceil(p) * p + kw - 1);
+    let shape = LanesShape { c, hp, wp, kh, kw, oh, ow, filters };
     let mut out = vec![0.0f32; n * o * plane];
     let few_images = n < rayon::current_num_threads();
-    out.par_chunks_mut(o * plane).enumerate().for_each(|(b, dst)| {
-        let mut img = vec![0.0f32; c * shape.hp * shape.wp];
+    out.par_chunks_mut(o * plane).enumerate().for_each(|(bi, dst)| {
+        let mut img = vec![0.0f32; c * hp * wp + lanes];
         for ch in 0..c {
             for y in 0..h {
-                let from = &x[((b * c + ch) * h + y) * wd..][..wd];
-                img[(ch * shape.hp + y + padding[0]) * shape.wp + padding[1]..][..wd].copy_from_slice(from);
+                let from = &x[((bi * c + ch) * h + y) * wd..][..wd];
+                img[(ch * hp + y + padding[0]) * wp + padding[1]..][..wd].copy_from_slice(from);
             }
         }
-        // One block of 8 filters: its weights, its part of the bias, its planes.
-        let block = |(block, planes): (usize, &mut [f32])| {
-            let weights = &wt[block * taps * FILTERS..][..taps * FILTERS];
-            let bias = bias.map(|bias| &bias[block * FILTERS..]);
-            image(&img, shape, weights, [kh, kw], [planes.len() / plane, oh, ow], bias, planes);
+        let run = |(gi, planes): (usize, &mut [f32])| {
+            // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
+            // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
+            // a whole number of `p`-column steps plus the kernel, the weights and bias
+            // `filters` wide, `planes` whole planes of this group's filters.
+            unsafe { image(&img, &wt, &b, shape, gi * group, planes) }
         };
-        // With fewer images than threads (inference), one task per block; else the image's
-        // blocks in turn on its own task.
         if few_images {
-            dst.par_chunks_mut(FILTERS * plane).enumerate().for_each(block);
+            dst.par_chunks_mut(group * plane).enumerate().for_each(run);
         } else {
-            dst.chunks_mut(FILTERS * plane).enumerate().for_each(block);
+            dst.chunks_mut(group * plane).enumerate().for_each(run);
         }
     });
     out
 }
 
-/// A zero-padded copy of one image: `c` planes of `hp` rows of `wp` columns.
+/// The sizes [`conv2d_lanes`]'s kernel runs over: the padded image (`c` planes of `hp` rows
+/// of `wp` columns), the kernel, the output, and the filters padded to whole groups.
 #[derive(Clone, Copy)]
-struct PaddedImage {
+struct LanesShape {
     c: usize,
     hp: usize,
     wp: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    filters: usize,
 }
 
-/// One image and one block of at most 8 filters of [`conv2d_direct`]: `wt` the block's
-/// `[C·KH·KW, 8]` weights, `bias` its filters' biases (from the block's first), `dst` its
-/// `[filters, OH, OW]` output. AVX2 with FMA where the CPU has them (picked at run time),
-/// else a portable loop.
-fn conv_image(
-    img: &[f32],
-    shape: PaddedImage,
-    wt: &[f32],
-    kernel: [usize; 2],
-    sizes: [usize; 3],
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU was just seen to support AVX2 and FMA.
-        return unsafe { conv_image_avx2(img, shape, wt, kernel, sizes, bias, dst) };
-    }
-    conv_image_portable(img, shape, wt, kernel, sizes, bias, dst);
-}
-
-/// The sums' first values: the bias of each of the block's filters (0 past the last filter,
-/// or without a bias).
-fn block_bias(bias: Option<&[f32]>) -> [f32; FILTERS] {
-    std::array::from_fn(|f| bias.and_then(|b| b.get(f).copied()).unwrap_or(0.0))
-}
-
-/// [`conv_image`] with AVX2 intrinsics: the 8 x 8 sums in 8 vector registers.
+/// One image and one group of filters of [`conv2d_lanes`]: the padded image, the
+/// `[tap, filters]` weights, the padded bias, the sizes, the group's first filter and its
+/// `[group filters (fewer in the last group), OH, OW]` output.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA. The sizes must be [`conv2d_direct`]'s: `img` holds
-/// `shape.c` planes of `shape.hp = OH + KH - 1` rows of `shape.wp` (at least
-/// `ceil(OW / 8)·8 + KW - 1`) columns, `wt` `C·KH·KW` taps of 8 filters.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn conv_image_avx2(
-    img: &[f32],
-    shape: PaddedImage,
-    wt: &[f32],
-    [kh, kw]: [usize; 2],
-    [filters, oh, ow]: [usize; 3],
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let start = block_bias(bias);
-    let wt = &wt[..shape.c * kh * kw * FILTERS];
-    for y in 0..oh {
-        for x0 in (0..ow).step_by(LANES) {
-            let width = LANES.min(ow - x0);
-            let mut acc: [__m256; FILTERS] = std::array::from_fn(|f| _mm256_set1_ps(start[f]));
-            let mut tap = wt.as_ptr();
-            for ch in 0..shape.c {
-                for i in 0..kh {
-                    // Bounds checked once per row of taps; the loads below stay inside it.
-                    let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
-                    for j in 0..kw {
-                        // SAFETY: j + 8 <= row.len(); `tap` walks the C·KH·KW·8 weights `wt`
-                        // was just cut to, 8 per tap, one tap per (ch, i, j).
-                        let s = _mm256_loadu_ps(row.as_ptr().add(j));
-                        for (f, a) in acc.iter_mut().enumerate() {
-                            *a = _mm256_fmadd_ps(_mm256_set1_ps(*tap.add(f)), s, *a);
-                        }
-                        tap = tap.add(FILTERS);
-                    }
-                }
+/// The CPU must run the kernel's instruction set, and the buffers must have the sizes
+/// [`LanesShape`] names, `wp` at least the output width rounded up to the kernel's step plus
+/// `KW - 1`.
+type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [f32]);
+
+/// The kernel [`conv2d_lanes`] runs for `o` filters and `ow` output columns on `isa`:
+/// (lanes, filter vectors per step, columns per step, kernel). One filter vector when the
+/// filters fit in it, else two; the column step that wastes the fewest columns on `ow`
+/// (then the widest), within the registers: columns x vectors sums, the weight vectors and
+/// one broadcast pixel (AVX-512 has 32, AVX2 16).
+fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesImage) {
+    let best = |options: &[(usize, LanesImage)]| {
+        let cost = |p: usize| (ow.div_ceil(p) * p, usize::MAX - p);
+        options.iter().copied().min_by_key(|&(p, _)| cost(p)).expect("kernels for every width")
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if o <= 16 => {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k24(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx512, 1, 24>(i, w, b, s, g, d)
             }
-            for (f, a) in acc.iter().enumerate().take(filters) {
-                let mut lanes = [0.0f32; LANES];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), *a);
-                dst[(f * oh + y) * ow + x0..][..width].copy_from_slice(&lanes[..width]);
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k16(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx512, 1, 16>(i, w, b, s, g, d)
             }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx512, 1, 8>(i, w, b, s, g, d)
+            }
+            let (p, k) = best(&[(24, k24), (16, k16), (8, k8)]);
+            (16, 1, p, k)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx512, 2, 12>(i, w, b, s, g, d)
+            }
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx512, 2, 8>(i, w, b, s, g, d)
+            }
+            let (p, k) = best(&[(12, k12), (8, k8)]);
+            (16, 2, p, k)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if o <= 8 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx2, 1, 12>(i, w, b, s, g, d)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx2, 1, 8>(i, w, b, s, g, d)
+            }
+            let (p, k) = best(&[(12, k12), (8, k8)]);
+            (8, 1, p, k)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn k6(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx2, 2, 6>(i, w, b, s, g, d)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn k4(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Avx2, 2, 4>(i, w, b, s, g, d)
+            }
+            let (p, k) = best(&[(6, k6), (4, k4)]);
+            (8, 2, p, k)
+        }
+        _ => {
+            unsafe fn k4(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                lanes_image::<Portable, 1, 4>(i, w, b, s, g, d)
+            }
+            (8, 1, 4, k4)
         }
     }
 }
 
-/// [`conv_image`] for CPUs without AVX2: the same steps, in plain arithmetic.
-fn conv_image_portable(
+/// Which of [`conv2d_lanes`]'s two kernels runs: filters in the lanes ([`lanes_image`]), or
+/// output columns in the lanes ([`columns_image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Orientation {
+    /// Filters in the lanes: any width, but every output is moved to its plane one at a time.
+    Filters,
+    /// Columns in the lanes: vectors of whole planes, some wasted on the padding columns.
+    Columns,
+}
+
+/// The columns kernel [`conv2d_lanes`] runs on `isa`: (lanes, filters per step, kernel). The
+/// sums of that many filters and one image vector fill the registers.
+fn columns_kernel(isa: Isa) -> (usize, usize, LanesImage) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                columns_image::<Avx512, 16>(i, w, b, s, g, d)
+            }
+            (16, 16, k)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                columns_image::<Avx2, 8>(i, w, b, s, g, d)
+            }
+            (8, 8, k)
+        }
+        _ => {
+            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
+                columns_image::<Portable, 8>(i, w, b, s, g, d)
+            }
+            (8, 8, k)
+        }
+    }
+}
+
+/// [`LanesImage`]'s body with the output columns in the lanes, `F` filters per step. The
+/// image's planes are read as one flat row: output `(y, x)` sits at `y·wp + x` and its tap
+/// `(c, i, j)` at `(c·hp + i)·wp + j` past it, so each tap is one contiguous vector load for
+/// `LANES` outputs, multiplied by each filter's broadcast weight. The `wp - OW` columns past
+/// each output row are computed and dropped when the sums are copied to the planes.
+#[inline(always)]
+unsafe fn columns_image<S: Simd, const F: usize>(
     img: &[f32],
-    shape: PaddedImage,
     wt: &[f32],
-    [kh, kw]: [usize; 2],
-    [filters, oh, ow]: [usize; 3],
-    bias: Option<&[f32]>,
+    bias: &[f32],
+    shape: LanesShape,
+    first: usize,
     dst: &mut [f32],
 ) {
+    let LanesShape { c, hp, wp, kh, kw, oh, ow, filters } = shape;
+    let plane = oh * ow;
+    let count = dst.len() / plane.max(1);
+    let span = (oh - 1) * wp + ow;
+    let steps = span.div_ceil(S::LANES);
+    assert!(count <= F && first + F <= filters && dst.len() == count * plane);
+    assert!(hp + 1 >= oh + kh && wp + 1 >= ow + kw && img.len() >= c * hp * wp + S::LANES);
+    assert!(wt.len() >= c * kh * kw * filters && bias.len() >= filters);
+    // The sums of each filter over the flat positions, before the padding columns are dropped.
+    let row = steps * S::LANES;
+    let mut flat = vec![0.0f32; F * row];
+    for q0 in (0..span).step_by(S::LANES) {
+        let mut acc: [S::V; F] = std::array::from_fn(|f| S::splat(bias.as_ptr().add(first + f)));
+        for ch in 0..c {
+            for i in 0..kh {
+                let line = img.as_ptr().add((ch * hp + i) * wp + q0);
+                let mut tap = wt.as_ptr().add((ch * kh + i) * kw * filters + first);
+                for j in 0..kw {
+                    let v = S::load(line.add(j));
+                    for (f, a) in acc.iter_mut().enumerate() {
+                        *a = S::fma(S::splat(tap.add(f)), v, *a);
+                    }
+                    tap = tap.add(filters);
+                }
+            }
+        }
+        for (f, a) in acc.iter().enumerate() {
+            S::store(flat.as_mut_ptr().add(f * row + q0), *a);
+        }
+    }
+    for (f, out) in dst.chunks_exact_mut(plane).enumerate() {
+        for (y, out) in out.chunks_exact_mut(ow).enumerate() {
+            out.copy_from_slice(&flat[f * row + y * wp..][..ow]);
+        }
+    }
+}
+
+/// [`LanesImage`]'s body: `FB` vectors of filters, `P` output columns per step.
+#[inline(always)]
+unsafe fn lanes_image<S: Simd, const FB: usize, const P: usize>(
+    img: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    shape: LanesShape,
+    first: usize,
+    dst: &mut [f32],
+) {
+    let LanesShape { c, hp, wp, kh, kw, oh, ow, filters } = shape;
+    let group = FB * S::LANES;
+    let plane = oh * ow;
+    let count = dst.len() / plane.max(1);
+    assert!(count <= group && first + group <= filters && dst.len() == count * plane);
+    assert!(img.len() >= c * hp * wp && hp + 1 >= oh + kh && wp + 1 >= ow.div_ceil(P) * P + kw);
+    assert!(wt.len() >= c * kh * kw * filters && bias.len() >= filters);
+    // The sums of one step, as [column, filter], on their way to the output's planes.
+    let mut tile = vec![0.0f32; P * group];
+    let start: [S::V; FB] = std::array::from_fn(|v| S::load(bias.as_ptr().add(first + v * S::LANES)));
     for y in 0..oh {
-        for x0 in (0..ow).step_by(LANES) {
-            let width = LANES.min(ow - x0);
-            let mut acc = block_bias(bias).map(|b| [b; LANES]);
-            let mut tap = wt.chunks_exact(FILTERS);
-            for ch in 0..shape.c {
+        for x0 in (0..ow).step_by(P) {
+            let mut acc = [start; P];
+            for ch in 0..c {
                 for i in 0..kh {
-                    let row = &img[(ch * shape.hp + y + i) * shape.wp + x0..][..kw - 1 + LANES];
+                    let row = img.as_ptr().add((ch * hp + y + i) * wp + x0);
+                    let mut tap = wt.as_ptr().add((ch * kh + i) * kw * filters + first);
                     for j in 0..kw {
-                        let wv = tap.next().unwrap_or(&[0.0; FILTERS]);
-                        for (a, &wf) in acc.iter_mut().zip(wv) {
-                            for (al, &sl) in a.iter_mut().zip(&row[j..j + LANES]) {
-                                *al += wf * sl;
+                        let wv: [S::V; FB] = std::array::from_fn(|v| S::load(tap.add(v * S::LANES)));
+                        for (col, sums) in acc.iter_mut().enumerate() {
+                            let px = S::splat(row.add(col + j));
+                            for (s, &wf) in sums.iter_mut().zip(&wv) {
+                                *s = S::fma(wf, px, *s);
                             }
                         }
+                        tap = tap.add(filters);
                     }
                 }
             }
-            for (f, a) in acc.iter().enumerate().take(filters) {
-                dst[(f * oh + y) * ow + x0..][..width].copy_from_slice(&a[..width]);
+            for (col, sums) in acc.iter().enumerate() {
+                for (v, &s) in sums.iter().enumerate() {
+                    S::store(tile.as_mut_ptr().add(col * group + v * S::LANES), s);
+                }
+            }
+            let width = P.min(ow - x0);
+            for (f, out) in dst.chunks_exact_mut(plane).enumerate() {
+                let out = &mut out[y * ow + x0..][..width];
+                for (col, o) in out.iter_mut().enumerate() {
+                    *o = tile[col * group + f];
+                }
             }
         }
     }
@@ -649,17 +797,21 @@ mod tests {
     use super::*;
     use crate::Rng;
 
-    /// Both paths of the direct convolution (AVX2, where this CPU has it, and the portable
-    /// one that CPUs without it take) against the definition summed in f64, on shapes with
-    /// partial 8-column steps, partial blocks of 8 filters, padding and no bias.
+    /// Both kernels of the direct convolution, compiled for every instruction set this CPU
+    /// runs, against the definition summed in f64, on shapes with partial column steps,
+    /// partial groups of filters, three groups, padding, a 1x1 kernel and no bias.
     #[test]
-    fn direct_convolution_paths_match_the_definition() {
+    fn direct_convolution_kernels_match_the_definition() {
         let mut rng = Rng::seed(12);
         // ([N, C, H, W], [O, KH, KW], padding, bias)
         let cases = [
             ([2, 3, 7, 13], [9, 3, 3], [1, 1], true),
             ([1, 2, 5, 21], [17, 3, 2], [2, 1], false),
             ([2, 1, 9, 9], [16, 5, 5], [0, 0], true),
+            ([3, 1, 28, 28], [16, 5, 5], [0, 0], true),
+            ([2, 16, 12, 12], [32, 5, 5], [0, 0], true),
+            ([1, 2, 6, 30], [40, 3, 3], [1, 2], true),
+            ([2, 3, 5, 4], [7, 1, 1], [0, 0], false),
         ];
         for ([n, c, h, w], [o, kh, kw], [ph, pw], with_bias) in cases {
             let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
@@ -675,9 +827,12 @@ mod tests {
                 }
                 f64::from(x[((bi * c + ch) * h + y as usize) * w + xx as usize])
             };
-            let paths: [(&str, ImageKernel); 2] = [("dispatched", conv_image), ("portable", conv_image_portable)];
-            for (path, image) in paths {
-                let got = conv2d_direct_by(image, &x, dims, &wt, o, [kh, kw], [ph, pw], bias);
+            let orientations = [Orientation::Filters, Orientation::Columns];
+            let runs = Isa::available().into_iter().flat_map(|isa| orientations.map(|or| (isa, or))).map(|(isa, or)| {
+                let got = conv2d_lanes(isa, Some(or), &x, dims, &wt, o, [kh, kw], [ph, pw], bias);
+                (format!("{or:?} in the lanes, {isa:?}"), got)
+            });
+            for (path, got) in runs {
                 for (idx, &g) in got.iter().enumerate() {
                     let (bi, f, y, xx) = (idx / (o * oh * ow), idx / (oh * ow) % o, idx / ow % oh, idx % ow);
                     let mut want = bias.map_or(0.0, |b| f64::from(b[f]));
