@@ -30,12 +30,14 @@ fn mnist_cnn_reaches_0965_within_8_epochs() {
 
 #[test]
 fn an_lstm_reads_mnist_row_by_row() {
-    // The full run (10 epochs) is the mnist_lstm example; three epochs already classify well.
+    // The full run (10 epochs) is the mnist_lstm example; four epochs already classify well
+    // (three gave 0.8798 on an AVX-512 CPU, whose matrix product rounds differently: one
+    // test image short of the bar, so the bar stays and the run is one epoch longer).
     let mut s = spec("mnist_lstm.toml");
-    s.epochs = 3;
+    s.epochs = 4;
     let out = job::train(&s, &models_dir(), &mut Silent).unwrap();
     let acc = out.test.unwrap().metric();
-    assert!(acc >= 0.88, "test accuracy {acc} after 3 epochs");
+    assert!(acc >= 0.88, "test accuracy {acc} after 4 epochs");
 }
 
 fn mse(model: &dyn Module, data: &sinapse::data::Dataset) -> f64 {
