@@ -867,6 +867,26 @@ impl Storage {
         }
     }
 
+    /// The input's gradient of a convolution on a device with a kernel for it (the CPU):
+    /// `self` the `[N, O, OH, OW]` output gradient, `w` the `[O, C, KH, KW]` filters;
+    /// `[N, C, H, W]`. `None` on other devices, where the caller composes the filters'
+    /// product with the output gradient and col2im instead.
+    pub(crate) fn conv2d_input_grad(
+        &self,
+        l: &Layout,
+        w: &Storage,
+        w_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Option<Storage>> {
+        same_device("conv2d", &[self, w])?;
+        room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d")?;
+        match (self, w) {
+            (Storage::Cpu(g), Storage::Cpu(w)) => Ok(Some(Storage::Cpu(g.conv2d_input_grad(l, w, w_l, dims, win)?))),
+            _ => Ok(None),
+        }
+    }
+
     /// col2im, the adjoint of im2col.
     pub(crate) fn col2im(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<Storage> {
         room_for(self, dims.input.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "col2im")?;

@@ -173,26 +173,32 @@ impl Tensor {
         Ok(Some(Tensor::from_op(out, &[n, o, oh, ow], "conv2d", &inputs, move |g, x, _| {
             let (input, weight) = (&x[0], &x[1]);
             let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
-            let g_nchw = g.clone();
-            // The output gradient as [O, N·OH·OW], the layout of im2col's columns.
-            let g = g.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
+            // The output gradient as [O, N·OH·OW], the layout of im2col's columns (a copy),
+            // for devices without direct kernels for the gradients.
+            let columns = || g.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow]);
             let dx = grad_if(input, || {
-                let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&g)?;
+                let direct = Tensor::with_storages([g, weight], |[gs, ws]| {
+                    gs.conv2d_input_grad(g.layout(), ws, weight.layout(), dims, &win)
+                })?;
+                if let Some(dx) = direct {
+                    return Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&dims.input)));
+                }
+                let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&columns()?)?;
                 dcols.col2im(dims.input, win)
             })?;
             let dw = grad_if(weight, || {
-                let direct = Tensor::with_storages([input, &g_nchw], |[xs, gs]| {
-                    xs.conv2d_weight_grad(input.layout(), gs, g_nchw.layout(), dims, [kh, kw], padding)
+                let direct = Tensor::with_storages([input, g], |[xs, gs]| {
+                    xs.conv2d_weight_grad(input.layout(), gs, g.layout(), dims, [kh, kw], padding)
                 })?;
                 if let Some(dw) = direct {
                     return Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw])));
                 }
                 let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
-                g.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
+                columns()?.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
             })?;
             let mut grads = vec![dx, dw];
             if let Some(b) = x.get(2) {
-                grads.push(grad_if(b, || g.sum(1, false))?);
+                grads.push(grad_if(b, || g.reshape(&[n, o, oh * ow])?.sum(2, false)?.sum(0, false))?);
             }
             Ok(grads)
         })))
