@@ -205,17 +205,19 @@ super::fastmath::dispatch! {
 /// counted from the window's top-left corner (padding included), as a whole number.
 pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>, Vec<f32>) {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
-    let mut values = vec![0.0f32; n * c * oh * ow];
-    let mut taps = vec![0.0f32; n * c * oh * ow];
-    if values.is_empty() {
-        return (values, taps);
+    let len = n * c * oh * ow;
+    if len == 0 {
+        return (Vec::new(), Vec::new());
     }
+    // Not zeroed: every output of every plane is written below.
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let mut taps: Vec<f32> = Vec::with_capacity(len);
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
     let [ph, pw] = win.padding.map(|p| p as isize);
-    values
+    values.spare_capacity_mut()[..len]
         .par_chunks_mut(oh * ow)
-        .zip(taps.par_chunks_mut(oh * ow))
+        .zip(taps.spare_capacity_mut()[..len].par_chunks_mut(oh * ow))
         .enumerate()
         .with_min_len(planes_per_task(h * w))
         .for_each(|(p, (vals, at))| {
@@ -243,18 +245,24 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
                             best_x = std::hint::select_unpredictable(wins, ix, best_x);
                         }
                     }
-                    vals[y * ow + x] = best;
+                    vals[y * ow + x].write(best);
                     let tap = (best_y as isize - top) as usize * kw + (best_x as isize - left) as usize;
-                    at[y * ow + x] = tap as f32;
+                    at[y * ow + x].write(tap as f32);
                 }
             }
         });
+    // SAFETY: the planes partition all `len` values of both, and each plane's outputs were
+    // all written, by the 2x2 path or the loop over every (y, x).
+    unsafe {
+        values.set_len(len);
+        taps.set_len(len);
+    }
     (values, taps)
 }
 
 /// [`max_pool`]'s common case, 2x2 windows with stride 2 and no padding, written out: four
 /// candidates per output and the winner and its tap chosen without branches.
-fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], taps: &mut [f32]) {
+fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [MaybeUninit<f32>], taps: &mut [MaybeUninit<f32>]) {
     #[inline(always)]
     fn pick(best: f32, at: f32, v: f32, tap: f32) -> (f32, f32) {
         // A NaN wins over a number (and the first NaN stays): as in PyTorch.
@@ -271,8 +279,8 @@ fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], taps: &mut
             let (best, at) = pick(t[0], 0.0, t[1], 1.0);
             let (best, at) = pick(best, at, b[0], 2.0);
             let (best, at) = pick(best, at, b[1], 3.0);
-            *v_out = best;
-            *t_out = at;
+            v_out.write(best);
+            t_out.write(at);
         }
     }
 }
@@ -281,6 +289,9 @@ fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [f32], taps: &mut
 /// at the input pixel its maximum came from (`taps`), planes in parallel.
 pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
+    if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] && n * c * h * w > 0 {
+        return max_pool_2x2_backward(g, taps, dims);
+    }
     let mut dx = vec![0.0f32; n * c * h * w];
     if dx.is_empty() || oh * ow == 0 {
         return dx;
@@ -304,6 +315,42 @@ pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &
             }
         }
     });
+    dx
+}
+
+/// [`max_pool_backward`]'s common case, 2x2 windows with stride 2 and no padding. The
+/// windows do not overlap, so each pixel of a window is its output's gradient or 0: every
+/// pixel is written once, in order (0 past the last window's row and column), with no
+/// zeroed buffer and no adds at the taps.
+fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
+    let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
+    assert!(2 * oh <= h && 2 * ow <= w && g.len() == n * c * oh * ow && taps.len() == g.len());
+    let len = n * c * h * w;
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    let per_plane = oh * ow;
+    dx.spare_capacity_mut()[..len].par_chunks_mut(h * w).enumerate().with_min_len(planes_per_task(h * w)).for_each(
+        |(p, plane)| {
+            let (g, taps) = (&g[p * per_plane..][..per_plane], &taps[p * per_plane..][..per_plane]);
+            for (y, rows) in plane.chunks_exact_mut(w).enumerate() {
+                // Output row y / 2 and the window row (0 top, 2 bottom) this pixel row is.
+                let (out, row) = (y / 2, 2.0 * (y % 2) as f32);
+                if out >= oh {
+                    rows.iter_mut().for_each(|v| _ = v.write(0.0));
+                    continue;
+                }
+                let (gr, tr) = (&g[out * ow..][..ow], &taps[out * ow..][..ow]);
+                let (pairs, rest) = rows.split_at_mut(2 * ow);
+                for ((px, &gv), &t) in pairs.chunks_exact_mut(2).zip(gr).zip(tr) {
+                    px[0].write(if t == row { gv } else { 0.0 });
+                    px[1].write(if t == row + 1.0 { gv } else { 0.0 });
+                }
+                rest.iter_mut().for_each(|v| _ = v.write(0.0));
+            }
+        },
+    );
+    // SAFETY: the planes partition all `len` values, and each plane's rows were written
+    // whole: the window rows' pairs and the columns past them, or zeros past the last window.
+    unsafe { dx.set_len(len) };
     dx
 }
 
@@ -1037,6 +1084,42 @@ mod tests {
                     assert!((f64::from(v) - want).abs() < 1e-3 * (1.0 + want.abs()), "{what}, {win:?}: dx[{idx}] = {v} vs {want}");
                 }
             }
+        }
+    }
+
+    /// The 2x2 pooling's backward path against each output's gradient added at its tap, on
+    /// odd sizes (a row and a column past the last window, which get 0) and with ties and
+    /// NaNs deciding the taps.
+    #[test]
+    fn two_by_two_pooling_backward_sends_each_gradient_to_its_tap() {
+        let mut rng = Rng::seed(5);
+        let (n, c, h, w) = (2, 3, 7, 9);
+        let src: Vec<f32> = (0..n * c * h * w)
+            .map(|_| match rng.uniform(0.0, 4.0) as u32 {
+                0 => 0.0,
+                1 => 1.0,
+                2 => f32::NAN,
+                _ => rng.standard_normal(),
+            })
+            .collect();
+        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let (oh, ow) = (h / 2, w / 2);
+        let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+        let (_, taps) = max_pool(&src, dims, &win);
+        let g: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.standard_normal()).collect();
+        let mut want = vec![0.0f32; n * c * h * w];
+        for p in 0..n * c {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let t = taps[(p * oh + y) * ow + x] as usize;
+                    want[p * h * w + (2 * y + t / 2) * w + 2 * x + t % 2] += g[(p * oh + y) * ow + x];
+                }
+            }
+        }
+        let got = max_pool_backward(&g, &taps, dims, &win);
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "dx[{i}]: {a} vs {b}");
         }
     }
 
