@@ -183,16 +183,21 @@ super::fastmath::dispatch! {
     fn add_taps(plane: &mut [f32], rows: &[f32], row_len: usize, at: usize, taps: &[TapSpan], sizes: [usize; 3]) {
         let [ow, _, sw] = sizes;
         for (t, span) in taps.iter().enumerate() {
-            let row = &rows[t * row_len + at..];
-            let len = span.xs.len();
-            for (k, y) in span.ys.clone().enumerate() {
-                let src = &row[y * ow + span.xs.start..][..len];
-                let start = span.first + k * span.row_step;
+            let (len, count) = (span.xs.len(), span.ys.len());
+            if len == 0 || count == 0 {
+                continue;
+            }
+            // This tap's rows of the columns and of the plane; every row below is inside them.
+            let src = &rows[t * row_len + at + span.ys.start * ow + span.xs.start..][..(count - 1) * ow + len];
+            let dst = &mut plane[span.first..][..(count - 1) * span.row_step + (len - 1) * sw + 1];
+            for k in 0..count {
+                let s = &src[k * ow..][..len];
+                let d = &mut dst[k * span.row_step..];
                 if sw == 1 {
-                    plane[start..start + len].iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    d[..len].iter_mut().zip(s).for_each(|(d, &v)| *d += v);
                 } else {
-                    for (x, &v) in src.iter().enumerate() {
-                        plane[start + x * sw] += v;
+                    for (x, &v) in s.iter().enumerate() {
+                        d[x * sw] += v;
                     }
                 }
             }
