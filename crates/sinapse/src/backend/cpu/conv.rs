@@ -794,9 +794,10 @@ fn weight_grad_with(
                 img[(ch * hp + y + padding[0]) * wp + padding[1]..][..w].copy_from_slice(from);
             }
         }
-        for (f, gf) in g[b * o * plane..][..o * plane].chunks_exact(plane).enumerate() {
-            for (p, &v) in gf.iter().enumerate() {
-                gt[p * filters + f] = v;
+        let gb = &g[b * o * plane..][..o * plane];
+        for (p, row) in gt.chunks_exact_mut(filters).enumerate() {
+            for (f, v) in row[..o].iter_mut().enumerate() {
+                *v = gb[f * plane + p];
             }
         }
         // SAFETY: `isa` is this CPU's or one it runs (`Isa::available`); the buffers have
@@ -805,8 +806,10 @@ fn weight_grad_with(
         unsafe { image(&gt, &img, &offsets, shape, &mut sums) };
         (sums, img, gt)
     };
+    // A few images per task: each task's copy of the sums is zeroed, then added at the end.
     let total = (0..n)
         .into_par_iter()
+        .with_min_len(n.div_ceil(2 * rayon::current_num_threads()))
         .fold(fresh, per_image)
         .map(|(sums, _, _)| sums)
         .reduce_with(|mut a, b| {
