@@ -794,10 +794,22 @@ fn weight_grad_with(
                 img[(ch * hp + y + padding[0]) * wp + padding[1]..][..w].copy_from_slice(from);
             }
         }
+        // Transposed 8 positions at a time: one 8-value read per filter, and stores to
+        // known offsets (one value at a time, with a bounds check each, was 5.7% of `cnn`).
         let gb = &g[b * o * plane..][..o * plane];
-        for (p, row) in gt.chunks_exact_mut(filters).enumerate() {
+        let mut rows = gt.chunks_exact_mut(8 * filters);
+        for (p0, block) in (0..plane).step_by(8).zip(&mut rows) {
+            for f in 0..o {
+                let src: &[f32; 8] = gb[f * plane + p0..][..8].try_into().expect("8 positions");
+                for (k, &v) in src.iter().enumerate() {
+                    block[k * filters + f] = v;
+                }
+            }
+        }
+        let done = plane / 8 * 8;
+        for (p, row) in gt[done * filters..].chunks_exact_mut(filters).enumerate() {
             for (f, v) in row[..o].iter_mut().enumerate() {
-                *v = gb[f * plane + p];
+                *v = gb[f * plane + done + p];
             }
         }
         // SAFETY: `isa` is this CPU's or one it runs (`Isa::available`); the buffers have
