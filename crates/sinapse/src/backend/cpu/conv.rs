@@ -6,9 +6,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::simd::{Isa, Portable, Simd};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512};
+use super::simd::{Isa, Portable, Simd};
 use crate::backend::{ImageDims, Window};
 
 /// For output column `x` of a window tap at offset `tap` (= j·dilation - padding), the input
@@ -220,6 +220,26 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
     let [ph, pw] = win.padding.map(|p| p as isize);
+    if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] && h % 2 == 0 {
+        // With an even height, a run of planes is one tall image of 2x2 windows: one call
+        // per task, not per plane (an 8x8 plane has only 16 windows).
+        let per_task = planes_per_task(h * w) * oh * ow;
+        values.spare_capacity_mut()[..len]
+            .par_chunks_mut(per_task)
+            .zip(taps.spare_capacity_mut()[..len].par_chunks_mut(per_task))
+            .enumerate()
+            .for_each(|(t, (vals, at))| {
+                let planes = vals.len() / (oh * ow);
+                max_pool_2x2(&src[t * (per_task / (oh * ow)) * h * w..][..planes * h * w], w, ow, vals, at);
+            });
+        // SAFETY: the tasks partition all `len` values of both, and `max_pool_2x2` writes
+        // every output row of its run of planes.
+        unsafe {
+            values.set_len(len);
+            taps.set_len(len);
+        }
+        return (values, taps);
+    }
     values.spare_capacity_mut()[..len]
         .par_chunks_mut(oh * ow)
         .zip(taps.spare_capacity_mut()[..len].par_chunks_mut(oh * ow))
@@ -332,29 +352,32 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
     assert!(2 * oh <= h && 2 * ow <= w && g.len() == n * c * oh * ow && taps.len() == g.len());
     let len = n * c * h * w;
     let mut dx: Vec<f32> = Vec::with_capacity(len);
-    let per_plane = oh * ow;
-    dx.spare_capacity_mut()[..len].par_chunks_mut(h * w).enumerate().with_min_len(planes_per_task(h * w)).for_each(
-        |(p, plane)| {
-            let (g, taps) = (&g[p * per_plane..][..per_plane], &taps[p * per_plane..][..per_plane]);
-            for (y, rows) in plane.chunks_exact_mut(w).enumerate() {
-                // Output row y / 2 and the window row (0 top, 2 bottom) this pixel row is.
-                let (out, row) = (y / 2, 2.0 * (y % 2) as f32);
-                if out >= oh {
-                    rows.iter_mut().for_each(|v| _ = v.write(0.0));
-                    continue;
-                }
-                let (gr, tr) = (&g[out * ow..][..ow], &taps[out * ow..][..ow]);
-                let (pairs, rest) = rows.split_at_mut(2 * ow);
-                for ((px, &gv), &t) in pairs.chunks_exact_mut(2).zip(gr).zip(tr) {
-                    px[0].write(if t == row { gv } else { 0.0 });
-                    px[1].write(if t == row + 1.0 { gv } else { 0.0 });
-                }
-                rest.iter_mut().for_each(|v| _ = v.write(0.0));
+    // A run of planes per task, walked row by row (an 8x8 plane has only 16 windows).
+    let planes = planes_per_task(h * w);
+    let per_task = planes * oh * ow;
+    dx.spare_capacity_mut()[..len].par_chunks_mut(planes * h * w).enumerate().for_each(|(t, block)| {
+        let (g, taps) = (&g[t * per_task..], &taps[t * per_task..]);
+        for (y, rows) in block.chunks_exact_mut(w).enumerate() {
+            // Row py of plane `plane` of the run: window row py / 2, whose top (tap 0) or
+            // bottom (tap 2) row it is, or a last row past the windows (an odd height).
+            let (plane, py) = (y / h, y % h);
+            let row = 2.0 * (py % 2) as f32;
+            if py / 2 >= oh {
+                rows.iter_mut().for_each(|v| _ = v.write(0.0));
+                continue;
             }
-        },
-    );
-    // SAFETY: the planes partition all `len` values, and each plane's rows were written
-    // whole: the window rows' pairs and the columns past them, or zeros past the last window.
+            let at = (plane * oh + py / 2) * ow;
+            let (gr, tr) = (&g[at..][..ow], &taps[at..][..ow]);
+            let (pairs, rest) = rows.split_at_mut(2 * ow);
+            for ((px, &gv), &t) in pairs.chunks_exact_mut(2).zip(gr).zip(tr) {
+                px[0].write(if t == row { gv } else { 0.0 });
+                px[1].write(if t == row + 1.0 { gv } else { 0.0 });
+            }
+            rest.iter_mut().for_each(|v| _ = v.write(0.0));
+        }
+    });
+    // SAFETY: the runs partition all `len` values, and each row was written whole: the
+    // windows' pairs and the columns past them, or zeros past the last window.
     unsafe { dx.set_len(len) };
     dx
 }
@@ -415,7 +438,8 @@ fn conv2d_lanes(
         return vec![0.0; n * o * plane];
     }
     let taps = c * kh * kw;
-    let orientation = orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
+    let orientation =
+        orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
     let (lanes, group, p, image) = match orientation {
         Orientation::Filters => {
             let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
@@ -968,10 +992,11 @@ mod tests {
                 f64::from(x[((bi * c + ch) * h + y as usize) * w + xx as usize])
             };
             let orientations = [Orientation::Filters, Orientation::Columns];
-            let runs = Isa::available().into_iter().flat_map(|isa| orientations.map(|or| (isa, or))).map(|(isa, or)| {
-                let got = conv2d_lanes(isa, Some(or), &x, dims, &wt, o, [kh, kw], [ph, pw], bias);
-                (format!("{or:?} in the lanes, {isa:?}"), got)
-            });
+            let runs =
+                Isa::available().into_iter().flat_map(|isa| orientations.map(|or| (isa, or))).map(|(isa, or)| {
+                    let got = conv2d_lanes(isa, Some(or), &x, dims, &wt, o, [kh, kw], [ph, pw], bias);
+                    (format!("{or:?} in the lanes, {isa:?}"), got)
+                });
             for (path, got) in runs {
                 for (idx, &g) in got.iter().enumerate() {
                     let (bi, f, y, xx) = (idx / (o * oh * ow), idx / (oh * ow) % o, idx / ow % oh, idx % ow);
@@ -1101,7 +1126,10 @@ mod tests {
             let by_batch = col2im(&cols, dims, &win);
             for (what, got) in [("by image", by_image), ("col2im", by_batch)] {
                 for (idx, (&v, &want)) in got.iter().zip(&want).enumerate() {
-                    assert!((f64::from(v) - want).abs() < 1e-3 * (1.0 + want.abs()), "{what}, {win:?}: dx[{idx}] = {v} vs {want}");
+                    assert!(
+                        (f64::from(v) - want).abs() < 1e-3 * (1.0 + want.abs()),
+                        "{what}, {win:?}: dx[{idx}] = {v} vs {want}"
+                    );
                 }
             }
         }
@@ -1149,7 +1177,13 @@ mod tests {
     #[test]
     fn two_by_two_pooling_keeps_the_first_maximum_and_the_first_nan() {
         let mut rng = Rng::seed(9);
-        let (n, c, h, w) = (2, 3, 6, 10);
+        // An even height (planes pooled as one tall image) and an odd one (plane by plane).
+        for (n, c, h, w) in [(2, 3, 6, 10), (3, 2, 7, 9)] {
+            check_two_by_two(&mut rng, n, c, h, w);
+        }
+    }
+
+    fn check_two_by_two(rng: &mut Rng, n: usize, c: usize, h: usize, w: usize) {
         let src: Vec<f32> = (0..n * c * h * w)
             .map(|_| match rng.uniform(0.0, 3.0) as u32 {
                 0 => 0.0,

@@ -106,7 +106,14 @@ impl CpuStorage {
     /// The input's gradient of a convolution, image by image (see
     /// [`conv::conv2d_input_grad`]): `self` the `[N, O, OH, OW]` output gradient, `w` the
     /// `[O, C, KH, KW]` filters; `[N, C, H, W]`.
-    pub(crate) fn conv2d_input_grad(&self, l: &Layout, w: &Self, w_l: &Layout, dims: ImageDims, win: &Window) -> Result<Self> {
+    pub(crate) fn conv2d_input_grad(
+        &self,
+        l: &Layout,
+        w: &Self,
+        w_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Self> {
         let g = elementwise::row_major(self.f32(), l);
         let wm = elementwise::row_major(w.f32(), w_l);
         Ok(CpuStorage::F32(conv::conv2d_input_grad(&g, &wm, w_l.shape()[0], dims, win)))

@@ -168,7 +168,10 @@ impl Isa {
     pub(super) fn available() -> Vec<Isa> {
         let mut all = vec![Isa::detect()];
         #[cfg(target_arch = "x86_64")]
-        if all[0] == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if all[0] == Isa::Avx512
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
             all.push(Isa::Avx2);
         }
         if all[0] != Isa::Portable {
