@@ -961,6 +961,24 @@ mod tests {
     use super::*;
     use crate::Rng;
 
+    /// Pixel `(y, x)` of channel `ch` of image `b` of the row-major `[N, C, H, W]` batch `x`
+    /// seen with `padding` zeros around each plane, as f64.
+    fn padded_pixel(
+        x: &[f32],
+        [c, h, w]: [usize; 3],
+        [ph, pw]: [usize; 2],
+        b: usize,
+        ch: usize,
+        y: isize,
+        xx: isize,
+    ) -> f64 {
+        let (y, xx) = (y - ph as isize, xx - pw as isize);
+        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+            return 0.0;
+        }
+        f64::from(x[((b * c + ch) * h + y as usize) * w + xx as usize])
+    }
+
     /// Both kernels of the direct convolution, compiled for every instruction set this CPU
     /// runs, against the definition summed in f64, on shapes with partial column steps,
     /// partial groups of filters, three groups, padding, a 1x1 kernel and no bias.
@@ -984,13 +1002,7 @@ mod tests {
             let bias = with_bias.then_some(b.as_slice());
             let (oh, ow) = (h + 2 * ph - kh + 1, w + 2 * pw - kw + 1);
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
-            let at = |bi: usize, ch: usize, y: isize, xx: isize| -> f64 {
-                let (y, xx) = (y - ph as isize, xx - pw as isize);
-                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                    return 0.0;
-                }
-                f64::from(x[((bi * c + ch) * h + y as usize) * w + xx as usize])
-            };
+            let at = |bi: usize, ch: usize, y: isize, xx: isize| padded_pixel(&x, [c, h, w], [ph, pw], bi, ch, y, xx);
             let orientations = [Orientation::Filters, Orientation::Columns];
             let runs =
                 Isa::available().into_iter().flat_map(|isa| orientations.map(|or| (isa, or))).map(|(isa, or)| {
@@ -1039,12 +1051,8 @@ mod tests {
             let (oh, ow) = (h + 2 * ph - kh + 1, w + 2 * pw - kw + 1);
             let g: Vec<f32> = (0..n * o * oh * ow).map(|_| rng.standard_normal()).collect();
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
-            let at = |b: usize, ch: usize, y: usize, xx: usize| -> f64 {
-                let (y, xx) = (y as isize - ph as isize, xx as isize - pw as isize);
-                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                    return 0.0;
-                }
-                f64::from(x[((b * c + ch) * h + y as usize) * w + xx as usize])
+            let at = |b: usize, ch: usize, y: usize, xx: usize| {
+                padded_pixel(&x, [c, h, w], [ph, pw], b, ch, y as isize, xx as isize)
             };
             for isa in Isa::available() {
                 let got = weight_grad_with(isa, &x, dims, &g, o, [kh, kw], [ph, pw]);
