@@ -142,9 +142,10 @@ impl Tensor {
 
     /// [`Tensor::conv2d`] by the device's direct kernel (stride 1, no dilation), or `None` where
     /// the device has none. The gradients are im2col's, as in [`Tensor::conv2d_im2col`]: the
-    /// input's is col2im of the filters' transpose times the output gradient, the filters' the
-    /// output gradient times the input's im2col (on the CPU a direct kernel of the same sum,
-    /// which never writes the columns), the bias's the output gradient's sum.
+    /// input's is col2im of the filters' transpose times the output gradient (on the CPU image
+    /// by image, each image's columns in cache), the filters' the output gradient times the
+    /// input's im2col (on the CPU a direct kernel of the same sum, which never writes the
+    /// columns), the bias's the output gradient's sum.
     ///
     /// (The input's gradient as a direct convolution of the padded output gradient with the
     /// flipped filters was tried: on the `cnn` benchmark's second layer it spent twice the

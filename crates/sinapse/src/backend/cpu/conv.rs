@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::simd::{Avx2, Avx512};
+use super::simd::{Avx2, Avx512, Kind};
 use super::simd::{Isa, Portable, Simd};
 use crate::backend::{ImageDims, Window};
 
@@ -102,7 +102,7 @@ pub(super) fn col2im(cols: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
             let (b, ch) = (plane_index / c, plane_index % c);
             // Tap t of this channel, image b: n·l values apart per tap, l per image.
             let rows = &cols[ch * kh * kw * n * l..][..kh * kw * n * l];
-            add_taps(plane, rows, n * l, b * l, &taps, [ow, w, win.stride[1]]);
+            add_taps(plane, rows, n * l, b * l, &taps, [ow, win.stride[1]]);
         },
     );
     out
@@ -133,7 +133,7 @@ pub(super) fn conv2d_input_grad(g: &[f32], w: &[f32], o: usize, dims: ImageDims,
             let gb = &g[b * o * l..][..o * l];
             super::matmul::gemm_on_thread(cols, l, &wt, [o, 1], gb, [l, 1], [ck, o, l], false);
             for (plane, rows) in dx.chunks_exact_mut(h * wd).zip(cols.chunks_exact(kh * kw * l)) {
-                add_taps(plane, rows, l, 0, &taps, [ow, wd, win.stride[1]]);
+                add_taps(plane, rows, l, 0, &taps, [ow, win.stride[1]]);
             }
         },
     );
@@ -178,10 +178,9 @@ fn tap_spans(dims: ImageDims, win: &Window) -> Vec<TapSpan> {
 
 super::fastmath::dispatch! {
     /// One plane of [`col2im`]: tap `t`'s gradients, `rows[t·row_len + at..]` (`OH·OW` of
-    /// them), added onto the pixels they were read from. `sizes`: output width, input width,
-    /// column stride.
-    fn add_taps(plane: &mut [f32], rows: &[f32], row_len: usize, at: usize, taps: &[TapSpan], sizes: [usize; 3]) {
-        let [ow, _, sw] = sizes;
+    /// them), added onto the pixels they were read from. `sizes`: output width, column stride.
+    fn add_taps(plane: &mut [f32], rows: &[f32], row_len: usize, at: usize, taps: &[TapSpan], sizes: [usize; 2]) {
+        let [ow, sw] = sizes;
         for (t, span) in taps.iter().enumerate() {
             let (len, count) = (span.xs.len(), span.ys.len());
             if len == 0 || count == 0 {
@@ -205,6 +204,11 @@ super::fastmath::dispatch! {
     }
 }
 
+/// Pooling's common window, with its own paths: 2x2, stride 2, no padding (no dilation).
+fn two_by_two(win: &Window) -> bool {
+    win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0]
+}
+
 /// Max pooling of a row-major `[N, C, H, W]` batch (no dilation): the maximum of each window
 /// (padding never wins; a NaN wins), `[N, C, OH, OW]`, and the tap it came from, `ky·KW + kx`
 /// counted from the window's top-left corner (padding included), as a whole number.
@@ -220,7 +224,7 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
     let [kh, kw] = win.kernel;
     let [sh, sw] = win.stride;
     let [ph, pw] = win.padding.map(|p| p as isize);
-    if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] && h % 2 == 0 {
+    if two_by_two(win) && h % 2 == 0 {
         // With an even height, a run of planes is one tall image of 2x2 windows: one call
         // per task, not per plane (an 8x8 plane has only 16 windows).
         let per_task = planes_per_task(h * w) * oh * ow;
@@ -247,7 +251,7 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
         .with_min_len(planes_per_task(h * w))
         .for_each(|(p, (vals, at))| {
             let plane = &src[p * h * w..(p + 1) * h * w];
-            if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] {
+            if two_by_two(win) {
                 max_pool_2x2(plane, w, ow, vals, at);
                 return;
             }
@@ -314,7 +318,7 @@ fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [MaybeUninit<f32>
 /// at the input pixel its maximum came from (`taps`), planes in parallel.
 pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
-    if win.kernel == [2, 2] && win.stride == [2, 2] && win.padding == [0, 0] && n * c * h * w > 0 {
+    if two_by_two(win) && n * c * h * w > 0 {
         return max_pool_2x2_backward(g, taps, dims);
     }
     let mut dx = vec![0.0f32; n * c * h * w];
@@ -394,8 +398,8 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
 ///   filters, one weight load per filter vector and one broadcast pixel per column and tap;
 ///   the sums come out as `[column, filter]` and go to their planes one value at a time;
 /// - output columns in the lanes ([`columns_image`]): one vector of positions for 16
-///   filters, one image load and a broadcast weight per filter, but some lanes on the
-///   padding columns.
+///   filters (AVX-512; 8 on the others), one image load and a broadcast weight per filter,
+///   but some lanes on the padding columns.
 ///
 /// The first wins unless the filters have few taps (the move of each output to its plane
 /// then weighs more): on the `cnn` benchmark's 5x5 layers (AMD Zen 5, batch 64, 2 threads),
@@ -440,6 +444,10 @@ fn conv2d_lanes(
     let taps = c * kh * kw;
     let orientation =
         orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
+    assert!(
+        oh + kh == h + 2 * padding[0] + 1 && ow + kw == wd + 2 * padding[1] + 1,
+        "conv2d_direct: output {oh}x{ow} is not a stride-1 convolution of {h}x{wd} padded by {padding:?} by {kh}x{kw}"
+    );
     let (lanes, group, p, image) = match orientation {
         Orientation::Filters => {
             let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
@@ -471,12 +479,7 @@ fn conv2d_lanes(
     let few_images = n < rayon::current_num_threads();
     out.par_chunks_mut(o * plane).enumerate().for_each(|(bi, dst)| {
         let mut img = vec![0.0f32; c * hp * wp + lanes];
-        for ch in 0..c {
-            for y in 0..h {
-                let from = &x[((bi * c + ch) * h + y) * wd..][..wd];
-                img[(ch * hp + y + padding[0]) * wp + padding[1]..][..wd].copy_from_slice(from);
-            }
-        }
+        copy_padded(&x[bi * c * h * wd..][..c * h * wd], [c, h, wd], padding, [hp, wp], &mut img);
         let run = |(gi, planes): (usize, &mut [f32])| {
             // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
             // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
@@ -491,6 +494,17 @@ fn conv2d_lanes(
         }
     });
     out
+}
+
+/// Copies one `[C, H, W]` image into the zero-padded `[C, hp, wp]` buffer `dst`, `padding`
+/// rows and columns in from each plane's top-left corner (the rest of `dst` is left as it is:
+/// zeros, in the kernels' buffers, which only ever receive the same image positions).
+fn copy_padded(image: &[f32], [c, h, w]: [usize; 3], padding: [usize; 2], [hp, wp]: [usize; 2], dst: &mut [f32]) {
+    for (ch, plane) in image.chunks_exact(h * w).take(c).enumerate() {
+        for (y, row) in plane.chunks_exact(w).enumerate() {
+            dst[(ch * hp + y + padding[0]) * wp + padding[1]..][..w].copy_from_slice(row);
+        }
+    }
 }
 
 /// The sizes [`conv2d_lanes`]'s kernel runs over: the padded image (`c` planes of `hp` rows
@@ -514,7 +528,8 @@ struct LanesShape {
 /// # Safety
 /// The CPU must run the kernel's instruction set, and the buffers must have the sizes
 /// [`LanesShape`] names, `wp` at least the output width rounded up to the kernel's step plus
-/// `KW - 1`.
+/// `KW - 1`, and the image one vector longer than its planes (the columns kernel's last
+/// loads run past the last row). The kernels assert these.
 type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [f32]);
 
 /// The kernel [`conv2d_lanes`] runs for `o` filters and `ow` output columns on `isa`:
@@ -522,14 +537,15 @@ type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [f32
 /// filters fit in it, else two; the column step that wastes the fewest columns on `ow`
 /// (then the widest), within the registers: columns x vectors sums, the weight vectors and
 /// one broadcast pixel (AVX-512 has 32, AVX2 16).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesImage) {
     let best = |options: &[(usize, LanesImage)]| {
         let cost = |p: usize| (ow.div_ceil(p) * p, usize::MAX - p);
         options.iter().copied().min_by_key(|&(p, _)| cost(p)).expect("kernels for every width")
     };
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if o <= 16 => {
+        Kind::Avx512 if o <= 16 => {
             #[target_feature(enable = "avx512f")]
             unsafe fn k24(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 lanes_image::<Avx512, 1, 24>(i, w, b, s, g, d)
@@ -546,7 +562,7 @@ fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesIma
             (16, 1, p, k)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Kind::Avx512 => {
             #[target_feature(enable = "avx512f")]
             unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 lanes_image::<Avx512, 2, 12>(i, w, b, s, g, d)
@@ -559,7 +575,7 @@ fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesIma
             (16, 2, p, k)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if o <= 8 => {
+        Kind::Avx2 if o <= 8 => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 lanes_image::<Avx2, 1, 12>(i, w, b, s, g, d)
@@ -572,7 +588,7 @@ fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesIma
             (8, 1, p, k)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Kind::Avx2 => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn k6(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 lanes_image::<Avx2, 2, 6>(i, w, b, s, g, d)
@@ -603,12 +619,13 @@ enum Orientation {
     Columns,
 }
 
-/// The columns kernel [`conv2d_lanes`] runs on `isa`: (lanes, filters per step, kernel). The
-/// sums of that many filters and one image vector fill the registers.
+/// The columns kernel [`conv2d_lanes`] runs on `isa`: (lanes, filters per step, kernel): the
+/// sums of that many filters and one image vector in registers (18 of AVX-512's 32, 10 of
+/// AVX2's 16).
 fn columns_kernel(isa: Isa) -> (usize, usize, LanesImage) {
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Kind::Avx512 => {
             #[target_feature(enable = "avx512f")]
             unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 columns_image::<Avx512, 16>(i, w, b, s, g, d)
@@ -616,7 +633,7 @@ fn columns_kernel(isa: Isa) -> (usize, usize, LanesImage) {
             (16, 16, k)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Kind::Avx2 => {
             #[target_feature(enable = "avx2,fma")]
             unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
                 columns_image::<Avx2, 8>(i, w, b, s, g, d)
@@ -774,15 +791,15 @@ fn weight_grad_with(
     // (lanes, filter vectors per step, taps per step, the per-image kernel). The register
     // budget: taps x vectors sums, the vectors of gradient and one broadcast pixel, within
     // AVX-512's 32 registers and AVX2's 16.
-    let (lanes, fb, t, image): (usize, usize, usize, WeightGradImage) = match isa {
+    let (lanes, fb, t, image): (usize, usize, usize, WeightGradImage) = match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if o <= 16 => (16, 1, 26, wg_avx512_1),
+        Kind::Avx512 if o <= 16 => (16, 1, 26, wg_avx512_1),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (16, 2, 12, wg_avx512_2),
+        Kind::Avx512 => (16, 2, 12, wg_avx512_2),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if o <= 8 => (8, 1, 13, wg_avx2_1),
+        Kind::Avx2 if o <= 8 => (8, 1, 13, wg_avx2_1),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (8, 2, 6, wg_avx2_2),
+        Kind::Avx2 => (8, 2, 6, wg_avx2_2),
         _ => (8, 1, 4, wg_portable),
     };
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
@@ -812,12 +829,7 @@ fn weight_grad_with(
     // Per task: the sums, a padded image and the transposed output gradient.
     let fresh = || (vec![0.0f32; sums_len], vec![0.0f32; c * hp * wp], vec![0.0f32; plane * filters]);
     let per_image = |(mut sums, mut img, mut gt): (Vec<f32>, Vec<f32>, Vec<f32>), b: usize| {
-        for ch in 0..c {
-            for y in 0..h {
-                let from = &x[((b * c + ch) * h + y) * w..][..w];
-                img[(ch * hp + y + padding[0]) * wp + padding[1]..][..w].copy_from_slice(from);
-            }
-        }
+        copy_padded(&x[b * c * h * w..][..c * h * w], [c, h, w], padding, [hp, wp], &mut img);
         // Transposed 8 positions at a time: one 8-value read per filter, and stores to
         // known offsets (one value at a time, with a bounds check each, was 5.7% of `cnn`).
         let gb = &g[b * o * plane..][..o * plane];
@@ -879,7 +891,8 @@ struct WeightGradShape {
 /// number of blocks), `sums` `[taps in blocks, filters]` to add onto.
 ///
 /// # Safety
-/// The CPU must run the kernel's instruction set; `gt` must hold `OH·OW·filters` values,
+/// The CPU must run the kernel's instruction set (asserted: `filters` a whole number of the
+/// kernel's groups of vectors); `gt` must hold `OH·OW·filters` values,
 /// `sums` `offsets.len()·filters`, and every `y·wp + x + offset` (y < OH, x < OW) must index
 /// `img`.
 type WeightGradImage = unsafe fn(&[f32], &[f32], &[usize], WeightGradShape, &mut [f32]);
@@ -894,6 +907,7 @@ unsafe fn weight_grad_image<S: Simd, const FB: usize, const T: usize>(
     sums: &mut [f32],
 ) {
     let WeightGradShape { filters, oh, ow, wp } = shape;
+    assert!(filters % (FB * S::LANES) == 0, "the filters in whole groups of vectors");
     assert!(gt.len() >= oh * ow * filters && sums.len() >= offsets.len() * filters);
     assert!(offsets.iter().all(|&off| (oh - 1) * wp + ow - 1 + off < img.len()), "a tap reads past the image");
     for group in (0..filters).step_by(FB * S::LANES) {
@@ -1143,13 +1157,25 @@ mod tests {
         }
     }
 
+    /// `[N, C, H, W]` shapes for the 2x2 pooling paths: even heights (the forward pass pools a
+    /// run of planes as one tall image) and odd ones (plane by plane; the backward pass writes
+    /// the last row's zeros), odd widths, and planes large enough for one plane per task or
+    /// three with a shorter last run (`planes_per_task`).
+    const POOLING_SHAPES: [(usize, usize, usize, usize); 5] =
+        [(2, 3, 6, 10), (3, 2, 7, 9), (1, 5, 64, 129), (1, 5, 65, 128), (1, 7, 50, 101)];
+
     /// The 2x2 pooling's backward path against each output's gradient added at its tap, on
     /// odd sizes (a row and a column past the last window, which get 0) and with ties and
     /// NaNs deciding the taps.
     #[test]
     fn two_by_two_pooling_backward_sends_each_gradient_to_its_tap() {
         let mut rng = Rng::seed(5);
-        let (n, c, h, w) = (2, 3, 7, 9);
+        for (n, c, h, w) in POOLING_SHAPES {
+            check_two_by_two_backward(&mut rng, n, c, h, w);
+        }
+    }
+
+    fn check_two_by_two_backward(rng: &mut Rng, n: usize, c: usize, h: usize, w: usize) {
         let src: Vec<f32> = (0..n * c * h * w)
             .map(|_| match rng.uniform(0.0, 4.0) as u32 {
                 0 => 0.0,
@@ -1185,8 +1211,7 @@ mod tests {
     #[test]
     fn two_by_two_pooling_keeps_the_first_maximum_and_the_first_nan() {
         let mut rng = Rng::seed(9);
-        // An even height (planes pooled as one tall image) and an odd one (plane by plane).
-        for (n, c, h, w) in [(2, 3, 6, 10), (3, 2, 7, 9)] {
+        for (n, c, h, w) in POOLING_SHAPES {
             check_two_by_two(&mut rng, n, c, h, w);
         }
     }

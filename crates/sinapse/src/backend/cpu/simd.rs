@@ -129,16 +129,22 @@ impl Simd for Portable {
     }
 }
 
-/// The instruction sets a kernel is compiled for; [`Isa::detect`] is this CPU's widest.
+/// The instruction sets a kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
-    /// AVX-512F ([`Avx512`]).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) enum Kind {
+    /// AVX-512F (the `Avx512` vectors).
     Avx512,
-    /// AVX2 with FMA ([`Avx2`]).
+    /// AVX2 with FMA (the `Avx2` vectors).
     Avx2,
     /// Anything else ([`Portable`]).
     Portable,
 }
+
+/// An instruction set this CPU runs: only [`Isa::detect`] (and, in tests, [`Isa::available`])
+/// make one, so a kernel picked by its [`Kind`] never runs on a CPU without its instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Isa(Kind);
 
 impl Isa {
     /// The widest of the three this CPU runs (one cached CPUID read).
@@ -146,20 +152,25 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+                return Isa(Kind::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
+                return Isa(Kind::Avx2);
             }
         }
-        Isa::Portable
+        Isa(Kind::Portable)
+    }
+
+    /// Which instruction set this is.
+    pub(super) fn kind(self) -> Kind {
+        self.0
     }
 
     /// f32 values per vector.
     pub(super) fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 | Isa::Portable => 8,
+        match self.0 {
+            Kind::Avx512 => 16,
+            Kind::Avx2 | Kind::Portable => 8,
         }
     }
 
@@ -168,14 +179,14 @@ impl Isa {
     pub(super) fn available() -> Vec<Isa> {
         let mut all = vec![Isa::detect()];
         #[cfg(target_arch = "x86_64")]
-        if all[0] == Isa::Avx512
+        if all[0].0 == Kind::Avx512
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
         {
-            all.push(Isa::Avx2);
+            all.push(Isa(Kind::Avx2));
         }
-        if all[0] != Isa::Portable {
-            all.push(Isa::Portable);
+        if all[0].0 != Kind::Portable {
+            all.push(Isa(Kind::Portable));
         }
         all
     }

@@ -55,6 +55,8 @@ impl Nccl {
         } else {
             sys::ncclUniqueId { internal: [0; 128] }
         };
+        // `c_char` is i8 on x86-64 and u8 on aarch64: the cast to u8 is needed on one of them.
+        #[allow(clippy::unnecessary_cast)]
         let bytes: Vec<f32> = id.internal.iter().map(|&c| c as u8 as f32).collect();
         let carrier = Tensor::from_vec(bytes, &[128])?;
         bootstrap.broadcast(std::slice::from_ref(&carrier), 0)?;
