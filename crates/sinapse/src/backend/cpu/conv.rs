@@ -532,6 +532,19 @@ struct LanesShape {
 /// loads run past the last row). The kernels assert these.
 type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [f32]);
 
+/// `$kernel` (a generic kernel body, its type parameters given) as a function pointer of
+/// type `$sig` with the parameters `fn(..)`, compiled with the target features `[$feature]`
+/// (`[]`: the portable build), so that the body's intrinsics inline into code built for them.
+macro_rules! instance {
+    ($sig:ty, fn($($arg:ident: $ty:ty),*), [$($feature:literal)?], $kernel:ident::<$($param:tt),+>) => {{
+        $(#[target_feature(enable = $feature)])?
+        unsafe fn k($($arg: $ty),*) {
+            $kernel::<$($param),+>($($arg),*)
+        }
+        k as $sig
+    }};
+}
+
 /// The kernel [`conv2d_lanes`] runs for `o` filters and `ow` output columns on `isa`:
 /// (lanes, filter vectors per step, columns per step, kernel). One filter vector when the
 /// filters fit in it, else two; the column step that wastes the fewest columns on `ow`
@@ -543,69 +556,24 @@ fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesIma
         let cost = |p: usize| (ow.div_ceil(p) * p, usize::MAX - p);
         options.iter().copied().min_by_key(|&(p, _)| cost(p)).expect("kernels for every width")
     };
+    // The instances of `lanes_image` for `$fb` filter vectors and each column step `$p`,
+    // compiled with the target features `$feature`: the best step for `ow`.
+    macro_rules! pick {
+        ($feature:tt $simd:ty, $fb:literal, [$($p:literal),+]) => {{
+            let (p, k) = best(&[$(($p, instance!(LanesImage, fn(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]), $feature, lanes_image::<$simd, $fb, $p>))),+]);
+            (<$simd as Simd>::LANES, $fb, p, k)
+        }};
+    }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 if o <= 16 => {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k24(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx512, 1, 24>(i, w, b, s, g, d)
-            }
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k16(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx512, 1, 16>(i, w, b, s, g, d)
-            }
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx512, 1, 8>(i, w, b, s, g, d)
-            }
-            let (p, k) = best(&[(24, k24), (16, k16), (8, k8)]);
-            (16, 1, p, k)
-        }
+        Kind::Avx512 if o <= 16 => pick!(["avx512f"] Avx512, 1, [24, 16, 8]),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 => {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx512, 2, 12>(i, w, b, s, g, d)
-            }
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx512, 2, 8>(i, w, b, s, g, d)
-            }
-            let (p, k) = best(&[(12, k12), (8, k8)]);
-            (16, 2, p, k)
-        }
+        Kind::Avx512 => pick!(["avx512f"] Avx512, 2, [12, 8]),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 if o <= 8 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn k12(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx2, 1, 12>(i, w, b, s, g, d)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn k8(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx2, 1, 8>(i, w, b, s, g, d)
-            }
-            let (p, k) = best(&[(12, k12), (8, k8)]);
-            (8, 1, p, k)
-        }
+        Kind::Avx2 if o <= 8 => pick!(["avx2,fma"] Avx2, 1, [12, 8]),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn k6(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx2, 2, 6>(i, w, b, s, g, d)
-            }
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn k4(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Avx2, 2, 4>(i, w, b, s, g, d)
-            }
-            let (p, k) = best(&[(6, k6), (4, k4)]);
-            (8, 2, p, k)
-        }
-        _ => {
-            unsafe fn k4(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                lanes_image::<Portable, 1, 4>(i, w, b, s, g, d)
-            }
-            (8, 1, 4, k4)
-        }
+        Kind::Avx2 => pick!(["avx2,fma"] Avx2, 2, [6, 4]),
+        _ => pick!([] Portable, 1, [4]),
     }
 }
 
@@ -623,29 +591,26 @@ enum Orientation {
 /// sums of that many filters and one image vector in registers (18 of AVX-512's 32, 10 of
 /// AVX2's 16).
 fn columns_kernel(isa: Isa) -> (usize, usize, LanesImage) {
+    macro_rules! pick {
+        ($feature:tt $simd:ty, $f:literal) => {
+            (
+                <$simd as Simd>::LANES,
+                $f,
+                instance!(
+                    LanesImage,
+                    fn(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]),
+                    $feature,
+                    columns_image::<$simd, $f>
+                ),
+            )
+        };
+    }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 => {
-            #[target_feature(enable = "avx512f")]
-            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                columns_image::<Avx512, 16>(i, w, b, s, g, d)
-            }
-            (16, 16, k)
-        }
+        Kind::Avx512 => pick!(["avx512f"] Avx512, 16),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                columns_image::<Avx2, 8>(i, w, b, s, g, d)
-            }
-            (8, 8, k)
-        }
-        _ => {
-            unsafe fn k(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]) {
-                columns_image::<Portable, 8>(i, w, b, s, g, d)
-            }
-            (8, 8, k)
-        }
+        Kind::Avx2 => pick!(["avx2,fma"] Avx2, 8),
+        _ => pick!([] Portable, 8),
     }
 }
 
@@ -791,16 +756,31 @@ fn weight_grad_with(
     // (lanes, filter vectors per step, taps per step, the per-image kernel). The register
     // budget: taps x vectors sums, the vectors of gradient and one broadcast pixel, within
     // AVX-512's 32 registers and AVX2's 16.
+    macro_rules! pick {
+        ($feature:tt $simd:ty, $fb:literal, $t:literal) => {
+            (
+                <$simd as Simd>::LANES,
+                $fb,
+                $t,
+                instance!(
+                    WeightGradImage,
+                    fn(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]),
+                    $feature,
+                    weight_grad_image::<$simd, $fb, $t>
+                ),
+            )
+        };
+    }
     let (lanes, fb, t, image): (usize, usize, usize, WeightGradImage) = match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 if o <= 16 => (16, 1, 26, wg_avx512_1),
+        Kind::Avx512 if o <= 16 => pick!(["avx512f"] Avx512, 1, 26),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 => (16, 2, 12, wg_avx512_2),
+        Kind::Avx512 => pick!(["avx512f"] Avx512, 2, 12),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 if o <= 8 => (8, 1, 13, wg_avx2_1),
+        Kind::Avx2 if o <= 8 => pick!(["avx2,fma"] Avx2, 1, 13),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => (8, 2, 6, wg_avx2_2),
-        _ => (8, 1, 4, wg_portable),
+        Kind::Avx2 => pick!(["avx2,fma"] Avx2, 2, 6),
+        _ => pick!([] Portable, 1, 4),
     };
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = kernel;
@@ -940,34 +920,6 @@ unsafe fn weight_grad_image<S: Simd, const FB: usize, const T: usize>(
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wg_avx512_1(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]) {
-    weight_grad_image::<Avx512, 1, 26>(gt, img, offs, shape, sums)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn wg_avx512_2(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]) {
-    weight_grad_image::<Avx512, 2, 12>(gt, img, offs, shape, sums)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn wg_avx2_1(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]) {
-    weight_grad_image::<Avx2, 1, 13>(gt, img, offs, shape, sums)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn wg_avx2_2(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]) {
-    weight_grad_image::<Avx2, 2, 6>(gt, img, offs, shape, sums)
-}
-
-unsafe fn wg_portable(gt: &[f32], img: &[f32], offs: &[usize], shape: WeightGradShape, sums: &mut [f32]) {
-    weight_grad_image::<Portable, 1, 4>(gt, img, offs, shape, sums)
 }
 
 #[cfg(test)]
