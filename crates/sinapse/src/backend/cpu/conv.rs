@@ -477,22 +477,26 @@ fn conv2d_lanes(
     let shape = LanesShape { c, hp, wp, kh, kw, oh, ow, filters };
     let mut out = vec![0.0f32; n * o * plane];
     let few_images = n < rayon::current_num_threads();
-    out.par_chunks_mut(o * plane).enumerate().for_each(|(bi, dst)| {
-        let mut img = vec![0.0f32; c * hp * wp + lanes];
-        copy_padded(&x[bi * c * h * wd..][..c * h * wd], [c, h, wd], padding, [hp, wp], &mut img);
-        let run = |(gi, planes): (usize, &mut [f32])| {
-            // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
-            // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
-            // a whole number of `p`-column steps plus the kernel, the weights and bias
-            // `filters` wide, `planes` whole planes of this group's filters.
-            unsafe { image(&img, &wt, &b, shape, gi * group, planes) }
-        };
-        if few_images {
-            dst.par_chunks_mut(group * plane).enumerate().for_each(run);
-        } else {
-            dst.chunks_mut(group * plane).enumerate().for_each(run);
-        }
-    });
+    // One padded image per task, reused: each image writes the same positions, so the
+    // padding stays zero.
+    out.par_chunks_mut(o * plane).enumerate().for_each_init(
+        || vec![0.0f32; c * hp * wp + lanes],
+        |img, (bi, dst)| {
+            copy_padded(&x[bi * c * h * wd..][..c * h * wd], [c, h, wd], padding, [hp, wp], img);
+            let run = |(gi, planes): (usize, &mut [f32])| {
+                // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
+                // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
+                // a whole number of `p`-column steps plus the kernel, the weights and bias
+                // `filters` wide, `planes` whole planes of this group's filters.
+                unsafe { image(&img, &wt, &b, shape, gi * group, planes) }
+            };
+            if few_images {
+                dst.par_chunks_mut(group * plane).enumerate().for_each(run);
+            } else {
+                dst.chunks_mut(group * plane).enumerate().for_each(run);
+            }
+        },
+    );
     out
 }
 
