@@ -488,7 +488,7 @@ fn conv2d_lanes(
                 // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
                 // a whole number of `p`-column steps plus the kernel, the weights and bias
                 // `filters` wide, `planes` whole planes of this group's filters.
-                unsafe { image(&img, &wt, &b, shape, gi * group, planes) }
+                unsafe { image(img, &wt, &b, shape, gi * group, planes) }
             };
             if few_images {
                 dst.par_chunks_mut(group * plane).enumerate().for_each(run);
