@@ -397,15 +397,16 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
 /// - filters in the lanes ([`lanes_image`]): `P` output columns of one or two vectors of
 ///   filters, one weight load per filter vector and one broadcast pixel per column and tap;
 ///   the sums come out as `[column, filter]` and go to their planes one value at a time;
-/// - output columns in the lanes ([`columns_image`]): one vector of positions for 16
-///   filters (AVX-512; 8 on the others), one image load and a broadcast weight per filter,
-///   but some lanes on the padding columns.
+/// - output columns in the lanes ([`columns_image`]): a few vectors of positions for a few
+///   filters, the image loads shared by the filters and each broadcast weight by the
+///   vectors, but some lanes on the padding columns.
 ///
 /// The first wins unless the filters have few taps (the move of each output to its plane
 /// then weighs more): on the `cnn` benchmark's 5x5 layers (AMD Zen 5, batch 64, 2 threads),
-/// 1 -> 16 channels took 218 us with filters and 165 us with columns in AVX-512's lanes,
-/// and 230 and 253 us in AVX2's; 16 -> 32 channels 251 and 403 us (AVX-512), 503 and 810
-/// us (AVX2). The kernel of eight columns by eight filters this replaced took 269 and 537 us.
+/// 1 -> 16 channels took 203 us with filters and 107 us with columns in AVX-512's lanes,
+/// and 180 and 176 us in AVX2's; 16 -> 32 channels 254 and 341 us (AVX-512), 486 and 705
+/// us (AVX2). The kernel of eight columns by eight filters these replaced took 269 and 537 us.
+/// The output is not zeroed first: the kernels write each value once.
 ///
 /// Images are spread over the threads, and with fewer images than threads (inference) each
 /// image's groups of filters too.
@@ -448,14 +449,16 @@ fn conv2d_lanes(
         oh + kh == h + 2 * padding[0] + 1 && ow + kw == wd + 2 * padding[1] + 1,
         "conv2d_direct: output {oh}x{ow} is not a stride-1 convolution of {h}x{wd} padded by {padding:?} by {kh}x{kw}"
     );
-    let (lanes, group, p, image) = match orientation {
+    // (values the kernel's loads may run past the image, filters per group, columns per
+    // step, kernel)
+    let (overrun, group, p, image) = match orientation {
         Orientation::Filters => {
             let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
-            (lanes, fb * lanes, p, image)
+            (0, fb * lanes, p, image)
         }
         Orientation::Columns => {
-            let (lanes, f, image) = columns_kernel(isa);
-            (lanes, f, 1, image)
+            let (step, f, image) = columns_kernel(isa);
+            (step, f, 1, image)
         }
     };
     let filters = o.div_ceil(group) * group;
@@ -472,31 +475,35 @@ fn conv2d_lanes(
         b[..o].copy_from_slice(&bias[..o]);
     }
     // The padded image's rows are wide enough for whole steps of `p` columns; the columns
-    // kernel's vectors run on past the last row by up to `lanes` values.
+    // kernel's vectors run on past the last row by up to `overrun` values.
     let (hp, wp) = (h + 2 * padding[0], ow.div_ceil(p) * p + kw - 1);
     let shape = LanesShape { c, hp, wp, kh, kw, oh, ow, filters };
-    let mut out = vec![0.0f32; n * o * plane];
+    // Every output is written once by the kernels: no zeroing first (that pass cost a fifth
+    // of the first layer's time).
+    let mut out: Vec<f32> = Vec::with_capacity(n * o * plane);
     let few_images = n < rayon::current_num_threads();
     // One padded image per task, reused: each image writes the same positions, so the
     // padding stays zero.
-    out.par_chunks_mut(o * plane).enumerate().for_each_init(
-        || vec![0.0f32; c * hp * wp + lanes],
-        |img, (bi, dst)| {
+    out.spare_capacity_mut()[..n * o * plane].par_chunks_mut(o * plane).enumerate().for_each_init(
+        || (vec![0.0f32; c * hp * wp + overrun], Vec::new()),
+        |(img, scratch), (bi, dst)| {
             copy_padded(&x[bi * c * h * wd..][..c * h * wd], [c, h, wd], padding, [hp, wp], img);
-            let run = |(gi, planes): (usize, &mut [f32])| {
+            let run = |scratch: &mut Vec<f32>, (gi, planes): (usize, &mut [MaybeUninit<f32>])| {
                 // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
                 // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
                 // a whole number of `p`-column steps plus the kernel, the weights and bias
                 // `filters` wide, `planes` whole planes of this group's filters.
-                unsafe { image(img, &wt, &b, shape, gi * group, planes) }
+                unsafe { image(img, &wt, &b, shape, gi * group, planes, scratch) }
             };
             if few_images {
-                dst.par_chunks_mut(group * plane).enumerate().for_each(run);
+                dst.par_chunks_mut(group * plane).enumerate().for_each_init(Vec::new, run);
             } else {
-                dst.chunks_mut(group * plane).enumerate().for_each(run);
+                dst.chunks_mut(group * plane).enumerate().for_each(|task| run(scratch, task));
             }
         },
     );
+    // SAFETY: the kernels wrote every plane of every image (`LanesImage`'s contract).
+    unsafe { out.set_len(n * o * plane) };
     out
 }
 
@@ -532,15 +539,16 @@ struct LanesShape {
 /// # Safety
 /// The CPU must run the kernel's instruction set, and the buffers must have the sizes
 /// [`LanesShape`] names, `wp` at least the output width rounded up to the kernel's step plus
-/// `KW - 1`, and the image one vector longer than its planes (the columns kernel's last
-/// loads run past the last row). The kernels assert these.
-type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [f32]);
+/// `KW - 1`, and the image one step longer than its planes (the columns kernel's last
+/// loads run past the last row). The kernels assert these. The kernel writes every value of
+/// its output planes; `scratch` is a buffer it may grow and reuse between calls.
+type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [MaybeUninit<f32>], &mut Vec<f32>);
 
 /// `$kernel` (a generic kernel body, its type parameters given) as a function pointer of
 /// type `$sig` with the parameters `fn(..)`, compiled with the target features `[$feature]`
 /// (`[]`: the portable build), so that the body's intrinsics inline into code built for them.
 macro_rules! instance {
-    ($sig:ty, fn($($arg:ident: $ty:ty),*), [$($feature:literal)?], $kernel:ident::<$($param:tt),+>) => {{
+    ($sig:ty, fn($($arg:ident: $ty:ty),* $(,)?), [$($feature:literal)?], $kernel:ident::<$($param:tt),+>) => {{
         $(#[target_feature(enable = $feature)])?
         unsafe fn k($($arg: $ty),*) {
             $kernel::<$($param),+>($($arg),*)
@@ -564,7 +572,7 @@ fn lanes_kernel(isa: Isa, o: usize, ow: usize) -> (usize, usize, usize, LanesIma
     // compiled with the target features `$feature`: the best step for `ow`.
     macro_rules! pick {
         ($feature:tt $simd:ty, $fb:literal, [$($p:literal),+]) => {{
-            let (p, k) = best(&[$(($p, instance!(LanesImage, fn(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]), $feature, lanes_image::<$simd, $fb, $p>))),+]);
+            let (p, k) = best(&[$(($p, instance!(LanesImage, fn(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [MaybeUninit<f32>], t: &mut Vec<f32>), $feature, lanes_image::<$simd, $fb, $p>))),+]);
             (<$simd as Simd>::LANES, $fb, p, k)
         }};
     }
@@ -591,80 +599,103 @@ enum Orientation {
     Columns,
 }
 
-/// The columns kernel [`conv2d_lanes`] runs on `isa`: (lanes, filters per step, kernel): the
-/// sums of that many filters and one image vector in registers (18 of AVX-512's 32, 10 of
-/// AVX2's 16).
+/// The columns kernel [`conv2d_lanes`] runs on `isa`: (output positions per step, filters
+/// per step, kernel). The registers hold filters x vectors sums, the step's image vectors
+/// and one broadcast weight: 4 x 6 + 6 + 1 of AVX-512's 32, 4 x 2 + 2 + 1 of AVX2's 16
+/// (the shapes that timed fastest on the `cnn` benchmark's first layer; 16 x 1 on AVX-512
+/// was 22% slower).
 fn columns_kernel(isa: Isa) -> (usize, usize, LanesImage) {
     macro_rules! pick {
-        ($feature:tt $simd:ty, $f:literal) => {
+        ($feature:tt $simd:ty, $f:literal, $q:literal) => {
             (
-                <$simd as Simd>::LANES,
+                <$simd as Simd>::LANES * $q,
                 $f,
                 instance!(
                     LanesImage,
-                    fn(i: &[f32], w: &[f32], b: &[f32], s: LanesShape, g: usize, d: &mut [f32]),
+                    fn(
+                        i: &[f32],
+                        w: &[f32],
+                        b: &[f32],
+                        s: LanesShape,
+                        g: usize,
+                        d: &mut [MaybeUninit<f32>],
+                        t: &mut Vec<f32>,
+                    ),
                     $feature,
-                    columns_image::<$simd, $f>
+                    columns_image::<$simd, $f, $q>
                 ),
             )
         };
     }
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx512 => pick!(["avx512f"] Avx512, 16),
+        Kind::Avx512 => pick!(["avx512f"] Avx512, 4, 6),
         #[cfg(target_arch = "x86_64")]
-        Kind::Avx2 => pick!(["avx2,fma"] Avx2, 8),
-        _ => pick!([] Portable, 8),
+        Kind::Avx2 => pick!(["avx2,fma"] Avx2, 4, 2),
+        _ => pick!([] Portable, 8, 1),
     }
 }
 
-/// [`LanesImage`]'s body with the output columns in the lanes, `F` filters per step. The
-/// image's planes are read as one flat row: output `(y, x)` sits at `y·wp + x` and its tap
-/// `(c, i, j)` at `(c·hp + i)·wp + j` past it, so each tap is one contiguous vector load for
-/// `LANES` outputs, multiplied by each filter's broadcast weight. The `wp - OW` columns past
-/// each output row are computed and dropped when the sums are copied to the planes.
+/// [`LanesImage`]'s body with the output columns in the lanes: `F` filters by `Q` vectors of
+/// positions per step. The image's planes are read as one flat row: output `(y, x)` sits at
+/// `y·wp + x` and its tap `(c, i, j)` at `(c·hp + i)·wp + j` past it, so each tap is `Q`
+/// contiguous vector loads, each multiplied by every filter's broadcast weight (one
+/// broadcast per `Q` multiply-adds). The `wp - OW` columns past each output row are computed
+/// into `scratch` and dropped when the sums are copied to the planes.
 #[inline(always)]
-unsafe fn columns_image<S: Simd, const F: usize>(
+unsafe fn columns_image<S: Simd, const F: usize, const Q: usize>(
     img: &[f32],
     wt: &[f32],
     bias: &[f32],
     shape: LanesShape,
     first: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+    scratch: &mut Vec<f32>,
 ) {
     let LanesShape { c, hp, wp, kh, kw, oh, ow, filters } = shape;
     let plane = oh * ow;
     let count = dst.len() / plane.max(1);
     let span = (oh - 1) * wp + ow;
-    let steps = span.div_ceil(S::LANES);
+    let step = Q * S::LANES;
+    let steps = span.div_ceil(step);
     assert!(count <= F && first + F <= filters && dst.len() == count * plane);
-    assert!(hp + 1 >= oh + kh && wp + 1 >= ow + kw && img.len() >= c * hp * wp + S::LANES);
+    assert!(hp + 1 >= oh + kh && wp + 1 >= ow + kw && img.len() >= c * hp * wp + step);
     assert!(wt.len() >= c * kh * kw * filters && bias.len() >= filters);
     // The sums of each filter over the flat positions, before the padding columns are dropped.
-    let row = steps * S::LANES;
-    let mut flat = vec![0.0f32; F * row];
-    for q0 in (0..span).step_by(S::LANES) {
-        let mut acc: [S::V; F] = std::array::from_fn(|f| S::splat(bias.as_ptr().add(first + f)));
+    let row = steps * step;
+    if scratch.len() < F * row {
+        scratch.resize(F * row, 0.0);
+    }
+    let flat = &mut scratch[..F * row];
+    for q0 in (0..span).step_by(step) {
+        let mut acc: [[S::V; Q]; F] = std::array::from_fn(|f| [S::splat(bias.as_ptr().add(first + f)); Q]);
         for ch in 0..c {
             for i in 0..kh {
                 let line = img.as_ptr().add((ch * hp + i) * wp + q0);
                 let mut tap = wt.as_ptr().add((ch * kh + i) * kw * filters + first);
                 for j in 0..kw {
-                    let v = S::load(line.add(j));
+                    let v: [S::V; Q] = std::array::from_fn(|q| S::load(line.add(j + q * S::LANES)));
                     for (f, a) in acc.iter_mut().enumerate() {
-                        *a = S::fma(S::splat(tap.add(f)), v, *a);
+                        let wf = S::splat(tap.add(f));
+                        for (a, &v) in a.iter_mut().zip(&v) {
+                            *a = S::fma(wf, v, *a);
+                        }
                     }
                     tap = tap.add(filters);
                 }
             }
         }
         for (f, a) in acc.iter().enumerate() {
-            S::store(flat.as_mut_ptr().add(f * row + q0), *a);
+            for (q, &a) in a.iter().enumerate() {
+                S::store(flat.as_mut_ptr().add(f * row + q0 + q * S::LANES), a);
+            }
         }
     }
     for (f, out) in dst.chunks_exact_mut(plane).enumerate() {
         for (y, out) in out.chunks_exact_mut(ow).enumerate() {
-            out.copy_from_slice(&flat[f * row + y * wp..][..ow]);
+            for (o, &v) in out.iter_mut().zip(&flat[f * row + y * wp..][..ow]) {
+                o.write(v);
+            }
         }
     }
 }
@@ -677,7 +708,8 @@ unsafe fn lanes_image<S: Simd, const FB: usize, const P: usize>(
     bias: &[f32],
     shape: LanesShape,
     first: usize,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
+    scratch: &mut Vec<f32>,
 ) {
     let LanesShape { c, hp, wp, kh, kw, oh, ow, filters } = shape;
     let group = FB * S::LANES;
@@ -687,7 +719,10 @@ unsafe fn lanes_image<S: Simd, const FB: usize, const P: usize>(
     assert!(img.len() >= c * hp * wp && hp + 1 >= oh + kh && wp + 1 >= ow.div_ceil(P) * P + kw);
     assert!(wt.len() >= c * kh * kw * filters && bias.len() >= filters);
     // The sums of one step, as [column, filter], on their way to the output's planes.
-    let mut tile = vec![0.0f32; P * group];
+    if scratch.len() < P * group {
+        scratch.resize(P * group, 0.0);
+    }
+    let tile = &mut scratch[..P * group];
     let start: [S::V; FB] = std::array::from_fn(|v| S::load(bias.as_ptr().add(first + v * S::LANES)));
     for y in 0..oh {
         for x0 in (0..ow).step_by(P) {
@@ -717,7 +752,7 @@ unsafe fn lanes_image<S: Simd, const FB: usize, const P: usize>(
             for (f, out) in dst.chunks_exact_mut(plane).enumerate() {
                 let out = &mut out[y * ow + x0..][..width];
                 for (col, o) in out.iter_mut().enumerate() {
-                    *o = tile[col * group + f];
+                    o.write(tile[col * group + f]);
                 }
             }
         }
