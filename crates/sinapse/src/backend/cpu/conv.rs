@@ -213,6 +213,11 @@ fn two_by_two(win: &Window) -> bool {
 /// (padding never wins; a NaN wins), `[N, C, OH, OW]`, and the tap it came from, `ky·KW + kx`
 /// counted from the window's top-left corner (padding included), as a whole number.
 pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>, Vec<f32>) {
+    max_pool_with(Isa::detect(), src, dims, win)
+}
+
+/// [`max_pool`] with the 2x2 path compiled for `isa` (tests run each the CPU has).
+fn max_pool_with(isa: Isa, src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>, Vec<f32>) {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     let len = n * c * oh * ow;
     if len == 0 {
@@ -234,7 +239,7 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
             .enumerate()
             .for_each(|(t, (vals, at))| {
                 let planes = vals.len() / (oh * ow);
-                max_pool_2x2(&src[t * (per_task / (oh * ow)) * h * w..][..planes * h * w], w, ow, vals, at);
+                max_pool_2x2(isa, &src[t * (per_task / (oh * ow)) * h * w..][..planes * h * w], w, ow, vals, at);
             });
         // SAFETY: the tasks partition all `len` values of both, and `max_pool_2x2` writes
         // every output row of its run of planes.
@@ -252,7 +257,7 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
         .for_each(|(p, (vals, at))| {
             let plane = &src[p * h * w..(p + 1) * h * w];
             if two_by_two(win) {
-                max_pool_2x2(plane, w, ow, vals, at);
+                max_pool_2x2(isa, plane, w, ow, vals, at);
                 return;
             }
             for y in 0..oh {
@@ -290,8 +295,29 @@ pub(super) fn max_pool(src: &[f32], dims: ImageDims, win: &Window) -> (Vec<f32>,
 }
 
 /// [`max_pool`]'s common case, 2x2 windows with stride 2 and no padding, written out: four
-/// candidates per output and the winner and its tap chosen without branches.
-fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [MaybeUninit<f32>], taps: &mut [MaybeUninit<f32>]) {
+/// candidates per output and the winner and its tap chosen without branches (16 outputs at
+/// a time on AVX-512).
+fn max_pool_2x2(
+    isa: Isa,
+    plane: &[f32],
+    w: usize,
+    ow: usize,
+    vals: &mut [MaybeUninit<f32>],
+    taps: &mut [MaybeUninit<f32>],
+) {
+    assert!(
+        vals.len() == taps.len()
+            && vals.len().is_multiple_of(ow.max(1))
+            && plane.len() >= vals.len() / ow.max(1) * 2 * w
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa.kind() == Kind::Avx512 {
+        // SAFETY: `isa` is this CPU's (`Isa::detect` or `Isa::available`); the assert above
+        // holds every row pair each output row reads.
+        return unsafe { max_pool_2x2_avx512(plane, w, ow, vals, taps) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     #[inline(always)]
     fn pick(best: f32, at: f32, v: f32, tap: f32) -> (f32, f32) {
         // A NaN wins over a number (and the first NaN stays): as in PyTorch.
@@ -310,6 +336,56 @@ fn max_pool_2x2(plane: &[f32], w: usize, ow: usize, vals: &mut [MaybeUninit<f32>
             let (best, at) = pick(best, at, b[1], 3.0);
             v_out.write(best);
             t_out.write(at);
+        }
+    }
+}
+
+/// [`max_pool_2x2`] on AVX-512: per output row, the row pair's even and odd columns are
+/// split out of two vectors each (`vpermt2ps`), and the four candidates of 16 outputs are
+/// compared at once, with the scalar path's order and NaN rule. Masked loads and stores
+/// cover widths that are not a multiple of 16.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `plane` must hold the `2·w` values of each output row's
+/// row pair (`vals.len() / ow` rows).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool_2x2_avx512(
+    plane: &[f32],
+    w: usize,
+    ow: usize,
+    vals: &mut [MaybeUninit<f32>],
+    taps: &mut [MaybeUninit<f32>],
+) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn pick(best: __m512, at: __m512, v: __m512, tap: f32) -> (__m512, __m512) {
+        let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best);
+        let nan_over_number =
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v) & !_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(best, best);
+        let wins = greater | nan_over_number;
+        (_mm512_mask_blend_ps(wins, best, v), _mm512_mask_mov_ps(at, wins, _mm512_set1_ps(tap)))
+    }
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let first = |count: usize| -> __mmask16 { ((1u32 << count.min(16)) - 1) as __mmask16 };
+    for (y, (out_v, out_t)) in vals.chunks_exact_mut(ow).zip(taps.chunks_exact_mut(ow)).enumerate() {
+        let (top, bottom) = (plane.as_ptr().add(2 * y * w), plane.as_ptr().add((2 * y + 1) * w));
+        for x in (0..ow).step_by(16) {
+            let count = (ow - x).min(16);
+            let (lo, hi) = (first(2 * count), first((2 * count).saturating_sub(16)));
+            let split = |row: *const f32| {
+                let (a, b) =
+                    (_mm512_maskz_loadu_ps(lo, row.add(2 * x)), _mm512_maskz_loadu_ps(hi, row.add(2 * x + 16)));
+                (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+            };
+            let ((t0, t1), (t2, t3)) = (split(top), split(bottom));
+            let (best, at) = pick(t0, _mm512_setzero_ps(), t1, 1.0);
+            let (best, at) = pick(best, at, t2, 2.0);
+            let (best, at) = pick(best, at, t3, 3.0);
+            let out = first(count);
+            _mm512_mask_storeu_ps(out_v.as_mut_ptr().add(x).cast(), out, best);
+            _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(x).cast(), out, at);
         }
     }
 }
@@ -1151,9 +1227,11 @@ mod tests {
     /// `[N, C, H, W]` shapes for the 2x2 pooling paths: even heights (the forward pass pools a
     /// run of planes as one tall image) and odd ones (plane by plane; the backward pass writes
     /// the last row's zeros), odd widths, and planes large enough for one plane per task or
-    /// three with a shorter last run (`planes_per_task`).
-    const POOLING_SHAPES: [(usize, usize, usize, usize); 5] =
-        [(2, 3, 6, 10), (3, 2, 7, 9), (1, 5, 64, 129), (1, 5, 65, 128), (1, 7, 50, 101)];
+    /// three with a shorter last run (`planes_per_task`); the `cnn` benchmark's first pooling
+    /// (12 outputs a row: one masked vector on AVX-512) and 33 outputs a row (two vectors and
+    /// one output).
+    const POOLING_SHAPES: [(usize, usize, usize, usize); 7] =
+        [(2, 3, 6, 10), (3, 2, 7, 9), (1, 5, 64, 129), (1, 5, 65, 128), (1, 7, 50, 101), (2, 4, 24, 24), (3, 2, 8, 66)];
 
     /// The 2x2 pooling's backward path against each output's gradient added at its tap, on
     /// odd sizes (a row and a column past the last window, which get 0) and with ties and
@@ -1192,7 +1270,7 @@ mod tests {
         let got = max_pool_backward(&g, &taps, dims, &win);
         assert_eq!(got.len(), want.len());
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "dx[{i}]: {a} vs {b}");
+            assert_eq!(a.to_bits(), b.to_bits(), "{:?}: dx[{i}]: {a} vs {b}", [n, c, h, w]);
         }
     }
 
@@ -1217,7 +1295,13 @@ mod tests {
             .collect();
         let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
         let dims = ImageDims { input: [n, c, h, w], output: [h / 2, w / 2] };
-        let (values, taps) = max_pool(&src, dims, &win);
+        for isa in Isa::available() {
+            check_two_by_two_on(isa, &src, [n, c, h, w], dims, &win);
+        }
+    }
+
+    fn check_two_by_two_on(isa: Isa, src: &[f32], [n, c, h, w]: [usize; 4], dims: ImageDims, win: &Window) {
+        let (values, taps) = max_pool_with(isa, src, dims, win);
         for p in 0..n * c {
             for y in 0..h / 2 {
                 for x in 0..w / 2 {
@@ -1227,8 +1311,8 @@ mod tests {
                     let best = window.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let want = first_nan.unwrap_or_else(|| window.iter().position(|&v| v == best).unwrap());
                     let at = (p * (h / 2) + y) * (w / 2) + x;
-                    assert_eq!(taps[at], want as f32, "plane {p} ({y}, {x}): window {window:?}");
-                    assert_eq!(values[at].to_bits(), window[want].to_bits(), "plane {p} ({y}, {x})");
+                    assert_eq!(taps[at], want as f32, "{isa:?}, plane {p} ({y}, {x}): window {window:?}");
+                    assert_eq!(values[at].to_bits(), window[want].to_bits(), "{isa:?}, plane {p} ({y}, {x})");
                 }
             }
         }
