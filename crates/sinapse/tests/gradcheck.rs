@@ -244,6 +244,27 @@ fn a_small_mlp_end_to_end() {
     );
 }
 
+/// The CPU's Winograd path (3x3 and 5x5 kernels, stride 1, at least 8 channels and filters):
+/// its f32 forward pass rounds a few more times than a direct sum, which the default step's
+/// differences turn into noise of about 1e-3; the convolution is linear in the input and in
+/// the filters, so a step of 0.25 has no truncation error and divides that noise by 50.
+#[test]
+fn winograd_convolution() {
+    let options = GradcheckOptions { eps: 0.25, ..GradcheckOptions::default() };
+    // (input [N, C, H, W], weight [O, C, K, K], padding)
+    let cases: [([usize; 4], [usize; 4], [usize; 2]); 2] = [
+        ([2, 8, 6, 7], [8, 8, 3, 3], [1, 1]),  // F(4x4, 3x3), partial tiles
+        ([1, 9, 6, 6], [10, 9, 5, 5], [2, 1]), // F(4x4, 5x5), padding per axis, partial vectors
+    ];
+    for (i, (xs, ws, padding)) in cases.into_iter().enumerate() {
+        let seed = 400 + 3 * i as u64;
+        let (x, w, b) = (rand(&xs, seed), rand(&ws, seed + 1), rand(&[ws[0]], seed + 2));
+        let f = |t: &[Tensor]| t[0].conv2d(&t[1], Some(&t[2]), [1, 1], padding, [1, 1]);
+        let report = gradcheck(f, &[x, w, b], options).unwrap();
+        assert!(report.checked > 0 && report.passed(), "Winograd case {i}: x {xs:?} w {ws:?}: {report}");
+    }
+}
+
 #[test]
 fn convolution_edge_cases() {
     // (input [N, C, H, W], weight [O, C, KH, KW], stride, padding, dilation)

@@ -6,9 +6,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::simd::{instance, Isa, Portable, Simd};
 #[cfg(target_arch = "x86_64")]
 use super::simd::{Avx2, Avx512, Kind};
-use super::simd::{Isa, Portable, Simd};
 use crate::backend::{ImageDims, Window};
 
 /// For output column `x` of a window tap at offset `tap` (= j·dilation - padding), the input
@@ -115,6 +115,11 @@ pub(super) fn col2im(cols: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
 /// the thread's cache between the product that writes them and the adds that read them,
 /// where the batch's (6.5 MB) went out to memory and back.
 pub(super) fn conv2d_input_grad(g: &[f32], w: &[f32], o: usize, dims: ImageDims, win: &Window) -> Vec<f32> {
+    if win.stride == [1, 1] && win.dilation == [1, 1] {
+        if let Some(dx) = super::winograd::input_gradient(Isa::detect(), g, dims, w, o, win.kernel, win.padding) {
+            return dx;
+        }
+    }
     let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = win.kernel;
     let (l, ck) = (oh * ow, c * kh * kw);
@@ -486,6 +491,10 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
 ///
 /// Images are spread over the threads, and with fewer images than threads (inference) each
 /// image's groups of filters too.
+///
+/// Shapes Winograd's algorithm covers (3x3 and 5x5 kernels, at least 8 channels and 8
+/// filters) go to [`super::winograd`] instead, as do their gradients
+/// ([`conv2d_input_grad`], [`conv2d_weight_grad`]).
 pub(super) fn conv2d_direct(
     x: &[f32],
     dims: ImageDims,
@@ -495,7 +504,11 @@ pub(super) fn conv2d_direct(
     padding: [usize; 2],
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    conv2d_lanes(Isa::detect(), None, x, dims, w, o, kernel, padding, bias)
+    let isa = Isa::detect();
+    if let Some(out) = super::winograd::forward(isa, x, dims, w, o, kernel, padding, bias) {
+        return out;
+    }
+    conv2d_lanes(isa, None, x, dims, w, o, kernel, padding, bias)
 }
 
 /// [`conv2d_direct`] compiled for `isa`, with the kernel's `orientation` (`None`: the one
@@ -619,19 +632,6 @@ struct LanesShape {
 /// loads run past the last row). The kernels assert these. The kernel writes every value of
 /// its output planes; `scratch` is a buffer it may grow and reuse between calls.
 type LanesImage = unsafe fn(&[f32], &[f32], &[f32], LanesShape, usize, &mut [MaybeUninit<f32>], &mut Vec<f32>);
-
-/// `$kernel` (a generic kernel body, its type parameters given) as a function pointer of
-/// type `$sig` with the parameters `fn(..)`, compiled with the target features `[$feature]`
-/// (`[]`: the portable build), so that the body's intrinsics inline into code built for them.
-macro_rules! instance {
-    ($sig:ty, fn($($arg:ident: $ty:ty),* $(,)?), [$($feature:literal)?], $kernel:ident::<$($param:tt),+>) => {{
-        $(#[target_feature(enable = $feature)])?
-        unsafe fn k($($arg: $ty),*) {
-            $kernel::<$($param),+>($($arg),*)
-        }
-        k as $sig
-    }};
-}
 
 /// The kernel [`conv2d_lanes`] runs for `o` filters and `ow` output columns on `isa`:
 /// (lanes, filter vectors per step, columns per step, kernel). One filter vector when the
@@ -855,7 +855,11 @@ pub(super) fn conv2d_weight_grad(
     kernel: [usize; 2],
     padding: [usize; 2],
 ) -> Vec<f32> {
-    weight_grad_with(Isa::detect(), x, dims, g, o, kernel, padding)
+    let isa = Isa::detect();
+    if let Some(dw) = super::winograd::filters_grad(isa, x, dims, g, o, kernel, padding) {
+        return dw;
+    }
+    weight_grad_with(isa, x, dims, g, o, kernel, padding)
 }
 
 /// [`conv2d_weight_grad`] compiled for `isa` (tests run each the CPU has).

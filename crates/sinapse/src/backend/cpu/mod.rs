@@ -14,6 +14,7 @@ mod optim;
 mod recurrent;
 mod reduce;
 mod simd;
+mod winograd;
 
 use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
 use crate::layout::Layout;

@@ -191,3 +191,18 @@ impl Isa {
         all
     }
 }
+
+/// `$kernel` (a generic kernel body, its type parameters given) as a function pointer of
+/// type `$sig` with the parameters `fn(..)`, compiled with the target features `[$feature]`
+/// (`[]`: the portable build), so that the body's intrinsics inline into code built for them.
+macro_rules! instance {
+    ($sig:ty, fn($($arg:ident: $ty:ty),* $(,)?), [$($feature:literal)?], $kernel:ident::<$($param:tt),+>) => {{
+        $(#[target_feature(enable = $feature)])?
+        unsafe fn k($($arg: $ty),*) {
+            $kernel::<$($param),+>($($arg),*)
+        }
+        k as $sig
+    }};
+}
+
+pub(super) use instance;

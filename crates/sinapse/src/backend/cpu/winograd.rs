@@ -1,0 +1,936 @@
+//! Winograd's minimal filtering F(m×m, r×r) for stride-1, undilated 2-D convolutions with a
+//! square r×r kernel (r = 3 or 5) and enough channels on both sides.
+//!
+//! Each m×m tile of an output plane is `Aᵀ[Σ_c (G g_c Gᵀ) ⊙ (Bᵀ d_c B)]A`, for the α×α input
+//! patch `d_c` of each channel (α = m + r - 1) and the filter `g_c`: the multiply-adds across
+//! channels happen once per transformed point (α² per tile) rather than once per tap and
+//! output (r²·m²), 6.25x fewer for F(4×4, 5×5) and 4x for F(4×4, 3×3). After the
+//! transforms, each of the α² points is one matrix product `[tiles, C] x [C, O]`. The input's
+//! and the filters' gradients are the exact adjoints of the same steps, so they cost about
+//! what the forward pass costs (the input's gradient as a direct convolution of the padded
+//! output gradient would spend most of its work on the padding).
+//!
+//! The matrices come from the interpolation points 0, ±1, ±2, ±1/2 (Toom-Cook), built in f64
+//! when first used; the sums are in f32, each rounded a few more times than a direct sum
+//! (the tests bound the difference against the definition summed in f64).
+//!
+//! Every step is vectorised along the channels (or filters) of one pixel: images are turned
+//! to `[H, W, C]` on their way in and back on their way out, with the channels padded to
+//! whole vectors. Tasks take up to 4 images; each transform stage runs over all their tiles
+//! at once, in buffers each thread keeps between calls.
+//!
+//! On the `cnn` benchmark's second layer (16 -> 32 channels, 5x5, 12x12 images, batch 64,
+//! 2 threads, AMD EPYC Zen 5 with AVX-512) the three passes took 241, 253 and 247 us here,
+//! against 254 us (direct forward kernel), about 400 us (products and col2im) and 257 us
+//! (direct filters' gradient).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::simd::{instance, Isa, Portable, Simd};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx2, Avx512, Kind};
+use crate::backend::ImageDims;
+
+/// The side of an output tile.
+const TILE: usize = 4;
+
+/// The finite interpolation points, in the order they are taken (α - 1 of them).
+const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
+
+/// One term of a transform's row or column: (index, coefficient), zeros left out.
+type Terms = Vec<(usize, f32)>;
+
+/// F(m, r)'s matrices `Aᵀ` (m×α), `G` (α×r) and `Bᵀ` (α×α), as their rows' and columns'
+/// nonzero terms (the transforms and their adjoints each read one of the two).
+#[derive(Debug)]
+struct Transforms {
+    m: usize,
+    r: usize,
+    alpha: usize,
+    at_rows: Vec<Terms>,
+    at_cols: Vec<Terms>,
+    g_rows: Vec<Terms>,
+    g_cols: Vec<Terms>,
+    bt_rows: Vec<Terms>,
+    bt_cols: Vec<Terms>,
+}
+
+impl Transforms {
+    /// F(`m`, `r`) from the first `m + r - 2` points and infinity. The correlation
+    /// `y_i = Σ_k g_k d_(i+k)` is the transpose of Toom-Cook's product of polynomials
+    /// (evaluate both factors, multiply, interpolate): `y = Aᵀ[(G g) ⊙ (Bᵀ d)]` with `Aᵀ` the
+    /// evaluation of the m-term factor transposed, `G` the evaluation of the filter divided by
+    /// each point's Lagrange denominator, and `Bᵀ` the interpolation transposed, times those
+    /// denominators (so that its entries stay small).
+    fn new(m: usize, r: usize) -> Transforms {
+        let alpha = m + r - 1;
+        let finite = alpha - 1;
+        assert!(m >= 1 && r >= 2 && finite <= POINTS.len(), "F({m}, {r}) needs {finite} points");
+        let p = &POINTS[..finite];
+        let mut at = vec![0.0f64; m * alpha];
+        for i in 0..m {
+            for (j, &pj) in p.iter().enumerate() {
+                at[i * alpha + j] = pj.powi(i as i32);
+            }
+        }
+        at[(m - 1) * alpha + finite] = 1.0;
+        let denominators: Vec<f64> =
+            (0..finite).map(|j| (0..finite).filter(|&l| l != j).map(|l| p[j] - p[l]).product()).collect();
+        let mut g = vec![0.0f64; alpha * r];
+        for (j, (&pj, &dj)) in p.iter().zip(&denominators).enumerate() {
+            for k in 0..r {
+                g[j * r + k] = pj.powi(k as i32) / dj;
+            }
+        }
+        g[finite * r + r - 1] = 1.0;
+        // The evaluation of a polynomial of degree α - 1 at every point (its leading
+        // coefficient at infinity), and its inverse: the interpolation.
+        let mut v = vec![0.0f64; alpha * alpha];
+        for (j, &pj) in p.iter().enumerate() {
+            for k in 0..alpha {
+                v[j * alpha + k] = pj.powi(k as i32);
+            }
+        }
+        v[finite * alpha + alpha - 1] = 1.0;
+        let c = invert(v, alpha);
+        let mut bt = vec![0.0f64; alpha * alpha];
+        for row in 0..alpha {
+            for col in 0..alpha {
+                let scale = if col < finite { denominators[col] } else { 1.0 };
+                bt[col * alpha + row] = c[row * alpha + col] * scale;
+            }
+        }
+        let rows = |a: &[f64], cols: usize| -> Vec<Terms> {
+            a.chunks_exact(cols)
+                .map(|row| row.iter().enumerate().filter(|(_, &x)| x != 0.0).map(|(i, &x)| (i, x as f32)).collect())
+                .collect()
+        };
+        let cols = |a: &[f64], cols: usize| -> Vec<Terms> {
+            (0..cols)
+                .map(|j| {
+                    a.chunks_exact(cols)
+                        .enumerate()
+                        .filter(|(_, row)| row[j] != 0.0)
+                        .map(|(i, row)| (i, row[j] as f32))
+                        .collect()
+                })
+                .collect()
+        };
+        Transforms {
+            m,
+            r,
+            alpha,
+            at_rows: rows(&at, alpha),
+            at_cols: cols(&at, alpha),
+            g_rows: rows(&g, r),
+            g_cols: cols(&g, r),
+            bt_rows: rows(&bt, alpha),
+            bt_cols: cols(&bt, alpha),
+        }
+    }
+
+    /// The transforms for an r×r kernel with 4×4 tiles (built once per process).
+    fn for_kernel(r: usize) -> Option<&'static Transforms> {
+        static THREE: OnceLock<Transforms> = OnceLock::new();
+        static FIVE: OnceLock<Transforms> = OnceLock::new();
+        match r {
+            3 => Some(THREE.get_or_init(|| Transforms::new(TILE, 3))),
+            5 => Some(FIVE.get_or_init(|| Transforms::new(TILE, 5))),
+            _ => None,
+        }
+    }
+}
+
+/// The inverse of the `n`×`n` row-major matrix `a` (Gauss-Jordan with partial pivoting; `a`
+/// is a Vandermonde matrix of distinct points, so never singular).
+fn invert(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+    let mut inv = vec![0.0f64; n * n];
+    for i in 0..n {
+        inv[i * n + i] = 1.0;
+    }
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs())).expect("rows");
+        for k in 0..n {
+            a.swap(col * n + k, pivot * n + k);
+            inv.swap(col * n + k, pivot * n + k);
+        }
+        let d = a[col * n + col];
+        for k in 0..n {
+            a[col * n + k] /= d;
+            inv[col * n + k] /= d;
+        }
+        for row in (0..n).filter(|&row| row != col) {
+            let f = a[row * n + col];
+            for k in 0..n {
+                a[row * n + k] -= f * a[col * n + k];
+                inv[row * n + k] -= f * inv[col * n + k];
+            }
+        }
+    }
+    inv
+}
+
+/// The sizes one Winograd convolution runs over.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Images, channels and filters, and the channels and filters padded to whole vectors.
+    n: usize,
+    c: usize,
+    k: usize,
+    cp: usize,
+    kp: usize,
+    /// Input and output planes, and the padding.
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    ph: usize,
+    pw: usize,
+    /// Tiles per row of an output plane, and per image.
+    tw: usize,
+    tiles: usize,
+    /// The `[H, W, C]` image's padded plane, large enough for every tile's patch.
+    hx: usize,
+    wx: usize,
+    /// Images per task.
+    chunk: usize,
+}
+
+/// The plan for a stride-1 undilated convolution of `dims` with `o` filters of `kernel`,
+/// `padding`, vectors of `lanes`; `None` where this path does not apply (another kernel
+/// size, or too few channels or filters for the products between them to pay for the
+/// transforms).
+fn plan(dims: ImageDims, o: usize, kernel: [usize; 2], padding: [usize; 2], lanes: usize) -> Option<Plan> {
+    let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
+    let [kh, kw] = kernel;
+    if kh != kw || Transforms::for_kernel(kh).is_none() || c < 8 || o < 8 || n * oh * ow == 0 {
+        return None;
+    }
+    assert!(
+        oh + kh == h + 2 * padding[0] + 1 && ow + kw == w + 2 * padding[1] + 1,
+        "winograd: not a stride-1 convolution"
+    );
+    let (th, tw) = (oh.div_ceil(TILE), ow.div_ceil(TILE));
+    // Up to 4 images a task: their transformed tiles (about 0.4 MB for the `cnn` benchmark's
+    // second layer) stay in the core's cache, and each transform's rows are long enough to
+    // keep its coefficients in registers (1, 2, 4 and 8 images timed within 5% of each other).
+    let chunk = n.div_ceil(rayon::current_num_threads()).clamp(1, 4);
+    Some(Plan {
+        n,
+        c,
+        k: o,
+        cp: c.div_ceil(lanes) * lanes,
+        kp: o.div_ceil(lanes) * lanes,
+        h,
+        w,
+        oh,
+        ow,
+        ph: padding[0],
+        pw: padding[1],
+        tw,
+        tiles: th * tw,
+        hx: th * TILE + kh - 1,
+        wx: tw * TILE + kw - 1,
+        chunk,
+    })
+}
+
+/// `dst[..len] (+)= Σ coef · src[index · stride ..][..len]` over `terms` (at most 8; 0
+/// terms write zeros), `len` a whole number of vectors: the coefficients and row pointers
+/// stay in registers along the row.
+#[inline(always)]
+unsafe fn combine<S: Simd>(
+    dst: *mut f32,
+    src: *const f32,
+    stride: usize,
+    terms: &[(usize, f32)],
+    len: usize,
+    add: bool,
+) {
+    #[inline(always)]
+    unsafe fn with<S: Simd, const N: usize>(
+        dst: *mut f32,
+        src: *const f32,
+        stride: usize,
+        terms: &[(usize, f32)],
+        len: usize,
+        add: bool,
+    ) {
+        let coef: [S::V; N] = std::array::from_fn(|t| S::splat(&terms[t].1));
+        let rows: [*const f32; N] = std::array::from_fn(|t| src.add(terms[t].0 * stride));
+        for e in (0..len).step_by(S::LANES) {
+            let mut acc = if add { S::load(dst.add(e)) } else { S::zero() };
+            for (c, row) in coef.iter().zip(&rows) {
+                acc = S::fma(*c, S::load(row.add(e)), acc);
+            }
+            S::store(dst.add(e), acc);
+        }
+    }
+    match terms.len() {
+        0 => with::<S, 0>(dst, src, stride, terms, len, add),
+        1 => with::<S, 1>(dst, src, stride, terms, len, add),
+        2 => with::<S, 2>(dst, src, stride, terms, len, add),
+        3 => with::<S, 3>(dst, src, stride, terms, len, add),
+        4 => with::<S, 4>(dst, src, stride, terms, len, add),
+        5 => with::<S, 5>(dst, src, stride, terms, len, add),
+        6 => with::<S, 6>(dst, src, stride, terms, len, add),
+        7 => with::<S, 7>(dst, src, stride, terms, len, add),
+        8 => with::<S, 8>(dst, src, stride, terms, len, add),
+        n => unreachable!("a transform row of {n} terms (at most α = 8)"),
+    }
+}
+
+/// `dst[o][p] = Σ_a Σ_b L[o][a] R[p][b] src[a][b]` for blocks of `len` values (a whole
+/// number of vectors), `src` `[a][b]` with `cols` blocks a row and `dst` `[o][p]`, through
+/// `tmp` (`left.len() · cols` blocks): each of the transforms, `L X Rᵀ`, and their adjoints
+/// are one of these, with `L` and `R` as rows or as columns of a matrix.
+#[inline(always)]
+unsafe fn two_sided<S: Simd>(
+    left: &[Terms],
+    right: &[Terms],
+    src: *const f32,
+    cols: usize,
+    tmp: &mut [f32],
+    dst: *mut f32,
+    len: usize,
+) {
+    assert!(tmp.len() >= left.len() * cols * len);
+    for (o, terms) in left.iter().enumerate() {
+        for b in 0..cols {
+            combine::<S>(tmp.as_mut_ptr().add((o * cols + b) * len), src.add(b * len), cols * len, terms, len, false);
+        }
+    }
+    for o in 0..left.len() {
+        for (q, terms) in right.iter().enumerate() {
+            let to = dst.add((o * right.len() + q) * len);
+            combine::<S>(to, tmp.as_ptr().add(o * cols * len), len, terms, len, false);
+        }
+    }
+}
+
+/// `out (+)= a · b` for `a` `rows`×`inner` read at strides (`a_rs`, `a_cs`), `b` `inner`×`n`
+/// and `out` `rows`×`n` row-major, `n` a whole number of vectors: blocks of 4 rows by 2
+/// vectors of sums in registers, one broadcast of `a` per 2 multiply-adds.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn product<S: Simd>(
+    a: *const f32,
+    [a_rs, a_cs]: [usize; 2],
+    rows: usize,
+    inner: usize,
+    b: *const f32,
+    n: usize,
+    out: *mut f32,
+    add: bool,
+) {
+    #[inline(always)]
+    unsafe fn block<S: Simd, const R: usize, const NB: usize>(
+        a: *const f32,
+        [a_rs, a_cs]: [usize; 2],
+        inner: usize,
+        b: *const f32,
+        n: usize,
+        out: *mut f32,
+        add: bool,
+    ) {
+        let mut acc = [[S::zero(); NB]; R];
+        if add {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = S::load(out.add(r * n + v * S::LANES));
+                }
+            }
+        }
+        for i in 0..inner {
+            let bv: [S::V; NB] = std::array::from_fn(|v| S::load(b.add(i * n + v * S::LANES)));
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = S::splat(a.add(r * a_rs + i * a_cs));
+                for (x, &bv) in row.iter_mut().zip(&bv) {
+                    *x = S::fma(av, bv, *x);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, &x) in row.iter().enumerate() {
+                S::store(out.add(r * n + v * S::LANES), x);
+            }
+        }
+    }
+    let vectors = n / S::LANES;
+    let mut row = 0;
+    while row < rows {
+        let four = rows - row >= 4;
+        let (a_row, out_row) = (a.add(row * a_rs), out.add(row * n));
+        let mut v = 0;
+        while v < vectors {
+            let (bb, ob) = (b.add(v * S::LANES), out_row.add(v * S::LANES));
+            match (four, vectors - v >= 2) {
+                (true, true) => block::<S, 4, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (true, false) => block::<S, 4, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (false, true) => block::<S, 1, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (false, false) => block::<S, 1, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+            }
+            v += if vectors - v >= 2 { 2 } else { 1 };
+        }
+        row += if four { 4 } else { 1 };
+    }
+}
+
+/// The filters `[O, C, r, r]` transformed: `u[point][channel][filter]` (`G g Gᵀ` for each
+/// filter and channel), channels and filters padded with zeros, and, with `transposed`, the
+/// same as `[point][filter][channel]` (the input gradient's products read it so).
+#[inline(always)]
+unsafe fn filters_transformed<S: Simd>(t: &Transforms, p: Plan, w: &[f32], transposed: bool, u: &mut [f32]) {
+    let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
+    assert!(w.len() == p.k * p.c * r * r && u.len() == alpha * alpha * ckp);
+    // The filters as [i][j][channel][filter].
+    let mut wt = vec![0.0f32; r * r * ckp];
+    for (f, filter) in w.chunks_exact(p.c * r * r).enumerate() {
+        for (ch, taps) in filter.chunks_exact(r * r).enumerate() {
+            for (ij, &x) in taps.iter().enumerate() {
+                wt[(ij * p.cp + ch) * p.kp + f] = x;
+            }
+        }
+    }
+    let mut tmp = vec![0.0f32; alpha * r * ckp];
+    let mut whole = vec![0.0f32; alpha * alpha * ckp];
+    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, whole.as_mut_ptr(), ckp);
+    if !transposed {
+        u.copy_from_slice(&whole);
+        return;
+    }
+    for (point, dst) in u.chunks_exact_mut(ckp).enumerate() {
+        let src = &whole[point * ckp..][..ckp];
+        for ch in 0..p.cp {
+            for f in 0..p.kp {
+                dst[f * p.cp + ch] = src[ch * p.kp + f];
+            }
+        }
+    }
+}
+
+/// The adjoint of [`filters_transformed`]: the filters' gradient `[O, C, r, r]` from the
+/// gradient of the transformed filters `du[point][channel][filter]`.
+#[inline(always)]
+unsafe fn filters_gradient<S: Simd>(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32]) {
+    let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
+    assert!(du.len() == alpha * alpha * ckp && dw.len() == p.k * p.c * r * r);
+    let mut tmp = vec![0.0f32; r * alpha * ckp];
+    let mut taps = vec![0.0f32; r * r * ckp];
+    two_sided::<S>(&t.g_cols, &t.g_cols, du.as_ptr(), alpha, &mut tmp, taps.as_mut_ptr(), ckp);
+    for (f, filter) in dw.chunks_exact_mut(p.c * r * r).enumerate() {
+        for (ch, out) in filter.chunks_exact_mut(r * r).enumerate() {
+            for (ij, x) in out.iter_mut().enumerate() {
+                *x = taps[(ij * p.cp + ch) * p.kp + f];
+            }
+        }
+    }
+}
+
+/// Image `b` of the `[N, C, H, W]` batch `x` into `xh`, `[hx, wx, cp]` with the padding
+/// (only the image's pixels are written: the rest of `xh` stays as it was, zeros).
+fn image_in(p: Plan, x: &[f32], b: usize, xh: &mut [f32]) {
+    let image = &x[b * p.c * p.h * p.w..][..p.c * p.h * p.w];
+    assert!(xh.len() >= p.hx * p.wx * p.cp && p.h + p.ph <= p.hx && p.w + p.pw <= p.wx && p.c <= p.cp);
+    for (ch, plane) in image.chunks_exact(p.h * p.w).enumerate() {
+        for (y, row) in plane.chunks_exact(p.w).enumerate() {
+            let dst = xh[((y + p.ph) * p.wx + p.pw) * p.cp + ch..].as_mut_ptr();
+            for (xx, &v) in row.iter().enumerate() {
+                // SAFETY: pixel (y + ph, xx + pw) of the `[hx, wx, cp]` buffer (asserted).
+                unsafe { *dst.add(xx * p.cp) = v };
+            }
+        }
+    }
+}
+
+/// Every tile's α×α input patch of the `[hx, wx, cp]` image `xh`, into `d[i][j][first +
+/// tile][cp]` for a chunk of `total` tiles (vector copies: `copy_from_slice` called `memcpy`
+/// for each 64 bytes).
+#[inline(always)]
+unsafe fn patches_in<S: Simd>(p: Plan, alpha: usize, xh: &[f32], first: usize, total: usize, d: &mut [f32]) {
+    assert!(xh.len() >= p.hx * p.wx * p.cp && d.len() >= alpha * alpha * total * p.cp && first + p.tiles <= total);
+    for tile in 0..p.tiles {
+        let (ty, tx) = (tile / p.tw, tile % p.tw);
+        for i in 0..alpha {
+            let src = xh.as_ptr().add(((ty * TILE + i) * p.wx + tx * TILE) * p.cp);
+            for j in 0..alpha {
+                let dst = d.as_mut_ptr().add(((i * alpha + j) * total + first + tile) * p.cp);
+                for e in (0..p.cp).step_by(S::LANES) {
+                    S::store(dst.add(e), S::load(src.add(j * p.cp + e)));
+                }
+            }
+        }
+    }
+}
+
+/// Image `b`'s output gradient (`[N, O, OH, OW]`) as tiles, `dy[p][q][first + tile][kp]`
+/// for a chunk of `total` tiles (the outputs only: the rest of `dy` is left as it is).
+fn gradient_in(p: Plan, g: &[f32], b: usize, first: usize, total: usize, dy: &mut [f32]) {
+    let (image, plane) = (&g[b * p.k * p.oh * p.ow..][..p.k * p.oh * p.ow], p.oh * p.ow);
+    // Output by output, its filters written side by side.
+    for y in 0..p.oh {
+        for xx in 0..p.ow {
+            let (tile, pq) = ((y / TILE) * p.tw + xx / TILE, (y % TILE) * TILE + xx % TILE);
+            let dst = &mut dy[(pq * total + first + tile) * p.kp..][..p.k];
+            for (f, v) in dst.iter_mut().enumerate() {
+                *v = image[f * plane + y * p.ow + xx];
+            }
+        }
+    }
+}
+
+/// What a task of the forward pass reads.
+struct Forward<'a> {
+    t: &'static Transforms,
+    p: Plan,
+    x: &'a [f32],
+    u: &'a [f32],
+    bias: &'a [f32],
+}
+
+/// A thread's buffers, kept between calls (about 0.5 MB for the `cnn` benchmark's second
+/// layer): zeroing fresh ones for every task cost a fifth of the time.
+#[derive(Default)]
+struct Buffers {
+    image: Vec<f32>,
+    d: Vec<f32>,
+    tmp: Vec<f32>,
+    v: Vec<f32>,
+    m: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+}
+
+impl Buffers {
+    /// Each buffer at least `len` long (new space zeroed).
+    fn fit(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        &mut buf[..len]
+    }
+}
+
+/// One chunk of images of the forward pass (images `first..first + out.len() / (O·OH·OW)`):
+/// the patches transformed (`Bᵀ d B`), one product per point, and each tile's outputs
+/// transformed back (`Aᵀ M A`, plus the bias) to the `[O, OH, OW]` planes of `out`.
+type ForwardChunk = unsafe fn(&Forward<'_>, usize, &mut [f32], &mut Buffers);
+
+#[inline(always)]
+unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32], buf: &mut Buffers) {
+    let (t, p) = (job.t, job.p);
+    let (m, alpha) = (t.m, t.alpha);
+    let plane = p.oh * p.ow;
+    let images = out.len() / (p.k * plane);
+    let total = images * p.tiles;
+    let (lc, lk) = (total * p.cp, total * p.kp);
+    let xh = Buffers::fit(&mut buf.image, p.hx * p.wx * p.cp);
+    // Zero once: each image then writes the same pixels, so the padding stays zero.
+    xh.fill(0.0);
+    // The patches, and later the outputs.
+    let d = Buffers::fit(&mut buf.d, (alpha * alpha * lc).max(m * m * lk));
+    for b in 0..images {
+        image_in(p, job.x, first + b, xh);
+        patches_in::<S>(p, alpha, xh, b * p.tiles, total, d);
+    }
+    let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
+    let v = Buffers::fit(&mut buf.v, alpha * alpha * lc);
+    two_sided::<S>(&t.bt_rows, &t.bt_rows, d.as_ptr(), alpha, tmp, v.as_mut_ptr(), lc);
+    let mm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
+    for point in 0..alpha * alpha {
+        let (a, bm) = (v.as_ptr().add(point * lc), job.u.as_ptr().add(point * p.cp * p.kp));
+        product::<S>(a, [p.cp, 1], total, p.cp, bm, p.kp, mm.as_mut_ptr().add(point * lk), false);
+    }
+    // The outputs as [q][s][tile][kp], in `d`.
+    two_sided::<S>(&t.at_rows, &t.at_rows, mm.as_ptr(), alpha, tmp, d.as_mut_ptr(), lk);
+    for (b, dst) in out.chunks_exact_mut(p.k * plane).enumerate() {
+        for tile in 0..p.tiles {
+            let (ty, tx) = (tile / p.tw, tile % p.tw);
+            for q in 0..m.min(p.oh - ty * m) {
+                for s in 0..m.min(p.ow - tx * m) {
+                    let y = &d[((q * m + s) * total + b * p.tiles + tile) * p.kp..][..p.k];
+                    let at = (ty * m + q) * p.ow + tx * m + s;
+                    for (f, (&y, &bias)) in y.iter().zip(job.bias).enumerate() {
+                        dst[f * plane + at] = y + bias;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The instance of a chunk kernel for `isa`.
+macro_rules! pick {
+    ($isa:expr, $sig:ty, fn($($arg:ident: $ty:ty),*), $kernel:ident) => {
+        match $isa.kind() {
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx512 => (16, instance!($sig, fn($($arg: $ty),*), ["avx512f"], $kernel::<Avx512>)),
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2 => (8, instance!($sig, fn($($arg: $ty),*), ["avx2,fma"], $kernel::<Avx2>)),
+            _ => (8, instance!($sig, fn($($arg: $ty),*), [], $kernel::<Portable>)),
+        }
+    };
+}
+
+/// The filters' transforms for `isa` (run once per call, on the calling thread).
+type FiltersIn = unsafe fn(&Transforms, Plan, &[f32], bool, &mut [f32]);
+type FiltersOut = unsafe fn(&Transforms, Plan, &[f32], &mut [f32]);
+
+fn filters_in(isa: Isa) -> FiltersIn {
+    pick!(isa, FiltersIn, fn(t: &Transforms, p: Plan, w: &[f32], tr: bool, u: &mut [f32]), filters_transformed).1
+}
+
+fn filters_out(isa: Isa) -> FiltersOut {
+    pick!(isa, FiltersOut, fn(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32]), filters_gradient).1
+}
+
+/// The forward pass of a stride-1 undilated convolution (`x` `[N, C, H, W]`, `w`
+/// `[O, C, r, r]`, `padding`, an optional bias) by Winograd's F(4×4, r×r), compiled for
+/// `isa`: `[N, O, OH, OW]`; `None` where [`plan`] does not apply.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    isa: Isa,
+    x: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    bias: Option<&[f32]>,
+) -> Option<Vec<f32>> {
+    let (lanes, chunk_kernel) =
+        pick!(isa, ForwardChunk, fn(j: &Forward<'_>, f: usize, o: &mut [f32], b: &mut Buffers), forward_chunk);
+    let p = plan(dims, o, kernel, padding, lanes)?;
+    let t = Transforms::for_kernel(kernel[0])?;
+    assert_eq!(x.len(), p.n * p.c * p.h * p.w, "winograd: input length");
+    assert_eq!(w.len(), p.k * p.c * t.r * t.r, "winograd: filters length");
+    let mut u = vec![0.0f32; t.alpha * t.alpha * p.cp * p.kp];
+    // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests); the
+    // lengths are the plan's (asserted inside).
+    unsafe { filters_in(isa)(t, p, w, false, &mut u) };
+    let zeros = vec![0.0f32; p.k];
+    let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
+    let per_image = p.k * p.oh * p.ow;
+    let mut out = vec![0.0f32; p.n * per_image];
+    out.par_chunks_mut(p.chunk * per_image).enumerate().for_each(|(i, dst)| {
+        // SAFETY: as above; `dst` is whole images of the output. (The kernel starts no
+        // parallel work, so the thread's buffers are borrowed once at a time.)
+        BUFFERS.with_borrow_mut(|buf| unsafe { chunk_kernel(&job, i * p.chunk, dst, buf) })
+    });
+    Some(out)
+}
+
+/// What a task of the input's gradient reads.
+struct Backward<'a> {
+    t: &'static Transforms,
+    p: Plan,
+    g: &'a [f32],
+    ut: &'a [f32],
+}
+
+/// One chunk of images of the input's gradient: each tile's output gradient through the
+/// adjoint of the output transform, one product per point with the transposed transformed
+/// filters, and the adjoint of the input transform (`B dV Bᵀ`) added onto the `[hx, wx, cp]`
+/// padded image, which goes back to the `[C, H, W]` planes of `dx` without its padding.
+type InputChunk = unsafe fn(&Backward<'_>, usize, &mut [f32], &mut Buffers);
+
+#[inline(always)]
+unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32], buf: &mut Buffers) {
+    let (t, p) = (job.t, job.p);
+    let (m, alpha) = (t.m, t.alpha);
+    let images = dx.len() / (p.c * p.h * p.w);
+    let total = images * p.tiles;
+    let (lc, lk) = (total * p.cp, total * p.kp);
+    let dy = Buffers::fit(&mut buf.d, (alpha * alpha * lc).max(m * m * lk));
+    dy[..m * m * lk].fill(0.0);
+    for b in 0..images {
+        gradient_in(p, job.g, first + b, b * p.tiles, total, dy);
+    }
+    let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
+    let dm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
+    two_sided::<S>(&t.at_cols, &t.at_cols, dy.as_ptr(), m, tmp, dm.as_mut_ptr(), lk);
+    let dv = Buffers::fit(&mut buf.v, alpha * alpha * lc);
+    for point in 0..alpha * alpha {
+        let (a, bm) = (dm.as_ptr().add(point * lk), job.ut.as_ptr().add(point * p.kp * p.cp));
+        product::<S>(a, [p.kp, 1], total, p.kp, bm, p.cp, dv.as_mut_ptr().add(point * lc), false);
+    }
+    // The patches' gradients as [i][j][tile][cp], in `dy`.
+    two_sided::<S>(&t.bt_cols, &t.bt_cols, dv.as_ptr(), alpha, tmp, dy.as_mut_ptr(), lc);
+    let image = Buffers::fit(&mut buf.image, p.hx * p.wx * p.cp);
+    for (b, dst) in dx.chunks_exact_mut(p.c * p.h * p.w).enumerate() {
+        image.fill(0.0);
+        for tile in 0..p.tiles {
+            let (ty, tx) = (tile / p.tw, tile % p.tw);
+            for i in 0..alpha {
+                for j in 0..alpha {
+                    let src = &dy[((i * alpha + j) * total + b * p.tiles + tile) * p.cp..][..p.cp];
+                    let to = &mut image[((ty * m + i) * p.wx + tx * m + j) * p.cp..][..p.cp];
+                    to.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+        for (ch, plane) in dst.chunks_exact_mut(p.h * p.w).enumerate() {
+            for (y, row) in plane.chunks_exact_mut(p.w).enumerate() {
+                let at = ((y + p.ph) * p.wx + p.pw) * p.cp + ch;
+                for (xx, v) in row.iter_mut().enumerate() {
+                    *v = image[at + xx * p.cp];
+                }
+            }
+        }
+    }
+}
+
+/// The input's gradient of [`forward`] (the adjoint of its steps), from the `[N, O, OH, OW]`
+/// output gradient `g` and the filters `w`: `[N, C, H, W]`; `None` where [`plan`] does not
+/// apply.
+pub(super) fn input_gradient(
+    isa: Isa,
+    g: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+) -> Option<Vec<f32>> {
+    let (lanes, chunk_kernel) =
+        pick!(isa, InputChunk, fn(j: &Backward<'_>, f: usize, o: &mut [f32], b: &mut Buffers), input_chunk);
+    let p = plan(dims, o, kernel, padding, lanes)?;
+    let t = Transforms::for_kernel(kernel[0])?;
+    assert_eq!(g.len(), p.n * p.k * p.oh * p.ow, "winograd: output gradient length");
+    assert_eq!(w.len(), p.k * p.c * t.r * t.r, "winograd: filters length");
+    let mut ut = vec![0.0f32; t.alpha * t.alpha * p.cp * p.kp];
+    // SAFETY: as in `forward`.
+    unsafe { filters_in(isa)(t, p, w, true, &mut ut) };
+    let job = Backward { t, p, g, ut: &ut };
+    let per_image = p.c * p.h * p.w;
+    let mut dx = vec![0.0f32; p.n * per_image];
+    dx.par_chunks_mut(p.chunk * per_image).enumerate().for_each(|(i, dst)| {
+        // SAFETY: as in `forward`; `dst` is whole images of the gradient.
+        BUFFERS.with_borrow_mut(|buf| unsafe { chunk_kernel(&job, i * p.chunk, dst, buf) })
+    });
+    Some(dx)
+}
+
+/// What a task of the filters' gradient reads.
+struct Filters<'a> {
+    t: &'static Transforms,
+    p: Plan,
+    x: &'a [f32],
+    g: &'a [f32],
+}
+
+/// One chunk of images (`first..first + count`) of the filters' gradient: the patches
+/// transformed as in the forward pass, the output gradient as in the input's, and per point
+/// `dU += Vᵀ dM` onto `du` (`[point][channel][filter]`).
+type FiltersChunk = unsafe fn(&Filters<'_>, usize, usize, &mut [f32], &mut Buffers);
+
+#[inline(always)]
+unsafe fn filters_chunk<S: Simd>(job: &Filters<'_>, first: usize, count: usize, du: &mut [f32], buf: &mut Buffers) {
+    let (t, p) = (job.t, job.p);
+    let (m, alpha) = (t.m, t.alpha);
+    let total = count * p.tiles;
+    let (lc, lk) = (total * p.cp, total * p.kp);
+    assert!(du.len() == alpha * alpha * p.cp * p.kp);
+    let xh = Buffers::fit(&mut buf.image, p.hx * p.wx * p.cp);
+    // Zero once: each image then writes the same pixels, so the padding stays zero.
+    xh.fill(0.0);
+    let d = Buffers::fit(&mut buf.d, alpha * alpha * lc);
+    for b in 0..count {
+        image_in(p, job.x, first + b, xh);
+        patches_in::<S>(p, alpha, xh, b * p.tiles, total, d);
+    }
+    let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
+    let v = Buffers::fit(&mut buf.v, alpha * alpha * lc);
+    two_sided::<S>(&t.bt_rows, &t.bt_rows, d.as_ptr(), alpha, tmp, v.as_mut_ptr(), lc);
+    // The output gradient's tiles, in `d` (its patches are spent).
+    let dy = Buffers::fit(&mut buf.d, m * m * lk);
+    dy.fill(0.0);
+    for b in 0..count {
+        gradient_in(p, job.g, first + b, b * p.tiles, total, dy);
+    }
+    let dm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
+    two_sided::<S>(&t.at_cols, &t.at_cols, dy.as_ptr(), m, tmp, dm.as_mut_ptr(), lk);
+    for point in 0..alpha * alpha {
+        let (a, bm) = (v.as_ptr().add(point * lc), dm.as_ptr().add(point * lk));
+        product::<S>(a, [1, p.cp], p.cp, total, bm, p.kp, du.as_mut_ptr().add(point * p.cp * p.kp), true);
+    }
+}
+
+/// The filters' gradient of [`forward`] (the adjoint of its steps), from the input `x` and
+/// the `[N, O, OH, OW]` output gradient `g`: `[O, C, r, r]`; `None` where [`plan`] does not
+/// apply.
+pub(super) fn filters_grad(
+    isa: Isa,
+    x: &[f32],
+    dims: ImageDims,
+    g: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+) -> Option<Vec<f32>> {
+    let (lanes, chunk_kernel) = pick!(
+        isa,
+        FiltersChunk,
+        fn(j: &Filters<'_>, f: usize, c: usize, d: &mut [f32], b: &mut Buffers),
+        filters_chunk
+    );
+    let p = plan(dims, o, kernel, padding, lanes)?;
+    let t = Transforms::for_kernel(kernel[0])?;
+    assert_eq!(x.len(), p.n * p.c * p.h * p.w, "winograd: input length");
+    assert_eq!(g.len(), p.n * p.k * p.oh * p.ow, "winograd: output gradient length");
+    let job = Filters { t, p, x, g };
+    let len = t.alpha * t.alpha * p.cp * p.kp;
+    let du = (0..p.n.div_ceil(p.chunk))
+        .into_par_iter()
+        .fold(
+            || vec![0.0f32; len],
+            |mut du, i| {
+                let first = i * p.chunk;
+                // SAFETY: as in `forward`; `du` has the plan's length.
+                BUFFERS.with_borrow_mut(|buf| unsafe {
+                    chunk_kernel(&job, first, p.chunk.min(p.n - first), &mut du, buf)
+                });
+                du
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; len]);
+    let mut dw = vec![0.0f32; p.k * p.c * t.r * t.r];
+    // SAFETY: as in `forward`.
+    unsafe { filters_out(isa)(t, p, &du, &mut dw) };
+    Some(dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// The 1-D F(m, r) against the correlation it stands for, for each (m, r) the points
+    /// allow: `Aᵀ[(G g) ⊙ (Bᵀ d)]` equals `Σ_k g_k d_(i+k)` to f32 rounding.
+    #[test]
+    fn one_dimensional_transforms_compute_the_correlation() {
+        let mut rng = Rng::seed(3);
+        for (m, r) in [(2, 3), (4, 3), (2, 5), (4, 5), (3, 3), (6, 3)] {
+            let t = Transforms::new(m, r);
+            let alpha = t.alpha;
+            let d: Vec<f32> = (0..alpha).map(|_| rng.standard_normal()).collect();
+            let g: Vec<f32> = (0..r).map(|_| rng.standard_normal()).collect();
+            let apply = |terms: &[Terms], v: &[f32]| -> Vec<f32> {
+                terms.iter().map(|row| row.iter().map(|&(i, c)| c * v[i]).sum()).collect()
+            };
+            let (gg, bd) = (apply(&t.g_rows, &g), apply(&t.bt_rows, &d));
+            let prod: Vec<f32> = gg.iter().zip(&bd).map(|(a, b)| a * b).collect();
+            let y = apply(&t.at_rows, &prod);
+            for (i, &yi) in y.iter().enumerate() {
+                let want: f64 = (0..r).map(|k| f64::from(g[k]) * f64::from(d[i + k])).sum();
+                assert!((f64::from(yi) - want).abs() < 1e-4 * (1.0 + want.abs()), "F({m}, {r}) y[{i}]: {yi} vs {want}");
+            }
+        }
+    }
+
+    /// The definition summed in f64: output, input gradient and filters' gradient of the
+    /// convolution of `x` by `w` with `padding`, for the output gradient `g`.
+    fn definition(
+        x: &[f32],
+        [n, c, h, w]: [usize; 4],
+        wt: &[f32],
+        [o, r]: [usize; 2],
+        [ph, pw]: [usize; 2],
+        bias: &[f32],
+        g: &[f32],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (oh, ow) = (h + 2 * ph + 1 - r, w + 2 * pw + 1 - r);
+        let mut y = vec![0.0f64; n * o * oh * ow];
+        let mut dx = vec![0.0f64; n * c * h * w];
+        let mut dw = vec![0.0f64; o * c * r * r];
+        for b in 0..n {
+            for (f, &bf) in bias.iter().enumerate().take(o) {
+                for yy in 0..oh {
+                    for xx in 0..ow {
+                        let out = ((b * o + f) * oh + yy) * ow + xx;
+                        let mut sum = f64::from(bf);
+                        for ch in 0..c {
+                            for i in 0..r {
+                                for j in 0..r {
+                                    let (iy, ix) = ((yy + i) as isize - ph as isize, (xx + j) as isize - pw as isize);
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let at = ((b * c + ch) * h + iy as usize) * w + ix as usize;
+                                    let wi = ((f * c + ch) * r + i) * r + j;
+                                    sum += f64::from(wt[wi]) * f64::from(x[at]);
+                                    dx[at] += f64::from(wt[wi]) * f64::from(g[out]);
+                                    dw[wi] += f64::from(x[at]) * f64::from(g[out]);
+                                }
+                            }
+                        }
+                        y[out] = sum;
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    /// Forward pass and both gradients against the definition, on every instruction set this
+    /// CPU runs: 5x5 and 3x3 kernels, channel and filter counts that fill and that do not
+    /// fill a vector, partial tiles, padding, one image and several chunks of images. The
+    /// bound scales with the sum of the terms' magnitudes, as f32 rounding does.
+    #[test]
+    fn winograd_matches_the_definition() {
+        let mut rng = Rng::seed(17);
+        // ([N, C, H, W], [O, r], padding)
+        let cases = [
+            ([3, 16, 12, 12], [32, 5], [0, 0]),
+            ([2, 9, 11, 13], [10, 5], [2, 1]),
+            ([1, 8, 7, 6], [17, 3], [1, 1]),
+            ([19, 12, 9, 10], [8, 3], [0, 2]),
+        ];
+        for ([n, c, h, w], [o, r], padding) in cases {
+            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
+            let wt: Vec<f32> = (0..o * c * r * r).map(|_| rng.standard_normal() * 0.2).collect();
+            let bias: Vec<f32> = (0..o).map(|_| rng.standard_normal()).collect();
+            let (oh, ow) = (h + 2 * padding[0] + 1 - r, w + 2 * padding[1] + 1 - r);
+            let g: Vec<f32> = (0..n * o * oh * ow).map(|_| rng.standard_normal()).collect();
+            let (y, dx, dw) = definition(&x, [n, c, h, w], &wt, [o, r], padding, &bias, &g);
+            let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+            // The terms' magnitudes: each output sums C·r² products of about 0.2 (O·r² for
+            // the input's gradient, N·OH·OW for the filters').
+            let scale = |terms: usize, size: f64| 1e-5 * terms as f64 * size;
+            for isa in Isa::available() {
+                let check = |what: &str, got: &[f32], want: &[f64], tol: f64| {
+                    assert_eq!(got.len(), want.len(), "{what}");
+                    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+                        assert!((f64::from(a) - b).abs() <= tol, "{isa:?} {:?} {what}[{i}]: {a} vs {b}", [n, c, h, w]);
+                    }
+                };
+                let got = forward(isa, &x, dims, &wt, o, [r, r], padding, Some(&bias)).expect("the path applies");
+                check("output", &got, &y, scale(c * r * r, 0.2));
+                let got = input_gradient(isa, &g, dims, &wt, o, [r, r], padding).expect("the path applies");
+                check("input gradient", &got, &dx, scale(o * r * r, 0.2));
+                let got = filters_grad(isa, &x, dims, &g, o, [r, r], padding).expect("the path applies");
+                check("filters' gradient", &got, &dw, scale(n * oh * ow, 1.0));
+            }
+        }
+    }
+
+    /// Shapes the path leaves to the direct kernels: one input channel, a 4x4 kernel, a
+    /// non-square one.
+    #[test]
+    fn winograd_declines_what_it_does_not_cover() {
+        let isa = Isa::detect();
+        let dims = |c, k: usize| ImageDims { input: [1, c, 10, 10], output: [11 - k, 11 - k] };
+        assert!(forward(isa, &[0.0; 100], dims(1, 5), &[0.0; 16 * 25], 16, [5, 5], [0, 0], None).is_none());
+        assert!(forward(isa, &[0.0; 1600], dims(16, 4), &[0.0; 16 * 16 * 16], 16, [4, 4], [0, 0], None).is_none());
+        let d = ImageDims { input: [1, 16, 10, 10], output: [6, 8] };
+        assert!(forward(isa, &[0.0; 1600], d, &[0.0; 16 * 16 * 15], 16, [5, 3], [0, 0], None).is_none());
+    }
+}
