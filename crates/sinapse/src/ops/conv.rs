@@ -145,7 +145,9 @@ impl Tensor {
     /// input's is col2im of the filters' transpose times the output gradient (on the CPU image
     /// by image, each image's columns in cache), the filters' the output gradient times the
     /// input's im2col (on the CPU a direct kernel of the same sum, which never writes the
-    /// columns), the bias's the output gradient's sum.
+    /// columns), the bias's the output gradient's sum. (On the CPU, 3x3 and 5x5 kernels with
+    /// at least 8 channels and filters run Winograd's algorithm for all three instead, its
+    /// gradients the adjoints of its steps.)
     ///
     /// (The input's gradient as a direct convolution of the padded output gradient with the
     /// flipped filters was tried: on the `cnn` benchmark's second layer it spent twice the
@@ -455,9 +457,11 @@ pub(crate) fn linear_matrix(out: usize, inp: usize, align_corners: bool) -> Vec<
 mod tests {
     use crate::{Rng, Tensor};
 
-    /// The direct kernel (stride 1, no dilation) against im2col and a matrix product, on
+    /// The direct kernels (stride 1, no dilation) against im2col and a matrix product, on
     /// shapes that leave partial steps: output widths that are not multiples of 8, filter
-    /// counts that are not multiples of 8, padding, 1x1 and whole-image kernels, no bias.
+    /// counts that are not multiples of 8, padding, 1x1 and whole-image kernels, no bias; the
+    /// `cnn` benchmark's second layer takes the CPU's Winograd path, the 7-channel 5x5 one
+    /// the direct kernel.
     #[test]
     fn direct_convolution_matches_im2col() {
         let mut rng = Rng::seed(41);
@@ -465,6 +469,7 @@ mod tests {
         let cases = [
             ([3, 1, 28, 28], [16, 5, 5], [0, 0], true),
             ([2, 16, 12, 12], [32, 5, 5], [0, 0], true),
+            ([2, 7, 12, 12], [9, 5, 5], [1, 2], true),
             ([2, 3, 7, 13], [9, 3, 3], [1, 1], true),
             ([1, 2, 5, 21], [17, 3, 2], [2, 1], false),
             ([2, 4, 6, 6], [5, 1, 1], [0, 0], true),

@@ -1,6 +1,7 @@
 //! Convolution and pooling kernels: im2col and its adjoint col2im, a direct convolution for
 //! stride 1 and its filters' gradient (AVX-512, AVX2 or portable, picked at run time), max
-//! pooling and its adjoint. Inputs are row-major `[N, C, H, W]` batches.
+//! pooling and its adjoint. Stride-1 3x3 and 5x5 convolutions with enough channels go to
+//! [`super::winograd`] instead. Inputs are row-major `[N, C, H, W]` batches.
 
 use std::mem::MaybeUninit;
 
@@ -113,13 +114,26 @@ pub(super) fn col2im(cols: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
 /// `[N, C, H, W]`. The same sum as the batch's one matrix product and [`col2im`], but each
 /// image's `[C·KH·KW, OH·OW]` columns (100 KB for the `cnn` benchmark's second layer) stay in
 /// the thread's cache between the product that writes them and the adds that read them,
-/// where the batch's (6.5 MB) went out to memory and back.
+/// where the batch's (6.5 MB) went out to memory and back. Shapes [`winograd_applies`]
+/// covers take Winograd's adjoint instead.
 pub(super) fn conv2d_input_grad(g: &[f32], w: &[f32], o: usize, dims: ImageDims, win: &Window) -> Vec<f32> {
-    if win.stride == [1, 1] && win.dilation == [1, 1] {
+    if win.stride == [1, 1] && win.dilation == [1, 1] && winograd_applies(dims) {
         if let Some(dx) = super::winograd::input_gradient(Isa::detect(), g, dims, w, o, win.kernel, win.padding) {
             return dx;
         }
     }
+    input_grad_by_columns(g, w, o, dims, win)
+}
+
+/// Whether the batch is worth Winograd's path ([`super::winograd`] then checks the shapes):
+/// it spreads whole images over the threads, so with fewer images than threads (inference)
+/// the direct kernels, which also split each image's filters, are left the work.
+fn winograd_applies(dims: ImageDims) -> bool {
+    dims.input[0] >= rayon::current_num_threads()
+}
+
+/// [`conv2d_input_grad`] by the filters' product and col2im, image by image.
+fn input_grad_by_columns(g: &[f32], w: &[f32], o: usize, dims: ImageDims, win: &Window) -> Vec<f32> {
     let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = win.kernel;
     let (l, ck) = (oh * ow, c * kh * kw);
@@ -380,8 +394,12 @@ unsafe fn max_pool_2x2_avx512(
             let count = (ow - x).min(16);
             let (lo, hi) = (first(2 * count), first((2 * count).saturating_sub(16)));
             let split = |row: *const f32| {
-                let (a, b) =
-                    (_mm512_maskz_loadu_ps(lo, row.add(2 * x)), _mm512_maskz_loadu_ps(hi, row.add(2 * x + 16)));
+                // (The second pointer may lie past the image when `hi` is empty: the masked load
+                // reads nothing there, and `wrapping_add` makes no claim that it is inside.)
+                let (a, b) = (
+                    _mm512_maskz_loadu_ps(lo, row.add(2 * x)),
+                    _mm512_maskz_loadu_ps(hi, row.wrapping_add(2 * x + 16)),
+                );
                 (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
             };
             let ((t0, t1), (t2, t3)) = (split(top), split(bottom));
@@ -505,8 +523,10 @@ pub(super) fn conv2d_direct(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let isa = Isa::detect();
-    if let Some(out) = super::winograd::forward(isa, x, dims, w, o, kernel, padding, bias) {
-        return out;
+    if winograd_applies(dims) {
+        if let Some(out) = super::winograd::forward(isa, x, dims, w, o, kernel, padding, bias) {
+            return out;
+        }
     }
     conv2d_lanes(isa, None, x, dims, w, o, kernel, padding, bias)
 }
@@ -846,7 +866,8 @@ unsafe fn lanes_image<S: Simd, const FB: usize, const P: usize>(
 /// position: per position one or two vector loads of the gradient and one broadcast pixel
 /// per tap. Images are spread over the threads, each summing into its own copy of the
 /// gradient; the copies are added at the end. The im2col columns this replaces (25x the
-/// input for a 5x5 kernel) are never written.
+/// input for a 5x5 kernel) are never written. Shapes [`winograd_applies`] and
+/// [`super::winograd`] cover take Winograd's adjoint instead.
 pub(super) fn conv2d_weight_grad(
     x: &[f32],
     dims: ImageDims,
@@ -856,8 +877,10 @@ pub(super) fn conv2d_weight_grad(
     padding: [usize; 2],
 ) -> Vec<f32> {
     let isa = Isa::detect();
-    if let Some(dw) = super::winograd::filters_grad(isa, x, dims, g, o, kernel, padding) {
-        return dw;
+    if winograd_applies(dims) {
+        if let Some(dw) = super::winograd::filters_grad(isa, x, dims, g, o, kernel, padding) {
+            return dw;
+        }
     }
     weight_grad_with(isa, x, dims, g, o, kernel, padding)
 }
@@ -1215,7 +1238,7 @@ mod tests {
                     }
                 }
             }
-            let by_image = conv2d_input_grad(&g, &wt, o, dims, &win);
+            let by_image = input_grad_by_columns(&g, &wt, o, dims, &win);
             let by_batch = col2im(&cols, dims, &win);
             for (what, got) in [("by image", by_image), ("col2im", by_batch)] {
                 for (idx, (&v, &want)) in got.iter().zip(&want).enumerate() {

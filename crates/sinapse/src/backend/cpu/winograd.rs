@@ -175,37 +175,54 @@ fn invert(mut a: Vec<f64>, n: usize) -> Vec<f64> {
 /// The sizes one Winograd convolution runs over.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
-    /// Images, channels and filters, and the channels and filters padded to whole vectors.
+    /// Images.
     n: usize,
+    /// Input channels.
     c: usize,
+    /// Filters (output channels).
     k: usize,
+    /// Channels padded to whole vectors.
     cp: usize,
+    /// Filters padded to whole vectors.
     kp: usize,
-    /// Input and output planes, and the padding.
+    /// Input plane height.
     h: usize,
+    /// Input plane width.
     w: usize,
+    /// Output plane height.
     oh: usize,
+    /// Output plane width.
     ow: usize,
+    /// Zero rows above and below the input.
     ph: usize,
+    /// Zero columns left and right of the input.
     pw: usize,
-    /// Tiles per row of an output plane, and per image.
+    /// Tiles per row of an output plane.
     tw: usize,
+    /// Tiles per image.
     tiles: usize,
-    /// The `[H, W, C]` image's padded plane, large enough for every tile's patch.
+    /// Rows of the padded `[H, W, C]` image, enough for every tile's patch.
     hx: usize,
+    /// Columns of the padded `[H, W, C]` image.
     wx: usize,
     /// Images per task.
     chunk: usize,
 }
 
+/// Bytes of transformed tiles one image may take in a task's buffers: larger images (224x224
+/// with 64 channels would take about 29 MB) are left to the direct kernels, so that no
+/// thread keeps more than a few MB.
+const IMAGE_BYTES: usize = 2 << 20;
+
 /// The plan for a stride-1 undilated convolution of `dims` with `o` filters of `kernel`,
-/// `padding`, vectors of `lanes`; `None` where this path does not apply (another kernel
-/// size, or too few channels or filters for the products between them to pay for the
-/// transforms).
+/// `padding`, vectors of `lanes`; `None` where this path does not apply: another kernel
+/// size, too few channels or filters for the products between them to pay for the
+/// transforms, outputs narrower than a tile, or images past [`IMAGE_BYTES`].
 fn plan(dims: ImageDims, o: usize, kernel: [usize; 2], padding: [usize; 2], lanes: usize) -> Option<Plan> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     let [kh, kw] = kernel;
-    if kh != kw || Transforms::for_kernel(kh).is_none() || c < 8 || o < 8 || n * oh * ow == 0 {
+    let t = Transforms::for_kernel(kh)?;
+    if kh != kw || c < 8 || o < 8 || oh < TILE || ow < TILE || n * h * w == 0 {
         return None;
     }
     assert!(
@@ -213,16 +230,22 @@ fn plan(dims: ImageDims, o: usize, kernel: [usize; 2], padding: [usize; 2], lane
         "winograd: not a stride-1 convolution"
     );
     let (th, tw) = (oh.div_ceil(TILE), ow.div_ceil(TILE));
-    // Up to 4 images a task: their transformed tiles (about 0.4 MB for the `cnn` benchmark's
-    // second layer) stay in the core's cache, and each transform's rows are long enough to
-    // keep its coefficients in registers (1, 2, 4 and 8 images timed within 5% of each other).
-    let chunk = n.div_ceil(rayon::current_num_threads()).clamp(1, 4);
+    let (cp, kp) = (c.div_ceil(lanes) * lanes, o.div_ceil(lanes) * lanes);
+    let image_bytes = th * tw * t.alpha * t.alpha * cp.max(kp) * std::mem::size_of::<f32>();
+    if image_bytes > IMAGE_BYTES {
+        return None;
+    }
+    // Up to 4 images a task (and IMAGE_BYTES in all): their transformed tiles (about 0.1 MB
+    // a buffer for the `cnn` benchmark's second layer) stay in the core's cache, and each
+    // transform's rows are long enough to keep its coefficients in registers (1, 2, 4 and 8
+    // images timed within 5% of each other).
+    let chunk = n.div_ceil(rayon::current_num_threads()).clamp(1, 4).min(IMAGE_BYTES / image_bytes);
     Some(Plan {
         n,
         c,
         k: o,
-        cp: c.div_ceil(lanes) * lanes,
-        kp: o.div_ceil(lanes) * lanes,
+        cp,
+        kp,
         h,
         w,
         oh,
@@ -237,8 +260,8 @@ fn plan(dims: ImageDims, o: usize, kernel: [usize; 2], padding: [usize; 2], lane
     })
 }
 
-/// `dst[..len] (+)= Σ coef · src[index · stride ..][..len]` over `terms` (at most 8; 0
-/// terms write zeros), `len` a whole number of vectors: the coefficients and row pointers
+/// `dst[..len] (+)= Σ coef · src[index · stride ..][..len]` over `terms` (at most 8; with
+/// none, `dst` is zeroed, or left as it is with `add`), `len` a whole number of vectors: the coefficients and row pointers
 /// stay in registers along the row.
 #[inline(always)]
 unsafe fn combine<S: Simd>(
@@ -520,6 +543,7 @@ impl Buffers {
 /// transformed back (`Aᵀ M A`, plus the bias) to the `[O, OH, OW]` planes of `out`.
 type ForwardChunk = unsafe fn(&Forward<'_>, usize, &mut [f32], &mut Buffers);
 
+/// [`ForwardChunk`]'s body.
 #[inline(always)]
 unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32], buf: &mut Buffers) {
     let (t, p) = (job.t, job.p);
@@ -576,14 +600,18 @@ macro_rules! pick {
     };
 }
 
-/// The filters' transforms for `isa` (run once per call, on the calling thread).
+/// [`filters_transformed`] compiled for one instruction set (run once per call, on the
+/// calling thread).
 type FiltersIn = unsafe fn(&Transforms, Plan, &[f32], bool, &mut [f32]);
+/// [`filters_gradient`] compiled for one instruction set.
 type FiltersOut = unsafe fn(&Transforms, Plan, &[f32], &mut [f32]);
 
+/// [`FiltersIn`] for `isa`.
 fn filters_in(isa: Isa) -> FiltersIn {
     pick!(isa, FiltersIn, fn(t: &Transforms, p: Plan, w: &[f32], tr: bool, u: &mut [f32]), filters_transformed).1
 }
 
+/// [`FiltersOut`] for `isa`.
 fn filters_out(isa: Isa) -> FiltersOut {
     pick!(isa, FiltersOut, fn(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32]), filters_gradient).1
 }
@@ -613,6 +641,7 @@ pub(super) fn forward(
     // lengths are the plan's (asserted inside).
     unsafe { filters_in(isa)(t, p, w, false, &mut u) };
     let zeros = vec![0.0f32; p.k];
+    assert!(bias.is_none_or(|b| b.len() == p.k), "winograd: bias length");
     let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
     let per_image = p.k * p.oh * p.ow;
     let mut out = vec![0.0f32; p.n * per_image];
@@ -638,6 +667,7 @@ struct Backward<'a> {
 /// padded image, which goes back to the `[C, H, W]` planes of `dx` without its padding.
 type InputChunk = unsafe fn(&Backward<'_>, usize, &mut [f32], &mut Buffers);
 
+/// [`InputChunk`]'s body.
 #[inline(always)]
 unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32], buf: &mut Buffers) {
     let (t, p) = (job.t, job.p);
@@ -728,6 +758,7 @@ struct Filters<'a> {
 /// `dU += Vᵀ dM` onto `du` (`[point][channel][filter]`).
 type FiltersChunk = unsafe fn(&Filters<'_>, usize, usize, &mut [f32], &mut Buffers);
 
+/// [`FiltersChunk`]'s body.
 #[inline(always)]
 unsafe fn filters_chunk<S: Simd>(job: &Filters<'_>, first: usize, count: usize, du: &mut [f32], buf: &mut Buffers) {
     let (t, p) = (job.t, job.p);
@@ -922,15 +953,21 @@ mod tests {
         }
     }
 
-    /// Shapes the path leaves to the direct kernels: one input channel, a 4x4 kernel, a
-    /// non-square one.
+    /// Shapes the path leaves to the direct kernels: 7 channels or 7 filters (8 of each
+    /// apply), a 4x4 kernel, a non-square one, outputs narrower than a tile, and images whose
+    /// transformed tiles would pass [`IMAGE_BYTES`].
     #[test]
     fn winograd_declines_what_it_does_not_cover() {
         let isa = Isa::detect();
-        let dims = |c, k: usize| ImageDims { input: [1, c, 10, 10], output: [11 - k, 11 - k] };
-        assert!(forward(isa, &[0.0; 100], dims(1, 5), &[0.0; 16 * 25], 16, [5, 5], [0, 0], None).is_none());
-        assert!(forward(isa, &[0.0; 1600], dims(16, 4), &[0.0; 16 * 16 * 16], 16, [4, 4], [0, 0], None).is_none());
-        let d = ImageDims { input: [1, 16, 10, 10], output: [6, 8] };
-        assert!(forward(isa, &[0.0; 1600], d, &[0.0; 16 * 16 * 15], 16, [5, 3], [0, 0], None).is_none());
+        let run = |[n, c, h, w]: [usize; 4], [o, kh, kw]: [usize; 3]| {
+            let dims = ImageDims { input: [n, c, h, w], output: [h + 1 - kh, w + 1 - kw] };
+            let (x, wt) = (vec![0.0f32; n * c * h * w], vec![0.0f32; o * c * kh * kw]);
+            forward(isa, &x, dims, &wt, o, [kh, kw], [0, 0], None).is_some()
+        };
+        assert!(run([1, 8, 10, 10], [8, 5, 5]), "8 channels and 8 filters apply");
+        assert!(!run([1, 7, 10, 10], [8, 5, 5]) && !run([1, 8, 10, 10], [7, 5, 5]));
+        assert!(!run([1, 1, 10, 10], [16, 5, 5]) && !run([1, 16, 10, 10], [16, 4, 4]));
+        assert!(!run([1, 16, 10, 10], [16, 5, 3]) && !run([1, 16, 7, 12], [16, 5, 5]));
+        assert!(!run([1, 64, 120, 120], [64, 3, 3]), "about 8 MB of tiles an image");
     }
 }
