@@ -452,17 +452,39 @@ unsafe fn filters_gradient<S: Simd>(t: &Transforms, p: Plan, du: &[f32], dw: &mu
     }
 }
 
+/// Where pixel `px` (row-major in an input plane) sits in the padded `[hx, wx, cp]` image.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pixel_offset(p: Plan, px: usize) -> usize {
+    ((px / p.w + p.ph) * p.wx + px % p.w + p.pw) * p.cp
+}
+
+/// Where output `px` (row-major in an output plane) of the chunk's image whose tiles start at
+/// `first` sits in a `[tile row][tile column][tile][kp]` buffer of `total` tiles.
+#[inline(always)]
+fn tile_offset(p: Plan, px: usize, total: usize, first: usize) -> usize {
+    let (y, x) = (px / p.ow, px % p.ow);
+    let (tile, pq) = ((y / TILE) * p.tw + x / TILE, (y % TILE) * TILE + x % TILE);
+    (pq * total + first + tile) * p.kp
+}
+
 /// Image `b` of the `[N, C, H, W]` batch `x` into `xh`, `[hx, wx, cp]` with the padding
 /// (only the image's pixels are written: the rest of `xh` stays as it was, zeros).
-fn image_in(p: Plan, x: &[f32], b: usize, xh: &mut [f32]) {
+#[inline(always)]
+unsafe fn image_in<S: Simd>(p: Plan, x: &[f32], b: usize, xh: &mut [f32]) {
     let image = &x[b * p.c * p.h * p.w..][..p.c * p.h * p.w];
     assert!(xh.len() >= p.hx * p.wx * p.cp && p.h + p.ph <= p.hx && p.w + p.pw <= p.wx && p.c <= p.cp);
+    if is_wide::<S>() {
+        #[cfg(target_arch = "x86_64")]
+        wide::planes_to_vectors(image, p.c, p.h * p.w, xh.as_mut_ptr(), |px| pixel_offset(p, px));
+        return;
+    }
     for (ch, plane) in image.chunks_exact(p.h * p.w).enumerate() {
         for (y, row) in plane.chunks_exact(p.w).enumerate() {
             let dst = xh[((y + p.ph) * p.wx + p.pw) * p.cp + ch..].as_mut_ptr();
             for (xx, &v) in row.iter().enumerate() {
                 // SAFETY: pixel (y + ph, xx + pw) of the `[hx, wx, cp]` buffer (asserted).
-                unsafe { *dst.add(xx * p.cp) = v };
+                *dst.add(xx * p.cp) = v;
             }
         }
     }
@@ -490,15 +512,185 @@ unsafe fn patches_in<S: Simd>(p: Plan, alpha: usize, xh: &[f32], first: usize, t
 
 /// Image `b`'s output gradient (`[N, O, OH, OW]`) as tiles, `dy[p][q][first + tile][kp]`
 /// for a chunk of `total` tiles (the outputs only: the rest of `dy` is left as it is).
-fn gradient_in(p: Plan, g: &[f32], b: usize, first: usize, total: usize, dy: &mut [f32]) {
+#[inline(always)]
+unsafe fn gradient_in<S: Simd>(p: Plan, g: &[f32], b: usize, first: usize, total: usize, dy: &mut [f32]) {
     let (image, plane) = (&g[b * p.k * p.oh * p.ow..][..p.k * p.oh * p.ow], p.oh * p.ow);
+    assert!(dy.len() >= TILE * TILE * total * p.kp && first + p.tiles <= total);
+    if is_wide::<S>() {
+        #[cfg(target_arch = "x86_64")]
+        wide::planes_to_vectors(image, p.k, plane, dy.as_mut_ptr(), |px| tile_offset(p, px, total, first));
+        return;
+    }
     // Output by output, its filters written side by side.
-    for y in 0..p.oh {
-        for xx in 0..p.ow {
-            let (tile, pq) = ((y / TILE) * p.tw + xx / TILE, (y % TILE) * TILE + xx % TILE);
-            let dst = &mut dy[(pq * total + first + tile) * p.kp..][..p.k];
-            for (f, v) in dst.iter_mut().enumerate() {
-                *v = image[f * plane + y * p.ow + xx];
+    for px in 0..plane {
+        let dst = &mut dy[tile_offset(p, px, total, first)..][..p.k];
+        for (f, v) in dst.iter_mut().enumerate() {
+            *v = image[f * plane + px];
+        }
+    }
+}
+
+/// Whether `S` is the AVX-512 instance (the only one with 16 lanes), whose layout moves
+/// are register transposes ([`wide`]) rather than one value at a time.
+#[inline(always)]
+fn is_wide<S: Simd>() -> bool {
+    cfg!(target_arch = "x86_64") && S::LANES == 16
+}
+
+/// The layout moves between planes (`[channel][pixel]`) and pixel vectors
+/// (`[pixel][channel]`) on AVX-512, 16 channels by 16 pixels at a time through a register
+/// transpose: one value at a time, they were a tenth of the `cnn` step.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    /// The 16x16 transpose of `r` (row `i` of the result is column `i` of `r`).
+    #[inline(always)]
+    unsafe fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+        let pairs: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // Within each group of 4 rows: 4x4 blocks transposed in every 128-bit lane.
+        let quads: [__m512; 16] = std::array::from_fn(|i| {
+            let g = i & !3;
+            let (a, b) = match i % 4 {
+                0 | 1 => (pairs[g], pairs[g + 2]),
+                _ => (pairs[g + 1], pairs[g + 3]),
+            };
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_castpd_ps(if i % 2 == 0 { _mm512_unpacklo_pd(a, b) } else { _mm512_unpackhi_pd(a, b) })
+        });
+        // The 128-bit lanes: first across groups 0/1 and 2/3, then across the two halves.
+        let halves: [__m512; 16] = std::array::from_fn(|i| {
+            let (base, k) = (if i < 8 { 0 } else { 8 }, i % 8);
+            let (a, b) = (quads[base + k % 4], quads[base + 4 + k % 4]);
+            if k < 4 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        });
+        std::array::from_fn(|i| {
+            let k = i % 8;
+            let (a, b) = (halves[k], halves[8 + k]);
+            if i < 8 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xdd>(a, b)
+            }
+        })
+    }
+
+    /// The first `n` lanes (at most 16).
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n.min(16)) - 1) as __mmask16
+    }
+
+    /// `count` planes of `len` values, `planes[c·len + i]`, to one vector per pixel: pixel
+    /// `i`'s 16 channels from `c0` stored at `dst + at(i) + c0` (channels past `count` as 0).
+    ///
+    /// # Safety
+    /// AVX-512F; `planes` holds `count·len` values and every `dst + at(i) + c0 .. + 16`, for
+    /// `c0` a multiple of 16 below `count`, is writable.
+    #[inline(always)]
+    pub(super) unsafe fn planes_to_vectors(
+        planes: &[f32],
+        count: usize,
+        len: usize,
+        dst: *mut f32,
+        at: impl Fn(usize) -> usize,
+    ) {
+        assert!(planes.len() >= count * len);
+        for c0 in (0..count).step_by(16) {
+            for p0 in (0..len).step_by(16) {
+                let pixels = first(len - p0);
+                let rows = std::array::from_fn(|k| {
+                    if c0 + k < count {
+                        _mm512_maskz_loadu_ps(pixels, planes.as_ptr().add((c0 + k) * len + p0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (j, v) in transpose(rows).iter().enumerate().take(len - p0) {
+                    _mm512_storeu_ps(dst.add(at(p0 + j) + c0), *v);
+                }
+            }
+        }
+    }
+
+    /// The reverse of [`planes_to_vectors`]: pixel `i`'s vector at `src + from(i)` to planes
+    /// `planes[c·len + i]` for `c < count`, plus `bias[c]` when given.
+    ///
+    /// # Safety
+    /// AVX-512F; every `src + from(i) + c0 .. + 16` (`c0` a multiple of 16 below `count`) is
+    /// readable, and `planes` holds `count·len` values.
+    #[inline(always)]
+    pub(super) unsafe fn vectors_to_planes(
+        src: *const f32,
+        from: impl Fn(usize) -> usize,
+        count: usize,
+        len: usize,
+        planes: &mut [f32],
+        bias: Option<&[f32]>,
+    ) {
+        assert!(planes.len() >= count * len && bias.is_none_or(|b| b.len() >= count));
+        for c0 in (0..count).step_by(16) {
+            for p0 in (0..len).step_by(16) {
+                let n = (len - p0).min(16);
+                let rows = std::array::from_fn(|j| {
+                    if j < n {
+                        _mm512_loadu_ps(src.add(from(p0 + j) + c0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for (k, v) in transpose(rows).iter().enumerate().take(count - c0) {
+                    let v = match bias {
+                        Some(b) => _mm512_add_ps(*v, _mm512_set1_ps(b[c0 + k])),
+                        None => *v,
+                    };
+                    _mm512_mask_storeu_ps(planes.as_mut_ptr().add((c0 + k) * len + p0), first(n), v);
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The transpose and both moves against index arithmetic, on counts and lengths that
+        /// fill and do not fill 16.
+        #[test]
+        fn moves_match_the_layouts() {
+            if !std::arch::is_x86_feature_detected!("avx512f") {
+                eprintln!("no AVX-512 on this CPU: the wide layout moves are not tested here");
+                return;
+            }
+            for (count, len) in [(16usize, 16usize), (9, 37), (32, 5), (20, 64)] {
+                let cp = count.div_ceil(16) * 16;
+                let planes: Vec<f32> = (0..count * len).map(|i| i as f32).collect();
+                let mut vectors = vec![-1.0f32; len * cp];
+                // SAFETY: the CPU has AVX-512F (checked above); `vectors` holds `len` rows of
+                // `cp`, a multiple of 16.
+                unsafe { super::planes_to_vectors(&planes, count, len, vectors.as_mut_ptr(), |i| i * cp) };
+                for i in 0..len {
+                    for c in 0..cp {
+                        let want = if c < count { planes[c * len + i] } else { 0.0 };
+                        assert_eq!(vectors[i * cp + c], want, "count {count} len {len}: pixel {i} channel {c}");
+                    }
+                }
+                let bias: Vec<f32> = (0..count).map(|c| 1000.0 * c as f32).collect();
+                let mut back = vec![0.0f32; count * len];
+                // SAFETY: as above; `back` holds `count · len` values.
+                unsafe { super::vectors_to_planes(vectors.as_ptr(), |i| i * cp, count, len, &mut back, Some(&bias)) };
+                for (i, (&b, &p)) in back.iter().zip(&planes).enumerate() {
+                    assert_eq!(b, p + bias[i / len], "count {count} len {len}: value {i}");
+                }
             }
         }
     }
@@ -558,7 +750,7 @@ unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32
     // The patches, and later the outputs.
     let d = Buffers::fit(&mut buf.d, (alpha * alpha * lc).max(m * m * lk));
     for b in 0..images {
-        image_in(p, job.x, first + b, xh);
+        image_in::<S>(p, job.x, first + b, xh);
         patches_in::<S>(p, alpha, xh, b * p.tiles, total, d);
     }
     let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
@@ -572,6 +764,18 @@ unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32
     // The outputs as [q][s][tile][kp], in `d`.
     two_sided::<S>(&t.at_rows, &t.at_rows, mm.as_ptr(), alpha, tmp, d.as_mut_ptr(), lk);
     for (b, dst) in out.chunks_exact_mut(p.k * plane).enumerate() {
+        if is_wide::<S>() {
+            #[cfg(target_arch = "x86_64")]
+            wide::vectors_to_planes(
+                d.as_ptr(),
+                |px| tile_offset(p, px, total, b * p.tiles),
+                p.k,
+                plane,
+                dst,
+                Some(job.bias),
+            );
+            continue;
+        }
         for tile in 0..p.tiles {
             let (ty, tx) = (tile / p.tw, tile % p.tw);
             for q in 0..m.min(p.oh - ty * m) {
@@ -678,7 +882,7 @@ unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32],
     let dy = Buffers::fit(&mut buf.d, (alpha * alpha * lc).max(m * m * lk));
     dy[..m * m * lk].fill(0.0);
     for b in 0..images {
-        gradient_in(p, job.g, first + b, b * p.tiles, total, dy);
+        gradient_in::<S>(p, job.g, first + b, b * p.tiles, total, dy);
     }
     let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
     let dm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
@@ -702,6 +906,11 @@ unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32],
                     to.iter_mut().zip(src).for_each(|(a, b)| *a += b);
                 }
             }
+        }
+        if is_wide::<S>() {
+            #[cfg(target_arch = "x86_64")]
+            wide::vectors_to_planes(image.as_ptr(), |px| pixel_offset(p, px), p.c, p.h * p.w, dst, None);
+            continue;
         }
         for (ch, plane) in dst.chunks_exact_mut(p.h * p.w).enumerate() {
             for (y, row) in plane.chunks_exact_mut(p.w).enumerate() {
@@ -771,7 +980,7 @@ unsafe fn filters_chunk<S: Simd>(job: &Filters<'_>, first: usize, count: usize, 
     xh.fill(0.0);
     let d = Buffers::fit(&mut buf.d, alpha * alpha * lc);
     for b in 0..count {
-        image_in(p, job.x, first + b, xh);
+        image_in::<S>(p, job.x, first + b, xh);
         patches_in::<S>(p, alpha, xh, b * p.tiles, total, d);
     }
     let tmp = Buffers::fit(&mut buf.tmp, alpha * alpha * lc.max(lk));
@@ -781,7 +990,7 @@ unsafe fn filters_chunk<S: Simd>(job: &Filters<'_>, first: usize, count: usize, 
     let dy = Buffers::fit(&mut buf.d, m * m * lk);
     dy.fill(0.0);
     for b in 0..count {
-        gradient_in(p, job.g, first + b, b * p.tiles, total, dy);
+        gradient_in::<S>(p, job.g, first + b, b * p.tiles, total, dy);
     }
     let dm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
     two_sided::<S>(&t.at_cols, &t.at_cols, dy.as_ptr(), m, tmp, dm.as_mut_ptr(), lk);
