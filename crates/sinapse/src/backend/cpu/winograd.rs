@@ -847,14 +847,29 @@ pub(super) fn forward(
     let zeros = vec![0.0f32; p.k];
     assert!(bias.is_none_or(|b| b.len() == p.k), "winograd: bias length");
     let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
-    let per_image = p.k * p.oh * p.ow;
+    // SAFETY: as above; the kernel fills whole images of the `[N, O, OH, OW]` output.
+    Some(unsafe { over_chunks(p, p.k * p.oh * p.ow, &job, chunk_kernel) })
+}
+
+/// A new `[N, per_image]` result, each task's chunk of images written by `kernel(job, first
+/// image, its images' values, the thread's buffers)`.
+///
+/// # Safety
+/// `kernel` must be safe to call on this CPU with `job`, and write every value of the
+/// images it is handed.
+unsafe fn over_chunks<J: Sync>(
+    p: Plan,
+    per_image: usize,
+    job: &J,
+    kernel: unsafe fn(&J, usize, &mut [f32], &mut Buffers),
+) -> Vec<f32> {
     let mut out = vec![0.0f32; p.n * per_image];
     out.par_chunks_mut(p.chunk * per_image).enumerate().for_each(|(i, dst)| {
-        // SAFETY: as above; `dst` is whole images of the output. (The kernel starts no
-        // parallel work, so the thread's buffers are borrowed once at a time.)
-        BUFFERS.with_borrow_mut(|buf| unsafe { chunk_kernel(&job, i * p.chunk, dst, buf) })
+        // SAFETY: the caller's; the kernel starts no parallel work, so the thread's buffers
+        // are borrowed once at a time.
+        BUFFERS.with_borrow_mut(|buf| unsafe { kernel(job, i * p.chunk, dst, buf) })
     });
-    Some(out)
+    out
 }
 
 /// What a task of the input's gradient reads.
@@ -945,13 +960,8 @@ pub(super) fn input_gradient(
     // SAFETY: as in `forward`.
     unsafe { filters_in(isa)(t, p, w, true, &mut ut) };
     let job = Backward { t, p, g, ut: &ut };
-    let per_image = p.c * p.h * p.w;
-    let mut dx = vec![0.0f32; p.n * per_image];
-    dx.par_chunks_mut(p.chunk * per_image).enumerate().for_each(|(i, dst)| {
-        // SAFETY: as in `forward`; `dst` is whole images of the gradient.
-        BUFFERS.with_borrow_mut(|buf| unsafe { chunk_kernel(&job, i * p.chunk, dst, buf) })
-    });
-    Some(dx)
+    // SAFETY: as in `forward`; the kernel fills whole images of the `[N, C, H, W]` gradient.
+    Some(unsafe { over_chunks(p, p.c * p.h * p.w, &job, chunk_kernel) })
 }
 
 /// What a task of the filters' gradient reads.
