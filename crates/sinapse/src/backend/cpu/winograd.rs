@@ -1034,24 +1034,29 @@ pub(super) fn filters_grad(
     assert_eq!(g.len(), p.n * p.k * p.oh * p.ow, "winograd: output gradient length");
     let job = Filters { t, p, x, g };
     let len = t.alpha * t.alpha * p.cp * p.kp;
-    let du = (0..p.n.div_ceil(p.chunk))
+    // The chunks in one fixed run per thread, summed in order, and the runs' sums added in
+    // order: the same rounding on every call (rayon's own splitting of a fold varies with
+    // the threads' timing, and with it the order of the sums).
+    let chunks = p.n.div_ceil(p.chunk);
+    let runs = rayon::current_num_threads().clamp(1, chunks);
+    let partial: Vec<Vec<f32>> = (0..runs)
         .into_par_iter()
-        .fold(
-            || vec![0.0f32; len],
-            |mut du, i| {
+        .map(|r| {
+            let mut du = vec![0.0f32; len];
+            for i in r * chunks / runs..(r + 1) * chunks / runs {
                 let first = i * p.chunk;
                 // SAFETY: as in `forward`; `du` has the plan's length.
                 BUFFERS.with_borrow_mut(|buf| unsafe {
                     chunk_kernel(&job, first, p.chunk.min(p.n - first), &mut du, buf)
                 });
-                du
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-            a
+            }
+            du
         })
-        .unwrap_or_else(|| vec![0.0; len]);
+        .collect();
+    let mut du = vec![0.0f32; len];
+    for run in &partial {
+        du.iter_mut().zip(run).for_each(|(a, b)| *a += b);
+    }
     let mut dw = vec![0.0f32; p.k * p.c * t.r * t.r];
     // SAFETY: as in `forward`.
     unsafe { filters_out(isa)(t, p, &du, &mut dw) };
