@@ -10,6 +10,9 @@
 pub(super) trait Simd {
     /// f32 values per vector.
     const LANES: usize;
+    /// Whether this is the AVX-512 set (kernels with code of their own for it check this:
+    /// only [`Avx512`]'s instances, compiled with `avx512f`, say yes).
+    const AVX512: bool = false;
     /// One vector.
     type V: Copy;
     /// All lanes 0.
@@ -46,6 +49,7 @@ pub(super) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const AVX512: bool = true;
     type V = std::arch::x86_64::__m512;
     #[inline(always)]
     unsafe fn zero() -> Self::V {

@@ -469,12 +469,15 @@ fn tile_offset(p: Plan, px: usize, total: usize, first: usize) -> usize {
 }
 
 /// Image `b` of the `[N, C, H, W]` batch `x` into `xh`, `[hx, wx, cp]` with the padding
-/// (only the image's pixels are written: the rest of `xh` stays as it was, zeros).
+/// (only the image's pixels are written, with zeros in their padding channels on AVX-512:
+/// the rest of `xh` stays as it was, zeros).
 #[inline(always)]
 unsafe fn image_in<S: Simd>(p: Plan, x: &[f32], b: usize, xh: &mut [f32]) {
     let image = &x[b * p.c * p.h * p.w..][..p.c * p.h * p.w];
     assert!(xh.len() >= p.hx * p.wx * p.cp && p.h + p.ph <= p.hx && p.w + p.pw <= p.wx && p.c <= p.cp);
     if is_wide::<S>() {
+        assert!(p.cp.is_multiple_of(16), "whole vectors of channels");
+        // SAFETY: AVX-512 (`is_wide`); each pixel's `cp` channels lie inside `xh` (asserted).
         #[cfg(target_arch = "x86_64")]
         wide::planes_to_vectors(image, p.c, p.h * p.w, xh.as_mut_ptr(), |px| pixel_offset(p, px));
         return;
@@ -511,12 +514,15 @@ unsafe fn patches_in<S: Simd>(p: Plan, alpha: usize, xh: &[f32], first: usize, t
 }
 
 /// Image `b`'s output gradient (`[N, O, OH, OW]`) as tiles, `dy[p][q][first + tile][kp]`
-/// for a chunk of `total` tiles (the outputs only: the rest of `dy` is left as it is).
+/// for a chunk of `total` tiles (the outputs only, with zeros in their padding filters on
+/// AVX-512: the rest of `dy` is left as it is).
 #[inline(always)]
 unsafe fn gradient_in<S: Simd>(p: Plan, g: &[f32], b: usize, first: usize, total: usize, dy: &mut [f32]) {
     let (image, plane) = (&g[b * p.k * p.oh * p.ow..][..p.k * p.oh * p.ow], p.oh * p.ow);
     assert!(dy.len() >= TILE * TILE * total * p.kp && first + p.tiles <= total);
     if is_wide::<S>() {
+        assert!(p.kp.is_multiple_of(16) && p.k <= p.kp, "whole vectors of filters");
+        // SAFETY: AVX-512 (`is_wide`); each output's `kp` filters lie inside `dy` (asserted).
         #[cfg(target_arch = "x86_64")]
         wide::planes_to_vectors(image, p.k, plane, dy.as_mut_ptr(), |px| tile_offset(p, px, total, first));
         return;
@@ -530,11 +536,11 @@ unsafe fn gradient_in<S: Simd>(p: Plan, g: &[f32], b: usize, first: usize, total
     }
 }
 
-/// Whether `S` is the AVX-512 instance (the only one with 16 lanes), whose layout moves
-/// are register transposes ([`wide`]) rather than one value at a time.
+/// Whether `S` is the AVX-512 instance, whose layout moves are register transposes
+/// ([`wide`]) rather than one value at a time.
 #[inline(always)]
 fn is_wide<S: Simd>() -> bool {
-    cfg!(target_arch = "x86_64") && S::LANES == 16
+    cfg!(target_arch = "x86_64") && S::AVX512
 }
 
 /// The layout moves between planes (`[channel][pixel]`) and pixel vectors
@@ -765,6 +771,8 @@ unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32
     two_sided::<S>(&t.at_rows, &t.at_rows, mm.as_ptr(), alpha, tmp, d.as_mut_ptr(), lk);
     for (b, dst) in out.chunks_exact_mut(p.k * plane).enumerate() {
         if is_wide::<S>() {
+            // SAFETY: AVX-512 (`is_wide`); `kp` is whole vectors, and `d` holds every tile's
+            // `TILE² · total · kp` outputs.
             #[cfg(target_arch = "x86_64")]
             wide::vectors_to_planes(
                 d.as_ptr(),
@@ -855,8 +863,9 @@ pub(super) fn forward(
 /// image, its images' values, the thread's buffers)`.
 ///
 /// # Safety
-/// `kernel` must be safe to call on this CPU with `job`, and write every value of the
-/// images it is handed.
+/// `kernel` must be safe to call on this CPU with `job`, `p` must be `job`'s plan and
+/// `per_image` the size of one image of the kernel's result. (The kernel is to write every
+/// value of the images it is handed; the result starts zeroed.)
 unsafe fn over_chunks<J: Sync>(
     p: Plan,
     per_image: usize,
@@ -923,6 +932,8 @@ unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32],
             }
         }
         if is_wide::<S>() {
+            // SAFETY: AVX-512 (`is_wide`); `cp` is whole vectors, and `image` is the padded
+            // `[hx, wx, cp]` image.
             #[cfg(target_arch = "x86_64")]
             wide::vectors_to_planes(image.as_ptr(), |px| pixel_offset(p, px), p.c, p.h * p.w, dst, None);
             continue;
@@ -1035,8 +1046,8 @@ pub(super) fn filters_grad(
     let job = Filters { t, p, x, g };
     let len = t.alpha * t.alpha * p.cp * p.kp;
     // The chunks in one fixed run per thread, summed in order, and the runs' sums added in
-    // order: the same rounding on every call (rayon's own splitting of a fold varies with
-    // the threads' timing, and with it the order of the sums).
+    // order: the same rounding on every call with the same thread count (rayon's own
+    // splitting of a fold varies with the threads' timing, and with it the order of the sums).
     let chunks = p.n.div_ceil(p.chunk);
     let runs = rayon::current_num_threads().clamp(1, chunks);
     let partial: Vec<Vec<f32>> = (0..runs)
