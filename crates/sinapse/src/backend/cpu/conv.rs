@@ -1260,6 +1260,20 @@ mod tests {
     const POOLING_SHAPES: [(usize, usize, usize, usize); 7] =
         [(2, 3, 6, 10), (3, 2, 7, 9), (1, 5, 64, 129), (1, 5, 65, 128), (1, 7, 50, 101), (2, 4, 24, 24), (3, 2, 8, 66)];
 
+    /// `len` values drawn from {0, 1, NaN} (ties and NaNs everywhere), and with `normals` a
+    /// quarter of them standard normal instead.
+    fn ties_and_nans(rng: &mut Rng, len: usize, normals: bool) -> Vec<f32> {
+        let kinds = if normals { 4.0 } else { 3.0 };
+        (0..len)
+            .map(|_| match rng.uniform(0.0, kinds) as u32 {
+                0 => 0.0,
+                1 => 1.0,
+                2 => f32::NAN,
+                _ => rng.standard_normal(),
+            })
+            .collect()
+    }
+
     /// The 2x2 pooling's backward path against each output's gradient added at its tap, on
     /// odd sizes (a row and a column past the last window, which get 0) and with ties and
     /// NaNs deciding the taps.
@@ -1272,14 +1286,7 @@ mod tests {
     }
 
     fn check_two_by_two_backward(rng: &mut Rng, n: usize, c: usize, h: usize, w: usize) {
-        let src: Vec<f32> = (0..n * c * h * w)
-            .map(|_| match rng.uniform(0.0, 4.0) as u32 {
-                0 => 0.0,
-                1 => 1.0,
-                2 => f32::NAN,
-                _ => rng.standard_normal(),
-            })
-            .collect();
+        let src = ties_and_nans(rng, n * c * h * w, true);
         let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
         let (oh, ow) = (h / 2, w / 2);
         let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
@@ -1313,13 +1320,7 @@ mod tests {
     }
 
     fn check_two_by_two(rng: &mut Rng, n: usize, c: usize, h: usize, w: usize) {
-        let src: Vec<f32> = (0..n * c * h * w)
-            .map(|_| match rng.uniform(0.0, 3.0) as u32 {
-                0 => 0.0,
-                1 => 1.0,
-                _ => f32::NAN,
-            })
-            .collect();
+        let src = ties_and_nans(rng, n * c * h * w, false);
         let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
         let dims = ImageDims { input: [n, c, h, w], output: [h / 2, w / 2] };
         for isa in Isa::available() {

@@ -20,7 +20,7 @@
 //! at once, in buffers each thread keeps between calls.
 //!
 //! On the `cnn` benchmark's second layer (16 -> 32 channels, 5x5, 12x12 images, batch 64,
-//! 2 threads, AMD EPYC Zen 5 with AVX-512) the three passes took 241, 253 and 247 us here,
+//! 2 threads, AMD EPYC Zen 5 with AVX-512) the three passes took 200, 232 and 233 us here,
 //! against 254 us (direct forward kernel), about 400 us (products and col2im) and 257 us
 //! (direct filters' gradient).
 
@@ -418,12 +418,12 @@ unsafe fn filters_transformed<S: Simd>(t: &Transforms, p: Plan, w: &[f32], trans
         }
     }
     let mut tmp = vec![0.0f32; alpha * r * ckp];
-    let mut whole = vec![0.0f32; alpha * alpha * ckp];
-    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, whole.as_mut_ptr(), ckp);
     if !transposed {
-        u.copy_from_slice(&whole);
+        two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, u.as_mut_ptr(), ckp);
         return;
     }
+    let mut whole = vec![0.0f32; alpha * alpha * ckp];
+    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, whole.as_mut_ptr(), ckp);
     for (point, dst) in u.chunks_exact_mut(ckp).enumerate() {
         let src = &whole[point * ckp..][..ckp];
         for ch in 0..p.cp {
@@ -844,19 +844,38 @@ pub(super) fn forward(
 ) -> Option<Vec<f32>> {
     let (lanes, chunk_kernel) =
         pick!(isa, ForwardChunk, fn(j: &Forward<'_>, f: usize, o: &mut [f32], b: &mut Buffers), forward_chunk);
+    let (p, t, u) = with_filters(isa, lanes, dims, w, o, kernel, padding, false)?;
+    assert_eq!(x.len(), p.n * p.c * p.h * p.w, "winograd: input length");
+    let zeros = vec![0.0f32; p.k];
+    assert!(bias.is_none_or(|b| b.len() == p.k), "winograd: bias length");
+    let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
+    // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests), and the
+    // kernel fills whole images of the `[N, O, OH, OW]` output.
+    Some(unsafe { over_chunks(p, p.k * p.oh * p.ow, &job, chunk_kernel) })
+}
+
+/// The plan and transforms of [`forward`] and [`input_gradient`], and the filters `w`
+/// transformed (`[point][channel][filter]`, or with `transposed` `[point][filter][channel]`);
+/// `None` where [`plan`] does not apply.
+#[allow(clippy::too_many_arguments)]
+fn with_filters(
+    isa: Isa,
+    lanes: usize,
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    transposed: bool,
+) -> Option<(Plan, &'static Transforms, Vec<f32>)> {
     let p = plan(dims, o, kernel, padding, lanes)?;
     let t = Transforms::for_kernel(kernel[0])?;
-    assert_eq!(x.len(), p.n * p.c * p.h * p.w, "winograd: input length");
     assert_eq!(w.len(), p.k * p.c * t.r * t.r, "winograd: filters length");
     let mut u = vec![0.0f32; t.alpha * t.alpha * p.cp * p.kp];
     // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests); the
     // lengths are the plan's (asserted inside).
-    unsafe { filters_in(isa)(t, p, w, false, &mut u) };
-    let zeros = vec![0.0f32; p.k];
-    assert!(bias.is_none_or(|b| b.len() == p.k), "winograd: bias length");
-    let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
-    // SAFETY: as above; the kernel fills whole images of the `[N, O, OH, OW]` output.
-    Some(unsafe { over_chunks(p, p.k * p.oh * p.ow, &job, chunk_kernel) })
+    unsafe { filters_in(isa)(t, p, w, transposed, &mut u) };
+    Some((p, t, u))
 }
 
 /// A new `[N, per_image]` result, each task's chunk of images written by `kernel(job, first
@@ -963,13 +982,8 @@ pub(super) fn input_gradient(
 ) -> Option<Vec<f32>> {
     let (lanes, chunk_kernel) =
         pick!(isa, InputChunk, fn(j: &Backward<'_>, f: usize, o: &mut [f32], b: &mut Buffers), input_chunk);
-    let p = plan(dims, o, kernel, padding, lanes)?;
-    let t = Transforms::for_kernel(kernel[0])?;
+    let (p, t, ut) = with_filters(isa, lanes, dims, w, o, kernel, padding, true)?;
     assert_eq!(g.len(), p.n * p.k * p.oh * p.ow, "winograd: output gradient length");
-    assert_eq!(w.len(), p.k * p.c * t.r * t.r, "winograd: filters length");
-    let mut ut = vec![0.0f32; t.alpha * t.alpha * p.cp * p.kp];
-    // SAFETY: as in `forward`.
-    unsafe { filters_in(isa)(t, p, w, true, &mut ut) };
     let job = Backward { t, p, g, ut: &ut };
     // SAFETY: as in `forward`; the kernel fills whole images of the `[N, C, H, W]` gradient.
     Some(unsafe { over_chunks(p, p.c * p.h * p.w, &job, chunk_kernel) })
