@@ -333,6 +333,30 @@ unsafe fn two_sided<S: Simd>(
     }
 }
 
+/// One product per transform point: `dst[point] = src[point] · filters[point]`, with
+/// `src[point]` `rows`×`inner`, `filters[point]` `inner`×`outer` and `dst[point]`
+/// `rows`×`outer`, each row-major and the points one after another. The forward pass's
+/// (channels to filters) and the input gradient's (filters to channels) middle stage.
+///
+/// # Safety
+/// `S`'s instructions must be available; `src`, `filters` and `dst` must hold `points` such
+/// blocks, `outer` a whole number of vectors.
+#[inline(always)]
+unsafe fn per_point<S: Simd>(
+    points: usize,
+    src: *const f32,
+    rows: usize,
+    inner: usize,
+    filters: *const f32,
+    outer: usize,
+    dst: *mut f32,
+) {
+    for point in 0..points {
+        let (a, b) = (src.add(point * rows * inner), filters.add(point * inner * outer));
+        product::<S>(a, [inner, 1], rows, inner, b, outer, dst.add(point * rows * outer), false);
+    }
+}
+
 /// `out (+)= a · b` for `a` `rows`×`inner` read at strides (`a_rs`, `a_cs`), `b` `inner`×`n`
 /// and `out` `rows`×`n` row-major, `n` a whole number of vectors: blocks of 4 rows by 2
 /// vectors of sums in registers, one broadcast of `a` per 2 multiply-adds.
@@ -763,10 +787,7 @@ unsafe fn forward_chunk<S: Simd>(job: &Forward<'_>, first: usize, out: &mut [f32
     let v = Buffers::fit(&mut buf.v, alpha * alpha * lc);
     two_sided::<S>(&t.bt_rows, &t.bt_rows, d.as_ptr(), alpha, tmp, v.as_mut_ptr(), lc);
     let mm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
-    for point in 0..alpha * alpha {
-        let (a, bm) = (v.as_ptr().add(point * lc), job.u.as_ptr().add(point * p.cp * p.kp));
-        product::<S>(a, [p.cp, 1], total, p.cp, bm, p.kp, mm.as_mut_ptr().add(point * lk), false);
-    }
+    per_point::<S>(alpha * alpha, v.as_ptr(), total, p.cp, job.u.as_ptr(), p.kp, mm.as_mut_ptr());
     // The outputs as [q][s][tile][kp], in `d`.
     two_sided::<S>(&t.at_rows, &t.at_rows, mm.as_ptr(), alpha, tmp, d.as_mut_ptr(), lk);
     for (b, dst) in out.chunks_exact_mut(p.k * plane).enumerate() {
@@ -931,10 +952,7 @@ unsafe fn input_chunk<S: Simd>(job: &Backward<'_>, first: usize, dx: &mut [f32],
     let dm = Buffers::fit(&mut buf.m, alpha * alpha * lk);
     two_sided::<S>(&t.at_cols, &t.at_cols, dy.as_ptr(), m, tmp, dm.as_mut_ptr(), lk);
     let dv = Buffers::fit(&mut buf.v, alpha * alpha * lc);
-    for point in 0..alpha * alpha {
-        let (a, bm) = (dm.as_ptr().add(point * lk), job.ut.as_ptr().add(point * p.kp * p.cp));
-        product::<S>(a, [p.kp, 1], total, p.kp, bm, p.cp, dv.as_mut_ptr().add(point * lc), false);
-    }
+    per_point::<S>(alpha * alpha, dm.as_ptr(), total, p.kp, job.ut.as_ptr(), p.cp, dv.as_mut_ptr());
     // The patches' gradients as [i][j][tile][cp], in `dy`.
     two_sided::<S>(&t.bt_cols, &t.bt_cols, dv.as_ptr(), alpha, tmp, dy.as_mut_ptr(), lc);
     let image = Buffers::fit(&mut buf.image, p.hx * p.wx * p.cp);
