@@ -6,6 +6,12 @@ use crate::backend::OptimizerUpdate;
 /// Applies `update` to the parameter values `w` in place, from gradient `g` and the state
 /// buffers (each `w.len()` long, as many as [`OptimizerUpdate::state_buffers`]).
 pub(super) fn step(w: &mut [f32], g: &[f32], state: &mut [&mut [f32]], update: &OptimizerUpdate) {
+    super::simd::vectorized(|| step_loops(w, g, state, update));
+}
+
+/// [`step`]'s loops, inlined into its vectorised wrapper.
+#[inline(always)]
+fn step_loops(w: &mut [f32], g: &[f32], state: &mut [&mut [f32]], update: &OptimizerUpdate) {
     match *update {
         OptimizerUpdate::Sgd { lr, momentum: mu, nesterov, weight_decay: wd, first_step } => {
             if mu == 0.0 {

@@ -210,3 +210,42 @@ macro_rules! instance {
 }
 
 pub(super) use instance;
+
+/// `f()`, with the widest instruction set this CPU has enabled in the code the compiler
+/// inlines into it: the plain loops of the elementwise kernels, reductions and optimizer
+/// updates are built for the baseline x86-64 (SSE2, 4 lanes) otherwise, since the crate is
+/// not built for a particular CPU. Pass a closure that holds the loop itself (one call site:
+/// the compiler inlines it into the wrapper); the results are the same on every path, as
+/// the compiler contracts no multiply-add into an FMA and keeps each loop's order of adds.
+#[inline(always)]
+pub(super) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::detect().kind() {
+        // SAFETY: `detect` saw these features on this CPU.
+        Kind::Avx512 => return unsafe { with_avx512(f) },
+        // SAFETY: as above.
+        Kind::Avx2 => return unsafe { with_avx2(f) },
+        Kind::Portable => {}
+    }
+    f()
+}
+
+/// `f()` compiled with AVX-512F enabled.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// `f()` compiled with AVX2 and FMA enabled.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
