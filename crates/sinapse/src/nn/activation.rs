@@ -16,6 +16,9 @@ macro_rules! activation_layer {
             fn describe(&self) -> String {
                 $label.to_string()
             }
+            fn as_any(&self) -> Option<&dyn std::any::Any> {
+                Some(self)
+            }
         }
     };
 }

@@ -350,6 +350,14 @@ pub trait Module: Parameters + Send + Sync {
         crate::train::checkpoint::load_into(self, &crate::train::checkpoint::load_weights(path)?, path)
     }
 
+    /// This layer as [`std::any::Any`], for containers that recognise layer types: a
+    /// [`Sequential`] runs a ReLU after the max pooling that follows it rather than before
+    /// (the same values and gradients, on a quarter of the elements with 2x2 windows).
+    /// `None` unless a layer opts in (the activation and pooling layers do).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Where the parameters live (the CPU for a module without any).
     fn device(&self) -> Device {
         self.parameters().first().map_or(Device::Cpu, Tensor::device)

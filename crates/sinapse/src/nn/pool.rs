@@ -50,6 +50,10 @@ impl Module for Pool2d {
         let name = if self.kind == PoolKind::Max { "MaxPool2d" } else { "AvgPool2d" };
         format!("{name}(kernel {:?}, stride {:?}, padding {:?})", self.kernel, self.stride, self.padding)
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// Adaptive average pooling to a fixed output size (PyTorch's `nn.AdaptiveAvgPool2d`):
