@@ -62,7 +62,7 @@ unsafe fn chunked(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync
 }
 
 /// `dst` with every value set to 0, as initialised values.
-fn zeroed(dst: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+pub(super) fn zeroed(dst: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     dst.iter_mut().for_each(|d| _ = d.write(0.0));
     // SAFETY: every value was just written, and `MaybeUninit<f32>` has f32's layout.
     unsafe { &mut *(dst as *mut [MaybeUninit<f32>] as *mut [f32]) }
