@@ -68,6 +68,22 @@ pub(crate) trait BackendStorage: Sized {
     /// Batched matrix product `[batch.., m, k] x [batch.., k, n]`; both layouts already have
     /// the output's batch shape.
     fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self>;
+    /// The rank-2 product `m x k` by `k x n` with `bias` (`[n]`) added to every row: a
+    /// dense layer's `x·Wᵀ + b`. By default the product and a broadcast add; the CPU adds
+    /// the bias in place, without a second `m x n` buffer.
+    fn matmul_bias(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rhs_l: &Layout,
+        bias: &Self,
+        bias_l: &Layout,
+        mkn: [usize; 3],
+    ) -> Result<Self> {
+        let y = self.matmul(l, rhs, rhs_l, mkn)?;
+        let shape = [mkn[0], mkn[2]];
+        y.binary(&Layout::contiguous(&shape), bias, &bias_l.broadcast_to(&shape)?, BinaryOp::Add)
+    }
 
     /// The entries `ids[0], ids[1], ..` of axis `dim` (`ids` 1-D, whole numbers).
     fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self>;
@@ -731,6 +747,29 @@ impl Storage {
             (Storage::Cpu(a), Storage::Cpu(b)) => Ok(Storage::Cpu(a.matmul(l, b, rhs_l, mkn)?)),
             (Storage::Cuda(a), Storage::Cuda(b)) => Ok(Storage::Cuda(a.matmul(l, b, rhs_l, mkn)?)),
             (a, b) => Err(mismatch("matmul", &[a, b])),
+        }
+    }
+
+    /// The rank-2 product plus a bias row (see [`BackendStorage::matmul_bias`]).
+    pub(crate) fn matmul_bias(
+        &self,
+        l: &Layout,
+        rhs: &Storage,
+        rhs_l: &Layout,
+        bias: &Storage,
+        bias_l: &Layout,
+        mkn: [usize; 3],
+    ) -> Result<Storage> {
+        same_device("linear", &[self, rhs, bias])?;
+        room_for(self, mkn[0].saturating_mul(mkn[2]), "linear")?;
+        match (self, rhs, bias) {
+            (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)) => {
+                Ok(Storage::Cpu(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn)?))
+            }
+            (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)) => {
+                Ok(Storage::Cuda(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn)?))
+            }
+            (a, b, c) => Err(mismatch("linear", &[a, b, c])),
         }
     }
 

@@ -4,8 +4,7 @@
 //! chain rule gives dL/dA = dL/dC · Bᵀ and dL/dB = Aᵀ · dL/dC.
 
 use super::grad_if;
-use crate::backend::BinaryOp;
-use crate::layout::{broadcast_dims, checked_elem_count, Dims, Layout};
+use crate::layout::{broadcast_dims, checked_elem_count, Dims};
 use crate::{Error, Result, Tensor};
 
 impl Tensor {
@@ -100,13 +99,7 @@ impl Tensor {
         let wt = weight.layout().transpose(0, 1)?; // [in, out], read in place
         let y = match bias {
             Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
-                let y = x.matmul(self.layout(), w, &wt, mkn)?;
-                y.binary(
-                    &Layout::contiguous(&[rows, outputs]),
-                    b,
-                    &bt.layout().broadcast_to(&[rows, outputs])?,
-                    BinaryOp::Add,
-                )
+                x.matmul_bias(self.layout(), w, &wt, b, bt.layout(), mkn)
             })?,
             None => Tensor::with_storages([self, weight], |[x, w]| x.matmul(self.layout(), w, &wt, mkn))?,
         };

@@ -181,6 +181,20 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(matmul::matmul(self.f32(), l, rhs.f32(), rhs_l, mkn)))
     }
 
+    fn matmul_bias(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rhs_l: &Layout,
+        bias: &Self,
+        bias_l: &Layout,
+        mkn: [usize; 3],
+    ) -> Result<Self> {
+        let mut y = matmul::matmul(self.f32(), l, rhs.f32(), rhs_l, mkn);
+        matmul::add_to_rows(&mut y, &elementwise::row_major(bias.f32(), bias_l));
+        Ok(CpuStorage::F32(y))
+    }
+
     fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self> {
         Ok(CpuStorage::F32(index::index_select(self.f32(), l, dim, ids.f32(), ids_l)?))
     }
