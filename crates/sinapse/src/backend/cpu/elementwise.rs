@@ -1,8 +1,9 @@
 //! Elementwise kernels: one tight loop per kernel of the set, picked by one `match` per call.
 //!
-//! Contiguous inputs are plain slices (vectorised by the compiler, split over rayon's threads
-//! when large); strided, transposed and broadcast inputs are walked run by run
-//! ([`Runs`]), also split over threads when large.
+//! Contiguous inputs are plain slices (vectorised by the compiler for the CPU's widest
+//! vectors, [`super::simd::vectorized`], split over rayon's threads when large); strided,
+//! transposed and broadcast inputs are walked run by run ([`Runs`]), also split over threads
+//! when large.
 
 use std::mem::MaybeUninit;
 
