@@ -32,9 +32,12 @@ fn fill_runs<const N: usize>(
         // the whole buffer up front on one thread: `run` takes initialised values.
         let dst: &mut [f32] = zeroed(dst);
         let mut at = 0;
-        runs.for_each_in(first..first + dst.len(), |offsets, len, strides| {
-            vectorized(|| run(&mut dst[at..at + len], offsets, strides));
-            at += len;
+        // Once per chunk, not per run: runs can be a few values long ([N, 3] + [3]).
+        vectorized(|| {
+            runs.for_each_in(first..first + dst.len(), |offsets, len, strides| {
+                run(&mut dst[at..at + len], offsets, strides);
+                at += len;
+            })
         });
     };
     // SAFETY: `fill` zeroes each chunk whole before the runs are written into it.
