@@ -138,6 +138,9 @@ mod tests {
             let x = Tensor::from_vec(data.clone(), &[2, 3, 6, 6]).unwrap().set_requires_grad(true);
             let model = Sequential::new().add(Relu).add(pool);
             let y = model.forward(&x, Mode::Train).unwrap();
+            // The reorder ran: the ReLU is the last op recorded.
+            let recorded = format!("{y:?}");
+            assert!(recorded.contains("grad_fn=relu"), "pooling ran last: {recorded}");
             let w = Tensor::from_vec((0..y.elem_count()).map(|i| i as f32 - 20.0).collect(), y.shape()).unwrap();
             let grads = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
             let (want_y, want_g) = unfused(&[&Relu, &pool], &x, &w);

@@ -163,8 +163,9 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
 }
 
 /// `row += bias` for every row of the row-major `y` (rows of `bias.len()` values), in place
-/// (a dense layer's bias: a broadcast add into a new buffer was 100 us of the `infer`
-/// benchmark's 1024-row forward pass, 5%), split over the threads when large.
+/// (a dense layer's bias: the broadcast add into a new buffer it replaces took 100 us of the
+/// `infer` benchmark's 1024-row forward pass in a session-11 scratch timing), split over the
+/// threads when large.
 pub(super) fn add_to_rows(y: &mut [f32], bias: &[f32]) {
     let n = bias.len();
     if n == 0 {
@@ -695,10 +696,6 @@ mod tests {
         }
     }
 
-    /// Products split by columns over two threads (a transposed operand, a small `a`): `x·Wᵀ`
-    /// at the `mlp` benchmark's batch, a weight gradient `xᵀ·g`, and a width that is not a
-    /// multiple of the column blocks, against a sum in f64; large or untransposed products
-    /// are not split.
     #[test]
     fn bias_is_added_to_every_row_in_place() {
         // Small (one pass) and large (split into tasks of whole rows; 10 does not divide the
@@ -713,6 +710,10 @@ mod tests {
         }
     }
 
+    /// Products split by columns over two threads (a transposed operand, a small `a`): `x·Wᵀ`
+    /// at the `mlp` benchmark's batch, a weight gradient `xᵀ·g`, and a width that is not a
+    /// multiple of the column blocks, against a sum in f64; large or untransposed products
+    /// are not split.
     #[test]
     fn products_split_by_columns_match_a_plain_sum() {
         let mut rng = Rng::seed(7);
