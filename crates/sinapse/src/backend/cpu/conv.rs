@@ -416,9 +416,14 @@ unsafe fn max_pool_2x2_avx512(
 /// The adjoint of [`max_pool`]: each output's gradient `g` (row-major `[N, C, OH, OW]`) added
 /// at the input pixel its maximum came from (`taps`), planes in parallel.
 pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
+    max_pool_backward_with(Isa::detect(), g, taps, dims, win)
+}
+
+/// [`max_pool_backward`] with the 2x2 path compiled for `isa` (tests run each the CPU has).
+fn max_pool_backward_with(isa: Isa, g: &[f32], taps: &[f32], dims: ImageDims, win: &Window) -> Vec<f32> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     if two_by_two(win) && n * c * h * w > 0 {
-        return max_pool_2x2_backward(g, taps, dims);
+        return max_pool_2x2_backward(isa, g, taps, dims);
     }
     let mut dx = vec![0.0f32; n * c * h * w];
     if dx.is_empty() || oh * ow == 0 {
@@ -450,7 +455,7 @@ pub(super) fn max_pool_backward(g: &[f32], taps: &[f32], dims: ImageDims, win: &
 /// windows do not overlap, so each pixel of a window is its output's gradient or 0: every
 /// pixel is written once, in order (0 past the last window's row and column), with no
 /// zeroed buffer and no adds at the taps.
-fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
+fn max_pool_2x2_backward(isa: Isa, g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
     let ([n, c, h, w], [oh, ow]) = (dims.input, dims.output);
     assert!(2 * oh <= h && 2 * ow <= w && g.len() == n * c * oh * ow && taps.len() == g.len());
     let len = n * c * h * w;
@@ -458,8 +463,21 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
     // A run of planes per task, walked row by row (an 8x8 plane has only 16 windows).
     let planes = planes_per_task(h * w);
     let per_task = planes * oh * ow;
+    #[cfg(target_arch = "x86_64")]
+    let pairs = (isa.kind() == Kind::Avx512 && h % 2 == 0).then(|| RowPairPlan::new(w, ow));
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     dx.spare_capacity_mut()[..len].par_chunks_mut(planes * h * w).enumerate().for_each(|(t, block)| {
         let (g, taps) = (&g[t * per_task..], &taps[t * per_task..]);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(plan) = &pairs {
+            let run = block.len() / (2 * w) * ow;
+            // SAFETY: `pairs` exists only where `isa` (this CPU's) is AVX-512; with an even
+            // height, the block is whole row pairs of `2·w` pixels, one output row (`ow`
+            // gradients and taps) each, and `g` and `taps` hold those rows.
+            unsafe { max_pool_2x2_backward_avx512(plan, &g[..run], &taps[..run], block) };
+            return;
+        }
         for (y, rows) in block.chunks_exact_mut(w).enumerate() {
             // Row py of plane `plane` of the run: window row py / 2, whose top (tap 0) or
             // bottom (tap 2) row it is, or a last row past the windows (an odd height).
@@ -483,6 +501,115 @@ fn max_pool_2x2_backward(g: &[f32], taps: &[f32], dims: ImageDims) -> Vec<f32> {
     // windows' pairs and the columns past them, or zeros past the last window.
     unsafe { dx.set_len(len) };
     dx
+}
+
+/// Where each pixel of a pair of image rows (`2·w` pixels, the top and bottom rows of one
+/// row of 2x2 windows) finds its gradient, for [`max_pool_2x2_backward_avx512`]: per vector
+/// of 16 pixels, the window (within the `ow` windows of the pair) and tap of each lane. A
+/// vector's lanes lie in at most two runs of consecutive windows (the end of the top row and
+/// the start of the bottom one), each within 16 windows of its first: two masked loads and
+/// one two-source permute gather the 16 lanes' gradients.
+#[cfg(target_arch = "x86_64")]
+struct RowPairPlan {
+    /// Pixels in a row pair (`2·w`).
+    pixels: usize,
+    /// The row pair's vectors in order.
+    vectors: Vec<PairVector>,
+}
+
+/// One vector of a [`RowPairPlan`].
+#[cfg(target_arch = "x86_64")]
+struct PairVector {
+    /// The first window of each of the two runs.
+    bases: [usize; 2],
+    /// How many windows to load from each (0: no second run).
+    counts: [usize; 2],
+    /// Each lane's place in the two loads (0-15 the first, 16-31 the second).
+    index: [i32; 16],
+    /// The tap each lane's pixel is (-1 past the last window: a column no window covers).
+    tap: [f32; 16],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowPairPlan {
+    fn new(w: usize, ow: usize) -> RowPairPlan {
+        let pixels = 2 * w;
+        let vectors = (0..pixels.div_ceil(16))
+            .map(|v| {
+                let lanes = (16 * v..pixels.min(16 * v + 16)).map(|k| (k / w, k % w));
+                // The first window each row (0: top, 1: bottom) reads in this vector.
+                let mut first = [usize::MAX; 2];
+                for (r, px) in lanes.clone() {
+                    if px / 2 < ow {
+                        first[r] = first[r].min(px / 2);
+                    }
+                }
+                // The runs in lane order: the top row's (if any lane reads one), then the bottom's.
+                let runs: Vec<usize> = (0..2).filter(|&r| first[r] != usize::MAX).collect();
+                let mut bases = [0; 2];
+                let mut counts = [0; 2];
+                for (slot, &r) in runs.iter().enumerate() {
+                    bases[slot] = first[r];
+                    counts[slot] = (ow - first[r]).min(16);
+                }
+                let (mut index, mut tap) = ([0i32; 16], [-1.0f32; 16]);
+                for (lane, (r, px)) in lanes.enumerate() {
+                    if px / 2 < ow {
+                        let slot = runs.iter().position(|&x| x == r).unwrap_or(0);
+                        let within = px / 2 - bases[slot];
+                        debug_assert!(within < 16);
+                        index[lane] = (16 * slot + within) as i32;
+                        tap[lane] = (2 * r + px % 2) as f32;
+                    }
+                }
+                PairVector { bases, counts, index, tap }
+            })
+            .collect();
+        RowPairPlan { pixels, vectors }
+    }
+}
+
+/// [`max_pool_2x2_backward`] on AVX-512 for whole row pairs: each vector of 16 pixels gathers
+/// its windows' gradients and taps (two masked loads each, one permute) and keeps the
+/// gradient where the tap is the pixel's own, 0 elsewhere: the scalar path's values, for
+/// any width (an 8-pixel row pair is one vector, not eight scalar steps).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dx` must be whole row pairs of `plan.pixels` pixels, and
+/// `g` and `taps` one output row (the plan's `ow` values) for each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_pool_2x2_backward_avx512(plan: &RowPairPlan, g: &[f32], taps: &[f32], dx: &mut [MaybeUninit<f32>]) {
+    use std::arch::x86_64::*;
+    let pairs = dx.len() / plan.pixels.max(1);
+    let ow = g.len() / pairs.max(1);
+    assert!(dx.len() == pairs * plan.pixels && g.len() == pairs * ow && taps.len() == g.len());
+    let first = |count: usize| -> __mmask16 { ((1u32 << count.min(16)) - 1) as __mmask16 };
+    let vectors: Vec<_> = plan
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(v, pv)| {
+            let masks = [first(pv.counts[0]), first(pv.counts[1])];
+            let (index, tap) = (_mm512_loadu_si512(pv.index.as_ptr().cast()), _mm512_loadu_ps(pv.tap.as_ptr()));
+            (pv.bases, masks, index, tap, first(plan.pixels - 16 * v))
+        })
+        .collect();
+    for pair in 0..pairs {
+        let (gp, tp) = (g.as_ptr().add(pair * ow), taps.as_ptr().add(pair * ow));
+        let out = dx.as_mut_ptr().add(pair * plan.pixels).cast::<f32>();
+        for (v, &(bases, masks, index, tap, store)) in vectors.iter().enumerate() {
+            // (A load with an empty mask reads nothing: `wrapping_add` makes no claim that
+            // its address is inside.)
+            let load = |p: *const f32| {
+                let a = _mm512_maskz_loadu_ps(masks[0], p.wrapping_add(bases[0]));
+                let b = _mm512_maskz_loadu_ps(masks[1], p.wrapping_add(bases[1]));
+                _mm512_permutex2var_ps(a, index, b)
+            };
+            let own = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(load(tp), tap);
+            _mm512_mask_storeu_ps(out.add(16 * v), store, _mm512_maskz_mov_ps(own, load(gp)));
+        }
+    }
 }
 
 /// Direct 2-D convolution with stride 1 and no dilation, without im2col: `[N, C, H, W]`
@@ -1378,10 +1505,12 @@ mod tests {
                 }
             }
         }
-        let got = max_pool_backward(&g, &taps, dims, &win);
-        assert_eq!(got.len(), want.len());
-        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{:?}: dx[{i}]: {a} vs {b}", [n, c, h, w]);
+        for isa in Isa::available() {
+            let got = max_pool_backward_with(isa, &g, &taps, dims, &win);
+            assert_eq!(got.len(), want.len());
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{isa:?}, {:?}: dx[{i}]: {a} vs {b}", [n, c, h, w]);
+            }
         }
     }
 
