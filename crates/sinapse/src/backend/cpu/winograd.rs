@@ -428,35 +428,36 @@ unsafe fn product<S: Simd>(
 
 /// The filters `[O, C, r, r]` transformed: `u[point][channel][filter]` (`G g Gᵀ` for each
 /// filter and channel), channels and filters padded with zeros, and, with `transposed`, the
-/// same as `[point][filter][channel]` (the input gradient's products read it so).
+/// same as `[point][filter][channel]` (the input gradient's products read it so). The
+/// transform acts on each point's block of `cp·kp` values as a whole, so the transposed
+/// result is the transform of the taps laid out transposed: no pass over `u` afterwards.
 #[inline(always)]
 unsafe fn filters_transformed<S: Simd>(t: &Transforms, p: Plan, w: &[f32], transposed: bool, u: &mut [f32]) {
     let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
     assert!(w.len() == p.k * p.c * r * r && u.len() == alpha * alpha * ckp);
-    // The filters as [i][j][channel][filter].
+    // The filters as [i][j][channel][filter] (or [i][j][filter][channel]), written in order:
+    // each value read from `w` at a stride of `r·r` (the other order, writes `cp·kp` apart,
+    // was most of this function's time).
     let mut wt = vec![0.0f32; r * r * ckp];
-    for (f, filter) in w.chunks_exact(p.c * r * r).enumerate() {
-        for (ch, taps) in filter.chunks_exact(r * r).enumerate() {
-            for (ij, &x) in taps.iter().enumerate() {
-                wt[(ij * p.cp + ch) * p.kp + f] = x;
+    for (ij, block) in wt.chunks_exact_mut(ckp).enumerate() {
+        if transposed {
+            for (f, row) in block.chunks_exact_mut(p.cp).take(p.k).enumerate() {
+                let taps = &w[f * p.c * r * r + ij..];
+                for (ch, x) in row[..p.c].iter_mut().enumerate() {
+                    *x = taps[ch * r * r];
+                }
+            }
+        } else {
+            for (ch, row) in block.chunks_exact_mut(p.kp).take(p.c).enumerate() {
+                let taps = &w[ch * r * r + ij..];
+                for (f, x) in row[..p.k].iter_mut().enumerate() {
+                    *x = taps[f * p.c * r * r];
+                }
             }
         }
     }
     let mut tmp = vec![0.0f32; alpha * r * ckp];
-    if !transposed {
-        two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, u.as_mut_ptr(), ckp);
-        return;
-    }
-    let mut whole = vec![0.0f32; alpha * alpha * ckp];
-    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, whole.as_mut_ptr(), ckp);
-    for (point, dst) in u.chunks_exact_mut(ckp).enumerate() {
-        let src = &whole[point * ckp..][..ckp];
-        for ch in 0..p.cp {
-            for f in 0..p.kp {
-                dst[f * p.cp + ch] = src[ch * p.kp + f];
-            }
-        }
-    }
+    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, u.as_mut_ptr(), ckp);
 }
 
 /// The adjoint of [`filters_transformed`]: the filters' gradient `[O, C, r, r]` from the
@@ -468,10 +469,13 @@ unsafe fn filters_gradient<S: Simd>(t: &Transforms, p: Plan, du: &[f32], dw: &mu
     let mut tmp = vec![0.0f32; r * alpha * ckp];
     let mut taps = vec![0.0f32; r * r * ckp];
     two_sided::<S>(&t.g_cols, &t.g_cols, du.as_ptr(), alpha, &mut tmp, taps.as_mut_ptr(), ckp);
+    // Written in order, each value read at a stride of `cp·kp` (all `r·r` taps of one
+    // channel and filter).
     for (f, filter) in dw.chunks_exact_mut(p.c * r * r).enumerate() {
         for (ch, out) in filter.chunks_exact_mut(r * r).enumerate() {
+            let from = &taps[ch * p.kp + f..];
             for (ij, x) in out.iter_mut().enumerate() {
-                *x = taps[(ij * p.cp + ch) * p.kp + f];
+                *x = from[ij * ckp];
             }
         }
     }
