@@ -359,8 +359,8 @@ unsafe fn per_point<S: Simd>(
 }
 
 /// `out (+)= a · b` for `a` `rows`×`inner` read at strides (`a_rs`, `a_cs`), `b` `inner`×`n`
-/// and `out` `rows`×`n` row-major, `n` a whole number of vectors: blocks of 4 rows by 2
-/// vectors of sums in registers, one broadcast of `a` per 2 multiply-adds.
+/// and `out` `rows`×`n` row-major, `n` a whole number of vectors: blocks of up to 8 rows by
+/// 2 vectors of sums in registers, one broadcast of `a` per 2 multiply-adds.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn product<S: Simd>(
@@ -407,22 +407,36 @@ unsafe fn product<S: Simd>(
         }
     }
     let vectors = n / S::LANES;
+    // Eight rows where the sums fit the registers (8 x 2 vectors on AVX-512's 32, 8 x 1 on
+    // AVX2's 16): with one vector of columns, four rows were four chains of multiply-adds,
+    // each waiting on the last (the input gradient's products, 16 channels).
+    let eight = S::LANES >= 16 || vectors == 1;
     let mut row = 0;
     while row < rows {
-        let four = rows - row >= 4;
         let (a_row, out_row) = (a.add(row * a_rs), out.add(row * n));
+        let left = rows - row;
+        let r = if eight && left >= 8 {
+            8
+        } else if left >= 4 {
+            4
+        } else {
+            1
+        };
         let mut v = 0;
         while v < vectors {
             let (bb, ob) = (b.add(v * S::LANES), out_row.add(v * S::LANES));
-            match (four, vectors - v >= 2) {
-                (true, true) => block::<S, 4, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
-                (true, false) => block::<S, 4, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
-                (false, true) => block::<S, 1, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
-                (false, false) => block::<S, 1, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+            let two = vectors - v >= 2;
+            match (r, two) {
+                (8, true) => block::<S, 8, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (8, false) => block::<S, 8, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (4, true) => block::<S, 4, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (4, false) => block::<S, 4, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (_, true) => block::<S, 1, 2>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
+                (_, false) => block::<S, 1, 1>(a_row, [a_rs, a_cs], inner, bb, n, ob, add),
             }
-            v += if vectors - v >= 2 { 2 } else { 1 };
+            v += if two { 2 } else { 1 };
         }
-        row += if four { 4 } else { 1 };
+        row += r;
     }
 }
 
