@@ -388,7 +388,43 @@ unsafe fn max_pool_2x2_avx512(
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     let first = |count: usize| -> __mmask16 { ((1u32 << count.min(16)) - 1) as __mmask16 };
-    for (y, (out_v, out_t)) in vals.chunks_exact_mut(ow).zip(taps.chunks_exact_mut(ow)).enumerate() {
+    // Narrow rows (an 8x8 plane: 4 outputs a row) fill a vector with several row pairs: with
+    // `w = 2·ow` and `ow` dividing 16, the 16 outputs of `16 / ow` consecutive row pairs read
+    // 64 consecutive values, four vectors. Each candidate is gathered by one permute from
+    // the first two vectors (the first 8 outputs) and one from the last two, whose indices
+    // are the same (the pattern repeats every 32 values).
+    let mut done = 0;
+    if w == 2 * ow && ow <= 8 && 16 % ow == 0 {
+        let pairs = 16 / ow;
+        let index = |dy: usize, dx: usize| {
+            let at: [i32; 16] =
+                std::array::from_fn(|l| ((l / ow % (pairs / 2)) * 2 * w + dy * w + 2 * (l % ow) + dx) as i32);
+            _mm512_loadu_si512(at.as_ptr().cast())
+        };
+        let (i0, i1, i2, i3) = (index(0, 0), index(0, 1), index(1, 0), index(1, 1));
+        let upper: __mmask16 = 0xff00;
+        let groups = vals.len() / 16;
+        for g in 0..groups {
+            let src = plane.as_ptr().add(g * 64);
+            let (a, b, c, d) = (
+                _mm512_loadu_ps(src),
+                _mm512_loadu_ps(src.add(16)),
+                _mm512_loadu_ps(src.add(32)),
+                _mm512_loadu_ps(src.add(48)),
+            );
+            let gather = |i: __m512i| {
+                _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(a, i, b), _mm512_permutex2var_ps(c, i, d))
+            };
+            let (best, at) = pick(gather(i0), _mm512_setzero_ps(), gather(i1), 1.0);
+            let (best, at) = pick(best, at, gather(i2), 2.0);
+            let (best, at) = pick(best, at, gather(i3), 3.0);
+            _mm512_storeu_ps(vals.as_mut_ptr().add(g * 16).cast(), best);
+            _mm512_storeu_ps(taps.as_mut_ptr().add(g * 16).cast(), at);
+        }
+        done = groups * 16 / ow;
+    }
+    let rows = vals.chunks_exact_mut(ow).zip(taps.chunks_exact_mut(ow)).enumerate().skip(done);
+    for (y, (out_v, out_t)) in rows {
         let (top, bottom) = (plane.as_ptr().add(2 * y * w), plane.as_ptr().add((2 * y + 1) * w));
         for x in (0..ow).step_by(16) {
             let count = (ow - x).min(16);
@@ -1460,9 +1496,23 @@ mod tests {
     /// the last row's zeros), odd widths, and planes large enough for one plane per task or
     /// three with a shorter last run (`planes_per_task`); the `cnn` benchmark's first pooling
     /// (12 outputs a row: one masked vector on AVX-512) and 33 outputs a row (two vectors and
-    /// one output).
-    const POOLING_SHAPES: [(usize, usize, usize, usize); 7] =
-        [(2, 3, 6, 10), (3, 2, 7, 9), (1, 5, 64, 129), (1, 5, 65, 128), (1, 7, 50, 101), (2, 4, 24, 24), (3, 2, 8, 66)];
+    /// one output); narrow rows whose row pairs share a vector (`w = 2·ow`, `ow` dividing 16:
+    /// the `cnn` benchmark's second pooling, 8x8), in whole groups of 16 outputs, with rows
+    /// left over, and plane by plane (an odd height).
+    const POOLING_SHAPES: [(usize, usize, usize, usize); 12] = [
+        (2, 3, 6, 10),
+        (3, 2, 7, 9),
+        (1, 5, 64, 129),
+        (1, 5, 65, 128),
+        (1, 7, 50, 101),
+        (2, 4, 24, 24),
+        (3, 2, 8, 66),
+        (3, 5, 8, 8),
+        (1, 3, 6, 8),
+        (2, 3, 4, 16),
+        (1, 1, 10, 4),
+        (1, 2, 9, 8),
+    ];
 
     /// `len` values drawn from {0, 1, NaN} (ties and NaNs everywhere), and with `normals` a
     /// quarter of them standard normal instead.
