@@ -6,7 +6,9 @@ use crate::layout::Layout;
 use rayon::prelude::*;
 
 use super::elementwise::{row_major, PAR_CHUNK, PAR_MIN_ELEMS};
-use super::simd::vectorized;
+#[cfg(target_arch = "x86_64")]
+use super::simd::Kind;
+use super::simd::{vectorized, Isa};
 
 /// `[outer, len, inner]`: the sizes before, of, and after axis `dim` of `shape` (`None`: all
 /// elements as one axis).
@@ -114,24 +116,37 @@ fn reduce_block(block: &[f32], len: usize, inner: usize, first: usize, dst: &mut
 /// The sum of a row, accumulated in f64 so that long sums (losses) keep their digits, in 32
 /// independent partial sums: the bias gradients of the `cnn` benchmark's convolutions sum rows
 /// of 576 and 64 values, 1,024 and 2,048 of them a step. Eight partial sums fit one vector
-/// register of f64, so every add waited for the one before (4 cycles each). With 32, in the
-/// vectorised build, the first layer's bias gradient (64 x 16 x 576 values) took 89-126 us
-/// instead of 131-178 on the Intel Xeon (AVX-512) in a scratch timing.
+/// register of f64, so every add waited for the one before (4 cycles each). With 32 kept in
+/// registers (AVX-512 or AVX2, picked at run time), the first layer's bias gradient
+/// (64 x 16 x 576 values) takes 38-40 us on the Intel Xeon (AVX-512) in a scratch timing.
 fn row_sum(row: &[f32]) -> f32 {
+    row_sum_with(Isa::detect(), row)
+}
+
+/// [`row_sum`] with its loop compiled for `isa` (tests run each the CPU has; every one gives
+/// the same bits: each lane sums the same values in the same order).
+fn row_sum_with(isa: Isa, row: &[f32]) -> f32 {
     const LANES: usize = 32;
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();
-    // The partial sums live inside the closure (in registers): captured from outside, each
-    // add went through memory and ran slower than the baseline loop.
-    let mut lanes = vectorized(|| {
-        let mut lanes = [0.0f64; LANES];
-        for chunk in chunks {
-            for (lane, &x) in lanes.iter_mut().zip(chunk) {
-                *lane += f64::from(x);
+    let mut lanes = [0.0f64; LANES];
+    match isa.kind() {
+        // The sums in registers, written out: the compiled loop below kept them in memory
+        // (its result array), one store and reload per add: 5.5% of the `cnn` benchmark.
+        // SAFETY: `isa` is this CPU's (`Isa::detect`, or `Isa::available` in tests).
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx512 => unsafe { lanes_avx512(chunks, &mut lanes) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kind::Avx2 => unsafe { lanes_avx2(chunks, &mut lanes) },
+        _ => {
+            for chunk in chunks {
+                for (lane, &x) in lanes.iter_mut().zip(chunk) {
+                    *lane += f64::from(x);
+                }
             }
         }
-        lanes
-    });
+    }
     // Pairwise: a fixed order, the same on every machine.
     let mut width = LANES;
     while width > 1 {
@@ -145,6 +160,45 @@ fn row_sum(row: &[f32]) -> f32 {
         sum += f64::from(x);
     }
     sum as f32
+}
+
+/// [`row_sum_with`]'s 32 lanes on AVX-512: four vectors of 8 f64 sums, lane `i` summing the
+/// values at `i` mod 32 in order.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn lanes_avx512(chunks: std::slice::ChunksExact<'_, f32>, lanes: &mut [f64; 32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_pd(); 4];
+    for chunk in chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_add_pd(*a, _mm512_cvtps_pd(_mm256_loadu_ps(chunk[8 * k..].as_ptr())));
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        _mm512_storeu_pd(lanes[8 * k..].as_mut_ptr(), *a);
+    }
+}
+
+/// [`lanes_avx512`] on AVX2: eight vectors of 4 f64 sums.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn lanes_avx2(chunks: std::slice::ChunksExact<'_, f32>, lanes: &mut [f64; 32]) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_pd(); 8];
+    for chunk in chunks {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_add_pd(*a, _mm256_cvtps_pd(_mm_loadu_ps(chunk[4 * k..].as_ptr())));
+        }
+    }
+    for (k, a) in acc.iter().enumerate() {
+        _mm256_storeu_pd(lanes[4 * k..].as_mut_ptr(), *a);
+    }
 }
 
 /// Softmax (or log-softmax) along the middle axis of a row-major `[outer, len, inner]` buffer.
@@ -198,6 +252,9 @@ mod tests {
             let got = row_sum(&row);
             let ulp = (want.abs() * f32::EPSILON).max(f32::MIN_POSITIVE);
             assert!((got - want).abs() <= ulp, "length {len}: {got} vs {want}");
+            for isa in Isa::available() {
+                assert_eq!(row_sum_with(isa, &row).to_bits(), got.to_bits(), "{isa:?}, length {len}");
+            }
         }
         // In f64: sixty-three 1s next to 1e8 count (an f32 running sum would drop them all).
         let mut row = vec![1.0f32; 64];
