@@ -443,8 +443,9 @@ unsafe fn product<S: Simd>(
 /// The filters `[O, C, r, r]` transformed: `u[point][channel][filter]` (`G g Gᵀ` for each
 /// filter and channel), channels and filters padded with zeros, and, with `transposed`, the
 /// same as `[point][filter][channel]` (the input gradient's products read it so). The
-/// transform acts on each point's block of `cp·kp` values as a whole, so the transposed
-/// result is the transform of the taps laid out transposed: no pass over `u` afterwards.
+/// transform combines the taps' blocks value by value (each of the `cp·kp` places on its
+/// own), so the transposed result is the transform of the taps laid out transposed: no pass
+/// over `u` afterwards.
 #[inline(always)]
 unsafe fn filters_transformed<S: Simd>(t: &Transforms, p: Plan, w: &[f32], transposed: bool, u: &mut [f32]) {
     let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
