@@ -65,12 +65,7 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
             let (b, stride) = (&b[lb.offset()..], sb[rb - 1]);
             let threads = rayon::current_num_threads();
             if threads > 1 && n >= 16 && n * k >= GEMV_SPLIT {
-                let half = n / 2;
-                let (left, right) = out.split_at_mut(half);
-                rayon::join(
-                    || gemv_columns(x, b, stride, left),
-                    || gemv_columns(x, &b[half * stride..], stride, right),
-                );
+                gemv_columns_split(x, b, stride, &mut out);
             } else {
                 gemv_columns(x, b, stride, &mut out);
             }
@@ -324,24 +319,89 @@ pub(super) fn transposed(src: &[f32], [rows, cols]: [usize; 2]) -> Vec<f32> {
     out
 }
 
+/// Panics unless `len` values hold `n` columns of `k` values `stride` apart (the last
+/// column's end computed in checked arithmetic: a wrapped sum could pass).
+fn check_columns(k: usize, n: usize, stride: usize, len: usize) {
+    let end = n.checked_sub(1).map(|last| last.checked_mul(stride).and_then(|start| start.checked_add(k)));
+    assert!(
+        end.is_none_or(|end| end.is_some_and(|end| end <= len)),
+        "gemv: {n} columns of {k} at stride {stride} in {len} values"
+    );
+}
+
+/// [`gemv_columns`] over two threads: the second half of the columns is offered to the pool
+/// while this thread computes the first, and done here too if no thread took it by then.
+/// Unlike `rayon::join`, the wait for the other half is a spin: rayon's wait calls
+/// `sched_yield` between rounds, and those system calls (under KVM) were 14% of this thread's
+/// time in a batch-1 forward pass of the `infer` benchmark's MLP (`perf`, 2-core Intel Xeon).
+fn gemv_columns_split(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// The second half's states: offered to the pool, taken by a pool thread, done there,
+    /// or kept by the caller (the pool's task then does nothing when it runs).
+    const OFFERED: u8 = 0;
+    const TAKEN: u8 = 1;
+    const DONE: u8 = 2;
+    const KEPT: u8 = 3;
+    let (k, n) = (x.len(), out.len());
+    // The check `gemv_columns` makes, here before the pool's task exists: a panic in that
+    // task would leave this thread waiting for it.
+    check_columns(k, n, stride, b.len());
+    let half = n / 2;
+    let (left, right) = out.split_at_mut(half);
+    let rb = &b[(half * stride).min(b.len())..];
+    let state = std::sync::Arc::new(AtomicU8::new(OFFERED));
+    let task = {
+        let state = state.clone();
+        let (xp, bp, op) = (SendConst(x.as_ptr()), SendConst(rb.as_ptr()), SendPtr(right.as_mut_ptr()));
+        let (blen, olen) = (rb.len(), right.len());
+        move || {
+            if state.compare_exchange(OFFERED, TAKEN, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                // SAFETY: the caller took no `KEPT` state, so it waits (below) for `DONE`
+                // before its borrows of `x`, `b` and `out` end; until then these are live,
+                // and only this task touches `right`'s values.
+                let (x, b, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts(xp.get(), k),
+                        std::slice::from_raw_parts(bp.get(), blen),
+                        std::slice::from_raw_parts_mut(op.get(), olen),
+                    )
+                };
+                gemv_columns(x, b, stride, out);
+                state.store(DONE, Ordering::Release);
+            }
+        }
+    };
+    rayon::spawn(task);
+    gemv_columns(x, b, stride, left);
+    if state.compare_exchange(OFFERED, KEPT, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        gemv_columns(x, rb, stride, right);
+        return;
+    }
+    let mut spins = 0u32;
+    while state.load(Ordering::Acquire) != DONE {
+        std::hint::spin_loop();
+        spins = spins.wrapping_add(1);
+        // A pool thread descheduled mid-task: let the OS run it.
+        if spins.is_multiple_of(1 << 14) {
+            std::thread::yield_now();
+        }
+    }
+}
+
 /// `out[j] = x · b[j·stride .. j·stride + k]` for every j: one dot product per column of a
 /// matrix stored column by column. AVX2 with FMA where the CPU has them (picked at run time),
 /// else a portable loop.
 fn gemv_columns(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-    let (k, n) = (x.len(), out.len());
-    // The last column's end, in checked arithmetic: this assert is what makes the raw
-    // pointers of the AVX2 kernel safe.
-    let end = n.checked_sub(1).map(|last| last.checked_mul(stride).and_then(|start| start.checked_add(k)));
-    assert!(
-        end.is_none_or(|end| end.is_some_and(|end| end <= b.len())),
-        "gemv: {n} columns of {k} at stride {stride} in {} values",
-        b.len()
-    );
+    // This check is what makes the raw pointers of the vector kernels safe.
+    check_columns(x.len(), out.len(), stride, b.len());
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU was just seen to support AVX2 and FMA; every column is in `b`
-        // (asserted above).
-        return unsafe { gemv_columns_avx2(x, b, stride, out) };
+    match super::simd::Isa::detect().kind() {
+        // SAFETY: the CPU was seen to support AVX-512F; every column is in `b` (asserted
+        // above).
+        super::simd::Kind::Avx512 => return unsafe { gemv_columns_avx512(x, b, stride, out) },
+        // SAFETY: as above, with AVX2 and FMA.
+        super::simd::Kind::Avx2 => return unsafe { gemv_columns_avx2(x, b, stride, out) },
+        super::simd::Kind::Portable => {}
     }
     gemv_columns_portable(x, b, stride, out);
 }
@@ -453,6 +513,82 @@ unsafe fn gemv_columns_avx2(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]
     }
 }
 
+/// [`gemv_columns`] with AVX-512F: eight columns at a time, each summed in one 16-lane
+/// register, the last `k % 16` values of every column read by a masked load; each sum is
+/// folded to 8 lanes and the eight finished as in [`gemv_columns_avx2`]. Half the
+/// instructions of the AVX2 kernel per multiply-add.
+///
+/// # Safety
+/// The CPU must support AVX-512F, and `b` must hold `out.len()` columns of `x.len()` values
+/// `stride` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (k, n) = (x.len(), out.len());
+    let full = k - k % 16;
+    // The lanes of the last, partial vector of each column (none when k is a multiple of 16).
+    let rest: __mmask16 = ((1u32 << (k % 16)) - 1) as __mmask16;
+    let (xp, bp) = (x.as_ptr(), b.as_ptr());
+    let xrest = _mm512_maskz_loadu_ps(rest, xp.add(full));
+    // The upper 8 lanes added onto the lower 8.
+    let fold = |v: __m512| {
+        _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+    };
+    let mut j = 0;
+    while j + 8 <= n {
+        let c: [*const f32; 8] = std::array::from_fn(|r| bp.add((j + r) * stride));
+        let [mut a0, mut a1, mut a2, mut a3, mut a4, mut a5, mut a6, mut a7] = [_mm512_setzero_ps(); 8];
+        let mut i = 0;
+        while i < full {
+            let xv = _mm512_loadu_ps(xp.add(i));
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(c[0].add(i)), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(c[1].add(i)), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(c[2].add(i)), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(c[3].add(i)), xv, a3);
+            a4 = _mm512_fmadd_ps(_mm512_loadu_ps(c[4].add(i)), xv, a4);
+            a5 = _mm512_fmadd_ps(_mm512_loadu_ps(c[5].add(i)), xv, a5);
+            a6 = _mm512_fmadd_ps(_mm512_loadu_ps(c[6].add(i)), xv, a6);
+            a7 = _mm512_fmadd_ps(_mm512_loadu_ps(c[7].add(i)), xv, a7);
+            i += 16;
+        }
+        if rest != 0 {
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[0].add(full)), xrest, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[1].add(full)), xrest, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[2].add(full)), xrest, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[3].add(full)), xrest, a3);
+            a4 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[4].add(full)), xrest, a4);
+            a5 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[5].add(full)), xrest, a5);
+            a6 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[6].add(full)), xrest, a6);
+            a7 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[7].add(full)), xrest, a7);
+        }
+        // As in the AVX2 kernel, on the 8-lane folds: two rounds of pairwise sums, then the
+        // two 128-bit halves added give the eight results in order.
+        let t0 = _mm256_hadd_ps(fold(a0), fold(a1));
+        let t1 = _mm256_hadd_ps(fold(a2), fold(a3));
+        let t2 = _mm256_hadd_ps(fold(a4), fold(a5));
+        let t3 = _mm256_hadd_ps(fold(a6), fold(a7));
+        let u0 = _mm256_hadd_ps(t0, t1);
+        let u1 = _mm256_hadd_ps(t2, t3);
+        let sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        _mm256_storeu_ps(out.as_mut_ptr().add(j), sums);
+        j += 8;
+    }
+    // The last columns, one at a time.
+    while j < n {
+        let c = bp.add(j * stride);
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(c.add(i)), _mm512_loadu_ps(xp.add(i)), acc);
+            i += 16;
+        }
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c.add(full)), xrest, acc);
+        out[j] = _mm512_reduce_add_ps(acc);
+        j += 1;
+    }
+}
+
 super::fastmath::dispatch! {
     /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by
     /// row, as a sum of scaled rows.
@@ -533,6 +669,19 @@ impl SendPtr {
 
 // SAFETY: only used by `matmul`, whose threads write disjoint blocks of one live buffer.
 unsafe impl Send for SendPtr {}
+
+/// A read-only raw pointer that may cross threads ([`gemv_columns_split`]'s offered half).
+#[derive(Clone, Copy)]
+struct SendConst(*const f32);
+
+impl SendConst {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+// SAFETY: only read, by a task whose caller keeps the memory alive until the task is done.
+unsafe impl Send for SendConst {}
 // SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
 // same location.
 unsafe impl Sync for SendPtr {}
@@ -601,17 +750,21 @@ mod tests {
         }
     }
 
-    /// Both matrix-vector kernels (AVX2 where this CPU has it, and the portable loop that
-    /// other CPUs run) against a sum in f64: columns of lengths that are and are not multiples
-    /// of 8, counts that are and are not multiples of 8, and a stride longer than a column.
+    /// Every matrix-vector kernel this CPU runs (AVX-512 and AVX2 where it has them, and the
+    /// portable loop that other CPUs run) against a sum in f64: columns of lengths that are
+    /// and are not multiples of 8 and of 16 (AVX-512's masked last vector), counts that are
+    /// and are not multiples of 8, and a stride longer than a column.
     #[test]
-    fn both_gemv_kernels_match_a_plain_sum() {
+    fn every_gemv_kernel_matches_a_plain_sum() {
         let mut rng = Rng::seed(7);
         // (k, n, stride): stride 0 and strides below k are broadcast matrices (columns that
         // repeat or overlap); 8-column blocks with and without a scalar tail; no columns; empty
         // columns.
-        let cases: [(usize, usize, usize); 11] = [
+        let cases: [(usize, usize, usize); 14] = [
             (1, 1, 1),
+            (31, 9, 31),
+            (300, 17, 307),
+            (40, 8, 40),
             (7, 9, 7),
             (8, 8, 8),
             (16, 17, 21),
@@ -636,6 +789,14 @@ mod tests {
                 // SAFETY: the CPU has AVX2 and FMA; `b` holds n columns of k at `stride`.
                 unsafe { gemv_columns_avx2(&x, &b, stride, &mut out) };
                 kernels.push(("avx2", out));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut out = vec![f32::NAN; n];
+                // SAFETY: the CPU has AVX-512F (and so AVX2 and FMA); `b` holds n columns of
+                // k at `stride`.
+                unsafe { gemv_columns_avx512(&x, &b, stride, &mut out) };
+                kernels.push(("avx512", out));
             }
             for (name, got) in kernels {
                 for (j, g) in got.iter().enumerate() {
@@ -666,6 +827,43 @@ mod tests {
     fn gemv_refuses_columns_whose_end_overflows() {
         let mut out = [0.0f32; 3];
         gemv_columns(&[1.0; 8], &[1.0; 23], usize::MAX, &mut out);
+    }
+
+    /// The two-thread matrix-vector product gives what one thread does, whether a pool thread
+    /// takes the offered half (a pool of three) or the caller keeps it (a pool of one: no
+    /// other thread to take it), and for an odd column count; a matrix too short is refused
+    /// before anything is offered.
+    #[test]
+    fn split_gemv_matches_one_thread() {
+        let mut rng = Rng::seed(8);
+        for (k, n) in [(784, 256), (100, 33)] {
+            let x: Vec<f32> = (0..k).map(|_| rng.standard_normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.standard_normal()).collect();
+            let mut want = vec![0.0f32; n];
+            gemv_columns(&x, &b, k, &mut want);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                for _ in 0..20 {
+                    let mut got = vec![f32::NAN; n];
+                    pool.install(|| gemv_columns_split(&x, &b, k, &mut got));
+                    for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{threads} threads, {k}x{n} column {j}: {g} vs {w}"
+                        );
+                    }
+                    if n % 16 == 0 {
+                        assert_eq!(got, want, "{threads} threads: the same kernel on the same columns");
+                    }
+                }
+            }
+        }
+        let refused = std::panic::catch_unwind(|| gemv_columns_split(&[1.0; 8], &[1.0; 23], 8, &mut [0.0; 3]));
+        let message = refused.expect_err("a short matrix is refused");
+        assert_eq!(
+            message.downcast_ref::<String>().map(String::as_str),
+            Some("gemv: 3 columns of 8 at stride 8 in 23 values")
+        );
     }
 
     /// A few rows times a transposed matrix with a long inner axis (a weight gradient's
