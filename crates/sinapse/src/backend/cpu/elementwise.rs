@@ -51,7 +51,7 @@ fn fill_runs<const N: usize>(
 ///
 /// # Safety
 /// `fill` must write every value of each chunk it is given.
-unsafe fn chunked(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+pub(super) unsafe fn chunked(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(n);
     let spare = &mut out.spare_capacity_mut()[..n];
     if n >= PAR_MIN_ELEMS {
