@@ -43,6 +43,68 @@ const POINTS: [f64; 7] = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5];
 /// One term of a transform's row or column: (index, coefficient), zeros left out.
 type Terms = Vec<(usize, f32)>;
 
+/// A transform's rows (or columns, read as rows): their terms, and the operations that
+/// compute them ([`RowOp`]).
+#[derive(Debug)]
+struct Rows {
+    terms: Vec<Terms>,
+    ops: Vec<RowOp>,
+}
+
+impl Rows {
+    /// `terms`, with the rows that pair up ([`RowOp::Pair`]) computed together.
+    fn new(terms: Vec<Terms>) -> Rows {
+        let mut taken = vec![false; terms.len()];
+        let mut ops = Vec::with_capacity(terms.len());
+        for i in 0..terms.len() {
+            if std::mem::replace(&mut taken[i], true) {
+                continue;
+            }
+            let (even, odd): (Terms, Terms) = terms[i].iter().partition(|(index, _)| index % 2 == 0);
+            let pairs = (1..=PAIR_TERMS).contains(&even.len()) && (1..=PAIR_TERMS).contains(&odd.len());
+            // Row j = E − O of row i's E + O: the same indices, the odd terms' signs flipped,
+            // up to the rounding of the coefficients (computed from an inverted matrix).
+            let partner = |j: usize| {
+                terms[j].len() == terms[i].len()
+                    && terms[j].iter().zip(&terms[i]).all(|(&(a, ca), &(b, cb))| {
+                        let want = if b % 2 == 0 { cb } else { -cb };
+                        a == b && (ca - want).abs() <= 1e-6 * want.abs()
+                    })
+            };
+            match (i + 1..terms.len()).find(|&j| pairs && !taken[j] && partner(j)) {
+                Some(j) => {
+                    taken[j] = true;
+                    ops.push(RowOp::Pair { rows: [i, j], even, odd });
+                }
+                None => ops.push(RowOp::One { row: i, terms: terms[i].clone() }),
+            }
+        }
+        Rows { terms, ops }
+    }
+}
+
+impl std::ops::Deref for Rows {
+    type Target = [Terms];
+    fn deref(&self) -> &[Terms] {
+        &self.terms
+    }
+}
+
+/// How one or two rows of a transform are computed.
+#[derive(Debug)]
+enum RowOp {
+    /// Row `row` from its terms.
+    One { row: usize, terms: Terms },
+    /// Two rows for the points ±p, whose coefficients agree on the even indices and are
+    /// opposite on the odd ones: with E the sum of the even terms and O of the odd ones,
+    /// `rows[0] = E + O` and `rows[1] = E − O`. Half the multiply-adds of the two rows on
+    /// their own, and each input read once.
+    Pair { rows: [usize; 2], even: Terms, odd: Terms },
+}
+
+/// The most even (and odd) terms of a [`RowOp::Pair`].
+const PAIR_TERMS: usize = 4;
+
 /// F(m, r)'s matrices `Aᵀ` (m×α), `G` (α×r) and `Bᵀ` (α×α), as their rows' and columns'
 /// nonzero terms (the transforms and their adjoints each read one of the two).
 #[derive(Debug)]
@@ -50,12 +112,12 @@ struct Transforms {
     m: usize,
     r: usize,
     alpha: usize,
-    at_rows: Vec<Terms>,
-    at_cols: Vec<Terms>,
-    g_rows: Vec<Terms>,
-    g_cols: Vec<Terms>,
-    bt_rows: Vec<Terms>,
-    bt_cols: Vec<Terms>,
+    at_rows: Rows,
+    at_cols: Rows,
+    g_rows: Rows,
+    g_cols: Rows,
+    bt_rows: Rows,
+    bt_cols: Rows,
 }
 
 impl Transforms {
@@ -123,12 +185,12 @@ impl Transforms {
             m,
             r,
             alpha,
-            at_rows: rows(&at, alpha),
-            at_cols: cols(&at, alpha),
-            g_rows: rows(&g, r),
-            g_cols: cols(&g, r),
-            bt_rows: rows(&bt, alpha),
-            bt_cols: cols(&bt, alpha),
+            at_rows: Rows::new(rows(&at, alpha)),
+            at_cols: Rows::new(cols(&at, alpha)),
+            g_rows: Rows::new(rows(&g, r)),
+            g_cols: Rows::new(cols(&g, r)),
+            bt_rows: Rows::new(rows(&bt, alpha)),
+            bt_cols: Rows::new(cols(&bt, alpha)),
         }
     }
 
@@ -312,26 +374,85 @@ unsafe fn combine<S: Simd>(
 /// are one of these, with `L` and `R` as rows or as columns of a matrix.
 #[inline(always)]
 unsafe fn two_sided<S: Simd>(
-    left: &[Terms],
-    right: &[Terms],
+    left: &Rows,
+    right: &Rows,
     src: *const f32,
     cols: usize,
     tmp: &mut [f32],
     dst: *mut f32,
     len: usize,
 ) {
-    assert!(tmp.len() >= left.len() * cols * len);
-    for (o, terms) in left.iter().enumerate() {
+    let (nl, nr) = (left.len(), right.len());
+    assert!(tmp.len() >= nl * cols * len);
+    let tp = tmp.as_mut_ptr();
+    for op in &left.ops {
         for b in 0..cols {
-            combine::<S>(tmp.as_mut_ptr().add((o * cols + b) * len), src.add(b * len), cols * len, terms, len, false);
+            row_op::<S>(op, |o| tp.add((o * cols + b) * len), src.add(b * len), cols * len, len);
         }
     }
-    for o in 0..left.len() {
-        for (q, terms) in right.iter().enumerate() {
-            let to = dst.add((o * right.len() + q) * len);
-            combine::<S>(to, tmp.as_ptr().add(o * cols * len), len, terms, len, false);
+    for o in 0..nl {
+        for op in &right.ops {
+            row_op::<S>(op, |q| dst.add((o * nr + q) * len), tp.add(o * cols * len), len, len);
         }
     }
+}
+
+/// The row or rows of `op` ([`combine`], [`combine_pair`]), row `i` written at `at(i)`.
+#[inline(always)]
+unsafe fn row_op<S: Simd>(op: &RowOp, at: impl Fn(usize) -> *mut f32, src: *const f32, stride: usize, len: usize) {
+    match op {
+        RowOp::One { row, terms } => combine::<S>(at(*row), src, stride, terms, len, false),
+        RowOp::Pair { rows, even, odd } => combine_pair::<S>([at(rows[0]), at(rows[1])], src, stride, [even, odd], len),
+    }
+}
+
+/// A [`RowOp::Pair`]'s two rows, `len` values (a whole number of vectors) each: `E = Σ even`
+/// and `O = Σ odd` of `coef · src[index · stride ..]`, then `dst[0] = E + O` and
+/// `dst[1] = E − O`, with E and O in registers.
+#[inline(always)]
+unsafe fn combine_pair<S: Simd>(
+    dst: [*mut f32; 2],
+    src: *const f32,
+    stride: usize,
+    [even, odd]: [&[(usize, f32)]; 2],
+    len: usize,
+) {
+    #[inline(always)]
+    unsafe fn with<S: Simd, const E: usize, const O: usize>(
+        dst: [*mut f32; 2],
+        src: *const f32,
+        stride: usize,
+        [even, odd]: [&[(usize, f32)]; 2],
+        len: usize,
+    ) {
+        let ce: [S::V; E] = std::array::from_fn(|t| S::splat(&even[t].1));
+        let re: [*const f32; E] = std::array::from_fn(|t| src.add(even[t].0 * stride));
+        let co: [S::V; O] = std::array::from_fn(|t| S::splat(&odd[t].1));
+        let ro: [*const f32; O] = std::array::from_fn(|t| src.add(odd[t].0 * stride));
+        let (one, minus) = (S::splat(&1.0), S::splat(&-1.0));
+        for e in (0..len).step_by(S::LANES) {
+            let mut a = S::zero();
+            for (c, row) in ce.iter().zip(&re) {
+                a = S::fma(*c, S::load(row.add(e)), a);
+            }
+            let mut b = S::zero();
+            for (c, row) in co.iter().zip(&ro) {
+                b = S::fma(*c, S::load(row.add(e)), b);
+            }
+            // Exact: 1·O and −1·O round to themselves, so each is one rounded sum.
+            S::store(dst[0].add(e), S::fma(one, b, a));
+            S::store(dst[1].add(e), S::fma(minus, b, a));
+        }
+    }
+    macro_rules! sizes {
+        ($($e:literal $o:literal),*) => {
+            match (even.len(), odd.len()) {
+                $(($e, $o) => with::<S, $e, $o>(dst, src, stride, [even, odd], len),)*
+                (e, o) => unreachable!("a pair of rows of {e} + {o} terms (at most {PAIR_TERMS} each)"),
+            }
+        };
+    }
+    sizes!(1 1, 1 2, 1 3, 1 4, 2 1, 2 2, 2 3, 2 4, 3 1, 3 2, 3 3, 3 4, 4 1, 4 2, 4 3, 4 4)
 }
 
 /// One product per transform point: `dst[point] = src[point] · filters[point]`, with
@@ -1249,6 +1370,36 @@ mod tests {
     /// Shapes the path leaves to the direct kernels: 7 channels or 7 filters (8 of each
     /// apply), a 4x4 kernel, a non-square one, outputs narrower than a tile, and images whose
     /// transformed tiles would pass [`IMAGE_BYTES`].
+    /// The rows of the ± points pair up where they should (F(4, 5): Bᵀ's rows 1-2, 3-4, 5-6,
+    /// and the same of G's rows and of Aᵀ's columns), and a pair's two rows computed from
+    /// E and O are the rows themselves.
+    #[test]
+    fn the_rows_of_opposite_points_pair_up() {
+        let t = Transforms::for_kernel(5).unwrap();
+        for (name, rows) in [("Bᵀ rows", &t.bt_rows), ("G rows", &t.g_rows), ("Aᵀ columns", &t.at_cols)] {
+            let pairs: Vec<[usize; 2]> = rows
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    RowOp::Pair { rows, .. } => Some(*rows),
+                    RowOp::One { .. } => None,
+                })
+                .collect();
+            assert_eq!(pairs, [[1, 2], [3, 4], [5, 6]], "{name}");
+            assert_eq!(rows.ops.len(), 5, "{name}: two rows on their own");
+            for op in &rows.ops {
+                if let RowOp::Pair { rows: [i, j], even, odd } = op {
+                    let mut plus: Terms = even.iter().chain(odd).copied().collect();
+                    plus.sort_by_key(|&(index, _)| index);
+                    let minus: Terms = plus.iter().map(|&(k, c)| (k, if k % 2 == 0 { c } else { -c })).collect();
+                    assert_eq!((&plus, &minus), (&rows.terms[*i], &rows.terms[*j]), "{name}: rows {i} and {j}");
+                }
+            }
+        }
+        // Bᵀ's columns (read as rows: the input gradient's last transform) have no such pairs.
+        assert!(t.bt_cols.ops.iter().all(|op| matches!(op, RowOp::One { .. })));
+    }
+
     #[test]
     fn winograd_declines_what_it_does_not_cover() {
         let isa = Isa::detect();
