@@ -952,8 +952,22 @@ unsafe fn columns_image<S: Simd, const F: usize, const Q: usize>(
     }
     for (f, out) in dst.chunks_exact_mut(plane).enumerate() {
         for (y, out) in out.chunks_exact_mut(ow).enumerate() {
-            for (o, &v) in out.iter_mut().zip(&flat[f * row + y * wp..][..ow]) {
-                o.write(v);
+            let from = &flat[f * row + y * wp..][..ow];
+            if ow < S::LANES {
+                for (o, &v) in out.iter_mut().zip(from) {
+                    o.write(v);
+                }
+                continue;
+            }
+            // Whole vectors, the last one ending at the row's end (overlapping the one before
+            // it with the same values): the per-row `memcpy` calls this replaces were 3.4% of
+            // the `cnn` benchmark (its first convolution's rows of 24 values).
+            let (src, to) = (from.as_ptr(), out.as_mut_ptr().cast::<f32>());
+            let mut x = 0;
+            while x < ow {
+                let at = x.min(ow - S::LANES);
+                S::store(to.add(at), S::load(src.add(at)));
+                x += S::LANES;
             }
         }
     }
