@@ -389,8 +389,8 @@ fn gemv_columns_split(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
 }
 
 /// `out[j] = x · b[j·stride .. j·stride + k]` for every j: one dot product per column of a
-/// matrix stored column by column. AVX2 with FMA where the CPU has them (picked at run time),
-/// else a portable loop.
+/// matrix stored column by column. AVX-512, or AVX2 with FMA, where the CPU has them (picked
+/// at run time), else a portable loop.
 fn gemv_columns(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
     // This check is what makes the raw pointers of the vector kernels safe.
     check_columns(x.len(), out.len(), stride, b.len());
@@ -478,15 +478,7 @@ unsafe fn gemv_columns_avx2(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]
             a7 = _mm256_fmadd_ps(_mm256_loadu_ps(c[7].add(i)), xv, a7);
             i += 8;
         }
-        // Pairwise sums: after two rounds each 128-bit half holds four columns' partial sums,
-        // and adding the halves gives the eight results in order.
-        let t0 = _mm256_hadd_ps(a0, a1);
-        let t1 = _mm256_hadd_ps(a2, a3);
-        let t2 = _mm256_hadd_ps(a4, a5);
-        let t3 = _mm256_hadd_ps(a6, a7);
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        let sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        let sums = sum_columns8([a0, a1, a2, a3, a4, a5, a6, a7]);
         let mut res = [0.0f32; 8];
         _mm256_storeu_ps(res.as_mut_ptr(), sums);
         if full < k {
@@ -513,9 +505,29 @@ unsafe fn gemv_columns_avx2(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]
     }
 }
 
+/// The eight lane sums of `acc` (one 8-lane vector of partial sums per column), in order:
+/// pairwise sums, after two rounds of which each 128-bit half holds four columns' partial
+/// sums, and the halves added. The last step of both vector kernels of [`gemv_columns`].
+///
+/// # Safety
+/// The CPU must support AVX.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn sum_columns8(acc: [std::arch::x86_64::__m256; 8]) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_hadd_ps(acc[0], acc[1]);
+    let t1 = _mm256_hadd_ps(acc[2], acc[3]);
+    let t2 = _mm256_hadd_ps(acc[4], acc[5]);
+    let t3 = _mm256_hadd_ps(acc[6], acc[7]);
+    let u0 = _mm256_hadd_ps(t0, t1);
+    let u1 = _mm256_hadd_ps(t2, t3);
+    _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+}
+
 /// [`gemv_columns`] with AVX-512F: eight columns at a time, each summed in one 16-lane
 /// register, the last `k % 16` values of every column read by a masked load; each sum is
-/// folded to 8 lanes and the eight finished as in [`gemv_columns_avx2`]. Half the
+/// folded to 8 lanes and the eight finished by [`sum_columns8`], as in the AVX2 kernel. Half the
 /// instructions of the AVX2 kernel per multiply-add.
 ///
 /// # Safety
@@ -562,15 +574,7 @@ unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f3
             a6 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[6].add(full)), xrest, a6);
             a7 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest, c[7].add(full)), xrest, a7);
         }
-        // As in the AVX2 kernel, on the 8-lane folds: two rounds of pairwise sums, then the
-        // two 128-bit halves added give the eight results in order.
-        let t0 = _mm256_hadd_ps(fold(a0), fold(a1));
-        let t1 = _mm256_hadd_ps(fold(a2), fold(a3));
-        let t2 = _mm256_hadd_ps(fold(a4), fold(a5));
-        let t3 = _mm256_hadd_ps(fold(a6), fold(a7));
-        let u0 = _mm256_hadd_ps(t0, t1);
-        let u1 = _mm256_hadd_ps(t2, t3);
-        let sums = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+        let sums = sum_columns8([a0, a1, a2, a3, a4, a5, a6, a7].map(fold));
         _mm256_storeu_ps(out.as_mut_ptr().add(j), sums);
         j += 8;
     }
@@ -670,6 +674,10 @@ impl SendPtr {
 // SAFETY: only used by `matmul`, whose threads write disjoint blocks of one live buffer.
 unsafe impl Send for SendPtr {}
 
+// SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
+// same location.
+unsafe impl Sync for SendPtr {}
+
 /// A read-only raw pointer that may cross threads ([`gemv_columns_split`]'s offered half).
 #[derive(Clone, Copy)]
 struct SendConst(*const f32);
@@ -682,9 +690,6 @@ impl SendConst {
 
 // SAFETY: only read, by a task whose caller keeps the memory alive until the task is done.
 unsafe impl Send for SendConst {}
-// SAFETY: as above; the pointer itself is only copied, never dereferenced concurrently at the
-// same location.
-unsafe impl Sync for SendPtr {}
 
 #[cfg(test)]
 mod tests {
@@ -829,9 +834,10 @@ mod tests {
         gemv_columns(&[1.0; 8], &[1.0; 23], usize::MAX, &mut out);
     }
 
-    /// The two-thread matrix-vector product gives what one thread does, whether a pool thread
-    /// takes the offered half (a pool of three) or the caller keeps it (a pool of one: no
-    /// other thread to take it), and for an odd column count; a matrix too short is refused
+    /// The two-thread matrix-vector product gives what one thread does, where the caller must
+    /// keep the offered half (a pool of one: no other thread to take it) and where a pool
+    /// thread may take it (a pool of three: which of the two happens in each call is up to
+    /// the threads' timing), and for an odd column count; a matrix too short is refused
     /// before anything is offered.
     #[test]
     fn split_gemv_matches_one_thread() {
