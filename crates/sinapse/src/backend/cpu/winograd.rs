@@ -76,7 +76,7 @@ impl Rows {
                     taken[j] = true;
                     ops.push(RowOp::Pair { rows: [i, j], even, odd });
                 }
-                None => ops.push(RowOp::One { row: i, terms: terms[i].clone() }),
+                None => ops.push(RowOp::One { row: i }),
             }
         }
         Rows { terms, ops }
@@ -93,8 +93,8 @@ impl std::ops::Deref for Rows {
 /// How one or two rows of a transform are computed.
 #[derive(Debug)]
 enum RowOp {
-    /// Row `row` from its terms.
-    One { row: usize, terms: Terms },
+    /// Row `row` from its terms (`Rows::terms[row]`).
+    One { row: usize },
     /// Two rows for the points ±p, whose coefficients agree on the even indices and are
     /// opposite on the odd ones: with E the sum of the even terms and O of the odd ones,
     /// `rows[0] = E + O` and `rows[1] = E − O`. Half the multiply-adds of the two rows on
@@ -387,21 +387,29 @@ unsafe fn two_sided<S: Simd>(
     let tp = tmp.as_mut_ptr();
     for op in &left.ops {
         for b in 0..cols {
-            row_op::<S>(op, |o| tp.add((o * cols + b) * len), src.add(b * len), cols * len, len);
+            row_op::<S>(left, op, |o| tp.add((o * cols + b) * len), src.add(b * len), cols * len, len);
         }
     }
     for o in 0..nl {
         for op in &right.ops {
-            row_op::<S>(op, |q| dst.add((o * nr + q) * len), tp.add(o * cols * len), len, len);
+            row_op::<S>(right, op, |q| dst.add((o * nr + q) * len), tp.add(o * cols * len), len, len);
         }
     }
 }
 
-/// The row or rows of `op` ([`combine`], [`combine_pair`]), row `i` written at `at(i)`.
+/// The row or rows of `op`, one of `rows`' operations ([`combine`], [`combine_pair`]), row
+/// `i` written at `at(i)`.
 #[inline(always)]
-unsafe fn row_op<S: Simd>(op: &RowOp, at: impl Fn(usize) -> *mut f32, src: *const f32, stride: usize, len: usize) {
+unsafe fn row_op<S: Simd>(
+    rows: &Rows,
+    op: &RowOp,
+    at: impl Fn(usize) -> *mut f32,
+    src: *const f32,
+    stride: usize,
+    len: usize,
+) {
     match op {
-        RowOp::One { row, terms } => combine::<S>(at(*row), src, stride, terms, len, false),
+        RowOp::One { row } => combine::<S>(at(*row), src, stride, &rows.terms[*row], len, false),
         RowOp::Pair { rows, even, odd } => combine_pair::<S>([at(rows[0]), at(rows[1])], src, stride, [even, odd], len),
     }
 }
