@@ -576,50 +576,66 @@ unsafe fn product<S: Simd>(
 /// own), so the transposed result is the transform of the taps laid out transposed: no pass
 /// over `u` afterwards.
 #[inline(always)]
-unsafe fn filters_transformed<S: Simd>(t: &Transforms, p: Plan, w: &[f32], transposed: bool, u: &mut [f32]) {
+unsafe fn filters_transformed<S: Simd>(
+    t: &Transforms,
+    p: Plan,
+    w: &[f32],
+    transposed: bool,
+    u: &mut [f32],
+    buf: &mut Buffers,
+) {
     let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
     assert!(w.len() == p.k * p.c * r * r && u.len() == alpha * alpha * ckp);
-    // The filters as [i][j][channel][filter] (or [i][j][filter][channel]), written in order:
-    // each value read from `w` at a stride of `r·r` (the other order, writes `cp·kp` apart,
-    // was most of this function's time).
-    let mut wt = vec![0.0f32; r * r * ckp];
+    // The filters as [i][j][channel][filter] (or [i][j][filter][channel]), written in order,
+    // each value read from `w` at a stride (`C·r·r` along the filters, `r·r` along the
+    // channels; the other order, writes `cp·kp` apart, was most of this function's time).
+    // Unchecked reads and kept buffers: the checked loop and zeroing fresh buffers took about
+    // three quarters of the function's samples (`perf`).
+    let (rr, row) = (r * r, if transposed { p.cp } else { p.kp });
+    let (outer, inner, outer_step, inner_step) = match transposed {
+        true => (p.k, p.c, p.c * rr, rr),
+        false => (p.c, p.k, rr, p.c * rr),
+    };
+    // Every value written, the padding's zeros too: the buffers hold the last call's.
+    let wt = Buffers::fit(&mut buf.v, rr * ckp);
     for (ij, block) in wt.chunks_exact_mut(ckp).enumerate() {
-        if transposed {
-            for (f, row) in block.chunks_exact_mut(p.cp).take(p.k).enumerate() {
-                let taps = &w[f * p.c * r * r + ij..];
-                for (ch, x) in row[..p.c].iter_mut().enumerate() {
-                    *x = taps[ch * r * r];
-                }
+        for (a, dst) in block.chunks_exact_mut(row).enumerate() {
+            if a >= outer {
+                dst.fill(0.0);
+                continue;
             }
-        } else {
-            for (ch, row) in block.chunks_exact_mut(p.kp).take(p.c).enumerate() {
-                let taps = &w[ch * r * r + ij..];
-                for (f, x) in row[..p.k].iter_mut().enumerate() {
-                    *x = taps[f * p.c * r * r];
-                }
+            let from = &w[a * outer_step + ij..];
+            for (b, x) in dst[..inner].iter_mut().enumerate() {
+                // SAFETY: the tap (a, b, ij) of `w`, `[O, C, r, r]` (its length asserted
+                // above): `a · outer_step + ij + b · inner_step < O·C·r·r`.
+                *x = unsafe { *from.get_unchecked(b * inner_step) };
             }
+            dst[inner..].fill(0.0);
         }
     }
-    let mut tmp = vec![0.0f32; alpha * r * ckp];
-    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, &mut tmp, u.as_mut_ptr(), ckp);
+    let tmp = Buffers::fit(&mut buf.tmp, alpha * r * ckp);
+    two_sided::<S>(&t.g_rows, &t.g_rows, wt.as_ptr(), r, tmp, u.as_mut_ptr(), ckp);
 }
 
 /// The adjoint of [`filters_transformed`]: the filters' gradient `[O, C, r, r]` from the
 /// gradient of the transformed filters `du[point][channel][filter]`.
 #[inline(always)]
-unsafe fn filters_gradient<S: Simd>(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32]) {
+unsafe fn filters_gradient<S: Simd>(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32], buf: &mut Buffers) {
     let (r, alpha, ckp) = (t.r, t.alpha, p.cp * p.kp);
     assert!(du.len() == alpha * alpha * ckp && dw.len() == p.k * p.c * r * r);
-    let mut tmp = vec![0.0f32; r * alpha * ckp];
-    let mut taps = vec![0.0f32; r * r * ckp];
-    two_sided::<S>(&t.g_cols, &t.g_cols, du.as_ptr(), alpha, &mut tmp, taps.as_mut_ptr(), ckp);
+    // Both written whole by the transform (the buffers hold the last call's values).
+    let tmp = Buffers::fit(&mut buf.tmp, r * alpha * ckp);
+    let taps = Buffers::fit(&mut buf.v, r * r * ckp);
+    two_sided::<S>(&t.g_cols, &t.g_cols, du.as_ptr(), alpha, tmp, taps.as_mut_ptr(), ckp);
     // Written in order, each value read at a stride of `cp·kp` (all `r·r` taps of one
     // channel and filter).
     for (f, filter) in dw.chunks_exact_mut(p.c * r * r).enumerate() {
         for (ch, out) in filter.chunks_exact_mut(r * r).enumerate() {
             let from = &taps[ch * p.kp + f..];
             for (ij, x) in out.iter_mut().enumerate() {
-                *x = from[ij * ckp];
+                // SAFETY: tap `ij` of channel `ch` and filter `f` in `taps`, `[r·r][cp][kp]`:
+                // `ch·kp + f + ij·ckp < r·r·ckp` (`ch < c <= cp`, `f < k <= kp`).
+                *x = unsafe { *from.get_unchecked(ij * ckp) };
             }
         }
     }
@@ -897,6 +913,10 @@ struct Buffers {
 
 thread_local! {
     static BUFFERS: std::cell::RefCell<Buffers> = std::cell::RefCell::new(Buffers::default());
+    /// The transformed filters of [`forward`] and [`input_gradient`], kept between calls:
+    /// a zeroed allocation each time cost a pass over the 128 KB (the `cnn` benchmark's second
+    /// layer) on the calling thread while the others waited.
+    static FILTERS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Buffers {
@@ -984,18 +1004,24 @@ macro_rules! pick {
 
 /// [`filters_transformed`] compiled for one instruction set (run once per call, on the
 /// calling thread).
-type FiltersIn = unsafe fn(&Transforms, Plan, &[f32], bool, &mut [f32]);
+type FiltersIn = unsafe fn(&Transforms, Plan, &[f32], bool, &mut [f32], &mut Buffers);
 /// [`filters_gradient`] compiled for one instruction set.
-type FiltersOut = unsafe fn(&Transforms, Plan, &[f32], &mut [f32]);
+type FiltersOut = unsafe fn(&Transforms, Plan, &[f32], &mut [f32], &mut Buffers);
 
 /// [`FiltersIn`] for `isa`.
 fn filters_in(isa: Isa) -> FiltersIn {
-    pick!(isa, FiltersIn, fn(t: &Transforms, p: Plan, w: &[f32], tr: bool, u: &mut [f32]), filters_transformed).1
+    pick!(
+        isa,
+        FiltersIn,
+        fn(t: &Transforms, p: Plan, w: &[f32], tr: bool, u: &mut [f32], b: &mut Buffers),
+        filters_transformed
+    )
+    .1
 }
 
 /// [`FiltersOut`] for `isa`.
 fn filters_out(isa: Isa) -> FiltersOut {
-    pick!(isa, FiltersOut, fn(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32]), filters_gradient).1
+    pick!(isa, FiltersOut, fn(t: &Transforms, p: Plan, du: &[f32], dw: &mut [f32], b: &mut Buffers), filters_gradient).1
 }
 
 /// The forward pass of a stride-1 undilated convolution (`x` `[N, C, H, W]`, `w`
@@ -1021,7 +1047,9 @@ pub(super) fn forward(
     let job = Forward { t, p, x, u: &u, bias: bias.unwrap_or(&zeros) };
     // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests), and the
     // kernel fills whole images of the `[N, O, OH, OW]` output.
-    Some(unsafe { over_chunks(p, p.k * p.oh * p.ow, &job, chunk_kernel) })
+    let out = unsafe { over_chunks(p, p.k * p.oh * p.ow, &job, chunk_kernel) };
+    FILTERS.set(u);
+    Some(out)
 }
 
 /// The plan and transforms of [`forward`] and [`input_gradient`], and the filters `w`
@@ -1041,10 +1069,12 @@ fn with_filters(
     let p = plan(dims, o, kernel, padding, lanes)?;
     let t = Transforms::for_kernel(kernel[0])?;
     assert_eq!(w.len(), p.k * p.c * t.r * t.r, "winograd: filters length");
-    let mut u = vec![0.0f32; t.alpha * t.alpha * p.cp * p.kp];
+    // The space of the last call's (every value is overwritten).
+    let mut u = FILTERS.take();
+    u.resize(t.alpha * t.alpha * p.cp * p.kp, 0.0);
     // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests); the
     // lengths are the plan's (asserted inside).
-    unsafe { filters_in(isa)(t, p, w, transposed, &mut u) };
+    BUFFERS.with_borrow_mut(|buf| unsafe { filters_in(isa)(t, p, w, transposed, &mut u, buf) });
     Some((p, t, u))
 }
 
@@ -1159,7 +1189,9 @@ pub(super) fn input_gradient(
     assert_eq!(g.len(), p.n * p.k * p.oh * p.ow, "winograd: output gradient length");
     let job = Backward { t, p, g, ut: &ut };
     // SAFETY: as in `forward`; the kernel fills whole images of the `[N, C, H, W]` gradient.
-    Some(unsafe { over_chunks(p, p.c * p.h * p.w, &job, chunk_kernel) })
+    let dx = unsafe { over_chunks(p, p.c * p.h * p.w, &job, chunk_kernel) };
+    FILTERS.set(ut);
+    Some(dx)
 }
 
 /// What a task of the filters' gradient reads.
@@ -1251,13 +1283,15 @@ pub(super) fn filters_grad(
             du
         })
         .collect();
-    let mut du = vec![0.0f32; len];
-    for run in &partial {
-        du.iter_mut().zip(run).for_each(|(a, b)| *a += b);
+    // The first run's sums, then each other run's added in order (`runs` >= 1).
+    let mut runs = partial.into_iter();
+    let mut du = runs.next().unwrap_or_else(|| vec![0.0f32; len]);
+    for run in runs {
+        du.iter_mut().zip(&run).for_each(|(a, b)| *a += b);
     }
     let mut dw = vec![0.0f32; p.k * p.c * t.r * t.r];
     // SAFETY: as in `forward`.
-    unsafe { filters_out(isa)(t, p, &du, &mut dw) };
+    BUFFERS.with_borrow_mut(|buf| unsafe { filters_out(isa)(t, p, &du, &mut dw, buf) });
     Some(dw)
 }
 
@@ -1359,6 +1393,14 @@ mod tests {
             // the input's gradient, N·OH·OW for the filters').
             let scale = |terms: usize, size: f64| 1e-5 * terms as f64 * size;
             for isa in Isa::available() {
+                // This thread's kept buffers full of NaN: a value a transform reads without
+                // writing it first (the filters' padding, say) shows in the results.
+                BUFFERS.with_borrow_mut(|b| {
+                    for v in [&mut b.image, &mut b.d, &mut b.tmp, &mut b.v, &mut b.m] {
+                        *v = vec![f32::NAN; 1 << 16];
+                    }
+                });
+                FILTERS.set(vec![f32::NAN; 1 << 16]);
                 let check = |what: &str, got: &[f32], want: &[f64], tol: f64| {
                     assert_eq!(got.len(), want.len(), "{what}");
                     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
