@@ -1,6 +1,6 @@
 //! e^x, the logistic sigmoid and tanh for whole slices, written so the compiler vectorises
-//! them (no branches, no calls into libm), and compiled twice: for the x86-64 baseline (SSE2)
-//! and for AVX2, picked at run time by what the CPU reports.
+//! them (no branches, no calls into libm), and compiled three times: for the x86-64 baseline
+//! (SSE2), for AVX2 and for AVX-512, picked at run time by what the CPU reports.
 //!
 //! The polynomials are Cephes' single-precision ones (S. Moshier): e^x by range reduction
 //! x = n·ln 2 + r with |r| ≤ ln 2 / 2 and a degree-6 polynomial for e^r; tanh by an odd
@@ -70,8 +70,8 @@ pub(super) fn tanh(x: f32) -> f32 {
     }
 }
 
-/// Defines `$name(args)` as the body compiled for AVX2 + FMA when the CPU has them, and for
-/// the baseline otherwise (the check is one cached CPUID read).
+/// Defines `$name(args)` as the body compiled for AVX-512, for AVX2 + FMA, or for the
+/// baseline, the widest this CPU runs ([`isa`]; one cached CPUID read).
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -80,13 +80,20 @@ macro_rules! dispatch {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU was just seen to support the features `avx2` enables.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::backend::cpu::fastmath::isa().kind() {
+                    // SAFETY: `isa` names a set this CPU runs (`Isa::detect`, or in tests
+                    // `Isa::available`), with the features each of these enables.
+                    $crate::backend::cpu::simd::Kind::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::backend::cpu::simd::Kind::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::backend::cpu::simd::Kind::Portable => {}
                 }
             }
             body($($arg),*)
@@ -94,6 +101,32 @@ macro_rules! dispatch {
     };
 }
 pub(super) use dispatch;
+
+#[cfg(test)]
+thread_local! {
+    /// The set [`isa`] answers on this thread in tests (each path is tested on its own).
+    static FORCED: std::cell::Cell<Option<super::simd::Isa>> = const { std::cell::Cell::new(None) };
+}
+
+/// The instruction set [`dispatch!`]'s functions run with: the widest this CPU has.
+#[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(super) fn isa() -> super::simd::Isa {
+    #[cfg(test)]
+    if let Some(isa) = FORCED.get() {
+        return isa;
+    }
+    super::simd::Isa::detect()
+}
+
+/// Runs `f` with [`dispatch!`]'s functions on this thread compiled for `isa`.
+#[cfg(test)]
+pub(super) fn with_isa<T>(isa: super::simd::Isa, f: impl FnOnce() -> T) -> T {
+    let before = FORCED.replace(Some(isa));
+    let out = f();
+    FORCED.set(before);
+    out
+}
 
 dispatch! {
     /// `dst[i] = sigmoid(src[i])`.
@@ -156,15 +189,25 @@ mod tests {
     }
 
     #[test]
-    fn sigmoid_and_tanh_match_libm_on_both_paths() {
+    fn sigmoid_and_tanh_match_libm_on_every_path() {
         let xs = inputs();
-        let (mut s, mut t) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
-        sigmoid_slice(&xs, &mut s);
-        tanh_slice(&xs, &mut t);
+        for isa in super::super::simd::Isa::available() {
+            let (mut s, mut t) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
+            with_isa(isa, || {
+                sigmoid_slice(&xs, &mut s);
+                tanh_slice(&xs, &mut t);
+            });
+            check(&xs, &s, &t);
+        }
+        assert!(tanh(f32::NAN).is_nan() && sigmoid(f32::NAN).is_nan());
+    }
+
+    /// `s` and `t`, sigmoid and tanh of `xs`, against f64 and the scalar forms.
+    fn check(xs: &[f32], s: &[f32], t: &[f32]) {
         for (i, &x) in xs.iter().enumerate() {
             let want_s = 1.0 / (1.0 + (-(x as f64)).exp());
             let want_t = (x as f64).tanh();
-            // The scalar forms are the baseline path; the slices took the CPU's best path.
+            // The scalar forms are the baseline path; the slices took the path asked for.
             for (got, want, what) in [(s[i], want_s, "sigmoid"), (sigmoid(x), want_s, "sigmoid (scalar)")] {
                 assert!(
                     close(got, want as f32, 4.0) || (got - want as f32).abs() < 1e-37,
@@ -175,6 +218,5 @@ mod tests {
                 assert!(close(got, want_t as f32, 4.0), "{what}({x}) = {got} vs {want_t}");
             }
         }
-        assert!(tanh(f32::NAN).is_nan() && sigmoid(f32::NAN).is_nan());
     }
 }
