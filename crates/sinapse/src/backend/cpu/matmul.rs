@@ -109,9 +109,9 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         }
         return out;
     }
-    if batch == 1 && threads > 1 && split_columns(sa[ra - 1] != 1 || sb[rb - 1] != 1, [m, k, n], threads) {
-        // gemm packs a transposed operand on one thread while the others wait; split by
-        // columns, each thread packs and multiplies its own (see `split_columns`).
+    if batch == 1 && threads > 1 && split_columns([m, k, n], threads) {
+        // gemm packs an operand on one thread while the others wait; split by columns, each
+        // thread packs and multiplies its own (see `split_columns`).
         let parts = threads.min(n / SPLIT_COLUMNS);
         let width = n.div_ceil(parts).next_multiple_of(16);
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -623,16 +623,15 @@ fn split_inner(m: usize, n: usize, k: usize, threads: usize) -> bool {
 }
 
 /// Whether an `m x k` by `k x n` product is split by columns over the threads, each thread
-/// a product of its own: when gemm would pack a transposed operand (`transposed`: a's or b's
-/// rows are not contiguous, as in `x·Wᵀ` and the weight gradient `xᵀ·g`) and `a`, which every
-/// thread then reads whole, fits in a core's L2 cache. gemm's own threads scaled badly there
-/// (one thread packs while the other waits): on a 2-core Intel Xeon (AVX-512), 128 x 784 x 256
-/// with `b` transposed ran in 199 us split against 340, 128 x 256 x 128 in 42 against 62, and
-/// 784 x 128 x 256 with `a` transposed in 187 against 310; with a large `a` (1024 x 784) the
+/// a product of its own: when `a`, which every thread then reads whole, fits in a core's L2
+/// cache. gemm's own threads scaled badly there (one thread packs while the other waits): on a
+/// 2-core Intel Xeon (AVX-512), 128 x 784 x 256 with `b` transposed (`x·Wᵀ`) ran in 199 us
+/// split against 340, 128 x 256 x 128 in 42 against 62, and 784 x 128 x 256 with `a`
+/// transposed (`xᵀ·g`) in 187 against 310; with both operands contiguous, 128 x 128 x 256
+/// (the `mlp` benchmark's `g·W`) in 39-40 us against 42-43. With a large `a` (1024 x 784) the
 /// split was slower. Small products stay whole.
-fn split_columns(transposed: bool, [m, k, n]: [usize; 3], threads: usize) -> bool {
-    transposed
-        && m.saturating_mul(k) <= A_IN_CACHE
+fn split_columns([m, k, n]: [usize; 3], threads: usize) -> bool {
+    m.saturating_mul(k) <= A_IN_CACHE
         && n >= SPLIT_COLUMNS.saturating_mul(threads)
         && m.saturating_mul(n).saturating_mul(k) >= SMALL_GEMM
 }
@@ -914,25 +913,28 @@ mod tests {
         }
     }
 
-    /// Products split by columns over two threads (a transposed operand, a small `a`): `x·Wᵀ`
-    /// at the `mlp` benchmark's batch, a weight gradient `xᵀ·g`, and a width that is not a
-    /// multiple of the column blocks, against a sum in f64; large or untransposed products
-    /// are not split.
+    /// Products split by columns over two threads (a small `a`): `x·Wᵀ` at the `mlp`
+    /// benchmark's batch, a weight gradient `xᵀ·g`, `g·W` with both operands contiguous, and
+    /// a width that is not a multiple of the column blocks, against a sum in f64; large or
+    /// narrow products are not split.
     #[test]
     fn products_split_by_columns_match_a_plain_sum() {
         let mut rng = Rng::seed(7);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool of two threads");
         // (m, k, n, whether a is stored transposed, whether b is)
-        for (m, k, n, ta, tb) in
-            [(128, 784, 256, false, true), (784, 128, 256, true, false), (96, 200, 150, false, true)]
-        {
+        for (m, k, n, ta, tb) in [
+            (128, 784, 256, false, true),
+            (784, 128, 256, true, false),
+            (128, 128, 256, false, false),
+            (96, 200, 150, false, true),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.standard_normal()).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.standard_normal()).collect();
             let la =
                 if ta { Layout::contiguous(&[k, m]).transpose(0, 1).unwrap() } else { Layout::contiguous(&[m, k]) };
             let lb =
                 if tb { Layout::contiguous(&[n, k]).transpose(0, 1).unwrap() } else { Layout::contiguous(&[k, n]) };
-            assert!(split_columns(true, [m, k, n], 2) && !packs_less_transposed(&la, &lb, [m, k, n]), "{m}x{k}x{n}");
+            assert!(split_columns([m, k, n], 2) && !packs_less_transposed(&la, &lb, [m, k, n]), "{m}x{k}x{n}");
             let at = |i: usize, p: usize| f64::from(if ta { a[p * m + i] } else { a[i * k + p] });
             let bt = |p: usize, j: usize| f64::from(if tb { b[j * k + p] } else { b[p * n + j] });
             let got = pool.install(|| matmul(&a, &la, &b, &lb, [m, k, n]));
@@ -945,8 +947,7 @@ mod tests {
                 }
             }
         }
-        assert!(!split_columns(false, [128, 784, 256], 2), "untransposed operands stay with gemm's threads");
-        assert!(!split_columns(true, [1024, 784, 256], 2), "a large a stays with gemm's threads");
-        assert!(!split_columns(true, [128, 128, 10], 2), "too narrow to split");
+        assert!(!split_columns([1024, 784, 256], 2), "a large a stays with gemm's threads");
+        assert!(!split_columns([128, 128, 10], 2), "too narrow to split");
     }
 }
