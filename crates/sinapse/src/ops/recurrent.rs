@@ -124,10 +124,7 @@ fn lstm_backward(
     })?;
     Ok(vec![
         grad_if(x, || dz.matmul(w_ih)?.reshape(&[t, n, i]))?,
-        // (xᵀ·dz)ᵀ rather than dzᵀ·x: the product's narrow side (the I inputs) as its rows,
-        // not its columns, where the CPU's gemm runs at half speed (the `lstm` benchmark's
-        // 512 x 1792 x 28: 510-600 us against 340-390 with the transpose).
-        grad_if(w_ih, || x.reshape(&[t * n, i])?.t()?.matmul(&dz)?.t()?.contiguous())?,
+        grad_if(w_ih, || dz.t()?.matmul(&x.reshape(&[t * n, i])?))?,
         dw_hh,
         grad_if(b_ih, || Ok(db.clone().expect("computed when a bias needs it")))?,
         grad_if(b_hh, || Ok(db.clone().expect("computed when a bias needs it")))?,
