@@ -79,13 +79,23 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
     // columns are the long im2col axis), compute Cᵀ = Bᵀ·Aᵀ instead, whose packed operand is
     // m x k, and transpose the small result: about twice as fast on the `cnn` benchmark's
     // second convolution's weight gradient (32 x 4096 by 4096 x 400, 2.1 -> 1.0-1.1 ms).
-    // The same for a narrow output over a long inner axis ([`narrow_output`]).
     let threads = rayon::current_num_threads();
-    if batch == 1 && (packs_less_transposed(la, lb, [m, k, n]) || narrow_output([m, k, n], threads)) {
-        let (ra, rb) = (la.rank(), lb.rank());
-        if let (Ok(lat), Ok(lbt)) = (la.transpose(ra - 2, ra - 1), lb.transpose(rb - 2, rb - 1)) {
-            let ct = matmul(b, &lbt, a, &lat, [n, k, m]); // Cᵀ, n x m
-            return transposed(&ct, [n, m]);
+    if batch == 1 {
+        let packs_less = packs_less_transposed(la, lb, [m, k, n]);
+        // The same for a narrow output over a long inner axis ([`narrow_output`]).
+        if packs_less || narrow_output([m, k, n], threads) {
+            let (ra, rb) = (la.rank(), lb.rank());
+            if let (Ok(lat), Ok(lbt)) = (la.transpose(ra - 2, ra - 1), lb.transpose(rb - 2, rb - 1)) {
+                // A narrow output turns only where the transposed product would not turn back
+                // by its own `packs_less_transposed` (an `a` with contiguous rows, which the
+                // transposed product packs): the two calls would recurse without end. (It
+                // cannot turn back by `narrow_output`: both sides would have to be narrow and
+                // wide.)
+                if packs_less || !packs_less_transposed(&lbt, &lat, [n, k, m]) {
+                    let ct = matmul(b, &lbt, a, &lat, [n, k, m]); // Cᵀ, n x m
+                    return transposed(&ct, [n, m]);
+                }
+            }
         }
     }
     if batch == 1 && threads > 1 && split_inner(m, n, k, threads) {
@@ -915,25 +925,36 @@ mod tests {
     }
 
     /// A weight gradient with a narrow output over a long inner axis (`gᵀ·x` for a layer of
-    /// 20 inputs) is computed transposed over two threads, against a sum in f64; a short inner
-    /// axis, or one thread, is not.
+    /// 20 inputs) is computed transposed over two threads; the same shape with `a` stored
+    /// row-major (whose transposed product would turn back: this recursed without end before
+    /// the guard) is not; both against a sum in f64. A short inner axis, or one thread, is not
+    /// narrow.
     #[test]
     fn narrow_outputs_over_long_inner_axes_match_a_plain_sum() {
         let mut rng = Rng::seed(8);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool of two threads");
         let (m, k, n) = (256, 1100, 20);
-        let g: Vec<f32> = (0..k * m).map(|_| rng.standard_normal()).collect(); // [k, m]
-        let x: Vec<f32> = (0..k * n).map(|_| rng.standard_normal()).collect(); // [k, n]
-        let la = Layout::contiguous(&[k, m]).transpose(0, 1).unwrap(); // a = gᵀ
-        let lb = Layout::contiguous(&[k, n]);
-        assert!(narrow_output([m, k, n], 2) && !packs_less_transposed(&la, &lb, [m, k, n]));
-        let got = pool.install(|| matmul(&g, &la, &x, &lb, [m, k, n]));
-        for i in 0..m {
-            for j in 0..n {
-                let terms = (0..k).map(|p| f64::from(g[p * m + i]) * f64::from(x[p * n + j]));
-                let (want, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
-                let v = f64::from(got[i * n + j]);
-                assert!((v - want).abs() <= 1e-6 * (1.0 + scale), "at ({i}, {j}): {v} vs {want}");
+        assert!(narrow_output([m, k, n], 2));
+        for a_transposed in [true, false] {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.standard_normal()).collect();
+            let x: Vec<f32> = (0..k * n).map(|_| rng.standard_normal()).collect(); // [k, n]
+            let (la, at): (Layout, Box<dyn Fn(usize, usize) -> f32>) = if a_transposed {
+                (Layout::contiguous(&[k, m]).transpose(0, 1).unwrap(), Box::new(|i, p| a[p * m + i]))
+            } else {
+                (Layout::contiguous(&[m, k]), Box::new(|i, p| a[i * k + p]))
+            };
+            let lb = Layout::contiguous(&[k, n]);
+            let (lat, lbt) = (la.transpose(0, 1).unwrap(), lb.transpose(0, 1).unwrap());
+            assert!(!packs_less_transposed(&la, &lb, [m, k, n]));
+            assert_eq!(packs_less_transposed(&lbt, &lat, [n, k, m]), !a_transposed, "turns back");
+            let got = pool.install(|| matmul(&a, &la, &x, &lb, [m, k, n]));
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| f64::from(at(i, p)) * f64::from(x[p * n + j]));
+                    let (want, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
+                    let v = f64::from(got[i * n + j]);
+                    assert!((v - want).abs() <= 1e-6 * (1.0 + scale), "{a_transposed} ({i}, {j}): {v} vs {want}");
+                }
             }
         }
         assert!(!narrow_output([1024, 128, 10], 2), "a short inner axis stays as it is");
