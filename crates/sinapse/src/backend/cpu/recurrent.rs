@@ -41,6 +41,10 @@ dispatch! {
     /// cell state (H).
     fn forward_row(c: &[f32], out: &mut [f32]) {
         let h = c.len();
+        // Every slice cut to its exact length up front: the loops' bounds checks then fold
+        // away and the whole loop is vectorised (with `out` of unknown length, the cell
+        // update's loop ran element by element in part).
+        let out = &mut out[..6 * h];
         let (gates, state) = out.split_at_mut(4 * h);
         let (ifg, o) = gates.split_at_mut(3 * h);
         let (i_f, g) = ifg.split_at_mut(2 * h);
@@ -69,6 +73,8 @@ dispatch! {
     /// (6H), the previous cell state and the gradients reaching h' and c'.
     fn backward_row(s: &[f32], c_prev: &[f32], dh: &[f32], dc: &[f32], dz: &mut [f32], dc_prev: &mut [f32]) {
         let h = c_prev.len();
+        // Exact lengths, as in `forward_row`: without them this row took twice as long.
+        let (s, dh, dc, dz, dc_prev) = (&s[..6 * h], &dh[..h], &dc[..h], &mut dz[..4 * h], &mut dc_prev[..h]);
         let (i, rest) = s.split_at(h);
         let (f, rest) = rest.split_at(h);
         let (g, rest) = rest.split_at(h);
