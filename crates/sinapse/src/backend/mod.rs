@@ -69,8 +69,10 @@ pub(crate) trait BackendStorage: Sized {
     /// the output's batch shape.
     fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self>;
     /// The rank-2 product `m x k` by `k x n` with `bias` (`[n]`) added to every row: a
-    /// dense layer's `x·Wᵀ + b`. By default the product and a broadcast add; the CPU adds
-    /// the bias in place, without a second `m x n` buffer.
+    /// dense layer's `x·Wᵀ + b`, followed by a ReLU when `relu`. By default the product, a
+    /// broadcast add and the ReLU kernel; the CPU adds the bias and applies the ReLU in place,
+    /// in one pass, without a second `m x n` buffer.
+    #[allow(clippy::too_many_arguments)]
     fn matmul_bias(
         &self,
         l: &Layout,
@@ -79,10 +81,16 @@ pub(crate) trait BackendStorage: Sized {
         bias: &Self,
         bias_l: &Layout,
         mkn: [usize; 3],
+        relu: bool,
     ) -> Result<Self> {
         let y = self.matmul(l, rhs, rhs_l, mkn)?;
-        let shape = [mkn[0], mkn[2]];
-        y.binary(&Layout::contiguous(&shape), bias, &bias_l.broadcast_to(&shape)?, BinaryOp::Add)
+        let out = Layout::contiguous(&[mkn[0], mkn[2]]);
+        let y = y.binary(&out, bias, &bias_l.broadcast_to(out.shape())?, BinaryOp::Add)?;
+        if relu {
+            y.unary(&out, UnaryOp::Relu)
+        } else {
+            Ok(y)
+        }
     }
 
     /// The entries `ids[0], ids[1], ..` of axis `dim` (`ids` 1-D, whole numbers).
@@ -750,7 +758,9 @@ impl Storage {
         }
     }
 
-    /// The rank-2 product plus a bias row (see [`BackendStorage::matmul_bias`]).
+    /// The rank-2 product plus a bias row, then a ReLU when `relu` (see
+    /// [`BackendStorage::matmul_bias`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul_bias(
         &self,
         l: &Layout,
@@ -759,15 +769,16 @@ impl Storage {
         bias: &Storage,
         bias_l: &Layout,
         mkn: [usize; 3],
+        relu: bool,
     ) -> Result<Storage> {
         same_device("linear", &[self, rhs, bias])?;
         room_for(self, mkn[0].saturating_mul(mkn[2]), "linear")?;
         match (self, rhs, bias) {
             (Storage::Cpu(a), Storage::Cpu(b), Storage::Cpu(c)) => {
-                Ok(Storage::Cpu(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn)?))
+                Ok(Storage::Cpu(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn, relu)?))
             }
             (Storage::Cuda(a), Storage::Cuda(b), Storage::Cuda(c)) => {
-                Ok(Storage::Cuda(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn)?))
+                Ok(Storage::Cuda(a.matmul_bias(l, b, rhs_l, c, bias_l, mkn, relu)?))
             }
             (a, b, c) => Err(mismatch("linear", &[a, b, c])),
         }

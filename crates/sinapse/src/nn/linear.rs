@@ -58,8 +58,22 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+impl Linear {
+    /// The layer followed by a ReLU: one fused op ([`Tensor::linear_relu`]) for a batch of
+    /// rows with a bias, else the layer's output through [`Tensor::relu`]. The same values and
+    /// gradients either way.
+    pub(crate) fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) if x.rank() == 2 => {
+                self.check_input(x)?;
+                x.linear_relu(&self.weight, bias)
+            }
+            _ => self.forward(x, mode)?.relu(),
+        }
+    }
+
+    /// The weight's rank and the input's last axis, checked with errors naming the layer.
+    fn check_input(&self, x: &Tensor) -> Result<()> {
         if self.weight.rank() != 2 {
             return Err(Error::invalid("Linear", format!("weight must be [out, in], got {:?}", self.weight.shape())));
         }
@@ -69,6 +83,13 @@ impl Module for Linear {
                 format!("{} expects inputs [.., {}], got shape {:?}", self.describe(), self.in_features(), x.shape()),
             ));
         }
+        Ok(())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        self.check_input(x)?;
         if x.rank() == 2 {
             return x.linear(&self.weight, self.bias.as_ref());
         }
@@ -83,5 +104,9 @@ impl Module for Linear {
 
     fn describe(&self) -> String {
         format!("Linear({} -> {})", self.in_features(), self.out_features())
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

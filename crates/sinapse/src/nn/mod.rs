@@ -352,8 +352,9 @@ pub trait Module: Parameters + Send + Sync {
 
     /// This layer as [`std::any::Any`], for containers that recognise layer types: a
     /// [`Sequential`] runs a ReLU after the max pooling that follows it rather than before
-    /// (the same values and gradients, on a quarter of the elements with 2x2 windows).
-    /// `None` unless a layer opts in (the activation and pooling layers do).
+    /// (the same values and gradients, on a quarter of the elements with 2x2 windows), and a
+    /// dense layer and the ReLU after it as one op. `None` unless a layer opts in (the
+    /// activation, pooling and dense layers do).
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }

@@ -1,6 +1,6 @@
 //! A chain of layers.
 
-use super::{join_name, Mode, Module, Parameters, Pool2d, PoolKind, Relu};
+use super::{join_name, Linear, Mode, Module, Parameters, Pool2d, PoolKind, Relu};
 use crate::{Result, Tensor};
 
 /// Layers applied one after the other: the output of each is the input of the next (the
@@ -64,6 +64,11 @@ fn is_relu(layer: &dyn Module) -> bool {
     layer.as_any().is_some_and(|l| l.is::<Relu>())
 }
 
+/// `layer` as a dense layer, if it is one.
+fn as_linear(layer: &dyn Module) -> Option<&Linear> {
+    layer.as_any().and_then(|l| l.downcast_ref::<Linear>())
+}
+
 /// Whether `layer` is a max pooling.
 fn is_max_pool(layer: &dyn Module) -> bool {
     layer.as_any().and_then(|l| l.downcast_ref::<Pool2d>()).is_some_and(|p| p.kind == PoolKind::Max)
@@ -75,21 +80,24 @@ impl Module for Sequential {
     /// = relu(max(a, b)) because ReLU never reorders two values, so the outputs are the same,
     /// and so are the gradients (both send a window's gradient to its largest input when that
     /// is positive, and nothing otherwise; ties resolve to the same tap). The ReLU and its
-    /// gradient then touch a quarter of the values with 2x2 windows.
+    /// gradient then touch a quarter of the values with 2x2 windows. A `Linear` followed by a
+    /// ReLU runs as one op ([`Tensor::linear_relu`]): the same values and gradients, one pass
+    /// less over the output.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
-            let layer = &self.layers[i];
-            match self.layers.get(i + 1) {
-                Some(next) if is_relu(layer.as_ref()) && is_max_pool(next.as_ref()) => {
-                    h = layer.forward(&next.forward(&h, mode)?, mode)?;
-                    i += 2;
-                }
-                _ => {
-                    h = layer.forward(&h, mode)?;
-                    i += 1;
-                }
+            let layer = self.layers[i].as_ref();
+            let next = self.layers.get(i + 1).map(|n| n.as_ref());
+            if let (Some(linear), Some(true)) = (as_linear(layer), next.map(is_relu)) {
+                h = linear.forward_relu(&h, mode)?;
+                i += 2;
+            } else if let Some(pool) = next.filter(|&n| is_relu(layer) && is_max_pool(n)) {
+                h = layer.forward(&pool.forward(&h, mode)?, mode)?;
+                i += 2;
+            } else {
+                h = layer.forward(&h, mode)?;
+                i += 1;
             }
         }
         Ok(h)
@@ -113,6 +121,46 @@ mod tests {
         }
         let grads = h.mul(w).unwrap().sum_all().unwrap().backward().unwrap();
         (h.to_vec(), grads.get(x).unwrap().to_vec())
+    }
+
+    /// A `Linear` then a ReLU run as one op, with bit-for-bit the values and gradients (input,
+    /// weight, bias) of the two ops; outputs below, at and above 0 and a NaN among them. A
+    /// layer without a bias, or inputs with more than two axes, run as two ops, the same.
+    #[test]
+    fn linear_then_relu_runs_as_one_op_with_the_same_values_and_gradients() {
+        let same =
+            |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+        for (with_bias, shape) in [(true, vec![5, 4]), (false, vec![5, 4]), (true, vec![2, 3, 4])] {
+            let rows = shape[..shape.len() - 1].iter().product::<usize>();
+            let mut data: Vec<f32> = (0..rows * 4).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+            data[1] = f32::NAN;
+            let x = Tensor::from_vec(data, &shape).unwrap().set_requires_grad(true);
+            let weight = Tensor::from_vec((0..12).map(|i| (i % 5) as f32 - 2.0).collect(), &[3, 4]).unwrap();
+            let bias = Tensor::from_vec(vec![0.5, -1.0, 0.0], &[3]).unwrap();
+            // A layer, and handles on its weight and bias (the same tensors) for their gradients.
+            let make = || {
+                let layer = Linear::from_tensors(weight.detach(), with_bias.then(|| bias.detach())).unwrap();
+                let (w, b) = (layer.weight.clone(), layer.bias.clone());
+                (layer, w, b)
+            };
+            let ((fused, fw, fb), (plain, pw, pb)) = (make(), make());
+            let y = Sequential::new().add(fused).add(Relu).forward(&x, Mode::Train).unwrap();
+            let recorded = format!("{y:?}");
+            let one_op = with_bias && shape.len() == 2;
+            assert_eq!(recorded.contains("grad_fn=linear_relu"), one_op, "{recorded}");
+            let want = plain.forward(&x, Mode::Train).unwrap().relu().unwrap();
+            assert!(same(&y.to_vec(), &want.to_vec()), "outputs differ ({with_bias}, {shape:?})");
+            assert!(y.to_vec().iter().any(|v| v.is_nan()) && y.to_vec().contains(&0.0), "a NaN and zeros among them");
+            let w = Tensor::from_vec((0..y.elem_count()).map(|i| i as f32 - 6.0).collect(), y.shape()).unwrap();
+            let g_fused = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_plain = want.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |g: &crate::Gradients, t: &Tensor| g.get(t).unwrap().to_vec();
+            assert!(same(&grad(&g_fused, &x), &grad(&g_plain, &x)), "dx ({with_bias}, {shape:?})");
+            assert!(same(&grad(&g_fused, &fw), &grad(&g_plain, &pw)), "dW ({with_bias}, {shape:?})");
+            if let (Some(fb), Some(pb)) = (fb, pb) {
+                assert!(same(&grad(&g_fused, &fb), &grad(&g_plain, &pb)), "db ({with_bias}, {shape:?})");
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,21 @@ impl Tensor {
     /// Gradients: `dx = g · W`, `dW = gᵀ · x`, `db = Σ_rows g`, by the same kernel calls as
     /// those three ops' gradients.
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        self.linear_with(weight, bias, false)
+    }
+
+    /// `relu(self · weightᵀ + bias)`: [`Tensor::linear`] and [`Tensor::relu`] as one op, the
+    /// same values and gradients as the two (the gradient reaching the layer is first masked
+    /// where the output is not positive, by the ReLU's own kernel). The CPU adds the bias and
+    /// applies the ReLU in one pass over the output, without the ReLU's buffer; a
+    /// [`Sequential`](crate::nn::Sequential) runs a `Linear` followed by a `ReLU` this way.
+    pub fn linear_relu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.linear_with(weight, Some(bias), true)
+    }
+
+    /// [`Tensor::linear`], with the ReLU fused when `relu` (only with a bias: without one,
+    /// the ReLU is its own op).
+    fn linear_with(&self, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         let (rows, inputs) = match *self.shape() {
             [r, i] => (r, i),
             ref s => return Err(Error::invalid("linear", format!("input must be [rows, in], got {s:?}"))),
@@ -99,14 +114,24 @@ impl Tensor {
         let wt = weight.layout().transpose(0, 1)?; // [in, out], read in place
         let y = match bias {
             Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
-                x.matmul_bias(self.layout(), w, &wt, b, bt.layout(), mkn)
+                x.matmul_bias(self.layout(), w, &wt, b, bt.layout(), mkn, relu)
             })?,
+            None if relu => return self.linear_with(weight, None, false)?.relu(),
             None => Tensor::with_storages([self, weight], |[x, w]| x.matmul(self.layout(), w, &wt, mkn))?,
         };
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
-        Ok(Tensor::from_op(y, &[rows, outputs], "linear", &inputs, |g, x, _| {
+        let op = if relu { "linear_relu" } else { "linear" };
+        Ok(Tensor::from_op(y, &[rows, outputs], op, &inputs, move |g, x, y| {
             let (input, weight) = (&x[0], &x[1]);
+            // Through the ReLU first, as its own op's gradient: g where the output is positive.
+            let masked;
+            let g = if relu {
+                masked = super::binary_kernel(g, y, crate::backend::BinaryOp::ReluGrad)?;
+                &masked
+            } else {
+                g
+            };
             // The product's own rule with Wᵀ as its right operand, and the transpose's rule
             // after it: exactly the kernel calls of `x.matmul(&w.t()?)?.add(b)`'s gradients,
             // for every layout and size (a one-column W, a transposed x or W included).

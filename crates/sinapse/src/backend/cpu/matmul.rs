@@ -175,9 +175,10 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
 
 /// `row += bias` for every row of the row-major `y` (rows of `bias.len()` values), in place
 /// (a dense layer's bias: the broadcast add into a new buffer it replaces took 100 us of the
-/// `infer` benchmark's 1024-row forward pass in a session-11 scratch timing), split over the
+/// `infer` benchmark's 1024-row forward pass in a session-11 scratch timing), then the ReLU
+/// in the same pass when `relu` (as the ReLU kernel: a NaN stays NaN), split over the
 /// threads when large.
-pub(super) fn add_to_rows(y: &mut [f32], bias: &[f32]) {
+pub(super) fn add_to_rows(y: &mut [f32], bias: &[f32], relu: bool) {
     let n = bias.len();
     if n == 0 {
         return;
@@ -185,7 +186,14 @@ pub(super) fn add_to_rows(y: &mut [f32], bias: &[f32]) {
     let add = |rows: &mut [f32]| {
         super::simd::vectorized(|| {
             for row in rows.chunks_exact_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                if relu {
+                    row.iter_mut().zip(bias).for_each(|(v, &b)| {
+                        let x = *v + b;
+                        *v = if x > 0.0 || x.is_nan() { x } else { 0.0 };
+                    });
+                } else {
+                    row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
+                }
             }
         })
     };
@@ -1127,13 +1135,19 @@ mod tests {
     #[test]
     fn bias_is_added_to_every_row_in_place() {
         // Small (one pass) and large (split into tasks of whole rows; 10 does not divide the
-        // task size) outputs.
+        // task size) outputs, with and without the ReLU (which keeps a NaN).
         for rows in [3, 10_000] {
             let bias: Vec<f32> = (0..10).map(|j| j as f32 * 0.5 - 2.0).collect();
-            let mut y: Vec<f32> = (0..rows * 10).map(|i| (i % 17) as f32).collect();
-            add_to_rows(&mut y, &bias);
-            for (i, &v) in y.iter().enumerate() {
-                assert_eq!(v, (i % 17) as f32 + bias[i % 10], "rows {rows}, value {i}");
+            let start: Vec<f32> =
+                (0..rows * 10).map(|i| if i == 7 { f32::NAN } else { (i % 17) as f32 - 8.0 }).collect();
+            for relu in [false, true] {
+                let mut y = start.clone();
+                add_to_rows(&mut y, &bias, relu);
+                for (i, &v) in y.iter().enumerate() {
+                    let sum = start[i] + bias[i % 10];
+                    let want = if relu && sum <= 0.0 { 0.0 } else { sum };
+                    assert!(v == want || (v.is_nan() && want.is_nan()), "rows {rows}, relu {relu}, value {i}: {v}");
+                }
             }
         }
     }

@@ -189,9 +189,10 @@ impl BackendStorage for CpuStorage {
         bias: &Self,
         bias_l: &Layout,
         mkn: [usize; 3],
+        relu: bool,
     ) -> Result<Self> {
         let mut y = matmul::matmul(self.f32(), l, rhs.f32(), rhs_l, mkn);
-        matmul::add_to_rows(&mut y, &elementwise::row_major(bias.f32(), bias_l));
+        matmul::add_to_rows(&mut y, &elementwise::row_major(bias.f32(), bias_l), relu);
         Ok(CpuStorage::F32(y))
     }
 
