@@ -661,7 +661,7 @@ fn dot_rows(a: &[f32], lda: usize, b: &[f32], ldb: usize, [m, k, n]: [usize; 3])
         let _ = (first, out);
     };
     let threads = rayon::current_num_threads();
-    if threads > 1 && m >= 8 && m * n * k >= DOT_ROWS_SPLIT {
+    if threads > 1 && m >= 8 && m.saturating_mul(n).saturating_mul(k) >= DOT_ROWS_SPLIT {
         // Whole groups of four rows per thread.
         let per = m.div_ceil(threads).next_multiple_of(4);
         out.par_chunks_mut(per * n).enumerate().for_each(|(t, o)| rows(t * per, o));
