@@ -74,11 +74,6 @@ pub(super) fn matmul(a: &[f32], la: &Layout, b: &[f32], lb: &Layout, [m, k, n]: 
         }
         return out;
     }
-    // A narrow output from rows of `a` and columns of `b` that are both contiguous (`x·Wᵀ`
-    // into a classifier's few outputs): dot products ([`dot_rows`]).
-    if batch == 1 && n <= DOT_ROWS_MAX_N && k >= 16 && sa[ra - 1] == 1 && sb[rb - 2] == 1 && dot_rows_run() {
-        return dot_rows(&a[la.offset()..], sa[ra - 2], &b[lb.offset()..], sb[rb - 1], [m, k, n]);
-    }
     // gemm copies ("packs") the operand it reads as `b` unless b's rows are contiguous, and
     // that copy is n x k. When it is the larger side (a weight gradient `g · colsᵀ` whose
     // columns are the long im2col axis), compute Cᵀ = Bᵀ·Aᵀ instead, whose packed operand is
@@ -617,127 +612,6 @@ unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f3
     }
 }
 
-/// The widest output [`dot_rows`] computes. gemm's AVX-512 kernel covers 64 output columns
-/// (its rows, in its column-major terms) by 6 rows, so a 10-column output leaves most of its
-/// lanes idle: on a 2-core Intel Xeon (AVX-512), `x·Wᵀ` for 64 x 512 x 10 took 23 us
-/// (28 GFLOP/s), against 8 us for the same layer's `g·W` (64 x 10 x 512).
-const DOT_ROWS_MAX_N: usize = 16;
-
-/// Multiply-adds from which [`dot_rows`] splits its rows over the threads: 64 x 128 x 10
-/// took 2.7 us on one thread and 4.7 split in two.
-const DOT_ROWS_SPLIT: usize = 1 << 17;
-
-/// Whether [`dot_rows`] has a kernel for this CPU (AVX-512F, picked at run time; elsewhere
-/// gemm computes these products as before).
-fn dot_rows_run() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::Isa::detect().kind() == super::simd::Kind::Avx512 {
-        return true;
-    }
-    false
-}
-
-/// `out[i, j] = a[i·lda ..][..k] · b[j·ldb ..][..k]`: the `m x n` product of `a`'s rows and
-/// `b`'s columns, each stored contiguously, as dot products: four rows by four columns at a
-/// time, sixteen 16-lane sums. Split by rows over the threads when large. Only where
-/// [`dot_rows_run`] is true.
-fn dot_rows(a: &[f32], lda: usize, b: &[f32], ldb: usize, [m, k, n]: [usize; 3]) -> Vec<f32> {
-    // These checks are what make the kernel's raw pointers safe.
-    check_columns(k, m, lda, a.len());
-    check_columns(k, n, ldb, b.len());
-    assert!(dot_rows_run(), "dot_rows without AVX-512");
-    let mut out = vec![0.0f32; m * n];
-    if n == 0 {
-        return out;
-    }
-    let rows = |first: usize, out: &mut [f32]| {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (asserted above); rows `first..first + out.len() / n`
-        // of `a` and the n columns of `b` are inside their slices (checked above).
-        unsafe {
-            dot_rows_avx512(a.as_ptr().wrapping_add(first * lda), lda, b.as_ptr(), ldb, [out.len() / n, k, n], out)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (first, out);
-    };
-    let threads = rayon::current_num_threads();
-    if threads > 1 && m >= 8 && m.saturating_mul(n).saturating_mul(k) >= DOT_ROWS_SPLIT {
-        // Whole groups of four rows per thread.
-        let per = m.div_ceil(threads).next_multiple_of(4);
-        out.par_chunks_mut(per * n).enumerate().for_each(|(t, o)| rows(t * per, o));
-    } else {
-        rows(0, &mut out);
-    }
-    out
-}
-
-/// [`dot_rows`]' kernel: for each four rows and four columns, sixteen dot products
-/// summed in 16-lane registers (the last `k % 16` values by masked loads), folded and added
-/// across lanes by [`sum_columns8`], eight at a time. A last group of fewer than four rows or
-/// columns repeats its last row or column and drops the repeated sums.
-///
-/// # Safety
-/// The CPU must support AVX-512F; `a` must hold `m` rows of `k` values `lda` apart and `b`
-/// `n` columns of `k` values `ldb` apart; `out` has `m · n` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dot_rows_avx512(
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    [m, k, n]: [usize; 3],
-    out: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    assert_eq!(out.len(), m * n);
-    let full = k - k % 16;
-    let rest: __mmask16 = ((1u32 << (k % 16)) - 1) as __mmask16;
-    let fold = |v: __m512| {
-        _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
-    };
-    const R: usize = 4;
-    let mut sums = [0.0f32; 8 * R / 2];
-    for i in (0..m).step_by(R) {
-        let rows: [*const f32; R] = std::array::from_fn(|r| a.add((i + r).min(m - 1) * lda));
-        for j in (0..n).step_by(4) {
-            let cols: [*const f32; 4] = std::array::from_fn(|q| b.add((j + q).min(n - 1) * ldb));
-            let mut acc = [_mm512_setzero_ps(); 4 * R];
-            let mut p = 0;
-            while p < full {
-                let x: [__m512; R] = std::array::from_fn(|r| _mm512_loadu_ps(rows[r].add(p)));
-                for q in 0..4 {
-                    let w = _mm512_loadu_ps(cols[q].add(p));
-                    for r in 0..R {
-                        acc[4 * r + q] = _mm512_fmadd_ps(w, x[r], acc[4 * r + q]);
-                    }
-                }
-                p += 16;
-            }
-            if rest != 0 {
-                let x: [__m512; R] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(rest, rows[r].add(full)));
-                for q in 0..4 {
-                    let w = _mm512_maskz_loadu_ps(rest, cols[q].add(full));
-                    for r in 0..R {
-                        acc[4 * r + q] = _mm512_fmadd_ps(w, x[r], acc[4 * r + q]);
-                    }
-                }
-            }
-            for h in 0..R / 2 {
-                let eight: [__m512; 8] = std::array::from_fn(|v| acc[8 * h + v]);
-                _mm256_storeu_ps(sums.as_mut_ptr().add(8 * h), sum_columns8(eight.map(fold)));
-            }
-            // Value by value: `copy_from_slice` of a run-time length called `memcpy`, which
-            // cost as much as the sums here.
-            for r in 0..R.min(m - i) {
-                for q in 0..4.min(n - j) {
-                    out[(i + r) * n + j + q] = sums[4 * r + q];
-                }
-            }
-        }
-    }
-}
-
 super::fastmath::dispatch! {
     /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by
     /// row, as a sum of scaled rows.
@@ -1053,43 +927,6 @@ mod tests {
                     let (want, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
                     let g = f64::from(got[i * n + j]);
                     assert!((g - want).abs() <= 1e-6 * (1.0 + scale), "{m}x{k}x{n} at ({i}, {j}): {g} vs {want}");
-                }
-            }
-        }
-    }
-
-    /// Narrow outputs of `x·Wᵀ` (rows of `x` and of `W` contiguous, here at strides longer
-    /// than a row, past an offset) against a sum in f64: row counts that leave 1-3 rows in the
-    /// last group of four, column counts that leave 1-3 in the last group, inner lengths with
-    /// and without a partial vector, on one thread and split over two. Where the CPU has no
-    /// AVX-512 the same products go through gemm, and are checked all the same.
-    #[test]
-    fn narrow_products_of_contiguous_rows_match_a_plain_sum() {
-        let mut rng = Rng::seed(9);
-        let pools: Vec<rayon::ThreadPool> =
-            (1..=2).map(|t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a pool")).collect();
-        for (m, k, n) in
-            [(1, 16, 10), (2, 17, 1), (5, 31, 3), (7, 128, 10), (9, 130, 16), (64, 512, 10), (1027, 128, 6)]
-        {
-            let (lda, ldb) = (k + 3, k + 5);
-            let a: Vec<f32> = (0..(m + 1) * lda).map(|_| rng.standard_normal()).collect();
-            let w: Vec<f32> = (0..(n + 1) * ldb).map(|_| rng.standard_normal()).collect();
-            // x [m, k] and Wᵀ [k, n]: views of the buffers above past their first row.
-            let la = Layout::contiguous(&[m + 1, lda]).narrow(0, 1, m).unwrap().narrow(1, 0, k).unwrap();
-            let lb = Layout::contiguous(&[n + 1, ldb]).narrow(0, 1, n).unwrap().narrow(1, 0, k).unwrap();
-            let lb = lb.transpose(0, 1).unwrap();
-            for (pool, threads) in pools.iter().zip(1..) {
-                let got = pool.install(|| matmul(&a, &la, &w, &lb, [m, k, n]));
-                for i in 0..m {
-                    for j in 0..n {
-                        let terms = (0..k).map(|p| f64::from(a[(1 + i) * lda + p]) * f64::from(w[(1 + j) * ldb + p]));
-                        let (want, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
-                        let v = f64::from(got[i * n + j]);
-                        assert!(
-                            (v - want).abs() <= 1e-6 * (1.0 + scale),
-                            "{m}x{k}x{n}, {threads} threads, ({i}, {j}): {v} vs {want}"
-                        );
-                    }
                 }
             }
         }
