@@ -200,6 +200,17 @@ pub(super) fn where_cond(c: &[f32], lc: &Layout, t: &[f32], lt: &Layout, f: &[f3
     })
 }
 
+/// The ReLU of one value: `x` where positive, 0 otherwise, and a NaN stays NaN (as PyTorch's);
+/// shared by the ReLU kernel and the product's fused bias + ReLU ([`super::matmul`]).
+#[inline(always)]
+pub(super) fn relu(x: f32) -> f32 {
+    if x > 0.0 || x.is_nan() {
+        x
+    } else {
+        0.0
+    }
+}
+
 /// ln(v), clamped at -100 as PyTorch's binary cross-entropy does.
 fn clamped_ln(v: f32) -> f32 {
     v.ln().max(-100.0)
@@ -229,7 +240,7 @@ pub(super) fn unary(src: &[f32], l: &Layout, op: UnaryOp) -> Vec<f32> {
         UnaryOp::Sigmoid => map_slices(src, l, fastmath::sigmoid_slice),
         UnaryOp::Tanh => map_slices(src, l, fastmath::tanh_slice),
         // A NaN stays NaN (f32::max would turn it into 0 and hide a diverging model).
-        UnaryOp::Relu => map(src, l, |x| if x > 0.0 || x.is_nan() { x } else { 0.0 }),
+        UnaryOp::Relu => map(src, l, relu),
         UnaryOp::LeakyRelu(slope) => map(src, l, move |x| if x > 0.0 { x } else { slope * x }),
         UnaryOp::BceTargetGrad => map(src, l, |p| clamped_ln(1.0 - p) - clamped_ln(p)),
         UnaryOp::Sin => map(src, l, f32::sin),

@@ -182,10 +182,7 @@ pub(super) fn add_to_rows(y: &mut [f32], bias: &[f32], relu: bool) {
         super::simd::vectorized(|| {
             for row in rows.chunks_exact_mut(n) {
                 if relu {
-                    row.iter_mut().zip(bias).for_each(|(v, &b)| {
-                        let x = *v + b;
-                        *v = if x > 0.0 || x.is_nan() { x } else { 0.0 };
-                    });
+                    row.iter_mut().zip(bias).for_each(|(v, &b)| *v = super::elementwise::relu(*v + b));
                 } else {
                     row.iter_mut().zip(bias).for_each(|(v, &b)| *v += b);
                 }
