@@ -282,6 +282,9 @@ fn cases() -> Vec<Case> {
     c.push(case("linear", vec![normal(&[4, 5], r), normal(&[3, 5], r), normal(&[3], r)], |x| {
         x[0].linear(&x[1], Some(&x[2]))
     }));
+    c.push(case("linear_relu", vec![normal(&[4, 5], r), normal(&[3, 5], r), normal(&[3], r)], |x| {
+        x[0].linear_relu(&x[1], &x[2])
+    }));
     c.push(case("linear without bias", vec![normal(&[1, 5], r), normal(&[3, 5], r)], |x| x[0].linear(&x[1], None)));
     // Views and copies.
     c.push(case("reshape", vec![normal(&[3, 4], r)], |x| x[0].reshape(&[2, 6])));

@@ -27,6 +27,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "copy_strided",
     "copy_into",
     "unary",
+    "bias_rows",
     "binary",
     "where_cond",
     "reduce_thread",

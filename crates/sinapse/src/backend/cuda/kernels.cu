@@ -96,6 +96,9 @@ __device__ __forceinline__ float sigmoidf(float x) {
     return e / (1.0f + e);
 }
 
+// The ReLU: x where positive, 0 otherwise, a NaN kept (the CPU's `elementwise::relu`).
+__device__ __forceinline__ float relu_f(float x) { return (x > 0.0f || isnan(x)) ? x : 0.0f; }
+
 __device__ float unary_op(int op, float x, float p0, float p1) {
     switch (op) {
         case 0: return x * p0 + p1;                                   // affine
@@ -109,7 +112,7 @@ __device__ float unary_op(int op, float x, float p0, float p1) {
         case 8: return x > 0.0f ? 1.0f : 0.0f;                        // step
         case 9: return sigmoidf(x);                                   // sigmoid
         case 10: return tanhf(x);                                     // tanh
-        case 11: return (x > 0.0f || isnan(x)) ? x : 0.0f;            // relu, NaN kept
+        case 11: return relu_f(x);                                    // relu, NaN kept
         case 12: return x > 0.0f ? x : p0 * x;                        // leaky relu
         case 13: return clamped_ln(1.0f - x) - clamped_ln(x);         // bce target grad
         case 14: return sinf(x);
@@ -122,6 +125,16 @@ __device__ float unary_op(int op, float x, float p0, float p1) {
         case 21: return rintf(x);                                     // round, halves to even
     }
     return 0.0f;
+}
+
+// `y[r, j] += bias[j]` over the row-major [rows, cols] `y`, in place (a dense layer's bias
+// on its product's new output), then the ReLU when `relu`: one pass where the add and the
+// ReLU kernels make two (the CPU's `matmul::add_to_rows`).
+extern "C" __global__ void bias_rows(float* y, const float* bias, Strided lb, u64 rows, u64 cols, int relu) {
+    GRID_LOOP(i, rows * cols) {
+        float v = y[i] + bias[at(lb, i % cols)];
+        y[i] = relu ? relu_f(v) : v;
+    }
 }
 
 extern "C" __global__ void unary(const float* x, Strided lx, float* out, u64 n, int op, float p0, float p1) {

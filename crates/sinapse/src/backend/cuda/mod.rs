@@ -423,6 +423,33 @@ impl BackendStorage for CudaStorage {
         Ok(out)
     }
 
+    /// The product by cuBLAS, then the bias (and the ReLU) in one kernel over its output
+    /// (`bias_rows`), in place: two launches where the trait's default makes three.
+    fn matmul_bias(
+        &self,
+        l: &Layout,
+        rhs: &Self,
+        rhs_l: &Layout,
+        bias: &Self,
+        bias_l: &Layout,
+        mkn: [usize; 3],
+        relu: bool,
+    ) -> Result<Self> {
+        let y = self.matmul(l, rhs, rhs_l, mkn)?;
+        let [m, _, n] = mkn;
+        let batch: usize = l.shape()[..l.rank() - 2].iter().product();
+        if batch != 1 || bias_l.shape() != [n] {
+            return Err(Error::invalid("linear", format!("bias {:?} for a {m} x {n} product", bias_l.shape())));
+        }
+        if m * n > 0 {
+            let gpu = self.gpu();
+            let lb = Strided::of(bias_l, "linear")?;
+            let (rows, cols, relu) = (m as u64, n as u64, i32::from(relu));
+            launch!(gpu, "bias_rows", grid(m * n); y.block.ptr, bias.block.ptr, lb, rows, cols, relu)?;
+        }
+        Ok(y)
+    }
+
     fn index_select(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout) -> Result<Self> {
         let gpu = self.gpu();
         let (outer, size, inner) = around(l.shape(), Some(dim));
