@@ -65,6 +65,21 @@ pub(crate) trait BackendStorage: Sized {
     fn reduce(&self, l: &Layout, dim: Option<usize>, op: ReduceOp) -> Result<Self>;
     /// Softmax (or log-softmax) along axis `dim`.
     fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Self>;
+    /// The gradient of a mean cross-entropy through its log-softmax, from the log-probabilities
+    /// `self` (`[rows, classes]`) and the class indices `classes` (`[rows]`, checked by the
+    /// forward's gather): `out[i, c] = [c = class_i]·s - e^self[i, c]·s` with `s = g·scale`,
+    /// `g` the loss's gradient (one value, read on the device: no copy to the host). The
+    /// arithmetic, in this order, is that of the four ops' gradients it replaces (gather,
+    /// mean, negation, log-softmax), so the result is theirs bit for bit.
+    fn cross_entropy_grad(
+        &self,
+        l: &Layout,
+        classes: &Self,
+        classes_l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        scale: f32,
+    ) -> Result<Self>;
     /// Batched matrix product `[batch.., m, k] x [batch.., k, n]`; both layouts already have
     /// the output's batch shape.
     fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self>;
@@ -743,6 +758,29 @@ impl Storage {
         match self {
             Storage::Cpu(s) => Ok(Storage::Cpu(s.softmax(l, dim, log)?)),
             Storage::Cuda(s) => Ok(Storage::Cuda(s.softmax(l, dim, log)?)),
+        }
+    }
+
+    /// The gradient of a mean cross-entropy through its log-softmax (see the trait's method).
+    pub(crate) fn cross_entropy_grad(
+        &self,
+        l: &Layout,
+        classes: &Storage,
+        classes_l: &Layout,
+        g: &Storage,
+        g_l: &Layout,
+        scale: f32,
+    ) -> Result<Storage> {
+        same_device("cross_entropy", &[self, classes, g])?;
+        room_for(self, l.elem_count(), "cross_entropy")?;
+        match (self, classes, g) {
+            (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(g)) => {
+                Ok(Storage::Cpu(s.cross_entropy_grad(l, c, classes_l, g, g_l, scale)?))
+            }
+            (Storage::Cuda(s), Storage::Cuda(c), Storage::Cuda(g)) => {
+                Ok(Storage::Cuda(s.cross_entropy_grad(l, c, classes_l, g, g_l, scale)?))
+            }
+            (s, c, g) => Err(mismatch("cross_entropy", &[s, c, g])),
         }
     }
 

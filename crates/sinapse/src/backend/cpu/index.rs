@@ -11,7 +11,7 @@ use super::elementwise::{row_major, to_contiguous};
 
 /// The values of an index tensor as positions in `0..size`, or an error naming `op` and the
 /// first bad value.
-fn positions(op: &'static str, ids: &[f32], l: &Layout, size: usize) -> Result<Vec<usize>> {
+pub(super) fn positions(op: &'static str, ids: &[f32], l: &Layout, size: usize) -> Result<Vec<usize>> {
     row_major(ids, l).iter().map(|&v| checked_index(op, v, size)).collect()
 }
 

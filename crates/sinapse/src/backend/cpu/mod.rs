@@ -177,6 +177,37 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(reduce::softmax(self.f32(), l, dim, log)))
     }
 
+    fn cross_entropy_grad(
+        &self,
+        l: &Layout,
+        classes: &Self,
+        classes_l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        scale: f32,
+    ) -> Result<Self> {
+        let g = elementwise::row_major(g.f32(), g_l);
+        let [rows, n] = *l.shape() else {
+            return Err(crate::Error::invalid(
+                "cross_entropy",
+                format!("log-probabilities {:?}, not [rows, classes]", l.shape()),
+            ));
+        };
+        if classes_l.shape() != [rows] || g.len() != 1 {
+            return Err(crate::Error::invalid(
+                "cross_entropy",
+                format!("classes {:?} and gradient {:?} for {rows} rows", classes_l.shape(), g_l.shape()),
+            ));
+        }
+        let classes = index::positions("cross_entropy", classes.f32(), classes_l, n)?;
+        Ok(CpuStorage::F32(reduce::cross_entropy_grad(
+            &elementwise::row_major(self.f32(), l),
+            n,
+            &classes,
+            g[0] * scale,
+        )))
+    }
+
     fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Self> {
         Ok(CpuStorage::F32(matmul::matmul(self.f32(), l, rhs.f32(), rhs_l, mkn)))
     }

@@ -31,6 +31,33 @@ pub(super) fn softmax(src: &[f32], l: &Layout, dim: usize, log: bool) -> Vec<f32
     softmax_rows(&row_major(src, l), outer, len, inner, log)
 }
 
+/// `out[i, c] = [c = classes[i]]·s - e^lp[i, c]·s` over the row-major `[rows, n]`
+/// log-probabilities `lp`: the gradient of a mean cross-entropy through its log-softmax, each
+/// value rounded as the separate kernels it replaces round it (`exp`, then the product by
+/// `s`, then the difference), so the two agree bit for bit. Split over the threads when large.
+pub(super) fn cross_entropy_grad(lp: &[f32], n: usize, classes: &[usize], s: f32) -> Vec<f32> {
+    let mut out = vec![0.0f32; lp.len()];
+    if n == 0 {
+        return out;
+    }
+    let rows = |first: usize, dst: &mut [f32]| {
+        for (r, (row, src)) in dst.chunks_exact_mut(n).zip(lp[first * n..].chunks_exact(n)).enumerate() {
+            let class = classes[first + r];
+            for (c, (o, &v)) in row.iter_mut().zip(src).enumerate() {
+                let picked = if c == class { s } else { 0.0 };
+                *o = picked - v.exp() * s;
+            }
+        }
+    };
+    let per_task = PAR_CHUNK.div_ceil(n);
+    if lp.len() >= PAR_MIN_ELEMS {
+        out.par_chunks_mut(per_task * n).enumerate().for_each(|(t, dst)| rows(t * per_task, dst));
+    } else {
+        rows(0, &mut out);
+    }
+    out
+}
+
 /// Reduces the middle axis of `src` (row-major `[outer, len, inner]`, `len > 0` unless Sum)
 /// and returns `[outer, inner]`. Large inputs are split over threads by output element (each
 /// output is still reduced in order, so the result does not depend on the thread count).

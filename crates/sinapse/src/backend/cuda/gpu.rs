@@ -33,6 +33,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "reduce_thread",
     "reduce_block",
     "softmax",
+    "cross_entropy_grad",
     "index_select",
     "index_add",
     "gather",
@@ -671,7 +672,8 @@ impl Gpu {
             1 => "index_select",
             2 => "index_add",
             3 => "gather",
-            _ => "scatter_add",
+            4 => "scatter_add",
+            _ => "cross_entropy",
         };
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(Error::IndexOutOfRange { op, index: f64::from(f32::from_bits(words[1])), size: size as usize })

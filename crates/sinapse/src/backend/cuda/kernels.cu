@@ -315,9 +315,31 @@ extern "C" __global__ void softmax(const float* x, Strided lx, float* out, u64 o
     }
 }
 
+// The gradient of a mean cross-entropy through its log-softmax, over the log-probabilities
+// `lp` [rows, n]: out[i, c] = [c = class_i]·s - e^lp[i, c]·s with s = g·scale, `g` the loss's
+// gradient (one value, read here: the host never waits for it). The rounding steps are
+// those of the CPU's kernel (src/backend/cpu/reduce.rs); __fmul_rn keeps the compiler from
+// contracting the product and the difference into one fma.
+extern "C" __global__ void cross_entropy_grad(const float* lp, Strided llp, const float* classes, Strided lc,
+                                              const float* g, Strided lg, float scale, float* out, u64 rows, u64 n,
+                                              unsigned int* err) {
+    float s = __fmul_rn(g[at(lg, 0)], scale);
+    GRID_LOOP(p, rows * n) {
+        u64 c = p % n;
+        float v = classes[at(lc, p / n)];
+        if (!index_ok(v, n)) {
+            report(err, 5, v, n);
+            out[p] = 0.0f;
+            continue;
+        }
+        float picked = (u64)v == c ? s : 0.0f;
+        out[p] = picked - __fmul_rn(expf(lp[at(llp, p)]), s);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Indexing. `ids` are f32 whole numbers; op codes for errors: 1 index_select, 2 index_add,
-// 3 gather, 4 scatter_add.
+// 3 gather, 4 scatter_add, 5 cross_entropy.
 
 // out[o, j, i] = x[o, ids[j], i] for out [outer, nids, inner].
 extern "C" __global__ void index_select(const float* x, Strided lx, const float* ids, Strided lids, float* out,

@@ -372,6 +372,43 @@ impl BackendStorage for CudaStorage {
         Ok(out)
     }
 
+    fn cross_entropy_grad(
+        &self,
+        l: &Layout,
+        classes: &Self,
+        classes_l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        scale: f32,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let [rows, n] = *l.shape() else {
+            return Err(Error::invalid(
+                "cross_entropy",
+                format!("log-probabilities {:?}, not [rows, classes]", l.shape()),
+            ));
+        };
+        if classes_l.shape() != [rows] || g_l.elem_count() != 1 {
+            return Err(Error::invalid(
+                "cross_entropy",
+                format!("classes {:?} and gradient {:?} for {rows} rows", classes_l.shape(), g_l.shape()),
+            ));
+        }
+        let out = CudaStorage::alloc(gpu, rows * n, "cross_entropy")?;
+        if rows * n > 0 {
+            let (llp, lc, lg) = (
+                Strided::of(l, "cross_entropy")?,
+                Strided::of(classes_l, "cross_entropy")?,
+                Strided::of(g_l, "cross_entropy")?,
+            );
+            let (r, c) = (rows as u64, n as u64);
+            launch!(gpu, "cross_entropy_grad", grid(rows * n);
+                self.block.ptr, llp, classes.block.ptr, lc, g.block.ptr, lg, scale, out.block.ptr, r, c,
+                gpu.errors_ptr)?;
+        }
+        Ok(out)
+    }
+
     fn matmul(&self, l: &Layout, rhs: &Self, rhs_l: &Layout, [m, k, n]: [usize; 3]) -> Result<Self> {
         let gpu = self.gpu();
         let batch: usize = l.shape()[..l.rank() - 2].iter().product();
