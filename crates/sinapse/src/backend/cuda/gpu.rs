@@ -673,7 +673,8 @@ impl Gpu {
             2 => "index_add",
             3 => "gather",
             4 => "scatter_add",
-            _ => "cross_entropy",
+            5 => "cross_entropy",
+            _ => "an indexing kernel",
         };
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(Error::IndexOutOfRange { op, index: f64::from(f32::from_bits(words[1])), size: size as usize })

@@ -472,12 +472,12 @@ impl BackendStorage for CudaStorage {
         mkn: [usize; 3],
         relu: bool,
     ) -> Result<Self> {
-        let y = self.matmul(l, rhs, rhs_l, mkn)?;
         let [m, _, n] = mkn;
         let batch: usize = l.shape()[..l.rank() - 2].iter().product();
         if batch != 1 || bias_l.shape() != [n] {
             return Err(Error::invalid("linear", format!("bias {:?} for a {m} x {n} product", bias_l.shape())));
         }
+        let y = self.matmul(l, rhs, rhs_l, mkn)?;
         if m * n > 0 {
             let gpu = self.gpu();
             let lb = Strided::of(bias_l, "linear")?;
