@@ -70,7 +70,8 @@ pub(crate) trait BackendStorage: Sized {
     /// forward's gather): `out[i, c] = [c = class_i]·s - e^self[i, c]·s` with `s = g·scale`,
     /// `g` the loss's gradient (one value, read on the device: no copy to the host). The
     /// arithmetic, in this order, is that of the four ops' gradients it replaces (gather,
-    /// mean, negation, log-softmax), so the result is theirs bit for bit.
+    /// mean, negation, log-softmax), so the result is theirs bit for bit. The shapes are
+    /// checked before (`Storage::cross_entropy_grad`).
     fn cross_entropy_grad(
         &self,
         l: &Layout,
@@ -761,7 +762,8 @@ impl Storage {
         }
     }
 
-    /// The gradient of a mean cross-entropy through its log-softmax (see the trait's method).
+    /// The gradient of a mean cross-entropy through its log-softmax (see the trait's method),
+    /// after checking the shapes the backends rely on: `[rows, classes]`, `[rows]`, one value.
     pub(crate) fn cross_entropy_grad(
         &self,
         l: &Layout,
@@ -772,6 +774,18 @@ impl Storage {
         scale: f32,
     ) -> Result<Storage> {
         same_device("cross_entropy", &[self, classes, g])?;
+        let rows = match *l.shape() {
+            [rows, _] => rows,
+            ref s => {
+                return Err(Error::invalid("cross_entropy", format!("log-probabilities {s:?}, not [rows, classes]")))
+            }
+        };
+        if classes_l.shape() != [rows] || g_l.elem_count() != 1 {
+            return Err(Error::invalid(
+                "cross_entropy",
+                format!("classes {:?} and gradient {:?} for {rows} rows", classes_l.shape(), g_l.shape()),
+            ));
+        }
         room_for(self, l.elem_count(), "cross_entropy")?;
         match (self, classes, g) {
             (Storage::Cpu(s), Storage::Cpu(c), Storage::Cpu(g)) => {

@@ -186,19 +186,8 @@ impl BackendStorage for CpuStorage {
         g_l: &Layout,
         scale: f32,
     ) -> Result<Self> {
-        let g = elementwise::row_major(g.f32(), g_l);
-        let [rows, n] = *l.shape() else {
-            return Err(crate::Error::invalid(
-                "cross_entropy",
-                format!("log-probabilities {:?}, not [rows, classes]", l.shape()),
-            ));
-        };
-        if classes_l.shape() != [rows] || g.len() != 1 {
-            return Err(crate::Error::invalid(
-                "cross_entropy",
-                format!("classes {:?} and gradient {:?} for {rows} rows", classes_l.shape(), g_l.shape()),
-            ));
-        }
+        // The shapes were checked by `Storage::cross_entropy_grad`.
+        let (n, g) = (l.shape()[1], elementwise::row_major(g.f32(), g_l));
         let classes = index::positions("cross_entropy", classes.f32(), classes_l, n)?;
         Ok(CpuStorage::F32(reduce::cross_entropy_grad(
             &elementwise::row_major(self.f32(), l),
