@@ -64,11 +64,11 @@ pub fn binary_cross_entropy_with_logits(x: &Tensor, y: &Tensor) -> Result<Tensor
 /// (whole numbers in `0..C`): mean over samples of -log softmax(logits)\[class\].
 ///
 /// Softmax and log are fused ([`Tensor::log_softmax`]) so large logits stay finite; this is
-/// PyTorch's `CrossEntropyLoss`. One op on the tape: the forward runs the kernels of
-/// `log_softmax`, `gather`, `mean_all` and `neg` (three: the mean and the negation are one
-/// multiplication by -1/N), and the gradient, `(softmax - one_hot) / N` times the loss's
-/// gradient, is one kernel where those four ops' gradients took about ten, with the same
-/// values bit for bit.
+/// PyTorch's `CrossEntropyLoss`. One op on the tape: the forward runs the log-softmax,
+/// gather and sum kernels and one multiplication by -1/N (the mean and the negation in one),
+/// and the gradient, `(softmax - one_hot) / N` times the loss's gradient, is one kernel where
+/// the gradients of `log_softmax`, `gather`, `mean_all` and `neg` took about ten, with the
+/// same values bit for bit.
 pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
     use crate::backend::{ReduceOp, UnaryOp};
     use crate::layout::Layout;
