@@ -77,7 +77,7 @@ pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
     }
     let (rows, n) = (logits.shape()[0], logits.shape()[1]);
     let lp_l = Layout::contiguous(&[rows, n]);
-    let log_probs = logits.storage().softmax(logits.layout(), 1, true)?;
+    let log_probs = logits.softmax_kernel(1, true)?;
     let index_l = classes.layout().unsqueeze(1)?;
     let picked =
         Tensor::with_storages([classes], |[c]| log_probs.gather(&lp_l, 1, c, &index_l)).map_err(|e| match e {

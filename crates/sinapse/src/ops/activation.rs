@@ -114,7 +114,8 @@ impl Tensor {
         }))
     }
 
-    fn softmax_kernel(&self, dim: usize, log: bool) -> Result<crate::backend::Storage> {
+    /// Softmax (or log-softmax) along `dim` as a new storage, recording nothing.
+    pub(crate) fn softmax_kernel(&self, dim: usize, log: bool) -> Result<crate::backend::Storage> {
         self.storage().softmax(self.layout(), dim, log)
     }
 }

@@ -93,9 +93,10 @@ impl Tensor {
         self.linear_with(weight, Some(bias), true)
     }
 
-    /// [`Tensor::linear`], with the ReLU fused when `relu` (only with a bias: without one,
-    /// the ReLU is its own op).
+    /// [`Tensor::linear`], with the ReLU fused when `relu` (which [`Tensor::linear_relu`] asks
+    /// for only with a bias).
     fn linear_with(&self, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+        debug_assert!(bias.is_some() || !relu, "linear_relu always has a bias");
         let (rows, inputs) = match *self.shape() {
             [r, i] => (r, i),
             ref s => return Err(Error::invalid("linear", format!("input must be [rows, in], got {s:?}"))),
@@ -116,7 +117,6 @@ impl Tensor {
             Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
                 x.matmul_bias(self.layout(), w, &wt, b, bt.layout(), mkn, relu)
             })?,
-            None if relu => return self.linear_with(weight, None, false)?.relu(),
             None => Tensor::with_storages([self, weight], |[x, w]| x.matmul(self.layout(), w, &wt, mkn))?,
         };
         let mut inputs = vec![self, weight];

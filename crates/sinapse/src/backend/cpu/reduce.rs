@@ -34,28 +34,26 @@ pub(super) fn softmax(src: &[f32], l: &Layout, dim: usize, log: bool) -> Vec<f32
 /// `out[i, c] = [c = classes[i]]·s - e^lp[i, c]·s` over the row-major `[rows, n]`
 /// log-probabilities `lp`: the gradient of a mean cross-entropy through its log-softmax, each
 /// value rounded as the separate kernels it replaces round it (`exp`, then the product by
-/// `s`, then the difference), so the two agree bit for bit. Split over the threads when large.
+/// `s`, then the difference), so the two agree bit for bit. Filled in chunks, over the
+/// threads when large ([`chunked`](super::elementwise::chunked)).
 pub(super) fn cross_entropy_grad(lp: &[f32], n: usize, classes: &[usize], s: f32) -> Vec<f32> {
-    let mut out = vec![0.0f32; lp.len()];
-    if n == 0 {
-        return out;
+    if lp.is_empty() {
+        return Vec::new();
     }
-    let rows = |first: usize, dst: &mut [f32]| {
-        for (r, (row, src)) in dst.chunks_exact_mut(n).zip(lp[first * n..].chunks_exact(n)).enumerate() {
-            let class = classes[first + r];
-            for (c, (o, &v)) in row.iter_mut().zip(src).enumerate() {
-                let picked = if c == class { s } else { 0.0 };
-                *o = picked - v.exp() * s;
+    let fill = |first: usize, dst: &mut [std::mem::MaybeUninit<f32>]| {
+        // A chunk may start inside a row.
+        let (mut row, mut c) = (first / n, first % n);
+        for (o, &v) in dst.iter_mut().zip(&lp[first..]) {
+            let picked = if c == classes[row] { s } else { 0.0 };
+            o.write(picked - v.exp() * s);
+            c += 1;
+            if c == n {
+                (row, c) = (row + 1, 0);
             }
         }
     };
-    let per_task = PAR_CHUNK.div_ceil(n);
-    if lp.len() >= PAR_MIN_ELEMS {
-        out.par_chunks_mut(per_task * n).enumerate().for_each(|(t, dst)| rows(t * per_task, dst));
-    } else {
-        rows(0, &mut out);
-    }
-    out
+    // SAFETY: `fill` writes every value of its chunk (`lp` holds one per output value).
+    unsafe { super::elementwise::chunked(lp.len(), fill) }
 }
 
 /// Reduces the middle axis of `src` (row-major `[outer, len, inner]`, `len > 0` unless Sum)
