@@ -319,6 +319,10 @@ fn cases() -> Vec<Case> {
     c.push(case("conv2d strided", vec![normal(&[2, 3, 9, 8], r), normal(&[4, 3, 3, 2], r)], |x| {
         x[0].conv2d(&x[1], None, [2, 1], [1, 2], [2, 1])
     }));
+    // One op on the CPU (an odd output width: a column no window covers), two elsewhere.
+    c.push(case("conv2d_max_pool2", vec![normal(&[2, 3, 8, 9], r), normal(&[4, 3, 3, 3], r), normal(&[4], r)], |x| {
+        x[0].conv2d_max_pool2(&x[1], Some(&x[2]), [1, 1])
+    }));
     c.push(case("conv1d", vec![normal(&[2, 3, 9], r), normal(&[4, 3, 3], r), normal(&[4], r)], |x| {
         x[0].conv1d(&x[1], Some(&x[2]), 2, 1, 1)
     }));

@@ -524,3 +524,16 @@ fn common_ops() {
     );
     check("einsum with a summed-out letter", |t| Tensor::einsum("ij,jk->i", &[&t[0], &t[1]]), &[x, rand(&[4, 2], 80)]);
 }
+
+/// The convolution with 2x2 max pooling as one op: input, filters and bias, with an odd
+/// output width (a last column no window covers) and padding.
+#[test]
+fn convolution_with_max_pooling() {
+    let x = rand(&[2, 2, 6, 7], 501);
+    let w = rand(&[3, 2, 3, 3], 502);
+    let b = rand(&[3], 503);
+    let f = |t: &[Tensor]| t[0].conv2d_max_pool2(&t[1], Some(&t[2]), [1, 1]);
+    let y = f(&[x.clone(), w.clone(), b.clone()]).unwrap();
+    assert!(format!("{y:?}").contains("grad_fn=conv2d_max_pool2"), "{y:?}");
+    check("conv2d_max_pool2", f, &[x, w, b]);
+}

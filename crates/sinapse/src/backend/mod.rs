@@ -944,6 +944,63 @@ impl Storage {
         }
     }
 
+    /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, in one
+    /// pass where the device has a kernel for it (the CPU, for shapes that do not take
+    /// Winograd's path): `self` the `[N, C, H, W]` images, `w` the `[O, C, KH, KW]` filters,
+    /// `bias` `[O]`, `dims` the convolution's; the pooled `[N, O, OH/2, OW/2]` values and
+    /// the pooling's taps (as [`Storage::max_pool2d`] gives them). `None` elsewhere: the
+    /// caller runs the two ops.
+    pub(crate) fn conv2d_max_pool2(
+        &self,
+        l: &Layout,
+        w: &Storage,
+        w_l: &Layout,
+        bias: Option<(&Storage, &Layout)>,
+        dims: ImageDims,
+        padding: [usize; 2],
+    ) -> Result<Option<(Storage, Storage)>> {
+        let mut operands = vec![self, w];
+        operands.extend(bias.map(|(b, _)| b));
+        same_device("conv2d_max_pool2", &operands)?;
+        let out = [dims.input[0], w_l.shape()[0], dims.output[0] / 2, dims.output[1] / 2];
+        room_for(self, 2 * out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d_max_pool2")?;
+        let pair = |o: Option<(cpu::CpuStorage, cpu::CpuStorage)>| o.map(|(v, t)| (Storage::Cpu(v), Storage::Cpu(t)));
+        match (self, w, bias) {
+            (Storage::Cpu(x), Storage::Cpu(w), None) => Ok(pair(x.conv2d_max_pool2(l, w, w_l, None, dims, padding)?)),
+            (Storage::Cpu(x), Storage::Cpu(w), Some((Storage::Cpu(b), b_l))) => {
+                Ok(pair(x.conv2d_max_pool2(l, w, w_l, Some((b, b_l)), dims, padding)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The filters' gradient of [`Storage::conv2d_max_pool2`] on the CPU: `self` the
+    /// `[N, C, H, W]` images, `g` the pooled output's gradient and `taps` the pooling's
+    /// taps (`[N, O, OH/2, OW/2]` each); `[O, C, KH, KW]`. `None` on other devices.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_pooled_weight_grad(
+        &self,
+        l: &Layout,
+        g: &Storage,
+        g_l: &Layout,
+        taps: &Storage,
+        taps_l: &Layout,
+        dims: ImageDims,
+        kernel: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<Option<Storage>> {
+        same_device("conv2d_max_pool2", &[self, g, taps])?;
+        let [_, c, _, _] = dims.input;
+        let len = [g_l.shape()[1], c, kernel[0], kernel[1]].iter().fold(1usize, |a, &d| a.saturating_mul(d));
+        room_for(self, len, "conv2d_max_pool2")?;
+        match (self, g, taps) {
+            (Storage::Cpu(x), Storage::Cpu(g), Storage::Cpu(t)) => {
+                Ok(Some(Storage::Cpu(x.conv2d_pooled_weight_grad(l, g, g_l, t, taps_l, dims, kernel, padding)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The filters' gradient of a stride-1, undilated convolution on a device with a direct
     /// kernel for it (the CPU): `self` the `[N, C, H, W]` images, `g` the `[N, O, OH, OW]`
     /// output gradient; `[O, C, KH, KW]`. `None` on other devices, where the caller multiplies

@@ -104,6 +104,10 @@ impl Module for Conv2d {
             self.dilation
         )
     }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
 }
 
 /// A 1-D convolution over `[N, C, L]` inputs, as PyTorch's `nn.Conv1d`: `weight` `[out, in, k]`.

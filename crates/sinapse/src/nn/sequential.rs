@@ -1,6 +1,6 @@
 //! A chain of layers.
 
-use super::{join_name, Linear, Mode, Module, Parameters, Pool2d, PoolKind, Relu};
+use super::{join_name, Conv2d, Linear, Mode, Module, Parameters, Pool2d, PoolKind, Relu};
 use crate::{Result, Tensor};
 
 /// Layers applied one after the other: the output of each is the input of the next (the
@@ -74,6 +74,20 @@ fn is_max_pool(layer: &dyn Module) -> bool {
     layer.as_any().and_then(|l| l.downcast_ref::<Pool2d>()).is_some_and(|p| p.kind == PoolKind::Max)
 }
 
+/// `layer` as a convolution [`Tensor::conv2d_max_pool2`] covers (stride 1, no dilation).
+fn as_plain_conv(layer: &dyn Module) -> Option<&Conv2d> {
+    let conv = layer.as_any().and_then(|l| l.downcast_ref::<Conv2d>())?;
+    (conv.stride == [1, 1] && conv.dilation == [1, 1]).then_some(conv)
+}
+
+/// Whether `layer` is a 2x2 max pooling with stride 2 and no padding.
+fn is_max_pool2(layer: &dyn Module) -> bool {
+    layer
+        .as_any()
+        .and_then(|l| l.downcast_ref::<Pool2d>())
+        .is_some_and(|p| p.kind == PoolKind::Max && p.kernel == [2, 2] && p.stride == [2, 2] && p.padding == [0, 0])
+}
+
 impl Module for Sequential {
     /// Each layer's output is the next one's input. A ReLU followed by a max pooling (the
     /// usual convolution block) runs in the other order, pooling first: max(relu(a), relu(b))
@@ -82,13 +96,29 @@ impl Module for Sequential {
     /// is positive, and nothing otherwise; ties resolve to the same tap). The ReLU and its
     /// gradient then touch a quarter of the values with 2x2 windows. A `Linear` followed by a
     /// ReLU runs as one op ([`Tensor::linear_relu`]): the same values and gradients, one pass
-    /// less over the output.
+    /// less over the output. A stride-1 convolution followed by a 2x2 max pooling (with or
+    /// without a ReLU between) runs as one op too ([`Tensor::conv2d_max_pool2`]), the ReLU
+    /// after it: the same values, and the same gradients up to the order of the bias's sum.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
         while i < self.layers.len() {
             let layer = self.layers[i].as_ref();
             let next = self.layers.get(i + 1).map(|n| n.as_ref());
+            let after = self.layers.get(i + 2).map(|n| n.as_ref());
+            if let Some(conv) = as_plain_conv(layer) {
+                let conv_pool = |h: &Tensor| h.conv2d_max_pool2(&conv.weight, conv.bias.as_ref(), conv.padding);
+                if next.is_some_and(is_max_pool2) {
+                    h = conv_pool(&h)?;
+                    i += 2;
+                    continue;
+                }
+                if let (Some(relu), Some(true)) = (next.filter(|&n| is_relu(n)), after.map(is_max_pool2)) {
+                    h = relu.forward(&conv_pool(&h)?, mode)?;
+                    i += 3;
+                    continue;
+                }
+            }
             if let (Some(linear), Some(true)) = (as_linear(layer), next.map(is_relu)) {
                 h = linear.forward_relu(&h, mode)?;
                 i += 2;
@@ -160,6 +190,59 @@ mod tests {
             if let (Some(fb), Some(pb)) = (fb, pb) {
                 assert!(same(&grad(&g_fused, &fb), &grad(&g_plain, &pb)), "db ({with_bias}, {shape:?})");
             }
+        }
+    }
+
+    /// A stride-1 convolution then a 2x2 max pooling, with a ReLU between or after, runs as
+    /// one op ([`Tensor::conv2d_max_pool2`]) with the layers' values and input gradient bit
+    /// for bit, and their filters' and bias's gradients to the rounding of the sums' order.
+    /// A strided convolution, and one with enough channels for Winograd's path, give the same
+    /// values as the layers too (the second through the op's two-op fallback).
+    #[test]
+    fn convolution_then_max_pool_runs_as_one_op_with_the_layers_values_and_gradients() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let close = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            scale > 0.0 && a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-5 * scale)
+        };
+        // (input channels, stride, ReLU between, fused)
+        let cases = [(2, 1, true, true), (2, 1, false, true), (2, 2, true, false), (8, 1, true, true)];
+        for (c, stride, relu_between, fused) in cases {
+            let mut rng = crate::Rng::seed(7);
+            let x = Tensor::rand_uniform(&[3, c, 11, 12], -1.0, 1.0, &mut rng).unwrap().set_requires_grad(true);
+            let make = || {
+                let mut conv = Conv2d::new(c, 9, [3, 3], &mut crate::Rng::seed(8)).unwrap();
+                conv.stride = [stride, stride];
+                conv.padding = [1, 0];
+                let (w, b) = (conv.weight.clone(), conv.bias.clone().expect("a bias"));
+                (conv, w, b)
+            };
+            let ((conv, fw, fb), (plain, pw, pb)) = (make(), make());
+            let pool = Pool2d::max([2, 2]);
+            let model = match relu_between {
+                true => Sequential::new().add(conv).add(Relu).add(pool),
+                false => Sequential::new().add(conv).add(pool).add(Relu),
+            };
+            let y = model.forward(&x, Mode::Train).unwrap();
+            let recorded = format!("{y:?}");
+            let case = format!("{c} channels, stride {stride}, ReLU between {relu_between}: {recorded}");
+            assert!(recorded.contains("grad_fn=relu"), "{case}");
+            let layers: [&dyn Module; 3] = if relu_between { [&plain, &Relu, &pool] } else { [&plain, &pool, &Relu] };
+            let mut want = x.clone();
+            for layer in layers {
+                want = layer.forward(&want, Mode::Train).unwrap();
+            }
+            assert_eq!(bits(&y.to_vec()), bits(&want.to_vec()), "{case}: values");
+            let w = Tensor::from_vec((0..y.elem_count()).map(|i| (i % 13) as f32 - 6.0).collect(), y.shape()).unwrap();
+            let g_model = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_layers = want.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            let grad = |g: &crate::Gradients, t: &Tensor| g.get(t).unwrap().to_vec();
+            assert_eq!(bits(&grad(&g_model, &x)), bits(&grad(&g_layers, &x)), "{case}: dx");
+            assert!(close(&grad(&g_model, &fw), &grad(&g_layers, &pw)), "{case}: dW");
+            assert!(close(&grad(&g_model, &fb), &grad(&g_layers, &pb)), "{case}: db");
+            // Where the pooling ran inside the convolution's op, the op before the ReLU is it.
+            let before_relu = y.node().expect("recorded").inputs[0].node().expect("recorded").op;
+            assert_eq!(before_relu == "conv2d_max_pool2", fused && c < 8, "{case}: {before_relu}");
         }
     }
 

@@ -168,43 +168,141 @@ impl Tensor {
             })?,
         };
         let Some(out) = out else { return Ok(None) };
-        let [n, c, _, _] = dims.input;
+        let [n, _, _, _] = dims.input;
         let [o, _, kh, kw] = nchw("conv2d", weight)?;
         let [oh, ow] = dims.output;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(Some(Tensor::from_op(out, &[n, o, oh, ow], "conv2d", &inputs, move |g, x, _| {
             let (input, weight) = (&x[0], &x[1]);
-            let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
-            // The output gradient as [O, N·OH·OW], the layout of im2col's columns (a copy),
-            // for devices without direct kernels for the gradients.
-            let columns = || g.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow]);
-            let dx = grad_if(input, || {
-                let direct = Tensor::with_storages([g, weight], |[gs, ws]| {
-                    gs.conv2d_input_grad(g.layout(), ws, weight.layout(), dims, &win)
-                })?;
-                if let Some(dx) = direct {
-                    return Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&dims.input)));
-                }
-                let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&columns()?)?;
-                dcols.col2im(dims.input, win)
-            })?;
-            let dw = grad_if(weight, || {
-                let direct = Tensor::with_storages([input, g], |[xs, gs]| {
-                    xs.conv2d_weight_grad(input.layout(), gs, g.layout(), dims, [kh, kw], padding)
-                })?;
-                if let Some(dw) = direct {
-                    return Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw])));
-                }
-                let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
-                columns()?.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
-            })?;
+            let dx = grad_if(input, || g.conv_input_grad(weight, dims, padding))?;
+            let dw = grad_if(weight, || g.conv_weight_grad(input, dims, [kh, kw], padding))?;
             let mut grads = vec![dx, dw];
             if let Some(b) = x.get(2) {
                 grads.push(grad_if(b, || g.reshape(&[n, o, oh * ow])?.sum(2, false)?.sum(0, false))?);
             }
             Ok(grads)
         })))
+    }
+
+    /// The input's gradient of a stride-1, undilated convolution by `weight` of images of
+    /// `dims` with `padding`, from this output gradient `[N, O, OH, OW]`: the device's kernel
+    /// where it has one, else the filters' transpose times the gradient's columns, and col2im.
+    fn conv_input_grad(&self, weight: &Tensor, dims: ImageDims, padding: [usize; 2]) -> Result<Tensor> {
+        let [n, c, _, _] = dims.input;
+        let [o, _, kh, kw] = nchw("conv2d", weight)?;
+        let [oh, ow] = dims.output;
+        let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+        let direct = Tensor::with_storages([self, weight], |[gs, ws]| {
+            gs.conv2d_input_grad(self.layout(), ws, weight.layout(), dims, &win)
+        })?;
+        if let Some(dx) = direct {
+            return Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&dims.input)));
+        }
+        // The output gradient as [O, N·OH·OW], the layout of im2col's columns (a copy).
+        let columns = self.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
+        let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&columns)?;
+        dcols.col2im(dims.input, win)
+    }
+
+    /// The filters' gradient of a stride-1, undilated convolution of `input` (images of
+    /// `dims`) by filters of `kernel` with `padding`, from this output gradient
+    /// `[N, O, OH, OW]`: the device's kernel where it has one, else the gradient's columns
+    /// times the input's im2col.
+    fn conv_weight_grad(
+        &self,
+        input: &Tensor,
+        dims: ImageDims,
+        [kh, kw]: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<Tensor> {
+        let [n, c, _, _] = dims.input;
+        let [oh, ow] = dims.output;
+        let o = self.shape()[1];
+        let direct = Tensor::with_storages([input, self], |[xs, gs]| {
+            xs.conv2d_weight_grad(input.layout(), gs, self.layout(), dims, [kh, kw], padding)
+        })?;
+        if let Some(dw) = direct {
+            return Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw])));
+        }
+        let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+        let columns = self.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
+        let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
+        columns.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
+    }
+
+    /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, the usual
+    /// convolution block: the values of `self.conv2d(weight, bias, [1, 1], padding, [1, 1])?
+    /// .max_pool2d([2, 2], [2, 2], [0, 0])`, as one op. On the CPU, for shapes that do not
+    /// take Winograd's path (few input channels, as a network's first layer), each image is
+    /// convolved and pooled while it is in cache, and the filters' gradient is taken straight
+    /// from the pooled gradient and the pooling's taps: the full-size output and its
+    /// gradient are never written (on the `cnn` benchmark's first layer, 2.4 MB each per
+    /// batch). The gradients are the two ops', the bias's summed in another order.
+    /// Elsewhere it runs the two ops.
+    pub fn conv2d_max_pool2(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
+        let unfused = || self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0]);
+        // Shapes the two ops refuse, or whose pooling is empty, get the two ops' answer.
+        let (Ok([n, c, h, w]), Ok([o, wc, kh, kw])) = (nchw("conv2d", self), nchw("conv2d", weight)) else {
+            return unfused();
+        };
+        let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+        let Ok([oh, ow]) = output_size("conv2d", &win, h, w) else { return unfused() };
+        if wc != c || c == 0 || oh < 2 || ow < 2 || bias.is_some_and(|b| b.shape() != [o]) {
+            return unfused();
+        }
+        let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+        let fused = match bias {
+            Some(bt) => Tensor::with_storages([self, weight, bt], |[x, ws, b]| {
+                x.conv2d_max_pool2(self.layout(), ws, weight.layout(), Some((b, bt.layout())), dims, padding)
+            })?,
+            None => Tensor::with_storages([self, weight], |[x, ws]| {
+                x.conv2d_max_pool2(self.layout(), ws, weight.layout(), None, dims, padding)
+            })?,
+        };
+        let Some((values, taps)) = fused else { return unfused() };
+        let pooled = [n, o, oh / 2, ow / 2];
+        let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&pooled));
+        let pool = ImageDims { input: [n, o, oh, ow], output: [oh / 2, ow / 2] };
+        let pool_win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        Ok(Tensor::from_op(values, &pooled, "conv2d_max_pool2", &inputs, move |g, x, _| {
+            let (input, weight) = (&x[0], &x[1]);
+            // The convolution's full-size output gradient (the pooling's), where one is needed.
+            let full = || -> Result<Tensor> {
+                let dy = Tensor::with_storages([g, &taps], |[gs, ts]| {
+                    gs.max_pool2d_backward(g.layout(), ts, taps.layout(), pool, &pool_win)
+                })?;
+                Ok(Tensor::from_storage(dy, crate::layout::Layout::contiguous(&pool.input)))
+            };
+            let dx = grad_if(input, || full()?.conv_input_grad(weight, dims, padding))?;
+            let dw = grad_if(weight, || {
+                let direct = Tensor::with_storages([input, g, &taps], |[xs, gs, ts]| {
+                    xs.conv2d_pooled_weight_grad(
+                        input.layout(),
+                        gs,
+                        g.layout(),
+                        ts,
+                        taps.layout(),
+                        dims,
+                        [kh, kw],
+                        padding,
+                    )
+                })?;
+                match direct {
+                    Some(dw) => Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw]))),
+                    None => full()?.conv_weight_grad(input, dims, [kh, kw], padding),
+                }
+            })?;
+            let mut grads = vec![dx, dw];
+            if let Some(b) = x.get(2) {
+                // Each window's gradient goes to one pixel: the sum over the full-size
+                // gradient is the pooled gradient's sum.
+                grads.push(grad_if(b, || g.reshape(&[n, o, pooled[2] * pooled[3]])?.sum(2, false)?.sum(0, false))?);
+            }
+            Ok(grads)
+        }))
     }
 
     /// 1-D convolution of `[N, C, L]` with weights `[O, C, K]`: the 2-D convolution of a

@@ -709,47 +709,11 @@ fn conv2d_lanes(
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
     let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
-    let [kh, kw] = kernel;
     let plane = oh * ow;
     if n * o * plane == 0 {
         return vec![0.0; n * o * plane];
     }
-    let taps = c * kh * kw;
-    let orientation =
-        orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
-    assert!(
-        oh + kh == h + 2 * padding[0] + 1 && ow + kw == wd + 2 * padding[1] + 1,
-        "conv2d_direct: output {oh}x{ow} is not a stride-1 convolution of {h}x{wd} padded by {padding:?} by {kh}x{kw}"
-    );
-    // (values the kernel's loads may run past the image, filters per group, columns per
-    // step, kernel)
-    let (overrun, group, p, image) = match orientation {
-        Orientation::Filters => {
-            let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
-            (0, fb * lanes, p, image)
-        }
-        Orientation::Columns => {
-            let (step, f, image) = columns_kernel(isa);
-            (step, f, 1, image)
-        }
-    };
-    let filters = o.div_ceil(group) * group;
-    // The filters as [tap, filter] (filters past `o` are zero; their sums are dropped), and
-    // the bias as one row of it.
-    let mut wt = vec![0.0f32; taps * filters];
-    for f in 0..o {
-        for t in 0..taps {
-            wt[t * filters + f] = w[f * taps + t];
-        }
-    }
-    let mut b = vec![0.0f32; filters];
-    if let Some(bias) = bias {
-        b[..o].copy_from_slice(&bias[..o]);
-    }
-    // The padded image's rows are wide enough for whole steps of `p` columns; the columns
-    // kernel's vectors run on past the last row by up to `overrun` values.
-    let (hp, wp) = (h + 2 * padding[0], ow.div_ceil(p) * p + kw - 1);
-    let shape = LanesShape { c, hp, wp, kh, kw, oh, ow, filters };
+    let plan = LanesPlan::new(isa, orientation, dims, w, o, kernel, padding, bias);
     // Every output is written once by the kernels: no zeroing first (that pass cost a fifth
     // of the first layer's time).
     let mut out: Vec<f32> = Vec::with_capacity(n * o * plane);
@@ -757,26 +721,191 @@ fn conv2d_lanes(
     // One padded image per task, reused: each image writes the same positions, so the
     // padding stays zero.
     out.spare_capacity_mut()[..n * o * plane].par_chunks_mut(o * plane).enumerate().for_each_init(
-        || (vec![0.0f32; c * hp * wp + overrun], Vec::new()),
-        |(img, scratch), (bi, dst)| {
-            copy_padded(&x[bi * c * h * wd..][..c * h * wd], [c, h, wd], padding, [hp, wp], img);
-            let run = |scratch: &mut Vec<f32>, (gi, planes): (usize, &mut [MaybeUninit<f32>])| {
-                // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
-                // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
-                // a whole number of `p`-column steps plus the kernel, the weights and bias
-                // `filters` wide, `planes` whole planes of this group's filters.
-                unsafe { image(img, &wt, &b, shape, gi * group, planes, scratch) }
-            };
-            if few_images {
-                dst.par_chunks_mut(group * plane).enumerate().for_each_init(Vec::new, run);
-            } else {
-                dst.chunks_mut(group * plane).enumerate().for_each(|task| run(scratch, task));
-            }
-        },
+        || (plan.image_buffer(), Vec::new()),
+        |(img, scratch), (bi, dst)| plan.run(&x[bi * c * h * wd..][..c * h * wd], img, dst, scratch, few_images),
     );
     // SAFETY: the kernels wrote every plane of every image (`LanesImage`'s contract).
     unsafe { out.set_len(n * o * plane) };
     out
+}
+
+/// What [`conv2d_lanes`] runs each image with: the kernel and its sizes, the filters as
+/// `[tap, filter]` and the bias, padded to whole groups of filters.
+struct LanesPlan {
+    image: LanesImage,
+    shape: LanesShape,
+    wt: Vec<f32>,
+    bias: Vec<f32>,
+    /// Filters per call of the kernel.
+    group: usize,
+    /// Values the kernel's loads may run past the padded image.
+    overrun: usize,
+    padding: [usize; 2],
+    /// The unpadded image's height and width.
+    hw: [usize; 2],
+}
+
+impl LanesPlan {
+    /// The plan for `o` filters `w` (`[O, C, KH, KW]`) over images of `dims`, with `padding`,
+    /// an optional bias and the kernel's `orientation` (`None`: picked by the taps).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        isa: Isa,
+        orientation: Option<Orientation>,
+        dims: ImageDims,
+        w: &[f32],
+        o: usize,
+        kernel: [usize; 2],
+        padding: [usize; 2],
+        bias: Option<&[f32]>,
+    ) -> LanesPlan {
+        let ([_, c, h, wd], [oh, ow]) = (dims.input, dims.output);
+        let [kh, kw] = kernel;
+        let taps = c * kh * kw;
+        let orientation =
+            orientation.unwrap_or(if taps < 2 * isa.lanes() { Orientation::Columns } else { Orientation::Filters });
+        assert!(
+            oh + kh == h + 2 * padding[0] + 1 && ow + kw == wd + 2 * padding[1] + 1,
+            "conv2d_direct: output {oh}x{ow} is not a stride-1 convolution of {h}x{wd} padded by {padding:?} by {kh}x{kw}"
+        );
+        // (values the kernel's loads may run past the image, filters per group, columns per
+        // step, kernel)
+        let (overrun, group, p, image) = match orientation {
+            Orientation::Filters => {
+                let (lanes, fb, p, image) = lanes_kernel(isa, o, ow);
+                (0, fb * lanes, p, image)
+            }
+            Orientation::Columns => {
+                let (step, f, image) = columns_kernel(isa);
+                (step, f, 1, image)
+            }
+        };
+        let filters = o.div_ceil(group) * group;
+        // The filters as [tap, filter] (filters past `o` are zero; their sums are dropped), and
+        // the bias as one row of it.
+        let mut wt = vec![0.0f32; taps * filters];
+        for f in 0..o {
+            for t in 0..taps {
+                wt[t * filters + f] = w[f * taps + t];
+            }
+        }
+        let mut b = vec![0.0f32; filters];
+        if let Some(bias) = bias {
+            b[..o].copy_from_slice(&bias[..o]);
+        }
+        // The padded image's rows are wide enough for whole steps of `p` columns; the columns
+        // kernel's vectors run on past the last row by up to `overrun` values.
+        let (hp, wp) = (h + 2 * padding[0], ow.div_ceil(p) * p + kw - 1);
+        let shape = LanesShape { c, hp, wp, kh, kw, oh, ow, filters };
+        LanesPlan { image, shape, wt, bias: b, group, overrun, padding, hw: [h, wd] }
+    }
+
+    /// A zeroed buffer for one padded image (reused image after image: each writes the same
+    /// positions, so the padding stays zero).
+    fn image_buffer(&self) -> Vec<f32> {
+        vec![0.0f32; self.shape.c * self.shape.hp * self.shape.wp + self.overrun]
+    }
+
+    /// The `[C, H, W]` image `x` convolved into `dst` (its `[O, OH, OW]` planes, every value
+    /// written), through the padded image buffer `img` ([`LanesPlan::image_buffer`]) and the
+    /// kernel's `scratch`; with `split`, the groups of filters go over the threads.
+    fn run(&self, x: &[f32], img: &mut [f32], dst: &mut [MaybeUninit<f32>], scratch: &mut Vec<f32>, split: bool) {
+        let LanesShape { c, hp, wp, oh, ow, .. } = self.shape;
+        copy_padded(x, [c, self.hw[0], self.hw[1]], self.padding, [hp, wp], img);
+        let img = &*img;
+        let run = |scratch: &mut Vec<f32>, (gi, planes): (usize, &mut [MaybeUninit<f32>])| {
+            // SAFETY: `isa` runs on this CPU (`Isa::detect`, or `Isa::available` in tests);
+            // the buffers have the sizes `LanesImage` asks for: the image `c·hp·wp` with `wp`
+            // a whole number of `p`-column steps plus the kernel, the weights and bias
+            // `filters` wide, `planes` whole planes of this group's filters.
+            unsafe { (self.image)(img, &self.wt, &self.bias, self.shape, gi * self.group, planes, scratch) }
+        };
+        if split {
+            dst.par_chunks_mut(self.group * oh * ow).enumerate().for_each_init(Vec::new, run);
+        } else {
+            dst.chunks_mut(self.group * oh * ow).enumerate().for_each(|task| run(scratch, task));
+        }
+    }
+}
+
+/// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2 (the usual
+/// convolution block), image by image: each image's convolution goes to a buffer the task
+/// keeps, still in its core's cache, and is pooled from there, so the full-size output
+/// (`cnn`'s first layer: 2.4 MB a batch) is never written out and read back. The values and
+/// taps are [`max_pool`]'s of [`conv2d_direct`]'s output, bit for bit. `None` where the
+/// convolution would take Winograd's path (see [`conv2d_direct`]).
+#[allow(clippy::type_complexity)]
+pub(super) fn conv2d_max_pool2(
+    x: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    bias: Option<&[f32]>,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let isa = Isa::detect();
+    if winograd_applies(dims) && super::winograd::applies(isa, dims, o, kernel, padding) {
+        return None;
+    }
+    Some(conv2d_max_pool2_with(isa, None, x, dims, w, o, kernel, padding, bias))
+}
+
+/// [`conv2d_max_pool2`] compiled for `isa`, with the convolution kernel's `orientation`.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_max_pool2_with(
+    isa: Isa,
+    orientation: Option<Orientation>,
+    x: &[f32],
+    dims: ImageDims,
+    w: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let ([n, c, h, wd], [oh, ow]) = (dims.input, dims.output);
+    let (ph, pw) = (oh / 2, ow / 2);
+    let (plane, pooled) = (oh * ow, ph * pw);
+    let len = n * o * pooled;
+    if len == 0 {
+        return (vec![0.0; len], vec![0.0; len]);
+    }
+    let plan = LanesPlan::new(isa, orientation, dims, w, o, kernel, padding, bias);
+    let few_images = n < rayon::current_num_threads();
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let mut taps: Vec<f32> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(o * pooled)
+        .zip(taps.spare_capacity_mut()[..len].par_chunks_mut(o * pooled))
+        .enumerate()
+        .for_each_init(
+            || (plan.image_buffer(), Vec::new(), Vec::<f32>::with_capacity(o * plane)),
+            |(img, scratch, conv), (bi, (vals, at))| {
+                let out = &mut conv.spare_capacity_mut()[..o * plane];
+                plan.run(&x[bi * c * h * wd..][..c * h * wd], img, out, scratch, few_images);
+                // SAFETY: `run` wrote all `o·plane` values (`LanesImage`'s contract), and
+                // `f32` has no invalid bit patterns.
+                let out: &[f32] = unsafe { std::slice::from_raw_parts(out.as_ptr().cast(), o * plane) };
+                if oh % 2 == 0 {
+                    // With an even height the planes are one tall image of 2x2 windows.
+                    max_pool_2x2(isa, out, ow, pw, vals, at);
+                    return;
+                }
+                let planes =
+                    out.chunks_exact(plane).zip(vals.chunks_exact_mut(pooled).zip(at.chunks_exact_mut(pooled)));
+                for (src, (v, t)) in planes {
+                    max_pool_2x2(isa, src, ow, pw, v, t);
+                }
+            },
+        );
+    // SAFETY: the images partition all `len` values of both, and `max_pool_2x2` wrote every
+    // output row of each image's planes.
+    unsafe {
+        values.set_len(len);
+        taps.set_len(len);
+    }
+    (values, taps)
 }
 
 /// Copies one `[C, H, W]` image into the zero-padded `[C, hp, wp]` buffer `dst`, `padding`
@@ -1072,6 +1201,187 @@ fn weight_grad_with(
     kernel: [usize; 2],
     padding: [usize; 2],
 ) -> Vec<f32> {
+    let plane = dims.output[0] * dims.output[1];
+    assert_eq!(g.len(), dims.input[0] * o * plane, "conv2d_weight_grad: output gradient length");
+    // Each image's output gradient, transposed.
+    let transpose = |b: usize, gt: &mut [f32], filters: usize, _: &mut Vec<f32>| {
+        transpose_planes(isa, &g[b * o * plane..][..o * plane], o, plane, gt, filters);
+    };
+    weight_grad_by(isa, x, dims, o, kernel, padding, transpose)
+}
+
+/// `gt[p·filters + f] = g[f·plane + p]` for the `o` planes of `g`, and 0 for the filters
+/// past `o` (to `filters`, a multiple of 16 on AVX-512) when `gt` starts as zeros or
+/// AVX-512 writes them: a position's filters side by side.
+fn transpose_planes(isa: Isa, g: &[f32], o: usize, plane: usize, gt: &mut [f32], filters: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.kind() == Kind::Avx512 {
+        // SAFETY: `isa` is AVX-512 only on a CPU that has it (`Isa`); the function checks
+        // `filters` (whole vectors) and the lengths.
+        unsafe { transpose_avx512(g, o, plane, gt, filters) };
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    // Transposed 8 positions at a time: one 8-value read per filter, and stores to known
+    // offsets (one value at a time, with a bounds check each, was 5.7% of `cnn`).
+    let mut rows = gt.chunks_exact_mut(8 * filters);
+    for (p0, block) in (0..plane).step_by(8).zip(&mut rows) {
+        for f in 0..o {
+            let src: &[f32; 8] = g[f * plane + p0..][..8].try_into().expect("8 positions");
+            for (k, &v) in src.iter().enumerate() {
+                block[k * filters + f] = v;
+            }
+        }
+    }
+    let done = plane / 8 * 8;
+    for (p, row) in gt[done * filters..plane * filters].chunks_exact_mut(filters).enumerate() {
+        for (f, v) in row[..o].iter_mut().enumerate() {
+            *v = g[f * plane + done + p];
+        }
+    }
+}
+
+/// The filters' gradient of a stride-1, undilated convolution followed by 2x2 max pooling
+/// with stride 2 ([`conv2d_max_pool2`]), from the pooled output's gradient `g` and the
+/// pooling's `taps` (both `[N, O, OH/2, OW/2]`): each image's gradient is placed straight
+/// into the transposed layout the kernel reads, at the pixels the maxima came from, with
+/// zeros elsewhere, the values [`max_pool_backward`] and the transpose would give. The
+/// full-size gradient (2.4 MB for `cnn`'s first layer) is never written.
+pub(super) fn conv2d_pooled_weight_grad(
+    x: &[f32],
+    dims: ImageDims,
+    g: &[f32],
+    taps: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+) -> Vec<f32> {
+    pooled_weight_grad_with(Isa::detect(), x, dims, g, taps, o, kernel, padding)
+}
+
+/// [`conv2d_pooled_weight_grad`] compiled for `isa`.
+#[allow(clippy::too_many_arguments)]
+fn pooled_weight_grad_with(
+    isa: Isa,
+    x: &[f32],
+    dims: ImageDims,
+    g: &[f32],
+    taps: &[f32],
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+) -> Vec<f32> {
+    let [oh, ow] = dims.output;
+    let (pw, pooled) = (ow / 2, (oh / 2) * (ow / 2));
+    if pooled == 0 {
+        // No window: no gradient reaches the filters.
+        let [_, c, _, _] = dims.input;
+        return vec![0.0; o * c * kernel[0] * kernel[1]];
+    }
+    let n = dims.input[0];
+    assert!(g.len() == n * o * pooled && taps.len() == g.len(), "conv2d_max_pool2: output gradient length");
+    let place = |b: usize, gt: &mut [f32], filters: usize, scratch: &mut Vec<f32>| {
+        let (gb, tb) = (&g[b * o * pooled..][..o * pooled], &taps[b * o * pooled..][..o * pooled]);
+        // The image's pooled gradient and taps with a window's filters side by side (the
+        // filters past `o` zero: their taps match no pixel).
+        scratch.clear();
+        scratch.resize(2 * pooled * filters, 0.0);
+        let (gp, tp) = scratch.split_at_mut(pooled * filters);
+        transpose_planes(isa, gb, o, pooled, gp, filters);
+        transpose_planes(isa, tb, o, pooled, tp, filters);
+        // Each window's four pixels: the filters whose maximum came from the pixel get the
+        // gradient, the others 0. The row and column past the last window (an odd size) are
+        // zeros.
+        #[cfg(target_arch = "x86_64")]
+        if isa.kind() == Kind::Avx512 {
+            // SAFETY: `isa` is AVX-512 only on a CPU that has it; `filters` is whole vectors
+            // there, `gp` and `tp` hold `pooled` windows and `gt` `oh·ow` pixels of them.
+            unsafe { expand_windows_avx512(gp, tp, [oh, ow], filters, gt) };
+            return;
+        }
+        for (py, (gr, tr)) in gp.chunks_exact(pw * filters).zip(tp.chunks_exact(pw * filters)).enumerate() {
+            for (tap, row) in [(0.0, 2 * py), (2.0, 2 * py + 1)] {
+                let out = &mut gt[row * ow * filters..][..ow * filters];
+                for (px, (gw, tw)) in gr.chunks_exact(filters).zip(tr.chunks_exact(filters)).enumerate() {
+                    let pair = &mut out[2 * px * filters..][..2 * filters];
+                    let (left, right) = pair.split_at_mut(filters);
+                    for (((l, r), &v), &t) in left.iter_mut().zip(right).zip(gw).zip(tw) {
+                        *l = if t == tap { v } else { 0.0 };
+                        *r = if t == tap + 1.0 { v } else { 0.0 };
+                    }
+                }
+                out[2 * pw * filters..].fill(0.0);
+            }
+        }
+        gt[2 * (oh / 2) * ow * filters..].fill(0.0);
+    };
+    weight_grad_by(isa, x, dims, o, kernel, padding, place)
+}
+
+/// [`pooled_weight_grad_with`]'s placing of one image's pooled gradient on AVX-512: for each
+/// 2x2 window and vector of filters, its gradient `gp` and taps `tp` (`[window, filters]`)
+/// become the four pixels' rows of `gt` (`[OH·OW, filters]`), each lane the gradient where
+/// the tap is the pixel's and 0 elsewhere; the row and column no window covers are zeros.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+///
+/// # Panics
+/// When `filters` is not whole vectors or a slice is too short.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn expand_windows_avx512(gp: &[f32], tp: &[f32], [oh, ow]: [usize; 2], filters: usize, gt: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (ph, pw) = (oh / 2, ow / 2);
+    assert!(filters.is_multiple_of(16) && gp.len() >= ph * pw * filters && tp.len() >= gp.len().min(ph * pw * filters));
+    assert!(gt.len() >= oh * ow * filters);
+    let out = gt.as_mut_ptr();
+    let pixel = |y: usize, x: usize| out.add((y * ow + x) * filters);
+    let taps = [0.0f32, 1.0, 2.0, 3.0].map(|t| _mm512_set1_ps(t));
+    for py in 0..ph {
+        for px in 0..pw {
+            let at = (py * pw + px) * filters;
+            let rows = [
+                pixel(2 * py, 2 * px),
+                pixel(2 * py, 2 * px + 1),
+                pixel(2 * py + 1, 2 * px),
+                pixel(2 * py + 1, 2 * px + 1),
+            ];
+            for v in (0..filters).step_by(16) {
+                // SAFETY: window `at` and filters v..v + 16 lie inside `gp` and `tp`, and the
+                // window's pixels inside `gt` (asserted).
+                let (g, t) = (_mm512_loadu_ps(gp.as_ptr().add(at + v)), _mm512_loadu_ps(tp.as_ptr().add(at + v)));
+                for (row, tap) in rows.iter().zip(&taps) {
+                    let own = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(t, *tap);
+                    _mm512_storeu_ps(row.add(v), _mm512_maskz_mov_ps(own, g));
+                }
+            }
+        }
+        if ow % 2 == 1 {
+            for y in [2 * py, 2 * py + 1] {
+                // SAFETY: the row's last pixel, inside `gt` (asserted); all-zero bits are 0.0.
+                std::ptr::write_bytes(pixel(y, ow - 1), 0, filters);
+            }
+        }
+    }
+    // SAFETY: the rows past the last window's, inside `gt` (asserted).
+    std::ptr::write_bytes(pixel(2 * ph, 0), 0, (oh - 2 * ph) * ow * filters);
+}
+
+/// The filters' gradient of a stride-1, undilated convolution, each image's output gradient
+/// written as `[OH·OW, filters]` into the task's buffer by `gradient(image, buffer, filters,
+/// scratch)` (`filters`: `o` rounded up to the kernel's groups; the columns past `o` are to
+/// be zeros; `scratch` a buffer the task keeps).
+fn weight_grad_by(
+    isa: Isa,
+    x: &[f32],
+    dims: ImageDims,
+    o: usize,
+    kernel: [usize; 2],
+    padding: [usize; 2],
+    gradient: impl Fn(usize, &mut [f32], usize, &mut Vec<f32>) + Sync,
+) -> Vec<f32> {
     // (lanes, filter vectors per step, taps per step, the per-image kernel). The register
     // budget: taps x vectors sums, the vectors of gradient and one broadcast pixel, within
     // AVX-512's 32 registers and AVX2's 16.
@@ -1110,7 +1420,6 @@ fn weight_grad_with(
     );
     let taps = c * kh * kw;
     assert_eq!(x.len(), n * c * h * w, "conv2d_weight_grad: input length");
-    assert_eq!(g.len(), n * o * oh * ow, "conv2d_weight_grad: output gradient length");
     if n * o * taps * oh * ow == 0 {
         return vec![0.0; o * taps];
     }
@@ -1125,50 +1434,25 @@ fn weight_grad_with(
     let shape = WeightGradShape { filters, oh, ow, wp };
     let plane = oh * ow;
     let sums_len = blocks * t * filters;
-    // Per task: the sums, a padded image and the transposed output gradient.
-    let fresh = || (vec![0.0f32; sums_len], vec![0.0f32; c * hp * wp], vec![0.0f32; plane * filters]);
-    let per_image = |(mut sums, mut img, mut gt): (Vec<f32>, Vec<f32>, Vec<f32>), b: usize| {
+    // Per task: the sums, a padded image, the transposed output gradient and scratch.
+    let fresh = || (vec![0.0f32; sums_len], vec![0.0f32; c * hp * wp], vec![0.0f32; plane * filters], Vec::new());
+    type Task = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+    let per_image = |(mut sums, mut img, mut gt, mut scratch): Task, b: usize| {
         copy_padded(&x[b * c * h * w..][..c * h * w], [c, h, w], padding, [hp, wp], &mut img);
-        let gb = &g[b * o * plane..][..o * plane];
-        #[cfg(target_arch = "x86_64")]
-        if isa.kind() == Kind::Avx512 {
-            // SAFETY: `isa` is AVX-512 only on a CPU that has it (`Isa`); `filters` is a
-            // multiple of 16 (whole groups of AVX-512 vectors), `gt` holds plane x filters
-            // values and `gb` o x plane.
-            unsafe { transpose_avx512(gb, o, plane, &mut gt, filters) };
-            // SAFETY: as below.
-            unsafe { image(&gt, &img, &offsets, shape, &mut sums) };
-            return (sums, img, gt);
-        }
-        // Transposed 8 positions at a time: one 8-value read per filter, and stores to
-        // known offsets (one value at a time, with a bounds check each, was 5.7% of `cnn`).
-        let mut rows = gt.chunks_exact_mut(8 * filters);
-        for (p0, block) in (0..plane).step_by(8).zip(&mut rows) {
-            for f in 0..o {
-                let src: &[f32; 8] = gb[f * plane + p0..][..8].try_into().expect("8 positions");
-                for (k, &v) in src.iter().enumerate() {
-                    block[k * filters + f] = v;
-                }
-            }
-        }
-        let done = plane / 8 * 8;
-        for (p, row) in gt[done * filters..].chunks_exact_mut(filters).enumerate() {
-            for (f, v) in row[..o].iter_mut().enumerate() {
-                *v = gb[f * plane + done + p];
-            }
-        }
+        gradient(b, &mut gt, filters, &mut scratch);
         // SAFETY: `isa` is this CPU's or one it runs (`Isa::available`); the buffers have
-        // the lengths `WeightGradImage` asks for, and the asserts above tie the sizes to a
-        // stride-1 convolution of the padded image.
+        // the lengths `WeightGradImage` asks for (`filters` whole groups of the kernel's
+        // vectors), and the asserts above tie the sizes to a stride-1 convolution of the
+        // padded image.
         unsafe { image(&gt, &img, &offsets, shape, &mut sums) };
-        (sums, img, gt)
+        (sums, img, gt, scratch)
     };
     // A few images per task: each task's copy of the sums is zeroed, then added at the end.
     let total = (0..n)
         .into_par_iter()
         .with_min_len(n.div_ceil(2 * rayon::current_num_threads()))
         .fold(fresh, per_image)
-        .map(|(sums, _, _)| sums)
+        .map(|(sums, ..)| sums)
         .reduce_with(|mut a, b| {
             a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
@@ -1435,6 +1719,58 @@ mod tests {
                         [n, c, h, w],
                         [o, kh, kw]
                     );
+                }
+            }
+        }
+    }
+
+    /// The convolution and 2x2 max pooling in one pass give the two kernels' values and taps
+    /// bit for bit, for every instruction set this CPU runs and both kernel orientations:
+    /// `cnn`'s first layer, odd output heights and widths (whose last row or column no window
+    /// covers), padding, one image (fewer than the threads: its filters are split) and no
+    /// bias. The filters' gradient from the pooled gradient and taps matches the full-size
+    /// path's (the pooling's adjoint, then the filters' gradient kernel), to the rounding of
+    /// sums split over the threads in another way.
+    #[test]
+    fn convolution_with_max_pooling_matches_the_two_kernels() {
+        let mut rng = Rng::seed(44);
+        // ([N, C, H, W], [O, KH, KW], padding, bias)
+        let cases = [
+            ([3, 1, 28, 28], [16, 5, 5], [0, 0], true),
+            ([2, 3, 9, 12], [9, 3, 3], [0, 1], false),
+            ([1, 2, 8, 11], [20, 3, 2], [1, 0], true),
+            ([5, 1, 7, 7], [4, 3, 3], [0, 0], true),
+        ];
+        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for ([n, c, h, w], [o, kh, kw], padding, with_bias) in cases {
+            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
+            let wt: Vec<f32> = (0..o * c * kh * kw).map(|_| rng.standard_normal()).collect();
+            let b: Vec<f32> = (0..o).map(|_| rng.standard_normal()).collect();
+            let bias = with_bias.then_some(b.as_slice());
+            let (oh, ow) = (h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1);
+            let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+            let pool = ImageDims { input: [n, o, oh, ow], output: [oh / 2, ow / 2] };
+            let g: Vec<f32> = (0..n * o * (oh / 2) * (ow / 2)).map(|_| rng.standard_normal()).collect();
+            let case = format!("x {:?} w {:?} padding {padding:?}", [n, c, h, w], [o, kh, kw]);
+            for isa in Isa::available() {
+                let mut taps = None;
+                for or in [Orientation::Filters, Orientation::Columns] {
+                    let (values, t) = conv2d_max_pool2_with(isa, Some(or), &x, dims, &wt, o, [kh, kw], padding, bias);
+                    let full = conv2d_lanes(isa, Some(or), &x, dims, &wt, o, [kh, kw], padding, bias);
+                    let (want_values, want_taps) = max_pool_with(isa, &full, pool, &win);
+                    assert_eq!(bits(&values), bits(&want_values), "{isa:?} {or:?}, {case}: values");
+                    assert_eq!(bits(&t), bits(&want_taps), "{isa:?} {or:?}, {case}: taps");
+                    taps = Some(t);
+                }
+                let taps = taps.expect("two orientations ran");
+                let got = pooled_weight_grad_with(isa, &x, dims, &g, &taps, o, [kh, kw], padding);
+                let dy = max_pool_backward_with(isa, &g, &taps, pool, &win);
+                let want = weight_grad_with(isa, &x, dims, &dy, o, [kh, kw], padding);
+                let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.1, "{case}: a gradient worth comparing");
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!((a - b).abs() <= 1e-5 * scale, "{isa:?}, {case}: dW[{i}] {a} vs {b}");
                 }
             }
         }

@@ -86,6 +86,49 @@ impl CpuStorage {
         Ok(CpuStorage::F32(conv::conv2d_direct(&x, dims, &wm, o, kernel, padding, bias.as_deref())))
     }
 
+    /// A stride-1, undilated convolution and 2x2 max pooling with stride 2 in one pass (see
+    /// [`conv::conv2d_max_pool2`]): the pooled `[N, O, OH/2, OW/2]` values and taps, or
+    /// `None` where the convolution takes Winograd's path.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_max_pool2(
+        &self,
+        l: &Layout,
+        w: &Self,
+        w_l: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        dims: ImageDims,
+        padding: [usize; 2],
+    ) -> Result<Option<(Self, Self)>> {
+        let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
+        let x = elementwise::row_major(self.f32(), l);
+        let wm = elementwise::row_major(w.f32(), w_l);
+        let bias = bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l));
+        let out = conv::conv2d_max_pool2(&x, dims, &wm, o, kernel, padding, bias.as_deref());
+        Ok(out.map(|(v, t)| (CpuStorage::F32(v), CpuStorage::F32(t))))
+    }
+
+    /// The filters' gradient of [`CpuStorage::conv2d_max_pool2`] (see
+    /// [`conv::conv2d_pooled_weight_grad`]): `self` the `[N, C, H, W]` images, `g` the pooled
+    /// output's gradient and `taps` the pooling's taps; `[O, C, KH, KW]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv2d_pooled_weight_grad(
+        &self,
+        l: &Layout,
+        g: &Self,
+        g_l: &Layout,
+        taps: &Self,
+        taps_l: &Layout,
+        dims: ImageDims,
+        kernel: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<Self> {
+        let x = elementwise::row_major(self.f32(), l);
+        let gm = elementwise::row_major(g.f32(), g_l);
+        let tm = elementwise::row_major(taps.f32(), taps_l);
+        let o = g_l.shape()[1];
+        Ok(CpuStorage::F32(conv::conv2d_pooled_weight_grad(&x, dims, &gm, &tm, o, kernel, padding)))
+    }
+
     /// The filters' gradient of a stride-1, undilated convolution (see
     /// [`conv::conv2d_weight_grad`]): `self` the `[N, C, H, W]` images, `g` the
     /// `[N, O, OH, OW]` output gradient; `[O, C, KH, KW]`.

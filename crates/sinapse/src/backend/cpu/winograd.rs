@@ -1052,6 +1052,13 @@ pub(super) fn forward(
     Some(out)
 }
 
+/// Whether [`forward`] (and its gradients) takes a convolution of `o` filters of `kernel`
+/// over `dims` with `padding` on `isa` (`false`: it would return `None`).
+pub(super) fn applies(isa: Isa, dims: ImageDims, o: usize, kernel: [usize; 2], padding: [usize; 2]) -> bool {
+    // The lanes `pick!` gives each instruction set.
+    plan(dims, o, kernel, padding, isa.lanes()).is_some()
+}
+
 /// The plan and transforms of [`forward`] and [`input_gradient`], and the filters `w`
 /// transformed (`[point][channel][filter]`, or with `transposed` `[point][filter][channel]`);
 /// `None` where [`plan`] does not apply.
