@@ -353,8 +353,9 @@ pub trait Module: Parameters + Send + Sync {
     /// This layer as [`std::any::Any`], for containers that recognise layer types: a
     /// [`Sequential`] runs a ReLU after the max pooling that follows it rather than before
     /// (the same values and gradients, on a quarter of the elements with 2x2 windows), and a
-    /// dense layer and the ReLU after it as one op. `None` unless a layer opts in (the
-    /// activation, pooling and dense layers do).
+    /// dense layer and the ReLU after it, or a convolution and the max pooling after it, as one
+    /// op. `None` unless a layer opts in (the activation, pooling, dense and 2-D convolution
+    /// layers do).
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }

@@ -98,7 +98,8 @@ impl Module for Sequential {
     /// ReLU runs as one op ([`Tensor::linear_relu`]): the same values and gradients, one pass
     /// less over the output. A stride-1 convolution followed by a 2x2 max pooling (with or
     /// without a ReLU between) runs as one op too ([`Tensor::conv2d_max_pool2`]), the ReLU
-    /// after it: the same values, and the same gradients up to the order of the bias's sum.
+    /// after it: the same values and input gradient, and the filters' and bias's gradients up
+    /// to the order of their sums.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;
@@ -197,7 +198,8 @@ mod tests {
     /// one op ([`Tensor::conv2d_max_pool2`]) with the layers' values and input gradient bit
     /// for bit, and their filters' and bias's gradients to the rounding of the sums' order.
     /// A strided convolution, and one with enough channels for Winograd's path, give the same
-    /// values as the layers too (the second through the op's two-op fallback).
+    /// values as the layers too (the second, on up to 3 threads, through the op's two-op
+    /// fallback).
     #[test]
     fn convolution_then_max_pool_runs_as_one_op_with_the_layers_values_and_gradients() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -241,8 +243,11 @@ mod tests {
             assert!(close(&grad(&g_model, &fw), &grad(&g_layers, &pw)), "{case}: dW");
             assert!(close(&grad(&g_model, &fb), &grad(&g_layers, &pb)), "{case}: db");
             // Where the pooling ran inside the convolution's op, the op before the ReLU is it.
+            // 8 channels take Winograd's path, and with it the two ops, when there are at least
+            // as many images (3) as threads.
+            let winograd = c >= 8 && 3 >= rayon::current_num_threads();
             let before_relu = y.node().expect("recorded").inputs[0].node().expect("recorded").op;
-            assert_eq!(before_relu == "conv2d_max_pool2", fused && c < 8, "{case}: {before_relu}");
+            assert_eq!(before_relu == "conv2d_max_pool2", fused && !winograd, "{case}: {before_relu}");
         }
     }
 

@@ -234,12 +234,14 @@ impl Tensor {
     /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, the usual
     /// convolution block: the values of `self.conv2d(weight, bias, [1, 1], padding, [1, 1])?
     /// .max_pool2d([2, 2], [2, 2], [0, 0])`, as one op. On the CPU, for shapes that do not
-    /// take Winograd's path (few input channels, as a network's first layer), each image is
-    /// convolved and pooled while it is in cache, and the filters' gradient is taken straight
+    /// take Winograd's path (which needs 3x3 or 5x5 kernels, at least 8 channels and 8
+    /// filters, and at least as many images as threads: a network's first layer, with one to
+    /// three channels, never does), each image is convolved and pooled while it is in
+    /// cache, and the filters' gradient is taken straight
     /// from the pooled gradient and the pooling's taps: the full-size output and its
     /// gradient are never written (on the `cnn` benchmark's first layer, 2.4 MB each per
-    /// batch). The gradients are the two ops', the bias's summed in another order.
-    /// Elsewhere it runs the two ops.
+    /// batch). The input's gradient is the two ops' bit for bit; the filters' and the bias's
+    /// are theirs up to the order of their sums. Elsewhere it runs the two ops.
     pub fn conv2d_max_pool2(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
         let unfused = || self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0]);
         // Shapes the two ops refuse, or whose pooling is empty, get the two ops' answer.

@@ -844,11 +844,11 @@ impl LanesPlan {
 
 /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2 (the usual
 /// convolution block), image by image: each image's convolution goes to a buffer the task
-/// keeps, still in its core's cache, and is pooled from there, so the full-size output
-/// (`cnn`'s first layer: 2.4 MB a batch) is never written out and read back. The values and
+/// keeps and is pooled from there (in the core's cache when images are spread over the
+/// threads; with fewer images than threads, each image's filters are), so the full-size
+/// output (`cnn`'s first layer: 2.4 MB a batch) is never written out and read back. The values and
 /// taps are [`max_pool`]'s of [`conv2d_direct`]'s output, bit for bit. `None` where the
 /// convolution would take Winograd's path (see [`conv2d_direct`]).
-#[allow(clippy::type_complexity)]
 pub(super) fn conv2d_max_pool2(
     x: &[f32],
     dims: ImageDims,
@@ -1298,7 +1298,7 @@ fn pooled_weight_grad_with(
     let place = |b: usize, gt: &mut [f32], filters: usize, scratch: &mut Vec<f32>| {
         let (gb, tb) = (&g[b * o * pooled..][..o * pooled], &taps[b * o * pooled..][..o * pooled]);
         // The image's pooled gradient and taps with a window's filters side by side (the
-        // filters past `o` zero: their taps match no pixel).
+        // filters past `o` have gradient 0, so the pixel their tap 0 picks gets 0).
         scratch.clear();
         scratch.resize(2 * pooled * filters, 0.0);
         let (gp, tp) = scratch.split_at_mut(pooled * filters);
@@ -1741,10 +1741,11 @@ mod tests {
     /// The convolution and 2x2 max pooling in one pass give the two kernels' values and taps
     /// bit for bit, for every instruction set this CPU runs and both kernel orientations:
     /// `cnn`'s first layer, odd output heights and widths (whose last row or column no window
-    /// covers), padding, one image (fewer than the threads: its filters are split) and no
-    /// bias. The filters' gradient from the pooled gradient and taps matches the full-size
-    /// path's (the pooling's adjoint, then the filters' gradient kernel), to the rounding of
-    /// sums split over the threads in another way.
+    /// covers), padding, one image (fewer than the threads: its filters are split), no bias,
+    /// and rows of 8 windows (AVX-512's narrow-row pooling). The filters' gradient from the
+    /// pooled gradient and taps matches the full-size path's (the pooling's adjoint, then the
+    /// filters' gradient kernel), to the rounding of sums split over the threads in another
+    /// way.
     #[test]
     fn convolution_with_max_pooling_matches_the_two_kernels() {
         let mut rng = Rng::seed(44);
@@ -1754,6 +1755,8 @@ mod tests {
             ([2, 3, 9, 12], [9, 3, 3], [0, 1], false),
             ([1, 2, 8, 11], [20, 3, 2], [1, 0], true),
             ([5, 1, 7, 7], [4, 3, 3], [0, 0], true),
+            // 10x16 outputs: AVX-512's pooling of narrow rows (8 windows a row).
+            ([2, 1, 12, 18], [8, 3, 3], [0, 0], true),
         ];
         let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
