@@ -159,14 +159,9 @@ impl Tensor {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Option<Tensor>> {
-        let out = match bias {
-            Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
-                x.conv2d_direct(self.layout(), w, weight.layout(), Some((b, bt.layout())), dims, padding)
-            })?,
-            None => Tensor::with_storages([self, weight], |[x, w]| {
-                x.conv2d_direct(self.layout(), w, weight.layout(), None, dims, padding)
-            })?,
-        };
+        let out = self.with_filters(weight, bias, |x, w, b| {
+            x.conv2d_direct(self.layout(), w, weight.layout(), b, dims, padding)
+        })?;
         let Some(out) = out else { return Ok(None) };
         let [n, _, _, _] = dims.input;
         let [o, _, kh, kw] = nchw("conv2d", weight)?;
@@ -179,19 +174,36 @@ impl Tensor {
             let dw = grad_if(weight, || g.conv_weight_grad(input, dims, [kh, kw], padding))?;
             let mut grads = vec![dx, dw];
             if let Some(b) = x.get(2) {
-                grads.push(grad_if(b, || g.reshape(&[n, o, oh * ow])?.sum(2, false)?.sum(0, false))?);
+                grads.push(grad_if(b, || g.channel_sums())?);
             }
             Ok(grads)
         })))
+    }
+
+    /// `f(images, filters, bias and its layout)` on the storages of this tensor, `weight` and
+    /// `bias`, each locked for reading while it runs.
+    fn with_filters<R>(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        f: impl FnOnce(
+            &crate::backend::Storage,
+            &crate::backend::Storage,
+            Option<(&crate::backend::Storage, &crate::layout::Layout)>,
+        ) -> R,
+    ) -> R {
+        match bias {
+            Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| f(x, w, Some((b, bt.layout())))),
+            None => Tensor::with_storages([self, weight], |[x, w]| f(x, w, None)),
+        }
     }
 
     /// The input's gradient of a stride-1, undilated convolution by `weight` of images of
     /// `dims` with `padding`, from this output gradient `[N, O, OH, OW]`: the device's kernel
     /// where it has one, else the filters' transpose times the gradient's columns, and col2im.
     fn conv_input_grad(&self, weight: &Tensor, dims: ImageDims, padding: [usize; 2]) -> Result<Tensor> {
-        let [n, c, _, _] = dims.input;
+        let c = dims.input[1];
         let [o, _, kh, kw] = nchw("conv2d", weight)?;
-        let [oh, ow] = dims.output;
         let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
         let direct = Tensor::with_storages([self, weight], |[gs, ws]| {
             gs.conv2d_input_grad(self.layout(), ws, weight.layout(), dims, &win)
@@ -199,9 +211,7 @@ impl Tensor {
         if let Some(dx) = direct {
             return Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&dims.input)));
         }
-        // The output gradient as [O, N·OH·OW], the layout of im2col's columns (a copy).
-        let columns = self.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
-        let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&columns)?;
+        let dcols = weight.reshape(&[o, c * kh * kw])?.t()?.matmul(&self.as_columns()?)?;
         dcols.col2im(dims.input, win)
     }
 
@@ -216,9 +226,7 @@ impl Tensor {
         [kh, kw]: [usize; 2],
         padding: [usize; 2],
     ) -> Result<Tensor> {
-        let [n, c, _, _] = dims.input;
-        let [oh, ow] = dims.output;
-        let o = self.shape()[1];
+        let (c, o) = (dims.input[1], self.shape()[1]);
         let direct = Tensor::with_storages([input, self], |[xs, gs]| {
             xs.conv2d_weight_grad(input.layout(), gs, self.layout(), dims, [kh, kw], padding)
         })?;
@@ -226,9 +234,22 @@ impl Tensor {
             return Ok(Tensor::from_storage(dw, crate::layout::Layout::contiguous(&[o, c, kh, kw])));
         }
         let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
-        let columns = self.reshape(&[n, o, oh * ow])?.permute(&[1, 0, 2])?.reshape(&[o, n * oh * ow])?;
         let cols = input.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
-        columns.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
+        self.as_columns()?.matmul(&cols.t()?)?.reshape(&[o, c, kh, kw])
+    }
+
+    /// This `[N, O, H, W]` output gradient as `[O, N·H·W]`, the layout of im2col's columns
+    /// (a copy).
+    fn as_columns(&self) -> Result<Tensor> {
+        let [n, o, h, w] = nchw("conv2d", self)?;
+        self.reshape(&[n, o, h * w])?.permute(&[1, 0, 2])?.reshape(&[o, n * h * w])
+    }
+
+    /// The sum of each channel of this `[N, O, H, W]` gradient: `[O]`, a convolution's bias
+    /// gradient.
+    fn channel_sums(&self) -> Result<Tensor> {
+        let [n, o, h, w] = nchw("conv2d", self)?;
+        self.reshape(&[n, o, h * w])?.sum(2, false)?.sum(0, false)
     }
 
     /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, the usual
@@ -254,14 +275,9 @@ impl Tensor {
             return unfused();
         }
         let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
-        let fused = match bias {
-            Some(bt) => Tensor::with_storages([self, weight, bt], |[x, ws, b]| {
-                x.conv2d_max_pool2(self.layout(), ws, weight.layout(), Some((b, bt.layout())), dims, padding)
-            })?,
-            None => Tensor::with_storages([self, weight], |[x, ws]| {
-                x.conv2d_max_pool2(self.layout(), ws, weight.layout(), None, dims, padding)
-            })?,
-        };
+        let fused = self.with_filters(weight, bias, |x, w, b| {
+            x.conv2d_max_pool2(self.layout(), w, weight.layout(), b, dims, padding)
+        })?;
         let Some((values, taps)) = fused else { return unfused() };
         let pooled = [n, o, oh / 2, ow / 2];
         let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&pooled));
@@ -301,7 +317,7 @@ impl Tensor {
             if let Some(b) = x.get(2) {
                 // Each window's gradient goes to one pixel: the sum over the full-size
                 // gradient is the pooled gradient's sum.
-                grads.push(grad_if(b, || g.reshape(&[n, o, pooled[2] * pooled[3]])?.sum(2, false)?.sum(0, false))?);
+                grads.push(grad_if(b, || g.channel_sums())?);
             }
             Ok(grads)
         }))
