@@ -1,7 +1,10 @@
 //! The fully connected layer.
 
+use std::sync::Mutex;
+
 use super::{Init, Mode, Module, Parameters};
-use crate::{Error, Result, Rng, Tensor};
+use crate::tensor::ValuesKey;
+use crate::{Device, Error, Result, Rng, Tensor};
 
 /// A fully connected (dense) layer: `y = x·Wᵀ + b`, with `W` of shape `[out, in]` and `b` of
 /// shape `[out]`, as in PyTorch's `nn.Linear`. Each output is the weighted sum of all inputs
@@ -12,6 +15,9 @@ pub struct Linear {
     pub weight: Tensor,
     /// Bias, `[out_features]`, if the layer has one.
     pub bias: Option<Tensor>,
+    /// `Wᵀ` laid out `[in, out]`, kept for inference on the CPU (see [`Linear::weight_for`]).
+    #[parameters(skip)]
+    transposed: Mutex<Option<(ValuesKey, Tensor)>>,
 }
 
 impl Linear {
@@ -44,7 +50,11 @@ impl Linear {
                 return Err(Error::shapes("Linear bias", b.shape(), &weight.shape()[..1]));
             }
         }
-        Ok(Linear { weight: weight.set_requires_grad(true), bias: bias.map(|b| b.set_requires_grad(true)) })
+        Ok(Linear {
+            weight: weight.set_requires_grad(true),
+            bias: bias.map(|b| b.set_requires_grad(true)),
+            transposed: Mutex::new(None),
+        })
     }
 
     /// Number of inputs.
@@ -66,10 +76,40 @@ impl Linear {
         match &self.bias {
             Some(bias) if x.rank() == 2 => {
                 self.check_input(x)?;
-                x.linear_relu(&self.weight, bias)
+                x.linear_relu(&self.weight_for(x.shape()[0])?, bias)
             }
             _ => self.forward(x, mode)?.relu(),
         }
+    }
+
+    /// The weight to multiply `rows` input rows by: [`Linear::weight`], or, for inference on
+    /// the CPU (no gradient recorded, at least two rows), the same values read from a copy
+    /// laid out `[in, out]` that the layer keeps until the weight changes (an in-place write
+    /// such as an optimizer step, or another tensor in its place).
+    ///
+    /// The matrix product then reads `Wᵀ` with contiguous rows, which gemm uses as it is,
+    /// instead of repacking the whole weight on one thread at every call while the other
+    /// threads wait. On a 2-core Intel Xeon (AVX-512), a 1024 x 784 x 256 product ran in a
+    /// median 2164-2263 us this way against 2296-2617 us (a scratch program, 80 alternating
+    /// rounds of 20 calls). One row keeps the weight: its matrix-vector kernel reads `W`'s
+    /// rows.
+    fn weight_for(&self, rows: usize) -> Result<Tensor> {
+        if rows < 2 || crate::is_grad_enabled() || self.weight.device() != Device::Cpu || self.weight.rank() != 2 {
+            return Ok(self.weight.clone());
+        }
+        let mut cache = self.transposed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((key, wt)) = cache.as_ref() {
+            if key.matches(&self.weight) {
+                return wt.t();
+            }
+        }
+        // The key is taken before the values are read: a write in between makes it stale
+        // (the copy is made again next time), never the copy newer than what the key says.
+        let key = self.weight.values_key();
+        let wt = self.weight.t()?.contiguous()?;
+        let weight = wt.t()?;
+        *cache = Some((key, wt));
+        Ok(weight)
     }
 
     /// The weight's rank and the input's last axis, checked with errors naming the layer.
@@ -91,12 +131,12 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
         self.check_input(x)?;
         if x.rank() == 2 {
-            return x.linear(&self.weight, self.bias.as_ref());
+            return x.linear(&self.weight_for(x.shape()[0])?, self.bias.as_ref());
         }
         // Leading axes ([batch, time, ..]) are flattened into rows: one matrix product, and
         // its weight gradient one product too, instead of a batch of small ones.
         let rows = x.reshape(&[x.elem_count() / self.in_features().max(1), self.in_features()])?;
-        let y = rows.linear(&self.weight, self.bias.as_ref())?;
+        let y = rows.linear(&self.weight_for(rows.shape()[0])?, self.bias.as_ref())?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.out_features();
         y.reshape(&shape)
@@ -108,5 +148,97 @@ impl Module for Linear {
 
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Optimizer, Sgd};
+
+    fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.standard_normal()).collect(), shape).expect("a tensor")
+    }
+
+    /// Checks `layer` on `x` under `no_grad` against `relu?(x·Wᵀ + b)` summed in f64 from the
+    /// weight's values as they are now, for the layer alone and fused with its ReLU.
+    fn check_inference(layer: &Linear, x: &Tensor) -> Result<()> {
+        let [rows, inputs] = *x.shape() else { panic!("x is [rows, in]") };
+        let outputs = layer.out_features();
+        let (xv, wv) = (x.to_vec(), layer.weight.to_vec());
+        let bv = layer.bias.as_ref().map(Tensor::to_vec).unwrap_or_else(|| vec![0.0; outputs]);
+        let _off = crate::no_grad();
+        for relu in [false, true] {
+            let y = if relu { layer.forward_relu(x, Mode::Eval)? } else { layer.forward(x, Mode::Eval)? };
+            assert_eq!(y.shape(), [rows, outputs]);
+            for (i, got) in y.to_vec().chunks(outputs).enumerate() {
+                for (j, &v) in got.iter().enumerate() {
+                    let terms = (0..inputs).map(|p| f64::from(xv[i * inputs + p]) * f64::from(wv[j * inputs + p]));
+                    let (sum, scale) = terms.fold((f64::from(bv[j]), 0.0), |(s, a), t| (s + t, a + t.abs()));
+                    let want = if relu { sum.max(0.0) } else { sum };
+                    assert!(
+                        (f64::from(v) - want).abs() <= 1e-5 * (1.0 + scale),
+                        "relu {relu} ({i}, {j}): {v} vs {want}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cached(layer: &Linear) -> bool {
+        layer.transposed.lock().expect("not poisoned").is_some()
+    }
+
+    #[test]
+    fn inference_reads_a_transposed_copy_that_follows_the_weight() -> Result<()> {
+        let mut rng = Rng::seed(5);
+        let mut layer = Linear::new(37, 19, &mut rng)?;
+        let x = random(&[6, 37], &mut rng);
+        // Recording gradients, or one row: the weight itself, no copy made.
+        layer.forward(&x, Mode::Eval)?;
+        {
+            let _off = crate::no_grad();
+            layer.forward(&x.narrow(0, 0, 1)?, Mode::Eval)?;
+        }
+        assert!(!cached(&layer));
+        check_inference(&layer, &x.narrow(0, 2, 1)?)?;
+        check_inference(&layer, &x)?;
+        assert!(cached(&layer));
+        // The copy gives the product the layer gives with gradients, to rounding.
+        let recorded = layer.forward(&x, Mode::Eval)?.to_vec();
+        let inferred = {
+            let _off = crate::no_grad();
+            layer.forward(&x, Mode::Eval)?.to_vec()
+        };
+        for (a, b) in recorded.iter().zip(&inferred) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+        }
+
+        // An optimizer step writes the weight in place: the next inference sees the new values.
+        let grads = {
+            let y = layer.forward(&x, Mode::Train)?;
+            y.mul(&y)?.sum_all()?.backward()?
+        };
+        Sgd::new(layer.parameters(), 0.5)?.step(&grads)?;
+        check_inference(&layer, &x)?;
+        // So does a copy into it, through a view of the weight.
+        layer.weight.narrow(0, 3, 4)?.copy_from(&random(&[4, 37], &mut rng))?;
+        check_inference(&layer, &x)?;
+        // And another tensor in its place: a transposed view, whose own transpose is contiguous.
+        layer.weight = random(&[37, 19], &mut rng).t()?;
+        check_inference(&layer, &x)?;
+        layer.weight = random(&[19, 37], &mut rng);
+        layer.bias = None;
+        check_inference(&layer, &x)?;
+        // Rows under leading axes go through the same copy.
+        let batched = random(&[2, 3, 37], &mut rng);
+        let _off = crate::no_grad();
+        let y = layer.forward(&batched, Mode::Eval)?;
+        let flat = layer.forward(&batched.reshape(&[6, 37])?, Mode::Eval)?;
+        assert_eq!(y.shape(), [2, 3, 19]);
+        assert_eq!(y.to_vec(), flat.to_vec());
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //! [`crate::ops`] next to its gradient rule.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::autograd::{self, GradFn, Node};
 use crate::backend::{DType, OptimizerUpdate, Storage};
@@ -416,6 +416,32 @@ impl Tensor {
     /// True when both handles show the same storage.
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// What identifies this tensor's values as they are now: its storage, its view of it and
+    /// the storage's version ([`ValuesKey::matches`] says whether a tensor still shows them).
+    pub(crate) fn values_key(&self) -> ValuesKey {
+        ValuesKey { storage: Arc::downgrade(&self.0.storage), layout: self.layout().clone(), version: self.version() }
+    }
+}
+
+/// A tensor's values at one moment ([`Tensor::values_key`]): something computed from them
+/// (a layer's transposed weights kept for inference) may be reused while a tensor
+/// [`matches`](ValuesKey::matches) the key. The storage is held weakly: the key keeps no
+/// values alive, and the storage's address cannot be reused while the key exists.
+pub(crate) struct ValuesKey {
+    storage: Weak<StorageCell>,
+    layout: Layout,
+    version: u64,
+}
+
+impl ValuesKey {
+    /// True when `t` shows the same view of the same storage, with no in-place write to it
+    /// since the key was taken.
+    pub(crate) fn matches(&self, t: &Tensor) -> bool {
+        std::ptr::eq(self.storage.as_ptr(), Arc::as_ptr(&t.0.storage))
+            && self.layout == *t.layout()
+            && self.version == t.version()
     }
 }
 
