@@ -116,9 +116,14 @@ fn read_lock(s: &StorageCell) -> RwLockReadGuard<'_, Storage> {
 }
 
 /// The storage locked for an in-place write of its values: its version moves on.
+///
+/// The version moves once the lock is held, not before: whoever reads the new version
+/// (to key a copy of the values on it, as [`ValuesKey`] does) then reads the values only
+/// after this write, so a copy is never keyed on a version newer than its values.
 fn write_lock(s: &StorageCell) -> RwLockWriteGuard<'_, Storage> {
+    let guard = s.data.write().unwrap_or_else(|e| e.into_inner());
     s.version.fetch_add(1, Ordering::Relaxed);
-    s.data.write().unwrap_or_else(|e| e.into_inner())
+    guard
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -667,7 +667,9 @@ const LONG_INNER: usize = 2048;
 /// (m x k) unless a's columns are, and then pays an m x n transpose.
 ///
 /// Besides weight gradients, this takes small batches through a layer's `x·Wᵀ` (up to about
-/// 96 rows for 784 x 256, not measured on its own). It took the LSTM's per-step `h·W_hhᵀ`
+/// 96 rows for 784 x 256, not measured on its own) while gradients are recorded; inference
+/// reads the `Wᵀ` copy a `Linear` keeps instead, whose rows are contiguous, which is faster
+/// still (`nn::Linear`). It took the LSTM's per-step `h·W_hhᵀ`
 /// too, before the CPU's recurrence read a row-major W_hhᵀ itself (`recurrent.rs`).
 fn packs_less_transposed(la: &Layout, lb: &Layout, [m, k, n]: [usize; 3]) -> bool {
     let (sa, sb) = (la.strides(), lb.strides());
