@@ -485,6 +485,30 @@ fn graph_check(device: Device) -> Result<Option<String>> {
     Ok(mismatch(&graph_w, &eager_w).map(|p| format!("weights after training: {p}")))
 }
 
+/// A `Sequential` of `Linear`s that kept CPU copies of their weights for inference, then
+/// moved to `device`, runs there (not from the CPU copies) and gives the CPU's values; moved
+/// back to the CPU, the same again. A move keeps each weight's storage and version, so only
+/// the device tells a layer that its copy no longer applies.
+fn moved_inference_check(device: Device) -> Result<Option<String>> {
+    use sinapse::nn::{Linear, Mode, Module, Relu, Sequential};
+    let mut rng = Rng::seed(11);
+    let model = Sequential::new().add(Linear::new(6, 32, &mut rng)?).add(Relu).add(Linear::new(32, 24, &mut rng)?);
+    let x = Tensor::rand_normal(&[8, 6], 0.0, 1.0, &mut rng)?;
+    let _off = sinapse::no_grad();
+    let want = model.forward(&x, Mode::Eval)?.to_vec();
+    model.to(device)?;
+    let got = model.forward(&x.to(device)?, Mode::Eval)?;
+    if got.device() != device {
+        return Ok(Some(format!("the output is on {}", got.device())));
+    }
+    if let Some(p) = mismatch(&got.to_vec(), &want) {
+        return Ok(Some(format!("on the device: {p}")));
+    }
+    model.to(Device::Cpu)?;
+    let back = model.forward(&x, Mode::Eval)?.to_vec();
+    Ok(mismatch(&back, &want).map(|p| format!("moved back to the CPU: {p}")))
+}
+
 fn main() {
     let mut failures = Vec::new();
     let mut checks = 0;
@@ -531,6 +555,10 @@ fn main() {
                 record(format!("optimizer {which} on {device}, {layout:?} gradients"), problem);
             }
         }
+    }
+    for &device in &devices {
+        let problem = moved_inference_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("Linear inference after a move to {device} and back"), problem);
     }
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
         let problem = graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));

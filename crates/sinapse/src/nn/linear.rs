@@ -104,6 +104,12 @@ impl Linear {
             return Ok(self.weight.clone());
         }
         let mut cache = self.transposed.lock().unwrap_or_else(|e| e.into_inner());
+        // The device first: moving a weight to another device keeps its storage and version
+        // (the values are the same), so the key alone would still match the CPU copy.
+        if self.weight.device() != Device::Cpu {
+            *cache = None;
+            return Ok(self.weight.clone());
+        }
         if let Some((key, wt)) = cache.as_ref() {
             if key.matches(&self.weight) {
                 return wt.t();
@@ -112,7 +118,7 @@ impl Linear {
         // Stale, or never made: the old copy goes before a new one is made.
         *cache = None;
         let wt = self.weight.t()?;
-        if self.weight.device() != Device::Cpu || wt.layout().is_contiguous() {
+        if wt.layout().is_contiguous() {
             return Ok(self.weight.clone());
         }
         // The key is taken before the values are read. A write in between moves the version
