@@ -31,6 +31,12 @@ impl Rng {
         StandardNormal.sample(&mut self.0)
     }
 
+    /// `len` standard normal draws, in order (test data).
+    #[cfg(test)]
+    pub(crate) fn normals(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.standard_normal()).collect()
+    }
+
     /// A uniform integer in `0..n`; an error for `n = 0` (the range is empty).
     pub fn below(&mut self, n: usize) -> crate::Result<usize> {
         if n == 0 {

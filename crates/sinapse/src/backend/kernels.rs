@@ -234,6 +234,9 @@ pub struct Window {
 }
 
 impl Window {
+    /// 2x2 windows at stride 2, without padding: the usual pooling after a convolution.
+    pub const POOL_2X2: Window = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+
     /// Output size along one axis: ⌊(in + 2·pad - dil·(k - 1) - 1) / stride⌋ + 1, or None when
     /// the window does not fit.
     pub fn output_size(&self, axis: usize, input: usize) -> Option<usize> {

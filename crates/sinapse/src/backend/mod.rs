@@ -571,6 +571,28 @@ fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
     }
 }
 
+/// A convolution's images, filters and optional bias (with its layout) as CPU storages,
+/// after checking that all are on one device: `None` when that device is not the CPU.
+type CpuConvolution<'a> = (&'a cpu::CpuStorage, &'a cpu::CpuStorage, Option<(&'a cpu::CpuStorage, &'a Layout)>);
+
+/// [`CpuConvolution`] of `op`'s operands, or `None` off the CPU; an error when they are on
+/// different devices.
+fn cpu_convolution<'a>(
+    op: &'static str,
+    x: &'a Storage,
+    w: &'a Storage,
+    bias: Option<(&'a Storage, &'a Layout)>,
+) -> Result<Option<CpuConvolution<'a>>> {
+    let mut operands = vec![x, w];
+    operands.extend(bias.map(|(b, _)| b));
+    same_device(op, &operands)?;
+    Ok(match (x, w, bias) {
+        (Storage::Cpu(x), Storage::Cpu(w), None) => Some((x, w, None)),
+        (Storage::Cpu(x), Storage::Cpu(w), Some((Storage::Cpu(b), b_l))) => Some((x, w, Some((b, b_l)))),
+        _ => None,
+    })
+}
+
 impl Storage {
     /// A new storage of `n` values on `device`, made by that device's backend (`cpu` and
     /// `cuda` say how); `what` names it in a refusal for lack of memory.
@@ -927,21 +949,12 @@ impl Storage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Option<Storage>> {
-        let mut operands = vec![self, w];
-        operands.extend(bias.map(|(b, _)| b));
-        same_device("conv2d", &operands)?;
+        let cpu = cpu_convolution("conv2d", self, w, bias)?;
         let [n, _, _, _] = dims.input;
         let out = [n, w_l.shape()[0], dims.output[0], dims.output[1]];
         room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d")?;
-        match (self, w, bias) {
-            (Storage::Cpu(x), Storage::Cpu(w), None) => {
-                Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, None, dims, padding)?)))
-            }
-            (Storage::Cpu(x), Storage::Cpu(w), Some((Storage::Cpu(b), b_l))) => {
-                Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, Some((b, b_l)), dims, padding)?)))
-            }
-            _ => Ok(None),
-        }
+        let Some((x, w, bias)) = cpu else { return Ok(None) };
+        Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, bias, dims, padding)?)))
     }
 
     /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, in one
@@ -959,19 +972,12 @@ impl Storage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Option<(Storage, Storage)>> {
-        let mut operands = vec![self, w];
-        operands.extend(bias.map(|(b, _)| b));
-        same_device("conv2d_max_pool2", &operands)?;
+        let cpu = cpu_convolution("conv2d_max_pool2", self, w, bias)?;
         let out = [dims.input[0], w_l.shape()[0], dims.output[0] / 2, dims.output[1] / 2];
         room_for(self, 2 * out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d_max_pool2")?;
-        let pair = |o: Option<(cpu::CpuStorage, cpu::CpuStorage)>| o.map(|(v, t)| (Storage::Cpu(v), Storage::Cpu(t)));
-        match (self, w, bias) {
-            (Storage::Cpu(x), Storage::Cpu(w), None) => Ok(pair(x.conv2d_max_pool2(l, w, w_l, None, dims, padding)?)),
-            (Storage::Cpu(x), Storage::Cpu(w), Some((Storage::Cpu(b), b_l))) => {
-                Ok(pair(x.conv2d_max_pool2(l, w, w_l, Some((b, b_l)), dims, padding)?))
-            }
-            _ => Ok(None),
-        }
+        let Some((x, w, bias)) = cpu else { return Ok(None) };
+        let pooled = x.conv2d_max_pool2(l, w, w_l, bias, dims, padding)?;
+        Ok(pooled.map(|(v, t)| (Storage::Cpu(v), Storage::Cpu(t))))
     }
 
     /// The filters' gradient of [`Storage::conv2d_max_pool2`] on the CPU: `self` the

@@ -176,8 +176,7 @@ mod tests {
     use crate::optim::{Optimizer, Sgd};
 
     fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
-        let n = shape.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.standard_normal()).collect(), shape).expect("a tensor")
+        Tensor::from_vec(rng.normals(shape.iter().product()), shape).expect("a tensor")
     }
 
     /// Checks `layer` on `x` under `no_grad` against `relu?(x·Wᵀ + b)` summed in f64 from the

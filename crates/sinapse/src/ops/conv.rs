@@ -282,7 +282,7 @@ impl Tensor {
         let pooled = [n, o, oh / 2, ow / 2];
         let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&pooled));
         let pool = ImageDims { input: [n, o, oh, ow], output: [oh / 2, ow / 2] };
-        let pool_win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let pool_win = Window::POOL_2X2;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
         Ok(Tensor::from_op(values, &pooled, "conv2d_max_pool2", &inputs, move |g, x, _| {

@@ -1656,9 +1656,9 @@ mod tests {
             ([2, 3, 5, 4], [7, 1, 1], [0, 0], false),
         ];
         for ([n, c, h, w], [o, kh, kw], [ph, pw], with_bias) in cases {
-            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
-            let wt: Vec<f32> = (0..o * c * kh * kw).map(|_| rng.standard_normal()).collect();
-            let b: Vec<f32> = (0..o).map(|_| rng.standard_normal()).collect();
+            let x = rng.normals(n * c * h * w);
+            let wt = rng.normals(o * c * kh * kw);
+            let b = rng.normals(o);
             let bias = with_bias.then_some(b.as_slice());
             let (oh, ow) = (h + 2 * ph - kh + 1, w + 2 * pw - kw + 1);
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
@@ -1707,9 +1707,9 @@ mod tests {
             ([2, 1, 5, 5], [33, 1, 1], [0, 0]),
         ];
         for ([n, c, h, w], [o, kh, kw], [ph, pw]) in cases {
-            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
+            let x = rng.normals(n * c * h * w);
             let (oh, ow) = (h + 2 * ph - kh + 1, w + 2 * pw - kw + 1);
-            let g: Vec<f32> = (0..n * o * oh * ow).map(|_| rng.standard_normal()).collect();
+            let g = rng.normals(n * o * oh * ow);
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
             let at = |b: usize, ch: usize, y: usize, xx: usize| {
                 padded_pixel(&x, [c, h, w], [ph, pw], b, ch, y as isize, xx as isize)
@@ -1758,17 +1758,17 @@ mod tests {
             // 10x16 outputs: AVX-512's pooling of narrow rows (8 windows a row).
             ([2, 1, 12, 18], [8, 3, 3], [0, 0], true),
         ];
-        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let win = Window::POOL_2X2;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for ([n, c, h, w], [o, kh, kw], padding, with_bias) in cases {
-            let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.standard_normal()).collect();
-            let wt: Vec<f32> = (0..o * c * kh * kw).map(|_| rng.standard_normal()).collect();
-            let b: Vec<f32> = (0..o).map(|_| rng.standard_normal()).collect();
+            let x = rng.normals(n * c * h * w);
+            let wt = rng.normals(o * c * kh * kw);
+            let b = rng.normals(o);
             let bias = with_bias.then_some(b.as_slice());
             let (oh, ow) = (h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1);
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
             let pool = ImageDims { input: [n, o, oh, ow], output: [oh / 2, ow / 2] };
-            let g: Vec<f32> = (0..n * o * (oh / 2) * (ow / 2)).map(|_| rng.standard_normal()).collect();
+            let g = rng.normals(n * o * (oh / 2) * (ow / 2));
             let case = format!("x {:?} w {:?} padding {padding:?}", [n, c, h, w], [o, kh, kw]);
             for isa in Isa::available() {
                 let mut taps = None;
@@ -1810,8 +1810,8 @@ mod tests {
             let size = |i: usize, k: usize, a: usize| (i + 2 * padding[a] - dilation[a] * (k - 1) - 1) / stride[a] + 1;
             let (oh, ow) = (size(h, kh, 0), size(w, kw, 1));
             let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
-            let g: Vec<f32> = (0..n * o * oh * ow).map(|_| rng.standard_normal()).collect();
-            let wt: Vec<f32> = (0..o * c * kh * kw).map(|_| rng.standard_normal()).collect();
+            let g = rng.normals(n * o * oh * ow);
+            let wt = rng.normals(o * c * kh * kw);
             let mut want = vec![0.0f64; n * c * h * w];
             for b in 0..n {
                 for f in 0..o {
@@ -1908,11 +1908,11 @@ mod tests {
 
     fn check_two_by_two_backward(rng: &mut Rng, n: usize, c: usize, h: usize, w: usize) {
         let src = ties_and_nans(rng, n * c * h * w, true);
-        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let win = Window::POOL_2X2;
         let (oh, ow) = (h / 2, w / 2);
         let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
         let (_, taps) = max_pool(&src, dims, &win);
-        let g: Vec<f32> = (0..n * c * oh * ow).map(|_| rng.standard_normal()).collect();
+        let g = rng.normals(n * c * oh * ow);
         let mut want = vec![0.0f32; n * c * h * w];
         for p in 0..n * c {
             for y in 0..oh {
@@ -1946,7 +1946,7 @@ mod tests {
         let src = ties_and_nans(rng, n * c * h * w, false);
         // The same ties without a NaN (AVX-512 skips the NaN rule for vectors without one).
         let numbers: Vec<f32> = src.iter().map(|&v| if v.is_nan() { -2.0 } else { v }).collect();
-        let win = Window { kernel: [2, 2], stride: [2, 2], padding: [0, 0], dilation: [1, 1] };
+        let win = Window::POOL_2X2;
         let dims = ImageDims { input: [n, c, h, w], output: [h / 2, w / 2] };
         for isa in Isa::available() {
             check_two_by_two_on(isa, &src, [n, c, h, w], dims, &win);

@@ -19,6 +19,7 @@ mod winograd;
 use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
 use crate::layout::Layout;
 use crate::{Device, Result};
+use std::borrow::Cow;
 
 /// Host memory, one variant per element type.
 #[derive(Clone, Debug)]
@@ -79,11 +80,24 @@ impl CpuStorage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Self> {
-        let x = elementwise::row_major(self.f32(), l);
-        let wm = elementwise::row_major(w.f32(), w_l);
-        let bias = bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l));
+        let (x, wm, bias) = self.convolution_operands(l, w, w_l, bias);
         let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
         Ok(CpuStorage::F32(conv::conv2d_direct(&x, dims, &wm, o, kernel, padding, bias.as_deref())))
+    }
+
+    /// A convolution's images (`self`), filters and bias, each read row-major (borrowed when
+    /// already so).
+    #[allow(clippy::type_complexity)]
+    fn convolution_operands<'a>(
+        &'a self,
+        l: &Layout,
+        w: &'a Self,
+        w_l: &Layout,
+        bias: Option<(&'a Self, &Layout)>,
+    ) -> (Cow<'a, [f32]>, Cow<'a, [f32]>, Option<Cow<'a, [f32]>>) {
+        let x = elementwise::row_major(self.f32(), l);
+        let wm = elementwise::row_major(w.f32(), w_l);
+        (x, wm, bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l)))
     }
 
     /// A stride-1, undilated convolution and 2x2 max pooling with stride 2 in one pass (see
@@ -100,9 +114,7 @@ impl CpuStorage {
         padding: [usize; 2],
     ) -> Result<Option<(Self, Self)>> {
         let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
-        let x = elementwise::row_major(self.f32(), l);
-        let wm = elementwise::row_major(w.f32(), w_l);
-        let bias = bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l));
+        let (x, wm, bias) = self.convolution_operands(l, w, w_l, bias);
         let out = conv::conv2d_max_pool2(&x, dims, &wm, o, kernel, padding, bias.as_deref());
         Ok(out.map(|(v, t)| (CpuStorage::F32(v), CpuStorage::F32(t))))
     }
