@@ -486,27 +486,40 @@ fn graph_check(device: Device) -> Result<Option<String>> {
 }
 
 /// A `Sequential` of `Linear`s that kept CPU copies of their weights for inference, then
-/// moved to `device`, runs there (not from the CPU copies) and gives the CPU's values; moved
-/// back to the CPU, the same again. A move keeps each weight's storage and version, so only
-/// the device tells a layer that its copy no longer applies.
+/// moved to `device`, runs there (not from the CPU copies) and gives the CPU's values, on a
+/// batch and on one row of mostly zeros (whose zeros the CPU skips); moved back to the CPU,
+/// the same again. A move keeps each weight's storage and version, so only the device tells
+/// a layer that its copy no longer applies.
 fn moved_inference_check(device: Device) -> Result<Option<String>> {
     use sinapse::nn::{Linear, Mode, Module, Relu, Sequential};
     let mut rng = Rng::seed(11);
     let model = Sequential::new().add(Linear::new(6, 32, &mut rng)?).add(Relu).add(Linear::new(32, 24, &mut rng)?);
-    let x = Tensor::rand_normal(&[8, 6], 0.0, 1.0, &mut rng)?;
+    // A batch, and one row of mostly zeros (which the CPU sums skipping its zeros).
+    let inputs = [
+        Tensor::rand_normal(&[8, 6], 0.0, 1.0, &mut rng)?,
+        Tensor::from_vec(vec![0.0, 1.5, 0.0, 0.0, -0.7, 0.0], &[1, 6])?,
+    ];
     let _off = sinapse::no_grad();
-    let want = model.forward(&x, Mode::Eval)?.to_vec();
+    let want: Vec<Vec<f32>> =
+        inputs.iter().map(|x| Ok(model.forward(x, Mode::Eval)?.to_vec())).collect::<Result<_>>()?;
     model.to(device)?;
-    let got = model.forward(&x.to(device)?, Mode::Eval)?;
-    if got.device() != device {
-        return Ok(Some(format!("the output is on {}", got.device())));
-    }
-    if let Some(p) = mismatch(&got.to_vec(), &want) {
-        return Ok(Some(format!("on the device: {p}")));
+    for (x, want) in inputs.iter().zip(&want) {
+        let got = model.forward(&x.to(device)?, Mode::Eval)?;
+        if got.device() != device {
+            return Ok(Some(format!("the output is on {}", got.device())));
+        }
+        if let Some(p) = mismatch(&got.to_vec(), want) {
+            return Ok(Some(format!("on the device, {} rows: {p}", x.shape()[0])));
+        }
     }
     model.to(Device::Cpu)?;
-    let back = model.forward(&x, Mode::Eval)?.to_vec();
-    Ok(mismatch(&back, &want).map(|p| format!("moved back to the CPU: {p}")))
+    for (x, want) in inputs.iter().zip(&want) {
+        let back = model.forward(x, Mode::Eval)?.to_vec();
+        if let Some(p) = mismatch(&back, want) {
+            return Ok(Some(format!("moved back to the CPU, {} rows: {p}", x.shape()[0])));
+        }
+    }
+    Ok(None)
 }
 
 fn main() {

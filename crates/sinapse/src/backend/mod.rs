@@ -571,18 +571,19 @@ fn same_device(op: &'static str, storages: &[&Storage]) -> Result<()> {
     }
 }
 
-/// A convolution's images, filters and optional bias (with its layout) as CPU storages,
-/// after checking that all are on one device: `None` when that device is not the CPU.
-type CpuConvolution<'a> = (&'a cpu::CpuStorage, &'a cpu::CpuStorage, Option<(&'a cpu::CpuStorage, &'a Layout)>);
+/// An op's input, its filters or weight, and an optional bias (with its layout) as CPU
+/// storages, after checking that all are on one device: `None` when that device is not the
+/// CPU.
+type CpuOperands<'a> = (&'a cpu::CpuStorage, &'a cpu::CpuStorage, Option<(&'a cpu::CpuStorage, &'a Layout)>);
 
-/// [`CpuConvolution`] of `op`'s operands, or `None` off the CPU; an error when they are on
+/// [`CpuOperands`] of `op`'s operands, or `None` off the CPU; an error when they are on
 /// different devices.
-fn cpu_convolution<'a>(
+fn cpu_operands<'a>(
     op: &'static str,
     x: &'a Storage,
     w: &'a Storage,
     bias: Option<(&'a Storage, &'a Layout)>,
-) -> Result<Option<CpuConvolution<'a>>> {
+) -> Result<Option<CpuOperands<'a>>> {
     let mut operands = vec![x, w];
     operands.extend(bias.map(|(b, _)| b));
     same_device(op, &operands)?;
@@ -949,12 +950,33 @@ impl Storage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Option<Storage>> {
-        let cpu = cpu_convolution("conv2d", self, w, bias)?;
+        let cpu = cpu_operands("conv2d", self, w, bias)?;
         let [n, _, _, _] = dims.input;
         let out = [n, w_l.shape()[0], dims.output[0], dims.output[1]];
         room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d")?;
         let Some((x, w, bias)) = cpu else { return Ok(None) };
         Ok(Some(Storage::Cpu(x.conv2d_direct(l, w, w_l, bias, dims, padding)?)))
+    }
+
+    /// A dense layer's `relu?(x · wt + bias)` for inference, with the zero entries of `x`
+    /// skipped, where the device has a kernel for it (the CPU): `self` the `[m, k]` inputs,
+    /// `wt` the weight laid out `[k, n]`, `bias` `[n]`. `None` on other devices, where the
+    /// caller multiplies by the whole weight. Only for a finite weight (a skipped `0 · inf`
+    /// would have been NaN).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn linear_skipping_zeros(
+        &self,
+        l: &Layout,
+        wt: &Storage,
+        wt_l: &Layout,
+        bias: Option<(&Storage, &Layout)>,
+        mkn: [usize; 3],
+        relu: bool,
+    ) -> Result<Option<Storage>> {
+        let cpu = cpu_operands("linear", self, wt, bias)?;
+        room_for(self, mkn[0].saturating_mul(mkn[2]), "linear")?;
+        let Some((x, w, bias)) = cpu else { return Ok(None) };
+        Ok(Some(Storage::Cpu(x.linear_skipping_zeros(l, w, wt_l, bias, mkn, relu))))
     }
 
     /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, in one
@@ -972,7 +994,7 @@ impl Storage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Option<(Storage, Storage)>> {
-        let cpu = cpu_convolution("conv2d_max_pool2", self, w, bias)?;
+        let cpu = cpu_operands("conv2d_max_pool2", self, w, bias)?;
         let out = [dims.input[0], w_l.shape()[0], dims.output[0] / 2, dims.output[1] / 2];
         room_for(self, 2 * out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "conv2d_max_pool2")?;
         let Some((x, w, bias)) = cpu else { return Ok(None) };

@@ -17,7 +17,17 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// `Wᵀ` laid out `[in, out]`, kept for inference on the CPU (see [`Linear::weight_for`]).
     #[parameters(skip)]
-    transposed: Mutex<Option<(ValuesKey, Tensor)>>,
+    transposed: Mutex<Option<Kept>>,
+}
+
+/// The copy of `Wᵀ` a [`Linear`] keeps for inference on the CPU.
+struct Kept {
+    /// The weight's values the copy was made from.
+    key: ValuesKey,
+    /// `Wᵀ`, laid out `[in, out]`.
+    wt: Tensor,
+    /// Whether every value is finite, so that a product may skip the inputs that are zero.
+    finite: bool,
 }
 
 impl Linear {
@@ -70,23 +80,74 @@ impl Linear {
 
 impl Linear {
     /// The layer followed by a ReLU: one fused op ([`Tensor::linear_relu`]) for a batch of
-    /// rows with a bias, else the layer's output through [`Tensor::relu`]. The same values and
-    /// gradients either way.
+    /// rows, else the layer's output through [`Tensor::relu`]. The same values and gradients
+    /// either way.
     pub(crate) fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        match &self.bias {
-            Some(bias) if x.rank() == 2 => {
-                self.check_input(x)?;
-                x.linear_relu(&self.weight_for(x.shape()[0])?, bias)
-            }
-            _ => self.forward(x, mode)?.relu(),
+        if x.rank() == 2 {
+            self.check_input(x)?;
+            return self.product(x, true);
         }
+        self.forward(x, mode)?.relu()
+    }
+
+    /// `x·Wᵀ + b` for `x` of shape `[rows, in]`, through a ReLU when `relu`.
+    ///
+    /// For inference on the CPU on one or two rows that are mostly zeros
+    /// ([`Linear::skips_zeros`]), the product is the sum of the rows of the kept `Wᵀ`
+    /// ([`Linear::kept`]) that the nonzero inputs pick, so the zeros and the weights they
+    /// would multiply are never read: for MNIST digits (81% of the pixels are 0), a fifth of
+    /// the first layer's weights. On a 2-core Intel Xeon (AVX-512), the `infer` benchmark's MLP
+    /// (784-256-128-10) ran one sample in a median 5.9-6.4 us this way against 8.1-8.5 us
+    /// (a scratch loop of 1990 test images as the benchmark times them, 10 alternating
+    /// rounds); 784 x 256 alone on two rows, 11-14 us against 19-24.
+    ///
+    /// With fewer zeros the gain shrinks: one row of 784 x 256 took 6.3 us skipping against
+    /// 7.7 whole at 71% zeros, 7.6 against 7.4 at 62% and 10.4 against 8.1 at 40%, hence the
+    /// rule of two thirds; a hidden layer after a ReLU (about half zeros, 256 x 128) took
+    /// 1.77 us against 1.50. Larger batches multiply the whole weight: a kernel that went
+    /// through `Wᵀ` in tiles kept in cache, each row adding the tile rows its nonzero inputs
+    /// pick, ran 784 x 256 on 4-8 rows 2.6-3.8x slower than gemm, on 128 rows at 0.95-1.04x
+    /// its speed and on 1024 rows at 0.99-1.13x (not kept). A weight that is not all finite
+    /// is multiplied whole, since a skipped `0 · inf` would be NaN.
+    fn product(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        if self.skips_zeros(x) {
+            if let Some((wt, true)) = self.kept()? {
+                if let Some(y) = x.linear_skipping_zeros(&wt, self.bias.as_ref(), relu)? {
+                    return Ok(y);
+                }
+            }
+        }
+        let weight = self.weight_for(x.shape()[0])?;
+        match (&self.bias, relu) {
+            (Some(bias), true) => x.linear_relu(&weight, bias),
+            (bias, false) => x.linear(&weight, bias.as_ref()),
+            (None, true) => x.linear(&weight, None)?.relu(),
+        }
+    }
+
+    /// Whether [`Linear::product`] skips the zero entries of `x` (`[rows, in]`): for
+    /// inference on the CPU, at least 16 outputs, at most [`SKIP_ZEROS_ROWS`] rows, and at
+    /// least two thirds of the values zeros (99% of the MNIST test images have more).
+    fn skips_zeros(&self, x: &Tensor) -> bool {
+        let rows = x.shape().first().copied().unwrap_or(0);
+        if crate::is_grad_enabled()
+            || x.rank() != 2
+            || rows == 0
+            || rows > SKIP_ZEROS_ROWS
+            || self.out_features() < 16
+            || x.device() != Device::Cpu
+            || self.weight.device() != Device::Cpu
+        {
+            return false;
+        }
+        let values = x.to_vec();
+        let zeros = values.iter().filter(|&&v| v == 0.0).count();
+        3 * zeros >= 2 * values.len()
     }
 
     /// The weight to multiply `rows` input rows by: [`Linear::weight`], or, for inference on
     /// the CPU (no gradient recorded, at least two rows), the same values read from a copy
-    /// laid out `[in, out]`. The layer keeps the copy between calls and makes it again when a
-    /// call finds the weight changed (an in-place write such as an optimizer step, or another
-    /// tensor in its place); a call that finds the weight on another device drops it.
+    /// laid out `[in, out]` ([`Linear::kept`]).
     ///
     /// The matrix product then reads `Wᵀ` with contiguous rows, which gemm uses as it is,
     /// instead of repacking the whole weight on one thread at every call while the other
@@ -103,32 +164,43 @@ impl Linear {
         if rows < 2 || self.out_features() < 16 || crate::is_grad_enabled() || self.weight.rank() != 2 {
             return Ok(self.weight.clone());
         }
+        match self.kept()? {
+            Some((wt, _)) => wt.t(),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
+    /// The kept copy of `Wᵀ` (`[in, out]`) and whether it is all finite, made now if the
+    /// layer has none or the weight changed since: an in-place write such as an optimizer
+    /// step, or another tensor in its place. `None`, and no copy kept, when the weight is on
+    /// another device or its transpose is contiguous already (read as it is).
+    fn kept(&self) -> Result<Option<(Tensor, bool)>> {
         let mut cache = self.transposed.lock().unwrap_or_else(|e| e.into_inner());
         // The device first: moving a weight to another device keeps its storage and version
         // (the values are the same), so the key alone would still match the CPU copy.
-        if self.weight.device() != Device::Cpu {
+        if self.weight.device() != Device::Cpu || self.weight.rank() != 2 {
             *cache = None;
-            return Ok(self.weight.clone());
+            return Ok(None);
         }
-        if let Some((key, wt)) = cache.as_ref() {
-            if key.matches(&self.weight) {
-                return wt.t();
+        if let Some(kept) = cache.as_ref() {
+            if kept.key.matches(&self.weight) {
+                return Ok(Some((kept.wt.clone(), kept.finite)));
             }
         }
         // Stale, or never made: the old copy goes before a new one is made.
         *cache = None;
         let wt = self.weight.t()?;
         if wt.layout().is_contiguous() {
-            return Ok(self.weight.clone());
+            return Ok(None);
         }
         // The key is taken before the values are read. A write in between moves the version
         // on after the key was taken, so the copy may be newer than its key (and is made again
         // next time), never older (see `write_lock`).
         let key = self.weight.values_key();
         let wt = wt.contiguous()?;
-        let weight = wt.t()?;
-        *cache = Some((key, wt));
-        Ok(weight)
+        let finite = wt.to_vec().iter().all(|v| v.is_finite());
+        *cache = Some(Kept { key, wt: wt.clone(), finite });
+        Ok(Some((wt, finite)))
     }
 
     /// The weight's rank and the input's last axis, checked with errors naming the layer.
@@ -146,16 +218,19 @@ impl Linear {
     }
 }
 
+/// The most rows [`Linear::product`] skips zero inputs for.
+const SKIP_ZEROS_ROWS: usize = 2;
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
         self.check_input(x)?;
         if x.rank() == 2 {
-            return x.linear(&self.weight_for(x.shape()[0])?, self.bias.as_ref());
+            return self.product(x, false);
         }
         // Leading axes ([batch, time, ..]) are flattened into rows: one matrix product, and
         // its weight gradient one product too, instead of a batch of small ones.
         let rows = x.reshape(&[x.elem_count() / self.in_features().max(1), self.in_features()])?;
-        let y = rows.linear(&self.weight_for(rows.shape()[0])?, self.bias.as_ref())?;
+        let y = self.product(&rows, false)?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap_or(&mut 0) = self.out_features();
         y.reshape(&shape)
@@ -211,7 +286,7 @@ mod tests {
         let _off = crate::no_grad();
         let weight = layer.weight_for(rows)?;
         let cache = layer.transposed.lock().expect("not poisoned");
-        Ok(cache.as_ref().is_some_and(|(_, wt)| weight.same_storage(wt) && !weight.same_storage(&layer.weight)))
+        Ok(cache.as_ref().is_some_and(|kept| weight.same_storage(&kept.wt) && !weight.same_storage(&layer.weight)))
     }
 
     #[test]
@@ -277,6 +352,45 @@ mod tests {
         assert_eq!(y.shape(), [2, 3, 19]);
         assert_eq!(y.to_vec(), flat.to_vec());
         assert!(reads_copy(&layer, 6)?);
+        Ok(())
+    }
+
+    #[test]
+    fn inference_on_rows_of_mostly_zeros_skips_them_unless_the_weight_is_not_finite() -> Result<()> {
+        let mut rng = Rng::seed(6);
+        // 70 outputs: one block of the kernel's columns and a tail.
+        let mut layer = Linear::new(40, 70, &mut rng)?;
+        // Two rows, each with 8 nonzero values of 40 (80% zeros); column 0 is zero in both.
+        let mut values = vec![0.0f32; 80];
+        for (i, v) in values.iter_mut().enumerate() {
+            if i % 5 == 2 {
+                *v = rng.standard_normal();
+            }
+        }
+        let x = Tensor::from_vec(values, &[2, 40])?;
+        let cached = |layer: &Linear| layer.transposed.lock().expect("not poisoned").is_some();
+        // One row: only the skipping path makes a copy (the dense one reads W's rows).
+        check_inference(&layer, &x.narrow(0, 1, 1)?)?;
+        assert!(cached(&layer));
+        check_inference(&layer, &x)?;
+        // A row with too few zeros takes the dense path, to the same values.
+        check_inference(&layer, &random(&[1, 40], &mut rng))?;
+        // The copy follows the weight: a write through a view, then a new tensor.
+        layer.weight.narrow(0, 5, 3)?.copy_from(&random(&[3, 40], &mut rng))?;
+        check_inference(&layer, &x)?;
+        layer.weight = random(&[70, 40], &mut rng);
+        check_inference(&layer, &x.narrow(0, 0, 1)?)?;
+        // An infinite weight facing a zero input: 0 · inf is NaN, as the whole product gives.
+        let mut w = layer.weight.to_vec();
+        w[3 * 40] = f32::INFINITY;
+        layer.weight = Tensor::from_vec(w, &[70, 40])?;
+        let _off = crate::no_grad();
+        for rows in [1, 2] {
+            let y = layer.forward(&x.narrow(0, 0, rows)?, Mode::Eval)?.to_vec();
+            for (i, v) in y.iter().enumerate() {
+                assert_eq!(v.is_nan(), i % 70 == 3, "{rows} rows, output {i}: {v}");
+            }
+        }
         Ok(())
     }
 }

@@ -182,7 +182,7 @@ impl Tensor {
 
     /// `f(images, filters, bias and its layout)` on the storages of this tensor, `weight` and
     /// `bias`, each locked for reading while it runs.
-    fn with_filters<R>(
+    pub(super) fn with_filters<R>(
         &self,
         weight: &Tensor,
         bias: Option<&Tensor>,

@@ -97,21 +97,9 @@ impl Tensor {
     /// for only with a bias).
     fn linear_with(&self, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         debug_assert!(bias.is_some() || !relu, "linear_relu always has a bias");
-        let (rows, inputs) = match *self.shape() {
-            [r, i] => (r, i),
-            ref s => return Err(Error::invalid("linear", format!("input must be [rows, in], got {s:?}"))),
-        };
-        let outputs = match *weight.shape() {
-            [o, i] if i == inputs => o,
-            [_, _] => return Err(Error::shapes("linear", self.shape(), weight.shape())),
-            ref s => return Err(Error::invalid("linear", format!("weight must be [out, in], got {s:?}"))),
-        };
-        if let Some(b) = bias {
-            if b.shape() != [outputs] {
-                return Err(Error::shapes("linear bias", b.shape(), &[outputs]));
-            }
-        }
-        let mkn = [rows, inputs, outputs];
+        let reversed: Vec<usize> = weight.shape().iter().rev().copied().collect();
+        let mkn = self.linear_dims(&reversed, bias)?;
+        let [rows, _, outputs] = mkn;
         let wt = weight.layout().transpose(0, 1)?; // [in, out], read in place
         let y = match bias {
             Some(bt) => Tensor::with_storages([self, weight, bt], |[x, w, b]| {
@@ -143,6 +131,54 @@ impl Tensor {
             }
             Ok(grads)
         }))
+    }
+}
+
+impl Tensor {
+    /// [`Tensor::linear`] (or [`Tensor::linear_relu`] when `relu`) for inference, with the
+    /// weight given as `wt`, laid out `[in, out]`: the CPU sums only the rows of `wt` that the
+    /// nonzero entries of `self` pick (`backend/cpu/sparse.rs`), which is the whole product
+    /// when `self` is mostly zeros. `None` while gradients are recorded (nothing here records
+    /// them) or off the CPU: the caller multiplies by the whole weight instead.
+    ///
+    /// For a finite `wt` only: the zero entries' terms are skipped, and `0 · inf` is NaN.
+    pub(crate) fn linear_skipping_zeros(
+        &self,
+        wt: &Tensor,
+        bias: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
+        if crate::is_grad_enabled() {
+            return Ok(None);
+        }
+        let mkn = self.linear_dims(wt.shape(), bias)?;
+        let out = self
+            .with_filters(wt, bias, |x, w, b| x.linear_skipping_zeros(self.layout(), w, wt.layout(), b, mkn, relu))?;
+        Ok(out.map(|s| Tensor::from_storage(s, crate::layout::Layout::contiguous(&[mkn[0], mkn[2]]))))
+    }
+
+    /// `[rows, in, out]` of a dense layer on `self` (`[rows, in]`) with its weight's
+    /// transpose of shape `wt` (`[in, out]`) and `bias` (`[out]`), or the error that names
+    /// the shape that does not fit.
+    fn linear_dims(&self, wt: &[usize], bias: Option<&Tensor>) -> Result<[usize; 3]> {
+        let (rows, inputs) = match *self.shape() {
+            [r, i] => (r, i),
+            ref s => return Err(Error::invalid("linear", format!("input must be [rows, in], got {s:?}"))),
+        };
+        let outputs = match *wt {
+            [i, o] if i == inputs => o,
+            [i, o] => return Err(Error::shapes("linear", self.shape(), &[o, i])),
+            ref s => {
+                let s: Vec<usize> = s.iter().rev().copied().collect();
+                return Err(Error::invalid("linear", format!("weight must be [out, in], got {s:?}")));
+            }
+        };
+        if let Some(b) = bias {
+            if b.shape() != [outputs] {
+                return Err(Error::shapes("linear bias", b.shape(), &[outputs]));
+            }
+        }
+        Ok([rows, inputs, outputs])
     }
 }
 

@@ -14,6 +14,7 @@ mod optim;
 mod recurrent;
 mod reduce;
 mod simd;
+mod sparse;
 mod winograd;
 
 use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
@@ -80,15 +81,15 @@ impl CpuStorage {
         dims: ImageDims,
         padding: [usize; 2],
     ) -> Result<Self> {
-        let (x, wm, bias) = self.convolution_operands(l, w, w_l, bias);
+        let (x, wm, bias) = self.row_major_operands(l, w, w_l, bias);
         let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
         Ok(CpuStorage::F32(conv::conv2d_direct(&x, dims, &wm, o, kernel, padding, bias.as_deref())))
     }
 
-    /// A convolution's images (`self`), filters and bias, each read row-major (borrowed when
-    /// already so).
+    /// A convolution's images (`self`), filters and bias, or a dense layer's inputs, weight and
+    /// bias, each read row-major (borrowed when already so).
     #[allow(clippy::type_complexity)]
-    fn convolution_operands<'a>(
+    fn row_major_operands<'a>(
         &'a self,
         l: &Layout,
         w: &'a Self,
@@ -98,6 +99,22 @@ impl CpuStorage {
         let x = elementwise::row_major(self.f32(), l);
         let wm = elementwise::row_major(w.f32(), w_l);
         (x, wm, bias.map(|(b, b_l)| elementwise::row_major(b.f32(), b_l)))
+    }
+
+    /// A dense layer's `relu?(x · wt + bias)` with the zero entries of `x` skipped (see
+    /// [`sparse::linear_skipping_zeros`]): `self` the `[m, k]` inputs, `wt` the weight laid
+    /// out `[k, n]`, `bias` `[n]`.
+    pub(crate) fn linear_skipping_zeros(
+        &self,
+        l: &Layout,
+        wt: &Self,
+        wt_l: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        mkn: [usize; 3],
+        relu: bool,
+    ) -> Self {
+        let (x, w, bias) = self.row_major_operands(l, wt, wt_l, bias);
+        CpuStorage::F32(sparse::linear_skipping_zeros(&x, &w, bias.as_deref(), mkn, relu))
     }
 
     /// A stride-1, undilated convolution and 2x2 max pooling with stride 2 in one pass (see
@@ -114,7 +131,7 @@ impl CpuStorage {
         padding: [usize; 2],
     ) -> Result<Option<(Self, Self)>> {
         let (o, kernel) = (w_l.shape()[0], [w_l.shape()[2], w_l.shape()[3]]);
-        let (x, wm, bias) = self.convolution_operands(l, w, w_l, bias);
+        let (x, wm, bias) = self.row_major_operands(l, w, w_l, bias);
         let out = conv::conv2d_max_pool2(&x, dims, &wm, o, kernel, padding, bias.as_deref());
         Ok(out.map(|(v, t)| (CpuStorage::F32(v), CpuStorage::F32(t))))
     }
