@@ -79,9 +79,9 @@ impl Linear {
 }
 
 impl Linear {
-    /// The layer followed by a ReLU: one fused op ([`Tensor::linear_relu`]) for a batch of
-    /// rows, else the layer's output through [`Tensor::relu`]. The same values and gradients
-    /// either way.
+    /// The layer followed by a ReLU: for a batch of rows, [`Linear::product`] with the ReLU
+    /// in the same op (with a bias, [`Tensor::linear_relu`]); else the layer's output through
+    /// [`Tensor::relu`]. The same values and gradients either way.
     pub(crate) fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if x.rank() == 2 {
             self.check_input(x)?;
@@ -99,16 +99,17 @@ impl Linear {
     /// the first layer's weights. On a 2-core Intel Xeon (AVX-512), the `infer` benchmark's MLP
     /// (784-256-128-10) ran one sample in a median 5.9-6.4 us this way against 8.1-8.5 us
     /// (a scratch loop of 1990 test images as the benchmark times them, 10 alternating
-    /// rounds); 784 x 256 alone on two rows, 11-14 us against 19-24.
+    /// rounds); 784 x 256 alone on two rows, medians of 11.0-14.4 us against 18.8-24.5.
     ///
     /// With fewer zeros the gain shrinks: one row of 784 x 256 took 6.3 us skipping against
-    /// 7.7 whole at 71% zeros, 7.6 against 7.4 at 62% and 10.4 against 8.1 at 40%, hence the
-    /// rule of two thirds; a hidden layer after a ReLU (about half zeros, 256 x 128) took
-    /// 1.77 us against 1.50. Larger batches multiply the whole weight: a kernel that went
-    /// through `Wᵀ` in tiles kept in cache, each row adding the tile rows its nonzero inputs
-    /// pick, ran 784 x 256 on 4-8 rows 2.6-3.8x slower than gemm, on 128 rows at 0.95-1.04x
-    /// its speed and on 1024 rows at 0.99-1.13x (not kept). A weight that is not all finite
-    /// is multiplied whole, since a skipped `0 · inf` would be NaN.
+    /// 7.7 whole at 71% zeros, 7.6 against 7.4 at 62% and 10.4 against 8.1 at 40% (medians of
+    /// 15 rounds; at 53% the best times were 8.0 against 7.0), hence the rule of two thirds; a
+    /// hidden layer after a ReLU (about half zeros, 256 x 128) took 1.77 us against 1.50.
+    /// Larger batches multiply the whole weight: a kernel that went through `Wᵀ` in tiles
+    /// kept in cache, each row adding the tile rows its nonzero inputs pick, ran 784 x 256 on
+    /// 4-8 rows 2.6-3.8x slower than gemm, on 128 rows at 0.95-1.04x its speed and on 1024
+    /// rows at 0.99-1.13x (not kept). A weight that is not all finite is multiplied whole,
+    /// since a skipped `0 · inf` would be NaN.
     fn product(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
         if self.skips_zeros(x) {
             if let Some((wt, true)) = self.kept()? {

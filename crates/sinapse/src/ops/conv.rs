@@ -181,7 +181,8 @@ impl Tensor {
     }
 
     /// `f(images, filters, bias and its layout)` on the storages of this tensor, `weight` and
-    /// `bias`, each locked for reading while it runs.
+    /// `bias`, each locked for reading while it runs (a dense layer's inputs, weight and bias
+    /// too).
     pub(super) fn with_filters<R>(
         &self,
         weight: &Tensor,
