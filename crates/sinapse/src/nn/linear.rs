@@ -15,7 +15,7 @@ pub struct Linear {
     pub weight: Tensor,
     /// Bias, `[out_features]`, if the layer has one.
     pub bias: Option<Tensor>,
-    /// `Wᵀ` laid out `[in, out]`, kept for inference on the CPU (see [`Linear::weight_for`]).
+    /// `Wᵀ` laid out `[in, out]`, kept for inference on the CPU (see [`Linear::kept`]).
     #[parameters(skip)]
     transposed: Mutex<Option<Kept>>,
 }
@@ -79,9 +79,10 @@ impl Linear {
 }
 
 impl Linear {
-    /// The layer followed by a ReLU: for a batch of rows, [`Linear::product`] with the ReLU
-    /// in the same op (with a bias, [`Tensor::linear_relu`]); else the layer's output through
-    /// [`Tensor::relu`]. The same values and gradients either way.
+    /// The layer followed by a ReLU: for a batch of rows, [`Linear::product`] with its ReLU
+    /// (one fused op with a bias, [`Tensor::linear_relu`], or in the zero-skipping kernel);
+    /// for inputs with leading axes, the layer's output through [`Tensor::relu`]. The same
+    /// values and gradients either way.
     pub(crate) fn forward_relu(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         if x.rank() == 2 {
             self.check_input(x)?;
@@ -381,6 +382,17 @@ mod tests {
         check_inference(&layer, &x)?;
         layer.weight = random(&[70, 40], &mut rng);
         check_inference(&layer, &x.narrow(0, 0, 1)?)?;
+        // Recording gradients: the whole product, whose gradients reach the weight, the bias
+        // and the input (here a `[1, 2, in]` input, its leading axes flattened).
+        layer.weight = layer.weight.set_requires_grad(true);
+        let input = x.reshape(&[1, 2, 40])?.set_requires_grad(true);
+        let y = layer.forward_relu(&input, Mode::Train)?;
+        let grads = y.sum_all()?.backward()?;
+        for (name, t) in [("weight", &layer.weight), ("input", &input)] {
+            assert!(grads.get(t).is_some(), "no gradient for the {name}");
+        }
+        let bias = layer.bias.as_ref().expect("a bias");
+        assert!(grads.get(bias).is_some(), "no gradient for the bias");
         // An infinite weight facing a zero input: 0 · inf is NaN, as the whole product gives.
         let mut w = layer.weight.to_vec();
         w[3 * 40] = f32::INFINITY;

@@ -97,8 +97,11 @@ impl Tensor {
     /// for only with a bias).
     fn linear_with(&self, weight: &Tensor, bias: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         debug_assert!(bias.is_some() || !relu, "linear_relu always has a bias");
-        let reversed: Vec<usize> = weight.shape().iter().rev().copied().collect();
-        let mkn = self.linear_dims(&reversed, bias)?;
+        let mkn = match *weight.shape() {
+            [o, i] => self.linear_dims(&[i, o], bias)?,
+            // Refused by `linear_dims`, after the input's own check.
+            ref s => self.linear_dims(&s.iter().rev().copied().collect::<Vec<_>>(), bias)?,
+        };
         let [rows, _, outputs] = mkn;
         let wt = weight.layout().transpose(0, 1)?; // [in, out], read in place
         let y = match bias {
@@ -139,7 +142,8 @@ impl Tensor {
     /// weight given as `wt`, laid out `[in, out]`: the CPU sums only the rows of `wt` that the
     /// nonzero entries of `self` pick (`backend/cpu/sparse.rs`), which is the whole product
     /// when `self` is mostly zeros. `None` while gradients are recorded (nothing here records
-    /// them) or off the CPU: the caller multiplies by the whole weight instead.
+    /// them), off the CPU, or on an x86-64 CPU without FMA: the caller multiplies by the
+    /// whole weight instead.
     ///
     /// For a finite `wt` only: the zero entries' terms are skipped, and `0 · inf` is NaN.
     pub(crate) fn linear_skipping_zeros(

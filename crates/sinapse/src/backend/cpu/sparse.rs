@@ -9,6 +9,13 @@
 //! so the caller takes this path only for a weight known to be finite (`nn::Linear` checks
 //! its copy once when it makes it).
 
+/// Whether [`linear_skipping_zeros`] runs at speed here: not on an x86-64 CPU without FMA,
+/// where its multiply-adds would each be a call to libm's `fmaf` (the caller then multiplies
+/// by the whole weight).
+pub(super) fn available() -> bool {
+    !(cfg!(target_arch = "x86_64") && super::fastmath::isa().kind() == super::simd::Kind::Portable)
+}
+
 /// `relu?(x · wt + bias)` for the row-major `x` (`m x k`) and `wt` (`k x n`), with the zero
 /// entries of `x` skipped: a new row-major `m x n` buffer. The bias is added after each row's
 /// sum, as the dense product adds it ([`super::matmul::add_to_rows`]).
@@ -23,6 +30,7 @@ pub(super) fn linear_skipping_zeros(
     relu: bool,
 ) -> Vec<f32> {
     assert!(x.len() >= m * k && wt.len() >= k * n, "linear_skipping_zeros: {m} x {k} x {n} on short slices");
+    assert!(u32::try_from(k).is_ok(), "linear_skipping_zeros: {k} inputs do not fit the u32 positions");
     let mut out = vec![0.0f32; m * n];
     if n == 0 {
         return out;
@@ -123,7 +131,7 @@ mod tests {
     #[test]
     fn matches_a_plain_sum_for_every_shape_and_density() {
         let mut rng = Rng::seed(11);
-        // Widths below, at and past a block, with a tail; batches on one thread and spread.
+        // Widths below, at and past a block, with a tail; one row and several.
         for (m, k, n) in [(1, 1, 1), (1, 37, 5), (3, 20, 64), (2, 50, 130), (40, 33, 70), (1, 784, 256)] {
             for density in [0.0, 0.2, 0.7, 1.0] {
                 let x: Vec<f32> = rng
