@@ -98,9 +98,10 @@ impl Linear {
     /// ([`Linear::kept`]) that the nonzero inputs pick, so the zeros and the weights they
     /// would multiply are never read: for MNIST digits (81% of the pixels are 0), a fifth of
     /// the first layer's weights. On a 2-core Intel Xeon (AVX-512), the `infer` benchmark's MLP
-    /// (784-256-128-10) ran one sample in a median 5.9-6.4 us this way against 8.1-8.5 us
-    /// (a scratch loop of 1990 test images as the benchmark times them, 10 alternating
-    /// rounds); 784 x 256 alone on two rows, medians of 11.0-14.4 us against 18.8-24.5.
+    /// (784-256-128-10) ran one sample in 6.3-6.4 us this way against 8.2-8.5 us (two runs
+    /// of a scratch loop over 1990 test images as the benchmark times them: the median of 10
+    /// alternating rounds, each the median of the 1990 calls; rounds 5.9-9.0 against
+    /// 7.7-9.8); 784 x 256 alone on two rows, medians of 11.0-14.4 us against 18.8-24.5.
     ///
     /// With fewer zeros the gain shrinks: one row of 784 x 256 took 6.3 us skipping against
     /// 7.7 whole at 71% zeros, 7.6 against 7.4 at 62% and 10.4 against 8.1 at 40% (medians of

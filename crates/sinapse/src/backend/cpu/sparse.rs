@@ -37,9 +37,9 @@ pub(super) fn linear_skipping_zeros(
     }
     // Row by row on this thread: the layer takes this path for one or two rows, a few
     // microseconds each. Splitting one row's columns over two threads, as the dense
-    // matrix-vector product does, was slower: 7.7-9.8 us against 5.9-8.8 for the `infer`
-    // benchmark's MLP on one sample (medians of 1990 calls, 10 alternating rounds, 2-core
-    // Intel Xeon with AVX-512).
+    // matrix-vector product does, was slower for the `infer` benchmark's MLP on one sample:
+    // the median of 10 alternating rounds (each the median of 1990 calls) 8.2-9.0 us
+    // against 6.3-6.4, in two runs (2-core Intel Xeon with AVX-512).
     let mut picked = Vec::with_capacity(k);
     for (row, out) in x[..m * k].chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n)) {
         nonzeros(row, &mut picked);
