@@ -2,6 +2,7 @@
 
     python3 bench/compare.py [mlp cnn lstm infer] [--pairs 5] [--sinapse target/release/sinapse]
     python3 bench/compare.py mlp --pairs 7 --against OLD_SINAPSE_BINARY
+    python3 bench/compare.py --isa avx2 [NAME ...]
 
 For each benchmark named (all four when none is), runs `sinapse bench NAME --runs 1` and
 `python3 bench/pytorch_bench.py NAME --runs 1` alternately (which of the two runs first in a
@@ -12,6 +13,12 @@ too), and the peak resident memory of both processes. Build first with
 `cargo build --release`; run with a Python that has torch installed. With `--against`, the
 peer is another Sinapse binary (an A/B of two builds; the ratio is new / old), and no torch
 is needed.
+
+`--isa avx2` runs both sides with their CPU kernels capped to AVX2 and FMA, as on a CPU
+without AVX-512: Sinapse through `SINAPSE_CPU_CAPABILITY=avx2`, PyTorch through
+`ATEN_CPU_CAPABILITY=avx2` with MKL's (`MKL_ENABLE_INSTRUCTIONS=AVX2`) and oneDNN's
+(`ONEDNN_MAX_CPU_ISA=AVX2`) caps. Each side's instruction set, as it reports it, is printed
+with the first pair.
 """
 import argparse
 import os
@@ -26,9 +33,21 @@ INFER = re.compile(r"^infer: batch1 ([0-9.]+) us, batch1024 (\d+) samples/s$")
 MEMORY = re.compile(r"^peak resident memory: ([0-9.]+) MiB$", re.M)
 
 
-def figures(cmd, name):
-    """(figure a, figure b, peak MiB): samples/s and accuracy, or latency us and samples/s."""
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+ISA = re.compile(r"^(?:vector instructions|cpu capability): (\S+)$", re.M)
+# The environment each side runs in under `--isa avx2`.
+CAPS = {"avx2": ({"SINAPSE_CPU_CAPABILITY": "avx2"},
+                 {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"})}
+
+
+def figures(cmd, name, env=None, shown=[]):
+    """(figure a, figure b, peak MiB): samples/s and accuracy, or latency us and samples/s.
+    Prints the instruction set the program reports, the first time for each program."""
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env=dict(os.environ, **(env or {}))).stdout
+    isa = ISA.search(out)
+    if isa and cmd[0] not in shown:
+        shown.append(cmd[0])
+        print(f"{os.path.basename(cmd[1] if cmd[0] == sys.executable else cmd[0])}: {isa.group(0)}", flush=True)
     m = (INFER if name == "infer" else TRAINING).match(out.strip().splitlines()[-1])
     mem = MEMORY.search(out)
     if not m or not mem:
@@ -49,17 +68,20 @@ def compare(name, args, here):
     else:
         theirs = [sys.executable, os.path.join(here, "pytorch_bench.py"), name, "--runs", "1"]
         peer = "pytorch"
+    ours_env, theirs_env = CAPS[args.isa] if args.isa else ({}, {})
+    if args.against:
+        theirs_env = ours_env
     first, second, memory = [], [], []
     for i in range(args.pairs):
         # Which program runs first alternates: run back to back, the first of two identical
         # binaries measured about 7% slower than the second (an A/B of one build against
         # itself), and a fixed order would hand that to one side.
         if i % 2 == 0:
-            a1, a2, am = figures(ours, name)
-            b1, b2, bm = figures(theirs, name)
+            a1, a2, am = figures(ours, name, ours_env)
+            b1, b2, bm = figures(theirs, name, theirs_env)
         else:
-            b1, b2, bm = figures(theirs, name)
-            a1, a2, am = figures(ours, name)
+            b1, b2, bm = figures(theirs, name, theirs_env)
+            a1, a2, am = figures(ours, name, ours_env)
         memory.append(am / bm)
         if name == "infer":
             first.append(b1 / a1)
@@ -85,6 +107,7 @@ def main():
     p.add_argument("--pairs", type=int, default=5)
     p.add_argument("--sinapse", default=os.path.join(here, "..", "target", "release", "sinapse"))
     p.add_argument("--against", help="another sinapse binary to compare with, instead of PyTorch")
+    p.add_argument("--isa", choices=sorted(CAPS), help="cap both sides' CPU kernels to this instruction set")
     args = p.parse_args()
     unknown = [n for n in args.names if n not in NAMES]
     if unknown:

@@ -286,6 +286,9 @@ def main():
     a, b = runs[len(runs) // 2]
     graphed = " (training step in a CUDA graph)" if GRAPH else ""
     print(f"torch {torch.__version__}, {args.threads} threads, device {device}{graphed}")
+    if device.type == "cpu":
+        # ATEN_CPU_CAPABILITY caps it (compare.py --isa sets it, and MKL's and oneDNN's caps).
+        print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()}")
     if device.type == "cuda":
         print(f"peak device memory: {torch.cuda.max_memory_allocated(device) / 2**20:.1f} MiB")
     # ru_maxrss is in KiB on Linux.

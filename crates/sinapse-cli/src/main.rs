@@ -97,6 +97,11 @@ fn main() {
     keep_freed_memory();
     work_on_the_main_thread();
     let cli = Cli::parse();
+    // An unknown SINAPSE_CPU_CAPABILITY is an error here, not a warning the kernels ignore.
+    if let Err(e) = sinapse::backend::check_cpu_capability() {
+        output::note(format_args!("error: {e}"));
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

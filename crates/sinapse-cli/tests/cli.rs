@@ -65,6 +65,60 @@ fn bad_arguments_fail_with_one_line() {
     assert!(err.contains("no/such/spec.toml"), "{err}");
 }
 
+/// `sinapse` with `SINAPSE_CPU_CAPABILITY` set to `cap`.
+fn sinapse_capped(cap: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sinapse"))
+        .args(args)
+        .env("SINAPSE_CPU_CAPABILITY", cap)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .output()
+        .expect("run sinapse");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The instruction set and test accuracy `bench NAME --epochs 1` prints under a cap.
+fn capped_bench(cap: &str, name: &str) -> (String, f64) {
+    let (code, out, err) = sinapse_capped(cap, &["bench", name, "--epochs", "1", "--runs", "1"]);
+    assert_eq!(code, 0, "{cap} {name}: {err}");
+    let isa = out.lines().find_map(|l| l.strip_prefix("vector instructions: ")).expect(&out).to_string();
+    let last = out.trim_end().lines().last().unwrap();
+    let acc = last.rsplit_once("test accuracy ").expect(last).1.parse().unwrap();
+    (isa, acc)
+}
+
+/// The AVX2 and portable kernels (the matrix product's included) picked by the cap train the
+/// benchmarks' models as the widest ones do: the same test accuracy to within 0.01 (their
+/// sums round differently), where a wrong kernel would leave chance (0.1) or NaN. An unknown
+/// value is an error naming the variable.
+#[test]
+fn the_cpu_capability_cap_runs_the_narrower_kernels() {
+    #[cfg(target_arch = "x86_64")]
+    let has_avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has_avx2 = false;
+    for name in ["mlp", "cnn", "lstm"] {
+        let (widest, want) = capped_bench("", name);
+        let mut caps = vec![("avx2", if has_avx2 { "avx2+fma" } else { widest.as_str() })];
+        if name == "mlp" {
+            // The portable build is slow (10x): one benchmark of it.
+            caps.push(("baseline", "baseline"));
+        }
+        for (cap, isa) in caps {
+            let (got_isa, got) = capped_bench(cap, name);
+            assert_eq!(got_isa, isa, "{name} under {cap}");
+            assert!((got - want).abs() <= 0.01, "{name} under {cap}: accuracy {got} against {want} uncapped");
+        }
+    }
+    let (code, out, err) = sinapse_capped("sse9", &["bench", "mlp", "--epochs", "1"]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(err.trim_end(), r#"error: SINAPSE_CPU_CAPABILITY: "sse9" is not avx512, avx2 or baseline"#);
+    assert!(out.is_empty(), "{out}");
+}
+
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn distributed_training_without_mpi_says_how_to_build_it() {

@@ -19,6 +19,7 @@ mod kernels;
 mod lstm;
 
 pub use cpu::fastmath::simd_level;
+pub use cpu::simd::CAPABILITY_VAR;
 pub use cuda::MemoryStats;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
@@ -245,6 +246,13 @@ const CHECK_FROM_BYTES: u64 = 64 << 20;
 
 /// A cap on any one allocation, set by [`set_memory_limit`] (`u64::MAX`: none).
 static MEMORY_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Checks [`CAPABILITY_VAR`] (`SINAPSE_CPU_CAPABILITY`): an error naming the variable, its
+/// value and the values it takes when it holds one it does not know (the kernels would
+/// otherwise ignore it with a line on stderr); `Ok` when it is unset or known.
+pub fn check_cpu_capability() -> Result<()> {
+    cpu::simd::check_capability_var()
+}
 
 /// How many CUDA devices the driver reports (0 without a driver library), without opening
 /// any of them.

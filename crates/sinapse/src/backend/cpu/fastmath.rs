@@ -147,18 +147,10 @@ dispatch! {
 }
 
 /// The instruction set the vectorised CPU kernels (these and the matrix product's) run with
-/// on this CPU, picked at run time: `"avx512f"`, `"avx2+fma"` or `"baseline"`.
+/// on this CPU, picked at run time: `"avx512f"`, `"avx2+fma"` or `"baseline"`, the widest the
+/// CPU has unless [`super::simd::CAPABILITY_VAR`] names a narrower one.
 pub fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512f";
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return "avx2+fma";
-        }
-    }
-    "baseline"
+    super::simd::Isa::detect().name()
 }
 
 #[cfg(test)]

@@ -277,7 +277,7 @@ unsafe fn gemm_raw(
     // SAFETY: the caller's contract is gemm's: the operands' offsets are in bounds and the
     // destination is exclusively ours.
     unsafe {
-        gemm_f32::gemm::f32::get_gemm_fn()(
+        gemm_fn()(
             n,
             m,
             k,
@@ -300,6 +300,128 @@ unsafe fn gemm_raw(
         );
     }
 }
+
+/// gemm_f32's product function (its arguments as `gemm_f32::gemm::f32::get_gemm_fn`'s).
+type GemmFn = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    isize,
+    isize,
+    bool,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    f32,
+    f32,
+    bool,
+    bool,
+    bool,
+    gemm_common::Parallelism,
+);
+
+/// gemm_f32's product for the instruction set the other kernels run with: its own pick (the
+/// widest this CPU has) unless [`super::simd::CAPABILITY_VAR`] caps them below it, when its
+/// AVX2 or portable build is made here from its public parts, as its own dispatch makes them.
+fn gemm_fn() -> GemmFn {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::Isa::capped() {
+        return match super::simd::Isa::detect().kind() {
+            super::simd::Kind::Avx2 => gemm_avx2,
+            // Never capped to the widest set; a portable cap is the scalar build.
+            super::simd::Kind::Avx512 | super::simd::Kind::Portable => gemm_scalar,
+        };
+    }
+    gemm_f32::gemm::f32::get_gemm_fn()
+}
+
+/// Instantiates gemm_common's generic product with one of gemm_f32's microkernel sets, as
+/// gemm_f32's own dispatch does for each instruction set: `$simd` the vector type, `$lanes`
+/// its f32 lanes, `$ukr` the microkernel module.
+#[cfg(target_arch = "x86_64")]
+macro_rules! gemm_build {
+    ($name:ident, $simd:ty, $lanes:expr, $ukr:path) => {
+        /// gemm_f32's product built for one instruction set (see [`gemm_fn`]).
+        ///
+        /// # Safety
+        /// That of [`GemmFn`]'s functions: the operands' offsets in bounds, the destination
+        /// ours; and the CPU must run `$simd`'s instructions (checked: it panics otherwise).
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            m: usize,
+            n: usize,
+            k: usize,
+            dst: *mut f32,
+            dst_cs: isize,
+            dst_rs: isize,
+            read_dst: bool,
+            lhs: *const f32,
+            lhs_cs: isize,
+            lhs_rs: isize,
+            rhs: *const f32,
+            rhs_cs: isize,
+            rhs_rs: isize,
+            alpha: f32,
+            beta: f32,
+            conj_dst: bool,
+            conj_lhs: bool,
+            conj_rhs: bool,
+            parallelism: gemm_common::Parallelism,
+        ) {
+            use gemm_common::simd::MixedSimd;
+            use $ukr as ukr;
+            let simd = <$simd as MixedSimd<f32, f32, f32, f32>>::try_new()
+                .expect("gemm: the instruction set was picked for this CPU");
+            // SAFETY: the caller's contract, which is gemm's.
+            unsafe {
+                gemm_common::gemm::gemm_basic_generic::<
+                    _,
+                    f32,
+                    { $lanes },
+                    { ukr::MR_DIV_N * $lanes },
+                    { ukr::NR },
+                    { ukr::MR_DIV_N },
+                    { ukr::H_M },
+                    { ukr::H_N },
+                >(
+                    simd,
+                    m,
+                    n,
+                    k,
+                    dst,
+                    dst_cs,
+                    dst_rs,
+                    read_dst,
+                    lhs,
+                    lhs_cs,
+                    lhs_rs,
+                    rhs,
+                    rhs_cs,
+                    rhs_rs,
+                    alpha,
+                    beta,
+                    conj_dst,
+                    conj_lhs,
+                    conj_rhs,
+                    |a, b, c| a * b + c,
+                    &ukr::UKR,
+                    &ukr::H_UKR,
+                    false,
+                    parallelism,
+                )
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+gemm_build!(gemm_avx2, gemm_common::simd::V3, 8, gemm_f32::microkernel::fma::f32);
+#[cfg(target_arch = "x86_64")]
+gemm_build!(gemm_scalar, gemm_common::simd::Scalar, 1, gemm_f32::microkernel::scalar::f32);
 
 /// The transpose (`cols x rows`, row-major) of `src` (`rows x cols`, row-major), written in
 /// 32 x 32 tiles so that the tile being read and the one being written both stay in L1, into
@@ -726,6 +848,68 @@ unsafe impl Send for SendConst {}
 mod tests {
     use super::*;
     use crate::Rng;
+
+    /// The AVX2 and portable builds of gemm's product that a capped instruction set runs
+    /// ([`gemm_fn`]) against f64 sums: plain and accumulated, with strided and transposed
+    /// operands, over shapes that fill and do not fill their microkernels.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn capped_gemm_builds_match_f64_sums() {
+        let mut builds: Vec<(&str, GemmFn)> = vec![("scalar", gemm_scalar)];
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            builds.push(("avx2", gemm_avx2));
+        }
+        let mut rng = Rng::seed(11);
+        for [m, k, n] in [[1usize, 1, 1], [5, 7, 3], [17, 33, 9], [64, 96, 50], [130, 257, 70]] {
+            // a: m x k read transposed from a k x m buffer; b: k x n with a padded row stride.
+            let at: Vec<f32> = (0..k * m).map(|_| rng.standard_normal()).collect();
+            let bs = n + 3;
+            let b: Vec<f32> = (0..k * bs).map(|_| rng.standard_normal()).collect();
+            let start: Vec<f32> = (0..m * n).map(|_| rng.standard_normal()).collect();
+            for (name, build) in &builds {
+                for accumulate in [false, true] {
+                    let mut dst = start.clone();
+                    // SAFETY: as `gemm_raw`'s call: dst m x n row-major; a at [1, m] strides
+                    // inside k x m values; b at [bs, 1] inside k x bs; the CPU runs `build`.
+                    unsafe {
+                        build(
+                            n,
+                            m,
+                            k,
+                            dst.as_mut_ptr(),
+                            n as isize,
+                            1,
+                            accumulate,
+                            b.as_ptr(),
+                            bs as isize,
+                            1,
+                            at.as_ptr(),
+                            1,
+                            m as isize,
+                            if accumulate { 1.0 } else { 0.0 },
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm_common::Parallelism::None,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let terms = (0..k).map(|p| f64::from(at[p * m + i]) * f64::from(b[p * bs + j]));
+                            let (sum, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
+                            let want = sum + if accumulate { f64::from(start[i * n + j]) } else { 0.0 };
+                            let got = f64::from(dst[i * n + j]);
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (scale + 1.0),
+                                "{name} {m}x{k}x{n} accumulate {accumulate} [{i}, {j}]: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// The single-threaded product into strided rows: written, then accumulated, an empty
     /// inner axis zeroing (not accumulating), and a destination or operand too short refused.

@@ -13,7 +13,7 @@ mod matmul;
 mod optim;
 mod recurrent;
 mod reduce;
-mod simd;
+pub(crate) mod simd;
 mod sparse;
 mod winograd;
 

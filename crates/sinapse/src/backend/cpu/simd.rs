@@ -1,6 +1,7 @@
 //! The few vector operations the convolution kernels are written with, for three widths: one
 //! kernel body, generic over [`Simd`], is compiled for AVX-512, for AVX2 with FMA and for
-//! any CPU, and [`Isa::detect`] picks the widest the CPU has at run time.
+//! any CPU, and [`Isa::detect`] picks the widest the CPU has at run time (or a narrower one
+//! named by [`CAPABILITY_VAR`]).
 //!
 //! Each kernel body is `#[inline(always)]` and reached only through a wrapper with the
 //! matching `#[target_feature]`, so that the intrinsics below inline into code compiled for
@@ -151,8 +152,23 @@ pub(super) enum Kind {
 pub(super) struct Isa(Kind);
 
 impl Isa {
-    /// The widest of the three this CPU runs (one cached CPUID read).
+    /// The widest of the three this CPU runs, or the cap set by [`CAPABILITY_VAR`] where that
+    /// is narrower (cached CPUID reads and a cached parse).
     pub(super) fn detect() -> Isa {
+        let found = Isa::cpu();
+        match cap() {
+            Some(kind) if rank(kind) < rank(found.0) => Isa(kind),
+            _ => found,
+        }
+    }
+
+    /// Whether [`CAPABILITY_VAR`] holds the kernels below what this CPU runs.
+    pub(super) fn capped() -> bool {
+        Isa::detect() != Isa::cpu()
+    }
+
+    /// The widest of the three this CPU runs, whatever the cap.
+    fn cpu() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
@@ -168,6 +184,15 @@ impl Isa {
     /// Which instruction set this is.
     pub(super) fn kind(self) -> Kind {
         self.0
+    }
+
+    /// The name [`CAPABILITY_VAR`] takes for this set (and `sinapse bench` prints).
+    pub(super) fn name(self) -> &'static str {
+        match self.0 {
+            Kind::Avx512 => "avx512f",
+            Kind::Avx2 => "avx2+fma",
+            Kind::Portable => "baseline",
+        }
     }
 
     /// f32 values per vector.
@@ -193,6 +218,60 @@ impl Isa {
             all.push(Isa(Kind::Portable));
         }
         all
+    }
+}
+
+/// The environment variable that caps the instruction set of the CPU kernels, read once per
+/// process, as `ATEN_CPU_CAPABILITY` does PyTorch's: `avx512` (or `avx512f`), `avx2` (or
+/// `avx2+fma`) or `baseline` (or `default`), in any case. A CPU without the named set keeps
+/// its own, narrower one. It runs the AVX2 or portable code paths on a machine that has
+/// AVX-512, to test them or to compare with an older CPU's.
+pub const CAPABILITY_VAR: &str = "SINAPSE_CPU_CAPABILITY";
+
+/// The set a [`CAPABILITY_VAR`] value names; `Err` with the value for one it does not know.
+/// Empty (or only spaces): no cap.
+pub(super) fn parse_capability(value: &str) -> Result<Option<Kind>, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" => Ok(None),
+        "avx512" | "avx512f" => Ok(Some(Kind::Avx512)),
+        "avx2" | "avx2+fma" => Ok(Some(Kind::Avx2)),
+        "baseline" | "default" | "portable" => Ok(Some(Kind::Portable)),
+        _ => Err(value.to_string()),
+    }
+}
+
+/// An error naming [`CAPABILITY_VAR`], its value and the values it takes, when it holds one
+/// [`parse_capability`] does not know (or one that is not UTF-8).
+pub(crate) fn check_capability_var() -> crate::Result<()> {
+    let expected = "avx512, avx2 or baseline";
+    let bad = |value: String| crate::Error::invalid(CAPABILITY_VAR, format!("{value} is not {expected}"));
+    match std::env::var(CAPABILITY_VAR) {
+        Err(std::env::VarError::NotPresent) => Ok(()),
+        Err(std::env::VarError::NotUnicode(value)) => Err(bad(format!("{value:?}"))),
+        Ok(value) => parse_capability(&value).map(|_| ()).map_err(|v| bad(format!("{v:?}"))),
+    }
+}
+
+/// The cap [`CAPABILITY_VAR`] sets, parsed at the first call. A value it does not know is
+/// ignored with one line on stderr ([`crate::backend::check_cpu_capability`] makes it an
+/// error instead, as `sinapse`'s binary does at its start).
+fn cap() -> Option<Kind> {
+    static CAP: std::sync::OnceLock<Option<Kind>> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let value = std::env::var(CAPABILITY_VAR).unwrap_or_default();
+        parse_capability(&value).unwrap_or_else(|bad| {
+            eprintln!("{CAPABILITY_VAR}={bad:?} is not avx512, avx2 or baseline: ignored");
+            None
+        })
+    })
+}
+
+/// Widest last: the order a cap compares in.
+fn rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::Portable => 0,
+        Kind::Avx2 => 1,
+        Kind::Avx512 => 2,
     }
 }
 
@@ -248,4 +327,36 @@ unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every spelling the cap takes, in any case and with spaces around; empty is no cap; an
+    /// unknown name comes back as it was given, for the error to quote.
+    #[test]
+    fn capability_values() {
+        for (value, want) in [
+            ("avx512", Some(Kind::Avx512)),
+            ("AVX512F", Some(Kind::Avx512)),
+            (" avx2 ", Some(Kind::Avx2)),
+            ("avx2+fma", Some(Kind::Avx2)),
+            ("baseline", Some(Kind::Portable)),
+            ("Default", Some(Kind::Portable)),
+            ("portable", Some(Kind::Portable)),
+            ("", None),
+            ("  ", None),
+        ] {
+            assert_eq!(parse_capability(value), Ok(want), "{value:?}");
+        }
+        for bad in ["sse4", "avx", "avx512 avx2"] {
+            assert_eq!(parse_capability(bad), Err(bad.to_string()));
+        }
+        // The names `simd_level` prints are values the cap takes, and name the same set.
+        for kind in [Kind::Avx512, Kind::Avx2, Kind::Portable] {
+            assert_eq!(parse_capability(Isa(kind).name()), Ok(Some(kind)));
+        }
+        assert!(rank(Kind::Portable) < rank(Kind::Avx2) && rank(Kind::Avx2) < rank(Kind::Avx512));
+    }
 }
