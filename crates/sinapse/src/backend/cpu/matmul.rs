@@ -562,7 +562,7 @@ fn gemv_columns_portable(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
             for r in 0..COLS {
                 let cv: &[f32; 8] = cols[r][i..i + 8].try_into().unwrap_or(&[0.0; 8]);
                 for l in 0..8 {
-                    acc[r][l] = cv[l].mul_add(xv[l], acc[r][l]);
+                    acc[r][l] = super::simd::portable_madd(cv[l], xv[l], acc[r][l]);
                 }
             }
         }
@@ -731,10 +731,26 @@ unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f3
     }
 }
 
+/// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by row,
+/// as a sum of scaled rows; fused multiply-adds where the CPU has them.
+fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+    // The portable build without FMA: `mul_add` there is a call to libm's `fmaf` per value.
+    #[cfg(target_arch = "x86_64")]
+    if super::fastmath::isa().kind() == super::simd::Kind::Portable {
+        let n = out.len();
+        for (i, &xv) in x.iter().enumerate() {
+            for (o, &w) in out.iter_mut().zip(&b[i * stride..i * stride + n]) {
+                *o += w * xv;
+            }
+        }
+        return;
+    }
+    gemv_rows_fused(x, b, stride, out);
+}
+
 super::fastmath::dispatch! {
-    /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by
-    /// row, as a sum of scaled rows.
-    fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+    /// [`gemv_rows`] with `mul_add`: one FMA instruction per value where the CPU has them.
+    fn gemv_rows_fused(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
         let n = out.len();
         for (i, &xv) in x.iter().enumerate() {
             let row = &b[i * stride..i * stride + n];
@@ -943,9 +959,16 @@ mod tests {
 
     /// A row times a matrix stored by rows or by columns (the matrix-vector kernels, split
     /// over threads for the larger ones), against a sum in f64, for lengths that are and are
-    /// not multiples of the 8 lanes and the 8 columns.
+    /// not multiples of the 8 lanes and the 8 columns; by rows with each instruction set this
+    /// CPU runs (the portable one without `mul_add`).
     #[test]
     fn vector_matrix_products_match_a_plain_sum() {
+        for isa in crate::backend::cpu::simd::Isa::available() {
+            crate::backend::cpu::fastmath::with_isa(isa, vector_matrix_products_with_this_isa);
+        }
+    }
+
+    fn vector_matrix_products_with_this_isa() {
         let mut rng = Rng::seed(5);
         for (k, n) in [(1, 1), (7, 5), (8, 8), (13, 17), (784, 256), (300, 301), (9, 3)] {
             let x: Vec<f32> = (0..k).map(|_| rng.standard_normal()).collect();
