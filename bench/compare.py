@@ -39,15 +39,15 @@ CAPS = {"avx2": ({"SINAPSE_CPU_CAPABILITY": "avx2"},
                  {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"})}
 
 
-def figures(cmd, name, env=None, shown=[]):
+def figures(cmd, name, env, label, shown=set()):
     """(figure a, figure b, peak MiB): samples/s and accuracy, or latency us and samples/s.
-    Prints the instruction set the program reports, the first time for each program."""
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                         env=dict(os.environ, **(env or {}))).stdout
+    Prints the instruction set the program reports, the first time for each `label` (the
+    set `shown` is kept across calls on purpose)."""
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, **env)).stdout
     isa = ISA.search(out)
-    if isa and cmd[0] not in shown:
-        shown.append(cmd[0])
-        print(f"{os.path.basename(cmd[1] if cmd[0] == sys.executable else cmd[0])}: {isa.group(0)}", flush=True)
+    if isa and label not in shown:
+        shown.add(label)
+        print(f"{label}: {isa.group(0)}", flush=True)
     m = (INFER if name == "infer" else TRAINING).match(out.strip().splitlines()[-1])
     mem = MEMORY.search(out)
     if not m or not mem:
@@ -77,11 +77,11 @@ def compare(name, args, here):
         # binaries measured about 7% slower than the second (an A/B of one build against
         # itself), and a fixed order would hand that to one side.
         if i % 2 == 0:
-            a1, a2, am = figures(ours, name, ours_env)
-            b1, b2, bm = figures(theirs, name, theirs_env)
+            a1, a2, am = figures(ours, name, ours_env, "sinapse")
+            b1, b2, bm = figures(theirs, name, theirs_env, peer)
         else:
-            b1, b2, bm = figures(theirs, name, theirs_env)
-            a1, a2, am = figures(ours, name, ours_env)
+            b1, b2, bm = figures(theirs, name, theirs_env, peer)
+            a1, a2, am = figures(ours, name, ours_env, "sinapse")
         memory.append(am / bm)
         if name == "infer":
             first.append(b1 / a1)

@@ -71,7 +71,7 @@ pub(super) fn tanh(x: f32) -> f32 {
 }
 
 /// Defines `$name(args)` as the body compiled for AVX-512, for AVX2 + FMA, or for the
-/// baseline, the widest this CPU runs ([`isa`]; one cached CPUID read).
+/// baseline, the widest this CPU runs or the cap's ([`isa`]; one cached CPUID read).
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -108,7 +108,8 @@ thread_local! {
     static FORCED: std::cell::Cell<Option<super::simd::Isa>> = const { std::cell::Cell::new(None) };
 }
 
-/// The instruction set [`dispatch!`]'s functions run with: the widest this CPU has.
+/// The instruction set [`dispatch!`]'s functions run with: the widest this CPU has, or the
+/// narrower one [`super::simd::CAPABILITY_VAR`] names.
 #[inline]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn isa() -> super::simd::Isa {

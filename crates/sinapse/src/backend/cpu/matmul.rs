@@ -330,11 +330,12 @@ type GemmFn = unsafe fn(
 fn gemm_fn() -> GemmFn {
     #[cfg(target_arch = "x86_64")]
     if super::simd::Isa::capped() {
-        return match super::simd::Isa::detect().kind() {
-            super::simd::Kind::Avx2 => gemm_avx2,
-            // Never capped to the widest set; a portable cap is the scalar build.
-            super::simd::Kind::Avx512 | super::simd::Kind::Portable => gemm_scalar,
-        };
+        match super::simd::Isa::detect().kind() {
+            super::simd::Kind::Avx2 => return gemm_avx2,
+            super::simd::Kind::Portable => return gemm_scalar,
+            // Not a cap (AVX-512 is the widest set): gemm's own pick below.
+            super::simd::Kind::Avx512 => {}
+        }
     }
     gemm_f32::gemm::f32::get_gemm_fn()
 }
@@ -349,7 +350,7 @@ macro_rules! gemm_build {
         ///
         /// # Safety
         /// That of [`GemmFn`]'s functions: the operands' offsets in bounds, the destination
-        /// ours; and the CPU must run `$simd`'s instructions (checked: it panics otherwise).
+        /// ours. The CPU must run the build's instructions (checked: it panics otherwise).
         #[allow(clippy::too_many_arguments)]
         unsafe fn $name(
             m: usize,
@@ -866,8 +867,10 @@ mod tests {
     use crate::Rng;
 
     /// The AVX2 and portable builds of gemm's product that a capped instruction set runs
-    /// ([`gemm_fn`]) against f64 sums: plain and accumulated, with strided and transposed
-    /// operands, over shapes that fill and do not fill their microkernels.
+    /// ([`gemm_fn`]) against f64 sums, called as [`gemm_raw`] calls them: plain and
+    /// accumulated, over shapes that fill and do not fill their microkernels, with `a`
+    /// transposed and `b` at a padded row stride, and with `a` row-major and `b` transposed
+    /// (`x · Wᵀ`, which small products send to gemm's horizontal kernels).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn capped_gemm_builds_match_f64_sums() {
@@ -876,50 +879,56 @@ mod tests {
             builds.push(("avx2", gemm_avx2));
         }
         let mut rng = Rng::seed(11);
-        for [m, k, n] in [[1usize, 1, 1], [5, 7, 3], [17, 33, 9], [64, 96, 50], [130, 257, 70]] {
-            // a: m x k read transposed from a k x m buffer; b: k x n with a padded row stride.
-            let at: Vec<f32> = (0..k * m).map(|_| rng.standard_normal()).collect();
-            let bs = n + 3;
-            let b: Vec<f32> = (0..k * bs).map(|_| rng.standard_normal()).collect();
-            let start: Vec<f32> = (0..m * n).map(|_| rng.standard_normal()).collect();
-            for (name, build) in &builds {
-                for accumulate in [false, true] {
-                    let mut dst = start.clone();
-                    // SAFETY: as `gemm_raw`'s call: dst m x n row-major; a at [1, m] strides
-                    // inside k x m values; b at [bs, 1] inside k x bs; the CPU runs `build`.
-                    unsafe {
-                        build(
-                            n,
-                            m,
-                            k,
-                            dst.as_mut_ptr(),
-                            n as isize,
-                            1,
-                            accumulate,
-                            b.as_ptr(),
-                            bs as isize,
-                            1,
-                            at.as_ptr(),
-                            1,
-                            m as isize,
-                            if accumulate { 1.0 } else { 0.0 },
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm_common::Parallelism::None,
-                        )
-                    };
-                    for i in 0..m {
-                        for j in 0..n {
-                            let terms = (0..k).map(|p| f64::from(at[p * m + i]) * f64::from(b[p * bs + j]));
-                            let (sum, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
-                            let want = sum + if accumulate { f64::from(start[i * n + j]) } else { 0.0 };
-                            let got = f64::from(dst[i * n + j]);
-                            assert!(
-                                (got - want).abs() <= 1e-5 * (scale + 1.0),
-                                "{name} {m}x{k}x{n} accumulate {accumulate} [{i}, {j}]: {got} vs {want}"
-                            );
+        for [m, k, n] in [[1usize, 1, 1], [4, 33, 9], [5, 7, 3], [17, 33, 9], [64, 96, 50], [130, 257, 70]] {
+            for transposed_b in [false, true] {
+                // [row, column] strides of a (m x k) and b (k x n) in their buffers.
+                let bs = n + 3;
+                let (sa, sb) = if transposed_b { ([k, 1], [1, k]) } else { ([1, m], [bs, 1]) };
+                let a: Vec<f32> = (0..m * k).map(|_| rng.standard_normal()).collect();
+                let b: Vec<f32> = (0..k * bs).map(|_| rng.standard_normal()).collect();
+                let start: Vec<f32> = (0..m * n).map(|_| rng.standard_normal()).collect();
+                for (name, build) in &builds {
+                    for accumulate in [false, true] {
+                        let mut dst = start.clone();
+                        // SAFETY: as `gemm_raw`'s call: dst m x n row-major; every offset the
+                        // strides give is inside a (m·k values) and b (k·bs); the CPU runs
+                        // `build`.
+                        unsafe {
+                            build(
+                                n,
+                                m,
+                                k,
+                                dst.as_mut_ptr(),
+                                n as isize,
+                                1,
+                                accumulate,
+                                b.as_ptr(),
+                                sb[0] as isize,
+                                sb[1] as isize,
+                                a.as_ptr(),
+                                sa[0] as isize,
+                                sa[1] as isize,
+                                if accumulate { 1.0 } else { 0.0 },
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm_common::Parallelism::None,
+                            )
+                        };
+                        for i in 0..m {
+                            for j in 0..n {
+                                let terms = (0..k)
+                                    .map(|p| f64::from(a[i * sa[0] + p * sa[1]]) * f64::from(b[p * sb[0] + j * sb[1]]));
+                                let (sum, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
+                                let want = sum + if accumulate { f64::from(start[i * n + j]) } else { 0.0 };
+                                let got = f64::from(dst[i * n + j]);
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (scale + 1.0),
+                                    "{name} {m}x{k}x{n} b transposed {transposed_b} accumulate {accumulate} \
+                                     [{i}, {j}]: {got} vs {want}"
+                                );
+                            }
                         }
                     }
                 }

@@ -153,13 +153,25 @@ pub(super) struct Isa(Kind);
 
 impl Isa {
     /// The widest of the three this CPU runs, or the cap set by [`CAPABILITY_VAR`] where that
-    /// is narrower (cached CPUID reads and a cached parse).
+    /// is narrower (cached CPUID reads and a cached parse). An AVX2 cap on a CPU that reports
+    /// AVX-512 but not AVX2 and FMA (a virtual machine can hide some) is the portable set.
     pub(super) fn detect() -> Isa {
         let found = Isa::cpu();
         match cap() {
+            Some(Kind::Avx2) if found.0 == Kind::Avx512 && !Isa::has_avx2_fma() => Isa(Kind::Portable),
             Some(kind) if rank(kind) < rank(found.0) => Isa(kind),
             _ => found,
         }
+    }
+
+    /// Whether this CPU runs AVX2 and FMA.
+    fn has_avx2_fma() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Whether [`CAPABILITY_VAR`] holds the kernels below what this CPU runs.
@@ -175,7 +187,7 @@ impl Isa {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return Isa(Kind::Avx512);
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if Isa::has_avx2_fma() {
                 return Isa(Kind::Avx2);
             }
         }
@@ -209,10 +221,7 @@ impl Isa {
     pub(super) fn available() -> Vec<Isa> {
         let mut all = vec![Isa::detect()];
         #[cfg(target_arch = "x86_64")]
-        if all[0].0 == Kind::Avx512
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
+        if all[0].0 == Kind::Avx512 && Isa::has_avx2_fma() {
             all.push(Isa(Kind::Avx2));
         }
         if all[0].0 != Kind::Portable {
@@ -236,7 +245,7 @@ pub(super) fn portable_madd(a: f32, b: f32, c: f32) -> f32 {
 
 /// The environment variable that caps the instruction set of the CPU kernels, read once per
 /// process, as `ATEN_CPU_CAPABILITY` does PyTorch's: `avx512` (or `avx512f`), `avx2` (or
-/// `avx2+fma`) or `baseline` (or `default`), in any case. A CPU without the named set keeps
+/// `avx2+fma`) or `baseline` (or `default`, `portable`), in any case. A CPU without the named set keeps
 /// its own, narrower one. It runs the AVX2 or portable code paths on a machine that has
 /// AVX-512, to test them or to compare with an older CPU's.
 pub const CAPABILITY_VAR: &str = "SINAPSE_CPU_CAPABILITY";
@@ -266,7 +275,7 @@ pub(crate) fn check_capability_var() -> crate::Result<()> {
 }
 
 /// The cap [`CAPABILITY_VAR`] sets, parsed at the first call. A value it does not know is
-/// ignored with one line on stderr ([`crate::backend::check_cpu_capability`] makes it an
+/// ignored with one line on stderr (one that is not UTF-8, silently) ([`crate::backend::check_cpu_capability`] makes it an
 /// error instead, as `sinapse`'s binary does at its start).
 fn cap() -> Option<Kind> {
     static CAP: std::sync::OnceLock<Option<Kind>> = std::sync::OnceLock::new();
@@ -303,7 +312,7 @@ macro_rules! instance {
 
 pub(super) use instance;
 
-/// `f()`, with the widest instruction set this CPU has enabled in the code the compiler
+/// `f()`, with the widest instruction set this CPU has (or the cap's) enabled in the code the compiler
 /// inlines into it: the plain loops of the elementwise kernels, reductions and optimizer
 /// updates are built for the baseline x86-64 (SSE2, 4 lanes) otherwise, since the crate is
 /// not built for a particular CPU. Pass a closure that holds the loop itself (one call site:
