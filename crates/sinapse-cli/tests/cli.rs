@@ -3,8 +3,14 @@
 use std::process::Command;
 
 fn sinapse(args: &[&str]) -> (i32, String, String) {
+    sinapse_with(&[], args)
+}
+
+/// `sinapse` with these environment variables set: exit code, stdout, stderr.
+fn sinapse_with(vars: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_sinapse"))
         .args(args)
+        .envs(vars.iter().copied())
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .expect("run sinapse");
@@ -65,24 +71,10 @@ fn bad_arguments_fail_with_one_line() {
     assert!(err.contains("no/such/spec.toml"), "{err}");
 }
 
-/// `sinapse` with `SINAPSE_CPU_CAPABILITY` set to `cap`.
-fn sinapse_capped(cap: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sinapse"))
-        .args(args)
-        .env("SINAPSE_CPU_CAPABILITY", cap)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .output()
-        .expect("run sinapse");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The instruction set and test accuracy `bench NAME --epochs 1` prints under a cap.
 fn capped_bench(cap: &str, name: &str) -> (String, f64) {
-    let (code, out, err) = sinapse_capped(cap, &["bench", name, "--epochs", "1", "--runs", "1"]);
+    let (code, out, err) =
+        sinapse_with(&[("SINAPSE_CPU_CAPABILITY", cap)], &["bench", name, "--epochs", "1", "--runs", "1"]);
     assert_eq!(code, 0, "{cap} {name}: {err}");
     let isa = out.lines().find_map(|l| l.strip_prefix("vector instructions: ")).expect(&out).to_string();
     let last = out.trim_end().lines().last().unwrap();
@@ -113,7 +105,7 @@ fn the_cpu_capability_cap_runs_the_narrower_kernels() {
             assert!((got - want).abs() <= 0.01, "{name} under {cap}: accuracy {got} against {want} uncapped");
         }
     }
-    let (code, out, err) = sinapse_capped("sse9", &["bench", "mlp", "--epochs", "1"]);
+    let (code, out, err) = sinapse_with(&[("SINAPSE_CPU_CAPABILITY", "sse9")], &["bench", "mlp", "--epochs", "1"]);
     assert_eq!(code, 1, "{out}");
     assert_eq!(err.trim_end(), r#"error: SINAPSE_CPU_CAPABILITY: "sse9" is not avx512, avx2 or baseline"#);
     assert!(out.is_empty(), "{out}");
