@@ -245,9 +245,9 @@ pub(super) fn portable_madd(a: f32, b: f32, c: f32) -> f32 {
 
 /// The environment variable that caps the instruction set of the CPU kernels, read once per
 /// process, as `ATEN_CPU_CAPABILITY` does PyTorch's: `avx512` (or `avx512f`), `avx2` (or
-/// `avx2+fma`) or `baseline` (or `default`, `portable`), in any case. A CPU without the named set keeps
-/// its own, narrower one. It runs the AVX2 or portable code paths on a machine that has
-/// AVX-512, to test them or to compare with an older CPU's.
+/// `avx2+fma`) or `baseline` (or `default`, `portable`), in any case. A CPU without the
+/// named set keeps its own, narrower one. It runs the AVX2 or portable code paths on a
+/// machine that has AVX-512, to test them or to compare with an older CPU's.
 pub const CAPABILITY_VAR: &str = "SINAPSE_CPU_CAPABILITY";
 
 /// The set a [`CAPABILITY_VAR`] value names; `Err` with the value for one it does not know.
@@ -275,8 +275,9 @@ pub(crate) fn check_capability_var() -> crate::Result<()> {
 }
 
 /// The cap [`CAPABILITY_VAR`] sets, parsed at the first call. A value it does not know is
-/// ignored with one line on stderr (one that is not UTF-8, silently) ([`crate::backend::check_cpu_capability`] makes it an
-/// error instead, as `sinapse`'s binary does at its start).
+/// ignored with one line on stderr, and one that is not UTF-8 silently;
+/// [`crate::backend::check_cpu_capability`] makes either an error instead, as `sinapse`'s
+/// binary does at its start.
 fn cap() -> Option<Kind> {
     static CAP: std::sync::OnceLock<Option<Kind>> = std::sync::OnceLock::new();
     *CAP.get_or_init(|| {
@@ -312,10 +313,10 @@ macro_rules! instance {
 
 pub(super) use instance;
 
-/// `f()`, with the widest instruction set this CPU has (or the cap's) enabled in the code the compiler
-/// inlines into it: the plain loops of the elementwise kernels, reductions and optimizer
-/// updates are built for the baseline x86-64 (SSE2, 4 lanes) otherwise, since the crate is
-/// not built for a particular CPU. Pass a closure that holds the loop itself (one call site:
+/// `f()`, with the widest instruction set this CPU has (or the cap's) enabled in the code
+/// the compiler inlines into it: the plain loops of the elementwise kernels, reductions and
+/// optimizer updates are built for the baseline x86-64 (SSE2, 4 lanes) otherwise, since the
+/// crate is not built for a particular CPU. Pass a closure that holds the loop itself (one call site:
 /// the compiler inlines it into the wrapper); the results are the same on every path, as
 /// the compiler contracts no multiply-add into an FMA and keeps each loop's order of adds.
 #[inline(always)]
