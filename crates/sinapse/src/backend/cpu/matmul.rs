@@ -751,11 +751,28 @@ fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
 
 super::fastmath::dispatch! {
     /// [`gemv_rows`] with `mul_add`: one FMA instruction per value where the CPU has them.
+    /// 64 outputs at a time stay in registers (4 AVX-512 or 8 AVX2 vectors) over all the
+    /// rows, instead of loading and storing `out` once per row; each output's sum keeps its
+    /// order. A `[1, k] x [k, n]` product (scratch timings, medians, this build against the
+    /// per-row loop): 784 x 256 15-19 us against 20-29, 256 x 128 under an AVX2 cap 2.0-2.1
+    /// against 3.5-4.0.
     fn gemv_rows_fused(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+        const BLOCK: usize = 64;
         let n = out.len();
+        let full = n - n % BLOCK;
+        for j in (0..full).step_by(BLOCK) {
+            let mut acc: [f32; BLOCK] = out[j..j + BLOCK].try_into().unwrap_or([0.0; BLOCK]);
+            for (i, &xv) in x.iter().enumerate() {
+                let row: &[f32; BLOCK] = b[i * stride + j..i * stride + j + BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
+                for l in 0..BLOCK {
+                    acc[l] = row[l].mul_add(xv, acc[l]);
+                }
+            }
+            out[j..j + BLOCK].copy_from_slice(&acc);
+        }
         for (i, &xv) in x.iter().enumerate() {
-            let row = &b[i * stride..i * stride + n];
-            for (o, &w) in out.iter_mut().zip(row) {
+            let row = &b[i * stride + full..i * stride + n];
+            for (o, &w) in out[full..].iter_mut().zip(row) {
                 *o = w.mul_add(xv, *o);
             }
         }
