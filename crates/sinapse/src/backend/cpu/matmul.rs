@@ -751,29 +751,41 @@ fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
 
 super::fastmath::dispatch! {
     /// [`gemv_rows`] with `mul_add`: one FMA instruction per value where the CPU has them.
-    /// 64 outputs at a time stay in registers (4 AVX-512 or 8 AVX2 vectors) over all the
-    /// rows, instead of loading and storing `out` once per row; each output's sum keeps its
-    /// order. A `[1, k] x [k, n]` product (scratch timings, medians, this build against the
-    /// per-row loop): 784 x 256 15-19 us against 20-29, 256 x 128 under an AVX2 cap 2.0-2.1
-    /// against 3.5-4.0.
+    /// A `[1, k] x [k, n]` product through [`add_scaled_rows`] (scratch timings, medians,
+    /// against adding each row into `out` in memory): 784 x 256 15-19 us against 20-29, 256 x
+    /// 128 under an AVX2 cap 2.0-2.1 against 3.5-4.0.
     fn gemv_rows_fused(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-        const BLOCK: usize = 64;
-        let n = out.len();
-        let full = n - n % BLOCK;
-        for j in (0..full).step_by(BLOCK) {
-            let mut acc: [f32; BLOCK] = out[j..j + BLOCK].try_into().unwrap_or([0.0; BLOCK]);
-            for (i, &xv) in x.iter().enumerate() {
-                let row: &[f32; BLOCK] = b[i * stride + j..i * stride + j + BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
-                for l in 0..BLOCK {
-                    acc[l] = row[l].mul_add(xv, acc[l]);
-                }
+        add_scaled_rows(x.iter().enumerate().map(|(i, &v)| (i * stride, v)), b, out);
+    }
+}
+
+/// `out[j] += Σ v · b[start + j]` over the `(start, v)` of `rows`, for every column `j`: a
+/// sum of scaled rows of `b`, each starting at `start`. 64 outputs at a time stay in
+/// registers (4 AVX-512 or 8 AVX2 vectors) over all the rows, instead of being loaded and
+/// stored once per row; each output's sum keeps the rows' order. `#[inline(always)]`, so that
+/// each [`dispatch!`] instance that calls it compiles it for its instruction set (`mul_add`
+/// is one FMA there). The dense one-row product and the zero-skipping one
+/// ([`super::sparse`]) are both this, over every row or over the picked ones.
+#[inline(always)]
+pub(super) fn add_scaled_rows(rows: impl Iterator<Item = (usize, f32)> + Clone, b: &[f32], out: &mut [f32]) {
+    const BLOCK: usize = 64;
+    let n = out.len();
+    let full = n - n % BLOCK;
+    for j in (0..full).step_by(BLOCK) {
+        let mut acc: [f32; BLOCK] = out[j..j + BLOCK].try_into().unwrap_or([0.0; BLOCK]);
+        for (start, v) in rows.clone() {
+            let row: &[f32; BLOCK] = b[start + j..start + j + BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
+            for l in 0..BLOCK {
+                acc[l] = row[l].mul_add(v, acc[l]);
             }
-            out[j..j + BLOCK].copy_from_slice(&acc);
         }
-        for (i, &xv) in x.iter().enumerate() {
-            let row = &b[i * stride + full..i * stride + n];
-            for (o, &w) in out[full..].iter_mut().zip(row) {
-                *o = w.mul_add(xv, *o);
+        out[j..j + BLOCK].copy_from_slice(&acc);
+    }
+    if full < n {
+        let tail = &mut out[full..];
+        for (start, v) in rows {
+            for (o, &w) in tail.iter_mut().zip(&b[start + full..start + n]) {
+                *o = w.mul_add(v, *o);
             }
         }
     }

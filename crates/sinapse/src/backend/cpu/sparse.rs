@@ -43,7 +43,7 @@ pub(super) fn linear_skipping_zeros(
     let mut picked = Vec::with_capacity(k);
     for (row, out) in x[..m * k].chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n)) {
         nonzeros(row, &mut picked);
-        add_scaled_rows(&picked, wt, out);
+        add_picked_rows(&picked, wt, out);
     }
     if let Some(bias) = bias {
         super::matmul::add_to_rows(&mut out, bias, relu);
@@ -74,39 +74,12 @@ fn nonzeros(row: &[f32], picked: &mut Vec<(u32, f32)>) {
     picked.truncate(count);
 }
 
-/// Columns summed in registers at a time by [`add_scaled_rows`].
-const BLOCK: usize = 64;
-
 super::fastmath::dispatch! {
     /// `out += Σ (p, v) in picked: v · wt[p·n .. p·n + n]` with `n = out.len()`: the sum of
-    /// the picked rows of `wt`, scaled; a block of [`BLOCK`] columns at a time, summed in
-    /// registers over all the picked rows.
-    fn add_scaled_rows(picked: &[(u32, f32)], wt: &[f32], out: &mut [f32]) {
+    /// the picked rows of `wt`, scaled ([`super::matmul::add_scaled_rows`]).
+    fn add_picked_rows(picked: &[(u32, f32)], wt: &[f32], out: &mut [f32]) {
         let n = out.len();
-        let mut j = 0;
-        while j + BLOCK <= n {
-            let mut acc = [0.0f32; BLOCK];
-            acc.copy_from_slice(&out[j..j + BLOCK]);
-            for &(p, v) in picked {
-                let start = p as usize * n + j;
-                let src: &[f32; BLOCK] = wt[start..start + BLOCK].try_into().expect("a block");
-                for c in 0..BLOCK {
-                    acc[c] = src[c].mul_add(v, acc[c]);
-                }
-            }
-            out[j..j + BLOCK].copy_from_slice(&acc);
-            j += BLOCK;
-        }
-        if j < n {
-            let tail = &mut out[j..];
-            let rest = tail.len();
-            for &(p, v) in picked {
-                let start = p as usize * n + j;
-                for (o, &w) in tail.iter_mut().zip(&wt[start..start + rest]) {
-                    *o = w.mul_add(v, *o);
-                }
-            }
-        }
+        super::matmul::add_scaled_rows(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
     }
 }
 
