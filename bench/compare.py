@@ -2,7 +2,7 @@
 
     python3 bench/compare.py [mlp cnn lstm infer] [--pairs 5] [--sinapse target/release/sinapse]
     python3 bench/compare.py mlp --pairs 7 --against OLD_SINAPSE_BINARY
-    python3 bench/compare.py --isa avx2 [NAME ...]
+    python3 bench/compare.py --isa avx2|baseline [NAME ...]
 
 For each benchmark named (all four when none is), runs `sinapse bench NAME --runs 1` and
 `python3 bench/pytorch_bench.py NAME --runs 1` alternately (which of the two runs first in a
@@ -17,8 +17,12 @@ is needed.
 `--isa avx2` runs both sides with their CPU kernels capped to AVX2 and FMA, as on a CPU
 without AVX-512: Sinapse through `SINAPSE_CPU_CAPABILITY=avx2`, PyTorch through
 `ATEN_CPU_CAPABILITY=avx2` with MKL's (`MKL_ENABLE_INSTRUCTIONS=AVX2`) and oneDNN's
-(`ONEDNN_MAX_CPU_ISA=AVX2`) caps. Each side's instruction set, as it reports it, is printed
-with the first pair.
+(`ONEDNN_MAX_CPU_ISA=AVX2`) caps. `--isa baseline` runs both without AVX, as on an x86-64
+CPU without AVX2 (or a virtual machine's generic CPU model): Sinapse through
+`SINAPSE_CPU_CAPABILITY=baseline` (SSE2, part of every x86-64 CPU), PyTorch through
+`ATEN_CPU_CAPABILITY=default`, `MKL_ENABLE_INSTRUCTIONS=SSE4_2` and
+`ONEDNN_MAX_CPU_ISA=SSE41` (the lowest caps MKL and oneDNN take, so PyTorch keeps SSE4).
+Each side's instruction set, as it reports it, is printed with the first pair.
 """
 import argparse
 import os
@@ -34,9 +38,12 @@ MEMORY = re.compile(r"^peak resident memory: ([0-9.]+) MiB$", re.M)
 
 
 ISA = re.compile(r"^(?:vector instructions|cpu capability): (\S+)$", re.M)
-# The environment each side runs in under `--isa avx2`.
+# The environment each side runs in under `--isa`.
 CAPS = {"avx2": ({"SINAPSE_CPU_CAPABILITY": "avx2"},
-                 {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"})}
+                 {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
+        "baseline": ({"SINAPSE_CPU_CAPABILITY": "baseline"},
+                     {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                      "ONEDNN_MAX_CPU_ISA": "SSE41"})}
 
 
 def figures(cmd, name, env, label, shown=set()):

@@ -96,7 +96,7 @@ fn the_cpu_capability_cap_runs_the_narrower_kernels() {
         let (widest, want) = capped_bench("", name);
         let mut caps = vec![("avx2", if has_avx2 { "avx2+fma" } else { widest.as_str() })];
         if name == "mlp" {
-            // The portable build is slow (10x): one benchmark of it.
+            // The portable build is the slowest (2-3x slower than AVX2): one benchmark of it.
             caps.push(("baseline", "baseline"));
         }
         for (cap, isa) in caps {

@@ -8,6 +8,8 @@
 mod conv;
 mod elementwise;
 pub(crate) mod fastmath;
+#[cfg(target_arch = "x86_64")]
+mod gemm_sse;
 mod index;
 mod matmul;
 mod optim;
