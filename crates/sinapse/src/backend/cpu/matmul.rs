@@ -324,20 +324,36 @@ type GemmFn = unsafe fn(
     gemm_common::Parallelism,
 );
 
-/// gemm_f32's product for the instruction set the other kernels run with: its own pick (the
-/// widest this CPU has) unless [`super::simd::CAPABILITY_VAR`] caps them to AVX2, when its
-/// AVX2 build is made here from its public parts, as its own dispatch makes it. On an x86-64
-/// CPU without AVX2 and FMA, or capped to the portable set, gemm's own pick would be its
-/// scalar kernels: the product runs gemm's blocking with SSE kernels instead
-/// ([`super::gemm_sse`]), 2.2-2.6x faster.
+/// gemm_f32's product for the instruction set the other kernels run with
+/// ([`super::simd::Isa::detect`]), picked once per process:
+/// - AVX-512 (uncapped): gemm's own pick, its AVX-512 build;
+/// - AVX2 (this CPU's widest, or [`super::simd::CAPABILITY_VAR`]'s cap): gemm_f32's AVX2
+///   build, made here from its public parts as its own dispatch makes it;
+/// - the portable set (an x86-64 CPU without AVX2 and FMA, or the `baseline` cap): SSE
+///   kernels run by gemm's blocking ([`super::gemm_sse`]). gemm's own pick would run its
+///   scalar kernels there, 2.5-2.7x slower on `mlp`, `lstm` and `infer` batch 1024, and on a
+///   CPU with FMA but not AVX2 (AMD's Piledriver) its AVX2 build, which would panic.
+///
+/// A build is taken only where pulp (gemm's SIMD layer) makes its instruction-set token,
+/// which wants more than AVX2 and FMA (BMI1, BMI2, LZCNT, ...; a virtual machine can hide
+/// some): without it the product falls back a level instead of panicking.
 fn gemm_fn() -> GemmFn {
     #[cfg(target_arch = "x86_64")]
-    match super::simd::Isa::detect().kind() {
-        super::simd::Kind::Portable => return gemm_sse,
-        super::simd::Kind::Avx2 if super::simd::Isa::capped() => return gemm_avx2,
-        // The widest set this CPU has: gemm's own pick below.
-        _ => {}
+    {
+        static PICK: std::sync::OnceLock<GemmFn> = std::sync::OnceLock::new();
+        *PICK.get_or_init(|| {
+            use super::simd::{Isa, Kind};
+            use gemm_common::simd::MixedSimd;
+            let v4 = <gemm_common::simd::V4 as MixedSimd<f32, f32, f32, f32>>::try_new().is_some();
+            let v3 = <gemm_common::simd::V3 as MixedSimd<f32, f32, f32, f32>>::try_new().is_some();
+            match Isa::detect().kind() {
+                Kind::Avx512 if v4 => gemm_f32::gemm::f32::get_gemm_fn(),
+                Kind::Avx512 | Kind::Avx2 if v3 => gemm_avx2,
+                _ => gemm_sse,
+            }
+        })
     }
+    #[cfg(not(target_arch = "x86_64"))]
     gemm_f32::gemm::f32::get_gemm_fn()
 }
 
@@ -898,20 +914,26 @@ mod tests {
     use super::*;
     use crate::Rng;
 
-    /// The builds of gemm's product made here ([`gemm_fn`]: the AVX2 one that an AVX2 cap
-    /// runs, the SSE one that a CPU without AVX2 runs) against f64 sums, called as [`gemm_raw`] calls them: plain and
-    /// accumulated, over shapes that fill and do not fill their microkernels, with `a`
-    /// transposed and `b` at a padded row stride, and with `a` row-major and `b` transposed
-    /// (`x · Wᵀ`, which small products send to gemm's horizontal kernels).
+    /// The builds of gemm's product made here ([`gemm_fn`]: the AVX2 one, and the SSE one
+    /// that a CPU without AVX2 runs) against f64 sums, called as [`gemm_raw`] calls them:
+    /// plain and accumulated, over shapes that fill and do not fill their microkernels (every
+    /// SSE tile size among them), with `a` transposed and `b` at a padded row stride, and with
+    /// `a` row-major and `b` transposed (`x · Wᵀ`, which small products send to the AVX2
+    /// build's horizontal kernels).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn gemm_builds_made_here_match_f64_sums() {
         let mut builds: Vec<(&str, GemmFn)> = vec![("sse", gemm_sse)];
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // Where pulp makes its AVX2 token, as `gemm_fn` asks.
+        if <gemm_common::simd::V3 as gemm_common::simd::MixedSimd<f32, f32, f32, f32>>::try_new().is_some() {
             builds.push(("avx2", gemm_avx2));
         }
         let mut rng = Rng::seed(11);
-        for [m, k, n] in [[1usize, 1, 1], [4, 33, 9], [5, 7, 3], [17, 33, 9], [64, 96, 50], [130, 257, 70]] {
+        // gemm's rows are `n` here and its columns `m`: [7, 5, 12] and [6, 5, 4] take the
+        // SSE tiles of 3 and 2 columns, and of 4 rows whole.
+        for [m, k, n] in
+            [[1usize, 1, 1], [4, 33, 9], [5, 7, 3], [7, 5, 12], [6, 5, 4], [17, 33, 9], [64, 96, 50], [130, 257, 70]]
+        {
             for transposed_b in [false, true] {
                 // [row, column] strides of a (m x k) and b (k x n) in their buffers.
                 let bs = n + 3;

@@ -174,12 +174,6 @@ impl Isa {
         false
     }
 
-    /// Whether [`CAPABILITY_VAR`] holds the kernels below what this CPU runs.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(super) fn capped() -> bool {
-        Isa::detect() != Isa::cpu()
-    }
-
     /// The widest of the three this CPU runs, whatever the cap.
     fn cpu() -> Isa {
         #[cfg(target_arch = "x86_64")]
