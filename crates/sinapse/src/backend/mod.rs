@@ -968,8 +968,8 @@ impl Storage {
 
     /// A dense layer's `relu?(x · wt + bias)` for inference, with the zero entries of `x`
     /// skipped, where the device has a kernel for it (the CPU): `self` the `[m, k]` inputs,
-    /// `wt` the weight laid out `[k, n]`, `bias` `[n]`. `None` on other devices (and on an
-    /// x86-64 CPU without FMA), where the caller multiplies by the whole weight. Only for a
+    /// `wt` the weight laid out `[k, n]`, `bias` `[n]`. `None` on other devices, where the
+    /// caller multiplies by the whole weight. Only for a
     /// finite weight (a skipped `0 · inf` would have been NaN).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_skipping_zeros(
@@ -984,7 +984,7 @@ impl Storage {
         let cpu = cpu_operands("linear", self, wt, bias)?;
         room_for(self, mkn[0].saturating_mul(mkn[2]), "linear")?;
         let Some((x, w, bias)) = cpu else { return Ok(None) };
-        Ok(x.linear_skipping_zeros(l, w, wt_l, bias, mkn, relu).map(Storage::Cpu))
+        Ok(Some(Storage::Cpu(x.linear_skipping_zeros(l, w, wt_l, bias, mkn, relu))))
     }
 
     /// A stride-1, undilated convolution followed by 2x2 max pooling with stride 2, in one

@@ -142,8 +142,7 @@ impl Tensor {
     /// weight given as `wt`, laid out `[in, out]`: the CPU sums only the rows of `wt` that the
     /// nonzero entries of `self` pick (`backend/cpu/sparse.rs`), which is the whole product
     /// when `self` is mostly zeros. `None` while gradients are recorded (nothing here records
-    /// them), off the CPU, or on an x86-64 CPU without FMA: the caller multiplies by the
-    /// whole weight instead.
+    /// them) or off the CPU: the caller multiplies by the whole weight instead.
     ///
     /// For a finite `wt` only: the zero entries' terms are skipped, and `0 · inf` is NaN.
     pub(crate) fn linear_skipping_zeros(

@@ -754,18 +754,12 @@ unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f3
 /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by row,
 /// as a sum of scaled rows; fused multiply-adds where the CPU has them.
 fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-    // The portable build without FMA: `mul_add` there is a call to libm's `fmaf` per value.
-    #[cfg(target_arch = "x86_64")]
-    if super::fastmath::isa().kind() == super::simd::Kind::Portable {
-        let n = out.len();
-        for (i, &xv) in x.iter().enumerate() {
-            for (o, &w) in out.iter_mut().zip(&b[i * stride..i * stride + n]) {
-                *o += w * xv;
-            }
-        }
-        return;
+    let rows = x.iter().enumerate().map(|(i, &v)| (i * stride, v));
+    if unfused_portable() {
+        add_scaled_rows::<false>(rows, b, out);
+    } else {
+        gemv_rows_fused(x, b, stride, out);
     }
-    gemv_rows_fused(x, b, stride, out);
 }
 
 super::fastmath::dispatch! {
@@ -774,8 +768,16 @@ super::fastmath::dispatch! {
     /// against adding each row into `out` in memory): 784 x 256 15-19 us against 20-29, 256 x
     /// 128 under an AVX2 cap 2.0-2.1 against 3.5-4.0.
     fn gemv_rows_fused(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-        add_scaled_rows(x.iter().enumerate().map(|(i, &v)| (i * stride, v)), b, out);
+        add_scaled_rows::<true>(x.iter().enumerate().map(|(i, &v)| (i * stride, v)), b, out);
     }
+}
+
+/// Whether the kernels run the portable build on x86-64, where `f32::mul_add` has no FMA
+/// instruction to compile to and is a call to libm's `fmaf` per value (60 times slower than a
+/// multiply and an add): the sums of scaled rows then multiply and add in two steps
+/// ([`add_scaled_rows`] with `FUSED` false). On aarch64 the portable build fuses them.
+pub(super) fn unfused_portable() -> bool {
+    cfg!(target_arch = "x86_64") && super::fastmath::isa().kind() == super::simd::Kind::Portable
 }
 
 /// `out[j] += Σ v · b[start + j]` over the `(start, v)` of `rows`, for every column `j`: a
@@ -783,10 +785,17 @@ super::fastmath::dispatch! {
 /// registers (4 AVX-512 or 8 AVX2 vectors) over all the rows, instead of being loaded and
 /// stored once per row; each output's sum keeps the rows' order. `#[inline(always)]`, so that
 /// each [`dispatch!`] instance that calls it compiles it for its instruction set (`mul_add`
-/// is one FMA there). The dense one-row product and the zero-skipping one
-/// ([`super::sparse`]) are both this, over every row or over the picked ones.
+/// is one FMA there). With `FUSED` false each term is a multiply, then an add (two
+/// roundings), for the portable build on x86-64 ([`unfused_portable`]). The dense one-row
+/// product and the zero-skipping one ([`super::sparse`]) are both this, over every row or
+/// over the picked ones.
 #[inline(always)]
-pub(super) fn add_scaled_rows(rows: impl Iterator<Item = (usize, f32)> + Clone, b: &[f32], out: &mut [f32]) {
+pub(super) fn add_scaled_rows<const FUSED: bool>(
+    rows: impl Iterator<Item = (usize, f32)> + Clone,
+    b: &[f32],
+    out: &mut [f32],
+) {
+    let madd = |w: f32, v: f32, acc: f32| if FUSED { w.mul_add(v, acc) } else { w * v + acc };
     const BLOCK: usize = 64;
     let n = out.len();
     let full = n - n % BLOCK;
@@ -795,7 +804,7 @@ pub(super) fn add_scaled_rows(rows: impl Iterator<Item = (usize, f32)> + Clone, 
         for (start, v) in rows.clone() {
             let row: &[f32; BLOCK] = b[start + j..start + j + BLOCK].try_into().unwrap_or(&[0.0; BLOCK]);
             for l in 0..BLOCK {
-                acc[l] = row[l].mul_add(v, acc[l]);
+                acc[l] = madd(row[l], v, acc[l]);
             }
         }
         out[j..j + BLOCK].copy_from_slice(&acc);
@@ -804,7 +813,7 @@ pub(super) fn add_scaled_rows(rows: impl Iterator<Item = (usize, f32)> + Clone, 
         let tail = &mut out[full..];
         for (start, v) in rows {
             for (o, &w) in tail.iter_mut().zip(&b[start + full..start + n]) {
-                *o = w.mul_add(v, *o);
+                *o = madd(w, v, *o);
             }
         }
     }

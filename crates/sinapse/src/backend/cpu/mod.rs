@@ -105,8 +105,7 @@ impl CpuStorage {
 
     /// A dense layer's `relu?(x · wt + bias)` with the zero entries of `x` skipped (see
     /// [`sparse::linear_skipping_zeros`]): `self` the `[m, k]` inputs, `wt` the weight laid
-    /// out `[k, n]`, `bias` `[n]`. `None` where that kernel would be slow
-    /// ([`sparse::available`]).
+    /// out `[k, n]`, `bias` `[n]`.
     pub(crate) fn linear_skipping_zeros(
         &self,
         l: &Layout,
@@ -115,12 +114,9 @@ impl CpuStorage {
         bias: Option<(&Self, &Layout)>,
         mkn: [usize; 3],
         relu: bool,
-    ) -> Option<Self> {
-        if !sparse::available() {
-            return None;
-        }
+    ) -> Self {
         let (x, w, bias) = self.row_major_operands(l, wt, wt_l, bias);
-        Some(CpuStorage::F32(sparse::linear_skipping_zeros(&x, &w, bias.as_deref(), mkn, relu)))
+        CpuStorage::F32(sparse::linear_skipping_zeros(&x, &w, bias.as_deref(), mkn, relu))
     }
 
     /// A stride-1, undilated convolution and 2x2 max pooling with stride 2 in one pass (see

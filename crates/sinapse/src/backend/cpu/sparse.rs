@@ -9,13 +9,6 @@
 //! so the caller takes this path only for a weight known to be finite (`nn::Linear` checks
 //! its copy once when it makes it).
 
-/// Whether [`linear_skipping_zeros`] runs at speed here: not on an x86-64 CPU without FMA,
-/// where its multiply-adds would each be a call to libm's `fmaf` (the caller then multiplies
-/// by the whole weight).
-pub(super) fn available() -> bool {
-    !(cfg!(target_arch = "x86_64") && super::fastmath::isa().kind() == super::simd::Kind::Portable)
-}
-
 /// `relu?(x · wt + bias)` for the row-major `x` (`m x k`) and `wt` (`k x n`), with the zero
 /// entries of `x` skipped: a new row-major `m x n` buffer. The bias is added after each row's
 /// sum, as the dense product adds it ([`super::matmul::add_to_rows`]).
@@ -40,10 +33,15 @@ pub(super) fn linear_skipping_zeros(
     // matrix-vector product does, was slower for the `infer` benchmark's MLP on one sample:
     // the median of 10 alternating rounds (each the median of 1990 calls) 8.2-9.0 us
     // against 6.3-6.4, in two runs (2-core Intel Xeon with AVX-512).
+    let unfused = super::matmul::unfused_portable();
     let mut picked = Vec::with_capacity(k);
     for (row, out) in x[..m * k].chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n)) {
         nonzeros(row, &mut picked);
-        add_picked_rows(&picked, wt, out);
+        if unfused {
+            super::matmul::add_scaled_rows::<false>(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
+        } else {
+            add_picked_rows(&picked, wt, out);
+        }
     }
     if let Some(bias) = bias {
         super::matmul::add_to_rows(&mut out, bias, relu);
@@ -79,7 +77,7 @@ super::fastmath::dispatch! {
     /// the picked rows of `wt`, scaled ([`super::matmul::add_scaled_rows`]).
     fn add_picked_rows(picked: &[(u32, f32)], wt: &[f32], out: &mut [f32]) {
         let n = out.len();
-        super::matmul::add_scaled_rows(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
+        super::matmul::add_scaled_rows::<true>(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
     }
 }
 
@@ -101,8 +99,16 @@ mod tests {
         out
     }
 
+    /// With each instruction set this CPU runs (the portable one multiplying and adding in
+    /// two steps on x86-64).
     #[test]
     fn matches_a_plain_sum_for_every_shape_and_density() {
+        for isa in crate::backend::cpu::simd::Isa::available() {
+            crate::backend::cpu::fastmath::with_isa(isa, matches_a_plain_sum_with_this_isa);
+        }
+    }
+
+    fn matches_a_plain_sum_with_this_isa() {
         let mut rng = Rng::seed(11);
         // Widths below, at and past a block, with a tail; one row and several.
         for (m, k, n) in [(1, 1, 1), (1, 37, 5), (3, 20, 64), (2, 50, 130), (40, 33, 70), (1, 784, 256)] {
