@@ -334,9 +334,9 @@ type GemmFn = unsafe fn(
 ///   scalar kernels there, 2.5-2.7x slower on `mlp`, `lstm` and `infer` batch 1024, and on a
 ///   CPU with FMA but not AVX2 (AMD's Piledriver) its AVX2 build, which would panic.
 ///
-/// A build is taken only where pulp (gemm's SIMD layer) makes its instruction-set token,
-/// which wants more than AVX2 and FMA (BMI1, BMI2, LZCNT, ...; a virtual machine can hide
-/// some): without it the product falls back a level instead of panicking.
+/// A build is taken only where pulp (gemm's SIMD layer) makes its instruction-set token (for
+/// AVX2: every SSE level, AVX, AVX2 and FMA; for AVX-512 that and AVX512F), so that a CPU or
+/// virtual machine that lacks one of them falls back a level instead of panicking.
 fn gemm_fn() -> GemmFn {
     #[cfg(target_arch = "x86_64")]
     {
@@ -772,19 +772,21 @@ super::fastmath::dispatch! {
     }
 }
 
-/// Whether the kernels run the portable build on x86-64, where `f32::mul_add` has no FMA
-/// instruction to compile to and is a call to libm's `fmaf` per value (60 times slower than a
-/// multiply and an add): the sums of scaled rows then multiply and add in two steps
-/// ([`add_scaled_rows`] with `FUSED` false). On aarch64 the portable build fuses them.
+/// Whether the kernels run the portable build on a target where `f32::mul_add` has no FMA
+/// instruction to compile to (x86-64 without `-C target-feature=+fma`), so that it is a call
+/// to libm's `fmaf` per value (60 times slower than a multiply and an add): the sums of
+/// scaled rows then multiply and add in two steps ([`add_scaled_rows`] with `FUSED` false),
+/// as [`super::simd::portable_madd`] does. On aarch64 the portable build fuses them.
 pub(super) fn unfused_portable() -> bool {
-    cfg!(target_arch = "x86_64") && super::fastmath::isa().kind() == super::simd::Kind::Portable
+    !cfg!(any(target_arch = "aarch64", target_feature = "fma"))
+        && super::fastmath::isa().kind() == super::simd::Kind::Portable
 }
 
 /// `out[j] += Σ v · b[start + j]` over the `(start, v)` of `rows`, for every column `j`: a
 /// sum of scaled rows of `b`, each starting at `start`. 64 outputs at a time stay in
 /// registers (4 AVX-512 or 8 AVX2 vectors) over all the rows, instead of being loaded and
 /// stored once per row; each output's sum keeps the rows' order. `#[inline(always)]`, so that
-/// each [`dispatch!`] instance that calls it compiles it for its instruction set (`mul_add`
+/// each `dispatch!` instance that calls it compiles it for its instruction set (`mul_add`
 /// is one FMA there). With `FUSED` false each term is a multiply, then an add (two
 /// roundings), for the portable build on x86-64 ([`unfused_portable`]). The dense one-row
 /// product and the zero-skipping one ([`super::sparse`]) are both this, over every row or
