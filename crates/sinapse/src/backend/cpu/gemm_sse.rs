@@ -4,11 +4,11 @@
 //!
 //! gemm_f32 has microkernels for AVX2 + FMA and AVX-512 only; on any other x86-64 CPU its own
 //! dispatch runs its scalar ones, one multiply and one add per value (or, on a CPU with FMA
-//! but not AVX2, its AVX2 ones, which panic). SSE2 is part of every
-//! x86-64 CPU, so four lanes at a time need no run-time check. The kernels are expanded here
-//! from gemm_common's public `microkernel!` macro (the one gemm_f32's own kernels come from),
-//! with 4-lane vectors in place of its 8- and 16-lane ones, and run by gemm_common's blocking,
-//! packing and threading like the other builds ([`super::matmul`]'s `gemm_fn`).
+//! but not AVX2, its AVX2 ones, which panic). SSE2 is part of every x86-64 CPU, so four lanes
+//! at a time need no run-time check. The kernels are expanded here from gemm_common's public
+//! `microkernel!` macro (the one gemm_f32's own kernels come from), with 4-lane vectors in
+//! place of its 8- and 16-lane ones, and run by gemm_common's blocking, packing and threading
+//! like the other builds ([`super::matmul`]'s `gemm_fn`).
 //!
 //! The tile is 8 x 4 (two vectors of rows by four columns): 8 accumulators, the left
 //! operand's 8 rows at one depth (two vectors), a broadcast value and a product in flight
