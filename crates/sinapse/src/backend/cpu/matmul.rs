@@ -751,48 +751,39 @@ unsafe fn gemv_columns_avx512(x: &[f32], b: &[f32], stride: usize, out: &mut [f3
     }
 }
 
-/// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by row,
-/// as a sum of scaled rows; fused multiply-adds where the CPU has them.
-fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-    let rows = x.iter().enumerate().map(|(i, &v)| (i * stride, v));
-    if unfused_portable() {
-        add_scaled_rows::<false>(rows, b, out);
-    } else {
-        gemv_rows_fused(x, b, stride, out);
-    }
-}
-
 super::fastmath::dispatch! {
-    /// [`gemv_rows`] with `mul_add`: one FMA instruction per value where the CPU has them.
-    /// A `[1, k] x [k, n]` product through [`add_scaled_rows`] (scratch timings, medians,
-    /// against adding each row into `out` in memory): 784 x 256 15-19 us against 20-29, 256 x
-    /// 128 under an AVX2 cap 2.0-2.1 against 3.5-4.0.
-    fn gemv_rows_fused(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
-        add_scaled_rows::<true>(x.iter().enumerate().map(|(i, &v)| (i * stride, v)), b, out);
+    /// `out = Σ_i x[i] · b[i·stride .. i·stride + n]`: a vector times a matrix stored row by
+    /// row, as a sum of scaled rows ([`add_scaled_rows`]). A `[1, k] x [k, n]` product that
+    /// way (scratch timings, medians, against adding each row into `out` in memory): 784 x 256
+    /// 15-19 us against 20-29, 256 x 128 under an AVX2 cap 2.0-2.1 against 3.5-4.0.
+    fn gemv_rows(x: &[f32], b: &[f32], stride: usize, out: &mut [f32]) {
+        add_scaled_rows(x.iter().enumerate().map(|(i, &v)| (i * stride, v)), b, out);
     }
-}
-
-/// Whether the kernels run the portable build on a target where `f32::mul_add` has no FMA
-/// instruction to compile to (x86-64 without `-C target-feature=+fma`), so that it is a call
-/// to libm's `fmaf` per value (60 times slower than a multiply and an add): the sums of
-/// scaled rows then multiply and add in two steps ([`add_scaled_rows`] with `FUSED` false),
-/// as [`super::simd::portable_madd`] does. On aarch64 the portable build fuses them.
-pub(super) fn unfused_portable() -> bool {
-    !cfg!(any(target_arch = "aarch64", target_feature = "fma"))
-        && super::fastmath::isa().kind() == super::simd::Kind::Portable
 }
 
 /// `out[j] += Σ v · b[start + j]` over the `(start, v)` of `rows`, for every column `j`: a
 /// sum of scaled rows of `b`, each starting at `start`. 64 outputs at a time stay in
 /// registers (4 AVX-512 or 8 AVX2 vectors) over all the rows, instead of being loaded and
 /// stored once per row; each output's sum keeps the rows' order. `#[inline(always)]`, so that
-/// each `dispatch!` instance that calls it compiles it for its instruction set (`mul_add`
-/// is one FMA there). With `FUSED` false each term is a multiply, then an add (two
-/// roundings), for the portable build on x86-64 ([`unfused_portable`]). The dense one-row
-/// product and the zero-skipping one ([`super::sparse`]) are both this, over every row or
-/// over the picked ones.
+/// each `dispatch!` instance that calls it compiles it for its instruction set (`mul_add` is
+/// one FMA there). The portable instance on a target without FMA
+/// ([`super::simd::PORTABLE_FMA`]) multiplies and adds in two steps instead, as `mul_add`
+/// would be a call to libm's `fmaf` per value. The dense one-row product and the
+/// zero-skipping one ([`super::sparse`]) are both this, over every row or over the picked
+/// ones.
 #[inline(always)]
-pub(super) fn add_scaled_rows<const FUSED: bool>(
+pub(super) fn add_scaled_rows(rows: impl Iterator<Item = (usize, f32)> + Clone, b: &[f32], out: &mut [f32]) {
+    if !super::simd::PORTABLE_FMA && super::fastmath::isa().kind() == super::simd::Kind::Portable {
+        scaled_rows_blocked::<false>(rows, b, out);
+    } else {
+        scaled_rows_blocked::<true>(rows, b, out);
+    }
+}
+
+/// [`add_scaled_rows`]'s loops: each term one `mul_add` when `FUSED`, else a multiply and an
+/// add (two roundings).
+#[inline(always)]
+fn scaled_rows_blocked<const FUSED: bool>(
     rows: impl Iterator<Item = (usize, f32)> + Clone,
     b: &[f32],
     out: &mut [f32],

@@ -225,12 +225,16 @@ impl Isa {
     }
 }
 
-/// `a · b + c` for the portable kernels: one rounding where every CPU of the build target has
-/// an FMA instruction (aarch64), two on x86-64, where `mul_add` without the instruction is a
-/// call to libm's `fmaf` per value (60 times slower, as [`Portable`]'s `fma` found).
+/// Whether every CPU of the build target has an FMA instruction (aarch64, or a build with
+/// `+fma`), so that `f32::mul_add` in the portable kernels compiles to one. Elsewhere (x86-64)
+/// it is a call to libm's `fmaf` per value (60 times slower, as [`Portable`]'s `fma` found),
+/// and the portable kernels multiply and add in two steps.
+pub(super) const PORTABLE_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
+
+/// `a · b + c` for the portable kernels: one rounding where [`PORTABLE_FMA`], two elsewhere.
 #[inline(always)]
 pub(super) fn portable_madd(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+    if PORTABLE_FMA {
         a.mul_add(b, c)
     } else {
         a * b + c

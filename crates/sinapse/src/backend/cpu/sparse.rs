@@ -33,15 +33,10 @@ pub(super) fn linear_skipping_zeros(
     // matrix-vector product does, was slower for the `infer` benchmark's MLP on one sample:
     // the median of 10 alternating rounds (each the median of 1990 calls) 8.2-9.0 us
     // against 6.3-6.4, in two runs (2-core Intel Xeon with AVX-512).
-    let unfused = super::matmul::unfused_portable();
     let mut picked = Vec::with_capacity(k);
     for (row, out) in x[..m * k].chunks_exact(k.max(1)).zip(out.chunks_exact_mut(n)) {
         nonzeros(row, &mut picked);
-        if unfused {
-            super::matmul::add_scaled_rows::<false>(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
-        } else {
-            add_picked_rows(&picked, wt, out);
-        }
+        add_picked_rows(&picked, wt, out);
     }
     if let Some(bias) = bias {
         super::matmul::add_to_rows(&mut out, bias, relu);
@@ -77,7 +72,7 @@ super::fastmath::dispatch! {
     /// the picked rows of `wt`, scaled ([`super::matmul::add_scaled_rows`]).
     fn add_picked_rows(picked: &[(u32, f32)], wt: &[f32], out: &mut [f32]) {
         let n = out.len();
-        super::matmul::add_scaled_rows::<true>(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
+        super::matmul::add_scaled_rows(picked.iter().map(|&(p, v)| (p as usize * n, v)), wt, out);
     }
 }
 
