@@ -20,8 +20,13 @@ without AVX-512: Sinapse through `SINAPSE_CPU_CAPABILITY=avx2`, PyTorch through
 (`ONEDNN_MAX_CPU_ISA=AVX2`) caps. `--isa baseline` runs both without AVX, as on an x86-64
 CPU without AVX2 (or a virtual machine's generic CPU model): Sinapse through
 `SINAPSE_CPU_CAPABILITY=baseline` (SSE2, part of every x86-64 CPU), PyTorch through
-`ATEN_CPU_CAPABILITY=default`, `MKL_ENABLE_INSTRUCTIONS=SSE4_2` and
-`ONEDNN_MAX_CPU_ISA=SSE41` (the lowest caps MKL and oneDNN take, so PyTorch keeps SSE4).
+`ATEN_CPU_CAPABILITY=default`, `MKL_CBWR=COMPATIBLE` (MKL's SSE2 code path) and
+`ONEDNN_MAX_CPU_ISA=SSE41` (oneDNN's lowest cap, so its kernels keep SSE4.1). MKL's own cap
+`MKL_ENABLE_INSTRUCTIONS=SSE4_2` held on an Intel Xeon (PyTorch's 1024x784x256 product fell
+to 34 GFLOP/s) but not on an AMD EPYC (Zen 4), where that product ran at 141-177 GFLOP/s
+under it, its AVX speed, and at 44 under `MKL_CBWR=COMPATIBLE`. Whether `MKL_ENABLE_INSTRUCTIONS=AVX2` holds on AMD CPUs was not
+measured (`MKL_CBWR=AVX2` does not: MKL_VERBOSE reports `CNR:AUTO` under it there), so on
+them `--isa avx2` caps ATen's and oneDNN's kernels for certain and MKL's perhaps.
 Each side's instruction set, as it reports it, is printed with the first pair.
 """
 import argparse
@@ -42,7 +47,7 @@ ISA = re.compile(r"^(?:vector instructions|cpu capability): (\S+)$", re.M)
 CAPS = {"avx2": ({"SINAPSE_CPU_CAPABILITY": "avx2"},
                  {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}),
         "baseline": ({"SINAPSE_CPU_CAPABILITY": "baseline"},
-                     {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                     {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
                       "ONEDNN_MAX_CPU_ISA": "SSE41"})}
 
 
