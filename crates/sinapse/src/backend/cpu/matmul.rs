@@ -328,7 +328,8 @@ type GemmFn = unsafe fn(
 /// ([`super::simd::Isa::detect`]), picked once per process:
 /// - AVX-512 (uncapped): gemm's own pick, its AVX-512 build;
 /// - AVX2 (this CPU's widest, or [`super::simd::CAPABILITY_VAR`]'s cap): gemm_f32's AVX2
-///   build, made here from its public parts as its own dispatch makes it;
+///   build, made here from its public parts as its own dispatch makes it, with its full tile's
+///   microkernel replaced ([`super::gemm_fma`]);
 /// - the portable set (an x86-64 CPU without AVX2 and FMA, or the `baseline` cap): SSE
 ///   kernels run by gemm's blocking ([`super::gemm_sse`]). gemm's own pick would run its
 ///   scalar kernels there, 2.5-2.7x slower on `mlp`, `lstm` and `infer` batch 1024, and on a
@@ -437,7 +438,7 @@ macro_rules! gemm_build {
 }
 
 #[cfg(target_arch = "x86_64")]
-gemm_build!(gemm_avx2, gemm_common::simd::V3, 8, gemm_f32::microkernel::fma::f32);
+gemm_build!(gemm_avx2, gemm_common::simd::V3, super::gemm_fma::N, super::gemm_fma);
 // SSE2 is part of x86-64: no target feature to enable (gemm_common's `Scalar` runs the
 // closure as it is).
 #[cfg(target_arch = "x86_64")]
@@ -918,8 +919,9 @@ mod tests {
 
     /// The builds of gemm's product made here ([`gemm_fn`]: the AVX2 one, and the SSE one
     /// that a CPU without AVX2 runs) against f64 sums, called as [`gemm_raw`] calls them:
-    /// plain and accumulated, over shapes that fill and do not fill their microkernels (every
-    /// SSE tile size among them), with `a` transposed and `b` at a padded row stride, and with
+    /// plain, accumulated and scaled (`alpha · dst + beta · a·b`), over shapes that fill and
+    /// do not fill their microkernels (every SSE tile size, and the AVX2 build's own 16 x 6
+    /// tile whole and with 9 of its rows, among them), with `a` transposed and `b` at a padded row stride, and with
     /// `a` row-major and `b` transposed (`x · Wᵀ`, which small products send to the AVX2
     /// build's horizontal kernels).
     #[cfg(target_arch = "x86_64")]
@@ -932,7 +934,8 @@ mod tests {
         }
         let mut rng = Rng::seed(11);
         // gemm's rows are `n` here and its columns `m`: [7, 5, 12] and [6, 5, 4] take the
-        // SSE tiles of 3 and 2 columns, and of 4 rows whole.
+        // SSE tiles of 3 and 2 columns, and of 4 rows whole; [64, 96, 50] fills the AVX2
+        // build's 16 x 6 tile, and [17, 33, 9] runs it with 9 of its 16 rows.
         for [m, k, n] in
             [[1usize, 1, 1], [4, 33, 9], [5, 7, 3], [7, 5, 12], [6, 5, 4], [17, 33, 9], [64, 96, 50], [130, 257, 70]]
         {
@@ -944,7 +947,8 @@ mod tests {
                 let b: Vec<f32> = (0..k * bs).map(|_| rng.standard_normal()).collect();
                 let start: Vec<f32> = (0..m * n).map(|_| rng.standard_normal()).collect();
                 for (name, build) in &builds {
-                    for accumulate in [false, true] {
+                    for (alpha, beta) in [(0.0f32, 1.0f32), (1.0, 1.0), (0.5, -2.0)] {
+                        let accumulate = alpha != 0.0;
                         let mut dst = start.clone();
                         // SAFETY: as `gemm_raw`'s call: dst m x n row-major; every offset the
                         // strides give is inside a (m·k values) and b (k·bs); the CPU runs
@@ -964,8 +968,8 @@ mod tests {
                                 a.as_ptr(),
                                 sa[0] as isize,
                                 sa[1] as isize,
-                                if accumulate { 1.0 } else { 0.0 },
-                                1.0,
+                                alpha,
+                                beta,
                                 false,
                                 false,
                                 false,
@@ -977,11 +981,11 @@ mod tests {
                                 let terms = (0..k)
                                     .map(|p| f64::from(a[i * sa[0] + p * sa[1]]) * f64::from(b[p * sb[0] + j * sb[1]]));
                                 let (sum, scale) = terms.fold((0.0, 0.0), |(s, t), v| (s + v, t + v.abs()));
-                                let want = sum + if accumulate { f64::from(start[i * n + j]) } else { 0.0 };
+                                let want = f64::from(beta) * sum + f64::from(alpha) * f64::from(start[i * n + j]);
                                 let got = f64::from(dst[i * n + j]);
                                 assert!(
-                                    (got - want).abs() <= 1e-5 * (scale + 1.0),
-                                    "{name} {m}x{k}x{n} b transposed {transposed_b} accumulate {accumulate} \
+                                    (got - want).abs() <= 1e-5 * (2.0 * scale + 1.0),
+                                    "{name} {m}x{k}x{n} b transposed {transposed_b} alpha {alpha} beta {beta} \
                                      [{i}, {j}]: {got} vs {want}"
                                 );
                             }

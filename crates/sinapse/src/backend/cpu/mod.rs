@@ -9,6 +9,8 @@ mod conv;
 mod elementwise;
 pub(crate) mod fastmath;
 #[cfg(target_arch = "x86_64")]
+mod gemm_fma;
+#[cfg(target_arch = "x86_64")]
 mod gemm_sse;
 mod index;
 mod matmul;
