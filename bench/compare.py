@@ -24,9 +24,11 @@ CPU without AVX2 (or a virtual machine's generic CPU model): Sinapse through
 `ONEDNN_MAX_CPU_ISA=SSE41` (oneDNN's lowest cap, so its kernels keep SSE4.1). MKL's own cap
 `MKL_ENABLE_INSTRUCTIONS=SSE4_2` held on an Intel Xeon (PyTorch's 1024x784x256 product fell
 to 34 GFLOP/s) but not on an AMD EPYC (Zen 4), where that product ran at 141-177 GFLOP/s
-under it, its AVX speed, and at 44 under `MKL_CBWR=COMPATIBLE`. Whether `MKL_ENABLE_INSTRUCTIONS=AVX2` holds on AMD CPUs was not
-measured (`MKL_CBWR=AVX2` does not: MKL_VERBOSE reports `CNR:AUTO` under it there), so on
-them `--isa avx2` caps ATen's and oneDNN's kernels for certain and MKL's perhaps.
+under it, its AVX speed, and at 44 under `MKL_CBWR=COMPATIBLE`. That path is SSE2, as
+Sinapse's is under the cap; a real CPU without AVX2 would let MKL run SSE4.2 (or AVX) code.
+Whether `MKL_ENABLE_INSTRUCTIONS=AVX2` holds on AMD CPUs was not measured (`MKL_CBWR=AVX2`
+does not: MKL_VERBOSE reports `CNR:AUTO` under it there), so on them `--isa avx2` caps
+ATen's and oneDNN's kernels for certain and MKL's perhaps.
 Each side's instruction set, as it reports it, is printed with the first pair.
 """
 import argparse

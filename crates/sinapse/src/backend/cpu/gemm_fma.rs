@@ -1,13 +1,14 @@
 //! gemm_f32's AVX2 + FMA microkernels with its full 16 x 6 tile replaced by one that reads
 //! the right operand's six columns at fixed offsets from one pointer.
 //!
-//! gemm_common's `microkernel!` (where gemm_f32's kernels come from) finds column `j` of the
-//! right operand by stepping a pointer by its column stride once per column, so each step of
-//! the depth loop runs six dependent additions before its last broadcast. In the AVX2 tile
-//! (2 vectors x 6 columns: 12 multiply-adds a step, 6 cycles on two FMA units) that chain is
-//! as long as the arithmetic, and the kernel ran at about 70% of the AVX-512 one on a Zen 4,
-//! whose two builds have the same peak. Here the six offsets are computed once, outside the
-//! loop, and every broadcast addresses `base + offset` directly.
+//! gemm_common's `microkernel!` (where gemm_f32's kernels come from) addresses column `j` of
+//! the right operand as `j · rhs_cs`, which LLVM compiles to one pointer stepped by the column
+//! stride once per column, so each step of the depth loop runs six dependent additions before
+//! its last broadcast. In the AVX2 tile (2 vectors x 6 columns: 12 multiply-adds a step, 6
+//! cycles on two FMA units) that chain is as long as the arithmetic, and the kernel ran at
+//! about three quarters of the AVX-512 one's speed on a Zen 4, whose two builds have the same
+//! peak. Here the six offsets are computed once, outside the loop, and every broadcast
+//! addresses `base + offset` directly.
 //!
 //! The rest (the smaller edge tiles, the horizontal kernels) is gemm_f32's own.
 
@@ -44,7 +45,8 @@ pub(super) const UKR: [[gemm_common::microkernel::MicroKernelFn<f32>; NR]; MR_DI
 /// right-operand values at `rhs + offsets[j]`, added into `acc`.
 ///
 /// # Safety
-/// AVX2 and FMA; `lhs` readable for 16 values, `rhs + offsets[j]` for one each.
+/// AVX2 and FMA; `lhs` readable for 16 values, `rhs + offsets[j]` for one each. It has no
+/// target features of its own: it is always inlined into [`x2x6`], which enables them.
 #[inline(always)]
 unsafe fn step(acc: &mut [[__m256; 2]; 6], lhs: *const f32, rhs: *const f32, offsets: &[isize; 6]) {
     // SAFETY: the caller's contract.
@@ -89,7 +91,8 @@ unsafe fn x2x6(
     _next_lhs: *const f32,
 ) {
     // Opaque to the optimiser, which would otherwise rebuild the chain of additions from
-    // their being multiples of one stride.
+    // their being multiples of one stride (a hint only: were it ignored, the kernel would be
+    // slower, not wrong).
     let offsets = core::hint::black_box([0, rhs_cs, 2 * rhs_cs, 3 * rhs_cs, 4 * rhs_cs, 5 * rhs_cs]);
     let mut acc = [[_mm256_setzero_ps(); 2]; 6];
     let (mut lhs, mut rhs) = (packed_lhs, packed_rhs);

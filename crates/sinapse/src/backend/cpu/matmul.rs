@@ -923,7 +923,7 @@ mod tests {
     /// do not fill their microkernels (every SSE tile size, and the AVX2 build's own 16 x 6
     /// tile whole and with 9 of its rows, among them), with `a` transposed and `b` at a padded row stride, and with
     /// `a` row-major and `b` transposed (`x · Wᵀ`, which small products send to the AVX2
-    /// build's horizontal kernels).
+    /// build's horizontal kernels); nothing past the product may be written.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn gemm_builds_made_here_match_f64_sums() {
@@ -935,7 +935,8 @@ mod tests {
         let mut rng = Rng::seed(11);
         // gemm's rows are `n` here and its columns `m`: [7, 5, 12] and [6, 5, 4] take the
         // SSE tiles of 3 and 2 columns, and of 4 rows whole; [64, 96, 50] fills the AVX2
-        // build's 16 x 6 tile, and [17, 33, 9] runs it with 9 of its 16 rows.
+        // build's 16 x 6 tile, and [17, 33, 9] (with `b` not transposed) runs it with 9 of its
+        // 16 rows.
         for [m, k, n] in
             [[1usize, 1, 1], [4, 33, 9], [5, 7, 3], [7, 5, 12], [6, 5, 4], [17, 33, 9], [64, 96, 50], [130, 257, 70]]
         {
@@ -949,7 +950,10 @@ mod tests {
                 for (name, build) in &builds {
                     for (alpha, beta) in [(0.0f32, 1.0f32), (1.0, 1.0), (0.5, -2.0)] {
                         let accumulate = alpha != 0.0;
+                        // Past the m x n values, a guard that no write may reach.
+                        const GUARD: usize = 64;
                         let mut dst = start.clone();
+                        dst.extend([f32::MAX; GUARD]);
                         // SAFETY: as `gemm_raw`'s call: dst m x n row-major; every offset the
                         // strides give is inside a (m·k values) and b (k·bs); the CPU runs
                         // `build`.
@@ -990,6 +994,10 @@ mod tests {
                                 );
                             }
                         }
+                        assert!(
+                            dst[m * n..].iter().all(|&v| v == f32::MAX),
+                            "{name} {m}x{k}x{n} b transposed {transposed_b}: a write past the product"
+                        );
                     }
                 }
             }
