@@ -921,9 +921,10 @@ mod tests {
     /// that a CPU without AVX2 runs) against f64 sums, called as [`gemm_raw`] calls them:
     /// plain, accumulated and scaled (`alpha · dst + beta · a·b`), over shapes that fill and
     /// do not fill their microkernels (every SSE tile size, and the AVX2 build's own 16 x 6
-    /// tile whole and with 9 of its rows, among them), with `a` transposed and `b` at a padded row stride, and with
-    /// `a` row-major and `b` transposed (`x · Wᵀ`, which small products send to the AVX2
-    /// build's horizontal kernels); nothing past the product may be written.
+    /// tile whole and with 9 of its rows, among them), with `a` transposed and `b` at a
+    /// padded row stride, and with `a` row-major and `b` transposed (`x · Wᵀ`, which small
+    /// products send to the AVX2 build's horizontal kernels); nothing past the product may be
+    /// written.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn gemm_builds_made_here_match_f64_sums() {
