@@ -6,8 +6,8 @@
 //! buffer, at an offset, with a row stride larger than the row) and transposed (a view whose
 //! first two axes are swapped in memory). Inputs are random normals, so reading one wrong
 //! element, or a wrong stride or offset, shows as an error of order 1; the tolerance is what
-//! rounding needs and no more. The optimizer updates are checked the same way on a parameter
-//! and gradients given in each layout.
+//! rounding needs and no more. The optimizer updates are checked the same way on a list of
+//! parameters (as many as a GPU updates in two launches) with gradients given in each layout.
 //!
 //! A custom harness (`harness = false`): the run prints which devices it covered and why the
 //! others were not, in every `cargo test` log. Every GPU in `Device::available()` is covered;
@@ -356,36 +356,71 @@ fn cases() -> Vec<Case> {
     c
 }
 
-/// The optimizers, each run for three steps from the same parameter and gradients.
+/// The parameters of the optimizer check: more than one launch holds on a GPU (16), one
+/// empty, one spanning two of a launch's blocks (8192 values each), the rest small.
+const OPTIMIZER_SHAPES: [&[usize]; 19] = [
+    &[3, 4],
+    &[9000],
+    &[0, 3],
+    &[5],
+    &[2, 3],
+    &[1],
+    &[4, 4],
+    &[7],
+    &[2, 2],
+    &[3],
+    &[6, 2],
+    &[1, 1],
+    &[8],
+    &[2, 5],
+    &[4],
+    &[3, 3],
+    &[2],
+    &[5, 2],
+    &[6],
+];
+
+/// The optimizers, each run for three steps from the same parameters and gradients. Parameter
+/// `k` has no gradient at step `s` when `k + s` is a multiple of 4, so that the parameters'
+/// step counts (and Adam's bias corrections, SGD's first step) differ within one update.
 fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<f32>> {
     let mut rng = Rng::seed(7);
-    let w0 = normal(&[3, 4], &mut rng);
-    let p = Tensor::from_vec(w0.values.clone(), &w0.shape)?.to(device)?.set_requires_grad(true);
-    let params = vec![p.clone()];
+    let params = OPTIMIZER_SHAPES
+        .iter()
+        .map(|shape| {
+            let w0 = normal(shape, &mut rng);
+            Ok(Tensor::from_vec(w0.values, &w0.shape)?.to(device)?.set_requires_grad(true))
+        })
+        .collect::<Result<Vec<Tensor>>>()?;
     // "… staged": the numbers that change per step read from device memory, as in a graph.
     let (which, staged) = match which.strip_suffix(" staged") {
         Some(base) => (base, true),
         None => (which, false),
     };
+    let list = params.clone();
     let mut opt: Box<dyn Optimizer> = match which {
-        "sgd" => Box::new(Sgd::new(params, 0.1)?),
-        "sgd nesterov" => Box::new(Sgd::with_options(params, 0.1, 0.9, true, 0.01)?),
-        "adam" => Box::new(Adam::new(params, 0.01)?),
-        "adamw" => Box::new(AdamW::new(params, 0.01)?),
-        "rmsprop momentum" => Box::new(RmsProp::with_options(params, 0.01, 0.9, 1e-8, 0.5, 0.01)?),
+        "sgd" => Box::new(Sgd::new(list, 0.1)?),
+        "sgd nesterov" => Box::new(Sgd::with_options(list, 0.1, 0.9, true, 0.01)?),
+        "adam" => Box::new(Adam::new(list, 0.01)?),
+        "adamw" => Box::new(AdamW::new(list, 0.01)?),
+        "rmsprop momentum" => Box::new(RmsProp::with_options(list, 0.01, 0.9, 1e-8, 0.5, 0.01)?),
         other => panic!("unknown optimizer {other}"),
     };
     if staged {
         opt.set_step_mode(StepMode::Staged)?;
     }
-    for _ in 0..3 {
-        let g = normal(&[3, 4], &mut rng);
-        let (_, view) = place(&Input { grad: false, ..g }, device, layout)?;
+    for step in 0..3 {
         let mut grads = Gradients::default();
-        grads.insert(&p, view);
+        for (k, p) in params.iter().enumerate() {
+            let g = normal(p.shape(), &mut rng);
+            if (k + step) % 4 != 0 {
+                let (_, view) = place(&Input { grad: false, ..g }, device, layout)?;
+                grads.insert(p, view);
+            }
+        }
         opt.step(&grads)?;
     }
-    Ok(p.to_vec())
+    Ok(params.iter().flat_map(|p| p.to_vec()).collect())
 }
 
 /// A NCCL communicator of one rank on `device` runs its real collectives (a sum over one rank

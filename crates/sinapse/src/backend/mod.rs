@@ -229,6 +229,41 @@ pub(crate) trait BackendStorage: Sized {
         update: &OptimizerUpdate,
         staged: Option<(&Self, usize)>,
     ) -> Result<()>;
+
+    /// [`BackendStorage::optimizer_step`] for several parameters in order (each item's
+    /// storages its own); on an error, the position of the first item whose update was not
+    /// queued. The default updates one parameter at a time; a backend that launches kernels
+    /// updates many in one launch.
+    fn optimizer_steps(items: &mut [StepItem<'_, Self>]) -> std::result::Result<(), (Error, usize)>
+    where
+        Self: Sized,
+    {
+        for (k, it) in items.iter_mut().enumerate() {
+            it.param
+                .optimizer_step(it.l, it.grad, it.grad_l, &mut it.state, &it.update, it.staged)
+                .map_err(|e| (e, k))?;
+        }
+        Ok(())
+    }
+}
+
+/// One parameter's update in [`BackendStorage::optimizer_steps`]: the arguments of
+/// [`BackendStorage::optimizer_step`].
+pub(crate) struct StepItem<'a, S> {
+    /// The parameter, updated in place.
+    pub(crate) param: &'a mut S,
+    /// The parameter's (contiguous) view.
+    pub(crate) l: &'a Layout,
+    /// Its gradient.
+    pub(crate) grad: &'a S,
+    /// The gradient's (contiguous) view.
+    pub(crate) grad_l: &'a Layout,
+    /// Its state buffers, each the parameter's size.
+    pub(crate) state: Vec<&'a mut S>,
+    /// The update.
+    pub(crate) update: OptimizerUpdate,
+    /// Where the update's changing numbers are read when the kernel runs, if staged.
+    pub(crate) staged: Option<(&'a S, usize)>,
 }
 
 /// The numbers behind one or more tensors, on one device.
@@ -1225,73 +1260,96 @@ impl Storage {
         Ok(grads)
     }
 
-    /// One optimizer update of this parameter in place (with `staged`: its changing numbers
-    /// read from that storage, at that position, when the kernel runs).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn optimizer_step(
-        &mut self,
-        l: &Layout,
-        grad: &Storage,
-        grad_l: &Layout,
-        state: &mut [&mut Storage],
-        update: &OptimizerUpdate,
-        staged: Option<(&Storage, usize)>,
+    /// Optimizer updates of several parameters in place, in order (with `staged`: an item's
+    /// changing numbers read from that storage, at that position, when the kernel runs); on an
+    /// error, the position of the first item whose update was not queued. Every item is
+    /// checked before any is queued.
+    pub(crate) fn optimizer_steps(
+        items: &mut [StepItem<'_, Storage>],
         op: &'static str,
-    ) -> Result<()> {
-        same_device(op, &[self, grad])?;
-        if let Some((s, at)) = staged {
-            same_device(op, &[self, s])?;
+    ) -> std::result::Result<(), (Error, usize)> {
+        for (k, it) in items.iter().enumerate() {
+            Storage::check_step(it, op).map_err(|e| (e, k))?;
+        }
+        let Some(first) = items.first() else { return Ok(()) };
+        let device = first.param.device();
+        if let Some(k) = items.iter().position(|it| it.param.device() != device) {
+            return Err((Error::DeviceMismatch { op, lhs: device, rhs: items[k].param.device() }, k));
+        }
+        // Every operand of every item is on `device` (checked above), so each arm below sees
+        // only its own variant.
+        match device {
+            Device::Cpu => {
+                let mut cpu = backend_items(
+                    items,
+                    op,
+                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                )?;
+                cpu::CpuStorage::optimizer_steps(&mut cpu)
+            }
+            Device::Cuda(_) => {
+                let mut gpu = backend_items(
+                    items,
+                    op,
+                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                )?;
+                cuda::CudaStorage::optimizer_steps(&mut gpu)
+            }
+        }
+    }
+
+    /// What every backend's fused update assumes of one item: its operands on the
+    /// parameter's device, parameter and gradient contiguous and of one size, the update's
+    /// state buffers of that size, and its staged numbers inside their storage.
+    fn check_step(it: &StepItem<'_, Storage>, op: &'static str) -> Result<()> {
+        same_device(op, &[it.param, it.grad])?;
+        if let Some((s, at)) = it.staged {
+            same_device(op, &[it.param, s])?;
             if at.checked_add(STAGED).is_none_or(|end| end > s.len()) {
                 return Err(Error::invalid(op, format!("staged numbers at {at} lie outside {} values", s.len())));
             }
         }
-        let device = self.device();
-        if let Some(s) = state.iter().find(|s| s.device() != device) {
+        let device = it.param.device();
+        if let Some(s) = it.state.iter().find(|s| s.device() != device) {
             return Err(Error::DeviceMismatch { op, lhs: device, rhs: s.device() });
         }
-        // What every backend's fused update assumes: one contiguous run of values each.
-        let n = l.elem_count();
-        if !l.is_contiguous() || !grad_l.is_contiguous() || grad_l.elem_count() != n {
+        let n = it.l.elem_count();
+        if !it.l.is_contiguous() || !it.grad_l.is_contiguous() || it.grad_l.elem_count() != n {
             return Err(Error::invalid("optimizer step", "parameter and gradient must be contiguous and of one size"));
         }
-        if state.len() != update.state_buffers() || state.iter().any(|s| s.len() != n) {
+        if it.state.len() != it.update.state_buffers() || it.state.iter().any(|s| s.len() != n) {
             return Err(Error::invalid(
                 "optimizer step",
-                format!("needs {} state buffers of {n} values", update.state_buffers()),
+                format!("needs {} state buffers of {n} values", it.update.state_buffers()),
             ));
         }
-        match (self, grad) {
-            (Storage::Cpu(p), Storage::Cpu(g)) => {
-                let mut bufs: Vec<&mut cpu::CpuStorage> = state
-                    .iter_mut()
-                    .filter_map(|s| match &mut **s {
-                        Storage::Cpu(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
-                let staged = match staged {
-                    Some((Storage::Cpu(s), at)) => Some((s, at)),
-                    _ => None,
-                };
-                p.optimizer_step(l, g, grad_l, &mut bufs, update, staged)
-            }
-            (Storage::Cuda(p), Storage::Cuda(g)) => {
-                let mut bufs: Vec<&mut cuda::CudaStorage> = state
-                    .iter_mut()
-                    .filter_map(|s| match &mut **s {
-                        Storage::Cuda(s) => Some(s),
-                        _ => None,
-                    })
-                    .collect();
-                let staged = match staged {
-                    Some((Storage::Cuda(s), at)) => Some((s, at)),
-                    _ => None,
-                };
-                p.optimizer_step(l, g, grad_l, &mut bufs, update, staged)
-            }
-            (p, g) => Err(mismatch(op, &[p, g])),
-        }
+        Ok(())
     }
+}
+
+/// `items` as items of one backend's storage type, which `pick_mut` and `pick` take out of a
+/// [`Storage`] (`None`: another device's, an error naming the item).
+fn backend_items<'s, 'a: 's, S: 'a>(
+    items: &'s mut [StepItem<'a, Storage>],
+    op: &'static str,
+    pick_mut: impl Fn(&mut Storage) -> Option<&mut S>,
+    pick: impl Fn(&'a Storage) -> Option<&'a S>,
+) -> std::result::Result<Vec<StepItem<'s, S>>, (Error, usize)> {
+    let mut picked = Vec::with_capacity(items.len());
+    for (k, it) in items.iter_mut().enumerate() {
+        let wrong = (mismatch(op, &[&*it.param, it.grad]), k);
+        let (Some(grad), Some(param)) = (pick(it.grad), pick_mut(&mut *it.param)) else { return Err(wrong) };
+        let state: Option<Vec<&mut S>> = it.state.iter_mut().map(|s| pick_mut(s)).collect();
+        let staged = match it.staged {
+            Some((s, at)) => Some((pick(s).ok_or_else(|| (mismatch(op, &[s]), k))?, at)),
+            None => None,
+        };
+        let state = state.ok_or_else(|| (Error::invalid(op, "optimizer state on another device"), k))?;
+        picked.push(StepItem { param, l: it.l, grad, grad_l: it.grad_l, state, update: it.update, staged });
+    }
+    Ok(picked)
 }
 
 /// `[N, H]` of an LSTM cell state's layout.

@@ -17,6 +17,7 @@ pub use schedule::{LrSchedule, Per, Schedule};
 pub use sgd::Sgd;
 
 use crate::backend::OptimizerUpdate;
+use crate::tensor::ParamUpdate;
 use crate::{Error, Gradients, Result, Tensor};
 
 /// The common interface of optimizers, used by the training loop.
@@ -93,8 +94,8 @@ impl State {
     }
 
     /// Applies `update(i)` (the update for parameter `i`, asked for only when it has a
-    /// gradient) to every parameter with a gradient, as one fused kernel per parameter (or,
-    /// staged, as [`StepMode`] says).
+    /// gradient) to every parameter with a gradient, each as one fused pass (on a GPU, one
+    /// launch for up to 16 parameters), or, staged, as [`StepMode`] says.
     pub(crate) fn step(
         &mut self,
         op: &'static str,
@@ -136,15 +137,21 @@ impl State {
         if mode == StepMode::StageOnly {
             return Ok(());
         }
-        for (i, g, u) in prepared {
-            let state: Vec<&Tensor> = self.buffers[i].iter().collect();
-            let staged = match (&self.staged, mode) {
-                (Some(s), StepMode::Staged) => Some((&s.values, i * crate::backend::STAGED)),
-                _ => None,
-            };
-            params[i].apply_update(op, &g, &state, &u, staged).map_err(|e| (e, i))?;
-        }
-        Ok(())
+        // Every update in one call: on a GPU, one launch for many parameters.
+        let items: Vec<ParamUpdate<'_>> = prepared
+            .iter()
+            .map(|(i, g, u)| ParamUpdate {
+                param: &params[*i],
+                grad: g,
+                state: self.buffers[*i].iter().collect(),
+                update: *u,
+                staged: match (&self.staged, mode) {
+                    (Some(s), StepMode::Staged) => Some((&s.values, i * crate::backend::STAGED)),
+                    _ => None,
+                },
+            })
+            .collect();
+        Tensor::apply_updates(op, &items).map_err(|(e, k)| (e, prepared[k].0))
     }
 
     /// Each parameter with a gradient, its gradient and its update (its step counted, its
@@ -267,11 +274,36 @@ mod tests {
         let g = Tensor::from_vec(vec![2.0], &[1]).unwrap();
         let u = OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true };
         let staged = Tensor::from_vec(vec![9.0, 0.5, 1.0, 1.0], &[4]).unwrap();
-        w.apply_update("test", &g, &[], &u, Some((&staged, 1))).unwrap();
+        let step = |staged| {
+            let item = ParamUpdate { param: &w, grad: &g, state: vec![], update: u, staged: Some(staged) };
+            Tensor::apply_updates("test", &[item])
+        };
+        step((&staged, 1)).unwrap();
         assert_eq!(w.to_vec(), vec![0.0]);
         // Past the end, or the parameter itself: refused.
-        assert!(w.apply_update("test", &g, &[], &u, Some((&staged, 2))).is_err());
-        assert!(w.apply_update("test", &g, &[], &u, Some((&w, 0))).is_err());
+        assert!(step((&staged, 2)).is_err());
+        assert!(step((&w, 0)).is_err());
+    }
+
+    #[test]
+    fn updates_of_several_parameters_are_checked_first_and_may_share_storages() {
+        let u = OptimizerUpdate::Sgd { lr: 0.5, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true };
+        let item = |param, grad| ParamUpdate { param, grad, state: vec![], update: u, staged: None };
+        // Two parameters viewing one storage (one at an offset) are updated one at a time.
+        let base = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[4]).unwrap();
+        let (a, b) = (base.narrow(0, 0, 2).unwrap(), base.narrow(0, 2, 2).unwrap());
+        let g = Tensor::from_vec(vec![2.0, 4.0], &[2]).unwrap();
+        Tensor::apply_updates("test", &[item(&a, &g), item(&b, &g)]).unwrap();
+        assert_eq!(base.to_vec(), vec![0.0, 0.0, 2.0, 2.0]);
+        // One gradient read by two parameters of their own: one launch's worth, both right.
+        let (c, d) = (Tensor::from_vec(vec![1.0, 1.0], &[2]).unwrap(), Tensor::from_vec(vec![3.0, 3.0], &[2]).unwrap());
+        Tensor::apply_updates("test", &[item(&c, &g), item(&d, &g)]).unwrap();
+        assert_eq!((c.to_vec(), d.to_vec()), (vec![0.0, -1.0], vec![2.0, 1.0]));
+        // A wrong second item: its position, and the first one not updated either.
+        let short = Tensor::from_vec(vec![1.0], &[1]).unwrap();
+        let (e, at) = Tensor::apply_updates("test", &[item(&c, &g), item(&short, &g)]).unwrap_err();
+        assert_eq!(at, 1, "{e}");
+        assert_eq!(c.to_vec(), vec![0.0, -1.0]);
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! storage of their source. Operations are methods on `Tensor`; each lives in a file of
 //! [`crate::ops`] next to its gradient rule.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use crate::autograd::{self, GradFn, Node};
-use crate::backend::{DType, OptimizerUpdate, Storage};
+use crate::backend::{DType, OptimizerUpdate, StepItem, Storage};
 use crate::layout::{checked_elem_count, Layout};
 use crate::random::Rng;
 use crate::{Device, Error, Result};
@@ -548,46 +549,130 @@ impl Tensor {
         write_lock(&self.0.storage).write_host(self.layout().offset(), data)
     }
 
-    /// One optimizer update of this parameter in place, from `grad` and the `state` buffers
-    /// (tensors of the parameter's shape, each its own storage), as one fused kernel. With
-    /// `staged` (a contiguous tensor and a position in it), the update's changing numbers
-    /// ([`OptimizerUpdate::staged`]) are read from that tensor when the kernel runs.
-    pub(crate) fn apply_update(
-        &self,
+    /// Optimizer updates of several parameters in place, in order, each from its gradient and
+    /// state buffers as one fused pass, in as few kernel launches as the device allows (one
+    /// for many parameters on a GPU); with `staged`, an update's changing numbers
+    /// ([`OptimizerUpdate::staged`]) are read from that tensor when the kernel runs. On an
+    /// error, the position of the first item whose update was not queued; every item is
+    /// checked before any is queued. Items that share a storage one of them writes (two
+    /// parameters viewing one tensor, say) are updated one at a time.
+    pub(crate) fn apply_updates(
         op: &'static str,
-        grad: &Tensor,
-        state: &[&Tensor],
-        update: &OptimizerUpdate,
-        staged: Option<(&Tensor, usize)>,
-    ) -> Result<()> {
-        if let Some((s, _)) = staged {
-            if !s.layout().is_contiguous() || s.same_storage(self) || state.iter().any(|b| b.same_storage(s)) {
+        items: &[ParamUpdate<'_>],
+    ) -> std::result::Result<(), (Error, usize)> {
+        let mut grads = Vec::with_capacity(items.len());
+        for (k, it) in items.iter().enumerate() {
+            grads.push(it.checked(op).map_err(|e| (e, k))?);
+        }
+        // Within an item, written storages are apart from every other one (checked); across
+        // items they may not be (two parameters viewing one storage, say).
+        let cell = |t: &Tensor| Arc::as_ptr(&t.0.storage);
+        let mut written: Vec<*const StorageCell> =
+            items.iter().flat_map(|it| std::iter::once(it.param).chain(it.state.iter().copied())).map(cell).collect();
+        written.sort_unstable();
+        let mut read = grads.iter().chain(items.iter().filter_map(|it| it.staged.map(|(s, _)| s))).map(cell);
+        if written.windows(2).any(|w| w[0] == w[1]) || read.any(|r| written.binary_search(&r).is_ok()) {
+            for (k, (it, g)) in items.iter().zip(&grads).enumerate() {
+                Tensor::step_locked(op, std::slice::from_ref(it), std::slice::from_ref(g)).map_err(|(e, _)| (e, k))?;
+            }
+            return Ok(());
+        }
+        Tensor::step_locked(op, items, &grads)
+    }
+
+    /// Locks what `items` write (each storage once, as checked by the caller) and what they
+    /// read (a storage read by several items once), and queues their updates; `grads` are the
+    /// gradients as the kernels read them.
+    fn step_locked(
+        op: &'static str,
+        items: &[ParamUpdate<'_>],
+        grads: &[Tensor],
+    ) -> std::result::Result<(), (Error, usize)> {
+        /// The position of `t`'s storage among `cells`, added there if new (`seen` maps a
+        /// storage to its position).
+        fn place<'t>(
+            cells: &mut Vec<&'t Arc<StorageCell>>,
+            seen: &mut HashMap<*const StorageCell, usize>,
+            t: &'t Tensor,
+        ) -> usize {
+            *seen.entry(Arc::as_ptr(&t.0.storage)).or_insert_with(|| {
+                cells.push(&t.0.storage);
+                cells.len() - 1
+            })
+        }
+        let (mut cells, mut seen) = (Vec::new(), HashMap::new());
+        let grad_at: Vec<usize> = grads.iter().map(|g| place(&mut cells, &mut seen, g)).collect();
+        let staged_at: Vec<Option<(usize, usize)>> = items
+            .iter()
+            .map(|it| it.staged.map(|(s, at)| (place(&mut cells, &mut seen, s), s.layout().offset() + at)))
+            .collect();
+        let mut writes: Vec<_> = items
+            .iter()
+            .map(|it| {
+                let state: Vec<_> = it.state.iter().map(|s| write_lock(&s.0.storage)).collect();
+                (write_lock(&it.param.0.storage), state)
+            })
+            .collect();
+        let reads: Vec<_> = cells.iter().map(|c| read_lock(c)).collect();
+        let mut steps: Vec<StepItem<'_, Storage>> = writes
+            .iter_mut()
+            .zip(items)
+            .zip(grads)
+            .enumerate()
+            .map(|(k, (((param, state), it), grad))| StepItem {
+                param: &mut **param,
+                l: it.param.layout(),
+                grad: &reads[grad_at[k]],
+                grad_l: grad.layout(),
+                state: state.iter_mut().map(|s| &mut **s).collect(),
+                update: it.update,
+                staged: staged_at[k].map(|(r, at)| (&*reads[r], at)),
+            })
+            .collect();
+        Storage::optimizer_steps(&mut steps, op)
+    }
+}
+
+/// One parameter's optimizer update for [`Tensor::apply_updates`].
+pub(crate) struct ParamUpdate<'a> {
+    /// The parameter, updated in place (contiguous).
+    pub(crate) param: &'a Tensor,
+    /// Its gradient, of its shape.
+    pub(crate) grad: &'a Tensor,
+    /// Its state buffers: tensors of its shape, each its own storage.
+    pub(crate) state: Vec<&'a Tensor>,
+    /// The update.
+    pub(crate) update: OptimizerUpdate,
+    /// A contiguous tensor and the position in it of the update's changing numbers, read
+    /// when the kernel runs.
+    pub(crate) staged: Option<(&'a Tensor, usize)>,
+}
+
+impl ParamUpdate<'_> {
+    /// The checks only tensors can make (shapes, views, storages apart), and the gradient as
+    /// the kernel reads it: a contiguous copy where it is a view, or shares the parameter's
+    /// storage (read while that is locked for writing).
+    fn checked(&self, op: &'static str) -> Result<Tensor> {
+        let (param, grad, state) = (self.param, self.grad, &self.state);
+        if let Some((s, _)) = self.staged {
+            if !s.layout().is_contiguous() || s.same_storage(param) || state.iter().any(|b| b.same_storage(s)) {
                 return Err(Error::invalid(op, "staged numbers must be a separate contiguous tensor"));
             }
         }
-        if self.shape() != grad.shape() {
-            return Err(Error::shapes(op, self.shape(), grad.shape()));
+        if param.shape() != grad.shape() {
+            return Err(Error::shapes(op, param.shape(), grad.shape()));
         }
-        if !self.layout().is_contiguous() {
+        if !param.layout().is_contiguous() {
             return Err(Error::invalid(op, "in-place update of a non-contiguous view"));
         }
-        // The gradient is read while the parameter is locked for writing: it must be another
-        // storage, and contiguous.
         let grad =
-            if grad.same_storage(self) || !grad.layout().is_contiguous() { grad.copied()? } else { grad.clone() };
-        let mut guards = Vec::with_capacity(state.len());
+            if grad.same_storage(param) || !grad.layout().is_contiguous() { grad.copied()? } else { grad.clone() };
         for (i, s) in state.iter().enumerate() {
-            let shared = s.same_storage(self) || s.same_storage(&grad) || state[..i].iter().any(|o| o.same_storage(s));
+            let shared = s.same_storage(param) || s.same_storage(&grad) || state[..i].iter().any(|o| o.same_storage(s));
             if shared || !s.layout().is_contiguous() {
                 return Err(Error::invalid(op, "optimizer state must be separate contiguous buffers"));
             }
-            guards.push(write_lock(&s.0.storage));
         }
-        let mut state_storages: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
-        let g = grad.storage();
-        let staged_guard = staged.map(|(s, at)| (s.storage(), s.layout().offset() + at));
-        let staged = staged_guard.as_ref().map(|(s, at)| (&**s, *at));
-        let mut param = write_lock(&self.0.storage);
-        param.optimizer_step(self.layout(), &g, grad.layout(), &mut state_storages, update, staged, op)
+        Ok(grad)
     }
 }

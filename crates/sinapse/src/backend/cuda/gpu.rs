@@ -159,6 +159,82 @@ impl Conv {
     }
 }
 
+/// Most parameters one optimizer launch updates (`LIST_MAX` in kernels.cu).
+pub(crate) const LIST_MAX: usize = 16;
+
+/// Values per block of an optimizer launch (`LIST_CHUNK` in kernels.cu).
+const LIST_CHUNK: u64 = 8192;
+
+/// The parameters of one optimizer launch (`struct UpdateList` in kernels.cu, same layout):
+/// parameter `t` takes blocks `start[t]..start[t + 1]`, one per [`LIST_CHUNK`] values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct UpdateList {
+    pub(crate) count: u32,
+    pub(crate) start: [u32; LIST_MAX + 1],
+    pub(crate) n: [u64; LIST_MAX],
+    pub(crate) w: [u64; LIST_MAX],
+    g: [u64; LIST_MAX],
+    s0: [u64; LIST_MAX],
+    s1: [u64; LIST_MAX],
+    pub(crate) staged: [u64; LIST_MAX],
+    pub(crate) nums: [[f32; crate::backend::STAGED]; LIST_MAX],
+}
+
+// The size kernels.cu asserts for its copy (NVRTC compiles that assert in CI), and the
+// places of its fields: no padding anywhere.
+const _: () = assert!(std::mem::size_of::<UpdateList>() == 1032);
+const _: () = assert!(std::mem::offset_of!(UpdateList, n) == 72 && std::mem::offset_of!(UpdateList, nums) == 840);
+
+// SAFETY: plain old data with the C layout of `struct UpdateList` in kernels.cu.
+unsafe impl DeviceRepr for UpdateList {}
+
+/// One parameter of an [`UpdateList`]: device addresses of its values, its gradient, its
+/// state buffers (0: a buffer the update does not use) and its staged numbers (0: none, the
+/// kernel takes `nums`), and its number of values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListEntry {
+    pub(crate) n: u64,
+    pub(crate) w: u64,
+    pub(crate) g: u64,
+    pub(crate) state: [u64; 2],
+    pub(crate) staged: u64,
+    pub(crate) nums: [f32; crate::backend::STAGED],
+}
+
+impl UpdateList {
+    /// Adds `e` to the launch; `false` (and nothing added) when the list is full or its
+    /// blocks would pass what one launch can have. A parameter without values takes no place.
+    pub(crate) fn push(&mut self, e: ListEntry) -> bool {
+        if e.n == 0 {
+            return true;
+        }
+        let t = self.count as usize;
+        let end = u64::from(self.start[t]) + e.n.div_ceil(LIST_CHUNK);
+        if t == LIST_MAX || end > i32::MAX as u64 {
+            return false;
+        }
+        self.start[t + 1] = end as u32;
+        self.n[t] = e.n;
+        (self.w[t], self.g[t], self.s0[t], self.s1[t]) = (e.w, e.g, e.state[0], e.state[1]);
+        self.staged[t] = e.staged;
+        self.nums[t] = e.nums;
+        self.count += 1;
+        true
+    }
+
+    /// True when no parameter was added (nothing to launch).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The launch: a block of [`THREADS`] per chunk of every parameter.
+    pub(crate) fn config(&self) -> LaunchConfig {
+        let blocks = self.start[self.count as usize].max(1);
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
 /// Threads per block of the elementwise kernels.
 const THREADS: u32 = 256;
 

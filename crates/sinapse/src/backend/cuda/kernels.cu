@@ -544,19 +544,54 @@ extern "C" __global__ void lstm_cell_backward(const float* s, Strided ls, const 
 
 // ---------------------------------------------------------------------------------------
 // Optimizer updates, in place over contiguous parameter, gradient and state buffers
-// (the equations are on OptimizerUpdate in src/backend/kernels.rs).
+// (the equations are on OptimizerUpdate in src/backend/kernels.rs). One launch updates a list
+// of up to LIST_MAX parameters that share the optimizer's constants, as PyTorch's
+// multi-tensor ("foreach") updates do: a step of a small network is then one launch, not one
+// per parameter, and so one node of a captured graph.
 
-// `staged`, when not null, holds the numbers that change from step to step (OptimizerUpdate::staged:
-// lr, then Adam's bias corrections or SGD's first-step flag), written by the host before each replay
-// of a captured step; they replace the by-value arguments.
+#define LIST_MAX 16
+#define LIST_CHUNK 8192
 
-extern "C" __global__ void sgd(float* w, const float* g, float* b, u64 n, float lr, float mu, int nesterov,
-                               float wd, int first, const float* staged) {
-    if (staged) {
-        lr = staged[0];
-        first = staged[1] != 0.0f;
-    }
-    GRID_LOOP(k, n) {
+// The parameters of one launch. Parameter t takes blocks start[t] .. start[t + 1] - 1, each
+// block LIST_CHUNK consecutive values (the last one fewer); the launch has start[count]
+// blocks. Addresses are u64 (a null state address: a buffer the update does not use). `staged`,
+// when not null, holds the numbers that change from step to step (OptimizerUpdate::staged: lr,
+// then Adam's bias corrections or SGD's first-step flag), written by the host before each
+// replay of a captured step; they replace the parameter's `nums`, its numbers by value.
+struct UpdateList {
+    unsigned int count;
+    unsigned int start[LIST_MAX + 1];
+    u64 n[LIST_MAX];
+    u64 w[LIST_MAX], g[LIST_MAX], s0[LIST_MAX], s1[LIST_MAX], staged[LIST_MAX];
+    float nums[LIST_MAX][3];
+};
+// The host's copy (`UpdateList` in src/backend/cuda/gpu.rs) has these fields in this order
+// and asserts the same size (no padding: `n` starts at 72 bytes, a multiple of 8).
+static_assert(sizeof(UpdateList) == 1032, "UpdateList's size changed: change gpu.rs too");
+
+// This block's parameter `t` and its values [lo, hi); `nums` the parameter's changing numbers.
+__device__ __forceinline__ void list_part(const UpdateList& l, unsigned int& t, u64& lo, u64& hi, float nums[3]) {
+    unsigned int b = blockIdx.x;
+    t = 0;
+    while (t + 1 < l.count && l.start[t + 1] <= b) ++t;
+    lo = (u64)(b - l.start[t]) * LIST_CHUNK;
+    hi = lo + LIST_CHUNK < l.n[t] ? lo + LIST_CHUNK : l.n[t];
+    const float* staged = (const float*)l.staged[t];
+    for (int j = 0; j < 3; ++j) nums[j] = staged ? staged[j] : l.nums[t][j];
+}
+
+#define PART_LOOP(k, lo, hi) for (u64 k = (lo) + threadIdx.x; k < (hi); k += blockDim.x)
+
+extern "C" __global__ void sgd(UpdateList l, float mu, int nesterov, float wd) {
+    unsigned int t;
+    u64 lo, hi;
+    float nums[3];
+    list_part(l, t, lo, hi, nums);
+    float *w = (float*)l.w[t], *b = (float*)l.s0[t];
+    const float* g = (const float*)l.g[t];
+    float lr = nums[0];
+    bool first = nums[1] != 0.0f;
+    PART_LOOP(k, lo, hi) {
         float gk = g[k] + wd * w[k];
         if (mu == 0.0f) {
             w[k] -= lr * gk;
@@ -568,15 +603,15 @@ extern "C" __global__ void sgd(float* w, const float* g, float* b, u64 n, float 
     }
 }
 
-extern "C" __global__ void adam(float* w, const float* g, float* m, float* v, u64 n, float lr, float beta1,
-                                float beta2, float eps, float wd, int decoupled, float bias1, float bias2,
-                                const float* staged) {
-    if (staged) {
-        lr = staged[0];
-        bias1 = staged[1];
-        bias2 = staged[2];
-    }
-    GRID_LOOP(k, n) {
+extern "C" __global__ void adam(UpdateList l, float beta1, float beta2, float eps, float wd, int decoupled) {
+    unsigned int t;
+    u64 lo, hi;
+    float nums[3];
+    list_part(l, t, lo, hi, nums);
+    float *w = (float*)l.w[t], *m = (float*)l.s0[t], *v = (float*)l.s1[t];
+    const float* g = (const float*)l.g[t];
+    float lr = nums[0], bias1 = nums[1], bias2 = nums[2];
+    PART_LOOP(k, lo, hi) {
         float wk = w[k], gk = g[k];
         if (decoupled) wk *= 1.0f - lr * wd;
         else gk += wd * wk;
@@ -588,10 +623,15 @@ extern "C" __global__ void adam(float* w, const float* g, float* m, float* v, u6
     }
 }
 
-extern "C" __global__ void rmsprop(float* w, const float* g, float* v, float* b, u64 n, float lr, float alpha,
-                                   float eps, float mu, float wd, int momentum, const float* staged) {
-    if (staged) lr = staged[0];
-    GRID_LOOP(k, n) {
+extern "C" __global__ void rmsprop(UpdateList l, float alpha, float eps, float mu, float wd, int momentum) {
+    unsigned int t;
+    u64 lo, hi;
+    float nums[3];
+    list_part(l, t, lo, hi, nums);
+    float *w = (float*)l.w[t], *v = (float*)l.s0[t], *b = (float*)l.s1[t];
+    const float* g = (const float*)l.g[t];
+    float lr = nums[0];
+    PART_LOOP(k, lo, hi) {
         float gk = g[k] + wd * w[k];
         float vk = alpha * v[k] + (1.0f - alpha) * gk * gk;
         v[k] = vk;

@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 
-use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window};
+use super::{
+    BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, StepItem, UnaryOp, Window, STAGED,
+};
 use crate::layout::{contiguous_strides, Layout};
 use crate::{Device, Error, Result};
-use gpu::{blocks, grid, launch, Block, Conv, Gpu, Strided};
+use gpu::{blocks, grid, launch, Block, Conv, Gpu, ListEntry, Strided, UpdateList};
 
 pub use alloc::MemoryStats;
 
@@ -662,34 +664,96 @@ impl BackendStorage for CudaStorage {
         update: &OptimizerUpdate,
         staged: Option<(&Self, usize)>,
     ) -> Result<()> {
-        let gpu = self.gpu().clone();
+        let state = state.iter_mut().map(|s| &mut **s).collect();
+        let item = StepItem { param: self, l, grad, grad_l, state, update: *update, staged };
+        CudaStorage::optimizer_steps(&mut [item]).map_err(|(e, _)| e)
+    }
+
+    fn optimizer_steps(items: &mut [StepItem<'_, Self>]) -> std::result::Result<(), (Error, usize)> {
         // Contiguity, sizes and the staged numbers' place were checked by
-        // `Storage::optimizer_step`.
-        let n = l.elem_count();
-        if n == 0 {
-            return Ok(());
+        // `Storage::optimizer_steps`.
+        let planned: Vec<_> = items.iter().map(|it| (Arc::as_ptr(it.param.gpu()), it.update, list_entry(it))).collect();
+        for launch in plan_launches(&planned)? {
+            let gpu = items[launch.from].param.gpu();
+            launch_update(gpu, launch.list, &launch.update).map_err(|e| (e, launch.from))?;
         }
-        // A null pointer: the kernels take the numbers passed by value.
-        let staged = staged.map_or(0u64, |(s, at)| s.block.ptr + 4 * at as u64);
-        let w = self.block.ptr + 4 * l.offset() as u64;
-        let g = grad.block.ptr + 4 * grad_l.offset() as u64;
-        let buf = |i: usize| state.get(i).map_or(0u64, |s| s.block.ptr);
-        let count = n as u64;
-        match *update {
-            OptimizerUpdate::Sgd { lr, momentum, nesterov, weight_decay, first_step } => {
-                let (b, nesterov, first) = (buf(0), i32::from(nesterov), i32::from(first_step));
-                launch!(gpu, "sgd", grid(n); w, g, b, count, lr, momentum, nesterov, weight_decay, first, staged)
+        Ok(())
+    }
+}
+
+/// One optimizer launch of [`plan_launches`].
+#[derive(Debug)]
+struct UpdateLaunch {
+    /// The position of its first item.
+    from: usize,
+    /// Its parameters.
+    list: UpdateList,
+    /// The update of every parameter in it, but for its changing numbers (in `list`).
+    update: OptimizerUpdate,
+}
+
+/// The launches that update `items` (each: what identifies its GPU, its update and its
+/// place in memory) in order: each run of consecutive items on one GPU whose updates differ
+/// only in their changing numbers (every parameter of one optimizer, as a rule) is one
+/// launch of up to [`gpu::LIST_MAX`] parameters. Items without values launch nothing.
+fn plan_launches<K: PartialEq>(
+    items: &[(K, OptimizerUpdate, ListEntry)],
+) -> std::result::Result<Vec<UpdateLaunch>, (Error, usize)> {
+    let mut launches = Vec::new();
+    let mut from = 0;
+    while let Some((gpu, update, _)) = items.get(from) {
+        let constants = update.with_staged([0.0; STAGED]);
+        let mut list = UpdateList::default();
+        let mut to = from;
+        while let Some((other, u, entry)) = items.get(to) {
+            let alike = to == from || (other == gpu && u.with_staged([0.0; STAGED]) == constants);
+            if !alike || !list.push(*entry) {
+                break;
             }
-            OptimizerUpdate::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2 } => {
-                let (m, v, decoupled) = (buf(0), buf(1), i32::from(decoupled));
-                launch!(gpu, "adam", grid(n);
-                    w, g, m, v, count, lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2, staged)
-            }
-            OptimizerUpdate::RmsProp { lr, alpha, eps, momentum, weight_decay } => {
-                let (v, b, with_momentum) = (buf(0), buf(1), i32::from(momentum > 0.0));
-                launch!(gpu, "rmsprop", grid(n);
-                    w, g, v, b, count, lr, alpha, eps, momentum, weight_decay, with_momentum, staged)
-            }
+            to += 1;
+        }
+        if to == from {
+            let n = items[from].2.n;
+            return Err((Error::invalid("optimizer step", format!("{n} values are too many for one launch")), from));
+        }
+        if !list.is_empty() {
+            launches.push(UpdateLaunch { from, list, update: constants });
+        }
+        from = to;
+    }
+    Ok(launches)
+}
+
+/// `it` as a parameter of an optimizer launch.
+fn list_entry(it: &StepItem<'_, CudaStorage>) -> ListEntry {
+    let buffer = |i: usize| it.state.get(i).map_or(0u64, |s| s.block.ptr);
+    ListEntry {
+        n: it.l.elem_count() as u64,
+        w: it.param.block.ptr + 4 * it.l.offset() as u64,
+        g: it.grad.block.ptr + 4 * it.grad_l.offset() as u64,
+        state: [buffer(0), buffer(1)],
+        // A null address: the kernel takes the numbers passed by value.
+        staged: it.staged.map_or(0u64, |(s, at)| s.block.ptr + 4 * at as u64),
+        nums: it.update.staged(),
+    }
+}
+
+/// One launch of the kernel of `update` (its constants; each parameter's changing numbers
+/// are in `list`) over the parameters of `list`.
+fn launch_update(gpu: &Gpu, list: UpdateList, update: &OptimizerUpdate) -> Result<()> {
+    let cfg = list.config();
+    match *update {
+        OptimizerUpdate::Sgd { momentum, nesterov, weight_decay, .. } => {
+            let nesterov = i32::from(nesterov);
+            launch!(gpu, "sgd", cfg; list, momentum, nesterov, weight_decay)
+        }
+        OptimizerUpdate::Adam { beta1, beta2, eps, weight_decay, decoupled, .. } => {
+            let decoupled = i32::from(decoupled);
+            launch!(gpu, "adam", cfg; list, beta1, beta2, eps, weight_decay, decoupled)
+        }
+        OptimizerUpdate::RmsProp { alpha, eps, momentum, weight_decay, .. } => {
+            let with_momentum = i32::from(momentum > 0.0);
+            launch!(gpu, "rmsprop", cfg; list, alpha, eps, momentum, weight_decay, with_momentum)
         }
     }
 }
@@ -727,6 +791,74 @@ pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The optimizer launches for a list of updates: one per run of alike updates on one GPU,
+    /// at most LIST_MAX parameters each, a block per 8192 values, none for empty parameters.
+    #[test]
+    fn alike_updates_share_a_launch() {
+        let sgd = |lr: f32, first_step: bool, weight_decay: f32| OptimizerUpdate::Sgd {
+            lr,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay,
+            first_step,
+        };
+        let adam = OptimizerUpdate::Adam {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: true,
+            bias1: 0.1,
+            bias2: 0.001,
+        };
+        let entry = |k: usize, n: u64, u: &OptimizerUpdate| ListEntry {
+            n,
+            w: 1000 * k as u64,
+            g: 1000 * k as u64 + 1,
+            state: [1000 * k as u64 + 2, 0],
+            staged: if k == 2 { 77 } else { 0 },
+            nums: u.staged(),
+        };
+        // Items 0-3: SGD whose changing numbers differ (lr, first step): one launch, item 1 empty.
+        let mut items: Vec<(usize, OptimizerUpdate, ListEntry)> =
+            [(3, 0.1, true), (0, 0.2, false), (8192, 0.1, true), (8193, 0.1, false)]
+                .iter()
+                .enumerate()
+                .map(|(k, &(n, lr, first))| (0, sgd(lr, first, 0.0), entry(k, n, &sgd(lr, first, 0.0))))
+                .collect();
+        items.push((0, adam, entry(4, 5, &adam))); // 4: another optimizer
+        items.push((1, adam, entry(5, 5, &adam))); // 5: another GPU
+        items.push((1, adam, entry(6, 5, &adam))); // 6: with 5
+        for k in 7..25 {
+            items.push((1, sgd(0.1, false, 0.5), entry(k, 1, &sgd(0.1, false, 0.5))));
+            // 7-24: 16, then 2
+        }
+        let launches = plan_launches(&items).unwrap();
+        let got: Vec<(usize, u32, Vec<u32>)> =
+            launches.iter().map(|l| (l.from, l.list.count, l.list.start[..=l.list.count as usize].to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 3, vec![0, 1, 2, 4]),
+                (4, 1, vec![0, 1]),
+                (5, 2, vec![0, 1, 2]),
+                (7, 16, (0..=16).collect()),
+                (23, 2, vec![0, 1, 2]),
+            ]
+        );
+        let first = &launches[0];
+        assert_eq!(first.update, sgd(0.0, false, 0.0), "the constants, without the changing numbers");
+        assert_eq!(first.list.n[..3], [3, 8192, 8193], "the empty item takes no place");
+        assert_eq!(first.list.w[..3], [0, 2000, 3000]);
+        assert_eq!(first.list.staged[..3], [0, 77, 0]);
+        assert_eq!(first.list.nums[..3], [[0.1, 1.0, 1.0], [0.1, 1.0, 1.0], [0.1, 0.0, 1.0]]);
+        assert_eq!(first.list.config().grid_dim, (4, 1, 1));
+        assert_eq!(launches[4].update, sgd(0.0, false, 0.5));
+        // Only empty items: nothing to launch.
+        assert!(plan_launches(&items[1..2]).unwrap().is_empty());
+    }
 
     /// Every kernel compiles with NVRTC, where the library is found. CI installs it (PyPI's
     /// `nvidia-cuda-nvrtc`) and sets `SINAPSE_REQUIRE_NVRTC=1`, so that there a missing
