@@ -87,10 +87,13 @@ else
 fi
 
 # Benchmarks: Sinapse and PyTorch on the same card, one after the other, per benchmark.
-# result NAME LOG: the benchmark's last line and its peak device memory, or why it failed.
+# result NAME LOG: the benchmark's last line, its peak device memory and its launches per
+# training step (Sinapse's), or why it failed.
 result() {
     if grep -qE "^$1: " "$2"; then
-        echo "$(grep -E "^$1: " "$2" | tail -n 1 | sed "s/^$1: //"); $(grep 'peak device' "$2")"
+        local launches
+        launches=$(grep -m1 -o 'launches per training step: [0-9.]* kernels, [0-9.]* cuBLAS products' "$2")
+        echo "$(grep -E "^$1: " "$2" | tail -n 1 | sed "s/^$1: //"); $(grep 'peak device' "$2")${launches:+; $launches}"
     else
         echo "FAILED: $(tail -n 1 "$2")"
     fi

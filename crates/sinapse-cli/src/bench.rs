@@ -178,10 +178,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         weights = model.num_parameters();
         model.to(device)?;
         let mut opt = (bench.optimizer)(model.parameters())?;
+        let before = sinapse::backend::device_launches(device);
         let history = fit(&model, opt.as_mut(), &train, None, &cfg, &mut Silent)?;
         if run == 1 {
             for note in &history.notes {
                 outln!("{note}");
+            }
+            // On a GPU, what one training step queues (launches bound small networks there).
+            if let (Some(a), Some(b)) = (before, sinapse::backend::device_launches(device)) {
+                let steps = (history.records.len() * train.len().div_ceil(cfg.batch_size)).max(1) as f64;
+                let per_step = |x: u64, y: u64| y.saturating_sub(x) as f64 / steps;
+                outln!(
+                    "launches per training step: {:.1} kernels, {:.1} cuBLAS products, {:.2} graph replays \
+                     (run 1, {steps} steps)",
+                    per_step(a.kernels, b.kernels),
+                    per_step(a.products, b.products),
+                    per_step(a.graph_replays, b.graph_replays)
+                );
             }
         }
         if infer {

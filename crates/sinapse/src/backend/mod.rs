@@ -20,7 +20,7 @@ mod lstm;
 
 pub use cpu::fastmath::simd_level;
 pub use cpu::simd::CAPABILITY_VAR;
-pub use cuda::MemoryStats;
+pub use cuda::{LaunchCounts, MemoryStats};
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
     STAGED,
@@ -327,6 +327,15 @@ pub fn device_memory(device: Device) -> Option<MemoryStats> {
     match device {
         Device::Cpu => None,
         Device::Cuda(i) => cuda::memory_stats(i),
+    }
+}
+
+/// The kernel launches, cuBLAS products and graph replays a GPU has queued since it was
+/// opened; `None` for the CPU or a GPU not used yet.
+pub fn device_launches(device: Device) -> Option<LaunchCounts> {
+    match device {
+        Device::Cpu => None,
+        Device::Cuda(i) => cuda::launch_counts(i),
     }
 }
 

@@ -7,6 +7,7 @@
 //! missing one is an error that names it, not a failure to build or to start.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::CudaBlas;
@@ -274,6 +275,32 @@ pub(crate) struct Gpu {
     /// The math mode cuBLAS was last given (TF32 allowed or not), locked across setting it
     /// and the product that needs it.
     pub(crate) blas_mode: Mutex<bool>,
+    /// Kernel launches, cuBLAS products and graph replays queued so far.
+    counts: [AtomicU64; 3],
+}
+
+/// What a GPU has queued since it was opened: each is one launch the host makes (launches,
+/// not their time, bound the small networks' steps on a GPU). Work queued while a step is
+/// captured into a CUDA graph counts too, once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaunchCounts {
+    /// Launches of the backend's own kernels.
+    pub kernels: u64,
+    /// cuBLAS matrix products (strided batched: one call for a whole batch).
+    pub products: u64,
+    /// Replays of captured graphs (each runs a whole step's kernels and products).
+    pub graph_replays: u64,
+}
+
+/// Which of [`LaunchCounts`] a launch adds to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Launched {
+    /// A kernel.
+    Kernel = 0,
+    /// A cuBLAS product.
+    Product = 1,
+    /// A graph replay.
+    Replay = 2,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -491,6 +518,7 @@ impl Gpu {
             errors,
             errors_ptr,
             blas_mode: Mutex::new(false),
+            counts: Default::default(),
         })
     }
 
@@ -725,6 +753,17 @@ impl Gpu {
         Some(free + self.memory_stats().cached)
     }
 
+    /// Counts one launch of `what`.
+    pub(crate) fn launched(&self, what: Launched) {
+        self.counts[what as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The launches counted so far.
+    pub(crate) fn launch_counts(&self) -> LaunchCounts {
+        let [kernels, products, graph_replays] = self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        LaunchCounts { kernels, products, graph_replays }
+    }
+
     /// The block cache's counters.
     pub(crate) fn memory_stats(&self) -> MemoryStats {
         self.cache.lock().map(|c| c.stats()).unwrap_or_default()
@@ -774,7 +813,9 @@ impl std::fmt::Debug for CapturedGraph {
 impl CapturedGraph {
     /// Queues one run of the graph on the GPU's stream.
     pub(crate) fn replay(&self) -> Result<()> {
-        self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))
+        self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))?;
+        self.gpu.launched(Launched::Replay);
+        Ok(())
     }
 }
 
@@ -799,7 +840,9 @@ macro_rules! launch {
         // and type (u64 device addresses for pointers, the #[repr(C)] structs for theirs); each
         // buffer holds every element its `Strided` view or size reaches (the views come from
         // layouts checked against their storages; outputs are allocated for the sizes passed).
-        unsafe { builder.launch($cfg) }.map(|_| ()).map_err(|e| gpu.failure($name, e))
+        unsafe { builder.launch($cfg) }.map_err(|e| gpu.failure($name, e))?;
+        gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
+        Ok::<(), $crate::Error>(())
     }};
 }
 pub(crate) use launch;

@@ -19,9 +19,10 @@ use super::{
 };
 use crate::layout::{contiguous_strides, Layout};
 use crate::{Device, Error, Result};
-use gpu::{blocks, grid, launch, Block, Conv, Gpu, ListEntry, Strided, UpdateList};
+use gpu::{blocks, grid, launch, Block, Conv, Gpu, Launched, ListEntry, Strided, UpdateList};
 
 pub use alloc::MemoryStats;
+pub use gpu::LaunchCounts;
 
 /// f32 values in GPU memory.
 #[derive(Debug)]
@@ -449,6 +450,7 @@ impl BackendStorage for CudaStorage {
             )
         }
         .map_err(|e| gpu.failure("matmul (cuBLAS)", e))?;
+        gpu.launched(Launched::Product);
         Ok(out)
     }
 
@@ -786,6 +788,11 @@ impl CudaStorage {
 /// The block cache's counters of GPU `ordinal` (`None` when it was never opened).
 pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
     gpu::opened(ordinal).map(|g| g.memory_stats())
+}
+
+/// The launches counted on GPU `ordinal`, if it has been opened.
+pub(crate) fn launch_counts(ordinal: usize) -> Option<LaunchCounts> {
+    gpu::opened(ordinal).map(|g| g.launch_counts())
 }
 
 #[cfg(test)]
