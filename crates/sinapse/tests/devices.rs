@@ -384,12 +384,18 @@ const OPTIMIZER_SHAPES: [&[usize]; 19] = [
 /// `k` has no gradient at step `s` when `k + s` is a multiple of 4, so that the parameters'
 /// step counts (and Adam's bias corrections, SGD's first step) differ within one update.
 fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<f32>> {
+    optimizer_outcome_on(which, &|_| device, layout)
+}
+
+/// [`optimizer_outcome`] with parameter `k` on `device_of(k)`.
+fn optimizer_outcome_on(which: &str, device_of: &dyn Fn(usize) -> Device, layout: Layout) -> Result<Vec<f32>> {
     let mut rng = Rng::seed(7);
     let params = OPTIMIZER_SHAPES
         .iter()
-        .map(|shape| {
+        .enumerate()
+        .map(|(k, shape)| {
             let w0 = normal(shape, &mut rng);
-            Ok(Tensor::from_vec(w0.values, &w0.shape)?.to(device)?.set_requires_grad(true))
+            Ok(Tensor::from_vec(w0.values, &w0.shape)?.to(device_of(k))?.set_requires_grad(true))
         })
         .collect::<Result<Vec<Tensor>>>()?;
     // "… staged": the numbers that change per step read from device memory, as in a graph.
@@ -414,7 +420,7 @@ fn optimizer_outcome(which: &str, device: Device, layout: Layout) -> Result<Vec<
         for (k, p) in params.iter().enumerate() {
             let g = normal(p.shape(), &mut rng);
             if (k + step) % 4 != 0 {
-                let (_, view) = place(&Input { grad: false, ..g }, device, layout)?;
+                let (_, view) = place(&Input { grad: false, ..g }, device_of(k), layout)?;
                 grads.insert(p, view);
             }
         }
@@ -601,6 +607,16 @@ fn main() {
                     Err(e) => outcome_of(Ok(None), Some(e.to_string())),
                 };
                 record(format!("optimizer {which} on {device}, {layout:?} gradients"), problem);
+            }
+            if device != Device::Cpu && layout == Layout::Contiguous {
+                // One optimizer over parameters on two devices: each run of them on its own.
+                let got = optimizer_outcome_on("adam", &|k| if k % 3 == 1 { Device::Cpu } else { device }, layout);
+                let adam = OPTIMIZERS.iter().position(|&o| o == "adam").expect("adam is among the optimizers");
+                let problem = match &optimizer_refs[adam] {
+                    Ok(want) => outcome_of(got.map(|g| mismatch(&g, want)), None),
+                    Err(e) => outcome_of(Ok(None), Some(e.to_string())),
+                };
+                record(format!("optimizer adam over the cpu and {device}"), problem);
             }
         }
     }

@@ -1270,43 +1270,51 @@ impl Storage {
     }
 
     /// Optimizer updates of several parameters in place, in order (with `staged`: an item's
-    /// changing numbers read from that storage, at that position, when the kernel runs); on an
-    /// error, the position of the first item whose update was not queued. Every item is
-    /// checked before any is queued.
+    /// changing numbers read from that storage, at that position, when the kernel runs), each
+    /// run of items on one device by its backend; on an error, the position of the first item
+    /// whose update was not queued. Every item is checked before any is queued (an error
+    /// there is at position 0).
     pub(crate) fn optimizer_steps(
         items: &mut [StepItem<'_, Storage>],
         op: &'static str,
     ) -> std::result::Result<(), (Error, usize)> {
-        for (k, it) in items.iter().enumerate() {
-            Storage::check_step(it, op).map_err(|e| (e, k))?;
+        for it in items.iter() {
+            Storage::check_step(it, op).map_err(|e| (e, 0))?;
         }
-        let Some(first) = items.first() else { return Ok(()) };
-        let device = first.param.device();
-        if let Some(k) = items.iter().position(|it| it.param.device() != device) {
-            return Err((Error::DeviceMismatch { op, lhs: device, rhs: items[k].param.device() }, k));
+        let mut from = 0;
+        while let Some(first) = items.get(from) {
+            let device = first.param.device();
+            let len = items[from..].iter().take_while(|it| it.param.device() == device).count();
+            let run = &mut items[from..from + len];
+            // Every operand of an item is on its parameter's device (checked above), so each
+            // arm below sees only its own variant; nothing of the run is queued before its
+            // backend's call.
+            let queued = match device {
+                Device::Cpu => {
+                    let mut cpu = backend_items(
+                        run,
+                        op,
+                        |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                        |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                    )
+                    .map_err(|e| (e, 0))?;
+                    cpu::CpuStorage::optimizer_steps(&mut cpu)
+                }
+                Device::Cuda(_) => {
+                    let mut gpu = backend_items(
+                        run,
+                        op,
+                        |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                        |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                    )
+                    .map_err(|e| (e, 0))?;
+                    cuda::CudaStorage::optimizer_steps(&mut gpu)
+                }
+            };
+            queued.map_err(|(e, k)| (e, from + k))?;
+            from += len;
         }
-        // Every operand of every item is on `device` (checked above), so each arm below sees
-        // only its own variant.
-        match device {
-            Device::Cpu => {
-                let mut cpu = backend_items(
-                    items,
-                    op,
-                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
-                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
-                )?;
-                cpu::CpuStorage::optimizer_steps(&mut cpu)
-            }
-            Device::Cuda(_) => {
-                let mut gpu = backend_items(
-                    items,
-                    op,
-                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
-                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
-                )?;
-                cuda::CudaStorage::optimizer_steps(&mut gpu)
-            }
-        }
+        Ok(())
     }
 
     /// What every backend's fused update assumes of one item: its operands on the
@@ -1339,23 +1347,23 @@ impl Storage {
 }
 
 /// `items` as items of one backend's storage type, which `pick_mut` and `pick` take out of a
-/// [`Storage`] (`None`: another device's, an error naming the item).
+/// [`Storage`] (`None`: another device's, an error).
 fn backend_items<'s, 'a: 's, S: 'a>(
     items: &'s mut [StepItem<'a, Storage>],
     op: &'static str,
     pick_mut: impl Fn(&mut Storage) -> Option<&mut S>,
     pick: impl Fn(&'a Storage) -> Option<&'a S>,
-) -> std::result::Result<Vec<StepItem<'s, S>>, (Error, usize)> {
+) -> Result<Vec<StepItem<'s, S>>> {
     let mut picked = Vec::with_capacity(items.len());
-    for (k, it) in items.iter_mut().enumerate() {
-        let wrong = (mismatch(op, &[&*it.param, it.grad]), k);
+    for it in items.iter_mut() {
+        let wrong = mismatch(op, &[&*it.param, it.grad]);
         let (Some(grad), Some(param)) = (pick(it.grad), pick_mut(&mut *it.param)) else { return Err(wrong) };
         let state: Option<Vec<&mut S>> = it.state.iter_mut().map(|s| pick_mut(s)).collect();
         let staged = match it.staged {
-            Some((s, at)) => Some((pick(s).ok_or_else(|| (mismatch(op, &[s]), k))?, at)),
+            Some((s, at)) => Some((pick(s).ok_or_else(|| mismatch(op, &[s]))?, at)),
             None => None,
         };
-        let state = state.ok_or_else(|| (Error::invalid(op, "optimizer state on another device"), k))?;
+        let state = state.ok_or_else(|| Error::invalid(op, "optimizer state on another device"))?;
         picked.push(StepItem { param, l: it.l, grad, grad_l: it.grad_l, state, update: it.update, staged });
     }
     Ok(picked)

@@ -299,11 +299,29 @@ mod tests {
         let (c, d) = (Tensor::from_vec(vec![1.0, 1.0], &[2]).unwrap(), Tensor::from_vec(vec![3.0, 3.0], &[2]).unwrap());
         Tensor::apply_updates("test", &[item(&c, &g), item(&d, &g)]).unwrap();
         assert_eq!((c.to_vec(), d.to_vec()), (vec![0.0, -1.0], vec![2.0, 1.0]));
-        // A wrong second item: its position, and the first one not updated either.
+        // A wrong second item: nothing is queued, so the first item not queued is the first.
         let short = Tensor::from_vec(vec![1.0], &[1]).unwrap();
         let (e, at) = Tensor::apply_updates("test", &[item(&c, &g), item(&short, &g)]).unwrap_err();
-        assert_eq!(at, 1, "{e}");
+        assert_eq!(at, 0, "{e}");
         assert_eq!(c.to_vec(), vec![0.0, -1.0]);
+    }
+
+    #[test]
+    fn a_refused_step_counts_no_parameters_step() {
+        // The second parameter is a transposed view (no in-place update): the step is refused
+        // before anything is queued, so the first one's count must not move either (else its
+        // next update would take the second step's bias corrections).
+        let a = Tensor::from_vec(vec![1.0, 2.0], &[2]).unwrap();
+        let b = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap().transpose(0, 1).unwrap();
+        let params = [a.clone(), b.clone()];
+        let mut grads = Gradients::default();
+        grads.insert(&a, Tensor::from_vec(vec![0.5, 0.5], &[2]).unwrap());
+        grads.insert(&b, Tensor::from_vec(vec![0.5; 4], &[2, 2]).unwrap());
+        let mut state = State::new(2);
+        let sgd = OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true };
+        assert!(state.step("test", &params, &grads, |_, _| sgd).is_err());
+        assert_eq!((state.steps(0), state.steps(1)), (0, 0));
+        assert_eq!(a.to_vec(), vec![1.0, 2.0], "not updated");
     }
 
     #[test]

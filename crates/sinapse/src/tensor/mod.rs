@@ -561,8 +561,8 @@ impl Tensor {
         items: &[ParamUpdate<'_>],
     ) -> std::result::Result<(), (Error, usize)> {
         let mut grads = Vec::with_capacity(items.len());
-        for (k, it) in items.iter().enumerate() {
-            grads.push(it.checked(op).map_err(|e| (e, k))?);
+        for it in items {
+            grads.push(it.checked(op).map_err(|e| (e, 0))?);
         }
         // Within an item, written storages are apart from every other one (checked); across
         // items they may not be (two parameters viewing one storage, say).

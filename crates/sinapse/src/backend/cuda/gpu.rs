@@ -740,7 +740,17 @@ impl Gpu {
         let graph = match self.stream.end_capture(CUgraphInstantiate_flags(0)) {
             Ok(Some(graph)) if keep => graph,
             Ok(_) => return Err(self.failure("graph capture", "the capture was abandoned")),
-            Err(e) => return Err(self.failure("ending a graph capture", e)),
+            Err(e) => {
+                // cudarc reports an error a drop saved earlier before it ends the capture (and
+                // clears it): the stream may still be capturing. It is closed here, its graph
+                // thrown away, or every later call on the GPU would be captured or refused.
+                use cudarc::driver::sys::CUstreamCaptureStatus;
+                let open = self.stream.capture_status();
+                if open.is_ok_and(|s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
+                    drop(self.stream.end_capture(CUgraphInstantiate_flags(0)));
+                }
+                return Err(self.failure("ending a graph capture", e));
+            }
         };
         // Prepares the graph on the device now rather than at its first launch.
         graph.upload().map_err(|e| self.failure("uploading a graph", e))?;

@@ -675,7 +675,8 @@ impl BackendStorage for CudaStorage {
         // Contiguity, sizes and the staged numbers' place were checked by
         // `Storage::optimizer_steps`.
         let planned: Vec<_> = items.iter().map(|it| (Arc::as_ptr(it.param.gpu()), it.update, list_entry(it))).collect();
-        for launch in plan_launches(&planned)? {
+        // Planned whole before the first launch: a plan's error queues nothing (position 0).
+        for launch in plan_launches(&planned).map_err(|e| (e, 0))? {
             let gpu = items[launch.from].param.gpu();
             launch_update(gpu, launch.list, &launch.update).map_err(|e| (e, launch.from))?;
         }
@@ -698,9 +699,7 @@ struct UpdateLaunch {
 /// place in memory) in order: each run of consecutive items on one GPU whose updates differ
 /// only in their changing numbers (every parameter of one optimizer, as a rule) is one
 /// launch of up to [`gpu::LIST_MAX`] parameters. Items without values launch nothing.
-fn plan_launches<K: PartialEq>(
-    items: &[(K, OptimizerUpdate, ListEntry)],
-) -> std::result::Result<Vec<UpdateLaunch>, (Error, usize)> {
+fn plan_launches<K: PartialEq>(items: &[(K, OptimizerUpdate, ListEntry)]) -> Result<Vec<UpdateLaunch>> {
     let mut launches = Vec::new();
     let mut from = 0;
     while let Some((gpu, update, _)) = items.get(from) {
@@ -716,7 +715,7 @@ fn plan_launches<K: PartialEq>(
         }
         if to == from {
             let n = items[from].2.n;
-            return Err((Error::invalid("optimizer step", format!("{n} values are too many for one launch")), from));
+            return Err(Error::invalid("optimizer step", format!("{n} values are too many for one launch")));
         }
         if !list.is_empty() {
             launches.push(UpdateLaunch { from, list, update: constants });
