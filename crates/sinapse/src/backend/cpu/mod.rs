@@ -441,7 +441,7 @@ impl BackendStorage for CpuStorage {
         staged: Option<(&Self, usize)>,
     ) -> Result<()> {
         // Contiguity, sizes and the staged numbers' place were checked by
-        // `Storage::optimizer_step`.
+        // `Storage::optimizer_steps`.
         let n = l.elem_count();
         let update = &match staged {
             Some((s, at)) => {

@@ -840,7 +840,7 @@ impl Drop for CapturedGraph {
 /// Launches kernel `$name` of `$gpu` with `$cfg` and the arguments (places, not
 /// temporaries: the launch reads them through references).
 macro_rules! launch {
-    ($gpu:expr, $name:literal, $cfg:expr; $($arg:expr),* $(,)?) => {{
+    ($gpu:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;
         let gpu: &$crate::backend::cuda::gpu::Gpu = &$gpu;
         let function = gpu.function($name)?;

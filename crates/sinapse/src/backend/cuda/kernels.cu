@@ -582,7 +582,10 @@ __device__ __forceinline__ void list_part(const UpdateList& l, unsigned int& t, 
 
 #define PART_LOOP(k, lo, hi) for (u64 k = (lo) + threadIdx.x; k < (hi); k += blockDim.x)
 
-extern "C" __global__ void sgd(UpdateList l, float mu, int nesterov, float wd) {
+// Each kernel takes the list and the update's constants as four floats and a flag (in the
+// order `update_constants` in src/backend/cuda/mod.rs gives them).
+
+extern "C" __global__ void sgd(UpdateList l, float mu, float wd, float, float, int nesterov) {
     unsigned int t;
     u64 lo, hi;
     float nums[3];

@@ -7,6 +7,8 @@
 //! when it reads values back ([`BackendStorage::to_host`]).
 
 pub(crate) mod alloc;
+#[cfg(all(test, unix))]
+mod emulator;
 pub(crate) mod gpu;
 pub(crate) mod nccl;
 
@@ -739,24 +741,28 @@ fn list_entry(it: &StepItem<'_, CudaStorage>) -> ListEntry {
     }
 }
 
+/// The kernel of `update` and its constants as that kernel takes them after the list: four
+/// numbers and a flag.
+fn update_constants(update: &OptimizerUpdate) -> (&'static str, [f32; 4], i32) {
+    match *update {
+        OptimizerUpdate::Sgd { momentum, nesterov, weight_decay, .. } => {
+            ("sgd", [momentum, weight_decay, 0.0, 0.0], i32::from(nesterov))
+        }
+        OptimizerUpdate::Adam { beta1, beta2, eps, weight_decay, decoupled, .. } => {
+            ("adam", [beta1, beta2, eps, weight_decay], i32::from(decoupled))
+        }
+        OptimizerUpdate::RmsProp { alpha, eps, momentum, weight_decay, .. } => {
+            ("rmsprop", [alpha, eps, momentum, weight_decay], i32::from(momentum > 0.0))
+        }
+    }
+}
+
 /// One launch of the kernel of `update` (its constants; each parameter's changing numbers
 /// are in `list`) over the parameters of `list`.
 fn launch_update(gpu: &Gpu, list: UpdateList, update: &OptimizerUpdate) -> Result<()> {
     let cfg = list.config();
-    match *update {
-        OptimizerUpdate::Sgd { momentum, nesterov, weight_decay, .. } => {
-            let nesterov = i32::from(nesterov);
-            launch!(gpu, "sgd", cfg; list, momentum, nesterov, weight_decay)
-        }
-        OptimizerUpdate::Adam { beta1, beta2, eps, weight_decay, decoupled, .. } => {
-            let decoupled = i32::from(decoupled);
-            launch!(gpu, "adam", cfg; list, beta1, beta2, eps, weight_decay, decoupled)
-        }
-        OptimizerUpdate::RmsProp { alpha, eps, momentum, weight_decay, .. } => {
-            let with_momentum = i32::from(momentum > 0.0);
-            launch!(gpu, "rmsprop", cfg; list, alpha, eps, momentum, weight_decay, with_momentum)
-        }
-    }
+    let (name, [c0, c1, c2, c3], flag) = update_constants(update);
+    launch!(gpu, name, cfg; list, c0, c1, c2, c3, flag)
 }
 
 impl CudaStorage {

@@ -1,0 +1,109 @@
+// Runs the CUDA kernels of kernels.cu on the CPU, for the tests (src/backend/cuda/emulator.rs)
+// on machines without a GPU. Compiled by g++ as C++20 in front of kernels.cu (`-include`):
+// CUDA's qualifiers become plain C++, every thread of a block is an OS thread (so that
+// __syncthreads is a real barrier), blocks run one after another (so that a kernel's
+// __shared__ arrays, here static, belong to one block at a time), and launches one at a time.
+//
+// What this cannot show: the GPU's memory model beyond barriers and atomics, warp-level
+// behaviour, and the CUDA math library's rounding (expf and friends are the C library's).
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <atomic>
+#include <barrier>
+#include <cstddef>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+struct dim3 {
+    unsigned int x = 1, y = 1, z = 1;
+};
+
+// The calling thread's place in the launch, and the launch's shape.
+static thread_local dim3 threadIdx, blockIdx;
+static dim3 blockDim, gridDim;
+static std::barrier<>* emu_block_barrier = nullptr;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+static inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+static inline float __fmul_rn(float a, float b) { return a * b; }  // built with -ffp-contract=off
+static inline float __int_as_float(int i) {
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+static inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+static inline unsigned int atomicCAS(unsigned int* p, unsigned int compare, unsigned int value) {
+    std::atomic_ref<unsigned int>(*p).compare_exchange_strong(compare, value);
+    return compare;  // the old value, as CUDA's
+}
+template <typename T>
+static inline T min(T a, T b) {
+    return b < a ? b : a;
+}
+template <typename T>
+static inline T max(T a, T b) {
+    return a < b ? b : a;
+}
+
+// Calls kernel `k` with its parameters read from `params` (one pointer per parameter, to a
+// value of the parameter's type: the convention of cuLaunchKernel's kernelParams).
+template <typename... A, std::size_t... I>
+static void emu_call(void (*k)(A...), void** params, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(params[I])...);
+}
+template <typename... A>
+static void emu_invoke(void (*k)(A...), void** params) {
+    emu_call(k, params, std::index_sequence_for<A...>{});
+}
+
+struct EmuKernel {
+    const char* name;
+    void (*invoke)(void** params);
+};
+extern const EmuKernel emu_kernels[];  // after kernels.cu, in the emulator's last part
+extern const std::size_t emu_kernel_count;
+
+// Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
+// every launch of the backend): 0 on success, 1 for an unknown name.
+extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int block, void** params) {
+    const EmuKernel* kernel = nullptr;
+    for (std::size_t i = 0; i < emu_kernel_count; ++i)
+        if (strcmp(emu_kernels[i].name, name) == 0) kernel = &emu_kernels[i];
+    if (!kernel) return 1;
+    static std::mutex one_launch;
+    std::lock_guard<std::mutex> hold(one_launch);
+    gridDim = {grid, 1, 1};
+    blockDim = {block, 1, 1};
+    for (unsigned int b = 0; b < grid; ++b) {
+        std::barrier<> barrier(block);
+        emu_block_barrier = &barrier;
+        std::vector<std::thread> threads;
+        threads.reserve(block);
+        for (unsigned int t = 0; t < block; ++t) {
+            threads.emplace_back([=, &barrier] {
+                blockIdx = {b, 0, 0};
+                threadIdx = {t, 0, 0};
+                kernel->invoke(params);
+                // A finished thread no longer holds the others at a barrier.
+                barrier.arrive_and_drop();
+            });
+        }
+        for (auto& th : threads) th.join();
+    }
+    return 0;
+}
