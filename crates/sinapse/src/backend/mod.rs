@@ -1297,7 +1297,7 @@ impl Storage {
                         |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
                         |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
                     )
-                    .map_err(|e| (e, 0))?;
+                    .map_err(|e| (e, from))?;
                     cpu::CpuStorage::optimizer_steps(&mut cpu)
                 }
                 Device::Cuda(_) => {
@@ -1307,7 +1307,7 @@ impl Storage {
                         |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
                         |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
                     )
-                    .map_err(|e| (e, 0))?;
+                    .map_err(|e| (e, from))?;
                     cuda::CudaStorage::optimizer_steps(&mut gpu)
                 }
             };

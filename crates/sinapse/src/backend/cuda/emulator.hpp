@@ -4,8 +4,10 @@
 // __syncthreads is a real barrier), blocks run one after another (so that a kernel's
 // __shared__ arrays, here static, belong to one block at a time), and launches one at a time.
 //
-// What this cannot show: the GPU's memory model beyond barriers and atomics, warp-level
-// behaviour, and the CUDA math library's rounding (expf and friends are the C library's).
+// What this cannot show: the GPU's memory model (threads here seldom overlap, so a missing
+// atomic or barrier would likely go unseen), warp-level behaviour, shared memory's garbage
+// before a write (static arrays start at zero), and the CUDA math library's rounding (expf
+// and friends are the C library's).
 
 #include <math.h>
 #include <stdint.h>
@@ -15,6 +17,7 @@
 #include <barrier>
 #include <cstddef>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -79,7 +82,8 @@ extern const EmuKernel emu_kernels[];  // after kernels.cu, in the emulator's la
 extern const std::size_t emu_kernel_count;
 
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
-// every launch of the backend): 0 on success, 1 for an unknown name.
+// every launch of the backend): 0 on success, 1 for an unknown name, 2 when the system
+// refuses a thread (the block's other threads are let go and joined first).
 extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int block, void** params) {
     const EmuKernel* kernel = nullptr;
     for (std::size_t i = 0; i < emu_kernel_count; ++i)
@@ -92,17 +96,31 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
     for (unsigned int b = 0; b < grid; ++b) {
         std::barrier<> barrier(block);
         emu_block_barrier = &barrier;
+        // Every thread waits at `start` until all exist (or the block is called off).
+        std::barrier<> start(block + 1);
+        std::atomic<bool> called_off{false};
         std::vector<std::thread> threads;
         threads.reserve(block);
-        for (unsigned int t = 0; t < block; ++t) {
-            threads.emplace_back([=, &barrier] {
-                blockIdx = {b, 0, 0};
-                threadIdx = {t, 0, 0};
-                kernel->invoke(params);
-                // A finished thread no longer holds the others at a barrier.
-                barrier.arrive_and_drop();
-            });
+        try {
+            for (unsigned int t = 0; t < block; ++t) {
+                threads.emplace_back([=, &barrier, &start, &called_off] {
+                    start.arrive_and_wait();
+                    if (called_off) return;
+                    blockIdx = {b, 0, 0};
+                    threadIdx = {t, 0, 0};
+                    kernel->invoke(params);
+                    // A finished thread no longer holds the others at a barrier.
+                    barrier.arrive_and_drop();
+                });
+            }
+        } catch (const std::system_error&) {
+            called_off = true;
+            for (std::size_t t = threads.size(); t < block; ++t) start.arrive_and_drop();
+            start.arrive_and_wait();
+            for (auto& th : threads) th.join();
+            return 2;
         }
+        start.arrive_and_wait();
         for (auto& th : threads) th.join();
     }
     return 0;
