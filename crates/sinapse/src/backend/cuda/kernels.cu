@@ -569,15 +569,28 @@ struct UpdateList {
 // and asserts the same size (no padding: `n` starts at 72 bytes, a multiple of 8).
 static_assert(sizeof(UpdateList) == 1032, "UpdateList's size changed: change gpu.rs too");
 
-// This block's parameter `t` and its values [lo, hi); `nums` the parameter's changing numbers.
-__device__ __forceinline__ void list_part(const UpdateList& l, unsigned int& t, u64& lo, u64& hi, float nums[3]) {
-    unsigned int b = blockIdx.x;
-    t = 0;
+// This block's part of a launch: its parameter's buffers (a state buffer the update does not
+// use is null), its values [lo, hi) and the parameter's changing numbers.
+struct Part {
+    float *w, *s0, *s1;
+    const float* g;
+    u64 lo, hi;
+    float nums[3];
+};
+
+__device__ __forceinline__ Part list_part(const UpdateList& l) {
+    unsigned int b = blockIdx.x, t = 0;
     while (t + 1 < l.count && l.start[t + 1] <= b) ++t;
-    lo = (u64)(b - l.start[t]) * LIST_CHUNK;
-    hi = lo + LIST_CHUNK < l.n[t] ? lo + LIST_CHUNK : l.n[t];
+    Part p;
+    p.w = (float*)l.w[t];
+    p.s0 = (float*)l.s0[t];
+    p.s1 = (float*)l.s1[t];
+    p.g = (const float*)l.g[t];
+    p.lo = (u64)(b - l.start[t]) * LIST_CHUNK;
+    p.hi = p.lo + LIST_CHUNK < l.n[t] ? p.lo + LIST_CHUNK : l.n[t];
     const float* staged = (const float*)l.staged[t];
-    for (int j = 0; j < 3; ++j) nums[j] = staged ? staged[j] : l.nums[t][j];
+    for (int j = 0; j < 3; ++j) p.nums[j] = staged ? staged[j] : l.nums[t][j];
+    return p;
 }
 
 #define PART_LOOP(k, lo, hi) for (u64 k = (lo) + threadIdx.x; k < (hi); k += blockDim.x)
@@ -586,15 +599,12 @@ __device__ __forceinline__ void list_part(const UpdateList& l, unsigned int& t, 
 // order `update_constants` in src/backend/cuda/mod.rs gives them).
 
 extern "C" __global__ void sgd(UpdateList l, float mu, float wd, float, float, int nesterov) {
-    unsigned int t;
-    u64 lo, hi;
-    float nums[3];
-    list_part(l, t, lo, hi, nums);
-    float *w = (float*)l.w[t], *b = (float*)l.s0[t];
-    const float* g = (const float*)l.g[t];
-    float lr = nums[0];
-    bool first = nums[1] != 0.0f;
-    PART_LOOP(k, lo, hi) {
+    Part p = list_part(l);
+    float *w = p.w, *b = p.s0;
+    const float* g = p.g;
+    float lr = p.nums[0];
+    bool first = p.nums[1] != 0.0f;
+    PART_LOOP(k, p.lo, p.hi) {
         float gk = g[k] + wd * w[k];
         if (mu == 0.0f) {
             w[k] -= lr * gk;
@@ -607,14 +617,11 @@ extern "C" __global__ void sgd(UpdateList l, float mu, float wd, float, float, i
 }
 
 extern "C" __global__ void adam(UpdateList l, float beta1, float beta2, float eps, float wd, int decoupled) {
-    unsigned int t;
-    u64 lo, hi;
-    float nums[3];
-    list_part(l, t, lo, hi, nums);
-    float *w = (float*)l.w[t], *m = (float*)l.s0[t], *v = (float*)l.s1[t];
-    const float* g = (const float*)l.g[t];
-    float lr = nums[0], bias1 = nums[1], bias2 = nums[2];
-    PART_LOOP(k, lo, hi) {
+    Part p = list_part(l);
+    float *w = p.w, *m = p.s0, *v = p.s1;
+    const float* g = p.g;
+    float lr = p.nums[0], bias1 = p.nums[1], bias2 = p.nums[2];
+    PART_LOOP(k, p.lo, p.hi) {
         float wk = w[k], gk = g[k];
         if (decoupled) wk *= 1.0f - lr * wd;
         else gk += wd * wk;
@@ -627,14 +634,11 @@ extern "C" __global__ void adam(UpdateList l, float beta1, float beta2, float ep
 }
 
 extern "C" __global__ void rmsprop(UpdateList l, float alpha, float eps, float mu, float wd, int momentum) {
-    unsigned int t;
-    u64 lo, hi;
-    float nums[3];
-    list_part(l, t, lo, hi, nums);
-    float *w = (float*)l.w[t], *v = (float*)l.s0[t], *b = (float*)l.s1[t];
-    const float* g = (const float*)l.g[t];
-    float lr = nums[0];
-    PART_LOOP(k, lo, hi) {
+    Part p = list_part(l);
+    float *w = p.w, *v = p.s0, *b = p.s1;
+    const float* g = p.g;
+    float lr = p.nums[0];
+    PART_LOOP(k, p.lo, p.hi) {
         float gk = g[k] + wd * w[k];
         float vk = alpha * v[k] + (1.0f - alpha) * gk * gk;
         v[k] = vk;
