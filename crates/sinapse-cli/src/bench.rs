@@ -178,7 +178,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         weights = model.num_parameters();
         model.to(device)?;
         let mut opt = (bench.optimizer)(model.parameters())?;
-        let before = sinapse::backend::device_launches(device);
+        let before = (run == 1).then(|| sinapse::backend::device_launches(device)).flatten();
         let history = fit(&model, opt.as_mut(), &train, None, &cfg, &mut Silent)?;
         if run == 1 {
             for note in &history.notes {

@@ -1290,26 +1290,18 @@ impl Storage {
             // arm below sees only its own variant; nothing of the run is queued before its
             // backend's call.
             let queued = match device {
-                Device::Cpu => {
-                    let mut cpu = backend_items(
-                        run,
-                        op,
-                        |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
-                        |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
-                    )
-                    .map_err(|e| (e, from))?;
-                    cpu::CpuStorage::optimizer_steps(&mut cpu)
-                }
-                Device::Cuda(_) => {
-                    let mut gpu = backend_items(
-                        run,
-                        op,
-                        |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
-                        |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
-                    )
-                    .map_err(|e| (e, from))?;
-                    cuda::CudaStorage::optimizer_steps(&mut gpu)
-                }
+                Device::Cpu => steps_on::<cpu::CpuStorage>(
+                    run,
+                    op,
+                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                    |s| if let Storage::Cpu(s) = s { Some(s) } else { None },
+                ),
+                Device::Cuda(_) => steps_on::<cuda::CudaStorage>(
+                    run,
+                    op,
+                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                    |s| if let Storage::Cuda(s) = s { Some(s) } else { None },
+                ),
             };
             queued.map_err(|(e, k)| (e, from + k))?;
             from += len;
@@ -1346,27 +1338,28 @@ impl Storage {
     }
 }
 
-/// `items` as items of one backend's storage type, which `pick_mut` and `pick` take out of a
-/// [`Storage`] (`None`: another device's, an error).
-fn backend_items<'s, 'a: 's, S: 'a>(
-    items: &'s mut [StepItem<'a, Storage>],
+/// The updates of `items` by the backend whose storage type `pick_mut` and `pick` take out
+/// of a [`Storage`] (`None`: another device's, an error before anything is queued, at
+/// position 0); on an error, the position of the first item not queued.
+fn steps_on<'a, S: BackendStorage + 'a>(
+    items: &mut [StepItem<'a, Storage>],
     op: &'static str,
     pick_mut: impl Fn(&mut Storage) -> Option<&mut S>,
     pick: impl Fn(&'a Storage) -> Option<&'a S>,
-) -> Result<Vec<StepItem<'s, S>>> {
+) -> std::result::Result<(), (Error, usize)> {
     let mut picked = Vec::with_capacity(items.len());
     for it in items.iter_mut() {
-        let wrong = mismatch(op, &[&*it.param, it.grad]);
+        let wrong = (mismatch(op, &[&*it.param, it.grad]), 0);
         let (Some(grad), Some(param)) = (pick(it.grad), pick_mut(&mut *it.param)) else { return Err(wrong) };
         let state: Option<Vec<&mut S>> = it.state.iter_mut().map(|s| pick_mut(s)).collect();
         let staged = match it.staged {
-            Some((s, at)) => Some((pick(s).ok_or_else(|| mismatch(op, &[s]))?, at)),
+            Some((s, at)) => Some((pick(s).ok_or_else(|| (mismatch(op, &[s]), 0))?, at)),
             None => None,
         };
-        let state = state.ok_or_else(|| Error::invalid(op, "optimizer state on another device"))?;
+        let state = state.ok_or_else(|| (Error::invalid(op, "optimizer state on another device"), 0))?;
         picked.push(StepItem { param, l: it.l, grad, grad_l: it.grad_l, state, update: it.update, staged });
     }
-    Ok(picked)
+    S::optimizer_steps(&mut picked)
 }
 
 /// `[N, H]` of an LSTM cell state's layout.

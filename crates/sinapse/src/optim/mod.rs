@@ -143,7 +143,7 @@ impl State {
             .map(|(i, g, u)| ParamUpdate {
                 param: &params[*i],
                 grad: g,
-                state: self.buffers[*i].iter().collect(),
+                state: &self.buffers[*i],
                 update: *u,
                 staged: match (&self.staged, mode) {
                     (Some(s), StepMode::Staged) => Some((&s.values, i * crate::backend::STAGED)),
@@ -275,7 +275,7 @@ mod tests {
         let u = OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true };
         let staged = Tensor::from_vec(vec![9.0, 0.5, 1.0, 1.0], &[4]).unwrap();
         let step = |staged| {
-            let item = ParamUpdate { param: &w, grad: &g, state: vec![], update: u, staged: Some(staged) };
+            let item = ParamUpdate { param: &w, grad: &g, state: &[], update: u, staged: Some(staged) };
             Tensor::apply_updates("test", &[item])
         };
         step((&staged, 1)).unwrap();
@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn updates_of_several_parameters_are_checked_first_and_may_share_storages() {
         let u = OptimizerUpdate::Sgd { lr: 0.5, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true };
-        let item = |param, grad| ParamUpdate { param, grad, state: vec![], update: u, staged: None };
+        let item = |param, grad| ParamUpdate { param, grad, state: &[], update: u, staged: None };
         // Two parameters viewing one storage (one at an offset) are updated one at a time.
         let base = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[4]).unwrap();
         let (a, b) = (base.narrow(0, 0, 2).unwrap(), base.narrow(0, 2, 2).unwrap());

@@ -568,7 +568,7 @@ impl Tensor {
         // items they may not be (two parameters viewing one storage, say).
         let cell = |t: &Tensor| Arc::as_ptr(&t.0.storage);
         let mut written: Vec<*const StorageCell> =
-            items.iter().flat_map(|it| std::iter::once(it.param).chain(it.state.iter().copied())).map(cell).collect();
+            items.iter().flat_map(|it| std::iter::once(it.param).chain(it.state)).map(cell).collect();
         written.sort_unstable();
         let mut read = grads.iter().chain(items.iter().filter_map(|it| it.staged.map(|(s, _)| s))).map(cell);
         if written.windows(2).any(|w| w[0] == w[1]) || read.any(|r| written.binary_search(&r).is_ok()) {
@@ -640,7 +640,7 @@ pub(crate) struct ParamUpdate<'a> {
     /// Its gradient, of its shape.
     pub(crate) grad: &'a Tensor,
     /// Its state buffers: tensors of its shape, each its own storage.
-    pub(crate) state: Vec<&'a Tensor>,
+    pub(crate) state: &'a [Tensor],
     /// The update.
     pub(crate) update: OptimizerUpdate,
     /// A contiguous tensor and the position in it of the update's changing numbers, read
@@ -653,7 +653,7 @@ impl ParamUpdate<'_> {
     /// the kernel reads it: a contiguous copy where it is a view, or shares the parameter's
     /// storage (read while that is locked for writing).
     fn checked(&self, op: &'static str) -> Result<Tensor> {
-        let (param, grad, state) = (self.param, self.grad, &self.state);
+        let (param, grad, state) = (self.param, self.grad, self.state);
         if let Some((s, _)) = self.staged {
             if !s.layout().is_contiguous() || s.same_storage(param) || state.iter().any(|b| b.same_storage(s)) {
                 return Err(Error::invalid(op, "staged numbers must be a separate contiguous tensor"));
