@@ -264,8 +264,8 @@ pub(crate) struct Gpu {
     pub(crate) blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     cache: Mutex<BlockCache<CudaSlice<u8>>>,
-    /// The pool of a graph's step while it is recorded (`false`) or captured (`true`).
-    capture: Mutex<Option<(Arc<Pool>, bool)>>,
+    /// The graph's step being recorded or captured, if any.
+    capture: Mutex<Option<Capture>>,
     /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
     _blas_workspace: CudaSlice<u8>,
     /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
@@ -306,6 +306,31 @@ pub(crate) enum Launched {
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Gpu(cuda:{})", self.ordinal)
+    }
+}
+
+/// A graph's step under way on a GPU: its pool, whether it is captured (`true`) or only
+/// recorded, and the thread doing it. CUDA captures what any thread queues on the stream
+/// while it captures, so other threads' work on the GPU is refused until it ends
+/// ([`Gpu::claim`]).
+#[derive(Clone)]
+struct Capture {
+    pool: Arc<Pool>,
+    capturing: bool,
+    thread: std::thread::ThreadId,
+}
+
+impl Capture {
+    /// An error naming `op` unless the calling thread is the one recording or capturing.
+    fn own(&self, gpu: &Gpu, op: &str) -> Result<()> {
+        if self.thread == std::thread::current().id() {
+            return Ok(());
+        }
+        let doing = if self.capturing { "capturing" } else { "recording" };
+        Err(gpu.failure(
+            op,
+            format!("another thread is {doing} a CUDA graph's step on this GPU; its work would join the graph"),
+        ))
     }
 }
 
@@ -368,7 +393,7 @@ impl Drop for Block {
                 // captured kernels: it joins the graph's pool rather than the cache.
                 None => {
                     let capture = self.gpu.capture.lock().unwrap_or_else(|e| e.into_inner());
-                    capture.as_ref().filter(|(_, on)| *on).map(|(p, _)| p.clone())
+                    capture.as_ref().filter(|c| c.capturing).map(|c| c.pool.clone())
                 }
             };
             match self.pool.as_ref().or(capturing.as_ref()) {
@@ -530,6 +555,7 @@ impl Gpu {
     /// Makes this GPU's context the calling thread's, for the raw driver and cuBLAS calls
     /// (cudarc's own calls do it themselves).
     pub(crate) fn bind(&self, op: &str) -> Result<()> {
+        self.claim(op)?;
         self.ctx.bind_to_thread().map_err(|e| self.failure(op, e))
     }
 
@@ -553,6 +579,7 @@ impl Gpu {
 
     /// A compiled kernel.
     pub(crate) fn function(&self, name: &'static str) -> Result<&CudaFunction> {
+        self.claim(name)?;
         self.functions.get(name).ok_or_else(|| self.failure(name, format!("no kernel named {name}")))
     }
 
@@ -570,8 +597,9 @@ impl Gpu {
             Error::invalid("allocation", format!("{what}: {elems} values overflow the address space"))
         })?;
         let size = rounded(bytes);
-        if let Some((pool, capturing)) = self.capture.lock().ok().and_then(|c| c.clone()) {
-            return self.alloc_in_pool(pool, capturing, size, what);
+        if let Some(c) = self.capture.lock().ok().and_then(|c| c.clone()) {
+            c.own(self, what)?;
+            return self.alloc_in_pool(c.pool, c.capturing, size, what);
         }
         let slice = self.alloc_from_cache(size, what)?;
         let ptr = slice.device_ptr(&self.stream).0;
@@ -647,7 +675,16 @@ impl Gpu {
 
     /// Whether a CUDA graph capture is under way on this GPU's stream.
     pub(crate) fn is_capturing(&self) -> bool {
-        self.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|(_, capturing)| *capturing))
+        self.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|c| c.capturing))
+    }
+
+    /// An error naming `op` when another thread is recording or capturing a graph's step on
+    /// this GPU: the work would join that step (every call queues on the one stream).
+    pub(crate) fn claim(&self, op: &str) -> Result<()> {
+        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(c) => c.own(self, op),
+            None => Ok(()),
+        }
     }
 
     /// An error naming `op` when a capture is under way: host copies and waits cannot be part
@@ -657,12 +694,16 @@ impl Gpu {
     pub(crate) fn refuse_in_capture(&self, op: &str) -> Result<()> {
         let capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
         match capture.as_ref() {
-            Some((_, true)) => Err(self.failure(
-                op,
-                "a captured step (CUDA graph) cannot copy values between the host and the GPU or wait for it",
-            )),
-            Some((pool, false)) => {
-                let mut state = pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            Some(c) if c.capturing => {
+                c.own(self, op)?;
+                Err(self.failure(
+                    op,
+                    "a captured step (CUDA graph) cannot copy values between the host and the GPU or wait for it",
+                ))
+            }
+            Some(c) => {
+                c.own(self, op)?;
+                let mut state = c.pool.state.lock().unwrap_or_else(|e| e.into_inner());
                 if state.host_op.is_none() {
                     state.host_op = Some(op.to_string());
                 }
@@ -685,7 +726,7 @@ impl Gpu {
             return Err(self.failure("graph recording", "a graph's step is already being recorded or captured"));
         }
         let pool = Arc::new(Pool { gpu: self.clone(), state: Mutex::new(PoolState::default()) });
-        *capture = Some((pool.clone(), false));
+        *capture = Some(Capture { pool: pool.clone(), capturing: false, thread: std::thread::current().id() });
         Ok(pool)
     }
 
@@ -702,8 +743,12 @@ impl Gpu {
     /// Takes the pool of the step being recorded or captured out of place (an error naming
     /// `op` when there is none).
     fn take_pool(&self, op: &str) -> Result<Arc<Pool>> {
-        let taken = self.capture.lock().unwrap_or_else(|e| e.into_inner()).take();
-        taken.map(|(pool, _)| pool).ok_or_else(|| self.failure(op, "no graph's step is being recorded or captured"))
+        let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = capture.as_ref() {
+            // Another thread's step is left to it.
+            c.own(self, op)?;
+        }
+        capture.take().map(|c| c.pool).ok_or_else(|| self.failure(op, "no graph's step is being recorded or captured"))
     }
 
     /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
@@ -728,7 +773,7 @@ impl Gpu {
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| self.failure("beginning a graph capture", e))?;
-        *capture = Some((pool.clone(), true));
+        *capture = Some(Capture { pool: pool.clone(), capturing: true, thread: std::thread::current().id() });
         Ok(())
     }
 
@@ -823,6 +868,7 @@ impl std::fmt::Debug for CapturedGraph {
 impl CapturedGraph {
     /// Queues one run of the graph on the GPU's stream.
     pub(crate) fn replay(&self) -> Result<()> {
+        self.gpu.claim("graph replay")?;
         self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))?;
         self.gpu.launched(Launched::Replay);
         Ok(())

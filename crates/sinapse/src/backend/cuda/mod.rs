@@ -872,6 +872,56 @@ mod tests {
         assert!(plan_launches(&items[1..2]).unwrap().is_empty());
     }
 
+    /// While one thread records or captures a graph's step, another thread's allocations,
+    /// launches, host copies, replays and attempt to end the step are refused (they would join
+    /// the graph), and the step stays the first thread's. Runs where a GPU is (the GPU check
+    /// runs these tests); says it skipped elsewhere.
+    #[test]
+    fn a_graph_step_refuses_other_threads() {
+        let gpu = match gpu::gpu(0) {
+            Ok(gpu) => gpu,
+            Err(e) => {
+                let required = std::env::var("SINAPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
+                assert!(!required, "SINAPSE_REQUIRE_CUDA=1 but cuda:0 did not open: {e}");
+                // Past libtest's capture, so that the skip shows in the log.
+                let _ =
+                    std::io::Write::write_all(&mut std::io::stderr(), format!("skipped: no GPU ({e})\n").as_bytes());
+                return;
+            }
+        };
+        for capturing in [false, true] {
+            let pool = gpu.begin_recording().unwrap();
+            if capturing {
+                assert_eq!(gpu.end_recording().unwrap(), None);
+                gpu.begin_capture(&pool).unwrap();
+            }
+            let refusals = std::thread::scope(|s| {
+                s.spawn(|| {
+                    [
+                        gpu.alloc(4, "test").map(drop),
+                        gpu.function("bias_rows").map(drop),
+                        gpu.bind("matmul"),
+                        gpu.refuse_in_capture("copy to host"),
+                        gpu.end_recording().map(drop),
+                    ]
+                })
+                .join()
+                .unwrap()
+            });
+            let doing = if capturing { "capturing" } else { "recording" };
+            for r in refusals {
+                let e = r.expect_err("another thread's step").to_string();
+                assert!(e.contains(&format!("another thread is {doing}")), "{e}");
+            }
+            if capturing {
+                assert!(gpu.end_capture(false).is_err(), "abandoned");
+            } else {
+                assert_eq!(gpu.end_recording().unwrap(), None, "the other thread's copy was not noted");
+            }
+            assert!(!gpu.has_pool());
+        }
+    }
+
     /// Every kernel compiles with NVRTC, where the library is found. CI installs it (PyPI's
     /// `nvidia-cuda-nvrtc`) and sets `SINAPSE_REQUIRE_NVRTC=1`, so that there a missing
     /// library fails the test instead of skipping it.
