@@ -7,7 +7,8 @@
 #      NCCL's all-reduce and broadcast on one rank, with PyTorch's libnccl when it has one);
 #   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp, cnn and lstm also with
-#      the training step in a CUDA graph), Sinapse and PyTorch (python3 with CUDA) interleaved;
+#      the training step in a CUDA graph, infer with the forward pass in one), Sinapse and
+#      PyTorch (python3 with CUDA) interleaved;
 # and prints one table last. Logs go to $OUT (or gpu-run/out/).
 #
 #     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3
@@ -105,8 +106,8 @@ for name in mlp cnn lstm infer; do
     row "bench $name: pytorch eager" "$(result "$name" "$logs/bench-$name-torch.log")"
 done
 # The training step captured into one CUDA graph and replayed, on both sides (the issue's
-# targets for mlp and cnn are PyTorch's graphed figures).
-for name in mlp cnn lstm; do
+# targets for mlp and cnn are PyTorch's graphed figures); for infer, the forward pass too.
+for name in mlp cnn lstm infer; do
     step "bench-$name-graph-sinapse" 300 "$bin/sinapse" bench "$name" --device cuda --cuda-graph --runs "$runs"
     step "bench-$name-graph-torch" 300 python3 bench/pytorch_bench.py "$name" --device cuda --cuda-graph --runs "$runs"
     graph_note=$(grep -m1 '^cuda_graph:' "$logs/bench-$name-graph-sinapse.log" | cut -c1-60)

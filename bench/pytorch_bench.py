@@ -22,7 +22,10 @@ On `--device cuda` the data and model live on the GPU, the loop reads the loss e
 the first two full batches eagerly, then captures the whole step (forward, loss, backward,
 optimizer step; Adam with `capturable=True`) into one CUDA graph and replays it for every full
 batch, its inputs copied into the graph's static tensors; the losses are kept on the device and
-read every 25 steps, as `sinapse bench --cuda-graph` does.
+read every 25 steps, as `sinapse bench --cuda-graph` does. For infer it also captures the
+forward pass into a graph per batch size (after warm-up on a side stream), each call copying
+its input into the graph's static input, replaying, and cloning the static output, as
+`sinapse bench infer --cuda-graph` does.
 
 Prints one line per run, the process's peak resident memory, and, last,
 `NAME: N samples/s, test accuracy X` (the median run; for infer
@@ -228,22 +231,46 @@ def run_once(name, x, y, xt, yt):
     return rate, acc
 
 
+def graphed_forward(model, shape, device):
+    """model's forward pass (under no_grad) captured into a CUDA graph for inputs of `shape`:
+    a function that copies its input in, replays, and returns a clone of the output."""
+    static_x = torch.zeros(shape, device=device)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = model(static_x)
+
+    def run(x):
+        static_x.copy_(x)
+        graph.replay()
+        return static_y.clone()
+
+    return run
+
+
 def time_inference(model, xt):
     with torch.no_grad():
+        one = graphed_forward(model, (1,) + tuple(xt.shape[1:]), xt.device) if GRAPH else model
         latencies = []
         for i in range(2000):
             xi = xt[i % len(xt)].unsqueeze(0)
             start = time.perf_counter()
-            model(xi)
+            one(xi)
             sync(xt.device)
             latencies.append(time.perf_counter() - start)
         latencies.sort()
         big = xt[torch.arange(1024, device=xt.device) % len(xt)]
-        model(big)  # warm-up, not timed
+        many = graphed_forward(model, tuple(big.shape), xt.device) if GRAPH else model
+        many(big)  # warm-up, not timed
         sync(xt.device)
         start = time.perf_counter()
         for _ in range(100):
-            model(big)
+            many(big)
         sync(xt.device)
         rate = 1024 * 100 / (time.perf_counter() - start)
     return latencies[len(latencies) // 2] * 1e6, rate
@@ -259,7 +286,7 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tf32", action="store_true", help="let CUDA matrix products use TF32")
     p.add_argument("--epochs", type=int, help="train this many epochs instead (a quick check)")
-    p.add_argument("--cuda-graph", action="store_true", help="capture the training step into a CUDA graph")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the training step (for infer, the forward pass too) into a CUDA graph")
     args = p.parse_args()
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
@@ -284,7 +311,11 @@ def main():
             print(f"run {r + 1}/{args.runs}: {a:.0f} samples/s, test accuracy {b:.4f}")
     runs.sort()
     a, b = runs[len(runs) // 2]
-    graphed = " (training step in a CUDA graph)" if GRAPH else ""
+    graphed = ""
+    if GRAPH:
+        graphed = " (training step in a CUDA graph)"
+        if args.name == "infer":
+            graphed = " (training step and forward pass in CUDA graphs)"
     print(f"torch {torch.__version__}, {args.threads} threads, device {device}{graphed}")
     if device.type == "cpu":
         # ATEN_CPU_CAPABILITY caps it (compare.py --isa sets it, and MKL's and oneDNN's caps).

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sinapse::data::{mnist, Dataset};
-use sinapse::nn::{Mode, Module, Sequential};
+use sinapse::nn::{InferenceGraph, Mode, Module, Sequential};
 use sinapse::optim::{Adam, Optimizer, Sgd};
 use sinapse::spec::ModelSpec;
 use sinapse::train::{evaluate, fit, FitConfig, LossKind, Silent, Task};
@@ -34,7 +34,8 @@ pub struct BenchArgs {
     /// Let GPU matrix products use TF32 tensor cores (full f32 precision otherwise).
     #[arg(long)]
     tf32: bool,
-    /// Capture the training step into a CUDA graph and replay it (a GPU option).
+    /// Capture the training step (for `infer`, the forward pass too) into a CUDA graph and
+    /// replay it (a GPU option).
     #[arg(long)]
     cuda_graph: bool,
     /// Train this many epochs instead of the benchmark's (a quick check, not its figure).
@@ -169,7 +170,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     outln!(
         "device: {device}{}{}",
         if args.tf32 && device != Device::Cpu { " (TF32 allowed)" } else { "" },
-        if args.cuda_graph { " (training step in a CUDA graph)" } else { "" }
+        match (args.cuda_graph, infer) {
+            (true, false) => " (training step in a CUDA graph)",
+            (true, true) => " (training step and forward pass in CUDA graphs)",
+            (false, _) => "",
+        }
     );
     let mut runs = Vec::with_capacity(args.runs);
     let mut weights = 0;
@@ -198,7 +203,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
         if infer {
-            let (latency, rate) = time_inference(&model, &test, device)?;
+            let (latency, rate) = time_inference(&model, &test, device, args.cuda_graph)?;
             outln!("run {run}/{}: batch1 {latency:.1} us, batch1024 {rate:.0} samples/s", args.runs);
             runs.push((latency, rate));
         } else {
@@ -242,8 +247,10 @@ const BATCH1_CALLS: usize = 2000;
 const BATCH1024_CALLS: usize = 100;
 
 /// The forward pass of `model` without gradients: the median latency of one sample (us) and
-/// the throughput of batches of 1024 (samples/s), on test images.
-fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<(f64, f64)> {
+/// the throughput of batches of 1024 (samples/s), on test images; with `graphs`, the pass
+/// captured into a CUDA graph per batch size, each call copying its input in and the output
+/// out (as PyTorch's `static_input.copy_(x); graph.replay(); static_output.clone()`).
+fn time_inference(model: &dyn Module, test: &Dataset, device: Device, graphs: bool) -> Result<(f64, f64)> {
     let _guard = sinapse::no_grad();
     // As in training: the kernels' pool threads spin between calls instead of sleeping
     // (renewed before each timed call: a spinner sleeps again after 2 ms without work).
@@ -255,11 +262,21 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
         bail!("the test set is empty: nothing to time inference on");
     }
     let singles: Vec<Tensor> = (0..BATCH1_CALLS.min(n)).map(|i| x.narrow(0, i, 1)).collect::<sinapse::Result<_>>()?;
+    let graph_for = |rows: usize| -> Result<Option<InferenceGraph<'_>>> {
+        let mut shape = x.shape().to_vec();
+        shape[0] = rows;
+        Ok(if graphs { Some(InferenceGraph::capture(model, &shape, device)?) } else { None })
+    };
+    let forward = |graph: &mut Option<InferenceGraph<'_>>, x: &Tensor| match graph {
+        Some(g) => g.run(x),
+        None => model.forward(x, Mode::Eval),
+    };
+    let mut one = graph_for(1)?;
     let mut latencies = Vec::with_capacity(BATCH1_CALLS);
     for i in 0..BATCH1_CALLS {
         renew();
         let start = Instant::now();
-        let out = model.forward(&singles[i % singles.len()], Mode::Eval)?;
+        let out = forward(&mut one, &singles[i % singles.len()])?;
         sinapse::backend::synchronize(device)?;
         latencies.push(start.elapsed().as_secs_f64());
         drop(out);
@@ -270,13 +287,15 @@ fn time_inference(model: &dyn Module, test: &Dataset, device: Device) -> Result<
     let batch = 1024;
     let idx: Vec<f32> = (0..batch).map(|i| (i % n) as f32).collect();
     let big = x.index_select(0, &Tensor::from_vec(idx, &[batch])?.to(device)?)?;
-    model.forward(&big, Mode::Eval)?; // warm-up, not timed
+    drop(one);
+    let mut many = graph_for(batch)?;
+    forward(&mut many, &big)?; // warm-up, not timed
     sinapse::backend::synchronize(device)?;
     renew();
     let start = Instant::now();
     for _ in 0..BATCH1024_CALLS {
         renew();
-        model.forward(&big, Mode::Eval)?;
+        forward(&mut many, &big)?;
     }
     sinapse::backend::synchronize(device)?;
     let rate = (batch * BATCH1024_CALLS) as f64 / start.elapsed().as_secs_f64();

@@ -202,6 +202,13 @@ fn cases() -> Vec<Case> {
     let mut c = Vec::new();
     // Unary kernels.
     c.push(case("affine", vec![normal(&[3, 5], r)], |x| x[0].affine(1.5, -0.25)));
+    // An in-place copy from another tensor (laid out three ways) into a view of a wider one.
+    let values = normal(&[5, 4], r).values;
+    c.push(case("copy_from into a view", vec![fixed(&values, &[5, 4])], |x| {
+        let out = Tensor::full_on(&[5, 8], 0.5, x[0].device())?;
+        out.narrow(1, 2, 4)?.copy_from(&x[0])?;
+        Ok(out)
+    }));
     c.push(case("exp", vec![normal(&[3, 5], r)], |x| x[0].exp()));
     c.push(case("log", vec![positive(&[3, 5], r)], |x| x[0].log()));
     c.push(case("sqrt", vec![positive(&[3, 5], r)], |x| x[0].sqrt()));
@@ -563,6 +570,90 @@ fn moved_inference_check(device: Device) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// A network's forward pass captured into a CUDA graph on `device` ([`InferenceGraph`]) gives
+/// the eager pass's outputs on several inputs (a CNN with batch norm and an MLP; each input
+/// copied in, one a strided view); after an optimizer step in place, the graph reads the new
+/// weights; a wrong shape is refused, and so is a run with the model moved off the device
+/// (moved back, a run gives the eager outputs or is refused).
+fn inference_graph_check(device: Device) -> Result<Option<String>> {
+    use sinapse::nn::{BatchNorm, Conv2d, Flatten, InferenceGraph, Linear, Mode, Module, Pool2d, Relu, Sequential};
+    let mut rng = Rng::seed(13);
+    let cnn = Sequential::new()
+        .add(Conv2d::new(2, 4, [3, 3], &mut rng)?)
+        .add(BatchNorm::new_2d(4)?)
+        .add(Relu)
+        .add(Pool2d::max([2, 2]))
+        .add(Flatten)
+        .add(Linear::new(4 * 3 * 3, 5, &mut rng)?);
+    let mlp = Sequential::new().add(Linear::new(12, 32, &mut rng)?).add(Relu).add(Linear::new(32, 7, &mut rng)?);
+    let models: [(&str, &dyn Module, Vec<usize>); 2] = [("cnn", &cnn, vec![3, 2, 8, 8]), ("mlp", &mlp, vec![1, 12])];
+    for (name, model, shape) in models {
+        model.to(device)?;
+        let mut graph = InferenceGraph::capture(model, &shape, device)?;
+        let wide: Vec<usize> = shape.iter().map(|&d| d * 2).collect();
+        let inputs = [
+            Tensor::rand_normal(&shape, 0.0, 1.0, &mut rng)?.to(device)?,
+            Tensor::rand_normal(&shape, 0.0, 1.0, &mut rng)?,
+            // A strided view on the device.
+            (0..shape.len()).try_fold(Tensor::rand_normal(&wide, 0.0, 1.0, &mut rng)?.to(device)?, |t, k| {
+                t.narrow(k, 1, shape[k])
+            })?,
+        ];
+        let check = |graph: &mut InferenceGraph, when: &str| -> Result<Option<String>> {
+            for (k, x) in inputs.iter().enumerate() {
+                let got = graph.run(x)?;
+                let want = {
+                    let _off = sinapse::no_grad();
+                    model.forward(&x.to(device)?, Mode::Eval)?
+                };
+                if got.device() != device || got.shape() != want.shape() {
+                    return Ok(Some(format!("{name} {when}: {:?} on {}", got.shape(), got.device())));
+                }
+                if let Some(p) = mismatch(&got.to_vec(), &want.to_vec()) {
+                    return Ok(Some(format!("{name} {when}, input {k}: {p}")));
+                }
+            }
+            Ok(None)
+        };
+        if let Some(p) = check(&mut graph, "as captured")? {
+            return Ok(Some(p));
+        }
+        // A step in place: the graph reads the parameters where they are.
+        let x = inputs[0].clone();
+        let y = model.forward(&x, Mode::Train)?;
+        let loss = y.mul(&y)?.mean_all()?;
+        let mut opt = Sgd::new(model.parameters(), 0.5)?;
+        opt.step(&loss.backward()?)?;
+        if let Some(p) = check(&mut graph, "after an optimizer step")? {
+            return Ok(Some(p));
+        }
+        let wrong = Tensor::zeros_on(&wide, device)?;
+        if graph.run(&wrong).is_ok() {
+            return Ok(Some(format!("{name}: an input of {wide:?} was run by a graph of {shape:?}")));
+        }
+        // Off the device, the graph's reads would be stale: refused.
+        model.to(Device::Cpu)?;
+        match graph.run(&inputs[0]) {
+            Ok(_) => return Ok(Some(format!("{name}: run with the model moved off {device}"))),
+            Err(e) if e.to_string().contains("moved since the capture") => {}
+            Err(e) => return Ok(Some(format!("{name}: after a move, {e}"))),
+        }
+        // Back: each tensor refused unless it is where the graph reads it (the block cache
+        // may well hand each its old block again).
+        model.to(device)?;
+        match check(&mut graph, "after a move off the device and back") {
+            Err(e) if e.to_string().contains("moved since the capture") => {}
+            Err(e) => return Ok(Some(format!("{name}: after a move back, {e}"))),
+            Ok(problem) => {
+                if problem.is_some() {
+                    return Ok(problem);
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
 fn main() {
     let mut failures = Vec::new();
     let mut checks = 0;
@@ -627,6 +718,8 @@ fn main() {
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
         let problem = graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("training with a CUDA graph on {device} against eager"), problem);
+        let problem = inference_graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("inference in a CUDA graph on {device} against eager"), problem);
         match nccl_check(device) {
             Ok(problem) => record(format!("NCCL all-reduce and broadcast on {device} (one rank)"), problem),
             Err(e) => {

@@ -331,6 +331,16 @@ fn copy_from_a_view_of_itself() {
 }
 
 #[test]
+fn copy_from_a_strided_view_into_a_view() {
+    // Another tensor's transpose into two columns of a wider one: only those change.
+    let src = t(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+    let dst = Tensor::full(&[3, 4], 9.0);
+    dst.narrow(1, 1, 2).unwrap().copy_from(&src.t().unwrap()).unwrap();
+    assert_eq!(dst.to_vec(), vec![9., 1., 4., 9., 9., 2., 5., 9., 9., 3., 6., 9.]);
+    assert_eq!(src.to_vec(), vec![1., 2., 3., 4., 5., 6.]);
+}
+
+#[test]
 fn devices_are_values_a_user_handles() {
     use sinapse::nn::{Linear, Module};
     use sinapse::Device;

@@ -760,6 +760,14 @@ impl Storage {
     }
 
     /// Copies the elements of `l` to the places `dst_l` names in `dst`.
+    /// The buffer's device address on a GPU; `None` on the CPU.
+    pub(crate) fn device_address(&self) -> Option<u64> {
+        match self {
+            Storage::Cpu(_) => None,
+            Storage::Cuda(s) => Some(s.address()),
+        }
+    }
+
     pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
         same_device(op, &[self, dst])?;
         match (self, dst) {

@@ -9,6 +9,7 @@ mod attention;
 mod conv;
 mod dropout;
 mod embedding;
+mod graph;
 pub mod init;
 mod last_step;
 mod linear;
@@ -28,6 +29,7 @@ pub use attention::{
 pub use conv::{Conv1d, Conv2d, ConvTranspose2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
+pub use graph::InferenceGraph;
 pub use init::Init;
 pub use last_step::LastStep;
 pub use linear::Linear;

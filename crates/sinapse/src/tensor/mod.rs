@@ -419,6 +419,12 @@ impl Tensor {
         self.0.storage.version.load(Ordering::Relaxed)
     }
 
+    /// The device address of the tensor's storage on a GPU (`None` on the CPU): what a CUDA
+    /// graph captured reading it reads.
+    pub(crate) fn device_address(&self) -> Option<u64> {
+        self.storage().device_address()
+    }
+
     /// True when both handles show the same storage.
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
@@ -522,6 +528,18 @@ impl Tensor {
     pub fn copy_from(&self, src: &Tensor) -> Result<()> {
         if self.shape() != src.shape() {
             return Err(Error::shapes("copy_from", self.shape(), src.shape()));
+        }
+        // On one device, from another storage: one copy straight into this one (one launch on
+        // a GPU), when the source can be read at once. No lock is waited for while another is
+        // held (another thread may copy the other way), so otherwise the copy goes through a
+        // buffer, as across devices.
+        if !self.same_storage(src) {
+            let mut dst = write_lock(&self.0.storage);
+            if let Ok(from) = src.0.storage.data.try_read() {
+                if from.device() == dst.device() {
+                    return from.copy_into(src.layout(), &mut dst, self.layout(), "copy_from");
+                }
+            }
         }
         // The source is copied out, on this tensor's device, before this storage is locked for
         // writing: no lock is held on one while waiting for the other (the source may be a

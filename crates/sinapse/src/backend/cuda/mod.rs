@@ -38,6 +38,11 @@ impl CudaStorage {
         self.block.gpu()
     }
 
+    /// The buffer's device address.
+    pub(crate) fn address(&self) -> u64 {
+        self.block.ptr
+    }
+
     /// An uninitialised buffer of `n` values on `gpu`; `what` names it if memory runs out.
     fn alloc(gpu: &Arc<Gpu>, n: usize, what: &str) -> Result<CudaStorage> {
         Ok(CudaStorage { block: gpu.alloc(n, what)?, len: n })
