@@ -11,7 +11,9 @@
 //!
 //! A custom harness (`harness = false`): the run prints which devices it covered and why the
 //! others were not, in every `cargo test` log. Every GPU in `Device::available()` is covered;
-//! `SINAPSE_REQUIRE_CUDA=1` (the GPU check sets it) makes a missing GPU a failure.
+//! `SINAPSE_REQUIRE_CUDA=1` (the GPU check sets it) makes a missing GPU a failure. Where there
+//! is none, the suite runs again in a child process on an emulated GPU (`run_on_emulated_gpu`),
+//! required where `SINAPSE_REQUIRE_EMULATOR=1` and `SINAPSE_REQUIRE_NVRTC=1` (CI sets both).
 
 use sinapse::backend::{CmpOp, Window};
 use sinapse::nn::loss;
@@ -654,7 +656,47 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Where no GPU is, the suite runs again in a child process whose `cuda:0` is a GPU emulated
+/// on the CPU ([`sinapse::backend::install_emulated_gpu`]): the CUDA backend's host code
+/// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU. Returns
+/// whether that run passed or was skipped (it is required where CI asks for the emulator and
+/// NVRTC).
+fn run_on_emulated_gpu() -> bool {
+    let required =
+        ["SINAPSE_REQUIRE_EMULATOR", "SINAPSE_REQUIRE_NVRTC"].iter().all(|v| std::env::var(v).is_ok_and(|v| v == "1"));
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            println!("device suite: the emulated GPU not run: {e}");
+            return !required;
+        }
+    };
+    let mut child = std::process::Command::new(exe);
+    child.env(EMULATED, "1");
+    if required {
+        child.env("SINAPSE_REQUIRE_CUDA", "1");
+    }
+    match child.status() {
+        Ok(status) => status.success(),
+        Err(e) => {
+            println!("device suite: the emulated GPU not run: {e}");
+            !required
+        }
+    }
+}
+
+/// Set in the child process that runs the suite on an emulated GPU.
+const EMULATED: &str = "SINAPSE_EMULATED_GPU";
+
 fn main() {
+    let emulated = std::env::var(EMULATED).is_ok_and(|v| v == "1");
+    if emulated {
+        if let Err(e) = sinapse::backend::install_emulated_gpu() {
+            println!("device suite (emulated GPU): not run: {e}");
+            std::process::exit(i32::from(std::env::var("SINAPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1")));
+        }
+        println!("device suite: cuda:0 is a GPU emulated on the CPU (the CUDA backend's host code over CPU builds of its kernels)");
+    }
     let mut failures = Vec::new();
     let mut checks = 0;
     // The harness must be able to fail: a result with two elements swapped is caught.
@@ -756,4 +798,8 @@ fn main() {
         std::process::exit(1);
     }
     println!("device suite: all {checks} comparisons passed");
+    if !emulated && !devices.iter().any(|d| *d != Device::Cpu) && !run_on_emulated_gpu() {
+        println!("device suite: the run on the emulated GPU failed");
+        std::process::exit(1);
+    }
 }

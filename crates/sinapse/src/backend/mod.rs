@@ -369,6 +369,19 @@ pub fn synchronize(device: Device) -> Result<()> {
     }
 }
 
+/// Makes `cuda:0` a GPU emulated on the CPU, for testing the CUDA backend on a machine without
+/// one: a CUDA driver and cuBLAS built from the crate's sources with the C++ compiler (`$CXX`,
+/// else `g++`) over CPU builds of the CUDA kernels, loaded in place of NVIDIA's libraries, so
+/// that the backend's own code (allocator, kernel arguments, cuBLAS operands, graph capture)
+/// runs unchanged; NVRTC must be found, as on a GPU. Call it first thing in a test process;
+/// an error once a GPU was opened, or without a compiler. Slow: for tests only.
+pub fn install_emulated_gpu() -> std::result::Result<(), String> {
+    #[cfg(unix)]
+    return cuda::emulated::install();
+    #[cfg(not(unix))]
+    Err("the emulated GPU needs a Unix system (dlopen)".into())
+}
+
 /// Whether a CUDA graph is being captured on `device` (never on the CPU).
 pub(crate) fn capturing(device: Device) -> bool {
     match device {

@@ -2,13 +2,15 @@
 //!
 //! `kernels.cu` is compiled by the system's C++ compiler (`$CXX`, else `g++`) as C++20 behind
 //! `emulator.hpp`, which gives CUDA's qualifiers and built-ins a CPU meaning: every thread of
-//! a block is an OS thread, `__syncthreads` a barrier, atomics `std::atomic_ref`. The tests
-//! launch kernels with the parameters the host code passes (device addresses are host
-//! addresses here) and compare their results with plain loops or with the CPU backend. What
-//! the emulator cannot show: the GPU's memory model (threads here seldom overlap, so a
-//! missing atomic or barrier would likely pass), CUDA's math library's rounding and fused
-//! multiply-adds, and the host code's own launches (each test writes its launch's arguments
-//! as the host code does); the device suite on a GPU covers those.
+//! a block that waits at `__syncthreads` is an OS thread and the barrier a real one (the
+//! threads of a kernel without one run one after another), atomics `std::atomic_ref`. These
+//! tests launch kernels with the parameters the host code passes (device addresses are host
+//! addresses here) and compare their results with plain loops or with the CPU backend,
+//! including cases the device suite's inputs do not reach (bad indices, NaN in pooling, block
+//! edges). The host code's own launches run over the same builds in the device suite's run
+//! on an emulated GPU ([`super::emulated::install`]). What neither can show: the GPU's memory
+//! model (threads here seldom overlap, so a missing atomic or barrier would likely pass), and
+//! CUDA's math library's rounding and fused multiply-adds; a real GPU shows those.
 //!
 //! Without a C++ compiler the tests say so and pass, unless `SINAPSE_REQUIRE_EMULATOR=1`
 //! (CI sets it).
@@ -18,7 +20,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::LaunchConfig;
 
-use super::gpu::{self, Conv, Strided, KERNELS};
+use super::gpu::{self, Conv, Strided};
 use crate::backend::{ImageDims, Window};
 use crate::layout::Layout;
 
@@ -49,68 +51,9 @@ fn emulator() -> Option<&'static Emulator> {
         .as_ref()
 }
 
-/// A folder of this process's own under the system's temporary folder, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    /// A new folder that nobody else can write (creating it fails if the name exists).
-    fn new() -> Result<Scratch, String> {
-        use std::os::unix::fs::DirBuilderExt;
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sinapse-kernel-emulator-{}-{n}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Compiles `kernels.cu` with the emulator's header and a table of its kernels, and loads it
-/// (the files are removed once it is loaded, or on failure).
+/// Builds and loads the kernel emulator ([`super::emulated::kernel_emulator`]).
 fn build() -> Result<Emulator, String> {
-    let scratch = Scratch::new()?;
-    let dir = &scratch.0;
-    let mut source = String::from(gpu::SOURCE);
-    source.push_str("\nconst EmuKernel emu_kernels[] = {\n");
-    for name in KERNELS {
-        source.push_str(&format!("    {{\"{name}\", [](void** p) {{ emu_invoke({name}, p); }}}},\n"));
-    }
-    source.push_str("};\nconst std::size_t emu_kernel_count = sizeof emu_kernels / sizeof emu_kernels[0];\n");
-    let (header, cpp, lib) = (dir.join("emulator.hpp"), dir.join("kernels.cpp"), dir.join("libkernels.so"));
-    let write = |path: &std::path::Path, text: &str| {
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
-    };
-    write(&header, include_str!("emulator.hpp"))?;
-    write(&cpp, &source)?;
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
-    let out = std::process::Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-w", "-include"])
-        .arg(&header)
-        .arg(&cpp)
-        .arg("-o")
-        .arg(&lib)
-        .output()
-        .map_err(|e| format!("running {cxx}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{cxx} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let path = CString::new(lib.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: a library just built from the emulator's sources, whose initialisers only set
-    // up the kernel table; it stays loaded for the process.
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW) };
-    if handle.is_null() {
-        return Err(format!("loading {}", lib.display()));
-    }
-    // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
-    let symbol = unsafe { libc::dlsym(handle, c"emu_launch".as_ptr()) };
-    if symbol.is_null() {
-        return Err("emu_launch not found in the emulator".into());
-    }
+    let symbol = super::emulated::kernel_emulator()?;
     // SAFETY: `emu_launch` in emulator.hpp has this signature.
     let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(symbol) };
     Ok(Emulator { launch })

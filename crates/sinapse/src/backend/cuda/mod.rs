@@ -7,6 +7,8 @@
 //! when it reads values back ([`BackendStorage::to_host`]).
 
 pub(crate) mod alloc;
+#[cfg(unix)]
+pub(crate) mod emulated;
 #[cfg(all(test, unix))]
 mod emulator;
 pub(crate) mod gpu;

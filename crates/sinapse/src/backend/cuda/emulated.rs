@@ -1,0 +1,149 @@
+//! The CUDA kernels, and a CUDA driver and cuBLAS around them, compiled for the CPU by the
+//! system's C++ compiler (`$CXX`, else `g++`): the kernel emulator of the unit tests
+//! (`emulator.rs`) and the emulated GPU of the device suite ([`install`]).
+
+use std::ffi::{c_void, CString};
+use std::path::{Path, PathBuf};
+
+use super::gpu::{self, KERNELS};
+
+/// A folder of this process's own under the system's temporary folder, removed when dropped.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    /// A new folder that nobody else can write (creating it fails if the name exists).
+    pub(crate) fn new() -> Result<Scratch, String> {
+        use std::os::unix::fs::DirBuilderExt;
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sinapse-kernel-emulator-{}-{n}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether kernel `name`'s body in `kernels.cu` waits at `__syncthreads` (its threads must
+/// then run as threads; the others run one after another).
+fn waits(name: &str) -> bool {
+    let start = gpu::SOURCE.find(&format!(" void {name}(")).unwrap_or(0);
+    let rest = &gpu::SOURCE[start..];
+    let end = rest[1..].find("extern \"C\" __global__").map_or(rest.len(), |e| e + 1);
+    rest[..end].contains("__syncthreads")
+}
+
+/// `kernels.cu` as the emulator compiles it: its kernels, then their table (name, caller,
+/// whether it waits at barriers, parameter sizes).
+fn kernels_source() -> String {
+    let mut source = String::from(gpu::SOURCE);
+    source.push_str("\nconst EmuKernel emu_kernels[] = {\n");
+    for name in KERNELS {
+        source.push_str(&format!(
+            "    {{\"{name}\", [](void** p) {{ emu_invoke({name}, p); }}, {}, emu_count({name}), emu_sizes({name})}},\n",
+            waits(name)
+        ));
+    }
+    source.push_str("};\nconst std::size_t emu_kernel_count = sizeof emu_kernels / sizeof emu_kernels[0];\n");
+    source
+}
+
+/// Compiles `source` (C++20, behind `emulator.hpp`) into the shared library `dir/file`
+/// with `extra` arguments, and returns its path.
+fn compile(dir: &Path, file: &str, source: &str, extra: &[&str]) -> Result<PathBuf, String> {
+    let (header, cpp, lib) = (dir.join("emulator.hpp"), dir.join(format!("{file}.cpp")), dir.join(file));
+    let write =
+        |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()));
+    write(&header, include_str!("emulator.hpp"))?;
+    write(&cpp, source)?;
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let out = std::process::Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-w", "-include"])
+        .arg(&header)
+        .arg(&cpp)
+        .args(extra)
+        .arg("-o")
+        .arg(&lib)
+        .output()
+        .map_err(|e| format!("running {cxx}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cxx} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(lib)
+}
+
+/// Loads the library at `path` for the life of the process (its symbols global with
+/// `global`), or says why not.
+fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
+    let name = CString::new(path.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    let flags = libc::RTLD_NOW | if global { libc::RTLD_GLOBAL } else { libc::RTLD_LOCAL };
+    // SAFETY: a library just built from the emulator's sources, whose initialisers only set up
+    // tables; it is never unloaded.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), flags) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a NUL-terminated message or null.
+        let why = unsafe { libc::dlerror() };
+        let why = if why.is_null() {
+            "unknown".into()
+        } else {
+            // SAFETY: checked for null above.
+            unsafe { std::ffi::CStr::from_ptr(why) }.to_string_lossy().into_owned()
+        };
+        return Err(format!("loading {}: {why}", path.display()));
+    }
+    Ok(handle)
+}
+
+/// Builds and loads the kernel emulator alone; returns its `emu_launch`.
+#[cfg(test)]
+pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
+    let scratch = Scratch::new()?;
+    let lib = compile(&scratch.0, "libkernels.so", &kernels_source(), &[])?;
+    let handle = load(&lib, false)?;
+    // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
+    let symbol = unsafe { libc::dlsym(handle, c"emu_launch".as_ptr()) };
+    if symbol.is_null() {
+        return Err("emu_launch not found in the emulator".into());
+    }
+    Ok(symbol)
+}
+
+/// Makes `cuda:0` an emulated GPU on the CPU, for tests of the CUDA backend on machines
+/// without one: builds a CUDA driver (`libcuda.so`) and cuBLAS (`libcublas.so`) from
+/// `emulated_driver.cpp` and the kernel emulator with the C++ compiler (`$CXX`, else `g++`),
+/// and loads them in place of NVIDIA's, so that the backend's own code (allocator, launch
+/// arguments, cuBLAS operands, graph capture) runs unchanged over kernels run on the CPU.
+/// NVRTC is still NVIDIA's (the kernels are compiled to PTX as on a GPU).
+///
+/// Call it first thing in a test process, before any GPU is asked for: afterwards the real
+/// driver may already be loaded, and this is an error. Slow (each kernel thread runs on the
+/// CPU), and not for a machine whose real GPU is to be used.
+pub fn install() -> Result<(), String> {
+    if gpu::opened(0).is_some() {
+        return Err("a GPU was already opened in this process".into());
+    }
+    // Never removed: the libraries stay loaded (and are found again by their names) for the
+    // life of the process.
+    let scratch = Scratch::new()?;
+    let dir = scratch.0.clone();
+    std::mem::forget(scratch);
+    let source = format!("{}\n{}", kernels_source(), include_str!("emulated_driver.cpp"));
+    let cuda = compile(&dir, "libcuda.so", &source, &["-Wl,-soname,libcuda.so"])?;
+    // Empty: its symbols are found in the library it needs, the driver above.
+    let dir_arg = format!("-L{}", dir.display());
+    let cublas =
+        compile(&dir, "libcublas.so", "", &["-Wl,-soname,libcublas.so", "-Wl,--no-as-needed", &dir_arg, "-lcuda"])?;
+    // Loaded by path now; cudarc's later loads by name (libcuda.so, libcublas.so) find these,
+    // already loaded under those names.
+    load(&cuda, true)?;
+    load(&cublas, true)?;
+    // SAFETY: only looks for the library, now loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } || !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err("the emulated driver was built but cudarc does not find it".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+// A CUDA driver and cuBLAS on the CPU: the entry points the CUDA backend reaches through
+// cudarc, over the kernel emulator (emulator.hpp, kernels.cu and its table come first in the
+// same translation unit). Built and loaded by src/backend/cuda/emulated.rs so that the device
+// suite can run the whole CUDA backend, host code included, on a machine without a GPU.
+//
+// One device, one context; "device memory" is host memory (so a kernel's addresses are
+// host addresses). Work runs when it is queued, except on a stream being captured, where it
+// is recorded (kernel parameters copied) and run by each launch of the instantiated graph.
+//
+// Stricter than CUDA where Sinapse's design promises more: an allocation or free during a
+// capture is refused (the graph's pool never asks the driver), and a copy, memset or cuBLAS
+// operand reaching outside every allocation is refused (CUDA would fault or read garbage).
+
+#include <map>
+#include <memory>
+#include <new>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef int cublasStatus_t;
+
+enum {
+    EMU_SUCCESS = 0,
+    EMU_INVALID_VALUE = 1,
+    EMU_OUT_OF_MEMORY = 2,
+    EMU_INVALID_DEVICE = 101,
+    EMU_INVALID_IMAGE = 200,
+    EMU_INVALID_HANDLE = 400,
+    EMU_ILLEGAL_STATE = 401,
+    EMU_NOT_FOUND = 500,
+    EMU_CAPTURE_UNSUPPORTED = 900,
+    EMU_CAPTURE_INVALIDATED = 901,
+};
+
+namespace {
+
+struct Node;
+
+struct Stream {
+    bool capturing = false;
+    bool invalidated = false;
+    std::vector<Node>* nodes = nullptr;
+};
+
+struct Module {
+    int unused = 0;
+};
+
+struct Function {
+    const EmuKernel* kernel;
+};
+
+struct Gemm {
+    int transa, transb, m, n, k;
+    float alpha, beta;
+    const float* a;
+    int lda;
+    long long stride_a;
+    const float* b;
+    int ldb;
+    long long stride_b;
+    float* c;
+    int ldc;
+    long long stride_c;
+    int batch;
+    bool tf32;
+};
+
+struct Node {
+    enum Kind { Kernel, Memset, CopyDtoD, Product } kind;
+    const EmuKernel* kernel = nullptr;
+    unsigned int grid = 0, block = 0;
+    std::vector<std::vector<unsigned char>> params;
+    CUdeviceptr dst = 0, src = 0;
+    size_t bytes = 0;
+    unsigned char value = 0;
+    Gemm gemm{};
+};
+
+struct Graph {
+    std::vector<Node> nodes;
+};
+
+struct Blas {
+    Stream* stream = nullptr;
+    bool tf32 = false;
+};
+
+std::mutex lock;                            // every entry point, one at a time
+std::map<CUdeviceptr, size_t> allocations;  // base address -> bytes
+size_t allocated = 0;
+const size_t total_memory = size_t(80) << 30;
+Stream default_stream;
+int context_token;
+thread_local void* current_context = nullptr;
+
+Stream* stream_of(void* s) { return s ? static_cast<Stream*>(s) : &default_stream; }
+
+// Whether [p, p + bytes) lies inside one allocation.
+bool inside(CUdeviceptr p, size_t bytes) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return false;
+    --it;
+    return p >= it->first && p + bytes <= it->first + it->second;
+}
+
+void complain(const char* what) { fprintf(stderr, "emulated CUDA: %s\n", what); }
+
+float tf32_round(float v) {
+    // Rounds to 10 mantissa bits (nearest, ties away), as TF32 tensor cores read their inputs.
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return v;
+    u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+void run_gemm(const Gemm& g) {
+    // Column-major: C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C.
+    for (int p = 0; p < g.batch; ++p) {
+        const float* a = g.a + p * g.stride_a;
+        const float* b = g.b + p * g.stride_b;
+        float* c = g.c + p * g.stride_c;
+        for (int j = 0; j < g.n; ++j)
+            for (int i = 0; i < g.m; ++i) {
+                double sum = 0.0;
+                for (int l = 0; l < g.k; ++l) {
+                    float x = g.transa ? a[l + (long long)i * g.lda] : a[i + (long long)l * g.lda];
+                    float y = g.transb ? b[j + (long long)l * g.ldb] : b[l + (long long)j * g.ldb];
+                    if (g.tf32) x = tf32_round(x), y = tf32_round(y);
+                    sum += (double)x * y;
+                }
+                float& out = c[i + (long long)j * g.ldc];
+                out = g.beta == 0.0f ? (float)(g.alpha * sum) : (float)(g.alpha * sum + g.beta * out);
+            }
+    }
+}
+
+CUresult run_node(const Node& node) {
+    switch (node.kind) {
+        case Node::Kernel: {
+            std::vector<void*> params;
+            for (auto& p : node.params) params.push_back(const_cast<unsigned char*>(p.data()));
+            int status = emu_launch(node.kernel->name, node.grid, node.block, params.data());
+            return status == 0 ? EMU_SUCCESS : EMU_OUT_OF_MEMORY;
+        }
+        case Node::Memset:
+            memset(reinterpret_cast<void*>(node.dst), node.value, node.bytes);
+            return EMU_SUCCESS;
+        case Node::CopyDtoD:
+            memmove(reinterpret_cast<void*>(node.dst), reinterpret_cast<const void*>(node.src), node.bytes);
+            return EMU_SUCCESS;
+        case Node::Product:
+            run_gemm(node.gemm);
+            return EMU_SUCCESS;
+    }
+    return EMU_INVALID_VALUE;
+}
+
+// Runs `node` now, or records it on a capturing stream.
+CUresult queue(Stream* s, Node node) {
+    if (s->capturing) {
+        if (!s->invalidated) s->nodes->push_back(std::move(node));
+        return EMU_SUCCESS;
+    }
+    return run_node(node);
+}
+
+// An operation a capture cannot hold: it invalidates the capture and fails.
+CUresult refused_in_capture(Stream* s, const char* what) {
+    if (!s->capturing) return EMU_SUCCESS;
+    s->invalidated = true;
+    complain(what);
+    return EMU_CAPTURE_UNSUPPORTED;
+}
+
+}  // namespace
+
+#define ENTRY extern "C" __attribute__((visibility("default")))
+#define LOCKED std::lock_guard<std::mutex> hold(lock)
+
+ENTRY CUresult cuInit(unsigned int) { return EMU_SUCCESS; }
+ENTRY CUresult cuDriverGetVersion(int* v) {
+    *v = 13000;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDeviceGetCount(int* n) {
+    *n = 1;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+    if (ordinal != 0) return EMU_INVALID_DEVICE;
+    *d = 0;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+    snprintf(name, len, "Sinapse emulated GPU (CPU)");
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
+    *bytes = total_memory;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
+    switch (attribute) {
+        case 75: *v = 9; break;   // compute capability major (an H100/H200)
+        case 76: *v = 0; break;   // minor
+        case 115: *v = 1; break;  // memory pools: cuMemAllocAsync
+        default: *v = 0;
+    }
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDevicePrimaryCtxRetain(void** ctx, CUdevice) {
+    *ctx = &context_token;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return EMU_SUCCESS; }
+ENTRY CUresult cuCtxGetCurrent(void** ctx) {
+    *ctx = current_context;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuCtxSetCurrent(void* ctx) {
+    current_context = ctx;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuCtxSynchronize() { return EMU_SUCCESS; }
+
+ENTRY CUresult cuGetErrorString(CUresult e, const char** s) {
+    switch (e) {
+        case EMU_SUCCESS: *s = "no error"; break;
+        case EMU_INVALID_VALUE: *s = "invalid argument (emulated: out of every allocation?)"; break;
+        case EMU_OUT_OF_MEMORY: *s = "out of memory"; break;
+        case EMU_CAPTURE_UNSUPPORTED: *s = "operation not permitted when stream is capturing"; break;
+        case EMU_CAPTURE_INVALIDATED: *s = "operation failed due to a previous error during capture"; break;
+        case EMU_NOT_FOUND: *s = "named symbol not found"; break;
+        default: *s = "emulated CUDA error";
+    }
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuGetErrorName(CUresult e, const char** s) { return cuGetErrorString(e, s); }
+
+ENTRY CUresult cuStreamCreate(void** s, unsigned int) {
+    *s = new Stream();
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuStreamCreateWithPriority(void** s, unsigned int flags, int) { return cuStreamCreate(s, flags); }
+ENTRY CUresult cuStreamDestroy_v2(void* s) {
+    LOCKED;
+    if (s) delete static_cast<Stream*>(s);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuStreamSynchronize(void* s) {
+    LOCKED;
+    return refused_in_capture(stream_of(s), "cuStreamSynchronize during a capture");
+}
+
+ENTRY CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    LOCKED;
+    *free_bytes = total_memory - allocated;
+    *total = total_memory;
+    return EMU_SUCCESS;
+}
+static CUresult allocate(CUdeviceptr* p, size_t bytes) {
+    if (allocated + bytes > total_memory) return EMU_OUT_OF_MEMORY;
+    void* mem = aligned_alloc(256, ((bytes ? bytes : 1) + 255) / 256 * 256);
+    if (!mem) return EMU_OUT_OF_MEMORY;
+    *p = reinterpret_cast<CUdeviceptr>(mem);
+    allocations[*p] = bytes;
+    allocated += bytes;
+    return EMU_SUCCESS;
+}
+static CUresult release(CUdeviceptr p) {
+    auto it = allocations.find(p);
+    if (it == allocations.end()) {
+        complain("free of an address that is not an allocation");
+        return EMU_INVALID_VALUE;
+    }
+    allocated -= it->second;
+    allocations.erase(it);
+    free(reinterpret_cast<void*>(p));
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
+    LOCKED;
+    if (CUresult r = refused_in_capture(stream_of(s), "an allocation during a capture")) return r;
+    return allocate(p, bytes);
+}
+ENTRY CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
+    LOCKED;
+    return allocate(p, bytes);
+}
+ENTRY CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
+    LOCKED;
+    if (CUresult r = refused_in_capture(stream_of(s), "a free during a capture")) return r;
+    return release(p);
+}
+ENTRY CUresult cuMemFree_v2(CUdeviceptr p) {
+    LOCKED;
+    return release(p);
+}
+ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* s) {
+    LOCKED;
+    if (CUresult r = refused_in_capture(stream_of(s), "a host-to-device copy during a capture")) return r;
+    if (!inside(dst, bytes)) return complain("a host-to-device copy out of every allocation"), EMU_INVALID_VALUE;
+    memcpy(reinterpret_cast<void*>(dst), src, bytes);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    return cuMemcpyHtoDAsync_v2(dst, src, bytes, nullptr);
+}
+ENTRY CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void* s) {
+    LOCKED;
+    if (CUresult r = refused_in_capture(stream_of(s), "a device-to-host copy during a capture")) return r;
+    if (!inside(src, bytes)) return complain("a device-to-host copy out of every allocation"), EMU_INVALID_VALUE;
+    memcpy(dst, reinterpret_cast<const void*>(src), bytes);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    return cuMemcpyDtoHAsync_v2(dst, src, bytes, nullptr);
+}
+ENTRY CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void* s) {
+    LOCKED;
+    if (!inside(dst, bytes) || !inside(src, bytes))
+        return complain("a device-to-device copy out of every allocation"), EMU_INVALID_VALUE;
+    Node node{Node::CopyDtoD};
+    node.dst = dst, node.src = src, node.bytes = bytes;
+    return queue(stream_of(s), std::move(node));
+}
+ENTRY CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t bytes, void* s) {
+    LOCKED;
+    if (!inside(dst, bytes)) return complain("a memset out of every allocation"), EMU_INVALID_VALUE;
+    Node node{Node::Memset};
+    node.dst = dst, node.value = value, node.bytes = bytes;
+    return queue(stream_of(s), std::move(node));
+}
+
+ENTRY CUresult cuModuleLoadData(void** module, const void* image) {
+    // The PTX NVRTC made (its kernels are the emulator's, compiled from the same source).
+    if (!image || !strstr(static_cast<const char*>(image), ".entry")) return EMU_INVALID_IMAGE;
+    *module = new Module();
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuModuleUnload(void* module) {
+    delete static_cast<Module*>(module);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuModuleGetFunction(void** f, void*, const char* name) {
+    const EmuKernel* kernel = emu_kernel(name);
+    if (!kernel) return EMU_NOT_FOUND;
+    *f = new Function{kernel};
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                              unsigned int by, unsigned int bz, unsigned int shared, void* s, void** params,
+                              void** extra) {
+    LOCKED;
+    const EmuKernel* kernel = static_cast<Function*>(f)->kernel;
+    if (gy != 1 || gz != 1 || by != 1 || bz != 1 || bx == 0 || bx > 1024 || gx == 0 || shared != 0 || extra ||
+        (kernel->param_count && !params))
+        return complain("a launch the emulator does not take (2-D, empty, or with shared memory)"),
+               EMU_INVALID_VALUE;
+    Node node{Node::Kernel};
+    node.kernel = kernel, node.grid = gx, node.block = bx;
+    for (size_t i = 0; i < kernel->param_count; ++i) {
+        const unsigned char* p = static_cast<const unsigned char*>(params[i]);
+        node.params.emplace_back(p, p + kernel->param_sizes[i]);
+    }
+    return queue(stream_of(s), std::move(node));
+}
+
+ENTRY CUresult cuStreamBeginCapture_v2(void* s, int) {
+    LOCKED;
+    Stream* stream = stream_of(s);
+    if (stream->capturing) return EMU_ILLEGAL_STATE;
+    stream->capturing = true;
+    stream->invalidated = false;
+    stream->nodes = new std::vector<Node>();
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuStreamIsCapturing(void* s, int* status) {
+    LOCKED;
+    Stream* stream = stream_of(s);
+    *status = !stream->capturing ? 0 : stream->invalidated ? 2 : 1;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuStreamEndCapture(void* s, void** graph) {
+    LOCKED;
+    Stream* stream = stream_of(s);
+    if (!stream->capturing) return EMU_ILLEGAL_STATE;
+    std::unique_ptr<std::vector<Node>> nodes(stream->nodes);
+    stream->capturing = false;
+    stream->nodes = nullptr;
+    if (stream->invalidated) {
+        *graph = nullptr;
+        return EMU_CAPTURE_INVALIDATED;
+    }
+    *graph = new Graph{std::move(*nodes)};
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) {
+    if (!graph) return EMU_INVALID_VALUE;
+    *exec = new Graph(*static_cast<Graph*>(graph));
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuGraphUpload(void*, void*) { return EMU_SUCCESS; }
+ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
+    LOCKED;
+    Stream* stream = stream_of(s);
+    for (const Node& node : static_cast<Graph*>(exec)->nodes)
+        if (CUresult r = queue(stream, node)) return r;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuGraphExecDestroy(void* exec) {
+    delete static_cast<Graph*>(exec);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuGraphDestroy(void* graph) {
+    delete static_cast<Graph*>(graph);
+    return EMU_SUCCESS;
+}
+
+// cuBLAS (found through libcublas.so, an empty library that needs this one).
+ENTRY cublasStatus_t cublasCreate_v2(void** handle) {
+    *handle = new Blas();
+    return 0;
+}
+ENTRY cublasStatus_t cublasDestroy_v2(void* handle) {
+    delete static_cast<Blas*>(handle);
+    return 0;
+}
+ENTRY cublasStatus_t cublasSetStream_v2(void* handle, void* s) {
+    static_cast<Blas*>(handle)->stream = stream_of(s);
+    return 0;
+}
+ENTRY cublasStatus_t cublasSetWorkspace_v2(void*, void* workspace, size_t bytes) {
+    LOCKED;
+    return inside(reinterpret_cast<CUdeviceptr>(workspace), bytes) ? 0 : 7;
+}
+ENTRY cublasStatus_t cublasSetMathMode(void* handle, int mode) {
+    if (mode != 0 && mode != 3) return 7;
+    static_cast<Blas*>(handle)->tf32 = mode == 3;
+    return 0;
+}
+// Whether a column-major operand of `rows` x `cols` (as stored, leading dimension `ld`),
+// `batch` of them `stride` apart, lies inside one allocation.
+static bool operand_inside(const float* p, int rows, int cols, int ld, long long stride, int batch) {
+    if (ld < rows) return false;
+    size_t last = (size_t)(rows - 1) + (size_t)(cols - 1) * ld + (size_t)(batch - 1) * stride;
+    return inside(reinterpret_cast<CUdeviceptr>(p), (last + 1) * sizeof(float));
+}
+ENTRY cublasStatus_t cublasSgemmStridedBatched(void* handle, int transa, int transb, int m, int n, int k,
+                                               const float* alpha, const float* a, int lda, long long stride_a,
+                                               const float* b, int ldb, long long stride_b, const float* beta,
+                                               float* c, int ldc, long long stride_c, int batch) {
+    LOCKED;
+    Blas* blas = static_cast<Blas*>(handle);
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || transa > 1 || transb > 1) return 7;
+    if (m == 0 || n == 0 || batch == 0) return 0;
+    bool ok = k == 0 || (operand_inside(a, transa ? k : m, transa ? m : k, lda, stride_a, batch) &&
+                         operand_inside(b, transb ? n : k, transb ? k : n, ldb, stride_b, batch));
+    if (!ok || !operand_inside(c, m, n, ldc, stride_c, batch)) {
+        complain("a cuBLAS operand reaches out of every allocation");
+        return 7;
+    }
+    Node node{Node::Product};
+    node.gemm = Gemm{transa, transb, m, n, k, *alpha, *beta, a, lda, stride_a, b, ldb, stride_b, c, ldc, stride_c,
+                     batch, blas->tf32};
+    return queue(blas->stream ? blas->stream : &default_stream, std::move(node)) ? 13 : 0;
+}
