@@ -656,6 +656,53 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// A layer that, each time it runs, has another thread put a tensor on `device`, and keeps
+/// what that thread got.
+struct SpawnsWork {
+    device: Device,
+    seen: std::sync::Mutex<Vec<std::result::Result<(), String>>>,
+}
+
+impl sinapse::nn::Parameters for SpawnsWork {
+    fn visit_parameters(&self, _prefix: &str, _out: &mut Vec<(String, Tensor)>) {}
+}
+
+impl sinapse::nn::Module for SpawnsWork {
+    fn forward(&self, x: &Tensor, _mode: sinapse::nn::Mode) -> Result<Tensor> {
+        let other = std::thread::scope(|s| s.spawn(|| Tensor::zeros_on(&[4], self.device).map(drop)).join());
+        let other =
+            other.map_err(|_| sinapse::Error::InvalidArgument { op: "test", msg: "the thread panicked".into() })?;
+        self.seen.lock().expect("not poisoned").push(other.map_err(|e| e.to_string()));
+        x.relu()
+    }
+
+    fn describe(&self) -> String {
+        "SpawnsWork".into()
+    }
+}
+
+/// While a forward pass is recorded and captured into a graph on `device`, another thread's
+/// work there is refused (CUDA would add it to the graph); before and after, it runs.
+fn capture_thread_check(device: Device) -> Result<Option<String>> {
+    use sinapse::nn::InferenceGraph;
+    let layer = SpawnsWork { device, seen: std::sync::Mutex::new(Vec::new()) };
+    let mut graph = InferenceGraph::capture(&layer, &[2, 3], device)?;
+    let x = Tensor::from_vec(vec![-1.0, 2.0, -3.0, 4.0, 0.5, -0.5], &[2, 3])?;
+    let y = graph.run(&x)?.to_vec();
+    let seen = layer.seen.lock().expect("not poisoned").clone();
+    let after = std::thread::scope(|s| s.spawn(|| Tensor::zeros_on(&[4], device).map(drop)).join());
+    match seen.as_slice() {
+        [Ok(()), Err(recording), Err(capturing)]
+            if recording.contains("another thread is recording")
+                && capturing.contains("another thread is capturing") => {}
+        other => return Ok(Some(format!("the other thread got {other:?} (eager, recorded, captured)"))),
+    }
+    if !matches!(after, Ok(Ok(()))) {
+        return Ok(Some(format!("after the capture, another thread got {after:?}")));
+    }
+    Ok(mismatch(&y, &[0.0, 2.0, 0.0, 4.0, 0.5, 0.0]).map(|p| format!("the graph's output: {p}")))
+}
+
 /// Where no GPU is, the suite runs again in a child process whose `cuda:0` is a GPU emulated
 /// on the CPU ([`sinapse::backend::install_emulated_gpu`]): the CUDA backend's host code
 /// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU. Returns
@@ -762,6 +809,8 @@ fn main() {
         record(format!("training with a CUDA graph on {device} against eager"), problem);
         let problem = inference_graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("inference in a CUDA graph on {device} against eager"), problem);
+        let problem = capture_thread_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("another thread's work refused during a capture on {device}"), problem);
         match nccl_check(device) {
             Ok(problem) => record(format!("NCCL all-reduce and broadcast on {device} (one rank)"), problem),
             Err(e) => {
