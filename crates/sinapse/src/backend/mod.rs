@@ -406,6 +406,14 @@ impl std::fmt::Debug for GraphPool {
     }
 }
 
+impl Drop for GraphPool {
+    fn drop(&mut self) {
+        // A step that unwound (a panic) while recorded or captured: its recording or capture
+        // ends here, or the GPU would stay closed to other threads and its stream capturing.
+        self.0.abandon(&self.1);
+    }
+}
+
 impl GraphPool {
     /// Starts recording: the buffers asked for on `device` from now on are the pool's (an
     /// error on the CPU, which has no graphs).
@@ -772,7 +780,6 @@ impl Storage {
         }
     }
 
-    /// Copies the elements of `l` to the places `dst_l` names in `dst`.
     /// The buffer's device address on a GPU; `None` on the CPU.
     pub(crate) fn device_address(&self) -> Option<u64> {
         match self {
@@ -781,6 +788,7 @@ impl Storage {
         }
     }
 
+    /// Copies the elements of `l` to the places `dst_l` names in `dst`.
     pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
         same_device(op, &[self, dst])?;
         match (self, dst) {

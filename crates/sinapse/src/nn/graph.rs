@@ -10,12 +10,13 @@ const ATTEMPTS: usize = 3;
 
 /// A model's forward pass for inference ([`Mode::Eval`], no gradients) captured once into a
 /// CUDA graph for inputs of one shape, then replayed: a call queues one graph launch and two
-/// copies instead of a launch per kernel, which on a small network is most of the time
+/// copies (from an input already on the GPU) instead of a launch per kernel, which on a small network is most of the time
 /// (PyTorch's `torch.cuda.graph` around `model(static_input)`).
 ///
 /// The graph reads the model's parameters and buffers where they were at the capture, so it
 /// sees them change in place (an optimizer's step, [`Module::load`]); one that was moved
-/// since ([`Module::to`]) makes [`InferenceGraph::run`] an error, and a new capture is needed.
+/// since ([`Module::to`]) and is not back where the graph reads it makes
+/// [`InferenceGraph::run`] an error, and a new capture is needed.
 ///
 /// ```no_run
 /// # fn main() -> sinapse::Result<()> {
@@ -102,10 +103,11 @@ impl<'m> InferenceGraph<'m> {
             return Err(Error::shapes("InferenceGraph::run", self.input.shape(), x.shape()));
         }
         self.input.copy_from(x)?;
-        // Each parameter locked where the graph reads it, until the replay is queued.
-        let guards: Vec<_> = self.state.iter().map(|(t, _)| t.storage()).collect();
-        for ((t, address), now) in self.state.iter().zip(&guards) {
-            if now.device_address() != *address {
+        // Each parameter and buffer where the graph reads it. (A move on another thread while
+        // this runs is not seen: the replay then reads the blocks the tensor left, which the
+        // one stream keeps from reuse until it has run.)
+        for (t, address) in &self.state {
+            if t.device_address() != *address {
                 return Err(Error::invalid(
                     "InferenceGraph::run",
                     format!(
@@ -117,7 +119,6 @@ impl<'m> InferenceGraph<'m> {
             }
         }
         self.graph.replay()?;
-        drop(guards);
         self.output.copied()
     }
 

@@ -16,7 +16,9 @@ impl Scratch {
         use std::os::unix::fs::DirBuilderExt;
         static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sinapse-kernel-emulator-{}-{n}", std::process::id()));
+        // The time too: a folder left by an earlier process of the same id is not this one's.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("sinapse-kernel-emulator-{}-{n}-{nanos}", std::process::id()));
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         Ok(Scratch(dir))
     }
@@ -44,7 +46,8 @@ fn kernels_source() -> String {
     source.push_str("\nconst EmuKernel emu_kernels[] = {\n");
     for name in KERNELS {
         source.push_str(&format!(
-            "    {{\"{name}\", [](void** p) {{ emu_invoke({name}, p); }}, {}, emu_count({name}), emu_sizes({name})}},\n",
+            "    {{\"{name}\", [](void** p) {{ emu_invoke({name}, p); }}, {}, emu_count({name}), emu_sizes({name}), \
+             emu_pointers({name})}},\n",
             waits(name)
         ));
     }
@@ -52,9 +55,9 @@ fn kernels_source() -> String {
     source
 }
 
-/// Compiles `source` (C++20, behind `emulator.hpp`) into the shared library `dir/file`
-/// with `extra` arguments, and returns its path.
-fn compile(dir: &Path, file: &str, source: &str, extra: &[&str]) -> Result<PathBuf, String> {
+/// Compiles `source` (C++20, behind `emulator.hpp` unless `bare`) into the shared library
+/// `dir/file` with `extra` arguments, and returns its path.
+fn compile(dir: &Path, file: &str, source: &str, bare: bool, extra: &[&str]) -> Result<PathBuf, String> {
     let (header, cpp, lib) = (dir.join("emulator.hpp"), dir.join(format!("{file}.cpp")), dir.join(file));
     let write =
         |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()));
@@ -62,8 +65,8 @@ fn compile(dir: &Path, file: &str, source: &str, extra: &[&str]) -> Result<PathB
     write(&cpp, source)?;
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let out = std::process::Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-w", "-include"])
-        .arg(&header)
+        .args(["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-w"])
+        .args(if bare { vec![] } else { vec!["-include".as_ref(), header.as_os_str()] })
         .arg(&cpp)
         .args(extra)
         .arg("-o")
@@ -102,7 +105,7 @@ fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
 #[cfg(test)]
 pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
     let scratch = Scratch::new()?;
-    let lib = compile(&scratch.0, "libkernels.so", &kernels_source(), &[])?;
+    let lib = compile(&scratch.0, "libkernels.so", &kernels_source(), false, &[])?;
     let handle = load(&lib, false)?;
     // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
     let symbol = unsafe { libc::dlsym(handle, c"emu_launch".as_ptr()) };
@@ -126,24 +129,34 @@ pub fn install() -> Result<(), String> {
     if gpu::opened(0).is_some() {
         return Err("a GPU was already opened in this process".into());
     }
-    // Never removed: the libraries stay loaded (and are found again by their names) for the
-    // life of the process.
     let scratch = Scratch::new()?;
-    let dir = scratch.0.clone();
-    std::mem::forget(scratch);
+    let dir = &scratch.0;
     let source = format!("{}\n{}", kernels_source(), include_str!("emulated_driver.cpp"));
-    let cuda = compile(&dir, "libcuda.so", &source, &["-Wl,-soname,libcuda.so"])?;
+    // Only the driver's entry points are exported (the kernels' names are not).
+    let cuda = compile(dir, "libcuda.so", &source, false, &["-fvisibility=hidden", "-Wl,-soname,libcuda.so"])?;
     // Empty: its symbols are found in the library it needs, the driver above.
     let dir_arg = format!("-L{}", dir.display());
-    let cublas =
-        compile(&dir, "libcublas.so", "", &["-Wl,-soname,libcublas.so", "-Wl,--no-as-needed", &dir_arg, "-lcuda"])?;
+    let cublas = compile(
+        dir,
+        "libcublas.so",
+        "",
+        true,
+        &["-Wl,-soname,libcublas.so", "-Wl,--no-as-needed", &dir_arg, "-lcuda"],
+    )?;
     // Loaded by path now; cudarc's later loads by name (libcuda.so, libcublas.so) find these,
-    // already loaded under those names.
+    // already loaded under those names (so the files can go with the folder).
     load(&cuda, true)?;
     load(&cublas, true)?;
     // SAFETY: only looks for the library, now loaded.
     if !unsafe { cudarc::driver::sys::is_culib_present() } || !unsafe { cudarc::cublas::sys::is_culib_present() } {
         return Err("the emulated driver was built but cudarc does not find it".into());
+    }
+    // The libcuda.so a load by name finds is this one, not NVIDIA's.
+    // SAFETY: RTLD_NOLOAD only looks among loaded libraries; the names are NUL-terminated.
+    let found = unsafe { libc::dlopen(c"libcuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    // SAFETY: a handle from dlopen (checked for null first).
+    if found.is_null() || unsafe { libc::dlsym(found, c"sinapse_emulated_driver".as_ptr()) }.is_null() {
+        return Err("libcuda.so loads as NVIDIA's driver, not the emulated one".into());
     }
     Ok(())
 }

@@ -8,9 +8,13 @@
 // is recorded (kernel parameters copied) and run by each launch of the instantiated graph.
 //
 // Stricter than CUDA where Sinapse's design promises more: an allocation or free during a
-// capture is refused (the graph's pool never asks the driver), and a copy, memset or cuBLAS
-// operand reaching outside every allocation is refused (CUDA would fault or read garbage).
+// capture is refused (the graph's pool never asks the driver), and a copy, memset, cuBLAS
+// operand or kernel pointer argument outside every allocation is refused, at each replay too
+// (CUDA would fault or read garbage). New allocations are filled with NaN bytes, so that
+// reading memory nothing wrote shows. Context-wide calls need a current context, and the
+// capturing thread's synchronous calls break its capture, as in CUDA.
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <new>
@@ -25,12 +29,14 @@ enum {
     EMU_INVALID_VALUE = 1,
     EMU_OUT_OF_MEMORY = 2,
     EMU_INVALID_DEVICE = 101,
+    EMU_INVALID_CONTEXT = 201,
     EMU_INVALID_IMAGE = 200,
     EMU_INVALID_HANDLE = 400,
     EMU_ILLEGAL_STATE = 401,
     EMU_NOT_FOUND = 500,
     EMU_CAPTURE_UNSUPPORTED = 900,
     EMU_CAPTURE_INVALIDATED = 901,
+    EMU_CAPTURE_WRONG_THREAD = 908,
 };
 
 namespace {
@@ -41,6 +47,7 @@ struct Stream {
     bool capturing = false;
     bool invalidated = false;
     std::vector<Node>* nodes = nullptr;
+    std::thread::id capturer;
 };
 
 struct Module {
@@ -92,6 +99,7 @@ std::map<CUdeviceptr, size_t> allocations;  // base address -> bytes
 size_t allocated = 0;
 const size_t total_memory = size_t(80) << 30;
 Stream default_stream;
+std::vector<Stream*> streams{&default_stream};
 int context_token;
 thread_local void* current_context = nullptr;
 
@@ -106,6 +114,39 @@ bool inside(CUdeviceptr p, size_t bytes) {
 }
 
 void complain(const char* what) { fprintf(stderr, "emulated CUDA: %s\n", what); }
+
+// CUDA_ERROR_INVALID_CONTEXT unless the calling thread has a current context.
+CUresult need_context(const char* what) {
+    if (current_context) return EMU_SUCCESS;
+    fprintf(stderr, "emulated CUDA: %s without a current context\n", what);
+    return EMU_INVALID_CONTEXT;
+}
+
+// A synchronous call: it breaks a capture the calling thread has under way (thread-local
+// capture mode).
+CUresult unsafe_in_capture(const char* what) {
+    for (Stream* s : streams)
+        if (s->capturing && s->capturer == std::this_thread::get_id()) {
+            s->invalidated = true;
+            fprintf(stderr, "emulated CUDA: %s during a capture\n", what);
+            return EMU_CAPTURE_UNSUPPORTED;
+        }
+    return EMU_SUCCESS;
+}
+
+// Whether every pointer argument of a launch points into an allocation.
+bool pointers_inside(const EmuKernel* kernel, void* const* params) {
+    for (size_t i = 0; i < kernel->param_count; ++i)
+        if (kernel->param_pointers[i]) {
+            CUdeviceptr p;
+            memcpy(&p, params[i], sizeof p);
+            if (!inside(p, 1)) {
+                fprintf(stderr, "emulated CUDA: %s: pointer argument %zu is in no allocation\n", kernel->name, i);
+                return false;
+            }
+        }
+    return true;
+}
 
 float tf32_round(float v) {
     // Rounds to 10 mantissa bits (nearest, ties away), as TF32 tensor cores read their inputs.
@@ -125,15 +166,16 @@ void run_gemm(const Gemm& g) {
         float* c = g.c + p * g.stride_c;
         for (int j = 0; j < g.n; ++j)
             for (int i = 0; i < g.m; ++i) {
-                double sum = 0.0;
+                // f32 sums, as cuBLAS's (its order differs).
+                float sum = 0.0f;
                 for (int l = 0; l < g.k; ++l) {
                     float x = g.transa ? a[l + (long long)i * g.lda] : a[i + (long long)l * g.lda];
                     float y = g.transb ? b[j + (long long)l * g.ldb] : b[l + (long long)j * g.ldb];
                     if (g.tf32) x = tf32_round(x), y = tf32_round(y);
-                    sum += (double)x * y;
+                    sum += x * y;
                 }
                 float& out = c[i + (long long)j * g.ldc];
-                out = g.beta == 0.0f ? (float)(g.alpha * sum) : (float)(g.alpha * sum + g.beta * out);
+                out = g.beta == 0.0f ? g.alpha * sum : g.alpha * sum + g.beta * out;
             }
     }
 }
@@ -143,6 +185,7 @@ CUresult run_node(const Node& node) {
         case Node::Kernel: {
             std::vector<void*> params;
             for (auto& p : node.params) params.push_back(const_cast<unsigned char*>(p.data()));
+            if (!pointers_inside(node.kernel, params.data())) return EMU_INVALID_VALUE;
             int status = emu_launch(node.kernel->name, node.grid, node.block, params.data());
             return status == 0 ? EMU_SUCCESS : EMU_OUT_OF_MEMORY;
         }
@@ -162,7 +205,8 @@ CUresult run_node(const Node& node) {
 // Runs `node` now, or records it on a capturing stream.
 CUresult queue(Stream* s, Node node) {
     if (s->capturing) {
-        if (!s->invalidated) s->nodes->push_back(std::move(node));
+        if (s->invalidated) return EMU_CAPTURE_INVALIDATED;
+        s->nodes->push_back(std::move(node));
         return EMU_SUCCESS;
     }
     return run_node(node);
@@ -225,7 +269,11 @@ ENTRY CUresult cuCtxSetCurrent(void* ctx) {
     current_context = ctx;
     return EMU_SUCCESS;
 }
-ENTRY CUresult cuCtxSynchronize() { return EMU_SUCCESS; }
+ENTRY CUresult cuCtxSynchronize() {
+    LOCKED;
+    if (CUresult r = need_context("cuCtxSynchronize")) return r;
+    return unsafe_in_capture("cuCtxSynchronize");
+}
 
 ENTRY CUresult cuGetErrorString(CUresult e, const char** s) {
     switch (e) {
@@ -242,13 +290,20 @@ ENTRY CUresult cuGetErrorString(CUresult e, const char** s) {
 ENTRY CUresult cuGetErrorName(CUresult e, const char** s) { return cuGetErrorString(e, s); }
 
 ENTRY CUresult cuStreamCreate(void** s, unsigned int) {
-    *s = new Stream();
+    LOCKED;
+    if (CUresult r = need_context("cuStreamCreate")) return r;
+    Stream* stream = new Stream();
+    streams.push_back(stream);
+    *s = stream;
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuStreamCreateWithPriority(void** s, unsigned int flags, int) { return cuStreamCreate(s, flags); }
 ENTRY CUresult cuStreamDestroy_v2(void* s) {
     LOCKED;
-    if (s) delete static_cast<Stream*>(s);
+    if (s) {
+        streams.erase(std::find(streams.begin(), streams.end(), static_cast<Stream*>(s)));
+        delete static_cast<Stream*>(s);
+    }
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuStreamSynchronize(void* s) {
@@ -258,6 +313,7 @@ ENTRY CUresult cuStreamSynchronize(void* s) {
 
 ENTRY CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     LOCKED;
+    if (CUresult r = need_context("cuMemGetInfo")) return r;
     *free_bytes = total_memory - allocated;
     *total = total_memory;
     return EMU_SUCCESS;
@@ -266,6 +322,7 @@ static CUresult allocate(CUdeviceptr* p, size_t bytes) {
     if (allocated + bytes > total_memory) return EMU_OUT_OF_MEMORY;
     void* mem = aligned_alloc(256, ((bytes ? bytes : 1) + 255) / 256 * 256);
     if (!mem) return EMU_OUT_OF_MEMORY;
+    memset(mem, 0xff, bytes);  // NaN until written
     *p = reinterpret_cast<CUdeviceptr>(mem);
     allocations[*p] = bytes;
     allocated += bytes;
@@ -289,6 +346,8 @@ ENTRY CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
 }
 ENTRY CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     LOCKED;
+    if (CUresult r = need_context("cuMemAlloc")) return r;
+    if (CUresult r = unsafe_in_capture("cuMemAlloc")) return r;
     return allocate(p, bytes);
 }
 ENTRY CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
@@ -298,6 +357,8 @@ ENTRY CUresult cuMemFreeAsync(CUdeviceptr p, void* s) {
 }
 ENTRY CUresult cuMemFree_v2(CUdeviceptr p) {
     LOCKED;
+    if (CUresult r = need_context("cuMemFree")) return r;
+    if (CUresult r = unsafe_in_capture("cuMemFree")) return r;
     return release(p);
 }
 ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* s) {
@@ -308,6 +369,11 @@ ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t byt
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
+    {
+        LOCKED;
+        if (CUresult r = need_context("cuMemcpyHtoD")) return r;
+        if (CUresult r = unsafe_in_capture("cuMemcpyHtoD")) return r;
+    }
     return cuMemcpyHtoDAsync_v2(dst, src, bytes, nullptr);
 }
 ENTRY CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, void* s) {
@@ -318,6 +384,11 @@ ENTRY CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t bytes, vo
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t bytes) {
+    {
+        LOCKED;
+        if (CUresult r = need_context("cuMemcpyDtoH")) return r;
+        if (CUresult r = unsafe_in_capture("cuMemcpyDtoH")) return r;
+    }
     return cuMemcpyDtoHAsync_v2(dst, src, bytes, nullptr);
 }
 ENTRY CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t bytes, void* s) {
@@ -337,6 +408,7 @@ ENTRY CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t byte
 }
 
 ENTRY CUresult cuModuleLoadData(void** module, const void* image) {
+    if (CUresult r = need_context("cuModuleLoadData")) return r;
     // The PTX NVRTC made (its kernels are the emulator's, compiled from the same source).
     if (!image || !strstr(static_cast<const char*>(image), ".entry")) return EMU_INVALID_IMAGE;
     *module = new Module();
@@ -347,6 +419,7 @@ ENTRY CUresult cuModuleUnload(void* module) {
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuModuleGetFunction(void** f, void*, const char* name) {
+    if (CUresult r = need_context("cuModuleGetFunction")) return r;
     const EmuKernel* kernel = emu_kernel(name);
     if (!kernel) return EMU_NOT_FOUND;
     *f = new Function{kernel};
@@ -361,6 +434,7 @@ ENTRY CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsigne
         (kernel->param_count && !params))
         return complain("a launch the emulator does not take (2-D, empty, or with shared memory)"),
                EMU_INVALID_VALUE;
+    if (!pointers_inside(kernel, params)) return EMU_INVALID_VALUE;
     Node node{Node::Kernel};
     node.kernel = kernel, node.grid = gx, node.block = bx;
     for (size_t i = 0; i < kernel->param_count; ++i) {
@@ -375,6 +449,7 @@ ENTRY CUresult cuStreamBeginCapture_v2(void* s, int) {
     Stream* stream = stream_of(s);
     if (stream->capturing) return EMU_ILLEGAL_STATE;
     stream->capturing = true;
+    stream->capturer = std::this_thread::get_id();
     stream->invalidated = false;
     stream->nodes = new std::vector<Node>();
     return EMU_SUCCESS;
@@ -389,6 +464,7 @@ ENTRY CUresult cuStreamEndCapture(void* s, void** graph) {
     LOCKED;
     Stream* stream = stream_of(s);
     if (!stream->capturing) return EMU_ILLEGAL_STATE;
+    if (stream->capturer != std::this_thread::get_id()) return EMU_CAPTURE_WRONG_THREAD;
     std::unique_ptr<std::vector<Node>> nodes(stream->nodes);
     stream->capturing = false;
     stream->nodes = nullptr;
@@ -421,6 +497,9 @@ ENTRY CUresult cuGraphDestroy(void* graph) {
     return EMU_SUCCESS;
 }
 
+// Marks this library as the emulated driver (emulated.rs checks that cudarc loads it).
+ENTRY const int sinapse_emulated_driver = 1;
+
 // cuBLAS (found through libcublas.so, an empty library that needs this one).
 ENTRY cublasStatus_t cublasCreate_v2(void** handle) {
     *handle = new Blas();
@@ -431,6 +510,7 @@ ENTRY cublasStatus_t cublasDestroy_v2(void* handle) {
     return 0;
 }
 ENTRY cublasStatus_t cublasSetStream_v2(void* handle, void* s) {
+    LOCKED;
     static_cast<Blas*>(handle)->stream = stream_of(s);
     return 0;
 }
@@ -440,6 +520,7 @@ ENTRY cublasStatus_t cublasSetWorkspace_v2(void*, void* workspace, size_t bytes)
 }
 ENTRY cublasStatus_t cublasSetMathMode(void* handle, int mode) {
     if (mode != 0 && mode != 3) return 7;
+    LOCKED;
     static_cast<Blas*>(handle)->tf32 = mode == 3;
     return 0;
 }

@@ -89,7 +89,13 @@ template <typename... A>
 struct EmuSizes {
     static constexpr std::size_t sizes[sizeof...(A) + 1] = {sizeof(std::remove_cv_t<std::remove_reference_t<A>>)...,
                                                             0};
+    // Which parameters are pointers (device addresses, checked by the emulated driver).
+    static constexpr bool pointers[sizeof...(A) + 1] = {std::is_pointer_v<std::remove_reference_t<A>>..., false};
 };
+template <typename... A>
+constexpr const bool* emu_pointers(void (*)(A...)) {
+    return EmuSizes<A...>::pointers;
+}
 template <typename... A>
 constexpr const std::size_t* emu_sizes(void (*)(A...)) {
     return EmuSizes<A...>::sizes;
@@ -107,6 +113,7 @@ struct EmuKernel {
     bool barriers;
     std::size_t param_count;
     const std::size_t* param_sizes;
+    const bool* param_pointers;
 };
 extern const EmuKernel emu_kernels[];  // after kernels.cu, in the emulator's last part
 extern const std::size_t emu_kernel_count;

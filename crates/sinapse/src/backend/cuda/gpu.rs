@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig};
@@ -266,6 +266,10 @@ pub(crate) struct Gpu {
     cache: Mutex<BlockCache<CudaSlice<u8>>>,
     /// The graph's step being recorded or captured, if any.
     capture: Mutex<Option<Capture>>,
+    /// Held shared by each thread from its check of [`Gpu::capture`] until its work is queued
+    /// ([`Gpu::claim`]), and exclusively while a recording or capture begins: work that passed
+    /// its check is queued before a capture can begin, and none joins it after.
+    gate: RwLock<()>,
     /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
     _blas_workspace: CudaSlice<u8>,
     /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
@@ -331,6 +335,26 @@ impl Capture {
             op,
             format!("another thread is {doing} a CUDA graph's step on this GPU; its work would join the graph"),
         ))
+    }
+}
+
+thread_local! {
+    /// How many [`Claim`]s this thread holds: a nested one does not lock the gate again (a
+    /// second shared lock can wait behind a waiting writer, and so deadlock).
+    static CLAIMS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Leave to queue work on a GPU, from [`Gpu::claim`]: no other thread is recording or
+/// capturing a graph's step there, and none begins to until this is dropped.
+#[must_use = "the work must be queued while the claim is held"]
+pub(crate) struct Claim<'g> {
+    /// The gate, shared (none for a claim nested in another of this thread's).
+    _gate: Option<RwLockReadGuard<'g, ()>>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        CLAIMS.with(|c| c.set(c.get() - 1));
     }
 }
 
@@ -539,6 +563,7 @@ impl Gpu {
             functions,
             cache: Mutex::new(BlockCache::default()),
             capture: Mutex::new(None),
+            gate: RwLock::new(()),
             _blas_workspace: blas_workspace,
             errors,
             errors_ptr,
@@ -554,9 +579,11 @@ impl Gpu {
 
     /// Makes this GPU's context the calling thread's, for the raw driver and cuBLAS calls
     /// (cudarc's own calls do it themselves).
-    pub(crate) fn bind(&self, op: &str) -> Result<()> {
-        self.claim(op)?;
-        self.ctx.bind_to_thread().map_err(|e| self.failure(op, e))
+    /// The claim returned ([`Gpu::claim`]) is to be held until the call is queued.
+    pub(crate) fn bind(&self, op: &str) -> Result<Claim<'_>> {
+        let claim = self.claim(op)?;
+        self.ctx.bind_to_thread().map_err(|e| self.failure(op, e))?;
+        Ok(claim)
     }
 
     /// Gives cuBLAS the math mode [`crate::backend::tf32`] asks for, when it changed; `mode`
@@ -579,7 +606,6 @@ impl Gpu {
 
     /// A compiled kernel.
     pub(crate) fn function(&self, name: &'static str) -> Result<&CudaFunction> {
-        self.claim(name)?;
         self.functions.get(name).ok_or_else(|| self.failure(name, format!("no kernel named {name}")))
     }
 
@@ -597,8 +623,8 @@ impl Gpu {
             Error::invalid("allocation", format!("{what}: {elems} values overflow the address space"))
         })?;
         let size = rounded(bytes);
+        let _claim = self.claim(what)?;
         if let Some(c) = self.capture.lock().ok().and_then(|c| c.clone()) {
-            c.own(self, what)?;
             return self.alloc_in_pool(c.pool, c.capturing, size, what);
         }
         let slice = self.alloc_from_cache(size, what)?;
@@ -678,13 +704,25 @@ impl Gpu {
         self.capture.lock().is_ok_and(|c| c.as_ref().is_some_and(|c| c.capturing))
     }
 
-    /// An error naming `op` when another thread is recording or capturing a graph's step on
-    /// this GPU: the work would join that step (every call queues on the one stream).
-    pub(crate) fn claim(&self, op: &str) -> Result<()> {
-        match self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(c) => c.own(self, op),
-            None => Ok(()),
+    /// Leave to queue work named `op` now, to be held until it is queued; an error when
+    /// another thread is recording or capturing a graph's step on this GPU (the work would
+    /// join that step: every call queues on the one stream).
+    pub(crate) fn claim(&self, op: &str) -> Result<Claim<'_>> {
+        let outer = CLAIMS.with(|c| c.replace(c.get() + 1)) == 0;
+        let claim = Claim { _gate: outer.then(|| self.gate.read().unwrap_or_else(|e| e.into_inner())) };
+        if let Some(c) = self.capture.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            c.own(self, op)?;
         }
+        Ok(claim)
+    }
+
+    /// Waits until no thread holds a claim on this GPU and keeps others from taking one, while
+    /// a recording or capture begins (an error from within a claim: it would wait for itself).
+    fn exclusive(&self, op: &str) -> Result<std::sync::RwLockWriteGuard<'_, ()>> {
+        if CLAIMS.with(|c| c.get()) > 0 {
+            return Err(self.failure(op, "a graph's step cannot begin inside a queued operation"));
+        }
+        Ok(self.gate.write().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// An error naming `op` when a capture is under way: host copies and waits cannot be part
@@ -721,6 +759,7 @@ impl Gpu {
     /// Puts a new pool in place for the eager run of a step to be captured later (see
     /// [`Pool`]); [`Gpu::end_recording`] takes it away.
     pub(crate) fn begin_recording(self: &Arc<Self>) -> Result<Arc<Pool>> {
+        let _gate = self.exclusive("graph recording")?;
         let mut capture = self.capture.lock().map_err(|_| self.failure("capture", "the capture lock was poisoned"))?;
         if capture.is_some() {
             return Err(self.failure("graph recording", "a graph's step is already being recorded or captured"));
@@ -751,10 +790,25 @@ impl Gpu {
         capture.take().map(|c| c.pool).ok_or_else(|| self.failure(op, "no graph's step is being recorded or captured"))
     }
 
+    /// Ends a recording or capture of `pool`'s step that this thread left open (the step
+    /// unwound): the capture is closed and its graph thrown away. Nothing otherwise.
+    pub(crate) fn abandon(&self, pool: &Arc<Pool>) {
+        let mut capture = self.capture.lock().unwrap_or_else(|e| e.into_inner());
+        let ours =
+            capture.as_ref().is_some_and(|c| Arc::ptr_eq(&c.pool, pool) && c.thread == std::thread::current().id());
+        if let (true, Some(c)) = (ours, capture.take()) {
+            if c.capturing {
+                use cudarc::driver::sys::CUgraphInstantiate_flags;
+                drop(self.stream.end_capture(CUgraphInstantiate_flags(0)));
+            }
+        }
+    }
+
     /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
     /// starts recording everything queued on the stream into a graph, blocks handed out from
     /// `pool`.
     pub(crate) fn begin_capture(self: &Arc<Self>, pool: &Arc<Pool>) -> Result<()> {
+        let _gate = self.exclusive("capture")?;
         let mut capture = self.capture.lock().map_err(|_| self.failure("capture", "the capture lock was poisoned"))?;
         if capture.is_some() {
             return Err(self.failure("capture", "a graph's step is already being recorded or captured"));
@@ -828,7 +882,7 @@ impl Gpu {
     /// check (and clears it).
     pub(crate) fn check_errors(&self) -> Result<()> {
         self.refuse_in_capture("reading the error word")?;
-        self.bind("reading the error word")?;
+        let _claim = self.bind("reading the error word")?;
         self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
         let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
         if words[0] == 0 {
@@ -868,7 +922,7 @@ impl std::fmt::Debug for CapturedGraph {
 impl CapturedGraph {
     /// Queues one run of the graph on the GPU's stream.
     pub(crate) fn replay(&self) -> Result<()> {
-        self.gpu.claim("graph replay")?;
+        let _claim = self.gpu.claim("graph replay")?;
         self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))?;
         self.gpu.launched(Launched::Replay);
         Ok(())
@@ -878,8 +932,12 @@ impl CapturedGraph {
 impl Drop for CapturedGraph {
     fn drop(&mut self) {
         // The pool's blocks go back to the cache only after the last replay has finished (the
-        // fields are dropped after this, in their order).
-        let _ = self.gpu.stream.synchronize();
+        // fields are dropped after this, in their order). Not while another step is being
+        // captured, which a wait would break: the one stream orders any later use of those
+        // blocks after the replay anyway.
+        if !self.gpu.is_capturing() {
+            let _ = self.gpu.stream.synchronize();
+        }
     }
 }
 
@@ -889,6 +947,8 @@ macro_rules! launch {
     ($gpu:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;
         let gpu: &$crate::backend::cuda::gpu::Gpu = &$gpu;
+        // Held until the launch is queued (see `Gpu::claim`).
+        let _claim = gpu.claim($name)?;
         let function = gpu.function($name)?;
         let mut builder = gpu.stream.launch_builder(function);
         $( builder.arg(&$arg); )*

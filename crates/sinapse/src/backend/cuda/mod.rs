@@ -55,7 +55,7 @@ impl CudaStorage {
         gpu.refuse_in_capture("copy to device")?;
         let s = CudaStorage::alloc(gpu, data.len(), "to")?;
         if !data.is_empty() {
-            gpu.bind("copy to device")?;
+            let _claim = gpu.bind("copy to device")?;
             // SAFETY: the block holds at least `data.len()` f32 values. From pageable memory
             // the driver copies `data` to a staging buffer before returning (CUDA's "API
             // synchronization behavior": asynchronous host-to-device copies), so `data` may go
@@ -74,7 +74,7 @@ impl CudaStorage {
         if data.is_empty() {
             return Ok(());
         }
-        gpu.bind("copy to device")?;
+        let _claim = gpu.bind("copy to device")?;
         // SAFETY: the block holds `at + data.len()` values (checked by `Storage::write_host`);
         // from pageable memory the driver stages `data` before returning (see `from_host`).
         unsafe {
@@ -271,7 +271,7 @@ impl BackendStorage for CudaStorage {
             (copy.block.ptr, 0)
         };
         let mut out = vec![0.0f32; n];
-        gpu.bind("copy to host")?;
+        let _claim = gpu.bind("copy to host")?;
         if n > 0 {
             // SAFETY: `out` holds n values and the view's n values start at `offset`; the copy
             // is queued after every kernel that writes them, and the stream is synchronised
@@ -428,7 +428,7 @@ impl BackendStorage for CudaStorage {
         let int = |v: usize| i32::try_from(v).map_err(|_| too_big());
         let (a, b) = (self.operand(l, m, k)?, rhs.operand(rhs_l, k, n)?);
         let (alpha, beta) = (1.0f32, 0.0f32);
-        gpu.bind("matmul")?;
+        let _claim = gpu.bind("matmul")?;
         let mut mode = gpu.blas_mode.lock().map_err(|_| gpu.failure("matmul", "the cuBLAS lock was poisoned"))?;
         gpu.apply_math_mode(&mut mode)?;
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS gets B first.
@@ -880,19 +880,29 @@ mod tests {
     }
 
     /// While one thread records or captures a graph's step, another thread's allocations,
-    /// launches, host copies, replays and attempt to end the step are refused (they would join
-    /// the graph), and the step stays the first thread's. Runs where a GPU is (the GPU check
-    /// runs these tests); says it skipped elsewhere.
+    /// launches (`claim`), cuBLAS calls and copies (`bind`), host copies and attempt to end the
+    /// step are refused (they would join the graph), and the step stays the first thread's;
+    /// beginning a step from inside a claim is refused (it would wait for itself). On the GPU
+    /// where there is one (the GPU check runs these tests), else on the emulated GPU (required
+    /// where CI asks for the emulator and NVRTC); says so when it can do neither.
     #[test]
     fn a_graph_step_refuses_other_threads() {
+        let required = |v: &str| std::env::var(v).is_ok_and(|v| v == "1");
+        // SAFETY: only looks for the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            if let Err(e) = emulated::install() {
+                assert!(!required("SINAPSE_REQUIRE_EMULATOR"), "the emulated GPU was not installed: {e}");
+            }
+        }
         let gpu = match gpu::gpu(0) {
             Ok(gpu) => gpu,
             Err(e) => {
-                let required = std::env::var("SINAPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-                assert!(!required, "SINAPSE_REQUIRE_CUDA=1 but cuda:0 did not open: {e}");
+                let needed = required("SINAPSE_REQUIRE_CUDA")
+                    || (required("SINAPSE_REQUIRE_EMULATOR") && required("SINAPSE_REQUIRE_NVRTC"));
+                assert!(!needed, "cuda:0 (a GPU, or the emulated one) did not open: {e}");
                 // Past libtest's capture, so that the skip shows in the log.
-                let _ =
-                    std::io::Write::write_all(&mut std::io::stderr(), format!("skipped: no GPU ({e})\n").as_bytes());
+                let line = format!("skipped: neither a GPU nor the emulated one ({e})\n");
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                 return;
             }
         };
@@ -906,8 +916,8 @@ mod tests {
                 s.spawn(|| {
                     [
                         gpu.alloc(4, "test").map(drop),
-                        gpu.function("bias_rows").map(drop),
-                        gpu.bind("matmul"),
+                        gpu.claim("bias_rows").map(drop),
+                        gpu.bind("matmul").map(drop),
                         gpu.refuse_in_capture("copy to host"),
                         gpu.end_recording().map(drop),
                     ]
@@ -927,6 +937,12 @@ mod tests {
             }
             assert!(!gpu.has_pool());
         }
+        let held = gpu.claim("test").unwrap();
+        assert!(gpu.begin_recording().is_err(), "inside a claim");
+        drop(held);
+        let pool = gpu.begin_recording().unwrap();
+        assert_eq!(gpu.end_recording().unwrap(), None);
+        drop(pool);
     }
 
     /// Every kernel compiles with NVRTC, where the library is found. CI installs it (PyPI's

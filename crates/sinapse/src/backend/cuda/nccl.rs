@@ -64,13 +64,17 @@ impl Nccl {
         for (dst, v) in internal.iter_mut().zip(carrier.to_vec()) {
             *dst = v as u8 as std::ffi::c_char;
         }
-        gpu.bind("starting NCCL")?;
-        let mut comm = std::mem::MaybeUninit::uninit();
-        // SAFETY: `comm` is written by NCCL on success; every rank passes the same id.
-        unsafe { result::comm_init_rank(comm.as_mut_ptr(), size as i32, sys::ncclUniqueId { internal }, rank as i32) }
+        let comm = {
+            let _claim = gpu.bind("starting NCCL")?;
+            let mut comm = std::mem::MaybeUninit::uninit();
+            // SAFETY: `comm` is written by NCCL on success; every rank passes the same id.
+            unsafe {
+                result::comm_init_rank(comm.as_mut_ptr(), size as i32, sys::ncclUniqueId { internal }, rank as i32)
+            }
             .map_err(|e| fail(format!("ncclCommInitRank: {e:?}")))?;
-        // SAFETY: initialised by the successful call above.
-        let comm = unsafe { comm.assume_init() };
+            // SAFETY: initialised by the successful call above.
+            unsafe { comm.assume_init() }
+        };
         Ok(Nccl {
             comm,
             calls: std::sync::Mutex::new(()),
@@ -125,7 +129,7 @@ impl Nccl {
         let out = self.output(t)?;
         let (src, dst) = (self.address(t, what)?, self.address(&out, what)?);
         let _one_call = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        self.gpu.bind(what)?;
+        let _claim = self.gpu.bind(what)?;
         // Both buffers hold `t.elem_count()` f32 values on this GPU and stay alive until the
         // stream has run the call (the caching allocator hands a freed block out again only to
         // later work on the same stream).
