@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <new>
+#include <thread>
 
 typedef int CUresult;
 typedef int CUdevice;

@@ -1,12 +1,14 @@
 // Runs the CUDA kernels of kernels.cu on the CPU, for the tests (src/backend/cuda/emulator.rs)
 // on machines without a GPU. Compiled by g++ as C++20 in front of kernels.cu (`-include`):
-// CUDA's qualifiers become plain C++, every thread of a block is an OS thread (so that
-// __syncthreads is a real barrier; a kernel without one runs its threads one after another on
-// the launching thread), blocks run one after another (so that a kernel's __shared__ arrays,
-// here static, belong to one block at a time), and launches one at a time.
+// CUDA's qualifiers become plain C++; a block's threads run on the launching thread, one
+// after another for a kernel that never waits at __syncthreads, else as fibers (ucontext)
+// that each run to the next barrier in turn, so that none passes a barrier before all reach
+// it; blocks run one after another (so that a kernel's __shared__ arrays, here static, belong
+// to one block at a time), and launches one at a time.
 //
-// What this cannot show: the GPU's memory model (threads here seldom overlap, so a missing
-// atomic or barrier would likely go unseen), warp-level behaviour, shared memory's garbage
+// What this cannot show: the GPU's memory model (threads here never overlap, so a missing
+// atomic would go unseen; a missing barrier too, unless its absence changes the order in
+// which threads read and write), warp-level behaviour, shared memory's garbage
 // before a write (static arrays start at zero), and the CUDA math library's rounding (expf
 // and friends are the C library's).
 
@@ -15,13 +17,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 
 #include <atomic>
-#include <barrier>
 #include <cstddef>
+#include <memory>
 #include <mutex>
-#include <system_error>
-#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -33,20 +34,19 @@ struct dim3 {
 // The calling thread's place in the launch, and the launch's shape.
 static thread_local dim3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
-static std::barrier<>* emu_block_barrier = nullptr;
+static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_launch)
 
 #define __global__
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
 
+static inline void emu_yield_to_scheduler();
 static inline void __syncthreads() {
-    if (!emu_block_barrier) {
-        // A kernel marked as never waiting waited: the table's `barriers` is wrong.
-        fputs("emulator: __syncthreads in a kernel run without barriers\n", stderr);
-        abort();
-    }
-    emu_block_barrier->arrive_and_wait();
+    if (emu_in_fibers) return emu_yield_to_scheduler();
+    // A kernel marked as never waiting waited: the table's `barriers` is wrong.
+    fputs("emulator: __syncthreads in a kernel run without barriers\n", stderr);
+    abort();
 }
 static inline float __fmul_rn(float a, float b) { return a * b; }  // built with -ffp-contract=off
 static inline float __int_as_float(int i) {
@@ -118,6 +118,29 @@ struct EmuKernel {
 extern const EmuKernel emu_kernels[];  // after kernels.cu, in the emulator's last part
 extern const std::size_t emu_kernel_count;
 
+// The threads of a block that waits at __syncthreads, as fibers (ucontext) on the launching
+// thread: no OS thread per GPU thread (thousands per launch), one switch per thread and barrier.
+struct EmuFibers {
+    static constexpr std::size_t stack_bytes = 128 * 1024;
+    ucontext_t scheduler;
+    std::vector<ucontext_t> contexts;
+    std::vector<std::unique_ptr<char[]>> stacks;  // kept for the next blocks and launches
+    std::vector<unsigned char> finished;
+    unsigned int current = 0;
+    const EmuKernel* kernel = nullptr;
+    void** params = nullptr;
+};
+static EmuFibers emu_fibers;  // one launch at a time (emu_launch's lock)
+
+static inline void emu_yield_to_scheduler() {
+    swapcontext(&emu_fibers.contexts[emu_fibers.current], &emu_fibers.scheduler);
+}
+
+static void emu_fiber_main() {
+    emu_fibers.kernel->invoke(emu_fibers.params);
+    emu_fibers.finished[emu_fibers.current] = 1;
+}  // back to the scheduler (uc_link)
+
 // The kernel named `name`, or null.
 static const EmuKernel* emu_kernel(const char* name) {
     for (std::size_t i = 0; i < emu_kernel_count; ++i)
@@ -126,8 +149,7 @@ static const EmuKernel* emu_kernel(const char* name) {
 }
 
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
-// every launch of the backend): 0 on success, 1 for an unknown name, 2 when the system
-// refuses a thread (the block's other threads are let go and joined first).
+// every launch of the backend): 0 on success, 1 for an unknown name.
 
 extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int block, void** params) {
     const EmuKernel* kernel = emu_kernel(name);
@@ -138,7 +160,6 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
     blockDim = {block, 1, 1};
     if (!kernel->barriers) {
         // No thread waits for another: each block's threads one after another, here.
-        emu_block_barrier = nullptr;
         for (unsigned int b = 0; b < grid; ++b)
             for (unsigned int t = 0; t < block; ++t) {
                 blockIdx = {b, 0, 0};
@@ -147,35 +168,36 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
             }
         return 0;
     }
+    // Threads that wait for each other: fibers on this thread (see EmuFibers).
+    EmuFibers& f = emu_fibers;
+    f.kernel = kernel;
+    f.params = params;
+    f.contexts.resize(block);
+    while (f.stacks.size() < block) f.stacks.emplace_back(new char[EmuFibers::stack_bytes]);
+    emu_in_fibers = true;
     for (unsigned int b = 0; b < grid; ++b) {
-        std::barrier<> barrier(block);
-        emu_block_barrier = &barrier;
-        // Every thread waits at `start` until all exist (or the block is called off).
-        std::barrier<> start(block + 1);
-        std::atomic<bool> called_off{false};
-        std::vector<std::thread> threads;
-        threads.reserve(block);
-        try {
-            for (unsigned int t = 0; t < block; ++t) {
-                threads.emplace_back([=, &barrier, &start, &called_off] {
-                    start.arrive_and_wait();
-                    if (called_off) return;
-                    blockIdx = {b, 0, 0};
-                    threadIdx = {t, 0, 0};
-                    kernel->invoke(params);
-                    // A finished thread no longer holds the others at a barrier.
-                    barrier.arrive_and_drop();
-                });
-            }
-        } catch (const std::system_error&) {
-            called_off = true;
-            for (std::size_t t = threads.size(); t < block; ++t) start.arrive_and_drop();
-            start.arrive_and_wait();
-            for (auto& th : threads) th.join();
-            return 2;
+        f.finished.assign(block, 0);
+        for (unsigned int t = 0; t < block; ++t) {
+            getcontext(&f.contexts[t]);
+            f.contexts[t].uc_stack.ss_sp = f.stacks[t].get();
+            f.contexts[t].uc_stack.ss_size = EmuFibers::stack_bytes;
+            f.contexts[t].uc_link = &f.scheduler;
+            makecontext(&f.contexts[t], emu_fiber_main, 0);
         }
-        start.arrive_and_wait();
-        for (auto& th : threads) th.join();
+        // Each round runs every live thread to its next barrier or its end, so no thread
+        // passes barrier k before every other has reached it (or ended).
+        for (bool live = true; live;) {
+            live = false;
+            for (unsigned int t = 0; t < block; ++t) {
+                if (f.finished[t]) continue;
+                f.current = t;
+                blockIdx = {b, 0, 0};
+                threadIdx = {t, 0, 0};
+                swapcontext(&f.scheduler, &f.contexts[t]);
+                live = live || !f.finished[t];
+            }
+        }
     }
+    emu_in_fibers = false;
     return 0;
 }
