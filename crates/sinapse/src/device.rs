@@ -91,11 +91,17 @@ impl std::str::FromStr for Device {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Held by the tests that look for devices more than once, and by the one that installs
+    /// the emulated GPU in this process (`backend::cuda::tests`), so that no test sees the
+    /// devices change between its two looks.
+    pub(crate) static DISCOVERY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn names_parse_and_print_back() {
+        let _looking = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
         assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
         assert_eq!(Device::parse("cuda").unwrap(), Device::Cuda(0));
         assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(1));
@@ -110,6 +116,7 @@ mod tests {
 
     #[test]
     fn an_absent_device_says_why() {
+        let _looking = DISCOVERY.lock().unwrap_or_else(|e| e.into_inner());
         assert!(Device::Cpu.check_available().is_ok());
         // No machine has a thousand GPUs: the error names the device and what is missing
         // (the driver library where there is none, else the GPU itself).

@@ -661,7 +661,8 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
 /// (SGD, not the specs' Adam: Adam's first steps turn a gradient's rounding near zero into a
 /// step of the whole learning rate, either way): the epoch's loss, the test loss and
 /// accuracy, and the weights (read back from a checkpoint saved on the device and loaded on
-/// the CPU) agree; the MLP also with its step in a CUDA graph. The first difference, if any.
+/// the CPU) agree, and at most two test images change class; the MLP also with its step in a
+/// CUDA graph. The first difference, if any.
 ///
 /// Batch norm's gradient is a small difference of large terms, so its training drifts with
 /// the order of sums: the CPU's AVX-512 and portable builds, run against each other, drifted
@@ -678,9 +679,7 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
     let train = data.train.subset(&(0..648).collect::<Vec<_>>())?;
     let test = data.test.subset(&(0..200).collect::<Vec<_>>())?;
     let task = Task::Classification { classes: 10 };
-    let scratch = std::env::temp_dir().join(format!("sinapse-devices-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| sinapse::Error::InvalidArgument { op: "test", msg: format!("{}: {e}", scratch.display()) })?;
+    let scratch = Scratch::new()?;
     let specs = [
         ("mnist_mlp", include_str!("../../../models/mnist_mlp.toml"), true),
         ("mnist_cnn", include_str!("../../../models/mnist_cnn.toml"), false),
@@ -704,7 +703,7 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
                 });
             }
             let eval = evaluate(&model, &test, &task, cfg.loss, 100)?;
-            let path = scratch.join(format!("{name}-{}-{cuda_graph}.safetensors", dev.to_string().replace(':', "")));
+            let path = scratch.0.join(format!("{name}-{}-{cuda_graph}.safetensors", dev.to_string().replace(':', "")));
             model.save(&path)?;
             let back = spec.build_model(&[784], &task, &mut Rng::seed(1))?;
             back.load(&path)?;
@@ -725,15 +724,40 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
                 })
             };
             let what = if graph { format!("{name} (graph)") } else { name.to_string() };
-            if let Some(p) = close(&got, &want) {
-                problem.get_or_insert(format!("{what}: train loss, test loss, accuracy: {p}"));
+            // A test image near a class boundary may go either way: at most two of them.
+            let flipped = ((got[2] - want[2]).abs() * test.len() as f32).round();
+            if let Some(p) = close(&got[..2], &want[..2]) {
+                problem.get_or_insert(format!("{what}: train loss, test loss: {p}"));
+            } else if flipped > 2.0 {
+                problem.get_or_insert(format!("{what}: test accuracy {} where the CPU gave {}", got[2], want[2]));
             } else if let (false, Some(p)) = (name == "mnist_cnn_bn", close(&got_w, &want_w)) {
                 problem.get_or_insert(format!("{what}: weights after training: {p}"));
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     Ok(problem)
+}
+
+/// A folder of this process's own (unique name, mode 700), removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("sinapse-devices-{}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| sinapse::Error::InvalidArgument { op: "test", msg: format!("{}: {e}", dir.display()) })?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A layer that, each time it runs, has another thread put a tensor on `device`, and keeps

@@ -363,6 +363,8 @@ pub fn synchronize(device: Device) -> Result<()> {
         Device::Cuda(i) => {
             let gpu = cuda::gpu::gpu(i)?;
             gpu.refuse_in_capture("synchronize")?;
+            // Held across the wait: no other thread's capture begins before it.
+            let _claim = gpu.claim("synchronize")?;
             gpu.stream.synchronize().map_err(|e| gpu.failure("synchronize", e))?;
             gpu.check_errors()
         }

@@ -30,8 +30,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Whether kernel `name`'s body in `kernels.cu` waits at `__syncthreads` (its threads must
-/// then run as threads; the others run one after another).
+/// Whether kernel `name`'s body in `kernels.cu` waits at `__syncthreads` (its threads then
+/// run as fibers, each to its next barrier in turn; the others run one after another).
 fn waits(name: &str) -> bool {
     let start = gpu::SOURCE.find(&format!(" void {name}(")).unwrap_or(0);
     let rest = &gpu::SOURCE[start..];

@@ -188,7 +188,7 @@ CUresult run_node(const Node& node) {
             for (auto& p : node.params) params.push_back(const_cast<unsigned char*>(p.data()));
             if (!pointers_inside(node.kernel, params.data())) return EMU_INVALID_VALUE;
             int status = emu_launch(node.kernel->name, node.grid, node.block, params.data());
-            return status == 0 ? EMU_SUCCESS : EMU_OUT_OF_MEMORY;
+            return status == 0 ? EMU_SUCCESS : EMU_NOT_FOUND;  // 1: no such kernel
         }
         case Node::Memset:
             memset(reinterpret_cast<void*>(node.dst), node.value, node.bytes);

@@ -108,8 +108,8 @@ constexpr std::size_t emu_count(void (*)(A...)) {
 struct EmuKernel {
     const char* name;
     void (*invoke)(void** params);
-    // Whether the kernel waits at __syncthreads (its threads then run as OS threads; the
-    // others' threads run one after another on the launching thread).
+    // Whether the kernel waits at __syncthreads (its threads then run as fibers; the others'
+    // threads run one after another).
     bool barriers;
     std::size_t param_count;
     const std::size_t* param_sizes;

@@ -798,10 +798,25 @@ impl Gpu {
             capture.as_ref().is_some_and(|c| Arc::ptr_eq(&c.pool, pool) && c.thread == std::thread::current().id());
         if let (true, Some(c)) = (ours, capture.take()) {
             if c.capturing {
-                use cudarc::driver::sys::CUgraphInstantiate_flags;
+                drop(self.close_capture());
+            }
+        }
+    }
+
+    /// Ends the stream's capture: its graph, instantiated (`None` when nothing was captured).
+    /// cudarc reports an error a drop saved earlier before it ends the capture (and clears
+    /// it), so on an error the stream may still be capturing: it is then closed again and
+    /// its graph thrown away, or every later call on the GPU would be captured or refused.
+    fn close_capture(&self) -> std::result::Result<Option<cudarc::driver::CudaGraph>, cudarc::driver::DriverError> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureStatus};
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        if ended.is_err() {
+            let open = self.stream.capture_status();
+            if open.is_ok_and(|s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
                 drop(self.stream.end_capture(CUgraphInstantiate_flags(0)));
             }
         }
+        ended
     }
 
     /// Tops `pool` up to the blocks a capture needs free (from the cache or the driver), then
@@ -834,22 +849,13 @@ impl Gpu {
     /// Ends the capture: with `keep`, the graph, instantiated and uploaded; without, or when
     /// the capture failed, an error (the pool stays the caller's, for another try).
     pub(crate) fn end_capture(self: &Arc<Self>, keep: bool) -> Result<CapturedGraph> {
+        // Held until the upload is queued: no other thread's capture begins before it.
+        let _claim = self.claim("graph capture")?;
         let pool = self.take_pool("graph capture")?;
-        use cudarc::driver::sys::CUgraphInstantiate_flags;
-        let graph = match self.stream.end_capture(CUgraphInstantiate_flags(0)) {
+        let graph = match self.close_capture() {
             Ok(Some(graph)) if keep => graph,
             Ok(_) => return Err(self.failure("graph capture", "the capture was abandoned")),
-            Err(e) => {
-                // cudarc reports an error a drop saved earlier before it ends the capture (and
-                // clears it): the stream may still be capturing. It is closed here, its graph
-                // thrown away, or every later call on the GPU would be captured or refused.
-                use cudarc::driver::sys::CUstreamCaptureStatus;
-                let open = self.stream.capture_status();
-                if open.is_ok_and(|s| s != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
-                    drop(self.stream.end_capture(CUgraphInstantiate_flags(0)));
-                }
-                return Err(self.failure("ending a graph capture", e));
-            }
+            Err(e) => return Err(self.failure("ending a graph capture", e)),
         };
         // Prepares the graph on the device now rather than at its first launch.
         graph.upload().map_err(|e| self.failure("uploading a graph", e))?;
@@ -935,8 +941,11 @@ impl Drop for CapturedGraph {
         // fields are dropped after this, in their order). Not while another step is being
         // captured, which a wait would break: the one stream orders any later use of those
         // blocks after the replay anyway.
-        if !self.gpu.is_capturing() {
-            let _ = self.gpu.stream.synchronize();
+        // (A claim keeps another thread's capture from beginning between the check and the wait.)
+        if let Ok(_claim) = self.gpu.claim("dropping a graph") {
+            if !self.gpu.is_capturing() {
+                let _ = self.gpu.stream.synchronize();
+            }
         }
     }
 }
