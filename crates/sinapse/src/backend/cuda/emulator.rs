@@ -439,7 +439,9 @@ fn max_pool_and_its_backward_match_plain_loops() {
     }
     let grad = values(outputs, 32);
     let lg = Strided::of(&Layout::contiguous(&[outputs]), "test").unwrap();
-    let mut dx = vec![0.0f32; x.len()];
+    // Written whole: what was there before does not show.
+    let mut dx = vec![f32::NAN; x.len()];
+    let cfg = gpu::grid(x.len());
     emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&taps), lg, addr_mut(&mut dx), g);
     let mut want = vec![0.0f32; x.len()];
     for p in 0..outputs {

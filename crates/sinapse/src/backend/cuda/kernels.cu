@@ -485,15 +485,27 @@ extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, flo
     }
 }
 
-// The adjoint of max pooling: dx (zeroed, [N, C, H, W]) += g at each maximum's pixel.
+// The adjoint of max pooling: each pixel of dx [N, C, H, W] (written whole, no zeroing
+// first) sums g over the windows that cover it and took their maximum there, in output order
+// (as the CPU's scatter adds them), without atomics.
 extern "C" __global__ void max_pool_backward(const float* grad, Strided lg, const float* taps, Strided lt,
                                              float* dx, Conv g) {
-    GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
-        u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
-        u64 tap = (u64)taps[at(lt, p)];
-        i64 iy = (i64)(y * g.sh) - (i64)g.ph + (i64)(tap / g.kw);
-        i64 ix = (i64)(xx * g.sw) - (i64)g.pw + (i64)(tap % g.kw);
-        atomicAdd(&dx[(plane * g.h + (u64)iy) * g.w + (u64)ix], grad[at(lg, p)]);
+    GRID_LOOP(q, g.n * g.c * g.h * g.w) {
+        u64 ix = q % g.w, iy = (q / g.w) % g.h, plane = q / (g.w * g.h);
+        // Windows y cover rows [y*sh - ph, y*sh - ph + kh): those with iy + ph - kh < y*sh <= iy + ph.
+        u64 ry = iy + g.ph, rx = ix + g.pw;
+        u64 y0 = ry + 1 > g.kh ? (ry + 1 - g.kh + g.sh - 1) / g.sh : 0;
+        u64 x0 = rx + 1 > g.kw ? (rx + 1 - g.kw + g.sw - 1) / g.sw : 0;
+        u64 y1 = min(ry / g.sh + 1, g.oh), x1 = min(rx / g.sw + 1, g.ow);
+        float sum = 0.0f;
+        for (u64 y = y0; y < y1; ++y) {
+            for (u64 xx = x0; xx < x1; ++xx) {
+                u64 p = (plane * g.oh + y) * g.ow + xx;
+                u64 tap = (ry - y * g.sh) * g.kw + (rx - xx * g.sw);
+                if ((u64)taps[at(lt, p)] == tap) sum += grad[at(lg, p)];
+            }
+        }
+        dx[q] = sum;
     }
 }
 

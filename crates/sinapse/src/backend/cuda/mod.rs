@@ -609,12 +609,17 @@ impl BackendStorage for CudaStorage {
         win: &Window,
     ) -> Result<Self> {
         let gpu = self.gpu();
-        let dx = CudaStorage::full(gpu, dims.input.iter().product(), 0.0)?;
-        let outputs = l.elem_count();
-        if outputs > 0 {
+        let inputs = dims.input.iter().product();
+        if l.elem_count() == 0 {
+            // No window: no pixel had a gradient.
+            return CudaStorage::full(gpu, inputs, 0.0);
+        }
+        let dx = CudaStorage::alloc(gpu, inputs, "max_pool2d")?;
+        if inputs > 0 {
             let (lg, lt) = (Strided::of(l, "max_pool2d")?, Strided::of(taps_l, "max_pool2d")?);
             let g = Conv::new(dims, win);
-            launch!(gpu, "max_pool_backward", grid(outputs);
+            // One thread per input pixel, gathering from the windows over it.
+            launch!(gpu, "max_pool_backward", grid(inputs);
                 self.block.ptr, lg, taps.block.ptr, lt, dx.block.ptr, g)?;
         }
         Ok(dx)
