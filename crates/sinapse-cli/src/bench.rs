@@ -194,11 +194,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let steps = (history.records.len() * train.len().div_ceil(cfg.batch_size)).max(1) as f64;
                 let per_step = |x: u64, y: u64| y.saturating_sub(x) as f64 / steps;
                 outln!(
-                    "launches per training step: {:.1} kernels, {:.1} cuBLAS products, {:.2} graph replays \
-                     (run 1, {steps} steps)",
+                    "launches per training step: {:.1} kernels, {:.1} cuBLAS products, {:.2} graph replays, \
+                     {:.2} host copies (run 1, {steps} steps)",
                     per_step(a.kernels, b.kernels),
                     per_step(a.products, b.products),
-                    per_step(a.graph_replays, b.graph_replays)
+                    per_step(a.graph_replays, b.graph_replays),
+                    per_step(a.host_copies, b.host_copies)
                 );
             }
         }

@@ -790,6 +790,25 @@ impl Storage {
         }
     }
 
+    /// The value at position `at` of each of `parts`, in order, in a new buffer, where the
+    /// backend gathers them in one pass (a GPU: one launch per 64 values, instead of a copy
+    /// each); `None` elsewhere (the CPU, or parts on several devices), for the caller's copies.
+    pub(crate) fn gather_values(parts: &[(&Storage, usize)]) -> Result<Option<Storage>> {
+        let cuda: Option<Vec<(&cuda::CudaStorage, usize)>> = parts
+            .iter()
+            .map(|(s, at)| match s {
+                Storage::Cuda(c) => Some((c, *at)),
+                Storage::Cpu(_) => None,
+            })
+            .collect();
+        match cuda {
+            Some(cuda) if !cuda.is_empty() && cuda.iter().all(|(c, _)| c.device() == cuda[0].0.device()) => {
+                Ok(Some(Storage::Cuda(cuda::CudaStorage::gather_values(&cuda)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Copies the elements of `l` to the places `dst_l` names in `dst`.
     pub(crate) fn copy_into(&self, l: &Layout, dst: &mut Storage, dst_l: &Layout, op: &'static str) -> Result<()> {
         same_device(op, &[self, dst])?;

@@ -120,16 +120,27 @@ impl Tensor {
             shape[dim] += s[dim];
         }
         let out_layout = Layout::contiguous(&shape);
-        let mut out = Storage::full(first.device(), out_layout.elem_count(), 0.0)?;
-        let mut sizes = Vec::with_capacity(tensors.len());
-        let mut start = 0;
-        for t in tensors {
-            let len = t.shape()[dim];
-            let region = out_layout.narrow(dim, start, len)?;
-            t.storage().copy_into(t.layout(), &mut out, &region, "cat")?;
-            sizes.push(len);
-            start += len;
-        }
+        let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[dim]).collect();
+        // One value each (scalars stacked: a loss per batch): gathered in one pass where the
+        // backend can (a launch per 64 on a GPU, not a copy each).
+        let gathered = if tensors.len() > 1 && tensors.iter().all(|t| t.elem_count() == 1) {
+            Tensor::gather_values(tensors)?
+        } else {
+            None
+        };
+        let out = match gathered {
+            Some(out) => out,
+            None => {
+                let mut out = Storage::full(first.device(), out_layout.elem_count(), 0.0)?;
+                let mut start = 0;
+                for (t, &len) in tensors.iter().zip(&sizes) {
+                    let region = out_layout.narrow(dim, start, len)?;
+                    t.storage().copy_into(t.layout(), &mut out, &region, "cat")?;
+                    start += len;
+                }
+                out
+            }
+        };
         Ok(Tensor::from_op(out, &shape, "cat", tensors, move |g, x, _| {
             let mut start = 0;
             let mut grads = Vec::with_capacity(x.len());

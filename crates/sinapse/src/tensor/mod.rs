@@ -397,6 +397,25 @@ impl Tensor {
         f(storages)
     }
 
+    /// The one value of each of `tensors` (one element each), in order, in a new buffer,
+    /// where their backend gathers in one pass ([`Storage::gather_values`]); `None` where it
+    /// does not. Each storage is locked once, as in [`Tensor::with_storages`].
+    pub(crate) fn gather_values(tensors: &[&Tensor]) -> Result<Option<Storage>> {
+        let first: Vec<usize> =
+            (0..tensors.len()).map(|i| (0..i).find(|&j| tensors[j].same_storage(tensors[i])).unwrap_or(i)).collect();
+        let guards: Vec<Option<RwLockReadGuard<'_, Storage>>> =
+            (0..tensors.len()).map(|i| (first[i] == i).then(|| read_lock(&tensors[i].0.storage))).collect();
+        let parts: Vec<(&Storage, usize)> = (0..tensors.len())
+            .map(|i| {
+                (
+                    &**guards[first[i]].as_ref().expect("the first user of a storage locks it"),
+                    tensors[i].layout().offset(),
+                )
+            })
+            .collect();
+        Storage::gather_values(&parts)
+    }
+
     /// Element `i` (in row-major order) as a one-element view of this tensor's storage, of
     /// shape `[1, 1, ..]`: reading it reads one value, writing it (`copy_from`) changes one.
     pub(crate) fn element(&self, i: usize) -> Result<Tensor> {

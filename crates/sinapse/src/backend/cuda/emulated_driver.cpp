@@ -436,6 +436,8 @@ ENTRY CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsigne
         return complain("a launch the emulator does not take (2-D, empty, or with shared memory)"),
                EMU_INVALID_VALUE;
     if (!pointers_inside(kernel, params)) return EMU_INVALID_VALUE;
+    static const bool trace = getenv("SINAPSE_EMULATED_TRACE") != nullptr;
+    if (trace) fprintf(stderr, "TRACE kernel %s grid %u block %u\n", kernel->name, gx, bx);
     Node node{Node::Kernel};
     node.kernel = kernel, node.grid = gx, node.block = bx;
     for (size_t i = 0; i < kernel->param_count; ++i) {

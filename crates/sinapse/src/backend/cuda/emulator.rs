@@ -586,6 +586,18 @@ fn copies_fills_bias_and_cross_entropy_match_the_cpu() {
     emulate!(emu, "arange", gpu::grid(600); addr_mut(&mut out), count, start, step);
     let CpuStorage::F32(want) = CpuStorage::arange(start, step, 600);
     assert_eq!(differs(&out, &want), None, "arange");
+    // gather_values: one value from each of several buffers, at offsets, some twice.
+    let (a, b) = (values(5, 65), values(3, 66));
+    let picks = [(&a, 4usize), (&b, 0), (&a, 0), (&b, 2), (&a, 4)];
+    let mut v = gpu::Values { src: [0; gpu::VALUES_MAX], count: picks.len() as u64 };
+    for (src, (buf, at)) in v.src.iter_mut().zip(&picks) {
+        *src = addr(buf) + 4 * *at as u64;
+    }
+    let mut out = vec![f32::NAN; picks.len() + 1];
+    emulate!(emu, "gather_values", gpu::grid(picks.len()); v, addr_mut(&mut out));
+    let want: Vec<f32> = picks.iter().map(|(buf, at)| buf[*at]).chain([f32::NAN]).collect();
+    assert_eq!(differs(&out[..picks.len()], &want[..picks.len()]), None, "gather_values");
+    assert!(out[picks.len()].is_nan(), "gather_values wrote past its count");
     // copy_strided from a narrowed transposed view; copy_into a padded view of a wider buffer.
     let x = values(6 * 7, 61);
     let lx = Layout::contiguous(&[7, 6]).transpose(0, 1).unwrap().narrow(1, 2, 4).unwrap();

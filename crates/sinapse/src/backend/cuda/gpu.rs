@@ -24,6 +24,7 @@ pub(crate) const SOURCE: &str = include_str!("kernels.cu");
 /// Every kernel of [`SOURCE`], by name.
 pub(crate) const KERNELS: &[&str] = &[
     "fill",
+    "gather_values",
     "arange",
     "copy_strided",
     "copy_into",
@@ -49,6 +50,24 @@ pub(crate) const KERNELS: &[&str] = &[
     "adam",
     "rmsprop",
 ];
+
+/// Most values one `gather_values` launch takes (`VALUES_MAX` in kernels.cu).
+pub(crate) const VALUES_MAX: usize = 64;
+
+/// The addresses of the values one `gather_values` launch reads (`struct Values` in
+/// kernels.cu, same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Values {
+    pub(crate) src: [u64; VALUES_MAX],
+    pub(crate) count: u64,
+}
+
+// The size kernels.cu asserts for its copy.
+const _: () = assert!(std::mem::size_of::<Values>() == 520);
+
+// SAFETY: plain old data with the C layout of `struct Values` in kernels.cu.
+unsafe impl DeviceRepr for Values {}
 
 /// Most axes a view may have, after merging axes that are contiguous with each other.
 pub(crate) const MAX_DIMS: usize = 8;
@@ -279,8 +298,8 @@ pub(crate) struct Gpu {
     /// The math mode cuBLAS was last given (TF32 allowed or not), locked across setting it
     /// and the product that needs it.
     pub(crate) blas_mode: Mutex<bool>,
-    /// Kernel launches, cuBLAS products and graph replays queued so far.
-    counts: [AtomicU64; 3],
+    /// Kernel launches, cuBLAS products, graph replays and host copies queued so far.
+    counts: [AtomicU64; 4],
 }
 
 /// What a GPU has queued since it was opened: each is one launch the host makes (launches,
@@ -294,6 +313,9 @@ pub struct LaunchCounts {
     pub products: u64,
     /// Replays of captured graphs (each runs a whole step's kernels and products).
     pub graph_replays: u64,
+    /// Copies between the host and the GPU, either way (a batch's upload, a value read, and
+    /// the error word read with it).
+    pub host_copies: u64,
 }
 
 /// Which of [`LaunchCounts`] a launch adds to.
@@ -305,6 +327,8 @@ pub(crate) enum Launched {
     Product = 1,
     /// A graph replay.
     Replay = 2,
+    /// A copy between the host and the GPU.
+    HostCopy = 3,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -875,8 +899,8 @@ impl Gpu {
 
     /// The launches counted so far.
     pub(crate) fn launch_counts(&self) -> LaunchCounts {
-        let [kernels, products, graph_replays] = self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
-        LaunchCounts { kernels, products, graph_replays }
+        let [kernels, products, graph_replays, host_copies] = self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        LaunchCounts { kernels, products, graph_replays, host_copies }
     }
 
     /// The block cache's counters.
@@ -891,6 +915,7 @@ impl Gpu {
         let _claim = self.bind("reading the error word")?;
         self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
         let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
+        self.launched(Launched::HostCopy);
         if words[0] == 0 {
             return Ok(());
         }

@@ -73,6 +73,19 @@ extern "C" __global__ void fill(float* out, u64 n, float value) {
     GRID_LOOP(i, n) out[i] = value;
 }
 
+// One value from each of up to VALUES_MAX addresses, in order (scalars stacked: a loss per
+// batch, read together). The host's copy is `Values` in src/backend/cuda/gpu.rs.
+#define VALUES_MAX 64
+struct Values {
+    u64 src[VALUES_MAX];
+    u64 count;
+};
+static_assert(sizeof(Values) == 520, "Values' size changed: change gpu.rs too");
+
+extern "C" __global__ void gather_values(Values v, float* out) {
+    GRID_LOOP(i, v.count) out[i] = *(const float*)v.src[i];
+}
+
 extern "C" __global__ void arange(float* out, u64 n, float start, float step) {
     GRID_LOOP(i, n) out[i] = start + (float)i * step;
 }

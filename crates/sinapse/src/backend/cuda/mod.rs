@@ -23,7 +23,7 @@ use super::{
 };
 use crate::layout::{contiguous_strides, Layout};
 use crate::{Device, Error, Result};
-use gpu::{blocks, grid, launch, Block, Conv, Gpu, Launched, ListEntry, Strided, UpdateList};
+use gpu::{blocks, grid, launch, Block, Conv, Gpu, Launched, ListEntry, Strided, UpdateList, Values, VALUES_MAX};
 
 pub use alloc::MemoryStats;
 pub use gpu::LaunchCounts;
@@ -62,6 +62,7 @@ impl CudaStorage {
             // once the call returns; the transfer itself is queued on the GPU's stream.
             unsafe { cudarc::driver::result::memcpy_htod_async(s.block.ptr, data, gpu.stream.cu_stream()) }
                 .map_err(|e| gpu.failure("copy to device", e))?;
+            gpu.launched(Launched::HostCopy);
         }
         Ok(s)
     }
@@ -80,7 +81,39 @@ impl CudaStorage {
         unsafe {
             cudarc::driver::result::memcpy_htod_async(self.block.ptr + 4 * at as u64, data, gpu.stream.cu_stream())
         }
-        .map_err(|e| gpu.failure("copy to device", e))
+        .map_err(|e| gpu.failure("copy to device", e))?;
+        gpu.launched(Launched::HostCopy);
+        Ok(())
+    }
+
+    /// The value at position `at` of each of `parts` (all on one GPU), in order, in a new
+    /// buffer: one launch per [`VALUES_MAX`] values.
+    pub(crate) fn gather_values(parts: &[(&CudaStorage, usize)]) -> Result<CudaStorage> {
+        let Some((first, _)) = parts.first() else {
+            return Err(Error::invalid("gather_values", "no values"));
+        };
+        let gpu = first.gpu();
+        if let Some((s, at)) = parts.iter().find(|(s, at)| !Arc::ptr_eq(s.gpu(), gpu) || *at >= s.len) {
+            return Err(Error::invalid(
+                "gather_values",
+                format!(
+                    "value {at} of {} values on cuda:{} (the first is on cuda:{})",
+                    s.len,
+                    s.gpu().ordinal,
+                    gpu.ordinal
+                ),
+            ));
+        }
+        let out = CudaStorage::alloc(gpu, parts.len(), "gather_values")?;
+        for (k, chunk) in parts.chunks(VALUES_MAX).enumerate() {
+            let mut v = Values { src: [0; VALUES_MAX], count: chunk.len() as u64 };
+            for (src, (s, at)) in v.src.iter_mut().zip(chunk) {
+                *src = s.block.ptr + 4 * *at as u64;
+            }
+            let dst = out.block.ptr + 4 * (k * VALUES_MAX) as u64;
+            launch!(gpu, "gather_values", grid(chunk.len()); v, dst)?;
+        }
+        Ok(out)
     }
 
     /// `n` copies of `value` on `gpu`.
@@ -280,6 +313,7 @@ impl BackendStorage for CudaStorage {
                 cudarc::driver::result::memcpy_dtoh_async(&mut out, ptr + 4 * offset as u64, gpu.stream.cu_stream())
             }
             .map_err(|e| gpu.failure("copy to host", e))?;
+            gpu.launched(Launched::HostCopy);
         }
         gpu.stream.synchronize().map_err(|e| gpu.failure("copy to host", e))?;
         gpu.check_errors()?;
