@@ -165,6 +165,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         None => train,
     };
+    // On a GPU the training set is moved there once, as PyTorch's side does: batches are
+    // gathered on the device (in the graph, with --cuda-graph), not copied from the host.
+    let train = if device == Device::Cpu { train } else { train.to(device)? };
     // Which of the kernels' compiled paths this CPU runs (picked at run time).
     outln!("vector instructions: {}", sinapse::backend::simd_level());
     outln!(

@@ -501,20 +501,29 @@ fn graph_check(device: Device) -> Result<Option<String>> {
         schedule: Schedule::per_batch(LrSchedule::Cosine { t_max: 18, eta_min: 1e-4 }, 2),
         ..FitConfig::new(Task::Classification { classes: 3 })
     };
-    let train = |graph: bool| -> Result<(Vec<f32>, Vec<f32>, Vec<String>)> {
+    // The training set on the host (the graph copies each batch in) or on the device (the
+    // graph gathers each batch's rows itself).
+    let on_device = data.to(device)?;
+    let train = |graph: bool, data: &sinapse::data::Dataset| -> Result<(Vec<f32>, Vec<f32>, Vec<String>)> {
         let mut rng = Rng::seed(9);
         let model = Sequential::new().add(Linear::new(6, 16, &mut rng)?).add(Relu).add(Linear::new(16, 3, &mut rng)?);
         model.to(device)?;
         let mut opt = Adam::new(model.parameters(), 0.01)?;
-        let history = fit(&model, &mut opt, &data, None, &FitConfig { cuda_graph: graph, ..cfg.clone() }, &mut Silent)?;
+        let history = fit(&model, &mut opt, data, None, &FitConfig { cuda_graph: graph, ..cfg.clone() }, &mut Silent)?;
         let weights = model.parameters().iter().flat_map(|p| p.to_vec()).collect();
         let losses = history.records.iter().map(|r| r.train_loss).collect();
         Ok((weights, losses, history.notes))
     };
-    let (eager_w, eager_l, _) = train(false)?;
-    let (graph_w, graph_l, notes) = train(true)?;
-    if !notes.iter().any(|n| n.contains("captured after")) {
-        return Ok(Some(format!("the graph was not used: {notes:?}")));
+    let (eager_w, eager_l, _) = train(false, &data)?;
+    let (graph_w, graph_l, notes) = train(true, &data)?;
+    let (rows_w, rows_l, rows_notes) = train(true, &on_device)?;
+    for notes in [&notes, &rows_notes] {
+        if !notes.iter().any(|n| n.contains("captured after")) {
+            return Ok(Some(format!("the graph was not used: {notes:?}")));
+        }
+    }
+    if let Some(p) = mismatch(&rows_l, &eager_l).or_else(|| mismatch(&rows_w, &eager_w)) {
+        return Ok(Some(format!("with the training set on {device}, the graph's losses or weights: {p}")));
     }
     // Dropout draws its masks on the host: found while the step is recorded, and training
     // goes on eagerly, saying so.
@@ -738,6 +747,105 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
     Ok(problem)
 }
 
+/// What one steady training step of the `mlp` and `cnn` benchmarks (the bundled specs'
+/// networks, SGD, batches of 128 and 64) queues on `device`, eager and with the step in a CUDA
+/// graph, and what one batch-1 `InferenceGraph` run of the MLP queues: printed, and held to
+/// the counts in `BUDGETS` (launches bound these small networks on a GPU: a change that adds
+/// some fails here, and one that saves some lowers them). A step's count is the difference
+/// between fits of 6 and 4 batches, halved (the graph is captured at the third batch in both,
+/// and the losses are read at the epoch's end), so the one-off work of a fit cancels.
+fn launch_check(device: Device) -> Result<Option<String>> {
+    use sinapse::backend::{device_launches, LaunchCounts};
+    use sinapse::data::mnist;
+    use sinapse::nn::{InferenceGraph, Module};
+    use sinapse::spec::ModelSpec;
+    use sinapse::train::{fit, Silent, Task};
+    /// Most kernels, cuBLAS products, graph replays and host copies per step (per run for
+    /// inference), by what is run.
+    const BUDGETS: [(&str, [f64; 4]); 5] = [
+        ("mlp", [20.0, 8.0, 0.0, 1.0]),
+        ("mlp (CUDA graph)", [1.0, 0.0, 1.0, 1.0]),
+        ("cnn", [33.0, 8.0, 0.0, 1.0]),
+        ("cnn (CUDA graph)", [1.0, 0.0, 1.0, 1.0]),
+        ("mlp batch-1 inference graph run", [2.0, 0.0, 1.0, 0.0]),
+    ];
+    let data = mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k"))?;
+    let task = Task::Classification { classes: 10 };
+    let counts = || {
+        device_launches(device)
+            .ok_or_else(|| sinapse::Error::InvalidArgument { op: "test", msg: format!("{device} counts no launches") })
+    };
+    let since = |a: LaunchCounts, b: LaunchCounts| {
+        [
+            b.kernels - a.kernels,
+            b.products - a.products,
+            b.graph_replays - a.graph_replays,
+            b.host_copies - a.host_copies,
+        ]
+        .map(|c| c as f64)
+    };
+    let mut problem = None;
+    let mut judge = |what: String, got: [f64; 4]| {
+        println!(
+            "device suite: launches per {what} on {device}: {} kernels, {} cuBLAS products, {} graph replays, {} host copies",
+            got[0], got[1], got[2], got[3]
+        );
+        let budget =
+            BUDGETS.iter().find(|(name, _)| what.starts_with(name) && what[name.len()..].starts_with(" training"));
+        let budget = budget.or_else(|| BUDGETS.iter().find(|(name, _)| *name == what)).map(|(_, b)| *b);
+        match budget {
+            Some(b) if got.iter().zip(&b).all(|(g, b)| g <= b) => {}
+            Some(b) => {
+                problem.get_or_insert(format!("{what}: {got:?} (kernels, products, replays, host copies) over {b:?}"));
+            }
+            None => {
+                problem.get_or_insert(format!("{what}: no budget"));
+            }
+        }
+    };
+    let nets = [
+        ("mlp", include_str!("../../../models/mnist_mlp.toml"), 128),
+        ("cnn", include_str!("../../../models/mnist_cnn.toml"), 64),
+    ];
+    for (name, text, batch) in nets {
+        let spec = ModelSpec::parse(text, std::path::Path::new(name))?;
+        for graphed in [false, true] {
+            let mut queued = Vec::new();
+            for batches in [4, 6] {
+                // On the device, as the benchmarks have it.
+                let train = data.train.subset(&(0..batches * batch).collect::<Vec<_>>())?.to(device)?;
+                let model = spec.build_model(&[784], &task, &mut Rng::seed(0))?;
+                model.to(device)?;
+                let mut opt = Sgd::new(model.parameters(), 0.05)?;
+                let cfg = sinapse::train::FitConfig {
+                    epochs: 1,
+                    batch_size: batch,
+                    cuda_graph: graphed,
+                    ..spec.fit_config(task)
+                };
+                let before = counts()?;
+                let history = fit(&model, &mut opt, &train, None, &cfg, &mut Silent)?;
+                if graphed && !history.notes.iter().any(|n| n.contains("captured after")) {
+                    return Ok(Some(format!("{name}: no graph: {:?}", history.notes)));
+                }
+                queued.push(since(before, counts()?));
+            }
+            let step: [f64; 4] = std::array::from_fn(|k| (queued[1][k] - queued[0][k]) / 2.0);
+            judge(format!("{name}{} training step", if graphed { " (CUDA graph)" } else { "" }), step);
+        }
+        if name == "mlp" {
+            let model = spec.build_model(&[784], &task, &mut Rng::seed(0))?;
+            model.to(device)?;
+            let mut graph = InferenceGraph::capture(&model, &[1, 784], device)?;
+            let x = data.test.x().narrow(0, 0, 1)?.to(device)?;
+            let before = counts()?;
+            let _output = graph.run(&x)?;
+            judge(format!("{name} batch-1 inference graph run"), since(before, counts()?));
+        }
+    }
+    Ok(problem)
+}
+
 /// A folder of this process's own (unique name, mode 700), removed when dropped.
 struct Scratch(std::path::PathBuf);
 
@@ -915,6 +1023,8 @@ fn main() {
         record(format!("inference in a CUDA graph on {device} against eager"), problem);
         let problem = capture_thread_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("another thread's work refused during a capture on {device}"), problem);
+        let problem = launch_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("launches per step on {device}"), problem);
         let problem = end_to_end_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("MNIST MLP, CNNs and LSTM trained on {device} against the CPU"), problem);
         if emulated {

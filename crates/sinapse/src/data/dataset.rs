@@ -42,7 +42,8 @@ impl Dataset {
     /// device.
     pub fn batch(&self, indices: &Tensor) -> Result<(Tensor, Tensor)> {
         let ix = indices.to(self.x.device())?;
-        let iy = indices.to(self.y.device())?;
+        // One copy of the indices where inputs and targets share a device.
+        let iy = if self.y.device() == self.x.device() { ix.clone() } else { indices.to(self.y.device())? };
         Ok((self.x.index_select(0, &ix)?, self.y.index_select(0, &iy)?))
     }
 
@@ -145,6 +146,18 @@ impl<'a> DataLoader<'a> {
     /// True when an epoch has no batch.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// One epoch of batches as row numbers of the dataset (f32 index tensors on the host, as
+    /// [`batch_indices`] makes), in the order [`DataLoader::epoch`] would serve them, for a
+    /// caller that gathers the rows itself.
+    pub(crate) fn epoch_rows(&mut self) -> Result<impl Iterator<Item = Result<Tensor>> + 'a> {
+        let shard = self.shard;
+        let batches = batch_orders(self.data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
+        Ok(batches.into_iter().map(move |rows| match shard {
+            Some((rank, world)) => index_tensor(&rows[crate::dist::shard_range(rows.len(), rank, world)]),
+            None => index_tensor(&rows),
+        }))
     }
 
     /// One epoch of batches `(x, y)`; each call draws a new order when shuffling.

@@ -62,6 +62,9 @@ struct Staged {
     values: Tensor,
     /// The numbers of the last step, on the host.
     host: Vec<f32>,
+    /// The numbers `values` holds (written only when they change: a constant learning rate
+    /// costs no copy per step).
+    written: Vec<f32>,
     /// The last step was captured and its numbers are not on the device yet.
     pending: bool,
     /// The step counters before the step being captured, put back if it is abandoned.
@@ -217,6 +220,7 @@ impl State {
                     mode,
                     values: Tensor::zeros_on(&[n], first.device())?,
                     host: vec![0.0; n],
+                    written: vec![0.0; n],
                     pending: false,
                     saved_steps: Vec::new(),
                 }
@@ -233,7 +237,11 @@ impl State {
     /// Copies the host's staged numbers to the device buffer.
     fn write_staged(&mut self) -> Result<()> {
         if let Some(s) = &mut self.staged {
-            s.values.write_host(&s.host)?;
+            // Bit for bit (a -0.0 is not a 0.0, a NaN is written again).
+            if !s.host.iter().zip(&s.written).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                s.values.write_host(&s.host)?;
+                s.written.clone_from(&s.host);
+            }
             s.pending = false;
         }
         Ok(())

@@ -552,6 +552,11 @@ impl Tensor {
         // a GPU), when the source can be read at once. No lock is waited for while another is
         // held (another thread may copy the other way), so otherwise the copy goes through a
         // buffer, as across devices.
+        // From the host into a row-major tensor on a GPU: one copy to the device, in place.
+        if src.device() == Device::Cpu && self.device() != Device::Cpu && self.layout().is_contiguous() {
+            let values = src.storage().to_host(src.layout())?;
+            return write_lock(&self.0.storage).write_host(self.layout().offset(), &values);
+        }
         if !self.same_storage(src) {
             let mut dst = write_lock(&self.0.storage);
             if let Ok(from) = src.0.storage.data.try_read() {

@@ -422,8 +422,20 @@ pub fn fit(
     } else {
         None
     };
-    // Batches are gathered where the data is and handed over on the model's device.
-    let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed).to_device(model.device());
+    // Batches are gathered where the data is and handed over on the model's device. A graph
+    // takes a batch from the host into its inputs with one copy each (no launch); from a
+    // training set on the model's device it takes the batch's row numbers, and gathers the
+    // rows itself, in the graph.
+    let mut loader = DataLoader::new(train, cfg.batch_size)?.shuffle(cfg.seed);
+    let on = |t: &Tensor, d: crate::Device| t.device() == d;
+    let feed = match graph {
+        Some(_) if on(train.x(), model.device()) && on(train.y(), model.device()) => Feed::Rows,
+        Some(_) if on(train.x(), crate::Device::Cpu) && on(train.y(), crate::Device::Cpu) => Feed::Host,
+        _ => Feed::Gathered,
+    };
+    if feed == Feed::Gathered {
+        loader = loader.to_device(model.device());
+    }
     if let Some(c) = dist {
         // Every replica starts from rank 0's weights and buffers.
         let tensors: Vec<Tensor> = state.iter().map(|(_, t)| t.clone()).collect();
@@ -465,8 +477,12 @@ pub fn fit(
         let mut pending = PendingLosses { batches: Vec::with_capacity(every) };
         // What the metric is averaged over: samples, or target values (k per sample).
         let mut metric_count = 0usize;
-        for (b, batch) in loader.epoch()?.enumerate() {
-            let (x, y) = batch?;
+        let epoch_batches: Box<dyn Iterator<Item = Result<Batch<'_>>>> = match feed {
+            Feed::Rows => Box::new(loader.epoch_rows()?.map(|rows| Ok(Batch::Rows(rows?, train)))),
+            Feed::Host | Feed::Gathered => Box::new(loader.epoch()?.map(|b| b.map(|(x, y)| Batch::Samples(x, y)))),
+        };
+        for (b, batch) in epoch_batches.enumerate() {
+            let batch = batch?;
             if let Some(hot) = &hot {
                 hot.renew();
             }
@@ -480,7 +496,7 @@ pub fn fit(
                 Task::Regression | Task::Reconstruction { .. } => global * per_sample,
             };
             let replayed = match &mut graph {
-                Some(g) => g.run(model, &mut *opt, cfg, &x, &y, &mut history.notes)?,
+                Some(g) => g.run(model, &mut *opt, cfg, &batch, &mut history.notes)?,
                 None => None,
             };
             let metric = match replayed {
@@ -490,6 +506,7 @@ pub fn fit(
                     metric
                 }
                 None => {
+                    let (x, y) = batch.samples(model.device())?;
                     let size = x.shape()[0];
                     // A short last batch may leave a rank no rows: it adds zeros, but still joins.
                     let (mut grads, loss, metric) = if size > 0 {
@@ -645,6 +662,46 @@ impl Drop for EagerAfter<'_> {
     }
 }
 
+/// How the training loop takes its batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// Gathered where the data is, then moved to the model's device.
+    Gathered,
+    /// Gathered on the host and kept there until a step needs them (a graph copies them into
+    /// its inputs, one copy each).
+    Host,
+    /// As row numbers of a training set on the model's device (a graph gathers the rows).
+    Rows,
+}
+
+/// One batch of the training loop.
+enum Batch<'a> {
+    /// Its inputs and targets.
+    Samples(Tensor, Tensor),
+    /// Its row numbers (an index tensor on the host) in a dataset.
+    Rows(Tensor, &'a Dataset),
+}
+
+impl Batch<'_> {
+    /// Its inputs and targets on `device`.
+    fn samples(self, device: crate::Device) -> Result<(Tensor, Tensor)> {
+        let (x, y) = match self {
+            Batch::Samples(x, y) => (x, y),
+            Batch::Rows(rows, data) => data.batch(&rows)?,
+        };
+        Ok((x.to(device)?, y.to(device)?))
+    }
+}
+
+/// What a captured step reads its batch from.
+enum Inputs {
+    /// Fixed inputs and targets, each batch copied into them.
+    Samples(Tensor, Tensor),
+    /// Fixed row numbers, each batch's copied into them, of a training set on the device
+    /// (the step gathers the rows).
+    Rows(Tensor),
+}
+
 /// Full batches run eagerly before the step is captured (the optimizer makes its state; the
 /// last of them runs with the graph's pool in place, which so learns the step's buffers).
 const GRAPH_WARMUP: usize = 2;
@@ -662,8 +719,8 @@ struct StepGraph {
     last_failure: Option<String>,
     /// No more captures (they failed, or the optimizer cannot stage its numbers).
     off: bool,
-    /// The inputs and targets the graph reads.
-    inputs: Option<(Tensor, Tensor)>,
+    /// What the graph reads its batch from.
+    inputs: Option<Inputs>,
     /// The buffers of the recorded step, for the capture.
     pool: Option<crate::backend::GraphPool>,
     captured: Option<Captured>,
@@ -701,12 +758,19 @@ impl StepGraph {
         model: &dyn Module,
         opt: &mut dyn Optimizer,
         cfg: &FitConfig,
-        x: &Tensor,
-        y: &Tensor,
+        batch: &Batch<'_>,
         notes: &mut Vec<String>,
     ) -> Result<Option<(Tensor, Tensor)>> {
-        let fits = self.inputs.as_ref().is_none_or(|(xs, ys)| xs.shape() == x.shape() && ys.shape() == y.shape());
-        if self.off || !fits || x.shape()[0] != cfg.batch_size {
+        let size = match batch {
+            Batch::Samples(x, _) => x.shape()[0],
+            Batch::Rows(rows, _) => rows.elem_count(),
+        };
+        let fits = match (batch, &self.inputs) {
+            (_, None) | (Batch::Rows(..), Some(Inputs::Rows(_))) => true,
+            (Batch::Samples(x, y), Some(Inputs::Samples(xs, ys))) => xs.shape() == x.shape() && ys.shape() == y.shape(),
+            _ => false,
+        };
+        if self.off || !fits || size != cfg.batch_size {
             if self.captured.is_some() {
                 // Eager updates that read the numbers they write where the graph reads them.
                 opt.set_step_mode(StepMode::Staged)?;
@@ -714,25 +778,34 @@ impl StepGraph {
             return Ok(None);
         }
         if let Some(c) = &self.captured {
-            let (xs, ys) = self.inputs.as_ref().expect("inputs are made before the capture");
-            xs.copy_from(x)?;
-            ys.copy_from(y)?;
+            self.copy_in(batch)?;
             opt.set_step_mode(StepMode::StageOnly)?;
             // Advances the step counters and writes this step's numbers for the replay.
             opt.step(&c.grads)?;
             c.graph.replay()?;
-            return Ok(Some((c.loss.copied()?, c.metric.copied()?)));
+            // Both out of the buffers the next replay writes, in one launch.
+            let both = Tensor::stack(&[&c.loss, &c.metric], 0)?;
+            return Ok(Some((both.narrow(0, 0, 1)?.reshape(&[])?, both.narrow(0, 1, 1)?.reshape(&[])?)));
         }
         if self.warm + 1 < GRAPH_WARMUP {
             self.warm += 1;
             return Ok(None);
         }
         if self.inputs.is_none() {
-            self.inputs = Some((Tensor::zeros_on(x.shape(), self.device)?, Tensor::zeros_on(y.shape(), self.device)?));
+            self.inputs = Some(match batch {
+                Batch::Samples(x, y) => Inputs::Samples(
+                    Tensor::zeros_on(x.shape(), self.device)?,
+                    Tensor::zeros_on(y.shape(), self.device)?,
+                ),
+                Batch::Rows(rows, _) => Inputs::Rows(Tensor::zeros_on(rows.shape(), self.device)?),
+            });
         }
-        let (xs, ys) = self.inputs.as_ref().expect("made above");
-        xs.copy_from(x)?;
-        ys.copy_from(y)?;
+        self.copy_in(batch)?;
+        let data = match batch {
+            Batch::Rows(_, data) => Some(*data),
+            Batch::Samples(..) => None,
+        };
+        let inputs = self.inputs.as_ref().expect("made above");
         let Some(pool) = &self.pool else {
             if !opt.set_step_mode(StepMode::Staged)? {
                 self.give_up(notes, "this optimizer cannot stage its numbers for a graph".into());
@@ -742,7 +815,7 @@ impl StepGraph {
             // The last warm-up batch, run eagerly from the fixed inputs (as the graph will),
             // its buffers recorded into the graph's pool.
             let pool = crate::backend::GraphPool::record(self.device)?;
-            let stepped = captured_step(model, opt, cfg, xs, ys);
+            let stepped = captured_step(model, opt, cfg, inputs, data);
             let host_op = pool.end_recording()?;
             let (_, loss, metric) = match stepped {
                 Ok(out) => out,
@@ -771,7 +844,7 @@ impl StepGraph {
         let began = pool.begin_capture();
         let (stepped, ended) = match began {
             Ok(()) => {
-                let stepped = captured_step(model, opt, cfg, xs, ys);
+                let stepped = captured_step(model, opt, cfg, inputs, data);
                 let ended = pool.end_capture(stepped.is_ok());
                 (stepped, ended)
             }
@@ -813,6 +886,18 @@ impl StepGraph {
         }
     }
 
+    /// Copies `batch` into the inputs the graph reads (made for its kind of batch).
+    fn copy_in(&self, batch: &Batch<'_>) -> Result<()> {
+        match (batch, &self.inputs) {
+            (Batch::Samples(x, y), Some(Inputs::Samples(xs, ys))) => {
+                xs.copy_from(x)?;
+                ys.copy_from(y)
+            }
+            (Batch::Rows(rows, _), Some(Inputs::Rows(fixed))) => fixed.copy_from(rows),
+            _ => Err(Error::invalid("cuda_graph", "a batch of another kind than the graph reads")),
+        }
+    }
+
     /// No graph for the rest of training: its pool goes back to the cache, and a note says why.
     fn give_up(&mut self, notes: &mut Vec<String>, why: String) {
         self.off = true;
@@ -827,13 +912,19 @@ fn captured_step(
     model: &dyn Module,
     opt: &mut dyn Optimizer,
     cfg: &FitConfig,
-    x: &Tensor,
-    y: &Tensor,
+    inputs: &Inputs,
+    data: Option<&Dataset>,
 ) -> Result<(crate::Gradients, Tensor, Tensor)> {
-    let outputs = model.forward(x, Mode::Train)?;
-    let loss = cfg.loss.compute(&cfg.task, &outputs, y)?;
+    let (x, y) = match (inputs, data) {
+        (Inputs::Samples(x, y), _) => (x.clone(), y.clone()),
+        // The rows gathered on the device, in the graph.
+        (Inputs::Rows(rows), Some(data)) => data.batch(rows)?,
+        (Inputs::Rows(_), None) => return Err(Error::invalid("cuda_graph", "row numbers without their dataset")),
+    };
+    let outputs = model.forward(&x, Mode::Train)?;
+    let loss = cfg.loss.compute(&cfg.task, &outputs, &y)?;
     let grads = loss.backward()?;
-    let metric = metric_sum(&cfg.task, cfg.loss, &outputs, y)?;
+    let metric = metric_sum(&cfg.task, cfg.loss, &outputs, &y)?;
     opt.step(&grads)?;
     Ok((grads, loss.detach(), metric))
 }
