@@ -55,8 +55,9 @@ fn kernels_source() -> String {
     source
 }
 
-/// Compiles `source` (C++20, behind `emulator.hpp` unless `bare`) into the shared library
-/// `dir/file` with `extra` arguments, and returns its path.
+/// Compiles `source` (C++20, behind `emulator.hpp` unless `bare`) into `dir/file`, a shared
+/// library (an executable where `file` does not end in `.so`), with `extra` arguments, and
+/// returns its path.
 fn compile(dir: &Path, file: &str, source: &str, bare: bool, extra: &[&str]) -> Result<PathBuf, String> {
     let (header, cpp, lib) = (dir.join("emulator.hpp"), dir.join(format!("{file}.cpp")), dir.join(file));
     let write =
@@ -65,7 +66,8 @@ fn compile(dir: &Path, file: &str, source: &str, bare: bool, extra: &[&str]) -> 
     write(&cpp, source)?;
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
     let out = std::process::Command::new(&cxx)
-        .args(["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-w"])
+        .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-w"])
+        .args(if file.ends_with(".so") { &["-fPIC", "-shared"][..] } else { &[] })
         .args(if bare { vec![] } else { vec!["-include".as_ref(), header.as_os_str()] })
         .arg(&cpp)
         .args(extra)
@@ -159,4 +161,76 @@ pub fn install() -> Result<(), String> {
         return Err("libcuda.so loads as NVIDIA's driver, not the emulated one".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kernels that wait at a barrier, and a program that runs one by name over a block of 8
+    /// threads and prints what it wrote.
+    const PROGRAM: &str = r#"
+extern "C" __global__ void uniform(float* out) {
+    out[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
+}
+// Thread 3 leaves before the barrier the others wait at.
+extern "C" __global__ void partial(float* out) {
+    if (threadIdx.x == 3) return;
+    __syncthreads();
+    out[threadIdx.x] = 1.0f;
+}
+// Thread 0 goes about 20 KB past the end of its fiber's 128 KB stack.
+__device__ float deep(int n) {
+    volatile char frame[1024];
+    frame[0] = (char)n;
+    return n == 0 ? 0.0f : deep(n - 1) + (float)frame[0];
+}
+extern "C" __global__ void overflow(float* out) {
+    __syncthreads();
+    out[threadIdx.x] = threadIdx.x == 0 ? deep(150) : 0.0f;
+}
+#define ENTRY(k) {#k, [](void** p) { emu_invoke(k, p); }, true, emu_count(k), emu_sizes(k), emu_pointers(k)}
+const EmuKernel emu_kernels[] = {ENTRY(uniform), ENTRY(partial), ENTRY(overflow)};
+const std::size_t emu_kernel_count = 3;
+int main(int argc, char** argv) {
+    float out[16] = {0};
+    void* arg = out;
+    void* params[] = {&arg};
+    if (argc < 2 || emu_launch(argv[1], 1, 8, params) != 0) return 2;
+    for (float v : out) printf("%g ", v);
+    return 0;
+}
+"#;
+
+    /// A block whose threads all reach a barrier runs; one that only some reach stops the
+    /// emulator (CUDA leaves it undefined, and a GPU may hang); a fiber that overruns its
+    /// stack faults at the page below it instead of writing over the memory there. Each in a
+    /// child process.
+    #[test]
+    fn the_emulator_stops_at_a_partial_barrier_and_at_a_stack_overrun() {
+        use std::os::unix::process::ExitStatusExt;
+        let scratch = Scratch::new().expect("a scratch folder");
+        let exe = match compile(&scratch.0, "barriers", PROGRAM, false, &[]) {
+            Ok(exe) => exe,
+            Err(why) => {
+                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the program did not build: {why}");
+                eprintln!("skipped: no C++ compiler ({why})");
+                return;
+            }
+        };
+        let run = |kernel: &str| std::process::Command::new(&exe).arg(kernel).output().expect("the program runs");
+        let out = run("uniform");
+        assert!(out.status.success(), "uniform: {out:?}");
+        let want = "0 1 2 3 4 5 6 7 1 2 3 4 5 6 7 0 ";
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "each thread read its neighbour's write");
+        let out = run("partial");
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "partial: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("in partial, block 0: __syncthreads reached by only some threads"), "{said}");
+        let out = run("overflow");
+        assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "overflow: {out:?}");
+    }
 }

@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstddef>
@@ -124,13 +126,23 @@ struct EmuFibers {
     static constexpr std::size_t stack_bytes = 128 * 1024;
     ucontext_t scheduler;
     std::vector<ucontext_t> contexts;
-    std::vector<std::unique_ptr<char[]>> stacks;  // kept for the next blocks and launches
+    std::vector<char*> stacks;  // kept for the next blocks and launches (never unmapped)
     std::vector<unsigned char> finished;
     unsigned int current = 0;
     const EmuKernel* kernel = nullptr;
     void** params = nullptr;
 };
 static EmuFibers emu_fibers;  // one launch at a time (emu_launch's lock)
+
+// A fiber's stack with an inaccessible page below it (stacks grow down): an overflow faults
+// there instead of writing over the next fiber's stack. Null if the system refuses.
+static char* emu_fiber_stack() {
+    const std::size_t page = (std::size_t)sysconf(_SC_PAGESIZE);
+    void* region = mmap(nullptr, page + EmuFibers::stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED) return nullptr;
+    if (mprotect(region, page, PROT_NONE) != 0) return nullptr;
+    return (char*)region + page;
+}
 
 static inline void emu_yield_to_scheduler() {
     swapcontext(&emu_fibers.contexts[emu_fibers.current], &emu_fibers.scheduler);
@@ -173,20 +185,30 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
     f.kernel = kernel;
     f.params = params;
     f.contexts.resize(block);
-    while (f.stacks.size() < block) f.stacks.emplace_back(new char[EmuFibers::stack_bytes]);
+    while (f.stacks.size() < block) {
+        char* stack = emu_fiber_stack();
+        if (!stack) {
+            fprintf(stderr, "emulated CUDA: no memory for %s's fiber stacks\n", name);
+            abort();
+        }
+        f.stacks.push_back(stack);
+    }
     emu_in_fibers = true;
     for (unsigned int b = 0; b < grid; ++b) {
         f.finished.assign(block, 0);
         for (unsigned int t = 0; t < block; ++t) {
             getcontext(&f.contexts[t]);
-            f.contexts[t].uc_stack.ss_sp = f.stacks[t].get();
+            f.contexts[t].uc_stack.ss_sp = f.stacks[t];
             f.contexts[t].uc_stack.ss_size = EmuFibers::stack_bytes;
             f.contexts[t].uc_link = &f.scheduler;
             makecontext(&f.contexts[t], emu_fiber_main, 0);
         }
         // Each round runs every live thread to its next barrier or its end, so no thread
-        // passes barrier k before every other has reached it (or ended).
+        // passes barrier k before every other has reached it. A round in which some threads
+        // end while others wait at a barrier is a __syncthreads that only some threads of
+        // the block reach (undefined in CUDA): the emulator stops there.
         for (bool live = true; live;) {
+            bool ended = false;
             live = false;
             for (unsigned int t = 0; t < block; ++t) {
                 if (f.finished[t]) continue;
@@ -194,7 +216,12 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
                 blockIdx = {b, 0, 0};
                 threadIdx = {t, 0, 0};
                 swapcontext(&f.scheduler, &f.contexts[t]);
+                ended = ended || f.finished[t];
                 live = live || !f.finished[t];
+            }
+            if (ended && live) {
+                fprintf(stderr, "emulated CUDA: in %s, block %u: __syncthreads reached by only some threads\n", name, b);
+                abort();
             }
         }
     }
