@@ -259,6 +259,11 @@ fn cases() -> Vec<Case> {
         c.push(case(&format!("argmax dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].argmax(dim, false)));
         c.push(case(&format!("argmin dim {dim}"), vec![normal(&[3, 4, 5], r)], move |x| x[0].argmin(dim, false)));
     }
+    // Long reductions down columns (a bias's gradient: a GPU's block per 32 neighbouring
+    // outputs) and along rows (a block per output).
+    c.push(case("sum over 100 rows", vec![normal(&[100, 40], r)], |x| x[0].sum(0, false)));
+    c.push(case("argmax over 100 rows", vec![normal(&[100, 40], r)], |x| x[0].argmax(0, false)));
+    c.push(case("max along 100 columns", vec![normal(&[3, 100], r)], |x| x[0].max(1, false)));
     c.push(case("sum_all", vec![normal(&[3, 4, 5], r)], |x| x[0].sum_all()));
     c.push(case("mean", vec![normal(&[3, 4], r)], |x| x[0].mean(1, false)));
     c.push(case("softmax", vec![normal(&[3, 6], r)], |x| x[0].softmax(1)));

@@ -233,7 +233,7 @@ fn transposed_view(outer: usize, len: usize, inner: usize, seed: u64) -> (Vec<f3
 #[test]
 fn reductions_and_softmax_match_plain_loops() {
     let Some(emu) = emulator() else { return };
-    for (outer, len, inner) in [(3, 5, 4), (2, 700, 3), (1, 1, 1), (4, 0, 2)] {
+    for (outer, len, inner) in [(3, 5, 4), (2, 700, 3), (1, 1, 1), (4, 0, 2), (2, 70, 45)] {
         let (x, lx, logical) = transposed_view(outer, len, inner, 7);
         let logical = &logical;
         let lane = move |o: usize, i: usize| (0..len).map(move |j| logical[(o * len + j) * inner + i]);
@@ -264,9 +264,14 @@ fn reductions_and_softmax_match_plain_loops() {
             let mut out = vec![f32::NAN; outer * inner];
             emulate!(emu, "reduce_thread", gpu::grid(outer * inner); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op);
             assert_eq!(differs(&out, want), None, "reduce_thread op {op} over {outer}x{len}x{inner}");
-            let mut out = vec![f32::NAN; outer * inner];
-            emulate!(emu, "reduce_block", gpu::blocks(outer * inner, 128); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op);
-            assert_eq!(differs(&out, want), None, "reduce_block op {op} over {outer}x{len}x{inner}");
+            // A block per output, and a block per 32 neighbouring outputs (the last group
+            // part full when inner is not a multiple of 32).
+            for (cols, threads) in [(1u32, 128u32), (32, 256)] {
+                let mut out = vec![f32::NAN; outer * inner];
+                let cfg = gpu::blocks(outer * inner.div_ceil(cols as usize), threads);
+                emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols);
+                assert_eq!(differs(&out, want), None, "reduce_block ({cols} lanes) op {op} over {outer}x{len}x{inner}");
+            }
         }
         if len == 0 {
             continue;

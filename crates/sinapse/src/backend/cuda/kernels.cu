@@ -242,20 +242,28 @@ extern "C" __global__ void reduce_thread(const float* x, Strided lx, float* out,
     }
 }
 
-// One block per output: for few long reductions (a loss over a whole batch). blockDim.x is
-// a power of two, at most 1024.
+// Long reductions, a block per `cols` neighbouring outputs: thread t serves output lane
+// t % cols and takes every (blockDim.x / cols)-th element of it from element t / cols on,
+// then the block combines each lane's parts. cols = 1 for lanes along the last axis (a
+// loss over a batch: a block's threads read one lane's neighbouring elements); cols = 32 for
+// lanes side by side in memory (a bias's gradient, the sum over a batch of each column:
+// the 32 lanes of a warp read 32 neighbouring elements). blockDim.x is a power of two, at
+// most 1024, and a multiple of cols, itself a power of two.
 extern "C" __global__ void reduce_block(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
-                                        int op) {
+                                        int op, unsigned int cols) {
     __shared__ double sums[1024];
     __shared__ float vals[1024];
     __shared__ u64 ats[1024];
-    for (u64 o = blockIdx.x; o < outer * inner; o += gridDim.x) {
-        u64 base = (o / inner) * len * inner + (o % inner);
-        unsigned int t = threadIdx.x;
+    unsigned int t = threadIdx.x, lane = t % cols, row = t / cols, rows = blockDim.x / cols;
+    u64 groups = (inner + cols - 1) / cols;  // of `cols` lanes, per outer index
+    for (u64 g = blockIdx.x; g < outer * groups; g += gridDim.x) {
+        u64 i = (g % groups) * cols + lane;
+        bool inside = i < inner;
+        u64 o = (g / groups) * inner + i, base = (g / groups) * len * inner + i;
         double s = 0.0;
         Best b = {NAN_F, ~0ull};
         bool any = false;
-        for (u64 j = t; j < len; j += blockDim.x) {
+        for (u64 j = row; inside && j < len; j += rows) {
             float v = x[at(lx, base + j * inner)];
             if (op == 0) {
                 s += (double)v;
@@ -269,24 +277,25 @@ extern "C" __global__ void reduce_block(const float* x, Strided lx, float* out, 
         vals[t] = b.v;
         ats[t] = any ? b.at : ~0ull;
         __syncthreads();
-        for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
-            if (t < half) {
+        for (unsigned int half = rows / 2; half > 0; half /= 2) {
+            if (row < half) {
+                unsigned int other = t + half * cols;
                 if (op == 0) {
-                    sums[t] += sums[t + half];
-                } else if (ats[t + half] != ~0ull) {
-                    Best mine = {vals[t], ats[t]};
-                    if (ats[t] == ~0ull || beats(op, vals[t + half], ats[t + half], mine)) {
-                        vals[t] = vals[t + half];
-                        ats[t] = ats[t + half];
+                    sums[t] += sums[other];
+                } else if (ats[other] != ~0ull) {
+                    Best kept = {vals[t], ats[t]};
+                    if (ats[t] == ~0ull || beats(op, vals[other], ats[other], kept)) {
+                        vals[t] = vals[other];
+                        ats[t] = ats[other];
                     }
                 }
             }
             __syncthreads();
         }
-        if (t == 0) {
+        if (row == 0 && inside) {
             if (len == 0) out[o] = 0.0f;
-            else if (op == 0) out[o] = (float)sums[0];
-            else out[o] = op >= 3 ? (float)ats[0] : vals[0];
+            else if (op == 0) out[o] = (float)sums[t];
+            else out[o] = op >= 3 ? (float)ats[t] : vals[t];
         }
         __syncthreads();
     }

@@ -393,12 +393,17 @@ impl BackendStorage for CudaStorage {
         };
         let lx = Strided::of(l, "reduce")?;
         let (o, k, i) = (outer as u64, len as u64, inner as u64);
-        // Many short reductions: a thread each; few long ones: a block each.
-        if outputs >= 4096 || len <= 64 {
+        // Short reductions: a thread each. Long ones: a block of threads each, or, where the
+        // outputs lie side by side (a sum over a batch's rows: a bias's gradient), a block
+        // per 32 of them whose warps read 32 neighbouring values at a time (one thread per
+        // output there would walk a [1024, 4096] gradient's 1024 rows alone, 16 blocks in all).
+        if len <= 64 {
             launch!(gpu, "reduce_thread", grid(outputs); self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
         } else {
-            let cfg = blocks(outputs, lane_threads(len).min(256));
-            launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
+            let cols: u32 = if inner >= 32 { 32 } else { 1 };
+            let threads = lane_threads(len).min(if cols == 32 { 1024 } else { 256 });
+            let cfg = blocks(outer * inner.div_ceil(cols as usize), threads);
+            launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code, cols)?;
         }
         Ok(out)
     }
