@@ -539,6 +539,8 @@ ENTRY cublasStatus_t cublasSgemmStridedBatched(void* handle, int transa, int tra
                                                const float* b, int ldb, long long stride_b, const float* beta,
                                                float* c, int ldc, long long stride_c, int batch) {
     LOCKED;
+    static const bool trace = getenv("SINAPSE_EMULATED_TRACE") != nullptr;
+    if (trace) fprintf(stderr, "TRACE sgemm m %d n %d k %d transa %d transb %d batch %d\n", m, n, k, transa, transb, batch);
     Blas* blas = static_cast<Blas*>(handle);
     if (m < 0 || n < 0 || k < 0 || batch < 0 || transa > 1 || transb > 1) return 7;
     if (m == 0 || n == 0 || batch == 0) return 0;

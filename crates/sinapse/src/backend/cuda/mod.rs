@@ -400,8 +400,13 @@ impl BackendStorage for CudaStorage {
         if len <= 64 {
             launch!(gpu, "reduce_thread", grid(outputs); self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
         } else {
-            let cols: u32 = if inner >= 32 { 32 } else { 1 };
-            let threads = lane_threads(len).min(if cols == 32 { 1024 } else { 256 });
+            let (cols, threads) = if inner >= 32 {
+                // Rows of 32 threads enough for about 4 values each (up to 32 rows), so that
+                // a batch of 128 is still read in 4 steps, not 32.
+                (32u32, 32 * (len / 4).next_power_of_two().clamp(1, 32) as u32)
+            } else {
+                (1, lane_threads(len).min(256))
+            };
             let cfg = blocks(outer * inner.div_ceil(cols as usize), threads);
             launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code, cols)?;
         }
