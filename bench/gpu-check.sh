@@ -93,7 +93,7 @@ fi
 result() {
     if grep -qE "^$1: " "$2"; then
         local launches
-        launches=$(grep -m1 -o 'launches per training step: [0-9.]* kernels, [0-9.]* cuBLAS products' "$2")
+        launches=$(grep -m1 -o 'launches per training step: [^(]*host copies' "$2")
         echo "$(grep -E "^$1: " "$2" | tail -n 1 | sed "s/^$1: //"); $(grep 'peak device' "$2")${launches:+; $launches}"
     else
         echo "FAILED: $(tail -n 1 "$2")"
