@@ -237,7 +237,7 @@ impl State {
     /// Copies the host's staged numbers to the device buffer.
     fn write_staged(&mut self) -> Result<()> {
         if let Some(s) = &mut self.staged {
-            // Bit for bit (a -0.0 is not a 0.0, a NaN is written again).
+            // Bit for bit: a -0.0 is not a 0.0.
             if !s.host.iter().zip(&s.written).all(|(a, b)| a.to_bits() == b.to_bits()) {
                 s.values.write_host(&s.host)?;
                 s.written.clone_from(&s.host);

@@ -401,8 +401,15 @@ impl Tensor {
     /// where their backend gathers in one pass ([`Storage::gather_values`]); `None` where it
     /// does not. Each storage is locked once, as in [`Tensor::with_storages`].
     pub(crate) fn gather_values(tensors: &[&Tensor]) -> Result<Option<Storage>> {
+        // Only a GPU gathers: anything else is known before a lock is taken.
+        let device = tensors.first().map(|t| t.device());
+        if device.is_none_or(|d| d == Device::Cpu) || tensors.iter().any(|t| Some(t.device()) != device) {
+            return Ok(None);
+        }
+        // The first tensor of each storage (a loss per batch: all distinct, so linear).
+        let mut seen: HashMap<*const StorageCell, usize> = HashMap::with_capacity(tensors.len());
         let first: Vec<usize> =
-            (0..tensors.len()).map(|i| (0..i).find(|&j| tensors[j].same_storage(tensors[i])).unwrap_or(i)).collect();
+            tensors.iter().enumerate().map(|(i, t)| *seen.entry(Arc::as_ptr(&t.0.storage)).or_insert(i)).collect();
         let guards: Vec<Option<RwLockReadGuard<'_, Storage>>> =
             (0..tensors.len()).map(|i| (first[i] == i).then(|| read_lock(&tensors[i].0.storage))).collect();
         let parts: Vec<(&Storage, usize)> = (0..tensors.len())

@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cstddef>
@@ -41,6 +40,7 @@ static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_laun
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __launch_bounds__(threads)
 #define __shared__ static
 
 static inline void emu_yield_to_scheduler();
@@ -135,13 +135,17 @@ struct EmuFibers {
 static EmuFibers emu_fibers;  // one launch at a time (emu_launch's lock)
 
 // A fiber's stack with an inaccessible page below it (stacks grow down): an overflow faults
-// there instead of writing over the next fiber's stack. Null if the system refuses.
+// there instead of writing over the next fiber's stack. Null if the system refuses. The
+// guard is 64 KB: a frame that large would step over a one-page guard into the next mapping.
 static char* emu_fiber_stack() {
-    const std::size_t page = (std::size_t)sysconf(_SC_PAGESIZE);
-    void* region = mmap(nullptr, page + EmuFibers::stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    constexpr std::size_t guard = 64 * 1024;
+    void* region = mmap(nullptr, guard + EmuFibers::stack_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (region == MAP_FAILED) return nullptr;
-    if (mprotect(region, page, PROT_NONE) != 0) return nullptr;
-    return (char*)region + page;
+    if (mprotect(region, guard, PROT_NONE) != 0) {
+        munmap(region, guard + EmuFibers::stack_bytes);
+        return nullptr;
+    }
+    return (char*)region + guard;
 }
 
 static inline void emu_yield_to_scheduler() {

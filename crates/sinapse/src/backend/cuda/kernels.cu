@@ -248,8 +248,9 @@ extern "C" __global__ void reduce_thread(const float* x, Strided lx, float* out,
 // loss over a batch: a block's threads read one lane's neighbouring elements); cols = 32 for
 // lanes side by side in memory (a bias's gradient, the sum over a batch of each column:
 // the 32 lanes of a warp read 32 neighbouring elements). blockDim.x is a power of two, at
-// most 1024, and a multiple of cols, itself a power of two.
-extern "C" __global__ void reduce_block(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
+// most 1024 (declared to the compiler, which then keeps to the registers 1024 threads may
+// have), and a multiple of cols, itself a power of two.
+extern "C" __global__ __launch_bounds__(1024) void reduce_block(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
                                         int op, unsigned int cols) {
     __shared__ double sums[1024];
     __shared__ float vals[1024];
