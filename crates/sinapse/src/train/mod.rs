@@ -207,7 +207,10 @@ pub struct FitConfig {
     /// refused with `clip_grad_norm` (it reads the norm to the host every step) and with a
     /// communicator. A step that cannot be captured (one that copies values from the host,
     /// as dropout's masks do) runs eagerly, with a note in [`History::notes`]. A non-finite
-    /// loss is found after its update, as with `progress_every > 1`.
+    /// loss is found after its update, as with `progress_every > 1`. Each batch from a
+    /// training set on the host is copied into the graph's inputs; with the training set on
+    /// the model's device ([`Dataset::to`]), only its row numbers are, and the graph gathers
+    /// the rows (one small upload per step).
     pub cuda_graph: bool,
 }
 
