@@ -790,9 +790,9 @@ impl Storage {
         }
     }
 
-    /// The value at position `at` of each of `parts`, in order, in a new buffer, where the
-    /// backend gathers them in one pass (a GPU: one launch per 64 values, instead of a copy
-    /// each); `None` elsewhere (the CPU, or parts on several devices), for the caller's copies.
+    /// The value at position `at` of each of `parts` (all on one device), in order, in a new
+    /// buffer, where the backend gathers them in one pass (a GPU: one launch per 64 values,
+    /// instead of a copy each); `None` on the CPU, for the caller's copies.
     pub(crate) fn gather_values(parts: &[(&Storage, usize)]) -> Result<Option<Storage>> {
         let cuda: Option<Vec<(&cuda::CudaStorage, usize)>> = parts
             .iter()
@@ -801,12 +801,8 @@ impl Storage {
                 Storage::Cpu(_) => None,
             })
             .collect();
-        match cuda {
-            Some(cuda) if !cuda.is_empty() && cuda.iter().all(|(c, _)| c.device() == cuda[0].0.device()) => {
-                Ok(Some(Storage::Cuda(cuda::CudaStorage::gather_values(&cuda)?)))
-            }
-            _ => Ok(None),
-        }
+        // The GPU's gather refuses parts on several GPUs.
+        cuda.map(|cuda| cuda::CudaStorage::gather_values(&cuda).map(Storage::Cuda)).transpose()
     }
 
     /// Copies the elements of `l` to the places `dst_l` names in `dst`.

@@ -166,15 +166,8 @@ impl<'a> DataLoader<'a> {
         if let Some(d) = device {
             d.check_available()?;
         }
-        let shard = self.shard;
-        let batches = batch_orders(data.len(), self.batch_size, self.rng.as_mut(), self.drop_last)?;
-        Ok(batches.into_iter().map(move |rows| {
-            let rows = match shard {
-                Some((rank, world)) => &rows[crate::dist::shard_range(rows.len(), rank, world)],
-                None => &rows[..],
-            };
-            let idx = index_tensor(rows)?;
-            let (x, y) = data.batch(&idx)?;
+        Ok(self.epoch_rows()?.map(move |idx| {
+            let (x, y) = data.batch(&idx?)?;
             match device {
                 Some(d) => Ok((x.to(d)?, y.to(d)?)),
                 None => Ok((x, y)),

@@ -555,15 +555,16 @@ impl Tensor {
         if self.shape() != src.shape() {
             return Err(Error::shapes("copy_from", self.shape(), src.shape()));
         }
-        // On one device, from another storage: one copy straight into this one (one launch on
-        // a GPU), when the source can be read at once. No lock is waited for while another is
-        // held (another thread may copy the other way), so otherwise the copy goes through a
-        // buffer, as across devices.
-        // From the host into a row-major tensor on a GPU: one copy to the device, in place.
+        // From the host into a row-major tensor on a GPU: one copy to the device, in place
+        // (the source is read out before this storage is locked).
         if src.device() == Device::Cpu && self.device() != Device::Cpu && self.layout().is_contiguous() {
             let values = src.storage().to_host(src.layout())?;
             return write_lock(&self.0.storage).write_host(self.layout().offset(), &values);
         }
+        // On one device, from another storage: one copy straight into this one (one launch on
+        // a GPU), when the source can be read at once. No lock is waited for while another is
+        // held (another thread may copy the other way), so otherwise the copy goes through a
+        // buffer, as across devices.
         if !self.same_storage(src) {
             let mut dst = write_lock(&self.0.storage);
             if let Ok(from) = src.0.storage.data.try_read() {

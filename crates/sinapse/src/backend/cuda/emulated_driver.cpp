@@ -114,6 +114,11 @@ bool inside(CUdeviceptr p, size_t bytes) {
     return p >= it->first && p + bytes <= it->first + it->second;
 }
 
+// SINAPSE_EMULATED_TRACE set: each kernel launch and cuBLAS product is printed to stderr.
+bool tracing() {
+    static const bool on = getenv("SINAPSE_EMULATED_TRACE") != nullptr;
+    return on;
+}
 void complain(const char* what) { fprintf(stderr, "emulated CUDA: %s\n", what); }
 
 // CUDA_ERROR_INVALID_CONTEXT unless the calling thread has a current context.
@@ -436,8 +441,7 @@ ENTRY CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsigne
         return complain("a launch the emulator does not take (2-D, empty, or with shared memory)"),
                EMU_INVALID_VALUE;
     if (!pointers_inside(kernel, params)) return EMU_INVALID_VALUE;
-    static const bool trace = getenv("SINAPSE_EMULATED_TRACE") != nullptr;
-    if (trace) fprintf(stderr, "TRACE kernel %s grid %u block %u\n", kernel->name, gx, bx);
+    if (tracing()) fprintf(stderr, "TRACE kernel %s grid %u block %u\n", kernel->name, gx, bx);
     Node node{Node::Kernel};
     node.kernel = kernel, node.grid = gx, node.block = bx;
     for (size_t i = 0; i < kernel->param_count; ++i) {
@@ -539,8 +543,7 @@ ENTRY cublasStatus_t cublasSgemmStridedBatched(void* handle, int transa, int tra
                                                const float* b, int ldb, long long stride_b, const float* beta,
                                                float* c, int ldc, long long stride_c, int batch) {
     LOCKED;
-    static const bool trace = getenv("SINAPSE_EMULATED_TRACE") != nullptr;
-    if (trace) fprintf(stderr, "TRACE sgemm m %d n %d k %d transa %d transb %d batch %d\n", m, n, k, transa, transb, batch);
+    if (tracing()) fprintf(stderr, "TRACE sgemm m %d n %d k %d transa %d transb %d batch %d\n", m, n, k, transa, transb, batch);
     Blas* blas = static_cast<Blas*>(handle);
     if (m < 0 || n < 0 || k < 0 || batch < 0 || transa > 1 || transb > 1) return 7;
     if (m == 0 || n == 0 || batch == 0) return 0;
