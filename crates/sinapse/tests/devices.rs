@@ -925,10 +925,17 @@ fn capture_thread_check(device: Device) -> Result<Option<String>> {
 
 /// Where no GPU is, the suite runs again in a child process whose `cuda:0` is a GPU emulated
 /// on the CPU ([`sinapse::backend::install_emulated_gpu`]): the CUDA backend's host code
-/// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU. Returns
-/// whether that run passed or was skipped (it is required where CI asks for the emulator and
-/// NVRTC).
+/// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU; then in a
+/// second child whose kernels run their blocks and threads in descending order
+/// (`SINAPSE_EMULATOR_ORDER`), so that a kernel whose threads depend on one another's order
+/// fails one of the two. Returns whether both passed or were skipped (they are required where
+/// CI asks for the emulator and NVRTC).
 fn run_on_emulated_gpu() -> bool {
+    ["ascending", "descending"].iter().all(|order| run_on_emulated_gpu_in(order))
+}
+
+/// [`run_on_emulated_gpu`] with the emulator's blocks and threads in `order`.
+fn run_on_emulated_gpu_in(order: &str) -> bool {
     let required =
         ["SINAPSE_REQUIRE_EMULATOR", "SINAPSE_REQUIRE_NVRTC"].iter().all(|v| std::env::var(v).is_ok_and(|v| v == "1"));
     let exe = match std::env::current_exe() {
@@ -939,7 +946,7 @@ fn run_on_emulated_gpu() -> bool {
         }
     };
     let mut child = std::process::Command::new(exe);
-    child.env(EMULATED, "1");
+    child.env(EMULATED, "1").env(ORDER, order);
     if required {
         child.env("SINAPSE_REQUIRE_CUDA", "1");
     }
@@ -954,6 +961,8 @@ fn run_on_emulated_gpu() -> bool {
 
 /// Set in the child process that runs the suite on an emulated GPU.
 const EMULATED: &str = "SINAPSE_EMULATED_GPU";
+/// The order of the emulated kernels' blocks and threads there: ascending or descending.
+const ORDER: &str = "SINAPSE_EMULATOR_ORDER";
 
 fn main() {
     let emulated = std::env::var(EMULATED).is_ok_and(|v| v == "1");
@@ -962,7 +971,11 @@ fn main() {
             println!("device suite (emulated GPU): not run: {e}");
             std::process::exit(i32::from(std::env::var("SINAPSE_REQUIRE_CUDA").is_ok_and(|v| v == "1")));
         }
-        println!("device suite: cuda:0 is a GPU emulated on the CPU (the CUDA backend's host code over CPU builds of its kernels)");
+        let order = std::env::var(ORDER).unwrap_or_else(|_| "ascending".into());
+        println!(
+            "device suite: cuda:0 is a GPU emulated on the CPU (the CUDA backend's host code over CPU builds of its \
+             kernels, blocks and threads in {order} order)"
+        );
     }
     let mut failures = Vec::new();
     let mut checks = 0;

@@ -103,16 +103,16 @@ fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
     Ok(handle)
 }
 
-/// Builds and loads the kernel emulator alone; returns its `emu_launch`.
+/// Builds and loads the kernel emulator alone; returns its `emu_launch_in_order`.
 #[cfg(test)]
 pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
     let scratch = Scratch::new()?;
     let lib = compile(&scratch.0, "libkernels.so", &kernels_source(), false, &[])?;
     let handle = load(&lib, false)?;
     // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
-    let symbol = unsafe { libc::dlsym(handle, c"emu_launch".as_ptr()) };
+    let symbol = unsafe { libc::dlsym(handle, c"emu_launch_in_order".as_ptr()) };
     if symbol.is_null() {
-        return Err("emu_launch not found in the emulator".into());
+        return Err("emu_launch_in_order not found in the emulator".into());
     }
     Ok(symbol)
 }
@@ -167,12 +167,19 @@ pub fn install() -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// Kernels that wait at a barrier, and a program that runs one by name over a block of 8
-    /// threads and prints what it wrote.
+    /// Kernels that wait at a barrier, one that should and does not, and a program that runs
+    /// one by name over a block of 8 threads (in descending order if asked) and prints what it
+    /// wrote.
     const PROGRAM: &str = r#"
 extern "C" __global__ void uniform(float* out) {
     out[threadIdx.x] = (float)threadIdx.x;
     __syncthreads();
+    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
+}
+// The same without the barrier: what a thread reads of its neighbour's write depends on
+// which of the two ran first.
+extern "C" __global__ void racy(float* out) {
+    out[threadIdx.x] = (float)threadIdx.x;
     out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
 }
 // Thread 3 leaves before the barrier the others wait at.
@@ -191,25 +198,28 @@ extern "C" __global__ void overflow(float* out) {
     __syncthreads();
     out[threadIdx.x] = threadIdx.x == 0 ? deep(150) : 0.0f;
 }
-#define ENTRY(k) {#k, [](void** p) { emu_invoke(k, p); }, true, emu_count(k), emu_sizes(k), emu_pointers(k)}
-const EmuKernel emu_kernels[] = {ENTRY(uniform), ENTRY(partial), ENTRY(overflow)};
-const std::size_t emu_kernel_count = 3;
+#define ENTRY(k, b) {#k, [](void** p) { emu_invoke(k, p); }, b, emu_count(k), emu_sizes(k), emu_pointers(k)}
+const EmuKernel emu_kernels[] = {ENTRY(uniform, true), ENTRY(racy, false), ENTRY(partial, true), ENTRY(overflow, true)};
+const std::size_t emu_kernel_count = 4;
 int main(int argc, char** argv) {
-    float out[16] = {0};
+    float out[16];
+    for (float& v : out) v = -1.0f;
     void* arg = out;
     void* params[] = {&arg};
-    if (argc < 2 || emu_launch(argv[1], 1, 8, params) != 0) return 2;
+    int descending = argc > 2 && strcmp(argv[2], "descending") == 0;
+    if (argc < 2 || emu_launch_in_order(argv[1], 1, 8, params, descending) != 0) return 2;
     for (float v : out) printf("%g ", v);
     return 0;
 }
 "#;
 
-    /// A block whose threads all reach a barrier runs; one that only some reach stops the
-    /// emulator (CUDA leaves it undefined, and a GPU may hang); a fiber that overruns its
-    /// stack faults at the page below it instead of writing over the memory there. Each in a
-    /// child process.
+    /// A block whose threads all reach a barrier runs, in either order to the same result; a
+    /// missing barrier shows as results that differ between the orders; a barrier that only
+    /// some threads reach stops the emulator (CUDA leaves it undefined, and a GPU may hang); a
+    /// fiber that overruns its stack faults at the page below it instead of writing over the
+    /// memory there. Each in a child process.
     #[test]
-    fn the_emulator_stops_at_a_partial_barrier_and_at_a_stack_overrun() {
+    fn the_emulator_shows_missing_and_partial_barriers_and_stops_at_a_stack_overrun() {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
         let exe = match compile(&scratch.0, "barriers", PROGRAM, false, &[]) {
@@ -221,11 +231,23 @@ int main(int argc, char** argv) {
                 return;
             }
         };
-        let run = |kernel: &str| std::process::Command::new(&exe).arg(kernel).output().expect("the program runs");
-        let out = run("uniform");
-        assert!(out.status.success(), "uniform: {out:?}");
-        let want = "0 1 2 3 4 5 6 7 1 2 3 4 5 6 7 0 ";
-        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "each thread read its neighbour's write");
+        let run_in = |kernel: &str, order: &str| {
+            std::process::Command::new(&exe).args([kernel, order]).output().expect("the program runs")
+        };
+        let run = |kernel: &str| run_in(kernel, "ascending");
+        let printed = |kernel: &str, order: &str| {
+            let out = run_in(kernel, order);
+            assert!(out.status.success(), "{kernel}, {order}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for order in ["ascending", "descending"] {
+            let want = "0 1 2 3 4 5 6 7 1 2 3 4 5 6 7 0 ";
+            assert_eq!(printed("uniform", order), want, "each thread read its neighbour's write ({order})");
+        }
+        // Without the barrier, each thread but the last reads its neighbour's value before it
+        // is written in ascending order, and each but the last after it in descending order.
+        assert_eq!(printed("racy", "ascending"), "0 1 2 3 4 5 6 7 -1 -1 -1 -1 -1 -1 -1 0 ");
+        assert_eq!(printed("racy", "descending"), "0 1 2 3 4 5 6 7 1 2 3 4 5 6 7 -1 ");
         let out = run("partial");
         assert_eq!(out.status.signal(), Some(libc::SIGABRT), "partial: {out:?}");
         let said = String::from_utf8_lossy(&out.stderr);

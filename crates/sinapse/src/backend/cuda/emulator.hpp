@@ -4,13 +4,16 @@
 // after another for a kernel that never waits at __syncthreads, else as fibers (ucontext)
 // that each run to the next barrier in turn, so that none passes a barrier before all reach
 // it; blocks run one after another (so that a kernel's __shared__ arrays, here static, belong
-// to one block at a time), and launches one at a time.
+// to one block at a time), and launches one at a time. Blocks and threads run in ascending
+// order, or all in descending order (emu_launch_in_order): a kernel run both ways has had
+// every pair of its threads, and of its blocks, run in each order, so one thread reading
+// what another writes with no barrier between them (a missing __syncthreads, a warp assumed
+// to run in step, a block reading another's output) gives a different result in one of the
+// two runs.
 //
 // What this cannot show: the GPU's memory model (threads here never overlap, so a missing
-// atomic would go unseen; a missing barrier too, unless its absence changes the order in
-// which threads read and write), warp-level behaviour, shared memory's garbage
-// before a write (static arrays start at zero), and the CUDA math library's rounding (expf
-// and friends are the C library's).
+// atomic would go unseen), shared memory's garbage before a write (static arrays start at
+// zero), and the CUDA math library's rounding (expf and friends are the C library's).
 
 #include <math.h>
 #include <stdint.h>
@@ -132,7 +135,7 @@ struct EmuFibers {
     const EmuKernel* kernel = nullptr;
     void** params = nullptr;
 };
-static EmuFibers emu_fibers;  // one launch at a time (emu_launch's lock)
+static EmuFibers emu_fibers;  // one launch at a time (emu_launch_in_order's lock)
 
 // A fiber's stack with an inaccessible page below it (stacks grow down): an overflow faults
 // there instead of writing over the next fiber's stack. Null if the system refuses. The
@@ -165,21 +168,24 @@ static const EmuKernel* emu_kernel(const char* name) {
 }
 
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
-// every launch of the backend): 0 on success, 1 for an unknown name.
-
-extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int block, void** params) {
+// every launch of the backend), its blocks and threads in ascending order, or descending
+// with `reverse`: 0 on success, 1 for an unknown name.
+extern "C" int emu_launch_in_order(const char* name, unsigned int grid, unsigned int block, void** params,
+                                   int reverse) {
     const EmuKernel* kernel = emu_kernel(name);
     if (!kernel) return 1;
     static std::mutex one_launch;
     std::lock_guard<std::mutex> hold(one_launch);
     gridDim = {grid, 1, 1};
     blockDim = {block, 1, 1};
+    // The i-th of n to run.
+    auto nth = [reverse](unsigned int i, unsigned int n) { return reverse ? n - 1 - i : i; };
     if (!kernel->barriers) {
         // No thread waits for another: each block's threads one after another, here.
-        for (unsigned int b = 0; b < grid; ++b)
-            for (unsigned int t = 0; t < block; ++t) {
-                blockIdx = {b, 0, 0};
-                threadIdx = {t, 0, 0};
+        for (unsigned int bi = 0; bi < grid; ++bi)
+            for (unsigned int ti = 0; ti < block; ++ti) {
+                blockIdx = {nth(bi, grid), 0, 0};
+                threadIdx = {nth(ti, block), 0, 0};
                 kernel->invoke(params);
             }
         return 0;
@@ -198,7 +204,8 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
         f.stacks.push_back(stack);
     }
     emu_in_fibers = true;
-    for (unsigned int b = 0; b < grid; ++b) {
+    for (unsigned int bi = 0; bi < grid; ++bi) {
+        unsigned int b = nth(bi, grid);
         f.finished.assign(block, 0);
         for (unsigned int t = 0; t < block; ++t) {
             getcontext(&f.contexts[t]);
@@ -214,7 +221,8 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
         for (bool live = true; live;) {
             bool ended = false;
             live = false;
-            for (unsigned int t = 0; t < block; ++t) {
+            for (unsigned int ti = 0; ti < block; ++ti) {
+                unsigned int t = nth(ti, block);
                 if (f.finished[t]) continue;
                 f.current = t;
                 blockIdx = {b, 0, 0};
@@ -231,4 +239,17 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
     }
     emu_in_fibers = false;
     return 0;
+}
+
+// emu_launch_in_order in the order SINAPSE_EMULATOR_ORDER names: `ascending` (or unset) or
+// `descending`; another value stops the process.
+extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int block, void** params) {
+    static const int reverse = [] {
+        const char* order = getenv("SINAPSE_EMULATOR_ORDER");
+        if (!order || strcmp(order, "ascending") == 0) return 0;
+        if (strcmp(order, "descending") == 0) return 1;
+        fprintf(stderr, "emulator: SINAPSE_EMULATOR_ORDER is '%s', not ascending or descending\n", order);
+        abort();
+    }();
+    return emu_launch_in_order(name, grid, block, params, reverse);
 }

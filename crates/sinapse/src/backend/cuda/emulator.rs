@@ -7,10 +7,13 @@
 //! tests launch kernels with the parameters the host code passes (device addresses are host
 //! addresses here) and compare their results with plain loops or with the CPU backend,
 //! including cases the device suite's inputs do not reach (bad indices, NaN in pooling, block
-//! edges). The host code's own launches run over the same builds in the device suite's run
-//! on an emulated GPU ([`super::emulated::install`]). What neither can show: the GPU's memory
-//! model (threads here never overlap, so a missing atomic would pass), and
-//! CUDA's math library's rounding and fused multiply-adds; a real GPU shows those.
+//! edges). Each test runs twice, the blocks and threads of every launch in ascending order,
+//! then in descending order ([`each_order`]), so that a thread that reads another's write
+//! with no barrier between them fails one of the runs. The host code's own launches run over
+//! the same builds in the device suite's runs on an emulated GPU
+//! ([`super::emulated::install`]), in each order too. What neither can show: the GPU's
+//! memory model (threads here never overlap, so a missing atomic would pass), and CUDA's
+//! math library's rounding and fused multiply-adds; a real GPU shows those.
 //!
 //! Without a C++ compiler the tests say so and pass, unless `SINAPSE_REQUIRE_EMULATOR=1`
 //! (CI sets it).
@@ -24,9 +27,9 @@ use super::gpu::{self, Conv, Strided};
 use crate::backend::{ImageDims, Window};
 use crate::layout::Layout;
 
-type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, *mut *mut c_void) -> c_int;
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, *mut *mut c_void, c_int) -> c_int;
 
-/// The compiled kernels: `emu_launch` of the loaded library.
+/// The compiled kernels: `emu_launch_in_order` of the loaded library.
 struct Emulator {
     launch: LaunchFn,
 }
@@ -54,12 +57,19 @@ fn emulator() -> Option<&'static Emulator> {
 /// Builds and loads the kernel emulator ([`super::emulated::kernel_emulator`]).
 fn build() -> Result<Emulator, String> {
     let symbol = super::emulated::kernel_emulator()?;
-    // SAFETY: `emu_launch` in emulator.hpp has this signature.
+    // SAFETY: `emu_launch_in_order` in emulator.hpp has this signature.
     let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(symbol) };
     Ok(Emulator { launch })
 }
 
-impl Emulator {
+/// The emulator, its blocks and threads run in ascending order or, with `descending`, in
+/// descending order.
+struct Ordered {
+    emulator: &'static Emulator,
+    descending: bool,
+}
+
+impl Ordered {
     /// Runs kernel `name` over `cfg`'s grid; `params` point to values of the kernel's
     /// parameter types, in order (as cudarc pushes them).
     ///
@@ -70,8 +80,25 @@ impl Emulator {
         assert_eq!((cfg.grid_dim.1, cfg.grid_dim.2, cfg.block_dim.1, cfg.block_dim.2), (1, 1, 1, 1));
         let name = CString::new(name).expect("a kernel name");
         let mut params: Vec<*mut c_void> = params.iter().map(|&p| p as *mut c_void).collect();
-        let status = unsafe { (self.launch)(name.as_ptr(), cfg.grid_dim.0, cfg.block_dim.0, params.as_mut_ptr()) };
+        let (grid, block, descending) = (cfg.grid_dim.0, cfg.block_dim.0, c_int::from(self.descending));
+        let status = unsafe { (self.emulator.launch)(name.as_ptr(), grid, block, params.as_mut_ptr(), descending) };
         assert_ne!(status, 1, "no kernel named {name:?}");
+    }
+}
+
+/// Runs `test` with the emulator's blocks and threads in ascending order, then again in
+/// descending order, so that a kernel whose threads or blocks depend on one another's order
+/// (one reading what another writes, with no barrier between) fails in one of the two runs;
+/// a failure says which. Nothing without the emulator ([`emulator`]).
+fn each_order(test: impl Fn(&Ordered)) {
+    let Some(emulator) = emulator() else { return };
+    for descending in [false, true] {
+        let ordered = Ordered { emulator, descending };
+        if let Err(failure) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ordered))) {
+            let order = if descending { "descending" } else { "ascending" };
+            eprintln!("(failed with the emulator's blocks and threads run in {order} order)");
+            std::panic::resume_unwind(failure);
+        }
     }
 }
 
@@ -118,100 +145,103 @@ fn optimizer_lists_update_as_the_cpu_does() {
     use super::{plan_launches, update_constants};
     use crate::backend::cpu::CpuStorage;
     use crate::backend::{BackendStorage, OptimizerUpdate};
-    let Some(emu) = emulator() else { return };
-    // Sizes across a launch's blocks (8192 values each), an empty one, and more parameters
-    // than one launch takes (16), so that the plan makes two launches.
-    let sizes: Vec<usize> = [3, 0, 9000, 8192, 5].into_iter().chain((0..14).map(|k| k + 1)).collect();
-    let updates = [
-        OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01, first_step: false },
-        OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true },
-        OptimizerUpdate::Adam {
-            lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            decoupled: true,
-            bias1: 0.19,
-            bias2: 0.002,
-        },
-        OptimizerUpdate::Adam {
-            lr: 0.01,
-            beta1: 0.8,
-            beta2: 0.99,
-            eps: 1e-6,
-            weight_decay: 0.1,
-            decoupled: false,
-            bias1: 0.2,
-            bias2: 0.01,
-        },
-        OptimizerUpdate::RmsProp { lr: 0.01, alpha: 0.9, eps: 1e-8, momentum: 0.5, weight_decay: 0.01 },
-        OptimizerUpdate::RmsProp { lr: 0.01, alpha: 0.9, eps: 1e-8, momentum: 0.0, weight_decay: 0.0 },
-    ];
-    for (u, update) in updates.iter().enumerate() {
-        for staged in [false, true] {
-            let buffers = update.state_buffers();
-            // Per parameter: its values, gradient, state (positive, as a second moment is),
-            // and its changing numbers (the first-step flag and lr vary between parameters).
-            let params: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| values(n, 10 * k as u64)).collect();
-            let grads: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| values(n, 10 * k as u64 + 1)).collect();
-            let states: Vec<Vec<Vec<f32>>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(k, &n)| {
-                    (0..buffers)
-                        .map(|b| values(n, 10 * k as u64 + 2 + b as u64).iter().map(|v| v.abs()).collect())
-                        .collect()
-                })
-                .collect();
-            let numbers = |k: usize| {
-                let [lr, a, b] = update.staged();
-                let first = if matches!(update, OptimizerUpdate::Sgd { .. }) { (k % 2) as f32 } else { a };
-                [lr * (1.0 + k as f32 / 10.0), first, b]
-            };
-            // The staged numbers, in one buffer as the optimizers keep them.
-            let staged_buffer: Vec<f32> = (0..sizes.len()).flat_map(numbers).collect();
-            let mut gpu_params = params.clone();
-            let mut gpu_states = states.clone();
-            let w: Vec<u64> = gpu_params.iter_mut().map(|p| addr_mut(p)).collect();
-            let s: Vec<Vec<u64>> = gpu_states.iter_mut().map(|b| b.iter_mut().map(|s| addr_mut(s)).collect()).collect();
-            let planned: Vec<_> = (0..sizes.len())
-                .map(|k| {
-                    let state = |b: usize| s[k].get(b).copied().unwrap_or(0);
-                    let entry = gpu::ListEntry {
-                        n: sizes[k] as u64,
-                        w: w[k],
-                        g: addr(&grads[k]),
-                        state: [state(0), state(1)],
-                        staged: if staged { addr(&staged_buffer[k * 3..]) } else { 0 },
-                        nums: if staged { [f32::NAN; 3] } else { numbers(k) },
-                    };
-                    (0, *update, entry)
-                })
-                .collect();
-            let launches = plan_launches(&planned).unwrap();
-            assert_eq!(launches.len(), 2, "18 parameters with values: 16, then 2");
-            for launch in &launches {
-                let (name, [c0, c1, c2, c3], flag) = update_constants(&launch.update);
-                emulate!(emu, name, launch.list.config(); launch.list, c0, c1, c2, c3, flag);
-            }
-            for k in 0..sizes.len() {
-                let l = Layout::contiguous(&[sizes[k]]);
-                let mut w = CpuStorage::F32(params[k].clone());
-                let mut state: Vec<CpuStorage> = states[k].iter().map(|s| CpuStorage::F32(s.clone())).collect();
-                let mut refs: Vec<&mut CpuStorage> = state.iter_mut().collect();
-                let g = CpuStorage::F32(grads[k].clone());
-                w.optimizer_step(&l, &g, &l, &mut refs, &update.with_staged(numbers(k)), None).unwrap();
-                let CpuStorage::F32(want) = &w;
-                let what = format!("update {u} (staged {staged}), parameter {k}");
-                assert_eq!(differs(&gpu_params[k], want), None, "{what}");
-                for (b, s) in state.iter().enumerate() {
-                    let CpuStorage::F32(want) = s;
-                    assert_eq!(differs(&gpu_states[k][b], want), None, "{what}, state buffer {b}");
+    each_order(|emu| {
+        // Sizes across a launch's blocks (8192 values each), an empty one, and more parameters
+        // than one launch takes (16), so that the plan makes two launches.
+        let sizes: Vec<usize> = [3, 0, 9000, 8192, 5].into_iter().chain((0..14).map(|k| k + 1)).collect();
+        let updates = [
+            OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01, first_step: false },
+            OptimizerUpdate::Sgd { lr: 0.1, momentum: 0.0, nesterov: false, weight_decay: 0.0, first_step: true },
+            OptimizerUpdate::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                decoupled: true,
+                bias1: 0.19,
+                bias2: 0.002,
+            },
+            OptimizerUpdate::Adam {
+                lr: 0.01,
+                beta1: 0.8,
+                beta2: 0.99,
+                eps: 1e-6,
+                weight_decay: 0.1,
+                decoupled: false,
+                bias1: 0.2,
+                bias2: 0.01,
+            },
+            OptimizerUpdate::RmsProp { lr: 0.01, alpha: 0.9, eps: 1e-8, momentum: 0.5, weight_decay: 0.01 },
+            OptimizerUpdate::RmsProp { lr: 0.01, alpha: 0.9, eps: 1e-8, momentum: 0.0, weight_decay: 0.0 },
+        ];
+        for (u, update) in updates.iter().enumerate() {
+            for staged in [false, true] {
+                let buffers = update.state_buffers();
+                // Per parameter: its values, gradient, state (positive, as a second moment is),
+                // and its changing numbers (the first-step flag and lr vary between parameters).
+                let params: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(k, &n)| values(n, 10 * k as u64)).collect();
+                let grads: Vec<Vec<f32>> =
+                    sizes.iter().enumerate().map(|(k, &n)| values(n, 10 * k as u64 + 1)).collect();
+                let states: Vec<Vec<Vec<f32>>> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &n)| {
+                        (0..buffers)
+                            .map(|b| values(n, 10 * k as u64 + 2 + b as u64).iter().map(|v| v.abs()).collect())
+                            .collect()
+                    })
+                    .collect();
+                let numbers = |k: usize| {
+                    let [lr, a, b] = update.staged();
+                    let first = if matches!(update, OptimizerUpdate::Sgd { .. }) { (k % 2) as f32 } else { a };
+                    [lr * (1.0 + k as f32 / 10.0), first, b]
+                };
+                // The staged numbers, in one buffer as the optimizers keep them.
+                let staged_buffer: Vec<f32> = (0..sizes.len()).flat_map(numbers).collect();
+                let mut gpu_params = params.clone();
+                let mut gpu_states = states.clone();
+                let w: Vec<u64> = gpu_params.iter_mut().map(|p| addr_mut(p)).collect();
+                let s: Vec<Vec<u64>> =
+                    gpu_states.iter_mut().map(|b| b.iter_mut().map(|s| addr_mut(s)).collect()).collect();
+                let planned: Vec<_> = (0..sizes.len())
+                    .map(|k| {
+                        let state = |b: usize| s[k].get(b).copied().unwrap_or(0);
+                        let entry = gpu::ListEntry {
+                            n: sizes[k] as u64,
+                            w: w[k],
+                            g: addr(&grads[k]),
+                            state: [state(0), state(1)],
+                            staged: if staged { addr(&staged_buffer[k * 3..]) } else { 0 },
+                            nums: if staged { [f32::NAN; 3] } else { numbers(k) },
+                        };
+                        (0, *update, entry)
+                    })
+                    .collect();
+                let launches = plan_launches(&planned).unwrap();
+                assert_eq!(launches.len(), 2, "18 parameters with values: 16, then 2");
+                for launch in &launches {
+                    let (name, [c0, c1, c2, c3], flag) = update_constants(&launch.update);
+                    emulate!(emu, name, launch.list.config(); launch.list, c0, c1, c2, c3, flag);
+                }
+                for k in 0..sizes.len() {
+                    let l = Layout::contiguous(&[sizes[k]]);
+                    let mut w = CpuStorage::F32(params[k].clone());
+                    let mut state: Vec<CpuStorage> = states[k].iter().map(|s| CpuStorage::F32(s.clone())).collect();
+                    let mut refs: Vec<&mut CpuStorage> = state.iter_mut().collect();
+                    let g = CpuStorage::F32(grads[k].clone());
+                    w.optimizer_step(&l, &g, &l, &mut refs, &update.with_staged(numbers(k)), None).unwrap();
+                    let CpuStorage::F32(want) = &w;
+                    let what = format!("update {u} (staged {staged}), parameter {k}");
+                    assert_eq!(differs(&gpu_params[k], want), None, "{what}");
+                    for (b, s) in state.iter().enumerate() {
+                        let CpuStorage::F32(want) = s;
+                        assert_eq!(differs(&gpu_states[k][b], want), None, "{what}, state buffer {b}");
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 /// `[outer, len, inner]` values as a transposed view: the kernels read them through a
@@ -232,131 +262,137 @@ fn transposed_view(outer: usize, len: usize, inner: usize, seed: u64) -> (Vec<f3
 
 #[test]
 fn reductions_and_softmax_match_plain_loops() {
-    let Some(emu) = emulator() else { return };
-    for (outer, len, inner) in [(3, 5, 4), (2, 700, 3), (1, 1, 1), (4, 0, 2), (2, 70, 45)] {
-        let (x, lx, logical) = transposed_view(outer, len, inner, 7);
-        let logical = &logical;
-        let lane = move |o: usize, i: usize| (0..len).map(move |j| logical[(o * len + j) * inner + i]);
-        let lanes: Vec<(usize, usize)> = (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).collect();
-        // sum, max, min, argmax, argmin
-        let want: [Vec<f32>; 5] = [
-            lanes.iter().map(|&(o, i)| lane(o, i).map(f64::from).sum::<f64>() as f32).collect(),
-            lanes.iter().map(|&(o, i)| if len == 0 { 0.0 } else { lane(o, i).fold(f32::MIN, f32::max) }).collect(),
-            lanes.iter().map(|&(o, i)| if len == 0 { 0.0 } else { lane(o, i).fold(f32::MAX, f32::min) }).collect(),
-            lanes
-                .iter()
-                .map(|&(o, i)| {
-                    let v: Vec<f32> = lane(o, i).collect();
-                    (0..len).fold(0, |b, j| if v[j] > v[b] { j } else { b }) as f32
-                })
-                .collect(),
-            lanes
-                .iter()
-                .map(|&(o, i)| {
-                    let v: Vec<f32> = lane(o, i).collect();
-                    (0..len).fold(0, |b, j| if v[j] < v[b] { j } else { b }) as f32
-                })
-                .collect(),
-        ];
-        let (o64, l64, i64_) = (outer as u64, len as u64, inner as u64);
-        for (op, want) in want.iter().enumerate() {
-            let op = op as i32;
-            let mut out = vec![f32::NAN; outer * inner];
-            emulate!(emu, "reduce_thread", gpu::grid(outer * inner); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op);
-            assert_eq!(differs(&out, want), None, "reduce_thread op {op} over {outer}x{len}x{inner}");
-            // A block per output, and a block per 32 neighbouring outputs (the last group
-            // part full when inner is not a multiple of 32).
-            for (cols, threads) in [(1u32, 128u32), (32, 256)] {
+    each_order(|emu| {
+        for (outer, len, inner) in [(3, 5, 4), (2, 700, 3), (1, 1, 1), (4, 0, 2), (2, 70, 45)] {
+            let (x, lx, logical) = transposed_view(outer, len, inner, 7);
+            let logical = &logical;
+            let lane = move |o: usize, i: usize| (0..len).map(move |j| logical[(o * len + j) * inner + i]);
+            let lanes: Vec<(usize, usize)> = (0..outer).flat_map(|o| (0..inner).map(move |i| (o, i))).collect();
+            // sum, max, min, argmax, argmin
+            let want: [Vec<f32>; 5] = [
+                lanes.iter().map(|&(o, i)| lane(o, i).map(f64::from).sum::<f64>() as f32).collect(),
+                lanes.iter().map(|&(o, i)| if len == 0 { 0.0 } else { lane(o, i).fold(f32::MIN, f32::max) }).collect(),
+                lanes.iter().map(|&(o, i)| if len == 0 { 0.0 } else { lane(o, i).fold(f32::MAX, f32::min) }).collect(),
+                lanes
+                    .iter()
+                    .map(|&(o, i)| {
+                        let v: Vec<f32> = lane(o, i).collect();
+                        (0..len).fold(0, |b, j| if v[j] > v[b] { j } else { b }) as f32
+                    })
+                    .collect(),
+                lanes
+                    .iter()
+                    .map(|&(o, i)| {
+                        let v: Vec<f32> = lane(o, i).collect();
+                        (0..len).fold(0, |b, j| if v[j] < v[b] { j } else { b }) as f32
+                    })
+                    .collect(),
+            ];
+            let (o64, l64, i64_) = (outer as u64, len as u64, inner as u64);
+            for (op, want) in want.iter().enumerate() {
+                let op = op as i32;
                 let mut out = vec![f32::NAN; outer * inner];
-                let cfg = gpu::blocks(outer * inner.div_ceil(cols as usize), threads);
-                emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols);
-                assert_eq!(differs(&out, want), None, "reduce_block ({cols} lanes) op {op} over {outer}x{len}x{inner}");
-            }
-        }
-        if len == 0 {
-            continue;
-        }
-        for log in [0i32, 1] {
-            let mut out = vec![f32::NAN; outer * len * inner];
-            emulate!(emu, "softmax", gpu::blocks(outer * inner, 64); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, log);
-            let mut want = vec![0.0; outer * len * inner];
-            for &(o, i) in &lanes {
-                let m = lane(o, i).fold(f32::NEG_INFINITY, f32::max);
-                let s: f32 = lane(o, i).map(|v| (v - m).exp()).sum();
-                for (j, v) in lane(o, i).enumerate() {
-                    want[(o * len + j) * inner + i] = if log == 1 { v - m - s.ln() } else { (v - m).exp() / s };
+                emulate!(emu, "reduce_thread", gpu::grid(outer * inner); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op);
+                assert_eq!(differs(&out, want), None, "reduce_thread op {op} over {outer}x{len}x{inner}");
+                // A block per output, and a block per 32 neighbouring outputs (the last group
+                // part full when inner is not a multiple of 32).
+                for (cols, threads) in [(1u32, 128u32), (32, 256)] {
+                    let mut out = vec![f32::NAN; outer * inner];
+                    let cfg = gpu::blocks(outer * inner.div_ceil(cols as usize), threads);
+                    emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols);
+                    assert_eq!(
+                        differs(&out, want),
+                        None,
+                        "reduce_block ({cols} lanes) op {op} over {outer}x{len}x{inner}"
+                    );
                 }
             }
-            assert_eq!(differs(&out, &want), None, "softmax (log {log}) over {outer}x{len}x{inner}");
+            if len == 0 {
+                continue;
+            }
+            for log in [0i32, 1] {
+                let mut out = vec![f32::NAN; outer * len * inner];
+                emulate!(emu, "softmax", gpu::blocks(outer * inner, 64); addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, log);
+                let mut want = vec![0.0; outer * len * inner];
+                for &(o, i) in &lanes {
+                    let m = lane(o, i).fold(f32::NEG_INFINITY, f32::max);
+                    let s: f32 = lane(o, i).map(|v| (v - m).exp()).sum();
+                    for (j, v) in lane(o, i).enumerate() {
+                        want[(o * len + j) * inner + i] = if log == 1 { v - m - s.ln() } else { (v - m).exp() / s };
+                    }
+                }
+                assert_eq!(differs(&out, &want), None, "softmax (log {log}) over {outer}x{len}x{inner}");
+            }
         }
-    }
+    });
 }
 
 #[test]
 fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
-    let Some(emu) = emulator() else { return };
-    let (outer, size, inner) = (2usize, 5usize, 3usize);
-    let (x, lx, logical) = transposed_view(outer, size, inner, 3);
-    // Repeated ids: index_add's sums meet in one place. (Their atomics give the right sums
-    // here, but a missing atomic would too: the emulator's threads never overlap.)
-    let ids = vec![4.0f32, 0.0, 4.0, 2.0, 4.0, 1.0, 4.0];
-    let nids = ids.len();
-    let lids = Strided::of(&Layout::contiguous(&[nids]), "test").unwrap();
-    let mut err = [0u32; 4];
-    let (o, s, i, n) = (outer as u64, size as u64, inner as u64, nids as u64);
-    let mut out = vec![f32::NAN; outer * nids * inner];
-    let cfg = gpu::grid(out.len());
-    emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&ids), lids, addr_mut(&mut out), o, s, i, n, addr_mut(&mut err));
-    let want: Vec<f32> = (0..out.len())
-        .map(|p| {
+    each_order(|emu| {
+        let (outer, size, inner) = (2usize, 5usize, 3usize);
+        let (x, lx, logical) = transposed_view(outer, size, inner, 3);
+        // Repeated ids: index_add's sums meet in one place. (Their atomics give the right sums
+        // here, but a missing atomic would too: the emulator's threads never overlap.)
+        let ids = vec![4.0f32, 0.0, 4.0, 2.0, 4.0, 1.0, 4.0];
+        let nids = ids.len();
+        let lids = Strided::of(&Layout::contiguous(&[nids]), "test").unwrap();
+        let mut err = [0u32; 4];
+        let (o, s, i, n) = (outer as u64, size as u64, inner as u64, nids as u64);
+        let mut out = vec![f32::NAN; outer * nids * inner];
+        let cfg = gpu::grid(out.len());
+        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&ids), lids, addr_mut(&mut out), o, s, i, n, addr_mut(&mut err));
+        let want: Vec<f32> = (0..out.len())
+            .map(|p| {
+                let (oo, j, ii) = (p / (nids * inner), (p / inner) % nids, p % inner);
+                logical[(oo * size + ids[j] as usize) * inner + ii]
+            })
+            .collect();
+        assert_eq!(differs(&out, &want), None, "index_select");
+        let src = values(outer * nids * inner, 5);
+        let ls = Strided::of(&Layout::contiguous(&[outer, nids, inner]), "test").unwrap();
+        let mut sums = vec![0.5f32; outer * size * inner];
+        let cfg = gpu::grid(src.len());
+        emulate!(emu, "index_add", cfg; addr(&src), ls, addr(&ids), lids, addr_mut(&mut sums), o, s, i, n, addr_mut(&mut err));
+        let mut want = vec![0.5f32; outer * size * inner];
+        for (p, v) in src.iter().enumerate() {
             let (oo, j, ii) = (p / (nids * inner), (p / inner) % nids, p % inner);
-            logical[(oo * size + ids[j] as usize) * inner + ii]
-        })
-        .collect();
-    assert_eq!(differs(&out, &want), None, "index_select");
-    let src = values(outer * nids * inner, 5);
-    let ls = Strided::of(&Layout::contiguous(&[outer, nids, inner]), "test").unwrap();
-    let mut sums = vec![0.5f32; outer * size * inner];
-    let cfg = gpu::grid(src.len());
-    emulate!(emu, "index_add", cfg; addr(&src), ls, addr(&ids), lids, addr_mut(&mut sums), o, s, i, n, addr_mut(&mut err));
-    let mut want = vec![0.5f32; outer * size * inner];
-    for (p, v) in src.iter().enumerate() {
-        let (oo, j, ii) = (p / (nids * inner), (p / inner) % nids, p % inner);
-        want[(oo * size + ids[j] as usize) * inner + ii] += v;
-    }
-    assert_eq!(differs(&sums, &want), None, "index_add");
-    assert_eq!(err, [0; 4], "no bad index so far");
-    // A bad index: reported (op 1, the value's bits, the size), the output zero there.
-    let bad = vec![1.0f32, 5.0];
-    let lbad = Strided::of(&Layout::contiguous(&[2]), "test").unwrap();
-    let mut out = vec![f32::NAN; outer * 2 * inner];
-    let (cfg, two) = (gpu::grid(out.len()), 2u64);
-    emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&bad), lbad, addr_mut(&mut out), o, s, i, two, addr_mut(&mut err));
-    assert_eq!(err, [1, 5.0f32.to_bits(), 5, 0]);
-    assert_eq!((out[0], out[inner]), (logical[inner], 0.0));
+            want[(oo * size + ids[j] as usize) * inner + ii] += v;
+        }
+        assert_eq!(differs(&sums, &want), None, "index_add");
+        assert_eq!(err, [0; 4], "no bad index so far");
+        // A bad index: reported (op 1, the value's bits, the size), the output zero there.
+        let bad = vec![1.0f32, 5.0];
+        let lbad = Strided::of(&Layout::contiguous(&[2]), "test").unwrap();
+        let mut out = vec![f32::NAN; outer * 2 * inner];
+        let (cfg, two) = (gpu::grid(out.len()), 2u64);
+        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&bad), lbad, addr_mut(&mut out), o, s, i, two, addr_mut(&mut err));
+        assert_eq!(err, [1, 5.0f32.to_bits(), 5, 0]);
+        assert_eq!((out[0], out[inner]), (logical[inner], 0.0));
 
-    // gather / scatter_add along axis 1 of [2, 5, 3] with a [2, 4, 3] index.
-    let idx: Vec<f32> = (0..24).map(|p| ((p * 7 + 3) % 5) as f32).collect();
-    let lidx = Strided::of(&Layout::contiguous(&[2, 4, 3]), "test").unwrap();
-    // The index's sizes with the source's row-major strides, as the host passes them.
-    let ishape = Strided::shape_with_strides(&[2, 4, 3], &[15, 3, 1], "test").unwrap();
-    let (dim, n24) = (1u32, 24u64);
-    let mut err = [0u32; 4];
-    let mut out = vec![f32::NAN; 24];
-    let cfg = gpu::grid(24);
-    emulate!(emu, "gather", cfg; addr(&x), lx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut out), n24, addr_mut(&mut err));
-    let picked = |p: usize| (p / 12) * 15 + idx[p] as usize * 3 + p % 3;
-    let want: Vec<f32> = (0..24).map(|p| logical[picked(p)]).collect();
-    assert_eq!(differs(&out, &want), None, "gather");
-    let src = values(24, 9);
-    let mut sums = vec![0.0f32; 30];
-    emulate!(emu, "scatter_add", cfg; addr(&src), lidx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut sums), n24, addr_mut(&mut err));
-    let mut want = vec![0.0f32; 30];
-    for p in 0..24 {
-        want[picked(p)] += src[p];
-    }
-    assert_eq!(differs(&sums, &want), None, "scatter_add");
-    assert_eq!(err, [0; 4]);
+        // gather / scatter_add along axis 1 of [2, 5, 3] with a [2, 4, 3] index.
+        let idx: Vec<f32> = (0..24).map(|p| ((p * 7 + 3) % 5) as f32).collect();
+        let lidx = Strided::of(&Layout::contiguous(&[2, 4, 3]), "test").unwrap();
+        // The index's sizes with the source's row-major strides, as the host passes them.
+        let ishape = Strided::shape_with_strides(&[2, 4, 3], &[15, 3, 1], "test").unwrap();
+        let (dim, n24) = (1u32, 24u64);
+        let mut err = [0u32; 4];
+        let mut out = vec![f32::NAN; 24];
+        let cfg = gpu::grid(24);
+        emulate!(emu, "gather", cfg; addr(&x), lx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut out), n24, addr_mut(&mut err));
+        let picked = |p: usize| (p / 12) * 15 + idx[p] as usize * 3 + p % 3;
+        let want: Vec<f32> = (0..24).map(|p| logical[picked(p)]).collect();
+        assert_eq!(differs(&out, &want), None, "gather");
+        let src = values(24, 9);
+        let mut sums = vec![0.0f32; 30];
+        emulate!(emu, "scatter_add", cfg; addr(&src), lidx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut sums), n24, addr_mut(&mut err));
+        let mut want = vec![0.0f32; 30];
+        for p in 0..24 {
+            want[picked(p)] += src[p];
+        }
+        assert_eq!(differs(&sums, &want), None, "scatter_add");
+        assert_eq!(err, [0; 4]);
+    });
 }
 
 /// A batch `[n, c, h, w]` under `win`: its sizes as kernels take them (`Conv::new`, as the
@@ -368,91 +404,93 @@ fn geometry(input: [usize; 4], win: &Window) -> (Conv, [usize; 2]) {
 
 #[test]
 fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
-    let Some(emu) = emulator() else { return };
-    // 3x2 taps, stride (2, 1), padding (1, 1), dilation (1, 2).
-    let win = Window { kernel: [3, 2], stride: [2, 1], padding: [1, 1], dilation: [1, 2] };
-    let [n, c, h, w] = [2, 3, 7, 6];
-    let (g, [oh, ow]) = geometry([n, c, h, w], &win);
-    let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) = (win.kernel, win.stride, win.padding, win.dilation);
-    let x = values(n * c * h * w, 21);
-    let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
-    let (rows, cols) = (c * kh * kw, n * oh * ow);
-    let mut out = vec![f32::NAN; rows * cols];
-    let (cfg, pad) = (gpu::grid(out.len()), -9.0f32);
-    emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, pad);
-    for (p, &got) in out.iter().enumerate() {
-        let (row, col) = (p / cols, p % cols);
-        let (cc, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
-        let (b, y, xx) = (col / (oh * ow), (col / ow) % oh, col % ow);
-        let iy = (y * sh + i * dh) as isize - ph as isize;
-        let ix = (xx * sw + j * dw) as isize - pw as isize;
-        let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
-        let want = if inside { x[((b * c + cc) * h + iy as usize) * w + ix as usize] } else { pad };
-        assert_eq!(got, want, "im2col at row {row}, column {col}");
-    }
-    // <im2col(x), y> = <x, col2im(y)> with zero padding.
-    let zero = 0.0f32;
-    emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, zero);
-    let y = values(rows * cols, 22);
-    let ly = Strided::of(&Layout::contiguous(&[rows, cols]), "test").unwrap();
-    let mut back = vec![f32::NAN; x.len()];
-    let cfg = gpu::grid(back.len());
-    emulate!(emu, "col2im", cfg; addr(&y), ly, addr_mut(&mut back), g);
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| f64::from(p) * f64::from(q)).sum::<f64>();
-    let (left, right) = (dot(&out, &y), dot(&x, &back));
-    assert!((left - right).abs() <= 1e-4 * left.abs().max(1.0), "<im2col x, y> {left} but <x, col2im y> {right}");
+    each_order(|emu| {
+        // 3x2 taps, stride (2, 1), padding (1, 1), dilation (1, 2).
+        let win = Window { kernel: [3, 2], stride: [2, 1], padding: [1, 1], dilation: [1, 2] };
+        let [n, c, h, w] = [2, 3, 7, 6];
+        let (g, [oh, ow]) = geometry([n, c, h, w], &win);
+        let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) = (win.kernel, win.stride, win.padding, win.dilation);
+        let x = values(n * c * h * w, 21);
+        let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
+        let (rows, cols) = (c * kh * kw, n * oh * ow);
+        let mut out = vec![f32::NAN; rows * cols];
+        let (cfg, pad) = (gpu::grid(out.len()), -9.0f32);
+        emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, pad);
+        for (p, &got) in out.iter().enumerate() {
+            let (row, col) = (p / cols, p % cols);
+            let (cc, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
+            let (b, y, xx) = (col / (oh * ow), (col / ow) % oh, col % ow);
+            let iy = (y * sh + i * dh) as isize - ph as isize;
+            let ix = (xx * sw + j * dw) as isize - pw as isize;
+            let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+            let want = if inside { x[((b * c + cc) * h + iy as usize) * w + ix as usize] } else { pad };
+            assert_eq!(got, want, "im2col at row {row}, column {col}");
+        }
+        // <im2col(x), y> = <x, col2im(y)> with zero padding.
+        let zero = 0.0f32;
+        emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, zero);
+        let y = values(rows * cols, 22);
+        let ly = Strided::of(&Layout::contiguous(&[rows, cols]), "test").unwrap();
+        let mut back = vec![f32::NAN; x.len()];
+        let cfg = gpu::grid(back.len());
+        emulate!(emu, "col2im", cfg; addr(&y), ly, addr_mut(&mut back), g);
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| f64::from(p) * f64::from(q)).sum::<f64>();
+        let (left, right) = (dot(&out, &y), dot(&x, &back));
+        assert!((left - right).abs() <= 1e-4 * left.abs().max(1.0), "<im2col x, y> {left} but <x, col2im y> {right}");
+    });
 }
 
 #[test]
 fn max_pool_and_its_backward_match_plain_loops() {
-    let Some(emu) = emulator() else { return };
-    // 3x2 windows at stride (2, 1) with padding 1 (pooling has no dilation).
-    let ([kh, kw], [sh, sw], pad) = ([3, 2], [2, 1], 1);
-    let win = Window { kernel: [kh, kw], stride: [sh, sw], padding: [pad, pad], dilation: [1, 1] };
-    let [n, c, h, w] = [2, 2, 7, 6];
-    let (g, [oh, ow]) = geometry([n, c, h, w], &win);
-    let mut x = values(n * c * h * w, 31);
-    x[9] = f32::NAN; // a NaN wins its windows
-    x[20] = x[21]; // a tie goes to the first tap
-    let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
-    let outputs = n * c * oh * ow;
-    let (mut vals, mut taps) = (vec![0.0f32; outputs], vec![-1.0f32; outputs]);
-    let cfg = gpu::grid(outputs);
-    emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut vals), addr_mut(&mut taps), g);
-    // Window position t (row-major over kh x kw) of output p, as an input pixel if inside.
-    let pixel = |p: usize, t: usize| {
-        let (plane, y, xx) = (p / (oh * ow), (p / ow) % oh, p % ow);
-        let iy = (y * sh + t / kw) as isize - pad as isize;
-        let ix = (xx * sw + t % kw) as isize - pad as isize;
-        let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
-        inside.then(|| (plane * h + iy as usize) * w + ix as usize)
-    };
-    for p in 0..outputs {
-        let mut best: Option<(f32, usize)> = None;
-        for t in 0..kh * kw {
-            let Some(at) = pixel(p, t) else { continue };
-            let v = x[at];
-            best = match best {
-                Some((b, _)) if v > b || (v.is_nan() && !b.is_nan()) => Some((v, t)),
-                None => Some((v, t)),
-                kept => kept,
-            };
+    each_order(|emu| {
+        // 3x2 windows at stride (2, 1) with padding 1 (pooling has no dilation).
+        let ([kh, kw], [sh, sw], pad) = ([3, 2], [2, 1], 1);
+        let win = Window { kernel: [kh, kw], stride: [sh, sw], padding: [pad, pad], dilation: [1, 1] };
+        let [n, c, h, w] = [2, 2, 7, 6];
+        let (g, [oh, ow]) = geometry([n, c, h, w], &win);
+        let mut x = values(n * c * h * w, 31);
+        x[9] = f32::NAN; // a NaN wins its windows
+        x[20] = x[21]; // a tie goes to the first tap
+        let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
+        let outputs = n * c * oh * ow;
+        let (mut vals, mut taps) = (vec![0.0f32; outputs], vec![-1.0f32; outputs]);
+        let cfg = gpu::grid(outputs);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut vals), addr_mut(&mut taps), g);
+        // Window position t (row-major over kh x kw) of output p, as an input pixel if inside.
+        let pixel = |p: usize, t: usize| {
+            let (plane, y, xx) = (p / (oh * ow), (p / ow) % oh, p % ow);
+            let iy = (y * sh + t / kw) as isize - pad as isize;
+            let ix = (xx * sw + t % kw) as isize - pad as isize;
+            let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+            inside.then(|| (plane * h + iy as usize) * w + ix as usize)
+        };
+        for p in 0..outputs {
+            let mut best: Option<(f32, usize)> = None;
+            for t in 0..kh * kw {
+                let Some(at) = pixel(p, t) else { continue };
+                let v = x[at];
+                best = match best {
+                    Some((b, _)) if v > b || (v.is_nan() && !b.is_nan()) => Some((v, t)),
+                    None => Some((v, t)),
+                    kept => kept,
+                };
+            }
+            let (best, tap) = best.expect("every window holds a pixel");
+            assert_eq!(differs(&[vals[p]], &[best]), None, "max_pool value at {p}");
+            assert_eq!(taps[p], tap as f32, "max_pool tap at {p}");
         }
-        let (best, tap) = best.expect("every window holds a pixel");
-        assert_eq!(differs(&[vals[p]], &[best]), None, "max_pool value at {p}");
-        assert_eq!(taps[p], tap as f32, "max_pool tap at {p}");
-    }
-    let grad = values(outputs, 32);
-    let lg = Strided::of(&Layout::contiguous(&[outputs]), "test").unwrap();
-    // Written whole: what was there before does not show.
-    let mut dx = vec![f32::NAN; x.len()];
-    let cfg = gpu::grid(x.len());
-    emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&taps), lg, addr_mut(&mut dx), g);
-    let mut want = vec![0.0f32; x.len()];
-    for p in 0..outputs {
-        want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
-    }
-    assert_eq!(differs(&dx, &want), None, "max_pool_backward");
+        let grad = values(outputs, 32);
+        let lg = Strided::of(&Layout::contiguous(&[outputs]), "test").unwrap();
+        // Written whole: what was there before does not show.
+        let mut dx = vec![f32::NAN; x.len()];
+        let cfg = gpu::grid(x.len());
+        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&taps), lg, addr_mut(&mut dx), g);
+        let mut want = vec![0.0f32; x.len()];
+        for p in 0..outputs {
+            want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
+        }
+        assert_eq!(differs(&dx, &want), None, "max_pool_backward");
+    });
 }
 
 /// `[rows, cols]` values (specials first: NaN, signed zeros, ±1, halves, tiny and large) as a
@@ -469,190 +507,193 @@ fn elementwise_kernels_match_the_cpu_for_every_op() {
     use super::{binary_code, compare_code, unary_code};
     use crate::backend::cpu::CpuStorage;
     use crate::backend::{BackendStorage, BinaryOp, CmpOp, UnaryOp};
-    let Some(emu) = emulator() else { return };
-    let (rows, cols) = (8, 5);
-    let n = rows * cols;
-    let (a, la) = special_view(rows, cols, 41);
-    let (mut b, lb) = special_view(rows, cols, 42);
-    b.rotate_left(3); // other specials meet each of a's
-    let (sa, sb) = (CpuStorage::F32(a.clone()), CpuStorage::F32(b.clone()));
-    let (stra, strb) = (Strided::of(&la, "test").unwrap(), Strided::of(&lb, "test").unwrap());
-    let (cfg, count) = (gpu::grid(n), n as u64);
-    let cpu = |s: crate::Result<CpuStorage>| -> Vec<f32> {
-        let CpuStorage::F32(v) = s.unwrap();
-        v
-    };
-    let unary = [
-        UnaryOp::Affine { mul: -1.5, add: 0.25 },
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Powf(2.5),
-        UnaryOp::Powf(-1.0),
-        UnaryOp::Abs,
-        UnaryOp::Sign,
-        UnaryOp::Clamp { min: -0.5, max: 0.75 },
-        UnaryOp::Step,
-        UnaryOp::Sigmoid,
-        UnaryOp::Tanh,
-        UnaryOp::Relu,
-        UnaryOp::LeakyRelu(0.1),
-        UnaryOp::BceTargetGrad,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Log1p,
-        UnaryOp::Expm1,
-        UnaryOp::Erf,
-        UnaryOp::Floor,
-        UnaryOp::Ceil,
-        UnaryOp::Round,
-    ];
-    for op in unary {
-        let (code, p0, p1) = unary_code(op);
+    each_order(|emu| {
+        let (rows, cols) = (8, 5);
+        let n = rows * cols;
+        let (a, la) = special_view(rows, cols, 41);
+        let (mut b, lb) = special_view(rows, cols, 42);
+        b.rotate_left(3); // other specials meet each of a's
+        let (sa, sb) = (CpuStorage::F32(a.clone()), CpuStorage::F32(b.clone()));
+        let (stra, strb) = (Strided::of(&la, "test").unwrap(), Strided::of(&lb, "test").unwrap());
+        let (cfg, count) = (gpu::grid(n), n as u64);
+        let cpu = |s: crate::Result<CpuStorage>| -> Vec<f32> {
+            let CpuStorage::F32(v) = s.unwrap();
+            v
+        };
+        let unary = [
+            UnaryOp::Affine { mul: -1.5, add: 0.25 },
+            UnaryOp::Exp,
+            UnaryOp::Log,
+            UnaryOp::Sqrt,
+            UnaryOp::Powf(2.5),
+            UnaryOp::Powf(-1.0),
+            UnaryOp::Abs,
+            UnaryOp::Sign,
+            UnaryOp::Clamp { min: -0.5, max: 0.75 },
+            UnaryOp::Step,
+            UnaryOp::Sigmoid,
+            UnaryOp::Tanh,
+            UnaryOp::Relu,
+            UnaryOp::LeakyRelu(0.1),
+            UnaryOp::BceTargetGrad,
+            UnaryOp::Sin,
+            UnaryOp::Cos,
+            UnaryOp::Log1p,
+            UnaryOp::Expm1,
+            UnaryOp::Erf,
+            UnaryOp::Floor,
+            UnaryOp::Ceil,
+            UnaryOp::Round,
+        ];
+        for op in unary {
+            let (code, p0, p1) = unary_code(op);
+            let mut out = vec![f32::NAN; n];
+            emulate!(emu, "unary", cfg; addr(&a), stra, addr_mut(&mut out), count, code, p0, p1);
+            assert_eq!(differs(&out, &cpu(sa.unary(&la, op))), None, "{op:?}");
+        }
+        let binary = [
+            BinaryOp::Add,
+            BinaryOp::Sub,
+            BinaryOp::Mul,
+            BinaryOp::Div,
+            BinaryOp::Maximum,
+            BinaryOp::Minimum,
+            BinaryOp::SigmoidGrad,
+            BinaryOp::TanhGrad,
+            BinaryOp::ReluGrad,
+            BinaryOp::LeakyReluGrad(0.1),
+            BinaryOp::ClampGrad { min: -0.5, max: 0.75 },
+            BinaryOp::Bce,
+            BinaryOp::BceInputGrad,
+            BinaryOp::BceWithLogits,
+            BinaryOp::Pow,
+            BinaryOp::PowExponentGrad,
+        ];
+        let zip = |code: i32, p0: f32, p1: f32| {
+            let mut out = vec![f32::NAN; n];
+            emulate!(emu, "binary", cfg; addr(&a), stra, addr(&b), strb, addr_mut(&mut out), count, code, p0, p1);
+            out
+        };
+        for op in binary {
+            let (code, p0, p1) = binary_code(op);
+            assert_eq!(differs(&zip(code, p0, p1), &cpu(sa.binary(&la, &sb, &lb, op))), None, "{op:?}");
+        }
+        for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+            assert_eq!(differs(&zip(compare_code(op), 0.0, 0.0), &cpu(sa.compare(&la, &sb, &lb, op))), None, "{op:?}");
+        }
+        // where_cond: a's values as the condition (NaN and -0.0 among them).
         let mut out = vec![f32::NAN; n];
-        emulate!(emu, "unary", cfg; addr(&a), stra, addr_mut(&mut out), count, code, p0, p1);
-        assert_eq!(differs(&out, &cpu(sa.unary(&la, op))), None, "{op:?}");
-    }
-    let binary = [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Maximum,
-        BinaryOp::Minimum,
-        BinaryOp::SigmoidGrad,
-        BinaryOp::TanhGrad,
-        BinaryOp::ReluGrad,
-        BinaryOp::LeakyReluGrad(0.1),
-        BinaryOp::ClampGrad { min: -0.5, max: 0.75 },
-        BinaryOp::Bce,
-        BinaryOp::BceInputGrad,
-        BinaryOp::BceWithLogits,
-        BinaryOp::Pow,
-        BinaryOp::PowExponentGrad,
-    ];
-    let zip = |code: i32, p0: f32, p1: f32| {
-        let mut out = vec![f32::NAN; n];
-        emulate!(emu, "binary", cfg; addr(&a), stra, addr(&b), strb, addr_mut(&mut out), count, code, p0, p1);
-        out
-    };
-    for op in binary {
-        let (code, p0, p1) = binary_code(op);
-        assert_eq!(differs(&zip(code, p0, p1), &cpu(sa.binary(&la, &sb, &lb, op))), None, "{op:?}");
-    }
-    for op in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
-        assert_eq!(differs(&zip(compare_code(op), 0.0, 0.0), &cpu(sa.compare(&la, &sb, &lb, op))), None, "{op:?}");
-    }
-    // where_cond: a's values as the condition (NaN and -0.0 among them).
-    let mut out = vec![f32::NAN; n];
-    emulate!(emu, "where_cond", cfg; addr(&a), stra, addr(&b), strb, addr(&a), stra, addr_mut(&mut out), count);
-    assert_eq!(differs(&out, &cpu(sa.where_cond(&la, &sb, &lb, &sa, &la))), None, "where_cond");
+        emulate!(emu, "where_cond", cfg; addr(&a), stra, addr(&b), strb, addr(&a), stra, addr_mut(&mut out), count);
+        assert_eq!(differs(&out, &cpu(sa.where_cond(&la, &sb, &lb, &sa, &la))), None, "where_cond");
+    });
 }
 
 #[test]
 fn the_lstm_cell_and_its_backward_match_the_cpu() {
     use crate::backend::cpu::CpuStorage;
     use crate::backend::BackendStorage;
-    let Some(emu) = emulator() else { return };
-    let (n, h) = (3usize, 5usize);
-    // xw as a transposed view; hw, c, dh, dc contiguous.
-    let xw = values(n * 4 * h, 51);
-    let lxw = Layout::contiguous(&[4 * h, n]).transpose(0, 1).unwrap();
-    let (hw, c) = (values(n * 4 * h, 52), values(n * h, 53));
-    let (lhw, lc) = (Layout::contiguous(&[n, 4 * h]), Layout::contiguous(&[n, h]));
-    let (rows, units, cfg) = (n as u64, h as u64, gpu::grid(n * h));
-    let st = |l: &Layout| Strided::of(l, "test").unwrap();
-    let mut record = vec![f32::NAN; n * 6 * h];
-    emulate!(emu, "lstm_cell", cfg; addr(&xw), st(&lxw), addr(&hw), st(&lhw), addr(&c), st(&lc), addr_mut(&mut record), rows, units);
-    let (sxw, shw, sc) = (CpuStorage::F32(xw), CpuStorage::F32(hw), CpuStorage::F32(c.clone()));
-    let CpuStorage::F32(want) = sxw.lstm_cell(&lxw, &shw, &lhw, &sc, &lc).unwrap();
-    assert_eq!(differs(&record, &want), None, "lstm_cell");
-    let (dh, dc) = (values(n * h, 54), values(n * h, 55));
-    let lrec = Layout::contiguous(&[n, 6 * h]);
-    let mut grads = vec![f32::NAN; n * 5 * h];
-    emulate!(emu, "lstm_cell_backward", cfg;
+    each_order(|emu| {
+        let (n, h) = (3usize, 5usize);
+        // xw as a transposed view; hw, c, dh, dc contiguous.
+        let xw = values(n * 4 * h, 51);
+        let lxw = Layout::contiguous(&[4 * h, n]).transpose(0, 1).unwrap();
+        let (hw, c) = (values(n * 4 * h, 52), values(n * h, 53));
+        let (lhw, lc) = (Layout::contiguous(&[n, 4 * h]), Layout::contiguous(&[n, h]));
+        let (rows, units, cfg) = (n as u64, h as u64, gpu::grid(n * h));
+        let st = |l: &Layout| Strided::of(l, "test").unwrap();
+        let mut record = vec![f32::NAN; n * 6 * h];
+        emulate!(emu, "lstm_cell", cfg; addr(&xw), st(&lxw), addr(&hw), st(&lhw), addr(&c), st(&lc), addr_mut(&mut record), rows, units);
+        let (sxw, shw, sc) = (CpuStorage::F32(xw), CpuStorage::F32(hw), CpuStorage::F32(c.clone()));
+        let CpuStorage::F32(want) = sxw.lstm_cell(&lxw, &shw, &lhw, &sc, &lc).unwrap();
+        assert_eq!(differs(&record, &want), None, "lstm_cell");
+        let (dh, dc) = (values(n * h, 54), values(n * h, 55));
+        let lrec = Layout::contiguous(&[n, 6 * h]);
+        let mut grads = vec![f32::NAN; n * 5 * h];
+        emulate!(emu, "lstm_cell_backward", cfg;
         addr(&record), st(&lrec), addr(&c), st(&lc), addr(&dh), st(&lc), addr(&dc), st(&lc), addr_mut(&mut grads), rows, units);
-    let (srec, sdh, sdc) = (CpuStorage::F32(record), CpuStorage::F32(dh), CpuStorage::F32(dc));
-    let CpuStorage::F32(want) = srec.lstm_cell_backward(&lrec, &sc, &lc, &sdh, &lc, &sdc, &lc).unwrap();
-    assert_eq!(differs(&grads, &want), None, "lstm_cell_backward");
+        let (srec, sdh, sdc) = (CpuStorage::F32(record), CpuStorage::F32(dh), CpuStorage::F32(dc));
+        let CpuStorage::F32(want) = srec.lstm_cell_backward(&lrec, &sc, &lc, &sdh, &lc, &sdc, &lc).unwrap();
+        assert_eq!(differs(&grads, &want), None, "lstm_cell_backward");
+    });
 }
 
 #[test]
 fn copies_fills_bias_and_cross_entropy_match_the_cpu() {
     use crate::backend::cpu::CpuStorage;
     use crate::backend::{BackendStorage, UnaryOp};
-    let Some(emu) = emulator() else { return };
-    let st = |l: &Layout| Strided::of(l, "test").unwrap();
-    // fill, arange
-    let mut out = vec![f32::NAN; 600];
-    let (count, value, start, step) = (600u64, 2.5f32, -1.0f32, 0.25f32);
-    emulate!(emu, "fill", gpu::grid(600); addr_mut(&mut out), count, value);
-    assert!(out.iter().all(|&v| v == 2.5));
-    emulate!(emu, "arange", gpu::grid(600); addr_mut(&mut out), count, start, step);
-    let CpuStorage::F32(want) = CpuStorage::arange(start, step, 600);
-    assert_eq!(differs(&out, &want), None, "arange");
-    // gather_values: one value from each of several buffers, at offsets, some twice.
-    let (a, b) = (values(5, 65), values(3, 66));
-    let picks = [(&a, 4usize), (&b, 0), (&a, 0), (&b, 2), (&a, 4)];
-    let mut v = gpu::Values { src: [0; gpu::VALUES_MAX], count: picks.len() as u64 };
-    for (src, (buf, at)) in v.src.iter_mut().zip(&picks) {
-        *src = addr(buf) + 4 * *at as u64;
-    }
-    let mut out = vec![f32::NAN; picks.len() + 1];
-    emulate!(emu, "gather_values", gpu::grid(picks.len()); v, addr_mut(&mut out));
-    let want: Vec<f32> = picks.iter().map(|(buf, at)| buf[*at]).chain([f32::NAN]).collect();
-    assert_eq!(differs(&out[..picks.len()], &want[..picks.len()]), None, "gather_values");
-    assert!(out[picks.len()].is_nan(), "gather_values wrote past its count");
-    // copy_strided from a narrowed transposed view; copy_into a padded view of a wider buffer.
-    let x = values(6 * 7, 61);
-    let lx = Layout::contiguous(&[7, 6]).transpose(0, 1).unwrap().narrow(1, 2, 4).unwrap();
-    let sx = CpuStorage::F32(x.clone());
-    let CpuStorage::F32(want) = sx.copy_strided(&lx).unwrap();
-    let (mut out, n) = (vec![f32::NAN; 24], 24u64);
-    emulate!(emu, "copy_strided", gpu::grid(24); addr(&x), st(&lx), addr_mut(&mut out), n);
-    assert_eq!(differs(&out, &want), None, "copy_strided");
-    let ld = Layout::contiguous(&[6, 9]).narrow(1, 3, 4).unwrap();
-    let mut dst = vec![-7.0f32; 54];
-    emulate!(emu, "copy_into", gpu::grid(24); addr(&x), st(&lx), addr_mut(&mut dst), st(&ld), n);
-    let mut sdst = CpuStorage::F32(vec![-7.0; 54]);
-    sx.copy_into(&lx, &mut sdst, &ld).unwrap();
-    let CpuStorage::F32(want) = sdst;
-    assert_eq!(differs(&dst, &want), None, "copy_into");
-    // bias_rows: y + bias (a view at an offset) per row, then the ReLU: the CPU's add and ReLU.
-    let (rows, cols) = (5usize, 7usize);
-    let y0 = values(rows * cols, 62);
-    let bias_buffer = values(2 * cols, 63);
-    let lb = Layout::contiguous(&[2 * cols]).narrow(0, cols, cols).unwrap(); // at an offset
-    let ly = Layout::contiguous(&[rows, cols]);
-    let sb = CpuStorage::F32(bias_buffer.clone());
-    let lbb = lb.broadcast_to(&[rows, cols]).unwrap();
-    let sum = CpuStorage::F32(y0.clone()).binary(&ly, &sb, &lbb, crate::backend::BinaryOp::Add).unwrap();
-    for relu in [0i32, 1] {
-        let mut y = y0.clone();
-        let (r, c) = (rows as u64, cols as u64);
-        emulate!(emu, "bias_rows", gpu::grid(rows * cols); addr_mut(&mut y), addr(&bias_buffer), st(&lb), r, c, relu);
-        let want = if relu == 1 { sum.unary(&ly, UnaryOp::Relu).unwrap() } else { sum.clone() };
-        let CpuStorage::F32(want) = want;
-        assert_eq!(differs(&y, &want), None, "bias_rows (relu {relu})");
-    }
-    // cross_entropy_grad over log-probabilities, with the loss's gradient read on the device.
-    let (rows, classes) = (4usize, 6usize);
-    let logits = CpuStorage::F32(values(rows * classes, 64));
-    let ll = Layout::contiguous(&[rows, classes]);
-    let lp = logits.softmax(&ll, 1, true).unwrap();
-    let CpuStorage::F32(lp_values) = &lp;
-    let ids = vec![5.0f32, 0.0, 2.0, 5.0];
-    let g = vec![0.0f32, 1.5];
-    let (lids, lg) = (Layout::contiguous(&[rows]), Layout::contiguous(&[2]).narrow(0, 1, 1).unwrap());
-    let scale = 0.25f32;
-    let CpuStorage::F32(want) = lp
-        .cross_entropy_grad(&ll, &CpuStorage::F32(ids.clone()), &lids, &CpuStorage::F32(g.clone()), &lg, scale)
-        .unwrap();
-    let mut out = vec![f32::NAN; rows * classes];
-    let mut err = [0u32; 4];
-    let (r, c) = (rows as u64, classes as u64);
-    emulate!(emu, "cross_entropy_grad", gpu::grid(rows * classes);
+    each_order(|emu| {
+        let st = |l: &Layout| Strided::of(l, "test").unwrap();
+        // fill, arange
+        let mut out = vec![f32::NAN; 600];
+        let (count, value, start, step) = (600u64, 2.5f32, -1.0f32, 0.25f32);
+        emulate!(emu, "fill", gpu::grid(600); addr_mut(&mut out), count, value);
+        assert!(out.iter().all(|&v| v == 2.5));
+        emulate!(emu, "arange", gpu::grid(600); addr_mut(&mut out), count, start, step);
+        let CpuStorage::F32(want) = CpuStorage::arange(start, step, 600);
+        assert_eq!(differs(&out, &want), None, "arange");
+        // gather_values: one value from each of several buffers, at offsets, some twice.
+        let (a, b) = (values(5, 65), values(3, 66));
+        let picks = [(&a, 4usize), (&b, 0), (&a, 0), (&b, 2), (&a, 4)];
+        let mut v = gpu::Values { src: [0; gpu::VALUES_MAX], count: picks.len() as u64 };
+        for (src, (buf, at)) in v.src.iter_mut().zip(&picks) {
+            *src = addr(buf) + 4 * *at as u64;
+        }
+        let mut out = vec![f32::NAN; picks.len() + 1];
+        emulate!(emu, "gather_values", gpu::grid(picks.len()); v, addr_mut(&mut out));
+        let want: Vec<f32> = picks.iter().map(|(buf, at)| buf[*at]).chain([f32::NAN]).collect();
+        assert_eq!(differs(&out[..picks.len()], &want[..picks.len()]), None, "gather_values");
+        assert!(out[picks.len()].is_nan(), "gather_values wrote past its count");
+        // copy_strided from a narrowed transposed view; copy_into a padded view of a wider buffer.
+        let x = values(6 * 7, 61);
+        let lx = Layout::contiguous(&[7, 6]).transpose(0, 1).unwrap().narrow(1, 2, 4).unwrap();
+        let sx = CpuStorage::F32(x.clone());
+        let CpuStorage::F32(want) = sx.copy_strided(&lx).unwrap();
+        let (mut out, n) = (vec![f32::NAN; 24], 24u64);
+        emulate!(emu, "copy_strided", gpu::grid(24); addr(&x), st(&lx), addr_mut(&mut out), n);
+        assert_eq!(differs(&out, &want), None, "copy_strided");
+        let ld = Layout::contiguous(&[6, 9]).narrow(1, 3, 4).unwrap();
+        let mut dst = vec![-7.0f32; 54];
+        emulate!(emu, "copy_into", gpu::grid(24); addr(&x), st(&lx), addr_mut(&mut dst), st(&ld), n);
+        let mut sdst = CpuStorage::F32(vec![-7.0; 54]);
+        sx.copy_into(&lx, &mut sdst, &ld).unwrap();
+        let CpuStorage::F32(want) = sdst;
+        assert_eq!(differs(&dst, &want), None, "copy_into");
+        // bias_rows: y + bias (a view at an offset) per row, then the ReLU: the CPU's add and ReLU.
+        let (rows, cols) = (5usize, 7usize);
+        let y0 = values(rows * cols, 62);
+        let bias_buffer = values(2 * cols, 63);
+        let lb = Layout::contiguous(&[2 * cols]).narrow(0, cols, cols).unwrap(); // at an offset
+        let ly = Layout::contiguous(&[rows, cols]);
+        let sb = CpuStorage::F32(bias_buffer.clone());
+        let lbb = lb.broadcast_to(&[rows, cols]).unwrap();
+        let sum = CpuStorage::F32(y0.clone()).binary(&ly, &sb, &lbb, crate::backend::BinaryOp::Add).unwrap();
+        for relu in [0i32, 1] {
+            let mut y = y0.clone();
+            let (r, c) = (rows as u64, cols as u64);
+            emulate!(emu, "bias_rows", gpu::grid(rows * cols); addr_mut(&mut y), addr(&bias_buffer), st(&lb), r, c, relu);
+            let want = if relu == 1 { sum.unary(&ly, UnaryOp::Relu).unwrap() } else { sum.clone() };
+            let CpuStorage::F32(want) = want;
+            assert_eq!(differs(&y, &want), None, "bias_rows (relu {relu})");
+        }
+        // cross_entropy_grad over log-probabilities, with the loss's gradient read on the device.
+        let (rows, classes) = (4usize, 6usize);
+        let logits = CpuStorage::F32(values(rows * classes, 64));
+        let ll = Layout::contiguous(&[rows, classes]);
+        let lp = logits.softmax(&ll, 1, true).unwrap();
+        let CpuStorage::F32(lp_values) = &lp;
+        let ids = vec![5.0f32, 0.0, 2.0, 5.0];
+        let g = vec![0.0f32, 1.5];
+        let (lids, lg) = (Layout::contiguous(&[rows]), Layout::contiguous(&[2]).narrow(0, 1, 1).unwrap());
+        let scale = 0.25f32;
+        let CpuStorage::F32(want) = lp
+            .cross_entropy_grad(&ll, &CpuStorage::F32(ids.clone()), &lids, &CpuStorage::F32(g.clone()), &lg, scale)
+            .unwrap();
+        let mut out = vec![f32::NAN; rows * classes];
+        let mut err = [0u32; 4];
+        let (r, c) = (rows as u64, classes as u64);
+        emulate!(emu, "cross_entropy_grad", gpu::grid(rows * classes);
         addr(lp_values), st(&ll), addr(&ids), st(&lids), addr(&g), st(&lg), scale, addr_mut(&mut out), r, c, addr_mut(&mut err));
-    assert_eq!(differs(&out, &want), None, "cross_entropy_grad");
-    assert_eq!(err, [0; 4]);
+        assert_eq!(differs(&out, &want), None, "cross_entropy_grad");
+        assert_eq!(err, [0; 4]);
+    });
 }
