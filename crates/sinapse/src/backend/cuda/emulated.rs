@@ -182,6 +182,13 @@ extern "C" __global__ void racy(float* out) {
     out[threadIdx.x] = (float)threadIdx.x;
     out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
 }
+// Threads 0 to 3 write shared memory, all 8 read it.
+extern "C" __global__ void unwritten(float* out) {
+    __shared__ float part[8];
+    if (threadIdx.x < 4) part[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = part[threadIdx.x];
+}
 // Thread 3 leaves before the barrier the others wait at.
 extern "C" __global__ void partial(float* out) {
     if (threadIdx.x == 3) return;
@@ -199,8 +206,9 @@ extern "C" __global__ void overflow(float* out) {
     out[threadIdx.x] = threadIdx.x == 0 ? deep(150) : 0.0f;
 }
 #define ENTRY(k, b) {#k, [](void** p) { emu_invoke(k, p); }, b, emu_count(k), emu_sizes(k), emu_pointers(k)}
-const EmuKernel emu_kernels[] = {ENTRY(uniform, true), ENTRY(racy, false), ENTRY(partial, true), ENTRY(overflow, true)};
-const std::size_t emu_kernel_count = 4;
+const EmuKernel emu_kernels[] = {ENTRY(uniform, true), ENTRY(racy, false), ENTRY(unwritten, true),
+                                 ENTRY(partial, true), ENTRY(overflow, true)};
+const std::size_t emu_kernel_count = 5;
 int main(int argc, char** argv) {
     float out[16];
     for (float& v : out) v = -1.0f;
@@ -214,12 +222,13 @@ int main(int argc, char** argv) {
 "#;
 
     /// A block whose threads all reach a barrier runs, in either order to the same result; a
-    /// missing barrier shows as results that differ between the orders; a barrier that only
+    /// missing barrier shows as results that differ between the orders; shared memory reads
+    /// as NaN until written; a barrier that only
     /// some threads reach stops the emulator (CUDA leaves it undefined, and a GPU may hang); a
     /// fiber that overruns its stack faults at the page below it instead of writing over the
     /// memory there. Each in a child process.
     #[test]
-    fn the_emulator_shows_missing_and_partial_barriers_and_stops_at_a_stack_overrun() {
+    fn the_emulator_shows_missing_barriers_unwritten_shared_memory_and_stack_overruns() {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
         let exe = match compile(&scratch.0, "barriers", PROGRAM, false, &[]) {
@@ -248,6 +257,8 @@ int main(int argc, char** argv) {
         // is written in ascending order, and each but the last after it in descending order.
         assert_eq!(printed("racy", "ascending"), "0 1 2 3 4 5 6 7 -1 -1 -1 -1 -1 -1 -1 0 ");
         assert_eq!(printed("racy", "descending"), "0 1 2 3 4 5 6 7 1 2 3 4 5 6 7 -1 ");
+        // Shared memory no thread wrote reads as NaN (all bits set), not as a tidy zero.
+        assert_eq!(printed("unwritten", "ascending"), "1 1 1 1 -nan -nan -nan -nan -1 -1 -1 -1 -1 -1 -1 -1 ");
         let out = run("partial");
         assert_eq!(out.status.signal(), Some(libc::SIGABRT), "partial: {out:?}");
         let said = String::from_utf8_lossy(&out.stderr);

@@ -11,9 +11,13 @@
 // to run in step, a block reading another's output) gives a different result in one of the
 // two runs.
 //
+// A GPU's shared memory holds garbage until a block writes it: here each block of a kernel
+// that waits at barriers starts with every __shared__ array's bits set (NaN as a float or
+// double), so a thread that reads what no thread wrote shows it.
+//
 // What this cannot show: the GPU's memory model (threads here never overlap, so a missing
-// atomic would go unseen), shared memory's garbage before a write (static arrays start at
-// zero), and the CUDA math library's rounding (expf and friends are the C library's).
+// atomic would go unseen), and the CUDA math library's rounding (expf and friends are the C
+// library's).
 
 #include <math.h>
 #include <stdint.h>
@@ -44,7 +48,13 @@ static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_laun
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(threads)
-#define __shared__ static
+// Static arrays in a section of their own, which emu_launch_in_order fills with set bits
+// before each block (the linker names its bounds; weak, for a program without any).
+#define __shared__ static __attribute__((section("emu_shared")))
+extern "C" __attribute__((weak)) char __start_emu_shared[], __stop_emu_shared[];
+static void emu_shared_garbage() {
+    if (__start_emu_shared != nullptr) memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
+}
 
 static inline void emu_yield_to_scheduler();
 static inline void __syncthreads() {
@@ -206,6 +216,7 @@ extern "C" int emu_launch_in_order(const char* name, unsigned int grid, unsigned
     emu_in_fibers = true;
     for (unsigned int bi = 0; bi < grid; ++bi) {
         unsigned int b = nth(bi, grid);
+        emu_shared_garbage();
         f.finished.assign(block, 0);
         for (unsigned int t = 0; t < block; ++t) {
             getcontext(&f.contexts[t]);
