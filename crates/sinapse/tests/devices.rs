@@ -928,16 +928,50 @@ fn capture_thread_check(device: Device) -> Result<Option<String>> {
 /// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU; then in a
 /// second child whose kernels run their blocks and threads in descending order
 /// (`SINAPSE_EMULATOR_ORDER`), so that a kernel whose threads depend on one another's order
-/// fails one of the two. Returns whether both passed or were skipped (they are required where
-/// CI asks for the emulator and NVRTC).
+/// fails one of the two. Both keep their compiled kernels in a fresh folder
+/// (`SINAPSE_KERNEL_CACHE`): the first compiles them and leaves one file there, which the
+/// second loads instead of compiling (the file is not replaced). Returns whether both passed
+/// or were skipped (they are required where CI asks for the emulator and NVRTC).
 fn run_on_emulated_gpu() -> bool {
-    ["ascending", "descending"].iter().all(|order| run_on_emulated_gpu_in(order))
+    let cache = match Scratch::new() {
+        Ok(dir) => dir,
+        Err(e) => {
+            println!("device suite: the emulated GPU not run: {e}");
+            return false;
+        }
+    };
+    // The kept files, with their inode numbers (a file compiled again is a new one).
+    let kept = || -> Vec<(std::ffi::OsString, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let entries = std::fs::read_dir(&cache.0).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+        entries.iter().map(|e| (e.file_name(), e.metadata().map_or(0, |m| m.ino()))).collect()
+    };
+    if !run_on_emulated_gpu_in("ascending", &cache.0) {
+        return false;
+    }
+    let first = kept();
+    if !run_on_emulated_gpu_in("descending", &cache.0) {
+        return false;
+    }
+    let second = kept();
+    // Nothing is kept where NVRTC (or the emulator) is missing and the runs were skipped.
+    let skipped = first.is_empty() && second.is_empty() && !emulator_required();
+    if !skipped && (first.len() != 1 || first != second) {
+        println!("device suite: the kernel cache held {first:?} after the first run, {second:?} after the second");
+        return false;
+    }
+    true
 }
 
-/// [`run_on_emulated_gpu`] with the emulator's blocks and threads in `order`.
-fn run_on_emulated_gpu_in(order: &str) -> bool {
-    let required =
-        ["SINAPSE_REQUIRE_EMULATOR", "SINAPSE_REQUIRE_NVRTC"].iter().all(|v| std::env::var(v).is_ok_and(|v| v == "1"));
+/// Whether CI asks for the emulated GPU's runs (the emulator and NVRTC both required).
+fn emulator_required() -> bool {
+    ["SINAPSE_REQUIRE_EMULATOR", "SINAPSE_REQUIRE_NVRTC"].iter().all(|v| std::env::var(v).is_ok_and(|v| v == "1"))
+}
+
+/// [`run_on_emulated_gpu`] with the emulator's blocks and threads in `order`, compiled
+/// kernels kept in `cache`.
+fn run_on_emulated_gpu_in(order: &str, cache: &std::path::Path) -> bool {
+    let required = emulator_required();
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -946,7 +980,7 @@ fn run_on_emulated_gpu_in(order: &str) -> bool {
         }
     };
     let mut child = std::process::Command::new(exe);
-    child.env(EMULATED, "1").env(ORDER, order);
+    child.env(EMULATED, "1").env(ORDER, order).env("SINAPSE_KERNEL_CACHE", cache);
     if required {
         child.env("SINAPSE_REQUIRE_CUDA", "1");
     }

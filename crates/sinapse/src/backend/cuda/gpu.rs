@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::alloc::{rounded, BlockCache, MemoryStats, PoolState};
+use super::kernel_cache::KernelCache;
 use crate::layout::Layout;
 use crate::{Device, Error, Result};
 
@@ -522,6 +525,43 @@ pub(crate) fn compile(arch: u32) -> std::result::Result<Ptx, String> {
     cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("compiling the CUDA kernels: {e}"))
 }
 
+/// NVRTC's version (major, minor), or why it is not known.
+fn nvrtc_version() -> std::result::Result<(i32, i32), String> {
+    if !nvrtc_present() {
+        return Err("NVRTC was not found".into());
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); the call writes two ints.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("asking NVRTC its version: {e}"))?;
+    Ok((major, minor))
+}
+
+/// The kernels compiled for `compute_{arch}` and loaded into `ctx`: from the kernel cache
+/// when an earlier process compiled this source with this NVRTC ([`KernelCache`]), else
+/// compiled now and kept there for the next.
+fn load_kernels(ctx: &Arc<CudaContext>, arch: u32) -> std::result::Result<Arc<CudaModule>, String> {
+    let load = |ptx: Ptx| {
+        ctx.load_module(ptx).map_err(|e| format!("loading the compiled kernels: {e} (is NVRTC newer than the driver?)"))
+    };
+    let kept = KernelCache::from_env().and_then(|cache| Some(cache.path(SOURCE, arch, nvrtc_version().ok()?)));
+    if let Some(text) = kept.as_deref().and_then(|path| KernelCache::load(path, KERNELS)) {
+        // One the driver refuses is compiled again, and replaced.
+        if let Ok(module) = load(Ptx::from_src(text)) {
+            return Ok(module);
+        }
+    }
+    let ptx = compile(arch)?;
+    if let (Some(path), Some(bytes)) = (&kept, ptx.as_bytes()) {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            // Not kept only costs the next process the compile.
+            let _ = KernelCache::store(path, text.trim_end_matches('\0'));
+        }
+    }
+    load(ptx)
+}
+
 impl Gpu {
     fn open(ordinal: usize) -> std::result::Result<Gpu, String> {
         // SAFETY: only looks for the library.
@@ -550,10 +590,7 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let (major, minor) = ctx.compute_capability().map_err(driver("reading the compute capability"))?;
-        let ptx = compile((major * 10 + minor) as u32)?;
-        let module = ctx
-            .load_module(ptx)
-            .map_err(|e| format!("loading the compiled kernels: {e} (is NVRTC newer than the driver?)"))?;
+        let module = load_kernels(&ctx, (major * 10 + minor) as u32)?;
         let mut functions = HashMap::new();
         for &name in KERNELS {
             let f = module.load_function(name).map_err(driver(&format!("loading kernel {name}")))?;

@@ -12,6 +12,7 @@ pub(crate) mod emulated;
 #[cfg(all(test, unix))]
 mod emulator;
 pub(crate) mod gpu;
+mod kernel_cache;
 pub(crate) mod nccl;
 
 use std::sync::Arc;
