@@ -9,25 +9,46 @@
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp, cnn and lstm also with
 #      the training step in a CUDA graph, infer with the forward pass in one), Sinapse and
 #      PyTorch (python3 with CUDA) interleaved;
-# and prints one table last. Logs go to $OUT (or gpu-run/out/).
+# and prints one table last. Logs go to $OUT (or gpu-run/out/), and the table too, a row at a
+# time (table.txt), so a check stopped part way still leaves the rows it made.
 #
-#     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3
+#     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3, and
+#                                            # 540 s in all (CHECK_BUDGET_S sets it; 0: none)
+#
+# With a budget, each step's time limit is cut to what is left of it, and the steps it does not
+# reach are rows that say so: the table comes out before a caller's limit (10 minutes a
+# command on the lent GPU machine) stops the script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x gpu-run/sinapse ] || cd ..   # also when run as gpu-run/check.sh
 bin=gpu-run
 logs="${OUT:-gpu-run/out}"
 mkdir -p "$logs"
+: >"$logs/table.txt"
 runs=3
-[ "${1:-}" = "--quick" ] && runs=1
+budget=${CHECK_BUDGET_S:-0}
+[ "${1:-}" = "--quick" ] && { runs=1; budget=${CHECK_BUDGET_S:-540}; }
 rows=()
 
-row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
+row() {
+    rows+=("$(printf '%-34s %s' "$1" "$2")")
+    echo "${rows[-1]}" >>"$logs/table.txt"
+}
 
-# step NAME TIMEOUT COMMAND...: runs it, logs it, returns its status.
+# step NAME TIMEOUT COMMAND...: runs it, logs it, returns its status (124 when it ran out of
+# time, or was not started because the budget is spent).
 step() {
     local name=$1 limit=$2
     shift 2
+    if [ "$budget" -gt 0 ]; then
+        local left=$((budget - SECONDS))
+        if [ "$left" -lt 15 ]; then
+            echo "not run: the check's $budget s were spent" >"$logs/$name.log"
+            echo "== $name: $(cat "$logs/$name.log")"
+            return 124
+        fi
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
     echo "== $name: $*"
     timeout "$limit" "$@" >"$logs/$name.log" 2>&1
     local rc=$?
