@@ -266,4 +266,52 @@ int main(int argc, char** argv) {
         let out = run("overflow");
         assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "overflow: {out:?}");
     }
+
+    /// A kernel that writes one element into a driver allocation of 128 floats, at the index
+    /// given, and says so.
+    const PAST_THE_END: &str = r#"
+extern "C" __global__ void write_at(float* out, unsigned long long i) { out[i] = 1.0f; }
+const EmuKernel emu_kernels[] = {{"write_at", [](void** p) { emu_invoke(write_at, p); }, false, emu_count(write_at),
+                                  emu_sizes(write_at), emu_pointers(write_at)}};
+const std::size_t emu_kernel_count = 1;
+"#;
+    const PAST_THE_END_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    CUdeviceptr p;
+    if (argc < 2 || allocate(&p, 512) != EMU_SUCCESS) return 2;
+    void* out = reinterpret_cast<void*>(p);
+    unsigned long long i = strtoull(argv[1], nullptr, 10);
+    void* params[] = {&out, &i};
+    if (emu_launch("write_at", 1, 1, params) != 0) return 2;
+    printf("wrote element %llu\n", i);
+    return 0;
+}
+"#;
+
+    /// The emulated driver's allocations end at an inaccessible page: the last element can be
+    /// written, the one after it stops the process with a line naming the kernel.
+    #[test]
+    fn a_kernel_writing_past_an_allocation_stops_at_its_end() {
+        use std::os::unix::process::ExitStatusExt;
+        let scratch = Scratch::new().expect("a scratch folder");
+        let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_END_MAIN}", include_str!("emulated_driver.cpp"));
+        let exe = match compile(&scratch.0, "past_the_end", &source, false, &[]) {
+            Ok(exe) => exe,
+            Err(why) => {
+                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the program did not build: {why}");
+                eprintln!("skipped: no C++ compiler ({why})");
+                return;
+            }
+        };
+        let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
+        let out = run("127");
+        assert!(out.status.success(), "the last element: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "wrote element 127\n");
+        let out = run("128");
+        assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "one past the end: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains("write_at reached 0 bytes past the end of the 512-byte allocation at 0x"), "{said}");
+        assert!(out.stdout.is_empty(), "the write after the end returned: {out:?}");
+    }
 }

@@ -11,8 +11,15 @@
 // capture is refused (the graph's pool never asks the driver), and a copy, memset, cuBLAS
 // operand or kernel pointer argument outside every allocation is refused, at each replay too
 // (CUDA would fault or read garbage). New allocations are filled with NaN bytes, so that
-// reading memory nothing wrote shows. Context-wide calls need a current context, and the
-// capturing thread's synchronous calls break its capture, as in CUDA.
+// reading memory nothing wrote shows, and each ends where an inaccessible page begins, so
+// that a kernel or product reaching past an allocation's end stops the process there, with
+// a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
+// allocator's blocks are rounded up, so a tensor's overrun inside its block stays unseen).
+// Context-wide calls need a current context, and the capturing thread's synchronous calls
+// break its capture, as in CUDA.
+
+#include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -97,6 +104,12 @@ struct Blas {
 
 std::mutex lock;                            // every entry point, one at a time
 std::map<CUdeviceptr, size_t> allocations;  // base address -> bytes
+// An allocation's mapping: its pages, the last of them inaccessible.
+struct Mapping {
+    char* base;
+    size_t length;
+};
+std::map<CUdeviceptr, Mapping> mappings;  // by the allocation's base address
 size_t allocated = 0;
 const size_t total_memory = size_t(80) << 30;
 Stream default_stream;
@@ -324,15 +337,57 @@ ENTRY CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     *total = total_memory;
     return EMU_SUCCESS;
 }
+// `bytes` (rounded up to CUDA's 256-byte alignment) that end at an inaccessible page.
 static CUresult allocate(CUdeviceptr* p, size_t bytes) {
     if (allocated + bytes > total_memory) return EMU_OUT_OF_MEMORY;
-    void* mem = aligned_alloc(256, ((bytes ? bytes : 1) + 255) / 256 * 256);
-    if (!mem) return EMU_OUT_OF_MEMORY;
+    static const size_t page = sysconf(_SC_PAGESIZE);
+    size_t span = ((bytes ? bytes : 1) + 255) / 256 * 256;
+    size_t length = (span + page - 1) / page * page + page;
+    void* base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return EMU_OUT_OF_MEMORY;
+    char* guard = static_cast<char*>(base) + length - page;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        munmap(base, length);
+        return EMU_OUT_OF_MEMORY;
+    }
+    char* mem = guard - span;
     memset(mem, 0xff, bytes);  // NaN until written
     *p = reinterpret_cast<CUdeviceptr>(mem);
     allocations[*p] = bytes;
+    mappings[*p] = {static_cast<char*>(base), length};
     allocated += bytes;
     return EMU_SUCCESS;
+}
+
+// The action for SIGSEGV before this library's: faults outside the guard pages go there.
+struct sigaction earlier_segv;
+
+// A fault in an allocation's guard page: says which allocation and what was running, then
+// lets the fault kill the process. Other faults go to the handler before this one.
+void on_segv(int sig, siginfo_t* info, void* context) {
+    uintptr_t at = reinterpret_cast<uintptr_t>(info->si_addr);
+    for (const auto& [p, m] : mappings) {
+        uintptr_t guard = reinterpret_cast<uintptr_t>(m.base) + m.length - sysconf(_SC_PAGESIZE);
+        if (at < guard || at >= reinterpret_cast<uintptr_t>(m.base) + m.length) continue;
+        char line[256];
+        int n = snprintf(line, sizeof line,
+                         "emulated CUDA: %s reached %zu bytes past the end of the %zu-byte allocation at 0x%llx\n",
+                         emu_running ? emu_running : "a copy or product", static_cast<size_t>(at - (p + allocations[p])),
+                         allocations[p], p);
+        if (n > 0) (void)!write(2, line, std::min(static_cast<size_t>(n), sizeof line - 1));
+        signal(sig, SIG_DFL);  // the fault happens again on return, and ends the process
+        return;
+    }
+    sigaction(sig, &earlier_segv, nullptr);  // someone else's fault: theirs to handle
+}
+
+// Installs on_segv when the library is loaded.
+__attribute__((constructor)) void install_segv_handler() {
+    struct sigaction action {};
+    action.sa_sigaction = on_segv;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGSEGV, &action, &earlier_segv);
 }
 static CUresult release(CUdeviceptr p) {
     auto it = allocations.find(p);
@@ -342,7 +397,9 @@ static CUresult release(CUdeviceptr p) {
     }
     allocated -= it->second;
     allocations.erase(it);
-    free(reinterpret_cast<void*>(p));
+    auto m = mappings.find(p);
+    munmap(m->second.base, m->second.length);
+    mappings.erase(m);
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {

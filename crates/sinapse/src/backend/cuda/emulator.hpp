@@ -43,6 +43,7 @@ struct dim3 {
 static thread_local dim3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_launch)
+static const char* emu_running = nullptr;  // the kernel being run, for a fault's report
 
 #define __global__
 #define __device__
@@ -186,6 +187,10 @@ extern "C" int emu_launch_in_order(const char* name, unsigned int grid, unsigned
     if (!kernel) return 1;
     static std::mutex one_launch;
     std::lock_guard<std::mutex> hold(one_launch);
+    struct Running {
+        explicit Running(const char* name) { emu_running = name; }
+        ~Running() { emu_running = nullptr; }
+    } running(kernel->name);
     gridDim = {grid, 1, 1};
     blockDim = {block, 1, 1};
     // The i-th of n to run.
