@@ -7,9 +7,13 @@
 //!
 //! The folder is `SINAPSE_KERNEL_CACHE` (`off` turns the cache off), else
 //! `$XDG_CACHE_HOME/sinapse/kernels`, else `$HOME/.cache/sinapse/kernels`. A folder that cannot
-//! be made or written only costs the compile.
+//! be made or written only costs the compile. It keeps the [`KEPT`] newest files (about 0.6
+//! MB each), so that a developer's rebuilds do not pile up old ones.
 
 use std::path::{Path, PathBuf};
+
+/// How many compiled files a folder keeps: storing one removes the oldest beyond this.
+pub(crate) const KEPT: usize = 8;
 
 /// A folder of compiled kernels.
 pub(crate) struct KernelCache {
@@ -55,7 +59,8 @@ impl KernelCache {
     }
 
     /// Keeps `ptx` at `path`, whole or not at all: written to a temporary file of this
-    /// process's in the same folder, then renamed over `path`.
+    /// process's in the same folder, then renamed over `path`. Then removes the folder's
+    /// oldest compiled files beyond [`KEPT`].
     pub(crate) fn store(path: &Path, ptx: &str) -> std::io::Result<()> {
         let dir = path.parent().ok_or_else(|| std::io::Error::other("a cache file without a folder"))?;
         std::fs::create_dir_all(dir)?;
@@ -65,7 +70,29 @@ impl KernelCache {
         if written.is_err() {
             let _ = std::fs::remove_file(&partial);
         }
-        written
+        written?;
+        prune(dir, KEPT);
+        Ok(())
+    }
+}
+
+/// Removes the oldest compiled files (`kernels-*.ptx`, by modification time) of `dir` beyond
+/// the `keep` newest; a file another process removes first, or one that cannot be removed, is
+/// passed over.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("kernels-") && name.ends_with(".ptx")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, old) in files.iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
     }
 }
 
@@ -113,6 +140,27 @@ mod tests {
         }
         // FNV-1a's published value for "a", so the name stays the same across builds.
         assert!(cache.path("a", 90, (13, 0)).ends_with("kernels-compute_90-nvrtc13.0-af63dc4c8601ec8c.ptx"));
+    }
+
+    #[test]
+    fn storing_keeps_the_newest_files_and_nothing_else_is_touched() {
+        let dir = scratch("prune");
+        let cache = KernelCache::at(&dir);
+        let paths: Vec<PathBuf> = (0..KEPT + 2).map(|k| cache.path(&format!("source {k}"), 90, (13, 0))).collect();
+        for (k, path) in paths.iter().enumerate() {
+            KernelCache::store(path, PTX).unwrap();
+            // Ages a second apart, oldest first, whatever the file system's clock resolution.
+            let age = std::time::Duration::from_secs((paths.len() - k) as u64);
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(std::time::SystemTime::now() - age).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        KernelCache::store(&paths[KEPT + 1], PTX).unwrap();
+        let gone: Vec<bool> = paths.iter().map(|p| !p.exists()).collect();
+        assert_eq!(gone.iter().filter(|g| **g).count(), 2, "{gone:?}");
+        assert!(gone[0] && gone[1], "the two oldest go: {gone:?}");
+        assert!(dir.join("notes.txt").exists(), "a file that is not a compiled one stays");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
