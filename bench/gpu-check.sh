@@ -28,11 +28,22 @@ mkdir -p "$logs"
 runs=3
 budget=${CHECK_BUDGET_S:-0}
 [ "${1:-}" = "--quick" ] && { runs=1; budget=${CHECK_BUDGET_S:-540}; }
+case $budget in
+    '' | *[!0-9]*) echo "CHECK_BUDGET_S must be a whole number of seconds, not '$budget'" >&2; exit 2 ;;
+esac
 rows=()
 
 row() {
-    rows+=("$(printf '%-34s %s' "$1" "$2")")
-    echo "${rows[-1]}" >>"$logs/table.txt"
+    local line
+    printf -v line '%-34s %s' "$1" "$2"
+    rows+=("$line")
+    echo "$line" >>"$logs/table.txt"
+}
+
+# failed LOG: what a failed step's row says: that it did not run (out of budget), or FAILED
+# and the log's last line.
+failed() {
+    if grep -q '^not run: ' "$1"; then head -n 1 "$1"; else echo "FAILED: $(tail -n 1 "$1")"; fi
 }
 
 # step NAME TIMEOUT COMMAND...: runs it, logs it, returns its status (124 when it ran out of
@@ -50,7 +61,7 @@ step() {
         [ "$left" -lt "$limit" ] && limit=$left
     fi
     echo "== $name: $*"
-    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$logs/$name.log" 2>&1
     local rc=$?
     tail -n 3 "$logs/$name.log"
     return $rc
@@ -62,7 +73,7 @@ row "GPU" "$(head -n 1 "$logs/gpu.txt")"
 if SINAPSE_REQUIRE_NVRTC=1 step unit 300 "$bin/unit" --test-threads 2; then
     row "unit tests (NVRTC compile incl.)" "$(grep -o '[0-9]* passed' "$logs/unit.log" | tail -n 1)"
 else
-    row "unit tests (NVRTC compile incl.)" "FAILED (see $logs/unit.log)"
+    row "unit tests (NVRTC compile incl.)" "$(failed "$logs/unit.log") (see $logs/unit.log)"
 fi
 
 # NCCL (gradient all-reduce between GPUs) is loaded at run time: PyTorch's CUDA wheels bring
@@ -80,7 +91,7 @@ fi
 if SINAPSE_REQUIRE_CUDA=1 step devices 300 "$bin/devices"; then
     row "device op suite on cuda" "$(grep 'all .* passed' "$logs/devices.log")"
 else
-    row "device op suite on cuda" "FAILED: $(tail -n 1 "$logs/devices.log") (see $logs/devices.log)"
+    row "device op suite on cuda" "$(failed "$logs/devices.log") (see $logs/devices.log)"
 fi
 if grep -q "^FAILED NCCL" "$logs/devices.log"; then
     row "NCCL, one rank" "FAILED: $(grep -m1 '^FAILED NCCL' "$logs/devices.log")"
@@ -88,6 +99,8 @@ elif grep -q "NCCL not covered" "$logs/devices.log"; then
     row "NCCL, one rank" "not run: $(grep -m1 'NCCL not covered' "$logs/devices.log")"
 elif grep -q "all .* comparisons passed" "$logs/devices.log"; then
     row "NCCL, one rank" "all-reduce, broadcast, gradients: passed (in the suite's count)"
+elif grep -q '^not run: ' "$logs/devices.log"; then
+    row "NCCL, one rank" "not run: the device suite did not run"
 else
     row "NCCL, one rank" "unknown: the suite did not finish (see $logs/devices.log)"
 fi
@@ -96,7 +109,7 @@ for spec in mnist_mlp mnist_cnn mnist_cnn_bn mnist_lstm; do
     if step "train-$spec" 300 "$bin/sinapse" train "models/$spec.toml" --device cuda --out "$logs/model-$spec"; then
         row "train $spec --device cuda" "$(grep 'test accuracy' "$logs/train-$spec.log" | tail -n 1)"
     else
-        row "train $spec --device cuda" "FAILED: $(tail -n 1 "$logs/train-$spec.log")"
+        row "train $spec --device cuda" "$(failed "$logs/train-$spec.log")"
     fi
 done
 # The same MLP with its training step in a CUDA graph: the same accuracy bar.
@@ -105,7 +118,7 @@ if step "train-mnist_mlp-graph" 300 "$bin/sinapse" train models/mnist_mlp.toml -
     row "train mnist_mlp --cuda-graph" "$(grep 'test accuracy' "$logs/train-mnist_mlp-graph.log" | tail -n 1); \
 $(grep -m1 -o 'cuda_graph: [a-z ]*' "$logs/train-mnist_mlp-graph.log")"
 else
-    row "train mnist_mlp --cuda-graph" "FAILED: $(tail -n 1 "$logs/train-mnist_mlp-graph.log")"
+    row "train mnist_mlp --cuda-graph" "$(failed "$logs/train-mnist_mlp-graph.log")"
 fi
 
 # Benchmarks: Sinapse and PyTorch on the same card, one after the other, per benchmark.
@@ -117,7 +130,7 @@ result() {
         launches=$(grep -m1 -o 'launches per training step: [^(]*host copies' "$2")
         echo "$(grep -E "^$1: " "$2" | tail -n 1 | sed "s/^$1: //"); $(grep 'peak device' "$2")${launches:+; $launches}"
     else
-        echo "FAILED: $(tail -n 1 "$2")"
+        failed "$2"
     fi
 }
 for name in mlp cnn lstm infer; do

@@ -58,7 +58,7 @@ impl Device {
     }
 
     /// Every device this process can use, CPU first. Each GPU the driver reports is opened
-    /// to check it (once per process: a context, and the kernels compiled).
+    /// to check it (once per process: a context, and the kernels compiled or loaded).
     pub fn available() -> Vec<Device> {
         let gpus = (0..crate::backend::cuda::gpu::device_count()).map(Device::Cuda);
         std::iter::once(Device::Cpu).chain(gpus.filter(|d| d.check_available().is_ok())).collect()

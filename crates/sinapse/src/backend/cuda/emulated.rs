@@ -128,6 +128,21 @@ pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
 /// driver may already be loaded, and this is an error. Slow (each kernel thread runs on the
 /// CPU), and not for a machine whose real GPU is to be used.
 pub fn install() -> Result<(), String> {
+    install_driver()?;
+    INSTALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+/// Set once [`install`] has made `cuda:0` the emulated GPU.
+static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `cuda:0` is the emulated GPU of [`install`].
+pub(crate) fn installed() -> bool {
+    INSTALLED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// [`install`]'s work.
+fn install_driver() -> Result<(), String> {
     if gpu::opened(0).is_some() {
         return Err("a GPU was already opened in this process".into());
     }

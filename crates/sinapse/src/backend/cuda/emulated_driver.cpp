@@ -362,18 +362,23 @@ static CUresult allocate(CUdeviceptr* p, size_t bytes) {
 // The action for SIGSEGV before this library's: faults outside the guard pages go there.
 struct sigaction earlier_segv;
 
-// A fault in an allocation's guard page: says which allocation and what was running, then
-// lets the fault kill the process. Other faults go to the handler before this one.
+// A fault in an allocation's guard page while this thread runs a kernel: says which kernel
+// and allocation, then lets the fault end the process. Other faults go to the handler before
+// this one. (A kernel runs under the driver's lock, which every change to `mappings` takes,
+// so the maps hold still while a fault of this thread's reads them; copies and products are
+// checked against the allocations before they run.)
 void on_segv(int sig, siginfo_t* info, void* context) {
     uintptr_t at = reinterpret_cast<uintptr_t>(info->si_addr);
-    for (const auto& [p, m] : mappings) {
-        uintptr_t guard = reinterpret_cast<uintptr_t>(m.base) + m.length - sysconf(_SC_PAGESIZE);
-        if (at < guard || at >= reinterpret_cast<uintptr_t>(m.base) + m.length) continue;
+    for (auto it = mappings.begin(); emu_running && it != mappings.end(); ++it) {
+        const auto& [p, m] = *it;
+        uintptr_t end = reinterpret_cast<uintptr_t>(m.base) + m.length;
+        if (at < end - sysconf(_SC_PAGESIZE) || at >= end) continue;
+        auto bytes = allocations.find(p);
+        if (bytes == allocations.end()) break;
         char line[256];
         int n = snprintf(line, sizeof line,
                          "emulated CUDA: %s reached %zu bytes past the end of the %zu-byte allocation at 0x%llx\n",
-                         emu_running ? emu_running : "a copy or product", static_cast<size_t>(at - (p + allocations[p])),
-                         allocations[p], p);
+                         emu_running, static_cast<size_t>(at - (p + bytes->second)), bytes->second, p);
         if (n > 0) (void)!write(2, line, std::min(static_cast<size_t>(n), sizeof line - 1));
         signal(sig, SIG_DFL);  // the fault happens again on return, and ends the process
         return;

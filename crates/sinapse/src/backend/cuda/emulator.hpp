@@ -8,8 +8,8 @@
 // order, or all in descending order (emu_launch_in_order): a kernel run both ways has had
 // every pair of its threads, and of its blocks, run in each order, so one thread reading
 // what another writes with no barrier between them (a missing __syncthreads, a warp assumed
-// to run in step, a block reading another's output) gives a different result in one of the
-// two runs.
+// to run in step, a block reading another's output) reads the value before the write in one
+// of the two runs and after it in the other: unless the two are the same, the runs differ.
 //
 // A GPU's shared memory holds garbage until a block writes it: here each block of a kernel
 // that waits at barriers starts with every __shared__ array's bits set (NaN as a float or
@@ -43,7 +43,7 @@ struct dim3 {
 static thread_local dim3 threadIdx, blockIdx;
 static dim3 blockDim, gridDim;
 static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_launch)
-static const char* emu_running = nullptr;  // the kernel being run, for a fault's report
+static thread_local const char* emu_running = nullptr;  // the kernel this thread runs, if any
 
 #define __global__
 #define __device__
@@ -52,7 +52,7 @@ static const char* emu_running = nullptr;  // the kernel being run, for a fault'
 // Static arrays in a section of their own, which emu_launch_in_order fills with set bits
 // before each block (the linker names its bounds; weak, for a program without any).
 #define __shared__ static __attribute__((section("emu_shared")))
-extern "C" __attribute__((weak)) char __start_emu_shared[], __stop_emu_shared[];
+extern "C" __attribute__((weak, visibility("hidden"))) char __start_emu_shared[], __stop_emu_shared[];
 static void emu_shared_garbage() {
     if (__start_emu_shared != nullptr) memset(__start_emu_shared, 0xff, __stop_emu_shared - __start_emu_shared);
 }

@@ -9,7 +9,7 @@
 //! including cases the device suite's inputs do not reach (bad indices, NaN in pooling, block
 //! edges). Each test runs twice, the blocks and threads of every launch in ascending order,
 //! then in descending order ([`each_order`]), so that a thread that reads another's write
-//! with no barrier between them fails one of the runs. The host code's own launches run over
+//! with no barrier between them reads it in one run and misses it in the other. The host code's own launches run over
 //! the same builds in the device suite's runs on an emulated GPU
 //! ([`super::emulated::install`]), in each order too. What neither can show: the GPU's
 //! memory model (threads here never overlap, so a missing atomic would pass), and CUDA's
@@ -88,8 +88,9 @@ impl Ordered {
 
 /// Runs `test` with the emulator's blocks and threads in ascending order, then again in
 /// descending order, so that a kernel whose threads or blocks depend on one another's order
-/// (one reading what another writes, with no barrier between) fails in one of the two runs;
-/// a failure says which. Nothing without the emulator ([`emulator`]).
+/// (one reading what another writes, with no barrier between) reads the value before the
+/// write in one run and after it in the other, and fails one of them unless the two values
+/// agree; a failure says which order it ran in. Nothing without the emulator ([`emulator`]).
 fn each_order(test: impl Fn(&Ordered)) {
     let Some(emulator) = emulator() else { return };
     for descending in [false, true] {

@@ -517,12 +517,14 @@ pub(crate) fn compile(arch: u32) -> std::result::Result<Ptx, String> {
              `pip install nvidia-cuda-nvrtc` and add its nvidia/cu13/lib folder to LD_LIBRARY_PATH"
             .into());
     }
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture=compute_{arch}")],
-        name: Some("sinapse_kernels.cu".into()),
-        ..Default::default()
-    };
+    let opts =
+        CompileOptions { options: nvrtc_options(arch), name: Some("sinapse_kernels.cu".into()), ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| format!("compiling the CUDA kernels: {e}"))
+}
+
+/// The options [`compile`] gives NVRTC for `compute_{arch}`.
+fn nvrtc_options(arch: u32) -> Vec<String> {
+    vec![format!("--gpu-architecture=compute_{arch}")]
 }
 
 /// NVRTC's version (major, minor), or why it is not known.
@@ -545,7 +547,13 @@ fn load_kernels(ctx: &Arc<CudaContext>, arch: u32) -> std::result::Result<Arc<Cu
     let load = |ptx: Ptx| {
         ctx.load_module(ptx).map_err(|e| format!("loading the compiled kernels: {e} (is NVRTC newer than the driver?)"))
     };
-    let kept = KernelCache::from_env().and_then(|cache| Some(cache.path(SOURCE, arch, nvrtc_version().ok()?)));
+    // The tests' emulated GPU keeps its kernels only where they say, not in the user's cache.
+    #[cfg(unix)]
+    let named_only = super::emulated::installed();
+    #[cfg(not(unix))]
+    let named_only = false;
+    let kept = KernelCache::from_env(named_only)
+        .and_then(|cache| Some(cache.path(SOURCE, &nvrtc_options(arch), arch, nvrtc_version().ok()?)));
     if let Some(text) = kept.as_deref().and_then(|path| KernelCache::load(path, KERNELS)) {
         // One the driver refuses is compiled again, and replaced.
         if let Ok(module) = load(Ptx::from_src(text)) {

@@ -1,7 +1,8 @@
 //! The CUDA backend: the kernel set on an NVIDIA GPU, through `cudarc` loaded at run time.
 //!
 //! Elementwise work, reductions, indexing, pooling, im2col, the LSTM cell and the optimizer
-//! updates are CUDA C kernels (`kernels.cu`) compiled by NVRTC once per process; the matrix
+//! updates are CUDA C kernels (`kernels.cu`) compiled by NVRTC on first use and kept on disk
+//! for later processes ([`kernel_cache`]); the matrix
 //! product is cuBLAS (strided batched, TF32 off as in PyTorch); memory comes from a caching
 //! allocator ([`alloc`]). Work is queued on one stream and runs in order; the host waits only
 //! when it reads values back ([`BackendStorage::to_host`]).
