@@ -182,6 +182,21 @@ fn install_driver() -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// The program `name` built from `source` behind the emulator's header in `scratch`; `None`
+    /// (after a line on stderr) without a C++ compiler, a failure when
+    /// `SINAPSE_REQUIRE_EMULATOR=1`.
+    fn test_program(scratch: &Scratch, name: &str, source: &str) -> Option<PathBuf> {
+        match compile(&scratch.0, name, source, false, &[]) {
+            Ok(exe) => Some(exe),
+            Err(why) => {
+                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but {name} did not build: {why}");
+                eprintln!("skipped: no C++ compiler ({why})");
+                None
+            }
+        }
+    }
+
     /// Kernels that wait at a barrier, one that should and does not, and a program that runs
     /// one by name over a block of 8 threads (in descending order if asked) and prints what it
     /// wrote.
@@ -238,23 +253,14 @@ int main(int argc, char** argv) {
 
     /// A block whose threads all reach a barrier runs, in either order to the same result; a
     /// missing barrier shows as results that differ between the orders; shared memory reads
-    /// as NaN until written; a barrier that only
-    /// some threads reach stops the emulator (CUDA leaves it undefined, and a GPU may hang); a
-    /// fiber that overruns its stack faults at the page below it instead of writing over the
-    /// memory there. Each in a child process.
+    /// as NaN until written; a barrier that only some threads reach stops the emulator (CUDA
+    /// leaves it undefined, and a GPU may hang); a fiber that overruns its stack faults at the
+    /// page below it instead of writing over the memory there. Each in a child process.
     #[test]
     fn the_emulator_shows_missing_barriers_unwritten_shared_memory_and_stack_overruns() {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
-        let exe = match compile(&scratch.0, "barriers", PROGRAM, false, &[]) {
-            Ok(exe) => exe,
-            Err(why) => {
-                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
-                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the program did not build: {why}");
-                eprintln!("skipped: no C++ compiler ({why})");
-                return;
-            }
-        };
+        let Some(exe) = test_program(&scratch, "barriers", PROGRAM) else { return };
         let run_in = |kernel: &str, order: &str| {
             std::process::Command::new(&exe).args([kernel, order]).output().expect("the program runs")
         };
@@ -310,15 +316,7 @@ int main(int argc, char** argv) {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
         let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_END_MAIN}", include_str!("emulated_driver.cpp"));
-        let exe = match compile(&scratch.0, "past_the_end", &source, false, &[]) {
-            Ok(exe) => exe,
-            Err(why) => {
-                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
-                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the program did not build: {why}");
-                eprintln!("skipped: no C++ compiler ({why})");
-                return;
-            }
-        };
+        let Some(exe) = test_program(&scratch, "past_the_end", &source) else { return };
         let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
         let out = run("127");
         assert!(out.status.success(), "the last element: {out:?}");
