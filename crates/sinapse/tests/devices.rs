@@ -928,10 +928,11 @@ fn capture_thread_check(device: Device) -> Result<Option<String>> {
 /// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU; then in a
 /// second child whose kernels run their blocks and threads in descending order
 /// (`SINAPSE_EMULATOR_ORDER`), so that a kernel whose threads depend on one another's order
-/// reads another thread's write in one run and misses it in the other. Both keep their compiled kernels in a fresh folder
-/// (`SINAPSE_KERNEL_CACHE`): the first compiles them and leaves one file there, which the
-/// second loads instead of compiling (the file is not replaced). Returns whether both passed
-/// or were skipped (they are required where CI asks for the emulator and NVRTC).
+/// reads another thread's write in one run and misses it in the other. Both keep their
+/// compiled kernels in a fresh folder (`SINAPSE_KERNEL_CACHE`): the first compiles them and
+/// leaves one file there, which the second loads instead of compiling (the file is not
+/// replaced). Returns whether both passed or were skipped (they are required where CI asks
+/// for the emulator and NVRTC).
 fn run_on_emulated_gpu() -> bool {
     let cache = match Scratch::new() {
         Ok(dir) => dir,

@@ -103,13 +103,13 @@ struct Blas {
 };
 
 std::mutex lock;                            // every entry point, one at a time
-std::map<CUdeviceptr, size_t> allocations;  // base address -> bytes
-// An allocation's mapping: its pages, the last of them inaccessible.
-struct Mapping {
+// An allocation: the bytes asked for, and the pages mapped for it (the last inaccessible).
+struct Allocation {
+    size_t bytes;
     char* base;
     size_t length;
 };
-std::map<CUdeviceptr, Mapping> mappings;  // by the allocation's base address
+std::map<CUdeviceptr, Allocation> allocations;  // by address
 size_t allocated = 0;
 const size_t total_memory = size_t(80) << 30;
 Stream default_stream;
@@ -124,7 +124,7 @@ bool inside(CUdeviceptr p, size_t bytes) {
     auto it = allocations.upper_bound(p);
     if (it == allocations.begin()) return false;
     --it;
-    return p >= it->first && p + bytes <= it->first + it->second;
+    return p >= it->first && p + bytes <= it->first + it->second.bytes;
 }
 
 // SINAPSE_EMULATED_TRACE set: each kernel launch and cuBLAS product is printed to stderr.
@@ -353,8 +353,7 @@ static CUresult allocate(CUdeviceptr* p, size_t bytes) {
     char* mem = guard - span;
     memset(mem, 0xff, bytes);  // NaN until written
     *p = reinterpret_cast<CUdeviceptr>(mem);
-    allocations[*p] = bytes;
-    mappings[*p] = {static_cast<char*>(base), length};
+    allocations[*p] = {bytes, static_cast<char*>(base), length};
     allocated += bytes;
     return EMU_SUCCESS;
 }
@@ -364,21 +363,19 @@ struct sigaction earlier_segv;
 
 // A fault in an allocation's guard page while this thread runs a kernel: says which kernel
 // and allocation, then lets the fault end the process. Other faults go to the handler before
-// this one. (A kernel runs under the driver's lock, which every change to `mappings` takes,
-// so the maps hold still while a fault of this thread's reads them; copies and products are
-// checked against the allocations before they run.)
+// this one. (A kernel runs under the driver's lock, which every change to `allocations`
+// takes, so the map holds still while a fault of this thread's reads it; copies and products
+// are checked against the allocations before they run.)
 void on_segv(int sig, siginfo_t* info, void* context) {
     uintptr_t at = reinterpret_cast<uintptr_t>(info->si_addr);
-    for (auto it = mappings.begin(); emu_running && it != mappings.end(); ++it) {
-        const auto& [p, m] = *it;
-        uintptr_t end = reinterpret_cast<uintptr_t>(m.base) + m.length;
+    for (auto it = allocations.begin(); emu_running && it != allocations.end(); ++it) {
+        const auto& [p, a] = *it;
+        uintptr_t end = reinterpret_cast<uintptr_t>(a.base) + a.length;
         if (at < end - sysconf(_SC_PAGESIZE) || at >= end) continue;
-        auto bytes = allocations.find(p);
-        if (bytes == allocations.end()) break;
         char line[256];
         int n = snprintf(line, sizeof line,
                          "emulated CUDA: %s reached %zu bytes past the end of the %zu-byte allocation at 0x%llx\n",
-                         emu_running, static_cast<size_t>(at - (p + bytes->second)), bytes->second, p);
+                         emu_running, static_cast<size_t>(at - (p + a.bytes)), a.bytes, p);
         if (n > 0) (void)!write(2, line, std::min(static_cast<size_t>(n), sizeof line - 1));
         signal(sig, SIG_DFL);  // the fault happens again on return, and ends the process
         return;
@@ -400,11 +397,9 @@ static CUresult release(CUdeviceptr p) {
         complain("free of an address that is not an allocation");
         return EMU_INVALID_VALUE;
     }
-    allocated -= it->second;
+    allocated -= it->second.bytes;
+    munmap(it->second.base, it->second.length);
     allocations.erase(it);
-    auto m = mappings.find(p);
-    munmap(m->second.base, m->second.length);
-    mappings.erase(m);
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {

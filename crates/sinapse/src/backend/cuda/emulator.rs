@@ -9,8 +9,8 @@
 //! including cases the device suite's inputs do not reach (bad indices, NaN in pooling, block
 //! edges). Each test runs twice, the blocks and threads of every launch in ascending order,
 //! then in descending order ([`each_order`]), so that a thread that reads another's write
-//! with no barrier between them reads it in one run and misses it in the other. The host code's own launches run over
-//! the same builds in the device suite's runs on an emulated GPU
+//! with no barrier between them reads it in one run and misses it in the other. The host
+//! code's own launches run over the same builds in the device suite's runs on an emulated GPU
 //! ([`super::emulated::install`]), in each order too. What neither can show: the GPU's
 //! memory model (threads here never overlap, so a missing atomic would pass), and CUDA's
 //! math library's rounding and fused multiply-adds; a real GPU shows those.
