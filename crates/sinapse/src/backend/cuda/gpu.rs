@@ -268,6 +268,18 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// The largest block `kernel` is launched with: [`THREADS`], but 1024 for `reduce_block`
+/// (declared to the compiler with `__launch_bounds__(1024)`). A GPU refuses a launch whose
+/// block needs more registers or shared memory than one multiprocessor has; a test checks
+/// each kernel's machine code against this size, and [`launch!`] refuses a larger block.
+pub(crate) fn largest_block(kernel: &str) -> u32 {
+    if kernel == "reduce_block" {
+        1024
+    } else {
+        THREADS
+    }
+}
+
 /// A launch of one block per item for `items` items (up to 2²⁰ blocks), `threads` (a power
 /// of two, at most 1024) a block.
 pub(crate) fn blocks(items: usize, threads: u32) -> LaunchConfig {
@@ -1029,13 +1041,21 @@ macro_rules! launch {
         // Held until the launch is queued (see `Gpu::claim`).
         let _claim = gpu.claim($name)?;
         let function = gpu.function($name)?;
+        let config: cudarc::driver::LaunchConfig = $cfg;
+        let most = $crate::backend::cuda::gpu::largest_block($name);
+        if config.block_dim.0 * config.block_dim.1 * config.block_dim.2 > most {
+            return Err(gpu.failure($name, format!(
+                "a block of {:?} threads, more than the {most} its machine code was checked for",
+                config.block_dim
+            )));
+        }
         let mut builder = gpu.stream.launch_builder(function);
         $( builder.arg(&$arg); )*
         // SAFETY: the arguments match the kernel's parameters in kernels.cu in number, order
         // and type (u64 device addresses for pointers, the #[repr(C)] structs for theirs); each
         // buffer holds every element its `Strided` view or size reaches (the views come from
         // layouts checked against their storages; outputs are allocated for the sizes passed).
-        unsafe { builder.launch($cfg) }.map_err(|e| gpu.failure($name, e))?;
+        unsafe { builder.launch(config) }.map_err(|e| gpu.failure($name, e))?;
         gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
         Ok::<(), $crate::Error>(())
     }};

@@ -861,6 +861,7 @@ pub(crate) fn launch_counts(ordinal: usize) -> Option<LaunchCounts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     /// The optimizer launches for a list of updates: one per run of alike updates on one GPU,
     /// at most LIST_MAX parameters each, a block per 8192 values, none for empty parameters.
@@ -999,17 +1000,24 @@ mod tests {
         drop(pool);
     }
 
-    /// Every kernel compiles with NVRTC, where the library is found. CI installs it (PyPI's
+    /// Whether NVRTC is here to compile the kernels. CI installs it (PyPI's
     /// `nvidia-cuda-nvrtc`) and sets `SINAPSE_REQUIRE_NVRTC=1`, so that there a missing
     /// library fails the test instead of skipping it.
-    #[test]
-    fn every_kernel_compiles_with_nvrtc() {
+    fn nvrtc_here() -> bool {
         if !gpu::nvrtc_present() {
             assert!(
                 std::env::var("SINAPSE_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
                 "SINAPSE_REQUIRE_NVRTC=1 but libnvrtc.so was not found (LD_LIBRARY_PATH?)"
             );
             eprintln!("skipped: libnvrtc.so not found, CUDA kernels not compiled");
+        }
+        gpu::nvrtc_present()
+    }
+
+    /// Every kernel compiles with NVRTC, where the library is found.
+    #[test]
+    fn every_kernel_compiles_with_nvrtc() {
+        if !nvrtc_here() {
             return;
         }
         // The H100/H200 (sm_90) and the oldest architecture NVRTC 13 still targets (sm_75).
@@ -1022,6 +1030,134 @@ mod tests {
                     "compute_{arch}: kernel {name} missing from the PTX"
                 );
             }
+        }
+    }
+
+    /// What one kernel's machine code asks of the multiprocessor that runs a block of it.
+    #[derive(Debug, Default)]
+    struct Resources {
+        /// Registers per thread.
+        registers: u32,
+        /// Bytes of `__shared__` arrays.
+        shared: u64,
+        /// Bytes of parameters.
+        params: u32,
+        /// Bytes of stack per thread, the functions it calls included.
+        stack: u32,
+    }
+
+    /// [`gpu::SOURCE`] compiled by NVRTC to machine code for `sm_{arch}` (an ELF file, a
+    /// "cubin"): what the driver makes of the PTX when it loads it, registers allocated.
+    fn machine_code(arch: u32) -> Vec<u8> {
+        use cudarc::nvrtc::{result, sys};
+        let source = std::ffi::CString::new(gpu::SOURCE).unwrap();
+        let prog = result::create_program(&source, None).unwrap();
+        // SAFETY: `prog` was just created and is destroyed last; the two calls that fill
+        // `code` are given its size first.
+        unsafe {
+            if let Err(e) = result::compile_program(prog, &[format!("--gpu-architecture=sm_{arch}")]) {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().map(|&c| c as u8).collect();
+                panic!("sm_{arch}: {e}: {}", String::from_utf8_lossy(&log));
+            }
+            let mut size = 0usize;
+            sys::nvrtcGetCUBINSize(prog, &mut size).result().unwrap();
+            let mut code = vec![0u8; size];
+            sys::nvrtcGetCUBIN(prog, code.as_mut_ptr().cast()).result().unwrap();
+            result::destroy_program(prog).unwrap();
+            code
+        }
+    }
+
+    /// Each kernel's [`Resources`], read from the machine code's sections: `.nv.shared.K`
+    /// (its shared arrays) and the attribute lists NVIDIA's tools call EIATTR, in `.nv.info`
+    /// (registers and stack, keyed by symbol) and `.nv.info.K` (parameter bytes). An entry is
+    /// a format byte (1: no value, 2: a byte, 3: a 16-bit value, each padded to 4 bytes in
+    /// all; 4: a 16-bit length and that many bytes), an attribute byte, then the value.
+    fn resources(code: &[u8]) -> HashMap<String, Resources> {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolIndex};
+        const FRAME_SIZE: u8 = 0x11;
+        const MIN_STACK_SIZE: u8 = 0x12;
+        const CBANK_PARAM_SIZE: u8 = 0x19;
+        const REGCOUNT: u8 = 0x2f;
+        let file = object::File::parse(code).expect("NVRTC's machine code is an ELF file");
+        let entries = |section: &str| {
+            let data = file.section_by_name(section).unwrap_or_else(|| panic!("no {section}")).data().unwrap();
+            let mut out = Vec::new();
+            let mut at = 0;
+            while at + 2 <= data.len() {
+                let (format, attribute) = (data[at], data[at + 1]);
+                let word = |i: usize| u16::from_le_bytes([data[i], data[i + 1]]);
+                match format {
+                    1 | 2 => at += 4,
+                    3 => {
+                        out.push((attribute, u32::from(word(at + 2)).to_le_bytes().to_vec()));
+                        at += 4;
+                    }
+                    4 => {
+                        let len = word(at + 2) as usize;
+                        out.push((attribute, data[at + 4..at + 4 + len].to_vec()));
+                        at += 4 + len;
+                    }
+                    _ => panic!("{section}: an entry of format {format} at byte {at}, unknown to this test"),
+                }
+            }
+            out
+        };
+        let u32_at = |v: &[u8], i: usize| u32::from_le_bytes(v[i..i + 4].try_into().unwrap());
+        let mut kernels: HashMap<String, Resources> =
+            gpu::KERNELS.iter().map(|&k| (k.to_string(), Resources::default())).collect();
+        for (attribute, value) in entries(".nv.info") {
+            if ![REGCOUNT, FRAME_SIZE, MIN_STACK_SIZE].contains(&attribute) {
+                continue;
+            }
+            let symbol = file.symbol_by_index(SymbolIndex(u32_at(&value, 0) as usize)).unwrap();
+            let Some(r) = kernels.get_mut(symbol.name().unwrap()) else { continue };
+            match attribute {
+                REGCOUNT => r.registers = u32_at(&value, 4),
+                _ => r.stack = r.stack.max(u32_at(&value, 4)),
+            }
+        }
+        for (name, r) in &mut kernels {
+            r.shared = file.section_by_name(&format!(".nv.shared.{name}")).map_or(0, |s| s.size());
+            for (attribute, value) in entries(&format!(".nv.info.{name}")) {
+                if attribute == CBANK_PARAM_SIZE {
+                    r.params = u32_at(&value, 0);
+                }
+            }
+        }
+        kernels
+    }
+
+    /// Each kernel's machine code fits the largest block it is launched with
+    /// ([`gpu::largest_block`], which `launch!` enforces), where a GPU would refuse the
+    /// launch: on an H100/H200 (sm_90) and the oldest GPUs NVRTC 13 targets (sm_75), a block
+    /// has at most 64 Ki registers (allocated 8 a thread at a time), 48 KiB of `__shared__`
+    /// arrays and 4 KiB of parameters; a thread's stack beyond the driver's default 1 KiB
+    /// would be reallocated at launch. `reduce_block`'s 1024-thread blocks are the tight one.
+    #[test]
+    fn every_kernel_fits_the_blocks_it_is_launched_with() {
+        if !nvrtc_here() {
+            return;
+        }
+        for arch in [90, 75] {
+            let kernels = resources(&machine_code(arch));
+            for (name, r) in &kernels {
+                let threads = gpu::largest_block(name);
+                assert!(r.registers > 0, "sm_{arch}: no register count for {name}: {r:?}");
+                let registers = r.registers.next_multiple_of(8) * threads;
+                assert!(
+                    registers <= 64 << 10,
+                    "sm_{arch}: {name} takes {} registers a thread, {registers} for a block of {threads}",
+                    r.registers
+                );
+                assert!(r.shared <= 48 << 10, "sm_{arch}: {name} has {} bytes of shared arrays", r.shared);
+                assert!(r.params <= 4 << 10, "sm_{arch}: {name} takes {} bytes of parameters", r.params);
+                assert!(r.stack <= 1 << 10, "sm_{arch}: {name} needs {} bytes of stack a thread", r.stack);
+            }
+            let reduce = &kernels["reduce_block"];
+            assert!(reduce.shared >= 1024 * 20, "reduce_block's shared arrays not found: {reduce:?}");
+            eprintln!("sm_{arch}: reduce_block {reduce:?}");
         }
     }
 
