@@ -376,7 +376,11 @@ pub fn synchronize(device: Device) -> Result<()> {
 /// else `g++`) over CPU builds of the CUDA kernels, loaded in place of NVIDIA's libraries, so
 /// that the backend's own code (allocator, kernel arguments, cuBLAS operands, graph capture)
 /// runs unchanged; NVRTC must be found, as on a GPU. Call it first thing in a test process;
-/// an error once a GPU was opened, or without a compiler. Slow: for tests only.
+/// an error once a GPU was opened, or without a compiler. Slow: for tests only. Set
+/// `SINAPSE_EMULATOR_ORDER=descending` to run each launch's blocks and threads in reverse, and
+/// `SINAPSE_EMULATOR_RACECHECK=1` to fail a launch in which two threads touch one word, one
+/// of them writing, with no atomic pair or barrier between them (a missing `atomicAdd` or
+/// `__syncthreads`).
 pub fn install_emulated_gpu() -> std::result::Result<(), String> {
     #[cfg(unix)]
     return cuda::emulated::install();

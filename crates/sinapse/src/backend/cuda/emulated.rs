@@ -103,18 +103,34 @@ fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
     Ok(handle)
 }
 
-/// Builds and loads the kernel emulator alone; returns its `emu_launch_in_order`.
+/// Builds and loads the kernel emulator alone; returns its `emu_launch_in_order`, and with
+/// `racecheck` its `emu_race` too: that build checks every launch for races (see
+/// emulator.hpp), its kernels compiled with `-fsanitize=thread` for the compiler's
+/// instrumentation only, and linked without ThreadSanitizer's library (the emulator defines
+/// the functions the instrumentation calls).
 #[cfg(test)]
-pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
+pub(crate) fn kernel_emulator(racecheck: bool) -> Result<(*mut c_void, Option<*mut c_void>), String> {
     let scratch = Scratch::new()?;
-    let lib = compile(&scratch.0, "libkernels.so", &kernels_source(), false, &[])?;
+    let lib = if racecheck {
+        let flags = ["-c", "-fPIC", "-fsanitize=thread", "-DEMU_RACECHECK"];
+        let object = compile(&scratch.0, "kernels.o", &kernels_source(), false, &flags)?;
+        let object = object.to_str().ok_or("a scratch path that is not UTF-8")?;
+        compile(&scratch.0, "libkernels-racecheck.so", "", true, &[object])?
+    } else {
+        compile(&scratch.0, "libkernels.so", &kernels_source(), false, &[])?
+    };
     let handle = load(&lib, false)?;
-    // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
-    let symbol = unsafe { libc::dlsym(handle, c"emu_launch_in_order".as_ptr()) };
-    if symbol.is_null() {
-        return Err("emu_launch_in_order not found in the emulator".into());
-    }
-    Ok(symbol)
+    let symbol = |name: &std::ffi::CStr| {
+        // SAFETY: `handle` is a loaded library; the name is NUL-terminated.
+        let found = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        if found.is_null() {
+            Err(format!("{name:?} not found in the emulator"))
+        } else {
+            Ok(found)
+        }
+    };
+    let race = if racecheck { Some(symbol(c"emu_race")?) } else { None };
+    Ok((symbol(c"emu_launch_in_order")?, race))
 }
 
 /// Makes `cuda:0` an emulated GPU on the CPU, for tests of the CUDA backend on machines
@@ -126,7 +142,10 @@ pub(crate) fn kernel_emulator() -> Result<*mut c_void, String> {
 ///
 /// Call it first thing in a test process, before any GPU is asked for: afterwards the real
 /// driver may already be loaded, and this is an error. Slow (each kernel thread runs on the
-/// CPU), and not for a machine whose real GPU is to be used.
+/// CPU), and not for a machine whose real GPU is to be used. `SINAPSE_EMULATOR_ORDER=descending`
+/// runs each launch's blocks and threads in descending order; `SINAPSE_EMULATOR_RACECHECK=1`
+/// checks each launch for races (two threads touching one word, one writing, with no atomic
+/// pair or barrier between), failing the launch at the first.
 pub fn install() -> Result<(), String> {
     install_driver()?;
     INSTALLED.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -150,7 +169,15 @@ fn install_driver() -> Result<(), String> {
     let dir = &scratch.0;
     let source = format!("{}\n{}", kernels_source(), include_str!("emulated_driver.cpp"));
     // Only the driver's entry points are exported (the kernels' names are not).
-    let cuda = compile(dir, "libcuda.so", &source, false, &["-fvisibility=hidden", "-Wl,-soname,libcuda.so"])?;
+    let cuda = if std::env::var("SINAPSE_EMULATOR_RACECHECK").is_ok_and(|v| v == "1") {
+        // With the race check: see `kernel_emulator`.
+        let flags = ["-c", "-fPIC", "-fsanitize=thread", "-DEMU_RACECHECK", "-fvisibility=hidden"];
+        let object = compile(dir, "cuda.o", &source, false, &flags)?;
+        let object = object.to_str().ok_or("a scratch path that is not UTF-8")?;
+        compile(dir, "libcuda.so", "", true, &[object, "-Wl,-soname,libcuda.so"])?
+    } else {
+        compile(dir, "libcuda.so", &source, false, &["-fvisibility=hidden", "-Wl,-soname,libcuda.so"])?
+    };
     // Empty: its symbols are found in the library it needs, the driver above.
     let dir_arg = format!("-L{}", dir.display());
     let cublas = compile(
@@ -286,6 +313,108 @@ int main(int argc, char** argv) {
         assert!(said.contains("in partial, block 0: __syncthreads reached by only some threads"), "{said}");
         let out = run("overflow");
         assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "overflow: {out:?}");
+    }
+
+    /// Kernels with and without the atomics and barriers they need, and a program that runs
+    /// one by name over a grid and block given and prints its status and the race check's
+    /// report.
+    const RACES: &str = r#"
+// Each thread reads its neighbour's write after a barrier: no race.
+extern "C" __global__ void after_barrier(float* out) {
+    out[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
+}
+// The same without the barrier.
+extern "C" __global__ void no_barrier(float* out) {
+    out[threadIdx.x] = (float)threadIdx.x;
+    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
+}
+extern "C" __global__ void atomic_sum(float* out) { atomicAdd(&out[0], 1.0f); }
+extern "C" __global__ void plain_sum(float* out) { out[0] += 1.0f; }
+// Every block uses its __shared__ array, with a barrier between writes and reads: no race
+// (the emulator's one static array serves every block in turn).
+extern "C" __global__ void shared_per_block(float* out) {
+    __shared__ float part[8];
+    part[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[blockIdx.x * 8 + threadIdx.x] = part[7 - threadIdx.x];
+}
+// A shared word overwritten while another thread of the block may still read it.
+extern "C" __global__ void shared_overwritten(float* out) {
+    __shared__ float part[8];
+    part[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = part[7 - threadIdx.x];
+    part[threadIdx.x] = 0.0f;
+}
+#define ENTRY(k, b) {#k, [](void** p) { emu_invoke(k, p); }, b, emu_count(k), emu_sizes(k), emu_pointers(k)}
+const EmuKernel emu_kernels[] = {ENTRY(after_barrier, true), ENTRY(no_barrier, false), ENTRY(atomic_sum, false),
+                                 ENTRY(plain_sum, false), ENTRY(shared_per_block, true),
+                                 ENTRY(shared_overwritten, true)};
+const std::size_t emu_kernel_count = 6;
+int main(int argc, char** argv) {
+    static float out[64];
+    void* arg = out;
+    void* params[] = {&arg};
+    if (argc < 4) return 2;
+    int status = emu_launch_in_order(argv[1], atoi(argv[2]), atoi(argv[3]), params, 0);
+    printf("%d %s", status, status == 2 ? emu_race() : "");
+    return 0;
+}
+"#;
+
+    /// The race check (emulator.hpp, built as the tests build it: instrumented by the compiler,
+    /// ThreadSanitizer's library not linked) finds a missing barrier, a missing atomic within
+    /// a block and across blocks, and a shared word overwritten before the others' reads;
+    /// barriers, atomics and each block's own shared arrays pass. Each in a child process.
+    #[test]
+    fn the_race_check_finds_missing_atomics_and_barriers() {
+        let scratch = Scratch::new().expect("a scratch folder");
+        let flags = ["-c", "-fsanitize=thread", "-DEMU_RACECHECK"];
+        let built = compile(&scratch.0, "races.o", RACES, false, &flags).and_then(|object| {
+            let object = object.to_str().ok_or("a scratch path that is not UTF-8")?.to_string();
+            compile(&scratch.0, "races", "", true, &[&object])
+        });
+        let exe = match built {
+            Ok(exe) => exe,
+            Err(why) => {
+                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the race check's program did not build: {why}");
+                eprintln!("skipped: no C++ compiler ({why})");
+                return;
+            }
+        };
+        let run = |kernel: &str, grid: u32, block: u32| {
+            let out = std::process::Command::new(&exe)
+                .args([kernel, &grid.to_string(), &block.to_string()])
+                .output()
+                .expect("the program runs");
+            assert!(out.status.success(), "{kernel}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        for (kernel, grid, block) in
+            [("after_barrier", 1, 8), ("atomic_sum", 4, 8), ("plain_sum", 1, 1), ("shared_per_block", 3, 8)]
+        {
+            assert_eq!(run(kernel, grid, block), "0 ", "{kernel} over {grid} x {block}");
+        }
+        let races = [
+            ("no_barrier", 1, 8, "thread 1 of block 0 writes the global word at 0x", "that thread 0 of block 0 read"),
+            ("plain_sum", 1, 2, "thread 1 of block 0 reads the global word at 0x", "that thread 0 of block 0 wrote"),
+            ("plain_sum", 2, 1, "thread 0 of block 1 reads the global word at 0x", "that thread 0 of block 0 wrote"),
+            (
+                "shared_overwritten",
+                1,
+                8,
+                "thread 4 of block 0 reads the shared word at 0x",
+                "that thread 3 of block 0 wrote",
+            ),
+        ];
+        for (kernel, grid, block, who, whom) in races {
+            let said = run(kernel, grid, block);
+            assert!(said.starts_with(&format!("2 {kernel}: {who}")), "{kernel} over {grid} x {block}: {said}");
+            assert!(said.contains(whom), "{kernel} over {grid} x {block}: {said}");
+        }
     }
 
     /// A kernel that writes one element into a driver allocation of 128 floats, at the index

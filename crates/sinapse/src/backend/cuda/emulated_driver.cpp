@@ -16,7 +16,8 @@
 // a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
 // allocator's blocks are rounded up, so a tensor's overrun inside its block stays unseen).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
-// break its capture, as in CUDA.
+// break its capture, as in CUDA. Built with the race check (SINAPSE_EMULATOR_RACECHECK=1), a
+// launch with a race fails as CUDA_ERROR_LAUNCH_FAILED, after a line saying where.
 
 #include <signal.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ enum {
     EMU_INVALID_HANDLE = 400,
     EMU_ILLEGAL_STATE = 401,
     EMU_NOT_FOUND = 500,
+    EMU_LAUNCH_FAILED = 719,
     EMU_CAPTURE_UNSUPPORTED = 900,
     EMU_CAPTURE_INVALIDATED = 901,
     EMU_CAPTURE_WRONG_THREAD = 908,
@@ -206,6 +208,12 @@ CUresult run_node(const Node& node) {
             for (auto& p : node.params) params.push_back(const_cast<unsigned char*>(p.data()));
             if (!pointers_inside(node.kernel, params.data())) return EMU_INVALID_VALUE;
             int status = emu_launch(node.kernel->name, node.grid, node.block, params.data());
+#ifdef EMU_RACECHECK
+            if (status == 2) {  // a race (emulator.hpp's race check)
+                fprintf(stderr, "emulated CUDA: a race in %s\n", emu_race());
+                return EMU_LAUNCH_FAILED;
+            }
+#endif
             return status == 0 ? EMU_SUCCESS : EMU_NOT_FOUND;  // 1: no such kernel
         }
         case Node::Memset:

@@ -7,13 +7,15 @@
 //! tests launch kernels with the parameters the host code passes (device addresses are host
 //! addresses here) and compare their results with plain loops or with the CPU backend,
 //! including cases the device suite's inputs do not reach (bad indices, NaN in pooling, block
-//! edges). Each test runs twice, the blocks and threads of every launch in ascending order,
-//! then in descending order ([`each_order`]), so that a thread that reads another's write
-//! with no barrier between them reads it in one run and misses it in the other. The host
-//! code's own launches run over the same builds in the device suite's runs on an emulated GPU
-//! ([`super::emulated::install`]), in each order too. What neither can show: the GPU's
-//! memory model (threads here never overlap, so a missing atomic would pass), and CUDA's
-//! math library's rounding and fused multiply-adds; a real GPU shows those.
+//! edges). Each test runs three times ([`each_order`]): first with the race check (a build
+//! whose every load and store is compared with the other threads' accesses to the word, so
+//! that a missing atomic or barrier fails even where running threads in turn gives the right
+//! result; see emulator.hpp), then with the blocks and threads of every launch in ascending
+//! order, then in descending order, so that a thread that reads another's write with no
+//! barrier between them reads it in one run and misses it in the other. The host code's own
+//! launches run over the same builds in the device suite's runs on an emulated GPU
+//! ([`super::emulated::install`]), race-checked and in each order too. What neither can
+//! show: CUDA's math library's rounding and fused multiply-adds; a real GPU shows those.
 //!
 //! Without a C++ compiler the tests say so and pass, unless `SINAPSE_REQUIRE_EMULATOR=1`
 //! (CI sets it).
@@ -29,41 +31,48 @@ use crate::layout::Layout;
 
 type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, *mut *mut c_void, c_int) -> c_int;
 
-/// The compiled kernels: `emu_launch_in_order` of the loaded library.
+type RaceFn = unsafe extern "C" fn() -> *const c_char;
+
+/// The compiled kernels: `emu_launch_in_order` of the loaded library, and `emu_race` where
+/// it was built with the race check.
 struct Emulator {
     launch: LaunchFn,
+    race: Option<RaceFn>,
 }
 
-/// The emulator, built once per test process; `None` (after a line on stderr) without a C++
-/// compiler, a failure when `SINAPSE_REQUIRE_EMULATOR=1`.
-fn emulator() -> Option<&'static Emulator> {
-    static EMULATOR: OnceLock<Option<Emulator>> = OnceLock::new();
-    EMULATOR
-        .get_or_init(|| match build() {
-            Ok(e) => Some(e),
-            Err(why) => {
-                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
-                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the kernel emulator was not built: {why}");
-                // Past libtest's capture (which hides a passing test's eprintln!): a skip is
-                // seen in every log.
-                let line = format!("skipped: the CUDA kernel emulator was not built ({why})\n");
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-                None
-            }
-        })
-        .as_ref()
+/// The emulator (with the race check if `racecheck`), built once per test process; `None`
+/// (after a line on stderr) without a C++ compiler, a failure when
+/// `SINAPSE_REQUIRE_EMULATOR=1`.
+fn emulator(racecheck: bool) -> Option<&'static Emulator> {
+    static PLAIN: OnceLock<Option<Emulator>> = OnceLock::new();
+    static RACECHECK: OnceLock<Option<Emulator>> = OnceLock::new();
+    let cell = if racecheck { &RACECHECK } else { &PLAIN };
+    cell.get_or_init(|| match build(racecheck) {
+        Ok(e) => Some(e),
+        Err(why) => {
+            let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+            assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the kernel emulator was not built: {why}");
+            // Past libtest's capture (which hides a passing test's eprintln!): a skip is
+            // seen in every log.
+            let line = format!("skipped: the CUDA kernel emulator was not built ({why})\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            None
+        }
+    })
+    .as_ref()
 }
 
 /// Builds and loads the kernel emulator ([`super::emulated::kernel_emulator`]).
-fn build() -> Result<Emulator, String> {
-    let symbol = super::emulated::kernel_emulator()?;
-    // SAFETY: `emu_launch_in_order` in emulator.hpp has this signature.
-    let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(symbol) };
-    Ok(Emulator { launch })
+fn build(racecheck: bool) -> Result<Emulator, String> {
+    let (launch, race) = super::emulated::kernel_emulator(racecheck)?;
+    // SAFETY: `emu_launch_in_order` and `emu_race` in emulator.hpp have these signatures.
+    let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(launch) };
+    let race = race.map(|f| unsafe { std::mem::transmute::<*mut c_void, RaceFn>(f) });
+    Ok(Emulator { launch, race })
 }
 
-/// The emulator, its blocks and threads run in ascending order or, with `descending`, in
-/// descending order.
+/// The emulator (plain or race-checked), its blocks and threads run in ascending order or,
+/// with `descending`, in descending order.
 struct Ordered {
     emulator: &'static Emulator,
     descending: bool,
@@ -83,21 +92,32 @@ impl Ordered {
         let (grid, block, descending) = (cfg.grid_dim.0, cfg.block_dim.0, c_int::from(self.descending));
         let status = unsafe { (self.emulator.launch)(name.as_ptr(), grid, block, params.as_mut_ptr(), descending) };
         assert_ne!(status, 1, "no kernel named {name:?}");
+        if let (2, Some(race)) = (status, self.emulator.race) {
+            // SAFETY: `emu_race` returns its NUL-terminated report, alive for the process.
+            let said = unsafe { std::ffi::CStr::from_ptr(race()) };
+            panic!("a race in {}", said.to_string_lossy());
+        }
+        assert_eq!(status, 0, "{name:?} failed");
     }
 }
 
-/// Runs `test` with the emulator's blocks and threads in ascending order, then again in
-/// descending order, so that a kernel whose threads or blocks depend on one another's order
-/// (one reading what another writes, with no barrier between) reads the value before the
-/// write in one run and after it in the other, and fails one of them unless the two values
-/// agree; a failure says which order it ran in. Nothing without the emulator ([`emulator`]).
+/// Runs `test` with the race check (each launch fails at the first two threads that touch
+/// one word, one writing, with no atomic pair or barrier between), then with the emulator's
+/// blocks and threads in ascending order, then in descending order, so that a kernel whose
+/// threads or blocks depend on one another's order (one reading what another writes, with no
+/// barrier between) reads the value before the write in one run and after it in the other,
+/// and fails one of them unless the two values agree; a failure says which run it was.
+/// Nothing without the emulator ([`emulator`]).
 fn each_order(test: impl Fn(&Ordered)) {
-    let Some(emulator) = emulator() else { return };
-    for descending in [false, true] {
+    for (racecheck, descending, how) in [
+        (true, false, "with the race check"),
+        (false, false, "with the emulator's blocks and threads run in ascending order"),
+        (false, true, "with the emulator's blocks and threads run in descending order"),
+    ] {
+        let Some(emulator) = emulator(racecheck) else { return };
         let ordered = Ordered { emulator, descending };
         if let Err(failure) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&ordered))) {
-            let order = if descending { "descending" } else { "ascending" };
-            eprintln!("(failed with the emulator's blocks and threads run in {order} order)");
+            eprintln!("(failed {how})");
             std::panic::resume_unwind(failure);
         }
     }
@@ -333,8 +353,8 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
     each_order(|emu| {
         let (outer, size, inner) = (2usize, 5usize, 3usize);
         let (x, lx, logical) = transposed_view(outer, size, inner, 3);
-        // Repeated ids: index_add's sums meet in one place. (Their atomics give the right sums
-        // here, but a missing atomic would too: the emulator's threads never overlap.)
+        // Repeated ids: index_add's sums meet in one place (a missing atomic would still give
+        // the right sums here, where threads never overlap, but not past the race check).
         let ids = vec![4.0f32, 0.0, 4.0, 2.0, 4.0, 1.0, 4.0];
         let nids = ids.len();
         let lids = Strided::of(&Layout::contiguous(&[nids]), "test").unwrap();
@@ -371,8 +391,9 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
         assert_eq!(err, [1, 5.0f32.to_bits(), 5, 0]);
         assert_eq!((out[0], out[inner]), (logical[inner], 0.0));
 
-        // gather / scatter_add along axis 1 of [2, 5, 3] with a [2, 4, 3] index.
-        let idx: Vec<f32> = (0..24).map(|p| ((p * 7 + 3) % 5) as f32).collect();
+        // gather / scatter_add along axis 1 of [2, 5, 3] with a [2, 4, 3] index whose rows
+        // repeat (1, 1, 4, 4 and 2, 2, 0, 0): scatter_add's sums meet in one place.
+        let idx: Vec<f32> = (0..24).map(|p| ((p / 6 * 3 + 1) % 5) as f32).collect();
         let lidx = Strided::of(&Layout::contiguous(&[2, 4, 3]), "test").unwrap();
         // The index's sizes with the source's row-major strides, as the host passes them.
         let ishape = Strided::shape_with_strides(&[2, 4, 3], &[15, 3, 1], "test").unwrap();
