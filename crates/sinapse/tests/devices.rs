@@ -926,8 +926,8 @@ fn capture_thread_check(device: Device) -> Result<Option<String>> {
 /// Where no GPU is, the suite runs again in a child process whose `cuda:0` is a GPU emulated
 /// on the CPU ([`sinapse::backend::install_emulated_gpu`]): the CUDA backend's host code
 /// (allocator, kernel arguments, cuBLAS operands, graph capture) against the CPU, launches
-/// checked for races (`SINAPSE_EMULATOR_RACECHECK`: a missing atomic or barrier; every launch
-/// of up to 65,536 threads, the first two of each larger shape) and the MNIST training left
+/// checked for races (`SINAPSE_EMULATOR_RACECHECK`: a missing atomic or barrier; the larger
+/// launches sampled, see `install_emulated_gpu`) and the MNIST training left
 /// out; then in a second child whose kernels run their blocks and threads in descending order
 /// (`SINAPSE_EMULATOR_ORDER`), so that a kernel whose threads depend on one another's order
 /// reads another thread's write in one run and misses it in the other, training included. Both keep their

@@ -380,7 +380,8 @@ pub fn synchronize(device: Device) -> Result<()> {
 /// `SINAPSE_EMULATOR_ORDER=descending` to run each launch's blocks and threads in reverse, and
 /// `SINAPSE_EMULATOR_RACECHECK=1` to fail a launch in which two threads touch one word, one
 /// of them writing, with no atomic pair or barrier between them (a missing `atomicAdd` or
-/// `__syncthreads`).
+/// `__syncthreads`; each word's last write and last two reads are kept, and of the launches
+/// of more than 65,536 threads only the first two of each kernel and shape are checked).
 pub fn install_emulated_gpu() -> std::result::Result<(), String> {
     #[cfg(unix)]
     return cuda::emulated::install();

@@ -33,10 +33,7 @@ impl Drop for Scratch {
 /// Whether kernel `name`'s body in `kernels.cu` waits at `__syncthreads` (its threads then
 /// run as fibers, each to its next barrier in turn; the others run one after another).
 fn waits(name: &str) -> bool {
-    let start = gpu::SOURCE.find(&format!(" void {name}(")).unwrap_or(0);
-    let rest = &gpu::SOURCE[start..];
-    let end = rest[1..].find("extern \"C\" __global__").map_or(rest.len(), |e| e + 1);
-    rest[..end].contains("__syncthreads")
+    gpu::kernel_text(name).contains("__syncthreads")
 }
 
 /// `kernels.cu` as the emulator compiles it: its kernels, then their table (name, caller,
@@ -55,6 +52,31 @@ fn kernels_source() -> String {
     source
 }
 
+/// The C++ compiler: `$CXX`, else `g++`.
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "g++".into())
+}
+
+/// [`compile`] with the race check of emulator.hpp: `source` compiled with `-fsanitize=thread
+/// -DEMU_RACECHECK` and `extra`, for GCC's instrumentation only, then linked with `link` and
+/// without ThreadSanitizer's library (the emulator defines the functions the instrumentation
+/// calls). GCC only: clang's instrumentation calls functions the emulator does not define.
+fn compile_racecheck(dir: &Path, file: &str, source: &str, extra: &[&str], link: &[&str]) -> Result<PathBuf, String> {
+    let cxx = cxx();
+    let version = std::process::Command::new(&cxx).arg("--version").output();
+    if version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).contains("clang")) {
+        return Err(format!("the race check needs GCC's instrumentation, and {cxx} is clang"));
+    }
+    let mut flags = vec!["-c", "-fsanitize=thread", "-DEMU_RACECHECK"];
+    if file.ends_with(".so") {
+        flags.push("-fPIC");
+    }
+    flags.extend_from_slice(extra);
+    let object = compile(dir, &format!("{file}.o"), source, false, &flags)?;
+    let object = object.to_str().ok_or("a scratch path that is not UTF-8")?;
+    compile(dir, file, "", true, &[&[object], link].concat())
+}
+
 /// Compiles `source` (C++20, behind `emulator.hpp` unless `bare`) into `dir/file`, a shared
 /// library (an executable where `file` does not end in `.so`), with `extra` arguments, and
 /// returns its path.
@@ -64,7 +86,7 @@ fn compile(dir: &Path, file: &str, source: &str, bare: bool, extra: &[&str]) -> 
         |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()));
     write(&header, include_str!("emulator.hpp"))?;
     write(&cpp, source)?;
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let cxx = cxx();
     let out = std::process::Command::new(&cxx)
         .args(["-std=c++20", "-O1", "-pthread", "-ffp-contract=off", "-w"])
         .args(if file.ends_with(".so") { &["-fPIC", "-shared"][..] } else { &[] })
@@ -104,18 +126,13 @@ fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
 }
 
 /// Builds and loads the kernel emulator alone; returns its `emu_launch_in_order`, and with
-/// `racecheck` its `emu_race` too: that build checks every launch for races (see
-/// emulator.hpp), its kernels compiled with `-fsanitize=thread` for the compiler's
-/// instrumentation only, and linked without ThreadSanitizer's library (the emulator defines
-/// the functions the instrumentation calls).
+/// `racecheck` its `emu_race` too: that build ([`compile_racecheck`]) checks every launch for
+/// races.
 #[cfg(test)]
 pub(crate) fn kernel_emulator(racecheck: bool) -> Result<(*mut c_void, Option<*mut c_void>), String> {
     let scratch = Scratch::new()?;
     let lib = if racecheck {
-        let flags = ["-c", "-fPIC", "-fsanitize=thread", "-DEMU_RACECHECK"];
-        let object = compile(&scratch.0, "kernels.o", &kernels_source(), false, &flags)?;
-        let object = object.to_str().ok_or("a scratch path that is not UTF-8")?;
-        compile(&scratch.0, "libkernels-racecheck.so", "", true, &[object])?
+        compile_racecheck(&scratch.0, "libkernels-racecheck.so", &kernels_source(), &["-fvisibility=hidden"], &[])?
     } else {
         compile(&scratch.0, "libkernels.so", &kernels_source(), false, &[])?
     };
@@ -144,8 +161,10 @@ pub(crate) fn kernel_emulator(racecheck: bool) -> Result<(*mut c_void, Option<*m
 /// driver may already be loaded, and this is an error. Slow (each kernel thread runs on the
 /// CPU), and not for a machine whose real GPU is to be used. `SINAPSE_EMULATOR_ORDER=descending`
 /// runs each launch's blocks and threads in descending order; `SINAPSE_EMULATOR_RACECHECK=1`
-/// checks each launch for races (two threads touching one word, one writing, with no atomic
-/// pair or barrier between), failing the launch at the first.
+/// checks launches for races (every launch of up to 65,536 threads, the first two of each
+/// larger kernel and shape): a launch in which a thread touches a word, one of the two
+/// accesses a write, that another thread wrote or was among the last two to read, with no
+/// atomic pair or barrier between them, fails.
 pub fn install() -> Result<(), String> {
     install_driver()?;
     INSTALLED.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -170,11 +189,7 @@ fn install_driver() -> Result<(), String> {
     let source = format!("{}\n{}", kernels_source(), include_str!("emulated_driver.cpp"));
     // Only the driver's entry points are exported (the kernels' names are not).
     let cuda = if std::env::var("SINAPSE_EMULATOR_RACECHECK").is_ok_and(|v| v == "1") {
-        // With the race check: see `kernel_emulator`.
-        let flags = ["-c", "-fPIC", "-fsanitize=thread", "-DEMU_RACECHECK", "-fvisibility=hidden"];
-        let object = compile(dir, "cuda.o", &source, false, &flags)?;
-        let object = object.to_str().ok_or("a scratch path that is not UTF-8")?;
-        compile(dir, "libcuda.so", "", true, &[object, "-Wl,-soname,libcuda.so"])?
+        compile_racecheck(dir, "libcuda.so", &source, &["-fvisibility=hidden"], &["-Wl,-soname,libcuda.so"])?
     } else {
         compile(dir, "libcuda.so", &source, false, &["-fvisibility=hidden", "-Wl,-soname,libcuda.so"])?
     };
@@ -209,11 +224,16 @@ fn install_driver() -> Result<(), String> {
 mod tests {
     use super::*;
 
-    /// The program `name` built from `source` behind the emulator's header in `scratch`; `None`
-    /// (after a line on stderr) without a C++ compiler, a failure when
-    /// `SINAPSE_REQUIRE_EMULATOR=1`.
-    fn test_program(scratch: &Scratch, name: &str, source: &str) -> Option<PathBuf> {
-        match compile(&scratch.0, name, source, false, &[]) {
+    /// The program `name` built from `source` behind the emulator's header in `scratch`, with
+    /// the race check if `racecheck`; `None` (after a line on stderr) without a C++ compiler, a
+    /// failure when `SINAPSE_REQUIRE_EMULATOR=1`.
+    fn test_program(scratch: &Scratch, name: &str, source: &str, racecheck: bool) -> Option<PathBuf> {
+        let built = if racecheck {
+            compile_racecheck(&scratch.0, name, source, &[], &[])
+        } else {
+            compile(&scratch.0, name, source, false, &[])
+        };
+        match built {
             Ok(exe) => Some(exe),
             Err(why) => {
                 let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
@@ -262,18 +282,47 @@ extern "C" __global__ void overflow(float* out) {
     __syncthreads();
     out[threadIdx.x] = threadIdx.x == 0 ? deep(150) : 0.0f;
 }
+extern "C" __global__ void atomic_sum(float* out) { atomicAdd(&out[0], 1.0f); }
+extern "C" __global__ void plain_sum(float* out) { out[0] += 1.0f; }
+// Every block uses its __shared__ array, with a barrier between writes and reads (the
+// emulator's one static array serves every block in turn).
+extern "C" __global__ void shared_per_block(float* out) {
+    __shared__ float part[8];
+    part[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[blockIdx.x * 8 + threadIdx.x] = part[7 - threadIdx.x];
+}
+// A shared word overwritten while another thread of the block may still read it.
+extern "C" __global__ void shared_overwritten(float* out) {
+    __shared__ float part[8];
+    part[threadIdx.x] = (float)threadIdx.x;
+    __syncthreads();
+    out[threadIdx.x] = part[7 - threadIdx.x];
+    part[threadIdx.x] = 0.0f;
+}
 #define ENTRY(k, b) {#k, [](void** p) { emu_invoke(k, p); }, b, emu_count(k), emu_sizes(k), emu_pointers(k)}
-const EmuKernel emu_kernels[] = {ENTRY(uniform, true), ENTRY(racy, false), ENTRY(unwritten, true),
-                                 ENTRY(partial, true), ENTRY(overflow, true)};
-const std::size_t emu_kernel_count = 5;
+const EmuKernel emu_kernels[] = {ENTRY(uniform, true),          ENTRY(racy, false),       ENTRY(unwritten, true),
+                                 ENTRY(partial, true),          ENTRY(overflow, true),    ENTRY(atomic_sum, false),
+                                 ENTRY(plain_sum, false),       ENTRY(shared_per_block, true),
+                                 ENTRY(shared_overwritten, true)};
+const std::size_t emu_kernel_count = 9;
+// Arguments: kernel, order (ascending or descending), blocks (1), threads a block (8). Prints
+// the first 16 floats written, or with the race check the launch's status and report.
 int main(int argc, char** argv) {
-    float out[16];
+    float out[64];
     for (float& v : out) v = -1.0f;
     void* arg = out;
     void* params[] = {&arg};
+    if (argc < 2) return 2;
     int descending = argc > 2 && strcmp(argv[2], "descending") == 0;
-    if (argc < 2 || emu_launch_in_order(argv[1], 1, 8, params, descending) != 0) return 2;
-    for (float v : out) printf("%g ", v);
+    unsigned int grid = argc > 3 ? atoi(argv[3]) : 1, block = argc > 4 ? atoi(argv[4]) : 8;
+    int status = emu_launch_in_order(argv[1], grid, block, params, descending);
+#ifdef EMU_RACECHECK
+    printf("%d %s", status, status == 2 ? emu_race() : "");
+#else
+    if (status != 0) return 2;
+    for (int i = 0; i < 16; ++i) printf("%g ", out[i]);
+#endif
     return 0;
 }
 "#;
@@ -287,7 +336,7 @@ int main(int argc, char** argv) {
     fn the_emulator_shows_missing_barriers_unwritten_shared_memory_and_stack_overruns() {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
-        let Some(exe) = test_program(&scratch, "barriers", PROGRAM) else { return };
+        let Some(exe) = test_program(&scratch, "barriers", PROGRAM, false) else { return };
         let run_in = |kernel: &str, order: &str| {
             std::process::Command::new(&exe).args([kernel, order]).output().expect("the program runs")
         };
@@ -315,91 +364,29 @@ int main(int argc, char** argv) {
         assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "overflow: {out:?}");
     }
 
-    /// Kernels with and without the atomics and barriers they need, and a program that runs
-    /// one by name over a grid and block given and prints its status and the race check's
-    /// report.
-    const RACES: &str = r#"
-// Each thread reads its neighbour's write after a barrier: no race.
-extern "C" __global__ void after_barrier(float* out) {
-    out[threadIdx.x] = (float)threadIdx.x;
-    __syncthreads();
-    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
-}
-// The same without the barrier.
-extern "C" __global__ void no_barrier(float* out) {
-    out[threadIdx.x] = (float)threadIdx.x;
-    out[8 + threadIdx.x] = out[(threadIdx.x + 1) % blockDim.x];
-}
-extern "C" __global__ void atomic_sum(float* out) { atomicAdd(&out[0], 1.0f); }
-extern "C" __global__ void plain_sum(float* out) { out[0] += 1.0f; }
-// Every block uses its __shared__ array, with a barrier between writes and reads: no race
-// (the emulator's one static array serves every block in turn).
-extern "C" __global__ void shared_per_block(float* out) {
-    __shared__ float part[8];
-    part[threadIdx.x] = (float)threadIdx.x;
-    __syncthreads();
-    out[blockIdx.x * 8 + threadIdx.x] = part[7 - threadIdx.x];
-}
-// A shared word overwritten while another thread of the block may still read it.
-extern "C" __global__ void shared_overwritten(float* out) {
-    __shared__ float part[8];
-    part[threadIdx.x] = (float)threadIdx.x;
-    __syncthreads();
-    out[threadIdx.x] = part[7 - threadIdx.x];
-    part[threadIdx.x] = 0.0f;
-}
-#define ENTRY(k, b) {#k, [](void** p) { emu_invoke(k, p); }, b, emu_count(k), emu_sizes(k), emu_pointers(k)}
-const EmuKernel emu_kernels[] = {ENTRY(after_barrier, true), ENTRY(no_barrier, false), ENTRY(atomic_sum, false),
-                                 ENTRY(plain_sum, false), ENTRY(shared_per_block, true),
-                                 ENTRY(shared_overwritten, true)};
-const std::size_t emu_kernel_count = 6;
-int main(int argc, char** argv) {
-    static float out[64];
-    void* arg = out;
-    void* params[] = {&arg};
-    if (argc < 4) return 2;
-    int status = emu_launch_in_order(argv[1], atoi(argv[2]), atoi(argv[3]), params, 0);
-    printf("%d %s", status, status == 2 ? emu_race() : "");
-    return 0;
-}
-"#;
-
-    /// The race check (emulator.hpp, built as the tests build it: instrumented by the compiler,
+    /// The race check (emulator.hpp, built as the tests build it: instrumented by GCC,
     /// ThreadSanitizer's library not linked) finds a missing barrier, a missing atomic within
     /// a block and across blocks, and a shared word overwritten before the others' reads;
     /// barriers, atomics and each block's own shared arrays pass. Each in a child process.
     #[test]
     fn the_race_check_finds_missing_atomics_and_barriers() {
         let scratch = Scratch::new().expect("a scratch folder");
-        let flags = ["-c", "-fsanitize=thread", "-DEMU_RACECHECK"];
-        let built = compile(&scratch.0, "races.o", RACES, false, &flags).and_then(|object| {
-            let object = object.to_str().ok_or("a scratch path that is not UTF-8")?.to_string();
-            compile(&scratch.0, "races", "", true, &[&object])
-        });
-        let exe = match built {
-            Ok(exe) => exe,
-            Err(why) => {
-                let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
-                assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1 but the race check's program did not build: {why}");
-                eprintln!("skipped: no C++ compiler ({why})");
-                return;
-            }
-        };
+        let Some(exe) = test_program(&scratch, "races", PROGRAM, true) else { return };
         let run = |kernel: &str, grid: u32, block: u32| {
             let out = std::process::Command::new(&exe)
-                .args([kernel, &grid.to_string(), &block.to_string()])
+                .args([kernel, "ascending", &grid.to_string(), &block.to_string()])
                 .output()
                 .expect("the program runs");
             assert!(out.status.success(), "{kernel}: {out:?}");
             String::from_utf8_lossy(&out.stdout).into_owned()
         };
         for (kernel, grid, block) in
-            [("after_barrier", 1, 8), ("atomic_sum", 4, 8), ("plain_sum", 1, 1), ("shared_per_block", 3, 8)]
+            [("uniform", 1, 8), ("atomic_sum", 4, 8), ("plain_sum", 1, 1), ("shared_per_block", 3, 8)]
         {
             assert_eq!(run(kernel, grid, block), "0 ", "{kernel} over {grid} x {block}");
         }
         let races = [
-            ("no_barrier", 1, 8, "thread 1 of block 0 writes the global word at 0x", "that thread 0 of block 0 read"),
+            ("racy", 1, 8, "thread 1 of block 0 writes the global word at 0x", "that thread 0 of block 0 read"),
             ("plain_sum", 1, 2, "thread 1 of block 0 reads the global word at 0x", "that thread 0 of block 0 wrote"),
             ("plain_sum", 2, 1, "thread 0 of block 1 reads the global word at 0x", "that thread 0 of block 0 wrote"),
             (
@@ -445,7 +432,7 @@ int main(int argc, char** argv) {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
         let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_END_MAIN}", include_str!("emulated_driver.cpp"));
-        let Some(exe) = test_program(&scratch, "past_the_end", &source) else { return };
+        let Some(exe) = test_program(&scratch, "past_the_end", &source, false) else { return };
         let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
         let out = run("127");
         assert!(out.status.success(), "the last element: {out:?}");

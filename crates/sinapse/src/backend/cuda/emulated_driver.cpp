@@ -179,7 +179,8 @@ float tf32_round(float v) {
     return v;
 }
 
-void run_gemm(const Gemm& g) {
+// Not instrumented in the race check's build (no kernel's thread runs it).
+EMU_UNCHECKED void run_gemm(const Gemm& g) {
     // Column-major: C (m x n) = alpha * op(A) (m x k) * op(B) (k x n) + beta * C.
     for (int p = 0; p < g.batch; ++p) {
         const float* a = g.a + p * g.stride_a;
@@ -310,6 +311,7 @@ ENTRY CUresult cuGetErrorString(CUresult e, const char** s) {
         case EMU_CAPTURE_UNSUPPORTED: *s = "operation not permitted when stream is capturing"; break;
         case EMU_CAPTURE_INVALIDATED: *s = "operation failed due to a previous error during capture"; break;
         case EMU_NOT_FOUND: *s = "named symbol not found"; break;
+        case EMU_LAUNCH_FAILED: *s = "unspecified launch failure (emulated: see the line above)"; break;
         default: *s = "emulated CUDA error";
     }
     return EMU_SUCCESS;

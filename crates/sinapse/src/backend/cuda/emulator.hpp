@@ -15,13 +15,15 @@
 // that waits at barriers starts with every __shared__ array's bits set (NaN as a float or
 // double), so a thread that reads what no thread wrote shows it.
 //
-// Built with -DEMU_RACECHECK and -fsanitize=thread (compiled only: ThreadSanitizer's library
-// is not linked, the functions its instrumentation calls are defined at the end of this file),
-// the emulator also checks each launch for races, as the GPU's memory model would expose them
-// and running threads in turn does not: two threads that touch the same word of global or
-// shared memory, at least one writing, with neither an atomic pair nor a barrier of their
-// block between them (a missing atomicAdd, a missing __syncthreads), whatever order they ran
-// in. The launch then returns 2 and emu_race says where.
+// Built by g++ with -DEMU_RACECHECK and -fsanitize=thread (compiled only: ThreadSanitizer's
+// library is not linked, the functions its instrumentation calls are defined at the end of
+// this file), the emulator also checks launches for races, as the GPU's memory model would
+// expose them and running threads in turn does not: two threads that touch the same word of
+// global or shared memory, at least one writing, with neither an atomic pair nor a barrier of
+// their block between them (a missing atomicAdd, a missing __syncthreads), whatever order they
+// ran in. The launch then returns 2 and emu_race says where. emu_launch_in_order checks every
+// launch; emu_launch (the emulated driver's) every one of up to 65,536 threads and the first
+// two of each larger kernel and shape.
 //
 // What this cannot show: the CUDA math library's rounding (expf and friends are the C
 // library's), and races between launches on different streams (the backend uses one).
@@ -53,9 +55,11 @@ static bool emu_in_fibers = false;  // a block's threads run as fibers (emu_laun
 static thread_local const char* emu_running = nullptr;  // the kernel this thread runs, if any
 
 // The race check's part in a launch (see the end of this file; nothing without EMU_RACECHECK):
-// a launch of `grid` blocks of `block` threads begins, a block begins, thread `t` of the block
-// runs on a stack at [lo, hi) until it ends or waits at a barrier (`waits`), and a launch ends
-// (returning whether it raced). emu_launch checks only some of the larger launches.
+// a launch of `grid` blocks of `block` threads begins in a function whose frame is at `frame`
+// (the kernels' own frames lie below it, their callers' buffers above), a block begins,
+// thread `t` of the block runs on a stack at [lo, hi) (a fiber's, else none) until it ends or
+// waits at a barrier (`waits`), and a launch ends (returning whether it raced). emu_launch
+// checks only some of the larger launches.
 static thread_local bool emu_race_sampling = false;
 #ifdef EMU_RACECHECK
 // Not instrumented: the emulator's own work, done while a kernel's thread runs.
@@ -63,7 +67,7 @@ static thread_local bool emu_race_sampling = false;
 #else
 #define EMU_UNCHECKED
 #endif
-static void emu_race_launch(const char* kernel, unsigned int grid, unsigned int block);
+static void emu_race_launch(const char* kernel, unsigned int grid, unsigned int block, uintptr_t frame);
 static void emu_race_block(unsigned int threads);
 static void emu_race_enter(uintptr_t lo, uintptr_t hi);
 static void emu_race_leave(unsigned int t, bool waits);
@@ -205,8 +209,9 @@ static const EmuKernel* emu_kernel(const char* name) {
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
 // every launch of the backend), its blocks and threads in ascending order, or descending
 // with `reverse`: 0 on success, 1 for an unknown name, 2 for a race (EMU_RACECHECK builds).
-extern "C" int emu_launch_in_order(const char* name, unsigned int grid, unsigned int block, void** params,
-                                   int reverse) {
+extern "C" __attribute__((visibility("default"))) int emu_launch_in_order(const char* name, unsigned int grid,
+                                                                         unsigned int block, void** params,
+                                                                         int reverse) {
     const EmuKernel* kernel = emu_kernel(name);
     if (!kernel) return 1;
     static std::mutex one_launch;
@@ -219,7 +224,7 @@ extern "C" int emu_launch_in_order(const char* name, unsigned int grid, unsigned
     blockDim = {block, 1, 1};
     // The i-th of n to run.
     auto nth = [reverse](unsigned int i, unsigned int n) { return reverse ? n - 1 - i : i; };
-    emu_race_launch(kernel->name, grid, block);
+    emu_race_launch(kernel->name, grid, block, (uintptr_t)__builtin_frame_address(0));
     if (!kernel->barriers) {
         // No thread waits for another: each block's threads one after another, here.
         for (unsigned int bi = 0; bi < grid; ++bi) {
@@ -310,7 +315,7 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
 
 // The race check. Every load and store the kernels make calls one of the __tsan_* functions
 // below (the compiler's ThreadSanitizer instrumentation); they are built without it. While a
-// kernel's thread runs, each access to a word that is on no thread's stack is compared with
+// kernel's thread runs, each access to a word that is not on its stack is compared with
 // the last write and the last two reads of that word in this launch, by other threads: two
 // accesses race unless both are atomic, or both come from one block and the earlier one was
 // made before a __syncthreads that the later one was made after (each thread counts its
@@ -320,7 +325,8 @@ extern "C" int emu_launch(const char* name, unsigned int grid, unsigned int bloc
 // would be needed to catch every such write; a missing atomic, a read-modify-write, races
 // at its read). Words are 4 bytes: two threads writing neighbouring bytes of one word (the
 // kernels write none narrower) would be taken for a race. The record is kept per 4 KiB page
-// of memory, 24 KiB of it, and dropped between launches once it passes 64 Ki pages.
+// of memory, 24 KiB of it (so a launch touching N bytes adds 6 N), and dropped between
+// launches once it passes 4 Ki pages.
 #ifdef EMU_RACECHECK
 #include <pthread.h>
 
@@ -345,19 +351,21 @@ struct Slot {
 };
 static Slot* slots = nullptr;
 static uint64_t capacity = 0, used = 0, launch = 0;
-static uint64_t last_number = 0;
+static uint64_t last_number = ~0ull;
 // Added to the page number of a __shared__ word: their pages are apart from the others'.
 constexpr uint64_t shared_pages = 1ull << 60;
 static Page* last_page = nullptr;
-// A kernel's thread runs. Not thread-local (which costs a call per access in a shared
-// library): another OS thread's instrumented code that runs meanwhile (the emulator's or the
-// driver's, up to the lock it waits at) touches only its own stack and data no kernel writes.
+// A kernel's thread runs, on the OS thread `launcher`. Not thread-local (which costs a call
+// per access in a shared library): instrumented code that another OS thread runs meanwhile
+// (the driver's entry points, say) also sees it set, and `check` leaves it alone.
 static bool checking = false;
-static uintptr_t stack_lo, stack_hi;          // the launching thread's stack
+static pthread_t launcher;
+static uintptr_t stack_lo, stack_hi;          // the launching thread's stack below the launch's frame
 static uintptr_t fiber_lo, fiber_hi;          // the running fiber's stack, if any
 static unsigned int phase[1024];              // barriers each thread of the block has passed
 static const char* kernel = nullptr;
-static char report[512];
+static char report[512];                      // the launch's first race (under the launch lock)
+static thread_local char last_report[512];    // the calling thread's last launch's (emu_race)
 static bool raced = false;
 static bool active = false;                   // this launch is checked
 // The launch shapes emu_launch has checked, and how often.
@@ -385,18 +393,19 @@ EMU_UNCHECKED static bool race(Access before, Access later) {
     return !(block_of(before) == block_of(later) && phase_of(before) < phase_of(later));
 }
 
-// Drops every page (between launches, when they take more than about 1.5 GB).
+// Drops every page (between launches, once they take more than 96 MiB).
 EMU_UNCHECKED static void forget() {
     for (uint64_t i = 0; i < capacity; ++i) free(slots[i].page);
     free(slots);
     slots = nullptr;
     capacity = used = 0;
-    last_number = 0;
+    last_number = ~0ull;
+    last_page = nullptr;
 }
 
 // The cells of page `number` for this launch (cleared if they were another launch's).
 EMU_UNCHECKED static Page* page(uint64_t number) {
-    if (number == last_number && last_page->launch == launch) return last_page;
+    if (number == last_number && last_page && last_page->launch == launch) return last_page;
     if (2 * (used + 1) > capacity) {
         Slot* old = slots;
         uint64_t old_capacity = capacity;
@@ -448,6 +457,7 @@ EMU_UNCHECKED static void say(const char* what, uintptr_t word, bool shared, Acc
 
 EMU_UNCHECKED __attribute__((noinline)) static void check(const volatile void* p, unsigned long size, bool write,
                                                           bool is_atomic) {
+    if (!pthread_equal(pthread_self(), launcher)) return;
     uintptr_t a = (uintptr_t)p;
     if ((a >= stack_lo && a < stack_hi) || (a >= fiber_lo && a < fiber_hi)) return;
     bool shared = __start_emu_shared != nullptr && a >= (uintptr_t)__start_emu_shared &&
@@ -475,29 +485,42 @@ EMU_UNCHECKED static inline void access(const volatile void* p, unsigned long si
 }
 }  // namespace emu_racecheck
 
-EMU_UNCHECKED static void emu_race_launch(const char* name, unsigned int grid, unsigned int block) {
+EMU_UNCHECKED static void emu_race_launch(const char* name, unsigned int grid, unsigned int block, uintptr_t frame) {
     using namespace emu_racecheck;
-    if (used > 1 << 16) forget();
+    if (used > 1 << 12) forget();
     ++launch;
     raced = false;
     kernel = name;
     active = true;
-    if (emu_race_sampling) {
+    if (emu_race_sampling && (uint64_t)grid * block > 1 << 16) {
         unsigned int i = 0;
         auto same = [&](const Shape& s) { return s.kernel == name && s.grid == grid && s.block == block; };
         while (i < shape_count && !same(shapes[i])) ++i;
-        if (i == shape_count && shape_count < 4096) shapes[shape_count++] = Shape{name, grid, block, 0};
-        active = (uint64_t)grid * block <= 1 << 16 || (i < shape_count && shapes[i].count++ < 2);
+        if (i == shape_count) {
+            if (shape_count == 4096) {
+                fputs("emulator: the race check's table of launch shapes is full\n", stderr);
+                abort();
+            }
+            shapes[shape_count++] = Shape{name, grid, block, 0};
+        }
+        active = shapes[i].count++ < 2;
     }
-    pthread_attr_t attr;
-    void* base = nullptr;
-    size_t bytes = 0;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-        pthread_attr_getstack(&attr, &base, &bytes);
-        pthread_attr_destroy(&attr);
+    // This thread's stack below the launch's frame: the kernels' locals, parameters and
+    // fiber bookkeeping (its lowest address looked up once per thread).
+    static thread_local uintptr_t lowest = 0;
+    if (!lowest) {
+        pthread_attr_t attr;
+        void* base = nullptr;
+        size_t bytes = 0;
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            pthread_attr_getstack(&attr, &base, &bytes);
+            pthread_attr_destroy(&attr);
+        }
+        lowest = base ? (uintptr_t)base : frame - (8u << 20);
     }
-    stack_lo = (uintptr_t)base;
-    stack_hi = (uintptr_t)base + bytes;
+    launcher = pthread_self();
+    stack_lo = lowest;
+    stack_hi = frame;
 }
 EMU_UNCHECKED static void emu_race_block(unsigned int threads) {
     using namespace emu_racecheck;
@@ -517,11 +540,18 @@ EMU_UNCHECKED static void emu_race_leave(unsigned int t, bool waits) {
     emu_racecheck::checking = false;
     if (waits) ++emu_racecheck::phase[t & 1023];
 }
-EMU_UNCHECKED static bool emu_race_found() { return emu_racecheck::raced; }
-// What the last launch that raced found (empty if none has).
-extern "C" EMU_UNCHECKED const char* emu_race() { return emu_racecheck::report; }
+// Whether the launch raced; the report, if so, is kept for emu_race on this thread.
+EMU_UNCHECKED static bool emu_race_found() {
+    using namespace emu_racecheck;
+    if (raced) memcpy(last_report, report, sizeof report);
+    return raced;
+}
+// What the calling thread's last launch that raced found (empty if none has).
+extern "C" __attribute__((visibility("default"))) EMU_UNCHECKED const char* emu_race() {
+    return emu_racecheck::last_report;
+}
 
-// The functions the instrumentation calls (their types as GCC declares them).
+// The functions GCC's instrumentation calls (their types as GCC declares them).
 #define EMU_ACCESS(n)                                                                                              \
     extern "C" EMU_UNCHECKED void __tsan_read##n(void* p) { emu_racecheck::access(p, n, false, false); }           \
     extern "C" EMU_UNCHECKED void __tsan_write##n(void* p) { emu_racecheck::access(p, n, true, false); }           \
@@ -540,6 +570,12 @@ extern "C" EMU_UNCHECKED void __tsan_func_exit() {}
 extern "C" EMU_UNCHECKED void __tsan_vptr_update(void**, void*) {}
 extern "C" EMU_UNCHECKED void __tsan_atomic_thread_fence(int mo) { __atomic_thread_fence(mo); }
 extern "C" EMU_UNCHECKED void __tsan_atomic_signal_fence(int mo) { __atomic_signal_fence(mo); }
+// An atomic read-modify-write `op` (fetch_sub, ...) of a T.
+#define EMU_ATOMIC_RMW(bits, T, op)                                                                      \
+    extern "C" EMU_UNCHECKED T __tsan_atomic##bits##_##op(volatile void* p, T v, int mo) {               \
+        emu_racecheck::access(p, sizeof(T), true, true);                                                 \
+        return __atomic_##op((volatile T*)p, v, mo);                                                     \
+    }
 #define EMU_ATOMICS(bits, T)                                                                                    \
     extern "C" EMU_UNCHECKED T __tsan_atomic##bits##_load(const volatile void* p, int mo) {                     \
         emu_racecheck::access(p, sizeof(T), false, true);                                                       \
@@ -553,6 +589,17 @@ extern "C" EMU_UNCHECKED void __tsan_atomic_signal_fence(int mo) { __atomic_sign
         emu_racecheck::access(p, sizeof(T), true, true);                                                        \
         return __atomic_exchange_n((volatile T*)p, v, mo);                                                      \
     }                                                                                                           \
+    EMU_ATOMIC_RMW(bits, T, fetch_sub)                                                                   \
+    EMU_ATOMIC_RMW(bits, T, fetch_and)                                                                   \
+    EMU_ATOMIC_RMW(bits, T, fetch_or)                                                                    \
+    EMU_ATOMIC_RMW(bits, T, fetch_xor)                                                                   \
+    EMU_ATOMIC_RMW(bits, T, fetch_nand)                                                                  \
+    extern "C" EMU_UNCHECKED T __tsan_atomic##bits##_compare_exchange_val(volatile void* p, T c, T v, int mo,  \
+                                                                          int fail) {                    \
+        emu_racecheck::access(p, sizeof(T), true, true);                                                 \
+        __atomic_compare_exchange_n((volatile T*)p, &c, v, false, mo, fail);                            \
+        return c;                                                                                        \
+    }                                                                                                    \
     extern "C" EMU_UNCHECKED T __tsan_atomic##bits##_fetch_add(volatile void* p, T v, int mo) {                 \
         emu_racecheck::access(p, sizeof(T), true, true);                                                        \
         return __atomic_fetch_add((volatile T*)p, v, mo);                                                       \
@@ -572,7 +619,7 @@ EMU_ATOMICS(16, uint16_t)
 EMU_ATOMICS(32, uint32_t)
 EMU_ATOMICS(64, uint64_t)
 #else
-static inline void emu_race_launch(const char*, unsigned int, unsigned int) {}
+static inline void emu_race_launch(const char*, unsigned int, unsigned int, uintptr_t) {}
 static inline void emu_race_block(unsigned int) {}
 static inline void emu_race_enter(uintptr_t, uintptr_t) {}
 static inline void emu_race_leave(unsigned int, bool) {}

@@ -268,16 +268,32 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// The largest block `kernel` is launched with: [`THREADS`], but 1024 for `reduce_block`
-/// (declared to the compiler with `__launch_bounds__(1024)`). A GPU refuses a launch whose
-/// block needs more registers or shared memory than one multiprocessor has; a test checks
-/// each kernel's machine code against this size, and [`launch!`] refuses a larger block.
+/// Kernel `name`'s text in [`SOURCE`]: from the `extern "C" __global__` that declares it to
+/// the next kernel's (empty for a name that is not a kernel's).
+pub(crate) fn kernel_text(name: &str) -> &'static str {
+    const DECLARES: &str = "extern \"C\" __global__";
+    let Some(at) = SOURCE.find(&format!(" void {name}(")) else { return "" };
+    let start = SOURCE[..at].rfind(DECLARES).unwrap_or(at);
+    let end = SOURCE[at..].find(DECLARES).map_or(SOURCE.len(), |e| at + e);
+    &SOURCE[start..end]
+}
+
+/// The largest block `kernel` is launched with: what its `__launch_bounds__` declares to the
+/// compiler (1024 for `reduce_block`), else [`THREADS`]. A GPU refuses a launch whose block
+/// needs more registers or shared memory than one multiprocessor has; a test checks each
+/// kernel's machine code against this size, and [`launch!`] refuses a larger block.
 pub(crate) fn largest_block(kernel: &str) -> u32 {
-    if kernel == "reduce_block" {
-        1024
-    } else {
-        THREADS
-    }
+    static SIZES: std::sync::OnceLock<HashMap<&'static str, u32>> = std::sync::OnceLock::new();
+    let sizes = SIZES.get_or_init(|| {
+        let declared = |name: &str| {
+            let text = kernel_text(name);
+            let head = &text[..text.find(" void ").unwrap_or(0)];
+            let bound = head.split_once("__launch_bounds__(")?.1.split_once(')')?.0;
+            bound.trim().parse().ok()
+        };
+        KERNELS.iter().map(|&name| (name, declared(name).unwrap_or(THREADS))).collect()
+    });
+    sizes.get(kernel).copied().unwrap_or(THREADS)
 }
 
 /// A launch of one block per item for `items` items (up to 2²⁰ blocks), `threads` (a power
@@ -1043,7 +1059,8 @@ macro_rules! launch {
         let function = gpu.function($name)?;
         let config: cudarc::driver::LaunchConfig = $cfg;
         let most = $crate::backend::cuda::gpu::largest_block($name);
-        if config.block_dim.0 * config.block_dim.1 * config.block_dim.2 > most {
+        let (x, y, z) = config.block_dim;
+        if u64::from(x) * u64::from(y) * u64::from(z) > u64::from(most) {
             return Err(gpu.failure($name, format!(
                 "a block of {:?} threads, more than the {most} its machine code was checked for",
                 config.block_dim
