@@ -174,6 +174,20 @@ pub fn install() -> Result<(), String> {
 /// Set once [`install`] has made `cuda:0` the emulated GPU.
 static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The emulated driver's `sinapse_emulated_in_use`, once [`install`] has loaded it.
+static IN_USE: std::sync::OnceLock<unsafe extern "C" fn(u64, usize) -> std::ffi::c_int> = std::sync::OnceLock::new();
+
+/// Tells the emulated driver, where it is installed, that the block at `ptr` now holds a
+/// tensor of `bytes`: a kernel, copy or product that then writes past that inside the block
+/// (the allocator rounds blocks up) fails. Nothing on a real GPU.
+pub(crate) fn in_use(ptr: u64, bytes: usize) {
+    if let Some(mark) = IN_USE.get() {
+        // SAFETY: the driver's function, which looks `ptr` up among its allocations (under
+        // its lock) and writes only past `bytes` of one that holds more.
+        unsafe { mark(ptr, bytes) };
+    }
+}
+
 /// Whether `cuda:0` is the emulated GPU of [`install`].
 pub(crate) fn installed() -> bool {
     INSTALLED.load(std::sync::atomic::Ordering::SeqCst)
@@ -217,6 +231,14 @@ fn install_driver() -> Result<(), String> {
     if found.is_null() || unsafe { libc::dlsym(found, c"sinapse_emulated_driver".as_ptr()) }.is_null() {
         return Err("libcuda.so loads as NVIDIA's driver, not the emulated one".into());
     }
+    // SAFETY: a handle from dlopen; the name is NUL-terminated.
+    let mark = unsafe { libc::dlsym(found, c"sinapse_emulated_in_use".as_ptr()) };
+    if mark.is_null() {
+        return Err("the emulated driver lacks sinapse_emulated_in_use".into());
+    }
+    // SAFETY: `sinapse_emulated_in_use` in emulated_driver.cpp has this signature.
+    let mark = unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64, usize) -> std::ffi::c_int>(mark) };
+    let _ = IN_USE.set(mark);
     Ok(())
 }
 
@@ -424,6 +446,43 @@ int main(int argc, char** argv) {
     return 0;
 }
 "#;
+
+    const PAST_THE_TENSOR_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    void* context;
+    CUdeviceptr p;
+    void* f;
+    if (argc < 2 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
+        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || sinapse_emulated_in_use(p, 400) != 0 ||
+        cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS)
+        return 2;
+    void* out = reinterpret_cast<void*>(p);
+    unsigned long long i = strtoull(argv[1], nullptr, 10);
+    void* params[] = {&out, &i};
+    printf("%d\n", cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, nullptr, params, nullptr));
+    return 0;
+}
+"#;
+
+    /// A tensor of 100 floats in the allocator's 512-byte block: the kernel may write its last
+    /// element, and a write to the next (inside the block, where no guard page is) fails the
+    /// launch with a line naming the kernel.
+    #[test]
+    fn a_kernel_writing_past_its_tensor_inside_the_block_fails() {
+        let scratch = Scratch::new().expect("a scratch folder");
+        let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_TENSOR_MAIN}", include_str!("emulated_driver.cpp"));
+        let Some(exe) = test_program(&scratch, "past_the_tensor", &source, false) else { return };
+        let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
+        let out = run("99");
+        assert!(out.status.success(), "the last element: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
+        let out = run("100");
+        assert!(out.status.success(), "one past the end: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "CUDA_ERROR_LAUNCH_FAILED: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        let want = "emulated CUDA: write_at wrote past the end of the 400-byte tensor at 0x";
+        assert!(said.contains(want) && said.contains(": byte 400 of its 512-byte block"), "{said}");
+    }
 
     /// The emulated driver's allocations end at an inaccessible page: the last element can be
     /// written, the one after it stops the process with a line naming the kernel.

@@ -14,7 +14,9 @@
 // reading memory nothing wrote shows, and each ends where an inaccessible page begins, so
 // that a kernel or product reaching past an allocation's end stops the process there, with
 // a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
-// allocator's blocks are rounded up, so a tensor's overrun inside its block stays unseen).
+// allocator's blocks are rounded up: the host code says what size of tensor each holds, and a
+// kernel, copy or product that writes past that inside the block fails, naming itself; not
+// in a graph's replay, whose blocks served tensors of other sizes when it was captured).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
 // break its capture, as in CUDA. Built with the race check (SINAPSE_EMULATOR_RACECHECK=1), a
 // launch with a race fails as CUDA_ERROR_LAUNCH_FAILED, after a line saying where.
@@ -105,9 +107,11 @@ struct Blas {
 };
 
 std::mutex lock;                            // every entry point, one at a time
-// An allocation: the bytes asked for, and the pages mapped for it (the last inaccessible).
+// An allocation: the bytes asked for, the bytes of the tensor it now holds (as the host code
+// says: sinapse_emulated_in_use), and the pages mapped for it (the last inaccessible).
 struct Allocation {
     size_t bytes;
+    size_t used;
     char* base;
     size_t length;
 };
@@ -153,6 +157,41 @@ CUresult unsafe_in_capture(const char* what) {
             return EMU_CAPTURE_UNSUPPORTED;
         }
     return EMU_SUCCESS;
+}
+
+// Set while a graph is replayed: its kernels may use a block for a larger tensor than the one
+// the host code handed it out for last, so tensor ends are not checked then (and are reset
+// after it).
+bool replaying = false;
+
+// Sets the bytes past the end of the tensor in the allocation that holds `p` to NaN bytes
+// again (after a graph's replay, whose kernels may have used the block for a larger tensor
+// that no longer lives).
+void refill_tail(CUdeviceptr p) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return;
+    --it;
+    const auto& [start, a] = *it;
+    if (p < start + a.bytes && a.used < a.bytes) memset(reinterpret_cast<void*>(start + a.used), 0xff, a.bytes - a.used);
+}
+
+// Whether the bytes past the end of the tensor in the allocation that holds `p` still hold
+// the NaN bytes sinapse_emulated_in_use wrote there; if not, says that `what` wrote past it.
+bool tail_intact(const char* what, CUdeviceptr p) {
+    if (replaying) return true;
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return true;
+    --it;
+    const auto& [start, a] = *it;
+    if (p >= start + a.bytes || a.used >= a.bytes) return true;
+    const unsigned char* tail = reinterpret_cast<const unsigned char*>(start + a.used);
+    for (size_t i = 0; i < a.bytes - a.used; ++i)
+        if (tail[i] != 0xff) {
+            fprintf(stderr, "emulated CUDA: %s wrote past the end of the %zu-byte tensor at 0x%llx: byte %zu of its %zu-byte block\n",
+                    what, a.used, start, a.used + i, a.bytes);
+            return false;
+        }
+    return true;
 }
 
 // Whether every pointer argument of a launch points into an allocation.
@@ -215,17 +254,25 @@ CUresult run_node(const Node& node) {
                 return EMU_LAUNCH_FAILED;
             }
 #endif
-            return status == 0 ? EMU_SUCCESS : EMU_NOT_FOUND;  // 1: no such kernel
+            if (status != 0) return EMU_NOT_FOUND;  // 1: no such kernel
+            for (size_t i = 0; i < node.kernel->param_count; ++i)
+                if (node.kernel->param_pointers[i]) {
+                    CUdeviceptr p;
+                    memcpy(&p, params[i], sizeof p);
+                    if (!tail_intact(node.kernel->name, p)) return EMU_LAUNCH_FAILED;
+                }
+            return EMU_SUCCESS;
         }
         case Node::Memset:
             memset(reinterpret_cast<void*>(node.dst), node.value, node.bytes);
-            return EMU_SUCCESS;
+            return tail_intact("a memset", node.dst) ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
         case Node::CopyDtoD:
             memmove(reinterpret_cast<void*>(node.dst), reinterpret_cast<const void*>(node.src), node.bytes);
-            return EMU_SUCCESS;
+            return tail_intact("a copy", node.dst) ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
         case Node::Product:
             run_gemm(node.gemm);
-            return EMU_SUCCESS;
+            return tail_intact("a cuBLAS product", reinterpret_cast<CUdeviceptr>(node.gemm.c)) ? EMU_SUCCESS
+                                                                                                 : EMU_LAUNCH_FAILED;
     }
     return EMU_INVALID_VALUE;
 }
@@ -363,7 +410,7 @@ static CUresult allocate(CUdeviceptr* p, size_t bytes) {
     char* mem = guard - span;
     memset(mem, 0xff, bytes);  // NaN until written
     *p = reinterpret_cast<CUdeviceptr>(mem);
-    allocations[*p] = {bytes, static_cast<char*>(base), length};
+    allocations[*p] = {bytes, bytes, static_cast<char*>(base), length};
     allocated += bytes;
     return EMU_SUCCESS;
 }
@@ -439,7 +486,7 @@ ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t byt
     if (CUresult r = refused_in_capture(stream_of(s), "a host-to-device copy during a capture")) return r;
     if (!inside(dst, bytes)) return complain("a host-to-device copy out of every allocation"), EMU_INVALID_VALUE;
     memcpy(reinterpret_cast<void*>(dst), src, bytes);
-    return EMU_SUCCESS;
+    return tail_intact("a host-to-device copy", dst) ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
 }
 ENTRY CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t bytes) {
     {
@@ -558,9 +605,28 @@ ENTRY CUresult cuGraphUpload(void*, void*) { return EMU_SUCCESS; }
 ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
     LOCKED;
     Stream* stream = stream_of(s);
-    for (const Node& node : static_cast<Graph*>(exec)->nodes)
-        if (CUresult r = queue(stream, node)) return r;
-    return EMU_SUCCESS;
+    const std::vector<Node>& nodes = static_cast<Graph*>(exec)->nodes;
+    CUresult result = EMU_SUCCESS;
+    replaying = true;
+    for (const Node& node : nodes)
+        if ((result = queue(stream, node))) break;
+    replaying = false;
+    // The blocks the replay wrote hold the tensors they were last handed out for: the rest of
+    // each is the graph's scratch, now dead.
+    for (const Node& node : nodes) switch (node.kind) {
+            case Node::Kernel:
+                for (size_t i = 0; i < node.kernel->param_count; ++i)
+                    if (node.kernel->param_pointers[i]) {
+                        CUdeviceptr p;
+                        memcpy(&p, node.params[i].data(), sizeof p);
+                        refill_tail(p);
+                    }
+                break;
+            case Node::Memset:
+            case Node::CopyDtoD: refill_tail(node.dst); break;
+            case Node::Product: refill_tail(reinterpret_cast<CUdeviceptr>(node.gemm.c)); break;
+        }
+    return result;
 }
 ENTRY CUresult cuGraphExecDestroy(void* exec) {
     delete static_cast<Graph*>(exec);
@@ -573,6 +639,20 @@ ENTRY CUresult cuGraphDestroy(void* graph) {
 
 // Marks this library as the emulated driver (emulated.rs checks that cudarc loads it).
 ENTRY const int sinapse_emulated_driver = 1;
+
+// The host code's word that the allocation at `p` now holds a tensor of `bytes` (its
+// allocator rounds blocks up, and reuses them): the bytes past it are set to NaN bytes, and
+// each kernel, copy, memset or product that writes into the allocation after that must leave
+// them so, or fails (CUDA_ERROR_LAUNCH_FAILED) after a line naming it. 0, or 1 if `p` is not
+// the start of an allocation of at least `bytes`.
+ENTRY int sinapse_emulated_in_use(CUdeviceptr p, size_t bytes) {
+    LOCKED;
+    auto it = allocations.find(p);
+    if (it == allocations.end() || bytes > it->second.bytes) return 1;
+    it->second.used = bytes;
+    memset(reinterpret_cast<void*>(p + bytes), 0xff, it->second.bytes - bytes);
+    return 0;
+}
 
 // cuBLAS (found through libcublas.so, an empty library that needs this one).
 ENTRY cublasStatus_t cublasCreate_v2(void** handle) {

@@ -721,12 +721,17 @@ impl Gpu {
         })?;
         let size = rounded(bytes);
         let _claim = self.claim(what)?;
-        if let Some(c) = self.capture.lock().ok().and_then(|c| c.clone()) {
-            return self.alloc_in_pool(c.pool, c.capturing, size, what);
-        }
-        let slice = self.alloc_from_cache(size, what)?;
-        let ptr = slice.device_ptr(&self.stream).0;
-        Ok(Block { gpu: self.clone(), pool: None, slice: Some(slice), size, ptr })
+        let block = if let Some(c) = self.capture.lock().ok().and_then(|c| c.clone()) {
+            self.alloc_in_pool(c.pool, c.capturing, size, what)?
+        } else {
+            let slice = self.alloc_from_cache(size, what)?;
+            let ptr = slice.device_ptr(&self.stream).0;
+            Block { gpu: self.clone(), pool: None, slice: Some(slice), size, ptr }
+        };
+        // The emulated GPU of the tests checks that nothing writes past the tensor's end.
+        #[cfg(unix)]
+        super::emulated::in_use(block.ptr, bytes);
+        Ok(block)
     }
 
     /// A block of `size` bytes (already [`rounded`]) from the cache, else from the driver
