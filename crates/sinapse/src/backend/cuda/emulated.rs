@@ -178,8 +178,9 @@ static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 static IN_USE: std::sync::OnceLock<unsafe extern "C" fn(u64, usize) -> std::ffi::c_int> = std::sync::OnceLock::new();
 
 /// Tells the emulated driver, where it is installed, that the block at `ptr` now holds a
-/// tensor of `bytes`: a kernel, copy or product that then writes past that inside the block
-/// (the allocator rounds blocks up) fails. Nothing on a real GPU.
+/// tensor of `bytes`: a kernel (through a pointer argument), copy or product that then writes
+/// past that inside the block (the allocator rounds blocks up) fails, outside a graph's
+/// replay. Nothing on a real GPU.
 pub(crate) fn in_use(ptr: u64, bytes: usize) {
     if let Some(mark) = IN_USE.get() {
         // SAFETY: the driver's function, which looks `ptr` up among its allocations (under
@@ -201,7 +202,8 @@ fn install_driver() -> Result<(), String> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     let source = format!("{}\n{}", kernels_source(), include_str!("emulated_driver.cpp"));
-    // Only the driver's entry points are exported (the kernels' names are not).
+    // Only the driver's entry points (and the emulator's, emu_launch_in_order and emu_race) are
+    // exported: the kernels' names are not.
     let cuda = if std::env::var("SINAPSE_EMULATOR_RACECHECK").is_ok_and(|v| v == "1") {
         compile_racecheck(dir, "libcuda.so", &source, &["-fvisibility=hidden"], &["-Wl,-soname,libcuda.so"])?
     } else {
@@ -447,6 +449,16 @@ int main(int argc, char** argv) {
 }
 "#;
 
+    /// A program of [`PAST_THE_END`]'s kernel, the emulated driver and `main`, built in
+    /// `scratch`; returns a function that runs it with one argument.
+    fn write_at_program(scratch: &Scratch, name: &str, main: &str) -> Option<impl Fn(&str) -> std::process::Output> {
+        let source = format!("{PAST_THE_END}\n{}\n{main}", include_str!("emulated_driver.cpp"));
+        let exe = test_program(scratch, name, &source, false)?;
+        Some(move |arg: &str| std::process::Command::new(&exe).arg(arg).output().expect("the program runs"))
+    }
+
+    /// Launches `write_at` through the driver at the index given, on a tensor of 100 floats
+    /// in a 512-byte block, and prints the launch's status.
     const PAST_THE_TENSOR_MAIN: &str = r#"
 int main(int argc, char** argv) {
     void* context;
@@ -470,9 +482,7 @@ int main(int argc, char** argv) {
     #[test]
     fn a_kernel_writing_past_its_tensor_inside_the_block_fails() {
         let scratch = Scratch::new().expect("a scratch folder");
-        let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_TENSOR_MAIN}", include_str!("emulated_driver.cpp"));
-        let Some(exe) = test_program(&scratch, "past_the_tensor", &source, false) else { return };
-        let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
+        let Some(run) = write_at_program(&scratch, "past_the_tensor", PAST_THE_TENSOR_MAIN) else { return };
         let out = run("99");
         assert!(out.status.success(), "the last element: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
@@ -490,9 +500,7 @@ int main(int argc, char** argv) {
     fn a_kernel_writing_past_an_allocation_stops_at_its_end() {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
-        let source = format!("{PAST_THE_END}\n{}\n{PAST_THE_END_MAIN}", include_str!("emulated_driver.cpp"));
-        let Some(exe) = test_program(&scratch, "past_the_end", &source, false) else { return };
-        let run = |i: &str| std::process::Command::new(&exe).arg(i).output().expect("the program runs");
+        let Some(run) = write_at_program(&scratch, "past_the_end", PAST_THE_END_MAIN) else { return };
         let out = run("127");
         assert!(out.status.success(), "the last element: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "wrote element 127\n");

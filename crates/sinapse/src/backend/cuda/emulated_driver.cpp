@@ -15,8 +15,9 @@
 // that a kernel or product reaching past an allocation's end stops the process there, with
 // a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
 // allocator's blocks are rounded up: the host code says what size of tensor each holds, and a
-// kernel, copy or product that writes past that inside the block fails, naming itself; not
-// in a graph's replay, whose blocks served tensors of other sizes when it was captured).
+// kernel (through a pointer argument: not the optimizers' address lists), copy or product
+// that writes past that inside the block fails, naming itself; not in a graph's replay,
+// whose blocks served tensors of other sizes when it was captured).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
 // break its capture, as in CUDA. Built with the race check (SINAPSE_EMULATOR_RACECHECK=1), a
 // launch with a race fails as CUDA_ERROR_LAUNCH_FAILED, after a line saying where.
@@ -125,12 +126,18 @@ thread_local void* current_context = nullptr;
 
 Stream* stream_of(void* s) { return s ? static_cast<Stream*>(s) : &default_stream; }
 
+// The allocation that holds address `p` (its start and record), or null.
+std::pair<const CUdeviceptr, Allocation>* holder(CUdeviceptr p) {
+    auto it = allocations.upper_bound(p);
+    if (it == allocations.begin()) return nullptr;
+    --it;
+    return p < it->first + it->second.bytes ? &*it : nullptr;
+}
+
 // Whether [p, p + bytes) lies inside one allocation.
 bool inside(CUdeviceptr p, size_t bytes) {
-    auto it = allocations.upper_bound(p);
-    if (it == allocations.begin()) return false;
-    --it;
-    return p >= it->first && p + bytes <= it->first + it->second.bytes;
+    auto* h = holder(p);
+    return h && p + bytes <= h->first + h->second.bytes;
 }
 
 // SINAPSE_EMULATED_TRACE set: each kernel launch and cuBLAS product is printed to stderr.
@@ -167,31 +174,32 @@ bool replaying = false;
 // Sets the bytes past the end of the tensor in the allocation that holds `p` to NaN bytes
 // again (after a graph's replay, whose kernels may have used the block for a larger tensor
 // that no longer lives).
-void refill_tail(CUdeviceptr p) {
-    auto it = allocations.upper_bound(p);
-    if (it == allocations.begin()) return;
-    --it;
-    const auto& [start, a] = *it;
-    if (p < start + a.bytes && a.used < a.bytes) memset(reinterpret_cast<void*>(start + a.used), 0xff, a.bytes - a.used);
+EMU_UNCHECKED void refill_tail(CUdeviceptr p) {
+    auto* h = holder(p);
+    if (h && h->second.used < h->second.bytes)
+        memset(reinterpret_cast<void*>(h->first + h->second.used), 0xff, h->second.bytes - h->second.used);
 }
 
 // Whether the bytes past the end of the tensor in the allocation that holds `p` still hold
 // the NaN bytes sinapse_emulated_in_use wrote there; if not, says that `what` wrote past it.
-bool tail_intact(const char* what, CUdeviceptr p) {
-    if (replaying) return true;
-    auto it = allocations.upper_bound(p);
-    if (it == allocations.begin()) return true;
-    --it;
-    const auto& [start, a] = *it;
-    if (p >= start + a.bytes || a.used >= a.bytes) return true;
+// The tail is set again after a report, so that the next operation is not blamed for it.
+EMU_UNCHECKED bool tail_intact(const char* what, CUdeviceptr p) {
+    auto* h = holder(p);
+    if (replaying || !h || h->second.used >= h->second.bytes) return true;
+    const auto& [start, a] = *h;
     const unsigned char* tail = reinterpret_cast<const unsigned char*>(start + a.used);
-    for (size_t i = 0; i < a.bytes - a.used; ++i)
-        if (tail[i] != 0xff) {
-            fprintf(stderr, "emulated CUDA: %s wrote past the end of the %zu-byte tensor at 0x%llx: byte %zu of its %zu-byte block\n",
-                    what, a.used, start, a.used + i, a.bytes);
-            return false;
-        }
-    return true;
+    size_t n = a.bytes - a.used, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, tail + i, 8);
+        if (word != ~0ull) break;
+    }
+    while (i < n && tail[i] == 0xff) ++i;
+    if (i == n) return true;
+    fprintf(stderr, "emulated CUDA: %s wrote past the end of the %zu-byte tensor at 0x%llx: byte %zu of its %zu-byte block\n",
+            what, a.used, start, a.used + i, a.bytes);
+    refill_tail(p);
+    return false;
 }
 
 // Whether every pointer argument of a launch points into an allocation.
@@ -607,10 +615,15 @@ ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
     Stream* stream = stream_of(s);
     const std::vector<Node>& nodes = static_cast<Graph*>(exec)->nodes;
     CUresult result = EMU_SUCCESS;
-    replaying = true;
-    for (const Node& node : nodes)
-        if ((result = queue(stream, node))) break;
-    replaying = false;
+    struct Replaying {
+        Replaying() { replaying = true; }
+        ~Replaying() { replaying = false; }
+    };
+    {
+        Replaying during;
+        for (const Node& node : nodes)
+            if ((result = queue(stream, node))) break;
+    }
     // The blocks the replay wrote hold the tensors they were last handed out for: the rest of
     // each is the graph's scratch, now dead.
     for (const Node& node : nodes) switch (node.kind) {
@@ -642,13 +655,17 @@ ENTRY const int sinapse_emulated_driver = 1;
 
 // The host code's word that the allocation at `p` now holds a tensor of `bytes` (its
 // allocator rounds blocks up, and reuses them): the bytes past it are set to NaN bytes, and
-// each kernel, copy, memset or product that writes into the allocation after that must leave
-// them so, or fails (CUDA_ERROR_LAUNCH_FAILED) after a line naming it. 0, or 1 if `p` is not
+// each kernel (through a pointer argument), copy, memset or product that writes into the
+// allocation after that, outside a graph's replay, must leave them so, or fails
+// (CUDA_ERROR_LAUNCH_FAILED) after a line naming it. 0, or 1 if `p` is not
 // the start of an allocation of at least `bytes`.
 ENTRY int sinapse_emulated_in_use(CUdeviceptr p, size_t bytes) {
     LOCKED;
     auto it = allocations.find(p);
-    if (it == allocations.end() || bytes > it->second.bytes) return 1;
+    if (it == allocations.end() || bytes > it->second.bytes) {
+        complain("sinapse_emulated_in_use: not the start of an allocation that large (its tensor's end is not checked)");
+        return 1;
+    }
     it->second.used = bytes;
     memset(reinterpret_cast<void*>(p + bytes), 0xff, it->second.bytes - bytes);
     return 0;

@@ -209,7 +209,7 @@ static const EmuKernel* emu_kernel(const char* name) {
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
 // every launch of the backend), its blocks and threads in ascending order, or descending
 // with `reverse`: 0 on success, 1 for an unknown name, 2 for a race (EMU_RACECHECK builds).
-extern "C" __attribute__((visibility("default"))) int emu_launch_in_order(const char* name, unsigned int grid,
+extern "C" __attribute__((visibility("default"), noinline)) int emu_launch_in_order(const char* name, unsigned int grid,
                                                                          unsigned int block, void** params,
                                                                          int reverse) {
     const EmuKernel* kernel = emu_kernel(name);
@@ -355,9 +355,10 @@ static uint64_t last_number = ~0ull;
 // Added to the page number of a __shared__ word: their pages are apart from the others'.
 constexpr uint64_t shared_pages = 1ull << 60;
 static Page* last_page = nullptr;
-// A kernel's thread runs, on the OS thread `launcher`. Not thread-local (which costs a call
-// per access in a shared library): instrumented code that another OS thread runs meanwhile
-// (the driver's entry points, say) also sees it set, and `check` leaves it alone.
+// A kernel's thread runs, on the OS thread `launcher`. Not thread-local (a thread-local costs
+// a call on every access, checked or not, in a shared library): instrumented code that
+// another OS thread runs meanwhile (the driver's entry points, say) also sees it set, and
+// `check` (which costs more anyway) leaves it alone.
 static bool checking = false;
 static pthread_t launcher;
 static uintptr_t stack_lo, stack_hi;          // the launching thread's stack below the launch's frame
@@ -496,14 +497,15 @@ EMU_UNCHECKED static void emu_race_launch(const char* name, unsigned int grid, u
         unsigned int i = 0;
         auto same = [&](const Shape& s) { return s.kernel == name && s.grid == grid && s.block == block; };
         while (i < shape_count && !same(shapes[i])) ++i;
-        if (i == shape_count) {
-            if (shape_count == 4096) {
-                fputs("emulator: the race check's table of launch shapes is full\n", stderr);
-                abort();
-            }
-            shapes[shape_count++] = Shape{name, grid, block, 0};
+        if (i == shape_count && shape_count == 4096) {
+            static bool said = false;
+            if (!said) fputs("emulator: the race check's table of launch shapes is full; new large shapes go unchecked\n", stderr);
+            said = true;
+            active = false;
+        } else {
+            if (i == shape_count) shapes[shape_count++] = Shape{name, grid, block, 0};
+            active = shapes[i].count++ < 2;
         }
-        active = shapes[i].count++ < 2;
     }
     // This thread's stack below the launch's frame: the kernels' locals, parameters and
     // fiber bookkeeping (its lowest address looked up once per thread).

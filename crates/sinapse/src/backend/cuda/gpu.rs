@@ -269,7 +269,7 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
 }
 
 /// Kernel `name`'s text in [`SOURCE`]: from the `extern "C" __global__` that declares it to
-/// the next kernel's (empty for a name that is not a kernel's).
+/// the next kernel's (so with the helpers that follow it; empty where no ` void name(` is).
 pub(crate) fn kernel_text(name: &str) -> &'static str {
     const DECLARES: &str = "extern \"C\" __global__";
     let Some(at) = SOURCE.find(&format!(" void {name}(")) else { return "" };

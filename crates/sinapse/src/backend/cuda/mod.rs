@@ -1145,6 +1145,7 @@ mod tests {
         for arch in [90, 75] {
             let kernels = resources(&machine_code(arch));
             for (name, r) in &kernels {
+                assert!(gpu::kernel_text(name).contains("__global__"), "{name}'s declaration not found in kernels.cu");
                 let threads = gpu::largest_block(name);
                 assert!(r.registers > 0, "sm_{arch}: no register count for {name}: {r:?}");
                 let registers = r.registers.next_multiple_of(8) * threads;
