@@ -1058,7 +1058,7 @@ mod tests {
         unsafe {
             if let Err(e) = result::compile_program(prog, &[format!("--gpu-architecture=sm_{arch}")]) {
                 let log = result::get_program_log(prog).unwrap_or_default();
-                let log: Vec<u8> = log.iter().map(|&c| c as u8).collect();
+                let log: Vec<u8> = log.iter().map(|&c| c.to_ne_bytes()[0]).collect();
                 panic!("sm_{arch}: {e}: {}", String::from_utf8_lossy(&log));
             }
             let mut size = 0usize;
