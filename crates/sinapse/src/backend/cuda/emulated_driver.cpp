@@ -249,6 +249,36 @@ EMU_UNCHECKED void run_gemm(const Gemm& g) {
     }
 }
 
+// Calls `f` with the address of each block `node` may write: a kernel's pointer arguments, a
+// memset's or copy's destination, a product's C.
+template <typename F>
+void each_written(const Node& node, F f) {
+    switch (node.kind) {
+        case Node::Kernel:
+            for (size_t i = 0; i < node.kernel->param_count; ++i)
+                if (node.kernel->param_pointers[i]) {
+                    CUdeviceptr p;
+                    memcpy(&p, node.params[i].data(), sizeof p);
+                    f(p);
+                }
+            break;
+        case Node::Memset:
+        case Node::CopyDtoD: f(node.dst); break;
+        case Node::Product: f(reinterpret_cast<CUdeviceptr>(node.gemm.c)); break;
+    }
+}
+
+// What `node` is called in a line about it.
+const char* named(const Node& node) {
+    switch (node.kind) {
+        case Node::Kernel: return node.kernel->name;
+        case Node::Memset: return "a memset";
+        case Node::CopyDtoD: return "a copy";
+        case Node::Product: return "a cuBLAS product";
+    }
+    return "an operation";
+}
+
 CUresult run_node(const Node& node) {
     switch (node.kind) {
         case Node::Kernel: {
@@ -263,26 +293,18 @@ CUresult run_node(const Node& node) {
             }
 #endif
             if (status != 0) return EMU_NOT_FOUND;  // 1: no such kernel
-            for (size_t i = 0; i < node.kernel->param_count; ++i)
-                if (node.kernel->param_pointers[i]) {
-                    CUdeviceptr p;
-                    memcpy(&p, params[i], sizeof p);
-                    if (!tail_intact(node.kernel->name, p)) return EMU_LAUNCH_FAILED;
-                }
-            return EMU_SUCCESS;
+            break;
         }
-        case Node::Memset:
-            memset(reinterpret_cast<void*>(node.dst), node.value, node.bytes);
-            return tail_intact("a memset", node.dst) ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
+        case Node::Memset: memset(reinterpret_cast<void*>(node.dst), node.value, node.bytes); break;
         case Node::CopyDtoD:
             memmove(reinterpret_cast<void*>(node.dst), reinterpret_cast<const void*>(node.src), node.bytes);
-            return tail_intact("a copy", node.dst) ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
-        case Node::Product:
-            run_gemm(node.gemm);
-            return tail_intact("a cuBLAS product", reinterpret_cast<CUdeviceptr>(node.gemm.c)) ? EMU_SUCCESS
-                                                                                                 : EMU_LAUNCH_FAILED;
+            break;
+        case Node::Product: run_gemm(node.gemm); break;
+        default: return EMU_INVALID_VALUE;
     }
-    return EMU_INVALID_VALUE;
+    bool intact = true;
+    each_written(node, [&](CUdeviceptr p) { intact = intact && tail_intact(named(node), p); });
+    return intact ? EMU_SUCCESS : EMU_LAUNCH_FAILED;
 }
 
 // Runs `node` now, or records it on a capturing stream.
@@ -626,19 +648,7 @@ ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
     }
     // The blocks the replay wrote hold the tensors they were last handed out for: the rest of
     // each is the graph's scratch, now dead.
-    for (const Node& node : nodes) switch (node.kind) {
-            case Node::Kernel:
-                for (size_t i = 0; i < node.kernel->param_count; ++i)
-                    if (node.kernel->param_pointers[i]) {
-                        CUdeviceptr p;
-                        memcpy(&p, node.params[i].data(), sizeof p);
-                        refill_tail(p);
-                    }
-                break;
-            case Node::Memset:
-            case Node::CopyDtoD: refill_tail(node.dst); break;
-            case Node::Product: refill_tail(reinterpret_cast<CUdeviceptr>(node.gemm.c)); break;
-        }
+    for (const Node& node : nodes) each_written(node, refill_tail);
     return result;
 }
 ENTRY CUresult cuGraphExecDestroy(void* exec) {
