@@ -179,8 +179,9 @@ static IN_USE: std::sync::OnceLock<unsafe extern "C" fn(u64, usize) -> std::ffi:
 
 /// Tells the emulated driver, where it is installed, that the block at `ptr` now holds a
 /// tensor of `bytes`: a kernel (through a pointer argument), copy or product that then writes
-/// past that inside the block (the allocator rounds blocks up) fails, outside a graph's
-/// replay. Nothing on a real GPU.
+/// past that inside the block (the allocator rounds blocks up) fails; said during a capture,
+/// it is recorded in the graph and said again at that point of each replay. Nothing on a
+/// real GPU.
 pub(crate) fn in_use(ptr: u64, bytes: usize) {
     if let Some(mark) = IN_USE.get() {
         // SAFETY: the driver's function, which looks `ptr` up among its allocations (under
@@ -492,6 +493,51 @@ int main(int argc, char** argv) {
         let said = String::from_utf8_lossy(&out.stderr);
         let want = "emulated CUDA: write_at wrote past the end of the 400-byte tensor at 0x";
         assert!(said.contains(want) && said.contains(": byte 400 of its 512-byte block"), "{said}");
+    }
+
+    /// Captures `write_at` at the index given on a tensor of 10 floats handed out during the
+    /// capture, then says that the block holds 100 floats (as the eager code's next tensor
+    /// there might), replays the graph and prints the replay's status.
+    const PAST_THE_TENSOR_IN_A_REPLAY_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    void* context;
+    CUdeviceptr p;
+    void *f, *graph, *exec;
+    if (argc < 2 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
+        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS ||
+        cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS || sinapse_emulated_in_use(p, 40) != 0)
+        return 2;
+    void* out = reinterpret_cast<void*>(p);
+    unsigned long long i = strtoull(argv[1], nullptr, 10);
+    void* params[] = {&out, &i};
+    if (cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, nullptr, params, nullptr) != EMU_SUCCESS ||
+        cuStreamEndCapture(nullptr, &graph) != EMU_SUCCESS || cuGraphInstantiateWithFlags(&exec, graph, 0) != EMU_SUCCESS ||
+        sinapse_emulated_in_use(p, 400) != 0)
+        return 2;
+    printf("%d\n", cuGraphLaunch(exec, nullptr));
+    return 0;
+}
+"#;
+
+    /// A graph's replay gives each block the capture handed out its tensor's size again: a
+    /// write past a tensor of 10 floats fails in the replay although the block held 100 floats
+    /// just before it.
+    #[test]
+    fn a_replay_writing_past_a_tensor_it_allocated_fails() {
+        let scratch = Scratch::new().expect("a scratch folder");
+        let Some(run) = write_at_program(&scratch, "past_the_tensor_in_a_replay", PAST_THE_TENSOR_IN_A_REPLAY_MAIN)
+        else {
+            return;
+        };
+        let out = run("9");
+        assert!(out.status.success(), "the last element: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
+        let out = run("10");
+        assert!(out.status.success(), "one past the end: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "CUDA_ERROR_LAUNCH_FAILED: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        let want = "emulated CUDA: write_at wrote past the end of the 40-byte tensor at 0x";
+        assert!(said.contains(want) && said.contains(": byte 40 of its 512-byte block"), "{said}");
     }
 
     /// The emulated driver's allocations end at an inaccessible page: the last element can be

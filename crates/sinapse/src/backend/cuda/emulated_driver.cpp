@@ -16,8 +16,8 @@
 // a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
 // allocator's blocks are rounded up: the host code says what size of tensor each holds, and a
 // kernel (through a pointer argument: not the optimizers' address lists), copy or product
-// that writes past that inside the block fails, naming itself; not in a graph's replay,
-// whose blocks served tensors of other sizes when it was captured).
+// that writes past that inside the block fails, naming itself; in a graph's replay too, where
+// each block the capture handed out is given its tensor's size again at that point).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
 // break its capture, as in CUDA. Built with the race check (SINAPSE_EMULATOR_RACECHECK=1), a
 // launch with a race fails as CUDA_ERROR_LAUNCH_FAILED, after a line saying where.
@@ -88,7 +88,8 @@ struct Gemm {
 };
 
 struct Node {
-    enum Kind { Kernel, Memset, CopyDtoD, Product } kind;
+    // InUse: a block handed out for a tensor of `bytes` during a capture (sinapse_emulated_in_use).
+    enum Kind { Kernel, Memset, CopyDtoD, Product, InUse } kind;
     const EmuKernel* kernel = nullptr;
     unsigned int grid = 0, block = 0;
     std::vector<std::vector<unsigned char>> params;
@@ -166,14 +167,8 @@ CUresult unsafe_in_capture(const char* what) {
     return EMU_SUCCESS;
 }
 
-// Set while a graph is replayed: its kernels may use a block for a larger tensor than the one
-// the host code handed it out for last, so tensor ends are not checked then (and are reset
-// after it).
-bool replaying = false;
-
 // Sets the bytes past the end of the tensor in the allocation that holds `p` to NaN bytes
-// again (after a graph's replay, whose kernels may have used the block for a larger tensor
-// that no longer lives).
+// again (after a report of a write there).
 EMU_UNCHECKED void refill_tail(CUdeviceptr p) {
     auto* h = holder(p);
     if (h && h->second.used < h->second.bytes)
@@ -185,7 +180,7 @@ EMU_UNCHECKED void refill_tail(CUdeviceptr p) {
 // The tail is set again after a report, so that the next operation is not blamed for it.
 EMU_UNCHECKED bool tail_intact(const char* what, CUdeviceptr p) {
     auto* h = holder(p);
-    if (replaying || !h || h->second.used >= h->second.bytes) return true;
+    if (!h || h->second.used >= h->second.bytes) return true;
     const auto& [start, a] = *h;
     const unsigned char* tail = reinterpret_cast<const unsigned char*>(start + a.used);
     size_t n = a.bytes - a.used, i = 0;
@@ -200,6 +195,21 @@ EMU_UNCHECKED bool tail_intact(const char* what, CUdeviceptr p) {
             what, a.used, start, a.used + i, a.bytes);
     refill_tail(p);
     return false;
+}
+
+// Records that the allocation at `p` now holds a tensor of `bytes` and sets the bytes past it
+// to NaN bytes; false (and a line naming `what`) if `p` is not the start of an allocation of
+// at least `bytes`.
+EMU_UNCHECKED bool mark_in_use(CUdeviceptr p, size_t bytes, const char* what) {
+    auto it = allocations.find(p);
+    if (it == allocations.end() || bytes > it->second.bytes) {
+        fprintf(stderr, "emulated CUDA: %s: 0x%llx is not the start of an allocation of %zu bytes or more\n", what, p,
+                bytes);
+        return false;
+    }
+    it->second.used = bytes;
+    memset(reinterpret_cast<void*>(p + bytes), 0xff, it->second.bytes - bytes);
+    return true;
 }
 
 // Whether every pointer argument of a launch points into an allocation.
@@ -265,6 +275,7 @@ void each_written(const Node& node, F f) {
         case Node::Memset:
         case Node::CopyDtoD: f(node.dst); break;
         case Node::Product: f(reinterpret_cast<CUdeviceptr>(node.gemm.c)); break;
+        case Node::InUse: break;
     }
 }
 
@@ -275,6 +286,7 @@ const char* named(const Node& node) {
         case Node::Memset: return "a memset";
         case Node::CopyDtoD: return "a copy";
         case Node::Product: return "a cuBLAS product";
+        case Node::InUse: return "a tensor's allocation";
     }
     return "an operation";
 }
@@ -300,6 +312,8 @@ CUresult run_node(const Node& node) {
             memmove(reinterpret_cast<void*>(node.dst), reinterpret_cast<const void*>(node.src), node.bytes);
             break;
         case Node::Product: run_gemm(node.gemm); break;
+        case Node::InUse:
+            return mark_in_use(node.dst, node.bytes, "a graph's tensor allocation") ? EMU_SUCCESS : EMU_INVALID_VALUE;
         default: return EMU_INVALID_VALUE;
     }
     bool intact = true;
@@ -636,20 +650,11 @@ ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
     LOCKED;
     Stream* stream = stream_of(s);
     const std::vector<Node>& nodes = static_cast<Graph*>(exec)->nodes;
-    CUresult result = EMU_SUCCESS;
-    struct Replaying {
-        Replaying() { replaying = true; }
-        ~Replaying() { replaying = false; }
-    };
-    {
-        Replaying during;
-        for (const Node& node : nodes)
-            if ((result = queue(stream, node))) break;
-    }
-    // The blocks the replay wrote hold the tensors they were last handed out for: the rest of
-    // each is the graph's scratch, now dead.
-    for (const Node& node : nodes) each_written(node, refill_tail);
-    return result;
+    // The blocks the capture handed out are given their tensors' sizes again where it did
+    // (InUse nodes), so each of the replay's writes is checked against the tensor it was for.
+    for (const Node& node : nodes)
+        if (CUresult result = queue(stream, node)) return result;
+    return EMU_SUCCESS;
 }
 ENTRY CUresult cuGraphExecDestroy(void* exec) {
     delete static_cast<Graph*>(exec);
@@ -666,18 +671,20 @@ ENTRY const int sinapse_emulated_driver = 1;
 // The host code's word that the allocation at `p` now holds a tensor of `bytes` (its
 // allocator rounds blocks up, and reuses them): the bytes past it are set to NaN bytes, and
 // each kernel (through a pointer argument), copy, memset or product that writes into the
-// allocation after that, outside a graph's replay, must leave them so, or fails
-// (CUDA_ERROR_LAUNCH_FAILED) after a line naming it. 0, or 1 if `p` is not
-// the start of an allocation of at least `bytes`.
+// allocation after that must leave them so, or fails (CUDA_ERROR_LAUNCH_FAILED) after a line
+// naming it. Said while this thread captures a stream, it is also recorded there, so that
+// each replay of the graph gives the block this size at the same point. 0, or 1 if `p` is
+// not the start of an allocation of at least `bytes` (its tensor's end is then not checked).
 ENTRY int sinapse_emulated_in_use(CUdeviceptr p, size_t bytes) {
     LOCKED;
-    auto it = allocations.find(p);
-    if (it == allocations.end() || bytes > it->second.bytes) {
-        complain("sinapse_emulated_in_use: not the start of an allocation that large (its tensor's end is not checked)");
-        return 1;
-    }
-    it->second.used = bytes;
-    memset(reinterpret_cast<void*>(p + bytes), 0xff, it->second.bytes - bytes);
+    if (!mark_in_use(p, bytes, "sinapse_emulated_in_use (its tensor's end is not checked)")) return 1;
+    for (Stream* s : streams)
+        if (s->capturing && !s->invalidated && s->capturer == std::this_thread::get_id()) {
+            Node node{Node::InUse};
+            node.dst = p, node.bytes = bytes;
+            s->nodes->push_back(std::move(node));
+            break;
+        }
     return 0;
 }
 
