@@ -36,15 +36,43 @@ fn waits(name: &str) -> bool {
     gpu::kernel_text(name).contains("__syncthreads")
 }
 
+/// The buffers an optimizer launch's list (its first parameter, `UpdateList`) names, for the
+/// emulated driver's checks: each parameter's values and state buffers (written), its
+/// gradient and its staged numbers (read).
+const LIST_ADDRESSES: &str = r#"
+EMU_UNCHECKED static void emu_list_addresses(void* const* params,
+                                             void (*visit)(void*, unsigned long long, unsigned long long, bool),
+                                             void* ctx) {
+    const UpdateList& l = *static_cast<const UpdateList*>(params[0]);
+    if (l.count > LIST_MAX) return visit(ctx, 0, 0, false);
+    for (unsigned int t = 0; t < l.count; ++t) {
+        u64 bytes = l.n[t] * sizeof(float);
+        visit(ctx, l.w[t], bytes, true);
+        visit(ctx, l.g[t], bytes, false);
+        if (l.s0[t]) visit(ctx, l.s0[t], bytes, true);
+        if (l.s1[t]) visit(ctx, l.s1[t], bytes, true);
+        if (l.staged[t]) visit(ctx, l.staged[t], sizeof l.nums[t], false);
+    }
+}
+"#;
+
+/// Whether kernel `name` takes an optimizer's list of buffers (`UpdateList`) first.
+fn takes_list(name: &str) -> bool {
+    gpu::kernel_text(name).contains(&format!(" void {name}(UpdateList "))
+}
+
 /// `kernels.cu` as the emulator compiles it: its kernels, then their table (name, caller,
-/// whether it waits at barriers, parameter sizes).
+/// whether it waits at barriers, parameter sizes, which are pointers, and for the optimizers
+/// the buffers their lists name).
 fn kernels_source() -> String {
     let mut source = String::from(gpu::SOURCE);
+    source.push_str(LIST_ADDRESSES);
     source.push_str("\nconst EmuKernel emu_kernels[] = {\n");
     for name in KERNELS {
+        let list = if takes_list(name) { ", emu_list_addresses" } else { "" };
         source.push_str(&format!(
             "    {{\"{name}\", [](void** p) {{ emu_invoke({name}, p); }}, {}, emu_count({name}), emu_sizes({name}), \
-             emu_pointers({name})}},\n",
+             emu_pointers({name}){list}}},\n",
             waits(name)
         ));
     }
@@ -178,10 +206,10 @@ static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 static IN_USE: std::sync::OnceLock<unsafe extern "C" fn(u64, usize) -> std::ffi::c_int> = std::sync::OnceLock::new();
 
 /// Tells the emulated driver, where it is installed, that the block at `ptr` now holds a
-/// tensor of `bytes`: a kernel (through a pointer argument), copy or product that then writes
-/// past that inside the block (the allocator rounds blocks up) fails; said during a capture,
-/// it is recorded in the graph and said again at that point of each replay. Nothing on a
-/// real GPU.
+/// tensor of `bytes`: a kernel (through a pointer argument or an optimizer's list of
+/// buffers), copy or product that then writes past that inside the block (the allocator
+/// rounds blocks up) fails; said during a capture, it is recorded in the graph and said
+/// again at that point of each replay. Nothing on a real GPU.
 pub(crate) fn in_use(ptr: u64, bytes: usize) {
     if let Some(mark) = IN_USE.get() {
         // SAFETY: the driver's function, which looks `ptr` up among its allocations (under
@@ -538,6 +566,59 @@ int main(int argc, char** argv) {
         let said = String::from_utf8_lossy(&out.stderr);
         let want = "emulated CUDA: write_at wrote past the end of the 40-byte tensor at 0x";
         assert!(said.contains(want) && said.contains(": byte 40 of its 512-byte block"), "{said}");
+    }
+
+    /// Launches `sgd` through the driver on a list of one parameter of the length given, its
+    /// values a tensor of 100 floats in a 512-byte block and its gradient 200 floats of 1,
+    /// and prints the launch's status.
+    const OPTIMIZER_LIST_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    void* context;
+    CUdeviceptr w, g;
+    void* f;
+    float ones[200];
+    for (float& v : ones) v = 1.0f;
+    if (argc < 2 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
+        cuMemAlloc_v2(&w, 512) != EMU_SUCCESS || sinapse_emulated_in_use(w, 400) != 0 ||
+        cuMemAlloc_v2(&g, 800) != EMU_SUCCESS || cuMemcpyHtoD_v2(g, ones, 800) != EMU_SUCCESS ||
+        cuMemcpyHtoD_v2(w, ones, 400) != EMU_SUCCESS || cuModuleGetFunction(&f, nullptr, "sgd") != EMU_SUCCESS)
+        return 2;
+    UpdateList l{};
+    l.count = 1, l.start[1] = 1, l.n[0] = strtoull(argv[1], nullptr, 10), l.w[0] = w, l.g[0] = g;
+    l.nums[0][0] = 0.5f;
+    float mu = 0.0f, wd = 0.0f, unused = 0.0f;
+    int nesterov = 0;
+    void* params[] = {&l, &mu, &wd, &unused, &unused, &nesterov};
+    printf("%d\n", cuLaunchKernel(f, 1, 1, 1, 256, 1, 1, 0, nullptr, params, nullptr));
+    return 0;
+}
+"#;
+
+    /// The buffers an optimizer's list names are checked as pointer arguments are: updating
+    /// the values' 100 floats passes, a 101st (inside the block) fails the launch naming the
+    /// kernel, and a list reaching past the block's allocation is refused before it runs.
+    #[test]
+    fn an_optimizer_list_past_its_tensors_fails() {
+        let scratch = Scratch::new().expect("a scratch folder");
+        let source = format!("{}\n{}\n{OPTIMIZER_LIST_MAIN}", kernels_source(), include_str!("emulated_driver.cpp"));
+        let Some(exe) = test_program(&scratch, "optimizer_list", &source, false) else { return };
+        let run = |n: &str| std::process::Command::new(&exe).arg(n).output().expect("the program runs");
+        let out = run("100");
+        assert!(out.status.success(), "100 values: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "100 values: {out:?}");
+        let out = run("101");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "101 values: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        let want = "emulated CUDA: sgd wrote past the end of the 400-byte tensor at 0x";
+        assert!(said.contains(want) && said.contains(": byte 400 of its 512-byte block"), "{said}");
+        let out = run("200");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n", "200 values: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("emulated CUDA: sgd: the 800 bytes at 0x")
+                && said.contains("its list names are in no allocation"),
+            "{said}"
+        );
     }
 
     /// The emulated driver's allocations end at an inaccessible page: the last element can be

@@ -9,13 +9,13 @@
 //
 // Stricter than CUDA where Sinapse's design promises more: an allocation or free during a
 // capture is refused (the graph's pool never asks the driver), and a copy, memset, cuBLAS
-// operand or kernel pointer argument outside every allocation is refused, at each replay too
-// (CUDA would fault or read garbage). New allocations are filled with NaN bytes, so that
-// reading memory nothing wrote shows, and each ends where an inaccessible page begins, so
-// that a kernel or product reaching past an allocation's end stops the process there, with
-// a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
+// operand, kernel pointer argument or buffer an optimizer's list names outside every
+// allocation is refused, at each replay too (CUDA would fault or read garbage). New
+// allocations are filled with a NaN, so that reading memory nothing wrote shows, and each
+// ends where an inaccessible page begins, so that a kernel or product reaching past an
+// allocation's end stops the process there, with a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
 // allocator's blocks are rounded up: the host code says what size of tensor each holds, and a
-// kernel (through a pointer argument: not the optimizers' address lists), copy or product
+// kernel (through a pointer argument or an optimizer's list of buffers), copy or product
 // that writes past that inside the block fails, naming itself; in a graph's replay too, where
 // each block the capture handed out is given its tensor's size again at that point).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
@@ -167,30 +167,55 @@ CUresult unsafe_in_capture(const char* what) {
     return EMU_SUCCESS;
 }
 
-// Sets the bytes past the end of the tensor in the allocation that holds `p` to NaN bytes
-// again (after a report of a write there).
+// What memory nothing has written holds (a new allocation, a block past its tensor's end):
+// 0x7fa5a5a5 in each 4-byte word, a signalling NaN. Arithmetic on it gives a quiet NaN, so that
+// a kernel updating a value past its tensor's end from that value (w[i] -= lr * g[i]) changes
+// the bits; an all-ones NaN, already quiet, would come back unchanged.
+const uint64_t unwritten_word = 0x7fa5a5a57fa5a5a5ull;
+unsigned char unwritten_byte(uintptr_t at) { return (unwritten_word >> (8 * (at % 8))) & 0xff; }
+
+// Fills [p, p + n) with unwritten_word's bytes (by address, so that each float is the NaN).
+EMU_UNCHECKED void fill_unwritten(uintptr_t p, size_t n) {
+    unsigned char* b = reinterpret_cast<unsigned char*>(p);
+    size_t i = 0;
+    for (; i < n && (p + i) % 8; ++i) b[i] = unwritten_byte(p + i);
+    for (; i + 8 <= n; i += 8) memcpy(b + i, &unwritten_word, 8);
+    for (; i < n; ++i) b[i] = unwritten_byte(p + i);
+}
+
+// The offset of the first byte of [p, p + n) that fill_unwritten's differs from, or n.
+EMU_UNCHECKED size_t first_written(uintptr_t p, size_t n) {
+    const unsigned char* b = reinterpret_cast<const unsigned char*>(p);
+    size_t i = 0;
+    for (; i < n && (p + i) % 8; ++i)
+        if (b[i] != unwritten_byte(p + i)) return i;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t word;
+        memcpy(&word, b + i, 8);
+        if (word != unwritten_word) break;
+    }
+    for (; i < n; ++i)
+        if (b[i] != unwritten_byte(p + i)) return i;
+    return n;
+}
+
+// Sets the bytes past the end of the tensor in the allocation that holds `p` to the unwritten
+// NaN again (after a report of a write there).
 EMU_UNCHECKED void refill_tail(CUdeviceptr p) {
     auto* h = holder(p);
-    if (h && h->second.used < h->second.bytes)
-        memset(reinterpret_cast<void*>(h->first + h->second.used), 0xff, h->second.bytes - h->second.used);
+    if (h && h->second.used < h->second.bytes) fill_unwritten(h->first + h->second.used, h->second.bytes - h->second.used);
 }
 
 // Whether the bytes past the end of the tensor in the allocation that holds `p` still hold
-// the NaN bytes sinapse_emulated_in_use wrote there; if not, says that `what` wrote past it.
+// the NaN sinapse_emulated_in_use wrote there; if not, says that `what` wrote past it.
 // The tail is set again after a report, so that the next operation is not blamed for it.
 EMU_UNCHECKED bool tail_intact(const char* what, CUdeviceptr p) {
     auto* h = holder(p);
     if (!h || h->second.used >= h->second.bytes) return true;
     const auto& [start, a] = *h;
-    const unsigned char* tail = reinterpret_cast<const unsigned char*>(start + a.used);
-    size_t n = a.bytes - a.used, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t word;
-        memcpy(&word, tail + i, 8);
-        if (word != ~0ull) break;
-    }
-    while (i < n && tail[i] == 0xff) ++i;
+    size_t n = a.bytes - a.used, i = first_written(start + a.used, n);
     if (i == n) return true;
+    i -= std::min(i, static_cast<size_t>((start + a.used + i) % 4));  // the changed float's first byte
     fprintf(stderr, "emulated CUDA: %s wrote past the end of the %zu-byte tensor at 0x%llx: byte %zu of its %zu-byte block\n",
             what, a.used, start, a.used + i, a.bytes);
     refill_tail(p);
@@ -198,7 +223,7 @@ EMU_UNCHECKED bool tail_intact(const char* what, CUdeviceptr p) {
 }
 
 // Records that the allocation at `p` now holds a tensor of `bytes` and sets the bytes past it
-// to NaN bytes; false (and a line naming `what`) if `p` is not the start of an allocation of
+// to the unwritten NaN; false (and a line naming `what`) if `p` is not the start of an allocation of
 // at least `bytes`.
 EMU_UNCHECKED bool mark_in_use(CUdeviceptr p, size_t bytes, const char* what) {
     auto it = allocations.find(p);
@@ -208,11 +233,25 @@ EMU_UNCHECKED bool mark_in_use(CUdeviceptr p, size_t bytes, const char* what) {
         return false;
     }
     it->second.used = bytes;
-    memset(reinterpret_cast<void*>(p + bytes), 0xff, it->second.bytes - bytes);
+    fill_unwritten(p + bytes, it->second.bytes - bytes);
     return true;
 }
 
-// Whether every pointer argument of a launch points into an allocation.
+// Calls f(address, bytes, written) for each buffer a launch's parameters name inside a struct
+// (an optimizer's list; EmuKernel::addresses).
+template <typename F>
+void each_listed(const EmuKernel* kernel, void* const* params, F f) {
+    if (!kernel->addresses) return;
+    kernel->addresses(
+        params,
+        [](void* ctx, unsigned long long p, unsigned long long bytes, bool written) {
+            (*static_cast<F*>(ctx))(p, bytes, written);
+        },
+        &f);
+}
+
+// Whether every pointer argument of a launch points into an allocation, and every buffer
+// its list names (an optimizer's) lies inside one.
 bool pointers_inside(const EmuKernel* kernel, void* const* params) {
     for (size_t i = 0; i < kernel->param_count; ++i)
         if (kernel->param_pointers[i]) {
@@ -223,7 +262,15 @@ bool pointers_inside(const EmuKernel* kernel, void* const* params) {
                 return false;
             }
         }
-    return true;
+    bool all = true;
+    each_listed(kernel, params, [&](CUdeviceptr p, size_t bytes, bool) {
+        if (all && (!p || !inside(p, std::max<size_t>(bytes, 1)))) {
+            fprintf(stderr, "emulated CUDA: %s: the %zu bytes at 0x%llx its list names are in no allocation\n",
+                    kernel->name, bytes, p);
+            all = false;
+        }
+    });
+    return all;
 }
 
 float tf32_round(float v) {
@@ -259,19 +306,27 @@ EMU_UNCHECKED void run_gemm(const Gemm& g) {
     }
 }
 
-// Calls `f` with the address of each block `node` may write: a kernel's pointer arguments, a
-// memset's or copy's destination, a product's C.
+// Calls `f` with the address of each block `node` may write: a kernel's pointer arguments and
+// the buffers its list writes (an optimizer's), a memset's or copy's destination, a
+// product's C.
 template <typename F>
 void each_written(const Node& node, F f) {
     switch (node.kind) {
-        case Node::Kernel:
-            for (size_t i = 0; i < node.kernel->param_count; ++i)
+        case Node::Kernel: {
+            std::vector<void*> params;
+            for (size_t i = 0; i < node.kernel->param_count; ++i) {
+                params.push_back(const_cast<unsigned char*>(node.params[i].data()));
                 if (node.kernel->param_pointers[i]) {
                     CUdeviceptr p;
                     memcpy(&p, node.params[i].data(), sizeof p);
                     f(p);
                 }
+            }
+            each_listed(node.kernel, params.data(), [&](CUdeviceptr p, size_t, bool written) {
+                if (written) f(p);
+            });
             break;
+        }
         case Node::Memset:
         case Node::CopyDtoD: f(node.dst); break;
         case Node::Product: f(reinterpret_cast<CUdeviceptr>(node.gemm.c)); break;
@@ -452,7 +507,7 @@ static CUresult allocate(CUdeviceptr* p, size_t bytes) {
         return EMU_OUT_OF_MEMORY;
     }
     char* mem = guard - span;
-    memset(mem, 0xff, bytes);  // NaN until written
+    fill_unwritten(reinterpret_cast<uintptr_t>(mem), bytes);  // NaN until written
     *p = reinterpret_cast<CUdeviceptr>(mem);
     allocations[*p] = {bytes, bytes, static_cast<char*>(base), length};
     allocated += bytes;
@@ -669,8 +724,8 @@ ENTRY CUresult cuGraphDestroy(void* graph) {
 ENTRY const int sinapse_emulated_driver = 1;
 
 // The host code's word that the allocation at `p` now holds a tensor of `bytes` (its
-// allocator rounds blocks up, and reuses them): the bytes past it are set to NaN bytes, and
-// each kernel (through a pointer argument), copy, memset or product that writes into the
+// allocator rounds blocks up, and reuses them): the bytes past it are set to a NaN, and
+// each kernel (through a pointer argument or list), copy, memset or product that writes into the
 // allocation after that must leave them so, or fails (CUDA_ERROR_LAUNCH_FAILED) after a line
 // naming it. Said while this thread captures a stream, it is also recorded there, so that
 // each replay of the graph gives the block this size at the same point. 0, or 1 if `p` is

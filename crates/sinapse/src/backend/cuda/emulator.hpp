@@ -158,6 +158,12 @@ struct EmuKernel {
     std::size_t param_count;
     const std::size_t* param_sizes;
     const bool* param_pointers;
+    // For a kernel that takes device addresses inside a struct (an optimizer's list of
+    // buffers): calls visit(ctx, address, bytes, written) for each buffer the launch's
+    // parameters name, address 0 for a list it cannot read; null for the other kernels.
+    void (*addresses)(void* const* params, void (*visit)(void* ctx, unsigned long long address, unsigned long long bytes,
+                                                        bool written),
+                      void* ctx) = nullptr;
 };
 extern const EmuKernel emu_kernels[];  // after kernels.cu, in the emulator's last part
 extern const std::size_t emu_kernel_count;
