@@ -219,6 +219,21 @@ pub enum ReduceOp {
     ArgMin,
 }
 
+/// One number over a batch of rows `[rows, classes]` with a class index for each
+/// (`Storage::class_total`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum ClassTotal {
+    /// `scale · Σ x[i, class_i]`: of log-probabilities with `scale = -1/rows`, the mean
+    /// cross-entropy.
+    Picked {
+        /// The factor applied to the sum.
+        scale: f32,
+    },
+    /// How many rows have their first largest value (the first NaN, where there is one) at
+    /// their class: the correct answers, from logits.
+    Correct,
+}
+
 /// Shape of a 2-D sliding window over an `[N, C, H, W]` input: kernel size, stride, zero
 /// padding on each side and dilation (spacing between kernel taps), per axis (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,6 +21,7 @@ mod lstm;
 pub use cpu::fastmath::simd_level;
 pub use cpu::simd::CAPABILITY_VAR;
 pub use cuda::{LaunchCounts, MemoryStats};
+pub(crate) use kernels::ClassTotal;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
     STAGED,
@@ -921,6 +922,33 @@ impl Storage {
                 Ok(Storage::Cuda(s.cross_entropy_grad(l, c, classes_l, g, g_l, scale)?))
             }
             (s, c, g) => Err(mismatch("cross_entropy", &[s, c, g])),
+        }
+    }
+
+    /// A [`ClassTotal`] of the rows of `self` (`[rows, classes]` at `l`) and `classes`
+    /// (`[rows]`) as a scalar, in one launch where the device has a kernel for it (CUDA, for
+    /// batches of up to [`cuda::CLASS_TOTAL_MAX`] values); `None` elsewhere (the CPU), where
+    /// the caller composes a gather or argmax, a comparison and a sum.
+    pub(crate) fn class_total(
+        &self,
+        l: &Layout,
+        classes: &Storage,
+        classes_l: &Layout,
+        total: ClassTotal,
+    ) -> Result<Option<Storage>> {
+        same_device("class_total", &[self, classes])?;
+        match *l.shape() {
+            [rows, _] if classes_l.shape() == [rows] => {}
+            ref s => {
+                return Err(Error::invalid(
+                    "class_total",
+                    format!("values {s:?} and classes {:?}, not [rows, classes] and [rows]", classes_l.shape()),
+                ))
+            }
+        }
+        match (self, classes) {
+            (Storage::Cuda(s), Storage::Cuda(c)) => Ok(s.class_total(l, c, classes_l, total)?.map(Storage::Cuda)),
+            _ => Ok(None),
         }
     }
 

@@ -70,7 +70,7 @@ pub fn binary_cross_entropy_with_logits(x: &Tensor, y: &Tensor) -> Result<Tensor
 /// the gradients of `log_softmax`, `gather`, `mean_all` and `neg` took about ten, with the
 /// same values bit for bit.
 pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
-    use crate::backend::{ReduceOp, UnaryOp};
+    use crate::backend::{ClassTotal, ReduceOp, UnaryOp};
     use crate::layout::Layout;
     if logits.rank() != 2 || classes.shape() != [logits.shape()[0]] {
         return Err(Error::shapes("cross_entropy (logits [N, C], classes [N])", logits.shape(), classes.shape()));
@@ -78,20 +78,29 @@ pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
     let (rows, n) = (logits.shape()[0], logits.shape()[1]);
     let lp_l = Layout::contiguous(&[rows, n]);
     let log_probs = logits.softmax_kernel(1, true)?;
-    let index_l = classes.layout().unsqueeze(1)?;
-    let picked =
-        Tensor::with_storages([classes], |[c]| log_probs.gather(&lp_l, 1, c, &index_l)).map_err(|e| match e {
-            // The user passed labels, not indices into a gather: say so in their terms.
-            Error::IndexOutOfRange { index, size, .. } => Error::invalid(
-                "cross_entropy",
-                format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
-            ),
-            other => other,
-        })?;
     // -(Σ picked · (1/N)) is Σ picked · (-(1/N)): a product's rounding does not depend on signs.
     let scale = -(1.0 / rows as f32);
-    let total = picked.reduce(&Layout::contiguous(&[rows, 1]), None, ReduceOp::Sum)?;
-    let loss = total.unary(&Layout::contiguous(&[]), UnaryOp::Affine { mul: scale, add: 0.0 })?;
+    // One launch where the device has a kernel for the whole sum (a GPU, small batches).
+    let picked_sum = ClassTotal::Picked { scale };
+    let fused = Tensor::with_storages([classes], |[c]| log_probs.class_total(&lp_l, c, classes.layout(), picked_sum))?;
+    let loss = match fused {
+        Some(loss) => loss,
+        None => {
+            let index_l = classes.layout().unsqueeze(1)?;
+            let picked = Tensor::with_storages([classes], |[c]| log_probs.gather(&lp_l, 1, c, &index_l)).map_err(
+                |e| match e {
+                    // The user passed labels, not indices into a gather: say so in their terms.
+                    Error::IndexOutOfRange { index, size, .. } => Error::invalid(
+                        "cross_entropy",
+                        format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
+                    ),
+                    other => other,
+                },
+            )?;
+            let total = picked.reduce(&Layout::contiguous(&[rows, 1]), None, ReduceOp::Sum)?;
+            total.unary(&Layout::contiguous(&[]), UnaryOp::Affine { mul: scale, add: 0.0 })?
+        }
+    };
     let classes = classes.detach();
     Ok(Tensor::from_op(loss, &[], "cross_entropy", &[logits], move |g, x, _| {
         Ok(vec![crate::ops::grad_if(&x[0], || {

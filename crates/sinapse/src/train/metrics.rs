@@ -198,8 +198,19 @@ pub fn correct_count(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<u
     Ok(correct(logits, labels)?.to_scalar()? as usize)
 }
 
-/// [`correct_count`] as a scalar tensor where the logits are (nothing read to the host).
+/// [`correct_count`] as a scalar tensor where the logits are (nothing read to the host): in
+/// one launch where the device has a kernel for it (a GPU, for `[rows, classes]` logits of a
+/// small batch), else as argmax, comparison and sum.
 pub(crate) fn correct(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<crate::Tensor> {
+    use crate::backend::ClassTotal;
+    if logits.rank() == 2 && labels.shape() == [logits.shape()[0]] {
+        let fused = crate::Tensor::with_storages([logits, labels], |[x, c]| {
+            x.class_total(logits.layout(), c, labels.layout(), ClassTotal::Correct)
+        })?;
+        if let Some(count) = fused {
+            return Ok(crate::Tensor::from_storage(count, crate::layout::Layout::contiguous(&[])));
+        }
+    }
     let predicted = logits.argmax(logits.rank().saturating_sub(1), false)?;
     predicted.eq(labels)?.sum_all()
 }

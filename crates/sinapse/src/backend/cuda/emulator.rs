@@ -644,6 +644,72 @@ fn the_lstm_cell_and_its_backward_match_the_cpu() {
     });
 }
 
+/// `class_total` against the CPU's ops: the picked log-probabilities' scaled sum, and the
+/// rows whose argmax (the CPU's: first largest, NaN first) is at their class, over a
+/// transposed view with labels at an offset; bad labels count as wrong, and in the sum are
+/// reported as cross_entropy's.
+#[test]
+fn class_totals_match_the_composed_ops() {
+    use crate::backend::cpu::CpuStorage;
+    use crate::backend::{BackendStorage, ReduceOp};
+    each_order(|emu| {
+        let st = |l: &Layout| Strided::of(l, "test").unwrap();
+        // 1,500 rows: more than a block's 1,024 threads, so a thread takes several rows.
+        for rows in [5usize, 100, 1500] {
+            let n = 7usize;
+            let mut stored = values(n * rows, 81); // [n, rows], viewed as [rows, n]
+            stored[3 * rows + 1] = f32::NAN; // row 1: NaN at 3 and 5, the first wins
+            stored[5 * rows + 1] = f32::NAN;
+            stored[2 * rows + 2] = 9.0; // row 2: a tie at 2 and 4, the first wins
+            stored[4 * rows + 2] = 9.0;
+            let lx = Layout::contiguous(&[n, rows]).transpose(0, 1).unwrap();
+            let CpuStorage::F32(argmax) =
+                CpuStorage::F32(stored.clone()).reduce(&lx, Some(1), ReduceOp::ArgMax).unwrap();
+            assert_eq!((argmax[1], argmax[2]), (3.0, 2.0));
+            // Every third label the argmax; bad labels at rows 3 to 5.
+            let mut labels: Vec<f32> =
+                (0..rows).map(|i| if i % 3 == 0 { argmax[i] } else { ((i * 5) % n) as f32 }).collect();
+            let picked_sum = |labels: &[f32]| {
+                labels.iter().enumerate().map(|(i, &c)| f64::from(stored[c as usize * rows + i])).sum::<f64>()
+            };
+            let want_sum = picked_sum(&labels) as f32 * -0.125;
+            if rows > 5 {
+                labels[3..6].copy_from_slice(&[2.5, 7.0, -1.0]);
+            }
+            let correct = labels.iter().zip(&argmax).filter(|(c, a)| c == a).count() as f32;
+            let mut buffer = vec![-3.0f32; rows];
+            buffer.extend(&labels);
+            let lc = Layout::contiguous(&[2 * rows]).narrow(0, rows, rows).unwrap();
+            let (r, c) = (rows as u64, n as u64);
+            let cfg = gpu::blocks(1, (rows.clamp(32, 1024).next_power_of_two()) as u32);
+            let (mut out, mut err) = ([f32::NAN; 2], [0u32; 4]);
+            let (one, scale) = (1i32, 1.0f32);
+            emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, one, scale, addr_mut(&mut err));
+            assert_eq!((out[0], err), (correct, [0; 4]), "correct answers of {rows} rows");
+            assert!(out[1].is_nan(), "class_total wrote past its one value");
+            if rows > 5 {
+                // The sum over good labels (the one before the bad ones were put in).
+                buffer[rows + 3..rows + 6].copy_from_slice(&[0.0, 1.0, 2.0]);
+                let good: Vec<f32> = buffer[rows..].to_vec();
+                let want_good = picked_sum(&good) as f32 * -0.125;
+                let (zero, scale) = (0i32, -0.125f32);
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
+                assert_eq!(differs(&out[..1], &[want_good]), None, "picked sum of {rows} rows");
+                assert_eq!(err, [0; 4]);
+                // A label that is not a class index: reported as cross_entropy's (code 5).
+                buffer[rows + 4] = 7.0;
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
+                assert_eq!(err, [5, 7.0f32.to_bits(), 7, 0], "a bad label in the picked sum");
+            } else {
+                let (zero, scale) = (0i32, -0.125f32);
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
+                assert_eq!(differs(&out[..1], &[want_sum]), None, "picked sum of {rows} rows");
+                assert_eq!(err, [0; 4]);
+            }
+        }
+    });
+}
+
 #[test]
 fn copies_fills_bias_and_cross_entropy_match_the_cpu() {
     use crate::backend::cpu::CpuStorage;

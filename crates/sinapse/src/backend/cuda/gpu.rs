@@ -39,6 +39,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "reduce_block",
     "softmax",
     "cross_entropy_grad",
+    "class_total",
     "index_select",
     "index_add",
     "gather",

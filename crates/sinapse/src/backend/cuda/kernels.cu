@@ -361,6 +361,49 @@ extern "C" __global__ void cross_entropy_grad(const float* lp, Strided llp, cons
     }
 }
 
+// One number over a batch: rows of x [rows, n] and a class for each, summed in double in a
+// fixed order by one block (the host uses it for up to 65,536 values: a step's loss and its
+// correct answers, one launch each instead of three):
+//   op 0: scale·Σ x[i, class_i] (x the log-probabilities and scale -1/rows: the mean
+//         cross-entropy; a class that is not an index is reported as cross_entropy's);
+//   op 1: how many rows have their first largest value (the first NaN, where there is one,
+//         as argmax gives) at class_i (x the logits; a class that is not an index matches
+//         no row, as argmax's index compared with it does not).
+extern "C" __global__ __launch_bounds__(1024) void class_total(const float* x, Strided lx, const float* classes,
+                                                             Strided lc, float* out, u64 rows, u64 n, int op,
+                                                             float scale, unsigned int* err) {
+    __shared__ double sums[1024];
+    unsigned int t = threadIdx.x;
+    double s = 0.0;
+    for (u64 i = t; i < rows; i += blockDim.x) {
+        float v = classes[at(lc, i)];
+        if (op == 0) {
+            if (!index_ok(v, n)) {
+                report(err, 5, v, n);
+                continue;
+            }
+            s += (double)x[at(lx, i * n + (u64)v)];
+        } else {
+            Best b = {x[at(lx, i * n)], 0};
+            for (u64 c = 1; c < n; ++c) {
+                float w = x[at(lx, i * n + c)];
+                if (beats(3, w, c, b)) {
+                    b.v = w;
+                    b.at = c;
+                }
+            }
+            if ((float)b.at == v) s += 1.0;
+        }
+    }
+    sums[t] = s;
+    __syncthreads();
+    for (unsigned int half = blockDim.x / 2; half > 0; half /= 2) {
+        if (t < half) sums[t] += sums[t + half];
+        __syncthreads();
+    }
+    if (t == 0) out[0] = op == 0 ? __fmul_rn((float)sums[0], scale) : (float)sums[0];
+}
+
 // ---------------------------------------------------------------------------------------
 // Indexing. `ids` are f32 whole numbers; op codes for errors: 1 index_select, 2 index_add,
 // 3 gather, 4 scatter_add, 5 cross_entropy.

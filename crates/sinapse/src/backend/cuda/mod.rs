@@ -21,7 +21,8 @@ use std::sync::Arc;
 use cudarc::cublas::sys::cublasOperation_t;
 
 use super::{
-    BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, StepItem, UnaryOp, Window, STAGED,
+    BackendStorage, BinaryOp, ClassTotal, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, StepItem, UnaryOp,
+    Window, STAGED,
 };
 use crate::layout::{contiguous_strides, Layout};
 use crate::{Device, Error, Result};
@@ -136,6 +137,34 @@ impl CudaStorage {
             launch!(gpu, "arange", grid(n); s.block.ptr, count, start, step)?;
         }
         Ok(s)
+    }
+
+    /// A [`ClassTotal`] of the rows of this `[rows, n]` buffer at `l` and their `classes`
+    /// (checked by `Storage::class_total`), by one block, for `rows·n` up to
+    /// [`CLASS_TOTAL_MAX`] with `n` at least 1; `None` for other sizes (one block would be
+    /// slow there, or, with no classes, the composed ops' error is wanted).
+    pub(crate) fn class_total(
+        &self,
+        l: &Layout,
+        classes: &Self,
+        classes_l: &Layout,
+        total: ClassTotal,
+    ) -> Result<Option<Self>> {
+        let (rows, n) = (l.shape()[0], l.shape()[1]);
+        if rows == 0 || n == 0 || rows.saturating_mul(n) > CLASS_TOTAL_MAX {
+            return Ok(None);
+        }
+        let (what, op, scale) = match total {
+            ClassTotal::Picked { scale } => ("cross_entropy", 0i32, scale),
+            ClassTotal::Correct => ("correct answers", 1, 1.0),
+        };
+        let gpu = self.gpu();
+        let out = CudaStorage::alloc(gpu, 1, what)?;
+        let (lx, lc) = (Strided::of(l, what)?, Strided::of(classes_l, what)?);
+        let (r, c) = (rows as u64, n as u64);
+        launch!(gpu, "class_total", blocks(1, lane_threads(rows));
+            self.block.ptr, lx, classes.block.ptr, lc, out.block.ptr, r, c, op, scale, gpu.errors_ptr)?;
+        Ok(Some(out))
     }
 
     /// The matrix operand `[batch.., rows, cols]` at `l` as cuBLAS reads it, copied to a
@@ -275,6 +304,10 @@ fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
         None => (1, shape.iter().product(), 1),
     }
 }
+
+/// Most values (`rows·classes`) of a batch whose [`ClassTotal`] one block takes: a training
+/// step's loss and correct answers (larger ones take the composed ops, over many blocks).
+pub(crate) const CLASS_TOTAL_MAX: usize = 1 << 16;
 
 /// A power of two of threads for one block per lane of `len` values (32 to 1024).
 fn lane_threads(len: usize) -> u32 {
