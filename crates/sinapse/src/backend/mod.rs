@@ -1231,6 +1231,28 @@ impl Storage {
         }
     }
 
+    /// Max pooling followed by a ReLU, in one launch where the device has a kernel for it
+    /// (CUDA): the maxima's ReLU, and taps that [`Storage::max_pool2d_backward`] turns into
+    /// the two ops' gradient (a window whose maximum is not positive sends none). `None`
+    /// elsewhere (the CPU), where the caller runs the two ops.
+    pub(crate) fn max_pool2d_relu(
+        &self,
+        l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+    ) -> Result<Option<(Storage, Storage)>> {
+        let [n, c, _, _] = dims.input;
+        let out = [2, n, c, dims.output[0], dims.output[1]];
+        room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "max_pool2d")?;
+        match self {
+            Storage::Cpu(_) => Ok(None),
+            Storage::Cuda(s) => {
+                let (v, t) = s.max_pool(l, dims, win, true)?;
+                Ok(Some((Storage::Cuda(v), Storage::Cuda(t))))
+            }
+        }
+    }
+
     /// The adjoint of max pooling.
     pub(crate) fn max_pool2d_backward(
         &self,

@@ -69,9 +69,9 @@ fn as_linear(layer: &dyn Module) -> Option<&Linear> {
     layer.as_any().and_then(|l| l.downcast_ref::<Linear>())
 }
 
-/// Whether `layer` is a max pooling.
-fn is_max_pool(layer: &dyn Module) -> bool {
-    layer.as_any().and_then(|l| l.downcast_ref::<Pool2d>()).is_some_and(|p| p.kind == PoolKind::Max)
+/// `layer` as a max pooling, if it is one.
+fn as_max_pool(layer: &dyn Module) -> Option<&Pool2d> {
+    layer.as_any().and_then(|l| l.downcast_ref::<Pool2d>()).filter(|p| p.kind == PoolKind::Max)
 }
 
 /// `layer` as a convolution [`Tensor::conv2d_max_pool2`] covers (stride 1, no dilation).
@@ -94,7 +94,8 @@ impl Module for Sequential {
     /// = relu(max(a, b)) because ReLU never reorders two values, so the outputs are the same,
     /// and so are the gradients (both send a window's gradient to its largest input when that
     /// is positive, and nothing otherwise; ties resolve to the same tap). The ReLU and its
-    /// gradient then touch a quarter of the values with 2x2 windows. A `Linear` followed by a
+    /// gradient then touch a quarter of the values with 2x2 windows; on a GPU both run in the
+    /// pooling's launch ([`Tensor::max_pool2d_relu`]). A `Linear` followed by a
     /// ReLU runs as one op ([`Tensor::linear_relu`]): the same values and gradients, one pass
     /// less over the output. A stride-1 convolution followed by a 2x2 max pooling (with or
     /// without a ReLU between) runs as one op too ([`Tensor::conv2d_max_pool2`]), the ReLU
@@ -114,8 +115,8 @@ impl Module for Sequential {
                     i += 2;
                     continue;
                 }
-                if let (Some(relu), Some(true)) = (next.filter(|&n| is_relu(n)), after.map(is_max_pool2)) {
-                    h = relu.forward(&conv_pool(&h)?, mode)?;
+                if let (Some(true), Some(true)) = (next.map(is_relu), after.map(is_max_pool2)) {
+                    h = h.conv2d_max_pool2_relu(&conv.weight, conv.bias.as_ref(), conv.padding)?;
                     i += 3;
                     continue;
                 }
@@ -123,8 +124,8 @@ impl Module for Sequential {
             if let (Some(linear), Some(true)) = (as_linear(layer), next.map(is_relu)) {
                 h = linear.forward_relu(&h, mode)?;
                 i += 2;
-            } else if let Some(pool) = next.filter(|&n| is_relu(layer) && is_max_pool(n)) {
-                h = layer.forward(&pool.forward(&h, mode)?, mode)?;
+            } else if let Some(pool) = next.and_then(as_max_pool).filter(|_| is_relu(layer)) {
+                h = h.max_pool2d_relu(pool.kernel, pool.stride, pool.padding)?;
                 i += 2;
             } else {
                 h = layer.forward(&h, mode)?;

@@ -265,28 +265,53 @@ impl Tensor {
     /// batch). The input's gradient is the two ops' bit for bit; the filters' and the bias's
     /// are theirs up to the order of their sums. Elsewhere it runs the two ops.
     pub fn conv2d_max_pool2(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
-        let unfused = || self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0]);
+        match self.conv2d_max_pool2_fused(weight, bias, padding)? {
+            Some(pooled) => Ok(pooled),
+            None => self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0]),
+        }
+    }
+
+    /// `self.conv2d_max_pool2(weight, bias, padding)?.relu()`, the usual convolution block
+    /// with its ReLU moved after the pooling (the same values and gradients): where the CPU's
+    /// fused kernel does not run (on a GPU), the convolution then [`Tensor::max_pool2d_relu`],
+    /// the pooling and the ReLU in one launch.
+    pub fn conv2d_max_pool2_relu(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
+        match self.conv2d_max_pool2_fused(weight, bias, padding)? {
+            Some(pooled) => pooled.relu(),
+            None => self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d_relu([2, 2], [2, 2], [0, 0]),
+        }
+    }
+
+    /// [`Tensor::conv2d_max_pool2`] as one op where the device has the kernel for it and the
+    /// shapes are ones it takes; `None` elsewhere (the caller runs the two ops, which also
+    /// give the errors for shapes they refuse).
+    fn conv2d_max_pool2_fused(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        padding: [usize; 2],
+    ) -> Result<Option<Tensor>> {
         // Shapes the two ops refuse, or whose pooling is empty, get the two ops' answer.
         let (Ok([n, c, h, w]), Ok([o, wc, kh, kw])) = (nchw("conv2d", self), nchw("conv2d", weight)) else {
-            return unfused();
+            return Ok(None);
         };
         let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
-        let Ok([oh, ow]) = output_size("conv2d", &win, h, w) else { return unfused() };
+        let Ok([oh, ow]) = output_size("conv2d", &win, h, w) else { return Ok(None) };
         if wc != c || c == 0 || oh < 2 || ow < 2 || bias.is_some_and(|b| b.shape() != [o]) {
-            return unfused();
+            return Ok(None);
         }
         let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
         let fused = self.with_filters(weight, bias, |x, w, b| {
             x.conv2d_max_pool2(self.layout(), w, weight.layout(), b, dims, padding)
         })?;
-        let Some((values, taps)) = fused else { return unfused() };
+        let Some((values, taps)) = fused else { return Ok(None) };
         let pooled = [n, o, oh / 2, ow / 2];
         let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&pooled));
         let pool = ImageDims { input: [n, o, oh, ow], output: [oh / 2, ow / 2] };
         let pool_win = Window::POOL_2X2;
         let mut inputs = vec![self, weight];
         inputs.extend(bias);
-        Ok(Tensor::from_op(values, &pooled, "conv2d_max_pool2", &inputs, move |g, x, _| {
+        Ok(Some(Tensor::from_op(values, &pooled, "conv2d_max_pool2", &inputs, move |g, x, _| {
             let (input, weight) = (&x[0], &x[1]);
             // The convolution's full-size output gradient (the pooling's), where one is needed.
             let full = || -> Result<Tensor> {
@@ -321,7 +346,7 @@ impl Tensor {
                 grads.push(grad_if(b, || g.channel_sums())?);
             }
             Ok(grads)
-        }))
+        })))
     }
 
     /// 1-D convolution of `[N, C, L]` with weights `[O, C, K]`: the 2-D convolution of a
@@ -351,6 +376,30 @@ impl Tensor {
     /// Max pooling: the largest value of each window (padding never wins). The gradient goes
     /// to the input element that was the maximum (the first one, on a tie, as in PyTorch).
     pub fn max_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
+        self.max_pool2d_maybe_relu(kernel, stride, padding, false)?
+            .ok_or_else(|| Error::invalid("max_pool2d", "the device ran no pooling"))
+    }
+
+    /// `self.max_pool2d(kernel, stride, padding)?.relu()`, the same values and gradients (the
+    /// ReLU never reorders two values, so it commutes with the maximum), in one launch on a
+    /// GPU; on the CPU, the two ops.
+    pub fn max_pool2d_relu(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
+        match self.max_pool2d_maybe_relu(kernel, stride, padding, true)? {
+            Some(t) => Ok(t),
+            None => self.max_pool2d(kernel, stride, padding)?.relu(),
+        }
+    }
+
+    /// [`Tensor::max_pool2d`], followed with `relu` by a ReLU in the same kernel (whose taps
+    /// then send no gradient from a window whose maximum is not positive); `None` where the
+    /// device has no such kernel.
+    fn max_pool2d_maybe_relu(
+        &self,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
         let input = nchw("max_pool2d", self)?;
         let [n, c, h, w] = input;
         if h == 0 || w == 0 {
@@ -358,17 +407,25 @@ impl Tensor {
         }
         let win = pool_window("max_pool2d", kernel, stride, padding)?;
         let dims = ImageDims { input, output: output_size("max_pool2d", &win, h, w)? };
-        let (values, taps) = self.storage().max_pool2d(self.layout(), dims, &win)?;
+        let (values, taps) = if relu {
+            match self.storage().max_pool2d_relu(self.layout(), dims, &win)? {
+                Some(pooled) => pooled,
+                None => return Ok(None),
+            }
+        } else {
+            self.storage().max_pool2d(self.layout(), dims, &win)?
+        };
         let [oh, ow] = dims.output;
         let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&[n, c, oh, ow]));
-        Ok(Tensor::from_op(values, &[n, c, oh, ow], "max_pool2d", &[self], move |g, x, _| {
+        let name = if relu { "max_pool2d_relu" } else { "max_pool2d" };
+        Ok(Some(Tensor::from_op(values, &[n, c, oh, ow], name, &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || {
                 let dx = Tensor::with_storages([g, &taps], |[gs, ts]| {
                     gs.max_pool2d_backward(g.layout(), ts, taps.layout(), dims, &win)
                 })?;
                 Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&input)))
             })?])
-        }))
+        })))
     }
 
     /// Average pooling: the mean of each window, padding counted as zeros (PyTorch's

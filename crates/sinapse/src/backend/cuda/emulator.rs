@@ -482,7 +482,8 @@ fn max_pool_and_its_backward_match_plain_loops() {
         let outputs = n * c * oh * ow;
         let (mut vals, mut taps) = (vec![0.0f32; outputs], vec![-1.0f32; outputs]);
         let cfg = gpu::grid(outputs);
-        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut vals), addr_mut(&mut taps), g);
+        let plain = 0i32;
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut vals), addr_mut(&mut taps), g, plain);
         // Window position t (row-major over kh x kw) of output p, as an input pixel if inside.
         let pixel = |p: usize, t: usize| {
             let (plane, y, xx) = (p / (oh * ow), (p / ow) % oh, p % ow);
@@ -517,6 +518,21 @@ fn max_pool_and_its_backward_match_plain_loops() {
             want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
         }
         assert_eq!(differs(&dx, &want), None, "max_pool_backward");
+        // With the ReLU: the maxima's ReLU (NaN kept), and the adjoint of the two ops, the
+        // gradient of a window whose maximum is not positive dropped, as the ReLU's would be.
+        let (mut rvals, mut rtaps, relu) = (vec![0.0f32; outputs], vec![-1.0f32; outputs], 1i32);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut rvals), addr_mut(&mut rtaps), g, relu);
+        let relu_vals: Vec<f32> = vals.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect();
+        assert_eq!(differs(&rvals, &relu_vals), None, "max_pool with relu");
+        assert!(vals.iter().any(|&v| v <= 0.0) && vals.iter().any(|&v| v > 0.0), "both signs among the maxima");
+        let mut rdx = vec![f32::NAN; x.len()];
+        let cfg = gpu::grid(x.len());
+        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&rtaps), lg, addr_mut(&mut rdx), g);
+        let mut want = vec![0.0f32; x.len()];
+        for p in (0..outputs).filter(|&p| vals[p] > 0.0) {
+            want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
+        }
+        assert_eq!(differs(&rdx, &want), None, "max_pool_backward after max_pool with relu");
     });
 }
 

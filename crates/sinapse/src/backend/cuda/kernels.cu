@@ -528,7 +528,10 @@ extern "C" __global__ void col2im(const float* cols, Strided lc, float* out, Con
 
 // Max pooling (no dilation): the window's maximum (padding never wins, a NaN wins, ties go to
 // the first tap) and its tap number ky·KW + kx from the window's top-left corner.
-extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, float* taps, Conv g) {
+// With `relu`, the ReLU of each maximum (a pooled ReLU: the ReLU never reorders two values),
+// and a window whose maximum is not positive gets the tap kh·kw, which no pixel matches: the
+// adjoint below then sends it no gradient, as the ReLU's gradient would have zeroed it.
+extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, float* taps, Conv g, int relu) {
     GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
         u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
         i64 top = (i64)(y * g.sh) - (i64)g.ph, left = (i64)(xx * g.sw) - (i64)g.pw;
@@ -545,6 +548,11 @@ extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, flo
                     bx = ix;
                 }
             }
+        }
+        if (relu && !(best > 0.0f)) {
+            vals[p] = relu_f(best);
+            taps[p] = (float)(g.kh * g.kw);
+            continue;
         }
         vals[p] = best;
         taps[p] = (float)((u64)((i64)by - top) * g.kw + (u64)((i64)bx - left));

@@ -167,6 +167,23 @@ impl CudaStorage {
         Ok(Some(out))
     }
 
+    /// Max pooling of the images at `l`: the windows' maxima and taps, as
+    /// [`BackendStorage::max_pool2d`] gives them; with `relu`, the maxima's ReLU, and a
+    /// window whose maximum is not positive gets a tap that matches no pixel, so that the
+    /// adjoint sends it no gradient (the ReLU's gradient would have zeroed it).
+    pub(crate) fn max_pool(&self, l: &Layout, dims: ImageDims, win: &Window, relu: bool) -> Result<(Self, Self)> {
+        let gpu = self.gpu();
+        let ([n, c, _, _], [oh, ow]) = (dims.input, dims.output);
+        let total = n * c * oh * ow;
+        let values = CudaStorage::alloc(gpu, total, "max_pool2d")?;
+        let taps = CudaStorage::alloc(gpu, total, "max_pool2d")?;
+        if total > 0 {
+            let (lx, g, relu) = (Strided::of(l, "max_pool2d")?, Conv::new(dims, win), i32::from(relu));
+            launch!(gpu, "max_pool", grid(total); self.block.ptr, lx, values.block.ptr, taps.block.ptr, g, relu)?;
+        }
+        Ok((values, taps))
+    }
+
     /// The matrix operand `[batch.., rows, cols]` at `l` as cuBLAS reads it, copied to a
     /// row-major buffer first when its strides are not ones cuBLAS takes.
     fn operand(&self, l: &Layout, rows: usize, cols: usize) -> Result<Operand> {
@@ -667,16 +684,7 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Self, Self)> {
-        let gpu = self.gpu();
-        let ([n, c, _, _], [oh, ow]) = (dims.input, dims.output);
-        let total = n * c * oh * ow;
-        let values = CudaStorage::alloc(gpu, total, "max_pool2d")?;
-        let taps = CudaStorage::alloc(gpu, total, "max_pool2d")?;
-        if total > 0 {
-            let (lx, g) = (Strided::of(l, "max_pool2d")?, Conv::new(dims, win));
-            launch!(gpu, "max_pool", grid(total); self.block.ptr, lx, values.block.ptr, taps.block.ptr, g)?;
-        }
-        Ok((values, taps))
+        self.max_pool(l, dims, win, false)
     }
 
     fn max_pool2d_backward(
