@@ -373,6 +373,10 @@ fn cases() -> Vec<Case> {
     c.push(case("avg_pool2d", vec![normal(&[2, 3, 6, 6], r)], |x| x[0].avg_pool2d([3, 3], [2, 2], [1, 1])));
     // Losses (their own kernels, and compositions).
     c.push(case("cross_entropy", vec![normal(&[4, 5], r), indices(&[4], 5, r)], |x| loss::cross_entropy(&x[0], &x[1])));
+    // More logits than a GPU's one-block kernel takes (65,536): the composed ops there.
+    c.push(case("cross_entropy 70,000 logits", vec![normal(&[700, 100], r), indices(&[700], 100, r)], |x| {
+        loss::cross_entropy(&x[0], &x[1])
+    }));
     c.push(case("mse", vec![normal(&[4, 3], r), normal(&[4, 3], r)], |x| loss::mse(&x[0], &x[1])));
     c.push(case("binary_cross_entropy", vec![probability(&[4, 3], r), probability(&[4, 3], r)], |x| {
         loss::binary_cross_entropy(&x[0], &x[1])
@@ -560,6 +564,33 @@ fn graph_check(device: Device) -> Result<Option<String>> {
         return Ok(Some(format!("epoch losses: {p}")));
     }
     Ok(mismatch(&graph_w, &eager_w).map(|p| format!("weights after training: {p}")))
+}
+
+/// The correct answers of `[4, 5]` and `[700, 100]` logits on `device` (a GPU's one-block
+/// kernel, and the composed ops past its 65,536 values), as the CPU counts them, with about
+/// half the labels at each row's largest logit, a tie and a NaN among them.
+fn correct_count_check(device: Device) -> Result<Option<String>> {
+    let mut rng = Rng::seed(90);
+    for [rows, n] in [[4, 5], [700, 100]] {
+        let mut x: Vec<f32> = (0..rows * n).map(|_| rng.standard_normal()).collect();
+        x[n + 1] = f32::NAN; // row 1: the NaN is its argmax
+        x[2 * n + 2] = 9.0; // row 2: a tie, the first wins
+        x[2 * n + 3] = 9.0;
+        let best = |i: usize| {
+            let row = &x[i * n..(i + 1) * n];
+            let nan = row.iter().position(|v| v.is_nan());
+            nan.unwrap_or_else(|| (0..n).fold(0, |b, c| if row[c] > row[b] { c } else { b }))
+        };
+        let labels: Vec<f32> = (0..rows).map(|i| if i % 2 == 0 { best(i) } else { (i * 7) % n } as f32).collect();
+        let logits = Tensor::from_vec(x.clone(), &[rows, n])?;
+        let labels = Tensor::from_vec(labels, &[rows])?;
+        let want = sinapse::train::metrics::correct_count(&logits, &labels)?;
+        let got = sinapse::train::metrics::correct_count(&logits.to(device)?, &labels.to(device)?)?;
+        if got != want || want < rows / 2 {
+            return Ok(Some(format!("[{rows}, {n}] logits: {got} correct on {device}, {want} on the CPU")));
+        }
+    }
+    Ok(None)
 }
 
 /// A class label that is not a class index, given to cross_entropy on `device`: reading the
@@ -1107,6 +1138,8 @@ fn main() {
         record(format!("Linear inference after a move to {device} and back"), problem);
         let problem = bad_label_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("a bad class label on {device}"), problem);
+        let problem = correct_count_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("correct answers counted on {device}"), problem);
     }
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
         let problem = graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));

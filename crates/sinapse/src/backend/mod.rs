@@ -928,26 +928,28 @@ impl Storage {
     /// A [`ClassTotal`] of the rows of `self` (`[rows, classes]` at `l`) and `classes`
     /// (`[rows]`) as a scalar, in one launch where the device has a kernel for it (CUDA, for
     /// batches of up to [`cuda::CLASS_TOTAL_MAX`] values); `None` elsewhere (the CPU), where
-    /// the caller composes a gather or argmax, a comparison and a sum.
+    /// the caller composes a gather or argmax, a comparison and a sum. Errors name `op`, the
+    /// caller's.
     pub(crate) fn class_total(
         &self,
+        op: &'static str,
         l: &Layout,
         classes: &Storage,
         classes_l: &Layout,
         total: ClassTotal,
     ) -> Result<Option<Storage>> {
-        same_device("class_total", &[self, classes])?;
+        same_device(op, &[self, classes])?;
         match *l.shape() {
             [rows, _] if classes_l.shape() == [rows] => {}
             ref s => {
                 return Err(Error::invalid(
-                    "class_total",
+                    op,
                     format!("values {s:?} and classes {:?}, not [rows, classes] and [rows]", classes_l.shape()),
                 ))
             }
         }
         match (self, classes) {
-            (Storage::Cuda(s), Storage::Cuda(c)) => Ok(s.class_total(l, c, classes_l, total)?.map(Storage::Cuda)),
+            (Storage::Cuda(s), Storage::Cuda(c)) => Ok(s.class_total(op, l, c, classes_l, total)?.map(Storage::Cuda)),
             _ => Ok(None),
         }
     }

@@ -205,7 +205,7 @@ pub(crate) fn correct(logits: &crate::Tensor, labels: &crate::Tensor) -> Result<
     use crate::backend::ClassTotal;
     if logits.rank() == 2 && labels.shape() == [logits.shape()[0]] {
         let fused = crate::Tensor::with_storages([logits, labels], |[x, c]| {
-            x.class_total(logits.layout(), c, labels.layout(), ClassTotal::Correct)
+            x.class_total("correct_count", logits.layout(), c, labels.layout(), ClassTotal::Correct)
         })?;
         if let Some(count) = fused {
             return Ok(crate::Tensor::from_storage(count, crate::layout::Layout::contiguous(&[])));

@@ -568,6 +568,53 @@ int main(int argc, char** argv) {
         assert!(said.contains(want) && said.contains(": byte 40 of its 512-byte block"), "{said}");
     }
 
+    /// A block holding 100 floats before a capture, which the captured step writes at the
+    /// first index given, then frees and hands out again for 10 floats, written at the second:
+    /// prints the status of the graph's second replay (exits with 3 if its first fails).
+    const REUSED_IN_A_CAPTURE_MAIN: &str = r#"
+int main(int argc, char** argv) {
+    void* context;
+    CUdeviceptr p;
+    void *f, *graph, *exec;
+    if (argc < 3 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
+        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || sinapse_emulated_in_use(p, 400) != 0 ||
+        cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS || cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS)
+        return 2;
+    void* out = reinterpret_cast<void*>(p);
+    unsigned long long early = strtoull(argv[1], nullptr, 10), late = strtoull(argv[2], nullptr, 10);
+    void* first[] = {&out, &early};
+    void* second[] = {&out, &late};
+    if (cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, nullptr, first, nullptr) != EMU_SUCCESS ||
+        sinapse_emulated_in_use(p, 40) != 0 || cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, nullptr, second, nullptr) != EMU_SUCCESS ||
+        cuStreamEndCapture(nullptr, &graph) != EMU_SUCCESS || cuGraphInstantiateWithFlags(&exec, graph, 0) != EMU_SUCCESS ||
+        cuGraphLaunch(exec, nullptr) != EMU_SUCCESS)
+        return 3;
+    printf("%d\n", cuGraphLaunch(exec, nullptr));
+    return 0;
+}
+"#;
+
+    /// A block from before a capture that the captured step writes, frees and takes again for
+    /// a smaller tensor is checked in each replay against the earlier tensor first, then the
+    /// later one: no false alarm for the early write, and a write past either still fails.
+    #[test]
+    fn a_replay_checks_a_block_reused_within_its_capture_against_each_tensor() {
+        let scratch = Scratch::new().expect("a scratch folder");
+        let source = format!("{PAST_THE_END}\n{}\n{REUSED_IN_A_CAPTURE_MAIN}", include_str!("emulated_driver.cpp"));
+        let Some(exe) = test_program(&scratch, "reused_in_a_capture", &source, false) else { return };
+        let run = |a: &str, b: &str| std::process::Command::new(&exe).args([a, b]).output().expect("the program runs");
+        let out = run("99", "9");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "99, 9: {out:?}");
+        // Past either tensor: the graph's first replay fails.
+        for (early, late, tensor) in [("99", "10", 40), ("100", "9", 400)] {
+            let out = run(early, late);
+            assert_eq!(out.status.code(), Some(3), "{early}, {late}: {out:?}");
+            let said = String::from_utf8_lossy(&out.stderr);
+            let want = format!("write_at wrote past the end of the {tensor}-byte tensor at 0x");
+            assert!(said.contains(&want), "{early}, {late}: {said}");
+        }
+    }
+
     /// Launches `sgd` through the driver on a list of one parameter of the length given, its
     /// values a tensor of 100 floats in a 512-byte block and its gradient 200 floats of 1,
     /// and prints the launch's status.

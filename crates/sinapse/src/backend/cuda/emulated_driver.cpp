@@ -13,11 +13,13 @@
 // allocation is refused, at each replay too (CUDA would fault or read garbage). New
 // allocations are filled with a NaN, so that reading memory nothing wrote shows, and each
 // ends where an inaccessible page begins, so that a kernel or product reaching past an
-// allocation's end stops the process there, with a line naming the kernel (as compute-sanitizer's memcheck would on a GPU; the caching
-// allocator's blocks are rounded up: the host code says what size of tensor each holds, and a
+// allocation's end stops the process there, with a line naming the kernel (as
+// compute-sanitizer's memcheck would on a GPU; the caching allocator's blocks are rounded
+// up: the host code says what size of tensor each holds, and a
 // kernel (through a pointer argument or an optimizer's list of buffers), copy or product
 // that writes past that inside the block fails, naming itself; in a graph's replay too, where
-// each block the capture handed out is given its tensor's size again at that point).
+// each block the capture handed out is given its tensor's size again at that point, and its
+// size from before the capture when the replay begins).
 // Context-wide calls need a current context, and the capturing thread's synchronous calls
 // break its capture, as in CUDA. Built with the race check (SINAPSE_EMULATOR_RACECHECK=1), a
 // launch with a race fails as CUDA_ERROR_LAUNCH_FAILED, after a line saying where.
@@ -88,7 +90,8 @@ struct Gemm {
 };
 
 struct Node {
-    // InUse: a block handed out for a tensor of `bytes` during a capture (sinapse_emulated_in_use).
+    // InUse: a block handed out for a tensor of `bytes` during a capture (sinapse_emulated_in_use);
+    // for the first of a block in its capture, `before` holds the block's tensor size until then.
     enum Kind { Kernel, Memset, CopyDtoD, Product, InUse } kind;
     const EmuKernel* kernel = nullptr;
     unsigned int grid = 0, block = 0;
@@ -97,6 +100,8 @@ struct Node {
     size_t bytes = 0;
     unsigned char value = 0;
     Gemm gemm{};
+    bool first = false;
+    size_t before = 0;
 };
 
 struct Graph {
@@ -264,7 +269,11 @@ bool pointers_inside(const EmuKernel* kernel, void* const* params) {
         }
     bool all = true;
     each_listed(kernel, params, [&](CUdeviceptr p, size_t bytes, bool) {
-        if (all && (!p || !inside(p, std::max<size_t>(bytes, 1)))) {
+        if (all && !p) {
+            fprintf(stderr, "emulated CUDA: %s: its list names a null buffer, or more buffers than it holds\n",
+                    kernel->name);
+            all = false;
+        } else if (all && !inside(p, std::max<size_t>(bytes, 1))) {
             fprintf(stderr, "emulated CUDA: %s: the %zu bytes at 0x%llx its list names are in no allocation\n",
                     kernel->name, bytes, p);
             all = false;
@@ -706,7 +715,12 @@ ENTRY CUresult cuGraphLaunch(void* exec, void* s) {
     Stream* stream = stream_of(s);
     const std::vector<Node>& nodes = static_cast<Graph*>(exec)->nodes;
     // The blocks the capture handed out are given their tensors' sizes again where it did
-    // (InUse nodes), so each of the replay's writes is checked against the tensor it was for.
+    // (InUse nodes), so each of the replay's writes is checked against the tensor it was for;
+    // first the sizes they had when the capture began (a block from before the capture, freed
+    // during it and handed out again, is written before that as the earlier tensor).
+    for (const Node& node : nodes)
+        if (node.kind == Node::InUse && node.first && !mark_in_use(node.dst, node.before, "a graph's replay"))
+            return EMU_INVALID_VALUE;
     for (const Node& node : nodes)
         if (CUresult result = queue(stream, node)) return result;
     return EMU_SUCCESS;
@@ -732,11 +746,15 @@ ENTRY const int sinapse_emulated_driver = 1;
 // not the start of an allocation of at least `bytes` (its tensor's end is then not checked).
 ENTRY int sinapse_emulated_in_use(CUdeviceptr p, size_t bytes) {
     LOCKED;
+    auto it = allocations.find(p);
+    size_t before = it == allocations.end() ? 0 : it->second.used;
     if (!mark_in_use(p, bytes, "sinapse_emulated_in_use (its tensor's end is not checked)")) return 1;
     for (Stream* s : streams)
         if (s->capturing && !s->invalidated && s->capturer == std::this_thread::get_id()) {
             Node node{Node::InUse};
-            node.dst = p, node.bytes = bytes;
+            node.dst = p, node.bytes = bytes, node.before = before;
+            node.first = std::none_of(s->nodes->begin(), s->nodes->end(),
+                                      [&](const Node& n) { return n.kind == Node::InUse && n.dst == p; });
             s->nodes->push_back(std::move(node));
             break;
         }

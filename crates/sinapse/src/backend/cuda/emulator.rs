@@ -704,7 +704,7 @@ fn class_totals_match_the_composed_ops() {
             assert_eq!((out[0], err), (correct, [0; 4]), "correct answers of {rows} rows");
             assert!(out[1].is_nan(), "class_total wrote past its one value");
             if rows > 5 {
-                // The sum over good labels (the one before the bad ones were put in).
+                // The sum over good labels (the bad ones replaced by 0, 1 and 2).
                 buffer[rows + 3..rows + 6].copy_from_slice(&[0.0, 1.0, 2.0]);
                 let good: Vec<f32> = buffer[rows..].to_vec();
                 let want_good = picked_sum(&good) as f32 * -0.125;

@@ -401,7 +401,8 @@ extern "C" __global__ __launch_bounds__(1024) void class_total(const float* x, S
         if (t < half) sums[t] += sums[t + half];
         __syncthreads();
     }
-    if (t == 0) out[0] = op == 0 ? __fmul_rn((float)sums[0], scale) : (float)sums[0];
+    // + 0: a zero loss is +0, as the composed ops' x·scale + 0 gives it (scale is negative).
+    if (t == 0) out[0] = op == 0 ? __fmul_rn((float)sums[0], scale) + 0.0f : (float)sums[0];
 }
 
 // ---------------------------------------------------------------------------------------

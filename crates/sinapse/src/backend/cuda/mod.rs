@@ -142,9 +142,10 @@ impl CudaStorage {
     /// A [`ClassTotal`] of the rows of this `[rows, n]` buffer at `l` and their `classes`
     /// (checked by `Storage::class_total`), by one block, for `rows·n` up to
     /// [`CLASS_TOTAL_MAX`] with `n` at least 1; `None` for other sizes (one block would be
-    /// slow there, or, with no classes, the composed ops' error is wanted).
+    /// slow there, or, with no classes, the composed ops' error is wanted). `op` names it.
     pub(crate) fn class_total(
         &self,
+        op: &'static str,
         l: &Layout,
         classes: &Self,
         classes_l: &Layout,
@@ -154,16 +155,16 @@ impl CudaStorage {
         if rows == 0 || n == 0 || rows.saturating_mul(n) > CLASS_TOTAL_MAX {
             return Ok(None);
         }
-        let (what, op, scale) = match total {
-            ClassTotal::Picked { scale } => ("cross_entropy", 0i32, scale),
-            ClassTotal::Correct => ("correct answers", 1, 1.0),
+        let (code, scale) = match total {
+            ClassTotal::Picked { scale } => (0i32, scale),
+            ClassTotal::Correct => (1, 1.0),
         };
         let gpu = self.gpu();
-        let out = CudaStorage::alloc(gpu, 1, what)?;
-        let (lx, lc) = (Strided::of(l, what)?, Strided::of(classes_l, what)?);
+        let out = CudaStorage::alloc(gpu, 1, op)?;
+        let (lx, lc) = (Strided::of(l, op)?, Strided::of(classes_l, op)?);
         let (r, c) = (rows as u64, n as u64);
         launch!(gpu, "class_total", blocks(1, lane_threads(rows));
-            self.block.ptr, lx, classes.block.ptr, lc, out.block.ptr, r, c, op, scale, gpu.errors_ptr)?;
+            self.block.ptr, lx, classes.block.ptr, lc, out.block.ptr, r, c, code, scale, gpu.errors_ptr)?;
         Ok(Some(out))
     }
 
