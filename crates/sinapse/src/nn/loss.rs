@@ -81,29 +81,23 @@ pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
     let log_probs = logits.softmax_kernel(1, true)?;
     // -(Σ picked · (1/N)) is Σ picked · (-(1/N)): a product's rounding does not depend on signs.
     let scale = -(1.0 / rows as f32);
-    // One launch where the device has a kernel for the whole sum (a GPU, small batches).
-    let picked_sum = ClassTotal::Picked { scale };
-    let fused = Tensor::with_storages([classes], |[c]| {
-        log_probs.class_total("cross_entropy", &lp_l, c, classes.layout(), picked_sum)
-    })?;
-    let loss = match fused {
-        Some(loss) => loss,
-        None => {
-            let index_l = classes.layout().unsqueeze(1)?;
-            let picked = Tensor::with_storages([classes], |[c]| log_probs.gather(&lp_l, 1, c, &index_l)).map_err(
-                |e| match e {
-                    // The user passed labels, not indices into a gather: say so in their terms.
-                    Error::IndexOutOfRange { index, size, .. } => Error::invalid(
-                        "cross_entropy",
-                        format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
-                    ),
-                    other => other,
-                },
-            )?;
-            let total = picked.reduce(&Layout::contiguous(&[rows, 1]), None, ReduceOp::Sum)?;
-            total.unary(&Layout::contiguous(&[]), UnaryOp::Affine { mul: scale, add: 0.0 })?
+    let loss = Tensor::with_storages([classes], |[c]| {
+        // One launch where the device has a kernel for the whole sum (a GPU, small batches).
+        let picked_sum = ClassTotal::Picked { scale };
+        if let Some(loss) = log_probs.class_total("cross_entropy", &lp_l, c, classes.layout(), picked_sum)? {
+            return Ok(loss);
         }
-    };
+        let picked = log_probs.gather(&lp_l, 1, c, &classes.layout().unsqueeze(1)?).map_err(|e| match e {
+            // The user passed labels, not indices into a gather: say so in their terms.
+            Error::IndexOutOfRange { index, size, .. } => Error::invalid(
+                "cross_entropy",
+                format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
+            ),
+            other => other,
+        })?;
+        let total = picked.reduce(&Layout::contiguous(&[rows, 1]), None, ReduceOp::Sum)?;
+        total.unary(&Layout::contiguous(&[]), UnaryOp::Affine { mul: scale, add: 0.0 })
+    })?;
     let classes = classes.detach();
     Ok(Tensor::from_op(loss, &[], "cross_entropy", &[logits], move |g, x, _| {
         Ok(vec![crate::ops::grad_if(&x[0], || {

@@ -479,11 +479,26 @@ int main(int argc, char** argv) {
 "#;
 
     /// A program of [`PAST_THE_END`]'s kernel, the emulated driver and `main`, built in
-    /// `scratch`; returns a function that runs it with one argument.
-    fn write_at_program(scratch: &Scratch, name: &str, main: &str) -> Option<impl Fn(&str) -> std::process::Output> {
+    /// `scratch`; returns a function that runs it with the arguments given.
+    fn write_at_program(scratch: &Scratch, name: &str, main: &str) -> Option<impl Fn(&[&str]) -> std::process::Output> {
         let source = format!("{PAST_THE_END}\n{}\n{main}", include_str!("emulated_driver.cpp"));
         let exe = test_program(scratch, name, &source, false)?;
-        Some(move |arg: &str| std::process::Command::new(&exe).arg(arg).output().expect("the program runs"))
+        Some(move |args: &[&str]| std::process::Command::new(&exe).args(args).output().expect("the program runs"))
+    }
+
+    /// That `run` with the index `last` prints status 0, and with the next index 719
+    /// (CUDA_ERROR_LAUNCH_FAILED) after the line naming `write_at` and the `bytes`-byte
+    /// tensor in its 512-byte block.
+    fn last_passes_and_next_fails(run: impl Fn(&[&str]) -> std::process::Output, last: usize, bytes: usize) {
+        let out = run(&[&last.to_string()]);
+        assert!(out.status.success(), "the last element: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
+        let out = run(&[&(last + 1).to_string()]);
+        assert!(out.status.success(), "one past the end: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "CUDA_ERROR_LAUNCH_FAILED: {out:?}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        let want = format!("emulated CUDA: write_at wrote past the end of the {bytes}-byte tensor at 0x");
+        assert!(said.contains(&want) && said.contains(&format!(": byte {bytes} of its 512-byte block")), "{said}");
     }
 
     /// Launches `write_at` through the driver at the index given, on a tensor of 100 floats
@@ -512,15 +527,7 @@ int main(int argc, char** argv) {
     fn a_kernel_writing_past_its_tensor_inside_the_block_fails() {
         let scratch = Scratch::new().expect("a scratch folder");
         let Some(run) = write_at_program(&scratch, "past_the_tensor", PAST_THE_TENSOR_MAIN) else { return };
-        let out = run("99");
-        assert!(out.status.success(), "the last element: {out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
-        let out = run("100");
-        assert!(out.status.success(), "one past the end: {out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "CUDA_ERROR_LAUNCH_FAILED: {out:?}");
-        let said = String::from_utf8_lossy(&out.stderr);
-        let want = "emulated CUDA: write_at wrote past the end of the 400-byte tensor at 0x";
-        assert!(said.contains(want) && said.contains(": byte 400 of its 512-byte block"), "{said}");
+        last_passes_and_next_fails(run, 99, 400);
     }
 
     /// Captures `write_at` at the index given on a tensor of 10 floats handed out during the
@@ -557,15 +564,7 @@ int main(int argc, char** argv) {
         else {
             return;
         };
-        let out = run("9");
-        assert!(out.status.success(), "the last element: {out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "the last element: {out:?}");
-        let out = run("10");
-        assert!(out.status.success(), "one past the end: {out:?}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "719\n", "CUDA_ERROR_LAUNCH_FAILED: {out:?}");
-        let said = String::from_utf8_lossy(&out.stderr);
-        let want = "emulated CUDA: write_at wrote past the end of the 40-byte tensor at 0x";
-        assert!(said.contains(want) && said.contains(": byte 40 of its 512-byte block"), "{said}");
+        last_passes_and_next_fails(run, 9, 40);
     }
 
     /// A block holding 100 floats before a capture, which the captured step writes at the
@@ -600,14 +599,12 @@ int main(int argc, char** argv) {
     #[test]
     fn a_replay_checks_a_block_reused_within_its_capture_against_each_tensor() {
         let scratch = Scratch::new().expect("a scratch folder");
-        let source = format!("{PAST_THE_END}\n{}\n{REUSED_IN_A_CAPTURE_MAIN}", include_str!("emulated_driver.cpp"));
-        let Some(exe) = test_program(&scratch, "reused_in_a_capture", &source, false) else { return };
-        let run = |a: &str, b: &str| std::process::Command::new(&exe).args([a, b]).output().expect("the program runs");
-        let out = run("99", "9");
+        let Some(run) = write_at_program(&scratch, "reused_in_a_capture", REUSED_IN_A_CAPTURE_MAIN) else { return };
+        let out = run(&["99", "9"]);
         assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n", "99, 9: {out:?}");
         // Past either tensor: the graph's first replay fails.
         for (early, late, tensor) in [("99", "10", 40), ("100", "9", 400)] {
-            let out = run(early, late);
+            let out = run(&[early, late]);
             assert_eq!(out.status.code(), Some(3), "{early}, {late}: {out:?}");
             let said = String::from_utf8_lossy(&out.stderr);
             let want = format!("write_at wrote past the end of the {tensor}-byte tensor at 0x");
@@ -675,10 +672,10 @@ int main(int argc, char** argv) {
         use std::os::unix::process::ExitStatusExt;
         let scratch = Scratch::new().expect("a scratch folder");
         let Some(run) = write_at_program(&scratch, "past_the_end", PAST_THE_END_MAIN) else { return };
-        let out = run("127");
+        let out = run(&["127"]);
         assert!(out.status.success(), "the last element: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "wrote element 127\n");
-        let out = run("128");
+        let out = run(&["128"]);
         assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "one past the end: {out:?}");
         let said = String::from_utf8_lossy(&out.stderr);
         assert!(said.contains("write_at reached 0 bytes past the end of the 512-byte allocation at 0x"), "{said}");
