@@ -954,6 +954,25 @@ impl Storage {
         }
     }
 
+    /// The gradient through a dense layer's fused ReLU and its bias's gradient in one launch,
+    /// where the device has a kernel for it (CUDA): this `[rows, cols]` output gradient where
+    /// the layer's output `y` is positive, else 0 (the ReLU's gradient, row-major), and its
+    /// column sums `[cols]`. `None` elsewhere (the CPU), where the caller composes the two.
+    pub(crate) fn relu_grad_sums(&self, l: &Layout, y: &Storage, y_l: &Layout) -> Result<Option<(Storage, Storage)>> {
+        same_device("linear_relu", &[self, y])?;
+        if l.rank() != 2 || l.shape() != y_l.shape() {
+            return Err(Error::shapes("linear_relu gradient", l.shape(), y_l.shape()));
+        }
+        room_for(self, l.elem_count().saturating_add(l.shape()[1]), "linear_relu")?;
+        match (self, y) {
+            (Storage::Cuda(g), Storage::Cuda(y)) => {
+                let (masked, sums) = g.relu_grad_sums(l, y, y_l)?;
+                Ok(Some((Storage::Cuda(masked), Storage::Cuda(sums))))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Batched matrix product.
     pub(crate) fn matmul(&self, l: &Layout, rhs: &Storage, rhs_l: &Layout, mkn: [usize; 3]) -> Result<Storage> {
         same_device("matmul", &[self, rhs])?;

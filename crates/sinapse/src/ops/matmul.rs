@@ -86,7 +86,8 @@ impl Tensor {
 
     /// `relu(self · weightᵀ + bias)`: [`Tensor::linear`] and [`Tensor::relu`] as one op, the
     /// same values and gradients as the two (the gradient reaching the layer is first masked
-    /// where the output is not positive, by the ReLU's own kernel). The CPU adds the bias and
+    /// where the output is not positive, by the ReLU's own kernel; on a GPU one kernel masks it
+    /// and sums its columns, the bias's gradient, together). The CPU adds the bias and
     /// applies the ReLU in one pass over the output, without the ReLU's buffer; a
     /// [`Sequential`](crate::nn::Sequential) runs a `Linear` followed by a `ReLU` this way.
     pub fn linear_relu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -116,9 +117,23 @@ impl Tensor {
         Ok(Tensor::from_op(y, &[rows, outputs], op, &inputs, move |g, x, y| {
             let (input, weight) = (&x[0], &x[1]);
             // Through the ReLU first, as its own op's gradient: g where the output is positive.
+            // Where the device has one kernel for that and the bias's gradient (a GPU), it
+            // makes both.
+            let mut bias_grad = None;
             let masked;
             let g = if relu {
-                masked = super::binary_kernel(g, y, crate::backend::BinaryOp::ReluGrad)?;
+                let wanted = x.get(2).is_some_and(Tensor::requires_grad);
+                let fused = match wanted {
+                    true => Tensor::with_storages([g, y], |[gs, ys]| gs.relu_grad_sums(g.layout(), ys, y.layout()))?,
+                    false => None,
+                };
+                masked = match fused {
+                    Some((m, sums)) => {
+                        bias_grad = Some(Tensor::from_storage(sums, crate::layout::Layout::contiguous(&[outputs])));
+                        Tensor::from_storage(m, crate::layout::Layout::contiguous(&[rows, outputs]))
+                    }
+                    None => super::binary_kernel(g, y, crate::backend::BinaryOp::ReluGrad)?,
+                };
                 &masked
             } else {
                 g
@@ -130,7 +145,10 @@ impl Tensor {
             let [dx, dwt] = product_grads(g, input, &weight.t()?, need)?;
             let mut grads = vec![dx, dwt.map(|d| d.t()).transpose()?];
             if let Some(b) = x.get(2) {
-                grads.push(grad_if(b, || g.sum_to_shape(b.shape()))?);
+                grads.push(match bias_grad {
+                    Some(sums) => Some(sums),
+                    None => grad_if(b, || g.sum_to_shape(b.shape()))?,
+                });
             }
             Ok(grads)
         }))

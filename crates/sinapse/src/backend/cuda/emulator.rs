@@ -286,6 +286,38 @@ fn transposed_view(outer: usize, len: usize, inner: usize, seed: u64) -> (Vec<f3
     (stored, Strided::of(&l, "test").unwrap(), logical)
 }
 
+/// `relu_grad_sums`: the gradient masked where the output is not positive (NaN, zeros and
+/// negatives among the outputs), row-major, and its column sums in double; the gradient read
+/// through a transposed view, with fewer rows than a block's thread rows, many rows, and
+/// columns that leave the last group of 32 part full.
+#[test]
+fn relu_grad_sums_masks_and_sums_columns() {
+    each_order(|emu| {
+        for (rows, cols, threads) in [(3, 5, 32u32), (70, 45, 1024), (130, 33, 256), (0, 4, 32)] {
+            let (g, lg, logical) = transposed_view(1, rows, cols, 5);
+            let mut y = values(rows * cols, 6);
+            for (k, v) in y.iter_mut().enumerate() {
+                match k % 7 {
+                    0 => *v = 0.0,
+                    1 => *v = f32::NAN,
+                    _ => {}
+                }
+            }
+            let ly = Strided::of(&Layout::contiguous(&[rows, cols]), "test").unwrap();
+            let want: Vec<f32> = (0..rows * cols).map(|i| if y[i] > 0.0 { logical[i] } else { 0.0 }).collect();
+            let sums: Vec<f32> =
+                (0..cols).map(|c| (0..rows).map(|r| f64::from(want[r * cols + c])).sum::<f64>() as f32).collect();
+            let (mut masked, mut out) = (vec![f32::NAN; rows * cols + 1], vec![f32::NAN; cols + 1]);
+            let (r, c) = (rows as u64, cols as u64);
+            emulate!(emu, "relu_grad_sums", gpu::blocks(cols.div_ceil(32), threads);
+                addr(&g), lg, addr(&y), ly, addr_mut(&mut masked), addr_mut(&mut out), r, c);
+            assert_eq!(differs(&masked[..rows * cols], &want), None, "relu_grad_sums masked, {rows}x{cols}");
+            assert_eq!(differs(&out[..cols], &sums), None, "relu_grad_sums sums, {rows}x{cols}");
+            assert!(masked[rows * cols].is_nan() && out[cols].is_nan(), "relu_grad_sums wrote past its outputs");
+        }
+    });
+}
+
 #[test]
 fn reductions_and_softmax_match_plain_loops() {
     each_order(|emu| {

@@ -37,6 +37,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "where_cond",
     "reduce_thread",
     "reduce_block",
+    "relu_grad_sums",
     "softmax",
     "cross_entropy_grad",
     "class_total",

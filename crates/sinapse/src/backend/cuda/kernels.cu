@@ -302,6 +302,37 @@ extern "C" __global__ __launch_bounds__(1024) void reduce_block(const float* x, 
     }
 }
 
+// The gradient through a dense layer's fused ReLU and its bias's gradient, in one pass over
+// the [rows, cols] output gradient g: masked = y > 0 ? g : 0 (the binary kernel's relu grad,
+// row-major) and sums[c] = the sum of column c of masked, in double. Laid out as reduce_block
+// with cols = 32: a block per 32 neighbouring columns, its threads 32 to a row taking every
+// (blockDim.x / 32)-th row, so that a warp reads and writes 32 neighbouring values.
+extern "C" __global__ __launch_bounds__(1024) void relu_grad_sums(const float* g, Strided lg, const float* y,
+                                                                  Strided ly, float* masked, float* sums, u64 rows,
+                                                                  u64 cols) {
+    __shared__ double part[1024];
+    unsigned int t = threadIdx.x, lane = t % 32, row = t / 32, step = blockDim.x / 32;
+    for (u64 group = blockIdx.x; group < (cols + 31) / 32; group += gridDim.x) {
+        u64 c = group * 32 + lane;
+        bool inside = c < cols;
+        double s = 0.0;
+        for (u64 r = row; inside && r < rows; r += step) {
+            u64 i = r * cols + c;
+            float v = y[at(ly, i)] > 0.0f ? g[at(lg, i)] : 0.0f;
+            masked[i] = v;
+            s += (double)v;
+        }
+        part[t] = s;
+        __syncthreads();
+        for (unsigned int half = step / 2; half > 0; half /= 2) {
+            if (row < half) part[t] += part[t + half * 32];
+            __syncthreads();
+        }
+        if (row == 0 && inside) sums[c] = (float)part[t];
+        __syncthreads();
+    }
+}
+
 // Softmax (log = 0) or log-softmax (log = 1) along the middle axis of [outer, len, inner]:
 // one block per lane, the lane's maximum subtracted first so that no exponent is positive.
 extern "C" __global__ void softmax(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner, int log) {

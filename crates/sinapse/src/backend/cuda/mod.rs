@@ -168,6 +168,26 @@ impl CudaStorage {
         Ok(Some(out))
     }
 
+    /// The gradient through a dense layer's fused ReLU and its bias's gradient, in one launch:
+    /// this `[rows, cols]` output gradient at `l` where the layer's output `y` (at `y_l`, same
+    /// shape, checked by `Storage::relu_grad_sums`) is positive, else 0, row-major; and that
+    /// masked gradient's column sums `[cols]`.
+    pub(crate) fn relu_grad_sums(&self, l: &Layout, y: &Self, y_l: &Layout) -> Result<(Self, Self)> {
+        let gpu = self.gpu();
+        let (rows, cols) = (l.shape()[0], l.shape()[1]);
+        let masked = CudaStorage::alloc(gpu, rows * cols, "linear_relu")?;
+        let sums = CudaStorage::alloc(gpu, cols, "linear_relu")?;
+        if cols > 0 {
+            let (lg, ly) = (Strided::of(l, "linear_relu")?, Strided::of(y_l, "linear_relu")?);
+            // As `reduce`'s block per 32 columns: rows of 32 threads for about 4 values each.
+            let threads = 32 * (rows / 4).next_power_of_two().clamp(1, 32) as u32;
+            let (r, c) = (rows as u64, cols as u64);
+            launch!(gpu, "relu_grad_sums", blocks(cols.div_ceil(32), threads);
+                self.block.ptr, lg, y.block.ptr, ly, masked.block.ptr, sums.block.ptr, r, c)?;
+        }
+        Ok((masked, sums))
+    }
+
     /// Max pooling of the images at `l`: the windows' maxima and taps, as
     /// [`BackendStorage::max_pool2d`] gives them; with `relu`, the maxima's ReLU, and a
     /// window whose maximum is not positive gets a tap that matches no pixel, so that the
