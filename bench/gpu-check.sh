@@ -9,6 +9,7 @@
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp, cnn and lstm also with
 #      the training step in a CUDA graph, infer with the forward pass in one), Sinapse and
 #      PyTorch (python3 with CUDA) interleaved;
+#   5. the kernel profile of the mlp and cnn steps (each launch's GPU time);
 # and prints one table last. Logs go to $OUT (or gpu-run/out/), and the table too, a row at a
 # time (table.txt), so a check stopped part way still leaves the rows it made.
 #
@@ -155,6 +156,19 @@ for mode in fp32 tf32; do
     step "bench-mlp-large-$mode-torch" 300 python3 bench/pytorch_bench.py mlp-large --device cuda --runs "$runs" ${flag[@]+"${flag[@]}"}
     row "bench mlp-large $mode: sinapse" "$(result mlp-large "$logs/bench-mlp-large-$mode-sinapse.log")"
     row "bench mlp-large $mode: pytorch" "$(result mlp-large "$logs/bench-mlp-large-$mode-torch.log")"
+done
+
+# Where a step's GPU time goes: each kernel and cuBLAS product of 20 eager steps timed alone
+# (CUDA events after a spin kernel), for sessions without a GPU to work from; the whole list
+# is in the log, and the row has the total and the longest.
+for name in mlp cnn; do
+    if step "profile-$name" 120 "$bin/sinapse" bench "$name" --device cuda --runs 1 --epochs 1 --profile-kernels 20; then
+        log="$logs/profile-$name.log"
+        top=$(grep -A1 -E '^ +us +share' "$log" | tail -n 1 | sed -E 's/^ *([0-9.]+) +([0-9.]+%) +[0-9.]+ +/\1 us (\2): /')
+        row "kernel profile $name" "$(grep '^kernel profile total: ' "$log" | sed 's/^kernel profile total: //'); longest: $top"
+    else
+        row "kernel profile $name" "$(failed "$logs/profile-$name.log")"
+    fi
 done
 
 echo

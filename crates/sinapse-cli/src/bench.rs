@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Train this many epochs instead of the benchmark's (a quick check, not its figure).
     #[arg(long)]
     epochs: Option<usize>,
+    /// After the timed runs, time each kernel launch and cuBLAS product of this many eager
+    /// training steps on the GPU, alone (a GPU option; not for `infer`), and print them per
+    /// step, the longest first.
+    #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "20")]
+    profile_kernels: Option<usize>,
 }
 
 /// The network of a benchmark, from its bundled spec.
@@ -145,6 +150,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.cuda_graph && device == Device::Cpu {
         bail!("--cuda-graph needs a CUDA device (--device cuda)");
     }
+    match args.profile_kernels {
+        Some(_) if device == Device::Cpu => bail!("--profile-kernels times GPU launches: it needs --device cuda"),
+        Some(_) if infer => bail!("--profile-kernels times training steps: profile `mlp`, the network `infer` runs"),
+        Some(0) => bail!("--profile-kernels must time at least 1 step"),
+        _ => {}
+    }
     let task = Task::Classification { classes: 10 };
     let cfg = FitConfig {
         epochs: args.epochs.unwrap_or(bench.epochs),
@@ -218,6 +229,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             runs.push((rate, f64::from(acc)));
         }
     }
+    if let Some(steps) = args.profile_kernels {
+        let cfg = FitConfig { epochs: 1, cuda_graph: false, ..cfg.clone() };
+        profile_kernels(&bench, &train, &cfg, steps, device)?;
+    }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (a, b) = runs[runs.len() / 2];
     match peak_resident_mib() {
@@ -242,6 +257,47 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         outln!("{}: {a:.0} samples/s, test accuracy {b:.4}", args.name);
     }
+    Ok(())
+}
+
+/// Trains a fresh model of `bench` for `steps` batches of `train` with `cfg` (eager) while
+/// `device`'s kernel profile is on, and prints each kernel and product's time per step, the
+/// longest first: the GPU's own time for each, without the host's gaps between launches.
+fn profile_kernels(bench: &Training, train: &Dataset, cfg: &FitConfig, steps: usize, device: Device) -> Result<()> {
+    let rows = (steps * cfg.batch_size).min(train.len());
+    let batches = rows.div_ceil(cfg.batch_size);
+    let part = train.subset(&(0..rows).collect::<Vec<_>>())?;
+    let model = bench.network.build()?;
+    model.to(device)?;
+    let mut opt = (bench.optimizer)(model.parameters())?;
+    sinapse::backend::kernel_profile(device)?; // a fresh start
+    sinapse::backend::set_kernel_profiling(device, true)?;
+    let fitted = fit(&model, opt.as_mut(), &part, None, cfg, &mut Silent);
+    sinapse::backend::set_kernel_profiling(device, false)?;
+    fitted?;
+    let profile = sinapse::backend::kernel_profile(device)?;
+    let total: f64 = profile.iter().map(|t| t.seconds).sum();
+    let per_step = |x: f64| x / batches as f64;
+    outln!(
+        "kernel profile: {batches} eager training steps, each launch timed alone on the GPU (CUDA events, \
+         after a spin kernel); per step:"
+    );
+    outln!("{:>10} {:>6} {:>8}  what", "us", "share", "launches");
+    for t in &profile {
+        outln!(
+            "{:>10.1} {:>5.1}% {:>8.2}  {}",
+            per_step(t.seconds) * 1e6,
+            100.0 * t.seconds / total.max(f64::MIN_POSITIVE),
+            per_step(t.launches as f64),
+            t.what
+        );
+    }
+    let launches: u64 = profile.iter().map(|t| t.launches).sum();
+    outln!(
+        "kernel profile total: {:.1} us per step in {:.2} launches (the GPU's time, without the host's gaps)",
+        per_step(total) * 1e6,
+        per_step(launches as f64)
+    );
     Ok(())
 }
 

@@ -102,6 +102,13 @@ fn main() {
         output::note(format_args!("error: {e}"));
         std::process::exit(1);
     }
+    // For tests on a machine without a GPU: `cuda:0` is the GPU emulated on the CPU (slow).
+    if std::env::var("SINAPSE_EMULATED_GPU").is_ok_and(|v| v == "1") {
+        if let Err(e) = sinapse::backend::install_emulated_gpu() {
+            output::note(format_args!("error: SINAPSE_EMULATED_GPU=1: the emulated GPU: {e}"));
+            std::process::exit(1);
+        }
+    }
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),

@@ -827,3 +827,49 @@ fn dashboard_serves_the_page_and_the_runs() {
     assert_eq!(iris["confusion"]["classes"].as_array().map(Vec::len), Some(3), "{api}");
     assert!(iris["summary"].as_str().unwrap().contains("131 parameters"), "{api}");
 }
+
+/// `bench --profile-kernels` on the GPU emulated on the CPU (`SINAPSE_EMULATED_GPU=1`), with
+/// 256 training and 64 test images of the bundled set: each product and kernel of the `mlp`'s
+/// step is listed per step (the first layer's product once, each hidden layer's fused ReLU and
+/// bias gradient kernel once), and the total. Skipped, saying so, where the emulator cannot be built (no C++
+/// compiler) or run (no NVRTC), unless `SINAPSE_REQUIRE_EMULATOR=1`.
+#[test]
+fn bench_profiles_each_kernel_of_a_step_on_the_emulated_gpu() {
+    let data = sinapse::data::mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k")).unwrap();
+    let dir = temp("profile-mnist");
+    for (split, set, n) in [("train", &data.train, 256), ("t10k", &data.test, 64)] {
+        let pixels: Vec<u8> = set.x().to_vec()[..n * 784].iter().map(|v| (v * 255.0).round() as u8).collect();
+        let labels: Vec<u8> = set.y().to_vec()[..n].iter().map(|&v| v as u8).collect();
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n as u32, 28, 28] {
+            images.extend(d.to_be_bytes());
+        }
+        images.extend(pixels);
+        let mut classes = vec![0, 0, 8, 1];
+        classes.extend((n as u32).to_be_bytes());
+        classes.extend(labels);
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte")), images).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte")), classes).unwrap();
+    }
+    let args = ["bench", "mlp", "--device", "cuda", "--runs", "1", "--epochs", "1", "--profile-kernels", "2"];
+    let data_dir = dir.to_str().unwrap();
+    let (code, out, err) = sinapse_with(&[("SINAPSE_EMULATED_GPU", "1")], &[&args[..], &["--data", data_dir]].concat());
+    // No C++ compiler for the emulator, or no NVRTC to compile the kernels for it.
+    if code != 0
+        && (err.contains("SINAPSE_EMULATED_GPU=1: the emulated GPU") || err.contains("cuda:0 is not available"))
+    {
+        let required = std::env::var("SINAPSE_REQUIRE_EMULATOR").is_ok_and(|v| v == "1");
+        assert!(!required, "SINAPSE_REQUIRE_EMULATOR=1, and: {err}");
+        eprintln!("cli: bench --profile-kernels not covered: {}", err.trim());
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kernel profile: 2 eager training steps"), "{out}");
+    let line = |what: &str| out.lines().find(|l| l.ends_with(what)).unwrap_or_else(|| panic!("no {what}: {out}"));
+    let launches = |l: &str| l.split_whitespace().nth(2).unwrap().parse::<f64>().unwrap();
+    assert_eq!(launches(line("sgemm [128 x 784] · [784 x 256]")), 1.0, "{out}");
+    assert_eq!(launches(line("relu_grad_sums (grid 8, block 1024)")), 1.0, "{out}");
+    assert_eq!(launches(line("relu_grad_sums (grid 4, block 1024)")), 1.0, "{out}");
+    assert!(out.contains("kernel profile total: "), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

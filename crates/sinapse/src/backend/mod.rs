@@ -20,7 +20,7 @@ mod lstm;
 
 pub use cpu::fastmath::simd_level;
 pub use cpu::simd::CAPABILITY_VAR;
-pub use cuda::{LaunchCounts, MemoryStats};
+pub use cuda::{KernelTime, LaunchCounts, MemoryStats};
 pub(crate) use kernels::ClassTotal;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
@@ -337,6 +337,30 @@ pub fn device_launches(device: Device) -> Option<LaunchCounts> {
     match device {
         Device::Cpu => None,
         Device::Cuda(i) => cuda::launch_counts(i),
+    }
+}
+
+/// Turns `device`'s kernel profile on or off: while on, each kernel launch and cuBLAS
+/// product queued outside a CUDA graph's step is timed on the GPU by two CUDA events, after a
+/// kernel that keeps the GPU busy (about 50 us) until the launch and both events are queued,
+/// so that each time is the launch's alone, without the host's gaps between launches (and
+/// the work runs that much slower meanwhile). [`kernel_profile`] reads the times. An error
+/// for the CPU, or a GPU that cannot be opened.
+pub fn set_kernel_profiling(device: Device, on: bool) -> Result<()> {
+    match device {
+        Device::Cpu => {
+            Err(Error::invalid("set_kernel_profiling", "the kernel profile times GPU launches; the CPU has none"))
+        }
+        Device::Cuda(i) => cuda::set_profiling(i, on),
+    }
+}
+
+/// What `device`'s kernel profile ([`set_kernel_profiling`]) timed since it was last read,
+/// the longest in all first, and a fresh start (waits for the GPU). Empty for the CPU.
+pub fn kernel_profile(device: Device) -> Result<Vec<KernelTime>> {
+    match device {
+        Device::Cpu => Ok(Vec::new()),
+        Device::Cuda(i) => cuda::kernel_profile(i),
     }
 }
 

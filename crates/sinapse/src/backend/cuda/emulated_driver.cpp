@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <new>
@@ -493,6 +494,39 @@ ENTRY CUresult cuStreamDestroy_v2(void* s) {
 ENTRY CUresult cuStreamSynchronize(void* s) {
     LOCKED;
     return refused_in_capture(stream_of(s), "cuStreamSynchronize during a capture");
+}
+
+// Events, for the kernel profile: work has run by the time it is queued here, so an event
+// records the host's clock when it is recorded. Recording one on a capturing stream is
+// refused (CUDA would make it part of the graph; Sinapse times only work outside graphs).
+struct Event {
+    bool recorded = false;
+    std::chrono::steady_clock::time_point at;
+};
+ENTRY CUresult cuEventCreate(void** e, unsigned int) {
+    *e = new Event;
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuEventRecord(void* e, void* s) {
+    LOCKED;
+    if (!e) return EMU_INVALID_HANDLE;
+    if (CUresult r = refused_in_capture(stream_of(s), "cuEventRecord during a capture")) return r;
+    *static_cast<Event*>(e) = Event{true, std::chrono::steady_clock::now()};
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuEventSynchronize(void* e) { return e ? EMU_SUCCESS : EMU_INVALID_HANDLE; }
+ENTRY CUresult cuEventQuery(void* e) { return e ? EMU_SUCCESS : EMU_INVALID_HANDLE; }
+ENTRY CUresult cuEventElapsedTime_v2(float* ms, void* start, void* end) {
+    const Event* a = static_cast<const Event*>(start);
+    const Event* b = static_cast<const Event*>(end);
+    if (!a || !b || !a->recorded || !b->recorded) return EMU_INVALID_HANDLE;
+    *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuEventElapsedTime(float* ms, void* start, void* end) { return cuEventElapsedTime_v2(ms, start, end); }
+ENTRY CUresult cuEventDestroy_v2(void* e) {
+    delete static_cast<Event*>(e);
+    return EMU_SUCCESS;
 }
 
 ENTRY CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {

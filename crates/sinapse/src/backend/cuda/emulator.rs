@@ -286,6 +286,18 @@ fn transposed_view(outer: usize, len: usize, inner: usize, seed: u64) -> (Vec<f3
     (stored, Strided::of(&l, "test").unwrap(), logical)
 }
 
+/// `spin` (the kernel profile's) keeps its one thread busy for the cycles it is given: here
+/// the emulator's clock counts nanoseconds.
+#[test]
+fn spin_waits_its_cycles() {
+    each_order(|emu| {
+        let cycles = 2_000_000u64;
+        let start = std::time::Instant::now();
+        emulate!(emu, "spin", gpu::blocks(1, 1); cycles);
+        assert!(start.elapsed() >= std::time::Duration::from_nanos(cycles), "spin returned early");
+    });
+}
+
 /// `relu_grad_sums`: the gradient masked where the output is not positive (NaN, zeros and
 /// negatives among the outputs), row-major, and its column sums in double; the gradient read
 /// through a transposed view, with fewer rows than a block's thread rows, many rows, and

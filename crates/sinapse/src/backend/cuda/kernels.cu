@@ -67,6 +67,17 @@ __device__ void report(unsigned int* err, unsigned int op, float v, u64 size) {
 }
 
 // ---------------------------------------------------------------------------------------
+// The kernel profile only (`sinapse::backend::set_kernel_profiling`): keeps the stream busy
+// for `cycles` clock cycles, so that the host has queued the launch it times, and the events
+// around it, before the GPU reaches them (the launch then starts at once after its first event).
+
+extern "C" __global__ void spin(u64 cycles) {
+    long long start = clock64();
+    while ((u64)(clock64() - start) < cycles) {
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Creation and copies.
 
 extern "C" __global__ void fill(float* out, u64 n, float value) {

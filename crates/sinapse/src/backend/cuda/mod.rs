@@ -29,7 +29,7 @@ use crate::{Device, Error, Result};
 use gpu::{blocks, grid, launch, Block, Conv, Gpu, Launched, ListEntry, Strided, UpdateList, Values, VALUES_MAX};
 
 pub use alloc::MemoryStats;
-pub use gpu::LaunchCounts;
+pub use gpu::{KernelTime, LaunchCounts};
 
 /// f32 values in GPU memory.
 #[derive(Debug)]
@@ -548,6 +548,7 @@ impl BackendStorage for CudaStorage {
         let _claim = gpu.bind("matmul")?;
         let mut mode = gpu.blas_mode.lock().map_err(|_| gpu.failure("matmul", "the cuBLAS lock was poisoned"))?;
         gpu.apply_math_mode(&mut mode)?;
+        let timed = gpu.profile_start()?;
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: cuBLAS gets B first.
         // SAFETY: the operands' addresses, leading dimensions and batch strides describe
         // matrices inside their buffers (checked by `Operand::describe`), the output holds
@@ -576,6 +577,12 @@ impl BackendStorage for CudaStorage {
             )
         }
         .map_err(|e| gpu.failure("matmul (cuBLAS)", e))?;
+        gpu.profile_end(timed, || {
+            let batched = (batch > 1).then(|| format!("{batch} products"));
+            let notes: Vec<String> = batched.into_iter().chain((*mode).then(|| "TF32".to_string())).collect();
+            let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+            format!("sgemm [{m} x {k}] · [{k} x {n}]{notes}")
+        })?;
         gpu.launched(Launched::Product);
         Ok(out)
     }
@@ -913,6 +920,18 @@ impl CudaStorage {
 /// The block cache's counters of GPU `ordinal` (`None` when it was never opened).
 pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
     gpu::opened(ordinal).map(|g| g.memory_stats())
+}
+
+/// Turns GPU `ordinal`'s kernel profile on or off (opening the GPU).
+pub(crate) fn set_profiling(ordinal: usize, on: bool) -> Result<()> {
+    gpu::gpu(ordinal)?.set_profiling(on);
+    Ok(())
+}
+
+/// What GPU `ordinal`'s kernel profile timed since it was last read (nothing for a GPU never
+/// opened).
+pub(crate) fn kernel_profile(ordinal: usize) -> Result<Vec<KernelTime>> {
+    gpu::opened(ordinal).map_or(Ok(Vec::new()), |g| g.kernel_profile())
 }
 
 /// The launches counted on GPU `ordinal`, if it has been opened.
