@@ -9,7 +9,7 @@
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp, cnn and lstm also with
 #      the training step in a CUDA graph, infer with the forward pass in one), Sinapse and
 #      PyTorch (python3 with CUDA) interleaved;
-#   5. the kernel profile of the mlp and cnn steps (each launch's GPU time);
+#   5. the kernel profiles of the mlp and cnn steps (each launch's GPU time), both sides;
 # and prints one table last. Logs go to $OUT (or gpu-run/out/), and the table too, a row at a
 # time (table.txt), so a check stopped part way still leaves the rows it made.
 #
@@ -159,16 +159,25 @@ for mode in fp32 tf32; do
 done
 
 # Where a step's GPU time goes: each kernel and cuBLAS product of 20 eager steps timed alone
-# (CUDA events after a spin kernel), for sessions without a GPU to work from; the whole list
-# is in the log, and the row has the total and the longest.
-for name in mlp cnn; do
-    if step "profile-$name" 120 "$bin/sinapse" bench "$name" --device cuda --runs 1 --epochs 1 --profile-kernels 20; then
-        log="$logs/profile-$name.log"
-        top=$(grep -A1 -E '^ +us +share' "$log" | tail -n 1 | sed -E 's/^ *([0-9.]+) +([0-9.]+%) +[0-9.]+ +/\1 us (\2): /')
-        row "kernel profile $name" "$(grep '^kernel profile total: ' "$log" | sed 's/^kernel profile total: //'); longest: $top"
+# (Sinapse: CUDA events after a spin kernel; PyTorch: torch.profiler), for sessions without a
+# GPU to work from; the whole lists are in the logs, and the rows have the totals and the
+# longest.
+# profiled LOG: the profile's total and its longest kernel, or why there is none.
+profiled() {
+    if grep -q '^kernel profile total: ' "$1"; then
+        local top
+        top=$(grep -A1 -E '^ +us +share' "$1" | tail -n 1 | sed -E 's/^ *([0-9.]+) +([0-9.]+%) +[0-9.]+ +/\1 us (\2): /')
+        echo "$(grep '^kernel profile total: ' "$1" | sed 's/^kernel profile total: //'); longest: ${top:0:90}"
     else
-        row "kernel profile $name" "$(failed "$logs/profile-$name.log")"
+        failed "$1"
     fi
+}
+for name in mlp cnn; do
+    step "profile-$name-sinapse" 120 "$bin/sinapse" bench "$name" --device cuda --runs 1 --epochs 1 --profile-kernels 20
+    step "profile-$name-torch" 120 python3 bench/pytorch_bench.py "$name" --device cuda --runs 1 --epochs 1 \
+        --profile-kernels 20
+    row "kernel profile $name: sinapse" "$(profiled "$logs/profile-$name-sinapse.log")"
+    row "kernel profile $name: pytorch" "$(profiled "$logs/profile-$name-torch.log")"
 done
 
 echo

@@ -16,6 +16,7 @@ forward, backward, step), last partial batch kept, shuffled each epoch with a fi
 
     python3 bench/pytorch_bench.py mlp|cnn|lstm|infer|mlp-large [--runs 3] [--threads 2]
         [--data data/mnist-10k] [--device cpu|cuda] [--tf32] [--epochs N] [--cuda-graph]
+        [--profile-kernels [STEPS]]
 
 On `--device cuda` the data and model live on the GPU, the loop reads the loss each step
 (`loss.item()`), and the peak GPU memory is printed too. `--cuda-graph` (a GPU option) runs
@@ -26,6 +27,10 @@ read every 25 steps, as `sinapse bench --cuda-graph` does. For infer it also cap
 forward pass into a graph per batch size (after warm-up on a side stream), each call copying
 its input into the graph's static input, replaying, and cloning the static output, as
 `sinapse bench infer --cuda-graph` does.
+
+`--profile-kernels [STEPS]` (CUDA, training benchmarks) then trains a fresh model for that many
+eager steps (default 20) under torch.profiler and prints each kernel's GPU time per step, as
+`sinapse bench --profile-kernels` prints Sinapse's.
 
 Prints one line per run, the process's peak resident memory, and, last,
 `NAME: N samples/s, test accuracy X` (the median run; for infer
@@ -214,6 +219,58 @@ def train_graphed(model, opt, loss_fn, x, y, batch, epochs, gen):
     return epochs * n / seconds
 
 
+def profile_kernels(name, x, y, steps):
+    """Trains a fresh model of benchmark `name` for 2 eager steps, then `steps` more under
+    torch.profiler, and prints each CUDA kernel's GPU time per step (CUPTI's, without the
+    host's gaps), the longest first, in the format of `sinapse bench --profile-kernels`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    build, optimizer, batch, _, tiled = BENCHMARKS[name]
+    if tiled:
+        rows = torch.arange(tiled, device=x.device) % x.shape[0]
+        x, y = x[rows], y[rows]
+    torch.manual_seed(0)
+    model = build().to(x.device)
+    opt = optimizer(model.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0)).to(x.device)
+    full = max(x.shape[0] // batch, 1)
+
+    def step(i):
+        idx = perm[(i % full) * batch : (i % full + 1) * batch]
+        loss = loss_fn(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    for i in range(2):
+        step(i)
+    sync(x.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            step(2 + i)
+        sync(x.device)
+    # A kernel's row has GPU time and no CPU time of its own (the launches' rows the reverse).
+    rows = []
+    for e in prof.key_averages():
+        gpu = getattr(e, "device_time_total", None)
+        gpu = e.cuda_time_total if gpu is None else gpu
+        if e.self_cpu_time_total < 1e-10 and gpu > 1e-10:
+            rows.append((gpu, e.count, e.key))
+    rows.sort(key=lambda r: -r[0])
+    total = sum(r[0] for r in rows)
+    print(f"kernel profile: {steps} eager training steps, each kernel's GPU time (torch.profiler); per step:")
+    print(f"{'us':>10} {'share':>6} {'launches':>8}  what")
+    for gpu, count, key in rows:
+        print(f"{gpu / steps:10.1f} {100 * gpu / max(total, 1e-30):5.1f}% {count / steps:8.2f}  {key[:120]}")
+    launches = sum(r[1] for r in rows)
+    print(
+        f"kernel profile total: {total / steps:.1f} us per step in {launches / steps:.2f} launches "
+        "(the GPU's time, without the host's gaps)"
+    )
+
+
 def sync(device):
     """Waits for the GPU's queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
@@ -287,7 +344,12 @@ def main():
     p.add_argument("--tf32", action="store_true", help="let CUDA matrix products use TF32")
     p.add_argument("--epochs", type=int, help="train this many epochs instead (a quick check)")
     p.add_argument("--cuda-graph", action="store_true", help="capture the training step (for infer, the forward pass too) into a CUDA graph")
+    p.add_argument("--profile-kernels", type=int, nargs="?", const=20, metavar="STEPS",
+                   help="after the runs, print each CUDA kernel's GPU time over this many eager steps (default 20)")
     args = p.parse_args()
+    if args.profile_kernels is not None:
+        if args.device == "cpu" or args.name == "infer" or args.profile_kernels < 1:
+            p.error("--profile-kernels needs --device cuda, a training benchmark and at least 1 step")
     if args.epochs is not None and args.epochs < 1:
         p.error("--epochs must be at least 1")
     if args.cuda_graph and args.device == "cpu":
@@ -309,6 +371,8 @@ def main():
             print(f"run {r + 1}/{args.runs}: batch1 {a:.1f} us, batch1024 {b:.0f} samples/s")
         else:
             print(f"run {r + 1}/{args.runs}: {a:.0f} samples/s, test accuracy {b:.4f}")
+    if args.profile_kernels is not None:
+        profile_kernels(args.name, x, y, args.profile_kernels)
     runs.sort()
     a, b = runs[len(runs) // 2]
     graphed = ""
