@@ -252,11 +252,13 @@ def profile_kernels(name, x, y, steps):
             step(2 + i)
         sync(x.device)
     # A kernel's row has GPU time and no CPU time of its own (the launches' rows the reverse).
+    # Copies and memsets are left out, as Sinapse's profile times kernels and products only.
     rows = []
     for e in prof.key_averages():
         gpu = getattr(e, "device_time_total", None)
         gpu = e.cuda_time_total if gpu is None else gpu
-        if e.self_cpu_time_total < 1e-10 and gpu > 1e-10:
+        copy = e.key.startswith(("Memcpy", "Memset"))
+        if e.self_cpu_time_total < 1e-10 and gpu > 1e-10 and not copy:
             rows.append((gpu, e.count, e.key))
     rows.sort(key=lambda r: -r[0])
     total = sum(r[0] for r in rows)

@@ -42,8 +42,8 @@ pub struct BenchArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// After the timed runs, time each kernel launch and cuBLAS product of this many eager
-    /// training steps on the GPU, alone (a GPU option; not for `infer`), and print them per
-    /// step, the longest first.
+    /// training steps (after 2 untimed) on the GPU, alone (a GPU option; not for `infer`),
+    /// and print them per step, the longest first.
     #[arg(long, value_name = "STEPS", num_args = 0..=1, default_missing_value = "20")]
     profile_kernels: Option<usize>,
 }
@@ -260,16 +260,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Trains a fresh model of `bench` for `steps` batches of `train` with `cfg` (eager) while
-/// `device`'s kernel profile is on, and prints each kernel and product's time per step, the
-/// longest first: the GPU's own time for each, without the host's gaps between launches.
+/// Trains a fresh model of `bench` for 2 batches of `train` with `cfg` (eager), then for
+/// `steps` more while `device`'s kernel profile is on, and prints each kernel and product's
+/// time per step, the longest first: the GPU's own time for each, without the host's gaps
+/// between launches.
 fn profile_kernels(bench: &Training, train: &Dataset, cfg: &FitConfig, steps: usize, device: Device) -> Result<()> {
     let rows = (steps * cfg.batch_size).min(train.len());
     let batches = rows.div_ceil(cfg.batch_size);
     let part = train.subset(&(0..rows).collect::<Vec<_>>())?;
+    let warm_up = train.subset(&(0..(2 * cfg.batch_size).min(train.len())).collect::<Vec<_>>())?;
     let model = bench.network.build()?;
     model.to(device)?;
     let mut opt = (bench.optimizer)(model.parameters())?;
+    fit(&model, opt.as_mut(), &warm_up, None, cfg, &mut Silent)?;
     sinapse::backend::kernel_profile(device)?; // a fresh start
     sinapse::backend::set_kernel_profiling(device, true)?;
     let fitted = fit(&model, opt.as_mut(), &part, None, cfg, &mut Silent);

@@ -965,38 +965,39 @@ impl sinapse::nn::Module for SpawnsWork {
 
 /// The kernel profile on `device`: while on, every launch counted is timed once under its
 /// name and sizes (the spin kernel before each is neither counted nor listed), a graph's step
-/// is captured and replayed untimed, and reading the profile empties it; off, nothing is timed.
+/// is captured and replayed untimed (an event there would fail the capture), and reading the
+/// profile empties it; off, nothing is timed.
 fn profile_check(device: Device) -> Result<Option<String>> {
     use sinapse::backend::{device_launches, kernel_profile, set_kernel_profiling};
     use sinapse::nn::{InferenceGraph, Linear, Module, Relu, Sequential};
+    /// Turns the profile off when dropped, whatever returns early.
+    struct Off(Device);
+    impl Drop for Off {
+        fn drop(&mut self) {
+            let _ = set_kernel_profiling(self.0, false);
+        }
+    }
     let launches = || device_launches(device).map(|c| c.kernels + c.products).unwrap_or(0);
     let a = Tensor::from_vec((0..40).map(|v| v as f32 / 7.0 - 2.0).collect(), &[8, 5])?.to(device)?;
     let b = Tensor::from_vec((0..15).map(|v| v as f32 / 5.0 - 1.0).collect(), &[5, 3])?.to(device)?;
     kernel_profile(device)?; // whatever an earlier check left
+    let off = Off(device);
     set_kernel_profiling(device, true)?;
     let before = launches();
     let y = a.matmul(&b)?.relu()?.sum_all()?.to_scalar()?;
     let queued = launches() - before;
-    let model = Sequential::new().add(Linear::new(5, 4, &mut Rng::seed(3))?).add(Relu);
-    model.to(device)?;
-    let mut graph = InferenceGraph::capture(&model, &[2, 5], device)?;
-    let replayed = graph.run(&a.narrow(0, 0, 2)?)?.to_vec();
-    let _off = sinapse::no_grad();
-    let eager = model.forward(&a.narrow(0, 0, 2)?, sinapse::nn::Mode::Eval)?.to_vec();
-    set_kernel_profiling(device, false)?;
     let profile = kernel_profile(device)?;
-    if replayed != eager {
-        return Ok(Some(format!("a graph captured while profiling gave {replayed:?}, eager {eager:?}")));
-    }
     let want: f32 = {
         let (a, b) = (a.to_vec(), b.to_vec());
-        (0..8)
-            .flat_map(|i| (0..3).map(move |j| (i, j)))
-            .map(|(i, j)| (0..5).map(|k| a[i * 5 + k] * b[k * 3 + j]).sum::<f32>().max(0.0))
-            .sum()
+        let cell = |i: usize, j: usize| (0..5).map(|k| a[i * 5 + k] * b[k * 3 + j]).sum::<f32>().max(0.0);
+        (0..8).flat_map(|i| (0..3).map(move |j| (i, j))).map(|(i, j)| cell(i, j)).sum()
     };
     if (y - want).abs() > 1e-4 * want.abs().max(1.0) {
         return Ok(Some(format!("while profiling, relu(a·b) summed to {y}, not {want}")));
+    }
+    let timed: u64 = profile.iter().map(|t| t.launches).sum();
+    if timed != queued || queued < 3 {
+        return Ok(Some(format!("{timed} launches timed, {queued} queued: {profile:?}")));
     }
     let product = profile.iter().find(|t| t.what == "sgemm [8 x 5] · [5 x 3]");
     if product.map(|t| t.launches) != Some(1) {
@@ -1005,18 +1006,24 @@ fn profile_check(device: Device) -> Result<Option<String>> {
     if let Some(t) = profile.iter().find(|t| t.what.starts_with("spin") || !(t.seconds > 0.0 && t.seconds < 10.0)) {
         return Ok(Some(format!("an entry that should not be there: {t:?}")));
     }
-    let timed: u64 = profile.iter().map(|t| t.launches).sum();
-    // At least the ops' launches and the first eager pass of the graph's model (the capture's
-    // own recording and capture are not timed: an event there would fail the capture).
-    if timed < queued + 2 {
-        return Ok(Some(format!("{timed} launches timed for {queued} queued by the ops: {profile:?}")));
-    }
     if !kernel_profile(device)?.is_empty() {
         return Ok(Some("a second read of the profile is not empty".into()));
     }
+    // A graph captured and replayed while the profile is on.
+    let model = Sequential::new().add(Linear::new(5, 4, &mut Rng::seed(3))?).add(Relu);
+    model.to(device)?;
+    let mut graph = InferenceGraph::capture(&model, &[2, 5], device)?;
+    let replayed = graph.run(&a.narrow(0, 0, 2)?)?.to_vec();
+    let _no_grad = sinapse::no_grad();
+    let eager = model.forward(&a.narrow(0, 0, 2)?, sinapse::nn::Mode::Eval)?.to_vec();
+    if replayed != eager {
+        return Ok(Some(format!("a graph captured while profiling gave {replayed:?}, eager {eager:?}")));
+    }
+    drop(off);
+    kernel_profile(device)?;
     a.relu()?.sum_all()?.to_scalar()?;
-    let off = kernel_profile(device)?;
-    Ok((!off.is_empty()).then(|| format!("timed with the profile off: {off:?}")))
+    let untimed = kernel_profile(device)?;
+    Ok((!untimed.is_empty()).then(|| format!("timed with the profile off: {untimed:?}")))
 }
 
 /// While a forward pass is recorded and captured into a graph on `device`, another thread's

@@ -342,9 +342,9 @@ pub fn device_launches(device: Device) -> Option<LaunchCounts> {
 
 /// Turns `device`'s kernel profile on or off: while on, each kernel launch and cuBLAS
 /// product queued outside a CUDA graph's step is timed on the GPU by two CUDA events, after a
-/// kernel that keeps the GPU busy (about 50 us) until the launch and both events are queued,
+/// kernel that keeps the GPU busy (about 200 us) until the launch and both events are queued,
 /// so that each time is the launch's alone, without the host's gaps between launches (and
-/// the work runs that much slower meanwhile). [`kernel_profile`] reads the times. An error
+/// the work runs that much slower meanwhile; other threads' launches wait for each timed one). [`kernel_profile`] reads the times. An error
 /// for the CPU, or a GPU that cannot be opened.
 pub fn set_kernel_profiling(device: Device, on: bool) -> Result<()> {
     match device {
@@ -984,12 +984,15 @@ impl Storage {
     /// column sums `[cols]`. `None` elsewhere (the CPU), where the caller composes the two.
     pub(crate) fn relu_grad_sums(&self, l: &Layout, y: &Storage, y_l: &Layout) -> Result<Option<(Storage, Storage)>> {
         same_device("linear_relu", &[self, y])?;
-        if l.rank() != 2 || l.shape() != y_l.shape() {
+        if l.rank() != 2 {
+            return Err(Error::invalid("linear_relu gradient", format!("[rows, cols] expected, got {:?}", l.shape())));
+        }
+        if l.shape() != y_l.shape() {
             return Err(Error::shapes("linear_relu gradient", l.shape(), y_l.shape()));
         }
-        room_for(self, l.elem_count().saturating_add(l.shape()[1]), "linear_relu")?;
         match (self, y) {
             (Storage::Cuda(g), Storage::Cuda(y)) => {
+                room_for(self, l.elem_count().saturating_add(l.shape()[1]), "linear_relu")?;
                 let (masked, sums) = g.relu_grad_sums(l, y, y_l)?;
                 Ok(Some((Storage::Cuda(masked), Storage::Cuda(sums))))
             }

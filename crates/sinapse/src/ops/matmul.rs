@@ -86,8 +86,9 @@ impl Tensor {
 
     /// `relu(self · weightᵀ + bias)`: [`Tensor::linear`] and [`Tensor::relu`] as one op, the
     /// same values and gradients as the two (the gradient reaching the layer is first masked
-    /// where the output is not positive, by the ReLU's own kernel; on a GPU one kernel masks it
-    /// and sums its columns, the bias's gradient, together). The CPU adds the bias and
+    /// where the output is not positive, by the ReLU's own kernel; on a GPU, when the bias
+    /// needs its gradient, one kernel masks it and sums its columns, the bias's gradient,
+    /// together). The CPU adds the bias and
     /// applies the ReLU in one pass over the output, without the ReLU's buffer; a
     /// [`Sequential`](crate::nn::Sequential) runs a `Linear` followed by a `ReLU` this way.
     pub fn linear_relu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {

@@ -338,14 +338,16 @@ pub(crate) struct Gpu {
     profiler: Mutex<Profiler>,
 }
 
-/// Clock cycles the `spin` kernel keeps the stream busy before a profiled launch: about 50 us
-/// at an H100's or H200's 1.98 GHz, several times what the host takes to queue the launch and
-/// its two events.
-const SPIN_CYCLES: u64 = 100_000;
+/// Clock cycles the `spin` kernel keeps the stream busy before a profiled launch: about 200 us
+/// at an H100's or H200's 1.98 GHz, many times what the host takes to queue the launch and its
+/// two events (so that a thread preempted meanwhile rarely leaves a gap in a launch's time).
+const SPIN_CYCLES: u64 = 400_000;
 
 /// A GPU's kernel profile: while `on`, each kernel launch and cuBLAS product queued outside a
 /// graph's step is timed by two CUDA events, after a `spin` kernel that keeps the GPU busy
-/// until both events and the launch are queued, so that the time is the GPU's alone.
+/// until both events and the launch are queued, so that the time is the GPU's alone. The
+/// profiler's lock is held from the spin kernel to the second event, so that another
+/// thread's work cannot come between them.
 #[derive(Default)]
 struct Profiler {
     on: bool,
@@ -353,6 +355,13 @@ struct Profiler {
     pending: Vec<(String, CudaEvent, CudaEvent)>,
     /// Launches and milliseconds so far, by what was launched.
     totals: HashMap<String, (u64, f64)>,
+}
+
+/// A launch being timed by the kernel profile: the profiler, locked until the event after the
+/// launch is queued, and the event before it.
+pub(crate) struct Timed<'a> {
+    profiler: std::sync::MutexGuard<'a, Profiler>,
+    start: CudaEvent,
 }
 
 /// Launches timed by the kernel profile since it was last read
@@ -712,32 +721,35 @@ impl Gpu {
     }
 
     /// Before a launch: where the profile is on and no graph's step is being recorded or
-    /// captured, queues the `spin` kernel and then an event, returned for
-    /// [`Gpu::profile_end`]; else `None`.
-    pub(crate) fn profile_start(&self) -> Result<Option<CudaEvent>> {
-        if !self.profiler.lock().unwrap_or_else(|e| e.into_inner()).on
-            || self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-        {
+    /// captured, queues the `spin` kernel and then an event, and returns them with the
+    /// profiler's lock for [`Gpu::profile_end`] (other threads' launches wait meanwhile);
+    /// else `None`.
+    pub(crate) fn profile_start(&self) -> Result<Option<Timed<'_>>> {
+        if self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(None);
+        }
+        let profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
+        if !profiler.on {
             return Ok(None);
         }
         use cudarc::driver::PushKernelArg as _;
         let cycles = SPIN_CYCLES;
         let mut builder = self.stream.launch_builder(self.function("spin")?);
         builder.arg(&cycles);
-        // SAFETY: `spin` takes one u64 and touches no memory.
-        unsafe { builder.launch(LaunchConfig::for_num_elems(1)) }.map_err(|e| self.failure("spin", e))?;
+        // SAFETY: `spin` takes one u64 and touches no memory; one thread.
+        unsafe { builder.launch(blocks(1, 1)) }.map_err(|e| self.failure("spin", e))?;
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        Ok(Some(self.stream.record_event(timing).map_err(|e| self.failure("the kernel profile", e))?))
+        let start = self.stream.record_event(timing).map_err(|e| self.failure("the kernel profile", e))?;
+        Ok(Some(Timed { profiler, start }))
     }
 
-    /// After a launch that [`Gpu::profile_start`] timed (`start`): queues the event after it
-    /// and keeps both under `what`; the events are read (the stream waited for) every 4,096
-    /// launches, and by [`Gpu::kernel_profile`].
-    pub(crate) fn profile_end(&self, start: Option<CudaEvent>, what: impl FnOnce() -> String) -> Result<()> {
-        let Some(start) = start else { return Ok(()) };
+    /// After a launch that [`Gpu::profile_start`] timed: queues the event after it and keeps
+    /// both under `what`; the events are read (the stream waited for) every 4,096 launches,
+    /// and by [`Gpu::kernel_profile`].
+    pub(crate) fn profile_end(&self, timed: Option<Timed<'_>>, what: impl FnOnce() -> String) -> Result<()> {
+        let Some(Timed { mut profiler, start }) = timed else { return Ok(()) };
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let end = self.stream.record_event(timing).map_err(|e| self.failure("the kernel profile", e))?;
-        let mut profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
         profiler.pending.push((what(), start, end));
         if profiler.pending.len() >= 4096 {
             self.read_profile(&mut profiler)?;
@@ -745,15 +757,23 @@ impl Gpu {
         Ok(())
     }
 
-    /// Waits for the timed launches and adds their times to the totals.
+    /// Waits for the timed launches and adds their times to the totals (all that can be
+    /// read; the first error after them).
     fn read_profile(&self, profiler: &mut Profiler) -> Result<()> {
+        let mut first_error = None;
         for (what, start, end) in std::mem::take(&mut profiler.pending) {
-            let ms = start.elapsed_ms(&end).map_err(|e| self.failure("the kernel profile", e))?;
-            let total = profiler.totals.entry(what).or_default();
-            total.0 += 1;
-            total.1 += f64::from(ms);
+            match start.elapsed_ms(&end) {
+                Ok(ms) => {
+                    let total = profiler.totals.entry(what).or_default();
+                    total.0 += 1;
+                    total.1 += f64::from(ms);
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| self.failure("the kernel profile", e));
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// What the kernel profile timed since it was last read, the longest in all first; the
@@ -1181,8 +1201,8 @@ macro_rules! launch {
         // buffer holds every element its `Strided` view or size reaches (the views come from
         // layouts checked against their storages; outputs are allocated for the sizes passed).
         unsafe { builder.launch(config) }.map_err(|e| gpu.failure($name, e))?;
-        gpu.profile_end(timed, || format!("{} (grid {}, block {})", $name, config.grid_dim.0, config.block_dim.0))?;
         gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
+        gpu.profile_end(timed, || format!("{} (grid {}, block {})", $name, config.grid_dim.0, config.block_dim.0))?;
         Ok::<(), $crate::Error>(())
     }};
 }

@@ -577,13 +577,13 @@ impl BackendStorage for CudaStorage {
             )
         }
         .map_err(|e| gpu.failure("matmul (cuBLAS)", e))?;
+        gpu.launched(Launched::Product);
         gpu.profile_end(timed, || {
             let batched = (batch > 1).then(|| format!("{batch} products"));
             let notes: Vec<String> = batched.into_iter().chain((*mode).then(|| "TF32".to_string())).collect();
             let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
             format!("sgemm [{m} x {k}] · [{k} x {n}]{notes}")
         })?;
-        gpu.launched(Launched::Product);
         Ok(out)
     }
 
@@ -922,9 +922,12 @@ pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
     gpu::opened(ordinal).map(|g| g.memory_stats())
 }
 
-/// Turns GPU `ordinal`'s kernel profile on or off (opening the GPU).
+/// Turns GPU `ordinal`'s kernel profile on (opening the GPU) or off.
 pub(crate) fn set_profiling(ordinal: usize, on: bool) -> Result<()> {
-    gpu::gpu(ordinal)?.set_profiling(on);
+    match on {
+        true => gpu::gpu(ordinal)?.set_profiling(true),
+        false => gpu::opened(ordinal).iter().for_each(|g| g.set_profiling(false)),
+    }
     Ok(())
 }
 
