@@ -128,17 +128,22 @@ GRAPH = False
 GRAPH_WARMUP = 2
 
 
-def train(name, x, y):
-    """The model trained by benchmark `name`, and the training samples/s."""
-    build, optimizer, batch, epochs, tiled = BENCHMARKS[name]
-    epochs = EPOCHS if EPOCHS is not None else epochs
+def setup(name, x, y):
+    """Benchmark `name`'s training samples (tiled where it asks), a fresh model (seed 0), its
+    optimizer and loss, and its batch size."""
+    build, optimizer, batch, _, tiled = BENCHMARKS[name]
     if tiled:
         rows = torch.arange(tiled, device=x.device) % x.shape[0]
         x, y = x[rows], y[rows]
     torch.manual_seed(0)
     model = build().to(x.device)
-    opt = optimizer(model.parameters())
-    loss_fn = torch.nn.CrossEntropyLoss()
+    return x, y, model, optimizer(model.parameters()), torch.nn.CrossEntropyLoss(), batch
+
+
+def train(name, x, y):
+    """The model trained by benchmark `name`, and the training samples/s."""
+    epochs = EPOCHS if EPOCHS is not None else BENCHMARKS[name][3]
+    x, y, model, opt, loss_fn, batch = setup(name, x, y)
     gen = torch.Generator().manual_seed(0)
     n = x.shape[0]
     seconds = 0.0
@@ -225,14 +230,7 @@ def profile_kernels(name, x, y, steps):
     host's gaps), the longest first, in the format of `sinapse bench --profile-kernels`."""
     from torch.profiler import ProfilerActivity, profile
 
-    build, optimizer, batch, _, tiled = BENCHMARKS[name]
-    if tiled:
-        rows = torch.arange(tiled, device=x.device) % x.shape[0]
-        x, y = x[rows], y[rows]
-    torch.manual_seed(0)
-    model = build().to(x.device)
-    opt = optimizer(model.parameters())
-    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y, model, opt, loss_fn, batch = setup(name, x, y)
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0)).to(x.device)
     full = max(x.shape[0] // batch, 1)
 
