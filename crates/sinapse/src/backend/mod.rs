@@ -343,9 +343,10 @@ pub fn device_launches(device: Device) -> Option<LaunchCounts> {
 /// Turns `device`'s kernel profile on or off: while on, each kernel launch and cuBLAS
 /// product queued outside a CUDA graph's step is timed on the GPU by two CUDA events, after a
 /// kernel that keeps the GPU busy (about 200 us) until the launch and both events are queued,
-/// so that each time is the launch's alone, without the host's gaps between launches (and
-/// the work runs that much slower meanwhile; other threads' launches wait for each timed one). [`kernel_profile`] reads the times. An error
-/// for the CPU, or a GPU that cannot be opened.
+/// so that each time is the launch's alone, without the host's gaps between launches (the
+/// work runs that much slower meanwhile, and other threads' launches wait for each timed
+/// one). [`kernel_profile`] reads the times. An error for the CPU, or for a GPU that cannot
+/// be opened (turning the profile on opens it).
 pub fn set_kernel_profiling(device: Device, on: bool) -> Result<()> {
     match device {
         Device::Cpu => {

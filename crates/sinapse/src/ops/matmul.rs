@@ -88,9 +88,9 @@ impl Tensor {
     /// same values and gradients as the two (the gradient reaching the layer is first masked
     /// where the output is not positive, by the ReLU's own kernel; on a GPU, when the bias
     /// needs its gradient, one kernel masks it and sums its columns, the bias's gradient,
-    /// together). The CPU adds the bias and
-    /// applies the ReLU in one pass over the output, without the ReLU's buffer; a
-    /// [`Sequential`](crate::nn::Sequential) runs a `Linear` followed by a `ReLU` this way.
+    /// together). The CPU adds the bias and applies the ReLU in one pass over the output,
+    /// without the ReLU's buffer; a [`Sequential`](crate::nn::Sequential) runs a `Linear`
+    /// followed by a `ReLU` this way.
     pub fn linear_relu(&self, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         self.linear_with(weight, Some(bias), true)
     }
@@ -124,9 +124,10 @@ impl Tensor {
             let masked;
             let g = if relu {
                 let wanted = x.get(2).is_some_and(Tensor::requires_grad);
-                let fused = match wanted {
-                    true => Tensor::with_storages([g, y], |[gs, ys]| gs.relu_grad_sums(g.layout(), ys, y.layout()))?,
-                    false => None,
+                let fused = if wanted {
+                    Tensor::with_storages([g, y], |[gs, ys]| gs.relu_grad_sums(g.layout(), ys, y.layout()))?
+                } else {
+                    None
                 };
                 masked = match fused {
                     Some((m, sums)) => {

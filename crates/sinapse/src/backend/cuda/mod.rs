@@ -924,9 +924,10 @@ pub(crate) fn memory_stats(ordinal: usize) -> Option<MemoryStats> {
 
 /// Turns GPU `ordinal`'s kernel profile on (opening the GPU) or off.
 pub(crate) fn set_profiling(ordinal: usize, on: bool) -> Result<()> {
-    match on {
-        true => gpu::gpu(ordinal)?.set_profiling(true),
-        false => gpu::opened(ordinal).iter().for_each(|g| g.set_profiling(false)),
+    if on {
+        gpu::gpu(ordinal)?.set_profiling(true);
+    } else if let Some(g) = gpu::opened(ordinal) {
+        g.set_profiling(false);
     }
     Ok(())
 }
