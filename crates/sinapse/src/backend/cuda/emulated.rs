@@ -481,10 +481,20 @@ int main(int argc, char** argv) {
     /// A program of [`PAST_THE_END`]'s kernel, the emulated driver and `main`, built in
     /// `scratch`; returns a function that runs it with the arguments given.
     fn write_at_program(scratch: &Scratch, name: &str, main: &str) -> Option<impl Fn(&[&str]) -> std::process::Output> {
-        let source = format!("{PAST_THE_END}\n{}\n{main}", include_str!("emulated_driver.cpp"));
+        let source = format!("{PAST_THE_END}\n{}\n{WRITE_AT_SETUP}\n{main}", include_str!("emulated_driver.cpp"));
         let exe = test_program(scratch, name, &source, false)?;
         Some(move |args: &[&str]| std::process::Command::new(&exe).args(args).output().expect("the program runs"))
     }
+
+    /// The start the `write_at` programs share: the device's context made current, a 512-byte
+    /// block at `*p` and the kernel in `*f`; false if any of it fails.
+    const WRITE_AT_SETUP: &str = r#"
+static bool write_at_setup(CUdeviceptr* p, void** f) {
+    void* context;
+    return cuDevicePrimaryCtxRetain(&context, 0) == EMU_SUCCESS && cuCtxSetCurrent(context) == EMU_SUCCESS &&
+           cuMemAlloc_v2(p, 512) == EMU_SUCCESS && cuModuleGetFunction(f, nullptr, "write_at") == EMU_SUCCESS;
+}
+"#;
 
     /// That `run` with the index `last` prints status 0, and with the next index 719
     /// (CUDA_ERROR_LAUNCH_FAILED) after the line naming `write_at` and the `bytes`-byte
@@ -505,13 +515,9 @@ int main(int argc, char** argv) {
     /// in a 512-byte block, and prints the launch's status.
     const PAST_THE_TENSOR_MAIN: &str = r#"
 int main(int argc, char** argv) {
-    void* context;
     CUdeviceptr p;
     void* f;
-    if (argc < 2 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
-        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || sinapse_emulated_in_use(p, 400) != 0 ||
-        cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS)
-        return 2;
+    if (argc < 2 || !write_at_setup(&p, &f) || sinapse_emulated_in_use(p, 400) != 0) return 2;
     void* out = reinterpret_cast<void*>(p);
     unsigned long long i = strtoull(argv[1], nullptr, 10);
     void* params[] = {&out, &i};
@@ -535,12 +541,10 @@ int main(int argc, char** argv) {
     /// there might), replays the graph and prints the replay's status.
     const PAST_THE_TENSOR_IN_A_REPLAY_MAIN: &str = r#"
 int main(int argc, char** argv) {
-    void* context;
     CUdeviceptr p;
     void *f, *graph, *exec;
-    if (argc < 2 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
-        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS ||
-        cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS || sinapse_emulated_in_use(p, 40) != 0)
+    if (argc < 2 || !write_at_setup(&p, &f) || cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS ||
+        sinapse_emulated_in_use(p, 40) != 0)
         return 2;
     void* out = reinterpret_cast<void*>(p);
     unsigned long long i = strtoull(argv[1], nullptr, 10);
@@ -572,12 +576,10 @@ int main(int argc, char** argv) {
     /// prints the status of the graph's second replay (exits with 3 if its first fails).
     const REUSED_IN_A_CAPTURE_MAIN: &str = r#"
 int main(int argc, char** argv) {
-    void* context;
     CUdeviceptr p;
     void *f, *graph, *exec;
-    if (argc < 3 || cuDevicePrimaryCtxRetain(&context, 0) != EMU_SUCCESS || cuCtxSetCurrent(context) != EMU_SUCCESS ||
-        cuMemAlloc_v2(&p, 512) != EMU_SUCCESS || sinapse_emulated_in_use(p, 400) != 0 ||
-        cuModuleGetFunction(&f, nullptr, "write_at") != EMU_SUCCESS || cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS)
+    if (argc < 3 || !write_at_setup(&p, &f) || sinapse_emulated_in_use(p, 400) != 0 ||
+        cuStreamBeginCapture_v2(nullptr, 0) != EMU_SUCCESS)
         return 2;
     void* out = reinterpret_cast<void*>(p);
     unsigned long long early = strtoull(argv[1], nullptr, 10), late = strtoull(argv[2], nullptr, 10);
