@@ -7,7 +7,7 @@
 //! missing one is an error that names it, not a failure to build or to start.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use cudarc::cublas::CudaBlas;
@@ -334,7 +334,10 @@ pub(crate) struct Gpu {
     pub(crate) blas_mode: Mutex<bool>,
     /// Kernel launches, cuBLAS products, graph replays and host copies queued so far.
     counts: [AtomicU64; 4],
-    /// The kernel profile ([`Gpu::set_profiling`]).
+    /// Whether the kernel profile is on ([`Gpu::set_profiling`]): read by every launch, so an
+    /// atomic, not the profiler's lock.
+    profiling: AtomicBool,
+    /// The kernel profile's launches and totals.
     profiler: Mutex<Profiler>,
 }
 
@@ -343,14 +346,13 @@ pub(crate) struct Gpu {
 /// two events (so that a thread preempted meanwhile rarely leaves a gap in a launch's time).
 const SPIN_CYCLES: u64 = 400_000;
 
-/// A GPU's kernel profile: while `on`, each kernel launch and cuBLAS product queued outside a
+/// A GPU's kernel profile: while it is on, each kernel launch and cuBLAS product queued outside a
 /// graph's step is timed by two CUDA events, after a `spin` kernel that keeps the GPU busy
 /// until both events and the launch are queued, so that the time is the GPU's alone. The
 /// profiler's lock is held from the spin kernel to the second event, so that another
 /// thread's work cannot come between them.
 #[derive(Default)]
 struct Profiler {
-    on: bool,
     /// Launches timed and not yet read: what was launched, and the events before and after.
     pending: Vec<(String, CudaEvent, CudaEvent)>,
     /// Launches and milliseconds so far, by what was launched.
@@ -710,6 +712,7 @@ impl Gpu {
             errors_ptr,
             blas_mode: Mutex::new(false),
             counts: Default::default(),
+            profiling: AtomicBool::new(false),
             profiler: Mutex::new(Profiler::default()),
         })
     }
@@ -717,7 +720,7 @@ impl Gpu {
     /// Turns the kernel profile on or off (see [`Profiler`]); turning it off keeps what was
     /// timed, for [`Gpu::kernel_profile`].
     pub(crate) fn set_profiling(&self, on: bool) {
-        self.profiler.lock().unwrap_or_else(|e| e.into_inner()).on = on;
+        self.profiling.store(on, Ordering::Relaxed);
     }
 
     /// Before a launch: where the profile is on and no graph's step is being recorded or
@@ -725,13 +728,10 @@ impl Gpu {
     /// profiler's lock for [`Gpu::profile_end`] (other threads' launches wait meanwhile);
     /// else `None`.
     pub(crate) fn profile_start(&self) -> Result<Option<Timed<'_>>> {
-        if self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        if !self.profiling.load(Ordering::Relaxed) || self.capture.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
             return Ok(None);
         }
         let profiler = self.profiler.lock().unwrap_or_else(|e| e.into_inner());
-        if !profiler.on {
-            return Ok(None);
-        }
         use cudarc::driver::PushKernelArg as _;
         let cycles = SPIN_CYCLES;
         let mut builder = self.stream.launch_builder(self.function("spin")?);
