@@ -179,8 +179,7 @@ impl CudaStorage {
         let sums = CudaStorage::alloc(gpu, cols, "linear_relu")?;
         if cols > 0 {
             let (lg, ly) = (Strided::of(l, "linear_relu")?, Strided::of(y_l, "linear_relu")?);
-            // As `reduce`'s block per 32 columns: rows of 32 threads for about 4 values each.
-            let threads = 32 * (rows / 4).next_power_of_two().clamp(1, 32) as u32;
+            let threads = column_threads(rows);
             let (r, c) = (rows as u64, cols as u64);
             launch!(gpu, "relu_grad_sums", blocks(cols.div_ceil(32), threads);
                 self.block.ptr, lg, y.block.ptr, ly, masked.block.ptr, sums.block.ptr, r, c)?;
@@ -347,6 +346,13 @@ fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
 /// step's loss and correct answers (larger ones take the composed ops, over many blocks).
 pub(crate) const CLASS_TOTAL_MAX: usize = 1 << 16;
 
+/// Threads for a block per 32 neighbouring columns of `rows` values each (`reduce_block` with
+/// 32 lanes, `relu_grad_sums`): rows of 32 threads enough for about 4 values each (up to 32
+/// rows), so that a batch of 128 is still read in 4 steps, not 32.
+fn column_threads(rows: usize) -> u32 {
+    32 * (rows / 4).next_power_of_two().clamp(1, 32) as u32
+}
+
 /// A power of two of threads for one block per lane of `len` values (32 to 1024).
 fn lane_threads(len: usize) -> u32 {
     len.clamp(32, 1024).next_power_of_two().min(1024) as u32
@@ -473,13 +479,8 @@ impl BackendStorage for CudaStorage {
         if len <= 64 {
             launch!(gpu, "reduce_thread", grid(outputs); self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
         } else {
-            let (cols, threads) = if inner >= 32 {
-                // Rows of 32 threads enough for about 4 values each (up to 32 rows), so that
-                // a batch of 128 is still read in 4 steps, not 32.
-                (32u32, 32 * (len / 4).next_power_of_two().clamp(1, 32) as u32)
-            } else {
-                (1, lane_threads(len).min(256))
-            };
+            let (cols, threads) =
+                if inner >= 32 { (32u32, column_threads(len)) } else { (1, lane_threads(len).min(256)) };
             let cfg = blocks(outer * inner.div_ceil(cols as usize), threads);
             launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code, cols)?;
         }
