@@ -378,9 +378,41 @@ pub const MAX_EXACT_INDEX: usize = 1 << 24;
 /// `v` as a position in `0..size`: a whole number in range (and below 2²⁴, where f32 stops
 /// counting exactly), or an error naming `op`. Every kernel that reads indices checks them so.
 pub fn checked_index(op: &'static str, v: f32, size: usize) -> crate::Result<usize> {
-    if v >= 0.0 && v.fract() == 0.0 && (v as usize) < size.min(MAX_EXACT_INDEX) {
-        Ok(v as usize)
-    } else {
-        Err(crate::Error::IndexOutOfRange { op, index: v as f64, size })
+    Indices::Positions(op).check(v, size)
+}
+
+/// What the entries of an index tensor are, so that a bad one is reported in its caller's
+/// terms. A GPU finds a bad entry in its kernel and reports it at the next read, after the
+/// caller has returned, so the kernel carries this (as a number) instead of the caller
+/// rewording the error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Indices {
+    /// Positions along an axis, given to the op named: `gather: index 7 out of range for
+    /// size 5`.
+    Positions(&'static str),
+    /// Class labels, given to the loss named: `nll: class label 7 is not a class index in
+    /// 0..5 (labels must be whole numbers)`.
+    Labels(&'static str),
+}
+
+impl Indices {
+    /// The error for entry `index` where `0..size` is valid.
+    pub(crate) fn error(self, index: f64, size: usize) -> crate::Error {
+        match self {
+            Indices::Positions(op) => crate::Error::IndexOutOfRange { op, index, size },
+            Indices::Labels(op) => crate::Error::invalid(
+                op,
+                format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
+            ),
+        }
+    }
+
+    /// `v` as a position in `0..size` (see [`checked_index`]), or this caller's error.
+    pub(crate) fn check(self, v: f32, size: usize) -> crate::Result<usize> {
+        if v >= 0.0 && v.fract() == 0.0 && (v as usize) < size.min(MAX_EXACT_INDEX) {
+            Ok(v as usize)
+        } else {
+            Err(self.error(f64::from(v), size))
+        }
     }
 }

@@ -21,11 +21,11 @@ mod lstm;
 pub use cpu::fastmath::simd_level;
 pub use cpu::simd::CAPABILITY_VAR;
 pub use cuda::{KernelTime, LaunchCounts, MemoryStats};
-pub(crate) use kernels::ClassTotal;
 pub use kernels::{
     checked_index, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, MAX_EXACT_INDEX,
     STAGED,
 };
+pub(crate) use kernels::{ClassTotal, Indices};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -118,8 +118,8 @@ pub(crate) trait BackendStorage: Sized {
     fn index_add(&self, l: &Layout, dim: usize, ids: &Self, ids_l: &Layout, src: &Self, src_l: &Layout)
         -> Result<Self>;
     /// `out[.., i, ..] = self[.., index[.., i, ..], ..]` along `dim`; the result has the
-    /// index's shape.
-    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self>;
+    /// index's shape. A bad entry of `index` is an error in `who`'s terms.
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout, who: Indices) -> Result<Self>;
     /// `self` with each `src` element added at the position `index` names along `dim` (the
     /// adjoint of gather).
     fn scatter_add(
@@ -1073,13 +1073,21 @@ impl Storage {
         }
     }
 
-    /// gather along `dim`.
-    pub(crate) fn gather(&self, l: &Layout, dim: usize, index: &Storage, index_l: &Layout) -> Result<Storage> {
+    /// gather along `dim`; a bad entry of `index` is an error in `who`'s terms (on a GPU, at
+    /// the next read).
+    pub(crate) fn gather(
+        &self,
+        l: &Layout,
+        dim: usize,
+        index: &Storage,
+        index_l: &Layout,
+        who: Indices,
+    ) -> Result<Storage> {
         same_device("gather", &[self, index])?;
         room_for(self, index_l.elem_count(), "gather")?;
         match (self, index) {
-            (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.gather(l, dim, i, index_l)?)),
-            (Storage::Cuda(s), Storage::Cuda(i)) => Ok(Storage::Cuda(s.gather(l, dim, i, index_l)?)),
+            (Storage::Cpu(s), Storage::Cpu(i)) => Ok(Storage::Cpu(s.gather(l, dim, i, index_l, who)?)),
+            (Storage::Cuda(s), Storage::Cuda(i)) => Ok(Storage::Cuda(s.gather(l, dim, i, index_l, who)?)),
             (s, i) => Err(mismatch("gather", &[s, i])),
         }
     }

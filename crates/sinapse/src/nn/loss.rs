@@ -71,7 +71,7 @@ pub fn binary_cross_entropy_with_logits(x: &Tensor, y: &Tensor) -> Result<Tensor
 /// the gradients of `log_softmax`, `gather`, `mean_all` and `neg` took about ten, with the
 /// same values bit for bit.
 pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
-    use crate::backend::{ClassTotal, ReduceOp, UnaryOp};
+    use crate::backend::{ClassTotal, Indices, ReduceOp, UnaryOp};
     use crate::layout::Layout;
     if logits.rank() != 2 || classes.shape() != [logits.shape()[0]] {
         return Err(Error::shapes("cross_entropy (logits [N, C], classes [N])", logits.shape(), classes.shape()));
@@ -87,14 +87,9 @@ pub fn cross_entropy(logits: &Tensor, classes: &Tensor) -> Result<Tensor> {
         if let Some(loss) = log_probs.class_total("cross_entropy", &lp_l, c, classes.layout(), picked_sum)? {
             return Ok(loss);
         }
-        let picked = log_probs.gather(&lp_l, 1, c, &classes.layout().unsqueeze(1)?).map_err(|e| match e {
-            // The user passed labels, not indices into a gather: say so in their terms.
-            Error::IndexOutOfRange { index, size, .. } => Error::invalid(
-                "cross_entropy",
-                format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
-            ),
-            other => other,
-        })?;
+        // The user passed labels, not indices into a gather: a bad one is named in their terms.
+        let picked =
+            log_probs.gather(&lp_l, 1, c, &classes.layout().unsqueeze(1)?, Indices::Labels("cross_entropy"))?;
         let total = picked.reduce(&Layout::contiguous(&[rows, 1]), None, ReduceOp::Sum)?;
         total.unary(&Layout::contiguous(&[]), UnaryOp::Affine { mul: scale, add: 0.0 })
     })?;
@@ -129,13 +124,7 @@ fn pick(op: &'static str, values: &Tensor, classes: &Tensor) -> Result<Tensor> {
     if values.rank() != 2 || classes.shape() != [values.shape()[0]] {
         return Err(Error::shapes(op, values.shape(), classes.shape()));
     }
-    values.gather(1, &classes.unsqueeze(1)?).map_err(|e| match e {
-        Error::IndexOutOfRange { index, size, .. } => Error::invalid(
-            op,
-            format!("class label {index} is not a class index in 0..{size} (labels must be whole numbers)"),
-        ),
-        other => other,
-    })
+    values.gather_as(1, &classes.unsqueeze(1)?, crate::backend::Indices::Labels(op))
 }
 
 /// Negative log-likelihood of log-probabilities `log_probs` `[N, C]` (a log_softmax's output)

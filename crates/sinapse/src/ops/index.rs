@@ -5,8 +5,8 @@
 //! type); each is checked to be a whole number inside the axis before use.
 
 use super::grad_if;
-use crate::backend::Storage;
 pub use crate::backend::{checked_index, MAX_EXACT_INDEX};
+use crate::backend::{Indices, Storage};
 use crate::layout::Dim;
 use crate::layout::{checked_elem_count, Layout};
 use crate::{Error, Result, Tensor};
@@ -76,9 +76,17 @@ impl Tensor {
     /// larger on the other axes. Gradient: added back at the picked positions
     /// ([`Tensor::scatter_add`] into zeros).
     pub fn gather(&self, dim: impl Dim, index: &Tensor) -> Result<Tensor> {
+        self.gather_as(dim, index, Indices::Positions("gather"))
+    }
+
+    /// [`Tensor::gather`], with a bad entry of `index` reported in `who`'s terms (on a GPU,
+    /// the kernel finds it and the next read reports it, when the caller can no longer
+    /// reword the error).
+    pub(crate) fn gather_as(&self, dim: impl Dim, index: &Tensor, who: Indices) -> Result<Tensor> {
         let dim = dim.axis("gather", self.rank())?;
         check_index_shape("gather", self.shape(), index.shape(), dim)?;
-        let storage = Tensor::with_storages([self, index], |[s, i]| s.gather(self.layout(), dim, i, index.layout()))?;
+        let storage =
+            Tensor::with_storages([self, index], |[s, i]| s.gather(self.layout(), dim, i, index.layout(), who))?;
         let (shape, index) = (index.shape().to_vec(), index.detach());
         Ok(Tensor::from_op(storage, &shape, "gather", &[self], move |g, x, _| {
             Ok(vec![grad_if(&x[0], || x[0].zeros_like()?.scatter_add(dim, &index, g))?])

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::backend::checked_index;
+use crate::backend::Indices;
 use crate::layout::{contiguous_strides, Layout};
 use crate::Result;
 
@@ -11,8 +11,8 @@ use super::elementwise::{row_major, to_contiguous};
 
 /// The values of an index tensor as positions in `0..size`, or an error naming `op` and the
 /// first bad value.
-pub(super) fn positions(op: &'static str, ids: &[f32], l: &Layout, size: usize) -> Result<Vec<usize>> {
-    row_major(ids, l).iter().map(|&v| checked_index(op, v, size)).collect()
+pub(super) fn positions(who: Indices, ids: &[f32], l: &Layout, size: usize) -> Result<Vec<usize>> {
+    row_major(ids, l).iter().map(|&v| who.check(v, size)).collect()
 }
 
 /// `[outer, size, inner]` around axis `dim` of `shape`.
@@ -23,7 +23,7 @@ fn around(shape: &[usize], dim: usize) -> (usize, usize, usize) {
 /// The entries `ids[0], ids[1], ..` of axis `dim`.
 pub(super) fn index_select(src: &[f32], l: &Layout, dim: usize, ids: &[f32], ids_l: &Layout) -> Result<Vec<f32>> {
     let (outer, size, inner) = around(l.shape(), dim);
-    let idx = positions("index_select", ids, ids_l, size)?;
+    let idx = positions(Indices::Positions("index_select"), ids, ids_l, size)?;
     let d = row_major(src, l);
     let rows = outer * idx.len();
     // The values from position `first` of the output: each (part of a) picked row copied whole
@@ -55,7 +55,7 @@ pub(super) fn index_add(
     src_l: &Layout,
 ) -> Result<Vec<f32>> {
     let (outer, size, inner) = around(l.shape(), dim);
-    let idx = positions("index_add", ids, ids_l, size)?;
+    let idx = positions(Indices::Positions("index_add"), ids, ids_l, size)?;
     let mut out = to_contiguous(base, l);
     let s = row_major(src, src_l);
     for o in 0..outer {
@@ -91,8 +91,15 @@ fn picked_offsets(shape: &[usize], ishape: &[usize], dim: usize, idx: &[usize]) 
 }
 
 /// `out[p] = src[p with axis dim replaced by index[p]]` for every position `p` of the index.
-pub(super) fn gather(src: &[f32], l: &Layout, dim: usize, index: &[f32], index_l: &Layout) -> Result<Vec<f32>> {
-    let idx = positions("gather", index, index_l, l.shape()[dim])?;
+pub(super) fn gather(
+    src: &[f32],
+    l: &Layout,
+    dim: usize,
+    index: &[f32],
+    index_l: &Layout,
+    who: Indices,
+) -> Result<Vec<f32>> {
+    let idx = positions(who, index, index_l, l.shape()[dim])?;
     let offsets = picked_offsets(l.shape(), index_l.shape(), dim, &idx);
     let d = row_major(src, l);
     Ok(offsets.iter().map(|&p| d[p]).collect())
@@ -109,7 +116,7 @@ pub(super) fn scatter_add(
     src: &[f32],
     src_l: &Layout,
 ) -> Result<Vec<f32>> {
-    let idx = positions("scatter_add", index, index_l, l.shape()[dim])?;
+    let idx = positions(Indices::Positions("scatter_add"), index, index_l, l.shape()[dim])?;
     let offsets = picked_offsets(l.shape(), index_l.shape(), dim, &idx);
     let mut out = to_contiguous(base, l);
     for (&p, &v) in offsets.iter().zip(row_major(src, src_l).iter()) {

@@ -21,7 +21,9 @@ pub(crate) mod simd;
 mod sparse;
 mod winograd;
 
-use super::{BackendStorage, BinaryOp, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED};
+use super::{
+    BackendStorage, BinaryOp, CmpOp, DType, ImageDims, Indices, OptimizerUpdate, ReduceOp, UnaryOp, Window, STAGED,
+};
 use crate::layout::Layout;
 use crate::{Device, Result};
 use std::borrow::Cow;
@@ -264,7 +266,7 @@ impl BackendStorage for CpuStorage {
     ) -> Result<Self> {
         // The shapes were checked by `Storage::cross_entropy_grad`.
         let (n, g) = (l.shape()[1], elementwise::row_major(g.f32(), g_l));
-        let classes = index::positions("cross_entropy", classes.f32(), classes_l, n)?;
+        let classes = index::positions(Indices::Labels("cross_entropy"), classes.f32(), classes_l, n)?;
         Ok(CpuStorage::F32(reduce::cross_entropy_grad(
             &elementwise::row_major(self.f32(), l),
             n,
@@ -308,8 +310,8 @@ impl BackendStorage for CpuStorage {
         Ok(CpuStorage::F32(index::index_add(self.f32(), l, dim, ids.f32(), ids_l, src.f32(), src_l)?))
     }
 
-    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self> {
-        Ok(CpuStorage::F32(index::gather(self.f32(), l, dim, index.f32(), index_l)?))
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout, who: Indices) -> Result<Self> {
+        Ok(CpuStorage::F32(index::gather(self.f32(), l, dim, index.f32(), index_l, who)?))
     }
 
     fn scatter_add(

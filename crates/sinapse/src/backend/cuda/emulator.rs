@@ -409,9 +409,11 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
         let lids = Strided::of(&Layout::contiguous(&[nids]), "test").unwrap();
         let mut err = [0u32; 4];
         let (o, s, i, n) = (outer as u64, size as u64, inner as u64, nids as u64);
+        // The callers' codes a bad index is reported with (any nonzero numbers).
+        let (code_select, code_add, code_gather, code_scatter) = (11u32, 12u32, 13u32, 14u32);
         let mut out = vec![f32::NAN; outer * nids * inner];
         let cfg = gpu::grid(out.len());
-        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&ids), lids, addr_mut(&mut out), o, s, i, n, addr_mut(&mut err));
+        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&ids), lids, addr_mut(&mut out), o, s, i, n, addr_mut(&mut err), code_select);
         let want: Vec<f32> = (0..out.len())
             .map(|p| {
                 let (oo, j, ii) = (p / (nids * inner), (p / inner) % nids, p % inner);
@@ -423,7 +425,7 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
         let ls = Strided::of(&Layout::contiguous(&[outer, nids, inner]), "test").unwrap();
         let mut sums = vec![0.5f32; outer * size * inner];
         let cfg = gpu::grid(src.len());
-        emulate!(emu, "index_add", cfg; addr(&src), ls, addr(&ids), lids, addr_mut(&mut sums), o, s, i, n, addr_mut(&mut err));
+        emulate!(emu, "index_add", cfg; addr(&src), ls, addr(&ids), lids, addr_mut(&mut sums), o, s, i, n, addr_mut(&mut err), code_add);
         let mut want = vec![0.5f32; outer * size * inner];
         for (p, v) in src.iter().enumerate() {
             let (oo, j, ii) = (p / (nids * inner), (p / inner) % nids, p % inner);
@@ -431,13 +433,14 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
         }
         assert_eq!(differs(&sums, &want), None, "index_add");
         assert_eq!(err, [0; 4], "no bad index so far");
-        // A bad index: reported (op 1, the value's bits, the size), the output zero there.
+        // A bad index: reported (the launch's code, the value's bits, the size), the output
+        // zero there.
         let bad = vec![1.0f32, 5.0];
         let lbad = Strided::of(&Layout::contiguous(&[2]), "test").unwrap();
         let mut out = vec![f32::NAN; outer * 2 * inner];
         let (cfg, two) = (gpu::grid(out.len()), 2u64);
-        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&bad), lbad, addr_mut(&mut out), o, s, i, two, addr_mut(&mut err));
-        assert_eq!(err, [1, 5.0f32.to_bits(), 5, 0]);
+        emulate!(emu, "index_select", cfg; addr(&x), lx, addr(&bad), lbad, addr_mut(&mut out), o, s, i, two, addr_mut(&mut err), code_select);
+        assert_eq!(err, [code_select, 5.0f32.to_bits(), 5, 0]);
         assert_eq!((out[0], out[inner]), (logical[inner], 0.0));
 
         // gather / scatter_add along axis 1 of [2, 5, 3] with a [2, 4, 3] index whose rows
@@ -450,19 +453,25 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
         let mut err = [0u32; 4];
         let mut out = vec![f32::NAN; 24];
         let cfg = gpu::grid(24);
-        emulate!(emu, "gather", cfg; addr(&x), lx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut out), n24, addr_mut(&mut err));
+        emulate!(emu, "gather", cfg; addr(&x), lx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut out), n24, addr_mut(&mut err), code_gather);
         let picked = |p: usize| (p / 12) * 15 + idx[p] as usize * 3 + p % 3;
         let want: Vec<f32> = (0..24).map(|p| logical[picked(p)]).collect();
         assert_eq!(differs(&out, &want), None, "gather");
         let src = values(24, 9);
         let mut sums = vec![0.0f32; 30];
-        emulate!(emu, "scatter_add", cfg; addr(&src), lidx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut sums), n24, addr_mut(&mut err));
+        emulate!(emu, "scatter_add", cfg; addr(&src), lidx, addr(&idx), lidx, ishape, dim, s, addr_mut(&mut sums), n24, addr_mut(&mut err), code_scatter);
         let mut want = vec![0.0f32; 30];
         for p in 0..24 {
             want[picked(p)] += src[p];
         }
         assert_eq!(differs(&sums, &want), None, "scatter_add");
         assert_eq!(err, [0; 4]);
+        // A bad entry of a gather's index: reported with the gather's code, zero there.
+        let mut bad_idx = idx.clone();
+        bad_idx[7] = 5.0;
+        emulate!(emu, "gather", cfg; addr(&x), lx, addr(&bad_idx), lidx, ishape, dim, s, addr_mut(&mut out), n24, addr_mut(&mut err), code_gather);
+        assert_eq!(err, [code_gather, 5.0f32.to_bits(), 5, 0]);
+        assert_eq!((out[6], out[7]), (logical[picked(6)], 0.0));
     });
 }
 
@@ -707,7 +716,7 @@ fn the_lstm_cell_and_its_backward_match_the_cpu() {
 /// `class_total` against the CPU's ops: the picked log-probabilities' scaled sum, and the
 /// rows whose argmax (the CPU's: first largest, NaN first) is at their class, over a
 /// transposed view with labels at an offset; bad labels count as wrong, and in the sum are
-/// reported as cross_entropy's.
+/// reported with the launch's error code.
 #[test]
 fn class_totals_match_the_composed_ops() {
     use crate::backend::cpu::CpuStorage;
@@ -743,8 +752,8 @@ fn class_totals_match_the_composed_ops() {
             let (r, c) = (rows as u64, n as u64);
             let cfg = gpu::blocks(1, (rows.clamp(32, 1024).next_power_of_two()) as u32);
             let (mut out, mut err) = ([f32::NAN; 2], [0u32; 4]);
-            let (one, scale) = (1i32, 1.0f32);
-            emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, one, scale, addr_mut(&mut err));
+            let (one, scale, code) = (1i32, 1.0f32, 9u32);
+            emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, one, scale, addr_mut(&mut err), code);
             assert_eq!((out[0], err), (correct, [0; 4]), "correct answers of {rows} rows");
             assert!(out[1].is_nan(), "class_total wrote past its one value");
             if rows > 5 {
@@ -753,16 +762,16 @@ fn class_totals_match_the_composed_ops() {
                 let good: Vec<f32> = buffer[rows..].to_vec();
                 let want_good = picked_sum(&good) as f32 * -0.125;
                 let (zero, scale) = (0i32, -0.125f32);
-                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err), code);
                 assert_eq!(differs(&out[..1], &[want_good]), None, "picked sum of {rows} rows");
                 assert_eq!(err, [0; 4]);
-                // A label that is not a class index: reported as cross_entropy's (code 5).
+                // A label that is not a class index: reported with the launch's code.
                 buffer[rows + 4] = 7.0;
-                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
-                assert_eq!(err, [5, 7.0f32.to_bits(), 7, 0], "a bad label in the picked sum");
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err), code);
+                assert_eq!(err, [9, 7.0f32.to_bits(), 7, 0], "a bad label in the picked sum");
             } else {
                 let (zero, scale) = (0i32, -0.125f32);
-                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err));
+                emulate!(emu, "class_total", cfg; addr(&stored), st(&lx), addr(&buffer), st(&lc), addr_mut(&mut out), r, c, zero, scale, addr_mut(&mut err), code);
                 assert_eq!(differs(&out[..1], &[want_sum]), None, "picked sum of {rows} rows");
                 assert_eq!(err, [0; 4]);
             }
@@ -843,9 +852,9 @@ fn copies_fills_bias_and_cross_entropy_match_the_cpu() {
             .unwrap();
         let mut out = vec![f32::NAN; rows * classes];
         let mut err = [0u32; 4];
-        let (r, c) = (rows as u64, classes as u64);
+        let (r, c, code) = (rows as u64, classes as u64, 15u32);
         emulate!(emu, "cross_entropy_grad", gpu::grid(rows * classes);
-        addr(lp_values), st(&ll), addr(&ids), st(&lids), addr(&g), st(&lg), scale, addr_mut(&mut out), r, c, addr_mut(&mut err));
+        addr(lp_values), st(&ll), addr(&ids), st(&lids), addr(&g), st(&lg), scale, addr_mut(&mut out), r, c, addr_mut(&mut err), code);
         assert_eq!(differs(&out, &want), None, "cross_entropy_grad");
         assert_eq!(err, [0; 4]);
     });

@@ -18,6 +18,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::alloc::{rounded, BlockCache, MemoryStats, PoolState};
 use super::kernel_cache::KernelCache;
+use crate::backend::Indices;
 use crate::layout::Layout;
 use crate::{Device, Error, Result};
 
@@ -56,6 +57,28 @@ pub(crate) const KERNELS: &[&str] = &[
     "adam",
     "rmsprop",
 ];
+
+/// The callers that kernels' error words name: a kernel that finds a bad index reports
+/// caller `k - 1` of this list as code `k` (0 is no error). Callers are `'static` names, so
+/// the list grows only to the program's set of them.
+static ERROR_SOURCES: Mutex<Vec<Indices>> = Mutex::new(Vec::new());
+
+/// The code that an indexing kernel reports a bad entry of `who`'s indices with (its `code`
+/// argument).
+pub(crate) fn error_code(who: Indices) -> u32 {
+    let mut list = ERROR_SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+    let k = list.iter().position(|&w| w == who).unwrap_or_else(|| {
+        list.push(who);
+        list.len() - 1
+    });
+    k as u32 + 1
+}
+
+/// The caller that error code `code` names, if a kernel was given it.
+fn error_source(code: u32) -> Option<Indices> {
+    let list = ERROR_SOURCES.lock().unwrap_or_else(|e| e.into_inner());
+    list.get((code as usize).checked_sub(1)?).copied()
+}
 
 /// Most values one `gather_values` launch takes (`VALUES_MAX` in kernels.cu).
 pub(crate) const VALUES_MAX: usize = 64;
@@ -1122,16 +1145,9 @@ impl Gpu {
         // copy above synchronised).
         unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }
             .map_err(|e| self.failure("clearing the error word", e))?;
-        let op = match words[0] {
-            1 => "index_select",
-            2 => "index_add",
-            3 => "gather",
-            4 => "scatter_add",
-            5 => "cross_entropy",
-            _ => "an indexing kernel",
-        };
+        let who = error_source(words[0]).unwrap_or(Indices::Positions("an indexing kernel"));
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
-        Err(Error::IndexOutOfRange { op, index: f64::from(f32::from_bits(words[1])), size: size as usize })
+        Err(who.error(f64::from(f32::from_bits(words[1])), size as usize))
     }
 }
 

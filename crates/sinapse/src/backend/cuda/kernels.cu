@@ -50,8 +50,8 @@ __device__ __forceinline__ u64 at(const Strided& l, u64 i) {
 
 // ---------------------------------------------------------------------------------------
 // Index errors. Index values are only seen here, on the device; a bad one is recorded in
-// `err` (the first one wins: op code, the value's bits, the axis size) and the host reports
-// it at its next read of device memory, as PyTorch's device-side asserts do.
+// `err` (the first one wins: the caller's code, the value's bits, the axis size) and the
+// host reports it at its next read of device memory, as PyTorch's device-side asserts do.
 
 __device__ bool index_ok(float v, u64 size) {
     u64 limit = size < (1ull << 24) ? size : (1ull << 24);
@@ -388,13 +388,13 @@ extern "C" __global__ void softmax(const float* x, Strided lx, float* out, u64 o
 // kernels it replaces on the GPU bit for bit; against the CPU it differs by expf's few ulps.
 extern "C" __global__ void cross_entropy_grad(const float* lp, Strided llp, const float* classes, Strided lc,
                                               const float* g, Strided lg, float scale, float* out, u64 rows, u64 n,
-                                              unsigned int* err) {
+                                              unsigned int* err, unsigned int code) {
     float s = __fmul_rn(g[at(lg, 0)], scale);
     GRID_LOOP(p, rows * n) {
         u64 c = p % n;
         float v = classes[at(lc, p / n)];
         if (!index_ok(v, n)) {
-            report(err, 5, v, n);
+            report(err, code, v, n);
             out[p] = 0.0f;
             continue;
         }
@@ -407,13 +407,13 @@ extern "C" __global__ void cross_entropy_grad(const float* lp, Strided llp, cons
 // fixed order by one block (the host uses it for up to 65,536 values: a step's loss and its
 // correct answers, one launch each instead of three):
 //   op 0: scale·Σ x[i, class_i] (x the log-probabilities and scale -1/rows: the mean
-//         cross-entropy; a class that is not an index is reported as cross_entropy's);
+//         cross-entropy; a class that is not an index is reported with `code`);
 //   op 1: how many rows have their first largest value (the first NaN, where there is one,
 //         as argmax gives) at class_i (x the logits; a class that is not an index matches
 //         no row, as argmax's index compared with it does not).
 extern "C" __global__ __launch_bounds__(1024) void class_total(const float* x, Strided lx, const float* classes,
                                                              Strided lc, float* out, u64 rows, u64 n, int op,
-                                                             float scale, unsigned int* err) {
+                                                             float scale, unsigned int* err, unsigned int code) {
     __shared__ double sums[1024];
     unsigned int t = threadIdx.x;
     double s = 0.0;
@@ -421,7 +421,7 @@ extern "C" __global__ __launch_bounds__(1024) void class_total(const float* x, S
         float v = classes[at(lc, i)];
         if (op == 0) {
             if (!index_ok(v, n)) {
-                report(err, 5, v, n);
+                report(err, code, v, n);
                 continue;
             }
             s += (double)x[at(lx, i * n + (u64)v)];
@@ -448,17 +448,18 @@ extern "C" __global__ __launch_bounds__(1024) void class_total(const float* x, S
 }
 
 // ---------------------------------------------------------------------------------------
-// Indexing. `ids` are f32 whole numbers; op codes for errors: 1 index_select, 2 index_add,
-// 3 gather, 4 scatter_add, 5 cross_entropy.
+// Indexing. `ids` are f32 whole numbers; a bad one is reported with the launch's `code`,
+// which names the caller (gpu.rs, `error_code`).
 
 // out[o, j, i] = x[o, ids[j], i] for out [outer, nids, inner].
 extern "C" __global__ void index_select(const float* x, Strided lx, const float* ids, Strided lids, float* out,
-                                        u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err) {
+                                        u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err,
+                                        unsigned int code) {
     GRID_LOOP(p, outer * nids * inner) {
         u64 i = p % inner, j = (p / inner) % nids, o = p / (inner * nids);
         float v = ids[at(lids, j)];
         if (!index_ok(v, size)) {
-            report(err, 1, v, size);
+            report(err, code, v, size);
             out[p] = 0.0f;
             continue;
         }
@@ -468,12 +469,12 @@ extern "C" __global__ void index_select(const float* x, Strided lx, const float*
 
 // out (a row-major copy of the base, [outer, size, inner]) += src[o, j, i] at [o, ids[j], i].
 extern "C" __global__ void index_add(const float* src, Strided ls, const float* ids, Strided lids, float* out,
-                                     u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err) {
+                                     u64 outer, u64 size, u64 inner, u64 nids, unsigned int* err, unsigned int code) {
     GRID_LOOP(p, outer * nids * inner) {
         u64 i = p % inner, j = (p / inner) % nids, o = p / (inner * nids);
         float v = ids[at(lids, j)];
         if (!index_ok(v, size)) {
-            report(err, 2, v, size);
+            report(err, code, v, size);
             continue;
         }
         atomicAdd(&out[(o * size + (u64)v) * inner + i], src[at(ls, p)]);
@@ -496,11 +497,11 @@ __device__ u64 picked(const Strided& ishape, u64 p, unsigned int dim, u64 v) {
 // out[p] = x[p with axis dim replaced by idx[p]]; `ishape` holds the index's sizes and the
 // source's row-major strides.
 extern "C" __global__ void gather(const float* x, Strided lx, const float* idx, Strided lidx, Strided ishape,
-                                  unsigned int dim, u64 size, float* out, u64 n, unsigned int* err) {
+                                  unsigned int dim, u64 size, float* out, u64 n, unsigned int* err, unsigned int code) {
     GRID_LOOP(p, n) {
         float v = idx[at(lidx, p)];
         if (!index_ok(v, size)) {
-            report(err, 3, v, size);
+            report(err, code, v, size);
             out[p] = 0.0f;
             continue;
         }
@@ -511,11 +512,11 @@ extern "C" __global__ void gather(const float* x, Strided lx, const float* idx, 
 // out (a row-major copy of the base) += src[p] at p with axis dim replaced by idx[p].
 extern "C" __global__ void scatter_add(const float* src, Strided ls, const float* idx, Strided lidx,
                                        Strided ishape, unsigned int dim, u64 size, float* out, u64 n,
-                                       unsigned int* err) {
+                                       unsigned int* err, unsigned int code) {
     GRID_LOOP(p, n) {
         float v = idx[at(lidx, p)];
         if (!index_ok(v, size)) {
-            report(err, 4, v, size);
+            report(err, code, v, size);
             continue;
         }
         atomicAdd(&out[picked(ishape, p, dim, (u64)v)], src[at(ls, p)]);

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use cudarc::cublas::sys::cublasOperation_t;
 
 use super::{
-    BackendStorage, BinaryOp, ClassTotal, CmpOp, DType, ImageDims, OptimizerUpdate, ReduceOp, StepItem, UnaryOp,
-    Window, STAGED,
+    BackendStorage, BinaryOp, ClassTotal, CmpOp, DType, ImageDims, Indices, OptimizerUpdate, ReduceOp, StepItem,
+    UnaryOp, Window, STAGED,
 };
 use crate::layout::{contiguous_strides, Layout};
 use crate::{Device, Error, Result};
@@ -142,7 +142,8 @@ impl CudaStorage {
     /// A [`ClassTotal`] of the rows of this `[rows, n]` buffer at `l` and their `classes`
     /// (checked by `Storage::class_total`), by one block, for `rows·n` up to
     /// [`CLASS_TOTAL_MAX`] with `n` at least 1; `None` for other sizes (one block would be
-    /// slow there, or, with no classes, the composed ops' error is wanted). `op` names it.
+    /// slow there, or, with no classes, the composed ops' error is wanted). `op` names it, and
+    /// is the loss a bad class label is reported as.
     pub(crate) fn class_total(
         &self,
         op: &'static str,
@@ -155,16 +156,16 @@ impl CudaStorage {
         if rows == 0 || n == 0 || rows.saturating_mul(n) > CLASS_TOTAL_MAX {
             return Ok(None);
         }
-        let (code, scale) = match total {
+        let (which, scale) = match total {
             ClassTotal::Picked { scale } => (0i32, scale),
             ClassTotal::Correct => (1, 1.0),
         };
         let gpu = self.gpu();
         let out = CudaStorage::alloc(gpu, 1, op)?;
         let (lx, lc) = (Strided::of(l, op)?, Strided::of(classes_l, op)?);
-        let (r, c) = (rows as u64, n as u64);
+        let (r, c, code) = (rows as u64, n as u64, gpu::error_code(Indices::Labels(op)));
         launch!(gpu, "class_total", blocks(1, lane_threads(rows));
-            self.block.ptr, lx, classes.block.ptr, lc, out.block.ptr, r, c, code, scale, gpu.errors_ptr)?;
+            self.block.ptr, lx, classes.block.ptr, lc, out.block.ptr, r, c, which, scale, gpu.errors_ptr, code)?;
         Ok(Some(out))
     }
 
@@ -521,10 +522,10 @@ impl BackendStorage for CudaStorage {
                 Strided::of(classes_l, "cross_entropy")?,
                 Strided::of(g_l, "cross_entropy")?,
             );
-            let (r, c) = (rows as u64, n as u64);
+            let (r, c, code) = (rows as u64, n as u64, gpu::error_code(Indices::Labels("cross_entropy")));
             launch!(gpu, "cross_entropy_grad", grid(rows * n);
                 self.block.ptr, llp, classes.block.ptr, lc, g.block.ptr, lg, scale, out.block.ptr, r, c,
-                gpu.errors_ptr)?;
+                gpu.errors_ptr, code)?;
         }
         Ok(out)
     }
@@ -624,8 +625,9 @@ impl BackendStorage for CudaStorage {
         if total > 0 {
             let (lx, li) = (Strided::of(l, "index_select")?, Strided::of(ids_l, "index_select")?);
             let [o, s, i, k] = [outer, size, inner, nids].map(|v| v as u64);
+            let code = gpu::error_code(Indices::Positions("index_select"));
             launch!(gpu, "index_select", grid(total);
-                self.block.ptr, lx, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr)?;
+                self.block.ptr, lx, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr, code)?;
         }
         Ok(out)
     }
@@ -647,22 +649,23 @@ impl BackendStorage for CudaStorage {
         if total > 0 {
             let (ls, li) = (Strided::of(src_l, "index_add")?, Strided::of(ids_l, "index_add")?);
             let [o, s, i, k] = [outer, size, inner, nids].map(|v| v as u64);
+            let code = gpu::error_code(Indices::Positions("index_add"));
             launch!(gpu, "index_add", grid(total);
-                src.block.ptr, ls, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr)?;
+                src.block.ptr, ls, ids.block.ptr, li, out.block.ptr, o, s, i, k, gpu.errors_ptr, code)?;
         }
         Ok(out)
     }
 
-    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout) -> Result<Self> {
+    fn gather(&self, l: &Layout, dim: usize, index: &Self, index_l: &Layout, who: Indices) -> Result<Self> {
         let gpu = self.gpu();
         let n = index_l.elem_count();
         let out = CudaStorage::alloc(gpu, n, "gather")?;
         if n > 0 {
             let (lx, li) = (Strided::of(l, "gather")?, Strided::of(index_l, "gather")?);
             let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()), "gather")?;
-            let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
+            let (d, size, count, code) = (dim as u32, l.shape()[dim] as u64, n as u64, gpu::error_code(who));
             launch!(gpu, "gather", grid(n);
-                self.block.ptr, lx, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
+                self.block.ptr, lx, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr, code)?;
         }
         Ok(out)
     }
@@ -683,8 +686,9 @@ impl BackendStorage for CudaStorage {
             let (ls, li) = (Strided::of(src_l, "scatter_add")?, Strided::of(index_l, "scatter_add")?);
             let ishape = Strided::shape_with_strides(index_l.shape(), &contiguous_strides(l.shape()), "scatter_add")?;
             let (d, size, count) = (dim as u32, l.shape()[dim] as u64, n as u64);
+            let code = gpu::error_code(Indices::Positions("scatter_add"));
             launch!(gpu, "scatter_add", grid(n);
-                src.block.ptr, ls, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr)?;
+                src.block.ptr, ls, index.block.ptr, li, ishape, d, size, out.block.ptr, count, gpu.errors_ptr, code)?;
         }
         Ok(out)
     }
