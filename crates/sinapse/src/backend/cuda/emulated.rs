@@ -153,11 +153,10 @@ fn load(path: &Path, global: bool) -> Result<*mut c_void, String> {
     Ok(handle)
 }
 
-/// Builds and loads the kernel emulator alone; returns its `emu_launch_in_order`, and with
-/// `racecheck` its `emu_race` too: that build ([`compile_racecheck`]) checks every launch for
-/// races.
+/// Builds and loads the kernel emulator alone; returns its entry points, `emu_race` among
+/// them with `racecheck`: that build ([`compile_racecheck`]) checks every launch for races.
 #[cfg(test)]
-pub(crate) fn kernel_emulator(racecheck: bool) -> Result<(*mut c_void, Option<*mut c_void>), String> {
+pub(crate) fn kernel_emulator(racecheck: bool) -> Result<KernelEmulator, String> {
     let scratch = Scratch::new()?;
     let lib = if racecheck {
         compile_racecheck(&scratch.0, "libkernels-racecheck.so", &kernels_source(), &["-fvisibility=hidden"], &[])?
@@ -175,7 +174,16 @@ pub(crate) fn kernel_emulator(racecheck: bool) -> Result<(*mut c_void, Option<*m
         }
     };
     let race = if racecheck { Some(symbol(c"emu_race")?) } else { None };
-    Ok((symbol(c"emu_launch_in_order")?, race))
+    Ok(KernelEmulator { launch: symbol(c"emu_launch_in_order")?, param_sizes: symbol(c"emu_param_sizes")?, race })
+}
+
+/// The entry points of a loaded kernel emulator (see emulator.hpp): `emu_launch_in_order`,
+/// `emu_param_sizes`, and `emu_race` in a race-checked build.
+#[cfg(test)]
+pub(crate) struct KernelEmulator {
+    pub(crate) launch: *mut c_void,
+    pub(crate) param_sizes: *mut c_void,
+    pub(crate) race: Option<*mut c_void>,
 }
 
 /// Makes `cuda:0` an emulated GPU on the CPU, for tests of the CUDA backend on machines

@@ -218,6 +218,16 @@ static const EmuKernel* emu_kernel(const char* name) {
     return nullptr;
 }
 
+// The byte sizes of kernel `name`'s parameters, in order, and their number in `count`; null
+// for an unknown name. For tests that launch kernels by hand, to check their arguments.
+extern "C" __attribute__((visibility("default"))) const std::size_t* emu_param_sizes(const char* name,
+                                                                                     std::size_t* count) {
+    const EmuKernel* kernel = emu_kernel(name);
+    if (!kernel) return nullptr;
+    *count = kernel->param_count;
+    return kernel->param_sizes;
+}
+
 // Runs kernel `name` over a grid of `grid` blocks of `block` threads (one-dimensional, as
 // every launch of the backend), its blocks and threads in ascending order, or descending
 // with `reverse`: 0 on success, 1 for an unknown name, 2 for a race (EMU_RACECHECK builds).

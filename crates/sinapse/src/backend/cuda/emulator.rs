@@ -37,10 +37,15 @@ type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, *mut *mut c_void, 
 /// `emu_race`: the report of the calling thread's last launch that raced.
 type RaceFn = unsafe extern "C" fn() -> *const c_char;
 
-/// The compiled kernels: `emu_launch_in_order` of the loaded library, and `emu_race` where
-/// it was built with the race check.
+/// `emu_param_sizes`: kernel name, where to write the number of parameters; their sizes
+/// (null for an unknown name).
+type ParamSizesFn = unsafe extern "C" fn(*const c_char, *mut usize) -> *const usize;
+
+/// The compiled kernels: `emu_launch_in_order` and `emu_param_sizes` of the loaded
+/// library, and `emu_race` where it was built with the race check.
 struct Emulator {
     launch: LaunchFn,
+    param_sizes: ParamSizesFn,
     race: Option<RaceFn>,
 }
 
@@ -68,11 +73,13 @@ fn emulator(racecheck: bool) -> Option<&'static Emulator> {
 
 /// Builds and loads the kernel emulator ([`super::emulated::kernel_emulator`]).
 fn build(racecheck: bool) -> Result<Emulator, String> {
-    let (launch, race) = super::emulated::kernel_emulator(racecheck)?;
-    // SAFETY: `emu_launch_in_order` and `emu_race` in emulator.hpp have these signatures.
-    let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(launch) };
-    let race = race.map(|f| unsafe { std::mem::transmute::<*mut c_void, RaceFn>(f) });
-    Ok(Emulator { launch, race })
+    let found = super::emulated::kernel_emulator(racecheck)?;
+    // SAFETY: `emu_launch_in_order`, `emu_param_sizes` and `emu_race` in emulator.hpp have
+    // these signatures.
+    let launch = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(found.launch) };
+    let param_sizes = unsafe { std::mem::transmute::<*mut c_void, ParamSizesFn>(found.param_sizes) };
+    let race = found.race.map(|f| unsafe { std::mem::transmute::<*mut c_void, RaceFn>(f) });
+    Ok(Emulator { launch, param_sizes, race })
 }
 
 /// The emulator (plain or race-checked), its blocks and threads run in ascending order or,
@@ -84,15 +91,24 @@ struct Ordered {
 
 impl Ordered {
     /// Runs kernel `name` over `cfg`'s grid; `params` point to values of the kernel's
-    /// parameter types, in order (as cudarc pushes them).
+    /// parameter types, in order (as cudarc pushes them), each with its size. A parameter
+    /// too many or too few, or one of another size, fails here, before the launch.
     ///
     /// # Safety
-    /// As a real launch: the parameters match the kernel's in number, order and type, and
-    /// every address reaches memory of the size the kernel reads or writes.
-    unsafe fn launch(&self, name: &str, cfg: LaunchConfig, params: &[*const c_void]) {
+    /// As a real launch: the parameters match the kernel's in order and type, and every
+    /// address reaches memory of the size the kernel reads or writes.
+    unsafe fn launch(&self, name: &str, cfg: LaunchConfig, params: &[(*const c_void, usize)]) {
         assert_eq!((cfg.grid_dim.1, cfg.grid_dim.2, cfg.block_dim.1, cfg.block_dim.2), (1, 1, 1, 1));
         let name = CString::new(name).expect("a kernel name");
-        let mut params: Vec<*mut c_void> = params.iter().map(|&p| p as *mut c_void).collect();
+        let mut count = 0usize;
+        // SAFETY: `name` is NUL-terminated; the sizes returned are `count` values alive for
+        // the process (a static table of the emulator's).
+        let sizes = unsafe { (self.emulator.param_sizes)(name.as_ptr(), &mut count) };
+        assert!(!sizes.is_null(), "no kernel named {name:?}");
+        let sizes = unsafe { std::slice::from_raw_parts(sizes, count) };
+        let given: Vec<usize> = params.iter().map(|&(_, size)| size).collect();
+        assert_eq!(given, sizes, "the sizes of the arguments to {name:?}, and of its parameters");
+        let mut params: Vec<*mut c_void> = params.iter().map(|&(p, _)| p as *mut c_void).collect();
         let (grid, block, descending) = (cfg.grid_dim.0, cfg.block_dim.0, c_int::from(self.descending));
         let status = unsafe { (self.emulator.launch)(name.as_ptr(), grid, block, params.as_mut_ptr(), descending) };
         assert_ne!(status, 1, "no kernel named {name:?}");
@@ -134,8 +150,13 @@ macro_rules! emulate {
     ($emu:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {
         // SAFETY: each test passes the kernel's parameters in order and type, with buffers of
         // the sizes the kernel reaches.
-        unsafe { $emu.launch($name, $cfg, &[$(&$arg as *const _ as *const c_void),*]) }
+        unsafe { $emu.launch($name, $cfg, &[$(param(&$arg)),*]) }
     };
+}
+
+/// A launch argument: its address and size.
+fn param<T>(v: &T) -> (*const c_void, usize) {
+    (v as *const T as *const c_void, std::mem::size_of::<T>())
 }
 
 /// The device address (here a host address) of `v`, read by a kernel.
