@@ -650,6 +650,33 @@ fn bad_label_check(device: Device) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// An index out of range given to an `Embedding` captured in an `InferenceGraph` on `device`:
+/// the wait after the replay fails with the CPU's error, word for word (the replay, not only
+/// a launch, counts as a kernel that may have recorded one), and the next run, with good
+/// indices, gives the CPU's rows.
+fn graph_bad_index_check(device: Device) -> Result<Option<String>> {
+    use sinapse::nn::{Embedding, InferenceGraph, Mode, Module};
+    let table = Embedding::new(10, 4, &mut Rng::seed(3))?;
+    let (bad, good) =
+        (Tensor::from_vec(vec![1.0, 12.0, 2.0], &[1, 3])?, Tensor::from_vec(vec![9.0, 0.0, 4.0], &[1, 3])?);
+    let want = match table.forward(&bad, Mode::Eval) {
+        Err(e) => e.to_string(),
+        Ok(_) => return Ok(Some("the CPU took index 12 of 10".into())),
+    };
+    let want_rows = table.forward(&good, Mode::Eval)?.to_vec();
+    table.to(device)?;
+    let mut graph = InferenceGraph::capture(&table, &[1, 3], device)?;
+    // Whatever the capture queued is read here: the run's own report comes from its replay.
+    sinapse::backend::synchronize(device)?;
+    let _rows = graph.run(&bad.to(device)?)?;
+    match sinapse::backend::synchronize(device) {
+        Err(e) if e.to_string() == want => {}
+        other => return Ok(Some(format!("index 12 of 10 in a replay: {other:?}, `{want}` on the CPU"))),
+    }
+    let rows = graph.run(&good.to(device)?)?.to_vec();
+    Ok(mismatch(&rows, &want_rows).map(|p| format!("good indices after a bad one: {p}")))
+}
+
 /// A `Sequential` of `Linear`s that kept CPU copies of their weights for inference, then
 /// moved to `device`, runs there (not from the CPU copies) and gives the CPU's values, on a
 /// batch and on one row of mostly zeros (whose zeros the CPU skips); moved back to the CPU,
@@ -855,7 +882,7 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
 
 /// What one steady training step of the `mlp` and `cnn` benchmarks (the bundled specs'
 /// networks, SGD, batches of 128 and 64) queues on `device`, eager and with the step in a CUDA
-/// graph, and what one batch-1 `InferenceGraph` run of the MLP queues: printed, and held to
+/// graph, and what one batch-1 `InferenceGraph` run of the MLP and a wait for it queue: printed, and held to
 /// exactly the counts in `COUNTS` (launches bound these small networks on a GPU: a change
 /// that adds some fails here, and one that saves some, or stops counting some, updates them). A step's count is the difference
 /// between fits of 6 and 4 batches, halved (the graph is captured at the third batch in both,
@@ -873,7 +900,7 @@ fn launch_check(device: Device) -> Result<Option<String>> {
         ("mlp (CUDA graph) training step", [1.0, 0.0, 1.0, 1.0]),
         ("cnn training step", [25.0, 8.0, 0.0, 1.0]),
         ("cnn (CUDA graph) training step", [1.0, 0.0, 1.0, 1.0]),
-        ("mlp batch-1 inference graph run", [2.0, 0.0, 1.0, 0.0]),
+        ("mlp batch-1 inference graph run and wait", [2.0, 0.0, 1.0, 0.0]),
     ];
     let data = mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k"))?;
     let task = Task::Classification { classes: 10 };
@@ -944,7 +971,9 @@ fn launch_check(device: Device) -> Result<Option<String>> {
             let x = data.test.x().narrow(0, 0, 1)?.to(device)?;
             let before = counts()?;
             let _output = graph.run(&x)?;
-            judge(format!("{name} batch-1 inference graph run"), since(before, counts()?));
+            // The wait reads no error word: no kernel that can record a bad index ran.
+            sinapse::backend::synchronize(device)?;
+            judge(format!("{name} batch-1 inference graph run and wait"), since(before, counts()?));
         }
     }
     Ok(problem)
@@ -1246,6 +1275,8 @@ fn main() {
         record(format!("correct answers counted on {device}"), problem);
     }
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
+        let problem = graph_bad_index_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("a bad index in an inference graph on {device}"), problem);
         let problem = graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("training with a CUDA graph on {device} against eager"), problem);
         let problem = inference_graph_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));

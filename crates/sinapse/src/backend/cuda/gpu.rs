@@ -294,6 +294,20 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Whether `kernel` can record a bad index in the GPU's error word (its parameters in
+/// [`SOURCE`] include `unsigned int* err`).
+pub(crate) fn reports_errors(kernel: &str) -> bool {
+    static REPORTING: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let reporting = REPORTING.get_or_init(|| {
+        let takes_err = |name: &str| {
+            let text = kernel_text(name);
+            text[..text.find('{').unwrap_or(0)].contains("unsigned int* err")
+        };
+        KERNELS.iter().copied().filter(|name| takes_err(name)).collect()
+    });
+    reporting.contains(&kernel)
+}
+
 /// Kernel `name`'s text in [`SOURCE`]: from the `extern "C" __global__` that declares it to
 /// the next kernel's (so with the helpers that follow it; empty where no ` void name(` is).
 pub(crate) fn kernel_text(name: &str) -> &'static str {
@@ -348,10 +362,20 @@ pub(crate) struct Gpu {
     gate: RwLock<()>,
     /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
     _blas_workspace: CudaSlice<u8>,
-    /// Four words: the op code, value bits and axis size of the first bad index a kernel saw.
+    /// Four words: the caller's code, value bits and axis size of the first bad index a
+    /// kernel saw.
     errors: CudaSlice<u32>,
     /// The device address of `errors`.
     pub(crate) errors_ptr: u64,
+    /// Whether a kernel that can record a bad index ([`reports_errors`]) was queued, or a
+    /// graph holding one replayed, since [`Gpu::check_errors`] last looked: without one the
+    /// error word is still clear, and reading it (a copy to the host, a few microseconds of
+    /// a batch-1 inference's) is skipped. Set after the launch is queued, cleared before the
+    /// wait, so a check either waits for such a kernel or leaves the flag to the next.
+    unread_reports: AtomicBool,
+    /// Whether the capture under way queued such a kernel (its graph's replays then set
+    /// `unread_reports`).
+    captured_reports: AtomicBool,
     /// The math mode cuBLAS was last given (TF32 allowed or not), locked across setting it
     /// and the product that needs it.
     pub(crate) blas_mode: Mutex<bool>,
@@ -414,7 +438,8 @@ pub struct LaunchCounts {
     /// Replays of captured graphs (each runs a whole step's kernels and products).
     pub graph_replays: u64,
     /// Copies between the host and the GPU, either way (a batch's upload, a value read, and
-    /// the error word read with it).
+    /// the error word read with it where a kernel that can record a bad index ran since the
+    /// last read).
     pub host_copies: u64,
 }
 
@@ -733,6 +758,8 @@ impl Gpu {
             _blas_workspace: blas_workspace,
             errors,
             errors_ptr,
+            unread_reports: AtomicBool::new(false),
+            captured_reports: AtomicBool::new(false),
             blas_mode: Mutex::new(false),
             counts: Default::default(),
             profiling: AtomicBool::new(false),
@@ -1085,6 +1112,7 @@ impl Gpu {
             }
         }
         use cudarc::driver::sys::CUstreamCaptureMode;
+        self.captured_reports.store(false, Ordering::SeqCst);
         self.stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| self.failure("beginning a graph capture", e))?;
@@ -1098,6 +1126,7 @@ impl Gpu {
         // Held until the upload is queued: no other thread's capture begins before it.
         let _claim = self.claim("graph capture")?;
         let pool = self.take_pool("graph capture")?;
+        let reports = self.captured_reports.swap(false, Ordering::SeqCst);
         let graph = match self.close_capture() {
             Ok(Some(graph)) if keep => graph,
             Ok(_) => return Err(self.failure("graph capture", "the capture was abandoned")),
@@ -1105,7 +1134,7 @@ impl Gpu {
         };
         // Prepares the graph on the device now rather than at its first launch.
         graph.upload().map_err(|e| self.failure("uploading a graph", e))?;
-        Ok(CapturedGraph { graph, _pool: pool, gpu: self.clone() })
+        Ok(CapturedGraph { graph, _pool: pool, gpu: self.clone(), reports })
     }
 
     /// Bytes free on the device now, counting the blocks the cache keeps for reuse.
@@ -1130,24 +1159,49 @@ impl Gpu {
         self.cache.lock().map(|c| c.stats()).unwrap_or_default()
     }
 
-    /// Waits for the stream, then reports the first bad index a kernel recorded since the last
-    /// check (and clears it).
+    /// After kernel `name` is queued: notes it where it can record a bad index.
+    pub(crate) fn queued(&self, name: &str) {
+        if reports_errors(name) {
+            self.unread_reports.store(true, Ordering::SeqCst);
+            self.captured_reports.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Reports the first bad index a kernel recorded since the last check (and clears it),
+    /// after waiting for the stream; nothing (and no wait) where no kernel that can record
+    /// one was queued since.
     pub(crate) fn check_errors(&self) -> Result<()> {
         self.refuse_in_capture("reading the error word")?;
-        let _claim = self.bind("reading the error word")?;
-        self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
-        let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
-        self.launched(Launched::HostCopy);
+        if !self.unread_reports.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let words = self.read_error_word().inspect_err(|_| {
+            // Not read: the next check tries again.
+            self.unread_reports.store(true, Ordering::SeqCst);
+        })?;
         if words[0] == 0 {
             return Ok(());
         }
         // SAFETY: a 16-byte region this struct owns; the stream has finished with it (the
-        // copy above synchronised).
-        unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }
-            .map_err(|e| self.failure("clearing the error word", e))?;
+        // copy synchronised).
+        unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }.map_err(
+            |e| {
+                self.unread_reports.store(true, Ordering::SeqCst);
+                self.failure("clearing the error word", e)
+            },
+        )?;
         let who = error_source(words[0]).unwrap_or(Indices::Positions("an indexing kernel"));
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(who.error(f64::from(f32::from_bits(words[1])), size as usize))
+    }
+
+    /// The error word, once the stream has finished.
+    fn read_error_word(&self) -> Result<Vec<u32>> {
+        let _claim = self.bind("reading the error word")?;
+        self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
+        let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
+        self.launched(Launched::HostCopy);
+        Ok(words)
     }
 }
 
@@ -1157,6 +1211,8 @@ pub(crate) struct CapturedGraph {
     graph: cudarc::driver::CudaGraph,
     _pool: Arc<Pool>,
     gpu: Arc<Gpu>,
+    /// Whether the graph holds a kernel that can record a bad index.
+    reports: bool,
 }
 
 impl std::fmt::Debug for CapturedGraph {
@@ -1171,6 +1227,9 @@ impl CapturedGraph {
         let _claim = self.gpu.claim("graph replay")?;
         self.graph.launch().map_err(|e| self.gpu.failure("graph replay", e))?;
         self.gpu.launched(Launched::Replay);
+        if self.reports {
+            self.gpu.unread_reports.store(true, Ordering::SeqCst);
+        }
         Ok(())
     }
 }
@@ -1218,6 +1277,7 @@ macro_rules! launch {
         // layouts checked against their storages; outputs are allocated for the sizes passed).
         unsafe { builder.launch(config) }.map_err(|e| gpu.failure($name, e))?;
         gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
+        gpu.queued($name);
         gpu.profile_end(timed, || format!("{} (grid {}, block {})", $name, config.grid_dim.0, config.block_dim.0))?;
         Ok::<(), $crate::Error>(())
     }};

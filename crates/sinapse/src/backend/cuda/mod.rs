@@ -1254,6 +1254,21 @@ mod tests {
         }
     }
 
+    /// The kernels read from the source as able to record a bad index are the six that take
+    /// the error word, and each kernel that records one is among them (one missed would have
+    /// its reports skipped by the next read).
+    #[test]
+    fn the_kernels_that_report_bad_indices_are_known() {
+        let reporting: Vec<&str> = gpu::KERNELS.iter().copied().filter(|k| gpu::reports_errors(k)).collect();
+        assert_eq!(
+            reporting,
+            ["cross_entropy_grad", "class_total", "index_select", "index_add", "gather", "scatter_add"]
+        );
+        let recording: Vec<&str> =
+            gpu::KERNELS.iter().copied().filter(|k| gpu::kernel_text(k).contains("report(err")).collect();
+        assert_eq!(recording, reporting);
+    }
+
     #[test]
     fn views_merge_their_contiguous_axes() {
         let l = Layout::contiguous(&[4, 5, 6]).narrow(2, 1, 3).unwrap();
