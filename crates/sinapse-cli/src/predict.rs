@@ -58,7 +58,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
         Task::Regression => {
             w.write_record(["prediction"])?;
-            for v in outputs.to_vec() {
+            for v in outputs.try_to_vec()? {
                 w.write_record([v.to_string()])?;
             }
         }

@@ -101,7 +101,7 @@ fn autoencoder_pictures(model: &TrainedModel, spec: &ModelSpec, base: &Path) -> 
     let (points, axes) = if width == 2 {
         (codes.to_vec2()?.iter().map(|r| [r[0], r[1]]).collect(), ["code 0", "code 1"])
     } else {
-        (crate::plot::principal_plane(&codes.to_vec(), n, width), ["first principal axis of the codes", "second"])
+        (crate::plot::principal_plane(&codes.try_to_vec()?, n, width), ["first principal axis of the codes", "second"])
     };
     let shown = x.narrow(0, 0, n.min(SHOWN_IMAGES))?;
     // Only images are drawn as images (a CSV with 4 or 9 columns is no picture).
@@ -113,7 +113,7 @@ fn autoencoder_pictures(model: &TrainedModel, spec: &ModelSpec, base: &Path) -> 
         rebuilt: model.reconstructions(&shown)?.to_vec2()?,
         side,
         points,
-        labels: labels.to_vec().iter().take(n).map(|&l| l as usize).collect(),
+        labels: labels.try_to_vec()?.iter().take(n).map(|&l| l as usize).collect(),
         names: model.card.classes.as_ref().map(|c| c.classes.clone()).unwrap_or_default(),
         axes,
     })

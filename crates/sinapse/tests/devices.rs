@@ -647,7 +647,26 @@ fn bad_label_check(device: Device) -> Result<Option<String>> {
             }
         }
     }
-    Ok(None)
+    // Training on a set with a bad label (its loss read after several batches, on a GPU in
+    // one read of them all): the fit fails with the CPU's error, and does not panic.
+    let fit_on = |device: Device| -> Result<String> {
+        use sinapse::nn::{Linear, Module};
+        use sinapse::train::{fit, FitConfig, Silent, Task};
+        let mut labels: Vec<f32> = (0..40).map(|i| (i % 3) as f32).collect();
+        labels[29] = 3.0;
+        let x = Tensor::rand_normal(&[40, 5], 0.0, 1.0, &mut Rng::seed(2))?;
+        let data = sinapse::data::Dataset::new(x, Tensor::from_vec(labels, &[40])?)?.to(device)?;
+        let model = Linear::new(5, 3, &mut Rng::seed(4))?;
+        model.to(device)?;
+        let mut opt = Sgd::new(model.parameters(), 0.1)?;
+        let cfg = FitConfig { epochs: 1, batch_size: 8, ..FitConfig::new(Task::Classification { classes: 3 }) };
+        match fit(&model, &mut opt, &data, None, &cfg, &mut Silent) {
+            Ok(_) => Ok("no error".into()),
+            Err(e) => Ok(e.to_string()),
+        }
+    };
+    let (got, want) = (fit_on(device)?, fit_on(Device::Cpu)?);
+    Ok((got != want).then(|| format!("training with label 3 of 3 classes: `{got}` on {device}, `{want}` on the CPU")))
 }
 
 /// An index out of range given to an `Embedding` captured in an `InferenceGraph` on `device`:

@@ -201,7 +201,7 @@ impl Linear {
         // next time), never older (see `write_lock`).
         let key = self.weight.values_key();
         let wt = wt.contiguous()?;
-        let finite = wt.to_vec().iter().all(|v| v.is_finite());
+        let finite = wt.try_to_vec()?.iter().all(|v| v.is_finite());
         *cache = Some(Kept { key, wt: wt.clone(), finite });
         Ok(Some((wt, finite)))
     }

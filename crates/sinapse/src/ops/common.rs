@@ -211,7 +211,7 @@ impl Tensor {
         let last = self.rank() - 1;
         let moved = self.transpose(dim, last)?.contiguous()?;
         let n = self.shape()[dim];
-        let values = moved.to_vec();
+        let values = moved.try_to_vec()?;
         let rows = values.len().checked_div(n).unwrap_or(0);
         let mut picked = Vec::with_capacity(rows * k);
         let mut order: Vec<usize> = Vec::with_capacity(n);

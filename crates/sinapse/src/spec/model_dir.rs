@@ -210,10 +210,11 @@ impl TrainedModel {
         let out = crate::train::predict(&self.model, &x, 1024)?;
         // A NaN answer is an error, not a prediction.
         let cols = out.shape().get(1).copied().unwrap_or(1).max(1);
-        if let Some(i) = out.to_vec().iter().position(|v| !v.is_finite()) {
+        let values = out.try_to_vec()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite {
                 what: format!("the model's output for row {} (its inputs or weights are out of range)", i / cols + 1),
-                value: out.to_vec()[i],
+                value: values[i],
             });
         }
         Ok(out)

@@ -490,9 +490,17 @@ impl Tensor {
     /// Copies the elements out to host memory, in row-major order.
     ///
     /// # Panics
-    /// Only if the device fails to copy (a GPU lost mid-run); on the CPU it cannot fail.
+    /// Only where [`Tensor::try_to_vec`] fails: a GPU that fails to copy (lost mid-run), or
+    /// reports a bad index that an earlier kernel on it found (a class label out of range,
+    /// reported at the GPU's next read). On the CPU it cannot fail.
     pub fn to_vec(&self) -> Vec<f32> {
-        self.storage().to_host(self.layout()).unwrap_or_else(|e| panic!("copying a tensor to the host: {e}"))
+        self.try_to_vec().unwrap_or_else(|e| panic!("copying a tensor to the host: {e}"))
+    }
+
+    /// The elements in host memory, in row-major order, as [`Tensor::to_vec`], with a GPU's
+    /// failure or its report of a bad index an earlier kernel found returned as an error.
+    pub fn try_to_vec(&self) -> Result<Vec<f32>> {
+        self.storage().to_host(self.layout())
     }
 
     /// The single value of a one-element tensor.

@@ -13,8 +13,10 @@ use crate::{Error, Result, Tensor};
 pub fn weights_to_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
     let data: Vec<(String, Vec<u8>, Vec<usize>)> = named
         .iter()
-        .map(|(n, t)| (n.clone(), t.to_vec().iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
-        .collect();
+        .map(|(n, t)| {
+            Ok((n.clone(), t.try_to_vec()?.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape().to_vec()))
+        })
+        .collect::<Result<_>>()?;
     let views = data
         .iter()
         .map(|(n, bytes, shape)| {

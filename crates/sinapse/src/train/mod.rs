@@ -345,7 +345,7 @@ impl PendingLosses {
             [i] => vec![self.batches[*i].1.to_scalar()?],
             _ => {
                 let refs: Vec<&Tensor> = unread.iter().map(|&i| &self.batches[i].1).collect();
-                Tensor::stack(&refs, 0)?.to_vec()
+                Tensor::stack(&refs, 0)?.try_to_vec()?
             }
         };
         for (&i, value) in unread.iter().zip(values) {
@@ -564,7 +564,7 @@ pub fn fit(
             0.0
         } else {
             let refs: Vec<&Tensor> = metric_sums.iter().collect();
-            Tensor::stack(&refs, 0)?.to_vec().iter().map(|&v| f64::from(v)).sum()
+            Tensor::stack(&refs, 0)?.try_to_vec()?.iter().map(|&v| f64::from(v)).sum()
         };
         let seconds = start.elapsed().as_secs_f64();
         let n = train.len() as f64;
@@ -602,11 +602,11 @@ pub fn fit(
             let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
             if best.as_ref().is_none_or(|(b, _)| v < b - min_delta) {
                 // The whole state (buffers too: running statistics belong to those weights).
-                let snapshot = cfg
-                    .early_stopping
-                    .filter(|e| e.restore_best)
-                    .map(|_| state.iter().map(|(_, t)| t.to_vec()).collect());
-                best = Some((v, snapshot.unwrap_or_default()));
+                let snapshot = match cfg.early_stopping {
+                    Some(e) if e.restore_best => state.iter().map(|(_, t)| t.try_to_vec()).collect::<Result<_>>()?,
+                    _ => Vec::new(),
+                };
+                best = Some((v, snapshot));
                 history.best_epoch = Some(epoch);
                 waited = 0;
             } else {
@@ -1199,21 +1199,22 @@ fn score(outputs: Tensor, data: &Dataset, task: &Task, loss: LossKind) -> Result
     }
     let metrics = match task {
         Task::Classification { classes } => {
-            let predicted = outputs.argmax(1, false)?.to_vec().iter().map(|&p| p as usize).collect::<Vec<_>>();
-            let truth = data.y().to_vec().iter().map(|&t| t as usize).collect::<Vec<_>>();
+            let predicted = outputs.argmax(1, false)?.try_to_vec()?.iter().map(|&p| p as usize).collect::<Vec<_>>();
+            let truth = data.y().try_to_vec()?.iter().map(|&t| t as usize).collect::<Vec<_>>();
             Metrics::Classification(ConfusionMatrix::from_predictions(&predicted, &truth, *classes)?)
         }
         Task::Regression => {
             // R² per target column, averaged (as scikit-learn's default): columns of other
             // scales are not pooled.
             let columns = if data.y().rank() == 2 { data.y().shape()[1] } else { 1 };
-            Metrics::Regression(metrics::regression_metrics_columns(&outputs.to_vec(), &data.y().to_vec(), columns)?)
+            let (predicted, truth) = (outputs.try_to_vec()?, data.y().try_to_vec()?);
+            Metrics::Regression(metrics::regression_metrics_columns(&predicted, &truth, columns)?)
         }
         Task::Reconstruction { .. } => {
             // Every value of every sample pooled: the MSE per pixel, and R² against the mean
             // pixel.
-            let predicted = loss.prediction(&outputs)?.to_vec();
-            Metrics::Reconstruction(metrics::regression_metrics_columns(&predicted, &data.y().to_vec(), 1)?)
+            let (predicted, truth) = (loss.prediction(&outputs)?.try_to_vec()?, data.y().try_to_vec()?);
+            Metrics::Reconstruction(metrics::regression_metrics_columns(&predicted, &truth, 1)?)
         }
     };
     Ok(Evaluation { loss: loss_value, metrics })
