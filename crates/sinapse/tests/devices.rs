@@ -311,6 +311,11 @@ fn cases() -> Vec<Case> {
         vec![normal(&[70, 6], r), normal(&[40, 6], r), normal(&[40], r)],
         |x| x[0].linear_relu(&x[1], &x[2])?.t(),
     ));
+    // As many rows as a GPU's one-launch layer takes, more terms than a warp's 32 lanes, and
+    // columns that leave its last block part full.
+    c.push(case("linear_relu 8x70 to 20", vec![normal(&[8, 70], r), normal(&[20, 70], r), normal(&[20], r)], |x| {
+        x[0].linear_relu(&x[1], &x[2])
+    }));
     c.push(case("linear without bias", vec![normal(&[1, 5], r), normal(&[3, 5], r)], |x| x[0].linear(&x[1], None)));
     // Views and copies.
     c.push(case("reshape", vec![normal(&[3, 4], r)], |x| x[0].reshape(&[2, 6])));
@@ -914,12 +919,13 @@ fn launch_check(device: Device) -> Result<Option<String>> {
     use sinapse::train::{fit, Silent, Task};
     /// Kernels, cuBLAS products, graph replays and host copies per step (per run for
     /// inference), by what is run.
-    const COUNTS: [(&str, [f64; 4]); 5] = [
+    const COUNTS: [(&str, [f64; 4]); 6] = [
         ("mlp training step", [14.0, 8.0, 0.0, 1.0]),
         ("mlp (CUDA graph) training step", [1.0, 0.0, 1.0, 1.0]),
         ("cnn training step", [25.0, 8.0, 0.0, 1.0]),
         ("cnn (CUDA graph) training step", [1.0, 0.0, 1.0, 1.0]),
         ("mlp batch-1 inference graph run and wait", [2.0, 0.0, 1.0, 0.0]),
+        ("mlp batch-1 eager forward", [3.0, 0.0, 0.0, 0.0]),
     ];
     let data = mnist::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist-10k"))?;
     let task = Task::Classification { classes: 10 };
@@ -993,6 +999,13 @@ fn launch_check(device: Device) -> Result<Option<String>> {
             // The wait reads no error word: no kernel that can record a bad index ran.
             sinapse::backend::synchronize(device)?;
             judge(format!("{name} batch-1 inference graph run and wait"), since(before, counts()?));
+            // A layer a launch: product, bias and ReLU together, for a few rows.
+            let before = counts()?;
+            let _output = {
+                let _off = sinapse::no_grad();
+                model.forward(&x, sinapse::nn::Mode::Eval)?
+            };
+            judge(format!("{name} batch-1 eager forward"), since(before, counts()?));
         }
     }
     Ok(problem)

@@ -319,6 +319,49 @@ fn spin_waits_its_cycles() {
     });
 }
 
+/// `linear_rows` against a plain sum: 1 to 8 rows of an input read at an offset with a row
+/// stride past the row, the weight through its transpose (as a layer keeps it), sums over no
+/// terms, fewer terms than a warp's 32 lanes and several laps of them, columns that leave the
+/// last block of 8 part full, the bias read at an offset (one of them NaN, which the ReLU
+/// keeps; negative sums cut to 0), and nothing written past the rows.
+#[test]
+fn linear_rows_match_a_plain_sum() {
+    each_order(|emu| {
+        let st = |l: &Layout| Strided::of(l, "test").unwrap();
+        for (rows, k, n) in [(1usize, 0usize, 3usize), (1, 1, 1), (3, 33, 9), (5, 70, 8), (8, 100, 20)] {
+            let x = values(rows * (k + 3), 21);
+            let lx = Layout::contiguous(&[rows, k + 3]).narrow(1, 2, k).unwrap();
+            let w = values(n * k, 22); // [n, k], read as [k, n]
+            let lw = Layout::contiguous(&[n, k]).transpose(0, 1).unwrap();
+            let mut b = values(n + 2, 23);
+            b[2 + n / 2] = f32::NAN;
+            let lb = Layout::contiguous(&[n + 2]).narrow(0, 2, n).unwrap();
+            for relu in [0i32, 1] {
+                let want: Vec<f32> = (0..rows * n)
+                    .map(|p| {
+                        let (r, j) = (p / n, p % n);
+                        let sum: f64 =
+                            (0..k).map(|i| f64::from(x[r * (k + 3) + 2 + i]) * f64::from(w[j * k + i])).sum();
+                        let v = sum as f32 + b[2 + j];
+                        if relu == 1 && v <= 0.0 {
+                            0.0
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let mut y = vec![7777.0f32; rows * n + 8];
+                let (r, kk, nn) = (rows as u64, k as u64, n as u64);
+                emulate!(emu, "linear_rows", gpu::blocks(n.div_ceil(8), 256);
+                    addr(&x), st(&lx), addr(&w), st(&lw), addr(&b), st(&lb), addr_mut(&mut y), r, kk, nn, relu);
+                let what = format!("{rows} rows, {k} terms, {n} columns, relu {relu}");
+                assert_eq!(differs(&y[..rows * n], &want), None, "{what}");
+                assert!(y[rows * n..].iter().all(|&v| v == 7777.0), "{what}: written past the rows");
+            }
+        }
+    });
+}
+
 /// `relu_grad_sums`: the gradient masked where the output is not positive (NaN, zeros and
 /// negatives among the outputs), row-major, and its column sums in double; the gradient read
 /// through a transposed view, with fewer rows than a block's thread rows, many rows, and

@@ -33,6 +33,7 @@ pub(crate) const KERNELS: &[&str] = &[
     "arange",
     "copy_strided",
     "copy_into",
+    "linear_rows",
     "unary",
     "bias_rows",
     "binary",

@@ -161,6 +161,45 @@ extern "C" __global__ void bias_rows(float* y, const float* bias, Strided lb, u6
     }
 }
 
+// A dense layer over a few rows (an inference's batch of one, say) in one launch, bias and
+// ReLU included: y[r, j] = x[r, ·]·w[·, j] + b[j] (then the ReLU) for rows up to
+// LINEAR_ROWS_MAX, where cuBLAS's product and `bias_rows` are two graph nodes or launches.
+// A warp per output column j: lane l sums k = l, l + 32, ... for every row, so a weight
+// stored [out, in] (w its transposed view, [in, out]) is read once, 128 bytes a step; the 32
+// partial sums then meet in shared memory (a tree, in a fixed order). Blocks of 256 threads.
+#define LINEAR_ROWS_MAX 8
+extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, Strided lx, const float* w, Strided lw,
+                                                             const float* b, Strided lb, float* y, u64 rows, u64 k,
+                                                             u64 n, int relu) {
+    __shared__ float part[LINEAR_ROWS_MAX][256];
+    unsigned int t = threadIdx.x, lane = t % 32;
+    u64 j = ((u64)blockIdx.x * blockDim.x + t) / 32;
+    bool active = j < n;  // the whole warp alike; every thread reaches each barrier
+    float acc[LINEAR_ROWS_MAX];
+    for (int r = 0; r < LINEAR_ROWS_MAX; ++r) acc[r] = 0.0f;
+    if (active) {
+        for (u64 i = lane; i < k; i += 32) {
+            float wv = w[at(lw, i * n + j)];
+            for (int r = 0; r < LINEAR_ROWS_MAX; ++r)
+                if ((u64)r < rows) acc[r] += x[at(lx, (u64)r * k + i)] * wv;
+        }
+    }
+    for (int r = 0; r < LINEAR_ROWS_MAX; ++r) part[r][t] = acc[r];
+    __syncthreads();
+    for (unsigned int half = 16; half > 0; half /= 2) {
+        if (lane < half)
+            for (int r = 0; r < LINEAR_ROWS_MAX; ++r) part[r][t] += part[r][t + half];
+        __syncthreads();
+    }
+    if (active && lane == 0) {
+        float bias = b[at(lb, j)];
+        for (u64 r = 0; r < rows; ++r) {
+            float v = part[r][t] + bias;
+            y[r * n + j] = relu ? relu_f(v) : v;
+        }
+    }
+}
+
 extern "C" __global__ void unary(const float* x, Strided lx, float* out, u64 n, int op, float p0, float p1) {
     GRID_LOOP(i, n) {
         float v = x[at(lx, i)];

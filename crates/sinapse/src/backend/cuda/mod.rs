@@ -347,6 +347,10 @@ fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
 /// step's loss and correct answers (larger ones take the composed ops, over many blocks).
 pub(crate) const CLASS_TOTAL_MAX: usize = 1 << 16;
 
+/// Most rows a dense layer's product, bias and ReLU take in one `linear_rows` launch
+/// (`LINEAR_ROWS_MAX` in kernels.cu); more go to cuBLAS.
+pub(crate) const LINEAR_ROWS_MAX: usize = 8;
+
 /// Threads for a block per 32 neighbouring columns of `rows` values each (`reduce_block` with
 /// 32 lanes, `relu_grad_sums`): rows of 32 threads enough for about 4 values each (up to 32
 /// rows), so that a batch of 128 is still read in 4 steps, not 32.
@@ -589,8 +593,10 @@ impl BackendStorage for CudaStorage {
         Ok(out)
     }
 
-    /// The product by cuBLAS, then the bias (and the ReLU) in one kernel over its output
-    /// (`bias_rows`), in place: two launches where the trait's default makes three.
+    /// For up to [`LINEAR_ROWS_MAX`] rows (a batch-1 inference), the product, bias and ReLU
+    /// in one launch (`linear_rows`); otherwise the product by cuBLAS, then the bias (and the
+    /// ReLU) in one kernel over its output (`bias_rows`), in place: two launches where the
+    /// trait's default makes three.
     fn matmul_bias(
         &self,
         l: &Layout,
@@ -605,6 +611,18 @@ impl BackendStorage for CudaStorage {
         let batch: usize = l.shape()[..l.rank() - 2].iter().product();
         if batch != 1 || bias_l.shape() != [n] {
             return Err(Error::invalid("linear", format!("bias {:?} for a {m} x {n} product", bias_l.shape())));
+        }
+        if (1..=LINEAR_ROWS_MAX).contains(&m) && n > 0 {
+            let gpu = self.gpu();
+            let y = CudaStorage::alloc(gpu, m * n, "linear")?;
+            let (lx, lw, lb) =
+                (Strided::of(l, "linear")?, Strided::of(rhs_l, "linear")?, Strided::of(bias_l, "linear")?);
+            let [rows, k, cols] = mkn.map(|v| v as u64);
+            let relu = i32::from(relu);
+            // A warp per output column, 8 to a block.
+            launch!(gpu, "linear_rows", blocks(n.div_ceil(8), 256);
+                self.block.ptr, lx, rhs.block.ptr, lw, bias.block.ptr, lb, y.block.ptr, rows, k, cols, relu)?;
+            return Ok(y);
         }
         let y = self.matmul(l, rhs, rhs_l, mkn)?;
         if m * n > 0 {
