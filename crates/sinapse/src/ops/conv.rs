@@ -129,9 +129,10 @@ impl Tensor {
         [oh, ow]: [usize; 2],
     ) -> Result<Tensor> {
         let ([n, c, _, _], [o, _, kh, kw]) = (nchw("conv2d", self)?, nchw("conv2d", weight)?);
-        let cols = self.im2col(win, 0.0)?; // [C·KH·KW, N·OH·OW]
-        let out = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?; // [O, N·OH·OW]
-                                                                     // [O, N, L] seen as [N, O, L] (a view); the bias add (or a copy) makes it row-major.
+        // Columns [C·KH·KW, N·OH·OW]; the product [O, N·OH·OW], seen as [N, O, OH·OW] (a
+        // view), which the bias add (or a copy) makes row-major.
+        let cols = self.im2col(win, 0.0)?;
+        let out = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?;
         let images = out.reshape(&[o, n, oh * ow])?.permute(&[1, 0, 2])?;
         let images = match bias {
             Some(b) => images.add(&b.reshape(&[o, 1])?)?,
