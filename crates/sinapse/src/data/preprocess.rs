@@ -75,7 +75,7 @@ impl Scaler {
         if kind != Scaling::None && n == 0 {
             return Err(Error::invalid("Scaler::fit", "cannot fit scaling on zero samples"));
         }
-        let v = x.to_vec();
+        let v = x.try_to_vec()?;
         let column = |j: usize| v.iter().skip(j).step_by(f.max(1)).map(|&a| a as f64);
         Ok(match kind {
             Scaling::None => Scaler::None,
@@ -181,17 +181,12 @@ impl Scaler {
         let scaled = x.sub(&offset)?.div(&scale)?;
         // A value far outside the training range can overflow: say where, rather than feed
         // the model an infinity.
-        if let Some(i) = scaled.to_vec().iter().position(|v| !v.is_finite()) {
-            let raw = x.to_vec()[i];
+        let values = scaled.try_to_vec()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let raw = x.try_to_vec()?[i];
             return Err(Error::invalid(
                 "scaling",
-                format!(
-                    "row {}, column {}: {} is {} after scaling",
-                    i / f + 1,
-                    i % f + 1,
-                    show(raw),
-                    scaled.to_vec()[i]
-                ),
+                format!("row {}, column {}: {} is {} after scaling", i / f + 1, i % f + 1, show(raw), values[i]),
             ));
         }
         Ok(scaled)
@@ -250,7 +245,7 @@ pub fn one_hot(classes: &Tensor, num_classes: usize) -> Result<Tensor> {
     }
     let n = classes.shape()[0];
     let mut out = vec![0.0; n * num_classes];
-    for (i, c) in classes.to_vec().into_iter().enumerate() {
+    for (i, c) in classes.try_to_vec()?.into_iter().enumerate() {
         out[i * num_classes + crate::ops::index::checked_index("one_hot", c, num_classes)?] = 1.0;
     }
     Tensor::from_vec(out, &[n, num_classes])?.to(classes.device())

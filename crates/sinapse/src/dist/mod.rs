@@ -289,7 +289,7 @@ pub fn all_reduce_gradients(
     let sums = comm.all_reduce_sum(&parts)?;
     // Which parameters get a gradient: all of them when this rank had every one (no read:
     // on a GPU that would wait for the device every step), else those any rank had.
-    let present = if all_here { vec![1.0; params.len()] } else { sums[params.len()].to_vec() };
+    let present = if all_here { vec![1.0; params.len()] } else { sums[params.len()].try_to_vec()? };
     for (i, p) in params.iter().enumerate() {
         if present[i] > 0.0 {
             grads.insert(p, sums[i].reshape(p.shape())?);

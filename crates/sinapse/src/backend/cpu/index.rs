@@ -9,8 +9,8 @@ use crate::Result;
 
 use super::elementwise::{row_major, to_contiguous};
 
-/// The values of an index tensor as positions in `0..size`, or an error naming `op` and the
-/// first bad value.
+/// The values of an index tensor as positions in `0..size`, or an error in `who`'s terms
+/// naming the first bad value.
 pub(super) fn positions(who: Indices, ids: &[f32], l: &Layout, size: usize) -> Result<Vec<usize>> {
     row_major(ids, l).iter().map(|&v| who.check(v, size)).collect()
 }

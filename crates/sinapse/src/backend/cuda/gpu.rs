@@ -1176,32 +1176,32 @@ impl Gpu {
         if !self.unread_reports.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        let words = self.read_error_word().inspect_err(|_| {
-            // Not read: the next check tries again.
+        let words = self.take_error_word().inspect_err(|_| {
+            // Not read, or not cleared: the next check tries again.
             self.unread_reports.store(true, Ordering::SeqCst);
         })?;
         if words[0] == 0 {
             return Ok(());
         }
-        // SAFETY: a 16-byte region this struct owns; the stream has finished with it (the
-        // copy synchronised).
-        unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }.map_err(
-            |e| {
-                self.unread_reports.store(true, Ordering::SeqCst);
-                self.failure("clearing the error word", e)
-            },
-        )?;
         let who = error_source(words[0]).unwrap_or(Indices::Positions("an indexing kernel"));
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(who.error(f64::from(f32::from_bits(words[1])), size as usize))
     }
 
-    /// The error word, once the stream has finished.
-    fn read_error_word(&self) -> Result<Vec<u32>> {
+    /// The error word once the stream has finished, cleared on the device where it was set,
+    /// under one claim (no capture begins between the read and the clear, which would join
+    /// its graph).
+    fn take_error_word(&self) -> Result<Vec<u32>> {
         let _claim = self.bind("reading the error word")?;
         self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
         let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
         self.launched(Launched::HostCopy);
+        if words[0] != 0 {
+            // SAFETY: a 16-byte region this struct owns; the stream has finished with it
+            // (the copy synchronised).
+            unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }
+                .map_err(|e| self.failure("clearing the error word", e))?;
+        }
         Ok(words)
     }
 }

@@ -193,7 +193,7 @@ extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, St
     }
     if (active && lane == 0) {
         float bias = b[at(lb, j)];
-        for (u64 r = 0; r < rows; ++r) {
+        for (u64 r = 0; r < rows && r < LINEAR_ROWS_MAX; ++r) {
             float v = part[r][t] + bias;
             y[r * n + j] = relu ? relu_f(v) : v;
         }

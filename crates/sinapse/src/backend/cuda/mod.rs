@@ -612,7 +612,8 @@ impl BackendStorage for CudaStorage {
         if batch != 1 || bias_l.shape() != [n] {
             return Err(Error::invalid("linear", format!("bias {:?} for a {m} x {n} product", bias_l.shape())));
         }
-        if (1..=LINEAR_ROWS_MAX).contains(&m) && n > 0 {
+        // (One block per 8 columns, up to `blocks`' 2²⁰ blocks.)
+        if (1..=LINEAR_ROWS_MAX).contains(&m) && n > 0 && n <= 8 << 20 {
             let gpu = self.gpu();
             let y = CudaStorage::alloc(gpu, m * n, "linear")?;
             let (lx, lw, lb) =
@@ -1270,6 +1271,13 @@ mod tests {
             assert!(reduce.shared >= 1024 * 20, "reduce_block's shared arrays not found: {reduce:?}");
             eprintln!("sm_{arch}: reduce_block {reduce:?}");
         }
+    }
+
+    /// The few-row dense layer's row limit is the kernel's (its shared array's size).
+    #[test]
+    fn the_few_row_layer_limit_is_the_kernels() {
+        let declared = gpu::SOURCE.split_once("#define LINEAR_ROWS_MAX ").and_then(|(_, rest)| rest.split_once('\n'));
+        assert_eq!(declared.map(|(n, _)| n.trim()), Some(LINEAR_ROWS_MAX.to_string().as_str()));
     }
 
     /// The kernels read from the source as able to record a bad index are the six that take
