@@ -906,10 +906,11 @@ fn end_to_end_check(device: Device) -> Result<Option<String>> {
 
 /// What one steady training step of the `mlp` and `cnn` benchmarks (the bundled specs'
 /// networks, SGD, batches of 128 and 64) queues on `device`, eager and with the step in a CUDA
-/// graph, and what one batch-1 `InferenceGraph` run of the MLP and a wait for it queue: printed, and held to
-/// exactly the counts in `COUNTS` (launches bound these small networks on a GPU: a change
-/// that adds some fails here, and one that saves some, or stops counting some, updates them). A step's count is the difference
-/// between fits of 6 and 4 batches, halved (the graph is captured at the third batch in both,
+/// graph, what one batch-1 `InferenceGraph` run of the MLP and a wait for it queue, and what
+/// the MLP's eager batch-1 forward pass queues: printed, and held to exactly the counts in
+/// `COUNTS` (launches bound these small networks on a GPU: a change that adds some fails
+/// here, and one that saves some, or stops counting some, updates them). A step's count is
+/// the difference between fits of 6 and 4 batches, halved (the graph is captured at the third batch in both,
 /// and the losses are read at the epoch's end), so the one-off work of a fit cancels.
 fn launch_check(device: Device) -> Result<Option<String>> {
     use sinapse::backend::{device_launches, LaunchCounts};

@@ -295,20 +295,6 @@ pub(crate) fn grid(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Whether `kernel` can record a bad index in the GPU's error word (its parameters in
-/// [`SOURCE`] include `unsigned int* err`).
-pub(crate) fn reports_errors(kernel: &str) -> bool {
-    static REPORTING: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    let reporting = REPORTING.get_or_init(|| {
-        let takes_err = |name: &str| {
-            let text = kernel_text(name);
-            text[..text.find('{').unwrap_or(0)].contains("unsigned int* err")
-        };
-        KERNELS.iter().copied().filter(|name| takes_err(name)).collect()
-    });
-    reporting.contains(&kernel)
-}
-
 /// Kernel `name`'s text in [`SOURCE`]: from the `extern "C" __global__` that declares it to
 /// the next kernel's (so with the helpers that follow it; empty where no ` void name(` is).
 pub(crate) fn kernel_text(name: &str) -> &'static str {
@@ -319,22 +305,38 @@ pub(crate) fn kernel_text(name: &str) -> &'static str {
     &SOURCE[start..end]
 }
 
-/// The largest block `kernel` is launched with: what its `__launch_bounds__` declares to the
-/// compiler (1024 for `reduce_block`), else [`THREADS`]. A GPU refuses a launch whose block
-/// needs more registers or shared memory than one multiprocessor has; a test checks each
-/// kernel's machine code against this size, and [`launch!`] refuses a larger block.
-pub(crate) fn largest_block(kernel: &str) -> u32 {
-    static SIZES: std::sync::OnceLock<HashMap<&'static str, u32>> = std::sync::OnceLock::new();
-    let sizes = SIZES.get_or_init(|| {
-        let declared = |name: &str| {
+/// What the host needs to know of a kernel, read once from [`SOURCE`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KernelFacts {
+    /// The largest block it is launched with: what its `__launch_bounds__` declares to the
+    /// compiler (1024 for `reduce_block`), else [`THREADS`]. A GPU refuses a launch whose
+    /// block needs more registers or shared memory than one multiprocessor has; a test
+    /// checks each kernel's machine code against this size, and [`launch!`] refuses a larger
+    /// block.
+    pub(crate) largest_block: u32,
+    /// Whether it can record a bad index in the GPU's error word (its parameters include
+    /// `unsigned int* err`).
+    pub(crate) reports_errors: bool,
+}
+
+/// The facts of `kernel` (those of a plain kernel that reports nothing, for a name that is
+/// not one).
+pub(crate) fn kernel_facts(kernel: &str) -> KernelFacts {
+    static FACTS: OnceLock<HashMap<&'static str, KernelFacts>> = OnceLock::new();
+    let facts = FACTS.get_or_init(|| {
+        let read = |name: &str| {
             let text = kernel_text(name);
             let head = &text[..text.find(" void ").unwrap_or(0)];
-            let bound = head.split_once("__launch_bounds__(")?.1.split_once(')')?.0;
-            bound.trim().parse().ok()
+            let bound = head.split_once("__launch_bounds__(").and_then(|(_, b)| b.split_once(')'));
+            let params = &text[..text.find('{').unwrap_or(0)];
+            KernelFacts {
+                largest_block: bound.and_then(|(b, _)| b.trim().parse().ok()).unwrap_or(THREADS),
+                reports_errors: params.contains("unsigned int* err"),
+            }
         };
-        KERNELS.iter().map(|&name| (name, declared(name).unwrap_or(THREADS))).collect()
+        KERNELS.iter().map(|&name| (name, read(name))).collect()
     });
-    sizes.get(kernel).copied().unwrap_or(THREADS)
+    facts.get(kernel).copied().unwrap_or(KernelFacts { largest_block: THREADS, reports_errors: false })
 }
 
 /// A launch of one block per item for `items` items (up to 2²⁰ blocks), `threads` (a power
@@ -368,7 +370,7 @@ pub(crate) struct Gpu {
     errors: CudaSlice<u32>,
     /// The device address of `errors`.
     pub(crate) errors_ptr: u64,
-    /// Whether a kernel that can record a bad index ([`reports_errors`]) was queued, or a
+    /// Whether a kernel that can record a bad index ([`KernelFacts::reports_errors`]) was queued, or a
     /// graph holding one replayed, since [`Gpu::check_errors`] last looked: without one the
     /// error word is still clear, and reading it (a copy to the host, a few microseconds of
     /// a batch-1 inference's) is skipped. Set after the launch is queued, cleared before the
@@ -1160,9 +1162,9 @@ impl Gpu {
         self.cache.lock().map(|c| c.stats()).unwrap_or_default()
     }
 
-    /// After kernel `name` is queued: notes it where it can record a bad index.
-    pub(crate) fn queued(&self, name: &str) {
-        if reports_errors(name) {
+    /// After a kernel is queued: notes it where it can record a bad index (`reports`).
+    pub(crate) fn queued(&self, reports: bool) {
+        if reports {
             self.unread_reports.store(true, Ordering::SeqCst);
             self.captured_reports.store(true, Ordering::SeqCst);
         }
@@ -1260,7 +1262,8 @@ macro_rules! launch {
         let _claim = gpu.claim($name)?;
         let function = gpu.function($name)?;
         let config: cudarc::driver::LaunchConfig = $cfg;
-        let most = $crate::backend::cuda::gpu::largest_block($name);
+        let facts = $crate::backend::cuda::gpu::kernel_facts($name);
+        let most = facts.largest_block;
         let (x, y, z) = config.block_dim;
         if u64::from(x) * u64::from(y) * u64::from(z) > u64::from(most) {
             return Err(gpu.failure($name, format!(
@@ -1278,7 +1281,7 @@ macro_rules! launch {
         // layouts checked against their storages; outputs are allocated for the sizes passed).
         unsafe { builder.launch(config) }.map_err(|e| gpu.failure($name, e))?;
         gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
-        gpu.queued($name);
+        gpu.queued(facts.reports_errors);
         gpu.profile_end(timed, || format!("{} (grid {}, block {})", $name, config.grid_dim.0, config.block_dim.0))?;
         Ok::<(), $crate::Error>(())
     }};

@@ -1241,8 +1241,8 @@ mod tests {
     }
 
     /// Each kernel's machine code fits the largest block it is launched with
-    /// ([`gpu::largest_block`], which `launch!` enforces), where a GPU would refuse the
-    /// launch: on an H100/H200 (sm_90) and the oldest GPUs NVRTC 13 targets (sm_75), a block
+    /// ([`gpu::KernelFacts::largest_block`], which `launch!` enforces), where a GPU would
+    /// refuse the launch: on an H100/H200 (sm_90) and the oldest GPUs NVRTC 13 targets (sm_75), a block
     /// has at most 64 Ki registers (allocated 8 a thread at a time), 48 KiB of `__shared__`
     /// arrays and 4 KiB of parameters; a thread's stack beyond the driver's default 1 KiB
     /// would be reallocated at launch. `reduce_block`'s 1024-thread blocks are the tight one.
@@ -1255,7 +1255,7 @@ mod tests {
             let kernels = resources(&machine_code(arch));
             for (name, r) in &kernels {
                 assert!(gpu::kernel_text(name).contains("__global__"), "{name}'s declaration not found in kernels.cu");
-                let threads = gpu::largest_block(name);
+                let threads = gpu::kernel_facts(name).largest_block;
                 assert!(r.registers > 0, "sm_{arch}: no register count for {name}: {r:?}");
                 let registers = r.registers.next_multiple_of(8) * threads;
                 assert!(
@@ -1285,7 +1285,8 @@ mod tests {
     /// its reports skipped by the next read).
     #[test]
     fn the_kernels_that_report_bad_indices_are_known() {
-        let reporting: Vec<&str> = gpu::KERNELS.iter().copied().filter(|k| gpu::reports_errors(k)).collect();
+        let reporting: Vec<&str> =
+            gpu::KERNELS.iter().copied().filter(|k| gpu::kernel_facts(k).reports_errors).collect();
         assert_eq!(
             reporting,
             ["cross_entropy_grad", "class_total", "index_select", "index_add", "gather", "scatter_add"]
