@@ -539,6 +539,35 @@ fn indexing_kernels_match_plain_loops_and_report_bad_indices() {
     });
 }
 
+/// `take_errors`, as the host runs it after indexing kernels: the error word handed to the
+/// four words after it and cleared in the same launch, so that a bad index found after the
+/// take is recorded (not masked by the one taken, nor cleared unread), and a take of a clear
+/// word hands over zeros.
+#[test]
+fn take_errors_hands_the_word_over_and_clears_it() {
+    each_order(|emu| {
+        let x = values(5, 31);
+        let lx = Strided::of(&Layout::contiguous(&[1, 5, 1]), "test").unwrap();
+        let lbad = Strided::of(&Layout::contiguous(&[1]), "test").unwrap();
+        let (one, four) = (
+            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 },
+            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 },
+        );
+        let (o, s, i, n) = (1u64, 5u64, 1u64, 1u64);
+        let mut out = [f32::NAN];
+        // The error word, then the four words the host copies.
+        let mut words = [0u32; 8];
+        let (word, taken) = (addr_mut(&mut words), addr_mut(&mut words) + 16);
+        for (bad, code) in [(7.0f32, 21u32), (5.0, 22)] {
+            emulate!(emu, "index_select", one; addr(&x), lx, addr(&[bad]), lbad, addr_mut(&mut out), o, s, i, n, word, code);
+            emulate!(emu, "take_errors", four; word, taken);
+            assert_eq!(words, [0, 0, 0, 0, code, bad.to_bits(), 5, 0], "after index {bad}");
+        }
+        emulate!(emu, "take_errors", four; word, taken);
+        assert_eq!(words, [0; 8], "a clear word taken");
+    });
+}
+
 /// A batch `[n, c, h, w]` under `win`: its sizes as kernels take them (`Conv::new`, as the
 /// host code builds them), and the output grid.
 fn geometry(input: [usize; 4], win: &Window) -> (Conv, [usize; 2]) {

@@ -27,6 +27,7 @@ pub(crate) const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel of [`SOURCE`], by name.
 pub(crate) const KERNELS: &[&str] = &[
+    "take_errors",
     "spin",
     "fill",
     "gather_values",
@@ -365,10 +366,11 @@ pub(crate) struct Gpu {
     gate: RwLock<()>,
     /// The workspace given to cuBLAS (so that it allocates nothing inside a capture).
     _blas_workspace: CudaSlice<u8>,
-    /// Four words: the caller's code, value bits and axis size of the first bad index a
-    /// kernel saw.
-    errors: CudaSlice<u32>,
-    /// The device address of `errors`.
+    /// Eight words: the error word (the caller's code, value bits and axis size of the first
+    /// bad index a kernel saw), then the copy of it that `take_errors` hands to the host.
+    /// (Kept for its address, `errors_ptr`: freed with the `Gpu`.)
+    _errors: CudaSlice<u32>,
+    /// The device address of the error word.
     pub(crate) errors_ptr: u64,
     /// Whether a kernel that can record a bad index ([`KernelFacts::reports_errors`]) was queued, or a
     /// graph holding one replayed, since [`Gpu::check_errors`] last looked: without one the
@@ -747,7 +749,7 @@ impl Gpu {
         }
         .result()
         .map_err(|e| format!("giving cuBLAS its workspace: {e}"))?;
-        let errors = stream.alloc_zeros::<u32>(4).map_err(driver("allocating the error word"))?;
+        let errors = stream.alloc_zeros::<u32>(8).map_err(driver("allocating the error word"))?;
         let errors_ptr = errors.device_ptr(&stream).0;
         Ok(Gpu {
             ordinal,
@@ -759,7 +761,7 @@ impl Gpu {
             capture: Mutex::new(None),
             gate: RwLock::new(()),
             _blas_workspace: blas_workspace,
-            errors,
+            _errors: errors,
             errors_ptr,
             unread_reports: AtomicBool::new(false),
             captured_reports: AtomicBool::new(false),
@@ -1179,7 +1181,7 @@ impl Gpu {
             return Ok(());
         }
         let words = self.take_error_word().inspect_err(|_| {
-            // Not read, or not cleared: the next check tries again.
+            // Not taken or not read: the next check tries again.
             self.unread_reports.store(true, Ordering::SeqCst);
         })?;
         if words[0] == 0 {
@@ -1188,23 +1190,6 @@ impl Gpu {
         let who = error_source(words[0]).unwrap_or(Indices::Positions("an indexing kernel"));
         let size = u64::from(words[2]) | (u64::from(words[3]) << 32);
         Err(who.error(f64::from(f32::from_bits(words[1])), size as usize))
-    }
-
-    /// The error word once the stream has finished, cleared on the device where it was set,
-    /// under one claim (no capture begins between the read and the clear, which would join
-    /// its graph).
-    fn take_error_word(&self) -> Result<Vec<u32>> {
-        let _claim = self.bind("reading the error word")?;
-        self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
-        let words = self.stream.clone_dtoh(&self.errors).map_err(|e| self.failure("reading the error word", e))?;
-        self.launched(Launched::HostCopy);
-        if words[0] != 0 {
-            // SAFETY: a 16-byte region this struct owns; the stream has finished with it
-            // (the copy synchronised).
-            unsafe { cudarc::driver::result::memset_d8_async(self.errors_ptr, 0, 16, self.stream.cu_stream()) }
-                .map_err(|e| self.failure("clearing the error word", e))?;
-        }
-        Ok(words)
     }
 }
 
@@ -1287,3 +1272,26 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+impl Gpu {
+    /// The error word once the stream has finished, taken (read and cleared) by one kernel,
+    /// `take_errors`: a bad index recorded by a kernel another thread queues meanwhile is
+    /// either in what is read or left for the next check, never cleared unread. Under one
+    /// claim, so that no capture begins between the launch and the read, which would join its
+    /// graph.
+    fn take_error_word(&self) -> Result<[u32; 4]> {
+        let _claim = self.bind("reading the error word")?;
+        let (word, taken) = (self.errors_ptr, self.errors_ptr + 16);
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, "take_errors", one; word, taken)?;
+        let mut words = [0u32; 4];
+        // SAFETY: `words` holds the four words at `taken`, in the buffer this struct owns; the
+        // copy is queued after the kernel that writes them, and the stream is synchronised
+        // before `words` is read.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut words, taken, self.stream.cu_stream()) }
+            .map_err(|e| self.failure("reading the error word", e))?;
+        self.launched(Launched::HostCopy);
+        self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
+        Ok(words)
+    }
+}

@@ -66,6 +66,17 @@ __device__ void report(unsigned int* err, unsigned int op, float v, u64 size) {
     }
 }
 
+// Hands the error word to the host: copies its four words to `taken` and clears them, in
+// one launch, so that no kernel (another thread's included) can record a bad index between
+// the host's read and its clear: one queued before this is in what the host reads, one
+// queued after records into a clear word, for the next read.
+extern "C" __global__ void take_errors(unsigned int* word, unsigned int* taken) {
+    if (blockIdx.x == 0 && threadIdx.x < 4) {
+        taken[threadIdx.x] = word[threadIdx.x];
+        word[threadIdx.x] = 0u;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The kernel profile only (`sinapse::backend::set_kernel_profiling`): keeps the stream busy
 // for `cycles` clock cycles, so that the host has queued the launch it times, and the events
