@@ -327,7 +327,6 @@ fn spin_waits_its_cycles() {
 #[test]
 fn linear_rows_match_a_plain_sum() {
     each_order(|emu| {
-        let st = |l: &Layout| Strided::of(l, "test").unwrap();
         for (rows, k, n) in [(1usize, 0usize, 3usize), (1, 1, 1), (3, 33, 9), (5, 70, 8), (8, 100, 20)] {
             let x = values(rows * (k + 3), 21);
             let lx = Layout::contiguous(&[rows, k + 3]).narrow(1, 2, k).unwrap();
@@ -352,8 +351,12 @@ fn linear_rows_match_a_plain_sum() {
                     .collect();
                 let mut y = vec![7777.0f32; rows * n + 8];
                 let (r, kk, nn) = (rows as u64, k as u64, n as u64);
+                // As the host passes them.
+                let view = |v: &[f32], l: &Layout| super::matrix_view(addr(v), l);
+                let ((xp, x_row, x_in), (wp, w_in, w_out), (bp, _, b_out)) =
+                    (view(&x, &lx), view(&w, &lw), view(&b, &lb));
                 emulate!(emu, "linear_rows", gpu::blocks(n.div_ceil(8), 256);
-                    addr(&x), st(&lx), addr(&w), st(&lw), addr(&b), st(&lb), addr_mut(&mut y), r, kk, nn, relu);
+                    xp, x_row, x_in, wp, w_in, w_out, bp, b_out, addr_mut(&mut y), r, kk, nn, relu);
                 let what = format!("{rows} rows, {k} terms, {n} columns, relu {relu}");
                 assert_eq!(differs(&y[..rows * n], &want), None, "{what}");
                 assert!(y[rows * n..].iter().all(|&v| v == 7777.0), "{what}: written past the rows");

@@ -178,10 +178,13 @@ extern "C" __global__ void bias_rows(float* y, const float* bias, Strided lb, u6
 // A warp per output column j: lane l sums k = l, l + 32, ... for every row, so a weight
 // stored [out, in] (w its transposed view, [in, out]) is read once, 128 bytes a step; the 32
 // partial sums then meet in shared memory (a tree, in a fixed order). Blocks of 256 threads.
+// The three operands are 2-D views given by their first element and their strides (x: a
+// row's, an input's; w: an input's, an output's; b: an output's), so the loop's addresses
+// are products and sums, not the divisions of `at`.
 #define LINEAR_ROWS_MAX 8
-extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, Strided lx, const float* w, Strided lw,
-                                                             const float* b, Strided lb, float* y, u64 rows, u64 k,
-                                                             u64 n, int relu) {
+extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, u64 x_row, u64 x_in, const float* w,
+                                                             u64 w_in, u64 w_out, const float* b, u64 b_out,
+                                                             float* y, u64 rows, u64 k, u64 n, int relu) {
     __shared__ float part[LINEAR_ROWS_MAX][256];
     unsigned int t = threadIdx.x, lane = t % 32;
     u64 j = ((u64)blockIdx.x * blockDim.x + t) / 32;
@@ -189,10 +192,12 @@ extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, St
     float acc[LINEAR_ROWS_MAX];
     for (int r = 0; r < LINEAR_ROWS_MAX; ++r) acc[r] = 0.0f;
     if (active) {
+        const float* column = w + j * w_out;
         for (u64 i = lane; i < k; i += 32) {
-            float wv = w[at(lw, i * n + j)];
+            float wv = column[i * w_in];
+            const float* xi = x + i * x_in;
             for (int r = 0; r < LINEAR_ROWS_MAX; ++r)
-                if ((u64)r < rows) acc[r] += x[at(lx, (u64)r * k + i)] * wv;
+                if ((u64)r < rows) acc[r] += xi[(u64)r * x_row] * wv;
         }
     }
     for (int r = 0; r < LINEAR_ROWS_MAX; ++r) part[r][t] = acc[r];
@@ -203,7 +208,7 @@ extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, St
         __syncthreads();
     }
     if (active && lane == 0) {
-        float bias = b[at(lb, j)];
+        float bias = b[j * b_out];
         for (u64 r = 0; r < rows && r < LINEAR_ROWS_MAX; ++r) {
             float v = part[r][t] + bias;
             y[r * n + j] = relu ? relu_f(v) : v;

@@ -347,6 +347,15 @@ fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
 /// step's loss and correct answers (larger ones take the composed ops, over many blocks).
 pub(crate) const CLASS_TOTAL_MAX: usize = 1 << 16;
 
+/// A view of at most two axes of size over 1, its last two, of the buffer at device address
+/// `ptr`, as `linear_rows` takes it: the address of its first element, then the strides of
+/// its last two axes (0 for an axis it lacks).
+pub(crate) fn matrix_view(ptr: u64, l: &Layout) -> (u64, u64, u64) {
+    let s = l.strides();
+    let stride = |from_end: usize| s.len().checked_sub(from_end).map_or(0, |a| s[a] as u64);
+    (ptr + 4 * l.offset() as u64, stride(2), stride(1))
+}
+
 /// Most rows a dense layer's product, bias and ReLU take in one `linear_rows` launch
 /// (`LINEAR_ROWS_MAX` in kernels.cu); more go to cuBLAS.
 pub(crate) const LINEAR_ROWS_MAX: usize = 8;
@@ -616,13 +625,14 @@ impl BackendStorage for CudaStorage {
         if (1..=LINEAR_ROWS_MAX).contains(&m) && n > 0 && n <= 8 << 20 {
             let gpu = self.gpu();
             let y = CudaStorage::alloc(gpu, m * n, "linear")?;
-            let (lx, lw, lb) =
-                (Strided::of(l, "linear")?, Strided::of(rhs_l, "linear")?, Strided::of(bias_l, "linear")?);
+            let (x, x_row, x_in) = matrix_view(self.block.ptr, l);
+            let (w, w_in, w_out) = matrix_view(rhs.block.ptr, rhs_l);
+            let (b, _, b_out) = matrix_view(bias.block.ptr, bias_l);
             let [rows, k, cols] = mkn.map(|v| v as u64);
             let relu = i32::from(relu);
             // A warp per output column, 8 to a block.
             launch!(gpu, "linear_rows", blocks(n.div_ceil(8), 256);
-                self.block.ptr, lx, rhs.block.ptr, lw, bias.block.ptr, lb, y.block.ptr, rows, k, cols, relu)?;
+                x, x_row, x_in, w, w_in, w_out, b, b_out, y.block.ptr, rows, k, cols, relu)?;
             return Ok(y);
         }
         let y = self.matmul(l, rhs, rhs_l, mkn)?;
