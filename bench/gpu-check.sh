@@ -5,7 +5,8 @@
 #   1. the library's unit tests (the NVRTC compile of every kernel among them);
 #   2. the device op suite with CUDA required (every op and optimizer against the CPU, and
 #      NCCL's all-reduce and broadcast on one rank, with PyTorch's libnccl when it has one);
-#   3. the MNIST MLP, CNN and LSTM specs trained with --device cuda (test accuracy);
+#   3. the MNIST MLP, CNN, batch-normalised CNN and LSTM specs trained with --device cuda
+#      (test accuracy), and the MLP with its step in a CUDA graph;
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp and cnn also with the
 #      training step in a CUDA graph, infer with the forward pass in one), Sinapse and
 #      PyTorch (python3 with CUDA) interleaved;

@@ -69,7 +69,7 @@ enum Command {
     Gradcheck(inspect::GradcheckArgs),
     /// Rosenblatt's perceptron on a logic gate, optionally printing every step.
     Perceptron(perceptron::PerceptronArgs),
-    /// Run a benchmark (mlp, cnn, lstm or infer) and print its speed and test accuracy.
+    /// Run a benchmark (mlp, mlp-large, cnn, lstm or infer) and print its speed and test accuracy.
     Bench(bench::BenchArgs),
     /// Reinforcement learning: train a policy on CartPole by policy gradients, or play one.
     Rl(rl::RlArgs),

@@ -374,9 +374,10 @@ pub(crate) struct Gpu {
     pub(crate) errors_ptr: u64,
     /// Whether a kernel that can record a bad index ([`KernelFacts::reports_errors`]) was queued, or a
     /// graph holding one replayed, since [`Gpu::check_errors`] last looked: without one the
-    /// error word is still clear, and reading it (a copy to the host, a few microseconds of
-    /// a batch-1 inference's) is skipped. Set after the launch is queued, cleared before the
-    /// wait, so a check either waits for such a kernel or leaves the flag to the next.
+    /// error word is still clear, and taking it (the `take_errors` launch and a copy to the
+    /// host, a few microseconds of a batch-1 inference's) is skipped. Set after the launch
+    /// is queued, cleared before the take, so a check either takes what such a kernel
+    /// recorded or leaves the flag to the next.
     unread_reports: AtomicBool,
     /// Whether the capture under way queued such a kernel (its graph's replays then set
     /// `unread_reports`).

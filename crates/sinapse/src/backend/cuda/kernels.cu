@@ -3,8 +3,8 @@
 // per process by NVRTC (src/backend/cuda/gpu.rs); CI compiles this file too, on machines
 // without a GPU, so a syntax or type error fails there.
 //
-// Every input is read through a `Strided` view (offset, sizes, strides: any layout a tensor
-// view can have, broadcast axes with stride 0); outputs are new row-major buffers unless a
+// Inputs are read through a `Strided` view (offset, sizes, strides: any layout a tensor view
+// can have, broadcast axes with stride 0), unless a kernel says otherwise; outputs are new row-major buffers unless a
 // kernel says otherwise. Loops are grid-stride, so any grid covers any size. The formulas are
 // the ones the CPU backend computes (src/backend/cpu/), and the op suite (tests/devices.rs)
 // holds the two to the same results.
