@@ -321,13 +321,16 @@ fn spin_waits_its_cycles() {
 
 /// `linear_rows` against a plain sum: 1 to 8 rows of an input read at an offset with a row
 /// stride past the row, the weight through its transpose (as a layer keeps it), sums over no
-/// terms, fewer terms than a warp's 32 lanes and several laps of them, columns that leave the
+/// terms, fewer terms than a warp's 32 lanes and several laps of them (in groups of four
+/// laps, with laps left over or none), columns that leave the
 /// last block of 8 part full, the bias read at an offset (one of them NaN, which the ReLU
 /// keeps; negative sums cut to 0), and nothing written past the rows.
 #[test]
 fn linear_rows_match_a_plain_sum() {
     each_order(|emu| {
-        for (rows, k, n) in [(1usize, 0usize, 3usize), (1, 1, 1), (3, 33, 9), (5, 70, 8), (8, 100, 20)] {
+        for (rows, k, n) in
+            [(1usize, 0usize, 3usize), (1, 1, 1), (3, 33, 9), (5, 70, 8), (8, 100, 20), (2, 300, 9), (7, 128, 3)]
+        {
             let x = values(rows * (k + 3), 21);
             let lx = Layout::contiguous(&[rows, k + 3]).narrow(1, 2, k).unwrap();
             let w = values(n * k, 22); // [n, k], read as [k, n]

@@ -182,6 +182,36 @@ extern "C" __global__ void bias_rows(float* y, const float* bias, Strided lb, u6
 // row's, an input's; w: an input's, an output's; b: an output's), so the loop's addresses
 // are products and sums, not the divisions of `at`.
 #define LINEAR_ROWS_MAX 8
+static_assert(LINEAR_ROWS_MAX == 8, "linear_rows has a case for each row count, 1 to 8");
+
+// One lane's partial sums for `R` rows: lane l's terms k = l, l + 32, ..., in that order.
+// With the row count fixed when compiled (the kernel picks the instance), and four steps
+// taken at a time where all four are in range, the loads of four steps are issued together
+// rather than each step waiting out the memory's latency on its own.
+template <int R>
+__device__ __forceinline__ void linear_rows_sums(const float* x, u64 x_row, u64 x_in, const float* column, u64 w_in,
+                                                 u64 k, unsigned int lane, float* acc) {
+    u64 i = lane;
+    for (; i + 96 < k; i += 128) {
+        float wv[4], xv[4][R];
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            wv[s] = column[(i + 32 * s) * w_in];
+#pragma unroll
+            for (int r = 0; r < R; ++r) xv[s][r] = x[(i + 32 * s) * x_in + (u64)r * x_row];
+        }
+#pragma unroll
+        for (int s = 0; s < 4; ++s)
+#pragma unroll
+            for (int r = 0; r < R; ++r) acc[r] += xv[s][r] * wv[s];
+    }
+    for (; i < k; i += 32) {
+        float wv = column[i * w_in];
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] += x[i * x_in + (u64)r * x_row] * wv;
+    }
+}
+
 extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, u64 x_row, u64 x_in, const float* w,
                                                              u64 w_in, u64 w_out, const float* b, u64 b_out,
                                                              float* y, u64 rows, u64 k, u64 n, int relu) {
@@ -193,11 +223,15 @@ extern "C" __global__ __launch_bounds__(256) void linear_rows(const float* x, u6
     for (int r = 0; r < LINEAR_ROWS_MAX; ++r) acc[r] = 0.0f;
     if (active) {
         const float* column = w + j * w_out;
-        for (u64 i = lane; i < k; i += 32) {
-            float wv = column[i * w_in];
-            const float* xi = x + i * x_in;
-            for (int r = 0; r < LINEAR_ROWS_MAX; ++r)
-                if ((u64)r < rows) acc[r] += xi[(u64)r * x_row] * wv;
+        switch (rows) {
+            case 1: linear_rows_sums<1>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 2: linear_rows_sums<2>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 3: linear_rows_sums<3>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 4: linear_rows_sums<4>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 5: linear_rows_sums<5>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 6: linear_rows_sums<6>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 7: linear_rows_sums<7>(x, x_row, x_in, column, w_in, k, lane, acc); break;
+            case 8: linear_rows_sums<8>(x, x_row, x_in, column, w_in, k, lane, acc); break;
         }
     }
     for (int r = 0; r < LINEAR_ROWS_MAX; ++r) part[r][t] = acc[r];
