@@ -372,6 +372,10 @@ pub(crate) struct Gpu {
     _errors: CudaSlice<u32>,
     /// The device address of the error word.
     pub(crate) errors_ptr: u64,
+    /// Held by a check from its `take_errors` launch until it has read the words taken, so
+    /// that another thread's take cannot overwrite them first; holds whether words were
+    /// taken and not read (a copy that failed), to be read before any other take.
+    taking: Mutex<bool>,
     /// Whether a kernel that can record a bad index ([`KernelFacts::reports_errors`]) was queued, or a
     /// graph holding one replayed, since [`Gpu::check_errors`] last looked: without one the
     /// error word is still clear, and taking it (the `take_errors` launch and a copy to the
@@ -764,6 +768,7 @@ impl Gpu {
             _blas_workspace: blas_workspace,
             _errors: errors,
             errors_ptr,
+            taking: Mutex::new(false),
             unread_reports: AtomicBool::new(false),
             captured_reports: AtomicBool::new(false),
             blas_mode: Mutex::new(false),
@@ -1182,7 +1187,7 @@ impl Gpu {
             return Ok(());
         }
         let words = self.take_error_word().inspect_err(|_| {
-            // Not taken or not read: the next check tries again.
+            // Not read: the next check reads what was taken, or takes the word.
             self.unread_reports.store(true, Ordering::SeqCst);
         })?;
         if words[0] == 0 {
@@ -1263,8 +1268,9 @@ macro_rules! launch {
         $( builder.arg(&$arg); )*
         // SAFETY: the arguments match the kernel's parameters in kernels.cu in number, order
         // and type (u64 device addresses for pointers, the #[repr(C)] structs for theirs); each
-        // buffer holds every element its `Strided` view or size reaches (the views come from
-        // layouts checked against their storages; outputs are allocated for the sizes passed).
+        // buffer holds every element its `Strided` view, its strides (`matrix_view`) or its
+        // size reaches (the views come from layouts checked against their storages; outputs
+        // are allocated for the sizes passed).
         unsafe { builder.launch(config) }.map_err(|e| gpu.failure($name, e))?;
         gpu.launched($crate::backend::cuda::gpu::Launched::Kernel);
         gpu.queued(facts.reports_errors);
@@ -1279,12 +1285,21 @@ impl Gpu {
     /// `take_errors`: a bad index recorded by a kernel another thread queues meanwhile is
     /// either in what is read or left for the next check, never cleared unread. Under one
     /// claim, so that no capture begins between the launch and the read, which would join its
-    /// graph.
+    /// graph, and holding [`Gpu::taking`] until the words are read. Words taken by an earlier
+    /// check that failed to read them are read first, without a take (and the flag is set
+    /// again, so that the next check takes what was recorded since).
     fn take_error_word(&self) -> Result<[u32; 4]> {
         let _claim = self.bind("reading the error word")?;
+        let mut unread = self.taking.lock().unwrap_or_else(|e| e.into_inner());
         let (word, taken) = (self.errors_ptr, self.errors_ptr + 16);
-        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, "take_errors", one; word, taken)?;
+        let retry = *unread;
+        if retry {
+            self.unread_reports.store(true, Ordering::SeqCst);
+        } else {
+            let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, "take_errors", one; word, taken)?;
+            *unread = true;
+        }
         let mut words = [0u32; 4];
         // SAFETY: `words` holds the four words at `taken`, in the buffer this struct owns; the
         // copy is queued after the kernel that writes them, and the stream is synchronised
@@ -1293,6 +1308,7 @@ impl Gpu {
             .map_err(|e| self.failure("reading the error word", e))?;
         self.launched(Launched::HostCopy);
         self.stream.synchronize().map_err(|e| self.failure("reading the error word", e))?;
+        *unread = false;
         Ok(words)
     }
 }

@@ -347,13 +347,16 @@ fn around(shape: &[usize], dim: Option<usize>) -> (usize, usize, usize) {
 /// step's loss and correct answers (larger ones take the composed ops, over many blocks).
 pub(crate) const CLASS_TOTAL_MAX: usize = 1 << 16;
 
-/// A view of at most two axes of size over 1, its last two, of the buffer at device address
-/// `ptr`, as `linear_rows` takes it: the address of its first element, then the strides of
-/// its last two axes (0 for an axis it lacks).
+/// A view whose axes before its last two have size 1, of the buffer at device address `ptr`,
+/// as `linear_rows` takes it: the address of its first element, then the strides of its last
+/// two axes (0 for an axis it lacks). An empty view keeps `ptr` (nothing is read through it,
+/// and its offset may be the buffer's end).
 pub(crate) fn matrix_view(ptr: u64, l: &Layout) -> (u64, u64, u64) {
-    let s = l.strides();
+    let (shape, s) = (l.shape(), l.strides());
+    debug_assert!(shape.iter().rev().skip(2).all(|&d| d == 1), "a batch of matrices: {shape:?}");
     let stride = |from_end: usize| s.len().checked_sub(from_end).map_or(0, |a| s[a] as u64);
-    (ptr + 4 * l.offset() as u64, stride(2), stride(1))
+    let first = if l.elem_count() == 0 { ptr } else { ptr + 4 * l.offset() as u64 };
+    (first, stride(2), stride(1))
 }
 
 /// Most rows a dense layer's product, bias and ReLU take in one `linear_rows` launch
