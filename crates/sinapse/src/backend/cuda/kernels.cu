@@ -4,7 +4,7 @@
 // without a GPU, so a syntax or type error fails there.
 //
 // Inputs are read through a `Strided` view (offset, sizes, strides: any layout a tensor view
-// can have, broadcast axes with stride 0), unless a kernel says otherwise; outputs are new row-major buffers unless a
+// can have, broadcast axes with stride 0) and outputs are new row-major buffers, unless a
 // kernel says otherwise. Loops are grid-stride, so any grid covers any size. The formulas are
 // the ones the CPU backend computes (src/backend/cpu/), and the op suite (tests/devices.rs)
 // holds the two to the same results.
