@@ -555,10 +555,7 @@ fn take_errors_hands_the_word_over_and_clears_it() {
         let x = values(5, 31);
         let lx = Strided::of(&Layout::contiguous(&[1, 5, 1]), "test").unwrap();
         let lbad = Strided::of(&Layout::contiguous(&[1]), "test").unwrap();
-        let (one, four) = (
-            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 },
-            LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 },
-        );
+        let (one, four) = (gpu::blocks(1, 1), gpu::blocks(1, 4));
         let (o, s, i, n) = (1u64, 5u64, 1u64, 1u64);
         let mut out = [f32::NAN];
         // The error word, then the four words the host copies.

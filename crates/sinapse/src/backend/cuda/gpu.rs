@@ -1296,8 +1296,7 @@ impl Gpu {
         if retry {
             self.unread_reports.store(true, Ordering::SeqCst);
         } else {
-            let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (4, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, "take_errors", one; word, taken)?;
+            launch!(self, "take_errors", blocks(1, 4); word, taken)?;
             *unread = true;
         }
         let mut words = [0u32; 4];
