@@ -1288,29 +1288,45 @@ impl Storage {
         }
     }
 
-    /// Max pooling followed by a ReLU, in one launch where the device has a kernel for it
-    /// (CUDA): the maxima's ReLU, and taps that [`Storage::max_pool2d_backward`] turns into
-    /// the two ops' gradient (a window whose maximum is not positive sends none). `None`
-    /// elsewhere (the CPU), where the caller runs the two ops.
-    pub(crate) fn max_pool2d_relu(
+    /// Max pooling with a bias (`[C]`, added to each channel's values first) and a ReLU
+    /// (with `relu`), in one launch where the device has a kernel for it (CUDA): the maxima
+    /// (their ReLU), and taps that [`Storage::max_pool2d_backward`] turns into the ops'
+    /// gradient (a window whose maximum is not positive sends none under the ReLU). `None`
+    /// elsewhere (the CPU), where the caller runs the ops.
+    pub(crate) fn max_pool2d_fused(
         &self,
         l: &Layout,
+        bias: Option<(&Storage, &Layout)>,
         dims: ImageDims,
         win: &Window,
+        relu: bool,
     ) -> Result<Option<(Storage, Storage)>> {
         let [n, c, _, _] = dims.input;
         let out = [2, n, c, dims.output[0], dims.output[1]];
         room_for(self, out.iter().fold(1usize, |a, &d| a.saturating_mul(d)), "max_pool2d")?;
+        if let Some((b, _)) = bias {
+            same_device("max_pool2d", &[self, b])?;
+        }
         match self {
             Storage::Cpu(_) => Ok(None),
             Storage::Cuda(s) => {
-                let (v, t) = s.max_pool(l, dims, win, true)?;
+                let bias = match bias {
+                    Some((Storage::Cuda(b), bl)) => Some((b, bl)),
+                    Some((b, _)) => return Err(mismatch("max_pool2d", &[self, b])),
+                    None => None,
+                };
+                let (v, t) = s.max_pool(l, bias, dims, win, relu)?;
                 Ok(Some((Storage::Cuda(v), Storage::Cuda(t))))
             }
         }
     }
 
-    /// The adjoint of max pooling.
+    /// The adjoint of max pooling, from the gradient of the maxima at `l` and their taps:
+    /// the images' gradient and its layout. With `channel_major` (the pooled images were a
+    /// view of a `[C, N, H, W]` buffer, as a convolution's matrix product leaves them) the
+    /// gradient is written in that order where the device can (CUDA), so that the product's
+    /// own gradient needs no copy; row-major elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn max_pool2d_backward(
         &self,
         l: &Layout,
@@ -1318,11 +1334,21 @@ impl Storage {
         taps_l: &Layout,
         dims: ImageDims,
         win: &Window,
-    ) -> Result<Storage> {
+        channel_major: bool,
+    ) -> Result<(Storage, Layout)> {
         same_device("max_pool2d", &[self, taps])?;
+        let [n, c, h, w] = dims.input;
+        let row_major = Layout::contiguous(&dims.input);
         match (self, taps) {
-            (Storage::Cpu(g), Storage::Cpu(t)) => Ok(Storage::Cpu(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
-            (Storage::Cuda(g), Storage::Cuda(t)) => Ok(Storage::Cuda(g.max_pool2d_backward(l, t, taps_l, dims, win)?)),
+            (Storage::Cpu(g), Storage::Cpu(t)) => {
+                Ok((Storage::Cpu(g.max_pool2d_backward(l, t, taps_l, dims, win)?), row_major))
+            }
+            (Storage::Cuda(g), Storage::Cuda(t)) => {
+                let dx = Storage::Cuda(g.max_pool_backward(l, t, taps_l, dims, win, channel_major)?);
+                let layout =
+                    if channel_major { Layout::contiguous(&[c, n, h, w]).permute(&[1, 0, 2, 3])? } else { row_major };
+                Ok((dx, layout))
+            }
             (g, t) => Err(mismatch("max_pool2d", &[g, t])),
         }
     }

@@ -100,7 +100,8 @@ impl Module for Sequential {
     /// less over the output. A stride-1 convolution followed by a 2x2 max pooling (with or
     /// without a ReLU between) runs as one op too ([`Tensor::conv2d_max_pool2`]), the ReLU
     /// after it: the same values and input gradient, and the filters' and bias's gradients up
-    /// to the order of their sums.
+    /// to the order of their sums (on a GPU, the convolution's product pooled in place, with
+    /// its bias and the ReLU in the pooling's launch).
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut h = x.clone();
         let mut i = 0;

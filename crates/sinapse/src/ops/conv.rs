@@ -264,23 +264,63 @@ impl Tensor {
     /// from the pooled gradient and the pooling's taps: the full-size output and its
     /// gradient are never written (on the `cnn` benchmark's first layer, 2.4 MB each per
     /// batch). The input's gradient is the two ops' bit for bit; the filters' and the bias's
-    /// are theirs up to the order of their sums. Elsewhere it runs the two ops.
+    /// are theirs up to the order of their sums. On a GPU, the convolution's matrix product
+    /// is pooled where it lies, the bias added as the pooling reads it (see
+    /// [`Tensor::conv2d_max_pool2_relu`]). Elsewhere (Winograd's path on the CPU) it runs the
+    /// two ops.
     pub fn conv2d_max_pool2(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
-        match self.conv2d_max_pool2_fused(weight, bias, padding)? {
-            Some(pooled) => Ok(pooled),
-            None => self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0]),
+        if let Some(pooled) = self.conv2d_max_pool2_fused(weight, bias, padding)? {
+            return Ok(pooled);
         }
+        if let Some(pooled) = self.conv2d_max_pool2_channel_major(weight, bias, padding, false)? {
+            return Ok(pooled);
+        }
+        self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d([2, 2], [2, 2], [0, 0])
     }
 
     /// `self.conv2d_max_pool2(weight, bias, padding)?.relu()`, the usual convolution block
-    /// with its ReLU moved after the pooling (the same values and gradients): where the CPU's
-    /// fused kernel does not run (on a GPU), the convolution then [`Tensor::max_pool2d_relu`],
-    /// the pooling and the ReLU in one launch.
+    /// with its ReLU moved after the pooling (the same values and gradients). On a GPU, im2col
+    /// and one matrix product, then the bias, the pooling and the ReLU in one launch that
+    /// reads the product's `[O, N·OH·OW]` output as the `[N, O, OH, OW]` images; the
+    /// pooling's gradient comes back in the product's layout, so neither the output nor its
+    /// gradient is copied between the two.
     pub fn conv2d_max_pool2_relu(&self, weight: &Tensor, bias: Option<&Tensor>, padding: [usize; 2]) -> Result<Tensor> {
-        match self.conv2d_max_pool2_fused(weight, bias, padding)? {
-            Some(pooled) => pooled.relu(),
-            None => self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d_relu([2, 2], [2, 2], [0, 0]),
+        if let Some(pooled) = self.conv2d_max_pool2_fused(weight, bias, padding)? {
+            return pooled.relu();
         }
+        if let Some(pooled) = self.conv2d_max_pool2_channel_major(weight, bias, padding, true)? {
+            return Ok(pooled);
+        }
+        self.conv2d(weight, bias, [1, 1], padding, [1, 1])?.max_pool2d_relu([2, 2], [2, 2], [0, 0])
+    }
+
+    /// [`Tensor::conv2d_max_pool2`] (with `relu`, its ReLU) on a GPU: im2col and one matrix
+    /// product, whose `[O, N·OH·OW]` output the pooling reads as `[N, O, OH, OW]` in place,
+    /// adding the bias as it reads (one launch, [`Tensor::max_pool2d_fused`]). The
+    /// convolution's output is never copied to row-major images nor written again with its
+    /// bias, and the pooling's gradient comes back in the product's layout, which the
+    /// product's own gradient takes without a copy. `None` on the CPU (whose fused kernel or
+    /// Winograd's path does better), for a weight on another device, and for shapes the two
+    /// ops refuse or pool to nothing (they give the answer or the error).
+    fn conv2d_max_pool2_channel_major(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        padding: [usize; 2],
+        relu: bool,
+    ) -> Result<Option<Tensor>> {
+        if self.device() == crate::Device::Cpu || weight.device() != self.device() {
+            return Ok(None);
+        }
+        let Some((dims, [o, c, kh, kw])) = conv_pool_shapes(self, weight, bias, padding) else {
+            return Ok(None);
+        };
+        let ([n, _, _, _], [oh, ow]) = (dims.input, dims.output);
+        let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+        let cols = self.im2col(win, 0.0)?;
+        let product = weight.reshape(&[o, c * kh * kw])?.matmul(&cols)?;
+        let images = product.reshape(&[o, n, oh, ow])?.permute(&[1, 0, 2, 3])?;
+        images.max_pool2d_fused([2, 2], [2, 2], [0, 0], bias, relu)
     }
 
     /// [`Tensor::conv2d_max_pool2`] as one op where the device has the kernel for it and the
@@ -292,16 +332,10 @@ impl Tensor {
         bias: Option<&Tensor>,
         padding: [usize; 2],
     ) -> Result<Option<Tensor>> {
-        // Shapes the two ops refuse, or whose pooling is empty, get the two ops' answer.
-        let (Ok([n, c, h, w]), Ok([o, wc, kh, kw])) = (nchw("conv2d", self), nchw("conv2d", weight)) else {
+        let Some((dims, [o, c, kh, kw])) = conv_pool_shapes(self, weight, bias, padding) else {
             return Ok(None);
         };
-        let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
-        let Ok([oh, ow]) = output_size("conv2d", &win, h, w) else { return Ok(None) };
-        if wc != c || c == 0 || oh < 2 || ow < 2 || bias.is_some_and(|b| b.shape() != [o]) {
-            return Ok(None);
-        }
-        let dims = ImageDims { input: [n, c, h, w], output: [oh, ow] };
+        let ([n, _, _, _], [oh, ow]) = (dims.input, dims.output);
         let fused = self.with_filters(weight, bias, |x, w, b| {
             x.conv2d_max_pool2(self.layout(), w, weight.layout(), b, dims, padding)
         })?;
@@ -316,10 +350,10 @@ impl Tensor {
             let (input, weight) = (&x[0], &x[1]);
             // The convolution's full-size output gradient (the pooling's), where one is needed.
             let full = || -> Result<Tensor> {
-                let dy = Tensor::with_storages([g, &taps], |[gs, ts]| {
-                    gs.max_pool2d_backward(g.layout(), ts, taps.layout(), pool, &pool_win)
+                let (dy, layout) = Tensor::with_storages([g, &taps], |[gs, ts]| {
+                    gs.max_pool2d_backward(g.layout(), ts, taps.layout(), pool, &pool_win, false)
                 })?;
-                Ok(Tensor::from_storage(dy, crate::layout::Layout::contiguous(&pool.input)))
+                Ok(Tensor::from_storage(dy, layout))
             };
             let dx = grad_if(input, || full()?.conv_input_grad(weight, dims, padding))?;
             let dw = grad_if(weight, || {
@@ -377,7 +411,7 @@ impl Tensor {
     /// Max pooling: the largest value of each window (padding never wins). The gradient goes
     /// to the input element that was the maximum (the first one, on a tie, as in PyTorch).
     pub fn max_pool2d(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
-        self.max_pool2d_maybe_relu(kernel, stride, padding, false)?
+        self.max_pool2d_fused(kernel, stride, padding, None, false)?
             .ok_or_else(|| Error::invalid("max_pool2d", "the device ran no pooling"))
     }
 
@@ -385,20 +419,25 @@ impl Tensor {
     /// ReLU never reorders two values, so it commutes with the maximum), in one launch on a
     /// GPU; on the CPU, the two ops.
     pub fn max_pool2d_relu(&self, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Result<Tensor> {
-        match self.max_pool2d_maybe_relu(kernel, stride, padding, true)? {
+        match self.max_pool2d_fused(kernel, stride, padding, None, true)? {
             Some(t) => Ok(t),
             None => self.max_pool2d(kernel, stride, padding)?.relu(),
         }
     }
 
-    /// [`Tensor::max_pool2d`], followed with `relu` by a ReLU in the same kernel (whose taps
-    /// then send no gradient from a window whose maximum is not positive); `None` where the
-    /// device has no such kernel.
-    fn max_pool2d_maybe_relu(
+    /// [`Tensor::max_pool2d`] of these images plus a `bias` per channel (`[C]`, added
+    /// before the pooling: a convolution's), followed with `relu` by a ReLU, as one op. Plain
+    /// pooling runs on every device; with a bias or the ReLU, only where the device has the
+    /// kernel (a GPU), `None` elsewhere. The images' gradient is written in their layout
+    /// where that is channel-major and the device can (see [`Storage::max_pool2d_backward`]).
+    ///
+    /// [`Storage::max_pool2d_backward`]: crate::backend::Storage::max_pool2d_backward
+    fn max_pool2d_fused(
         &self,
         kernel: [usize; 2],
         stride: [usize; 2],
         padding: [usize; 2],
+        bias: Option<&Tensor>,
         relu: bool,
     ) -> Result<Option<Tensor>> {
         let input = nchw("max_pool2d", self)?;
@@ -406,10 +445,19 @@ impl Tensor {
         if h == 0 || w == 0 {
             return Err(Error::invalid("max_pool2d", format!("needs a non-empty image, got {h}x{w}")));
         }
+        if let Some(b) = bias.filter(|b| b.shape() != [c]) {
+            return Err(Error::shapes("max_pool2d bias", b.shape(), &[c]));
+        }
         let win = pool_window("max_pool2d", kernel, stride, padding)?;
         let dims = ImageDims { input, output: output_size("max_pool2d", &win, h, w)? };
-        let (values, taps) = if relu {
-            match self.storage().max_pool2d_relu(self.layout(), dims, &win)? {
+        let (values, taps) = if relu || bias.is_some() {
+            let fused = match bias {
+                Some(b) => Tensor::with_storages([self, b], |[x, bs]| {
+                    x.max_pool2d_fused(self.layout(), Some((bs, b.layout())), dims, &win, relu)
+                })?,
+                None => self.storage().max_pool2d_fused(self.layout(), None, dims, &win, relu)?,
+            };
+            match fused {
                 Some(pooled) => pooled,
                 None => return Ok(None),
             }
@@ -418,14 +466,34 @@ impl Tensor {
         };
         let [oh, ow] = dims.output;
         let taps = Tensor::from_storage(taps, crate::layout::Layout::contiguous(&[n, c, oh, ow]));
-        let name = if relu { "max_pool2d_relu" } else { "max_pool2d" };
-        Ok(Some(Tensor::from_op(values, &[n, c, oh, ow], name, &[self], move |g, x, _| {
-            Ok(vec![grad_if(&x[0], || {
-                let dx = Tensor::with_storages([g, &taps], |[gs, ts]| {
-                    gs.max_pool2d_backward(g.layout(), ts, taps.layout(), dims, &win)
-                })?;
-                Ok(Tensor::from_storage(dx, crate::layout::Layout::contiguous(&input)))
-            })?])
+        let name = match (bias.is_some(), relu) {
+            (false, false) => "max_pool2d",
+            (false, true) => "max_pool2d_relu",
+            (true, false) => "bias_max_pool2d",
+            (true, true) => "bias_max_pool2d_relu",
+        };
+        let channel_major = is_channel_major(self.layout());
+        let mut inputs = vec![self];
+        inputs.extend(bias);
+        Ok(Some(Tensor::from_op(values, &[n, c, oh, ow], name, &inputs, move |g, x, _| {
+            let dx = Tensor::with_storages([g, &taps], |[gs, ts]| {
+                gs.max_pool2d_backward(g.layout(), ts, taps.layout(), dims, &win, channel_major)
+            })?;
+            let dx = Tensor::from_storage(dx.0, dx.1);
+            let mut grads = vec![];
+            if let Some(b) = x.get(1) {
+                // The bias reached every pixel of its channel: its gradient is the channel's
+                // sum of the images' (a sum along rows where that is channel-major).
+                grads.push(grad_if(b, || {
+                    if dx.layout().is_contiguous() {
+                        dx.channel_sums()
+                    } else {
+                        dx.permute(&[1, 0, 2, 3])?.reshape(&[c, n * h * w])?.sum(1, false)
+                    }
+                })?);
+            }
+            grads.insert(0, if x[0].requires_grad() { Some(dx) } else { None });
+            Ok(grads)
         })))
     }
 
@@ -439,6 +507,36 @@ impl Tensor {
         let planes = self.reshape(&[n * c, 1, h, w])?;
         let cols = planes.im2col(win, 0.0)?; // [KH·KW, N·C·OH·OW]
         cols.mean(0, false)?.reshape(&[n, c, oh, ow])
+    }
+}
+
+/// The images' and output's sizes and the filters' `[O, C, KH, KW]` of a stride-1,
+/// undilated convolution of `x` by `weight` (and `bias`) with `padding`, followed by a 2x2
+/// pooling; `None` for shapes the two ops refuse, or whose pooling is empty (the two ops then
+/// give the answer).
+fn conv_pool_shapes(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: [usize; 2],
+) -> Option<(ImageDims, [usize; 4])> {
+    let (Ok([n, c, h, w]), Ok([o, wc, kh, kw])) = (nchw("conv2d", x), nchw("conv2d", weight)) else {
+        return None;
+    };
+    let win = Window { kernel: [kh, kw], stride: [1, 1], padding, dilation: [1, 1] };
+    let [oh, ow] = output_size("conv2d", &win, h, w).ok()?;
+    if wc != c || c == 0 || oh < 2 || ow < 2 || bias.is_some_and(|b| b.shape() != [o]) {
+        return None;
+    }
+    Some((ImageDims { input: [n, c, h, w], output: [oh, ow] }, [o, c, kh, kw]))
+}
+
+/// True when `[N, C, H, W]` images at `l` are a view of a `[C, N, H, W]` buffer (as a
+/// convolution's matrix product leaves them), and not also row-major.
+fn is_channel_major(l: &crate::layout::Layout) -> bool {
+    match *l.shape() {
+        [n, _, h, w] => !l.is_contiguous() && l.strides() == [h * w, n * h * w, w, 1],
+        _ => false,
     }
 }
 

@@ -631,8 +631,9 @@ fn max_pool_and_its_backward_match_plain_loops() {
         let outputs = n * c * oh * ow;
         let (mut vals, mut taps) = (vec![0.0f32; outputs], vec![-1.0f32; outputs]);
         let cfg = gpu::grid(outputs);
-        let plain = 0i32;
-        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut vals), addr_mut(&mut taps), g, plain);
+        // No bias: the images' address stands in for it, never read.
+        let (lb, none, plain) = (Strided::of(&Layout::contiguous(&[c]), "test").unwrap(), 0i32, 0i32);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr(&x), lb, none, addr_mut(&mut vals), addr_mut(&mut taps), g, plain);
         // Window position t (row-major over kh x kw) of output p, as an input pixel if inside.
         let pixel = |p: usize, t: usize| {
             let (plane, y, xx) = (p / (oh * ow), (p / ow) % oh, p % ow);
@@ -641,47 +642,90 @@ fn max_pool_and_its_backward_match_plain_loops() {
             let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
             inside.then(|| (plane * h + iy as usize) * w + ix as usize)
         };
-        for p in 0..outputs {
-            let mut best: Option<(f32, usize)> = None;
-            for t in 0..kh * kw {
-                let Some(at) = pixel(p, t) else { continue };
-                let v = x[at];
-                best = match best {
-                    Some((b, _)) if v > b || (v.is_nan() && !b.is_nan()) => Some((v, t)),
-                    None => Some((v, t)),
-                    kept => kept,
-                };
-            }
-            let (best, tap) = best.expect("every window holds a pixel");
-            assert_eq!(differs(&[vals[p]], &[best]), None, "max_pool value at {p}");
-            assert_eq!(taps[p], tap as f32, "max_pool tap at {p}");
-        }
+        // Each window's maximum and its tap, channel c's `shift` added to every value first.
+        let pooled = |shift: &[f32]| -> (Vec<f32>, Vec<f32>) {
+            (0..outputs)
+                .map(|p| {
+                    let mut best: Option<(f32, usize)> = None;
+                    for t in 0..kh * kw {
+                        let Some(at) = pixel(p, t) else { continue };
+                        let v = x[at] + shift[(p / (oh * ow)) % c];
+                        best = match best {
+                            Some((b, _)) if v > b || (v.is_nan() && !b.is_nan()) => Some((v, t)),
+                            None => Some((v, t)),
+                            kept => kept,
+                        };
+                    }
+                    let (best, tap) = best.expect("every window holds a pixel");
+                    (best, tap as f32)
+                })
+                .unzip()
+        };
+        let (want_vals, want_taps) = pooled(&[0.0; 2]);
+        assert_eq!(differs(&vals, &want_vals), None, "max_pool values");
+        assert_eq!(taps, want_taps, "max_pool taps");
         let grad = values(outputs, 32);
         let lg = Strided::of(&Layout::contiguous(&[outputs]), "test").unwrap();
         // Written whole: what was there before does not show.
         let mut dx = vec![f32::NAN; x.len()];
         let cfg = gpu::grid(x.len());
-        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&taps), lg, addr_mut(&mut dx), g);
-        let mut want = vec![0.0f32; x.len()];
-        for p in 0..outputs {
-            want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
-        }
-        assert_eq!(differs(&dx, &want), None, "max_pool_backward");
+        // Row-major: image b's channel c at (b·C + c)·H·W.
+        let (sn, sc) = ((c * h * w) as u64, (h * w) as u64);
+        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&taps), lg, addr_mut(&mut dx), sn, sc, g);
+        // The adjoint of pooling with these taps, the gradient of the windows `sends` dropped.
+        let adjoint = |taps: &[f32], sends: &dyn Fn(usize) -> bool| {
+            let mut want = vec![0.0f32; x.len()];
+            for p in (0..outputs).filter(|&p| sends(p)) {
+                want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
+            }
+            want
+        };
+        assert_eq!(differs(&dx, &adjoint(&taps, &|_| true)), None, "max_pool_backward");
         // With the ReLU: the maxima's ReLU (NaN kept), and the adjoint of the two ops, the
         // gradient of a window whose maximum is not positive dropped, as the ReLU's would be.
         let (mut rvals, mut rtaps, relu) = (vec![0.0f32; outputs], vec![-1.0f32; outputs], 1i32);
-        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr_mut(&mut rvals), addr_mut(&mut rtaps), g, relu);
-        let relu_vals: Vec<f32> = vals.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect();
-        assert_eq!(differs(&rvals, &relu_vals), None, "max_pool with relu");
+        let cfg = gpu::grid(outputs);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr(&x), lb, none, addr_mut(&mut rvals), addr_mut(&mut rtaps), g, relu);
+        let relu_of =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect() };
+        assert_eq!(differs(&rvals, &relu_of(&vals)), None, "max_pool with relu");
         assert!(vals.iter().any(|&v| v <= 0.0) && vals.iter().any(|&v| v > 0.0), "both signs among the maxima");
         let mut rdx = vec![f32::NAN; x.len()];
         let cfg = gpu::grid(x.len());
-        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&rtaps), lg, addr_mut(&mut rdx), g);
-        let mut want = vec![0.0f32; x.len()];
-        for p in (0..outputs).filter(|&p| vals[p] > 0.0) {
-            want[pixel(p, taps[p] as usize).expect("a tap inside the input")] += grad[p];
-        }
+        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&rtaps), lg, addr_mut(&mut rdx), sn, sc, g);
+        let want = adjoint(&taps, &|p| vals[p] > 0.0);
         assert_eq!(differs(&rdx, &want), None, "max_pool_backward after max_pool with relu");
+        // A convolution's output as its product leaves it, channel-major ([C, N, H, W] read as
+        // [N, C, H, W]), with a bias per channel and the ReLU: the values and taps of pooling
+        // the biased images, and the adjoint written back channel-major.
+        let pix = h * w;
+        let mut cm = vec![0.0f32; x.len()];
+        for (q, &v) in x.iter().enumerate() {
+            let (b, cc) = (q / (c * pix), (q / pix) % c);
+            cm[(cc * n + b) * pix + q % pix] = v;
+        }
+        let lcm = Layout::contiguous(&[c, n, h, w]).permute(&[1, 0, 2, 3]).unwrap();
+        let lcm = Strided::of(&lcm, "test").unwrap();
+        let bias = [0.75f32, -0.5];
+        let (mut bvals, mut btaps, with_bias) = (vec![0.0f32; outputs], vec![-1.0f32; outputs], 1i32);
+        let cfg = gpu::grid(outputs);
+        emulate!(emu, "max_pool", cfg; addr(&cm), lcm, addr(&bias), lb, with_bias,
+            addr_mut(&mut bvals), addr_mut(&mut btaps), g, relu);
+        let (biased, biased_taps) = pooled(&bias);
+        assert_eq!(differs(&bvals, &relu_of(&biased)), None, "max_pool of channel-major images with a bias");
+        let kept: Vec<f32> =
+            biased.iter().zip(&biased_taps).map(|(&v, &t)| if v > 0.0 { t } else { (kh * kw) as f32 }).collect();
+        assert_eq!(btaps, kept, "max_pool taps with a bias");
+        assert!((0..outputs).any(|p| (vals[p] > 0.0) != (biased[p] > 0.0)), "the bias changes what the ReLU drops");
+        let mut cdx = vec![f32::NAN; x.len()];
+        let cfg = gpu::grid(x.len());
+        let (sn, sc) = (pix as u64, (n * pix) as u64);
+        emulate!(emu, "max_pool_backward", cfg; addr(&grad), lg, addr(&btaps), lg, addr_mut(&mut cdx), sn, sc, g);
+        let want = adjoint(&biased_taps, &|p| biased[p] > 0.0);
+        for (q, &v) in want.iter().enumerate() {
+            let (b, cc) = (q / (c * pix), (q / pix) % c);
+            assert_eq!(differs(&[cdx[(cc * n + b) * pix + q % pix]], &[v]), None, "channel-major adjoint at {q}");
+        }
     });
 }
 

@@ -661,20 +661,27 @@ extern "C" __global__ void col2im(const float* cols, Strided lc, float* out, Con
 
 // Max pooling (no dilation): the window's maximum (padding never wins, a NaN wins, ties go to
 // the first tap) and its tap number ky·KW + kx from the window's top-left corner.
-// With `relu`, the ReLU of each maximum (a pooled ReLU: the ReLU never reorders two values),
-// and a window whose maximum is not positive gets the tap kh·kw, which no pixel matches: the
-// adjoint below then sends it no gradient, as the ReLU's gradient would have zeroed it.
-extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, float* taps, Conv g, int relu) {
+// With `has_bias`, channel c's bias is added to each value before the comparisons (a
+// convolution's bias, added where its output is read: the values and taps of pooling the
+// biased output). With `relu`, the ReLU of each maximum (a pooled ReLU: the ReLU never reorders
+// two values), and a window whose maximum is not positive gets the tap kh·kw, which no pixel
+// matches: the adjoint below then sends it no gradient, as the ReLU's gradient would have
+// zeroed it.
+extern "C" __global__ void max_pool(const float* x, Strided lx, const float* bias, Strided lb, int has_bias,
+                                    float* vals, float* taps, Conv g, int relu) {
     GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
         u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
+        float shift = has_bias ? bias[at(lb, plane % g.c)] : 0.0f;
         i64 top = (i64)(y * g.sh) - (i64)g.ph, left = (i64)(xx * g.sw) - (i64)g.pw;
         u64 y0 = top < 0 ? 0 : (u64)top, x0 = left < 0 ? 0 : (u64)left;
         u64 y1 = min((u64)(top + (i64)g.kh), g.h), x1 = min((u64)(left + (i64)g.kw), g.w);
         float best = x[at(lx, (plane * g.h + y0) * g.w + x0)];
+        if (has_bias) best += shift;
         u64 by = y0, bx = x0;
         for (u64 iy = y0; iy < y1; ++iy) {
             for (u64 ix = x0; ix < x1; ++ix) {
                 float v = x[at(lx, (plane * g.h + iy) * g.w + ix)];
+                if (has_bias) v += shift;
                 if (v > best || (isnan(v) && !isnan(best))) {
                     best = v;
                     by = iy;
@@ -694,9 +701,11 @@ extern "C" __global__ void max_pool(const float* x, Strided lx, float* vals, flo
 
 // The adjoint of max pooling: each pixel of dx [N, C, H, W] (written whole, no zeroing
 // first) sums g over the windows that cover it and took their maximum there, in output order
-// (as the CPU's scatter adds them), without atomics.
+// (as the CPU's scatter adds them), without atomics. Pixel (b, c, y, x) is written at
+// b·sn + c·sc + y·W + x: row-major with sn = C·H·W and sc = H·W, or channel-major (as a
+// convolution's matrix product leaves its output, [C, N, H, W]) with sn = H·W, sc = N·H·W.
 extern "C" __global__ void max_pool_backward(const float* grad, Strided lg, const float* taps, Strided lt,
-                                             float* dx, Conv g) {
+                                             float* dx, u64 sn, u64 sc, Conv g) {
     GRID_LOOP(q, g.n * g.c * g.h * g.w) {
         u64 ix = q % g.w, iy = (q / g.w) % g.h, plane = q / (g.w * g.h);
         // Windows y cover rows [y*sh - ph, y*sh - ph + kh): those with iy + ph - kh < y*sh <= iy + ph.
@@ -712,7 +721,7 @@ extern "C" __global__ void max_pool_backward(const float* grad, Strided lg, cons
                 if ((u64)taps[at(lt, p)] == tap) sum += grad[at(lg, p)];
             }
         }
-        dx[q] = sum;
+        dx[(plane / g.c) * sn + (plane % g.c) * sc + iy * g.w + ix] = sum;
     }
 }
 

@@ -189,10 +189,19 @@ impl CudaStorage {
     }
 
     /// Max pooling of the images at `l`: the windows' maxima and taps, as
-    /// [`BackendStorage::max_pool2d`] gives them; with `relu`, the maxima's ReLU, and a
-    /// window whose maximum is not positive gets a tap that matches no pixel, so that the
-    /// adjoint sends it no gradient (the ReLU's gradient would have zeroed it).
-    pub(crate) fn max_pool(&self, l: &Layout, dims: ImageDims, win: &Window, relu: bool) -> Result<(Self, Self)> {
+    /// [`BackendStorage::max_pool2d`] gives them. With a `bias` (`[C]`), channel c's is
+    /// added to each of its values first (a convolution's bias, added where the pooling reads
+    /// its output). With `relu`, the maxima's ReLU, and a window whose maximum is not positive
+    /// gets a tap that matches no pixel, so that the adjoint sends it no gradient (the ReLU's
+    /// gradient would have zeroed it).
+    pub(crate) fn max_pool(
+        &self,
+        l: &Layout,
+        bias: Option<(&Self, &Layout)>,
+        dims: ImageDims,
+        win: &Window,
+        relu: bool,
+    ) -> Result<(Self, Self)> {
         let gpu = self.gpu();
         let ([n, c, _, _], [oh, ow]) = (dims.input, dims.output);
         let total = n * c * oh * ow;
@@ -200,9 +209,49 @@ impl CudaStorage {
         let taps = CudaStorage::alloc(gpu, total, "max_pool2d")?;
         if total > 0 {
             let (lx, g, relu) = (Strided::of(l, "max_pool2d")?, Conv::new(dims, win), i32::from(relu));
-            launch!(gpu, "max_pool", grid(total); self.block.ptr, lx, values.block.ptr, taps.block.ptr, g, relu)?;
+            // Without a bias, the images' address stands in for it (a launch's addresses must
+            // be in an allocation), never read.
+            let (b, lb) = match bias {
+                Some((b, lb)) => (b.block.ptr, Strided::of(lb, "max_pool2d")?),
+                None => (self.block.ptr, Strided::of(&Layout::contiguous(&[c]), "max_pool2d")?),
+            };
+            let has_bias = i32::from(bias.is_some());
+            launch!(gpu, "max_pool", grid(total);
+                self.block.ptr, lx, b, lb, has_bias, values.block.ptr, taps.block.ptr, g, relu)?;
         }
         Ok((values, taps))
+    }
+
+    /// The adjoint of [`CudaStorage::max_pool`] from the gradient `self` (at `l`) of its
+    /// values: the images' gradient, row-major, or with `channel_major` as `[C, N, H, W]` (the
+    /// layout of a convolution's matrix product, which its own gradient then needs).
+    pub(crate) fn max_pool_backward(
+        &self,
+        l: &Layout,
+        taps: &Self,
+        taps_l: &Layout,
+        dims: ImageDims,
+        win: &Window,
+        channel_major: bool,
+    ) -> Result<Self> {
+        let gpu = self.gpu();
+        let inputs = dims.input.iter().product();
+        if l.elem_count() == 0 {
+            // No window: no pixel had a gradient.
+            return CudaStorage::full(gpu, inputs, 0.0);
+        }
+        let dx = CudaStorage::alloc(gpu, inputs, "max_pool2d")?;
+        if inputs > 0 {
+            let (lg, lt) = (Strided::of(l, "max_pool2d")?, Strided::of(taps_l, "max_pool2d")?);
+            let [n, c, h, w] = dims.input.map(|d| d as u64);
+            // Where pixel (b, c, y, x) goes: b·sn + c·sc + y·W + x.
+            let (sn, sc) = if channel_major { (h * w, n * h * w) } else { (c * h * w, h * w) };
+            let g = Conv::new(dims, win);
+            // One thread per input pixel, gathering from the windows over it.
+            launch!(gpu, "max_pool_backward", grid(inputs);
+                self.block.ptr, lg, taps.block.ptr, lt, dx.block.ptr, sn, sc, g)?;
+        }
+        Ok(dx)
     }
 
     /// The matrix operand `[batch.., rows, cols]` at `l` as cuBLAS reads it, copied to a
@@ -749,7 +798,7 @@ impl BackendStorage for CudaStorage {
     }
 
     fn max_pool2d(&self, l: &Layout, dims: ImageDims, win: &Window) -> Result<(Self, Self)> {
-        self.max_pool(l, dims, win, false)
+        self.max_pool(l, None, dims, win, false)
     }
 
     fn max_pool2d_backward(
@@ -760,21 +809,7 @@ impl BackendStorage for CudaStorage {
         dims: ImageDims,
         win: &Window,
     ) -> Result<Self> {
-        let gpu = self.gpu();
-        let inputs = dims.input.iter().product();
-        if l.elem_count() == 0 {
-            // No window: no pixel had a gradient.
-            return CudaStorage::full(gpu, inputs, 0.0);
-        }
-        let dx = CudaStorage::alloc(gpu, inputs, "max_pool2d")?;
-        if inputs > 0 {
-            let (lg, lt) = (Strided::of(l, "max_pool2d")?, Strided::of(taps_l, "max_pool2d")?);
-            let g = Conv::new(dims, win);
-            // One thread per input pixel, gathering from the windows over it.
-            launch!(gpu, "max_pool_backward", grid(inputs);
-                self.block.ptr, lg, taps.block.ptr, lt, dx.block.ptr, g)?;
-        }
-        Ok(dx)
+        self.max_pool_backward(l, taps, taps_l, dims, win, false)
     }
 
     fn lstm_cell(&self, l: &Layout, hw: &Self, hw_l: &Layout, c: &Self, c_l: &Layout) -> Result<Self> {
