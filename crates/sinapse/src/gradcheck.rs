@@ -93,8 +93,8 @@ impl std::fmt::Display for GradcheckReport {
 }
 
 /// L = Σ out ⊙ R in f64.
-fn project(out: &Tensor, r: &[f64]) -> f64 {
-    out.to_vec().iter().zip(r).map(|(&o, &r)| o as f64 * r).sum()
+fn project(out: &Tensor, r: &[f64]) -> Result<f64> {
+    Ok(out.try_to_vec()?.iter().zip(r).map(|(&o, &r)| o as f64 * r).sum())
 }
 
 /// Compares backpropagated gradients of `f` with central differences, for every element of
@@ -127,10 +127,10 @@ pub fn gradcheck(
             continue;
         }
         let analytic = match grads.get(x) {
-            Some(g) => g.to_vec(),
+            Some(g) => g.try_to_vec()?,
             None => vec![0.0; x.elem_count()], // f does not depend on x
         };
-        let base = x.to_vec();
+        let base = x.try_to_vec()?;
         for i in 0..base.len() {
             let eval = |value: f32| -> Result<f64> {
                 let mut v = base.clone();
@@ -141,7 +141,7 @@ pub fn gradcheck(
                 if out.shape() != r_tensor.shape() {
                     return Err(Error::shapes("gradcheck", r_tensor.shape(), out.shape()));
                 }
-                Ok(project(&out, &r))
+                project(&out, &r)
             };
             let plus = (base[i] as f64 + opts.eps) as f32;
             let minus = (base[i] as f64 - opts.eps) as f32;
@@ -191,8 +191,11 @@ pub fn gradcheck_parameters(
     let _off = no_grad();
     let mut out = Vec::with_capacity(params.len());
     for (name, p) in params {
-        let analytic = grads.get(p).map_or_else(|| vec![0.0; p.elem_count()], Tensor::to_vec);
-        let base = p.to_vec();
+        let analytic = match grads.get(p) {
+            Some(g) => g.try_to_vec()?,
+            None => vec![0.0; p.elem_count()],
+        };
+        let base = p.try_to_vec()?;
         let mut picks: Vec<usize> = (0..base.len()).collect();
         if picks.len() > per_tensor {
             rng.shuffle(&mut picks);

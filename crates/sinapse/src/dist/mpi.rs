@@ -125,7 +125,7 @@ impl Engine for Mpi {
     }
 
     fn all_reduce(&self, t: &Tensor) -> Result<Tensor> {
-        let send = t.to_vec();
+        let send = t.try_to_vec()?;
         let mut sum = vec![0.0f32; send.len()];
         let mut state = self.lock();
         state.calls += 1;
@@ -138,7 +138,7 @@ impl Engine for Mpi {
     }
 
     fn broadcast(&self, t: &Tensor, root: usize) -> Result<Tensor> {
-        let mut values = t.to_vec();
+        let mut values = t.try_to_vec()?;
         let mut state = self.lock();
         state.calls += 1;
         mpi::request::scope(|scope| {

@@ -119,7 +119,7 @@ impl Policy {
     pub fn probabilities(&self, observation: &[f32; OBSERVATION_SIZE]) -> Result<Vec<f32>> {
         let _guard = crate::no_grad();
         let x = Tensor::from_vec(observation.to_vec(), &[1, OBSERVATION_SIZE])?;
-        Ok(self.network.forward(&x, Mode::Eval)?.softmax(1)?.to_vec())
+        self.network.forward(&x, Mode::Eval)?.softmax(1)?.try_to_vec()
     }
 
     /// An action drawn from the policy's probabilities.
@@ -293,7 +293,7 @@ fn update(
     let scale = 1.0 / (1.0 - gamma).max(0.01);
     let targets = Tensor::from_vec(g.iter().map(|v| v / scale).collect(), &[t, 1])?;
     let v = value.forward(&x, Mode::Train)?;
-    let baseline: Vec<f32> = v.to_vec().iter().map(|b| b * scale).collect();
+    let baseline: Vec<f32> = v.try_to_vec()?.iter().map(|b| b * scale).collect();
     // Advantages, normalised over the episode (a one-step episode's is 0: no update).
     let adv: Vec<f32> = g.iter().zip(&baseline).map(|(g, b)| g - b).collect();
     let mean = adv.iter().sum::<f32>() / t as f32;

@@ -61,7 +61,7 @@ impl Nccl {
         let carrier = Tensor::from_vec(bytes, &[128])?;
         bootstrap.broadcast(std::slice::from_ref(&carrier), 0)?;
         let mut internal = [0 as std::ffi::c_char; 128];
-        for (dst, v) in internal.iter_mut().zip(carrier.to_vec()) {
+        for (dst, v) in internal.iter_mut().zip(carrier.try_to_vec()?) {
             *dst = v as u8 as std::ffi::c_char;
         }
         let comm = {
