@@ -439,12 +439,37 @@ fn reductions_and_softmax_match_plain_loops() {
                 for (cols, threads) in [(1u32, 128u32), (32, 256)] {
                     let mut out = vec![f32::NAN; outer * inner];
                     let cfg = gpu::blocks(outer * inner.div_ceil(cols as usize), threads);
-                    emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols);
+                    let whole = 1u64;
+                    emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols, whole);
                     assert_eq!(
                         differs(&out, want),
                         None,
                         "reduce_block ({cols} lanes) op {op} over {outer}x{len}x{inner}"
                     );
+                    if op != 0 {
+                        continue;
+                    }
+                    // Sums cut into pieces of ceil(len / parts) (the last one short, or
+                    // empty: 4 pieces of 2 over 5 values), [outer, parts, inner].
+                    for parts in [3usize, 4] {
+                        let piece = len.div_ceil(parts);
+                        let mut out = vec![f32::NAN; outer * parts * inner];
+                        let cfg = gpu::blocks(outer * inner.div_ceil(cols as usize) * parts, threads);
+                        let p = parts as u64;
+                        emulate!(emu, "reduce_block", cfg; addr(&x), lx, addr_mut(&mut out), o64, l64, i64_, op, cols, p);
+                        let want: Vec<f32> = (0..outer)
+                            .flat_map(|o| (0..parts).flat_map(move |q| (0..inner).map(move |i| (o, q, i))))
+                            .map(|(o, q, i)| {
+                                let piece = lane(o, i).skip(q * piece).take(piece);
+                                piece.map(f64::from).sum::<f64>() as f32
+                            })
+                            .collect();
+                        assert_eq!(
+                            differs(&out, &want),
+                            None,
+                            "reduce_block ({cols} lanes) in {parts} pieces over {outer}x{len}x{inner}"
+                        );
+                    }
                 }
             }
             if len == 0 {

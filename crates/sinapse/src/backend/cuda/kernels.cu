@@ -347,24 +347,30 @@ extern "C" __global__ void reduce_thread(const float* x, Strided lx, float* out,
 // then the block combines each lane's parts. cols = 1 for lanes along the last axis (a
 // loss over a batch: a block's threads read one lane's neighbouring elements); cols = 32 for
 // lanes side by side in memory (a bias's gradient, the sum over a batch of each column:
-// the 32 lanes of a warp read 32 neighbouring elements). blockDim.x is a power of two, at
+// the 32 lanes of a warp read 32 neighbouring values). blockDim.x is a power of two, at
 // most 1024 (declared to the compiler, which then keeps to the registers 1024 threads may
 // have), and a multiple of cols, itself a power of two.
+// With parts > 1 (sums only), each lane is cut into `parts` pieces of ceil(len / parts)
+// elements, a block per piece, and `out` is [outer, parts, inner]: partial sums, which a
+// second launch adds up (few long lanes would otherwise leave most of the GPU idle).
 extern "C" __global__ __launch_bounds__(1024) void reduce_block(const float* x, Strided lx, float* out, u64 outer, u64 len, u64 inner,
-                                        int op, unsigned int cols) {
+                                        int op, unsigned int cols, u64 parts) {
     __shared__ double sums[1024];
     __shared__ float vals[1024];
     __shared__ u64 ats[1024];
     unsigned int t = threadIdx.x, lane = t % cols, row = t / cols, rows = blockDim.x / cols;
     u64 groups = (inner + cols - 1) / cols;  // of `cols` lanes, per outer index
-    for (u64 g = blockIdx.x; g < outer * groups; g += gridDim.x) {
-        u64 i = (g % groups) * cols + lane;
+    u64 piece = (len + parts - 1) / parts;
+    for (u64 g = blockIdx.x; g < outer * groups * parts; g += gridDim.x) {
+        u64 part = g % parts, group = g / parts;
+        u64 i = (group % groups) * cols + lane;
         bool inside = i < inner;
-        u64 o = (g / groups) * inner + i, base = (g / groups) * len * inner + i;
+        u64 o = ((group / groups) * parts + part) * inner + i, base = (group / groups) * len * inner + i;
+        u64 end = min(len, (part + 1) * piece);
         double s = 0.0;
         Best b = {NAN_F, ~0ull};
         bool any = false;
-        for (u64 j = row; inside && j < len; j += rows) {
+        for (u64 j = part * piece + row; inside && j < end; j += rows) {
             float v = x[at(lx, base + j * inner)];
             if (op == 0) {
                 s += (double)v;

@@ -419,6 +419,19 @@ fn column_threads(rows: usize) -> u32 {
     32 * (rows / 4).next_power_of_two().clamp(1, 32) as u32
 }
 
+/// The pieces `reduce_block` cuts each lane of a sum of `len` values into, where its
+/// `blocks` (one per lane, or per 32 side by side) would leave most of a GPU's
+/// multiprocessors idle (an H100 has 132): enough for about 256 blocks, each piece at least
+/// 4096 values. 1 (no cut) for 128 blocks or more, or lanes under 8192 values. A convolution
+/// bias's gradient is such a sum: 16 channels of 36,864 values each in the `cnn` benchmark's
+/// first layer, which one block per channel reads with 16 of the GPU's multiprocessors.
+fn sum_parts(blocks: usize, len: usize) -> usize {
+    if blocks >= 128 {
+        return 1;
+    }
+    (256 / blocks.max(1)).min(len / 4096).max(1)
+}
+
 /// A power of two of threads for one block per lane of `len` values (32 to 1024).
 fn lane_threads(len: usize) -> u32 {
     len.clamp(32, 1024).next_power_of_two().min(1024) as u32
@@ -525,9 +538,8 @@ impl BackendStorage for CudaStorage {
         let gpu = self.gpu();
         let (outer, len, inner) = around(l.shape(), dim);
         let outputs = outer * inner;
-        let out = CudaStorage::alloc(gpu, outputs, "reduce")?;
         if outputs == 0 {
-            return Ok(out);
+            return CudaStorage::alloc(gpu, outputs, "reduce");
         }
         let code: i32 = match op {
             ReduceOp::Sum => 0,
@@ -543,14 +555,25 @@ impl BackendStorage for CudaStorage {
         // per 32 of them whose warps read 32 neighbouring values at a time (one thread per
         // output there would walk a [1024, 4096] gradient's 1024 rows alone, 16 blocks in all).
         if len <= 64 {
+            let out = CudaStorage::alloc(gpu, outputs, "reduce")?;
             launch!(gpu, "reduce_thread", grid(outputs); self.block.ptr, lx, out.block.ptr, o, k, i, code)?;
-        } else {
-            let (cols, threads) =
-                if inner >= 32 { (32u32, column_threads(len)) } else { (1, lane_threads(len).min(256)) };
-            let cfg = blocks(outer * inner.div_ceil(cols as usize), threads);
-            launch!(gpu, "reduce_block", cfg; self.block.ptr, lx, out.block.ptr, o, k, i, code, cols)?;
+            return Ok(out);
         }
-        Ok(out)
+        let cols = if inner >= 32 { 32u32 } else { 1 };
+        let groups = outer * inner.div_ceil(cols as usize);
+        // A sum over few long lanes is cut into pieces, a block each, whose partial sums a
+        // second reduction adds up.
+        let parts = if op == ReduceOp::Sum { sum_parts(groups, len) } else { 1 };
+        let piece = len.div_ceil(parts);
+        let threads = if cols == 32 { column_threads(piece) } else { lane_threads(piece).min(256) };
+        let out = CudaStorage::alloc(gpu, outputs * parts, "reduce")?;
+        let p = parts as u64;
+        launch!(gpu, "reduce_block", blocks(groups * parts, threads);
+            self.block.ptr, lx, out.block.ptr, o, k, i, code, cols, p)?;
+        if parts == 1 {
+            return Ok(out);
+        }
+        out.reduce(&Layout::contiguous(&[outer, parts, inner]), Some(1), ReduceOp::Sum)
     }
 
     fn softmax(&self, l: &Layout, dim: usize, log: bool) -> Result<Self> {
