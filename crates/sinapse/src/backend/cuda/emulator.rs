@@ -606,38 +606,51 @@ fn geometry(input: [usize; 4], win: &Window) -> (Conv, [usize; 2]) {
 #[test]
 fn im2col_matches_its_definition_and_col2im_is_its_adjoint() {
     each_order(|emu| {
-        // 3x2 taps, stride (2, 1), padding (1, 1), dilation (1, 2).
-        let win = Window { kernel: [3, 2], stride: [2, 1], padding: [1, 1], dilation: [1, 2] };
-        let [n, c, h, w] = [2, 3, 7, 6];
-        let (g, [oh, ow]) = geometry([n, c, h, w], &win);
-        let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) = (win.kernel, win.stride, win.padding, win.dilation);
-        let x = values(n * c * h * w, 21);
-        let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
-        let (rows, cols) = (c * kh * kw, n * oh * ow);
-        let mut out = vec![f32::NAN; rows * cols];
-        let (cfg, pad) = (gpu::grid(out.len()), -9.0f32);
-        emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, pad);
-        for (p, &got) in out.iter().enumerate() {
-            let (row, col) = (p / cols, p % cols);
-            let (cc, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
-            let (b, y, xx) = (col / (oh * ow), (col / ow) % oh, col % ow);
-            let iy = (y * sh + i * dh) as isize - ph as isize;
-            let ix = (xx * sw + j * dw) as isize - pw as isize;
-            let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
-            let want = if inside { x[((b * c + cc) * h + iy as usize) * w + ix as usize] } else { pad };
-            assert_eq!(got, want, "im2col at row {row}, column {col}");
+        // 3x2 taps, stride (2, 1), padding (1, 1), dilation (1, 2); and stride 1 (col2im's
+        // path without divisions), padding (1, 0), dilation (2, 1).
+        let windows = [
+            Window { kernel: [3, 2], stride: [2, 1], padding: [1, 1], dilation: [1, 2] },
+            Window { kernel: [3, 2], stride: [1, 1], padding: [1, 0], dilation: [2, 1] },
+        ];
+        for win in windows {
+            let [n, c, h, w] = [2, 3, 7, 6];
+            let (g, [oh, ow]) = geometry([n, c, h, w], &win);
+            let ([kh, kw], [sh, sw], [ph, pw], [dh, dw]) = (win.kernel, win.stride, win.padding, win.dilation);
+            let x = values(n * c * h * w, 21);
+            let lx = Strided::of(&Layout::contiguous(&[n, c, h, w]), "test").unwrap();
+            let (rows, cols) = (c * kh * kw, n * oh * ow);
+            // The input pixel that row `row` of column `col` reads, if inside.
+            let source = |row: usize, col: usize| {
+                let (cc, i, j) = (row / (kh * kw), (row / kw) % kh, row % kw);
+                let (b, y, xx) = (col / (oh * ow), (col / ow) % oh, col % ow);
+                let iy = (y * sh + i * dh) as isize - ph as isize;
+                let ix = (xx * sw + j * dw) as isize - pw as isize;
+                let inside = (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                inside.then(|| ((b * c + cc) * h + iy as usize) * w + ix as usize)
+            };
+            let mut out = vec![f32::NAN; rows * cols];
+            let (cfg, pad) = (gpu::grid(c * cols), -9.0f32);
+            emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, pad);
+            for (p, &got) in out.iter().enumerate() {
+                let (row, col) = (p / cols, p % cols);
+                let want = source(row, col).map_or(pad, |at| x[at]);
+                assert_eq!(got, want, "im2col at row {row}, column {col}, {win:?}");
+            }
+            // col2im: each column entry added back onto the pixel it was read from (in row
+            // order, as the kernel sums them).
+            let y = values(rows * cols, 22);
+            let ly = Strided::of(&Layout::contiguous(&[rows, cols]), "test").unwrap();
+            let mut back = vec![f32::NAN; x.len()];
+            let cfg = gpu::grid(back.len());
+            emulate!(emu, "col2im", cfg; addr(&y), ly, addr_mut(&mut back), g);
+            let mut want = vec![0.0f32; x.len()];
+            for (p, &v) in y.iter().enumerate() {
+                if let Some(at) = source(p / cols, p % cols) {
+                    want[at] += v;
+                }
+            }
+            assert_eq!(differs(&back, &want), None, "col2im, {win:?}");
         }
-        // <im2col(x), y> = <x, col2im(y)> with zero padding.
-        let zero = 0.0f32;
-        emulate!(emu, "im2col", cfg; addr(&x), lx, addr_mut(&mut out), g, zero);
-        let y = values(rows * cols, 22);
-        let ly = Strided::of(&Layout::contiguous(&[rows, cols]), "test").unwrap();
-        let mut back = vec![f32::NAN; x.len()];
-        let cfg = gpu::grid(back.len());
-        emulate!(emu, "col2im", cfg; addr(&y), ly, addr_mut(&mut back), g);
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&p, &q)| f64::from(p) * f64::from(q)).sum::<f64>();
-        let (left, right) = (dot(&out, &y), dot(&x, &back));
-        assert!((left - right).abs() <= 1e-4 * left.abs().max(1.0), "<im2col x, y> {left} but <x, col2im y> {right}");
     });
 }
 

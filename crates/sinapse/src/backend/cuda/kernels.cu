@@ -628,34 +628,50 @@ __device__ __forceinline__ i64 source(u64 pos, u64 stride, u64 k, u64 dil, u64 p
 }
 
 // Columns [C·KH·KW, N·OH·OW]: row (c, i, j), column (b, y, x) reads tap (i, j) of channel c.
+// One thread per channel and column writes that column's KH·KW rows of the channel: the
+// divisions that find the column's image and position are paid once per window, not once
+// per value (the kernel's index arithmetic, not its memory, was its cost), and neighbouring
+// threads still write neighbouring values.
 extern "C" __global__ void im2col(const float* x, Strided lx, float* out, Conv g, float pad_value) {
-    u64 cols = g.n * g.oh * g.ow;
-    GRID_LOOP(p, g.c * g.kh * g.kw * cols) {
-        u64 col = p % cols, row = p / cols;
-        u64 xx = col % g.ow, y = (col / g.ow) % g.oh, b = col / (g.ow * g.oh);
-        u64 j = row % g.kw, i = (row / g.kw) % g.kh, c = row / (g.kw * g.kh);
-        i64 iy = source(y, g.sh, i, g.dh, g.ph, g.h);
-        i64 ix = source(xx, g.sw, j, g.dw, g.pw, g.w);
-        out[p] = (iy < 0 || ix < 0) ? pad_value : x[at(lx, ((b * g.c + c) * g.h + (u64)iy) * g.w + (u64)ix)];
+    u64 cols = g.n * g.oh * g.ow, taps = g.kh * g.kw;
+    GRID_LOOP(q, g.c * cols) {
+        u64 col = q % cols, c = q / cols;
+        u64 xx = col % g.ow, rest = col / g.ow;
+        u64 y = rest % g.oh, b = rest / g.oh;
+        i64 top = (i64)(y * g.sh) - (i64)g.ph, left = (i64)(xx * g.sw) - (i64)g.pw;
+        u64 plane = (b * g.c + c) * g.h;
+        float* o = out + c * taps * cols + col;
+        for (u64 i = 0; i < g.kh; ++i) {
+            i64 iy = top + (i64)(i * g.dh);
+            bool row_in = iy >= 0 && iy < (i64)g.h;
+            for (u64 j = 0; j < g.kw; ++j, o += cols) {
+                i64 ix = left + (i64)(j * g.dw);
+                bool in = row_in && ix >= 0 && ix < (i64)g.w;
+                *o = in ? x[at(lx, (plane + (u64)iy) * g.w + (u64)ix)] : pad_value;
+            }
+        }
     }
 }
 
 // The adjoint: one thread per pixel sums every column entry that read it (no atomics, so the
-// sum's order is fixed).
+// sum's order is fixed). With stride 1 (the usual convolution), tap (i, j) read the pixel
+// from output position (iy + ph - i·dh, ix + pw - j·dw), found without the divisions the
+// general case needs; the same entries, summed in the same order.
 extern "C" __global__ void col2im(const float* cols, Strided lc, float* out, Conv g) {
     u64 ncols = g.n * g.oh * g.ow;
+    bool unit = g.sh == 1 && g.sw == 1;
     GRID_LOOP(p, g.n * g.c * g.h * g.w) {
         u64 ix = p % g.w, iy = (p / g.w) % g.h, c = (p / (g.w * g.h)) % g.c, b = p / (g.w * g.h * g.c);
         float s = 0.0f;
         for (u64 i = 0; i < g.kh; ++i) {
             i64 ty = (i64)(iy + g.ph) - (i64)(i * g.dh);
-            if (ty < 0 || ty % (i64)g.sh != 0) continue;
-            u64 y = (u64)ty / g.sh;
+            if (ty < 0 || (!unit && ty % (i64)g.sh != 0)) continue;
+            u64 y = unit ? (u64)ty : (u64)ty / g.sh;
             if (y >= g.oh) continue;
             for (u64 j = 0; j < g.kw; ++j) {
                 i64 tx = (i64)(ix + g.pw) - (i64)(j * g.dw);
-                if (tx < 0 || tx % (i64)g.sw != 0) continue;
-                u64 xx = (u64)tx / g.sw;
+                if (tx < 0 || (!unit && tx % (i64)g.sw != 0)) continue;
+                u64 xx = unit ? (u64)tx : (u64)tx / g.sw;
                 if (xx >= g.ow) continue;
                 u64 row = (c * g.kh + i) * g.kw + j;
                 s += cols[at(lc, row * ncols + (b * g.oh + y) * g.ow + xx)];

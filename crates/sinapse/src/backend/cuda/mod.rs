@@ -804,7 +804,8 @@ impl BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(gpu, total, "im2col")?;
         if total > 0 {
             let (lx, g) = (Strided::of(l, "im2col")?, Conv::new(dims, win));
-            launch!(gpu, "im2col", grid(total); self.block.ptr, lx, out.block.ptr, g, pad_value)?;
+            // A thread per channel and output position, each writing its window's taps.
+            launch!(gpu, "im2col", grid(c * n * oh * ow); self.block.ptr, lx, out.block.ptr, g, pad_value)?;
         }
         Ok(out)
     }
