@@ -669,9 +669,11 @@ fn max_pool_and_its_backward_match_plain_loops() {
         let outputs = n * c * oh * ow;
         let (mut vals, mut taps) = (vec![0.0f32; outputs], vec![-1.0f32; outputs]);
         let cfg = gpu::grid(outputs);
+        // The images' strides along H and W.
+        let (hs, ws) = (w as i64, 1i64);
         // No bias: the images' address stands in for it, never read.
         let (lb, none, plain) = (Strided::of(&Layout::contiguous(&[c]), "test").unwrap(), 0i32, 0i32);
-        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr(&x), lb, none, addr_mut(&mut vals), addr_mut(&mut taps), g, plain);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, hs, ws, addr(&x), lb, none, addr_mut(&mut vals), addr_mut(&mut taps), g, plain);
         // Window position t (row-major over kh x kw) of output p, as an input pixel if inside.
         let pixel = |p: usize, t: usize| {
             let (plane, y, xx) = (p / (oh * ow), (p / ow) % oh, p % ow);
@@ -723,7 +725,7 @@ fn max_pool_and_its_backward_match_plain_loops() {
         // gradient of a window whose maximum is not positive dropped, as the ReLU's would be.
         let (mut rvals, mut rtaps, relu) = (vec![0.0f32; outputs], vec![-1.0f32; outputs], 1i32);
         let cfg = gpu::grid(outputs);
-        emulate!(emu, "max_pool", cfg; addr(&x), lx, addr(&x), lb, none, addr_mut(&mut rvals), addr_mut(&mut rtaps), g, relu);
+        emulate!(emu, "max_pool", cfg; addr(&x), lx, hs, ws, addr(&x), lb, none, addr_mut(&mut rvals), addr_mut(&mut rtaps), g, relu);
         let relu_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| if v > 0.0 || v.is_nan() { v } else { 0.0 }).collect() };
         assert_eq!(differs(&rvals, &relu_of(&vals)), None, "max_pool with relu");
@@ -747,7 +749,8 @@ fn max_pool_and_its_backward_match_plain_loops() {
         let bias = [0.75f32, -0.5];
         let (mut bvals, mut btaps, with_bias) = (vec![0.0f32; outputs], vec![-1.0f32; outputs], 1i32);
         let cfg = gpu::grid(outputs);
-        emulate!(emu, "max_pool", cfg; addr(&cm), lcm, addr(&bias), lb, with_bias,
+        // Channel-major: H and W are still the last two axes, of strides W and 1.
+        emulate!(emu, "max_pool", cfg; addr(&cm), lcm, hs, ws, addr(&bias), lb, with_bias,
             addr_mut(&mut bvals), addr_mut(&mut btaps), g, relu);
         let (biased, biased_taps) = pooled(&bias);
         assert_eq!(differs(&bvals, &relu_of(&biased)), None, "max_pool of channel-major images with a bias");

@@ -689,20 +689,23 @@ extern "C" __global__ void col2im(const float* cols, Strided lc, float* out, Con
 // two values), and a window whose maximum is not positive gets the tap kh·kw, which no pixel
 // matches: the adjoint below then sends it no gradient, as the ReLU's gradient would have
 // zeroed it.
-extern "C" __global__ void max_pool(const float* x, Strided lx, const float* bias, Strided lb, int has_bias,
-                                    float* vals, float* taps, Conv g, int relu) {
+// The window's first pixel is found through the view (`at`), the others from it by the
+// view's strides along H and W (`hs`, `ws`), without the view's divisions for each.
+extern "C" __global__ void max_pool(const float* x, Strided lx, i64 hs, i64 ws, const float* bias, Strided lb,
+                                    int has_bias, float* vals, float* taps, Conv g, int relu) {
     GRID_LOOP(p, g.n * g.c * g.oh * g.ow) {
         u64 xx = p % g.ow, y = (p / g.ow) % g.oh, plane = p / (g.ow * g.oh);
         float shift = has_bias ? bias[at(lb, plane % g.c)] : 0.0f;
         i64 top = (i64)(y * g.sh) - (i64)g.ph, left = (i64)(xx * g.sw) - (i64)g.pw;
         u64 y0 = top < 0 ? 0 : (u64)top, x0 = left < 0 ? 0 : (u64)left;
         u64 y1 = min((u64)(top + (i64)g.kh), g.h), x1 = min((u64)(left + (i64)g.kw), g.w);
-        float best = x[at(lx, (plane * g.h + y0) * g.w + x0)];
+        const float* corner = x + at(lx, (plane * g.h + y0) * g.w + x0);
+        float best = corner[0];
         if (has_bias) best += shift;
         u64 by = y0, bx = x0;
         for (u64 iy = y0; iy < y1; ++iy) {
             for (u64 ix = x0; ix < x1; ++ix) {
-                float v = x[at(lx, (plane * g.h + iy) * g.w + ix)];
+                float v = corner[(i64)(iy - y0) * hs + (i64)(ix - x0) * ws];
                 if (has_bias) v += shift;
                 if (v > best || (isnan(v) && !isnan(best))) {
                     best = v;

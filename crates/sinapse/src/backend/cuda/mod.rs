@@ -216,8 +216,13 @@ impl CudaStorage {
                 None => (self.block.ptr, Strided::of(&Layout::contiguous(&[c]), "max_pool2d")?),
             };
             let has_bias = i32::from(bias.is_some());
+            // The images' strides along H and W.
+            let &[_, _, hs, ws] = l.strides() else {
+                return Err(Error::invalid("max_pool2d", format!("needs [N, C, H, W] images, got {:?}", l.shape())));
+            };
+            let (hs, ws) = (hs as i64, ws as i64);
             launch!(gpu, "max_pool", grid(total);
-                self.block.ptr, lx, b, lb, has_bias, values.block.ptr, taps.block.ptr, g, relu)?;
+                self.block.ptr, lx, hs, ws, b, lb, has_bias, values.block.ptr, taps.block.ptr, g, relu)?;
         }
         Ok((values, taps))
     }
