@@ -19,6 +19,9 @@
 #     bash bench/gpu-check.sh [--quick]      # --quick: 1 run per benchmark instead of 3, and
 #                                            # 540 s in all (CHECK_BUDGET_S sets it; 0: none)
 #
+# CHECK_STEP_S caps each step's time limit (default: none beyond the steps' own), so that one
+# step that hangs cannot spend a short budget alone.
+#
 # With a budget, each step's time limit is cut to what is left of it, and the steps it does not
 # reach are rows that say so: the table comes out before a caller's limit (10 minutes a
 # command on the lent GPU machine) stops the script.
@@ -34,6 +37,10 @@ budget=${CHECK_BUDGET_S:-0}
 [ "${1:-}" = "--quick" ] && { runs=1; budget=${CHECK_BUDGET_S:-540}; }
 case $budget in
     '' | *[!0-9]*) echo "CHECK_BUDGET_S must be a whole number of seconds, not '$budget'" >&2; exit 2 ;;
+esac
+step_cap=${CHECK_STEP_S:-0}
+case $step_cap in
+    '' | *[!0-9]*) echo "CHECK_STEP_S must be a whole number of seconds, not '$step_cap'" >&2; exit 2 ;;
 esac
 rows=()
 
@@ -55,6 +62,7 @@ failed() {
 step() {
     local name=$1 limit=$2
     shift 2
+    [ "$step_cap" -gt 0 ] && [ "$step_cap" -lt "$limit" ] && limit=$step_cap
     if [ "$budget" -gt 0 ]; then
         local left=$((budget - SECONDS))
         if [ "$left" -lt 15 ]; then
