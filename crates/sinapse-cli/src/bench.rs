@@ -190,6 +190,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             (false, _) => "",
         }
     );
+    // On a GPU, one untimed epoch first, as PyTorch's side does: the driver's module loads,
+    // cuBLAS's first calls, the allocator's first blocks and the clocks' climb from idle would
+    // otherwise land in run 1 (an epoch of `mlp` is a few milliseconds there).
+    if device != Device::Cpu {
+        let model = bench.network.build()?;
+        model.to(device)?;
+        let mut opt = (bench.optimizer)(model.parameters())?;
+        fit(&model, opt.as_mut(), &train, None, &FitConfig { epochs: 1, ..cfg.clone() }, &mut Silent)?;
+        outln!("warm-up: one untimed epoch on {device} before the timed runs");
+    }
     let mut runs = Vec::with_capacity(args.runs);
     let mut weights = 0;
     for run in 1..=args.runs {
