@@ -593,6 +593,33 @@ fn graph_check(device: Device) -> Result<Option<String>> {
     Ok(mismatch(&graph_w, &eager_w).map(|p| format!("weights after training: {p}")))
 }
 
+/// A tensor of 4 TiB on `device` (more than any GPU holds) is refused with an out-of-memory
+/// error naming the bytes asked for, the bytes available and the device, and the device
+/// works on after it.
+fn memory_check(device: Device) -> Result<Option<String>> {
+    let elems = 1usize << 40;
+    let asked = 4u64 << 40;
+    match Tensor::zeros_on(&[elems], device) {
+        Ok(_) => return Ok(Some(format!("a tensor of {asked} bytes was made on {device}"))),
+        Err(e @ sinapse::Error::OutOfMemory { .. }) => {
+            let text = e.to_string();
+            let sinapse::Error::OutOfMemory { bytes, available, device: on, .. } = e else { unreachable!() };
+            if bytes != asked || available == 0 || available >= asked || on != device {
+                return Ok(Some(format!("out of memory with {bytes} bytes asked, {available} available on {on}")));
+            }
+            if !text.contains("needs 4.4 TB") || !text.contains(&device.to_string()) {
+                return Ok(Some(format!("the out-of-memory message names neither size nor device: {text}")));
+            }
+        }
+        Err(e) => return Ok(Some(format!("another error than out of memory: {e}"))),
+    }
+    let after = Tensor::full_on(&[3], 2.5, device)?.try_to_vec()?;
+    if after != [2.5; 3] {
+        return Ok(Some(format!("after the refusal, a tensor on {device} read {after:?}")));
+    }
+    Ok(None)
+}
+
 /// The correct answers of `[4, 5]` and `[700, 100]` logits on `device` (a GPU's one-block
 /// kernel, and the composed ops past its 65,536 values), as the CPU counts them, with about
 /// half the labels at each row's largest logit, a tie and a NaN among them.
@@ -1321,6 +1348,8 @@ fn main() {
         record(format!("a bad class label on {device}"), problem);
         let problem = correct_count_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
         record(format!("correct answers counted on {device}"), problem);
+        let problem = memory_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
+        record(format!("a tensor larger than {device}'s memory refused"), problem);
     }
     for &device in devices.iter().filter(|d| **d != Device::Cpu) {
         let problem = graph_bad_index_check(device).unwrap_or_else(|e| Some(format!("error: {e}")));
