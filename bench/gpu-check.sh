@@ -10,7 +10,9 @@
 #   4. the benchmarks on the GPU (mlp-large in fp32 and TF32 too; mlp and cnn also with the
 #      training step in a CUDA graph, infer with the forward pass in one), Sinapse and
 #      PyTorch (python3 with CUDA) interleaved;
-#   5. the kernel profiles of the mlp and cnn steps (each launch's GPU time), both sides;
+#   5. the kernel profiles of the mlp and cnn steps (each launch's GPU time), both sides, and
+#      the launch floor (bench/launch_floor.cu: empty kernels launched and waited for, where
+#      nvcc is found);
 #   6. lstm's benchmark, eager and graphed (no target of its own: last, where the budget
 #      runs out first);
 # and prints one table last. Logs go to $OUT (or gpu-run/out/), and the table too, a row at a
@@ -191,6 +193,17 @@ for name in mlp cnn; do
     row "kernel profile $name: sinapse" "$(profiled "$logs/profile-$name-sinapse.log")"
     row "kernel profile $name: pytorch" "$(profiled "$logs/profile-$name-torch.log")"
 done
+# The floor under batch-1 latency on this machine: empty kernels launched and waited for,
+# eagerly and as one graph (where nvcc is found; the GPU machine's image has it).
+if command -v nvcc >/dev/null; then
+    if step launch-floor 120 bash -c 'nvcc -O2 -arch=sm_90 -o "$1" bench/launch_floor.cu && "$1"' _ "$logs/launch_floor"; then
+        row "launch floor, 3 empty kernels" "$(grep '^3 empty' "$logs/launch-floor.log" | sed 's/^3 empty kernels: //')"
+    else
+        row "launch floor, 3 empty kernels" "$(failed "$logs/launch-floor.log")"
+    fi
+else
+    row "launch floor, 3 empty kernels" "not run: no nvcc here"
+fi
 # lstm last (no target of the CUDA issue): eager, then its step in a graph.
 for graph in "" --cuda-graph; do
     tag=${graph:+-graph}
