@@ -487,6 +487,73 @@ impl Graph {
     }
 }
 
+/// Where a [`Graph`] reads its input and writes its output, named anew before each replay
+/// (three words of host memory that the GPU maps): the graph captures [`GraphIo::read_into`]
+/// first, [`GraphIo::write_from`] and [`GraphIo::count`] last, and a replay then reads and
+/// writes the tensors given to [`GraphIo::set`] in one launch, with no copies beside it.
+#[derive(Debug)]
+pub(crate) struct GraphIo(cuda::gpu::IoSlots);
+
+/// The device address of `t`'s first value, which must be contiguous on a GPU.
+fn contiguous_address(t: &crate::Tensor, what: &str) -> Result<u64> {
+    let base = t.device_address().filter(|_| t.layout().is_contiguous());
+    base.map(|b| b + 4 * t.layout().offset() as u64).ok_or_else(|| {
+        Error::invalid(
+            "InferenceGraph",
+            format!("{what} must be row-major on a GPU, not {:?} on {}", t.shape(), t.device()),
+        )
+    })
+}
+
+impl GraphIo {
+    /// Mapped words on `device` (a GPU), for a graph captured after this.
+    pub(crate) fn new(device: Device) -> Result<GraphIo> {
+        match device {
+            Device::Cpu => Err(Error::invalid("InferenceGraph", "CUDA graphs need a CUDA device, not the CPU")),
+            Device::Cuda(i) => Ok(GraphIo(cuda::gpu::IoSlots::new(&cuda::gpu::gpu(i)?)?)),
+        }
+    }
+
+    /// Queues the copy of the input named at replay time into `dst` (row-major, on the GPU).
+    pub(crate) fn read_into(&self, dst: &crate::Tensor) -> Result<()> {
+        self.0.read_into(contiguous_address(dst, "the graph's input")?, dst.elem_count())
+    }
+
+    /// Queues the copy of `src` (row-major, on the GPU) to the output named at replay time.
+    pub(crate) fn write_from(&self, src: &crate::Tensor) -> Result<()> {
+        self.0.write_from(contiguous_address(src, "the graph's output")?, src.elem_count())
+    }
+
+    /// Queues the count of a finished replay (the graph's last launch).
+    pub(crate) fn count(&self) -> Result<()> {
+        self.0.count()
+    }
+
+    /// The replays counted as finished so far.
+    pub(crate) fn finished(&self) -> u64 {
+        self.0.finished()
+    }
+
+    /// An uninitialised row-major tensor of `shape` on `device`, for an output.
+    pub(crate) fn output(device: Device, shape: &[usize]) -> Result<crate::Tensor> {
+        let Device::Cuda(i) = device else {
+            return Err(Error::invalid("InferenceGraph", "CUDA graphs need a CUDA device, not the CPU"));
+        };
+        let n = shape.iter().product();
+        ensure_room(device, (n as u64).saturating_mul(4), "InferenceGraph output")?;
+        let storage = cuda::CudaStorage::alloc(&cuda::gpu::gpu(i)?, n, "InferenceGraph output")?;
+        Ok(crate::Tensor::from_storage(Storage::Cuda(storage), Layout::contiguous(shape)))
+    }
+
+    /// Names the next replay's input and output (each row-major on the GPU, of the captured
+    /// sizes). Every replay queued before must have finished ([`GraphIo::finished`]).
+    pub(crate) fn set(&mut self, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
+        let (x, y) = (contiguous_address(input, "the input")?, contiguous_address(output, "the output")?);
+        self.0.set(x, y);
+        Ok(())
+    }
+}
+
 /// While it lives, the kernels' other worker threads wait for the next kernel by spinning
 /// instead of sleeping, each for 2 ms without work or 100 ms in all at most ([`hot_workers`]).
 /// Dropping it lets them sleep again.

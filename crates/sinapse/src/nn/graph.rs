@@ -1,6 +1,6 @@
 //! A model's forward pass for inference captured into a CUDA graph and replayed.
 
-use crate::backend::{Graph, GraphPool};
+use crate::backend::{Graph, GraphIo, GraphPool};
 use crate::nn::{Mode, Module};
 use crate::{Device, Error, Result, Tensor};
 
@@ -9,9 +9,12 @@ use crate::{Device, Error, Result, Tensor};
 const ATTEMPTS: usize = 3;
 
 /// A model's forward pass for inference ([`Mode::Eval`], no gradients) captured once into a
-/// CUDA graph for inputs of one shape, then replayed: a call queues one graph launch and two
-/// copies (from an input already on the GPU) instead of a launch per kernel, which on a small network is most of the time
-/// (PyTorch's `torch.cuda.graph` around `model(static_input)`).
+/// CUDA graph for inputs of one shape, then replayed: a call with a row-major input already on
+/// the GPU queues one graph launch instead of a launch per kernel, which on a small network is
+/// most of the time (PyTorch's `torch.cuda.graph` around `model(static_input)`, whose calls
+/// also copy the input in and the output out). The graph reads the caller's input and writes
+/// a new output tensor itself, at addresses the host names before each launch in three words
+/// of host memory that the GPU maps.
 ///
 /// The graph reads the model's parameters and buffers where they were at the capture, so it
 /// sees them change in place (an optimizer's step, [`Module::load`]); one that was moved
@@ -32,6 +35,10 @@ const ATTEMPTS: usize = 3;
 pub struct InferenceGraph<'m> {
     /// Dropped first: its drop waits for the last replay, before the buffers it reads go.
     graph: Graph,
+    /// Where the graph reads its input and writes its output, named before each replay.
+    io: GraphIo,
+    /// Replays queued so far (each counts itself finished in `io` as its last launch).
+    replays: u64,
     /// The model captured (borrowed, so that it outlives the graph that reads its tensors).
     model: &'m dyn Module,
     device: Device,
@@ -65,6 +72,7 @@ impl<'m> InferenceGraph<'m> {
         }
         let _no_grad = crate::no_grad();
         let input = Tensor::zeros_on(input_shape, device)?;
+        let io = GraphIo::new(device)?;
         // Kernels, cuBLAS and any cache a layer keeps are made outside the graph's pool.
         drop(model.forward(&input, Mode::Eval)?);
         let pool = GraphPool::record(device)?;
@@ -82,12 +90,19 @@ impl<'m> InferenceGraph<'m> {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             pool.begin_capture()?;
-            let forward = model.forward(&input, Mode::Eval);
+            // The input copied in from the address named at replay, the pass, its output
+            // copied out to the address named at replay, and the replay counted as finished.
+            let forward = io.read_into(&input).and_then(|()| {
+                let output = model.forward(&input, Mode::Eval)?.contiguous()?;
+                io.write_from(&output)?;
+                io.count()?;
+                Ok(output)
+            });
             let ended = pool.end_capture(forward.is_ok());
             match (forward, ended) {
                 (Ok(output), Ok(graph)) => {
                     let state = state.into_iter().map(|t| (t.device_address(), t)).map(|(at, t)| (t, at)).collect();
-                    return Ok(InferenceGraph { model, device, input, output, graph, state });
+                    return Ok(InferenceGraph { model, device, input, output, graph, io, replays: 0, state });
                 }
                 (Err(e), _) | (Ok(_), Err(e)) => last = Some(e),
             }
@@ -95,14 +110,21 @@ impl<'m> InferenceGraph<'m> {
         Err(last.unwrap_or_else(|| Error::invalid("InferenceGraph", "the capture was not tried")))
     }
 
-    /// The model's outputs for `x` (of the captured shape, on any device): `x` is copied into
-    /// the graph's input, the graph replayed, and its output copied into a tensor of the
-    /// caller's (on the graph's device, queued: reading it waits for it).
+    /// The model's outputs for `x` (of the captured shape, on any device), in a new tensor on
+    /// the graph's device (queued: reading it waits for it). The replay reads `x` itself
+    /// where it is row-major on the graph's GPU (one launch in all), else a row-major copy of
+    /// it made there first. A replay queued by an earlier call that has not finished is
+    /// waited for first (it reads the addresses this call names).
     pub fn run(&mut self, x: &Tensor) -> Result<Tensor> {
         if x.shape() != self.input.shape() {
             return Err(Error::shapes("InferenceGraph::run", self.input.shape(), x.shape()));
         }
-        self.input.copy_from(x)?;
+        let _no_grad = crate::no_grad();
+        let x = if x.device() == self.device && x.layout().is_contiguous() {
+            x.clone()
+        } else {
+            x.to(self.device)?.contiguous()?
+        };
         // Each parameter and buffer where the graph reads it. (A move on another thread while
         // this runs is not seen: the replay then reads the blocks the tensor left, which the
         // one stream keeps from reuse until it has run.)
@@ -118,8 +140,20 @@ impl<'m> InferenceGraph<'m> {
                 ));
             }
         }
+        let output = GraphIo::output(self.device, self.output.shape())?;
+        if self.io.finished() < self.replays {
+            crate::backend::synchronize(self.device)?;
+            if self.io.finished() < self.replays {
+                return Err(Error::invalid(
+                    "InferenceGraph::run",
+                    format!("{} of {} replays counted as finished after a wait", self.io.finished(), self.replays),
+                ));
+            }
+        }
+        self.io.set(&x, &output)?;
         self.graph.replay()?;
-        self.output.copied()
+        self.replays += 1;
+        Ok(output)
     }
 
     /// The input shape the graph was captured for.

@@ -623,6 +623,28 @@ ENTRY CUresult cuMemFree_v2(CUdeviceptr p) {
     if (CUresult r = unsafe_in_capture("cuMemFree")) return r;
     return release(p);
 }
+// Page-locked host memory that the GPU maps: here an allocation like any other (the emulated
+// GPU's memory is the host's), at one address for both.
+ENTRY CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
+    LOCKED;
+    if (CUresult r = need_context("cuMemHostAlloc")) return r;
+    if (CUresult r = unsafe_in_capture("cuMemHostAlloc")) return r;
+    CUdeviceptr d = 0;
+    if (CUresult r = allocate(&d, bytes)) return r;
+    *p = reinterpret_cast<void*>(d);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* d, void* p, unsigned int flags) {
+    LOCKED;
+    if (flags != 0 || !inside(reinterpret_cast<CUdeviceptr>(p), 1)) return EMU_INVALID_VALUE;
+    *d = reinterpret_cast<CUdeviceptr>(p);
+    return EMU_SUCCESS;
+}
+ENTRY CUresult cuMemFreeHost(void* p) {
+    LOCKED;
+    if (CUresult r = unsafe_in_capture("cuMemFreeHost")) return r;
+    return release(reinterpret_cast<CUdeviceptr>(p));
+}
 ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* s) {
     LOCKED;
     if (CUresult r = refused_in_capture(stream_of(s), "a host-to-device copy during a capture")) return r;

@@ -34,6 +34,9 @@ pub(crate) const KERNELS: &[&str] = &[
     "arange",
     "copy_strided",
     "copy_into",
+    "slot_read",
+    "slot_write",
+    "slot_done",
     "linear_rows",
     "unary",
     "bias_rows",
@@ -1279,6 +1282,120 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+/// Most blocks of a `slot_read` or `slot_write` launch (two per multiprocessor of an H100 or
+/// H200): each reads its address from host memory once.
+const SLOT_BLOCKS: usize = 264;
+
+/// Three words of page-locked host memory that the GPU maps, reading and writing them in
+/// place: the address a graph reads its input from, the address it writes its output to, and
+/// how many of its replays have finished (`slot_read`, `slot_write` and `slot_done` in
+/// kernels.cu). The host sets the addresses before each replay, so that one graph launch
+/// reads and writes tensors made after the capture, with no copy queued beside it.
+pub(crate) struct IoSlots {
+    gpu: Arc<Gpu>,
+    /// The words, as the host sees them.
+    host: *mut u64,
+    /// The same words, as kernels see them.
+    device: u64,
+}
+
+// SAFETY: `host` is memory this value owns alone (freed on drop); the host writes it only
+// through `&mut self` and reads whole words with volatile loads.
+unsafe impl Send for IoSlots {}
+// SAFETY: as above: through `&self` the words are only read.
+unsafe impl Sync for IoSlots {}
+
+impl std::fmt::Debug for IoSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoSlots(cuda:{}, {} replays finished)", self.gpu.ordinal, self.finished())
+    }
+}
+
+impl IoSlots {
+    /// Three mapped words on `gpu`'s host, zero.
+    pub(crate) fn new(gpu: &Arc<Gpu>) -> Result<IoSlots> {
+        use cudarc::driver::sys;
+        const WHAT: &str = "mapping host memory for a graph's input and output";
+        gpu.refuse_in_capture(WHAT)?;
+        let _claim = gpu.bind(WHAT)?;
+        let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: asks the driver for 24 bytes of page-locked host memory mapped into the
+        // device's address space, written to `host`.
+        unsafe { sys::cuMemHostAlloc(&mut host, 3 * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
+            .result()
+            .map_err(|e| gpu.failure(WHAT, e))?;
+        let mut device: sys::CUdeviceptr = 0;
+        // SAFETY: `host` is the mapped allocation just made.
+        let mapped = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) }.result();
+        if let Err(e) = mapped {
+            // SAFETY: `host` came from cuMemHostAlloc and nothing else holds it.
+            let _ = unsafe { sys::cuMemFreeHost(host) };
+            return Err(gpu.failure(WHAT, e));
+        }
+        let slots = IoSlots { gpu: gpu.clone(), host: host.cast(), device };
+        for i in 0..3 {
+            // SAFETY: the allocation holds three aligned u64 words (page-locked memory is
+            // page-aligned).
+            unsafe { slots.host.add(i).write_volatile(0) };
+        }
+        Ok(slots)
+    }
+
+    /// The launch of `slot_read` or `slot_write` over `n` values: a block of [`THREADS`] per
+    /// chunk, at most [`SLOT_BLOCKS`] blocks (each reads its address over the bus once).
+    fn slot_launch(n: usize) -> LaunchConfig {
+        blocks(n.div_ceil(THREADS as usize).min(SLOT_BLOCKS), THREADS)
+    }
+
+    /// Queues `slot_read`: `n` values from the input address into `dst`.
+    pub(crate) fn read_into(&self, dst: u64, n: usize) -> Result<()> {
+        let slots = self.device;
+        let count = n as u64;
+        launch!(self.gpu, "slot_read", Self::slot_launch(n); slots, dst, count)
+    }
+
+    /// Queues `slot_write`: `n` values of `src` to the output address.
+    pub(crate) fn write_from(&self, src: u64, n: usize) -> Result<()> {
+        let slots = self.device;
+        let count = n as u64;
+        launch!(self.gpu, "slot_write", Self::slot_launch(n); src, slots, count)
+    }
+
+    /// Queues `slot_done`: one more replay counted as finished, once all before it has run.
+    pub(crate) fn count(&self) -> Result<()> {
+        let slots = self.device;
+        launch!(self.gpu, "slot_done", blocks(1, 32); slots)
+    }
+
+    /// The replays counted as finished so far.
+    pub(crate) fn finished(&self) -> u64 {
+        // SAFETY: word 2 of the three this value owns; the GPU writes it whole.
+        unsafe { self.host.add(2).read_volatile() }
+    }
+
+    /// Names the input and output addresses of the next replay. The caller makes sure that
+    /// every replay queued before has finished ([`IoSlots::finished`]): they read the words
+    /// as they run.
+    pub(crate) fn set(&mut self, input: u64, output: u64) {
+        // SAFETY: words 0 and 1 of the three this value owns.
+        unsafe {
+            self.host.write_volatile(input);
+            self.host.add(1).write_volatile(output);
+        }
+    }
+}
+
+impl Drop for IoSlots {
+    fn drop(&mut self) {
+        // The graph that reads the words goes first (its drop waits for its last replay);
+        // freeing page-locked memory waits for the device anyway.
+        if let Ok(_claim) = self.gpu.bind("freeing a graph's mapped words") {
+            // SAFETY: `host` came from cuMemHostAlloc and is freed once, here.
+            let _ = unsafe { cudarc::driver::sys::cuMemFreeHost(self.host.cast()) };
+        }
+    }
+}
 
 impl Gpu {
     /// The error word once the stream has finished, taken (read and cleared) by one kernel,

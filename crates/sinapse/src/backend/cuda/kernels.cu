@@ -120,6 +120,39 @@ extern "C" __global__ void copy_into(const float* x, Strided lx, float* dst, Str
     GRID_LOOP(i, n) dst[at(ld, i)] = x[at(lx, i)];
 }
 
+// An inference graph's input and output through three words of host memory the GPU maps
+// (`IoSlots` in gpu.rs): the address to read the input from, the address to write the output
+// to, and the count of finished replays. The host sets the addresses before each replay, so
+// that the replayed graph reads and writes tensors made after its capture, with no copy
+// queued beside it. `slot_read` and `slot_write` copy n values from and to those addresses.
+// Each block reads the address once over the bus into shared memory (the launches' grids
+// are capped, so that a large tensor costs a few hundred such reads, not one per warp).
+extern "C" __global__ void slot_read(const u64* slots, float* dst, u64 n) {
+    __shared__ u64 from;
+    if (threadIdx.x == 0) from = ((const volatile u64*)slots)[0];
+    __syncthreads();
+    const float* src = (const float*)from;
+    GRID_LOOP(i, n) dst[i] = src[i];
+}
+
+extern "C" __global__ void slot_write(const float* src, const u64* slots, u64 n) {
+    __shared__ u64 to;
+    if (threadIdx.x == 0) to = ((const volatile u64*)slots)[1];
+    __syncthreads();
+    float* dst = (float*)to;
+    GRID_LOOP(i, n) dst[i] = src[i];
+}
+
+// Counts a finished replay (the graph's last node: everything before it has run), made
+// visible to the host after the output's writes.
+extern "C" __global__ void slot_done(u64* slots) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        __threadfence_system();
+        volatile u64* done = slots + 2;
+        *done = *done + 1;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Elementwise. Op codes follow the variants of UnaryOp and BinaryOp/CmpOp (gpu.rs).
 

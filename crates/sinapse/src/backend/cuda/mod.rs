@@ -49,7 +49,7 @@ impl CudaStorage {
     }
 
     /// An uninitialised buffer of `n` values on `gpu`; `what` names it if memory runs out.
-    fn alloc(gpu: &Arc<Gpu>, n: usize, what: &str) -> Result<CudaStorage> {
+    pub(crate) fn alloc(gpu: &Arc<Gpu>, n: usize, what: &str) -> Result<CudaStorage> {
         Ok(CudaStorage { block: gpu.alloc(n, what)?, len: n })
     }
 
