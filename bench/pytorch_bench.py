@@ -26,7 +26,8 @@ loss, backward, optimizer step; Adam with `capturable=True`) into one CUDA graph
 it for every full batch, its inputs copied into the graph's static tensors. For infer it also
 captures the forward pass into a graph per batch size (after warm-up on a side stream), each
 call copying its input into the graph's static input, replaying, and cloning the static
-output, as `sinapse bench infer --cuda-graph` does.
+output (`sinapse bench infer --cuda-graph` gets the same from one launch: its graph copies
+the input in and the output out itself).
 
 `--profile-kernels [STEPS]` (CUDA, training benchmarks) then trains a fresh model for that many
 eager steps (default 20) under torch.profiler and prints each kernel's GPU time per step, as

@@ -321,8 +321,9 @@ const BATCH1024_CALLS: usize = 100;
 
 /// The forward pass of `model` without gradients: the median latency of one sample (us) and
 /// the throughput of batches of 1024 (samples/s), on test images; with `graphs`, the pass
-/// captured into a CUDA graph per batch size, each call copying its input in and the output
-/// out (as PyTorch's `static_input.copy_(x); graph.replay(); static_output.clone()`).
+/// captured into a CUDA graph per batch size, each call one graph launch that copies its
+/// input in and its output out (PyTorch's side queues `static_input.copy_(x);
+/// graph.replay(); static_output.clone()`).
 fn time_inference(model: &dyn Module, test: &Dataset, device: Device, graphs: bool) -> Result<(f64, f64)> {
     let _guard = sinapse::no_grad();
     // As in training: the kernels' pool threads spin between calls instead of sleeping

@@ -488,7 +488,7 @@ impl Graph {
 }
 
 /// Where a [`Graph`] reads its input and writes its output, named anew before each replay
-/// (three words of host memory that the GPU maps): the graph captures [`GraphIo::read_into`]
+/// (words of host memory that the GPU maps): the graph captures [`GraphIo::read_into`]
 /// first, [`GraphIo::write_from`] and [`GraphIo::count`] last, and a replay then reads and
 /// writes the tensors given to [`GraphIo::set`] in one launch, with no copies beside it.
 #[derive(Debug)]
@@ -534,6 +534,15 @@ impl GraphIo {
         self.0.finished()
     }
 
+    /// Replays that may be queued and unfinished at once (each names its addresses in a pair
+    /// of words of its own, taken in turn).
+    pub(crate) const PAIRS: u64 = cuda::gpu::SLOT_PAIRS;
+
+    /// Waits for the GPU's queued work, leaving any index error it recorded for the next read.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.0.wait()
+    }
+
     /// An uninitialised row-major tensor of `shape` on `device`, for an output.
     pub(crate) fn output(device: Device, shape: &[usize]) -> Result<crate::Tensor> {
         let Device::Cuda(i) = device else {
@@ -545,12 +554,12 @@ impl GraphIo {
         Ok(crate::Tensor::from_storage(Storage::Cuda(storage), Layout::contiguous(shape)))
     }
 
-    /// Names the next replay's input and output (each row-major on the GPU, of the captured
-    /// sizes). Every replay queued before must have finished ([`GraphIo::finished`]).
-    pub(crate) fn set(&mut self, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
+    /// Names the input and output (each row-major on the GPU, of the captured sizes) of
+    /// replay number `replay` (from 0), queued next. Replay `replay - PAIRS` must have
+    /// finished ([`GraphIo::finished`]): it read the same words.
+    pub(crate) fn set(&mut self, replay: u64, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
         let (x, y) = (contiguous_address(input, "the input")?, contiguous_address(output, "the output")?);
-        self.0.set(x, y);
-        Ok(())
+        self.0.set(replay, x, y)
     }
 }
 

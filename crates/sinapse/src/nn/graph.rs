@@ -13,8 +13,8 @@ const ATTEMPTS: usize = 3;
 /// the GPU queues one graph launch instead of a launch per kernel, which on a small network is
 /// most of the time (PyTorch's `torch.cuda.graph` around `model(static_input)`, whose calls
 /// also copy the input in and the output out). The graph reads the caller's input and writes
-/// a new output tensor itself, at addresses the host names before each launch in three words
-/// of host memory that the GPU maps.
+/// a new output tensor itself, at addresses the host names before each launch in words of
+/// host memory that the GPU maps.
 ///
 /// The graph reads the model's parameters and buffers where they were at the capture, so it
 /// sees them change in place (an optimizer's step, [`Module::load`]); one that was moved
@@ -113,8 +113,9 @@ impl<'m> InferenceGraph<'m> {
     /// The model's outputs for `x` (of the captured shape, on any device), in a new tensor on
     /// the graph's device (queued: reading it waits for it). The replay reads `x` itself
     /// where it is row-major on the graph's GPU (one launch in all), else a row-major copy of
-    /// it made there first. A replay queued by an earlier call that has not finished is
-    /// waited for first (it reads the addresses this call names).
+    /// it made there first. Calls may queue up to 8 replays ahead of the GPU (each names its
+    /// addresses in a pair of words of its own, taken in turn); the ninth waits for the
+    /// oldest. Refused while a graph is captured on the GPU.
     pub fn run(&mut self, x: &Tensor) -> Result<Tensor> {
         if x.shape() != self.input.shape() {
             return Err(Error::shapes("InferenceGraph::run", self.input.shape(), x.shape()));
@@ -141,16 +142,21 @@ impl<'m> InferenceGraph<'m> {
             }
         }
         let output = GraphIo::output(self.device, self.output.shape())?;
-        if self.io.finished() < self.replays {
-            crate::backend::synchronize(self.device)?;
-            if self.io.finished() < self.replays {
+        if must_wait(self.replays, self.io.finished(), self.device)? {
+            self.io.wait()?;
+            if must_wait(self.replays, self.io.finished(), self.device)? {
                 return Err(Error::invalid(
                     "InferenceGraph::run",
-                    format!("{} of {} replays counted as finished after a wait", self.io.finished(), self.replays),
+                    format!(
+                        "{} of {} replays on {} counted as finished after a wait for them",
+                        self.io.finished(),
+                        self.replays,
+                        self.device
+                    ),
                 ));
             }
         }
-        self.io.set(&x, &output)?;
+        self.io.set(self.replays, &x, &output)?;
         self.graph.replay()?;
         self.replays += 1;
         Ok(output)
@@ -167,11 +173,39 @@ impl<'m> InferenceGraph<'m> {
     }
 }
 
+/// Whether the next replay (number `replays`, from 0) must wait before naming its addresses:
+/// the replay [`GraphIo::PAIRS`] before it used the same words and has not finished. More
+/// replays finished than were queued means one ran that this graph did not count (its replay
+/// captured into another graph): an error.
+fn must_wait(replays: u64, finished: u64, device: Device) -> Result<bool> {
+    if finished > replays {
+        return Err(Error::invalid(
+            "InferenceGraph::run",
+            format!("{finished} replays on {device} finished where {replays} were queued: was it captured into another graph?"),
+        ));
+    }
+    Ok(replays - finished >= GraphIo::PAIRS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nn::{Linear, Relu, Sequential};
     use crate::Rng;
+
+    #[test]
+    fn a_run_waits_only_for_the_replay_that_used_its_words() {
+        let d = Device::Cuda(0);
+        let pairs = GraphIo::PAIRS;
+        assert!(!must_wait(0, 0, d).unwrap());
+        assert!(!must_wait(pairs - 1, 0, d).unwrap());
+        assert!(must_wait(pairs, 0, d).unwrap());
+        assert!(!must_wait(pairs, 1, d).unwrap());
+        assert!(must_wait(2 * pairs + 3, pairs + 3, d).unwrap());
+        assert!(!must_wait(2 * pairs + 3, pairs + 4, d).unwrap());
+        let e = must_wait(3, 4, d).unwrap_err().to_string();
+        assert!(e.contains("4 replays on cuda:0 finished where 3 were queued"), "{e}");
+    }
 
     #[test]
     fn the_cpu_has_no_graphs() {

@@ -1287,11 +1287,15 @@ pub(crate) use launch;
 /// H200): each reads its address from host memory once.
 const SLOT_BLOCKS: usize = 264;
 
-/// Three words of page-locked host memory that the GPU maps, reading and writing them in
-/// place: the address a graph reads its input from, the address it writes its output to, and
-/// how many of its replays have finished (`slot_read`, `slot_write` and `slot_done` in
-/// kernels.cu). The host sets the addresses before each replay, so that one graph launch
-/// reads and writes tensors made after the capture, with no copy queued beside it.
+/// Address pairs an inference graph's replays take in turn (`SLOT_PAIRS` in kernels.cu): a
+/// call waits only when the replay that last used its pair has not finished.
+pub(crate) const SLOT_PAIRS: u64 = 8;
+
+/// Words of page-locked host memory that the GPU maps, reading and writing them in place:
+/// [`SLOT_PAIRS`] pairs of addresses (where a graph's replay reads its input, where it writes
+/// its output), then how many replays have finished (`slot_read`, `slot_write` and
+/// `slot_done` in kernels.cu). The host names a replay's pair before queueing it, so that one
+/// graph launch reads and writes tensors made after the capture, with no copy beside it.
 pub(crate) struct IoSlots {
     gpu: Arc<Gpu>,
     /// The words, as the host sees them.
@@ -1301,9 +1305,9 @@ pub(crate) struct IoSlots {
 }
 
 // SAFETY: `host` is memory this value owns alone (freed on drop); the host writes it only
-// through `&mut self` and reads whole words with volatile loads.
+// through `&mut self` and reads it with atomic loads.
 unsafe impl Send for IoSlots {}
-// SAFETY: as above: through `&self` the words are only read.
+// SAFETY: as above: through `&self` the words are only read, atomically.
 unsafe impl Sync for IoSlots {}
 
 impl std::fmt::Debug for IoSlots {
@@ -1313,16 +1317,19 @@ impl std::fmt::Debug for IoSlots {
 }
 
 impl IoSlots {
-    /// Three mapped words on `gpu`'s host, zero.
+    /// Words in all: the pairs, then the count.
+    const WORDS: usize = 2 * SLOT_PAIRS as usize + 1;
+
+    /// The mapped words on `gpu`'s host, zero.
     pub(crate) fn new(gpu: &Arc<Gpu>) -> Result<IoSlots> {
         use cudarc::driver::sys;
         const WHAT: &str = "mapping host memory for a graph's input and output";
         gpu.refuse_in_capture(WHAT)?;
         let _claim = gpu.bind(WHAT)?;
         let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
-        // SAFETY: asks the driver for 24 bytes of page-locked host memory mapped into the
+        // SAFETY: asks the driver for WORDS u64 of page-locked host memory mapped into the
         // device's address space, written to `host`.
-        unsafe { sys::cuMemHostAlloc(&mut host, 3 * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
+        unsafe { sys::cuMemHostAlloc(&mut host, Self::WORDS * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
             .result()
             .map_err(|e| gpu.failure(WHAT, e))?;
         let mut device: sys::CUdeviceptr = 0;
@@ -1334,12 +1341,18 @@ impl IoSlots {
             return Err(gpu.failure(WHAT, e));
         }
         let slots = IoSlots { gpu: gpu.clone(), host: host.cast(), device };
-        for i in 0..3 {
-            // SAFETY: the allocation holds three aligned u64 words (page-locked memory is
-            // page-aligned).
-            unsafe { slots.host.add(i).write_volatile(0) };
+        for i in 0..Self::WORDS {
+            slots.word(i).store(0, Ordering::Release);
         }
         Ok(slots)
+    }
+
+    /// Word `i` (below [`IoSlots::WORDS`]), as an atomic.
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < Self::WORDS, "word {i} of {}", Self::WORDS);
+        // SAFETY: `host` holds WORDS u64, page-aligned (page-locked memory), owned by `self`
+        // for as long as the reference lives; the GPU reads and writes whole words.
+        unsafe { AtomicU64::from_ptr(self.host.add(i)) }
     }
 
     /// The launch of `slot_read` or `slot_write` over `n` values: a block of [`THREADS`] per
@@ -1348,14 +1361,14 @@ impl IoSlots {
         blocks(n.div_ceil(THREADS as usize).min(SLOT_BLOCKS), THREADS)
     }
 
-    /// Queues `slot_read`: `n` values from the input address into `dst`.
+    /// Queues `slot_read`: `n` values from the replay's input address into `dst`.
     pub(crate) fn read_into(&self, dst: u64, n: usize) -> Result<()> {
         let slots = self.device;
         let count = n as u64;
         launch!(self.gpu, "slot_read", Self::slot_launch(n); slots, dst, count)
     }
 
-    /// Queues `slot_write`: `n` values of `src` to the output address.
+    /// Queues `slot_write`: `n` values of `src` to the replay's output address.
     pub(crate) fn write_from(&self, src: u64, n: usize) -> Result<()> {
         let slots = self.device;
         let count = n as u64;
@@ -1370,29 +1383,47 @@ impl IoSlots {
 
     /// The replays counted as finished so far.
     pub(crate) fn finished(&self) -> u64 {
-        // SAFETY: word 2 of the three this value owns; the GPU writes it whole.
-        unsafe { self.host.add(2).read_volatile() }
+        self.word(2 * SLOT_PAIRS as usize).load(Ordering::Acquire)
     }
 
-    /// Names the input and output addresses of the next replay. The caller makes sure that
-    /// every replay queued before has finished ([`IoSlots::finished`]): they read the words
-    /// as they run.
-    pub(crate) fn set(&mut self, input: u64, output: u64) {
-        // SAFETY: words 0 and 1 of the three this value owns.
-        unsafe {
-            self.host.write_volatile(input);
-            self.host.add(1).write_volatile(output);
-        }
+    /// Waits for everything queued on the GPU's stream, without reading its error word (an
+    /// index error of earlier work stays for the caller's next read).
+    pub(crate) fn wait(&self) -> Result<()> {
+        const WHAT: &str = "waiting for an earlier replay of a graph";
+        self.gpu.refuse_in_capture(WHAT)?;
+        let _claim = self.gpu.bind(WHAT)?;
+        self.gpu.stream.synchronize().map_err(|e| self.gpu.failure(WHAT, e))
+    }
+
+    /// Names the input and output addresses of replay number `replay` (counting from 0),
+    /// which the caller queues next. The caller makes sure that replay `replay - SLOT_PAIRS`,
+    /// which read the same pair, has finished ([`IoSlots::finished`]). Refused while a graph
+    /// is captured on this GPU (the replay would become part of it, read the pair as named now).
+    pub(crate) fn set(&mut self, replay: u64, input: u64, output: u64) -> Result<()> {
+        self.gpu.refuse_in_capture("InferenceGraph::run")?;
+        let pair = 2 * (replay % SLOT_PAIRS) as usize;
+        self.word(pair).store(input, Ordering::Release);
+        self.word(pair + 1).store(output, Ordering::Release);
+        // Before the launch the caller queues next, which the GPU may start at once.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        Ok(())
     }
 }
 
 impl Drop for IoSlots {
     fn drop(&mut self) {
-        // The graph that reads the words goes first (its drop waits for its last replay);
-        // freeing page-locked memory waits for the device anyway.
+        // The graph that reads the words went first (its drop waits for its last replay, except
+        // inside another capture); here too the stream is waited for before the words are
+        // freed, and inside a capture (no wait possible) the words are left allocated.
+        if self.gpu.is_capturing() {
+            return;
+        }
         if let Ok(_claim) = self.gpu.bind("freeing a graph's mapped words") {
-            // SAFETY: `host` came from cuMemHostAlloc and is freed once, here.
-            let _ = unsafe { cudarc::driver::sys::cuMemFreeHost(self.host.cast()) };
+            if self.gpu.stream.synchronize().is_ok() {
+                // SAFETY: `host` came from cuMemHostAlloc and is freed once, here, after the
+                // last kernel that could read it.
+                let _ = unsafe { cudarc::driver::sys::cuMemFreeHost(self.host.cast()) };
+            }
         }
     }
 }

@@ -120,16 +120,26 @@ extern "C" __global__ void copy_into(const float* x, Strided lx, float* dst, Str
     GRID_LOOP(i, n) dst[at(ld, i)] = x[at(lx, i)];
 }
 
-// An inference graph's input and output through three words of host memory the GPU maps
-// (`IoSlots` in gpu.rs): the address to read the input from, the address to write the output
-// to, and the count of finished replays. The host sets the addresses before each replay, so
-// that the replayed graph reads and writes tensors made after its capture, with no copy
-// queued beside it. `slot_read` and `slot_write` copy n values from and to those addresses.
-// Each block reads the address once over the bus into shared memory (the launches' grids
-// are capped, so that a large tensor costs a few hundred such reads, not one per warp).
+// An inference graph's input and output through words of host memory the GPU maps (`IoSlots`
+// in gpu.rs): SLOT_PAIRS pairs of addresses (the input to read, the output to write), then
+// the count of finished replays. Replay j runs after j replays finished, so it reads the count
+// j and takes pair j % SLOT_PAIRS, which the host wrote before queueing it; the host writes a
+// pair again only once the replay that used it has finished. So the replayed graph reads and
+// writes tensors made after its capture, with no copy queued beside it. `slot_read` and
+// `slot_write` copy n values from and to those addresses; each block reads its address over
+// the bus once into shared memory (the launches' grids are capped, so that a large tensor
+// costs a few hundred such reads, not one per warp).
+#define SLOT_PAIRS 8
+
+__device__ __forceinline__ u64 slot_address(const u64* slots, int which) {
+    const volatile u64* words = (const volatile u64*)slots;
+    u64 pair = words[2 * SLOT_PAIRS] % SLOT_PAIRS;
+    return words[2 * pair + which];
+}
+
 extern "C" __global__ void slot_read(const u64* slots, float* dst, u64 n) {
     __shared__ u64 from;
-    if (threadIdx.x == 0) from = ((const volatile u64*)slots)[0];
+    if (threadIdx.x == 0) from = slot_address(slots, 0);
     __syncthreads();
     const float* src = (const float*)from;
     GRID_LOOP(i, n) dst[i] = src[i];
@@ -137,7 +147,7 @@ extern "C" __global__ void slot_read(const u64* slots, float* dst, u64 n) {
 
 extern "C" __global__ void slot_write(const float* src, const u64* slots, u64 n) {
     __shared__ u64 to;
-    if (threadIdx.x == 0) to = ((const volatile u64*)slots)[1];
+    if (threadIdx.x == 0) to = slot_address(slots, 1);
     __syncthreads();
     float* dst = (float*)to;
     GRID_LOOP(i, n) dst[i] = src[i];
@@ -148,7 +158,7 @@ extern "C" __global__ void slot_write(const float* src, const u64* slots, u64 n)
 extern "C" __global__ void slot_done(u64* slots) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         __threadfence_system();
-        volatile u64* done = slots + 2;
+        volatile u64* done = slots + 2 * SLOT_PAIRS;
         *done = *done + 1;
     }
 }
