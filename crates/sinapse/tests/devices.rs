@@ -815,13 +815,15 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
             // Row-major on the device from an offset (the replay reads it in place).
             Tensor::rand_normal(&taller, 0.0, 1.0, &mut rng)?.to(device)?.narrow(0, shape[0], shape[0])?,
         ];
+        // The model's eager output for `x`, on the device.
+        let eager = |x: &Tensor| -> Result<Tensor> {
+            let _off = sinapse::no_grad();
+            model.forward(&x.to(device)?, Mode::Eval)
+        };
         let check = |graph: &mut InferenceGraph, when: &str| -> Result<Option<String>> {
             for (k, x) in inputs.iter().enumerate() {
                 let got = graph.run(x)?;
-                let want = {
-                    let _off = sinapse::no_grad();
-                    model.forward(&x.to(device)?, Mode::Eval)?
-                };
+                let want = eager(x)?;
                 if got.device() != device || got.shape() != want.shape() {
                     return Ok(Some(format!("{name} {when}: {:?} on {}", got.shape(), got.device())));
                 }
@@ -840,11 +842,7 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
         let rounds: Vec<&Tensor> = inputs.iter().cycle().take(3 * inputs.len()).collect();
         let queued: Vec<Tensor> = rounds.iter().map(|x| graph.run(x)).collect::<Result<_>>()?;
         for (k, (x, got)) in rounds.iter().zip(&queued).enumerate() {
-            let want = {
-                let _off = sinapse::no_grad();
-                model.forward(&x.to(device)?, Mode::Eval)?
-            };
-            if let Some(p) = mismatch(&got.to_vec(), &want.to_vec()) {
+            if let Some(p) = mismatch(&got.to_vec(), &eager(x)?.to_vec()) {
                 return Ok(Some(format!("{name} queued back to back, run {k}: {p}")));
             }
         }

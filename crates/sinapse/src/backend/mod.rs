@@ -543,14 +543,11 @@ impl GraphIo {
         self.0.wait()
     }
 
-    /// An uninitialised row-major tensor of `shape` on `device`, for an output.
-    pub(crate) fn output(device: Device, shape: &[usize]) -> Result<crate::Tensor> {
-        let Device::Cuda(i) = device else {
-            return Err(Error::invalid("InferenceGraph", "CUDA graphs need a CUDA device, not the CPU"));
-        };
+    /// An uninitialised row-major tensor of `shape` on the graph's GPU, for a replay's output.
+    pub(crate) fn output(&self, shape: &[usize]) -> Result<crate::Tensor> {
         let n = shape.iter().product();
-        ensure_room(device, (n as u64).saturating_mul(4), "InferenceGraph output")?;
-        let storage = cuda::CudaStorage::alloc(&cuda::gpu::gpu(i)?, n, "InferenceGraph output")?;
+        ensure_room(self.0.device(), (n as u64).saturating_mul(4), "InferenceGraph output")?;
+        let storage = self.0.alloc(n, "InferenceGraph output")?;
         Ok(crate::Tensor::from_storage(Storage::Cuda(storage), Layout::contiguous(shape)))
     }
 

@@ -141,7 +141,7 @@ impl<'m> InferenceGraph<'m> {
                 ));
             }
         }
-        let output = GraphIo::output(self.device, self.output.shape())?;
+        let output = self.io.output(self.output.shape())?;
         if must_wait(self.replays, self.io.finished(), self.device)? {
             self.io.wait()?;
             if must_wait(self.replays, self.io.finished(), self.device)? {

@@ -1386,6 +1386,16 @@ impl IoSlots {
         self.word(2 * SLOT_PAIRS as usize).load(Ordering::Acquire)
     }
 
+    /// The GPU whose words these are.
+    pub(crate) fn device(&self) -> Device {
+        self.gpu.device()
+    }
+
+    /// An uninitialised buffer of `n` values on this GPU.
+    pub(crate) fn alloc(&self, n: usize, what: &str) -> Result<super::CudaStorage> {
+        super::CudaStorage::alloc(&self.gpu, n, what)
+    }
+
     /// Waits for everything queued on the GPU's stream, without reading its error word (an
     /// index error of earlier work stays for the caller's next read).
     pub(crate) fn wait(&self) -> Result<()> {
