@@ -796,7 +796,7 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
         .add(Flatten)
         .add(Linear::new(4 * 3 * 3, 5, &mut rng)?);
     let mlp = Sequential::new().add(Linear::new(12, 32, &mut rng)?).add(Relu).add(Linear::new(32, 7, &mut rng)?);
-    // Input and output past the 264 blocks of 256 values that the graph's copies launch.
+    // Input and output of many blocks of the graph's copies.
     let big = Linear::new(784, 700, &mut rng)?;
     let models: [(&str, &dyn Module, Vec<usize>); 3] =
         [("cnn", &cnn, vec![3, 2, 8, 8]), ("mlp", &mlp, vec![1, 12]), ("wide linear", &big, vec![100, 784])];
@@ -836,9 +836,8 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
         if let Some(p) = check(&mut graph, "as captured")? {
             return Ok(Some(p));
         }
-        // Runs queued back to back, read after the last: each replay reads the addresses its
-        // call named (8 pairs of words taken in turn: 12 runs wrap round them, and on a GPU
-        // the ninth waits for the first where that has not finished).
+        // Runs queued back to back, read after the last: each replay reads and writes the
+        // tensors its call named, though later calls renamed them before it ran.
         let rounds: Vec<&Tensor> = inputs.iter().cycle().take(3 * inputs.len()).collect();
         let queued: Vec<Tensor> = rounds.iter().map(|x| graph.run(x)).collect::<Result<_>>()?;
         for (k, (x, got)) in rounds.iter().zip(&queued).enumerate() {

@@ -487,12 +487,27 @@ impl Graph {
     }
 }
 
-/// Where a [`Graph`] reads its input and writes its output, named anew before each replay
-/// (words of host memory that the GPU maps): the graph captures [`GraphIo::read_into`]
-/// first, [`GraphIo::write_from`] and [`GraphIo::count`] last, and a replay then reads and
-/// writes the tensors given to [`GraphIo::set`] in one launch, with no copies beside it.
+/// Where a [`Graph`] reads its input and writes its output, named anew before each replay:
+/// the graph captures [`GraphIo::read_into`] first and [`GraphIo::write_from`] last (a copy
+/// kernel each), and [`GraphIo::set`] points those two copies of the instantiated graph at
+/// the caller's tensors, so that one launch reads and writes them, with no copies beside it.
 #[derive(Debug)]
-pub(crate) struct GraphIo(cuda::gpu::IoSlots);
+pub(crate) struct GraphIo {
+    gpu: Arc<cuda::gpu::Gpu>,
+    /// The captured graph's copies ([`GraphIo::attach`]).
+    copies: Option<Copies>,
+}
+
+/// An inference graph's two copies, with the fixed buffers they copy into and out of.
+#[derive(Debug)]
+struct Copies {
+    /// The copy of the caller's input into `input`, the graph's own.
+    read: cuda::gpu::CopyNode,
+    input: u64,
+    /// The copy of `output`, the graph's own, to the caller's output.
+    write: cuda::gpu::CopyNode,
+    output: u64,
+}
 
 /// The device address of `t`'s first value, which must be contiguous on a GPU.
 fn contiguous_address(t: &crate::Tensor, what: &str) -> Result<u64> {
@@ -506,57 +521,57 @@ fn contiguous_address(t: &crate::Tensor, what: &str) -> Result<u64> {
 }
 
 impl GraphIo {
-    /// Mapped words on `device` (a GPU), for a graph captured after this.
+    /// The input and output copies of a graph to be captured on `device` (a GPU).
     pub(crate) fn new(device: Device) -> Result<GraphIo> {
         match device {
             Device::Cpu => Err(Error::invalid("InferenceGraph", "CUDA graphs need a CUDA device, not the CPU")),
-            Device::Cuda(i) => Ok(GraphIo(cuda::gpu::IoSlots::new(&cuda::gpu::gpu(i)?)?)),
+            Device::Cuda(i) => Ok(GraphIo { gpu: cuda::gpu::gpu(i)?, copies: None }),
         }
     }
 
-    /// Queues the copy of the input named at replay time into `dst` (row-major, on the GPU).
+    /// Queues the copy of the input named at replay time into `dst` (row-major, on the GPU;
+    /// captured, it copies `dst` onto itself until [`GraphIo::set`] names an input).
     pub(crate) fn read_into(&self, dst: &crate::Tensor) -> Result<()> {
-        self.0.read_into(contiguous_address(dst, "the graph's input")?, dst.elem_count())
+        let at = contiguous_address(dst, "the graph's input")?;
+        self.gpu.graph_copy("graph_input", at, at, dst.elem_count())
     }
 
-    /// Queues the copy of `src` (row-major, on the GPU) to the output named at replay time.
+    /// Queues the copy of `src` (row-major, on the GPU) to the output named at replay time
+    /// (captured, onto itself until [`GraphIo::set`] names an output).
     pub(crate) fn write_from(&self, src: &crate::Tensor) -> Result<()> {
-        self.0.write_from(contiguous_address(src, "the graph's output")?, src.elem_count())
+        let at = contiguous_address(src, "the graph's output")?;
+        self.gpu.graph_copy("graph_output", at, at, src.elem_count())
     }
 
-    /// Queues the count of a finished replay (the graph's last launch).
-    pub(crate) fn count(&self) -> Result<()> {
-        self.0.count()
-    }
-
-    /// The replays counted as finished so far.
-    pub(crate) fn finished(&self) -> u64 {
-        self.0.finished()
-    }
-
-    /// Replays that may be queued and unfinished at once (each names its addresses in a pair
-    /// of words of its own, taken in turn).
-    pub(crate) const PAIRS: u64 = cuda::gpu::SLOT_PAIRS;
-
-    /// Waits for the GPU's queued work, leaving any index error it recorded for the next read.
-    pub(crate) fn wait(&self) -> Result<()> {
-        self.0.wait()
+    /// Finds the two copies in `graph`, captured with [`GraphIo::read_into`] of `input` and
+    /// [`GraphIo::write_from`] of `output`.
+    pub(crate) fn attach(&mut self, graph: &Graph, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
+        let read = graph.0.copy_node("graph_input", input.elem_count())?;
+        let write = graph.0.copy_node("graph_output", output.elem_count())?;
+        let (input, output) =
+            (contiguous_address(input, "the graph's input")?, contiguous_address(output, "the graph's output")?);
+        self.copies = Some(Copies { read, input, write, output });
+        Ok(())
     }
 
     /// An uninitialised row-major tensor of `shape` on the graph's GPU, for a replay's output.
     pub(crate) fn output(&self, shape: &[usize]) -> Result<crate::Tensor> {
         let n = shape.iter().product();
-        ensure_room(self.0.device(), (n as u64).saturating_mul(4), "InferenceGraph output")?;
-        let storage = self.0.alloc(n, "InferenceGraph output")?;
+        ensure_room(self.gpu.device(), (n as u64).saturating_mul(4), "InferenceGraph output")?;
+        let storage = cuda::CudaStorage::alloc(&self.gpu, n, "InferenceGraph output")?;
         Ok(crate::Tensor::from_storage(Storage::Cuda(storage), Layout::contiguous(shape)))
     }
 
-    /// Names the input and output (each row-major on the GPU, of the captured sizes) of
-    /// replay number `replay` (from 0), queued next. Replay `replay - PAIRS` must have
-    /// finished ([`GraphIo::finished`]): it read the same words.
-    pub(crate) fn set(&mut self, replay: u64, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
+    /// Makes `graph`'s later replays (the graph [`GraphIo::attach`] found the copies in) read
+    /// `input` and write `output` (each row-major on the GPU, of the captured sizes); replays
+    /// queued before keep the tensors they were given.
+    pub(crate) fn set(&self, graph: &Graph, input: &crate::Tensor, output: &crate::Tensor) -> Result<()> {
+        let Some(c) = &self.copies else {
+            return Err(Error::invalid("InferenceGraph", "the graph's input and output copies were not found"));
+        };
         let (x, y) = (contiguous_address(input, "the input")?, contiguous_address(output, "the output")?);
-        self.0.set(replay, x, y)
+        graph.0.set_copy(&c.read, x, c.input)?;
+        graph.0.set_copy(&c.write, c.output, y)
     }
 }
 

@@ -12,9 +12,9 @@ const ATTEMPTS: usize = 3;
 /// CUDA graph for inputs of one shape, then replayed: a call with a row-major input already on
 /// the GPU queues one graph launch instead of a launch per kernel, which on a small network is
 /// most of the time (PyTorch's `torch.cuda.graph` around `model(static_input)`, whose calls
-/// also copy the input in and the output out). The graph reads the caller's input and writes
-/// a new output tensor itself, at addresses the host names before each launch in words of
-/// host memory that the GPU maps.
+/// also copy the input in and the output out). The graph copies the caller's input in and
+/// its output out to a new tensor itself: before each launch the host points those two
+/// copies of the instantiated graph at the call's tensors.
 ///
 /// The graph reads the model's parameters and buffers where they were at the capture, so it
 /// sees them change in place (an optimizer's step, [`Module::load`]); one that was moved
@@ -37,8 +37,6 @@ pub struct InferenceGraph<'m> {
     graph: Graph,
     /// Where the graph reads its input and writes its output, named before each replay.
     io: GraphIo,
-    /// Replays queued so far (each counts itself finished in `io` as its last launch).
-    replays: u64,
     /// The model captured (borrowed, so that it outlives the graph that reads its tensors).
     model: &'m dyn Module,
     device: Device,
@@ -72,7 +70,7 @@ impl<'m> InferenceGraph<'m> {
         }
         let _no_grad = crate::no_grad();
         let input = Tensor::zeros_on(input_shape, device)?;
-        let io = GraphIo::new(device)?;
+        let mut io = GraphIo::new(device)?;
         // Kernels, cuBLAS and any cache a layer keeps are made outside the graph's pool.
         drop(model.forward(&input, Mode::Eval)?);
         let pool = GraphPool::record(device)?;
@@ -90,19 +88,19 @@ impl<'m> InferenceGraph<'m> {
         let mut last = None;
         for _ in 0..ATTEMPTS {
             pool.begin_capture()?;
-            // The input copied in from the address named at replay, the pass, its output
-            // copied out to the address named at replay, and the replay counted as finished.
+            // The input copied in from the tensor named at replay, the pass, and its output
+            // copied out to the tensor named at replay.
             let forward = io.read_into(&input).and_then(|()| {
                 let output = model.forward(&input, Mode::Eval)?.contiguous()?;
                 io.write_from(&output)?;
-                io.count()?;
                 Ok(output)
             });
             let ended = pool.end_capture(forward.is_ok());
             match (forward, ended) {
                 (Ok(output), Ok(graph)) => {
+                    io.attach(&graph, &input, &output)?;
                     let state = state.into_iter().map(|t| (t.device_address(), t)).map(|(at, t)| (t, at)).collect();
-                    return Ok(InferenceGraph { model, device, input, output, graph, io, replays: 0, state });
+                    return Ok(InferenceGraph { model, device, input, output, graph, io, state });
                 }
                 (Err(e), _) | (Ok(_), Err(e)) => last = Some(e),
             }
@@ -113,9 +111,8 @@ impl<'m> InferenceGraph<'m> {
     /// The model's outputs for `x` (of the captured shape, on any device), in a new tensor on
     /// the graph's device (queued: reading it waits for it). The replay reads `x` itself
     /// where it is row-major on the graph's GPU (one launch in all), else a row-major copy of
-    /// it made there first. Calls may queue up to 8 replays ahead of the GPU (each names its
-    /// addresses in a pair of words of its own, taken in turn); the ninth waits for the
-    /// oldest. Refused while a graph is captured on the GPU.
+    /// it made there first. Nothing waits for the GPU: calls queue replays back to back, each
+    /// keeping the tensors it was given. Refused while a graph is captured on the GPU.
     pub fn run(&mut self, x: &Tensor) -> Result<Tensor> {
         if x.shape() != self.input.shape() {
             return Err(Error::shapes("InferenceGraph::run", self.input.shape(), x.shape()));
@@ -142,23 +139,8 @@ impl<'m> InferenceGraph<'m> {
             }
         }
         let output = self.io.output(self.output.shape())?;
-        if must_wait(self.replays, self.io.finished(), self.device)? {
-            self.io.wait()?;
-            if must_wait(self.replays, self.io.finished(), self.device)? {
-                return Err(Error::invalid(
-                    "InferenceGraph::run",
-                    format!(
-                        "{} of {} replays on {} counted as finished after a wait for them",
-                        self.io.finished(),
-                        self.replays,
-                        self.device
-                    ),
-                ));
-            }
-        }
-        self.io.set(self.replays, &x, &output)?;
+        self.io.set(&self.graph, &x, &output)?;
         self.graph.replay()?;
-        self.replays += 1;
         Ok(output)
     }
 
@@ -173,39 +155,11 @@ impl<'m> InferenceGraph<'m> {
     }
 }
 
-/// Whether the next replay (number `replays`, from 0) must wait before naming its addresses:
-/// the replay [`GraphIo::PAIRS`] before it used the same words and has not finished. More
-/// replays finished than were queued means one ran that this graph did not count (its replay
-/// captured into another graph): an error.
-fn must_wait(replays: u64, finished: u64, device: Device) -> Result<bool> {
-    if finished > replays {
-        return Err(Error::invalid(
-            "InferenceGraph::run",
-            format!("{finished} replays on {device} finished where {replays} were queued: was it captured into another graph?"),
-        ));
-    }
-    Ok(replays - finished >= GraphIo::PAIRS)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::nn::{Linear, Relu, Sequential};
     use crate::Rng;
-
-    #[test]
-    fn a_run_waits_only_for_the_replay_that_used_its_words() {
-        let d = Device::Cuda(0);
-        let pairs = GraphIo::PAIRS;
-        assert!(!must_wait(0, 0, d).unwrap());
-        assert!(!must_wait(pairs - 1, 0, d).unwrap());
-        assert!(must_wait(pairs, 0, d).unwrap());
-        assert!(!must_wait(pairs, 1, d).unwrap());
-        assert!(must_wait(2 * pairs + 3, pairs + 3, d).unwrap());
-        assert!(!must_wait(2 * pairs + 3, pairs + 4, d).unwrap());
-        let e = must_wait(3, 4, d).unwrap_err().to_string();
-        assert!(e.contains("4 replays on cuda:0 finished where 3 were queued"), "{e}");
-    }
 
     #[test]
     fn the_cpu_has_no_graphs() {

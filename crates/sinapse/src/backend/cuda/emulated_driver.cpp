@@ -95,6 +95,7 @@ struct Node {
     // for the first of a block in its capture, `before` holds the block's tensor size until then.
     enum Kind { Kernel, Memset, CopyDtoD, Product, InUse } kind;
     const EmuKernel* kernel = nullptr;
+    const Function* function = nullptr;  // a kernel's handle, as launched
     unsigned int grid = 0, block = 0;
     std::vector<std::vector<unsigned char>> params;
     CUdeviceptr dst = 0, src = 0;
@@ -105,9 +106,26 @@ struct Node {
     size_t before = 0;
 };
 
+// A captured graph, or an instantiated one (`source`: the graph it was made from, whose
+// nodes' addresses are the handles cuGraphGetNodes gives; node i of both is the same launch).
 struct Graph {
     std::vector<Node> nodes;
+    const Graph* source = nullptr;
 };
+
+// CUDA_KERNEL_NODE_PARAMS_v2 (cuda.h): a kernel node's launch.
+struct KernelNodeParams {
+    void* func;
+    unsigned int grid_x, grid_y, grid_z, block_x, block_y, block_z, shared;
+    void** params;
+    void** extra;
+    void* kern;
+    void* ctx;
+};
+
+// What cuGraphKernelNodeGetParams says launches a product's node (cuBLAS's kernels in the
+// real driver): no function of a module.
+const Function product_function{nullptr};
 
 struct Blas {
     Stream* stream = nullptr;
@@ -623,28 +641,6 @@ ENTRY CUresult cuMemFree_v2(CUdeviceptr p) {
     if (CUresult r = unsafe_in_capture("cuMemFree")) return r;
     return release(p);
 }
-// Page-locked host memory that the GPU maps: here an allocation like any other (the emulated
-// GPU's memory is the host's), at one address for both.
-ENTRY CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned int) {
-    LOCKED;
-    if (CUresult r = need_context("cuMemHostAlloc")) return r;
-    if (CUresult r = unsafe_in_capture("cuMemHostAlloc")) return r;
-    CUdeviceptr d = 0;
-    if (CUresult r = allocate(&d, bytes)) return r;
-    *p = reinterpret_cast<void*>(d);
-    return EMU_SUCCESS;
-}
-ENTRY CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* d, void* p, unsigned int flags) {
-    LOCKED;
-    if (flags != 0 || !inside(reinterpret_cast<CUdeviceptr>(p), 1)) return EMU_INVALID_VALUE;
-    *d = reinterpret_cast<CUdeviceptr>(p);
-    return EMU_SUCCESS;
-}
-ENTRY CUresult cuMemFreeHost(void* p) {
-    LOCKED;
-    if (CUresult r = unsafe_in_capture("cuMemFreeHost")) return r;
-    return release(reinterpret_cast<CUdeviceptr>(p));
-}
 ENTRY CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t bytes, void* s) {
     LOCKED;
     if (CUresult r = refused_in_capture(stream_of(s), "a host-to-device copy during a capture")) return r;
@@ -721,7 +717,7 @@ ENTRY CUresult cuLaunchKernel(void* f, unsigned int gx, unsigned int gy, unsigne
     if (!pointers_inside(kernel, params)) return EMU_INVALID_VALUE;
     if (tracing()) fprintf(stderr, "TRACE kernel %s grid %u block %u\n", kernel->name, gx, bx);
     Node node{Node::Kernel};
-    node.kernel = kernel, node.grid = gx, node.block = bx;
+    node.kernel = kernel, node.function = static_cast<Function*>(f), node.grid = gx, node.block = bx;
     for (size_t i = 0; i < kernel->param_count; ++i) {
         const unsigned char* p = static_cast<const unsigned char*>(params[i]);
         node.params.emplace_back(p, p + kernel->param_sizes[i]);
@@ -762,7 +758,75 @@ ENTRY CUresult cuStreamEndCapture(void* s, void** graph) {
 }
 ENTRY CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) {
     if (!graph) return EMU_INVALID_VALUE;
-    *exec = new Graph(*static_cast<Graph*>(graph));
+    Graph* made = new Graph(*static_cast<Graph*>(graph));
+    made->source = static_cast<Graph*>(graph);
+    *exec = made;
+    return EMU_SUCCESS;
+}
+// The launches, copies and memsets of a captured graph, in capture order (each node depends
+// on the one before: the emulated stream's graph is a chain).
+ENTRY CUresult cuGraphGetNodes(void* g, void** nodes, size_t* count) {
+    LOCKED;
+    if (!g || !count) return EMU_INVALID_VALUE;
+    std::vector<Node*> listed;
+    for (Node& node : static_cast<Graph*>(g)->nodes)
+        if (node.kind != Node::InUse) listed.push_back(&node);
+    if (!nodes) {
+        *count = listed.size();
+        return EMU_SUCCESS;
+    }
+    for (size_t i = 0; i < *count; ++i) nodes[i] = i < listed.size() ? listed[i] : nullptr;
+    *count = std::min(*count, listed.size());
+    return EMU_SUCCESS;
+}
+// CUgraphNodeType: a kernel 0 (cuBLAS's products too), a copy 1, a memset 2.
+ENTRY CUresult cuGraphNodeGetType(void* n, int* type) {
+    LOCKED;
+    if (!n || !type) return EMU_INVALID_VALUE;
+    const Node* node = static_cast<const Node*>(n);
+    *type = node->kind == Node::CopyDtoD ? 1 : node->kind == Node::Memset ? 2 : 0;
+    return EMU_SUCCESS;
+}
+// A kernel node's launch: its function, grid and block (not its arguments: `params` null).
+ENTRY CUresult cuGraphKernelNodeGetParams_v2(void* n, KernelNodeParams* p) {
+    LOCKED;
+    if (!n || !p) return EMU_INVALID_VALUE;
+    const Node* node = static_cast<const Node*>(n);
+    if (node->kind != Node::Kernel && node->kind != Node::Product) return EMU_INVALID_VALUE;
+    *p = KernelNodeParams{};
+    p->func = const_cast<Function*>(node->kind == Node::Kernel ? node->function : &product_function);
+    p->grid_x = node->grid, p->grid_y = p->grid_z = 1;
+    p->block_x = node->block, p->block_y = p->block_z = 1;
+    return EMU_SUCCESS;
+}
+// New arguments (and grid and block) for a kernel node of an instantiated graph: its later
+// launches use them. The node must be one of the graph it was made from, launching the same
+// kernel (the real driver also takes another function of the same context; nothing here
+// needs that).
+ENTRY CUresult cuGraphExecKernelNodeSetParams_v2(void* e, void* n, const KernelNodeParams* p) {
+    LOCKED;
+    Graph* exec = static_cast<Graph*>(e);
+    if (!exec || !exec->source || !p) return EMU_INVALID_VALUE;
+    const std::vector<Node>& source = exec->source->nodes;
+    const Node* node = static_cast<const Node*>(n);
+    if (source.empty() || node < source.data() || node >= source.data() + source.size())
+        return complain("a kernel node's new launch for a node of another graph"), EMU_INVALID_VALUE;
+    Node& target = exec->nodes[static_cast<size_t>(node - source.data())];
+    const Function* f = static_cast<const Function*>(p->func);
+    if (target.kind != Node::Kernel || !f || f->kernel != target.kernel)
+        return complain("a kernel node's new launch with another kernel, or for a node that is no kernel's"),
+               EMU_INVALID_VALUE;
+    if (p->grid_y != 1 || p->grid_z != 1 || p->block_y != 1 || p->block_z != 1 || p->block_x == 0 ||
+        p->block_x > 1024 || p->grid_x == 0 || p->shared != 0 || p->extra ||
+        (target.kernel->param_count && !p->params))
+        return complain("a kernel node's new launch the emulator does not take"), EMU_INVALID_VALUE;
+    if (!pointers_inside(target.kernel, p->params)) return EMU_INVALID_VALUE;
+    target.grid = p->grid_x, target.block = p->block_x;
+    target.params.clear();
+    for (size_t i = 0; i < target.kernel->param_count; ++i) {
+        const unsigned char* arg = static_cast<const unsigned char*>(p->params[i]);
+        target.params.emplace_back(arg, arg + target.kernel->param_sizes[i]);
+    }
     return EMU_SUCCESS;
 }
 ENTRY CUresult cuGraphUpload(void*, void*) { return EMU_SUCCESS; }

@@ -94,7 +94,6 @@ static inline void __syncthreads() {
     abort();
 }
 // The host sees a kernel's writes once it has run (kernels run on the calling thread here).
-static inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 static inline float __fmul_rn(float a, float b) { return a * b; }  // built with -ffp-contract=off
 // A GPU's cycle counter: here the host's nanoseconds.
 static inline long long clock64() {

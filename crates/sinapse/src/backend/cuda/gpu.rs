@@ -34,9 +34,8 @@ pub(crate) const KERNELS: &[&str] = &[
     "arange",
     "copy_strided",
     "copy_into",
-    "slot_read",
-    "slot_write",
-    "slot_done",
+    "graph_input",
+    "graph_output",
     "linear_rows",
     "unary",
     "bias_rows",
@@ -1283,158 +1282,114 @@ macro_rules! launch {
 }
 pub(crate) use launch;
 
-/// Most blocks of a `slot_read` or `slot_write` launch (two per multiprocessor of an H100 or
-/// H200): each reads its address from host memory once.
-const SLOT_BLOCKS: usize = 264;
-
-/// Address pairs an inference graph's replays take in turn (`SLOT_PAIRS` in kernels.cu): a
-/// call waits only when the replay that last used its pair has not finished.
-pub(crate) const SLOT_PAIRS: u64 = 8;
-
-/// Words of page-locked host memory that the GPU maps, reading and writing them in place:
-/// [`SLOT_PAIRS`] pairs of addresses (where a graph's replay reads its input, where it writes
-/// its output), then how many replays have finished (`slot_read`, `slot_write` and
-/// `slot_done` in kernels.cu). The host names a replay's pair before queueing it, so that one
-/// graph launch reads and writes tensors made after the capture, with no copy beside it.
-pub(crate) struct IoSlots {
-    gpu: Arc<Gpu>,
-    /// The words, as the host sees them.
-    host: *mut u64,
-    /// The same words, as kernels see them.
-    device: u64,
+/// A copy kernel's node in a captured graph (`graph_input` or `graph_output` in kernels.cu),
+/// whose source and destination a replay names anew: the graph's copy of its input in, or of
+/// its output out.
+pub(crate) struct CopyNode {
+    /// The node in the captured graph (the instantiated graph knows it by this handle).
+    node: cudarc::driver::sys::CUgraphNode,
+    /// Its launch as captured (function, grid, block), for the new arguments.
+    launch: cudarc::driver::sys::CUDA_KERNEL_NODE_PARAMS,
+    /// Values copied.
+    count: u64,
 }
 
-// SAFETY: `host` is memory this value owns alone (freed on drop); the host writes it only
-// through `&mut self` and reads it with atomic loads.
-unsafe impl Send for IoSlots {}
-// SAFETY: as above: through `&self` the words are only read, atomically.
-unsafe impl Sync for IoSlots {}
+// SAFETY: the handles are the driver's, used only under the GPU's claim with its context
+// bound, for as long as the graph they belong to (which holds no thread-local state).
+unsafe impl Send for CopyNode {}
+// SAFETY: as above; through `&self` the handles are only passed to the driver.
+unsafe impl Sync for CopyNode {}
 
-impl std::fmt::Debug for IoSlots {
+impl std::fmt::Debug for CopyNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IoSlots(cuda:{}, {} replays finished)", self.gpu.ordinal, self.finished())
+        write!(f, "CopyNode({} values)", self.count)
     }
 }
 
-impl IoSlots {
-    /// Words in all: the pairs, then the count.
-    const WORDS: usize = 2 * SLOT_PAIRS as usize + 1;
+impl Gpu {
+    /// Queues `name` (`graph_input` or `graph_output`): `n` values from `src` to `dst`, a copy
+    /// whose addresses a replay of the graph capturing it renames ([`CapturedGraph::copy_node`]).
+    pub(crate) fn graph_copy(&self, name: &'static str, src: u64, dst: u64, n: usize) -> Result<()> {
+        let count = n as u64;
+        launch!(self, name, grid(n); src, dst, count)
+    }
+}
 
-    /// The mapped words on `gpu`'s host, zero.
-    pub(crate) fn new(gpu: &Arc<Gpu>) -> Result<IoSlots> {
+impl CapturedGraph {
+    /// The one node of this graph that launches copy kernel `name` (`graph_input` or
+    /// `graph_output`, queued by [`Gpu::graph_copy`] over `count` values during the capture),
+    /// for [`CapturedGraph::set_copy`]; an error when the graph holds none or more than one.
+    pub(crate) fn copy_node(&self, name: &'static str, count: usize) -> Result<CopyNode> {
         use cudarc::driver::sys;
-        const WHAT: &str = "mapping host memory for a graph's input and output";
-        gpu.refuse_in_capture(WHAT)?;
-        let _claim = gpu.bind(WHAT)?;
-        let mut host: *mut std::ffi::c_void = std::ptr::null_mut();
-        // SAFETY: asks the driver for WORDS u64 of page-locked host memory mapped into the
-        // device's address space, written to `host`.
-        unsafe { sys::cuMemHostAlloc(&mut host, Self::WORDS * 8, sys::CU_MEMHOSTALLOC_DEVICEMAP) }
+        let what = "finding a graph's input and output copies";
+        let _claim = self.gpu.bind(what)?;
+        let function = self.gpu.function(name)?.cu_function();
+        let graph = self.graph.cu_graph();
+        let mut listed = 0usize;
+        // SAFETY: `graph` is the captured graph this value owns; a null array asks for the count.
+        unsafe { sys::cuGraphGetNodes(graph, std::ptr::null_mut(), &mut listed) }
             .result()
-            .map_err(|e| gpu.failure(WHAT, e))?;
-        let mut device: sys::CUdeviceptr = 0;
-        // SAFETY: `host` is the mapped allocation just made.
-        let mapped = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut device, host, 0) }.result();
-        if let Err(e) = mapped {
-            // SAFETY: `host` came from cuMemHostAlloc and nothing else holds it.
-            let _ = unsafe { sys::cuMemFreeHost(host) };
-            return Err(gpu.failure(WHAT, e));
-        }
-        let slots = IoSlots { gpu: gpu.clone(), host: host.cast(), device };
-        for i in 0..Self::WORDS {
-            slots.word(i).store(0, Ordering::Release);
-        }
-        Ok(slots)
-    }
-
-    /// Word `i` (below [`IoSlots::WORDS`]), as an atomic.
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < Self::WORDS, "word {i} of {}", Self::WORDS);
-        // SAFETY: `host` holds WORDS u64, page-aligned (page-locked memory), owned by `self`
-        // for as long as the reference lives; the GPU reads and writes whole words.
-        unsafe { AtomicU64::from_ptr(self.host.add(i)) }
-    }
-
-    /// The launch of `slot_read` or `slot_write` over `n` values: a block of [`THREADS`] per
-    /// chunk, at most [`SLOT_BLOCKS`] blocks (each reads its address over the bus once).
-    fn slot_launch(n: usize) -> LaunchConfig {
-        blocks(n.div_ceil(THREADS as usize).min(SLOT_BLOCKS), THREADS)
-    }
-
-    /// Queues `slot_read`: `n` values from the replay's input address into `dst`.
-    pub(crate) fn read_into(&self, dst: u64, n: usize) -> Result<()> {
-        let slots = self.device;
-        let count = n as u64;
-        launch!(self.gpu, "slot_read", Self::slot_launch(n); slots, dst, count)
-    }
-
-    /// Queues `slot_write`: `n` values of `src` to the replay's output address.
-    pub(crate) fn write_from(&self, src: u64, n: usize) -> Result<()> {
-        let slots = self.device;
-        let count = n as u64;
-        launch!(self.gpu, "slot_write", Self::slot_launch(n); src, slots, count)
-    }
-
-    /// Queues `slot_done`: one more replay counted as finished, once all before it has run.
-    pub(crate) fn count(&self) -> Result<()> {
-        let slots = self.device;
-        launch!(self.gpu, "slot_done", blocks(1, 32); slots)
-    }
-
-    /// The replays counted as finished so far.
-    pub(crate) fn finished(&self) -> u64 {
-        self.word(2 * SLOT_PAIRS as usize).load(Ordering::Acquire)
-    }
-
-    /// The GPU whose words these are.
-    pub(crate) fn device(&self) -> Device {
-        self.gpu.device()
-    }
-
-    /// An uninitialised buffer of `n` values on this GPU.
-    pub(crate) fn alloc(&self, n: usize, what: &str) -> Result<super::CudaStorage> {
-        super::CudaStorage::alloc(&self.gpu, n, what)
-    }
-
-    /// Waits for everything queued on the GPU's stream, without reading its error word (an
-    /// index error of earlier work stays for the caller's next read).
-    pub(crate) fn wait(&self) -> Result<()> {
-        const WHAT: &str = "waiting for an earlier replay of a graph";
-        self.gpu.refuse_in_capture(WHAT)?;
-        let _claim = self.gpu.bind(WHAT)?;
-        self.gpu.stream.synchronize().map_err(|e| self.gpu.failure(WHAT, e))
-    }
-
-    /// Names the input and output addresses of replay number `replay` (counting from 0),
-    /// which the caller queues next. The caller makes sure that replay `replay - SLOT_PAIRS`,
-    /// which read the same pair, has finished ([`IoSlots::finished`]). Refused while a graph
-    /// is captured on this GPU (the replay would become part of it, read the pair as named now).
-    pub(crate) fn set(&mut self, replay: u64, input: u64, output: u64) -> Result<()> {
-        self.gpu.refuse_in_capture("InferenceGraph::run")?;
-        let pair = 2 * (replay % SLOT_PAIRS) as usize;
-        self.word(pair).store(input, Ordering::Release);
-        self.word(pair + 1).store(output, Ordering::Release);
-        // Before the launch the caller queues next, which the GPU may start at once.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Drop for IoSlots {
-    fn drop(&mut self) {
-        // The graph that reads the words went first (its drop waits for its last replay, except
-        // inside another capture); here too the stream is waited for before the words are
-        // freed, and inside a capture (no wait possible) the words are left allocated.
-        if self.gpu.is_capturing() {
-            return;
-        }
-        if let Ok(_claim) = self.gpu.bind("freeing a graph's mapped words") {
-            if self.gpu.stream.synchronize().is_ok() {
-                // SAFETY: `host` came from cuMemHostAlloc and is freed once, here, after the
-                // last kernel that could read it.
-                let _ = unsafe { cudarc::driver::sys::cuMemFreeHost(self.host.cast()) };
+            .map_err(|e| self.gpu.failure(what, e))?;
+        let mut nodes: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); listed];
+        // SAFETY: `nodes` has room for the `listed` handles asked for.
+        unsafe { sys::cuGraphGetNodes(graph, nodes.as_mut_ptr(), &mut listed) }
+            .result()
+            .map_err(|e| self.gpu.failure(what, e))?;
+        nodes.truncate(listed);
+        let mut found = Vec::new();
+        for node in nodes.into_iter().filter(|n| !n.is_null()) {
+            // Read as a plain number: a newer driver may name a type this build's enum lacks.
+            let mut kind: u32 = u32::MAX;
+            // SAFETY: `node` is a node of `graph`, just listed; the driver writes one C enum
+            // (an unsigned int) at the address.
+            unsafe { sys::cuGraphNodeGetType(node, (&raw mut kind).cast()) }
+                .result()
+                .map_err(|e| self.gpu.failure(what, e))?;
+            if kind != sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL as u32 {
+                continue;
+            }
+            // SAFETY: all-zero is a valid value of this plain C struct (null handles and
+            // pointers), which the driver fills in.
+            let mut launch: sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
+            // SAFETY: `node` is a kernel node of `graph`.
+            unsafe { sys::cuGraphKernelNodeGetParams_v2(node, &mut launch) }
+                .result()
+                .map_err(|e| self.gpu.failure(what, e))?;
+            if launch.func == function {
+                found.push((node, launch));
             }
         }
+        match found.as_slice() {
+            [(node, launch)] => {
+                let launch = sys::CUDA_KERNEL_NODE_PARAMS {
+                    kernelParams: std::ptr::null_mut(),
+                    extra: std::ptr::null_mut(),
+                    ..*launch
+                };
+                Ok(CopyNode { node: *node, launch, count: count as u64 })
+            }
+            _ => Err(self.gpu.failure(what, format!("the graph launches {name} {} times, not once", found.len()))),
+        }
+    }
+
+    /// Makes the graph's later replays copy from `src` to `dst` at `node` (of this graph),
+    /// each holding the node's count of values. Replays queued before are not changed (the
+    /// driver's rule for an instantiated graph's kernel arguments).
+    pub(crate) fn set_copy(&self, node: &CopyNode, src: u64, dst: u64) -> Result<()> {
+        use cudarc::driver::sys;
+        const WHAT: &str = "naming a graph's input and output";
+        self.gpu.refuse_in_capture(WHAT)?;
+        let _claim = self.gpu.bind(WHAT)?;
+        let (mut src, mut dst, mut count) = (src, dst, node.count);
+        let mut args: [*mut std::ffi::c_void; 3] =
+            [(&raw mut src).cast(), (&raw mut dst).cast(), (&raw mut count).cast()];
+        let launch = sys::CUDA_KERNEL_NODE_PARAMS { kernelParams: args.as_mut_ptr(), ..node.launch };
+        // SAFETY: `node` is a kernel node of the graph `exec` was instantiated from, launching
+        // a copy kernel of three u64 arguments, given here by address (read during the call);
+        // the caller's buffers hold `count` values at `src` and `dst`.
+        unsafe { sys::cuGraphExecKernelNodeSetParams_v2(self.graph.cu_graph_exec(), node.node, &launch) }
+            .result()
+            .map_err(|e| self.gpu.failure(WHAT, e))
     }
 }
 

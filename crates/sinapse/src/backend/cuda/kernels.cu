@@ -120,47 +120,16 @@ extern "C" __global__ void copy_into(const float* x, Strided lx, float* dst, Str
     GRID_LOOP(i, n) dst[at(ld, i)] = x[at(lx, i)];
 }
 
-// An inference graph's input and output through words of host memory the GPU maps (`IoSlots`
-// in gpu.rs): SLOT_PAIRS pairs of addresses (the input to read, the output to write), then
-// the count of finished replays. Replay j runs after j replays finished, so it reads the count
-// j and takes pair j % SLOT_PAIRS, which the host wrote before queueing it; the host writes a
-// pair again only once the replay that used it has finished. So the replayed graph reads and
-// writes tensors made after its capture, with no copy queued beside it. `slot_read` and
-// `slot_write` copy n values from and to those addresses; each block reads its address over
-// the bus once into shared memory (the launches' grids are capped, so that a large tensor
-// costs a few hundred such reads, not one per warp).
-#define SLOT_PAIRS 8
-
-__device__ __forceinline__ u64 slot_address(const u64* slots, int which) {
-    const volatile u64* words = (const volatile u64*)slots;
-    u64 pair = words[2 * SLOT_PAIRS] % SLOT_PAIRS;
-    return words[2 * pair + which];
-}
-
-extern "C" __global__ void slot_read(const u64* slots, float* dst, u64 n) {
-    __shared__ u64 from;
-    if (threadIdx.x == 0) from = slot_address(slots, 0);
-    __syncthreads();
-    const float* src = (const float*)from;
+// An inference graph's copy of its input in and of its output out: plain copies of n values,
+// two kernels by name so that the host finds each one's node in the captured graph and
+// renames its addresses before a replay (`CapturedGraph::set_copy` in gpu.rs), and the
+// replay reads and writes tensors made after the capture, in one launch.
+extern "C" __global__ void graph_input(const float* src, float* dst, u64 n) {
     GRID_LOOP(i, n) dst[i] = src[i];
 }
 
-extern "C" __global__ void slot_write(const float* src, const u64* slots, u64 n) {
-    __shared__ u64 to;
-    if (threadIdx.x == 0) to = slot_address(slots, 1);
-    __syncthreads();
-    float* dst = (float*)to;
+extern "C" __global__ void graph_output(const float* src, float* dst, u64 n) {
     GRID_LOOP(i, n) dst[i] = src[i];
-}
-
-// Counts a finished replay (the graph's last node: everything before it has run), made
-// visible to the host after the output's writes.
-extern "C" __global__ void slot_done(u64* slots) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-        __threadfence_system();
-        volatile u64* done = slots + 2 * SLOT_PAIRS;
-        *done = *done + 1;
-    }
 }
 
 // ---------------------------------------------------------------------------------------
