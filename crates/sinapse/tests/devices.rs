@@ -837,7 +837,8 @@ fn inference_graph_check(device: Device) -> Result<Option<String>> {
             return Ok(Some(p));
         }
         // Runs queued back to back, read after the last: each replay reads and writes the
-        // tensors its call named, though later calls renamed them before it ran.
+        // tensors its call named (on a GPU, later calls rename the copies before it has run;
+        // the emulated GPU runs each replay as it is queued).
         let rounds: Vec<&Tensor> = inputs.iter().cycle().take(3 * inputs.len()).collect();
         let queued: Vec<Tensor> = rounds.iter().map(|x| graph.run(x)).collect::<Result<_>>()?;
         for (k, (x, got)) in rounds.iter().zip(&queued).enumerate() {

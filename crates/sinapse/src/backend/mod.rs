@@ -570,8 +570,7 @@ impl GraphIo {
             return Err(Error::invalid("InferenceGraph", "the graph's input and output copies were not found"));
         };
         let (x, y) = (contiguous_address(input, "the input")?, contiguous_address(output, "the output")?);
-        graph.0.set_copy(&c.read, x, c.input)?;
-        graph.0.set_copy(&c.write, c.output, y)
+        graph.0.set_copies(&[(&c.read, x, c.input), (&c.write, c.output, y)])
     }
 }
 

@@ -1318,7 +1318,7 @@ impl Gpu {
 impl CapturedGraph {
     /// The one node of this graph that launches copy kernel `name` (`graph_input` or
     /// `graph_output`, queued by [`Gpu::graph_copy`] over `count` values during the capture),
-    /// for [`CapturedGraph::set_copy`]; an error when the graph holds none or more than one.
+    /// for [`CapturedGraph::set_copies`]; an error when the graph holds none or more than one.
     pub(crate) fn copy_node(&self, name: &'static str, count: usize) -> Result<CopyNode> {
         use cudarc::driver::sys;
         let what = "finding a graph's input and output copies";
@@ -1372,24 +1372,27 @@ impl CapturedGraph {
         }
     }
 
-    /// Makes the graph's later replays copy from `src` to `dst` at `node` (of this graph),
-    /// each holding the node's count of values. Replays queued before are not changed (the
-    /// driver's rule for an instantiated graph's kernel arguments).
-    pub(crate) fn set_copy(&self, node: &CopyNode, src: u64, dst: u64) -> Result<()> {
+    /// Makes the graph's later replays copy from `src` to `dst` at each `node` (of this
+    /// graph), each holding the node's count of values, under one claim. Replays queued
+    /// before are not changed (the driver's rule for an instantiated graph's kernel arguments).
+    pub(crate) fn set_copies(&self, copies: &[(&CopyNode, u64, u64)]) -> Result<()> {
         use cudarc::driver::sys;
         const WHAT: &str = "naming a graph's input and output";
         self.gpu.refuse_in_capture(WHAT)?;
         let _claim = self.gpu.bind(WHAT)?;
-        let (mut src, mut dst, mut count) = (src, dst, node.count);
-        let mut args: [*mut std::ffi::c_void; 3] =
-            [(&raw mut src).cast(), (&raw mut dst).cast(), (&raw mut count).cast()];
-        let launch = sys::CUDA_KERNEL_NODE_PARAMS { kernelParams: args.as_mut_ptr(), ..node.launch };
-        // SAFETY: `node` is a kernel node of the graph `exec` was instantiated from, launching
-        // a copy kernel of three u64 arguments, given here by address (read during the call);
-        // the caller's buffers hold `count` values at `src` and `dst`.
-        unsafe { sys::cuGraphExecKernelNodeSetParams_v2(self.graph.cu_graph_exec(), node.node, &launch) }
-            .result()
-            .map_err(|e| self.gpu.failure(WHAT, e))
+        for &(node, src, dst) in copies {
+            let (mut src, mut dst, mut count) = (src, dst, node.count);
+            let mut args: [*mut std::ffi::c_void; 3] =
+                [(&raw mut src).cast(), (&raw mut dst).cast(), (&raw mut count).cast()];
+            let launch = sys::CUDA_KERNEL_NODE_PARAMS { kernelParams: args.as_mut_ptr(), ..node.launch };
+            // SAFETY: `node` is a kernel node of the graph `exec` was instantiated from,
+            // launching a copy kernel of three u64 arguments, given here by address (read
+            // during the call); the caller's buffers hold `count` values at `src` and `dst`.
+            unsafe { sys::cuGraphExecKernelNodeSetParams_v2(self.graph.cu_graph_exec(), node.node, &launch) }
+                .result()
+                .map_err(|e| self.gpu.failure(WHAT, e))?;
+        }
+        Ok(())
     }
 }
 

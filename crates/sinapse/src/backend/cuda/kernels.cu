@@ -122,7 +122,7 @@ extern "C" __global__ void copy_into(const float* x, Strided lx, float* dst, Str
 
 // An inference graph's copy of its input in and of its output out: plain copies of n values,
 // two kernels by name so that the host finds each one's node in the captured graph and
-// renames its addresses before a replay (`CapturedGraph::set_copy` in gpu.rs), and the
+// renames its addresses before a replay (`CapturedGraph::set_copies` in gpu.rs), and the
 // replay reads and writes tensors made after the capture, in one launch.
 extern "C" __global__ void graph_input(const float* src, float* dst, u64 n) {
     GRID_LOOP(i, n) dst[i] = src[i];
